@@ -1,0 +1,113 @@
+// Row codec of the durable IndexedDB: how keys, values and schemas become SQLite blobs.
+//
+// Values and keys are serialized with node:v8 (the structured-clone wire format, so every value
+// IndexedDB accepts round-trips: typed arrays, ArrayBuffer, Date, Map, nested objects). With a data key,
+// every blob is sealed with AES-256-GCM and every row id is an HMAC, so database names, store names
+// and IndexedDB keys (the Rust store keeps tracked user ids as plain keys) never reach the disk in clear.
+import * as crypto from "node:crypto"
+import * as v8 from "node:v8"
+
+/** Subkeys of one store's data key; the data key itself is also the Rust store's `storageKey`. */
+export interface RowKeys {
+  readonly seal: Buffer | undefined
+  readonly ids: Buffer | undefined
+}
+
+const ROW_SEAL_INFO = "cara-durable-idb-rows-v1"
+const ROW_ID_INFO = "cara-durable-idb-ids-v1"
+
+/** Separate subkeys: the data key is also given to the Rust store, so we never use it directly. */
+export const deriveRowKeys = (dataKey: Uint8Array | undefined): RowKeys => {
+  if (dataKey === undefined) return { seal: undefined, ids: undefined }
+  const sub = (info: string) => Buffer.from(crypto.hkdfSync("sha256", dataKey, Buffer.alloc(0), info, 32))
+  return { seal: sub(ROW_SEAL_INFO), ids: sub(ROW_ID_INFO) }
+}
+
+const u32 = (n: number) => {
+  const b = Buffer.allocUnsafe(4)
+  b.writeUInt32BE(n, 0)
+  return b
+}
+const f64 = (n: number) => {
+  const b = Buffer.allocUnsafe(8)
+  b.writeDoubleBE(n, 0)
+  return b
+}
+
+/**
+ * A canonical byte form of an IndexedDB key (number, Date, string, binary, array of those). Two keys
+ * that IndexedDB considers equal encode to the same bytes, so a row is updated in place.
+ */
+export const encodeKey = (key: unknown): Buffer => {
+  const parts: Array<Buffer> = []
+  const walk = (k: unknown): void => {
+    if (typeof k === "number") {
+      parts.push(Buffer.from("n"), f64(k === 0 ? 0 : k)) // -0 and 0 are the same key
+    } else if (typeof k === "string") {
+      const s = Buffer.from(k, "utf8")
+      parts.push(Buffer.from("s"), u32(s.length), s)
+    } else if (k instanceof Date) {
+      parts.push(Buffer.from("d"), f64(k.getTime()))
+    } else if (k instanceof ArrayBuffer) {
+      parts.push(Buffer.from("b"), u32(k.byteLength), Buffer.from(k))
+    } else if (ArrayBuffer.isView(k)) {
+      parts.push(Buffer.from("b"), u32(k.byteLength), Buffer.from(k.buffer, k.byteOffset, k.byteLength))
+    } else if (Array.isArray(k)) {
+      parts.push(Buffer.from("a"), u32(k.length))
+      for (const item of k) walk(item)
+    } else {
+      throw new TypeError(`durable-idb: unsupported IndexedDB key type ${typeof k}`)
+    }
+  }
+  walk(key)
+  return Buffer.concat(parts)
+}
+
+const lengthPrefixed = (chunks: ReadonlyArray<Buffer | string>): Buffer =>
+  Buffer.concat(
+    chunks.flatMap((c) => {
+      const b = typeof c === "string" ? Buffer.from(c, "utf8") : c
+      return [u32(b.length), b]
+    })
+  )
+
+/** A 16-byte row id: keyed HMAC with a data key, a plain hash without one. */
+const rowId = (keys: RowKeys, chunks: ReadonlyArray<Buffer | string>): Buffer => {
+  const input = lengthPrefixed(chunks)
+  const digest = keys.ids !== undefined
+    ? crypto.createHmac("sha256", keys.ids).update(input).digest()
+    : crypto.createHash("sha256").update(input).digest()
+  return digest.subarray(0, 16)
+}
+
+export const databaseId = (keys: RowKeys, db: string) => rowId(keys, ["db", db])
+export const storeId = (keys: RowKeys, db: string, store: string) => rowId(keys, ["store", db, store])
+export const recordId = (keys: RowKeys, db: string, store: string, key: unknown) =>
+  rowId(keys, ["record", db, store, encodeKey(key)])
+
+const IV_BYTES = 12
+const TAG_BYTES = 16
+
+/** AES-256-GCM with a random IV; the row id is the associated data, so rows cannot be swapped. */
+export const sealBlob = (key: Buffer | undefined, aad: Buffer, plain: Buffer): Buffer => {
+  if (key === undefined) return plain
+  const iv = crypto.randomBytes(IV_BYTES)
+  const c = crypto.createCipheriv("aes-256-gcm", key, iv)
+  c.setAAD(aad)
+  const body = Buffer.concat([c.update(plain), c.final()])
+  return Buffer.concat([iv, c.getAuthTag(), body])
+}
+
+/** Throws on a wrong key or a tampered row. */
+export const openBlob = (key: Buffer | undefined, aad: Buffer, sealed: Uint8Array): Buffer => {
+  const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength)
+  if (key === undefined) return buf
+  if (buf.length < IV_BYTES + TAG_BYTES) throw new Error("sealed blob too short")
+  const d = crypto.createDecipheriv("aes-256-gcm", key, buf.subarray(0, IV_BYTES))
+  d.setAAD(aad)
+  d.setAuthTag(buf.subarray(IV_BYTES, IV_BYTES + TAG_BYTES))
+  return Buffer.concat([d.update(buf.subarray(IV_BYTES + TAG_BYTES)), d.final()])
+}
+
+export const serialize = (value: unknown): Buffer => v8.serialize(value)
+export const deserialize = (buf: Buffer): unknown => v8.deserialize(buf)
