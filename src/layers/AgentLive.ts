@@ -1,0 +1,345 @@
+import { Duration, Effect, Either, Layer, Option, Redacted, Stream } from "effect"
+import {
+  AgentConfigError,
+  AgentError,
+  type AgentProfile,
+  type AgentSettings,
+  type ChatMessage,
+  DEFAULT_HISTORY_BUDGET,
+  DEFAULT_MAX_CONCURRENT,
+  DEFAULT_MAX_TOKENS,
+  defaultRetrySettings,
+  formatModel,
+  labelSender,
+  messageCost,
+  noApiKey,
+  noModelConfigured,
+  parseModel,
+  providerUsable,
+  type ProviderSettings,
+  resolveAgent,
+  trimHistory,
+  type Usage,
+  userReply
+} from "../domain/agent.js"
+import type { AgentSpec, CaraConfig, SecretRef } from "../domain/config.js"
+import {
+  Agent,
+  type AgentRoute,
+  type AgentShape,
+  AgentSettingsTag,
+  type TurnEvent,
+  type TurnInput,
+  type TurnOutcome
+} from "../services/Agent.js"
+import { LanguageModel } from "../services/LanguageModel.js"
+import { Sessions, type SessionStoreError } from "../services/Sessions.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// Settings from the decoded config
+
+const DEFAULT_NAMES = new Set(["default", "defaults"])
+
+const profileFrom = (
+  name: string,
+  spec: AgentSpec,
+  path: string
+): Either.Either<Option.Option<AgentProfile>, AgentConfigError> => {
+  if (spec.model === undefined) return Either.right(Option.none())
+  return Either.match(parseModel(spec.model), {
+    onLeft: (problem) =>
+      Either.left(
+        new AgentConfigError({ kind: "agent-config-invalid", path: `${path}.model`, message: `${path}.model: ${problem}.` })
+      ),
+    onRight: (model) =>
+      Either.right(Option.some({
+        name,
+        model,
+        systemPrompt: spec.systemPrompt,
+        historyBudget: spec.historyBudget ?? DEFAULT_HISTORY_BUDGET,
+        maxTokens: DEFAULT_MAX_TOKENS
+      }))
+  })
+}
+
+const envKey = (env: Record<string, string | undefined>, name: string): Option.Option<Redacted.Redacted<string>> => {
+  const v = env[name]?.trim()
+  return v === undefined || v === "" ? Option.none() : Option.some(Redacted.make(v))
+}
+
+/**
+ * Derives the runtime's settings from the decoded config. API keys: the config value (sealed or `${VAR}`,
+ * opened by `secret`), else the provider's env variable. Named agents inherit unset fields from the
+ * default agent. A malformed model string or a room naming an undefined agent is a config error; a
+ * missing model or key is not (the daemon starts and the agent answers with how to configure one).
+ */
+export const agentSettingsFromConfig = <E>(
+  config: CaraConfig,
+  secret: (ref: SecretRef) => Effect.Effect<Redacted.Redacted<string>, E>,
+  env: Record<string, string | undefined> = process.env
+): Effect.Effect<AgentSettings, AgentConfigError | E> =>
+  Effect.gen(function*() {
+    const provider = (section: CaraConfig["anthropic"], envName: string) =>
+      Effect.gen(function*() {
+        const fromConfig = section?.apiKey === undefined ? Option.none() : Option.some(yield* secret(section.apiKey))
+        const baseUrl = section?.baseUrl?.trim()
+        return {
+          apiKey: Option.orElse(fromConfig, () => envKey(env, envName)),
+          baseUrl: baseUrl === undefined || baseUrl === "" ? Option.none() : Option.some(baseUrl)
+        } satisfies ProviderSettings
+      })
+    const anthropic = yield* provider(config.anthropic, "ANTHROPIC_API_KEY")
+    const openai = yield* provider(config.openai, "OPENAI_API_KEY")
+
+    const defaultKey = config.agents["defaults"] !== undefined ? "defaults" : "default"
+    const defaultSpec: AgentSpec = config.agents[defaultKey] ?? {}
+    const defaultAgent = yield* profileFrom("default", defaultSpec, `agents.${defaultKey}`)
+
+    const agents = new Map<string, AgentProfile>()
+    for (const [name, spec] of Object.entries(config.agents)) {
+      if (DEFAULT_NAMES.has(name)) continue
+      const merged: AgentSpec = { ...defaultSpec, ...spec }
+      const profile = yield* profileFrom(name, merged, `agents.${name}`)
+      if (Option.isNone(profile)) {
+        return yield* new AgentConfigError({
+          kind: "agent-config-invalid",
+          path: `agents.${name}.model`,
+          message:
+            `agents.${name} has no model and there is no default model to inherit: set agents.${name}.model or agents.defaults.model (for example "anthropic:claude-sonnet-4-6").`
+        })
+      }
+      agents.set(name, profile.value)
+    }
+
+    const roomAgents = new Map<string, string>()
+    for (const [roomId, room] of Object.entries(config.matrix?.rooms ?? {})) {
+      const name = room.agent
+      if (name === undefined || DEFAULT_NAMES.has(name)) continue
+      if (!agents.has(name)) {
+        return yield* new AgentConfigError({
+          kind: "agent-config-invalid",
+          path: `matrix.rooms.${roomId}.agent`,
+          message: `matrix.rooms.${roomId}.agent names the agent "${name}", which is not defined: add agents.${name} with a model, or remove the room's agent setting.`
+        })
+      }
+      roomAgents.set(roomId, name)
+    }
+
+    const maxConcurrent = defaultSpec.maxConcurrent ?? DEFAULT_MAX_CONCURRENT
+    return {
+      anthropic,
+      openai,
+      defaultAgent,
+      agents,
+      roomAgents,
+      retry: defaultRetrySettings,
+      requestTimeout: Duration.minutes(5),
+      maxConcurrent
+    } satisfies AgentSettings
+  })
+
+/** Problems that make some or all rooms unable to get an answer; warned about once at start. */
+export const configurationProblems = (settings: AgentSettings): ReadonlyArray<AgentError> => {
+  const problems: Array<AgentError> = []
+  if (Option.isNone(settings.defaultAgent)) problems.push(noModelConfigured())
+  const profiles = [...Option.toArray(settings.defaultAgent), ...settings.agents.values()]
+  const seen = new Set<string>()
+  for (const p of profiles) {
+    if (seen.has(p.model.provider) || providerUsable(settings, p.model.provider)) continue
+    seen.add(p.model.provider)
+    problems.push(noApiKey(p.model))
+  }
+  return problems
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The runtime
+
+const GROUP_NOTE =
+  "This is a group chat: each user message starts with the sender's name and Matrix ID, then a colon."
+
+export const NEW_CONVERSATION_REPLY = "🆕 Started a new conversation. Earlier messages in this room are forgotten."
+const EMPTY_ANSWER_REPLY = "(The model returned an empty answer. Try rephrasing, or send /new to start over.)"
+
+const isNewCommand = (text: string) => /^\/new(\s|$)/i.test(text)
+
+export const makeAgent = Effect.gen(function*() {
+  const settings = yield* AgentSettingsTag
+  const sessions = yield* Sessions
+  const model = yield* LanguageModel
+
+  const problems = configurationProblems(settings)
+  for (const problem of problems) {
+    yield* Effect.logWarning(problem.message).pipe(Effect.annotateLogs({ service: "Agent", kind: problem.kind }))
+  }
+
+  // One turn per room at a time keeps each room's history consistent; the global limit bounds provider load.
+  const roomLocks = new Map<string, Effect.Semaphore>()
+  const roomLock = (roomId: string) =>
+    Effect.sync(() => {
+      let lock = roomLocks.get(roomId)
+      if (lock === undefined) {
+        lock = Effect.unsafeMakeSemaphore(1)
+        roomLocks.set(roomId, lock)
+      }
+      return lock
+    })
+  const modelCalls = yield* Effect.makeSemaphore(Math.max(1, settings.maxConcurrent))
+
+  const failed = (error: AgentError): TurnEvent => ({ _tag: "Failed", text: userReply(error), error })
+
+  const logFailure = (error: AgentError, input: TurnInput) =>
+    Effect.logWarning(error.message).pipe(
+      Effect.annotateLogs({ service: "Agent", kind: error.kind, roomId: input.roomId, eventId: input.eventId })
+    )
+
+  const toModelMessages = (
+    stored: ReadonlyArray<{ role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }>,
+    isGroup: boolean
+  ): ReadonlyArray<ChatMessage> =>
+    stored.map((m) => ({
+      role: m.role,
+      content: isGroup && m.role === "user" && m.senderId !== undefined
+        ? labelSender(m.senderName, m.senderId, m.content)
+        : m.content
+    }))
+
+  const runModel = (input: TurnInput, text: string, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
+    Stream.unwrapScoped(
+      Effect.gen(function*() {
+        // The permit is held until the stream ends, including its consumption by the caller.
+        yield* Effect.acquireRelease(modelCalls.take(1), () => modelCalls.release(1))
+        // Every message costs at least messageCost("") characters, so this many rows always cover the budget.
+        const rowLimit = Math.min(5000, Math.ceil(profile.historyBudget / messageCost({ role: "user", content: "" })) + 2)
+        const stored = yield* sessions.history(input.roomId, rowLimit)
+        const messages = trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget)
+        const system = [profile.systemPrompt, input.isGroup ? GROUP_NOTE : undefined]
+          .filter((s): s is string => s !== undefined && s !== "")
+          .join("\n\n")
+        const request = {
+          model: profile.model,
+          system: system === "" ? undefined : system,
+          messages,
+          maxTokens: profile.maxTokens
+        }
+        let answer = ""
+        let usage: Usage = { inputTokens: undefined, outputTokens: undefined }
+        const deltas = model.stream(request).pipe(
+          Stream.mapConcat((part): ReadonlyArray<TurnEvent> => {
+            if (part._tag === "TextDelta") {
+              answer += part.text
+              return [{ _tag: "Delta", text: part.text }]
+            }
+            usage = part.usage
+            return []
+          }),
+          Stream.catchAll((error) => Stream.fromEffect(Effect.as(logFailure(error, input), failed(error))))
+        )
+        const finish = Stream.fromEffect(
+          Effect.suspend(() => {
+            if (answer.trim() === "") {
+              return Effect.succeed<TurnEvent>({
+                _tag: "Completed",
+                text: EMPTY_ANSWER_REPLY,
+                agent: profile.name,
+                model: formatModel(profile.model),
+                usage,
+                replayed: false
+              })
+            }
+            return sessions.append(input.roomId, {
+              role: "assistant",
+              content: answer,
+              replyTo: input.eventId,
+              agent: profile.name,
+              model: formatModel(profile.model)
+            }).pipe(
+              Effect.as<TurnEvent>({
+                _tag: "Completed",
+                text: answer,
+                agent: profile.name,
+                model: formatModel(profile.model),
+                usage,
+                replayed: false
+              })
+            )
+          })
+        )
+        let sawFailure = false
+        return deltas.pipe(
+          Stream.tap((e) => Effect.sync(() => (sawFailure ||= e._tag === "Failed"))),
+          Stream.concat(Stream.suspend(() => (sawFailure ? Stream.empty : finish))),
+          Stream.withSpan("Agent.model", { attributes: { agent: profile.name, model: formatModel(profile.model) } })
+        )
+      })
+    )
+
+  const turn = (input: TurnInput) =>
+    Stream.unwrapScoped(
+      Effect.gen(function*() {
+        const lock = yield* roomLock(input.roomId)
+        yield* Effect.acquireRelease(lock.take(1), () => lock.release(1))
+        const text = input.text.trim()
+
+        if (isNewCommand(text)) {
+          yield* sessions.reset(input.roomId)
+          yield* Effect.logInfo("conversation reset").pipe(Effect.annotateLogs({ service: "Agent", roomId: input.roomId }))
+          const rest = text.slice(4).trim()
+          if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
+          return yield* startTurn(input, rest)
+        }
+        return yield* startTurn(input, text)
+      })
+    )
+
+  const startTurn = (input: TurnInput, text: string) =>
+    Effect.gen(function*() {
+      const prior = yield* sessions.replyTo(input.roomId, input.eventId)
+      if (Option.isSome(prior)) {
+        return Stream.make<Array<TurnEvent>>({
+          _tag: "Completed",
+          text: prior.value.content,
+          agent: prior.value.agent ?? "default",
+          model: prior.value.model ?? "",
+          usage: { inputTokens: undefined, outputTokens: undefined },
+          replayed: true
+        })
+      }
+      // The message joins the history before anything can fail, so nothing the user said is lost.
+      yield* sessions.append(input.roomId, {
+        role: "user",
+        content: text,
+        eventId: input.eventId,
+        senderId: input.senderId,
+        ...(input.senderName === undefined ? {} : { senderName: input.senderName })
+      })
+      const profile = resolveAgent(settings, input.roomId)
+      if (Option.isNone(profile)) return Stream.make(failed(noModelConfigured()))
+      if (!providerUsable(settings, profile.value.model.provider)) {
+        return Stream.make(failed(noApiKey(profile.value.model)))
+      }
+      return runModel(input, text, profile.value)
+    })
+
+  const reply = (input: TurnInput) =>
+    turn(input).pipe(
+      Stream.filter((e): e is TurnOutcome => e._tag !== "Delta"),
+      Stream.runLast,
+      Effect.map(Option.getOrElse((): TurnOutcome => ({
+        _tag: "Failed",
+        text: userReply(new AgentError({ kind: "agent-unavailable", message: "The turn ended without an answer." })),
+        error: new AgentError({ kind: "agent-unavailable", message: "The turn ended without an answer; this is a bug." })
+      })))
+    )
+
+  const route = (roomId: string): Option.Option<AgentRoute> =>
+    Option.map(resolveAgent(settings, roomId), (p) => ({ agent: p.name, model: formatModel(p.model) }))
+
+  return { turn, reply, route, problems } satisfies AgentShape
+})
+
+/** The Agent over its settings, the history store and the language model. */
+export const AgentLive: Layer.Layer<Agent, never, AgentSettingsTag | Sessions | LanguageModel> = Layer.effect(
+  Agent,
+  makeAgent
+)

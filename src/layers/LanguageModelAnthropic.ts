@@ -1,0 +1,117 @@
+import Anthropic from "@anthropic-ai/sdk"
+import { Duration, Effect, Option, Redacted, Stream } from "effect"
+import {
+  type AgentError,
+  type ChatRequest,
+  classifyFailure,
+  mergeConsecutive,
+  parseRetryAfter,
+  type ProviderSettings,
+  scrubSecrets,
+  type StreamPart
+} from "../domain/agent.js"
+import type { ProviderClient } from "../services/LanguageModel.js"
+
+export interface AnthropicClientOptions {
+  readonly settings: ProviderSettings
+  readonly requestTimeout: Duration.Duration
+}
+
+/** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
+export const anthropicFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError => {
+  if (cause instanceof Anthropic.APIError && !(cause instanceof Anthropic.APIConnectionError)) {
+    const headers = cause.headers
+    return classifyFailure({
+      provider: "anthropic",
+      model,
+      status: cause.status,
+      errorType: cause.type ?? undefined,
+      errorCode: cause.errorCode ?? undefined,
+      detail: scrubSecrets(cause.apiMessage ?? "", secrets),
+      retryAfterMs: headers === undefined ? undefined : parseRetryAfter((n) => headers.get(n), nowMs),
+      connection: false
+    })
+  }
+  const message = cause instanceof Error ? cause.message : String(cause)
+  return classifyFailure({
+    provider: "anthropic",
+    model,
+    status: undefined,
+    errorType: undefined,
+    errorCode: undefined,
+    detail: scrubSecrets(message, secrets),
+    retryAfterMs: undefined,
+    connection: true
+  })
+}
+
+/**
+ * The Anthropic Messages API through the official SDK (one attempt per call; SDK retries off, the router
+ * retries). Requires a key: the caller checks `providerUsable` first.
+ */
+export const makeAnthropicClient = (options: AnthropicClientOptions): ProviderClient => {
+  const apiKey = Option.getOrElse(Option.map(options.settings.apiKey, Redacted.value), () => "")
+  const secrets = apiKey === "" ? [] : [apiKey]
+  const client = new Anthropic({
+    apiKey,
+    // Explicit so ANTHROPIC_BASE_URL in the daemon's environment never silently redirects traffic.
+    baseURL: Option.getOrElse(options.settings.baseUrl, () => "https://api.anthropic.com"),
+    maxRetries: 0,
+    timeout: Duration.toMillis(options.requestTimeout),
+    logLevel: "off"
+  })
+
+  const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {
+    const fail = (cause: unknown) => anthropicFailure(cause, request.model.model, secrets, Date.now())
+    const open = Effect.acquireRelease(
+      Effect.tryPromise({
+        try: (signal) =>
+          client.messages.create(
+            {
+              model: request.model.model,
+              max_tokens: request.maxTokens,
+              ...(request.system === undefined || request.system === "" ? {} : { system: request.system }),
+              messages: mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content })),
+              stream: true
+            },
+            { signal }
+          ),
+        catch: fail
+      }),
+      // Aborting ends a pending read at once; returning the iterator alone would wait for the next chunk.
+      (sdkStream) => Effect.sync(() => sdkStream.controller.abort())
+    )
+    return Stream.unwrapScoped(
+      Effect.map(open, (sdkStream) => {
+        let inputTokens: number | undefined
+        let outputTokens: number | undefined
+        let reason: string | undefined
+        return Stream.fromAsyncIterable(sdkStream, fail).pipe(
+          Stream.mapConcat((event): ReadonlyArray<StreamPart> => {
+            switch (event.type) {
+              case "message_start":
+                inputTokens = event.message.usage.input_tokens
+                outputTokens = event.message.usage.output_tokens
+                return []
+              case "content_block_delta":
+                return event.delta.type === "text_delta" && event.delta.text !== ""
+                  ? [{ _tag: "TextDelta", text: event.delta.text }]
+                  : []
+              case "message_delta":
+                outputTokens = event.usage.output_tokens
+                reason = event.delta.stop_reason ?? undefined
+                return []
+              case "message_stop":
+                return [{ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }]
+              default:
+                return []
+            }
+          })
+        )
+      })
+    )
+  }
+
+  return { provider: "anthropic", stream }
+}
+

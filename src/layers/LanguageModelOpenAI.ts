@@ -1,0 +1,123 @@
+import OpenAI from "openai"
+import { Duration, Effect, Option, Redacted, Stream } from "effect"
+import {
+  type AgentError,
+  type ChatRequest,
+  classifyFailure,
+  mergeConsecutive,
+  parseRetryAfter,
+  type ProviderSettings,
+  scrubSecrets,
+  type StreamPart
+} from "../domain/agent.js"
+import type { ProviderClient } from "../services/LanguageModel.js"
+
+export interface OpenAIClientOptions {
+  readonly settings: ProviderSettings
+  readonly requestTimeout: Duration.Duration
+}
+
+const OFFICIAL_BASE_URL = "https://api.openai.com/v1"
+
+/** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
+export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError => {
+  if (cause instanceof OpenAI.APIError && !(cause instanceof OpenAI.APIConnectionError)) {
+    const headers = cause.headers
+    const body = cause.error as { message?: unknown } | undefined
+    const detail = typeof body?.message === "string" ? body.message : cause.status === undefined ? cause.message : ""
+    return classifyFailure({
+      provider: "openai",
+      model,
+      status: cause.status,
+      errorType: cause.type ?? undefined,
+      errorCode: cause.code ?? undefined,
+      detail: scrubSecrets(detail, secrets),
+      retryAfterMs: headers === undefined ? undefined : parseRetryAfter((n) => headers.get(n), nowMs),
+      connection: false
+    })
+  }
+  const message = cause instanceof Error ? cause.message : String(cause)
+  return classifyFailure({
+    provider: "openai",
+    model,
+    status: undefined,
+    errorType: undefined,
+    errorCode: undefined,
+    detail: scrubSecrets(message, secrets),
+    retryAfterMs: undefined,
+    connection: true
+  })
+}
+
+/**
+ * OpenAI Chat Completions through the official SDK, also for OpenAI-compatible servers (Ollama, vLLM,
+ * llama.cpp) via `openai.baseUrl`. One attempt per call; the router retries.
+ */
+export const makeOpenAIClient = (options: OpenAIClientOptions): ProviderClient => {
+  const apiKey = Option.getOrElse(Option.map(options.settings.apiKey, Redacted.value), () => "")
+  const secrets = apiKey === "" ? [] : [apiKey]
+  const baseURL = Option.getOrElse(options.settings.baseUrl, () => OFFICIAL_BASE_URL)
+  const official = baseURL.replace(/\/+$/, "") === OFFICIAL_BASE_URL
+  const client = new OpenAI({
+    // Local compatible servers usually take no key, but the SDK insists on one.
+    apiKey: apiKey === "" ? "no-key" : apiKey,
+    baseURL,
+    maxRetries: 0,
+    timeout: Duration.toMillis(options.requestTimeout),
+    logLevel: "off"
+  })
+
+  const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {
+    const fail = (cause: unknown) => openaiFailure(cause, request.model.model, secrets, Date.now())
+    const messages: Array<OpenAI.Chat.ChatCompletionMessageParam> = [
+      ...(request.system === undefined || request.system === ""
+        ? []
+        : [{ role: "system" as const, content: request.system }]),
+      ...mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content }))
+    ]
+    const open = Effect.acquireRelease(
+      Effect.tryPromise({
+        try: (signal) =>
+          client.chat.completions.create(
+            {
+              model: request.model.model,
+              messages,
+              stream: true,
+              // The official API wants max_completion_tokens (reasoning models reject max_tokens);
+              // compatible servers mostly know only max_tokens. Usage in the stream is official-only.
+              ...(official
+                ? { max_completion_tokens: request.maxTokens, stream_options: { include_usage: true } }
+                : { max_tokens: request.maxTokens })
+            },
+            { signal }
+          ),
+        catch: fail
+      }),
+      (sdkStream) => Effect.sync(() => sdkStream.controller.abort())
+    )
+    return Stream.unwrapScoped(
+      Effect.map(open, (sdkStream) => {
+        let reason: string | undefined
+        let inputTokens: number | undefined
+        let outputTokens: number | undefined
+        const finish = Stream.sync((): StreamPart => ({ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }))
+        return Stream.fromAsyncIterable(sdkStream, fail).pipe(
+          Stream.mapConcat((chunk): ReadonlyArray<StreamPart> => {
+            if (chunk.usage != null) {
+              inputTokens = chunk.usage.prompt_tokens
+              outputTokens = chunk.usage.completion_tokens
+            }
+            const choice = chunk.choices[0]
+            if (choice === undefined) return []
+            if (choice.finish_reason != null) reason = choice.finish_reason
+            const text = choice.delta.content
+            return typeof text === "string" && text !== "" ? [{ _tag: "TextDelta", text }] : []
+          }),
+          Stream.concat(finish)
+        )
+      })
+    )
+  }
+
+  return { provider: "openai", stream }
+}
