@@ -32,8 +32,12 @@ import {
   type TurnInput,
   type TurnOutcome
 } from "../services/Agent.js"
+import { ConfigSecrets, type ConfigSecretError } from "../services/ConfigSecrets.js"
 import { LanguageModel } from "../services/LanguageModel.js"
 import { Sessions, type SessionStoreError } from "../services/Sessions.js"
+import type { StateDir } from "../services/StateDir.js"
+import { LanguageModelLive } from "./LanguageModelLive.js"
+import { SessionsLive } from "./SessionsLive.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Settings from the decoded config
@@ -343,3 +347,29 @@ export const AgentLive: Layer.Layer<Agent, never, AgentSettingsTag | Sessions | 
   Agent,
   makeAgent
 )
+
+/**
+ * The agent settings from the loaded config (keys opened through ConfigSecrets); `env` supplies the
+ * `ANTHROPIC_API_KEY` / `OPENAI_API_KEY` fallbacks.
+ */
+export const agentSettingsLayer = (
+  env: Record<string, string | undefined> = process.env
+): Layer.Layer<AgentSettingsTag, AgentConfigError | ConfigSecretError, ConfigSecrets> =>
+  Layer.effect(
+    AgentSettingsTag,
+    Effect.flatMap(ConfigSecrets, (cs) => agentSettingsFromConfig(cs.config, (ref) => cs.secret(ref), env))
+  )
+
+/**
+ * The whole agent runtime for the daemon: settings from the config, history in
+ * `{state_dir}/carapace.sqlite`, both providers. Also exposes Sessions (for status / maintenance).
+ */
+export const agentRuntime = (
+  env: Record<string, string | undefined> = process.env
+): Layer.Layer<Agent | Sessions, AgentConfigError | ConfigSecretError | SessionStoreError, ConfigSecrets | StateDir> =>
+  AgentLive.pipe(
+    Layer.provideMerge(Layer.merge(SessionsLive, LanguageModelLive)),
+    Layer.provide(agentSettingsLayer(env))
+  )
+
+export const AgentRuntimeLive = agentRuntime()

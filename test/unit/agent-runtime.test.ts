@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Fiber, Layer, Option, Redacted, Stream } from "effect"
+import { Chunk, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schema, Stream } from "effect"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { type AgentProfile, type AgentSettings, emptyAgentSettings } from "../../src/domain/agent.js"
-import { AgentLive, NEW_CONVERSATION_REPLY } from "../../src/layers/AgentLive.js"
+import { CaraConfig } from "../../src/domain/config.js"
+import { AgentLive, agentRuntime, NEW_CONVERSATION_REPLY } from "../../src/layers/AgentLive.js"
+import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { LanguageModelLive } from "../../src/layers/LanguageModelLive.js"
 import { SessionsLive } from "../../src/layers/SessionsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
@@ -266,5 +268,65 @@ describe("Agent", () => {
           expect(ant.requests[1]!.body.messages).toHaveLength(3)
         })
       )
+    }))
+})
+
+/** A small ConfigSecrets fake: a decoded config and a table of secret values. */
+const configSecrets = (encoded: unknown, values: Record<string, string>) => {
+  const config = Schema.decodeUnknownSync(CaraConfig)(encoded)
+  const lookup = (ref: string | { readonly path: string }) => typeof ref === "string" ? ref : ref.path
+  return Layer.succeed(ConfigSecrets, {
+    path: Option.none(),
+    config,
+    findings: [],
+    secret: (ref) => Effect.succeed(Redacted.make(values[lookup(ref)] ?? "")),
+    secretOption: (ref) => Effect.succeed(Option.map(Option.fromNullable(values[lookup(ref)]), Redacted.make)),
+    setMatrixAccessToken: () => Effect.void,
+    removeMatrixPassword: () => Effect.void,
+    setSealedSecret: () => Effect.void
+  })
+}
+
+describe("AgentRuntimeLive (from the config)", () => {
+  it.scopedLive("reads the model, key and base URL from the config and answers", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const ant = yield* fakeAnthropic
+      const runtime = agentRuntime({}).pipe(
+        Layer.provide(configSecrets(
+          {
+            anthropic: { apiKey: { path: "anthropic.apiKey", source: "config" }, baseUrl: ant.baseUrl },
+            agents: { default: { model: "anthropic:claude-from-config", systemPrompt: "Configured." } }
+          },
+          { "anthropic.apiKey": "sk-ant-from-config" }
+        )),
+        Layer.provide(StateDirAt(dir))
+      )
+      const out = yield* Effect.scoped(Effect.provide(reply(dm("hi")), runtime))
+      expect(out).toMatchObject({ _tag: "Completed", model: "anthropic:claude-from-config" })
+      const sent = ant.requests[0]!
+      expect(sent.body.system).toBe("Configured.")
+      expect(sent.headers["authorization"] ?? sent.headers["x-api-key"]).toContain("sk-ant-from-config")
+    }))
+
+  it.scopedLive("with no key it starts, warns once, and every turn answers with how to configure one", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const warnings: Array<string> = []
+      const capture = Logger.make(({ logLevel, message }) => {
+        if (LogLevel.greaterThanEqual(logLevel, LogLevel.Warning)) warnings.push(String(message))
+      })
+      const runtime = agentRuntime({}).pipe(
+        Layer.provide(configSecrets({ agents: { defaults: { model: "openai:gpt-4o" } } }, {})),
+        Layer.provide(StateDirAt(dir))
+      )
+      const replies = yield* Effect.scoped(
+        Effect.provide(Effect.all([reply(dm("one")), reply(dm("two"))]), runtime)
+      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+      for (const r of replies) {
+        expect(r._tag).toBe("Failed")
+        expect(r.text).toContain("OPENAI_API_KEY")
+      }
+      expect(warnings.filter((w) => w.includes("OpenAI API key"))).toHaveLength(1)
     }))
 })
