@@ -22,6 +22,8 @@ export type FakeReply =
   }
   /** A stream that starts, sends some deltas, then an in-stream error event. */
   | { readonly type: "stream-error"; readonly chunks: ReadonlyArray<string>; readonly errorType: string; readonly message: string }
+  /** A stream that sends some deltas and then never finishes (until the client goes away). */
+  | { readonly type: "stall"; readonly chunks: ReadonlyArray<string> }
 
 export interface RecordedRequest {
   readonly method: string
@@ -39,6 +41,8 @@ export interface FakeLlmServer {
   readonly enqueue: (...replies: ReadonlyArray<FakeReply>) => void
   /** Resolves once at least `n` requests were received. */
   readonly waitForRequests: (n: number) => Promise<void>
+  /** Resolves once the client closed a stalled response (it aborted the request). */
+  readonly waitForAbort: () => Promise<void>
 }
 
 export const DEFAULT_TEXT = "Hello from the fake model."
@@ -94,6 +98,7 @@ const handleAnthropic = (req: RecordedRequest, reply: FakeReply, res: http.Serve
   if (req.body?.stream === true) {
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
     const send = anthropicSse(res, model, reply.chunks)
+    if (reply.type === "stall") return
     if (reply.type === "stream-error") {
       send("error", { type: "error", error: { type: reply.errorType, message: reply.message } })
     } else {
@@ -128,6 +133,7 @@ const handleOpenAI = (req: RecordedRequest, reply: FakeReply, res: http.ServerRe
     const data = (d: unknown) => res.write(`data: ${JSON.stringify(d)}\n\n`)
     data(openaiChunk(model, { role: "assistant", content: "" }, null))
     for (const content of reply.chunks) data(openaiChunk(model, { content }, null))
+    if (reply.type === "stall") return
     if (reply.type === "stream-error") {
       data({ error: { message: reply.message, type: reply.errorType, param: null, code: null } })
       res.end()
@@ -165,6 +171,8 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
       const requests: Array<RecordedRequest> = []
       const queue: Array<FakeReply> = []
       const waiters: Array<{ n: number; resolve: () => void }> = []
+      let aborts = 0
+      const abortWaiters: Array<() => void> = []
       const expectedPath = flavor === "anthropic" ? "/v1/messages" : "/v1/chat/completions"
 
       const server = http.createServer((req, res) => {
@@ -197,6 +205,12 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
             return
           }
           const reply = queue.shift() ?? { type: "text", chunks: [DEFAULT_TEXT] }
+          if (reply.type === "stall") {
+            res.on("close", () => {
+              aborts++
+              for (const w of abortWaiters.splice(0)) w()
+            })
+          }
           if (flavor === "anthropic") handleAnthropic(recorded, reply, res)
           else handleOpenAI(recorded, reply, res)
         })
@@ -210,6 +224,7 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
         enqueue: (...replies) => void queue.push(...replies),
         waitForRequests: (n) =>
           requests.length >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),
+        waitForAbort: () => (aborts > 0 ? Promise.resolve() : new Promise<void>((resolve) => abortWaiters.push(resolve))),
         server
       }
       return fake

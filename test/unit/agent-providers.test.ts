@@ -97,6 +97,19 @@ for (const { name, start } of servers) {
         }
       }))
 
+    it.scopedLive("a consumer that stops early aborts the HTTP request", () =>
+      Effect.gen(function*() {
+        const fake = yield* start
+        fake.enqueue({ type: "stall", chunks: ["first"] })
+        const lm = makeLanguageModel(settingsFor(fake))
+        const head = yield* Stream.runHead(lm.stream(request(provider)))
+        expect(head).toEqual(Option.some({ _tag: "TextDelta", text: "first" }))
+        // Resolves only when the server sees the connection closed; a leak would hang here.
+        yield* Effect.promise(() => fake.waitForAbort()).pipe(
+          Effect.timeoutFail({ duration: Duration.seconds(20), onTimeout: () => new Error("the request was not aborted") })
+        )
+      }))
+
     it.scoped("retries a 429 after exactly the retry-after the provider asked for, then succeeds", () =>
       Effect.gen(function*() {
         const fake = yield* start
