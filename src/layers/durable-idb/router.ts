@@ -32,7 +32,7 @@ const overlaps = (a: NameClaim, b: NameClaim) =>
   a.exact.some((e) => matches(b, e)) ||
   b.exact.some((e) => matches(a, e))
 
-export class IndexedDbRouter extends fakeIdb.IDBFactory {
+export class IndexedDbRouter extends fakeIdb.IDBFactory implements IdbFactory {
   fallback: Factory = new fakeIdb.IDBFactory()
   private readonly claims: Array<Claim> = []
 
@@ -61,6 +61,10 @@ export class IndexedDbRouter extends fakeIdb.IDBFactory {
     const target = this.pick(String(name))
     // FDBFactory.open distinguishes "no version" by arity.
     return version === undefined ? target.open(name) : target.open(name, version)
+  }
+
+  cmp(first: unknown, second: unknown): number {
+    return this.fallback.cmp(first, second)
   }
 
   deleteDatabase(name: string) {
