@@ -111,7 +111,7 @@ export const GatewayAuth = Schema.Struct({
 })
 
 export const Gateway = Schema.Struct({
-  port: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 65535)), { nullable: true, default: () => 18789 }),
+  port: Schema.optionalWith(Schema.Int.pipe(Schema.between(0, 65535)), { nullable: true, default: () => 18789 }),
   /** `"loopback"` (127.0.0.1), `"lan"` (0.0.0.0) or a literal address. */
   bind: Schema.optionalWith(Schema.NonEmptyTrimmedString, { nullable: true, default: () => "loopback" }),
   auth: nullable(GatewayAuth),

@@ -210,3 +210,32 @@ export const isMalformedPlaceholder = (value: string): boolean => {
   const m = /^\$\{([^}]*)\}$/.exec(v)
   return m !== null && !PLACEHOLDER.test(v)
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Downgrade guard (reference §2.6), on whole parsed documents
+
+const encryptedLeaves = (v: unknown, path: ReadonlyArray<string> = []): Array<[ReadonlyArray<string>, string]> => {
+  if (typeof v === "string") return looksEncrypted(v) ? [[path, v]] : []
+  if (v === null || typeof v !== "object") return []
+  return Object.entries(v).flatMap(([k, e]) => encryptedLeaves(e, [...path, k]))
+}
+
+const getIn = (v: unknown, path: ReadonlyArray<string>): unknown =>
+  path.reduce<unknown>(
+    (acc, k) => (acc !== null && typeof acc === "object" && Object.hasOwn(acc, k) ? (acc as Record<string, unknown>)[k] : undefined),
+    v
+  )
+
+/**
+ * Dot paths where a write would weaken a sealed value: an `enc:v*` value replaced by anything that is not
+ * sealed, or (without the config password, which could not have sealed it) changed at all. Deleting a
+ * sealed value is allowed: that is how `matrix.password` is removed.
+ */
+export const downgradeViolations = (before: unknown, after: unknown, passwordSet: boolean): ReadonlyArray<string> =>
+  encryptedLeaves(before).flatMap(([path, old]) => {
+    const now = getIn(after, path)
+    if (now === undefined) return []
+    const stillSealed = typeof now === "string" && looksEncrypted(now)
+    if (!stillSealed || (!passwordSet && now !== old)) return [path.join(".")]
+    return []
+  })
