@@ -208,7 +208,7 @@ export const makeAgent = Effect.gen(function*() {
         : m.content
     }))
 
-  const runModel = (input: TurnInput, text: string, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
+  const runModel = (input: TurnInput, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
     Stream.unwrapScoped(
       Effect.gen(function*() {
         // The permit is held until the stream ends, including its consumption by the caller.
@@ -283,8 +283,21 @@ export const makeAgent = Effect.gen(function*() {
       Effect.gen(function*() {
         const lock = yield* roomLock(input.roomId)
         yield* Effect.acquireRelease(lock.take(1), () => lock.release(1))
-        const text = input.text.trim()
 
+        // A redelivered event gets the answer it already has (checked before /new, which would drop it).
+        const prior = yield* sessions.replyTo(input.roomId, input.eventId)
+        if (Option.isSome(prior)) {
+          return Stream.make<Array<TurnEvent>>({
+            _tag: "Completed",
+            text: prior.value.content,
+            agent: prior.value.agent ?? "default",
+            model: prior.value.model ?? "",
+            usage: { inputTokens: undefined, outputTokens: undefined },
+            replayed: true
+          })
+        }
+
+        const text = input.text.trim()
         if (isNewCommand(text)) {
           yield* sessions.reset(input.roomId)
           yield* Effect.logInfo("conversation reset").pipe(Effect.annotateLogs({ service: "Agent", roomId: input.roomId }))
@@ -298,17 +311,6 @@ export const makeAgent = Effect.gen(function*() {
 
   const startTurn = (input: TurnInput, text: string) =>
     Effect.gen(function*() {
-      const prior = yield* sessions.replyTo(input.roomId, input.eventId)
-      if (Option.isSome(prior)) {
-        return Stream.make<Array<TurnEvent>>({
-          _tag: "Completed",
-          text: prior.value.content,
-          agent: prior.value.agent ?? "default",
-          model: prior.value.model ?? "",
-          usage: { inputTokens: undefined, outputTokens: undefined },
-          replayed: true
-        })
-      }
       // The message joins the history before anything can fail, so nothing the user said is lost.
       yield* sessions.append(input.roomId, {
         role: "user",
@@ -322,7 +324,7 @@ export const makeAgent = Effect.gen(function*() {
       if (!providerUsable(settings, profile.value.model.provider)) {
         return Stream.make(failed(noApiKey(profile.value.model)))
       }
-      return runModel(input, text, profile.value)
+      return runModel(input, profile.value)
     })
 
   const reply = (input: TurnInput) =>

@@ -141,9 +141,18 @@ describe("Agent", () => {
           // "/new <text>" resets and answers the text in the fresh conversation.
           yield* reply(dm("/new start over"))
           expect(ant.requests.at(-1)!.body.messages).toEqual([{ role: "user", content: "start over" }])
+          // A redelivered "/new <text>" replays its answer and does not wipe what came after it.
+          const restart = dm("/new replay me")
+          yield* reply(restart)
+          yield* reply(dm("after the restart"))
+          expect(yield* reply(restart)).toMatchObject({ _tag: "Completed", replayed: true })
+          const kept = yield* Effect.flatMap(Sessions, (s) => s.history("!dm:hs", 100))
+          expect(kept.map((m) => m.content)).toContain("after the restart")
           // Not a command: "/newsletter" is an ordinary message.
           yield* reply(dm("/newsletter please"))
-          expect(ant.requests.at(-1)!.body.messages).toHaveLength(3)
+          const last = ant.requests.at(-1)!.body.messages
+          expect(last.at(-1)).toEqual({ role: "user", content: "/newsletter please" })
+          expect(last.map((m: { content: string }) => m.content)).toContain("after the restart")
         })
       )
     }))
