@@ -1,0 +1,156 @@
+// CryptoStore benchmark; prints one JSON object.
+//   commit overhead: median time of a small readwrite IndexedDB transaction on the durable store, minus
+//                    the same on plain in-memory fake-indexeddb
+//   5,000 Megolm sessions: import into the durable store, then reopen in a fresh process: time to open
+//                    the store (unwrap + rebuild) and to init the OlmMachine on it, and the RSS afterwards
+//   on-disk size of the store files
+// Run: `node_modules/.bin/vite-node bench/cryptostore.ts` (or any TS runner). The fresh-process part
+// bundles this file with esbuild and runs the bundle on the same Node.
+import { spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { Effect, Option, Redacted } from "effect"
+import { IDBFactory } from "fake-indexeddb"
+import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
+import { makeCryptoStore } from "../src/layers/CryptoStoreLive.js"
+import { StateDirAt } from "../src/layers/StateDirLive.js"
+import type { CryptoStoreShape, IdbFactory } from "../src/services/CryptoStore.js"
+
+const SESSIONS = Number(process.env["BENCH_SESSIONS"] ?? 5000)
+const COMMITS = Number(process.env["BENCH_COMMITS"] ?? 400)
+const PASS = "bench passphrase"
+
+const withStore = <A>(root: string, body: (s: CryptoStoreShape) => Promise<A>) =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function*() {
+        const s = yield* makeCryptoStore({
+          secret: { encrypted: true, passphrase: Option.some(Redacted.make(PASS)) },
+          installGlobal: true
+        })
+        return yield* Effect.promise(() => body(s))
+      })
+    ).pipe(Effect.provide(StateDirAt(root)))
+  )
+
+const median = (xs: Array<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)] ?? 0
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+const commitTimes = async (factory: IdbFactory, n: number): Promise<Array<number>> => {
+  const db: any = await new Promise((resolve, reject) => {
+    const req = factory.open("cara::bench", 1)
+    req.onupgradeneeded = () => req.result.createObjectStore("s")
+    req.onsuccess = () => resolve(req.result)
+    req.onerror = () => reject(req.error)
+  })
+  const payload = new Uint8Array(1024).fill(7)
+  const times: Array<number> = []
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now()
+    const tx = db.transaction("s", "readwrite")
+    tx.objectStore("s").put({ i, payload }, `k${i % 50}`)
+    await new Promise<void>((resolve, reject) => {
+      tx.oncomplete = () => resolve()
+      tx.onabort = () => reject(tx.error)
+    })
+    times.push(performance.now() - t0)
+  }
+  db.close()
+  return times
+}
+
+const dirBytes = (dir: string) => {
+  const out: Record<string, number> = {}
+  for (const f of fs.readdirSync(dir)) if (!f.endsWith(".owner")) out[f] = fs.statSync(path.join(dir, f)).size
+  return out
+}
+
+const reopen = async (root: string) => {
+  const t0 = performance.now()
+  await withStore(root, async (s) => {
+    const opened = performance.now()
+    const handle = await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
+    const m = await wasm.OlmMachine.initFromStore(new wasm.UserId("@bench:example.org"), new wasm.DeviceId("BENCH"), handle)
+    const ready = performance.now()
+    const count = (JSON.parse(await m.exportRoomKeys(() => true)) as Array<unknown>).length
+    m.close()
+    process.stdout.write(
+      JSON.stringify({
+        storeOpenMs: Math.round(opened - t0),
+        olmMachineInitMs: Math.round(ready - opened),
+        totalMs: Math.round(ready - t0),
+        rssMB: Math.round(process.memoryUsage().rss / 1048576),
+        sessionsFound: count
+      })
+    )
+  })
+}
+
+const main = async () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-bench-cs-"))
+  try {
+    // 1. commit overhead
+    const memory = await commitTimes(new IDBFactory(), COMMITS)
+    const commitRoot = path.join(work, "commit")
+    const durable = await withStore(commitRoot, (s) => commitTimes(s.indexedDB, COMMITS))
+    const commit = {
+      transactions: COMMITS,
+      medianMsMemory: +median(memory).toFixed(3),
+      medianMsDurable: +median(durable).toFixed(3),
+      medianOverheadMs: +(median(durable) - median(memory)).toFixed(3)
+    }
+
+    // 2. 5,000 Megolm sessions: generate in memory, import into the durable store
+    const gen = await wasm.OlmMachine.initialize(new wasm.UserId("@gen:example.org"), new wasm.DeviceId("GEN"))
+    for (let i = 0; i < SESSIONS; i++) {
+      await gen.shareRoomKey(new wasm.RoomId(`!r${i}:example.org`), [], new wasm.EncryptionSettings())
+    }
+    const exported = await gen.exportRoomKeys(() => true)
+    gen.close()
+    const storeRoot = path.join(work, "sessions")
+    const importMs = await withStore(storeRoot, async (s) => {
+      const handle = await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
+      const m = await wasm.OlmMachine.initFromStore(new wasm.UserId("@bench:example.org"), new wasm.DeviceId("BENCH"), handle)
+      const t0 = performance.now()
+      await m.importExportedRoomKeys(exported, () => {})
+      const ms = performance.now() - t0
+      m.close()
+      return Math.round(ms)
+    })
+
+    // 3. reopen in a fresh process
+    const bundle = path.join(work, "bench.mjs")
+    const { build } = await import("esbuild")
+    await build({
+      entryPoints: [fileURLToPath(import.meta.url)],
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node24",
+      packages: "external",
+      outfile: bundle,
+      logLevel: "silent"
+    })
+    fs.symlinkSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules"), path.join(work, "node_modules"))
+    const child = spawnSync(process.execPath, [bundle, "reopen", storeRoot], { encoding: "utf8" })
+    if (child.status !== 0) throw new Error(`reopen child failed: ${child.stderr}`)
+    const reopened = JSON.parse(child.stdout) as Record<string, number>
+
+    const disk = dirBytes(path.join(storeRoot, "matrix"))
+    const total = Object.values(disk).reduce((a, b) => a + b, 0)
+    process.stdout.write(
+      `${JSON.stringify({ bench: "cryptostore", node: process.version, commit, sessions: SESSIONS, importMs, reopen: reopened, diskBytes: { ...disk, total }, bytesPerSession: Math.round(total / SESSIONS) })}\n`
+    )
+  } finally {
+    if (process.env["BENCH_KEEP"] === undefined) fs.rmSync(work, { recursive: true, force: true })
+    else process.stderr.write(`kept ${work}\n`)
+  }
+}
+
+if (process.argv[2] === "reopen" && process.argv[3] !== undefined) await reopen(process.argv[3])
+else await main()
