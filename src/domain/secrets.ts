@@ -228,7 +228,7 @@ const getIn = (v: unknown, path: ReadonlyArray<string>): unknown =>
 
 /**
  * Dot paths where a write would weaken a sealed value: an `enc:v*` value replaced by anything that is not
- * sealed, or (without the config password, which could not have sealed it) changed at all. Deleting a
+ * sealed (a `${VAR}` placeholder is fine), or (without the config password) changed at all. Deleting a
  * sealed value is allowed: that is how `matrix.password` is removed.
  */
 export const downgradeViolations = (before: unknown, after: unknown, passwordSet: boolean): ReadonlyArray<string> =>
@@ -236,6 +236,8 @@ export const downgradeViolations = (before: unknown, after: unknown, passwordSet
     const now = getIn(after, path)
     if (now === undefined) return []
     const stillSealed = typeof now === "string" && looksEncrypted(now)
-    if (!stillSealed || (!passwordSet && now !== old)) return [path.join(".")]
+    // A `${VAR}` placeholder is a reference, not plaintext: with the password it may replace a sealed value.
+    const reference = passwordSet && typeof now === "string" && isExactPlaceholder(now)
+    if (!(stillSealed || reference) || (!passwordSet && now !== old)) return [path.join(".")]
     return []
   })

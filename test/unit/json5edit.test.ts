@@ -5,7 +5,7 @@ import JSON5 from "json5"
 import { applyEdits, type Edit, parseWithPositions, type ValueNode } from "../../src/domain/json5edit.js"
 
 // The seed's example config, verbatim in shape: comments, a ${VAR} placeholder per secret.
-export const SEED_CONFIG = `{
+const SEED_CONFIG = `{
   "gateway": {
     "bind": "loopback",
     "port": 18789,
