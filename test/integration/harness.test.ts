@@ -78,7 +78,13 @@ describe.skipIf(skipSynapse())("Synapse provisioning errors", () => {
     const root = await fakeRepo("offline")
     const lines: Array<string> = []
     const err = await withEnv(
-      { PIP_INDEX_URL: "https://127.0.0.1:9/simple", PIP_RETRIES: "1", PIP_FIND_LINKS: undefined, PIP_NO_INDEX: undefined },
+      {
+        PIP_INDEX_URL: "https://127.0.0.1:9/simple",
+        PIP_RETRIES: "1",
+        PIP_FIND_LINKS: undefined,
+        PIP_NO_INDEX: undefined,
+        CARA_SYNAPSE_PYTHON: undefined
+      },
       () => provisionSynapse({ repoRoot: root, log: (l) => lines.push(l) }).then(() => undefined, (e: unknown) => e)
     )
     expect((err as SynapseProvisionError).kind).toBe("pypi_unreachable")
@@ -88,15 +94,16 @@ describe.skipIf(skipSynapse())("Synapse provisioning errors", () => {
     await expect(stat(path.join(root, ".venv-synapse"))).rejects.toThrow(/ENOENT/)
     await expect(stat(path.join(root, ".venv-synapse.lock"))).rejects.toThrow(/ENOENT/)
   })
-
-  it("is idempotent: a second provision of the real venv installs nothing", async () => {
-    const p = await provisionSynapse({ log: () => {} })
-    expect(p.installed).toBe(false)
-    expect(p.synapseVersion).toBe("1.163.2")
-  })
 })
 
 describeSynapse("Synapse harness", (hs) => {
+  it("reuses the provisioned venv: a second provision installs nothing", async () => {
+    const p = await provisionSynapse({ log: () => {} })
+    expect(p.installed).toBe(false)
+    expect(p.synapseVersion).toBe(hs.synapseVersion)
+    expect(p.synapseVersion).toBe("1.163.2")
+  })
+
   it("serves /health and the client API", async () => {
     const health = await fetch(`${hs.baseUrl}/health`)
     expect(health.status).toBe(200)
@@ -199,7 +206,7 @@ describeSynapse("Synapse harness", (hs) => {
       expect(bobSeesAlice).toMatchObject({ verified: true, localVerified: true })
     })
 
-    it("SAS mismatch: the other side sees m.mismatched_sas and nothing is verified", async () => {
+    it("SAS mismatch and cancel: the other side sees m.mismatched_sas / m.user and nothing is verified", async () => {
       const c = await hs.registerUser()
       const carol = await Human.login(hs.baseUrl, c.userId, c.password)
       try {
@@ -221,6 +228,14 @@ describeSynapse("Synapse harness", (hs) => {
         await expect(outgoing.waitForDone(1_000)).rejects.toThrow(/m\.mismatched_sas/)
         expect((await carol.getDeviceVerificationStatus(alice.userId, alice.deviceId))?.verified).toBe(false)
         expect((await alice.getDeviceVerificationStatus(carol.userId, carol.deviceId))?.verified).toBe(false)
+
+        // cancelling a whole request: the peer sees m.user from the canceller
+        const second = await carol.requestDeviceVerification(alice.userId, alice.deviceId)
+        const secondIn = await alice.nextVerificationRequest(20_000, carol.userId)
+        await secondIn.accept()
+        await second.waitForPhase("ready")
+        await secondIn.cancel()
+        expect(await second.waitForCancel()).toEqual({ code: "m.user", by: alice.userId })
       } finally {
         await carol.stop()
       }

@@ -5,8 +5,8 @@
 //   })
 //
 // Skipped (and counted as skipped) only when CARA_SKIP_SYNAPSE=1. When the global setup could not provide a
-// Synapse, every test in the suite FAILS with the reason: a missing homeserver must never look like a pass.
-import { beforeEach, describe, inject } from "vitest"
+// Synapse, the suite FAILS with the reason: a missing homeserver must never look like a pass or a skip.
+import { describe, inject, it } from "vitest"
 import type { SynapseProvided } from "../globalSetup.js"
 import { registerWithSharedSecret, type RegisteredUser, type RegisterOptions } from "./harness.js"
 
@@ -74,14 +74,16 @@ export const describeSynapse = (name: string, fn: (hs: SharedSynapse) => void): 
     describe.skip(name, () => fn(useSynapse()))
     return
   }
-  describe(name, () => {
-    const reason = synapseUnavailable()
-    if (reason !== undefined) {
-      // beforeEach (not beforeAll) so that each test is reported as failed with this message
-      beforeEach(() => {
+  const reason = synapseUnavailable()
+  if (reason !== undefined) {
+    // The suite's own tests are not collected: their hooks would fail first and vitest would then report every
+    // test below as skipped. One test fails in their place, with the reason and the fix.
+    describe(name, () => {
+      it("needs the integration-test Synapse", () => {
         throw new Error(reason)
       })
-    }
-    fn(useSynapse())
-  })
+    })
+    return
+  }
+  describe(name, () => fn(useSynapse()))
 }
