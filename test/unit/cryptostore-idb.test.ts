@@ -196,6 +196,40 @@ describe("durable IndexedDB across a restart", () => {
     })
   })
 
+  it("turns a commit whose disk write fails into an abort: memory rolled back, nothing acknowledged", async () => {
+    await withStore(root, {}, async (s) => {
+      const db = await openDb(s.indexedDB, DB, 1, (d) => d.createObjectStore("a"))
+      const ok = db.transaction("a", "readwrite")
+      ok.objectStore("a").put("kept", "k0")
+      await done(ok)
+      // fake-indexeddb accepts a SharedArrayBuffer, node:v8 cannot serialize one: a real write failure.
+      const bad = db.transaction("a", "readwrite")
+      bad.objectStore("a").put("also lost", "k1")
+      bad.objectStore("a").put({ shared: new SharedArrayBuffer(8) }, "k2")
+      bad.objectStore("a").put("replaced?", "k0")
+      let completed = false
+      bad.oncomplete = () => (completed = true)
+      const error = await new Promise<unknown>((resolve) => (bad.onabort = () => resolve(bad.error)))
+      expect(completed).toBe(false)
+      expect((error as DOMException).name).toBe("UnknownError")
+      const { Effect } = await import("effect")
+      const stats = await Effect.runPromise(s.stats)
+      expect(stats.failedCommits).toBe(1)
+      expect(stats.lastError).toMatch(/could not be cloned/)
+      // memory matches the disk again, and the store keeps working
+      expect(await request(db.transaction("a").objectStore("a").getAll())).toEqual(["kept"])
+      const after = db.transaction("a", "readwrite")
+      after.objectStore("a").put("later", "k3")
+      await done(after)
+      db.close()
+    })
+    await withStore(root, {}, async (s) => {
+      const db = await openDb(s.indexedDB, DB)
+      expect(await request(db.transaction("a").objectStore("a").getAll())).toEqual(["kept", "later"])
+      db.close()
+    })
+  })
+
   it("has the transaction in the files before `complete` reaches the caller", async () => {
     const snapshot = path.join(root, "snapshot")
     await withStore(root, {}, async (s) => {
