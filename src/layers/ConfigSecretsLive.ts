@@ -116,7 +116,7 @@ export const homeserverUrlProblem = (url: string): string | undefined => {
   try {
     u = new URL(url)
   } catch {
-    return `homeserverUrl is not a valid URL: "${url}"; use the form https://matrix.example.com`
+    return "homeserverUrl is not a valid URL; use the form https://matrix.example.com"
   }
   if (u.protocol !== "https:" && u.protocol !== "http:") return `homeserverUrl must use https (got ${u.protocol})`
   if (u.username !== "" || u.password !== "") return "homeserverUrl must not contain user:password@; remove the credentials from the URL"
