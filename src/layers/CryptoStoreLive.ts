@@ -154,6 +154,10 @@ export const makeCryptoStore = Effect.fn("CryptoStore.open")(function*(options: 
 /** The CryptoStore service, open for the life of the layer's scope. */
 export const CryptoStoreLive = (options: CryptoStoreOptions) => Layer.scoped(CryptoStore, makeCryptoStore(options))
 
+/** The same, with options computed by an effect (e.g. the passphrase from StorePassphrase). */
+export const CryptoStoreLiveFrom = <E, R>(options: Effect.Effect<CryptoStoreOptions, E, R>) =>
+  Layer.scoped(CryptoStore, Effect.flatMap(options, makeCryptoStore))
+
 /**
  * Offline re-wrap for the rekey program: with the store closed (this takes its lock), makes both files'
  * data keys open with `newPassphrase`. Idempotent: a file that already opens with the new passphrase is

@@ -9,7 +9,8 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { rewrapCryptoStore } from "../../src/layers/CryptoStoreLive.js"
 import { installIndexedDbRouter } from "../../src/layers/durable-idb/router.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import { done, openDb, openFailure, passphrase, request, withStore } from "../support/cryptostore-child.idb.js"
+import { CryptoStore } from "../../src/services/CryptoStore.js"
+import { done, openDb, openFailure, passphrase, request, storeLayer, withStore } from "../support/cryptostore-child.idb.js"
 
 let root: string
 beforeEach(() => {
@@ -139,6 +140,28 @@ describe("ownership and files", () => {
       expect(files).toContain("matrix-sdk-state.sqlite3")
       for (const f of files) expect([f, fs.statSync(path.join(dir, f)).mode & 0o777]).toEqual([f, 0o600])
     })
+  })
+})
+
+describe("the CryptoStore layer", () => {
+  it("serves the service tag for the layer's life; flush moves the WAL into the file", async () => {
+    const walSize = () => fs.statSync(path.join(root, "matrix", "matrix-sdk-crypto.sqlite3-wal")).size
+    const program = Effect.gen(function*() {
+      const store = yield* CryptoStore
+      yield* Effect.promise(async () => {
+        const db = await openDb(store.indexedDB, DB, 1, (d) => d.createObjectStore("a").put("v", "k"))
+        db.close()
+      })
+      const before = walSize()
+      yield* store.flush
+      return { before, after: walSize(), prefix: store.cryptoDatabasePrefix, sync: store.syncStoreName }
+    })
+    const r = await Effect.runPromise(Effect.provide(program, storeLayer(root, {})))
+    expect(r.before).toBeGreaterThan(0)
+    expect(r.after).toBe(0)
+    expect([r.prefix, r.sync]).toEqual(["cara", "cara-sync"])
+    // released with the layer: the next opener gets it
+    expect(await openFailure(root, {})).toBeUndefined()
   })
 })
 
