@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer, Logger } from "effect"
+import { reportFailure } from "./failure.js"
+import { LoggingLive, logLevelFromEnv } from "./logging.js"
+import { cli } from "./main.js"
+
+cli(process.argv).pipe(
+  Effect.tapErrorCause(reportFailure),
+  Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+)

@@ -1,0 +1,54 @@
+import { spawn, spawnSync, type ChildProcess } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+
+/** The built CLI (`npm test` builds dist/ before vitest runs). */
+export const CLI = path.resolve("dist/src/cli/bin.js")
+
+export const tempStateDir = (): string => fs.mkdtempSync(path.join(os.tmpdir(), "cara-state-"))
+
+/** An environment with nothing of the caller's cara settings in it, rooted at `stateDir`. */
+export const cleanEnv = (stateDir: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
+  const env: NodeJS.ProcessEnv = {}
+  for (const key of ["PATH", "HOME", "LANG", "TMPDIR"]) if (process.env[key] !== undefined) env[key] = process.env[key]
+  return { ...env, CARAPACE_STATE_DIR: stateDir, ...extra }
+}
+
+export const runCli = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, input?: string) =>
+  spawnSync(process.execPath, [CLI, ...args], { env, encoding: "utf8", input: input ?? "", timeout: 60_000 })
+
+export interface RunningDaemon {
+  readonly child: ChildProcess
+  readonly baseUrl: string
+  readonly output: () => string
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+/** Starts `cara` and waits for its ready line; fails with the daemon's output if it exits first. */
+export const startDaemon = (env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<RunningDaemon> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI], { env, stdio: ["ignore", "pipe", "pipe"] })
+    let out = ""
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
+      child.once("exit", (code, signal) => res({ code, signal }))
+    )
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL")
+      reject(new Error(`daemon not ready after ${timeoutMs} ms:\n${out}`))
+    }, timeoutMs)
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString("utf8")
+      const ready = /ready: gateway listening on (http:\/\/\S+)/.exec(out)
+      if (ready !== null) {
+        clearTimeout(timer)
+        resolve({ child, baseUrl: ready[1]!, output: () => out, exited })
+      }
+    }
+    child.stdout.on("data", onData)
+    child.stderr.on("data", onData)
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer)
+      reject(new Error(`daemon exited (code ${code}, signal ${signal}) before it was ready:\n${out}`))
+    })
+  })

@@ -1,0 +1,120 @@
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as path from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { cleanEnv, runCli, startDaemon, tempStateDir, type RunningDaemon } from "../support/cli.js"
+
+const pkg = JSON.parse(fs.readFileSync("package.json", "utf8")) as { version: string }
+
+const canConnect = (url: string) =>
+  new Promise<boolean>((resolve) => {
+    const { hostname, port } = new URL(url)
+    const socket = net.connect({ host: hostname, port: Number(port) })
+    socket.once("connect", () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once("error", () => resolve(false))
+  })
+
+const writeConfig = (dir: string, text: string) => fs.writeFileSync(path.join(dir, "carapace.json5"), text)
+
+let running: RunningDaemon | undefined
+afterEach(() => {
+  running?.child.kill("SIGKILL")
+  running = undefined
+})
+
+describe("cara (the daemon's first form)", () => {
+  it("--version prints the package version", () => {
+    const result = runCli(["--version"], cleanEnv(tempStateDir()))
+    expect(result.status).toBe(0)
+    expect(result.stdout.trim()).toBe(pkg.version)
+  })
+
+  it("--help describes the daemon and lists only working subcommands", () => {
+    const result = runCli(["--help"], cleanEnv(tempStateDir()))
+    expect(result.status).toBe(0)
+    expect(result.stdout).toContain("starts the daemon")
+    expect(result.stdout).toContain("config")
+  })
+
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    it(`serves GET /health from the configured port, then stops cleanly on ${signal}`, async () => {
+      const dir = tempStateDir()
+      writeConfig(dir, `{
+        // port 0: the OS picks a free port; the ready line says which
+        gateway: { port: 0, bind: "loopback" },
+      }`)
+      running = await startDaemon(cleanEnv(dir))
+      expect(running.baseUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+      expect(running.output().match(/ready: gateway listening/g)).toHaveLength(1)
+
+      await new Promise((r) => setTimeout(r, 1100))
+      const response = await fetch(`${running.baseUrl}/health`)
+      expect(response.status).toBe(200)
+      const body = (await response.json()) as Record<string, unknown>
+      expect(body).toEqual({ status: "ok", version: pkg.version, uptimeSeconds: expect.any(Number) })
+      expect(body["uptimeSeconds"]).toBeGreaterThanOrEqual(1)
+
+      running.child.kill(signal)
+      const { code } = await running.exited
+      expect(code).toBe(0)
+      expect(await canConnect(running.baseUrl)).toBe(false)
+    })
+  }
+
+  it("listens on gateway.port from the config", async () => {
+    const probe = net.createServer()
+    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r))
+    const port = (probe.address() as net.AddressInfo).port
+    await new Promise<void>((r) => probe.close(() => r()))
+    const dir = tempStateDir()
+    writeConfig(dir, `{ gateway: { port: ${port} } }`)
+    running = await startDaemon(cleanEnv(dir))
+    expect(running.baseUrl).toBe(`http://127.0.0.1:${port}`)
+    expect((await fetch(`${running.baseUrl}/health`)).status).toBe(200)
+  })
+
+  it("a port already in use fails with a message that says what to do", async () => {
+    const blocker = net.createServer()
+    await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r))
+    const port = (blocker.address() as net.AddressInfo).port
+    try {
+      const dir = tempStateDir()
+      writeConfig(dir, `{ gateway: { port: ${port} } }`)
+      const result = runCli([], cleanEnv(dir))
+      expect(result.status).toBe(1)
+      expect(result.stderr).toContain(`Port ${port} on 127.0.0.1 is already in use`)
+      expect(result.stderr).toContain("gateway.port")
+      expect(result.stderr).not.toContain("    at ")
+    } finally {
+      await new Promise<void>((r) => blocker.close(() => r()))
+    }
+  })
+
+  it("a malformed config file stops startup with the file, line and column", () => {
+    const dir = tempStateDir()
+    writeConfig(dir, "{\n  gateway: { port: 0,\n")
+    const result = runCli([], cleanEnv(dir))
+    expect(result.status).toBe(1)
+    expect(result.stderr).toContain(`${path.join(dir, "carapace.json5")}:3:1`)
+    expect(result.stderr).toContain("[config-invalid]")
+  })
+
+  it("an invalid gateway.bind stops startup and names the path", () => {
+    const dir = tempStateDir()
+    writeConfig(dir, `{ gateway: { bind: "everywhere" } }`)
+    const result = runCli([], cleanEnv(dir))
+    expect(result.status).toBe(1)
+    expect(result.stderr).toContain(".gateway.bind")
+  })
+
+  it("with no config file at all the defaults are valid and the state dir is created 0700", async () => {
+    const dir = path.join(tempStateDir(), "fresh")
+    // The default port may be taken on a busy machine; only the state dir and the defaults are checked here.
+    const result = runCli(["config", "check"], cleanEnv(dir))
+    expect(result.status).toBe(0)
+    expect(fs.statSync(dir).mode & 0o777).toBe(0o700)
+  })
+})
