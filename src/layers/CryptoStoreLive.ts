@@ -81,8 +81,11 @@ export const makeCryptoStore = Effect.fn("CryptoStore.open")(function*(options: 
 
   const cryptoPath = stateDir.resolve(CRYPTO_FILE)
   const statePath = stateDir.resolve(STATE_FILE)
-  const cryptoFile = yield* openFile(cryptoPath, CRYPTO_ROLE, secret)
-  const stateFile = yield* openFile(statePath, STATE_ROLE, secret)
+  // Both at once: each unwrap runs its own Argon2id derivation on the libuv pool.
+  const [cryptoFile, stateFile] = yield* Effect.all(
+    [openFile(cryptoPath, CRYPTO_ROLE, secret), openFile(statePath, STATE_ROLE, secret)],
+    { concurrency: 2 }
+  )
   yield* ownerFile(stateDir, cryptoPath)
   yield* ownerFile(stateDir, statePath)
 

@@ -52,6 +52,10 @@ export interface CryptoStoreStats {
  * const store = new IndexedDBStore({ indexedDB: cs.indexedDB, dbName: cs.syncStoreName })
  * await client.initRustCrypto({ cryptoDatabasePrefix: cs.cryptoDatabasePrefix, storageKey: Option.getOrUndefined(Option.map(cs.storageKey, Redacted.value)) })
  * ```
+ *
+ * Release order: the client must be stopped, its in-flight sync processing finished and the sync store
+ * saved (`store.save(true)`) before this scope closes; a transaction begun after the release aborts
+ * (nothing acknowledged is lost, but matrix-js-sdk logs "Error passing sync changes to the crypto layer").
  */
 export interface CryptoStoreShape {
   /** This store's IndexedDB factory (every committed transaction is on disk before `complete`). */
