@@ -8,6 +8,7 @@ const entry = { tsc: "typescript/bin/tsc", vitest: "vitest/vitest.mjs" }
 // Run the tools with this very Node (the project's Node 24), not whatever `node` is first on PATH.
 const npx = ([tool, ...args]) => run(process.execPath, [new URL(`../node_modules/${entry[tool]}`, import.meta.url).pathname, ...args])
 
+const startedAt = Date.now()
 const extra = process.argv.slice(2)
 const results = new URL("../.test-results.json", import.meta.url).pathname
 
@@ -35,5 +36,6 @@ if (typeErrors > 0) {
   console.error(`type check failed (${typeErrors} tsc run${typeErrors > 1 ? "s" : ""} reported errors)`)
   failed += typeErrors
 }
+console.log(`test run took ${Math.round((Date.now() - startedAt) / 1000)} s`)
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`)
 process.exit(failed > 0 || vitestStatus !== 0 ? 1 : 0)

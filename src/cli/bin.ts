@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Effect, Layer, Logger } from "effect"
-import { reportFailure } from "./failure.js"
-import { LoggingLive, logLevelFromEnv } from "./logging.js"
-import { cli } from "./main.js"
-
-cli(process.argv).pipe(
-  Effect.tapErrorCause(reportFailure),
-  Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
-  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
-)
+// Checked before anything else loads: on Node < 24 matrix-js-sdk stalls silently after its first sync.
+const major = Number(process.versions.node.split(".")[0])
+if (major < 24) {
+  process.stderr.write(
+    `cara: Node ${process.versions.node} is too old; cara needs Node >= 24. Run it as \`npx cara\` from the project ` +
+      "(npm ci installs Node 24 into node_modules/.bin) or install Node 24.\n"
+  )
+  process.exit(1)
+}
+const { run } = await import("./run.js")
+run(process.argv)

@@ -1,10 +1,13 @@
 import { Command } from "@effect/cli"
-import { daemon } from "../programs/daemon.js"
+import { Effect } from "effect"
 import { configCommand } from "./config.js"
 import { version } from "../version.js"
 
 /** `cara` with no subcommand starts the gateway daemon. */
-const root = Command.make("cara", {}, () => daemon).pipe(
+// The daemon's modules (agent SDKs, Matrix) load only when the daemon runs, so the CLI's other commands start fast.
+const runDaemon = Effect.promise(() => import("../programs/daemon.js")).pipe(Effect.flatMap((m) => m.daemon))
+
+const root = Command.make("cara", {}, () => runDaemon).pipe(
   Command.withDescription("cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."),
   Command.withSubcommands([configCommand])
 )
