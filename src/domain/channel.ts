@@ -1,0 +1,76 @@
+import { Schema } from "effect"
+
+/** Wire states of a channel (reference §11). */
+export const ChannelState = Schema.Literal("connecting", "connected", "error", "disconnected", "paused", "logged_out")
+export type ChannelState = typeof ChannelState.Type
+
+/**
+ * Matrix channel metadata (`/control/channels` → `channels[id="matrix"].extra`), reference §11 names.
+ * Optional fields are omitted when empty, as the reference does.
+ */
+export const MatrixChannelExtra = Schema.Struct({
+  joinedRoomCount: Schema.Int,
+  encryptedRoomCount: Schema.Int,
+  unencryptedRoomCount: Schema.Int,
+  unsupportedRoomCount: Schema.Int,
+  unsupportedRooms: Schema.Array(Schema.String),
+  pendingVerificationCount: Schema.Int,
+  lastSuccessfulSyncAt: Schema.NullOr(Schema.Number),
+  undecryptableEventCount: Schema.Int,
+  unsupportedInboundCount: Schema.Int,
+  inboundDispatchFailureTotal: Schema.Int,
+  inboundDlqAppendFailureTotal: Schema.Int,
+  inboundDlqUndecodableLostCount: Schema.Int,
+  inboundDlqRecordCount: Schema.optional(Schema.Int),
+  inboundDlqReplayedTotal: Schema.optional(Schema.Int),
+  inboundDlqDurabilityError: Schema.optional(Schema.String),
+  inboundDlqDurabilityErrorAt: Schema.optional(Schema.Number),
+  inboundDlqLostEventIds: Schema.optional(Schema.Array(Schema.String)),
+  inboundDlqLostEventIdsAt: Schema.optional(Schema.Number),
+  lastInboundFailureAt: Schema.optional(Schema.Number),
+  lastInboundDlqAppendFailureAt: Schema.optional(Schema.Number),
+  peerDropUnsupportedMsgtypeTotal: Schema.Int,
+  peerDropAllowlistRejectionTotal: Schema.Int,
+  peerDropBodyTooLargeTotal: Schema.Int,
+  peerDropVerificationCapFullTotal: Schema.Int,
+  peerDropEncryptedRoomTotal: Schema.Int,
+  inboundDedupeCorruptLineTotal: Schema.Int,
+  deviceId: Schema.optional(Schema.String),
+  userId: Schema.optional(Schema.String),
+  crossSigning: Schema.optional(Schema.Literal("unknown", "not-bootstrapped", "bootstrapped", "verified")),
+  firstRecoveryKeyMintedAt: Schema.optional(Schema.Number),
+  lastErrorKind: Schema.optional(Schema.String)
+})
+export type MatrixChannelExtra = typeof MatrixChannelExtra.Type
+
+export const ChannelInfo = Schema.Struct({
+  id: Schema.String,
+  name: Schema.String,
+  status: ChannelState,
+  lastConnectedAt: Schema.NullOr(Schema.String),
+  lastError: Schema.NullOr(Schema.String),
+  statusChangedAt: Schema.String,
+  extra: Schema.optional(MatrixChannelExtra)
+})
+export type ChannelInfo = typeof ChannelInfo.Type
+
+export const emptyMatrixExtra: MatrixChannelExtra = {
+  joinedRoomCount: 0,
+  encryptedRoomCount: 0,
+  unencryptedRoomCount: 0,
+  unsupportedRoomCount: 0,
+  unsupportedRooms: [],
+  pendingVerificationCount: 0,
+  lastSuccessfulSyncAt: null,
+  undecryptableEventCount: 0,
+  unsupportedInboundCount: 0,
+  inboundDispatchFailureTotal: 0,
+  inboundDlqAppendFailureTotal: 0,
+  inboundDlqUndecodableLostCount: 0,
+  peerDropUnsupportedMsgtypeTotal: 0,
+  peerDropAllowlistRejectionTotal: 0,
+  peerDropBodyTooLargeTotal: 0,
+  peerDropVerificationCapFullTotal: 0,
+  peerDropEncryptedRoomTotal: 0,
+  inboundDedupeCorruptLineTotal: 0
+}
