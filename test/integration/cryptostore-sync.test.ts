@@ -76,6 +76,8 @@ const runClient = async (
   })
   const keys = await client.getCrypto()!.getOwnDeviceKeys()
   client.stopClient()
+  // save(true) while a persist is in flight only awaits that older persist; the second call writes the latest.
+  await syncStore.save(true)
   await syncStore.save(true)
   const tokenAfter = (await syncStore.getSavedSyncToken()) ?? null
   return { seen, savedToken, tokenAfter, keys, uploadsDone }
