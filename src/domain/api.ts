@@ -1,16 +1,227 @@
-import { HttpApi, HttpApiEndpoint, HttpApiGroup } from "@effect/platform"
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
+import { ChannelInfo } from "./channel.js"
 
-/** `GET /health`: liveness, no auth. */
+// ---------------------------------------------------------------------------------------------------------
+// Errors. Every error body has one shape: `{ "ok": false, "error": { "kind", "message", "retryAfterMs"?,
+// "reason"? } }`. `kind` is a stable kebab-case string (reference §9.4 / §12 vocabulary); clients must
+// tolerate kinds they do not know. One class per HTTP status, so the client decodes by status alone.
+
+const ErrorDetail = {
+  kind: Schema.String,
+  message: Schema.String,
+  retryAfterMs: Schema.optional(Schema.Int),
+  reason: Schema.optional(Schema.String)
+}
+
+const ErrorWire = Schema.Struct({ ok: Schema.Literal(false), error: Schema.Struct(ErrorDetail) })
+type ErrorFields = Schema.Struct.Type<typeof ErrorDetail>
+
+/** Wire form of an error class: the class on the inside, the shared body on the outside, with its status. */
+const wire = <A extends ErrorFields>(
+  cls: Schema.Schema<A, any, never> & (new(props: ErrorFields) => A),
+  status: number
+) =>
+  Schema.transform(ErrorWire, Schema.typeSchema(cls), {
+    strict: false,
+    decode: (w) => new cls(w.error),
+    encode: (e) => ({
+      ok: false as const,
+      error: {
+        kind: e.kind,
+        message: e.message,
+        ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
+        ...(e.reason !== undefined ? { reason: e.reason } : {})
+      }
+    })
+  }).annotations(HttpApiSchema.annotations({ status }))
+
+/** 400: the request is malformed (bad JSON, bad ids, oversize body). */
+export class BadRequest extends Schema.TaggedError<BadRequest>()("BadRequest", ErrorDetail) {}
+/** 401: no or wrong credentials (`unauthorized`), or a token in the query string (`token-in-query`). */
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", ErrorDetail) {}
+/** 403: refused although authenticated or before auth (`csrf-origin-mismatch`, `non-local-client`). */
+export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", ErrorDetail) {}
+/** 429: per-IP rate limit (`rate-limited`); `retryAfterMs` and `Retry-After` say when to retry. */
+export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", ErrorDetail) {}
+/** 502: the Matrix runtime refused or failed the call (`send-failed`, `room-not-found`, ...). */
+export class BadGateway extends Schema.TaggedError<BadGateway>()("BadGateway", ErrorDetail) {}
+/** 503: the Matrix runtime is unavailable (`matrix-runtime-unavailable`, `not-connected`, ...). */
+export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", ErrorDetail) {}
+
+export const BadRequestWire = wire(BadRequest, 400)
+export const UnauthorizedWire = wire(Unauthorized, 401)
+export const ForbiddenWire = wire(Forbidden, 403)
+export const TooManyRequestsWire = wire(TooManyRequests, 429)
+export const BadGatewayWire = wire(BadGateway, 502)
+export const ServiceUnavailableWire = wire(ServiceUnavailable, 503)
+
+export type ApiError = BadRequest | Unauthorized | Forbidden | TooManyRequests | BadGateway | ServiceUnavailable
+
+export const isApiError = (u: unknown): u is ApiError =>
+  u instanceof BadRequest || u instanceof Unauthorized || u instanceof Forbidden || u instanceof TooManyRequests ||
+  u instanceof BadGateway || u instanceof ServiceUnavailable
+
+// ---------------------------------------------------------------------------------------------------------
+// health: no auth
+
+/** `GET /health`, `GET /health/live`: liveness. */
 export class Health extends Schema.Class<Health>("Health")({
   status: Schema.Literal("ok"),
   version: Schema.String,
   uptimeSeconds: Schema.NonNegativeInt
 }) {}
 
+const ReadyChannel = Schema.Struct({ id: Schema.String, status: Schema.String })
+
+/** `GET /health/ready` 200. */
+export class Ready extends Schema.Class<Ready>("Ready")({
+  status: Schema.Literal("ready"),
+  version: Schema.String,
+  uptimeSeconds: Schema.NonNegativeInt,
+  channels: Schema.Array(ReadyChannel)
+}) {}
+
+/** `GET /health/ready` 503 (with `Retry-After: 5`) while a registered channel is in `error`. */
+export class NotReady extends Schema.Class<NotReady>("NotReady")({
+  status: Schema.Literal("not_ready"),
+  version: Schema.String,
+  uptimeSeconds: Schema.NonNegativeInt,
+  channels: Schema.Array(ReadyChannel),
+  reasons: Schema.Array(Schema.String)
+}, HttpApiSchema.annotations({ status: 503 })) {}
+
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(HttpApiEndpoint.get("health", "/health").addSuccess(Health))
+  .add(HttpApiEndpoint.get("live", "/health/live").addSuccess(Health))
+  .add(HttpApiEndpoint.get("ready", "/health/ready").addSuccess(Ready).addError(NotReady))
+{}
+
+// ---------------------------------------------------------------------------------------------------------
+// Auth middleware (implemented in src/layers/GatewayAuth.ts)
+
+/** `Authorization: Bearer <gateway token>` on every protected route (also from loopback in token mode). */
+export class GatewayAuthorization extends HttpApiMiddleware.Tag<GatewayAuthorization>()("cara/GatewayAuthorization", {
+  failure: Schema.Union(UnauthorizedWire, ForbiddenWire, TooManyRequestsWire)
+}) {}
+
+// ---------------------------------------------------------------------------------------------------------
+// control: gateway and channel status
+
+/** `GET /control/channels` (reference §9.5; Matrix metadata in `extra`, §11). */
+export class Channels extends Schema.Class<Channels>("Channels")({
+  total: Schema.Int,
+  connected: Schema.Int,
+  channels: Schema.Array(ChannelInfo)
+}) {}
+
+/** `GET /control/status`. */
+export class ControlStatus extends Schema.Class<ControlStatus>("ControlStatus")({
+  ok: Schema.Literal(true),
+  version: Schema.String,
+  startedAt: Schema.String,
+  uptimeSeconds: Schema.NonNegativeInt,
+  connectedChannels: Schema.Int,
+  totalChannels: Schema.Int,
+  runtime: Schema.Struct({ name: Schema.String, version: Schema.String, platform: Schema.String, arch: Schema.String })
+}) {}
+
+export class ControlGroup extends HttpApiGroup.make("control")
+  .add(HttpApiEndpoint.get("channels", "/control/channels").addSuccess(Channels))
+  .add(HttpApiEndpoint.get("status", "/control/status").addSuccess(ControlStatus))
+  .middleware(GatewayAuthorization)
+{}
+
+// ---------------------------------------------------------------------------------------------------------
+// matrix: operations on the Matrix runtime
+
+/** `POST /control/matrix/send-test` body; unknown fields are tolerated. */
+export const SendTestRequest = Schema.Struct({
+  roomId: Schema.String,
+  text: Schema.String
+})
+
+export const Retryability = Schema.Union(
+  Schema.Struct({ kind: Schema.Literal("transient"), retryAfterMs: Schema.optional(Schema.Int) }),
+  Schema.Struct({ kind: Schema.Literal("terminal") })
+)
+
+export const Delivery = Schema.Union(
+  Schema.Struct({ outcome: Schema.Literal("sent"), messageId: Schema.String, conversationId: Schema.String }),
+  Schema.Struct({
+    outcome: Schema.Literal("failed"),
+    error: Schema.String,
+    retryability: Retryability,
+    conversationId: Schema.optional(Schema.String),
+    kind: Schema.optional(Schema.String)
+  })
+)
+export type Delivery = typeof Delivery.Type
+
+/** `ok` is true iff `delivery.outcome == "sent"`; transient failures are 200 with `outcome: "failed"`. */
+export class SendTestResult extends Schema.Class<SendTestResult>("SendTestResult")({
+  ok: Schema.Boolean,
+  delivery: Delivery
+}) {}
+
+export class MatrixGroup extends HttpApiGroup.make("matrix")
+  .add(
+    HttpApiEndpoint.post("sendTest", "/control/matrix/send-test")
+      .setPayload(SendTestRequest)
+      .addSuccess(SendTestResult)
+      .addError(BadRequestWire)
+      .addError(BadGatewayWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .middleware(GatewayAuthorization)
+{}
+
+// ---------------------------------------------------------------------------------------------------------
+// metrics: Prometheus text exposition, no auth (reference §13.3)
+
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+export class MetricsGroup extends HttpApiGroup.make("metrics")
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics").addSuccess(HttpApiSchema.Text({ contentType: PROMETHEUS_CONTENT_TYPE }))
+  )
 {}
 
 /** The one HTTP contract: served by the daemon, turned into a typed client by the CLI. */
-export class CaraApi extends HttpApi.make("cara").add(HealthGroup) {}
+export class CaraApi extends HttpApi.make("cara")
+  .add(HealthGroup)
+  .add(ControlGroup)
+  .add(MatrixGroup)
+  .add(MetricsGroup)
+  .addError(BadRequestWire)
+{}
+
+// ---------------------------------------------------------------------------------------------------------
+// WebSocket (`GET /ws`): not part of the HttpApi (an upgrade, not a request/response), but its frames are
+// Schema types shared by the daemon and its clients.
+
+export const WS_PROTOCOL_VERSION = 1
+
+export const ChannelStatusPayload = Schema.Struct({
+  total: Schema.Int,
+  connected: Schema.Int,
+  channels: Schema.Array(ChannelInfo),
+  ts: Schema.Number
+})
+
+/** A server → client frame. `seq` counts events on one connection, from 1. */
+export const WsFrame = Schema.Union(
+  Schema.Struct({
+    type: Schema.Literal("hello"),
+    protocol: Schema.Literal(WS_PROTOCOL_VERSION),
+    version: Schema.String,
+    events: Schema.Array(Schema.String)
+  }),
+  Schema.Struct({
+    type: Schema.Literal("event"),
+    event: Schema.String,
+    payload: Schema.Unknown,
+    seq: Schema.Int
+  })
+)
+export type WsFrame = typeof WsFrame.Type

@@ -1,20 +1,202 @@
 import { createServer } from "node:http"
-import { HttpApiBuilder, HttpServer } from "@effect/platform"
+import { HttpApiBuilder, HttpApiError, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
-import { CaraApi, Health } from "../domain/api.js"
+import { Effect, Layer, Option, Schema } from "effect"
+import {
+  BadGateway,
+  BadRequest,
+  CaraApi,
+  Channels,
+  ControlStatus,
+  Health,
+  isApiError,
+  NotReady,
+  PROMETHEUS_CONTENT_TYPE,
+  Ready,
+  SendTestResult,
+  ServiceUnavailable
+} from "../domain/api.js"
+import type { ChannelInfo } from "../domain/channel.js"
+import { bindToHost } from "../domain/gateway.js"
+import { ChannelStatus } from "../services/ChannelStatus.js"
+import { ConfigSecrets } from "../services/ConfigSecrets.js"
+import { EventBus } from "../services/EventBus.js"
+import { MatrixControl, type MatrixControlError } from "../services/MatrixControl.js"
+import { Metrics } from "../services/Metrics.js"
 import { version } from "../version.js"
+import { errorResponse, GatewayAuthorizationLive, GatewayGuardLive } from "./GatewayAuth.js"
+import { MetricsLive } from "./MetricsLive.js"
+import { ChannelStatusLive } from "./ChannelStatusLive.js"
+import { WebSocketLive } from "./WebSocketLive.js"
+
+// Uptime is monotonic: a wall-clock step (NTP) must not make it jump or go negative.
+const startedMono = performance.now()
+const startedAt = new Date()
+const uptimeSeconds = () => Math.floor((performance.now() - startedMono) / 1000)
+
+const readyChannels = (all: ReadonlyArray<ChannelInfo>) => all.map((c) => ({ id: c.id, status: c.status }))
 
 const HealthLive = HttpApiBuilder.group(CaraApi, "health", (handlers) =>
   Effect.gen(function*() {
-    const started = Date.now()
-    return handlers.handle("health", () =>
-      Effect.sync(() =>
-        new Health({ status: "ok", version, uptimeSeconds: Math.floor((Date.now() - started) / 1000) })
-      ))
+    const channels = yield* ChannelStatus
+    const health = () => Effect.sync(() => new Health({ status: "ok", version, uptimeSeconds: uptimeSeconds() }))
+    return handlers
+      .handle("health", health)
+      .handle("live", health)
+      // Raw, because a 503 here carries `Retry-After` (process managers and load balancers read it).
+      .handleRaw("ready", () =>
+        Effect.gen(function*() {
+          const all = yield* channels.get
+          const failed = all.filter((c) => c.status === "error")
+          if (failed.length === 0) {
+            return HttpServerResponse.unsafeJson(
+              Schema.encodeSync(Ready)(new Ready({ status: "ready", version, uptimeSeconds: uptimeSeconds(), channels: readyChannels(all) }))
+            )
+          }
+          const body = new NotReady({
+            status: "not_ready",
+            version,
+            uptimeSeconds: uptimeSeconds(),
+            channels: readyChannels(all),
+            reasons: failed.map((c) => `channel ${c.id} is in error${c.extra?.lastErrorKind !== undefined ? ` (${c.extra.lastErrorKind})` : ""}`)
+          })
+          return HttpServerResponse.unsafeJson(Schema.encodeSync(NotReady)(body), { status: 503, headers: { "retry-after": "5" } })
+        }))
   }))
 
-const ApiLive = HttpApiBuilder.api(CaraApi).pipe(Layer.provide(HealthLive))
+export const channelsView = (all: ReadonlyArray<ChannelInfo>) =>
+  new Channels({ total: all.length, connected: all.filter((c) => c.status === "connected").length, channels: all })
+
+const ControlLive = HttpApiBuilder.group(CaraApi, "control", (handlers) =>
+  Effect.gen(function*() {
+    const channels = yield* ChannelStatus
+    return handlers
+      .handle("channels", () => Effect.map(channels.get, channelsView))
+      .handle("status", () =>
+        Effect.map(channels.get, (all) =>
+          new ControlStatus({
+            ok: true,
+            version,
+            startedAt: startedAt.toISOString().replace(/\.\d{3}Z$/, "Z"),
+            uptimeSeconds: uptimeSeconds(),
+            connectedChannels: all.filter((c) => c.status === "connected").length,
+            totalChannels: all.length,
+            runtime: { name: "cara", version, platform: process.platform, arch: process.arch }
+          })))
+  }))
+
+// Reference §9.5: these runtime failures are "try again later", reported as a failed delivery (200).
+const TRANSIENT_SEND_KINDS = new Set(["send-failed", "command-queue-full", "not-connected", "sync-failed", "auth-probe"])
+// ... and these mean no runtime can take the call at all (503 matrix-runtime-unavailable).
+const UNAVAILABLE_KINDS = new Set([
+  "matrix-runtime-unavailable",
+  "auth",
+  "auth-token-revoked",
+  "auth-session-user-mismatch",
+  "auth-session-device-mismatch",
+  "auth-session-missing-device-id"
+])
+
+const ROOM_ID = /^![^:\s]+:\S+$/
+const MAX_TEXT_BYTES = 4096
+const MAX_SEND_TEST_BODY = 5120
+
+const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
+  Effect.gen(function*() {
+    const matrix = yield* MatrixControl
+    return handlers.handle("sendTest", ({ payload }) =>
+      Effect.gen(function*() {
+        const text = payload.text.trim()
+        if (!ROOM_ID.test(payload.roomId)) {
+          return yield* new BadRequest({ kind: "invalid-room-id", message: "roomId must be a Matrix room id like !abc:example.com (room settings → Advanced)" })
+        }
+        if (text === "") return yield* new BadRequest({ kind: "invalid-string", message: "text is required and must not be blank" })
+        if (Buffer.byteLength(text, "utf8") > MAX_TEXT_BYTES) {
+          return yield* new BadRequest({ kind: "invalid-length", message: `text must be at most ${MAX_TEXT_BYTES} bytes` })
+        }
+        return yield* matrix.sendTest(payload.roomId, text).pipe(
+          Effect.map((eventId) =>
+            eventId === ""
+              ? new SendTestResult({
+                ok: false,
+                delivery: { outcome: "failed", error: "the homeserver returned no event id", retryability: { kind: "terminal" }, conversationId: payload.roomId }
+              })
+              : new SendTestResult({ ok: true, delivery: { outcome: "sent", messageId: eventId, conversationId: payload.roomId } })
+          ),
+          Effect.catchAll((e: MatrixControlError): Effect.Effect<SendTestResult, ServiceUnavailable | BadGateway> => {
+            if (TRANSIENT_SEND_KINDS.has(e.kind)) {
+              return Effect.succeed(
+                new SendTestResult({
+                  ok: false,
+                  delivery: {
+                    outcome: "failed",
+                    error: e.message,
+                    retryability: { kind: "transient", ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}) },
+                    conversationId: payload.roomId,
+                    kind: e.kind
+                  }
+                })
+              )
+            }
+            if (UNAVAILABLE_KINDS.has(e.kind)) {
+              return Effect.fail(
+                new ServiceUnavailable({
+                  kind: "matrix-runtime-unavailable",
+                  message: e.kind === "matrix-runtime-unavailable"
+                    ? e.message
+                    : `Matrix runtime unavailable (${e.kind}); see GET /control/channels for the cause`,
+                  retryAfterMs: 5000
+                })
+              )
+            }
+            // Kept as the runtime's own kind (room-not-found, unsupported-room, ...): more useful than a generic one.
+            return Effect.fail(new BadGateway({ kind: e.kind, message: e.message }))
+          })
+        )
+      }))
+  }))
+
+const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
+  Effect.gen(function*() {
+    const metrics = yield* Metrics
+    return handlers.handleRaw("metrics", () =>
+      Effect.map(metrics.render, (text) =>
+        HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE })))
+  }))
+
+/**
+ * API-wide: request-shape failures become the common error body without echoing the input (it may hold a
+ * secret sent by mistake); errors with `retryAfterMs` get their `Retry-After` header; body sizes are capped.
+ */
+const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const sendTest = request.url.startsWith("/control/matrix/send-test")
+    const limit = sendTest ? MAX_SEND_TEST_BODY : 64 * 1024
+    const declared = Number(request.headers["content-length"] ?? "0")
+    if (declared > limit) {
+      return errorResponse(new BadRequest({ kind: "body-too-large", message: `request body exceeds ${limit} bytes` }))
+    }
+    return yield* (app as unknown as Effect.Effect<HttpServerResponse.HttpServerResponse, unknown>).pipe(
+      HttpIncomingMessage.withMaxBodySize(Option.some(limit)),
+      Effect.catchAll((e) => {
+        if (e instanceof HttpApiError.HttpApiDecodeError) {
+          const where = [...new Set(e.issues.map((i) => i.path.join(".")).filter((p) => p !== ""))]
+          return Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-request",
+            message: `the request does not match the expected shape${where.length > 0 ? ` (check: ${where.join(", ")})` : ""}`
+          })))
+        }
+        if (isApiError(e)) return Effect.succeed(errorResponse(e))
+        return Effect.fail(e)
+      })
+    )
+  }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
+
+const ApiLive = HttpApiBuilder.api(CaraApi).pipe(
+  Layer.provide([HealthLive, ControlLive, MatrixLive, MetricsGroupLive]),
+  Layer.provide(ErrorShapingLive)
+)
 
 export interface ListenOptions {
   readonly host: string
@@ -28,8 +210,25 @@ const ReadyLog = Layer.effectDiscard(
   )
 )
 
-/** Serves the control API on `host:port`; the socket is released when the layer's scope closes. */
+/**
+ * Serves the control API and `/ws` on `host:port`; the socket is released when the layer's scope closes.
+ * Needs ChannelStatus, EventBus, Metrics, MatrixControl and GatewayGuard.
+ */
 export const ControlHttpLive = (options: ListenOptions) =>
-  Layer.mergeAll(HttpApiBuilder.serve().pipe(Layer.provide(ApiLive)), ReadyLog).pipe(
+  Layer.mergeAll(HttpApiBuilder.serve().pipe(Layer.provide(ApiLive), Layer.provide(WebSocketLive)), ReadyLog).pipe(
+    Layer.provide(GatewayAuthorizationLive),
     Layer.provide(NodeHttpServer.layer(createServer, { host: options.host, port: options.port }))
   )
+
+/** The gateway placed where the config says, with auth from `gateway.auth` (a refused setup fails startup). */
+export const ControlHttpFromConfig = Layer.unwrapEffect(
+  Effect.map(ConfigSecrets, ({ config }) =>
+    ControlHttpLive({ host: bindToHost(config.gateway.bind) ?? "127.0.0.1", port: config.gateway.port })
+  )
+).pipe(Layer.provide(GatewayGuardLive))
+
+/**
+ * The shared services the gateway reads and the channels write: the status registry, the event bus and
+ * the metrics registry. Provide once at the top of the daemon so MatrixSync and the gateway see the same ones.
+ */
+export const GatewayServicesLive = Layer.mergeAll(EventBus.Live, MetricsLive).pipe(Layer.provideMerge(ChannelStatusLive))

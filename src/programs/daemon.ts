@@ -1,19 +1,16 @@
 import { Effect, Layer } from "effect"
-import { bindToHost } from "../domain/gateway.js"
 import { AgentRuntimeLive } from "../layers/AgentLive.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
-import { ControlHttpLive } from "../layers/ControlHttpLive.js"
+import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
-import { ConfigSecrets } from "../services/ConfigSecrets.js"
+import { MatrixControlUnavailable } from "../services/MatrixControl.js"
 
-// The gateway's listener, placed where the config says (a bad bind is already a config error).
-const GatewayLive = Layer.unwrapEffect(
-  Effect.map(ConfigSecrets, ({ config }) =>
-    ControlHttpLive({ host: bindToHost(config.gateway.bind) ?? "127.0.0.1", port: config.gateway.port })
-  )
-)
+// The gateway's listener, placed where the config says, with gateway.auth (a refused auth setup fails startup).
+// MatrixControlUnavailable answers `matrix-runtime-unavailable` until the Matrix runtime provides MatrixControl.
+const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixControlUnavailable))
 
-const InfrastructureLive = ConfigSecretsLive.pipe(Layer.provideMerge(StateDirLive))
+// GatewayServicesLive: ChannelStatus, EventBus, Metrics, shared by the gateway and the channels.
+const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive).pipe(Layer.provideMerge(StateDirLive))
 
 /**
  * The daemon: every feature layer launched together over the infrastructure layers. It runs until
