@@ -2,6 +2,8 @@ import { Command } from "@effect/cli"
 import { Effect } from "effect"
 import { configCommand } from "./config.js"
 import { matrixCommand } from "./matrix.js"
+import { statusCommand } from "./status.js"
+import { verifyCommand } from "./verify.js"
 import { version } from "../version.js"
 
 /** `cara` with no subcommand starts the gateway daemon. */
@@ -10,7 +12,7 @@ const runDaemon = Effect.promise(() => import("../programs/daemon.js")).pipe(Eff
 
 const root = Command.make("cara", {}, () => runDaemon).pipe(
   Command.withDescription("cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."),
-  Command.withSubcommands([configCommand, matrixCommand])
+  Command.withSubcommands([configCommand, matrixCommand, statusCommand, verifyCommand])
 )
 
 export const cli = Command.run(root, { name: "cara", version })

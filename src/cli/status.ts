@@ -1,0 +1,154 @@
+import { Command, Options } from "@effect/cli"
+import { Console, Effect, Either, Option, Schema } from "effect"
+import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
+import { ChannelInfo } from "../domain/channel.js"
+import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe } from "./client.js"
+
+export const formatUptime = (seconds: number): string => {
+  const d = Math.floor(seconds / 86400)
+  const h = Math.floor((seconds % 86400) / 3600)
+  const m = Math.floor((seconds % 3600) / 60)
+  const s = seconds % 60
+  return [d > 0 ? `${d}d` : "", h > 0 ? `${h}h` : "", m > 0 ? `${m}m` : "", `${s}s`].filter((x) => x !== "").join(" ")
+}
+
+const sanitizeDeep = (v: unknown): unknown =>
+  typeof v === "string"
+    ? terminalSafe(v)
+    : Array.isArray(v)
+    ? v.map(sanitizeDeep)
+    : typeof v === "object" && v !== null
+    ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, sanitizeDeep(x)]))
+    : v
+
+export interface StatusReport {
+  readonly address: string
+  readonly health: Health
+  readonly controlStatus: Option.Option<ControlStatus>
+  readonly channels: Option.Option<Channels>
+  /** Why the authenticated part is missing (no token, refused, ...). */
+  readonly controlProblem: Option.Option<{ readonly kind?: string; readonly message: string }>
+}
+
+const when = (n: number | null | undefined) => (n === null || n === undefined ? "never" : new Date(n).toISOString())
+
+/** The human rendering: the gateway block, then one block per channel with Matrix metadata (§11 names). */
+export const renderStatus = (r: StatusReport): string => {
+  const lines = [
+    "cara gateway status",
+    "===================",
+    `  Version:  ${terminalSafe(r.health.version)}`,
+    `  Uptime:   ${formatUptime(r.health.uptimeSeconds)}`,
+    `  Address:  ${r.address}`,
+    `  Status:   ${r.health.status}`
+  ]
+  if (Option.isSome(r.controlStatus)) {
+    const c = r.controlStatus.value
+    lines.push(
+      `  Channels: ${c.connectedChannels}/${c.totalChannels} connected`,
+      `  Platform: ${terminalSafe(c.runtime.platform)} (${terminalSafe(c.runtime.arch)})`
+    )
+  }
+  if (Option.isSome(r.controlProblem)) {
+    const p = r.controlProblem.value
+    lines.push(`  Control:  ${p.message}${p.kind !== undefined ? ` [${p.kind}]` : ""}`)
+  }
+  if (Option.isSome(r.channels)) {
+    if (r.channels.value.channels.length === 0) lines.push("", "No channels registered (is matrix.enabled set?)")
+    for (const c of r.channels.value.channels) {
+      lines.push("", `${terminalSafe(c.name)} (${terminalSafe(c.id)})`, `  Status:     ${c.status}`)
+      if (c.lastError !== null) {
+        const kind = c.extra?.lastErrorKind
+        lines.push(`  Last error: ${terminalSafe(c.lastError)}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`)
+      }
+      if (c.lastConnectedAt !== null) lines.push(`  Connected:  ${c.lastConnectedAt}`)
+      const x = c.extra
+      if (x === undefined) continue
+      if (x.userId !== undefined || x.deviceId !== undefined) {
+        lines.push(`  Account:    ${terminalSafe(x.userId ?? "?")} device ${terminalSafe(x.deviceId ?? "?")}`)
+      }
+      if (x.crossSigning !== undefined) lines.push(`  Cross-signing: ${x.crossSigning}`)
+      lines.push(
+        `  Rooms:      ${x.joinedRoomCount} joined (${x.encryptedRoomCount} encrypted, ${x.unencryptedRoomCount} unencrypted, ${x.unsupportedRoomCount} unsupported)`,
+        `  Pending verifications: ${x.pendingVerificationCount}`,
+        `  Last successful sync:  ${when(x.lastSuccessfulSyncAt)}`,
+        `  Undecryptable events:  ${x.undecryptableEventCount}`,
+        `  DLQ:        ${x.inboundDlqRecordCount ?? "?"} records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
+          `${x.inboundDlqAppendFailureTotal} append failures, ${x.inboundDlqUndecodableLostCount} undecodable lost`
+      )
+      if (x.inboundDlqDurabilityError !== undefined) lines.push(`  DLQ error:  ${terminalSafe(x.inboundDlqDurabilityError)}`)
+    }
+  }
+  return lines.join("\n")
+}
+
+export const renderStatusJson = (r: StatusReport): string =>
+  JSON.stringify(
+    sanitizeDeep({
+      health: r.health,
+      ...(Option.isSome(r.controlStatus) ? { controlStatus: r.controlStatus.value } : {}),
+      ...(Option.isSome(r.channels)
+        ? { channels: { ...r.channels.value, channels: r.channels.value.channels.map((c) => Schema.encodeSync(ChannelInfo)(c)) } }
+        : {}),
+      ...(Option.isSome(r.controlProblem) ? { controlError: r.controlProblem.value } : {})
+    }),
+    null,
+    2
+  )
+
+/** Fetches the report; `Left` carries the stderr text when the gateway is not reachable. */
+export const fetchStatus = (target: GatewayTarget) =>
+  Effect.gen(function*() {
+    const address = `${target.host}:${target.port}`
+    const client = yield* gatewayClient(target)
+    const health = yield* client.health.health().pipe(Effect.timeout("5 seconds"), Effect.either)
+    if (Either.isLeft(health)) {
+      const d = describeClientError(health.left)
+      return Either.left(
+        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\nIs the daemon running? Start it with: cara\n`
+      )
+    }
+    if (Option.isNone(target.token)) {
+      return Either.right({
+        address,
+        health: health.right,
+        controlStatus: Option.none(),
+        channels: Option.none(),
+        controlProblem: Option.some({
+          kind: "gateway-token-missing",
+          message: "no gateway token: export CARAPACE_GATEWAY_TOKEN (or set gateway.auth.token) to see channel status"
+        })
+      } satisfies StatusReport)
+    }
+    const both = yield* Effect.all([client.control.status(), client.control.channels()], { concurrency: 2 }).pipe(
+      Effect.timeout("30 seconds"),
+      Effect.either
+    )
+    return Either.right({
+      address,
+      health: health.right,
+      controlStatus: Either.isRight(both) ? Option.some(both.right[0]) : Option.none(),
+      channels: Either.isRight(both) ? Option.some(both.right[1]) : Option.none(),
+      controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none()
+    } satisfies StatusReport)
+  })
+
+export const statusCommand = Command.make(
+  "status",
+  {
+    host: Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional),
+    port: Options.integer("port").pipe(Options.withAlias("p"), Options.withDescription("gateway port (default: gateway.port from the config, else 18789)"), Options.optional),
+    json: Options.boolean("json").pipe(Options.withDescription("print the status as JSON"))
+  },
+  ({ host, json, port }) =>
+    Effect.gen(function*() {
+      const target = yield* resolveTarget({ host, port })
+      const report = yield* fetchStatus(target)
+      if (Either.isLeft(report)) {
+        process.stderr.write(report.left)
+        process.exitCode = 1
+        return
+      }
+      yield* Console.log(json ? renderStatusJson(report.right) : renderStatus(report.right))
+    })
+).pipe(Command.withDescription("Show the gateway's health and, with CARAPACE_GATEWAY_TOKEN, channel and Matrix status."))
