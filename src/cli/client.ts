@@ -86,12 +86,14 @@ export const describeClientError = (e: unknown): { readonly kind?: string; reado
       // fetch wraps the socket error (ECONNREFUSED, ...) a level or two down the cause chain.
       let c: unknown = tagged.cause
       let code: string | undefined
+      let innermost: string | undefined
       for (let i = 0; i < 5 && c !== undefined && c !== null && code === undefined; i++) {
         const x = c as { code?: unknown; errors?: ReadonlyArray<{ code?: unknown }>; cause?: unknown }
         code = typeof x.code === "string" ? x.code : typeof x.errors?.[0]?.code === "string" ? String(x.errors[0].code) : undefined
+        if (c instanceof Error) innermost = c.message
         c = x.cause
       }
-      return { kind: "gateway-unreachable", message: terminalSafe(code ?? "connection failed") }
+      return { kind: "gateway-unreachable", message: terminalSafe(code ?? innermost ?? "connection failed") }
     }
     if (tagged._tag === "ResponseError") {
       return { kind: "gateway-bad-response", message: terminalSafe(`unexpected response (${String(tagged.reason)})`) }
