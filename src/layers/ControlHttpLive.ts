@@ -210,13 +210,18 @@ const ReadyLog = Layer.effectDiscard(
   )
 )
 
+/** The control API and `/ws` on whatever HttpServer is provided (tests bring their own on port 0). */
+export const ControlHttpApp = Layer.mergeAll(
+  HttpApiBuilder.serve().pipe(Layer.provide(ApiLive), Layer.provide(WebSocketLive)),
+  ReadyLog
+).pipe(Layer.provide(GatewayAuthorizationLive))
+
 /**
  * Serves the control API and `/ws` on `host:port`; the socket is released when the layer's scope closes.
  * Needs ChannelStatus, EventBus, Metrics, MatrixControl and GatewayGuard.
  */
 export const ControlHttpLive = (options: ListenOptions) =>
-  Layer.mergeAll(HttpApiBuilder.serve().pipe(Layer.provide(ApiLive), Layer.provide(WebSocketLive)), ReadyLog).pipe(
-    Layer.provide(GatewayAuthorizationLive),
+  ControlHttpApp.pipe(
     Layer.provide(NodeHttpServer.layer(createServer, { host: options.host, port: options.port }))
   )
 
