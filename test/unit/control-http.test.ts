@@ -6,7 +6,6 @@ import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServ
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted, Ref, Schema } from "effect"
-import WebSocket from "ws"
 import { CaraApi, Channels, Health, NotReady, Ready, SendTestResult } from "../../src/domain/api.js"
 import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
@@ -16,6 +15,17 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, publishVerification } from "../../src/services/EventBus.js"
 import { MatrixControl, MatrixControlError } from "../../src/services/MatrixControl.js"
 import { Metrics } from "../../src/services/Metrics.js"
+
+// `ws` (the WebSocket library under @effect/platform-node) ships no typings: the little used here is typed locally.
+interface WsClient {
+  on(event: "message", cb: (data: Buffer) => void): void
+  on(event: "unexpected-response", cb: (req: unknown, res: { statusCode?: number }) => void): void
+  on(event: "open" | "error", cb: () => void): void
+  close(): void
+  terminate(): void
+}
+const wsModule = "ws"
+const WebSocket = ((await import(wsModule)) as { default: new(url: string, options?: { headers?: Record<string, string> }) => WsClient }).default
 
 const TOKEN = "gw-token-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e"
 const ROOM = "!probe:example.org"
