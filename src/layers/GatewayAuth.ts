@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import {
   type ApiError,
   BadGateway,
@@ -154,10 +154,9 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
     const metrics = yield* Metrics
     const buckets = new Map<string, Bucket>()
 
-    const rateLimited = (key: string, path: string): number | undefined => {
+    const rateLimited = (key: string, path: string, now: number): number | undefined => {
       const [prefix, rate, burst] = RATE_RULES.find(([p]) => path.startsWith(p))!
       const id = `${key} ${prefix}`
-      const now = Date.now()
       let b = buckets.get(id)
       if (b === undefined) {
         // Oldest-inserted first: a flood of new addresses cannot grow the map without bound.
@@ -190,7 +189,7 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
         const local = isLoopbackPeer(request.remoteAddress) && !hasForwardingHeaders(request.headers)
         if (!local) {
           const key = Option.getOrElse(request.remoteAddress, () => "unknown")
-          const retryAfterMs = rateLimited(key, path)
+          const retryAfterMs = rateLimited(key, path, yield* Clock.currentTimeMillis)
           if (retryAfterMs !== undefined) {
             yield* metrics.increment("carapace_gateway_rate_limited_total")
             return yield* new TooManyRequests({
