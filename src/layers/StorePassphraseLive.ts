@@ -447,3 +447,6 @@ export const StorePassphraseWith = (options: StorePassphraseOptions) => Layer.ef
 /** Holds the maintenance lock as `holder` for the life of the layer (the daemon's whole life). */
 export const RekeyLockHeld = (holder: LockHolderKind) =>
   Layer.scopedDiscard(Effect.flatMap(StorePassphrase, (sp) => sp.acquireLock(holder)))
+
+/** The daemon's hold on the maintenance lock, for its whole life (acquired before any store is opened). */
+export const DaemonRekeyLockLive = RekeyLockHeld("daemon").pipe(Layer.provide(StorePassphraseLive))

@@ -79,8 +79,7 @@ describe("the maintenance lock", () => {
     const second = await inProcess(root, "rekey-store", scope2)
     expect(Either.isLeft(second)).toBe(true)
     if (Either.isLeft(second)) {
-      expect(second.left.kind).toBe("rekey-lock-held")
-      expect(second.left.holder).toBe("daemon")
+      expect(second.left).toMatchObject({ _tag: "RekeyLockHeldError", kind: "rekey-lock-held", holder: "daemon", holderPid: process.pid })
       expect(second.left.message).toContain(`is held by the cara daemon (pid ${process.pid})`)
       expect(second.left.message).toContain("Stop the daemon first")
     }
