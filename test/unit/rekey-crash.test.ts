@@ -203,6 +203,29 @@ describe("rekey-store under crash injection", () => {
     )
   }, 180_000)
 
+  it("reports one progress line per durable step it starts (never a passphrase)", async () => {
+    const root = setUp("derived", ["crypto", "state"])
+    const lines: Array<string> = []
+    const stateDir = await Effect.runPromise(makeStateDir(root))
+    const result = await Effect.runPromise(runRekey({
+      stateDir,
+      stores: sqliteStores(stateDir),
+      files: stateDirFiles(stateDir),
+      derived: Option.some(Effect.succeed(Redacted.make(DERIVED))),
+      progress: (line) => Effect.sync(() => void lines.push(line))
+    }))
+    expect(result).toMatchObject({ recovered: false, storeCount: 2 })
+    expect(lines).toEqual([
+      `writing the new passphrase to ${path.join(root, "matrix/store_passphrase.pending")}`,
+      `writing the rekey marker ${path.join(root, "matrix/store_passphrase.rekeying")}`,
+      "re-wrapping the key of matrix-sdk-crypto.sqlite3",
+      "re-wrapping the key of matrix-sdk-state.sqlite3",
+      `pinning the new passphrase at ${path.join(root, "matrix/store_passphrase")}`
+    ])
+    const pinned = readOpt(path.join(root, "matrix/store_passphrase"))!
+    expect(lines.join("\n")).not.toContain(pinned)
+  })
+
   it("a second run later rotates again to another fresh passphrase", async () => {
     const root = await scenario("derived", ["crypto", "state"], [])
     const first = readOpt(path.join(root, "matrix/store_passphrase"))
