@@ -1,0 +1,216 @@
+// The inbound dead-letter queue's on-disk format (reference §7.6.2): one JSON line per record, either a plain
+// record (`matrix.encrypted=false`) or an envelope v2 whose AEAD plaintext is that record. Pure: no file I/O.
+import * as crypto from "node:crypto"
+import { Either, Schema } from "effect"
+
+export const DLQ_FILE = "matrix/inbound_dlq.jsonl"
+export const DLQ_CORRUPT_FILE = "matrix/inbound_dlq.corrupt.jsonl"
+/** Live records; an append at the cap is refused (`dlq-cap-saturation`) with one audit event. */
+export const DLQ_RECORD_CAP = 10_000
+/** The quarantine never grows past this; a batch that would is dropped and audited. */
+export const DLQ_CORRUPT_CAP_BYTES = 10 * 1024 * 1024
+/** A longer line is never decoded (fail closed: it is quarantined). */
+export const DLQ_LINE_CAP_BYTES = 128 * 1024
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors
+
+export const DlqErrorKind = Schema.Literal("dlq-crypto", "dlq-io", "dlq-serialization", "dlq-dispatch-failure", "dlq-cap-saturation")
+export type DlqErrorKind = typeof DlqErrorKind.Type
+
+/** A DLQ operation failed; the message says what to do and never holds a message body or key. */
+export class DlqError extends Schema.TaggedError<DlqError>()("DlqError", {
+  kind: DlqErrorKind,
+  message: Schema.String
+}) {}
+
+/** `show`/`replay`/`purge` of an id that is not (or no longer) in the DLQ. */
+export class DlqRecordNotFound extends Schema.TaggedError<DlqRecordNotFound>()("DlqRecordNotFound", {
+  kind: Schema.Literal("dlq-record-not-found"),
+  message: Schema.String
+}) {}
+
+// ---------------------------------------------------------------------------------------------------------
+// Records
+
+const MatrixEventId = Schema.String.pipe(Schema.pattern(/^\$[^\s]+$/))
+const MatrixRoomId = Schema.String.pipe(Schema.pattern(/^![^:\s]+(:\S+)?$/))
+const MatrixUserId = Schema.String.pipe(Schema.pattern(/^@[^:\s]+:\S+$/))
+
+/** The plain record (the line itself when unencrypted; the AEAD plaintext otherwise). Extra fields refused. */
+export const DlqRecord = Schema.Struct({
+  eventId: MatrixEventId,
+  roomId: MatrixRoomId,
+  senderId: MatrixUserId,
+  text: Schema.String,
+  /** Unix ms when the failure was recorded. */
+  receivedAt: Schema.Number,
+  /** The thread root, so a replayed answer lands in the same thread (our addition; optional). */
+  threadId: Schema.optional(Schema.String)
+})
+export type DlqRecord = typeof DlqRecord.Type
+
+const decodeRecordStrict = Schema.decodeUnknownEither(DlqRecord, { onExcessProperty: "error" })
+
+/** The operator-facing id of a record: stable, short, and not the event id itself. */
+export const recordId = (eventId: string): string => crypto.createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 16)
+
+// ---------------------------------------------------------------------------------------------------------
+// Keys: v2 = Argon2id(store passphrase, salt = installation id ASCII, 64 MiB, t=3, p=1) -> 32 bytes
+
+export const ENVELOPE_VERSION = 2
+const AAD_V2 = Buffer.from("matrix-inbound-dlq-envelope-v2", "utf8")
+
+/** A derived DLQ key; opaque outside this module (never printed). */
+export interface DlqKey {
+  readonly _tag: "DlqKey"
+  readonly bytes: Buffer
+}
+
+// Derivation costs ~180 ms and 64 MiB: at most once per (passphrase, installation id) in a process. The map
+// key is a hash, so the cache itself holds no passphrase.
+const keyCache = new Map<string, DlqKey>()
+
+export const deriveDlqKey = (passphrase: string, installationId: string): DlqKey => {
+  const id = crypto.createHash("sha256").update(`${passphrase.length}:${passphrase}\u0000${installationId}`, "utf8").digest("hex")
+  const hit = keyCache.get(id)
+  if (hit !== undefined) return hit
+  const bytes = crypto.argon2Sync("argon2id", {
+    message: Buffer.from(passphrase, "utf8"),
+    nonce: Buffer.from(installationId, "ascii"),
+    parallelism: 1,
+    tagLength: 32,
+    memory: 65536,
+    passes: 3
+  })
+  const key: DlqKey = { _tag: "DlqKey", bytes }
+  keyCache.set(id, key)
+  return key
+}
+
+/** For tests and vectors: a key from raw bytes. */
+export const dlqKeyFromBytes = (bytes: Uint8Array): DlqKey => ({ _tag: "DlqKey", bytes: Buffer.from(bytes) })
+
+// ---------------------------------------------------------------------------------------------------------
+// Lines
+
+const b64u = (b: Uint8Array) => Buffer.from(b).toString("base64url")
+const fromB64u = (s: string): Buffer | undefined => (/^[A-Za-z0-9_-]*$/.test(s) ? Buffer.from(s, "base64url") : undefined)
+
+/** One line (without the newline) for `record`: an envelope v2 with a key, else the plain record. */
+export const encodeLine = (record: DlqRecord, key: DlqKey | undefined, nonce: Uint8Array = crypto.randomBytes(12)): string => {
+  const plain = JSON.stringify(Schema.encodeSync(DlqRecord)(record))
+  if (key === undefined) return plain
+  const cipher = crypto.createCipheriv("aes-256-gcm", key.bytes, nonce)
+  cipher.setAAD(AAD_V2)
+  const ct = Buffer.concat([cipher.update(plain, "utf8"), cipher.final(), cipher.getAuthTag()])
+  return JSON.stringify({ version: ENVELOPE_VERSION, nonce: b64u(nonce), ciphertext: b64u(ct) })
+}
+
+export type Decoded =
+  | { readonly _tag: "Record"; readonly record: DlqRecord; readonly encrypted: boolean }
+  /** An envelope, but no key is available now (unencrypted mode, no store secret): kept as it is. */
+  | { readonly _tag: "NoKey" }
+  /** Never decodable (bad JSON, bad ids, unknown version, AEAD failure): quarantined. */
+  | { readonly _tag: "Corrupt"; readonly kind: "dlq-crypto" | "dlq-serialization"; readonly reason: string }
+
+const corrupt = (kind: "dlq-crypto" | "dlq-serialization", reason: string): Decoded => ({ _tag: "Corrupt", kind, reason })
+
+/** A line is an envelope iff it is a JSON object with `version`, `nonce` and `ciphertext` (config-independent). */
+export const isEnvelopeLine = (line: string): boolean => {
+  try {
+    const v = JSON.parse(line) as unknown
+    return typeof v === "object" && v !== null && !Array.isArray(v) && "version" in v && "nonce" in v && "ciphertext" in v
+  } catch {
+    return false
+  }
+}
+
+export const decodeLine = (line: string, key: DlqKey | undefined): Decoded => {
+  if (Buffer.byteLength(line, "utf8") > DLQ_LINE_CAP_BYTES) return corrupt("dlq-serialization", "line longer than 128 KiB")
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(line)
+  } catch {
+    return corrupt("dlq-serialization", "not JSON")
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return corrupt("dlq-serialization", "not a JSON object")
+  const obj = parsed as Record<string, unknown>
+  if ("version" in obj && "nonce" in obj && "ciphertext" in obj) {
+    const keys = Object.keys(obj)
+    if (keys.length !== 3) return corrupt("dlq-serialization", "envelope has extra fields")
+    if (obj["version"] !== ENVELOPE_VERSION) return corrupt("dlq-serialization", `unsupported envelope version ${JSON.stringify(obj["version"])}`)
+    if (typeof obj["nonce"] !== "string" || typeof obj["ciphertext"] !== "string") return corrupt("dlq-serialization", "envelope fields are not strings")
+    const nonce = fromB64u(obj["nonce"])
+    const ct = fromB64u(obj["ciphertext"])
+    if (nonce === undefined || nonce.length !== 12) return corrupt("dlq-serialization", "envelope nonce is not 12 bytes of base64url")
+    if (ct === undefined || ct.length < 16) return corrupt("dlq-serialization", "envelope ciphertext is malformed")
+    if (key === undefined) return { _tag: "NoKey" }
+    let plain: string
+    try {
+      const decipher = crypto.createDecipheriv("aes-256-gcm", key.bytes, nonce)
+      decipher.setAAD(AAD_V2)
+      decipher.setAuthTag(ct.subarray(ct.length - 16))
+      plain = Buffer.concat([decipher.update(ct.subarray(0, ct.length - 16)), decipher.final()]).toString("utf8")
+    } catch {
+      return corrupt("dlq-crypto", "envelope does not authenticate under the current key (tampered, or written under another passphrase)")
+    }
+    let inner: unknown
+    try {
+      inner = JSON.parse(plain)
+    } catch {
+      return corrupt("dlq-serialization", "decrypted record is not JSON")
+    }
+    return Either.match(decodeRecordStrict(inner), {
+      onLeft: () => corrupt("dlq-serialization", "decrypted record has missing, extra or malformed fields"),
+      onRight: (record) => ({ _tag: "Record", record, encrypted: true })
+    })
+  }
+  return Either.match(decodeRecordStrict(obj), {
+    onLeft: () => corrupt("dlq-serialization", "plain record has missing, extra or malformed fields"),
+    onRight: (record) => ({ _tag: "Record", record, encrypted: false })
+  })
+}
+
+/** Splits file content into its non-empty lines (a torn last line without `\n` is still a line). */
+export const splitLines = (content: string): Array<string> => content.split("\n").filter((l) => l.trim() !== "")
+
+// ---------------------------------------------------------------------------------------------------------
+// What the operator surface shows
+
+export const DlqSummary = Schema.Struct({
+  id: Schema.String,
+  eventId: Schema.String,
+  roomId: Schema.String,
+  senderId: Schema.String,
+  receivedAt: Schema.Number,
+  encrypted: Schema.Boolean,
+  /** Automatic replay attempts by this daemon since it started. */
+  attempts: Schema.Int,
+  nextAttemptAt: Schema.optional(Schema.Number),
+  lastError: Schema.optional(Schema.String),
+  textBytes: Schema.Int
+})
+export type DlqSummary = typeof DlqSummary.Type
+
+export const DlqDetail = Schema.Struct({
+  ...DlqSummary.fields,
+  /** The message body: only when asked for with reveal. */
+  text: Schema.optional(Schema.String)
+})
+export type DlqDetail = typeof DlqDetail.Type
+
+export const DlqReplayReport = Schema.Struct({
+  replayed: Schema.Int,
+  failed: Schema.Int,
+  /** Sender no longer on the allowlist: removed without an answer (audited). */
+  dropped: Schema.Int,
+  quarantined: Schema.Int,
+  /** Not due yet (automatic replay only). */
+  deferred: Schema.Int,
+  remaining: Schema.Int
+})
+export type DlqReplayReport = typeof DlqReplayReport.Type
+
+/** Per-record automatic retry delay: 5 s doubling to 1 h. */
+export const replayBackoffMs = (attempts: number): number => Math.min(5_000 * 2 ** Math.max(0, attempts - 1), 3_600_000)

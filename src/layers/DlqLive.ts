@@ -1,0 +1,560 @@
+import * as fs from "node:fs/promises"
+import { constants as fsConstants } from "node:fs"
+import * as path from "node:path"
+import { Clock, Effect, Layer, Option, Redacted } from "effect"
+import {
+  decodeLine,
+  type Decoded,
+  deriveDlqKey,
+  DLQ_CORRUPT_CAP_BYTES,
+  DLQ_CORRUPT_FILE,
+  DLQ_FILE,
+  DLQ_RECORD_CAP,
+  DlqError,
+  type DlqErrorKind,
+  type DlqKey,
+  type DlqRecord,
+  DlqRecordNotFound,
+  type DlqReplayReport,
+  type DlqSummary,
+  encodeLine,
+  isEnvelopeLine,
+  recordId,
+  replayBackoffMs,
+  splitLines
+} from "../domain/dlq.js"
+import { AUDIT_FILE, EncryptedStateIoError } from "../domain/storePassphrase.js"
+import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
+import { ConfigSecrets } from "../services/ConfigSecrets.js"
+import { type DlqDispatcher, type DlqListing, type DlqSelector, Dlq, type DlqShape } from "../services/Dlq.js"
+import { Metrics, type MetricsShape } from "../services/Metrics.js"
+import { StateDir, type StateDirShape } from "../services/StateDir.js"
+import { StorePassphrase } from "../services/StorePassphrase.js"
+
+const CHANNEL = "matrix"
+/** After the cap was hit, appends are refused without touching the file for this long (reference §7.6.3). */
+const CAP_LATCH_MS = 10_000
+const LOST_IDS_KEPT = 32
+
+const describe = (e: unknown) => (e instanceof Error ? ((e as NodeJS.ErrnoException).code ?? e.message) : String(e))
+const isNotFound = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code === "ENOENT"
+
+const ioError = (what: string, file: string) => (e: unknown) =>
+  new DlqError({
+    kind: "dlq-io",
+    message: `${what} ${file} failed (${describe(e)}). Check that the state directory is writable by this user and the disk is not full.`
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// File primitives (the only writes that are appends rather than StateDir's atomic replace: an fsync'd
+// O_APPEND line is the durable unit here, and rewriting the whole file per failure would cost O(n) each)
+
+/** Reads a whole file without following a symlink; `""` when it does not exist. */
+export const readNoFollow = (file: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const h = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))
+      if (h === undefined) return ""
+      try {
+        return (await h.readFile()).toString("utf8")
+      } finally {
+        await h.close()
+      }
+    },
+    catch: ioError("Reading", file)
+  })
+
+const fsyncDir = async (dir: string) => {
+  const h = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
+  try {
+    await h.sync()
+  } finally {
+    await h.close()
+  }
+}
+
+/** Appends `text` (whole lines) with fsync; 0600 (a widened mode is reset); dir fsync when created. */
+const appendDurable = (file: string, text: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const h = await fs.open(file, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
+      let created = false
+      try {
+        const st = await h.stat()
+        created = st.size === 0
+        if ((st.mode & 0o777) !== 0o600) await h.chmod(0o600)
+        // a crash mid-append can leave a line without its newline: never glue the next line onto it
+        let prefix = ""
+        if (st.size > 0) {
+          const last = Buffer.alloc(1)
+          await h.read(last, 0, 1, st.size - 1)
+          if (last[0] !== 0x0a) prefix = "\n"
+        }
+        await h.write(prefix + text)
+        await h.sync()
+      } finally {
+        await h.close()
+      }
+      if (created) await fsyncDir(path.dirname(file))
+    },
+    catch: ioError("Appending to", file)
+  })
+
+const fileSize = (file: string) =>
+  Effect.tryPromise({
+    try: () => fs.lstat(file).then((s) => s.size, (e: unknown) => (isNotFound(e) ? 0 : Promise.reject(e))),
+    catch: ioError("Checking", file)
+  })
+
+/** One `{"ts","event","data"}` line in `{state_dir}/audit.jsonl`, fsync'd (same format as rekey-store's). */
+export const appendAuditLine = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
+  appendDurable(stateDir.resolve(AUDIT_FILE), `${JSON.stringify({ ts: new Date().toISOString(), event, data })}\n`)
+
+// ---------------------------------------------------------------------------------------------------------
+// The service
+
+export interface DlqOptions {
+  /**
+   * The v2 key, or `None` when records are written plain (`matrix.encrypted=false`). Called when needed; a
+   * failure (no store secret yet) is retried at the next use, a success is kept.
+   */
+  readonly key: Effect.Effect<Option.Option<DlqKey>, DlqError>
+}
+
+interface Backoff {
+  attempts: number
+  nextAt: number
+  lastError?: string
+}
+
+const summary = (record: DlqRecord, encrypted: boolean, b: Backoff | undefined): DlqSummary => ({
+  id: recordId(record.eventId),
+  eventId: record.eventId,
+  roomId: record.roomId,
+  senderId: record.senderId,
+  receivedAt: record.receivedAt,
+  encrypted,
+  attempts: b?.attempts ?? 0,
+  ...(b === undefined ? {} : { nextAttemptAt: b.nextAt }),
+  ...(b?.lastError === undefined ? {} : { lastError: b.lastError }),
+  textBytes: Buffer.byteLength(record.text, "utf8")
+})
+
+/** Removes one occurrence of each of `gone` from `lines` (lines appended meanwhile stay). */
+const withoutLines = (lines: ReadonlyArray<string>, gone: ReadonlyArray<string>) => {
+  const counts = new Map<string, number>()
+  for (const g of gone) counts.set(g, (counts.get(g) ?? 0) + 1)
+  return lines.filter((l) => {
+    const n = counts.get(l) ?? 0
+    if (n === 0) return true
+    counts.set(l, n - 1)
+    return false
+  })
+}
+
+const PRIORITY: Record<DlqErrorKind, number> = {
+  "dlq-io": 6,
+  "dlq-cap-saturation": 5,
+  "dlq-crypto": 4,
+  "dlq-serialization": 2,
+  "dlq-dispatch-failure": 0
+}
+
+export const makeDlq = (options: DlqOptions) =>
+  Effect.gen(function*() {
+    const stateDir = yield* StateDir
+    const status: ChannelStatusShape = yield* ChannelStatus
+    const metrics: MetricsShape = yield* Metrics
+    const file = stateDir.resolve(DLQ_FILE)
+    const corruptFile = stateDir.resolve(DLQ_CORRUPT_FILE)
+    // All file I/O of the live DLQ is serialized (append vs. rewrite); one replay runs at a time.
+    const io = yield* Effect.makeSemaphore(1)
+    const replaying = yield* Effect.makeSemaphore(1)
+    const backoff = new Map<string, Backoff>()
+    let cachedKey: Option.Option<DlqKey> | undefined
+    let capLatchedAt: number | undefined
+    let durabilityError: string | undefined
+    let dispatcher: DlqDispatcher | undefined
+
+    const ensureDir = stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
+
+    const key = Effect.suspend(() =>
+      cachedKey !== undefined ? Effect.succeed(cachedKey) : Effect.tap(options.key, (k) => Effect.sync(() => void (cachedKey = k)))
+    )
+
+    const readLines = Effect.map(readNoFollow(file), splitLines)
+
+    const setCount = (n: number) =>
+      status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
+
+    const audit = (event: string, data: Record<string, unknown>) => appendAuditLine(stateDir, event, data)
+
+    // A durability error pins the channel to `error` until a later append or clean replay clears it.
+    const setDurabilityError = (e: DlqError, lost: DlqRecord | undefined) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        durabilityError = e.message
+        yield* status.updateMatrix((x) => ({
+          ...x,
+          inboundDlqAppendFailureTotal: x.inboundDlqAppendFailureTotal + 1,
+          inboundDlqDurabilityError: e.message,
+          inboundDlqDurabilityErrorAt: now,
+          lastInboundDlqAppendFailureAt: now,
+          ...(lost === undefined ? {} : {
+            inboundDlqLostEventIds: [...(x.inboundDlqLostEventIds ?? []), lost.eventId].slice(-LOST_IDS_KEPT),
+            inboundDlqLostEventIdsAt: now
+          })
+        }))
+        yield* status.setState(CHANNEL, "error", { kind: e.kind, message: e.message })
+        yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dlq_append" })
+        if (lost !== undefined) yield* metrics.increment("carapace_matrix_inbound_dlq_lost_event_ids_total")
+        yield* Effect.logError(`Matrix inbound DLQ append failed; the event is lost: ${e.message}`).pipe(
+          Effect.annotateLogs({ kind: e.kind, ...(lost === undefined ? {} : { eventId: lost.eventId }) })
+        )
+      })
+
+    const clearDurabilityError = Effect.gen(function*() {
+      if (durabilityError === undefined) return
+      const was = durabilityError
+      durabilityError = undefined
+      yield* status.updateMatrix((x) => {
+        const { inboundDlqDurabilityError: _a, inboundDlqDurabilityErrorAt: _b, ...rest } = x
+        return rest
+      })
+      const matrix = (yield* status.get).find((c) => c.id === CHANNEL)
+      if (matrix?.status === "error" && matrix.lastError === was) yield* status.setState(CHANNEL, "connected")
+      yield* Effect.logInfo("Matrix inbound DLQ durability error cleared")
+    })
+
+    const appendUnlocked = (record: DlqRecord) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        if (capLatchedAt !== undefined && now - capLatchedAt < CAP_LATCH_MS) {
+          return yield* new DlqError({
+            kind: "dlq-cap-saturation",
+            message: `Matrix inbound DLQ at ${file} is at its ${DLQ_RECORD_CAP}-record cap (latched); dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
+          })
+        }
+        const k = yield* key
+        const line = encodeLine(record, Option.getOrUndefined(k))
+        yield* ensureDir
+        // Under 100 bytes per line the file cannot hold the cap: skip counting (the common case).
+        if ((yield* fileSize(file)) >= DLQ_RECORD_CAP * 100) {
+          const existing = (yield* readLines).length
+          if (existing >= DLQ_RECORD_CAP) {
+            capLatchedAt = now
+            yield* audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
+            yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
+            return yield* new DlqError({
+              kind: "dlq-cap-saturation",
+              message: `Matrix inbound DLQ at ${file} reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
+            })
+          }
+        }
+        yield* appendDurable(file, `${line}\n`)
+      })
+
+    const append = (record: DlqRecord) =>
+      Effect.gen(function*() {
+        yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
+        const r = yield* Effect.either(io.withPermits(1)(appendUnlocked(record)))
+        if (r._tag === "Left") {
+          yield* setDurabilityError(r.left, record)
+          return yield* Effect.fail(r.left)
+        }
+        yield* clearDurabilityError
+        yield* Effect.logWarning("Matrix inbound event moved to the DLQ; it is replayed after the next successful sync").pipe(
+          Effect.annotateLogs({ dlqId: recordId(record.eventId) })
+        )
+        yield* count.pipe(Effect.flatMap(setCount), Effect.ignore)
+      }).pipe(Effect.withSpan("Dlq.append"))
+
+    const count = Effect.map(readLines, (l) => l.length)
+
+    // Decodes every line; a key that cannot be had now makes envelopes "NoKey" (kept), not corrupt.
+    const decodeAll = Effect.gen(function*() {
+      const lines = yield* io.withPermits(1)(readLines)
+      const k = yield* Effect.either(key)
+      const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
+      const keyError = k._tag === "Left" ? k.left : undefined
+      const decoded = lines.map((line) => ({ line, d: decodeLine(line, keyValue) }))
+      return { decoded, keyError }
+    })
+
+    const list = Effect.gen(function*() {
+      const { decoded } = yield* decodeAll
+      const records: Array<DlqSummary> = []
+      let undecodable = 0
+      for (const { d } of decoded) {
+        if (d._tag === "Record") records.push(summary(d.record, d.encrypted, backoff.get(recordId(d.record.eventId))))
+        else undecodable++
+      }
+      records.sort((a, b) => a.receivedAt - b.receivedAt)
+      return { records, undecodable } satisfies DlqListing
+    })
+
+    const notFound = (id: string) =>
+      new DlqRecordNotFound({ kind: "dlq-record-not-found", message: `no DLQ record with id ${id}; list the current ids with \`cara matrix dlq list\`.` })
+
+    const show = (id: string, reveal: boolean) =>
+      Effect.gen(function*() {
+        const { decoded } = yield* decodeAll
+        for (const { d } of decoded) {
+          if (d._tag === "Record" && recordId(d.record.eventId) === id) {
+            return { ...summary(d.record, d.encrypted, backoff.get(id)), ...(reveal ? { text: d.record.text } : {}) }
+          }
+        }
+        return yield* notFound(id)
+      })
+
+    /** Appends undecodable lines to the quarantine, within its cap; false when the batch was dropped. */
+    const quarantine = (lines: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        if (lines.length === 0) return
+        const batch = lines.map((l) => `${l}\n`).join("")
+        const size = yield* fileSize(corruptFile)
+        if (size + Buffer.byteLength(batch, "utf8") > DLQ_CORRUPT_CAP_BYTES) {
+          // The drop must be on record; without the audit line the lines stay where they are.
+          yield* audit("matrix_inbound_dlq_quarantine_cap_dropped", {
+            dropped_lines: lines.length,
+            quarantine_bytes: size,
+            cap_bytes: DLQ_CORRUPT_CAP_BYTES
+          })
+          yield* Effect.logWarning(`Matrix inbound DLQ quarantine ${corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`)
+          return
+        }
+        yield* appendDurable(corruptFile, batch)
+        yield* Effect.logWarning(`Matrix inbound DLQ: ${lines.length} undecodable line(s) moved to ${corruptFile}`)
+      })
+
+    const runReplay = (select: (id: string) => boolean, automatic: boolean) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const { decoded, keyError } = yield* decodeAll
+        const d = dispatcher
+        const gone: Array<string> = []
+        const corrupt: Array<string> = []
+        const errors: Array<DlqError> = keyError === undefined ? [] : [keyError]
+        const report = { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
+        for (const { line, d: dec } of decoded as ReadonlyArray<{ line: string; d: Decoded }>) {
+          if (dec._tag === "Corrupt") {
+            corrupt.push(line)
+            errors.push(new DlqError({ kind: dec.kind, message: `a DLQ line could not be decoded (${dec.reason})` }))
+            continue
+          }
+          if (dec._tag === "NoKey") continue
+          const id = recordId(dec.record.eventId)
+          if (!select(id)) continue
+          const b = backoff.get(id)
+          if (automatic && b !== undefined && b.nextAt > now) {
+            report.deferred++
+            continue
+          }
+          if (d === undefined) {
+            report.deferred++
+            continue
+          }
+          if (!d.allowed(dec.record.senderId)) {
+            yield* audit("matrix_inbound_dlq_replay_dropped", { id, reason: "sender-not-allowed" })
+            gone.push(line)
+            backoff.delete(id)
+            report.dropped++
+            continue
+          }
+          const r = yield* Effect.either(d.dispatch(dec.record))
+          if (r._tag === "Right") {
+            gone.push(line)
+            backoff.delete(id)
+            report.replayed++
+          } else {
+            const attempts = (b?.attempts ?? 0) + 1
+            backoff.set(id, { attempts, nextAt: now + replayBackoffMs(attempts), lastError: r.left.kind })
+            errors.push(r.left)
+            report.failed++
+          }
+        }
+        const q = yield* Effect.either(quarantine(corrupt))
+        if (q._tag === "Right") {
+          gone.push(...corrupt)
+          report.quarantined = corrupt.length
+        } else {
+          errors.push(q.left)
+        }
+        // Rewrite with what is gone removed; lines appended meanwhile are kept.
+        const remaining = yield* io.withPermits(1)(
+          Effect.gen(function*() {
+            const current = yield* readLines
+            if (gone.length === 0) return current.length
+            const next = withoutLines(current, gone)
+            if (next.length === 0) {
+              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
+            } else {
+              yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(
+                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
+              )
+            }
+            return next.length
+          })
+        )
+        report.remaining = remaining
+        yield* setCount(remaining)
+        if (report.replayed > 0) yield* status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
+        if (errors.length === 0) {
+          yield* clearDurabilityError
+          return report satisfies DlqReplayReport
+        }
+        const worst = errors.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
+        const undelivered = report.failed + (corrupt.length - report.quarantined)
+        // Undelivered records are kept for the next try; only I/O on the DLQ itself is a failure of replay.
+        if (worst.kind === "dlq-io" || worst.kind === "dlq-crypto") {
+          return yield* new DlqError({
+            kind: worst.kind,
+            message: `Matrix inbound DLQ replay still has ${undelivered + (keyError === undefined ? 0 : 1)} undelivered or undecodable record(s): ${worst.message}`
+          })
+        }
+        return report satisfies DlqReplayReport
+      })
+
+    const selectorFilter = (selector: DlqSelector) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
+
+    const replay = (selector: DlqSelector) =>
+      replaying.withPermits(1)(
+        Effect.gen(function*() {
+          if (dispatcher === undefined) {
+            return yield* new DlqError({
+              kind: "dlq-dispatch-failure",
+              message: "the Matrix runtime is not connected, so DLQ records cannot be replayed now; check `cara status` and retry once it is connected."
+            })
+          }
+          if (selector._tag === "One") {
+            const { decoded } = yield* decodeAll
+            if (!decoded.some(({ d }) => d._tag === "Record" && recordId(d.record.eventId) === selector.id)) return yield* notFound(selector.id)
+          }
+          const report = yield* runReplay(selectorFilter(selector), false)
+          if (selector._tag === "One" && report.failed > 0) {
+            const b = backoff.get(selector.id)
+            return yield* new DlqError({
+              kind: "dlq-dispatch-failure",
+              message: `replaying DLQ record ${selector.id} failed (${b?.lastError ?? "dispatch"}); it stays in the DLQ. Check the daemon log for the cause, then retry.`
+            })
+          }
+          return report
+        })
+      ).pipe(Effect.withSpan("Dlq.replay"))
+
+    const replayDue = replaying.withPermits(1)(runReplay(() => true, true)).pipe(Effect.withSpan("Dlq.replayDue"))
+
+    const purge = (selector: DlqSelector) =>
+      Effect.gen(function*() {
+        const k = yield* Effect.either(key)
+        const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
+        const purged = yield* io.withPermits(1)(
+          Effect.gen(function*() {
+            const lines = yield* readLines
+            const keep = selector._tag === "All" ? [] : lines.filter((l) => {
+              const d = decodeLine(l, keyValue)
+              return !(d._tag === "Record" && recordId(d.record.eventId) === selector.id)
+            })
+            const n = lines.length - keep.length
+            if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)
+            if (keep.length === 0) {
+              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
+            } else {
+              yield* stateDir.writeAtomic(DLQ_FILE, keep.map((l) => `${l}\n`).join("")).pipe(
+                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
+              )
+            }
+            yield* setCount(keep.length)
+            return n
+          })
+        )
+        if (selector._tag === "One") backoff.delete(selector.id)
+        else backoff.clear()
+        yield* audit("matrix_inbound_dlq_purged", { count: purged, scope: selector._tag === "All" ? "all" : selector.id }).pipe(Effect.ignore)
+        capLatchedAt = undefined
+        return purged
+      }).pipe(Effect.withSpan("Dlq.purge"))
+
+    const register = (d: DlqDispatcher) =>
+      Effect.acquireRelease(Effect.sync(() => void (dispatcher = d)), () => Effect.sync(() => void (dispatcher = undefined)))
+
+    // The gauge starts from what is on disk (a restart with a non-empty DLQ shows it at once).
+    yield* count.pipe(Effect.flatMap(setCount), Effect.catchAll(() => metrics.set("carapace_matrix_dlq_records", -1)))
+
+    return { append, list, show, replay, replayDue, purge, count, register } satisfies DlqShape
+  })
+
+/** A key source from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
+export const dlqKeyFromStore = Effect.gen(function*() {
+  const { config } = yield* ConfigSecrets
+  const sp = yield* StorePassphrase
+  const encrypted = config.matrix?.encrypted !== false
+  return Effect.gen(function*() {
+    if (!encrypted) return Option.none<DlqKey>()
+    const cryptoError = (message: string) => new DlqError({ kind: "dlq-crypto", message })
+    const pass = yield* sp.resolve.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
+    if (Option.isNone(pass)) return Option.none<DlqKey>()
+    const iid = yield* sp.installationId.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
+    return Option.some(deriveDlqKey(Redacted.value(pass.value), iid))
+  })
+})
+
+/** The daemon's DLQ: needs StateDir, ChannelStatus, Metrics, ConfigSecrets and StorePassphrase. */
+export const DlqLive = Layer.effect(Dlq, Effect.flatMap(dlqKeyFromStore, (key) => makeDlq({ key })))
+
+// ---------------------------------------------------------------------------------------------------------
+// rekey-store (reference §4.5): the DLQ is one more keyed store of the rotation's state machine. Its
+// rewrap is one atomic file replace, so at every point the whole file is under one passphrase.
+
+/** The KeyedStore shape of src/programs/rekeyStore.ts, restated to keep this module free of SQLite imports. */
+export interface DlqKeyedStore {
+  readonly name: string
+  readonly path: string
+  readonly exists: Effect.Effect<boolean>
+  readonly opens: (passphrase: Redacted.Redacted<string>) => Effect.Effect<boolean, EncryptedStateIoError>
+  readonly rewrap: (from: Redacted.Redacted<string>, to: Redacted.Redacted<string>) => Effect.Effect<void, EncryptedStateIoError>
+}
+
+export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Effect<string, { readonly message: string }>): DlqKeyedStore => {
+  const file = stateDir.resolve(DLQ_FILE)
+  const stateIo = (message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
+  const lines = readNoFollow(file).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
+  const keyFor = (p: Redacted.Redacted<string>) =>
+    installationId.pipe(
+      Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
+      Effect.map((iid) => deriveDlqKey(Redacted.value(p), iid))
+    )
+  return {
+    name: path.basename(file),
+    path: file,
+    // Only envelopes are keyed; a DLQ of plain lines (or none) has nothing to re-protect.
+    exists: lines.pipe(Effect.map((ls) => ls.some(isEnvelopeLine)), Effect.orElseSucceed(() => false)),
+    opens: (p) =>
+      Effect.gen(function*() {
+        const envelopes = (yield* lines).filter(isEnvelopeLine)
+        const k = yield* keyFor(p)
+        return envelopes.every((l) => decodeLine(l, k)._tag === "Record")
+      }),
+    rewrap: (from, to) =>
+      Effect.gen(function*() {
+        const current = yield* lines
+        const kFrom = yield* keyFor(from)
+        const kTo = yield* keyFor(to)
+        const next: Array<string> = []
+        for (const l of current) {
+          if (!isEnvelopeLine(l)) {
+            next.push(l)
+            continue
+          }
+          const d = decodeLine(l, kFrom)
+          if (d._tag !== "Record") {
+            return yield* stateIo(
+              `a line of ${file} does not decode under the current passphrase; move it to ${stateDir.resolve(DLQ_CORRUPT_FILE)} (or drop it), then rerun \`cara matrix rekey-store --new\`.`
+            )
+          }
+          next.push(encodeLine(d.record, kTo))
+        }
+        yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(Effect.mapError((e) => stateIo(e.message)))
+      })
+  }
+}
