@@ -143,6 +143,8 @@ export const Matrix = Schema.Struct({
   deviceId: nullable(Schema.String),
   storePassphrase: Secret,
   encrypted: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
+  /** In rooms with more than two members: answer only when mentioned (default) or every message. */
+  groupMessages: Schema.optionalWith(Schema.Literal("mention", "all"), { nullable: true, default: () => "mention" as const }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })

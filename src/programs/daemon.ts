@@ -3,11 +3,14 @@ import { AgentRuntimeLive } from "../layers/AgentLive.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
-import { MatrixControlUnavailable } from "../services/MatrixControl.js"
+import { MatrixSyncLive } from "../layers/MatrixSyncLive.js"
+import { DaemonRekeyLockLive, StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 
 // The gateway's listener, placed where the config says, with gateway.auth (a refused auth setup fails startup).
-// MatrixControlUnavailable answers `matrix-runtime-unavailable` until the Matrix runtime provides MatrixControl.
-const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixControlUnavailable))
+// The Matrix runtime provides MatrixControl (send-test); it runs only when matrix.enabled, and its failures put
+// the channel in `error` without stopping the gateway.
+const MatrixLive = MatrixSyncLive().pipe(Layer.provide(Layer.merge(AgentRuntimeLive, StorePassphraseLive)))
+const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixLive))
 
 // GatewayServicesLive: ChannelStatus, EventBus, Metrics, shared by the gateway and the channels.
 const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive).pipe(Layer.provideMerge(StateDirLive))
@@ -18,5 +21,6 @@ const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive
  * and every other resource.
  */
 export const daemon = Layer.launch(
-  Layer.mergeAll(GatewayLive, AgentRuntimeLive).pipe(Layer.provide(InfrastructureLive))
+  // DaemonRekeyLockLive first: no store is opened unless this daemon holds .matrix-rekey.lock.
+  Layer.mergeAll(GatewayLive, AgentRuntimeLive).pipe(Layer.provide(DaemonRekeyLockLive), Layer.provide(InfrastructureLive))
 ).pipe(Effect.annotateLogs({ service: "daemon" }))

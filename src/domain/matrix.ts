@@ -1,0 +1,89 @@
+import { Schema } from "effect"
+
+/**
+ * Matrix domain: branded ids, the inbound event record handed from the sync loop to the inbound
+ * pipeline, and the runtime error kinds of reference §12 that the Matrix runtime raises.
+ */
+
+export const UserId = Schema.String.pipe(Schema.pattern(/^@[^:]+:.+$/), Schema.brand("UserId"))
+export type UserId = typeof UserId.Type
+export const RoomId = Schema.String.pipe(Schema.pattern(/^![^:]+(:.+)?$/), Schema.brand("RoomId"))
+export type RoomId = typeof RoomId.Type
+export const EventId = Schema.String.pipe(Schema.pattern(/^\$.+$/), Schema.brand("EventId"))
+export type EventId = typeof EventId.Type
+export const DeviceId = Schema.NonEmptyString.pipe(Schema.brand("DeviceId"))
+export type DeviceId = typeof DeviceId.Type
+
+/** A decrypted (or plain) `m.room.message` as the inbound pipeline sees it. */
+export const InboundEvent = Schema.Struct({
+  eventId: Schema.String,
+  roomId: Schema.String,
+  sender: Schema.String,
+  /** `origin_server_ts` (server clock, used for the history cut-offs). */
+  ts: Schema.Number,
+  msgtype: Schema.optional(Schema.String),
+  body: Schema.String,
+  /** `m.relates_to.rel_type` (`m.replace`, `m.thread`, ...). */
+  relType: Schema.optional(Schema.String),
+  /** The thread root when the message is in a thread. */
+  threadId: Schema.optional(Schema.String),
+  /** `m.mentions.user_ids`, when the sender's client set it. */
+  mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
+  encrypted: Schema.Boolean
+})
+export type InboundEvent = typeof InboundEvent.Type
+
+/** The §12 runtime kinds the Matrix runtime stamps on the channel (`lastErrorKind`). */
+export const MatrixErrorKind = Schema.Literal(
+  "startup-failed",
+  "client-build",
+  "missing-store-secret",
+  "encrypted-store-passphrase-mismatch",
+  "encrypted-state-io",
+  "interrupted-rekey",
+  "store-key-derivation",
+  "installation-id",
+  "invalid-user-id",
+  "missing-credentials",
+  "missing-device-id-for-token-restore",
+  "auth",
+  "auth-probe",
+  "auth-token-revoked",
+  "auth-session-user-mismatch",
+  "auth-session-device-mismatch",
+  "auth-session-missing-device-id",
+  "token-persistence",
+  "sync-failed",
+  "sync-loop-give-up",
+  "not-connected",
+  "room-not-found",
+  "unsupported-room",
+  "send-failed",
+  "send-terminal"
+)
+export type MatrixErrorKind = typeof MatrixErrorKind.Type
+
+/**
+ * A Matrix runtime failure an operator sees (channel `error`, `cara status`, control API). The message
+ * says what to do next and never holds a token, password or key.
+ */
+export class MatrixError extends Schema.TaggedError<MatrixError>()("MatrixError", {
+  kind: MatrixErrorKind,
+  message: Schema.String,
+  /** For retryable sends: the homeserver's hint. */
+  retryAfterMs: Schema.optional(Schema.Number)
+}) {}
+
+/** The remediation text of `auth-token-revoked` (reference §12.2). */
+export const TOKEN_REVOKED_HINT =
+  "token revoked, account deactivated/locked, or suspended. accessToken-configured: mint a new token, edit " +
+  "matrix.accessToken and matrix.deviceId in the config file or set MATRIX_ACCESS_TOKEN and MATRIX_DEVICE_ID in " +
+  "the daemon environment, then restart. password-configured: verify the password is correct and restart"
+
+/** errcodes that mean the access token is no longer usable (at sync / whoami level, also M_FORBIDDEN). */
+export const TOKEN_REVOCATION_CODES: ReadonlySet<string> = new Set([
+  "M_UNKNOWN_TOKEN",
+  "M_USER_DEACTIVATED",
+  "M_USER_LOCKED",
+  "M_USER_SUSPENDED"
+])

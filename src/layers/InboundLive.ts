@@ -1,0 +1,312 @@
+import * as fs from "node:fs"
+import { DatabaseSync } from "node:sqlite"
+import { Effect, type Scope } from "effect"
+import type { MatrixChannelExtra } from "../domain/channel.js"
+import type { InboundEvent } from "../domain/matrix.js"
+import type { AgentShape } from "../services/Agent.js"
+import type { ChannelStatusShape } from "../services/ChannelStatus.js"
+import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import type { OutboundShape } from "../services/Outbound.js"
+import { type Allowlist, allowsUser } from "./allowlist.js"
+
+// ---------------------------------------------------------------------------------------------------------
+// Gates (reference §7.3, plus the group-mention rule), pure
+
+/** Bodies above this many UTF-8 bytes are not answered. */
+export const MAX_BODY_BYTES = 64 * 1024
+
+export type GroupMessages = "mention" | "all"
+
+export interface GateContext {
+  readonly botUserId: string
+  readonly allowlist: Allowlist
+  /** `matrix.encrypted` */
+  readonly encryptedMode: boolean
+  /** `matrix.groupMessages`: in rooms with more than two members, answer only mentions (default) or all. */
+  readonly groupMessages: GroupMessages
+}
+
+type Counter = keyof Pick<
+  MatrixChannelExtra,
+  | "unsupportedInboundCount"
+  | "peerDropUnsupportedMsgtypeTotal"
+  | "peerDropAllowlistRejectionTotal"
+  | "peerDropBodyTooLargeTotal"
+  | "peerDropEncryptedRoomTotal"
+>
+
+export type GateVerdict =
+  | { readonly _tag: "Dispatch"; readonly isGroup: boolean }
+  /** Not for the agent and not worth a counter (own echo, verification, edit, history, no mention). */
+  | { readonly _tag: "Ignore"; readonly reason: "own" | "verification" | "edit" | "history" | "not-mentioned" }
+  /** Refused and counted in the channel status. */
+  | {
+    readonly _tag: "Drop"
+    readonly reason: "encrypted-room" | "msgtype" | "allowlist" | "invisible" | "too-large"
+    readonly counters: ReadonlyArray<Counter>
+  }
+
+/** Only whitespace, control, format (zero-width, bidi) or filler characters. */
+const INVISIBLE_ONLY = /^[\p{White_Space}\p{Cc}\p{Cf}\p{Zs}\p{Zl}\p{Zp}\u115F\u1160\u3164\uFFA0\u2800\u180E]*$/u
+
+export const isInvisibleOnly = (body: string): boolean => INVISIBLE_ONLY.test(body)
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+/** `m.mentions` names the bot, or the body holds its MXID or (as a whole word) its display name. */
+export const mentionsBot = (ev: InboundEvent, botUserId: string, displayName: string | undefined): boolean => {
+  if (ev.mentionedUserIds?.includes(botUserId) === true) return true
+  if (ev.body.includes(botUserId)) return true
+  const name = displayName?.trim()
+  if (name === undefined || name === "") return false
+  return new RegExp(`(^|[^\\p{L}\\p{N}_])${escapeRegExp(name)}($|[^\\p{L}\\p{N}_])`, "iu").test(ev.body)
+}
+
+export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts): GateVerdict => {
+  if (!ctx.encryptedMode && (room.encrypted || ev.encrypted)) {
+    return { _tag: "Drop", reason: "encrypted-room", counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"] }
+  }
+  if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }
+  if (ev.msgtype?.startsWith("m.key.verification.") === true) return { _tag: "Ignore", reason: "verification" }
+  if (ev.msgtype !== "m.text") {
+    return { _tag: "Drop", reason: "msgtype", counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"] }
+  }
+  if (!allowsUser(ctx.allowlist, ev.sender)) {
+    return { _tag: "Drop", reason: "allowlist", counters: ["peerDropAllowlistRejectionTotal"] }
+  }
+  if (ev.relType === "m.replace") return { _tag: "Ignore", reason: "edit" }
+  if (room.botJoinedAt !== undefined && ev.ts < room.botJoinedAt) return { _tag: "Ignore", reason: "history" }
+  if (Buffer.byteLength(ev.body, "utf8") > MAX_BODY_BYTES) {
+    return { _tag: "Drop", reason: "too-large", counters: ["peerDropBodyTooLargeTotal", "unsupportedInboundCount"] }
+  }
+  if (isInvisibleOnly(ev.body)) return { _tag: "Drop", reason: "invisible", counters: ["unsupportedInboundCount"] }
+  const isGroup = room.memberCount > 2
+  if (isGroup && ctx.groupMessages === "mention" && !mentionsBot(ev, ctx.botUserId, room.botDisplayName)) {
+    return { _tag: "Ignore", reason: "not-mentioned" }
+  }
+  return { _tag: "Dispatch", isGroup }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The ledger: `{state_dir}/matrix/inbound-ledger.sqlite`
+
+export const LEDGER_FILE = "matrix/inbound-ledger.sqlite"
+
+export type LedgerState = "claimed" | "committed"
+
+export interface Ledger {
+  readonly state: (eventId: string) => LedgerState | undefined
+  /** Idempotent: a second claim of the same event changes nothing. */
+  readonly claim: (eventId: string, roomId: string, now: number) => void
+  readonly commit: (eventId: string, replyIds: ReadonlyArray<string>, now: number) => void
+  readonly unfinished: () => Array<{ eventId: string; roomId: string }>
+  readonly utdAdd: (eventId: string, roomId: string, now: number) => void
+  readonly utdRemove: (eventId: string) => boolean
+  readonly utdList: () => Array<{ eventId: string; roomId: string }>
+  readonly close: () => void
+}
+
+/**
+ * Opens (creating 0600) the ledger. `synchronous=FULL` in WAL mode: a claim or commit is on disk when
+ * the call returns, which is what "claimed before the first send" and "committed after handling" rely on.
+ */
+export const openLedger = (file: string): Ledger => {
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
+  fs.fchmodSync(fd, 0o600)
+  fs.closeSync(fd)
+  const db = new DatabaseSync(file)
+  db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+  db.exec(`
+    CREATE TABLE IF NOT EXISTS inbound (
+      event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, state TEXT NOT NULL,
+      claimed_at INTEGER NOT NULL, committed_at INTEGER, reply_ids TEXT
+    );
+    CREATE TABLE IF NOT EXISTS utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_seen INTEGER NOT NULL);
+  `)
+  for (const f of [`${file}-wal`, `${file}-shm`]) {
+    try {
+      fs.chmodSync(f, 0o600)
+    } catch {
+      // not created yet; SQLite gives them the database file's mode
+    }
+  }
+  const qState = db.prepare("SELECT state FROM inbound WHERE event_id = ?")
+  const qClaim = db.prepare("INSERT OR IGNORE INTO inbound (event_id, room_id, state, claimed_at) VALUES (?, ?, 'claimed', ?)")
+  const qCommit = db.prepare(
+    "INSERT INTO inbound (event_id, room_id, state, claimed_at, committed_at, reply_ids) VALUES (?, '', 'committed', ?, ?, ?) " +
+      "ON CONFLICT(event_id) DO UPDATE SET state = 'committed', committed_at = excluded.committed_at, reply_ids = excluded.reply_ids"
+  )
+  const qUnfinished = db.prepare("SELECT event_id, room_id FROM inbound WHERE state = 'claimed' ORDER BY claimed_at")
+  const qUtdAdd = db.prepare("INSERT OR IGNORE INTO utd (event_id, room_id, first_seen) VALUES (?, ?, ?)")
+  const qUtdRemove = db.prepare("DELETE FROM utd WHERE event_id = ?")
+  const qUtdList = db.prepare("SELECT event_id, room_id FROM utd ORDER BY first_seen")
+  const rows = (r: ReadonlyArray<unknown>) =>
+    (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
+  return {
+    state: (eventId) => (qState.get(eventId) as { state: LedgerState } | undefined)?.state,
+    claim: (eventId, roomId, now) => {
+      qClaim.run(eventId, roomId, now)
+    },
+    commit: (eventId, replyIds, now) => {
+      qCommit.run(eventId, now, now, JSON.stringify(replyIds))
+    },
+    unfinished: () => rows(qUnfinished.all()),
+    utdAdd: (eventId, roomId, now) => {
+      qUtdAdd.run(eventId, roomId, now)
+    },
+    utdRemove: (eventId) => Number(qUtdRemove.run(eventId).changes) > 0,
+    utdList: () => rows(qUtdList.all()),
+    close: () => db.close()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Test-only fault point
+
+/**
+ * TEST ONLY. `CARA_TEST_FAULT=after-reply-before-commit` kills the process (SIGKILL, no cleanup) right after
+ * an answer was sent and before its ledger commit, so the integration test can prove that a restart does
+ * not post the answer twice. Read here and nowhere else; never set it in production.
+ */
+const testFault = (point: "after-reply-before-commit") =>
+  Effect.sync(() => {
+    if (process.env["CARA_TEST_FAULT"] === point) process.kill(process.pid, "SIGKILL")
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The pipeline
+
+export interface InboundDeps {
+  readonly gate: GateContext
+  readonly ledger: Ledger
+  readonly agent: AgentShape
+  readonly outbound: OutboundShape
+  readonly status: ChannelStatusShape
+}
+
+const bump = (status: ChannelStatusShape, counters: ReadonlyArray<Counter>) =>
+  status.updateMatrix((extra) => {
+    const next: Record<string, unknown> = { ...extra }
+    for (const c of counters) next[c] = (extra[c] ?? 0) + 1
+    return next as MatrixChannelExtra
+  })
+
+/**
+ * The inbound pipeline in the current scope: answers run as fibers of that scope (interrupted when the
+ * runtime stops; an interrupted answer stays claimed and is resumed at the next start).
+ */
+export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { agent, gate, ledger, outbound, status } = deps
+    const scope = yield* Effect.scope
+    const rooms = new Map<string, Effect.Semaphore>()
+    const inProgress = new Set<string>()
+    const dropLogs = new Map<string, number>()
+
+    const roomLock = (roomId: string) => {
+      let s = rooms.get(roomId)
+      if (s === undefined) {
+        s = Effect.unsafeMakeSemaphore(1)
+        rooms.set(roomId, s)
+      }
+      return s
+    }
+
+    // first 10 per reason, then powers of two (reference's log-volume rule)
+    const logDrop = (reason: string, ev: InboundEvent) =>
+      Effect.suspend(() => {
+        const n = (dropLogs.get(reason) ?? 0) + 1
+        dropLogs.set(reason, n)
+        return n <= 10 || (n & (n - 1)) === 0
+          ? Effect.logWarning(`Matrix inbound event ignored: ${reason}`).pipe(
+            Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, total: n })
+          )
+          : Effect.void
+      })
+
+    const failure = (ev: InboundEvent, what: string, message: string) =>
+      Effect.logError(`Matrix inbound ${what} failed; the event stays claimed and is retried at the next start: ${message}`).pipe(
+        Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }),
+        Effect.zipRight(
+          status.updateMatrix((x) => ({
+            ...x,
+            inboundDispatchFailureTotal: x.inboundDispatchFailureTotal + 1,
+            lastInboundFailureAt: Date.now()
+          }))
+        )
+      )
+
+    const answer = (ev: InboundEvent, isGroup: boolean) =>
+      Effect.gen(function*() {
+        yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
+        const outcome = yield* outbound.whileTyping(
+          ev.roomId,
+          agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
+        )
+        const ids = outcome.text.trim() === ""
+          ? []
+          : yield* outbound.reply({
+            roomId: ev.roomId,
+            text: outcome.text,
+            inReplyTo: ev.eventId,
+            ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+          })
+        yield* testFault("after-reply-before-commit")
+        yield* Effect.sync(() => ledger.commit(ev.eventId, ids, Date.now()))
+        yield* outbound.readReceipt(ev.roomId, ev.eventId)
+        yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
+          Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
+        )
+      }).pipe(
+        Effect.catchTags({
+          SessionStoreError: (e) => failure(ev, "dispatch", e.message),
+          MatrixError: (e) => failure(ev, "reply", `${e.kind}: ${e.message}`)
+        }),
+        Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
+        roomLock(ev.roomId).withPermits(1),
+        Effect.ensuring(Effect.sync(() => inProgress.delete(ev.eventId))),
+        Effect.withSpan("Inbound.answer")
+      )
+
+    const offer = (ev: InboundEvent, room: RoomFacts) =>
+      Effect.gen(function*() {
+        const verdict = gateInbound(gate, ev, room)
+        if (verdict._tag === "Drop") {
+          yield* bump(status, verdict.counters)
+          yield* logDrop(verdict.reason, ev)
+          return
+        }
+        if (verdict._tag === "Ignore") {
+          yield* Effect.logDebug(`Matrix inbound event not for the agent: ${verdict.reason}`).pipe(
+            Effect.annotateLogs({ eventId: ev.eventId })
+          )
+          return
+        }
+        if (inProgress.has(ev.eventId)) return
+        const state = yield* Effect.try(() => ledger.state(ev.eventId))
+        if (state === "committed") {
+          yield* Effect.logDebug("Matrix inbound event already answered (redelivery)").pipe(Effect.annotateLogs({ eventId: ev.eventId }))
+          return
+        }
+        yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
+        inProgress.add(ev.eventId)
+        yield* Effect.forkIn(answer(ev, verdict.isGroup), scope)
+      }).pipe(
+        Effect.catchAll((e) => failure(ev, "ledger", String(e))),
+        Effect.withSpan("Inbound.offer")
+      )
+
+    const isCommitted = (eventId: string) =>
+      Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
+
+    return {
+      offer,
+      isCommitted,
+      unfinished: Effect.sync(() => ledger.unfinished()),
+      utd: {
+        add: (eventId, roomId) => Effect.sync(() => ledger.utdAdd(eventId, roomId, Date.now())),
+        remove: (eventId) => Effect.sync(() => ledger.utdRemove(eventId)),
+        list: Effect.sync(() => ledger.utdList())
+      }
+    } satisfies InboundShape
+  })

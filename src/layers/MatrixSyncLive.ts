@@ -1,0 +1,791 @@
+import {
+  Cause,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Option,
+  Redacted,
+  Ref,
+  Runtime,
+  Schedule,
+  type Scope
+} from "effect"
+import * as sdk from "matrix-js-sdk"
+import type { Logger as SdkLogger } from "matrix-js-sdk/lib/logger.js"
+import type { Matrix } from "../domain/config.js"
+import {
+  type InboundEvent,
+  MatrixError,
+  type MatrixErrorKind,
+  TOKEN_REVOCATION_CODES,
+  TOKEN_REVOKED_HINT
+} from "../domain/matrix.js"
+import { Agent, type AgentShape } from "../services/Agent.js"
+import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
+import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
+import type { CryptoStoreShape } from "../services/CryptoStore.js"
+import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
+import { type MatrixSession, MatrixSync, type MatrixSyncShape } from "../services/MatrixSync.js"
+import type { OutboundShape } from "../services/Outbound.js"
+import { StateDir, type StateDirShape } from "../services/StateDir.js"
+import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
+import { normalizeAllowlist, allowsUser } from "./allowlist.js"
+import { makeCryptoStore } from "./CryptoStoreLive.js"
+import { type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
+import { makeOutbound, type MatrixTransport } from "./OutboundLive.js"
+
+export const CHANNEL_ID = "matrix"
+/** The device display name of a password login (reference §5.2). */
+export const DEVICE_DISPLAY_NAME = "Carapace Matrix"
+
+const SYNC_WATCHDOG = Duration.seconds(120)
+const STICKY_FAILURES = 3
+const HTTP_TIMEOUT_MS = 30_000
+
+const fail = (kind: MatrixErrorKind, message: string) => Effect.fail(new MatrixError({ kind, message }))
+
+const describe = (e: unknown): string => {
+  const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
+  if (typeof err?.errcode === "string") return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  // a transport error's text can hold the request URL: keep only the class of failure
+  if (typeof err?.name === "string" && err.name !== "Error") return err.name
+  return typeof err?.message === "string" ? err.message.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200) : String(e).slice(0, 200)
+}
+
+const errcodeOf = (e: unknown): string | undefined => {
+  const c = (e as { errcode?: unknown } | undefined)?.errcode
+  return typeof c === "string" ? c : undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// SDK logging: the per-client logger and the module-level console output both go to the Effect logger at
+// debug level; errors stay errors.
+
+const SDK_FRAME = /[\\/]node_modules[\\/](?:matrix-js-sdk|@matrix-org[\\/]matrix-sdk-crypto-wasm|loglevel)[\\/]/
+
+const fmt = (args: ReadonlyArray<unknown>): string =>
+  args
+    .map((a) => (a instanceof Error ? a.message : typeof a === "string" ? a : (() => {
+      try {
+        return JSON.stringify(a)
+      } catch {
+        return String(a)
+      }
+    })()))
+    .join(" ")
+    .slice(0, 2000)
+
+const makeSdkLogger = (runtime: Runtime.Runtime<never>, prefix = ""): SdkLogger => {
+  const debug = (...args: Array<unknown>) => Runtime.runFork(runtime)(Effect.logDebug(`matrix-sdk ${prefix}${fmt(args)}`))
+  return {
+    trace: debug,
+    debug,
+    info: debug,
+    warn: debug,
+    error: (...args: Array<unknown>) => Runtime.runFork(runtime)(Effect.logError(`matrix-sdk ${prefix}${fmt(args)}`)),
+    getChild: (namespace: string) => makeSdkLogger(runtime, `${prefix}${namespace} `)
+  }
+}
+
+/**
+ * Redirects matrix-js-sdk's module-level console output (it ignores the per-client logger) into the Effect
+ * logger at debug level while the scope is open. Only calls whose immediate caller is SDK code are taken;
+ * `console.error` is left alone so no error is hidden.
+ */
+const redirectSdkConsole = (runtime: Runtime.Runtime<never>) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const originals = new Map<string, (...args: Array<unknown>) => void>()
+      for (const level of ["log", "debug", "info", "warn", "trace"] as const) {
+        const original = console[level]
+        originals.set(level, original)
+        console[level] = (...args: Array<unknown>) => {
+          const caller = (new Error().stack ?? "").split("\n")[2] ?? ""
+          if (SDK_FRAME.test(caller)) Runtime.runFork(runtime)(Effect.logDebug(`matrix-sdk ${fmt(args)}`))
+          else original.apply(console, args)
+        }
+      }
+      return originals
+    }),
+    (originals) =>
+      Effect.sync(() => {
+        for (const [level, fn] of originals) (console as unknown as Record<string, unknown>)[level] = fn
+      })
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// Authentication
+
+interface Credentials {
+  readonly baseUrl: string
+  readonly userId: string
+  readonly deviceId: string
+  readonly accessToken: Redacted.Redacted<string>
+  readonly mode: "token" | "password"
+}
+
+/** `/whoami` with the bounded retry of reference §5.2 (4 attempts, 1/2/4 s, Retry-After honoured). */
+const whoami = (baseUrl: string, userId: string, deviceId: string, token: Redacted.Redacted<string>) =>
+  Effect.gen(function*() {
+    const client = sdk.createClient({ baseUrl, accessToken: Redacted.value(token), localTimeoutMs: HTTP_TIMEOUT_MS, logger: quietLogger })
+    const delays = [1_000, 2_000, 4_000]
+    let last = ""
+    for (let attempt = 0; attempt <= delays.length; attempt++) {
+      const r = yield* Effect.tryPromise({ try: () => client.whoami(), catch: (e) => e }).pipe(Effect.either)
+      if (r._tag === "Right") {
+        const who = r.right
+        if (who.user_id !== userId) {
+          return yield* fail(
+            "auth-session-user-mismatch",
+            `restored Matrix token belongs to ${who.user_id}, expected ${userId} (check matrix.userId or rotate the token)`
+          )
+        }
+        if (who.device_id === undefined || who.device_id === "") {
+          return yield* fail(
+            "auth-session-missing-device-id",
+            "restored Matrix token did not report a device id (homeserver bug — upgrade the homeserver or log in with matrix.password once)"
+          )
+        }
+        if (who.device_id !== deviceId) {
+          return yield* fail(
+            "auth-session-device-mismatch",
+            `restored Matrix token belongs to device ${who.device_id}, expected ${deviceId} (check matrix.deviceId)`
+          )
+        }
+        return
+      }
+      const code = errcodeOf(r.left)
+      if (code !== undefined && (TOKEN_REVOCATION_CODES.has(code) || code === "M_FORBIDDEN")) {
+        return yield* fail("auth-token-revoked", `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`)
+      }
+      last = describe(r.left)
+      const status = (r.left as { httpStatus?: number }).httpStatus
+      if (code !== undefined && code !== "M_LIMIT_EXCEEDED" && status !== undefined && status < 500) {
+        return yield* fail("auth", `failed to authenticate Matrix client: ${last}. Check matrix.userId and the access token.`)
+      }
+      const delay = delays[attempt]
+      if (delay === undefined) break
+      const hint = (r.left as { getRetryAfterMs?: () => number | null }).getRetryAfterMs?.() ?? 0
+      yield* Effect.sleep(Duration.millis(Math.min(Math.max(delay, hint), 3_600_000)))
+    }
+    return yield* fail(
+      "auth-probe",
+      `transient Matrix auth probe failed: restored Matrix token could not be validated after ${delays.length + 1} whoami() attempts: ${last}. Check that the homeserver is reachable; the daemon retries at its next start.`
+    )
+  })
+
+const quietLogger: SdkLogger = {
+  trace: () => {},
+  debug: () => {},
+  info: () => {},
+  warn: () => {},
+  error: () => {},
+  getChild: () => quietLogger
+}
+
+/** First start with `matrix.password`: log in as a new device and write the token back (sealed). */
+const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv) =>
+  Effect.gen(function*() {
+    // Checked before the homeserver is contacted: a token we cannot seal must never be minted.
+    if ((env["CARAPACE_CONFIG_PASSWORD"] ?? "").trim() === "") {
+      return yield* fail(
+        "token-persistence",
+        "CARAPACE_CONFIG_PASSWORD is required before Matrix password login so the resulting access token can be persisted as an encrypted config secret. Set it and start again."
+      )
+    }
+    const password = yield* secrets.secret("matrix.password").pipe(
+      Effect.mapError((e) => new MatrixError({ kind: "auth", message: `matrix.password cannot be read: ${e.message}` }))
+    )
+    const client = sdk.createClient({ baseUrl, localTimeoutMs: HTTP_TIMEOUT_MS, logger: quietLogger })
+    const login = yield* Effect.tryPromise({
+      try: () =>
+        client.loginRequest({
+          type: "m.login.password",
+          identifier: { type: "m.id.user", user: userId },
+          password: Redacted.value(password),
+          initial_device_display_name: DEVICE_DISPLAY_NAME,
+          ...(m.deviceId === undefined || m.deviceId === null ? {} : { device_id: m.deviceId })
+        }),
+      catch: (e) => {
+        const code = errcodeOf(e)
+        if (code !== undefined && TOKEN_REVOCATION_CODES.has(code)) {
+          return new MatrixError({ kind: "auth-token-revoked", message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})` })
+        }
+        if (code === undefined || code === "M_LIMIT_EXCEEDED") {
+          return new MatrixError({ kind: "auth-probe", message: `transient Matrix auth probe failed: ${describe(e)}. Check that the homeserver is reachable, then restart.` })
+        }
+        return new MatrixError({ kind: "auth", message: `failed to authenticate Matrix client: ${describe(e)}. Check matrix.userId and matrix.password.` })
+      }
+    })
+    const token = Redacted.make(login.access_token)
+    yield* secrets.setMatrixAccessToken(token, login.device_id).pipe(
+      Effect.catchAll((e) =>
+        // the new device is useless without its token on disk: log it out (best effort) and stop
+        Effect.tryPromise(() =>
+          sdk.createClient({ baseUrl, accessToken: login.access_token, localTimeoutMs: HTTP_TIMEOUT_MS, logger: quietLogger }).logout(true)
+        ).pipe(
+          Effect.ignore,
+          Effect.zipRight(fail("token-persistence", `failed to persist Matrix access token: ${e.message}`))
+        )
+      )
+    )
+    yield* Effect.logInfo("Matrix password login done; access token and device id written to the config file").pipe(
+      Effect.annotateLogs({ deviceId: login.device_id })
+    )
+    return { userId: login.user_id, deviceId: login.device_id, accessToken: token }
+  })
+
+const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv) =>
+  Effect.gen(function*() {
+    const baseUrl = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
+    const userId = (m.userId ?? "").trim()
+    if (baseUrl === "") return yield* fail("startup-failed", "matrix.homeserverUrl is required; set it (or MATRIX_HOMESERVER_URL) and restart.")
+    if (!/^@[^:]+:.+$/.test(userId)) {
+      return yield* fail("invalid-user-id", `matrix.userId must be a Matrix user id like @bot:example.com; set it and restart.`)
+    }
+    const token = yield* secrets.secretOption("matrix.accessToken").pipe(
+      Effect.mapError((e) => new MatrixError({ kind: "auth", message: `matrix.accessToken cannot be read: ${e.message}` }))
+    )
+    if (Option.isSome(token)) {
+      const deviceId = (m.deviceId ?? "").trim()
+      if (deviceId === "") {
+        return yield* fail(
+          "missing-device-id-for-token-restore",
+          "matrix.deviceId is required when matrix.accessToken is configured; either set matrix.deviceId to the SDK-issued device ID for that token, or remove matrix.accessToken to fall back to password login"
+        )
+      }
+      yield* whoami(baseUrl, userId, deviceId, token.value)
+      return { baseUrl, userId, deviceId, accessToken: token.value, mode: "token" } satisfies Credentials
+    }
+    if (m.password === undefined || m.password === null) {
+      return yield* fail("missing-credentials", "matrix accessToken or password is required; set matrix.password (first login) and restart.")
+    }
+    const s = yield* passwordLogin(m, baseUrl, userId, secrets, env)
+    return { baseUrl, ...s, mode: "password" } satisfies Credentials
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The client
+
+const storeOpenFailure = (e: { kind: string; message: string }) => {
+  const kind: MatrixErrorKind = e.kind === "encrypted-store-passphrase-mismatch" ||
+      e.kind === "missing-store-secret" ||
+      e.kind === "encrypted-state-io" ||
+      e.kind === "interrupted-rekey" ||
+      e.kind === "store-key-derivation" ||
+      e.kind === "installation-id"
+    ? e.kind
+    : "client-build"
+  return new MatrixError({ kind, message: e.message })
+}
+
+/** The transport Outbound sends through: resends a failed local echo under its own transaction id. */
+const sdkTransport = (client: sdk.MatrixClient): MatrixTransport => ({
+  send: async (roomId, threadId, content, txnId) => {
+    const room = client.getRoom(roomId)
+    const pending = room?.getEventForTxnId(txnId)
+    // matrix-js-sdk refuses a second send with a txnId it still tracks; a failed one is re-sent as is
+    if (room && pending && pending.status === sdk.EventStatus.NOT_SENT) {
+      const r = await client.resendEvent(pending, room)
+      return r.event_id
+    }
+    if (pending && pending.status === null && pending.getId()?.startsWith("$") === true) return pending.getId()!
+    const r = await client.sendEvent(roomId, threadId, sdk.EventType.RoomMessage, content as never, txnId)
+    return r.event_id
+  },
+  typing: async (roomId, on, timeoutMs) => {
+    await client.sendTyping(roomId, on, timeoutMs)
+  },
+  receipt: async (roomId, eventId) => {
+    const ev = client.getRoom(roomId)?.findEventById(eventId)
+    if (ev) await client.sendReadReceipt(ev)
+  },
+  room: (roomId) => {
+    const room = client.getRoom(roomId)
+    if (!room || room.getMyMembership() !== sdk.KnownMembership.Join) return undefined
+    return { encrypted: room.hasEncryptionStateEvent() }
+  }
+})
+
+const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
+  const member = room.currentState.getMember(me)
+  const joinTs = member?.membership === sdk.KnownMembership.Join ? member.events.member?.getTs() : undefined
+  return {
+    memberCount: room.getInvitedAndJoinedMemberCount(),
+    encrypted: room.hasEncryptionStateEvent(),
+    botJoinedAt: joinTs,
+    botDisplayName: member?.name
+  }
+}
+
+const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
+  const eventId = ev.getId()
+  const roomId = ev.getRoomId()
+  const sender = ev.getSender()
+  if (eventId === undefined || roomId === undefined || sender === undefined) return undefined
+  const encryptedUnreadable = ev.getType() === sdk.EventType.RoomMessageEncrypted
+  if (ev.getType() !== sdk.EventType.RoomMessage && !encryptedUnreadable) return undefined
+  const content = ev.getContent() as Record<string, unknown>
+  const relation = ev.getRelation() ?? (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
+  const mentions = content["m.mentions"] as { user_ids?: unknown } | undefined
+  const threadId = relation?.rel_type === "m.thread" ? relation.event_id : undefined
+  return {
+    eventId,
+    roomId,
+    sender,
+    ts: ev.getTs(),
+    ...(typeof content["msgtype"] === "string" ? { msgtype: content["msgtype"] } : {}),
+    body: typeof content["body"] === "string" ? content["body"] : "",
+    ...(relation?.rel_type === undefined ? {} : { relType: relation.rel_type }),
+    ...(threadId === undefined ? {} : { threadId }),
+    ...(Array.isArray(mentions?.user_ids) ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") } : {}),
+    encrypted: ev.isEncrypted()
+  }
+}
+
+interface RuntimeDeps {
+  readonly m: Matrix
+  readonly secrets: ConfigSecretsShape
+  readonly stateDir: StateDirShape
+  readonly status: ChannelStatusShape
+  readonly agent: AgentShape
+  readonly passphrase: StorePassphraseShape
+  readonly outboundRef: Ref.Ref<Option.Option<OutboundShape>>
+  readonly sessionRef: Ref.Ref<Option.Option<MatrixSession>>
+  readonly env: NodeJS.ProcessEnv
+}
+
+/** The whole runtime in one scope; fails with a MatrixError (terminal) or runs until interrupted. */
+const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { agent, env, m, passphrase, secrets, stateDir, status } = deps
+    const runtime = yield* Effect.runtime<never>()
+    const run = Runtime.runPromise(runtime)
+    const fork = Runtime.runFork(runtime)
+    yield* redirectSdkConsole(runtime)
+    const encryptedMode = m.encrypted
+    const allowlist = normalizeAllowlist(m.autoJoin)
+    const groupMessages: GroupMessages = m.groupMessages
+
+    // 1. the store (before any network I/O: a wrong passphrase must not mint a device)
+    const secret = encryptedMode
+      ? { encrypted: true as const, passphrase: yield* passphrase.resolve.pipe(Effect.mapError(storeOpenFailure)) }
+      : { encrypted: false as const }
+    const store: CryptoStoreShape = yield* makeCryptoStore({ secret }).pipe(
+      Effect.provideService(StateDir, stateDir),
+      Effect.mapError(storeOpenFailure)
+    )
+
+    // 2. authentication
+    const creds = yield* authenticate(m, secrets, env)
+    yield* Ref.set(deps.sessionRef, Option.some({ userId: creds.userId, deviceId: creds.deviceId }))
+    yield* status.updateMatrix((x) => ({ ...x, userId: creds.userId, deviceId: creds.deviceId }))
+    const me = creds.userId
+
+    // 3. the ledger
+    yield* stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new MatrixError({ kind: "encrypted-state-io", message: e.message })))
+    const ledger = yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => openLedger(stateDir.resolve(LEDGER_FILE)),
+        catch: (e) => new MatrixError({ kind: "encrypted-state-io", message: `Opening the inbound ledger failed (${describe(e)}); check the state directory.` })
+      }),
+      (l) => Effect.sync(() => l.close())
+    )
+
+    // 4. the client. Handlers that run inside the SDK's sync processing must never throw; the promises of
+    // in-flight handlers (decrypt + gate + durable claim) are awaited before the sync store may be saved.
+    const inflight = new Set<Promise<unknown>>()
+    const track = (p: Promise<unknown>) => {
+      const q = p.catch(() => undefined).finally(() => inflight.delete(q))
+      inflight.add(q)
+    }
+    const syncStore = new sdk.IndexedDBStore({ indexedDB: store.indexedDB as never, dbName: store.syncStoreName })
+    yield* Effect.tryPromise({
+      try: () => syncStore.startup(),
+      catch: (e) => new MatrixError({ kind: "client-build", message: `failed to build Matrix client: sync store: ${describe(e)}` })
+    })
+    const freshStore = ((yield* Effect.promise(() => syncStore.getSavedSyncToken())) ?? null) === null
+    const originalSave = syncStore.save.bind(syncStore)
+    syncStore.save = async (force?: boolean) => {
+      while (inflight.size > 0) await Promise.all([...inflight])
+      return originalSave(force)
+    }
+
+    const client = yield* Effect.acquireRelease(
+      Effect.try({
+        try: () =>
+          sdk.createClient({
+            baseUrl: creds.baseUrl,
+            userId: creds.userId,
+            deviceId: creds.deviceId,
+            accessToken: Redacted.value(creds.accessToken),
+            store: syncStore,
+            localTimeoutMs: HTTP_TIMEOUT_MS,
+            verificationMethods: ["m.sas.v1"],
+            logger: makeSdkLogger(runtime)
+          }),
+        catch: (e) => new MatrixError({ kind: "client-build", message: `failed to build Matrix client: ${describe(e)}` })
+      }),
+      (c) =>
+        Effect.promise(async () => {
+          c.stopClient()
+          while (inflight.size > 0) await Promise.all([...inflight])
+          // save(true) during an in-flight persist only awaits that older persist: save twice
+          await originalSave(true).catch(() => undefined)
+          await originalSave(true).catch(() => undefined)
+          c.removeAllListeners()
+        })
+    )
+    if (encryptedMode) {
+      yield* Effect.tryPromise({
+        try: () =>
+          client.initRustCrypto({
+            cryptoDatabasePrefix: store.cryptoDatabasePrefix,
+            ...Option.match(store.storageKey, { onNone: () => ({}), onSome: (k) => ({ storageKey: Redacted.value(k) }) })
+          }),
+        catch: (e) =>
+          new MatrixError({
+            kind: "client-build",
+            message: `failed to build Matrix client: crypto store: ${describe(e)}. The store in ${stateDir.resolve("matrix")} belongs to another user or device, or is damaged; never reuse a device id with a fresh store.`
+          })
+      })
+    }
+
+    // 5. outbound and inbound
+    const outbound = yield* makeOutbound(sdkTransport(client), { encrypted: encryptedMode })
+    const inbound: InboundShape = yield* makeInbound({
+      gate: { botUserId: me, allowlist, encryptedMode, groupMessages },
+      ledger,
+      agent,
+      outbound,
+      status
+    })
+    yield* Ref.set(deps.outboundRef, Option.some(outbound))
+    yield* Effect.addFinalizer(() => Ref.set(deps.outboundRef, Option.none()))
+
+    const terminal = yield* Deferred.make<never, MatrixError>()
+    const pendingUtd = new Set<string>()
+    let prepared = false
+
+    const updateUtdCount = () => status.updateMatrix((x) => ({ ...x, undecryptableEventCount: pendingUtd.size }))
+
+    const offerEvent = (ev: sdk.MatrixEvent, room: sdk.Room) =>
+      Effect.suspend(() => {
+        const inboundEvent = toInbound(ev)
+        if (inboundEvent === undefined) return Effect.void
+        return inbound.offer(inboundEvent, roomFacts(room, me))
+      })
+
+    const handleEvent = async (ev: sdk.MatrixEvent, room: sdk.Room) => {
+      if (encryptedMode && (ev.isBeingDecrypted() || ev.shouldAttemptDecryption())) await client.decryptEventIfNeeded(ev)
+      const id = ev.getId()
+      if (encryptedMode && ev.isDecryptionFailure() && id !== undefined) {
+        // held until its key arrives (MatrixEventEvent.Decrypted below), also across restarts
+        pendingUtd.add(id)
+        await run(inbound.utd.add(id, room.roomId).pipe(Effect.zipRight(updateUtdCount())))
+        await run(Effect.logInfo("Matrix event not decryptable yet; held until its key arrives").pipe(
+          Effect.annotateLogs({ eventId: id, roomId: room.roomId, reason: String(ev.decryptionFailureReason) })
+        ))
+        return
+      }
+      await run(offerEvent(ev, room))
+    }
+
+    client.on(sdk.RoomEvent.Timeline, (ev, room, toStartOfTimeline, removed, data) => {
+      try {
+        if (toStartOfTimeline === true || removed || room === undefined) return
+        // replays from the cached sync data are not new; interrupted answers are resumed from the ledger
+        if (data?.liveEvent !== true) return
+        // the first sync of a fresh store delivers history only
+        if (freshStore && !prepared) return
+        if (ev.getSender() === me) return
+        track(handleEvent(ev, room))
+      } catch (e) {
+        fork(Effect.logError(`Matrix timeline handler failed: ${describe(e)}`))
+      }
+    })
+
+    client.on(sdk.MatrixEventEvent.Decrypted, (ev) => {
+      try {
+        const id = ev.getId()
+        if (id === undefined || !pendingUtd.has(id) || ev.isDecryptionFailure()) return
+        pendingUtd.delete(id)
+        const room = client.getRoom(ev.getRoomId())
+        track(run(
+          inbound.utd.remove(id).pipe(
+            Effect.zipRight(updateUtdCount()),
+            Effect.zipRight(Effect.logInfo("Matrix event decrypted after its key arrived").pipe(Effect.annotateLogs({ eventId: id }))),
+            Effect.zipRight(room ? offerEvent(ev, room) : Effect.void)
+          )
+        ))
+      } catch (e) {
+        fork(Effect.logError(`Matrix decryption handler failed: ${describe(e)}`))
+      }
+    })
+
+    // Invites: fail closed; a declined invite is left once (it then disappears from sync); kicks and bans
+    // are never undone because the bot only ever joins on an invite.
+    const declined = new Set<string>()
+    const handleInvite = (room: sdk.Room) =>
+      Effect.gen(function*() {
+        if (declined.has(room.roomId)) return
+        const inviter = room.currentState.getMember(me)?.events.member?.getSender()
+        const decline = (why: string, counter: "peerDropAllowlistRejectionTotal" | "peerDropEncryptedRoomTotal") =>
+          Effect.gen(function*() {
+            declined.add(room.roomId)
+            yield* status.updateMatrix((x) => ({ ...x, [counter]: x[counter] + 1 }))
+            yield* Effect.logInfo(`Matrix invite rejected: ${why}`).pipe(Effect.annotateLogs({ roomId: room.roomId, inviter: inviter ?? "unknown" }))
+            yield* Effect.tryPromise(() => client.leave(room.roomId)).pipe(
+              Effect.catchAll((e) => Effect.logWarning(`declining the invite failed: ${describe(e)}`))
+            )
+          })
+        if (inviter === undefined) return yield* decline("homeserver did not provide an inviter identity", "peerDropAllowlistRejectionTotal")
+        if (!allowsUser(allowlist, inviter)) return yield* decline("inviter not in matrix.autoJoin allowlist", "peerDropAllowlistRejectionTotal")
+        if (!encryptedMode && room.hasEncryptionStateEvent()) {
+          return yield* decline("room is encrypted and matrix.encrypted=false", "peerDropEncryptedRoomTotal")
+        }
+        yield* Effect.tryPromise(() => client.joinRoom(room.roomId)).pipe(
+          Effect.tap(() => Effect.logInfo("auto-joined Matrix room invite").pipe(Effect.annotateLogs({ roomId: room.roomId, inviter }))),
+          Effect.catchAll((e) => Effect.logWarning(`joining ${room.roomId} failed: ${describe(e)}`))
+        )
+      })
+
+    client.on(sdk.RoomEvent.MyMembership, (room, membership) => {
+      try {
+        if (membership === sdk.KnownMembership.Invite) track(run(handleInvite(room)))
+      } catch (e) {
+        fork(Effect.logError(`Matrix membership handler failed: ${describe(e)}`))
+      }
+    })
+
+    client.on(sdk.RoomStateEvent.Events, (ev) => {
+      if (encryptedMode || ev.getType() !== sdk.EventType.RoomEncryption) return
+      fork(
+        status.updateMatrix((x) => ({
+          ...x,
+          peerDropEncryptedRoomTotal: x.peerDropEncryptedRoomTotal + 1,
+          unsupportedInboundCount: x.unsupportedInboundCount + 1
+        })).pipe(Effect.zipRight(Effect.logWarning("Matrix room became encrypted while matrix.encrypted=false; it is unsupported")))
+      )
+    })
+
+    // Sync state: progress, sticky transient failures, terminal auth errors.
+    let lastProgress = Date.now()
+    let errorStreak = 0
+    const survey = () =>
+      status.updateMatrix((x) => {
+        const joined = client.getRooms().filter((r) => r.getMyMembership() === sdk.KnownMembership.Join)
+        const encrypted = joined.filter((r) => r.hasEncryptionStateEvent())
+        const unsupported = encryptedMode ? [] : encrypted.map((r) => r.roomId)
+        return {
+          ...x,
+          joinedRoomCount: joined.length,
+          encryptedRoomCount: encrypted.length,
+          unencryptedRoomCount: joined.length - encrypted.length,
+          unsupportedRoomCount: unsupported.length,
+          unsupportedRooms: unsupported.slice(0, 100),
+          undecryptableEventCount: pendingUtd.size,
+          lastSuccessfulSyncAt: lastProgress
+        }
+      })
+
+    client.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
+      try {
+        if (state === sdk.SyncState.Prepared || state === sdk.SyncState.Syncing) {
+          lastProgress = Date.now()
+          const wasSticky = errorStreak >= STICKY_FAILURES
+          errorStreak = 0
+          fork(survey().pipe(Effect.zipRight(wasSticky ? status.setState(CHANNEL_ID, "connected") : Effect.void)))
+          return
+        }
+        if (state === sdk.SyncState.Error || state === sdk.SyncState.Reconnecting) {
+          const err = data?.error
+          const code = errcodeOf(err)
+          if (code !== undefined && (TOKEN_REVOCATION_CODES.has(code) || code === "M_FORBIDDEN")) {
+            fork(Deferred.fail(terminal, new MatrixError({
+              kind: "auth-token-revoked",
+              message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`
+            })))
+            return
+          }
+          if (state === sdk.SyncState.Error) {
+            errorStreak++
+            if (errorStreak === STICKY_FAILURES) {
+              fork(status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: `Matrix sync failed: ${describe(err)}` }))
+            }
+          }
+        }
+      } catch (e) {
+        fork(Effect.logError(`Matrix sync-state handler failed: ${describe(e)}`))
+      }
+    })
+    client.on(sdk.HttpApiEvent.SessionLoggedOut, (err) => {
+      fork(Deferred.fail(terminal, new MatrixError({
+        kind: "auth-token-revoked",
+        message: `Matrix access token rejected by homeserver: ${errcodeOf(err) ?? "M_UNKNOWN_TOKEN"} (${TOKEN_REVOKED_HINT})`
+      })))
+    })
+
+    // 6. start syncing and wait for the first sync
+    const firstSync = yield* Deferred.make<void>()
+    const onFirst = (state: sdk.SyncState) => {
+      if (state === sdk.SyncState.Prepared || state === sdk.SyncState.Syncing) {
+        prepared = true
+        fork(Deferred.succeed(firstSync, undefined))
+      }
+    }
+    client.on(sdk.ClientEvent.Sync, onFirst)
+    yield* status.setState(CHANNEL_ID, "connected")
+    yield* Effect.tryPromise({
+      try: () => client.startClient({ initialSyncLimit: 20 }),
+      catch: (e) => new MatrixError({ kind: "startup-failed", message: `Matrix runtime startup failed: ${describe(e)}` })
+    })
+    yield* Effect.raceFirst(Deferred.await(firstSync), Deferred.await(terminal))
+    client.off(sdk.ClientEvent.Sync, onFirst)
+    yield* Effect.logInfo("Matrix client synced").pipe(Effect.annotateLogs({ userId: me, deviceId: creds.deviceId, freshStore }))
+
+    // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
+    // held undecryptable events; the allowlisted users' devices.
+    if (creds.mode === "password") {
+      yield* secrets.removeMatrixPassword().pipe(
+        Effect.mapError((e) => new MatrixError({ kind: "token-persistence", message: `failed to remove matrix.password after login: ${e.message}` }))
+      )
+    }
+    for (const room of client.getRooms()) {
+      if (room.getMyMembership() === sdk.KnownMembership.Invite) yield* handleInvite(room)
+    }
+    const refetch = (roomId: string, eventId: string) =>
+      Effect.tryPromise(async () => {
+        const raw = await client.fetchRoomEvent(roomId, eventId)
+        const ev = client.getEventMapper()(raw)
+        return ev
+      })
+    for (const { eventId, roomId } of yield* inbound.utd.list) {
+      pendingUtd.add(eventId)
+      yield* refetch(roomId, eventId).pipe(
+        Effect.flatMap((ev) => Effect.promise(() => client.decryptEventIfNeeded(ev)).pipe(Effect.as(ev))),
+        Effect.flatMap((ev) => {
+          const room = client.getRoom(roomId)
+          if (ev.isDecryptionFailure() || room === null) return Effect.void
+          pendingUtd.delete(eventId)
+          return inbound.utd.remove(eventId).pipe(Effect.zipRight(offerEvent(ev, room)))
+        }),
+        Effect.catchAll((e) => Effect.logWarning(`re-fetching held event ${eventId} failed: ${describe(e)}`))
+      )
+    }
+    yield* updateUtdCount()
+    for (const { eventId, roomId } of yield* inbound.unfinished) {
+      yield* refetch(roomId, eventId).pipe(
+        Effect.flatMap((ev) => Effect.promise(() => client.decryptEventIfNeeded(ev)).pipe(Effect.as(ev))),
+        Effect.flatMap((ev) => {
+          const room = client.getRoom(roomId)
+          return room === null ? Effect.void : offerEvent(ev, room)
+        }),
+        Effect.tap(() => Effect.logInfo("resuming an answer interrupted by a stop or crash").pipe(Effect.annotateLogs({ eventId }))),
+        Effect.catchAll((e) => Effect.logWarning(`resuming ${eventId} failed: ${describe(e)}`))
+      )
+    }
+    if (encryptedMode && allowlist.allowUsers.length > 0) {
+      yield* trackUsers(client, allowlist.allowUsers).pipe(
+        Effect.catchAll((e) => Effect.logWarning(`tracking the allowlisted users' devices failed: ${describe(e)}`))
+      )
+    }
+    yield* survey()
+
+    // 8. watchdog: a sync that makes no progress for 120 s is nudged and reported.
+    yield* Effect.forkScoped(
+      Effect.gen(function*() {
+        if (Date.now() - lastProgress > Duration.toMillis(SYNC_WATCHDOG)) {
+          yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
+          yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
+          errorStreak = Math.max(errorStreak, STICKY_FAILURES)
+          client.retryImmediately()
+        }
+      }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(15))))
+    )
+
+    return yield* Deferred.await(terminal)
+  })
+
+/**
+ * Makes the Rust crypto track these users (device lists downloaded and kept up to date), so that a
+ * verification request from any of their devices is processed before the bot shares a room with them.
+ */
+const trackUsers = (client: sdk.MatrixClient, users: ReadonlyArray<string>) =>
+  Effect.tryPromise(async () => {
+    const crypto = client.getCrypto()
+    if (!crypto) return
+    await crypto.getUserDeviceInfo([...users], true)
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The layer
+
+const notConnected = () =>
+  new MatrixError({ kind: "not-connected", message: "The Matrix runtime is not connected yet (or has stopped); check `cara status` and retry." })
+
+export const makeMatrixSync = (env: NodeJS.ProcessEnv = process.env) =>
+  Effect.gen(function*() {
+    const secrets = yield* ConfigSecrets
+    const stateDir = yield* StateDir
+    const status = yield* ChannelStatus
+    const agent = yield* Agent
+    const passphrase = yield* StorePassphrase
+    const outboundRef = yield* Ref.make(Option.none<OutboundShape>())
+    const sessionRef = yield* Ref.make(Option.none<MatrixSession>())
+    const m = secrets.config.matrix
+
+    if (m !== undefined && m !== null && m.enabled) {
+      yield* status.setState(CHANNEL_ID, "connecting")
+      yield* Effect.forkScoped(
+        Effect.scoped(runMatrix({ m, secrets, stateDir, status, agent, passphrase, outboundRef, sessionRef, env })).pipe(
+          Effect.onExit((exit) =>
+            Exit.match(exit, {
+              onSuccess: () => Effect.void,
+              onFailure: (cause) => {
+                if (Cause.isInterruptedOnly(cause)) return status.setState(CHANNEL_ID, "disconnected")
+                const failure = Cause.failureOption(cause)
+                const err = Option.isSome(failure)
+                  ? failure.value
+                  : new MatrixError({ kind: "startup-failed", message: `Matrix runtime startup failed: ${Cause.pretty(cause).split("\n")[0] ?? "defect"}` })
+                return Effect.logError(`Matrix runtime stopped: ${err.message}`).pipe(
+                  Effect.annotateLogs({ kind: err.kind }),
+                  Effect.zipRight(status.setState(CHANNEL_ID, "error", { kind: err.kind, message: err.message }))
+                )
+              }
+            })
+          ),
+          Effect.annotateLogs({ service: "matrix" })
+        )
+      )
+    }
+
+    const sendTest = (roomId: string, text: string) =>
+      Effect.flatMap(Ref.get(outboundRef), Option.match({ onNone: () => Effect.fail(notConnected()), onSome: (o) => o.sendTest(roomId, text) }))
+
+    return { session: Ref.get(sessionRef), sendTest } satisfies MatrixSyncShape
+  })
+
+/** The control API's view of the runtime (`send-test`), with the kinds of §9.4. */
+const MatrixControlFromSync = Layer.effect(
+  MatrixControl,
+  Effect.map(MatrixSync, (s) => ({
+    sendTest: (roomId: string, text: string) =>
+      s.sendTest(roomId, text).pipe(
+        Effect.mapError((e) =>
+          new MatrixControlError({
+            kind: e.kind,
+            message: e.message,
+            ...(e.retryAfterMs === undefined ? {} : { retryAfterMs: Math.round(e.retryAfterMs) })
+          })
+        )
+      )
+  }))
+)
+
+/** MatrixSync and MatrixControl, the runtime running for the life of the layer. */
+export const MatrixSyncLive = (env: NodeJS.ProcessEnv = process.env) =>
+  MatrixControlFromSync.pipe(Layer.provideMerge(Layer.scoped(MatrixSync, makeMatrixSync(env))))

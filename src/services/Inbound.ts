@@ -1,0 +1,39 @@
+import { Context, type Effect } from "effect"
+import type { InboundEvent } from "../domain/matrix.js"
+
+/** What the sync loop knows about the room an event arrived in, at the time it arrived. */
+export interface RoomFacts {
+  /** Joined (and invited) members, the bot included. */
+  readonly memberCount: number
+  /** `m.room.encryption` state is present. */
+  readonly encrypted: boolean
+  /** `origin_server_ts` of the bot's own join; older events are history and never answered. */
+  readonly botJoinedAt: number | undefined
+  /** The bot's display name in the room (a mention by name counts in group rooms). */
+  readonly botDisplayName: string | undefined
+}
+
+/**
+ * The inbound pipeline: gates (allowlist, msgtype, own messages, edits, size, invisible bodies, history,
+ * group mentions), the durable exactly-once ledger (claim → agent → reply → commit) and the undecryptable
+ * event register. Failures are counted in the channel status, never raised to the sync loop.
+ */
+export interface InboundShape {
+  /**
+   * One decrypted (or plain) room message from the sync loop. Returns once the event is gated and, when it
+   * is to be answered, durably claimed; the answer itself runs in the background (one room at a time).
+   */
+  readonly offer: (event: InboundEvent, room: RoomFacts) => Effect.Effect<void>
+  /** True when the event was already answered (committed in the ledger). */
+  readonly isCommitted: (eventId: string) => Effect.Effect<boolean>
+  /** Events claimed but not committed (a crash interrupted them): the runtime re-fetches and re-offers them. */
+  readonly unfinished: Effect.Effect<ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>>
+  /** Undecryptable events: remember one, forget one (decrypted or given up), list them (restart). */
+  readonly utd: {
+    readonly add: (eventId: string, roomId: string) => Effect.Effect<void>
+    readonly remove: (eventId: string) => Effect.Effect<boolean>
+    readonly list: Effect.Effect<ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>>
+  }
+}
+
+export class Inbound extends Context.Tag("cara/Inbound")<Inbound, InboundShape>() {}

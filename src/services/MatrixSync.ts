@@ -1,0 +1,23 @@
+import { Context, type Effect, type Option } from "effect"
+import type { MatrixError } from "../domain/matrix.js"
+
+/** Who the bot is on the homeserver, once authenticated. */
+export interface MatrixSession {
+  readonly userId: string
+  readonly deviceId: string
+}
+
+/**
+ * The Matrix runtime, sole owner of the matrix-js-sdk client: login or token restore, the client on the
+ * durable CryptoStore, the sync loop (watchdog, backoff, terminal errors), auto-join, the room survey and
+ * the channel status. It runs only when `matrix.enabled`; a failure puts the channel in `error` with its
+ * kind and leaves the rest of the gateway running.
+ */
+export interface MatrixSyncShape {
+  /** The authenticated session; `None` before authentication or when Matrix is off. */
+  readonly session: Effect.Effect<Option.Option<MatrixSession>>
+  /** Sends a plain probe message (control API `send-test`); fails `not-connected` until the client runs. */
+  readonly sendTest: (roomId: string, text: string) => Effect.Effect<string, MatrixError>
+}
+
+export class MatrixSync extends Context.Tag("cara/MatrixSync")<MatrixSync, MatrixSyncShape>() {}
