@@ -77,7 +77,7 @@ const fsyncDir = async (dir: string) => {
 const appendDurable = (file: string, text: string) =>
   Effect.tryPromise({
     try: async () => {
-      const h = await fs.open(file, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
+      const h = await fs.open(file, fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
       let created = false
       try {
         const st = await h.stat()
@@ -339,7 +339,6 @@ export const makeDlq = (options: DlqOptions) =>
         for (const { line, d: dec } of decoded as ReadonlyArray<{ line: string; d: Decoded }>) {
           if (dec._tag === "Corrupt") {
             corrupt.push(line)
-            errors.push(new DlqError({ kind: dec.kind, message: `a DLQ line could not be decoded (${dec.reason})` }))
             continue
           }
           if (dec._tag === "NoKey") continue
@@ -399,20 +398,18 @@ export const makeDlq = (options: DlqOptions) =>
         report.remaining = remaining
         yield* setCount(remaining)
         if (report.replayed > 0) yield* status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
-        if (errors.length === 0) {
-          yield* clearDurabilityError
+        // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
+        // cannot be read, decrypted or quarantined is.
+        const fatal = errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")
+        if (fatal.length === 0) {
+          if (report.failed === 0) yield* clearDurabilityError
           return report satisfies DlqReplayReport
         }
-        const worst = errors.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
-        const undelivered = report.failed + (corrupt.length - report.quarantined)
-        // Undelivered records are kept for the next try; only I/O on the DLQ itself is a failure of replay.
-        if (worst.kind === "dlq-io" || worst.kind === "dlq-crypto") {
-          return yield* new DlqError({
-            kind: worst.kind,
-            message: `Matrix inbound DLQ replay still has ${undelivered + (keyError === undefined ? 0 : 1)} undelivered or undecodable record(s): ${worst.message}`
-          })
-        }
-        return report satisfies DlqReplayReport
+        const worst = fatal.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
+        return yield* new DlqError({
+          kind: worst.kind,
+          message: `Matrix inbound DLQ replay still has ${remaining} record(s) it could not process: ${worst.message}`
+        })
       })
 
     const selectorFilter = (selector: DlqSelector) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
