@@ -21,6 +21,7 @@ import {
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
 import { CRYPTO_FILE, MATRIX_DIR, STATE_FILE } from "../layers/CryptoStoreLive.js"
+import { dlqKeyedStore } from "../layers/DlqLive.js"
 import { SqliteFile } from "../layers/durable-idb/sqliteFile.js"
 import { configPasswordOf, deriveStorePassphrase, type PassphraseEnv, readPassphraseFile } from "../layers/StorePassphraseLive.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
@@ -327,7 +328,8 @@ export const rekeyStore = (options: RekeyStoreOptions = {}) =>
       yield* appendAudit(stateDir, "matrix_store_rekey_start", { pid: process.pid })
       const deps: RekeyDeps = {
         stateDir,
-        stores: sqliteStores(stateDir),
+        // The inbound DLQ is keyed by the store passphrase too (reference §4.5): it moves in the same rotation.
+        stores: [...sqliteStores(stateDir), dlqKeyedStore(stateDir, sp.installationId)],
         files: stateDirFiles(stateDir),
         derived: derivedFor(env, sp.installationId),
         ...(options.progress !== undefined ? { progress: options.progress } : {})
