@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
 import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot, count, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
 
 describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
   let llm: FakeLlmServer
@@ -69,4 +69,62 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     expect(config).not.toMatch(/password:/)
     expect(config).toContain("// first login only")
   }, 150_000)
+
+  const dmWithBot = async (alice: Human, bot: Bot) => {
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    return roomId
+  }
+  const ask = async (alice: Human, bot: Bot, roomId: string, text: string) => {
+    const sent = await alice.sendText(roomId, text)
+    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === sent, 45_000)
+    return sent
+  }
+
+  it("a restart keeps the device, uploads no keys, does not answer old messages again and answers new ones", async () => {
+    const alice = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    await bot.start()
+    const deviceId = /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())?.[1]
+    expect(deviceId).toBeDefined()
+    expect(count(bot.output(), /--> POST \S+\/keys\/upload/)).toBeGreaterThanOrEqual(1)
+    const roomId = await dmWithBot(alice, bot)
+    const first = await ask(alice, bot, roomId, "first")
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+
+    // sent while the bot is down: answered after the restart
+    const whileDown = await alice.sendText(roomId, "while you were away")
+    await bot.start()
+    expect(bot.output()).toContain(`deviceId=${deviceId}`)
+    expect(bot.output()).not.toMatch(/--> POST \S+\/login/)
+    expect(count(bot.output(), /--> POST \S+\/keys\/upload/)).toBe(0)
+    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === whileDown, 45_000)
+    const third = await ask(alice, bot, roomId, "third")
+    // replies are posted in order per room: a duplicate of an earlier answer would already be here
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([first, whileDown, third])
+  }, 240_000)
+
+  it("SIGKILL after the answer and before the ledger commit: after a restart the human sees exactly one reply", async () => {
+    const alice = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    await bot.start({ CARA_TEST_FAULT: "after-reply-before-commit" })
+    const roomId = await dmWithBot(alice, bot)
+    const requestsBefore = llm.requests.length
+    const sent = await alice.sendText(roomId, "answer me once")
+    const reply = await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId, 45_000)
+    expect((await bot.running!.exited).signal).toBe("SIGKILL")
+    bot.running = undefined
+
+    await bot.start()
+    await bot.waitForLog(/resuming an answer interrupted by a stop or crash/, 30_000)
+    await bot.waitForLog(/Matrix message answered/, 30_000)
+    const next = await ask(alice, bot, roomId, "and now this")
+    const replies = messagesFrom(alice, roomId, bot.user.userId)
+    expect(replies.map((m) => m.inReplyTo)).toEqual([sent, next])
+    expect(replies[0]!.eventId).toBe(reply.eventId)
+    // the resumed answer came from the stored history, not from a second model call
+    expect(llm.requests.length - requestsBefore).toBe(2)
+  }, 240_000)
 })

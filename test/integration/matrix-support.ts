@@ -124,3 +124,19 @@ export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: Bo
   })
   return new Bot(dir, user, env)
 }
+
+/** The decrypted `m.room.message`s the human's client holds from `sender` in the room, oldest first. */
+export const messagesFrom = (
+  human: { client: import("matrix-js-sdk").MatrixClient },
+  roomId: string,
+  sender: string
+): Array<{ eventId: string; body: string; inReplyTo: string | undefined }> =>
+  (human.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [])
+    .filter((e) => e.getSender() === sender && e.getType() === "m.room.message" && e.status === null)
+    .map((e) => {
+      const c = e.getContent() as { body?: string; "m.relates_to"?: { "m.in_reply_to"?: { event_id?: string } } }
+      return { eventId: e.getId() ?? "", body: c.body ?? "", inReplyTo: c["m.relates_to"]?.["m.in_reply_to"]?.event_id }
+    })
+
+/** Counts occurrences of `re` in the text. */
+export const count = (text: string, re: RegExp): number => (text.match(new RegExp(re.source, "g")) ?? []).length
