@@ -1,0 +1,606 @@
+import { randomUUID } from "node:crypto"
+import { Clock, Duration, Effect, Layer, Option, Queue, Ref, Runtime, Schedule, type Scope } from "effect"
+import { ClientEvent, KnownMembership, type MatrixClient } from "matrix-js-sdk"
+import {
+  CryptoEvent,
+  type ShowSasCallbacks,
+  type VerificationRequest,
+  VerificationPhase,
+  VerificationRequestEvent,
+  type Verifier,
+  VerifierEvent
+} from "matrix-js-sdk/lib/crypto-api/index.js"
+import {
+  InvalidVerificationUser,
+  isTerminal,
+  type OwnDevice,
+  rawHex,
+  sanitizeDisplay,
+  sanitizeUserId,
+  type SasValues,
+  USER_ID,
+  VerificationFailed,
+  VerificationFlow,
+  VerificationFlowNotFound,
+  VerificationFlowNotReady,
+  VerificationFlowTerminal,
+  type VerificationState,
+  VerificationTargetNotFound,
+  VerificationTimeout,
+  VerificationUnavailable,
+  flowIdOf
+} from "../domain/verification.js"
+import { ChannelStatus } from "../services/ChannelStatus.js"
+import { publishVerification, EventBus } from "../services/EventBus.js"
+import { StateDir } from "../services/StateDir.js"
+import { type VerificationAttachment, Verification, type VerificationShape } from "../services/Verification.js"
+
+/** A flow with no change for this long is cancelled (on the peer too, best effort). */
+export const INACTIVITY_EXPIRY = Duration.minutes(10)
+/** Terminal flows stay listed this long so an operator sees how they ended. */
+export const TERMINAL_RETENTION = Duration.minutes(30)
+export const MAX_FLOWS = 256
+const SWEEP_EVERY = Duration.seconds(30)
+const SDK_TIMEOUT = Duration.seconds(30)
+/** Handled request ids (against phantom in-room requests re-emitted after a restart). */
+export const HANDLED_FILE = "matrix/verification_handled.json"
+const HANDLED_TTL_MS = 60 * 60 * 1000
+const HANDLED_MAX = 2048
+
+/** Inputs of the state derivation; the SAS view wins over the request view (§6.2). */
+export interface StateInputs {
+  readonly phase: VerificationPhase
+  readonly hasVerifier: boolean
+  readonly verifyCalled: boolean
+  readonly sasCaptured: boolean
+  readonly confirmed: boolean
+  readonly mismatched: boolean
+}
+
+export const deriveState = (i: StateInputs): VerificationState => {
+  if (i.mismatched) return "mismatched"
+  switch (i.phase) {
+    case VerificationPhase.Unsent:
+      return "created"
+    case VerificationPhase.Requested:
+      return "requested"
+    case VerificationPhase.Ready:
+      return "ready"
+    case VerificationPhase.Cancelled:
+      return "cancelled"
+    case VerificationPhase.Done:
+      return "done"
+    case VerificationPhase.Started:
+      if (i.confirmed) return "confirmed"
+      if (i.sasCaptured) return "keys_exchanged"
+      if (i.verifyCalled) return "accepted"
+      return i.hasVerifier ? "started" : "transitioned"
+  }
+  return "requested"
+}
+
+export const sasOf = (cb: ShowSasCallbacks): SasValues | undefined => {
+  const emoji = cb.sas.emoji?.map(([symbol, description]) => ({ symbol, description }))
+  const decimals = cb.sas.decimal
+  if (emoji === undefined && decimals === undefined) return undefined
+  return {
+    ...(emoji === undefined ? {} : { emoji }),
+    ...(decimals === undefined ? {} : { decimals: [decimals[0], decimals[1], decimals[2]] as const })
+  }
+}
+
+interface Entry {
+  record: VerificationFlow
+  readonly rawUserId: string
+  readonly rawProtocolId: string
+  request: VerificationRequest | undefined
+  verifier: Verifier | undefined
+  sas: ShowSasCallbacks | undefined
+  /** The operator accepted (or started) the flow: SAS is started and answered without asking again. */
+  engaged: boolean
+  verifyCalled: Set<Verifier>
+  confirmed: boolean
+  mismatched: boolean
+  /** Local terminal override (expiry, or a cancel whose SDK view is gone). */
+  forced: VerificationState | undefined
+}
+
+const describe = (e: unknown): string => {
+  const m = (e as { message?: unknown } | undefined)?.message
+  return sanitizeDisplay(typeof m === "string" ? m : String(e)).slice(0, 200)
+}
+
+const notConnected = () =>
+  new VerificationUnavailable({
+    kind: "not-connected",
+    message: "The Matrix runtime is not connected (Matrix disabled, still starting, or stopped); check `cara status` and retry.",
+    retryAfterMs: 5000
+  })
+
+const sdkCall = <A>(what: string, f: () => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: (e) => new VerificationFailed({ kind: "verification", message: `Matrix verification ${what} failed: ${describe(e)}` }) }).pipe(
+    Effect.timeoutFail({
+      duration: SDK_TIMEOUT,
+      onTimeout: () =>
+        new VerificationTimeout({
+          kind: "verification-timeout",
+          message: `Matrix verification ${what} timed out; it may still land. Run \`cara matrix verifications\` to see the current state.`
+        })
+    })
+  )
+
+export const makeVerification = Effect.gen(function*() {
+  const bus = yield* EventBus
+  const status = yield* ChannelStatus
+  const stateDir = yield* StateDir
+  const runtime = yield* Effect.runtime<never>()
+  const fork = Runtime.runFork(runtime)
+
+  const entries = new Map<string, Entry>()
+  const byRequest = new WeakMap<VerificationRequest, string>()
+  const attached = yield* Ref.make(Option.none<VerificationAttachment>())
+  // SDK callbacks only enqueue; one fiber applies them in order, so events of a flow are published in order.
+  const work = yield* Queue.unbounded<Effect.Effect<void>>()
+  const enqueue = (e: Effect.Effect<void>) => {
+    Queue.unsafeOffer(work, e)
+  }
+
+  // --- handled request ids (durable) ------------------------------------------------------------------
+  const handled = new Map<string, number>()
+  const loaded = yield* stateDir.readText(HANDLED_FILE).pipe(Effect.orElseSucceed(() => Option.none<string>()))
+  if (Option.isSome(loaded)) {
+    try {
+      const parsed = JSON.parse(loaded.value) as { ids?: Record<string, number> }
+      for (const [id, at] of Object.entries(parsed.ids ?? {})) if (typeof at === "number") handled.set(id, at)
+    } catch {
+      yield* Effect.logWarning(`${HANDLED_FILE} is unreadable; starting with an empty list of handled verification requests`)
+    }
+  }
+  const writeLock = yield* Effect.makeSemaphore(1)
+  const rememberHandled = (id: string) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      handled.set(id, now)
+      for (const [k, at] of handled) if (now - at > HANDLED_TTL_MS) handled.delete(k)
+      while (handled.size > HANDLED_MAX) handled.delete(handled.keys().next().value as string)
+      const ids = Object.fromEntries(handled)
+      yield* stateDir.ensureDir("matrix").pipe(
+        Effect.zipRight(stateDir.writeAtomic(HANDLED_FILE, JSON.stringify({ version: 1, ids }))),
+        Effect.catchAll((e) => Effect.logWarning(`recording a handled verification request failed: ${e.message}`))
+      )
+    }).pipe(writeLock.withPermits(1))
+
+  // --- records ---------------------------------------------------------------------------------------
+  const publishPending = Effect.suspend(() => {
+    let n = 0
+    for (const e of entries.values()) if (!isTerminal(e.record.state)) n++
+    return status.updateMatrix((x) => (x.pendingVerificationCount === n ? x : { ...x, pendingVerificationCount: n }))
+  })
+
+  const currentState = (e: Entry): VerificationState => {
+    if (e.forced !== undefined) return e.forced
+    if (e.request === undefined) return e.record.state
+    return deriveState({
+      phase: e.request.phase,
+      hasVerifier: e.verifier !== undefined,
+      verifyCalled: e.verifier !== undefined && e.verifyCalled.has(e.verifier),
+      sasCaptured: e.sas !== undefined,
+      confirmed: e.confirmed,
+      mismatched: e.mismatched
+    })
+  }
+
+  /** Re-reads the SDK view of a flow; a real change (state or SAS) is stored and published as `updated`. */
+  const refresh = (e: Entry) =>
+    Effect.gen(function*() {
+      if (isTerminal(e.record.state)) return
+      // glare: the SDK may have replaced the verifier inside the same request
+      const current = e.request?.verifier
+      if (current !== undefined && current !== e.verifier) attachVerifier(e, current)
+      if (e.request !== undefined && e.engaged) maybeStartSas(e)
+      const state = currentState(e)
+      const sas = e.sas === undefined ? e.record.sas : (sasOf(e.sas) ?? e.record.sas)
+      const deviceId = e.record.deviceId ?? (e.request?.otherDeviceId === undefined ? undefined : sanitizeDisplay(e.request.otherDeviceId))
+      if (state === e.record.state && sas === e.record.sas && deviceId === e.record.deviceId) return
+      const now = yield* Clock.currentTimeMillis
+      e.record = new VerificationFlow({
+        ...e.record,
+        state,
+        ...(sas === undefined ? {} : { sas }),
+        ...(deviceId === undefined ? {} : { deviceId }),
+        updatedAt: now
+      })
+      yield* publishVerification("updated", e.record).pipe(Effect.provideService(EventBus, bus))
+      yield* publishPending
+    })
+
+  const refreshLater = (e: Entry) => enqueue(refresh(e))
+
+  const callVerify = (e: Entry, v: Verifier) => {
+    if (e.verifyCalled.has(v) || v.hasBeenCancelled) return
+    e.verifyCalled.add(v)
+    // resolves at done, rejects on cancel (or when glare replaced this verifier): the request's change
+    // events carry the outcome, so the promise itself only needs to be observed
+    v.verify().then(
+      () => refreshLater(e),
+      (err: unknown) => {
+        fork(Effect.logDebug(`verifier ended: ${describe(err)}`))
+        refreshLater(e)
+      }
+    )
+  }
+
+  function attachVerifier(e: Entry, v: Verifier) {
+    e.verifier = v
+    const onShow = (cb: ShowSasCallbacks) => {
+      if (e.verifier !== v) return
+      e.sas = cb
+      refreshLater(e)
+    }
+    v.on(VerifierEvent.ShowSas, onShow)
+    const already = v.getShowSasCallbacks()
+    if (already !== null) e.sas = already
+    if (e.engaged) callVerify(e, v)
+  }
+
+  const starting = new WeakSet<Entry>()
+  function maybeStartSas(e: Entry) {
+    const req = e.request
+    if (req === undefined || req.phase !== VerificationPhase.Ready || req.verifier !== undefined || starting.has(e)) return
+    if (!req.otherPartySupportsMethod("m.sas.v1")) return
+    starting.add(e)
+    req.startVerification("m.sas.v1").then(
+      (v) => {
+        if (e.verifier !== v && req.verifier === v) attachVerifier(e, v)
+        refreshLater(e)
+      },
+      (err: unknown) => {
+        fork(Effect.logWarning(`starting SAS failed: ${describe(err)}`))
+        refreshLater(e)
+      }
+    )
+  }
+
+  const watch = (e: Entry, req: VerificationRequest) => {
+    e.request = req
+    byRequest.set(req, e.record.flowId)
+    const onChange = () => {
+      try {
+        refreshLater(e)
+        if (req.phase === VerificationPhase.Cancelled || req.phase === VerificationPhase.Done) {
+          req.off(VerificationRequestEvent.Change, onChange)
+        }
+      } catch (err) {
+        fork(Effect.logError(`verification change handler failed: ${describe(err)}`))
+      }
+    }
+    req.on(VerificationRequestEvent.Change, onChange)
+    if (req.verifier !== undefined) attachVerifier(e, req.verifier)
+  }
+
+  /** Makes room for one more record: drop the oldest terminal one, else the same peer's oldest `requested`. */
+  const makeRoom = (rawUserId: string): boolean => {
+    if (entries.size < MAX_FLOWS) return true
+    const all = [...entries.values()].sort((a, b) => a.record.updatedAt - b.record.updatedAt)
+    const victim = all.find((x) => isTerminal(x.record.state)) ??
+      all.find((x) => x.rawUserId === rawUserId && x.record.state === "requested")
+    if (victim === undefined) return false
+    entries.delete(victim.record.flowId)
+    return true
+  }
+
+  /** Inserts a new flow (`requested` event) or returns the existing one. */
+  const insert = (req: VerificationRequest, rawProtocolId: string, engaged: boolean) =>
+    Effect.gen(function*() {
+      const flowId = flowIdOf(req.otherUserId, rawProtocolId)
+      const existing = entries.get(flowId)
+      if (existing !== undefined) return Option.some(existing)
+      if (!makeRoom(req.otherUserId)) {
+        yield* status.updateMatrix((x) => ({ ...x, peerDropVerificationCapFullTotal: x.peerDropVerificationCapFullTotal + 1 }))
+        yield* Effect.logWarning("Matrix verification registry is full; request refused")
+        return Option.none<Entry>()
+      }
+      const now = yield* Clock.currentTimeMillis
+      const e: Entry = {
+        record: new VerificationFlow({
+          flowId,
+          protocolFlowId: sanitizeDisplay(rawProtocolId),
+          userId: sanitizeUserId(req.otherUserId),
+          ...(req.otherDeviceId === undefined ? {} : { deviceId: sanitizeDisplay(req.otherDeviceId) }),
+          ...(req.roomId === undefined ? {} : { roomId: sanitizeDisplay(req.roomId) }),
+          state: "requested",
+          createdAt: now,
+          updatedAt: now
+        }),
+        rawUserId: req.otherUserId,
+        rawProtocolId,
+        request: undefined,
+        verifier: undefined,
+        sas: undefined,
+        engaged,
+        verifyCalled: new Set(),
+        confirmed: false,
+        mismatched: false,
+        forced: undefined
+      }
+      e.record = new VerificationFlow({ ...e.record, state: currentStateOfNew(e, req) })
+      entries.set(flowId, e)
+      watch(e, req)
+      yield* publishVerification("requested", e.record).pipe(Effect.provideService(EventBus, bus))
+      yield* publishPending
+      return Option.some(e)
+    })
+
+  const currentStateOfNew = (e: Entry, req: VerificationRequest) => {
+    e.request = req
+    const s = currentState(e)
+    e.request = undefined
+    return s
+  }
+
+  /** A peer's request (to-device or in-room). Runs on the work queue; never fails. */
+  const onRequest = (req: VerificationRequest, a: VerificationAttachment) =>
+    Effect.gen(function*() {
+      if (req.initiatedByMe || byRequest.has(req)) return
+      const user = req.otherUserId
+      if (user !== a.botUserId && !a.isAllowed(user)) {
+        yield* status.updateMatrix((x) => ({ ...x, peerDropAllowlistRejectionTotal: x.peerDropAllowlistRejectionTotal + 1 }))
+        yield* Effect.logInfo("Matrix verification request ignored: sender not in matrix.autoJoin allowlist").pipe(
+          Effect.annotateLogs({ sender: sanitizeUserId(user) })
+        )
+        return
+      }
+      const id = req.transactionId
+      if (id === undefined) return
+      if (handled.has(id)) {
+        // Rust keeps verification state in memory only: after a restart, in-room requests from the cached
+        // timeline come back as new ones. The peer's flow is long gone; listing it would mislead.
+        yield* Effect.logDebug("ignoring a verification request already handled before").pipe(Effect.annotateLogs({ protocolFlowId: sanitizeDisplay(id) }))
+        return
+      }
+      if (req.phase === VerificationPhase.Cancelled || req.phase === VerificationPhase.Done) return
+      yield* rememberHandled(id)
+      const e = yield* insert(req, id, false)
+      if (Option.isSome(e)) {
+        yield* Effect.logInfo("Matrix verification requested; run `cara matrix verifications` to review it").pipe(
+          Effect.annotateLogs({ flowId: e.value.record.flowId, peer: e.value.record.userId, inRoom: req.roomId !== undefined })
+        )
+      }
+    }).pipe(Effect.catchAllCause((c) => Effect.logError("handling a verification request failed", c)))
+
+  // --- expiry and pruning ----------------------------------------------------------------------------
+  const sweep = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    for (const e of [...entries.values()]) {
+      if (isTerminal(e.record.state)) {
+        if (now - e.record.updatedAt >= Duration.toMillis(TERMINAL_RETENTION)) entries.delete(e.record.flowId)
+        continue
+      }
+      yield* refresh(e)
+      if (isTerminal(e.record.state)) continue
+      if (now - e.record.updatedAt >= Duration.toMillis(INACTIVITY_EXPIRY)) {
+        const req = e.request
+        if (req !== undefined && req.phase !== VerificationPhase.Cancelled && req.phase !== VerificationPhase.Done) {
+          req.cancel().catch(() => undefined)
+        }
+        e.forced = "cancelled"
+        yield* refresh(e)
+        yield* Effect.logInfo("Matrix verification flow expired after 10 minutes without progress").pipe(
+          Effect.annotateLogs({ flowId: e.record.flowId })
+        )
+      }
+    }
+  })
+
+  yield* Effect.forkScoped(Effect.forever(Effect.flatten(Queue.take(work))))
+  yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(SWEEP_EVERY)))
+
+  // --- the API ---------------------------------------------------------------------------------------
+  const listed = () => [...entries.values()].map((e) => e.record).sort((a, b) => b.createdAt - a.createdAt)
+
+  const find = (flowId: string) =>
+    Effect.suspend(() => {
+      const e = entries.get(flowId)
+      return e === undefined ? Effect.fail(VerificationFlowNotFound.of(flowId)) : Effect.succeed(e)
+    })
+
+  const live = (flowId: string) =>
+    Effect.gen(function*() {
+      const e = yield* find(flowId)
+      yield* refresh(e)
+      if (isTerminal(e.record.state)) return yield* VerificationFlowTerminal.of(e.record.flowId, e.record.state)
+      return e
+    })
+
+  const client = Effect.flatMap(Ref.get(attached), Option.match({ onNone: () => Effect.fail(notConnected()), onSome: Effect.succeed }))
+
+  const accept = (flowId: string) =>
+    Effect.gen(function*() {
+      const e = yield* live(flowId)
+      const req = e.request
+      if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "accept", "the SDK no longer knows this flow")
+      e.engaged = true
+      if (req.phase === VerificationPhase.Requested && !req.initiatedByMe) yield* sdkCall("accept", () => req.accept())
+      if (e.verifier !== undefined) callVerify(e, e.verifier)
+      yield* refresh(e)
+      return e.record
+    })
+
+  const confirm = (flowId: string, match: boolean) =>
+    Effect.gen(function*() {
+      const e = yield* live(flowId)
+      const sas = e.sas
+      if (sas === undefined || e.record.sas === undefined) {
+        return yield* VerificationFlowNotReady.of(e.record.flowId, "confirm", `no SAS captured yet, state ${e.record.state}`)
+      }
+      if (match) {
+        e.confirmed = true
+        yield* refresh(e)
+        yield* sdkCall("confirm", () => sas.confirm())
+        yield* Effect.logWarning("matrix_device_verification_confirmed").pipe(
+          Effect.annotateLogs({ flowId: e.record.flowId, peer: e.record.userId, device: e.record.deviceId ?? "" })
+        )
+      } else {
+        // only mismatch() sends m.mismatched_sas (request.cancel() always sends m.user)
+        yield* Effect.try({ try: () => sas.mismatch(), catch: (err) => new VerificationFailed({ kind: "verification", message: `Matrix verification mismatch failed: ${describe(err)}` }) })
+        e.mismatched = true
+      }
+      yield* refresh(e)
+      return e.record
+    })
+
+  const cancel = (flowId: string) =>
+    Effect.gen(function*() {
+      const e = yield* find(flowId)
+      yield* refresh(e)
+      if (isTerminal(e.record.state)) return e.record
+      const req = e.request
+      if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "cancel", "the SDK no longer knows this flow")
+      if (req.phase !== VerificationPhase.Cancelled && req.phase !== VerificationPhase.Done) {
+        yield* sdkCall("cancel", () => req.cancel())
+      }
+      if (currentState(e) !== "cancelled" && currentState(e) !== "done") e.forced = "cancelled"
+      yield* refresh(e)
+      return e.record
+    })
+
+  const cryptoOf = (a: VerificationAttachment) =>
+    Effect.suspend(() => {
+      const c = a.client.getCrypto()
+      return c === undefined
+        ? Effect.fail(new VerificationFailed({ kind: "verification", message: "Matrix encryption is off (matrix.encrypted=false); verification needs it." }))
+        : Effect.succeed(c)
+    })
+
+  const start = (userId: string, deviceId?: string) =>
+    Effect.gen(function*() {
+      if (!USER_ID.test(userId)) {
+        return yield* new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" })
+      }
+      const a = yield* client
+      const crypto = yield* cryptoOf(a)
+      let req: VerificationRequest
+      if (deviceId !== undefined && deviceId !== "") {
+        const map = yield* sdkCall("device lookup", () => crypto.getUserDeviceInfo([userId], true))
+        const devices = map.get(userId) ?? new Map()
+        let raw = devices.has(deviceId) ? deviceId : undefined
+        if (raw === undefined) {
+          const matches = [...devices.keys()].filter((d) => sanitizeDisplay(d) === deviceId)
+          if (matches.length > 1) {
+            return yield* new VerificationFailed({
+              kind: "verification",
+              message: `device ${sanitizeDisplay(deviceId)} matches multiple raw device ids under sanitization; refusing to pick. Run \`cara matrix devices\` and pass an exact id.`
+            })
+          }
+          raw = matches[0]
+        }
+        if (raw === undefined) {
+          return yield* new VerificationTargetNotFound({
+            kind: "device-not-found",
+            message: `device ${sanitizeDisplay(deviceId)} of ${sanitizeUserId(userId)} is not known to the bot. Check the id in the other client's session list; the user must be on the allowlist or share a room with the bot.`
+          })
+        }
+        const target = raw
+        req = yield* sdkCall("request", () => crypto.requestDeviceVerification(userId, target))
+      } else if (userId === a.botUserId) {
+        req = yield* sdkCall("request", () => crypto.requestOwnUserVerification())
+      } else {
+        const dm = a.client.getRooms().find((r) =>
+          r.getMyMembership() === KnownMembership.Join &&
+          r.getJoinedMemberCount() === 2 &&
+          r.getMember(userId)?.membership === KnownMembership.Join
+        )
+        if (dm === undefined) {
+          return yield* new VerificationTargetNotFound({
+            kind: "user-identity-not-found",
+            message: `the bot shares no DM room with ${sanitizeUserId(userId)}: pass a device id (\`cara matrix verify <user> <device>\`) or invite the bot to a DM first.`
+          })
+        }
+        req = yield* sdkCall("request", () => crypto.requestVerificationDM(userId, dm.roomId))
+      }
+      const existing = byRequest.get(req)
+      if (existing !== undefined) {
+        const e = entries.get(existing)
+        if (e !== undefined) {
+          e.engaged = true
+          return e.record
+        }
+      }
+      const id = req.transactionId ?? `local-${randomUUID()}`
+      yield* rememberHandled(id)
+      const inserted = yield* insert(req, id, true)
+      if (Option.isNone(inserted)) {
+        return yield* new VerificationFailed({ kind: "verification", message: "the verification registry is full; cancel or finish some flows and retry" })
+      }
+      return inserted.value.record
+    })
+
+  const devices = Effect.gen(function*() {
+    const a = yield* client
+    const crypto = yield* cryptoOf(a)
+    const map = yield* sdkCall("device list", () => crypto.getUserDeviceInfo([a.botUserId], true))
+    const own = [...(map.get(a.botUserId)?.values() ?? [])].slice(0, 256)
+    const sanitized = own.map((d) => sanitizeDisplay(d.deviceId))
+    const out: Array<OwnDevice> = []
+    for (const [i, d] of own.entries()) {
+      const shown = sanitized[i] ?? ""
+      const st = yield* Effect.promise(() => crypto.getDeviceVerificationStatus(a.botUserId, d.deviceId).catch(() => null))
+      const name = sanitizeDisplay(d.displayName ?? "").slice(0, 256)
+      const collides = sanitized.filter((s) => s === shown).length > 1
+      out.push({
+        userId: sanitizeUserId(a.botUserId),
+        deviceId: shown,
+        ...(name === "" ? {} : { displayName: name }),
+        verified: st?.isVerified() ?? false,
+        ...(shown !== d.deviceId || collides ? { rawDeviceIdHex: rawHex(d.deviceId) } : {})
+      })
+    }
+    return out
+  })
+
+  const attach = (a: VerificationAttachment): Effect.Effect<void, never, Scope.Scope> =>
+    Effect.acquireRelease(
+      Effect.gen(function*() {
+        const onReq = (req: VerificationRequest) => {
+          try {
+            enqueue(onRequest(req, a))
+          } catch {
+            // never throw into the SDK's sync processing
+          }
+        }
+        const onSync = () => {
+          try {
+            for (const e of entries.values()) if (!isTerminal(e.record.state)) refreshLater(e)
+          } catch {
+            // as above
+          }
+        }
+        a.client.on(CryptoEvent.VerificationRequestReceived, onReq)
+        a.client.on(ClientEvent.Sync, onSync)
+        yield* Ref.set(attached, Option.some(a))
+        return { onReq, onSync }
+      }),
+      ({ onReq, onSync }) =>
+        Effect.gen(function*() {
+          a.client.off(CryptoEvent.VerificationRequestReceived, onReq)
+          a.client.off(ClientEvent.Sync, onSync)
+          yield* Ref.set(attached, Option.none())
+        })
+    )
+
+  return {
+    attach,
+    list: Effect.gen(function*() {
+      yield* sweep
+      return listed()
+    }),
+    accept,
+    confirm,
+    cancel,
+    start,
+    devices
+  } satisfies VerificationShape
+})
+
+/** Needs EventBus, ChannelStatus and StateDir (the daemon provides them once, shared with the gateway). */
+export const VerificationLive = Layer.scoped(Verification, makeVerification)
