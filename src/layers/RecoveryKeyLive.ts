@@ -1,0 +1,806 @@
+// The recovery-key executors and the daemon's start-up sequence (reference §5.2-§5.6).
+//
+// The executors below run the pure machines of src/domain/recoveryMachine.ts: observe, decide one step,
+// perform it, observe again. Every file mutation goes through `RecoveryFiles`, so tests can stop a run
+// after any durable step and check what a rerun (or the next daemon start) makes of it.
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Effect, Layer, Option, Redacted } from "effect"
+import type { MatrixClient } from "matrix-js-sdk"
+import type { CryptoCallbacks } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { decodeRecoveryKey, encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import { calculateKeyCheck, type SecretStorageKeyDescription } from "matrix-js-sdk/lib/secret-storage.js"
+import {
+  CLEANUP_ARTIFACTS,
+  CLEANUP_FILE,
+  type CleanupJournal,
+  encodeCleanupJournal,
+  encodeRotationMarker,
+  freshCleanupJournal,
+  KEY_FILE,
+  keyDigest,
+  digestsEqual,
+  MAX_JOURNAL_BYTES,
+  MAX_KEY_BYTES,
+  MINTING_CONTENT,
+  MINTING_FILE,
+  parseCleanupJournal,
+  parseRotationMarker,
+  PENDING_FILE,
+  promotionRefused,
+  recoveryError,
+  RecoveryKeyError,
+  type RestoreFailureReason,
+  ROTATING_FILE,
+  type RotationMarker,
+  stateIo,
+  stateProbe
+} from "../domain/recoveryKey.js"
+import {
+  type FileDigest,
+  type MintObserved,
+  nextCleanupStep,
+  nextMintStep,
+  nextRepairStep,
+  type RepairObserved,
+  type RepairStep,
+  ROTATE_STEPS,
+  type ServerSecretStorage
+} from "../domain/recoveryMachine.js"
+import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
+import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
+import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
+import { StateDir, type StateDirShape } from "../services/StateDir.js"
+
+const codeOf = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code
+const errText = (e: unknown) => (e instanceof RecoveryKeyError ? e.message : e instanceof Error ? ((e as NodeJS.ErrnoException).code ?? e.message) : String(e))
+
+// ---------------------------------------------------------------------------------------------------------
+// Files
+
+/** A capped read: `None` when absent; refuses non-regular files and anything over `cap` bytes. */
+export type CappedRead = Option.Option<string>
+
+/** Every file mutation of the recovery-key machines (tests wrap it to crash after any step). */
+export interface RecoveryFiles {
+  readonly root: string
+  readonly read: (rel: string, cap: number) => Effect.Effect<CappedRead, RecoveryKeyError>
+  readonly exists: (rel: string) => Effect.Effect<boolean, RecoveryKeyError>
+  /** Replaces the file atomically (temp + fsync + rename + dir fsync), 0600. */
+  readonly write: (rel: string, content: string) => Effect.Effect<void, RecoveryKeyError>
+  /** Creates the file only if absent (temp + fsync + hard link + dir fsync), 0600; EEXIST fails. */
+  readonly create: (rel: string, content: string) => Effect.Effect<void, RecoveryKeyError>
+  /** Replaces `to` with `from` after re-hashing `from` against `expectedDigest` (swap detection). */
+  readonly promote: (from: string, to: string, expectedDigest: string) => Effect.Effect<void, RecoveryKeyError>
+  /** Unlinks (missing is fine: returns false) and fsyncs the directory. */
+  readonly remove: (rel: string) => Effect.Effect<boolean, RecoveryKeyError>
+}
+
+let tempCounter = 0
+
+const fsyncDir = (dir: string) => {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const label = (rel: string) => path.basename(rel)
+
+/** Reads with O_NONBLOCK (a FIFO never blocks us); symlinks to regular files are followed. */
+const readCapped = (file: string, cap: number): CappedRead => {
+  let fd: number
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+  } catch (e) {
+    if (codeOf(e) === "ENOENT") return Option.none()
+    throw e
+  }
+  try {
+    const st = fs.fstatSync(fd)
+    if (!st.isFile()) throw new Error("not a regular file")
+    const buf = Buffer.alloc(cap + 1)
+    let n = 0
+    for (;;) {
+      const r = fs.readSync(fd, buf, n, buf.length - n, null)
+      if (r === 0) break
+      n += r
+      if (n > cap) throw new Error(`exceeds ${cap} bytes; refuse to read`)
+    }
+    return Option.some(buf.subarray(0, n).toString("utf8"))
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+export const nodeRecoveryFiles = (stateDir: StateDirShape): RecoveryFiles => {
+  const abs = (rel: string) => stateDir.resolve(rel)
+  const io = <A>(rel: string, what: string, f: () => A) =>
+    Effect.try({ try: f, catch: (e) => stateIo(`failed to ${what} ${label(rel)}: ${errText(e)}`) })
+  const tempFor = (file: string) => path.join(path.dirname(file), `.${path.basename(file)}.tmp.${process.pid}.${++tempCounter}`)
+  const writeTemp = (file: string, content: string) => {
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 })
+    const temp = tempFor(file)
+    const fd = fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
+    try {
+      fs.writeSync(fd, content)
+      fs.fchmodSync(fd, 0o600)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+    return temp
+  }
+  return {
+    root: stateDir.root,
+    read: (rel, cap) => io(rel, "read", () => readCapped(abs(rel), cap)),
+    exists: (rel) =>
+      io(rel, "inspect", () => {
+        try {
+          fs.lstatSync(abs(rel))
+          return true
+        } catch (e) {
+          if (codeOf(e) === "ENOENT") return false
+          throw e
+        }
+      }),
+    write: (rel, content) =>
+      io(rel, "write", () => {
+        const file = abs(rel)
+        const temp = writeTemp(file, content)
+        try {
+          fs.renameSync(temp, file)
+        } catch (e) {
+          fs.rmSync(temp, { force: true })
+          throw e
+        }
+        fsyncDir(path.dirname(file))
+      }),
+    create: (rel, content) =>
+      io(rel, "create", () => {
+        const file = abs(rel)
+        const temp = writeTemp(file, content)
+        try {
+          fs.linkSync(temp, file)
+        } finally {
+          fs.rmSync(temp, { force: true })
+        }
+        fsyncDir(path.dirname(file))
+      }),
+    promote: (from, to, expectedDigest) =>
+      Effect.gen(function*() {
+        const src = abs(from)
+        // O_NOFOLLOW: the pending key must be the file we wrote, not a link planted beside it.
+        const text = yield* io(from, "reopen", () => {
+          const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+          try {
+            if (!fs.fstatSync(fd).isFile()) throw new Error("not a regular file")
+            const content = fs.readFileSync(fd, "utf8")
+            if (Buffer.byteLength(content) > MAX_KEY_BYTES) throw new Error(`exceeds ${MAX_KEY_BYTES} bytes; refuse to read`)
+            fs.fchmodSync(fd, 0o600)
+            return content
+          } finally {
+            fs.closeSync(fd)
+          }
+        })
+        if (!digestsEqual(keyDigest(text), expectedDigest)) {
+          return yield* stateIo(`the pending key changed since its digest was recorded; refusing to promote ${label(from)}. Inspect it before retrying.`)
+        }
+        yield* io(to, "replace", () => {
+          fs.renameSync(src, abs(to))
+          fsyncDir(path.dirname(abs(to)))
+        })
+      }),
+    remove: (rel) =>
+      io(rel, "remove", () => {
+        const file = abs(rel)
+        try {
+          fs.unlinkSync(file)
+        } catch (e) {
+          if (codeOf(e) === "ENOENT") return false
+          throw e
+        }
+        fsyncDir(path.dirname(file))
+        return true
+      })
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Audit (durable, one JSON line; never key material, digests or paths of key files)
+
+export type Audit = (event: string, data: Record<string, unknown>) => Effect.Effect<void>
+
+export const fileAudit = (stateDir: StateDirShape): Audit => (event, data) =>
+  Effect.sync(() => {
+    const fd = fs.openSync(
+      stateDir.resolve("audit.jsonl"),
+      fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+      0o600
+    )
+    try {
+      fs.writeSync(fd, `${JSON.stringify({ ts: new Date().toISOString(), event, data })}\n`)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  }).pipe(Effect.catchAllDefect((e) => Effect.logWarning(`writing the audit log failed: ${errText(e)}`)))
+
+// ---------------------------------------------------------------------------------------------------------
+// Startup repair (§5.4 journal check + §5.6)
+
+const readDigest = (files: RecoveryFiles, rel: string) =>
+  Effect.gen(function*() {
+    if (!(yield* files.exists(rel))) return { _tag: "Absent" } as FileDigest
+    const text = yield* files.read(rel, MAX_KEY_BYTES)
+    return Option.match(text, {
+      onNone: () => ({ _tag: "Vanished" }) as FileDigest,
+      onSome: (t) => ({ _tag: "Present", digest: keyDigest(t) }) as FileDigest
+    })
+  })
+
+export const observeRepair = (files: RecoveryFiles) =>
+  Effect.gen(function*() {
+    const journalText: Option.Option<RepairObserved["journal"]> = yield* files.read(CLEANUP_FILE, MAX_JOURNAL_BYTES).pipe(
+      Effect.map(Option.map((t): RepairObserved["journal"] => parseCleanupJournal(t))),
+      Effect.catchAll((e) => Effect.succeed(Option.some<RepairObserved["journal"]>({ _tag: "Unreadable", detail: e.message })))
+    )
+    const markerText = yield* files.read(ROTATING_FILE, MAX_KEY_BYTES)
+    const observed: RepairObserved = {
+      journal: Option.getOrElse(journalText, () => ({ _tag: "Absent" as const })),
+      marker: Option.match(markerText, { onNone: () => ({ _tag: "Absent" as const }), onSome: parseRotationMarker }),
+      current: yield* readDigest(files, KEY_FILE),
+      pending: yield* readDigest(files, PENDING_FILE)
+    }
+    return observed
+  })
+
+const repairFailure = (files: RecoveryFiles, step: Extract<RepairStep, { _tag: "StateIo" }>) => {
+  const J = path.join(files.root, CLEANUP_FILE)
+  const R = path.join(files.root, ROTATING_FILE)
+  switch (step.why) {
+    case "journal_unreadable":
+      return stateIo(`the recovery-key cleanup journal at ${J} cannot be read (${step.detail ?? "unknown"}). Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`)
+    case "journal_corrupt":
+      return stateIo(`recovery-key cleanup journal at ${J} is corrupt: ${step.detail ?? "unparseable"}. Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`)
+    case "journal_unsupported_version":
+      return stateIo(`recovery-key cleanup journal at ${J} has a version this release does not know (written by a newer cara?). Refusing startup repair; finish the restore with the newer release or inspect the journal and artifacts.`)
+    case "journal_started":
+      return stateIo(`recovery-key cleanup journal at ${J} is still started. Refusing startup repair so pending recovery key material is not trusted without cleanup provenance. Rerun \`cara matrix recovery-key restore\` with the daemon stopped to finish the cleanup.`)
+    case "marker_invalid":
+      return stateIo(`the recovery-key rotation marker at ${R} is unreadable (${step.detail ?? "invalid"}). Refusing startup repair; verify the current key in Element, then remove the marker before retrying rotation.`)
+    case "replacement_without_digest":
+      return stateIo(`the rotation marker at ${R} recorded key replacement without a key digest. Verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`)
+    case "outcome_unknown":
+      return stateIo(`a rotation marker exists at ${R} but no pending key was preserved. Rotation outcome is unknown; verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`)
+  }
+}
+
+/** Runs the repair to `Done` or a refusal. The caller holds the lock (CLI) or is the daemon. */
+export const runRepair = (files: RecoveryFiles, audit: Audit) =>
+  Effect.gen(function*() {
+    const taken: Array<RepairStep["_tag"]> = []
+    for (let i = 0; i < 16; i++) {
+      const observed = yield* observeRepair(files)
+      const step = nextRepairStep(observed)
+      taken.push(step._tag)
+      switch (step._tag) {
+        case "Done":
+          return taken
+        case "RemoveCompletedJournal":
+          yield* files.remove(CLEANUP_FILE)
+          break
+        case "RemovePending":
+          yield* files.remove(PENDING_FILE)
+          yield* audit("matrix_recovery_key_rotate_recovered", { outcome: step.audit })
+          break
+        case "RemoveMarker":
+          yield* files.remove(ROTATING_FILE)
+          yield* audit("matrix_recovery_key_rotate_recovered", { outcome: step.audit })
+          break
+        case "PromotePending":
+          yield* files.promote(PENDING_FILE, KEY_FILE, step.expectedDigest)
+          yield* audit("matrix_recovery_key_rotate_recovered", { outcome: "promoted_pending" })
+          break
+        case "Refuse":
+          yield* audit("matrix_recovery_key_pending_promotion_refused", {
+            marker_stage: step.stage,
+            reason: step.reason,
+            artifacts: ["rotation_marker", "current_key", "pending_key"],
+            current_key: step.currentKey,
+            pending_key: step.pendingKey
+          })
+          return yield* promotionRefused(step.reason, {
+            marker: path.join(files.root, ROTATING_FILE),
+            pending: path.join(files.root, PENDING_FILE),
+            key: path.join(files.root, KEY_FILE)
+          })
+        case "StateIo":
+          if (step.why === "marker_invalid") yield* audit("matrix_recovery_key_rotation_marker_invalid", { reason: step.detail })
+          if (step.why === "journal_started" || step.why === "journal_unsupported_version") {
+            const j = observed.journal
+            yield* audit("matrix_recovery_key_startup_cleanup_refused", {
+              artifact_count: j._tag === "Parsed" ? j.journal.artifacts.length : j._tag === "UnsupportedVersion" ? j.artifactCount : 0
+            })
+          }
+          return yield* repairFailure(files, step)
+      }
+    }
+    return yield* Effect.die(new Error("recovery-key repair did not settle"))
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// First mint (§5.3)
+
+/** The homeserver side of a mint or rotation. */
+export interface RecoveryServer {
+  /** What secret storage holds, checked against `pendingKey` when given. */
+  readonly probe: (pendingKey: Option.Option<string>) => Effect.Effect<Exclude<ServerSecretStorage, "Unknown">, RecoveryKeyError>
+  /** Installs the key: new default secret-storage key holding the cross-signing secrets, new key backup. */
+  readonly install: (key: string) => Effect.Effect<void, RecoveryKeyError>
+  /** A fresh recovery key (random 32 bytes, encoded). */
+  readonly generate: Effect.Effect<string>
+}
+
+export interface MintResult {
+  readonly minted: boolean
+  readonly warnings: ReadonlyArray<string>
+}
+
+export const observeMint = (files: RecoveryFiles, server: ServerSecretStorage) =>
+  Effect.gen(function*() {
+    const key = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
+    const observed: MintObserved = {
+      key: Option.match(key, { onNone: () => "Absent" as const, onSome: (t) => (t.trim() === "" ? "Empty" as const : "Present" as const) }),
+      pending: yield* files.exists(PENDING_FILE),
+      minting: yield* files.exists(MINTING_FILE),
+      server
+    }
+    return observed
+  })
+
+export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Audit, now: () => number = Date.now) =>
+  Effect.gen(function*() {
+    const K = path.join(files.root, KEY_FILE)
+    let probed: ServerSecretStorage = "Unknown"
+    let minted = false
+    const warnings: Array<string> = []
+    for (let i = 0; i < 16; i++) {
+      const step = nextMintStep(yield* observeMint(files, probed))
+      switch (step._tag) {
+        case "Done":
+          if (step.warnEmptyKeyWithMarker) warnings.push("recovery_key is empty while recovery_key.minting exists; left both in place")
+          return { minted, warnings } satisfies MintResult
+        case "ProbeServer": {
+          const pending = (yield* files.exists(PENDING_FILE)) ? yield* files.read(PENDING_FILE, MAX_KEY_BYTES) : Option.none()
+          probed = yield* server.probe(Option.map(pending, (t) => t.trim()))
+          break
+        }
+        case "WriteMintingMarker":
+          yield* files.write(MINTING_FILE, MINTING_CONTENT)
+          break
+        case "WritePending":
+          yield* files.create(PENDING_FILE, `${yield* server.generate}\n`)
+          break
+        case "InstallPending": {
+          const pending = yield* files.read(PENDING_FILE, MAX_KEY_BYTES)
+          if (Option.isNone(pending)) break
+          yield* server.install(pending.value.trim())
+          probed = "Unknown"
+          break
+        }
+        case "PromotePending": {
+          // no-replace: a K that appeared meanwhile (a restore) wins
+          const pending = yield* files.read(PENDING_FILE, MAX_KEY_BYTES)
+          if (Option.isNone(pending)) break
+          yield* files.create(KEY_FILE, `${pending.value.trim()}\n`)
+          yield* files.remove(PENDING_FILE)
+          minted = true
+          break
+        }
+        case "RemoveMintingMarker":
+          yield* files.remove(MINTING_FILE)
+          break
+        case "Refuse":
+          if (step.why === "pending_without_marker") {
+            return yield* stateIo(`a pending recovery key exists without a mint or rotation marker and no recovery key at ${K}. Verify which key opens secret storage in Element, then restore it with \`cara matrix recovery-key restore\`.`)
+          }
+          return yield* stateProbe(
+            step.why === "server_has_recovery"
+              ? `Matrix recovery is already enabled on the homeserver but no local key file at ${K} — refuse to mint a new recovery secret (which would invalidate the existing backup). Retrieve the existing key via Element and run \`cara matrix recovery-key restore --key-file <file>\` or pipe it to \`cara matrix recovery-key restore --stdin\`.`
+              : `a recovery-key mint marker exists, no key was preserved, and the homeserver already has recovery. Refuse to reset it because it may be a valid existing backup; remove the stale marker only after verifying the recovery key in Element or restoring it with \`cara matrix recovery-key restore\`.`
+          )
+      }
+    }
+    return yield* Effect.die(new Error("recovery-key mint did not settle"))
+  }).pipe(
+    Effect.tap((r) => (r.minted ? audit("matrix_recovery_key_first_mint", { outcome: "minted", minted_at: now() }) : Effect.void))
+  )
+
+// ---------------------------------------------------------------------------------------------------------
+// Rotation (§5.5). The caller holds the lock, ran the repair, and checked the preconditions.
+
+export const runRotate = (files: RecoveryFiles, server: RecoveryServer, now: () => number = Date.now) =>
+  Effect.gen(function*() {
+    const current = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
+    if (Option.isNone(current)) return yield* stateIo("no current recovery key; restore the current key first with `cara matrix recovery-key restore`")
+    const prev = keyDigest(current.value)
+    let next: string | undefined
+    const marker = (stage: RotationMarker["stage"]) =>
+      files.write(ROTATING_FILE, encodeRotationMarker({ stage, previousKeySha256: prev, ...(next === undefined ? {} : { keySha256: next }), updatedAtMs: now() }))
+    let newKey = ""
+    for (const step of ROTATE_STEPS) {
+      switch (step) {
+        case "WriteStartedMarker":
+          yield* marker("started")
+          break
+        case "WritePending":
+          newKey = yield* server.generate
+          yield* files.create(PENDING_FILE, `${newKey}\n`)
+          break
+        case "InstallPending":
+          yield* server.install(newKey)
+          break
+        case "WritePendingWrittenMarker":
+          next = keyDigest(newKey)
+          yield* marker("pending_key_written")
+          break
+        case "ReplaceKey":
+          yield* files.promote(PENDING_FILE, KEY_FILE, keyDigest(newKey))
+          break
+        case "WriteFinalMarker":
+          yield* marker("final_key_replaced")
+          break
+        case "RemoveMarker":
+          yield* files.remove(ROTATING_FILE)
+          break
+      }
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// Restore with cleanup journal (§5.4). The caller holds the lock.
+
+export interface RestoreOutcome {
+  /** K existed with a journal: only the cleanup was resumed. */
+  readonly resumed: boolean
+  readonly failedRoles: ReadonlyArray<string>
+}
+
+const readJournal = (files: RecoveryFiles) =>
+  Effect.gen(function*() {
+    const text = yield* files.read(CLEANUP_FILE, MAX_JOURNAL_BYTES)
+    if (Option.isNone(text)) return undefined
+    const parsed = parseCleanupJournal(text.value)
+    if (parsed._tag !== "Parsed") {
+      return yield* stateIo(`recovery-key cleanup journal at ${path.join(files.root, CLEANUP_FILE)} is ${parsed._tag === "Corrupt" ? "corrupt" : "of an unknown version"}; inspect it and the recovery-key artifacts before retrying.`)
+    }
+    return parsed.journal
+  })
+
+/** Writes K (when `key` is given) and removes stale rotation/mint artifacts, journaled. */
+export const runRestoreCleanup = (files: RecoveryFiles, key: Option.Option<string>, audit: Audit) =>
+  Effect.gen(function*() {
+    const attempted: Array<number> = []
+    let resumed = false
+    for (let i = 0; i < 32; i++) {
+      const journal: CleanupJournal | undefined = yield* readJournal(files)
+      const keyPresent = yield* files.exists(KEY_FILE)
+      if (i === 0 && keyPresent && journal !== undefined) {
+        resumed = true
+        yield* audit("matrix_recovery_key_restore_cleanup_resumed", {})
+      }
+      const step = nextCleanupStep({ keyPresent, journal, haveKey: Option.isSome(key) && !resumed, attempted })
+      switch (step._tag) {
+        case "Done":
+          return { resumed, failedRoles: [] } satisfies RestoreOutcome
+        case "AnchorJournal":
+          yield* files.write(CLEANUP_FILE, encodeCleanupJournal(freshCleanupJournal()))
+          yield* audit("matrix_recovery_key_restore_cleanup_anchored", {})
+          break
+        case "WriteKey":
+          if (Option.isNone(key)) return { resumed, failedRoles: [] }
+          yield* files.create(KEY_FILE, `${key.value}\n`)
+          break
+        case "RemoveArtifact": {
+          if (journal === undefined) break
+          attempted.push(step.index)
+          const artifact = journal.artifacts[step.index]!
+          const rel = CLEANUP_ARTIFACTS.find((a) => a.role === artifact.role)?.path ?? artifact.path
+          const result = yield* files.remove(rel).pipe(
+            Effect.map((removed) => ({ state: removed ? "removed" as const : "not_found" as const })),
+            Effect.catchAll(() => Effect.succeed({ state: "failed" as const, errorKind: "remove_failed" as const }))
+          )
+          yield* files.write(
+            CLEANUP_FILE,
+            encodeCleanupJournal({ ...journal, artifacts: journal.artifacts.map((a, j) => (j === step.index ? { ...a, result } : a)) })
+          )
+          break
+        }
+        case "MarkCompleted":
+          if (journal === undefined) break
+          yield* files.write(CLEANUP_FILE, encodeCleanupJournal({ ...journal, phase: "completed" }))
+          break
+        case "RemoveJournal":
+          yield* files.remove(CLEANUP_FILE)
+          break
+        case "Failed": {
+          const j = journal!
+          yield* audit("matrix_recovery_key_restore_cleanup_failed", {
+            artifacts: j.artifacts.map((a) => ({ role: a.role, ...(a.result.state === "failed" ? { errorKind: a.result.errorKind } : { state: a.result.state }) }))
+          })
+          return { resumed, failedRoles: step.failedRoles } satisfies RestoreOutcome
+        }
+      }
+    }
+    return yield* Effect.die(new Error("recovery-key restore cleanup did not settle"))
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The SDK side
+
+/** The keys this process holds, and the secret-storage callback that offers the one that fits. */
+export const makeKeyring = () => {
+  const keys = new Set<string>()
+  const matches = async (encoded: string, info: SecretStorageKeyDescription) => {
+    try {
+      const raw = decodeRecoveryKey(encoded)
+      if (info.mac === undefined) return false
+      const { mac } = await calculateKeyCheck(raw, info.iv)
+      const trim = (s: string) => s.replace(/=+$/, "")
+      return trim(mac) === trim(info.mac)
+    } catch {
+      return false
+    }
+  }
+  const callbacks: CryptoCallbacks = {
+    getSecretStorageKey: async ({ keys: wanted }) => {
+      for (const encoded of keys) {
+        for (const [keyId, info] of Object.entries(wanted)) {
+          if (await matches(encoded, info)) return [keyId, decodeRecoveryKey(encoded)]
+        }
+      }
+      return null
+    }
+  }
+  return { add: (k: string) => keys.add(k.trim()), matches, callbacks }
+}
+export type Keyring = ReturnType<typeof makeKeyring>
+
+const sdkText = (e: unknown) => {
+  const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
+  if (typeof err?.errcode === "string") return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  const msg = typeof err?.message === "string" ? err.message : String(e)
+  return msg.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200)
+}
+
+/** The §5.8 reason of a failed restore; the SDK's text never reaches the operator. */
+export const restoreReasonOf = (e: unknown): RestoreFailureReason => {
+  const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
+  const msg = String(err?.message ?? e).toLowerCase()
+  if (err?.httpStatus === 401) return "auth-state"
+  if (err?.name === "ConnectionError" || err?.name === "TimeoutError" || msg.includes("fetch failed")) return "transport-error"
+  if (msg.includes("getsecretstoragekey") || msg.includes("mac") || msg.includes("decrypt") || msg.includes("does not match")) return "wrong-key"
+  if (msg.includes("unpickl")) return "unpickling-failed"
+  if (msg.includes("json") || msg.includes("serde")) return "account-data-invalid"
+  if (msg.includes("store")) return "local-store"
+  return "sdk-internal"
+}
+
+/** The homeserver side over a running, synced client. */
+export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServer => {
+  const probe = (pendingKey: Option.Option<string>) =>
+    Effect.tryPromise({
+      try: async (): Promise<Exclude<ServerSecretStorage, "Unknown">> => {
+        const id = await client.secretStorage.getDefaultKeyId()
+        if (id === null) return "None"
+        const found = await client.secretStorage.getKey(id)
+        if (found === null) return "None"
+        return Option.isSome(pendingKey) && (await keyring.matches(pendingKey.value, found[1])) ? "MatchesPending" : "Other"
+      },
+      catch: (e) => stateProbe(`reading secret storage from the homeserver failed: ${sdkText(e)}. Check that the homeserver is reachable and restart.`)
+    })
+  const install = (key: string) =>
+    Effect.tryPromise({
+      try: async () => {
+        const crypto = client.getCrypto()
+        if (crypto === undefined) throw new Error("the client has no crypto")
+        keyring.add(key)
+        await crypto.bootstrapSecretStorage({
+          createSecretStorageKey: async () => ({ privateKey: decodeRecoveryKey(key), encodedPrivateKey: key }),
+          setupNewSecretStorage: true,
+          setupNewKeyBackup: true
+        })
+      },
+      catch: (e) => stateProbe(`Matrix recovery enable failed: ${sdkText(e)}. The new key is kept in recovery_key.pending; restart to retry.`)
+    })
+  const generate = Effect.sync(() => {
+    const raw = new Uint8Array(32)
+    globalThis.crypto.getRandomValues(raw)
+    const encoded = encodeRecoveryKey(raw)
+    if (encoded === undefined) throw new Error("recovery key encoding failed")
+    return encoded
+  })
+  return { probe, install, generate }
+}
+
+interface BootstrapContext {
+  readonly client: MatrixClient
+  readonly keyring: Keyring
+  readonly secrets: ConfigSecretsShape
+  readonly status: ChannelStatusShape
+  readonly audit: Audit
+  readonly files: RecoveryFiles
+}
+
+const isUiaChallenge = (e: unknown) => {
+  const err = e as { httpStatus?: unknown; data?: { flows?: unknown } }
+  return err?.httpStatus === 401 && err.data?.flows !== undefined
+}
+
+class MissingPassword extends Error {}
+
+/** §5.2 step 6: restore from `recovery_key` when the file exists (every start). */
+export const restoreAtStartup = (ctx: BootstrapContext) =>
+  Effect.gen(function*() {
+    const text = yield* ctx.files.read(KEY_FILE, MAX_KEY_BYTES)
+    if (Option.isNone(text)) return false
+    const K = path.join(ctx.files.root, KEY_FILE)
+    const fail = (reason: RestoreFailureReason) =>
+      recoveryError(
+        "recovery-key-restore-failed",
+        `Matrix recovery-key restore failed (${reason}): Matrix recovery-key restore from ${K} failed; reason=${reason}. Verify the key in Element, run \`cara matrix recovery-key restore\` with the daemon stopped, and restart.`,
+        reason
+      )
+    if (text.value.trim() === "") return yield* fail("empty-key-file")
+    const key = text.value.trim()
+    ctx.keyring.add(key)
+    const crypto = ctx.client.getCrypto()
+    if (crypto === undefined) return yield* fail("sdk-internal")
+    yield* Effect.tryPromise({
+      try: async () => {
+        const id = await ctx.client.secretStorage.getDefaultKeyId()
+        const found = id === null ? null : await ctx.client.secretStorage.getKey(id)
+        if (found === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
+        if (!(await ctx.keyring.matches(key, found[1]))) throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+        const status = await crypto.getCrossSigningStatus()
+        const cached = status.privateKeysCachedLocally
+        if (!(cached.masterKey && cached.selfSigningKey && cached.userSigningKey) && status.privateKeysInSecretStorage) {
+          // reads the cross-signing keys out of secret storage (no new identity: they exist there)
+          await crypto.bootstrapCrossSigning({})
+        }
+        if ((await crypto.getSessionBackupPrivateKey()) === null) {
+          const info = await crypto.getKeyBackupInfo()
+          if (info !== null) await crypto.loadSessionBackupPrivateKeyFromSecretStorage()
+        }
+        await crypto.checkKeyBackupAndEnable()
+      },
+      catch: (e) => fail(((e as { reason?: RestoreFailureReason }).reason) ?? restoreReasonOf(e))
+    })
+    yield* ctx.audit("matrix_recovery_key_restored_at_startup", {})
+    return true
+  })
+
+/** §5.2 step 7: cross-signing, never a new identity over an existing one; our device signed. */
+export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, deviceId: string) =>
+  Effect.gen(function*() {
+    const crypto = ctx.client.getCrypto()
+    if (crypto === undefined) return yield* recoveryError("cross-signing-bootstrap-failed", "Matrix cross-signing bootstrap failed: the Matrix client has no end-to-end encryption.")
+    const password = yield* ctx.secrets.secretOption("matrix.password").pipe(Effect.orElseSucceed(() => Option.none<Redacted.Redacted<string>>()))
+    let usedPassword = false
+    const outcome = yield* Effect.tryPromise({
+      try: async () => {
+        const onServer = await crypto.userHasCrossSigningKeys(userId, true)
+        const st = await crypto.getCrossSigningStatus()
+        const cached = st.privateKeysCachedLocally.masterKey && st.privateKeysCachedLocally.selfSigningKey
+        if (onServer && !cached) {
+          return "identity-unavailable" as const
+        }
+        await crypto.bootstrapCrossSigning({
+          authUploadDeviceSigningKeys: async (makeRequest) => {
+            try {
+              await makeRequest(null)
+              return
+            } catch (e) {
+              if (!isUiaChallenge(e)) throw e
+              if (Option.isNone(password)) throw new MissingPassword()
+              usedPassword = true
+              await makeRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: userId },
+                password: Redacted.value(password.value),
+                session: (e as { data?: { session?: string } }).data?.session
+              } as never)
+            }
+          }
+        })
+        const dev = await crypto.getDeviceVerificationStatus(userId, deviceId)
+        if (dev !== null && !dev.signedByOwner) await crypto.crossSignDevice(deviceId)
+        return "ok" as const
+      },
+      catch: (e) => e
+    }).pipe(
+      Effect.catchAll((e) =>
+        Effect.gen(function*() {
+          if (e instanceof MissingPassword) {
+            yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: "failed_missing_password" })
+            return yield* recoveryError("cross-signing-bootstrap-failed", "Matrix cross-signing bootstrap failed: cross-signing bootstrap requires password UIA; provide matrix.password or MATRIX_PASSWORD once and restart.")
+          }
+          const code = (e as { errcode?: unknown }).errcode
+          if (usedPassword && (code === "M_UNKNOWN_TOKEN" || code === "M_USER_DEACTIVATED" || code === "M_USER_LOCKED")) {
+            return yield* recoveryError("auth-token-revoked", `Matrix access token rejected by homeserver: ${String(code)}. Mint a new token or verify the password, then restart.`)
+          }
+          yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: usedPassword ? "failed_after_uia" : "failed_before_uia" })
+          return yield* recoveryError(
+            "cross-signing-bootstrap-failed",
+            `Matrix cross-signing bootstrap failed: cross-signing bootstrap failed ${usedPassword ? "after" : "before"} UIA: ${sdkText(e)}. Check the password (matrix.password or MATRIX_PASSWORD) and restart.`
+          )
+        })
+      )
+    )
+    if (outcome === "identity-unavailable") {
+      yield* ctx.status.updateMatrix((x) => ({ ...x, crossSigning: "not-bootstrapped" }))
+      return yield* recoveryError(
+        "cross-signing-bootstrap-failed",
+        "Matrix cross-signing bootstrap failed: the account already has a cross-signing identity, but this device has neither its private keys nor a recovery key that opens them. Refusing to create a new identity (every peer that verified the bot would see it change). Stop the daemon, run `cara matrix recovery-key restore` with the account's recovery key, and restart."
+      )
+    }
+    return { usedPassword }
+  })
+
+export interface RecoveryKeyOptions {
+  readonly files?: (stateDir: StateDirShape) => RecoveryFiles
+}
+
+export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
+  Effect.gen(function*() {
+    const stateDir = yield* StateDir
+    const secrets = yield* ConfigSecrets
+    const status = yield* ChannelStatus
+    const files = (options.files ?? nodeRecoveryFiles)(stateDir)
+    const audit = fileAudit(stateDir)
+    const keyring = makeKeyring()
+
+    const afterFirstSync = (client: MatrixClient) =>
+      Effect.gen(function*() {
+        const userId = client.getSafeUserId()
+        const deviceId = client.getDeviceId() ?? ""
+        const ctx: BootstrapContext = { client, keyring, secrets, status, audit, files }
+        yield* restoreAtStartup(ctx)
+        const { usedPassword } = yield* bootstrapCrossSigning(ctx, userId, deviceId)
+        const mint = yield* runMint(files, sdkServer(client, keyring), audit)
+        const mintedAt = Date.now()
+        yield* audit("matrix_cross_signing_bootstrapped", {
+          outcome: usedPassword ? "bootstrapped_after_uia" : "confirmed_or_bootstrapped_without_uia"
+        })
+        if (mint.minted) {
+          yield* Effect.logWarning(
+            "Matrix recovery key created and stored locally; capture the owner-only recovery key (`cara matrix recovery-key show`) before relying on encrypted Matrix backup"
+          )
+        }
+        for (const w of mint.warnings) yield* Effect.logWarning(w)
+        const verified = yield* Effect.promise(() =>
+          client.getCrypto()?.getDeviceVerificationStatus(userId, deviceId) ?? Promise.resolve(null)
+        ).pipe(Effect.map((s) => s?.crossSigningVerified === true), Effect.orElseSucceed(() => false))
+        yield* status.updateMatrix((x) => ({
+          ...x,
+          crossSigning: verified ? "verified" : "bootstrapped",
+          ...(mint.minted ? { firstRecoveryKeyMintedAt: mintedAt } : {})
+        }))
+        if (usedPassword) {
+          yield* secrets.removeMatrixPassword().pipe(
+            Effect.catchAll((e) => Effect.logWarning(`removing matrix.password from the config after cross-signing failed: ${e.message}`))
+          )
+        }
+      }).pipe(Effect.withSpan("RecoveryKey.afterFirstSync"))
+
+    return {
+      cryptoCallbacks: keyring.callbacks,
+      repair: runRepair(files, audit).pipe(Effect.asVoid),
+      afterFirstSync
+    } satisfies RecoveryKeyShape
+  })
+
+export const RecoveryKeyLive = Layer.effect(RecoveryKey, makeRecoveryKey())
