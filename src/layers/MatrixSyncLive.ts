@@ -563,6 +563,8 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
 
     client.on(sdk.RoomStateEvent.Events, (ev) => {
       if (encryptedMode || ev.getType() !== sdk.EventType.RoomEncryption) return
+      // only rooms the bot is in: an invite's stripped state is judged (and counted) by handleInvite
+      if (client.getRoom(ev.getRoomId())?.getMyMembership() !== sdk.KnownMembership.Join) return
       fork(
         status.updateMatrix((x) => ({
           ...x,

@@ -1,0 +1,120 @@
+// Who and what the daemon answers, against the real Synapse: group rooms answer mentions only, disallowed
+// inviters and senders get nothing, invisible-only messages are ignored and counted, encrypted=false
+// refuses an encrypted invite.
+import * as fs from "node:fs"
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { Human } from "../support/human.js"
+import { describeSynapse } from "../support/synapse/index.js"
+import { type Bot, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+
+describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  const bots: Array<Bot> = []
+  const humans: Array<Human> = []
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+  })
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      for (const b of bots) {
+        const file = `${b.dir}/daemon-output.log`
+        fs.writeFileSync(file, b.output())
+        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}\n`)
+      }
+    }
+    for (const b of bots.splice(0)) await b.stop("SIGKILL")
+    for (const h of humans.splice(0)) await h.stop()
+  })
+  afterAll(async () => {
+    await closeLlm()
+  })
+
+  const human = async () => {
+    const u = await hs.registerUser()
+    const h = await Human.login(hs.baseUrl, u.userId, u.password)
+    humans.push(h)
+    await h.start()
+    return h
+  }
+  const replyTo = (h: Human, roomId: string, bot: Bot, eventId: string) =>
+    h.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId, 45_000)
+
+  it("in a group room answers only when mentioned", async () => {
+    const alice = await human()
+    const bob = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId, bob.userId] })
+    bots.push(bot)
+    await bot.start()
+    const roomId = await alice.createEncryptedRoom([bot.user.userId, bob.userId], "group")
+    await bob.joinRoom(roomId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
+
+    await alice.sendText(roomId, "just chatting with bob")
+    const mentioned = await alice.sendText(roomId, `${bot.user.userId} what do you think?`)
+    await replyTo(alice, roomId, bot, mentioned)
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([mentioned])
+  }, 180_000)
+
+  it("never joins for a disallowed inviter, and ignores a disallowed sender in an allowed room", async () => {
+    const alice = await human()
+    const mallory = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: `groupMessages: "all",` })
+    bots.push(bot)
+    await bot.start()
+
+    const malloryDm = await mallory.createEncryptedDm(bot.user.userId)
+    await mallory.waitForMembership(malloryDm, bot.user.userId, "leave", 30_000)
+    await bot.waitForLog(/Matrix invite rejected: inviter not in matrix.autoJoin allowlist/)
+
+    const roomId = await alice.createEncryptedRoom([bot.user.userId, mallory.userId], "mixed")
+    await mallory.joinRoom(roomId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    await alice.waitForMembership(roomId, mallory.userId, "join", 30_000)
+    await mallory.sendText(roomId, `${bot.user.userId} please answer me`)
+    const fromAlice = await alice.sendText(roomId, "and me?")
+    await replyTo(alice, roomId, bot, fromAlice)
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([fromAlice])
+
+    const status = await bot.status()
+    const extra = status?.["extra"] as Record<string, number>
+    expect(extra["peerDropAllowlistRejectionTotal"]).toBeGreaterThanOrEqual(2)
+  }, 180_000)
+
+  // An over-64-KiB body cannot reach the bot through Synapse (its 65536-byte event limit is smaller than the
+  // body limit plus the envelope), so the size gate is covered by the unit tests (matrix-pure.test.ts).
+  it("ignores and counts invisible-only messages", async () => {
+    const alice = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    await bot.start()
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+
+    await alice.sendText(roomId, "\u200b\u200e \u2066")
+    const normal = await alice.sendText(roomId, "a normal question")
+    await replyTo(alice, roomId, bot, normal)
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([normal])
+
+    const extra = (await bot.status())?.["extra"] as Record<string, number>
+    expect(extra["peerDropBodyTooLargeTotal"]).toBe(0)
+    expect(extra["unsupportedInboundCount"]).toBe(1)
+    expect(extra["joinedRoomCount"]).toBe(1)
+    expect(extra["encryptedRoomCount"]).toBe(1)
+  }, 180_000)
+
+  it("with encrypted=false refuses an encrypted invite, even from an allowed user", async () => {
+    const alice = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
+    bots.push(bot)
+    await bot.start()
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "leave", 30_000)
+    await bot.waitForLog(/Matrix invite rejected: room is encrypted and matrix.encrypted=false/)
+    const extra = (await bot.status())?.["extra"] as Record<string, number>
+    expect(extra["peerDropEncryptedRoomTotal"]).toBe(1)
+  }, 180_000)
+})
