@@ -1,6 +1,7 @@
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
 import { ChannelInfo } from "./channel.js"
+import { DlqDetail, DlqReplayReport, DlqSummary } from "./dlq.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors. Every error body has one shape: `{ "ok": false, "error": { "kind", "message", "retryAfterMs"?,
@@ -42,6 +43,8 @@ export class BadRequest extends Schema.TaggedError<BadRequest>()("BadRequest", E
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", ErrorDetail) {}
 /** 403: refused although authenticated or before auth (`csrf-origin-mismatch`, `non-local-client`). */
 export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", ErrorDetail) {}
+/** 404: the named thing does not exist (`dlq-record-not-found`). */
+export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", ErrorDetail) {}
 /** 429: per-IP rate limit (`rate-limited`); `retryAfterMs` and `Retry-After` say when to retry. */
 export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", ErrorDetail) {}
 /** 502: the Matrix runtime refused or failed the call (`send-failed`, `room-not-found`, ...). */
@@ -52,6 +55,7 @@ export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()
 export const BadRequestWire = wire(BadRequest, 400)
 export const UnauthorizedWire = wire(Unauthorized, 401)
 export const ForbiddenWire = wire(Forbidden, 403)
+export const NotFoundWire = wire(NotFound, 404)
 export const TooManyRequestsWire = wire(TooManyRequests, 429)
 export const BadGatewayWire = wire(BadGateway, 502)
 export const ServiceUnavailableWire = wire(ServiceUnavailable, 503)
@@ -177,6 +181,54 @@ export class MatrixGroup extends HttpApiGroup.make("matrix")
 {}
 
 // ---------------------------------------------------------------------------------------------------------
+// dlq: the inbound dead-letter queue (list / show / replay / purge). The body of a record travels only on
+// `show` with `reveal=true`.
+
+export class DlqList extends Schema.Class<DlqList>("DlqList")({
+  ok: Schema.Literal(true),
+  records: Schema.Array(DlqSummary),
+  /** Lines that cannot be decoded now (no key yet, or awaiting quarantine at the next replay). */
+  undecodable: Schema.Int
+}) {}
+
+export class DlqShow extends Schema.Class<DlqShow>("DlqShow")({ ok: Schema.Literal(true), record: DlqDetail }) {}
+
+/** `{"id": "..."}` or `{"all": true}`; exactly one. */
+export const DlqSelectRequest = Schema.Struct({ id: Schema.optional(Schema.String), all: Schema.optional(Schema.Boolean) })
+
+export class DlqReplayResult extends Schema.Class<DlqReplayResult>("DlqReplayResult")({ ok: Schema.Literal(true), report: DlqReplayReport }) {}
+
+export class DlqPurgeResult extends Schema.Class<DlqPurgeResult>("DlqPurgeResult")({ ok: Schema.Literal(true), purged: Schema.Int }) {}
+
+export class DlqGroup extends HttpApiGroup.make("dlq")
+  .add(HttpApiEndpoint.get("list", "/control/matrix/dlq").addSuccess(DlqList).addError(ServiceUnavailableWire))
+  .add(
+    HttpApiEndpoint.get("show", "/control/matrix/dlq/:id")
+      .setPath(Schema.Struct({ id: Schema.String }))
+      .setUrlParams(Schema.Struct({ reveal: Schema.optional(Schema.Literal("true", "false")) }))
+      .addSuccess(DlqShow)
+      .addError(NotFoundWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .add(
+    HttpApiEndpoint.post("replay", "/control/matrix/dlq/replay")
+      .setPayload(DlqSelectRequest)
+      .addSuccess(DlqReplayResult)
+      .addError(NotFoundWire)
+      .addError(BadGatewayWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .add(
+    HttpApiEndpoint.post("purge", "/control/matrix/dlq/purge")
+      .setPayload(DlqSelectRequest)
+      .addSuccess(DlqPurgeResult)
+      .addError(NotFoundWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .middleware(GatewayAuthorization)
+{}
+
+// ---------------------------------------------------------------------------------------------------------
 // metrics: Prometheus text exposition, no auth (reference §13.3)
 
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -192,6 +244,7 @@ export class CaraApi extends HttpApi.make("cara")
   .add(HealthGroup)
   .add(ControlGroup)
   .add(MatrixGroup)
+  .add(DlqGroup)
   .add(MetricsGroup)
   .addError(BadRequestWire)
 {}

@@ -8,8 +8,13 @@ import {
   CaraApi,
   Channels,
   ControlStatus,
+  DlqList,
+  DlqPurgeResult,
+  DlqReplayResult,
+  DlqShow,
   Health,
   isApiError,
+  NotFound,
   NotReady,
   PROMETHEUS_CONTENT_TYPE,
   Ready,
@@ -20,6 +25,8 @@ import type { ChannelInfo } from "../domain/channel.js"
 import { bindToHost } from "../domain/gateway.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
+import type { DlqError, DlqRecordNotFound } from "../domain/dlq.js"
+import { Dlq, type DlqSelector, type DlqShape } from "../services/Dlq.js"
 import { EventBus } from "../services/EventBus.js"
 import { MatrixControl, type MatrixControlError } from "../services/MatrixControl.js"
 import { Metrics } from "../services/Metrics.js"
@@ -156,6 +163,45 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
       }))
   }))
 
+// The DLQ endpoints answer `matrix-runtime-unavailable` when no Dlq is provided (gateway-only tests).
+const dlqUnavailable = (e: DlqError) => new ServiceUnavailable({ kind: e.kind, message: e.message })
+const dlqLookup = (e: DlqError | DlqRecordNotFound): NotFound | ServiceUnavailable =>
+  e._tag === "DlqRecordNotFound" ? new NotFound({ kind: e.kind, message: e.message }) : dlqUnavailable(e)
+const dlqReplayFailure = (e: DlqError | DlqRecordNotFound): NotFound | BadGateway | ServiceUnavailable =>
+  e._tag === "DlqError" && e.kind === "dlq-dispatch-failure" ? new BadGateway({ kind: e.kind, message: e.message }) : dlqLookup(e)
+
+const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
+  Effect.gen(function*() {
+    const found = yield* Effect.serviceOption(Dlq)
+    const withDlq = <A, E>(f: (dlq: DlqShape) => Effect.Effect<A, E>) =>
+      Option.match(found, {
+        onNone: () =>
+          Effect.fail(new ServiceUnavailable({
+            kind: "matrix-runtime-unavailable",
+            message: "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
+            retryAfterMs: 5000
+          })),
+        onSome: f
+      })
+    const selector = (p: { readonly id?: string | undefined; readonly all?: boolean | undefined }): Effect.Effect<DlqSelector, BadRequest> =>
+      p.all === true && p.id === undefined
+        ? Effect.succeed({ _tag: "All" })
+        : p.all !== true && p.id !== undefined && /^[0-9a-f]{16}$/.test(p.id)
+        ? Effect.succeed({ _tag: "One", id: p.id })
+        : Effect.fail(new BadRequest({ kind: "invalid-request", message: "give either an id (16 hex characters, from `cara matrix dlq list`) or all: true" }))
+    return handlers
+      .handle("list", () =>
+        withDlq((d) => d.list.pipe(Effect.map((l) => new DlqList({ ok: true, records: l.records, undecodable: l.undecodable })), Effect.mapError(dlqUnavailable))))
+      .handle("show", ({ path, urlParams }) =>
+        withDlq((d) => d.show(path.id, urlParams.reveal === "true").pipe(Effect.map((record) => new DlqShow({ ok: true, record })), Effect.mapError(dlqLookup))))
+      .handle("replay", ({ payload }) =>
+        Effect.flatMap(selector(payload), (sel) =>
+          withDlq((d) => d.replay(sel).pipe(Effect.map((report) => new DlqReplayResult({ ok: true, report })), Effect.mapError(dlqReplayFailure)))))
+      .handle("purge", ({ payload }) =>
+        Effect.flatMap(selector(payload), (sel) =>
+          withDlq((d) => d.purge(sel).pipe(Effect.map((purged) => new DlqPurgeResult({ ok: true, purged })), Effect.mapError(dlqLookup)))))
+  }))
+
 const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
@@ -194,7 +240,7 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
   }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
 
 const ApiLive = HttpApiBuilder.api(CaraApi).pipe(
-  Layer.provide([HealthLive, ControlLive, MatrixLive, MetricsGroupLive]),
+  Layer.provide([HealthLive, ControlLive, MatrixLive, DlqGroupLive, MetricsGroupLive]),
   Layer.provide(ErrorShapingLive)
 )
 
