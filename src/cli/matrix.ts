@@ -1,5 +1,6 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Layer } from "effect"
+import { dlqCommand } from "./dlq.js"
 import { RekeyRefusedError } from "../domain/storePassphrase.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
@@ -35,6 +36,7 @@ const rekeyStoreCommand = Command.make(
 export const matrixCommand = Command.make("matrix").pipe(
   Command.withDescription("Maintain the Matrix channel's local state."),
   Command.withSubcommands([
-    rekeyStoreCommand
+    rekeyStoreCommand,
+    dlqCommand
   ])
 )

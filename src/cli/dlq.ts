@@ -1,0 +1,169 @@
+import * as readline from "node:readline"
+import { Args, Command, Options } from "@effect/cli"
+import { Console, Effect, Option, Schema } from "effect"
+import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
+import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
+
+/** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
+export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
+  kind: Schema.String,
+  message: Schema.String
+}) {}
+
+const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
+const portOption = Options.integer("port").pipe(
+  Options.withAlias("p"),
+  Options.withDescription("gateway port (default: gateway.port from the config, else 18789)"),
+  Options.optional
+)
+const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
+const allOption = Options.boolean("all").pipe(Options.withDescription("every record in the DLQ"))
+const idArg = Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`"), Args.optional)
+
+const client = (host: Option.Option<string>, port: Option.Option<number>) =>
+  Effect.flatMap(resolveTarget({ host, port }), gatewayClient)
+
+const callFailed = (e: unknown) => {
+  const d = describeClientError(e)
+  return new DlqCliError({ kind: d.kind ?? "dlq-call-failed", message: d.message })
+}
+
+const when = (ms: number) => new Date(ms).toISOString()
+
+export const renderList = (records: ReadonlyArray<DlqSummary>, undecodable: number): string => {
+  if (records.length === 0 && undecodable === 0) return "The inbound DLQ is empty."
+  const lines = [`${records.length} record(s) in the inbound DLQ${undecodable > 0 ? `, ${undecodable} undecodable line(s)` : ""}`, ""]
+  for (const r of records) {
+    lines.push(
+      `${r.id}  ${when(r.receivedAt)}  ${terminalSafe(r.senderId)} in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
+        (r.attempts > 0 ? `  attempts ${r.attempts}${r.lastError !== undefined ? ` (${terminalSafe(r.lastError)})` : ""}` : "")
+    )
+  }
+  if (undecodable > 0) lines.push("", "Undecodable lines are moved to matrix/inbound_dlq.corrupt.jsonl at the next replay (or kept until the store key is available).")
+  return lines.join("\n")
+}
+
+export const renderDetail = (r: DlqDetail): string =>
+  [
+    `Id:          ${r.id}`,
+    `Event:       ${terminalSafe(r.eventId)}`,
+    `Room:        ${terminalSafe(r.roomId)}`,
+    `Sender:      ${terminalSafe(r.senderId)}`,
+    `Received:    ${when(r.receivedAt)}`,
+    `Encrypted:   ${r.encrypted ? "yes" : "no"}`,
+    `Attempts:    ${r.attempts}${r.nextAttemptAt !== undefined ? ` (next automatic try ${when(r.nextAttemptAt)})` : ""}`,
+    ...(r.lastError !== undefined ? [`Last error:  ${terminalSafe(r.lastError)}`] : []),
+    `Body:        ${r.text !== undefined ? "" : `${r.textBytes} bytes (hidden; add --reveal on a terminal to print it)`}`,
+    ...(r.text !== undefined ? [terminalSafe(r.text)] : [])
+  ].join("\n")
+
+/** `<id>` xor `--all`, the same rule the API applies. */
+const selection = (id: Option.Option<string>, all: boolean) =>
+  Option.isSome(id) && !all
+    ? Effect.succeed({ id: id.value } as { id?: string; all?: boolean })
+    : Option.isNone(id) && all
+    ? Effect.succeed({ all: true } as { id?: string; all?: boolean })
+    : Effect.fail(new DlqCliError({ kind: "invalid-arguments", message: "give either a record id or --all (not both)" }))
+
+const listCommand = Command.make("list", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+  Effect.gen(function*() {
+    const api = yield* client(host, port)
+    const r = yield* api.dlq.list().pipe(Effect.mapError(callFailed))
+    yield* Console.log(json ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2) : renderList(r.records, r.undecodable))
+  })).pipe(Command.withDescription("List the records in the inbound DLQ (metadata only, never message bodies)."))
+
+const showCommand = Command.make(
+  "show",
+  {
+    host: hostOption,
+    port: portOption,
+    json: jsonOption,
+    id: Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`")),
+    reveal: Options.boolean("reveal").pipe(Options.withDescription("also print the message body (only to a terminal)"))
+  },
+  ({ host, id, json, port, reveal }) =>
+    Effect.gen(function*() {
+      // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
+      if (reveal && process.stdout.isTTY !== true) {
+        return yield* new DlqCliError({
+          kind: "dlq-reveal-not-terminal",
+          message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
+        })
+      }
+      const api = yield* client(host, port)
+      const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(Effect.mapError(callFailed))
+      yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
+    })
+).pipe(Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal."))
+
+const replayCommand = Command.make(
+  "replay",
+  { host: hostOption, port: portOption, json: jsonOption, id: idArg, all: allOption },
+  ({ all, host, id, json, port }) =>
+    Effect.gen(function*() {
+      const payload = yield* selection(id, all)
+      const api = yield* client(host, port)
+      const r = yield* api.dlq.replay({ payload }).pipe(Effect.mapError(callFailed))
+      const p = r.report
+      yield* Console.log(
+        json
+          ? JSON.stringify(p)
+          : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
+      )
+      if (p.failed > 0) process.exitCode = 1
+    })
+).pipe(Command.withDescription("Replay one DLQ record now (or --all), answering each event at most once."))
+
+/** Reads one line from stdin after printing `prompt` on stderr. */
+const askLine = (prompt: string) =>
+  Effect.async<string>((resume) => {
+    const rl = readline.createInterface({ input: process.stdin, output: process.stderr, terminal: false })
+    process.stderr.write(prompt)
+    let answered = false
+    rl.once("line", (line) => {
+      answered = true
+      rl.close()
+      resume(Effect.succeed(line.trim()))
+    })
+    rl.once("close", () => {
+      if (!answered) resume(Effect.succeed(""))
+    })
+    return Effect.sync(() => rl.close())
+  })
+
+const purgeCommand = Command.make(
+  "purge",
+  {
+    host: hostOption,
+    port: portOption,
+    json: jsonOption,
+    id: idArg,
+    all: allOption,
+    yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
+  },
+  ({ all, host, id, json, port, yes }) =>
+    Effect.gen(function*() {
+      const payload = yield* selection(id, all)
+      if (!yes) {
+        const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
+        const typed = yield* askLine(
+          `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
+        )
+        if (typed !== expected) {
+          return yield* new DlqCliError({
+            kind: "dlq-purge-not-confirmed",
+            message: `not confirmed (expected "${expected}"); nothing was purged. Use --yes in scripts.`
+          })
+        }
+      }
+      const api = yield* client(host, port)
+      const r = yield* api.dlq.purge({ payload }).pipe(Effect.mapError(callFailed))
+      yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
+    })
+).pipe(Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts."))
+
+/** `cara matrix dlq ...` through the control API of the running daemon. */
+export const dlqCommand = Command.make("dlq").pipe(
+  Command.withDescription("Inspect, replay and purge the Matrix inbound dead-letter queue of the running daemon."),
+  Command.withSubcommands([listCommand, showCommand, replayCommand, purgeCommand])
+)
