@@ -96,6 +96,8 @@ interface Entry {
   request: VerificationRequest | undefined
   verifier: Verifier | undefined
   sas: ShowSasCallbacks | undefined
+  /** The callbacks `record.sas` was captured from (the SAS is re-read only when they change). */
+  sasFrom: ShowSasCallbacks | undefined
   /** The operator accepted (or started) the flow: SAS is started and answered without asking again. */
   engaged: boolean
   verifyCalled: Set<Verifier>
@@ -199,7 +201,8 @@ export const makeVerification = Effect.gen(function*() {
       if (current !== undefined && current !== e.verifier) attachVerifier(e, current)
       if (e.request !== undefined && e.engaged) maybeStartSas(e)
       const state = currentState(e)
-      const sas = e.sas === undefined ? e.record.sas : (sasOf(e.sas) ?? e.record.sas)
+      const sas = e.sas === undefined || e.sas === e.sasFrom ? e.record.sas : (sasOf(e.sas) ?? e.record.sas)
+      e.sasFrom = e.sas
       const deviceId = e.record.deviceId ?? (e.request?.otherDeviceId === undefined ? undefined : sanitizeDisplay(e.request.otherDeviceId))
       if (state === e.record.state && sas === e.record.sas && deviceId === e.record.deviceId) return
       const now = yield* Clock.currentTimeMillis
@@ -317,6 +320,7 @@ export const makeVerification = Effect.gen(function*() {
         request: undefined,
         verifier: undefined,
         sas: undefined,
+        sasFrom: undefined,
         engaged,
         verifyCalled: new Set(),
         confirmed: false,
