@@ -5,6 +5,7 @@ import { RekeyRefusedError } from "../domain/storePassphrase.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
+import { recoveryKeyCommand } from "./recoveryKey.js"
 
 // Offline maintenance runs on the config and the state dir only; never through the control API.
 const MaintenanceLive = StorePassphraseLive.pipe(Layer.provideMerge(ConfigSecretsLive), Layer.provideMerge(StateDirLive))
@@ -37,6 +38,7 @@ export const matrixCommand = Command.make("matrix").pipe(
   Command.withDescription("Maintain the Matrix channel's local state."),
   Command.withSubcommands([
     rekeyStoreCommand,
-    dlqCommand
+    dlqCommand,
+    recoveryKeyCommand
   ])
 )
