@@ -59,7 +59,14 @@ export const MatrixErrorKind = Schema.Literal(
   "room-not-found",
   "unsupported-room",
   "send-failed",
-  "send-terminal"
+  "send-terminal",
+  // the recovery-key subsystem (src/domain/recoveryKey.ts)
+  "recovery-key-restore-failed",
+  "cross-signing-bootstrap-failed",
+  "recovery-state-probe-failed",
+  "recovery-state-io",
+  "recovery-config-precondition",
+  "recovery-key-promotion-refused"
 )
 export type MatrixErrorKind = typeof MatrixErrorKind.Type
 

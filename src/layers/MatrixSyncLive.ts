@@ -30,12 +30,14 @@ import type { InboundShape, RoomFacts } from "../services/Inbound.js"
 import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
 import { type MatrixSession, MatrixSync, type MatrixSyncShape } from "../services/MatrixSync.js"
 import type { OutboundShape } from "../services/Outbound.js"
+import { RecoveryKey } from "../services/RecoveryKey.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
 import { normalizeAllowlist, allowsUser } from "./allowlist.js"
 import { makeCryptoStore } from "./CryptoStoreLive.js"
 import { type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
 import { makeOutbound, type MatrixTransport } from "./OutboundLive.js"
+import { recoveryFailure } from "./RecoveryKeyLive.js"
 
 export const CHANNEL_ID = "matrix"
 /** The device display name of a password login (reference §5.2). */
@@ -370,6 +372,10 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     const allowlist = normalizeAllowlist(m.autoJoin)
     const groupMessages: GroupMessages = m.groupMessages
 
+    // recovery-key artifacts are repaired (or refused) before anything is opened (reference §5.2 step 2)
+    const recovery = yield* Effect.serviceOption(RecoveryKey)
+    if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.repair.pipe(Effect.mapError(recoveryFailure))
+
     // 1. the store (before any network I/O: a wrong passphrase must not mint a device)
     const secret = encryptedMode
       ? { encrypted: true as const, passphrase: yield* passphrase.resolve.pipe(Effect.mapError(storeOpenFailure)) }
@@ -425,6 +431,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
             store: syncStore,
             localTimeoutMs: HTTP_TIMEOUT_MS,
             verificationMethods: ["m.sas.v1"],
+            ...(Option.isSome(recovery) ? { cryptoCallbacks: recovery.value.cryptoCallbacks } : {}),
             logger: makeSdkLogger(runtime)
           }),
         catch: (e) => new MatrixError({ kind: "client-build", message: `failed to build Matrix client: ${describe(e)}` })
@@ -651,6 +658,8 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
 
     // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
     // held undecryptable events; the allowlisted users' devices.
+    // cross-signing needs our own identity known, so after the first sync; before the password is dropped
+    if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
     if (creds.mode === "password") {
       yield* secrets.removeMatrixPassword().pipe(
         Effect.mapError((e) => new MatrixError({ kind: "token-persistence", message: `failed to remove matrix.password after login: ${e.message}` }))

@@ -47,6 +47,7 @@ import {
   ROTATE_STEPS,
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
+import { MatrixError } from "../domain/matrix.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
@@ -804,3 +805,10 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
   })
 
 export const RecoveryKeyLive = Layer.effect(RecoveryKey, makeRecoveryKey())
+
+/** A recovery-key failure as the Matrix runtime reports it (channel `error`, `lastErrorKind`). */
+export const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
+  new MatrixError({
+    kind: e.kind === "recovery-key-invalid" || e.kind === "recovery-key-refused" ? "recovery-state-io" : e.kind,
+    message: e.message
+  })

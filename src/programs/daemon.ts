@@ -4,12 +4,13 @@ import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { MatrixSyncLive } from "../layers/MatrixSyncLive.js"
+import { RecoveryKeyLive } from "../layers/RecoveryKeyLive.js"
 import { DaemonRekeyLockLive, StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 
 // The gateway's listener, placed where the config says, with gateway.auth (a refused auth setup fails startup).
 // The Matrix runtime provides MatrixControl (send-test); it runs only when matrix.enabled, and its failures put
 // the channel in `error` without stopping the gateway.
-const MatrixLive = MatrixSyncLive().pipe(Layer.provide(Layer.merge(AgentRuntimeLive, StorePassphraseLive)))
+const MatrixLive = MatrixSyncLive().pipe(Layer.provide(RecoveryKeyLive), Layer.provide(Layer.merge(AgentRuntimeLive, StorePassphraseLive)))
 const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixLive))
 
 // GatewayServicesLive: ChannelStatus, EventBus, Metrics, shared by the gateway and the channels.
