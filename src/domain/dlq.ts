@@ -46,7 +46,9 @@ export const DlqRecord = Schema.Struct({
   /** Unix ms when the failure was recorded. */
   receivedAt: Schema.Number,
   /** The thread root, so a replayed answer lands in the same thread (our addition; optional). */
-  threadId: Schema.optional(Schema.String)
+  threadId: Schema.optional(Schema.String),
+  /** The room had more than two members (the agent labels senders in groups; our addition; optional). */
+  isGroup: Schema.optional(Schema.Boolean)
 })
 export type DlqRecord = typeof DlqRecord.Type
 

@@ -5,7 +5,10 @@ import type { MatrixChannelExtra } from "../domain/channel.js"
 import type { InboundEvent } from "../domain/matrix.js"
 import type { AgentShape } from "../services/Agent.js"
 import type { ChannelStatusShape } from "../services/ChannelStatus.js"
+import { type DlqRecord, DlqError } from "../domain/dlq.js"
+import type { DlqShape } from "../services/Dlq.js"
 import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import { SessionStoreError } from "../services/Sessions.js"
 import type { OutboundShape } from "../services/Outbound.js"
 import { type Allowlist, allowsUser } from "./allowlist.js"
 
@@ -166,12 +169,27 @@ export const openLedger = (file: string): Ledger => {
 /**
  * TEST ONLY. `CARA_TEST_FAULT=after-reply-before-commit` kills the process (SIGKILL, no cleanup) right after
  * an answer was sent and before its ledger commit, so the integration test can prove that a restart does
- * not post the answer twice. Read here and nowhere else; never set it in production.
+ * not post the answer twice. `CARA_TEST_FAULT=session-write:<file>` makes the session write of every answer
+ * fail while `<file>` exists (the DLQ tests clear the fault by removing it). Read here and nowhere else;
+ * never set it in production.
  */
+const testFaultActive = (point: "after-reply-before-commit" | "session-write"): boolean => {
+  const v = process.env["CARA_TEST_FAULT"]
+  if (v === undefined) return false
+  if (v === point) return true
+  return v.startsWith(`${point}:`) && fs.existsSync(v.slice(point.length + 1))
+}
+
 const testFault = (point: "after-reply-before-commit") =>
   Effect.sync(() => {
-    if (process.env["CARA_TEST_FAULT"] === point) process.kill(process.pid, "SIGKILL")
+    if (testFaultActive(point)) process.kill(process.pid, "SIGKILL")
   })
+
+const testSessionWriteFault = Effect.suspend(() =>
+  testFaultActive("session-write")
+    ? Effect.fail(new SessionStoreError({ kind: "agent-history-io", message: "test fault: the session write was refused (CARA_TEST_FAULT)" }))
+    : Effect.void
+)
 
 // ---------------------------------------------------------------------------------------------------------
 // The pipeline
@@ -182,6 +200,8 @@ export interface InboundDeps {
   readonly agent: AgentShape
   readonly outbound: OutboundShape
   readonly status: ChannelStatusShape
+  /** Where events whose durable handling failed go (and are replayed from); without it they stay claimed. */
+  readonly dlq?: DlqShape
 }
 
 const bump = (status: ChannelStatusShape, counters: ReadonlyArray<Counter>) =>
@@ -236,9 +256,26 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         )
       )
 
-    const answer = (ev: InboundEvent, isGroup: boolean) =>
+    // Durable handling failed: the event goes to the DLQ (encrypted) and is replayed after a later sync.
+    const deadLetter = (ev: InboundEvent, isGroup: boolean, e: SessionStoreError) =>
+      failure(ev, "dispatch", e.message).pipe(
+        Effect.zipRight(
+          deps.dlq === undefined ? Effect.void : deps.dlq.append({
+            eventId: ev.eventId,
+            roomId: ev.roomId,
+            senderId: ev.sender,
+            text: ev.body,
+            receivedAt: Date.now(),
+            isGroup,
+            ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+          }).pipe(Effect.ignore)
+        )
+      )
+
+    const answerCore = (ev: InboundEvent, isGroup: boolean) =>
       Effect.gen(function*() {
         yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
+        yield* testSessionWriteFault
         const outcome = yield* outbound.whileTyping(
           ev.roomId,
           agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
@@ -257,9 +294,12 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
           Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
         )
-      }).pipe(
+      })
+
+    const answer = (ev: InboundEvent, isGroup: boolean) =>
+      answerCore(ev, isGroup).pipe(
         Effect.catchTags({
-          SessionStoreError: (e) => failure(ev, "dispatch", e.message),
+          SessionStoreError: (e) => deadLetter(ev, isGroup, e),
           MatrixError: (e) => failure(ev, "reply", `${e.kind}: ${e.message}`)
         }),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
@@ -296,11 +336,39 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         Effect.withSpan("Inbound.offer")
       )
 
+    // DLQ replay: the same handling in the foreground, so the record is removed only once it is durable.
+    const redeliver = (r: DlqRecord) =>
+      Effect.gen(function*() {
+        const busy = (why: string) => new DlqError({ kind: "dlq-dispatch-failure", message: why })
+        const state = yield* Effect.try({ try: () => ledger.state(r.eventId), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+        if (state === "committed") return
+        if (inProgress.has(r.eventId)) return yield* busy("the event is being answered right now")
+        yield* Effect.try({ try: () => ledger.claim(r.eventId, r.roomId, Date.now()), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+        inProgress.add(r.eventId)
+        const ev: InboundEvent = {
+          eventId: r.eventId,
+          roomId: r.roomId,
+          sender: r.senderId,
+          ts: r.receivedAt,
+          msgtype: "m.text",
+          body: r.text,
+          encrypted: true,
+          ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+        }
+        yield* answerCore(ev, r.isGroup ?? false).pipe(
+          Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
+          Effect.mapError((e) => (e instanceof DlqError ? e : busy(`${e._tag === "MatrixError" ? e.kind : "session"}: ${e.message}`))),
+          roomLock(r.roomId).withPermits(1),
+          Effect.ensuring(Effect.sync(() => inProgress.delete(r.eventId)))
+        )
+      }).pipe(Effect.withSpan("Inbound.redeliver"))
+
     const isCommitted = (eventId: string) =>
       Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
 
     return {
       offer,
+      redeliver,
       isCommitted,
       unfinished: Effect.sync(() => ledger.unfinished()),
       utd: {

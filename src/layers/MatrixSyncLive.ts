@@ -27,6 +27,7 @@ import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatu
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import type { CryptoStoreShape } from "../services/CryptoStore.js"
 import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
 import { type MatrixSession, MatrixSync, type MatrixSyncShape } from "../services/MatrixSync.js"
 import type { OutboundShape } from "../services/Outbound.js"
@@ -358,6 +359,8 @@ interface RuntimeDeps {
   readonly outboundRef: Ref.Ref<Option.Option<OutboundShape>>
   readonly sessionRef: Ref.Ref<Option.Option<MatrixSession>>
   readonly env: NodeJS.ProcessEnv
+  /** The inbound DLQ, when the daemon provides one. */
+  readonly dlq: Option.Option<DlqShape>
 }
 
 /** The whole runtime in one scope; fails with a MatrixError (terminal) or runs until interrupted. */
@@ -468,8 +471,25 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       ledger,
       agent,
       outbound,
-      status
+      status,
+      ...Option.match(deps.dlq, { onNone: () => ({}), onSome: (dlq) => ({ dlq }) })
     })
+    // DLQ replay hands records back to this pipeline for as long as the runtime runs; it is started after
+    // every successful sync (below), one replay at a time.
+    const dlqScope = yield* Effect.scope
+    let dlqReplaying = false
+    const replayDlq = () => {
+      if (Option.isNone(deps.dlq) || dlqReplaying) return
+      dlqReplaying = true
+      fork(Effect.forkIn(
+        deps.dlq.value.replayDue.pipe(
+          Effect.catchAll((e) => Effect.logWarning(`Matrix inbound DLQ replay failed: ${e.message}`).pipe(Effect.annotateLogs({ kind: e.kind }))),
+          Effect.ensuring(Effect.sync(() => void (dlqReplaying = false)))
+        ),
+        dlqScope
+      ))
+    }
+    if (Option.isSome(deps.dlq)) yield* deps.dlq.value.register({ allowed: (s) => allowsUser(allowlist, s), dispatch: inbound.redeliver })
     yield* Ref.set(deps.outboundRef, Option.some(outbound))
     yield* Effect.addFinalizer(() => Ref.set(deps.outboundRef, Option.none()))
 
@@ -608,6 +628,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
           const wasSticky = errorStreak >= STICKY_FAILURES
           errorStreak = 0
           fork(survey().pipe(Effect.zipRight(wasSticky ? status.setState(CHANNEL_ID, "connected") : Effect.void)))
+          if (prepared) replayDlq()
           return
         }
         if (state === sdk.SyncState.Error || state === sdk.SyncState.Reconnecting) {
@@ -745,6 +766,7 @@ export const makeMatrixSync = (env: NodeJS.ProcessEnv = process.env) =>
     const status = yield* ChannelStatus
     const agent = yield* Agent
     const passphrase = yield* StorePassphrase
+    const dlq = yield* Effect.serviceOption(Dlq)
     const outboundRef = yield* Ref.make(Option.none<OutboundShape>())
     const sessionRef = yield* Ref.make(Option.none<MatrixSession>())
     const m = secrets.config.matrix
@@ -752,7 +774,7 @@ export const makeMatrixSync = (env: NodeJS.ProcessEnv = process.env) =>
     if (m !== undefined && m !== null && m.enabled) {
       yield* status.setState(CHANNEL_ID, "connecting")
       yield* Effect.forkScoped(
-        Effect.scoped(runMatrix({ m, secrets, stateDir, status, agent, passphrase, outboundRef, sessionRef, env })).pipe(
+        Effect.scoped(runMatrix({ m, secrets, stateDir, status, agent, passphrase, outboundRef, sessionRef, env, dlq })).pipe(
           Effect.onExit((exit) =>
             Exit.match(exit, {
               onSuccess: () => Effect.void,

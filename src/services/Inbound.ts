@@ -1,4 +1,5 @@
 import { Context, type Effect } from "effect"
+import type { DlqError, DlqRecord } from "../domain/dlq.js"
 import type { InboundEvent } from "../domain/matrix.js"
 
 /** What the sync loop knows about the room an event arrived in, at the time it arrived. */
@@ -24,6 +25,11 @@ export interface InboundShape {
    * is to be answered, durably claimed; the answer itself runs in the background (one room at a time).
    */
   readonly offer: (event: InboundEvent, room: RoomFacts) => Effect.Effect<void>
+  /**
+   * DLQ replay of one record: answers it in the foreground (claim, agent, reply, commit) and succeeds once
+   * that is durable, or at once when the ledger says it was already answered.
+   */
+  readonly redeliver: (record: DlqRecord) => Effect.Effect<void, DlqError>
   /** True when the event was already answered (committed in the ledger). */
   readonly isCommitted: (eventId: string) => Effect.Effect<boolean>
   /** Events claimed but not committed (a crash interrupted them): the runtime re-fetches and re-offers them. */
