@@ -393,11 +393,10 @@ export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Aud
           break
         }
         case "PromotePending": {
-          // no-replace: a K that appeared meanwhile (a restore) wins
+          // one rename, so no crash leaves both N and K (K was observed absent; the lock keeps restore out)
           const pending = yield* files.read(PENDING_FILE, MAX_KEY_BYTES)
           if (Option.isNone(pending)) break
-          yield* files.create(KEY_FILE, `${pending.value.trim()}\n`)
-          yield* files.remove(PENDING_FILE)
+          yield* files.promote(PENDING_FILE, KEY_FILE, keyDigest(pending.value))
           minted = true
           break
         }
