@@ -1,0 +1,129 @@
+// Reply overhead and cost per reply, against a fresh Synapse from the test harness and the instant fake model.
+//   bot:   the human sends an encrypted message in a DM, the bot's encrypted reply is decrypted by the human;
+//          BENCH_REPLY_MESSAGES (200) sequential round trips; p50/p95/p99.
+//   floor: the same round trip between two human clients in an encrypted room (one sends, the other answers
+//          when it has decrypted the message), same count; the ratio bot/floor is the overhead we add.
+//   cost:  the daemon's CPU seconds and bytes written to storage (/proc/pid/io) per answered message.
+//   profile: a second daemon run under `node --cpu-prof` answering BENCH_PROFILE_MESSAGES (50), summarised
+//          as the top functions and packages by self time (0 turns it off).
+// Run: `npm run bench -- matrix-reply` or `node_modules/.bin/vite-node bench/matrix-reply.ts`.
+import * as fs from "node:fs"
+import * as path from "node:path"
+import type { Human } from "../test/support/human.js"
+import {
+  dirSize, dmWithBot, emit, envNumber, log, newestProfile, percentile, pidOf, replyTo, round, sample,
+  summariseProfile, world
+} from "./_matrix-lib.js"
+
+const N = envNumber("BENCH_REPLY_MESSAGES", 200)
+const WARMUP = envNumber("BENCH_REPLY_WARMUP", 5)
+const PROFILE_N = envNumber("BENCH_PROFILE_MESSAGES", 50)
+
+const stats = (xs: ReadonlyArray<number>) => ({
+  p50: round(percentile(xs, 50)),
+  p95: round(percentile(xs, 95)),
+  p99: round(percentile(xs, 99)),
+  mean: round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length))
+})
+
+/** Two humans ping-pong in an encrypted room: the floor any bot on this Synapse could reach. */
+const floor = async (alice: Human, bob: Human, count: number): Promise<Array<number>> => {
+  const roomId = await alice.createEncryptedRoom([bob.userId])
+  await bob.joinRoom(roomId, 30_000)
+  await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
+  const times: Array<number> = []
+  for (let i = -WARMUP; i < count; i++) {
+    const answered = (async () => {
+      const m = await bob.waitForMessage(roomId, (m) => m.sender === alice.userId && m.body === `ping ${i}`, 60_000)
+      await bob.client.sendEvent(roomId, "m.room.message" as never, {
+        msgtype: "m.text",
+        body: `pong ${i}`,
+        "m.relates_to": { "m.in_reply_to": { event_id: m.eventId } }
+      } as never)
+    })()
+    const t0 = performance.now()
+    const sent = await alice.sendText(roomId, `ping ${i}`)
+    await replyTo(alice, roomId, bob.userId, sent)
+    if (i >= 0) times.push(performance.now() - t0)
+    await answered
+  }
+  return times
+}
+
+const main = async () => {
+  const w = await world()
+  try {
+    const alice = await w.human()
+    const bob = await w.human()
+
+    log(`floor: ${N} round trips between two humans`)
+    const floorMs = await floor(alice, bob, N)
+
+    const bot = await w.bot({ allowUsers: [alice.userId] })
+    await bot.start()
+    const roomId = await dmWithBot(alice, bot)
+    for (let i = 0; i < WARMUP; i++) await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `warm-up ${i}`))
+
+    log(`bot: ${N} sequential encrypted messages`)
+    const pid = pidOf(bot)
+    const before = sample(pid)
+    const botMs: Array<number> = []
+    for (let i = 0; i < N; i++) {
+      const t0 = performance.now()
+      const sent = await alice.sendText(roomId, `question ${i}`)
+      await replyTo(alice, roomId, bot.user.userId, sent)
+      botMs.push(performance.now() - t0)
+    }
+    const after = sample(pid)
+    const stateBytes = dirSize(bot.dir)
+    await bot.stop("SIGTERM")
+
+    let profile: Record<string, string | number> = {}
+    if (PROFILE_N > 0) {
+      log(`profile: ${PROFILE_N} messages under --cpu-prof`)
+      const profDir = path.join(bot.dir, "cpu-profile")
+      fs.mkdirSync(profDir, { recursive: true })
+      const spawnedAt = performance.now()
+      await bot.start({ NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` })
+      const repliesFrom = performance.now() - spawnedAt
+      for (let i = 0; i < PROFILE_N; i++) {
+        await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `profiled ${i}`))
+      }
+      const exit = await bot.stop("SIGTERM")
+      const file = newestProfile(profDir)
+      if (file === undefined) {
+        profile = { note: `no profile written (daemon exit ${JSON.stringify(exit)})` }
+      } else {
+        const s = summariseProfile(file, { fromMs: repliesFrom })
+        profile = {
+          note: `self time of the daemon from its first sync to its stop (${PROFILE_N} replies), ${s.totalMs} ms busy; ` +
+            "shares are of the busy time",
+          topFunctions: s.functions,
+          topPackages: s.owners
+        }
+      }
+    }
+
+    const bs = stats(botMs)
+    const fs_ = stats(floorMs)
+    emit({
+      bench: "matrix-reply",
+      messages: N,
+      replyMs: bs,
+      floorMs: fs_,
+      ratio: { p50: round(bs.p50 / fs_.p50, 2), p95: round(bs.p95 / fs_.p95, 2) },
+      perReply: {
+        cpuSeconds: round((after.cpuSeconds - before.cpuSeconds) / N, 4),
+        bytesWritten: Math.round((after.writeBytes - before.writeBytes) / N)
+      },
+      rssMBAfter: after.rssMB,
+      stateDirBytes: stateBytes,
+      profile
+    })
+  } finally {
+    await w.close()
+  }
+}
+
+await main()
+process.exit(0)
