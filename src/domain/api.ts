@@ -1,6 +1,17 @@
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
 import { ChannelInfo } from "./channel.js"
+import {
+  InvalidVerificationUser,
+  OwnDevice,
+  VerificationFailed,
+  VerificationFlow,
+  VerificationFlowNotFound,
+  VerificationFlowNotReady,
+  VerificationFlowTerminal,
+  VerificationTargetNotFound,
+  VerificationTimeout
+} from "./verification.js"
 import { DlqDetail, DlqReplayReport, DlqSummary } from "./dlq.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -229,6 +240,106 @@ export class DlqGroup extends HttpApiGroup.make("dlq")
 {}
 
 // ---------------------------------------------------------------------------------------------------------
+// verification: SAS flows (reference §6, §9.5). Their errors keep their own classes on the common error
+// body, one status each, so the CLI knows a 409 `VerificationFlowNotReady` by type.
+
+const kindWire = (cls: any, kinds: ReadonlyArray<string>, status: number) =>
+  Schema.transform(
+    Schema.Struct({
+      ok: Schema.Literal(false),
+      error: Schema.Struct({ kind: Schema.Literal(...(kinds as [string, ...Array<string>])), message: Schema.String })
+    }),
+    Schema.typeSchema(cls),
+    {
+      strict: false,
+      decode: (w: { error: { kind: string; message: string } }) => new cls({ kind: w.error.kind, message: w.error.message }),
+      encode: (e: any) => ({ ok: false as const, error: { kind: e.kind as string, message: e.message as string } })
+    }
+  ).annotations(HttpApiSchema.annotations({ status }))
+
+export const VerificationFlowNotFoundWire = kindWire(VerificationFlowNotFound, ["verification-flow-not-found"], 404) as unknown as Schema.Schema<VerificationFlowNotFound, unknown>
+export const VerificationTargetNotFoundWire = kindWire(VerificationTargetNotFound, ["device-not-found", "user-identity-not-found"], 404) as unknown as Schema.Schema<VerificationTargetNotFound, unknown>
+export const VerificationFlowNotReadyWire = kindWire(VerificationFlowNotReady, ["verification-flow-not-ready"], 409) as unknown as Schema.Schema<VerificationFlowNotReady, unknown>
+export const VerificationFlowTerminalWire = kindWire(VerificationFlowTerminal, ["verification-cancelled"], 410) as unknown as Schema.Schema<VerificationFlowTerminal, unknown>
+export const InvalidVerificationUserWire = kindWire(InvalidVerificationUser, ["invalid-user-id"], 422) as unknown as Schema.Schema<InvalidVerificationUser, unknown>
+export const VerificationFailedWire = kindWire(VerificationFailed, ["verification"], 502) as unknown as Schema.Schema<VerificationFailed, unknown>
+export const VerificationTimeoutWire = kindWire(VerificationTimeout, ["verification-timeout"], 504) as unknown as Schema.Schema<VerificationTimeout, unknown>
+
+export class VerificationList extends Schema.Class<VerificationList>("VerificationList")({
+  ok: Schema.Literal(true),
+  verifications: Schema.Array(VerificationFlow)
+}) {}
+
+export class VerificationResult extends Schema.Class<VerificationResult>("VerificationResult")({
+  ok: Schema.Literal(true),
+  verification: VerificationFlow
+}) {}
+
+export class DeviceList extends Schema.Class<DeviceList>("DeviceList")({
+  ok: Schema.Literal(true),
+  devices: Schema.Array(OwnDevice)
+}) {}
+
+/** Bot-initiated flow: a device of `userId` when `deviceId` is given (empty = none), else the user. */
+export const StartVerificationRequest = Schema.Struct({
+  userId: Schema.String,
+  deviceId: Schema.optional(Schema.String)
+})
+
+export const ConfirmVerificationRequest = Schema.Struct({ match: Schema.Boolean })
+
+const FlowPath = Schema.Struct({ flowId: Schema.String })
+
+const flowAction = <N extends "accept" | "cancel">(name: N) =>
+  HttpApiEndpoint.post(name, `/control/matrix/verifications/:flowId/${name}`)
+    .setPath(FlowPath)
+    .addSuccess(VerificationResult)
+    .addError(VerificationFlowNotFoundWire)
+    .addError(VerificationFlowNotReadyWire)
+    .addError(VerificationFlowTerminalWire)
+    .addError(VerificationFailedWire)
+    .addError(VerificationTimeoutWire)
+    .addError(ServiceUnavailableWire)
+
+const startFlow = <N extends "start" | "verify">(name: N, path: "/control/matrix/verifications" | "/control/matrix/verify") =>
+  HttpApiEndpoint.post(name, path)
+    .setPayload(StartVerificationRequest)
+    .addSuccess(VerificationResult, { status: 201 })
+    .addError(VerificationTargetNotFoundWire)
+    .addError(InvalidVerificationUserWire)
+    .addError(VerificationFailedWire)
+    .addError(VerificationTimeoutWire)
+    .addError(ServiceUnavailableWire)
+
+export class VerificationGroup extends HttpApiGroup.make("verification")
+  .add(HttpApiEndpoint.get("list", "/control/matrix/verifications").addSuccess(VerificationList).addError(ServiceUnavailableWire))
+  .add(startFlow("start", "/control/matrix/verifications"))
+  .add(startFlow("verify", "/control/matrix/verify"))
+  .add(flowAction("accept"))
+  .add(
+    HttpApiEndpoint.post("confirm", "/control/matrix/verifications/:flowId/confirm")
+      .setPath(FlowPath)
+      .setPayload(ConfirmVerificationRequest)
+      .addSuccess(VerificationResult)
+      .addError(VerificationFlowNotFoundWire)
+      .addError(VerificationFlowNotReadyWire)
+      .addError(VerificationFlowTerminalWire)
+      .addError(VerificationFailedWire)
+      .addError(VerificationTimeoutWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .add(flowAction("cancel"))
+  .add(
+    HttpApiEndpoint.get("devices", "/control/matrix/devices")
+      .addSuccess(DeviceList)
+      .addError(VerificationFailedWire)
+      .addError(VerificationTimeoutWire)
+      .addError(ServiceUnavailableWire)
+  )
+  .middleware(GatewayAuthorization)
+{}
+
+// ---------------------------------------------------------------------------------------------------------
 // metrics: Prometheus text exposition, no auth (reference §13.3)
 
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -244,6 +355,7 @@ export class CaraApi extends HttpApi.make("cara")
   .add(HealthGroup)
   .add(ControlGroup)
   .add(MatrixGroup)
+  .add(VerificationGroup)
   .add(DlqGroup)
   .add(MetricsGroup)
   .addError(BadRequestWire)

@@ -19,8 +19,13 @@ import {
   PROMETHEUS_CONTENT_TYPE,
   Ready,
   SendTestResult,
-  ServiceUnavailable
+  ServiceUnavailable,
+  DeviceList,
+  VerificationList,
+  VerificationResult
 } from "../domain/api.js"
+import type { VerificationUnavailable } from "../domain/verification.js"
+import { Verification, type VerificationShape } from "../services/Verification.js"
 import type { ChannelInfo } from "../domain/channel.js"
 import { bindToHost } from "../domain/gateway.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
@@ -202,6 +207,42 @@ const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
           withDlq((d) => d.purge(sel).pipe(Effect.map((purged) => new DlqPurgeResult({ ok: true, purged })), Effect.mapError(dlqLookup)))))
   }))
 
+// Verification (reference §6): the registry is optional, so a gateway without Matrix answers 503.
+const unavailable = (e?: VerificationUnavailable) =>
+  new ServiceUnavailable({
+    kind: e?.kind ?? "matrix-runtime-unavailable",
+    message: e?.message ?? "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
+    retryAfterMs: e?.retryAfterMs ?? 5000
+  })
+
+const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (handlers) =>
+  Effect.gen(function*() {
+    const registry = yield* Effect.serviceOption(Verification)
+    // runs an action on the registry; the registry's own 503 joins the gateway's ServiceUnavailable
+    const use = <A, E extends { readonly _tag: string }>(
+      f: (v: VerificationShape) => Effect.Effect<A, E>
+    ): Effect.Effect<A, Exclude<E, VerificationUnavailable> | ServiceUnavailable> =>
+      Option.match(registry, {
+        onNone: () => Effect.fail(unavailable()),
+        onSome: (v) =>
+          Effect.mapError(f(v), (e) =>
+            e._tag === "VerificationUnavailable" ? unavailable(e as unknown as VerificationUnavailable) : e as Exclude<E, VerificationUnavailable>)
+      })
+    const result = (v: VerificationResult["verification"]) => new VerificationResult({ ok: true, verification: v })
+    const start = ({ payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }) => {
+      const device = payload.deviceId?.trim() ?? ""
+      return Effect.map(use((v) => device === "" ? v.start(payload.userId.trim()) : v.start(payload.userId.trim(), device)), result)
+    }
+    return handlers
+      .handle("list", () => use((v) => Effect.map(v.list, (flows) => new VerificationList({ ok: true, verifications: flows }))))
+      .handle("start", start)
+      .handle("verify", start)
+      .handle("accept", ({ path }) => Effect.map(use((v) => v.accept(path.flowId)), result))
+      .handle("confirm", ({ path, payload }) => Effect.map(use((v) => v.confirm(path.flowId, payload.match)), result))
+      .handle("cancel", ({ path }) => Effect.map(use((v) => v.cancel(path.flowId)), result))
+      .handle("devices", () => Effect.map(use((v) => v.devices), (devices) => new DeviceList({ ok: true, devices })))
+  }))
+
 const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
@@ -240,7 +281,7 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
   }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
 
 const ApiLive = HttpApiBuilder.api(CaraApi).pipe(
-  Layer.provide([HealthLive, ControlLive, MatrixLive, DlqGroupLive, MetricsGroupLive]),
+  Layer.provide([HealthLive, ControlLive, MatrixLive, DlqGroupLive, VerificationGroupLive, MetricsGroupLive]),
   Layer.provide(ErrorShapingLive)
 )
 
