@@ -32,6 +32,7 @@ import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
 import { type MatrixSession, MatrixSync, type MatrixSyncShape } from "../services/MatrixSync.js"
 import type { OutboundShape } from "../services/Outbound.js"
 import { RecoveryKey } from "../services/RecoveryKey.js"
+import { Verification } from "../services/Verification.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
 import { normalizeAllowlist, allowsUser } from "./allowlist.js"
@@ -668,6 +669,11 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       }
     }
     client.on(sdk.ClientEvent.Sync, onFirst)
+    // SAS verification flows (issue 10): the registry listens to this client for the life of the runtime
+    const verification = yield* Effect.serviceOption(Verification)
+    if (encryptedMode && Option.isSome(verification)) {
+      yield* verification.value.attach({ client, botUserId: me, isAllowed: (u) => allowsUser(allowlist, u) })
+    }
     yield* status.setState(CHANNEL_ID, "connected")
     yield* Effect.tryPromise({
       try: () => client.startClient({ initialSyncLimit: 20 }),
