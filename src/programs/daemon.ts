@@ -7,15 +7,17 @@ import { MatrixSyncLive } from "../layers/MatrixSyncLive.js"
 import { RecoveryKeyLive } from "../layers/RecoveryKeyLive.js"
 import { DaemonRekeyLockLive, StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 import { DlqLive } from "../layers/DlqLive.js"
+import { VerificationLive } from "../layers/VerificationLive.js"
 
 // The gateway's listener, placed where the config says, with gateway.auth (a refused auth setup fails startup).
 // The Matrix runtime provides MatrixControl (send-test); it runs only when matrix.enabled, and its failures put
 // the channel in `error` without stopping the gateway.
 // The inbound DLQ: one instance shared by the Matrix runtime (append, replay) and the gateway (dlq endpoints).
 const DlqDaemonLive = DlqLive.pipe(Layer.provide(StorePassphraseLive))
-const MatrixLive = MatrixSyncLive().pipe(Layer.provide(RecoveryKeyLive), Layer.provide(Layer.mergeAll(AgentRuntimeLive, StorePassphraseLive, DlqDaemonLive)))
+const MatrixLive = MatrixSyncLive().pipe(Layer.provide(RecoveryKeyLive), Layer.provide(Layer.mergeAll(AgentRuntimeLive, StorePassphraseLive, DlqDaemonLive, VerificationLive)))
 // The same DLQ instance serves the gateway's dlq endpoints (layers are shared by reference within one build).
-const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixLive), Layer.provide(DlqDaemonLive))
+// One Verification registry: fed by the Matrix runtime, read by the verification endpoints.
+const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixLive), Layer.provide(DlqDaemonLive), Layer.provide(VerificationLive))
 
 // GatewayServicesLive: ChannelStatus, EventBus, Metrics, shared by the gateway and the channels.
 const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive).pipe(Layer.provideMerge(StateDirLive))
