@@ -2,6 +2,7 @@ import { Effect, Layer } from "effect"
 import { AgentRuntimeLive } from "../layers/AgentLive.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
+import { UnhandledRejectionsLogged } from "../layers/ProcessGuards.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { MatrixSyncLive } from "../layers/MatrixSyncLive.js"
 import { RecoveryKeyLive } from "../layers/RecoveryKeyLive.js"
@@ -29,5 +30,9 @@ const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive
  */
 export const daemon = Layer.launch(
   // DaemonRekeyLockLive first: no store is opened unless this daemon holds .matrix-rekey.lock.
-  Layer.mergeAll(GatewayLive, AgentRuntimeLive).pipe(Layer.provide(DaemonRekeyLockLive), Layer.provide(InfrastructureLive))
+  Layer.mergeAll(GatewayLive, AgentRuntimeLive).pipe(
+    Layer.provide(DaemonRekeyLockLive),
+    Layer.provide(InfrastructureLive),
+    Layer.provide(UnhandledRejectionsLogged)
+  )
 ).pipe(Effect.annotateLogs({ service: "daemon" }))
