@@ -1,6 +1,7 @@
 import { Command } from "@effect/cli"
 import { Effect } from "effect"
 import { configCommand } from "./config.js"
+import { doctorCommand } from "./doctor.js"
 import { matrixCommand } from "./matrix.js"
 import { statusCommand } from "./status.js"
 import { verifyCommand } from "./verify.js"
