@@ -13,7 +13,7 @@ const runDaemon = Effect.promise(() => import("../programs/daemon.js")).pipe(Eff
 
 const root = Command.make("cara", {}, () => runDaemon).pipe(
   Command.withDescription("cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."),
-  Command.withSubcommands([configCommand, matrixCommand, statusCommand, verifyCommand])
+  Command.withSubcommands([configCommand, doctorCommand, matrixCommand, statusCommand, verifyCommand])
 )
 
 export const cli = Command.run(root, { name: "cara", version })
