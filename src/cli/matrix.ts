@@ -6,6 +6,7 @@ import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 import { recoveryKeyCommand } from "./recoveryKey.js"
+import { verificationCommands } from "./verification.js"
 
 // Offline maintenance runs on the config and the state dir only; never through the control API.
 const MaintenanceLive = StorePassphraseLive.pipe(Layer.provideMerge(ConfigSecretsLive), Layer.provideMerge(StateDirLive))
@@ -39,6 +40,7 @@ export const matrixCommand = Command.make("matrix").pipe(
   Command.withSubcommands([
     rekeyStoreCommand,
     dlqCommand,
-    recoveryKeyCommand
+    recoveryKeyCommand,
+    ...verificationCommands
   ])
 )
