@@ -321,6 +321,7 @@ export const makeDlq = (options: DlqOptions) =>
             cap_bytes: DLQ_CORRUPT_CAP_BYTES
           })
           yield* Effect.logWarning(`Matrix inbound DLQ quarantine ${corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`)
+          yield* status.updateMatrix((x) => ({ ...x, inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length }))
           return
         }
         yield* appendDurable(corruptFile, batch)

@@ -275,6 +275,7 @@ describe("Dlq replay", () => {
       expect(r.quarantined).toBe(1)
       expect(fs.statSync(corruptFile(root)).size).toBe(10 * 1024 * 1024 - 4)
       expect(audit(root).map((a) => a.event)).toContain("matrix_inbound_dlq_quarantine_cap_dropped")
+      expect((yield* extra).extra?.inboundDlqUndecodableLostCount).toBe(1)
       expect(fs.existsSync(dlqFile(root))).toBe(false)
     }).pipe(Effect.provide(layerAt(root)))
   })
