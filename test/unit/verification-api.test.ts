@@ -1,0 +1,153 @@
+import { createServer } from "node:http"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Either, Layer, Option, Redacted } from "effect"
+import { CaraApi } from "../../src/domain/api.js"
+import { callFailed } from "../../src/cli/verification.js"
+import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
+import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
+import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
+import { MetricsLive } from "../../src/layers/MetricsLive.js"
+import { StateDirAt } from "../../src/layers/StateDirLive.js"
+import { VerificationLive } from "../../src/layers/VerificationLive.js"
+import type { ChannelStatus } from "../../src/services/ChannelStatus.js"
+import { EventBus } from "../../src/services/EventBus.js"
+import type { StateDir } from "../../src/services/StateDir.js"
+import { MatrixControlUnavailable } from "../../src/services/MatrixControl.js"
+import { Verification } from "../../src/services/Verification.js"
+import { FakeClient, FakeRequest } from "./verification-fakes.js"
+
+const TOKEN = "gw-token-verification-0123456789abcdef"
+const BOT = "@bot:example.org"
+const ALICE = "@alice:example.org"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-api-"))
+
+const base = Layer.mergeAll(EventBus.Live, MetricsLive, StateDirAt(dir)).pipe(Layer.provideMerge(ChannelStatusLive))
+// the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix
+const serverWith = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
+  ControlHttpApp.pipe(
+    Layer.provide([MatrixControlUnavailable, GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })]),
+    Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
+    Layer.provideMerge(registry),
+    Layer.provideMerge(base)
+  )
+
+const api = Effect.gen(function*() {
+  const server = yield* HttpServer.HttpServer
+  return yield* HttpApiClient.make(CaraApi, {
+    baseUrl: HttpServer.formatAddress(server.address),
+    transformClient: HttpClient.mapRequest(HttpClientRequest.bearerToken(TOKEN))
+  })
+}).pipe(Effect.provide(FetchHttpClient.layer))
+
+const rawPost = (p: string, body: unknown) =>
+  Effect.flatMap(HttpServer.HttpServer, (s) =>
+    Effect.promise(async () => {
+      const r = await fetch(`${HttpServer.formatAddress(s.address)}${p}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify(body)
+      })
+      return { status: r.status, body: (await r.json()) as any }
+    }))
+
+const waitListed = (n: number) =>
+  Effect.gen(function*() {
+    const v = yield* Verification
+    for (let i = 0; i < 2000; i++) {
+      if ((yield* v.list).length >= n) return
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+    }
+  })
+
+layer(serverWith(VerificationLive))("verification API over HTTP (real registry, SDK fakes)", (it) => {
+  it.scoped("list, accept, confirm-before-SAS 409 typed end to end, unknown 404, terminal 410, start 201 and 422", () =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
+      client.devices.set(BOT, [{ deviceId: "BOTDEV", displayName: "Carapace Matrix", verified: true }])
+      yield* v.attach({ client: client.asClient(), botUserId: BOT, isAllowed: (u) => u === ALICE })
+      const c = yield* api
+
+      const req = new FakeRequest(ALICE, "txn-api-1", { deviceId: "ALICEDEV" })
+      client.receive(req)
+      yield* waitListed(1)
+      const list = yield* c.verification.list()
+      expect(list.ok).toBe(true)
+      const flow = list.verifications.find((f) => f.protocolFlowId === "txn-api-1")!
+      expect(flow).toMatchObject({ userId: ALICE, deviceId: "ALICEDEV", state: "requested" })
+
+      // 409, decoded by the derived client as the domain's own class
+      const early = yield* Effect.either(c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: true } }))
+      expect(Either.isLeft(early)).toBe(true)
+      if (Either.isLeft(early)) {
+        expect(early.left._tag).toBe("VerificationFlowNotReady")
+        expect((early.left as { kind: string }).kind).toBe("verification-flow-not-ready")
+        const cli = callFailed(early.left)
+        expect(cli.kind).toBe("verification-flow-not-ready")
+        expect(cli.message).toContain("wait for the peer to respond")
+      }
+      const raw409 = yield* rawPost(`/control/matrix/verifications/${flow.flowId}/confirm`, { match: true })
+      expect(raw409.status).toBe(409)
+      expect(raw409.body).toEqual({ ok: false, error: { kind: "verification-flow-not-ready", message: expect.stringContaining(flow.flowId) } })
+
+      const accepted = yield* c.verification.accept({ path: { flowId: flow.flowId } })
+      expect(accepted.verification.flowId).toBe(flow.flowId)
+      expect(req.acceptCalls).toBe(1)
+
+      const missing = yield* Effect.either(c.verification.accept({ path: { flowId: "mvr_missing" } }))
+      expect(Either.isLeft(missing) && missing.left._tag).toBe("VerificationFlowNotFound")
+      expect((yield* rawPost("/control/matrix/verifications/mvr_missing/cancel", {})).status).toBe(404)
+
+      const cancelled = yield* c.verification.cancel({ path: { flowId: flow.flowId } })
+      expect(cancelled.verification.state).toBe("cancelled")
+      const gone = yield* rawPost(`/control/matrix/verifications/${flow.flowId}/accept`, {})
+      expect(gone.status).toBe(410)
+      expect(gone.body.error.kind).toBe("verification-cancelled")
+      const goneTyped = yield* Effect.either(c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: false } }))
+      expect(Either.isLeft(goneTyped) && goneTyped.left._tag).toBe("VerificationFlowTerminal")
+
+      const bad = yield* rawPost("/control/matrix/verify", { userId: "alice" })
+      expect(bad.status).toBe(422)
+      expect(bad.body.error.kind).toBe("invalid-user-id")
+      const noDevice = yield* Effect.either(c.verification.verify({ payload: { userId: ALICE, deviceId: "NOPE" } }))
+      expect(Either.isLeft(noDevice) && noDevice.left._tag).toBe("VerificationTargetNotFound")
+      const started = yield* rawPost("/control/matrix/verifications", { userId: ALICE, deviceId: "ALICEDEV" })
+      expect(started.status).toBe(201)
+      expect(started.body.verification).toMatchObject({ userId: ALICE, deviceId: "ALICEDEV" })
+      expect(client.requested).toHaveLength(1)
+
+      const devices = yield* c.verification.devices()
+      expect(devices.devices).toEqual([{ userId: BOT, deviceId: "BOTDEV", displayName: "Carapace Matrix", verified: true }])
+    }))
+})
+
+describe("verification API without a Matrix runtime", () => {
+  layer(serverWith(Layer.empty))("no registry", (it) => {
+    it.effect("every verification endpoint answers 503 matrix-runtime-unavailable", () =>
+      Effect.gen(function*() {
+        const c = yield* api
+        const r = yield* Effect.either(c.verification.list())
+        expect(Either.isLeft(r) && r.left._tag).toBe("ServiceUnavailable")
+        expect(Either.isLeft(r) && (r.left as { kind: string }).kind).toBe("matrix-runtime-unavailable")
+        const a = yield* rawPost("/control/matrix/verifications/mvr_x/accept", {})
+        expect(a.status).toBe(503)
+        expect(a.body.error.kind).toBe("matrix-runtime-unavailable")
+      }))
+  })
+
+  layer(serverWith(VerificationLive))("registry without a client", (it) => {
+    it.effect("actions answer 503 not-connected until the runtime attaches its client", () =>
+      Effect.gen(function*() {
+        const d = yield* rawPost("/control/matrix/verify", { userId: ALICE, deviceId: "X" })
+        expect(d.status).toBe(503)
+        expect(d.body.error.kind).toBe("not-connected")
+      }))
+  })
+})
