@@ -698,7 +698,11 @@ export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, dev
         if (onServer && !cached) {
           return "identity-unavailable" as const
         }
-        await crypto.bootstrapCrossSigning({
+        // Already set up (every restart): the identity is on the server and its private keys are in our store.
+        // Running the SDK's bootstrap again would try to (re-)export the keys to secret storage, which needs
+        // the secret storage key; there is nothing to bootstrap, only our device's signature to check.
+        const ready = onServer && cached && st.privateKeysCachedLocally.userSigningKey && (await crypto.isCrossSigningReady())
+        if (!ready) await crypto.bootstrapCrossSigning({
           authUploadDeviceSigningKeys: async (makeRequest) => {
             try {
               await makeRequest(null)

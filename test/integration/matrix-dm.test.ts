@@ -62,7 +62,10 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     // the model saw the message
     expect(JSON.stringify(llm.requests.at(-1)?.body)).toContain("hi bot")
 
-    // config write-back: the token is sealed, the device id recorded, the password gone
+    // config write-back: the token is sealed, the device id recorded, the password gone (removed once the
+    // start-up sequence, cross-signing included, no longer needs it: it may finish after the first reply)
+    const deadline = Date.now() + 30_000
+    while (/password:/.test(bot.config()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
     const config = bot.config()
     expect(config).toMatch(/accessToken:\s*"enc:v2:/)
     expect(config).toMatch(/deviceId:\s*"[A-Z0-9]+"/)
@@ -88,7 +91,8 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     await bot.start()
     const deviceId = /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())?.[1]
     expect(deviceId).toBeDefined()
-    expect(count(bot.output(), /--> POST \S+\/keys\/upload/)).toBeGreaterThanOrEqual(1)
+    // the SDK's outgoing-request loop uploads the device keys shortly after the client starts
+    await bot.waitForLog(/--> POST \S+\/keys\/upload/, 30_000)
     const roomId = await dmWithBot(alice, bot)
     const first = await ask(alice, bot, roomId, "first")
     expect((await bot.stop("SIGTERM")).code).toBe(0)
@@ -118,8 +122,8 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     bot.running = undefined
 
     await bot.start()
-    await bot.waitForLog(/resuming an answer interrupted by a stop or crash/, 30_000)
-    await bot.waitForLog(/Matrix message answered/, 30_000)
+    // the interrupted answer is finished either by the start-up resume or by the redelivered event
+    await bot.waitForLog(/Matrix message answered/, 60_000)
     const next = await ask(alice, bot, roomId, "and now this")
     const replies = messagesFrom(alice, roomId, bot.user.userId)
     expect(replies.map((m) => m.inReplyTo)).toEqual([sent, next])

@@ -317,6 +317,34 @@ export interface HumanLoginOptions {
   readonly deviceName?: string
 }
 
+/**
+ * Holds back this human's encrypted to-device messages (the Megolm room-key shares) while `holding`:
+ * the SDK is told they were sent, so a message goes out whose key the recipients get only on `release()`.
+ * That is how a test makes the bot see an undecryptable event whose key arrives late.
+ */
+class ToDeviceGate {
+  holding = false
+  private readonly held: Array<() => Promise<unknown>> = []
+
+  readonly fetchFn = async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+    const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url
+    if (this.holding && (init.method ?? "GET") === "PUT" && url.includes("/sendToDevice/m.room.encrypted/")) {
+      this.held.push(() => fetch(input, init))
+      return new Response("{}", { status: 200, headers: { "content-type": "application/json" } })
+    }
+    return fetch(input, init)
+  }
+
+  get heldCount(): number {
+    return this.held.length
+  }
+
+  async release(): Promise<void> {
+    this.holding = false
+    for (const send of this.held.splice(0)) await send()
+  }
+}
+
 /** Password login as a new device; returns the raw session. */
 const passwordLogin = async (baseUrl: string, userId: string, password: string, deviceName: string) => {
   const res = await fetch(`${baseUrl}/_matrix/client/v3/login`, {
@@ -338,6 +366,8 @@ export class Human {
   private readonly verificationHandlers = new Set<(v: HumanVerification) => void>()
   private readonly received: Array<HumanVerification> = []
   private stopped = false
+  /** Holds back room-key shares on demand (see ToDeviceGate). */
+  toDevice: ToDeviceGate = new ToDeviceGate()
 
   private constructor(
     readonly client: sdk.MatrixClient,
@@ -373,8 +403,10 @@ export class Human {
     const session = await passwordLogin(baseUrl, userId, password, options.deviceName ?? "cara test human")
     const ring: Array<string> = []
     const secretKeys = new Map<string, Uint8Array<ArrayBuffer>>()
+    const gate = new ToDeviceGate()
     const client = sdk.createClient({
       baseUrl,
+      fetchFn: gate.fetchFn,
       userId: session.userId,
       deviceId: session.deviceId,
       accessToken: session.accessToken,
@@ -392,7 +424,9 @@ export class Human {
       }
     })
     await client.initRustCrypto({ useIndexedDB: false })
-    return new Human(client, baseUrl, session.userId, session.deviceId, session.accessToken, password, ring)
+    const human = new Human(client, baseUrl, session.userId, session.deviceId, session.accessToken, password, ring)
+    human.toDevice = gate
+    return human
   }
 
   /** Starts syncing and resolves once the first sync is processed (PREPARED). */
