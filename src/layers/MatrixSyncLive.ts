@@ -672,7 +672,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     // SAS verification flows (issue 10): the registry listens to this client for the life of the runtime
     const verification = yield* Effect.serviceOption(Verification)
     if (encryptedMode && Option.isSome(verification)) {
-      yield* verification.value.attach({ client, botUserId: me, isAllowed: (u) => allowsUser(allowlist, u) })
+      yield* verification.value.attach({ client, botUserId: me, isAllowed: (u) => allowsUser(allowlist, u), trackUsers: allowlist.allowUsers })
     }
     yield* status.setState(CHANNEL_ID, "connected")
     yield* Effect.tryPromise({

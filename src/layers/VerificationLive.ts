@@ -57,6 +57,28 @@ export interface StateInputs {
   readonly mismatched: boolean
 }
 
+/**
+ * Makes the Rust crypto track `users` and downloads their device lists now. The Rust machine only processes
+ * `m.key.verification.request` from devices it tracks, and it tracks only members of shared encrypted rooms;
+ * the public `getUserDeviceInfo(users, true)` downloads untracked users' keys over HTTP *without* tracking them.
+ * The CryptoApi has no tracking call, so this uses the Rust backend's own machine (feature-detected: without
+ * it the call does nothing and only shared-room peers can verify).
+ */
+export const trackUsers = async (client: MatrixClient, users: ReadonlyArray<string>): Promise<boolean> => {
+  if (users.length === 0) return true
+  const crypto = client.getCrypto() as unknown as {
+    getOlmMachineOrThrow?: () => { updateTrackedUsers: (ids: Array<unknown>) => Promise<void> }
+    outgoingRequestsManager?: { doProcessOutgoingRequests: () => Promise<void> }
+  } | undefined
+  const machine = crypto?.getOlmMachineOrThrow?.()
+  if (machine === undefined) return false
+  const { UserId } = await import("@matrix-org/matrix-sdk-crypto-wasm")
+  await machine.updateTrackedUsers(users.map((u) => new UserId(u)))
+  // send the /keys/query now instead of after the next sync completes (up to a long-poll later)
+  await crypto?.outgoingRequestsManager?.doProcessOutgoingRequests()
+  return true
+}
+
 export const deriveState = (i: StateInputs): VerificationState => {
   if (i.mismatched) return "mismatched"
   switch (i.phase) {
@@ -485,6 +507,8 @@ export const makeVerification = Effect.gen(function*() {
       const crypto = yield* cryptoOf(a)
       let req: VerificationRequest
       if (deviceId !== undefined && deviceId !== "") {
+        // the Rust machine must know the device itself, not just the HTTP download of it
+        yield* sdkCall("device tracking", () => trackUsers(a.client, [userId]))
         const map = yield* sdkCall("device lookup", () => crypto.getUserDeviceInfo([userId], true))
         const devices = map.get(userId) ?? new Map()
         let raw = devices.has(deviceId) ? deviceId : undefined
@@ -581,6 +605,13 @@ export const makeVerification = Effect.gen(function*() {
         }
         a.client.on(CryptoEvent.VerificationRequestReceived, onReq)
         a.client.on(ClientEvent.Sync, onSync)
+        if (a.trackUsers !== undefined && a.trackUsers.length > 0) {
+          const users = a.trackUsers
+          yield* Effect.tryPromise(() => trackUsers(a.client, users)).pipe(
+            Effect.tap((ok) => ok ? Effect.void : Effect.logWarning("cannot track the allowlisted users' devices: verification before a shared room will not work")),
+            Effect.catchAll((e) => Effect.logWarning(`tracking the allowlisted users' devices failed: ${describe(e)}`))
+          )
+        }
         yield* Ref.set(attached, Option.some(a))
         return { onReq, onSync }
       }),

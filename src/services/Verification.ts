@@ -17,6 +17,8 @@ export interface VerificationAttachment {
   readonly botUserId: string
   /** The `matrix.autoJoin` allowlist: requests from anyone else are ignored and counted. */
   readonly isAllowed: (userId: string) => boolean
+  /** Users whose devices are tracked from startup, so they can verify before sharing a room with the bot. */
+  readonly trackUsers?: ReadonlyArray<string>
 }
 
 /**

@@ -1,0 +1,239 @@
+// SAS verification against the real Synapse: the real daemon process, an Element-like human client, the
+// control API and the CLI. The human verifies the bot's device before they share any room (the seed's order).
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { cleanEnv, runCli } from "../support/cli.js"
+import { Human, type HumanVerification } from "../support/human.js"
+import { describeSynapse } from "../support/synapse/index.js"
+import { trackUsers } from "../../src/layers/VerificationLive.js"
+import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm } from "./matrix-support.js"
+
+const TOKEN = "integration-gateway-token-0123456789abcdef" // matrix-support's gateway token
+
+interface Flow {
+  flowId: string
+  protocolFlowId: string
+  userId: string
+  deviceId?: string
+  roomId?: string
+  state: string
+  sas?: { emoji?: Array<{ symbol: string; description: string }>; decimals?: [number, number, number] }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  let bot: Bot
+  let alice: Human
+  let bob: Human
+  let botDevice: string
+  // WS frames for the whole run, in arrival order
+  const frames: Array<{ event: string; payload: { verification: Flow } }> = []
+  let ws: { close(): void } | undefined
+
+  const api = async (method: "GET" | "POST", p: string, body?: unknown) => {
+    const r = await fetch(`${bot.running!.baseUrl}${p}`, {
+      method,
+      headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+    return { status: r.status, body: (await r.json()) as any }
+  }
+  const flows = async (): Promise<Array<Flow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
+  const waitFlow = async (what: string, pred: (f: Flow) => boolean, timeoutMs = 30_000): Promise<Flow> => {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const f = (await flows()).find(pred)
+      if (f) return f
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; flows: ${JSON.stringify(await flows())}`)
+      await sleep(100)
+    }
+  }
+  const cli = (args: ReadonlyArray<string>, input?: string) => {
+    const port = new URL(bot.running!.baseUrl).port
+    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
+  }
+
+  /** The bot's SAS equals the human's; both confirm; both end `done` and the human trusts the bot's device. */
+  const compareAndConfirm = async (hv: HumanVerification, flowId: string) => {
+    const humanSas = await hv.waitForSas()
+    const withSas = await waitFlow("the bot's SAS", (f) => f.flowId === flowId && f.sas !== undefined)
+    expect(withSas.state).toBe("keys_exchanged")
+    expect(withSas.sas!.emoji).toEqual(humanSas.emoji)
+    expect(withSas.sas!.emoji).toHaveLength(7)
+    expect(withSas.sas!.decimals).toEqual(humanSas.decimals)
+    const confirmed = await api("POST", `/control/matrix/verifications/${flowId}/confirm`, { match: true })
+    expect(confirmed.status).toBe(200)
+    await hv.confirm()
+    await hv.waitForDone()
+    await waitFlow("done on the bot", (f) => f.flowId === flowId && f.state === "done")
+  }
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+    const a = await hs.registerUser()
+    const b = await hs.registerUser()
+    alice = await Human.login(hs.baseUrl, a.userId, a.password)
+    bob = await Human.login(hs.baseUrl, b.userId, b.password)
+    await alice.start()
+    await bob.start()
+    bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    await bot.start()
+    botDevice = /deviceId:\s*"([A-Za-z0-9]+)"/.exec(bot.config())![1]!
+    // like Element opening the bot's profile: the humans track the bot's devices without a shared room
+    expect(await trackUsers(alice.client, [bot.user.userId])).toBe(true)
+    expect(await trackUsers(bob.client, [bot.user.userId])).toBe(true)
+    const wsModule = "ws"
+    const WebSocket = ((await import(wsModule)) as { default: new(url: string, o?: unknown) => any }).default
+    const socket = new WebSocket(`${bot.running!.baseUrl.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${TOKEN}` } })
+    socket.on("message", (data: Buffer) => {
+      const f = JSON.parse(data.toString()) as { type: string; event?: string; payload?: any }
+      if (f.type === "event" && f.event?.startsWith("matrix.verification.")) frames.push({ event: f.event, payload: f.payload })
+    })
+    await new Promise<void>((resolve, reject) => {
+      socket.on("open", () => resolve())
+      socket.on("error", reject)
+    })
+    ws = socket
+  }, 180_000)
+
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      const file = path.join(bot.dir, "daemon-output.log")
+      fs.writeFileSync(file, bot.output())
+      process.stderr.write(`--- daemon output in ${file}; last lines:\n${bot.output().slice(-4000)}\n`)
+    }
+  })
+
+  afterAll(async () => {
+    ws?.close()
+    await bot?.stop("SIGKILL")
+    await alice?.stop()
+    await bob?.stop()
+    await closeLlm()
+  })
+
+  it("human-initiated device verification before any shared room: listed → 409 before SAS → accept → equal SAS → confirm both → verified; WS events in order", async () => {
+    // no room exists between them: the bot tracks allowlisted users from startup
+    await alice.waitForDevice(bot.user.userId, botDevice)
+    const hv = await alice.requestDeviceVerification(bot.user.userId, botDevice)
+    const listed = await waitFlow("alice's request", (f) => f.userId === alice.userId)
+    expect(listed).toMatchObject({ state: "requested", deviceId: alice.deviceId, protocolFlowId: hv.transactionId })
+    expect(listed.roomId).toBeUndefined()
+
+    const early = await api("POST", `/control/matrix/verifications/${listed.flowId}/confirm`, { match: true })
+    expect(early.status).toBe(409)
+    expect(early.body.error.kind).toBe("verification-flow-not-ready")
+
+    // the CLI (real process) accepts; list --json shows it
+    const accepted = cli(["accept", listed.flowId, "--json"])
+    expect(accepted.status, accepted.stderr).toBe(0)
+    expect(JSON.parse(accepted.stdout).verification.flowId).toBe(listed.flowId)
+
+    await compareAndConfirm(hv, listed.flowId)
+    const trust = await alice.waitForDeviceVerified(bot.user.userId, botDevice)
+    expect(trust.verified).toBe(true)
+
+    const listing = cli(["verifications", "--json"])
+    expect(listing.status, listing.stderr).toBe(0)
+    expect(JSON.parse(listing.stdout).verifications.find((f: Flow) => f.flowId === listed.flowId).state).toBe("done")
+
+    // WS: one `requested`, then only `updated`, ending in done, SAS before confirmation
+    const mine = frames.filter((f) => f.payload.verification.flowId === listed.flowId)
+    expect(mine[0]?.event).toBe("matrix.verification.requested")
+    expect(mine.slice(1).every((f) => f.event === "matrix.verification.updated")).toBe(true)
+    const states = mine.map((f) => f.payload.verification.state)
+    expect(states.at(-1)).toBe("done")
+    expect(states.indexOf("keys_exchanged")).toBeGreaterThan(0)
+    expect(states.indexOf("keys_exchanged")).toBeLessThan(states.lastIndexOf("done"))
+  }, 120_000)
+
+  it("a request from a user outside the allowlist is never listed", async () => {
+    await bob.waitForDevice(bot.user.userId, botDevice)
+    const hv = await bob.requestDeviceVerification(bot.user.userId, botDevice)
+    // a later request from alice is listed, so bob's has had every chance to arrive first
+    await sleep(2_000)
+    const marker = await alice.requestDeviceVerification(bot.user.userId, botDevice)
+    await waitFlow("alice's marker request", (f) => f.protocolFlowId === marker.transactionId)
+    expect((await flows()).some((f) => f.userId === bob.userId)).toBe(false)
+    await hv.cancel().catch(() => undefined)
+    await marker.cancel()
+  }, 60_000)
+
+  it("--no-match cancels on both sides with m.mismatched_sas (audited skip); the CLI refuses a blind confirm", async () => {
+    const hv = await alice.requestDeviceVerification(bot.user.userId, botDevice)
+    const listed = await waitFlow("request", (f) => f.protocolFlowId === hv.transactionId)
+    expect((await api("POST", `/control/matrix/verifications/${listed.flowId}/accept`)).status).toBe(200)
+    await hv.waitForSas()
+    await waitFlow("SAS", (f) => f.flowId === listed.flowId && f.sas !== undefined)
+
+    const blind = cli(["confirm", listed.flowId, "--match"])
+    expect(blind.status).not.toBe(0)
+    expect(blind.stderr).toMatch(/not a terminal|refusing to confirm blind/)
+
+    const r = cli(["confirm", listed.flowId, "--no-match", "--unsafe-skip-sas-prompt", "--json"])
+    expect(r.status, r.stderr).toBe(0)
+    expect(r.stderr).toContain("WARNING: --unsafe-skip-sas-prompt")
+    expect(JSON.parse(r.stdout).verification.state).toBe("mismatched")
+    const cancel = await hv.waitForCancel()
+    expect(cancel.code).toBe("m.mismatched_sas")
+    const audit = fs.readFileSync(path.join(bot.dir, "audit.jsonl"), "utf8")
+    expect(audit).toContain('"matrix_sas_unsafe_skip"')
+    expect(audit).toContain(listed.flowId)
+    const after = await api("POST", `/control/matrix/verifications/${listed.flowId}/confirm`, { match: true })
+    expect(after.status).toBe(410)
+  }, 90_000)
+
+  it("the human cancels → the flow shows cancelled", async () => {
+    const hv = await alice.requestDeviceVerification(bot.user.userId, botDevice)
+    const listed = await waitFlow("request", (f) => f.protocolFlowId === hv.transactionId)
+    await hv.cancel()
+    await waitFlow("cancelled", (f) => f.flowId === listed.flowId && f.state === "cancelled")
+  }, 60_000)
+
+  it("bot-initiated verify of the human's device completes; glare (both start SAS at once) still completes", async () => {
+    const started = await api("POST", "/control/matrix/verify", { userId: alice.userId, deviceId: alice.deviceId })
+    expect(started.status).toBe(201)
+    const flowId = started.body.verification.flowId as string
+    const hv = await alice.nextVerificationRequest(30_000, bot.user.userId)
+    await hv.accept()
+    await compareAndConfirm(hv, flowId)
+
+    // glare: the human starts SAS right after accepting, while the bot starts it too
+    const second = await api("POST", "/control/matrix/verify", { userId: alice.userId, deviceId: alice.deviceId })
+    expect(second.status).toBe(201)
+    const hv2 = await alice.nextVerificationRequest(30_000, bot.user.userId)
+    await hv2.accept()
+    await hv2.startSas().catch(() => undefined) // may lose the race; the SDK resolves the conflict
+    await compareAndConfirm(hv2, second.body.verification.flowId)
+  }, 120_000)
+
+  it("user verification in a DM room (in-room request) completes with cross-signing trust", async () => {
+    await alice.bootstrapCrossSigning()
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    await alice.waitForCrossSigningIdentity(bot.user.userId)
+    const hv = await alice.requestVerificationDM(bot.user.userId, roomId)
+    const listed = await waitFlow("the in-room request", (f) => f.roomId === roomId)
+    expect(listed.protocolFlowId).toBe(hv.transactionId)
+    expect((await api("POST", `/control/matrix/verifications/${listed.flowId}/accept`)).status).toBe(200)
+    await compareAndConfirm(hv, listed.flowId)
+    const deadline = Date.now() + 20_000
+    while (!(await alice.isUserCrossSigningVerified(bot.user.userId))) {
+      if (Date.now() > deadline) throw new Error("alice never saw the bot's identity as verified")
+      await sleep(200)
+    }
+  }, 120_000)
+
+  it("GET /control/matrix/devices lists the bot's own device", async () => {
+    const r = cli(["devices", "--json"])
+    expect(r.status, r.stderr).toBe(0)
+    const devices = JSON.parse(r.stdout).devices as Array<{ deviceId: string; userId: string }>
+    expect(devices.map((d) => d.deviceId)).toContain(botDevice)
+    expect(devices.every((d) => d.userId === bot.user.userId)).toBe(true)
+  }, 60_000)
+})
