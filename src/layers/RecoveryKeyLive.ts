@@ -47,7 +47,7 @@ import {
   ROTATE_STEPS,
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
-import { MatrixError } from "../domain/matrix.js"
+import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
@@ -732,9 +732,10 @@ export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, dev
             yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: "failed_missing_password" })
             return yield* recoveryError("cross-signing-bootstrap-failed", "Matrix cross-signing bootstrap failed: cross-signing bootstrap requires password UIA; provide matrix.password or MATRIX_PASSWORD once and restart.")
           }
+          // A token revoked while the start-up sequence runs is a revoked token, not a cross-signing problem.
           const code = (e as { errcode?: unknown }).errcode
-          if (usedPassword && (code === "M_UNKNOWN_TOKEN" || code === "M_USER_DEACTIVATED" || code === "M_USER_LOCKED")) {
-            return yield* recoveryError("auth-token-revoked", `Matrix access token rejected by homeserver: ${String(code)}. Mint a new token or verify the password, then restart.`)
+          if (typeof code === "string" && TOKEN_REVOCATION_CODES.has(code)) {
+            return yield* recoveryError("auth-token-revoked", `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`)
           }
           yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: usedPassword ? "failed_after_uia" : "failed_before_uia" })
           return yield* recoveryError(
