@@ -52,6 +52,8 @@ export const MatrixErrorKind = Schema.Literal(
   "auth-session-user-mismatch",
   "auth-session-device-mismatch",
   "auth-session-missing-device-id",
+  /** a token is configured, but its device's crypto store is gone and no password allows a new device */
+  "crypto-store-missing",
   "token-persistence",
   "sync-failed",
   "sync-loop-give-up",

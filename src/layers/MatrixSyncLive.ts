@@ -1,3 +1,4 @@
+import * as fs from "node:fs"
 import {
   Cause,
   Deferred,
@@ -36,7 +37,7 @@ import { Verification } from "../services/Verification.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
 import { normalizeAllowlist, allowsUser } from "./allowlist.js"
-import { makeCryptoStore } from "./CryptoStoreLive.js"
+import { CRYPTO_FILE, makeCryptoStore } from "./CryptoStoreLive.js"
 import { type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
 import { makeOutbound, type MatrixTransport } from "./OutboundLive.js"
 import { recoveryFailure } from "./RecoveryKeyLive.js"
@@ -242,7 +243,13 @@ const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: Conf
     return { userId: login.user_id, deviceId: login.device_id, accessToken: token }
   })
 
-const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv) =>
+/**
+ * `storeLost`: the configured token's device has no crypto store here any more (disaster, or a deleted state
+ * dir). Reusing that device id with a fresh store would upload a second identity key for it (peers keep
+ * encrypting to the old one), so the daemon logs in as a NEW device with the password and logs the old
+ * device out, or refuses when no password is available (reference recipes §5).
+ */
+const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv, storeLost = false) =>
   Effect.gen(function*() {
     const baseUrl = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
     const userId = (m.userId ?? "").trim()
@@ -260,6 +267,27 @@ const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.Proces
           "missing-device-id-for-token-restore",
           "matrix.deviceId is required when matrix.accessToken is configured; either set matrix.deviceId to the SDK-issued device ID for that token, or remove matrix.accessToken to fall back to password login"
         )
+      }
+      if (storeLost) {
+        if (m.password === undefined || m.password === null) {
+          return yield* fail(
+            "crypto-store-missing",
+            `the Matrix crypto store of device ${deviceId} is missing, and a device id must never be reused with a fresh store. Provide matrix.password (or MATRIX_PASSWORD) once and restart: the daemon logs in as a new device (restore the recovery key first with \`cara matrix recovery-key restore\` to keep the bot's cross-signed identity and backed-up room keys).`
+          )
+        }
+        yield* Effect.logWarning("Matrix crypto store missing for the configured device; logging in as a new device").pipe(
+          Effect.annotateLogs({ oldDeviceId: deviceId })
+        )
+        const { deviceId: _lost, ...fresh } = m
+        const s = yield* passwordLogin(fresh, baseUrl, userId, secrets, env)
+        // the old device's keys died with its store: remove it so senders stop encrypting to it (best effort)
+        yield* Effect.tryPromise(() =>
+          sdk.createClient({ baseUrl, accessToken: Redacted.value(token.value), localTimeoutMs: HTTP_TIMEOUT_MS, logger: quietLogger }).logout(true)
+        ).pipe(
+          Effect.tap(() => Effect.logInfo("Matrix: the lost device was logged out").pipe(Effect.annotateLogs({ oldDeviceId: deviceId }))),
+          Effect.catchAll(() => Effect.logWarning("Matrix: logging out the lost device failed; remove it in Element").pipe(Effect.annotateLogs({ oldDeviceId: deviceId })))
+        )
+        return { baseUrl, ...s, mode: "password" } satisfies Credentials
       }
       yield* whoami(baseUrl, userId, deviceId, token.value)
       return { baseUrl, userId, deviceId, accessToken: token.value, mode: "token" } satisfies Credentials
@@ -381,6 +409,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.repair.pipe(Effect.mapError(recoveryFailure))
 
     // 1. the store (before any network I/O: a wrong passphrase must not mint a device)
+    const storeLost = encryptedMode && !fs.existsSync(stateDir.resolve(CRYPTO_FILE))
     const secret = encryptedMode
       ? { encrypted: true as const, passphrase: yield* passphrase.resolve.pipe(Effect.mapError(storeOpenFailure)) }
       : { encrypted: false as const }
@@ -390,7 +419,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     )
 
     // 2. authentication
-    const creds = yield* authenticate(m, secrets, env)
+    const creds = yield* authenticate(m, secrets, env, storeLost)
     yield* Ref.set(deps.sessionRef, Option.some({ userId: creds.userId, deviceId: creds.deviceId }))
     yield* status.updateMatrix((x) => ({ ...x, userId: creds.userId, deviceId: creds.deviceId }))
     const me = creds.userId
