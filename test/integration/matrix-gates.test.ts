@@ -3,6 +3,7 @@
 // refuses an encrypted invite.
 import * as fs from "node:fs"
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { Preset } from "matrix-js-sdk"
 import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
@@ -116,5 +117,34 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     await bot.waitForLog(/Matrix invite rejected: room is encrypted and matrix.encrypted=false/)
     const extra = (await bot.status())?.["extra"] as Record<string, number>
     expect(extra["peerDropEncryptedRoomTotal"]).toBe(1)
+  }, 180_000)
+
+  it("with encrypted=false answers in a plain room, and marks the room unsupported once it becomes encrypted", async () => {
+    const alice = await human()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
+    bots.push(bot)
+    await bot.start()
+    const { room_id: roomId } = await alice.client.createRoom({ is_direct: true, invite: [bot.user.userId], preset: Preset.TrustedPrivateChat })
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const plain = await alice.sendText(roomId, "plain question")
+    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === plain, 45_000)
+
+    await alice.client.sendStateEvent(roomId, "m.room.encryption" as never, { algorithm: "m.megolm.v1.aes-sha2" } as never, "")
+    await bot.waitForLog(/Matrix room became encrypted while matrix.encrypted=false/, 30_000)
+    const requestsBefore = llm.requests.length
+    const secret = await alice.sendText(roomId, "this one is encrypted")
+    const deadline = Date.now() + 30_000
+    let extra: Record<string, unknown> = {}
+    while (Date.now() < deadline) {
+      extra = ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
+      if (extra["unsupportedRoomCount"] === 1 && Number(extra["peerDropEncryptedRoomTotal"]) >= 2) break
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    expect(extra["unsupportedRoomCount"]).toBe(1)
+    expect(extra["unsupportedRooms"]).toEqual([roomId])
+    expect(Number(extra["peerDropEncryptedRoomTotal"])).toBeGreaterThanOrEqual(2)
+    expect(llm.requests.length).toBe(requestsBefore)
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([plain])
+    expect(secret).toBeDefined()
   }, 180_000)
 })
