@@ -10,7 +10,7 @@ import { Effect, type Scope } from "effect"
 
 export type FakeReply =
   /** A successful answer: streamed as one delta per chunk when the request asks for a stream. */
-  | { readonly type: "text"; readonly chunks: ReadonlyArray<string> }
+  | { readonly type: "text"; readonly chunks: ReadonlyArray<string>; readonly delayMs?: number }
   /** An HTTP error with the provider's error body. */
   | {
     readonly type: "error"
@@ -211,8 +211,10 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
               for (const w of abortWaiters.splice(0)) w()
             })
           }
-          if (flavor === "anthropic") handleAnthropic(recorded, reply, res)
-          else handleOpenAI(recorded, reply, res)
+          const answer = () => (flavor === "anthropic" ? handleAnthropic(recorded, reply, res) : handleOpenAI(recorded, reply, res))
+          // a slow model: the answer starts only after the delay (typing indicators are visible meanwhile)
+          if (reply.type === "text" && reply.delayMs !== undefined) setTimeout(answer, reply.delayMs)
+          else answer()
         })
       })
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))

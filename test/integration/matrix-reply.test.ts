@@ -1,0 +1,100 @@
+// How a reply looks and feels in the room (issue 7 point 6), against the real Synapse: the bot shows typing
+// while the agent works and stops afterwards, sends a read receipt for the message it handled, and answers a
+// message in a thread inside that thread.
+import { RoomMemberEvent } from "matrix-js-sdk"
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { Human } from "../support/human.js"
+import { describeSynapse } from "../support/synapse/index.js"
+import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+
+describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  const bots: Array<Bot> = []
+  const humans: Array<Human> = []
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+  })
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-3000)}\n`)
+    }
+    for (const b of bots.splice(0)) await b.stop("SIGKILL")
+    for (const h of humans.splice(0)) await h.stop()
+  })
+  afterAll(async () => {
+    await closeLlm()
+  })
+
+  const setup = async () => {
+    const u = await hs.registerUser()
+    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
+    humans.push(alice)
+    await alice.start()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    await bot.start()
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    return { alice, bot, roomId }
+  }
+
+  const replyTo = (alice: Human, bot: Bot, roomId: string, eventId: string) =>
+    alice.waitForMessage(
+      roomId,
+      (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId,
+      45_000
+    )
+
+  it("types while the agent works, stops typing after the answer, and marks the message read", async () => {
+    const { alice, bot, roomId } = await setup()
+    const typing: Array<boolean> = []
+    alice.client.on(RoomMemberEvent.Typing, (_event, member) => {
+      if (member.roomId === roomId && member.userId === bot.user.userId) typing.push(member.typing)
+    })
+    llm.enqueue({ type: "text", chunks: ["slow answer"], delayMs: 2_500 })
+    const sent = await alice.sendText(roomId, "take your time")
+    const deadline = Date.now() + 20_000
+    while (!typing.includes(true) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    expect(typing).toContain(true)
+
+    const reply = await replyTo(alice, bot, roomId, sent)
+    expect(reply.body).toBe("slow answer")
+    const room = alice.client.getRoom(roomId)!
+    const until = Date.now() + 20_000
+    while (Date.now() < until) {
+      const stoppedTyping = room.getMember(bot.user.userId)?.typing === false && typing.at(-1) === false
+      const receipt = room.getReadReceiptForUserId(bot.user.userId, true)
+      if (stoppedTyping && receipt !== null) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    expect(typing.at(-1)).toBe(false)
+    // a real receipt from the bot (not one the SDK synthesises from the bot's own reply)
+    const receipt = room.getReadReceiptForUserId(bot.user.userId, true)
+    expect(receipt?.eventId).toBe(sent)
+  }, 180_000)
+
+  it("answers a message in a thread inside that thread", async () => {
+    const { alice, bot, roomId } = await setup()
+    const root = await alice.sendText(roomId, "root question")
+    await replyTo(alice, bot, roomId, root)
+    const { event_id: inThread } = await alice.client.sendEvent(roomId, "m.room.message" as never, {
+      msgtype: "m.text",
+      body: "follow-up in the thread",
+      "m.relates_to": { rel_type: "m.thread", event_id: root, is_falling_back: true, "m.in_reply_to": { event_id: root } }
+    } as never)
+    const reply = await alice.waitForMessage(
+      roomId,
+      (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.rel_type === "m.thread",
+      45_000
+    )
+    expect(reply.content["m.relates_to"]).toMatchObject({
+      rel_type: "m.thread",
+      event_id: root,
+      "m.in_reply_to": { event_id: inThread }
+    })
+    expect(JSON.stringify(llm.requests.at(-1)?.body)).toContain("follow-up in the thread")
+  }, 180_000)
+})
