@@ -109,7 +109,8 @@ const UNAVAILABLE_KINDS = new Set([
   "auth-session-missing-device-id"
 ])
 
-const ROOM_ID = /^![^:\s]+:\S+$/
+// Room versions before 12 have `!opaque:server`; from v12 on (MSC4291) a room id is `!` + a hash, no server.
+const ROOM_ID = /^![^:\s]+(:\S+)?$/
 const MAX_TEXT_BYTES = 4096
 const MAX_SEND_TEST_BODY = 5120
 
@@ -120,7 +121,7 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
       Effect.gen(function*() {
         const text = payload.text.trim()
         if (!ROOM_ID.test(payload.roomId)) {
-          return yield* new BadRequest({ kind: "invalid-room-id", message: "roomId must be a Matrix room id like !abc:example.com (room settings → Advanced)" })
+          return yield* new BadRequest({ kind: "invalid-room-id", message: "roomId must be a Matrix room id like !abc:example.com or !abc (room settings → Advanced)" })
         }
         if (text === "") return yield* new BadRequest({ kind: "invalid-string", message: "text is required and must not be blank" })
         if (Buffer.byteLength(text, "utf8") > MAX_TEXT_BYTES) {

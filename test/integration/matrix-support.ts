@@ -35,6 +35,11 @@ export class Bot {
     private readonly env: NodeJS.ProcessEnv
   ) {}
 
+  /** The environment the daemon runs with (for `cara ...` commands run beside it, as an operator would). */
+  cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+    return { ...this.env, ...extra }
+  }
+
   get configPath(): string {
     return path.join(this.dir, "carapace.json5")
   }
