@@ -238,18 +238,22 @@ export const makeDlq = (options: DlqOptions) =>
         const k = yield* key
         const line = encodeLine(record, Option.getOrUndefined(k))
         yield* ensureDir
-        // Under 100 bytes per line the file cannot hold the cap: skip counting (the common case).
-        if ((yield* fileSize(file)) >= DLQ_RECORD_CAP * 100) {
-          const existing = (yield* readLines).length
-          if (existing >= DLQ_RECORD_CAP) {
-            capLatchedAt = now
-            yield* audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
-            yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
-            return yield* new DlqError({
-              kind: "dlq-cap-saturation",
-              message: `Matrix inbound DLQ at ${file} reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
-            })
-          }
+        // One record per event: a re-offered event (resumed after a restart) that fails again is already here.
+        const existing = yield* readLines
+        const id = recordId(record.eventId)
+        const sameEvent = (l: string) => {
+          const d = decodeLine(l, Option.getOrUndefined(k))
+          return d._tag === "Record" && recordId(d.record.eventId) === id
+        }
+        if (existing.some(sameEvent)) return
+        if (existing.length >= DLQ_RECORD_CAP) {
+          capLatchedAt = now
+          yield* audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing.length, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
+          yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
+          return yield* new DlqError({
+            kind: "dlq-cap-saturation",
+            message: `Matrix inbound DLQ at ${file} reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
+          })
         }
         yield* appendDurable(file, `${line}\n`)
       })

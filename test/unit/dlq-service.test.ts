@@ -111,6 +111,18 @@ describe("Dlq append", () => {
     }).pipe(Effect.provide(layerAt(root)))
   })
 
+  it.effect("an event already in the DLQ is not appended twice", () => {
+    const root = tempRoot()
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      yield* dlq.append(rec(1))
+      yield* dlq.append({ ...rec(1), receivedAt: 99_999 })
+      yield* dlq.append(rec(2))
+      expect(lines(dlqFile(root))).toHaveLength(2)
+      expect((yield* dlq.list).records.map((r) => r.receivedAt)).toEqual([rec(1).receivedAt, rec(2).receivedAt])
+    }).pipe(Effect.provide(layerAt(root)))
+  })
+
   it.effect("unencrypted mode writes plain records", () => {
     const root = tempRoot()
     return Effect.gen(function*() {

@@ -1,0 +1,163 @@
+// The inbound DLQ end to end (real daemon, real Synapse, fake LLM): a session-write fault sends messages to the
+// encrypted DLQ with counters; clearing the fault gets them replayed automatically, each answered once; a
+// SIGKILL in the middle of a replay loses nothing and duplicates nothing; a rekey with a non-empty DLQ keeps
+// the records replayable under the new passphrase.
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { decodeLine, deriveDlqKey } from "../../src/domain/dlq.js"
+import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
+import { cleanEnv, runCli } from "../support/cli.js"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { Human } from "../support/human.js"
+import { describeSynapse } from "../support/synapse/index.js"
+import { type Bot, CONFIG_PASSWORD, count, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+
+describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  const bots: Array<Bot> = []
+  const humans: Array<Human> = []
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+  })
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      for (const b of bots) {
+        const file = `${b.dir}/daemon-output.log`
+        fs.writeFileSync(file, b.output())
+        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}; last lines:\n${b.output().slice(-4000)}\n`)
+      }
+    }
+    for (const b of bots.splice(0)) await b.stop("SIGKILL")
+    for (const h of humans.splice(0)) await h.stop()
+  })
+  afterAll(async () => {
+    await closeLlm()
+  })
+
+  const human = async () => {
+    const u = await hs.registerUser()
+    const h = await Human.login(hs.baseUrl, u.userId, u.password)
+    humans.push(h)
+    await h.start()
+    return h
+  }
+
+  /** A bot whose session writes fail while `faultFile` exists. */
+  const faultyBot = async (alice: Human) => {
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    const faultFile = path.join(bot.dir, "session-write.fault")
+    fs.writeFileSync(faultFile, "on\n")
+    return { bot, faultFile, fault: { CARA_TEST_FAULT: `session-write:${faultFile}` } }
+  }
+
+  const dmWithBot = async (alice: Human, bot: Bot) => {
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    return roomId
+  }
+
+  const dlqLines = (bot: Bot) => {
+    const f = path.join(bot.dir, "matrix", "inbound_dlq.jsonl")
+    return fs.existsSync(f) ? fs.readFileSync(f, "utf8").split("\n").filter((l) => l !== "") : []
+  }
+
+  const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, bot: Bot) => {
+    const deadline = Date.now() + timeoutMs
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${bot.output().slice(-4000)}`)
+      await new Promise((r) => setTimeout(r, 250))
+    }
+  }
+
+  const repliesTo = (alice: Human, roomId: string, bot: Bot) => messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)
+
+  it("session writes fail -> messages land in the encrypted DLQ with counters; fault cleared -> replayed automatically, each answered once", async () => {
+    const alice = await human()
+    const { bot, fault, faultFile } = await faultyBot(alice)
+    await bot.start(fault)
+    const roomId = await dmWithBot(alice, bot)
+    const m1 = await alice.sendText(roomId, "first dead letter")
+    const m2 = await alice.sendText(roomId, "second dead letter")
+    await waitFor("two DLQ records", () => dlqLines(bot).length === 2, 45_000, bot)
+
+    // encrypted at rest, 0600, counted
+    const lines = dlqLines(bot)
+    expect(lines.every((l) => Object.keys(JSON.parse(l) as object).sort().join() === "ciphertext,nonce,version")).toBe(true)
+    expect(lines.join("\n")).not.toContain("dead letter")
+    expect(fs.statSync(path.join(bot.dir, "matrix", "inbound_dlq.jsonl")).mode & 0o777).toBe(0o600)
+    const during = (await bot.status())!["extra"] as Record<string, unknown>
+    expect(during["inboundDispatchFailureTotal"]).toBeGreaterThanOrEqual(2)
+    expect(during["inboundDlqRecordCount"]).toBe(2)
+    expect(repliesTo(alice, roomId, bot)).toEqual([])
+
+    fs.rmSync(faultFile)
+    await waitFor("the DLQ to drain", () => dlqLines(bot).length === 0, 120_000, bot)
+    await waitFor("both answers", () => repliesTo(alice, roomId, bot).length >= 2, 45_000, bot)
+    const after = (await bot.status())!["extra"] as Record<string, unknown>
+    expect(after["inboundDlqRecordCount"]).toBe(0)
+    expect(after["inboundDlqReplayedTotal"]).toBe(2)
+    // a later message is answered normally; the replayed ones exactly once
+    const m3 = await alice.sendText(roomId, "live again")
+    await waitFor("the live answer", () => repliesTo(alice, roomId, bot).includes(m3), 45_000, bot)
+    expect(repliesTo(alice, roomId, bot)).toEqual([m1, m2, m3])
+  }, 300_000)
+
+  it("SIGKILL during a replay: after a restart no message is answered twice and none is lost", async () => {
+    const alice = await human()
+    const { bot, fault, faultFile } = await faultyBot(alice)
+    await bot.start(fault)
+    const roomId = await dmWithBot(alice, bot)
+    const sent = [await alice.sendText(roomId, "kill one"), await alice.sendText(roomId, "kill two"), await alice.sendText(roomId, "kill three")]
+    await waitFor("three DLQ records", () => dlqLines(bot).length === 3, 45_000, bot)
+    const answeredBefore = count(bot.output(), /Matrix message answered/)
+
+    fs.rmSync(faultFile)
+    // the first replayed answer is committed: kill the daemon before the replay finishes and rewrites the DLQ
+    await waitFor("the first replayed answer", () => count(bot.output(), /Matrix message answered/) > answeredBefore, 120_000, bot)
+    expect((await bot.stop("SIGKILL")).signal).toBe("SIGKILL")
+    expect(dlqLines(bot).length).toBeGreaterThan(0)
+
+    await bot.start()
+    await waitFor("the DLQ to drain after the restart", () => dlqLines(bot).length === 0, 120_000, bot)
+    await waitFor("three answers", () => repliesTo(alice, roomId, bot).length >= 3, 45_000, bot)
+    const next = await alice.sendText(roomId, "after the crash")
+    await waitFor("the live answer", () => repliesTo(alice, roomId, bot).includes(next), 45_000, bot)
+    const replies = repliesTo(alice, roomId, bot)
+    expect([...replies].sort()).toEqual([...sent, next].sort())
+    expect(new Set(replies).size).toBe(replies.length)
+    expect(fs.existsSync(path.join(bot.dir, "matrix", "inbound_dlq.corrupt.jsonl"))).toBe(false)
+  }, 360_000)
+
+  it("rekey-store with a non-empty DLQ: the records move to the new passphrase and are replayed after the restart", async () => {
+    const alice = await human()
+    const { bot, fault, faultFile } = await faultyBot(alice)
+    await bot.start(fault)
+    const roomId = await dmWithBot(alice, bot)
+    const sent = await alice.sendText(roomId, "survive the rekey")
+    await waitFor("one DLQ record", () => dlqLines(bot).length === 1, 45_000, bot)
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+
+    const iid = fs.readFileSync(path.join(bot.dir, "installation_id"), "utf8").trim()
+    const oldKey = deriveDlqKey(deriveStorePassphrase(CONFIG_PASSWORD, iid), iid)
+    expect(decodeLine(dlqLines(bot)[0]!, oldKey)._tag).toBe("Record")
+
+    const r = runCli(["matrix", "rekey-store", "--new"], cleanEnv(bot.dir, { CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD, CARAPACE_GATEWAY_TOKEN: "unused-token-0123456789abcdef" }))
+    expect(r.status, r.stderr + r.stdout).toBe(0)
+    const pinned = fs.readFileSync(path.join(bot.dir, "matrix", "store_passphrase"), "utf8").trim()
+    const newKey = deriveDlqKey(pinned, iid)
+    expect(decodeLine(dlqLines(bot)[0]!, oldKey)._tag).toBe("Corrupt")
+    expect(decodeLine(dlqLines(bot)[0]!, newKey)).toMatchObject({ _tag: "Record", record: { eventId: sent, text: "survive the rekey" } })
+
+    fs.rmSync(faultFile)
+    await bot.start()
+    await waitFor("the DLQ to drain under the new passphrase", () => dlqLines(bot).length === 0, 120_000, bot)
+    await waitFor("the answer", () => repliesTo(alice, roomId, bot).length >= 1, 45_000, bot)
+    expect(repliesTo(alice, roomId, bot)).toEqual([sent])
+    expect(fs.existsSync(path.join(bot.dir, "matrix", "inbound_dlq.corrupt.jsonl"))).toBe(false)
+    expect(bot.output()).not.toMatch(/dlq-crypto/)
+  }, 300_000)
+})
