@@ -98,6 +98,7 @@ const main = async (): Promise<number> => {
   }
   const cleanups: Array<() => Promise<unknown> | unknown> = []
   let stopping = false
+  let stopped: Promise<void> = Promise.resolve()
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) {
       try {
@@ -111,7 +112,8 @@ const main = async (): Promise<number> => {
     if (stopping) return
     stopping = true
     log("\nCtrl-C: stopping the daemon, the human client and Synapse …")
-    void cleanup().then(() => process.exit(130))
+    stopped = cleanup()
+    void stopped.then(() => process.exit(130))
   })
 
   try {
@@ -141,7 +143,8 @@ const main = async (): Promise<number> => {
     step("writing the config …")
     const { cleanEnv, startDaemon, tempStateDir } = await import("../test/support/cli.js")
     const stateDir = tempStateDir()
-    cleanups.push(() => fs.rmSync(stateDir, { recursive: true, force: true }))
+    // Removed last: on Ctrl-C the daemon (which gets the signal too) may still be writing while it shuts down.
+    cleanups.unshift(() => fs.rmSync(stateDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }))
     fs.writeFileSync(
       path.join(stateDir, "carapace.json5"),
       demoConfig({ homeserverUrl: synapse.baseUrl, botUserId: botUser.userId, humanUserId: humanUser.userId, provider }),
@@ -192,7 +195,11 @@ const main = async (): Promise<number> => {
     log("Done. Stopping everything …")
     return answer.encrypted ? 0 : 1
   } catch (e) {
-    if (stopping) return 130
+    // A step interrupted by Ctrl-C fails here: let the cleanup the signal started finish before exiting.
+    if (stopping) {
+      await stopped
+      return 130
+    }
     process.stderr.write(`demo failed: ${e instanceof Error ? e.message : String(e)}\n`)
     return 1
   } finally {
