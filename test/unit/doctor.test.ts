@@ -197,3 +197,22 @@ describe("cara doctor: the stores", () => {
       expect(renderDoctor(bad, true)).not.toContain("store-key-two")
     }))
 })
+
+describe("cara doctor: the maintenance lock", () => {
+  it.scoped("while another process holds the lock, doctor names the holder and does not open the stores", () =>
+    Effect.gen(function*() {
+      const { makeStateDir } = yield* Effect.promise(() => import("../../src/layers/StateDirLive.js"))
+      const { acquireRekeyLock } = yield* Effect.promise(() => import("../../src/layers/StorePassphraseLive.js"))
+      const { SqliteFile } = yield* Effect.promise(() => import("../../src/layers/durable-idb/sqliteFile.js"))
+      const f = yield* Effect.promise(() => SqliteFile.open(path.join(dir, "matrix", "matrix-sdk-crypto.sqlite3"), "crypto", { encrypted: true, passphrase: "k" }))
+      f.close()
+      const sd = yield* makeStateDir(dir)
+      yield* acquireRekeyLock(sd, "daemon")
+      const report = yield* runDoctor({ env: { ...env, MATRIX_STORE_PASSPHRASE: "wrong" }, offline: true })
+      const lock = byCheck(report, "lock")[0]!
+      expect(lock.status).toBe("ok")
+      expect(lock.message).toContain(`held by daemon (pid ${process.pid})`)
+      // A wrong key would be an error if doctor opened the stores: it must not while they are in use.
+      expect(byCheck(report, "stores")[0]?.status).toBe("skip")
+    }))
+})
