@@ -203,6 +203,12 @@ describe("docs: doctor, environment, deployment", () => {
     expect(named).toEqual([...DOCTOR_CHECKS])
   })
 
+  it("every metric the docs name is registered by the code", () => {
+    const named = new Set(docs.flatMap((d) => [...d.text.matchAll(/\b(carapace_[a-z_]+)\b/g)].map((m) => m[1]!)))
+    expect(named.size).toBeGreaterThan(5)
+    expect([...named].filter((m) => !source.includes(`"${m}"`))).toEqual([])
+  })
+
   it("every environment variable the docs name is read by the code", () => {
     const vars = new Set(docs.flatMap((d) => [...d.text.matchAll(/\b((?:CARAPACE|MATRIX|CARA|ANTHROPIC|OPENAI)_[A-Z_]+)\b/g)].map((m) => m[1]!)))
     // The demo's own variables are read by scripts/demo.ts, not by src/.
@@ -241,5 +247,7 @@ describe("docs: doctor, environment, deployment", () => {
     expect(service.has("StartLimitBurst")).toBe(false)
     expect(sections.get("Unit")!.get("StartLimitBurst")).toBeDefined()
     expect(sections.get("Install")!.get("WantedBy")).toBe("default.target")
+    // The seed's `systemctl --user stop carapace` must reach this unit.
+    expect(sections.get("Install")!.get("Alias")).toBe("carapace.service")
   })
 })
