@@ -1,0 +1,50 @@
+// Idle cost: the daemon joined to BENCH_IDLE_ROOMS (20) encrypted rooms (one message answered in each, so
+// every room has a Megolm session), then left alone for BENCH_IDLE_SECONDS (300): CPU % of one core, bytes
+// written to storage per minute (/proc/pid/io write_bytes: the daemon writes files only under its state dir),
+// and RSS at the end. A settle pause (BENCH_IDLE_SETTLE_SECONDS, 15) after the last reply is not measured.
+// Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
+import { dirSize, emit, envNumber, log, pidOf, replyTo, round, sample, sleep, world } from "./_matrix-lib.js"
+
+const ROOMS = envNumber("BENCH_IDLE_ROOMS", 20)
+const SECONDS = envNumber("BENCH_IDLE_SECONDS", 300)
+const SETTLE = envNumber("BENCH_IDLE_SETTLE_SECONDS", 15)
+
+const main = async () => {
+  const w = await world()
+  try {
+    const alice = await w.human()
+    const bot = await w.bot({ allowUsers: [alice.userId] })
+    await bot.start()
+    const rooms: Array<string> = []
+    for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
+    for (const r of rooms) {
+      await alice.waitForMembership(r, bot.user.userId, "join", 60_000)
+      await replyTo(alice, r, bot.user.userId, await alice.sendText(r, "hello"))
+    }
+    const status = await bot.status()
+    log(`${ROOMS} rooms joined and answered; settling ${SETTLE} s, then idle for ${SECONDS} s`)
+    await sleep(SETTLE * 1000)
+    const pid = pidOf(bot)
+    const a = sample(pid)
+    await sleep(SECONDS * 1000)
+    const b = sample(pid)
+    const minutes = (b.at - a.at) / 60_000
+    emit({
+      bench: "matrix-idle",
+      rooms: ROOMS,
+      // what the daemon itself reports (/control/channels → extra.encryptedRoomCount)
+      joinedEncryptedRooms: Number((status?.["extra"] as Record<string, unknown> | undefined)?.["encryptedRoomCount"] ?? -1),
+      seconds: SECONDS,
+      cpuPercent: round((100 * (b.cpuSeconds - a.cpuSeconds)) / ((b.at - a.at) / 1000), 3),
+      bytesWrittenPerMinute: Math.round((b.writeBytes - a.writeBytes) / minutes),
+      rssMB: b.rssMB,
+      stateDirBytes: dirSize(bot.dir),
+      note: "CPU % of one core; /proc counts CPU in 10 ms ticks, so short runs are coarse"
+    })
+  } finally {
+    await w.close()
+  }
+}
+
+await main()
+process.exit(0)
