@@ -112,6 +112,9 @@ const rotateCommand = Command.make(
       const { renderRotate, rotateKey } = yield* load
       const result = yield* rotateKey
       yield* Effect.sync(() => process.stdout.write(`${renderRotate(result)}\n`))
+      // matrix-js-sdk leaves timers behind after stopClient; the client's scope is closed and every write is
+      // durable, so end the one-shot process instead of waiting for them
+      yield* Effect.sync(() => setImmediate(() => process.exit(0)))
     }).pipe(Effect.provide(MaintenanceLive))
 ).pipe(Command.withDescription("With the daemon stopped: replace the recovery key (new secret-storage key and backup); the old key is abandoned."))
 

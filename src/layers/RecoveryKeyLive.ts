@@ -659,7 +659,7 @@ export const restoreAtStartup = (ctx: BootstrapContext) =>
     ctx.keyring.add(key)
     const crypto = ctx.client.getCrypto()
     if (crypto === undefined) return yield* fail("sdk-internal")
-    yield* Effect.tryPromise({
+    const restored = yield* Effect.tryPromise({
       try: async () => {
         const id = await ctx.client.secretStorage.getDefaultKeyId()
         const found = id === null ? null : await ctx.client.secretStorage.getKey(id)
@@ -671,15 +671,28 @@ export const restoreAtStartup = (ctx: BootstrapContext) =>
           // reads the cross-signing keys out of secret storage (no new identity: they exist there)
           await crypto.bootstrapCrossSigning({})
         }
-        if ((await crypto.getSessionBackupPrivateKey()) === null) {
+        // A store without the backup key is a new device (first start after a disaster recovery): it pulls
+        // the room keys from the backup once, so history sent before the loss decrypts. Restarts skip this.
+        const newDevice = (await crypto.getSessionBackupPrivateKey()) === null
+        if (newDevice) {
           const info = await crypto.getKeyBackupInfo()
           if (info !== null) await crypto.loadSessionBackupPrivateKeyFromSecretStorage()
         }
         await crypto.checkKeyBackupAndEnable()
+        if (newDevice && (await crypto.getSessionBackupPrivateKey()) !== null) {
+          const r = await crypto.restoreKeyBackup()
+          return { total: r.total, imported: r.imported }
+        }
+        return undefined
       },
       catch: (e) => fail(((e as { reason?: RestoreFailureReason }).reason) ?? restoreReasonOf(e))
     })
-    yield* ctx.audit("matrix_recovery_key_restored_at_startup", {})
+    if (restored !== undefined) {
+      yield* Effect.logInfo("Matrix room keys restored from the key backup").pipe(
+        Effect.annotateLogs({ backupKeysTotal: restored.total, backupKeysImported: restored.imported })
+      )
+    }
+    yield* ctx.audit("matrix_recovery_key_restored_at_startup", restored === undefined ? {} : { backup_keys_imported: restored.imported })
     return true
   })
 

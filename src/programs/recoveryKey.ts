@@ -167,6 +167,15 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
     const syncStore = new sdk.IndexedDBStore({ indexedDB: store.indexedDB as never, dbName: store.syncStoreName })
     yield* Effect.tryPromise({ try: () => syncStore.startup(), catch: (e) => stateIo(`opening the sync store failed: ${String(e)}`) })
     const quiet = { trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: () => {}, getChild: () => quiet }
+    // module-level SDK loggers write to the console at call time; keep the command's output to its own lines
+    yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const saved = { log: console.log, info: console.info, debug: console.debug, warn: console.warn }
+        console.log = console.info = console.debug = console.warn = () => {}
+        return saved
+      }),
+      (saved) => Effect.sync(() => Object.assign(console, saved))
+    )
     const client = yield* Effect.acquireRelease(
       Effect.sync(() =>
         sdk.createClient({

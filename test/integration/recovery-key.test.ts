@@ -1,0 +1,243 @@
+// Recovery key against the real Synapse (issue 9): the first start cross-signs the bot and mints a key that
+// opens secret storage; disaster recovery from that key on a new device keeps the identity and the room keys;
+// rotation replaces the key on the server. The daemon and the CLI run as real processes (dist/).
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { decodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { runCli } from "../support/cli.js"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { Human } from "../support/human.js"
+import { describeSynapse, type SharedSynapse } from "../support/synapse/index.js"
+import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+
+const until = async <A>(what: string, check: () => Promise<A | undefined | false>, timeoutMs = 30_000): Promise<A> => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const r = await check()
+    if (r !== undefined && r !== false) return r
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((res) => setTimeout(res, 200))
+  }
+}
+
+/** A short-lived password session of the bot's account (its own device, logged out by `close`). */
+const botSession = async (hs: SharedSynapse, bot: Bot) => {
+  const login = await fetch(`${hs.baseUrl}/_matrix/client/v3/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ type: "m.login.password", identifier: { type: "m.id.user", user: bot.user.userId }, password: bot.user.password })
+  })
+  const { access_token: token } = (await login.json()) as { access_token: string }
+  const call = async (method: string, p: string, body?: unknown): Promise<{ status: number; json: any }> => {
+    const res = await fetch(`${hs.baseUrl}/_matrix/client/v3${p}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+    return { status: res.status, json: await res.json().catch(() => undefined) }
+  }
+  const accountData = async (type: string) => {
+    const r = await call("GET", `/user/${encodeURIComponent(bot.user.userId)}/account_data/${encodeURIComponent(type)}`)
+    return r.status === 200 ? r.json : undefined
+  }
+  return {
+    call,
+    accountData,
+    /** Whether `key` is the default secret-storage key and the cross-signing master key is stored under it. */
+    opensSecretStorage: async (key: string): Promise<boolean> => {
+      const id = (await accountData("m.secret_storage.default_key"))?.key as string | undefined
+      if (id === undefined) return false
+      const info = await accountData(`m.secret_storage.key.${id}`)
+      const master = await accountData("m.cross_signing.master")
+      if (info?.iv === undefined || master?.encrypted?.[id] === undefined) return false
+      const { mac } = await calculateKeyCheck(decodeRecoveryKey(key), info.iv)
+      return mac.replace(/=+$/, "") === String(info.mac).replace(/=+$/, "")
+    },
+    masterKey: async (): Promise<string> => {
+      const r = await call("POST", "/keys/query", { device_keys: { [bot.user.userId]: [] } })
+      return JSON.stringify(r.json.master_keys[bot.user.userId].keys)
+    },
+    devices: async (): Promise<Array<string>> => ((await call("GET", "/devices")).json.devices as Array<{ device_id: string }>).map((d) => d.device_id),
+    close: () => call("POST", "/logout", {})
+  }
+}
+
+const extraOf = async (bot: Bot) => ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
+
+describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  const bots: Array<Bot> = []
+  const humans: Array<Human> = []
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+  })
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      for (const b of bots) {
+        fs.writeFileSync(`${b.dir}/daemon-output.log`, b.output())
+        process.stderr.write(`--- daemon output in ${b.dir}/daemon-output.log; last lines:\n${b.output().slice(-4000)}\n`)
+      }
+    }
+    for (const b of bots.splice(0)) await b.stop("SIGKILL")
+    for (const h of humans.splice(0)) await h.stop()
+  })
+  afterAll(async () => {
+    await closeLlm()
+  })
+
+  const setup = async () => {
+    const u = await hs.registerUser()
+    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
+    humans.push(alice)
+    await alice.start()
+    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
+    bots.push(bot)
+    return { alice, bot }
+  }
+  const envOf = (bot: Bot) => (bot as unknown as { env: NodeJS.ProcessEnv }).env
+  const cli = (bot: Bot, args: ReadonlyArray<string>, input?: string) => runCli(["matrix", "recovery-key", ...args], envOf(bot), input)
+  const show = (bot: Bot) => {
+    const r = cli(bot, ["show", "--allow-non-terminal"])
+    expect(r.status, r.stderr).toBe(0)
+    return r.stdout.trim()
+  }
+  const deviceOf = (bot: Bot) => /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())?.[1]
+  /** Waits until the start-up sequence is through: cross-signing recorded in the channel status. */
+  const crossSigned = (bot: Bot) => until("cross-signing in the channel status", async () => ["verified", "bootstrapped"].includes(String((await extraOf(bot))["crossSigning"])), 60_000)
+  const ask = async (alice: Human, bot: Bot, roomId: string, text: string) => {
+    const sent = await alice.sendText(roomId, text)
+    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === sent, 45_000)
+    return sent
+  }
+
+  it("first start: the bot's device is cross-signed by its owner, and the key `show` prints opens secret storage", async () => {
+    const { alice, bot } = await setup()
+    await bot.start()
+    await crossSigned(bot)
+    const extra = await extraOf(bot)
+    expect(typeof extra["firstRecoveryKeyMintedAt"]).toBe("number")
+    const deviceId = deviceOf(bot)!
+
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const status = await until("the human to see the bot's device signed by its owner", async () => {
+      const s = await alice.getDeviceVerificationStatus(bot.user.userId, deviceId)
+      return s?.signedByOwner === true ? s : undefined
+    })
+    expect(status.signedByOwner).toBe(true)
+
+    // show reads the file only, so it works while the daemon runs; the key is the only output
+    const key = show(bot)
+    expect(key).toMatch(/^(?:[1-9A-HJ-NP-Za-km-z]{4} ){11}[1-9A-HJ-NP-Za-km-z]{3,4}$/)
+    expect(bot.output()).not.toContain(key)
+    const session = await botSession(hs, bot)
+    try {
+      expect(await session.opensSecretStorage(key)).toBe(true)
+      // a server-side key backup exists
+      expect((await session.call("GET", "/room_keys/version")).status).toBe(200)
+    } finally {
+      await session.close()
+    }
+    await ask(alice, bot, roomId, "still there?")
+  }, 240_000)
+
+  it("disaster recovery: store lost, key restored, the bot comes back as a new device of the same identity with the old room keys", async () => {
+    const { alice, bot } = await setup()
+    await bot.start()
+    await crossSigned(bot)
+    const oldDevice = deviceOf(bot)!
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const preLoss = await ask(alice, bot, roomId, "remember this: the pre-loss secret")
+    const sessionId = (await alice.fetchRawEvent(roomId, preLoss)).content["session_id"] as string
+    const key = show(bot)
+
+    const session = await botSession(hs, bot)
+    let masterBefore: string
+    try {
+      masterBefore = await session.masterKey()
+      // the backup upload lags the key by up to ~10 s: wait until the pre-loss message's key is on the server
+      const version = (await session.call("GET", "/room_keys/version")).json.version as string
+      await until("the pre-loss room key in the server-side backup", async () =>
+        (await session.call("GET", `/room_keys/keys/${encodeURIComponent(roomId)}/${encodeURIComponent(sessionId)}?version=${version}`)).status === 200,
+        60_000
+      )
+    } finally {
+      await session.close()
+    }
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+
+    // the disaster: everything under matrix/ is gone (stores, ledger, the key file); the operator kept the key
+    fs.rmSync(path.join(bot.dir, "matrix"), { recursive: true, force: true })
+    const restored = cli(bot, ["restore", "--stdin"], `${key}\n`)
+    expect(restored.status, restored.stderr).toBe(0)
+    expect(restored.stdout).toContain("Matrix recovery key restored at")
+    expect(fs.readFileSync(path.join(bot.dir, "matrix", "recovery_key"), "utf8")).toBe(`${key}\n`)
+
+    // MATRIX_PASSWORD is still in the daemon's environment: the lost device is replaced by a new one
+    await bot.start()
+    const newDevice = deviceOf(bot)!
+    expect(newDevice).not.toBe(oldDevice)
+    expect(bot.output()).toContain("logging in as a new device")
+    const m = await bot.waitForLog(/Matrix room keys restored from the key backup.*backupKeysImported=(\d+)/, 60_000)
+    expect(Number(m[1])).toBeGreaterThanOrEqual(1)
+    await crossSigned(bot)
+
+    const after = await botSession(hs, bot)
+    try {
+      expect(await after.masterKey()).toBe(masterBefore)
+      const devices = await after.devices()
+      expect(devices).toContain(newDevice)
+      expect(devices).not.toContain(oldDevice)
+      // no new mint: the restored key still opens secret storage
+      expect(await after.opensSecretStorage(key)).toBe(true)
+    } finally {
+      await after.close()
+    }
+    expect(show(bot)).toBe(key)
+    await until("the human to see the new device signed by its owner", async () =>
+      (await alice.getDeviceVerificationStatus(bot.user.userId, newDevice).catch(() => null))?.signedByOwner === true, 60_000)
+    await ask(alice, bot, roomId, "are you back?")
+  }, 360_000)
+
+  it("rotate: the new key opens secret storage and the old one no longer does; the bot starts again and answers", async () => {
+    const { alice, bot } = await setup()
+    await bot.start()
+    await crossSigned(bot)
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    await ask(alice, bot, roomId, "before the rotation")
+    const oldKey = show(bot)
+
+    // refused while the daemon holds the lock
+    const refused = cli(bot, ["rotate", "--yes"])
+    expect(refused.status).not.toBe(0)
+    expect(refused.stderr + refused.stdout).toMatch(/refused/)
+    expect(show(bot)).toBe(oldKey)
+
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+    const rotated = cli(bot, ["rotate", "--yes"])
+    expect(rotated.status, rotated.stderr + rotated.stdout).toBe(0)
+    expect(rotated.stdout).toContain("Matrix recovery key rotated at")
+    const newKey = show(bot)
+    expect(newKey).not.toBe(oldKey)
+    expect(rotated.stdout + rotated.stderr).not.toContain(newKey)
+    for (const f of ["recovery_key.pending", "recovery_key.rotating"]) expect(fs.existsSync(path.join(bot.dir, "matrix", f))).toBe(false)
+
+    const session = await botSession(hs, bot)
+    try {
+      expect(await session.opensSecretStorage(newKey)).toBe(true)
+      expect(await session.opensSecretStorage(oldKey)).toBe(false)
+    } finally {
+      await session.close()
+    }
+
+    await bot.start()
+    await crossSigned(bot)
+    await ask(alice, bot, roomId, "after the rotation")
+  }, 300_000)
+})
