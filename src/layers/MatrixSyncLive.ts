@@ -33,6 +33,7 @@ import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
 import { type MatrixSession, MatrixSync, type MatrixSyncShape } from "../services/MatrixSync.js"
 import type { OutboundShape } from "../services/Outbound.js"
 import { RecoveryKey } from "../services/RecoveryKey.js"
+import { Metrics } from "../services/Metrics.js"
 import { Verification } from "../services/Verification.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
@@ -406,6 +407,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
 
     // recovery-key artifacts are repaired (or refused) before anything is opened (reference §5.2 step 2)
     const recovery = yield* Effect.serviceOption(RecoveryKey)
+    const metrics = yield* Effect.serviceOption(Metrics)
     if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.repair.pipe(Effect.mapError(recoveryFailure))
 
     // 1. the store (before any network I/O: a wrong passphrase must not mint a device)
@@ -672,6 +674,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
             return
           }
           if (state === sdk.SyncState.Error) {
+            if (Option.isSome(metrics)) fork(metrics.value.increment("carapace_matrix_sync_failures_total", { class: "transient" }))
             errorStreak++
             if (errorStreak === STICKY_FAILURES) {
               fork(status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: `Matrix sync failed: ${describe(err)}` }))

@@ -77,6 +77,9 @@ export const MetricsLive = Layer.effect(
           put("carapace_matrix_joined_rooms", x.unencryptedRoomCount, { encryption: "unencrypted" })
           put("carapace_matrix_joined_rooms", x.unsupportedRoomCount, { encryption: "unsupported" })
           put("carapace_matrix_undecryptable_events", x.undecryptableEventCount)
+          put("carapace_matrix_unsupported_inbound_total", x.peerDropEncryptedRoomTotal, { kind: "encrypted_room" })
+          put("carapace_matrix_unsupported_inbound_total", x.peerDropUnsupportedMsgtypeTotal, { kind: "msgtype" })
+          put("carapace_matrix_unsupported_inbound_total", x.peerDropBodyTooLargeTotal, { kind: "oversize" })
           if (x.inboundDlqRecordCount !== undefined) put("carapace_matrix_dlq_records", x.inboundDlqRecordCount)
         }
       }

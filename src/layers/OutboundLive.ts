@@ -1,7 +1,8 @@
 import { createHash, randomUUID } from "node:crypto"
-import { Deferred, Duration, Effect } from "effect"
+import { Deferred, Duration, Effect, Option } from "effect"
 import { MatrixError, TOKEN_REVOCATION_CODES } from "../domain/matrix.js"
 import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
+import { Metrics } from "../services/Metrics.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Transaction ids
@@ -358,6 +359,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
     const baseDelay = options.baseDelayMs ?? 1_000
     const maxDelay = options.maxDelayMs ?? 60_000
     const maxAttempts = options.maxAttempts ?? 12
+    const metrics = yield* Effect.serviceOption(Metrics)
     // One queue per room: answers to one room go out in order, rooms do not wait for each other.
     const queues = new Map<string, Effect.Semaphore>()
     const queueOf = (roomId: string) =>
@@ -393,10 +395,14 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
     const sendOne = (roomId: string, threadId: string | null, content: Record<string, unknown>, txnId: string) =>
       Effect.gen(function*() {
         for (let attempt = 1;; attempt++) {
+          const started = Date.now()
           const result = yield* Effect.tryPromise({
             try: () => transport.send(roomId, threadId, content, txnId),
             catch: classifySendError
           }).pipe(Effect.either)
+          if (Option.isSome(metrics)) {
+            yield* metrics.value.observe("carapace_matrix_outbound_send_duration_seconds", (Date.now() - started) / 1000)
+          }
           if (result._tag === "Right") return result.right
           const failure = result.left
           if (failure._tag === "Terminal") {

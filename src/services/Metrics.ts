@@ -10,18 +10,12 @@ export const METRICS = {
   carapace_matrix_inbound_dlq_lost_event_ids_total: { type: "counter", help: "Inbound events lost because the DLQ could not record them." },
   carapace_matrix_sync_failures_total: { type: "counter", help: "Failed /sync cycles by class (transient, permanent)." },
   carapace_matrix_unsupported_inbound_total: { type: "counter", help: "Inbound events dropped as unsupported by kind (encrypted_room, msgtype, oversize)." },
-  carapace_matrix_verification_rate_limit_drops_total: { type: "counter", help: "Verification WebSocket broadcasts dropped by the per-peer rate limit." },
   carapace_matrix_pending_verifications: { type: "gauge", help: "Verification flows currently held by the daemon." },
   carapace_matrix_dlq_records: { type: "gauge", help: "Records in the inbound DLQ at the last sample (-1: sampling failed)." },
   carapace_matrix_outbound_send_duration_seconds: {
     type: "histogram",
     help: "Duration of outbound Matrix sends.",
     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
-  },
-  carapace_matrix_sync_cycle_seconds: {
-    type: "histogram",
-    help: "Duration of one sync cycle, long-poll wait included.",
-    buckets: [1, 5, 10, 30, 60, 120, 300]
   },
   carapace_matrix_joined_rooms: { type: "gauge", help: "Joined Matrix rooms by encryption (encrypted, unencrypted, unsupported)." },
   carapace_matrix_undecryptable_events: { type: "gauge", help: "Events the daemon could not decrypt, since start." },

@@ -72,6 +72,14 @@ describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", 
     expect(matrix.extra["lastSuccessfulSyncAt"]).toEqual(expect.any(Number))
     expect(matrix.extra["deviceId"]).toMatch(/^[A-Z0-9]+$/)
 
+    // an answered message shows up in the metrics (send duration), next to the live gauges
+    const asked = await alice.sendText(roomId, "count me")
+    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === asked, 45_000)
+    const metricsText = await (await fetch(`${bot.running!.baseUrl}/metrics`)).text()
+    expect(Number(/^carapace_matrix_outbound_send_duration_seconds_count (\d+)$/m.exec(metricsText)?.[1])).toBeGreaterThanOrEqual(1)
+    expect(metricsText).toContain('carapace_matrix_joined_rooms{encryption="encrypted"} 1')
+    expect(metricsText).toContain('carapace_channel_up{channel="matrix"} 1')
+
     // every secret of this installation, in plain text
     const sealed = /accessToken:\s*"(enc:v2:[^"]+)"/.exec(bot.config())![1]!
     const token = await Effect.runPromise(open(CONFIG_PASSWORD, sealed))

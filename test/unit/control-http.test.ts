@@ -266,7 +266,7 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(r.text).toContain('carapace_matrix_outbound_send_duration_seconds_bucket{le="0.5"} 1\n')
       expect(r.text).toContain("carapace_matrix_outbound_send_duration_seconds_count 1\n")
       expect(r.text).toContain('carapace_channel_up{channel="matrix"} 1\n')
-      expect(r.text).toContain("# TYPE carapace_matrix_verification_rate_limit_drops_total counter")
+      expect(r.text).toContain("# TYPE carapace_matrix_unsupported_inbound_total counter")
       // Every sample line is `name{labels} value`.
       for (const line of r.text.trim().split("\n").filter((l) => !l.startsWith("#"))) {
         expect(line).toMatch(/^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+Inf]+$/)
