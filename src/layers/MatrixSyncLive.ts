@@ -415,13 +415,17 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     const secret = encryptedMode
       ? { encrypted: true as const, passphrase: yield* passphrase.resolve.pipe(Effect.mapError(storeOpenFailure)) }
       : { encrypted: false as const }
+    // a token whose device lost its store: settle the new-device login (or refuse) before the store files
+    // exist, so a failed attempt cannot leave an empty store that the old device id would be reused with
+    const tokenConfigured = m.accessToken !== undefined && m.accessToken !== null
+    const early = storeLost && tokenConfigured ? Option.some(yield* authenticate(m, secrets, env, true)) : Option.none<Credentials>()
     const store: CryptoStoreShape = yield* makeCryptoStore({ secret }).pipe(
       Effect.provideService(StateDir, stateDir),
       Effect.mapError(storeOpenFailure)
     )
 
     // 2. authentication
-    const creds = yield* authenticate(m, secrets, env, storeLost)
+    const creds = Option.isSome(early) ? early.value : yield* authenticate(m, secrets, env)
     yield* Ref.set(deps.sessionRef, Option.some({ userId: creds.userId, deviceId: creds.deviceId }))
     yield* status.updateMatrix((x) => ({ ...x, userId: creds.userId, deviceId: creds.deviceId }))
     const me = creds.userId

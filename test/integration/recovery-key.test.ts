@@ -119,6 +119,7 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     await bot.start()
     await crossSigned(bot)
     const extra = await extraOf(bot)
+    expect(extra["crossSigning"]).toBe("verified")
     expect(typeof extra["firstRecoveryKeyMintedAt"]).toBe("number")
     const deviceId = deviceOf(bot)!
 
@@ -178,13 +179,21 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     expect(restored.stdout).toContain("Matrix recovery key restored at")
     expect(fs.readFileSync(path.join(bot.dir, "matrix", "recovery_key"), "utf8")).toBe(`${key}\n`)
 
-    // MATRIX_PASSWORD is still in the daemon's environment: the lost device is replaced by a new one
+    // without a password the daemon refuses to reuse the old device id with a fresh store, and creates no store
+    await bot.start({ MATRIX_PASSWORD: "" }, /Matrix runtime stopped: .*crypto store of device/)
+    expect(bot.output()).toContain(oldDevice)
+    expect(fs.existsSync(path.join(bot.dir, "matrix", "matrix-sdk-crypto.sqlite3"))).toBe(false)
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+
+    // with MATRIX_PASSWORD in the daemon's environment the lost device is replaced by a new one
     await bot.start()
     const newDevice = deviceOf(bot)!
     expect(newDevice).not.toBe(oldDevice)
     expect(bot.output()).toContain("logging in as a new device")
-    const m = await bot.waitForLog(/Matrix room keys restored from the key backup.*backupKeysImported=(\d+)/, 60_000)
+    // every key of the backup (the pre-loss message's session among them, checked above) was decrypted and imported
+    const m = await bot.waitForLog(/Matrix room keys restored from the key backup.*backupKeysTotal=(\d+).*backupKeysImported=(\d+)/, 60_000)
     expect(Number(m[1])).toBeGreaterThanOrEqual(1)
+    expect(Number(m[2])).toBe(Number(m[1]))
     await crossSigned(bot)
 
     const after = await botSession(hs, bot)
