@@ -250,6 +250,26 @@ const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: Conf
  * encrypting to the old one), so the daemon logs in as a NEW device with the password and logs the old
  * device out, or refuses when no password is available (reference recipes §5).
  */
+/** Whether the homeserver holds identity keys of `deviceId` (a dead token counts as yes: it is unusable). */
+const deviceHadKeys = (baseUrl: string, userId: string, deviceId: string, token: Redacted.Redacted<string>) =>
+  Effect.tryPromise({
+    try: async () => {
+      const client = sdk.createClient({ baseUrl, accessToken: Redacted.value(token), localTimeoutMs: HTTP_TIMEOUT_MS, logger: quietLogger })
+      try {
+        const r = await client.downloadKeysForUsers([userId])
+        return r.device_keys?.[userId]?.[deviceId] !== undefined
+      } catch (e) {
+        if ((e as { httpStatus?: unknown }).httpStatus === 401) return true
+        throw e
+      }
+    },
+    catch: (e) =>
+      new MatrixError({
+        kind: "auth-probe",
+        message: `checking the configured device's keys on the homeserver failed: ${describe(e)}. Check that the homeserver is reachable, then restart.`
+      })
+  })
+
 const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv, storeLost = false) =>
   Effect.gen(function*() {
     const baseUrl = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
@@ -269,7 +289,8 @@ const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.Proces
           "matrix.deviceId is required when matrix.accessToken is configured; either set matrix.deviceId to the SDK-issued device ID for that token, or remove matrix.accessToken to fall back to password login"
         )
       }
-      if (storeLost) {
+      // a token minted elsewhere (Element) for a device that never uploaded keys may start with a fresh store
+      if (storeLost && (yield* deviceHadKeys(baseUrl, userId, deviceId, token.value))) {
         if (m.password === undefined || m.password === null) {
           return yield* fail(
             "crypto-store-missing",

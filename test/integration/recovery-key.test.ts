@@ -213,6 +213,23 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     await ask(alice, bot, roomId, "are you back?")
   }, 360_000)
 
+  it("a token minted elsewhere for a device that never had keys starts a fresh store on that device (no password needed)", async () => {
+    const { bot } = await setup()
+    const login = await fetch(`${hs.baseUrl}/_matrix/client/v3/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ type: "m.login.password", identifier: { type: "m.id.user", user: bot.user.userId }, password: bot.user.password })
+    })
+    const { access_token: token, device_id: deviceId } = (await login.json()) as { access_token: string; device_id: string }
+    const config = bot.config().replace(/password: "\$\{MATRIX_PASSWORD\}",/, `accessToken: ${JSON.stringify(token)},\n    deviceId: ${JSON.stringify(deviceId)},`)
+    expect(config).not.toContain("MATRIX_PASSWORD")
+    fs.writeFileSync(bot.configPath, config)
+    await bot.start({ MATRIX_PASSWORD: "" })
+    expect(deviceOf(bot)).toBe(deviceId)
+    expect(bot.output()).not.toContain("logging in as a new device")
+    await crossSigned(bot)
+  }, 180_000)
+
   it("rotate: the new key opens secret storage and the old one no longer does; the bot starts again and answers", async () => {
     const { alice, bot } = await setup()
     await bot.start()
