@@ -16,6 +16,7 @@ import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import type { AgentShape } from "../../src/services/Agent.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Dlq } from "../../src/services/Dlq.js"
+import { Metrics } from "../../src/services/Metrics.js"
 import type { OutboundShape } from "../../src/services/Outbound.js"
 import { SessionStoreError } from "../../src/services/Sessions.js"
 import { StateDir } from "../../src/services/StateDir.js"
@@ -83,9 +84,10 @@ const tempRoot = () => {
   return r
 }
 
-const waitUntil = (check: Effect.Effect<boolean, unknown>) =>
+const waitUntil = <R>(check: Effect.Effect<boolean, unknown, R>) =>
   Effect.gen(function*() {
-    for (let i = 0; i < 400; i++) {
+    // generous: a busy machine may take long, a broken pipeline never gets there
+    for (let i = 0; i < 3000; i++) {
       if (yield* check) return
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
     }
@@ -110,8 +112,11 @@ describe("Inbound + DLQ", () => {
 
       // the same event re-offered (resumed after a restart) fails again: still one record
       yield* inbound.offer(event, room)
-      yield* waitUntil(Effect.sync(() => state.agentCalls === 2))
-      yield* Effect.sleep("20 millis")
+      const dispatchFailures = Effect.flatMap(Metrics, (m) => m.render).pipe(
+        Effect.map((t) => t.includes('carapace_matrix_inbound_dispatch_failures_total{failure_stage="dispatch"} 2'))
+      )
+      yield* waitUntil(dispatchFailures)
+      expect(state.agentCalls).toBe(2)
       expect(yield* dlq.count).toBe(1)
 
       // replay while the fault persists: kept, not appended again, nothing sent
@@ -135,9 +140,9 @@ describe("Inbound + DLQ", () => {
       yield* inbound.redeliver(record)
       expect(state.agentCalls).toBe(calls)
       expect(state.replies).toEqual([event.eventId])
-      // and a live redelivery of the same event is ignored too
+      // and a live redelivery of the same event is ignored too (the ledger answers before anything is forked)
       yield* inbound.offer(event, room)
-      yield* Effect.sleep("20 millis")
+      expect(state.agentCalls).toBe(calls)
       expect(state.replies).toEqual([event.eventId])
     }).pipe(Effect.provide(layerAt(root)))
   })
