@@ -250,7 +250,7 @@ const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: Conf
  * encrypting to the old one), so the daemon logs in as a NEW device with the password and logs the old
  * device out, or refuses when no password is available (reference recipes §5).
  */
-/** Whether the homeserver holds identity keys of `deviceId` (a dead token counts as yes: it is unusable). */
+/** Whether the homeserver holds identity keys of `deviceId` (a rejected token: no, so whoami reports it). */
 const deviceHadKeys = (baseUrl: string, userId: string, deviceId: string, token: Redacted.Redacted<string>) =>
   Effect.tryPromise({
     try: async () => {
@@ -259,7 +259,7 @@ const deviceHadKeys = (baseUrl: string, userId: string, deviceId: string, token:
         const r = await client.downloadKeysForUsers([userId])
         return r.device_keys?.[userId]?.[deviceId] !== undefined
       } catch (e) {
-        if ((e as { httpStatus?: unknown }).httpStatus === 401) return true
+        if ((e as { httpStatus?: unknown }).httpStatus === 401) return false
         throw e
       }
     },
