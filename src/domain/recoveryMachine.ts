@@ -135,6 +135,34 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Cross-signing at start-up (§5.2 step 7), after the restore from `recovery_key` ran
+
+export interface CrossSigningObserved {
+  /** The account has a cross-signing identity on the homeserver. */
+  readonly onServer: boolean
+  /** Which private keys our store holds. */
+  readonly cached: { readonly master: boolean; readonly selfSigning: boolean; readonly userSigning: boolean }
+  /** The SDK's own readiness check (asked only when the keys are on the server and cached). */
+  readonly ready: boolean
+}
+
+export type CrossSigningStep =
+  /** An identity exists that this device cannot use: never create a new one over it (restore the key). */
+  | "IdentityUnavailable"
+  /** Set up already (every restart): only our device's signature is checked. */
+  | "SignDeviceOnly"
+  /** No identity yet (first start), or ours is incomplete: the SDK bootstrap (password UIA if asked). */
+  | "Bootstrap"
+
+export const nextCrossSigningStep = (o: CrossSigningObserved): CrossSigningStep => {
+  if (o.onServer && !(o.cached.master && o.cached.selfSigning)) return "IdentityUnavailable"
+  // Re-running the SDK bootstrap on a set-up device would re-export the keys to secret storage, which needs
+  // the secret-storage key: a plain restart must not depend on it.
+  if (o.onServer && o.cached.userSigning && o.ready) return "SignDeviceOnly"
+  return "Bootstrap"
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // First mint (§5.3), run after cross-signing is in place
 
 /**

@@ -40,6 +40,7 @@ import {
   type FileDigest,
   type MintObserved,
   nextCleanupStep,
+  nextCrossSigningStep,
   nextMintStep,
   nextRepairStep,
   type RepairObserved,
@@ -582,8 +583,9 @@ export const restoreReasonOf = (e: unknown): RestoreFailureReason => {
   const msg = String(err?.message ?? e).toLowerCase()
   if (err?.httpStatus === 401) return "auth-state"
   if (err?.name === "ConnectionError" || err?.name === "TimeoutError" || msg.includes("fetch failed")) return "transport-error"
-  if (msg.includes("getsecretstoragekey") || msg.includes("mac") || msg.includes("decrypt") || msg.includes("does not match")) return "wrong-key"
+  // before the wrong-key test: the store's "failed to be decrypted while unpickling" is not about the recovery key
   if (msg.includes("unpickl")) return "unpickling-failed"
+  if (msg.includes("getsecretstoragekey") || msg.includes("mac") || msg.includes("decrypt") || msg.includes("does not match")) return "wrong-key"
   if (msg.includes("json") || msg.includes("serde")) return "account-data-invalid"
   if (msg.includes("store")) return "local-store"
   return "sdk-internal"
@@ -707,15 +709,12 @@ export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, dev
       try: async () => {
         const onServer = await crypto.userHasCrossSigningKeys(userId, true)
         const st = await crypto.getCrossSigningStatus()
-        const cached = st.privateKeysCachedLocally.masterKey && st.privateKeysCachedLocally.selfSigningKey
-        if (onServer && !cached) {
-          return "identity-unavailable" as const
-        }
-        // Already set up (every restart): the identity is on the server and its private keys are in our store.
-        // Running the SDK's bootstrap again would try to (re-)export the keys to secret storage, which needs
-        // the secret storage key; there is nothing to bootstrap, only our device's signature to check.
-        const ready = onServer && cached && st.privateKeysCachedLocally.userSigningKey && (await crypto.isCrossSigningReady())
-        if (!ready) await crypto.bootstrapCrossSigning({
+        const c = st.privateKeysCachedLocally
+        const cached = { master: c.masterKey, selfSigning: c.selfSigningKey, userSigning: c.userSigningKey }
+        const ready = onServer && cached.master && cached.selfSigning && cached.userSigning && (await crypto.isCrossSigningReady())
+        const step = nextCrossSigningStep({ onServer, cached, ready })
+        if (step === "IdentityUnavailable") return "identity-unavailable" as const
+        if (step === "Bootstrap") await crypto.bootstrapCrossSigning({
           authUploadDeviceSigningKeys: async (makeRequest) => {
             try {
               await makeRequest(null)
