@@ -245,7 +245,7 @@ export const makeDlq = (options: DlqOptions) =>
           const d = decodeLine(l, Option.getOrUndefined(k))
           return d._tag === "Record" && recordId(d.record.eventId) === id
         }
-        if (existing.some(sameEvent)) return
+        if (existing.some(sameEvent)) return false
         if (existing.length >= DLQ_RECORD_CAP) {
           capLatchedAt = now
           yield* audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing.length, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
@@ -256,6 +256,7 @@ export const makeDlq = (options: DlqOptions) =>
           })
         }
         yield* appendDurable(file, `${line}\n`)
+        return true
       })
 
     const append = (record: DlqRecord) =>
@@ -267,9 +268,11 @@ export const makeDlq = (options: DlqOptions) =>
           return yield* Effect.fail(r.left)
         }
         yield* clearDurabilityError
-        yield* Effect.logWarning("Matrix inbound event moved to the DLQ; it is replayed after the next successful sync").pipe(
-          Effect.annotateLogs({ dlqId: recordId(record.eventId) })
-        )
+        yield* Effect.logWarning(
+          r.right
+            ? "Matrix inbound event moved to the DLQ; it is replayed after the next successful sync"
+            : "Matrix inbound event failed again; it is already in the DLQ"
+        ).pipe(Effect.annotateLogs({ dlqId: recordId(record.eventId) }))
         yield* count.pipe(Effect.flatMap(setCount), Effect.ignore)
       }).pipe(Effect.withSpan("Dlq.append"))
 

@@ -110,8 +110,9 @@ describe("Inbound + DLQ", () => {
       const status = (yield* Effect.flatMap(ChannelStatus, (s) => s.get)).find((c) => c.id === "matrix")
       expect(status?.extra?.inboundDispatchFailureTotal).toBe(1)
 
-      // the same event re-offered (resumed after a restart) fails again: still one record
-      yield* inbound.offer(event, room)
+      // the same event re-offered (resumed after a restart) fails again: still one record. (An offer while
+      // the first answer is still finishing is ignored, so offer until it is taken.)
+      yield* waitUntil(inbound.offer(event, room).pipe(Effect.map(() => state.agentCalls >= 2)))
       const dispatchFailures = Effect.flatMap(Metrics, (m) => m.render).pipe(
         Effect.map((t) => t.includes('carapace_matrix_inbound_dispatch_failures_total{failure_stage="dispatch"} 2'))
       )
