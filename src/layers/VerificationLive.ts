@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { Clock, Duration, Effect, Layer, Option, Queue, Ref, Runtime, Schedule, type Scope } from "effect"
-import { ClientEvent, KnownMembership, type MatrixClient } from "matrix-js-sdk"
+import { ClientEvent, KnownMembership, type MatrixClient, type MatrixEvent, SyncState } from "matrix-js-sdk"
 import {
   CryptoEvent,
   type ShowSasCallbacks,
@@ -79,6 +79,44 @@ export const trackUsers = async (client: MatrixClient, users: ReadonlyArray<stri
   return true
 }
 
+/**
+ * Re-downloads `users`' device lists into the Rust machine now (tracking them first). Synapse announces a new
+ * device (`device_lists.changed`) only to users who share a room with its owner, so a person who verifies
+ * before inviting the bot and later adds a device would stay unknown: the machine drops that device's
+ * requests and `verify <user> <device>` cannot find it. An out-of-band /keys/query for just these users
+ * fixes that; without the Rust internals it falls back to the public "every tracked user is outdated".
+ */
+export const refreshUsers = async (client: MatrixClient, users: ReadonlyArray<string>): Promise<boolean> => {
+  if (users.length === 0) return true
+  const crypto = client.getCrypto() as unknown as {
+    getOlmMachineOrThrow?: () => {
+      updateTrackedUsers: (ids: Array<unknown>) => Promise<void>
+      queryKeysForUsers?: (ids: Array<unknown>) => unknown
+    }
+    outgoingRequestProcessor?: { makeOutgoingRequest: (req: unknown) => Promise<void> }
+    outgoingRequestsManager?: { doProcessOutgoingRequests: () => Promise<void> }
+    markAllTrackedUsersAsDirty?: () => Promise<void>
+  } | undefined
+  const machine = crypto?.getOlmMachineOrThrow?.()
+  if (crypto === undefined || machine === undefined) return false
+  const { UserId } = await import("@matrix-org/matrix-sdk-crypto-wasm")
+  await machine.updateTrackedUsers(users.map((u) => new UserId(u)))
+  if (machine.queryKeysForUsers !== undefined && crypto.outgoingRequestProcessor !== undefined) {
+    // the processor sends the query and hands the response back to the machine (markRequestAsSent)
+    await crypto.outgoingRequestProcessor.makeOutgoingRequest(machine.queryKeysForUsers(users.map((u) => new UserId(u))))
+    return true
+  }
+  if (crypto.markAllTrackedUsersAsDirty === undefined) return false
+  await crypto.markAllTrackedUsersAsDirty()
+  await crypto.outgoingRequestsManager?.doProcessOutgoingRequests()
+  return true
+}
+
+/** How often the allowlisted users' device lists are re-downloaded (see refreshUsers). */
+export const DEVICE_REFRESH_EVERY = Duration.seconds(30)
+/** To-device event type the bot sends to its own device to end the current /sync long-poll early. */
+const SYNC_NUDGE_TYPE = "org.cara.sync_nudge"
+
 export const deriveState = (i: StateInputs): VerificationState => {
   if (i.mismatched) return "mismatched"
   switch (i.phase) {
@@ -127,6 +165,8 @@ interface Entry {
   mismatched: boolean
   /** Local terminal override (expiry, or a cancel whose SDK view is gone). */
   forced: VerificationState | undefined
+  /** The sync count when the flow was first seen terminal (the Rust machine forgets it two syncs later). */
+  terminalAtSync: number | undefined
 }
 
 const describe = (e: unknown): string => {
@@ -161,6 +201,8 @@ export const makeVerification = Effect.gen(function*() {
   const fork = Runtime.runFork(runtime)
 
   const entries = new Map<string, Entry>()
+  /** Completed syncs of the attached client (the Rust machine drops finished flows at the start of each). */
+  let syncCount = 0
   const byRequest = new WeakMap<VerificationRequest, string>()
   const attached = yield* Ref.make(Option.none<VerificationAttachment>())
   // SDK callbacks only enqueue; one fiber applies them in order, so events of a flow are published in order.
@@ -235,6 +277,7 @@ export const makeVerification = Effect.gen(function*() {
         ...(deviceId === undefined ? {} : { deviceId }),
         updatedAt: now
       })
+      if (isTerminal(state)) e.terminalAtSync = syncCount
       yield* publishVerification("updated", e.record).pipe(Effect.provideService(EventBus, bus))
       yield* publishPending
     })
@@ -315,7 +358,7 @@ export const makeVerification = Effect.gen(function*() {
   }
 
   /** Inserts a new flow (`requested` event) or returns the existing one. */
-  const insert = (req: VerificationRequest, rawProtocolId: string, engaged: boolean) =>
+  const insert = (req: VerificationRequest, rawProtocolId: string, engaged: boolean, targetDevice?: string) =>
     Effect.gen(function*() {
       const flowId = flowIdOf(req.otherUserId, rawProtocolId)
       const existing = entries.get(flowId)
@@ -331,7 +374,10 @@ export const makeVerification = Effect.gen(function*() {
           flowId,
           protocolFlowId: sanitizeDisplay(rawProtocolId),
           userId: sanitizeUserId(req.otherUserId),
-          ...(req.otherDeviceId === undefined ? {} : { deviceId: sanitizeDisplay(req.otherDeviceId) }),
+          // our own to-device request names its device before the peer answers (the SDK knows it only then)
+          ...(req.otherDeviceId === undefined
+            ? (targetDevice === undefined ? {} : { deviceId: sanitizeDisplay(targetDevice) })
+            : { deviceId: sanitizeDisplay(req.otherDeviceId) }),
           ...(req.roomId === undefined ? {} : { roomId: sanitizeDisplay(req.roomId) }),
           state: "requested",
           createdAt: now,
@@ -347,7 +393,8 @@ export const makeVerification = Effect.gen(function*() {
         verifyCalled: new Set(),
         confirmed: false,
         mismatched: false,
-        forced: undefined
+        forced: undefined,
+        terminalAtSync: undefined
       }
       e.record = new VerificationFlow({ ...e.record, state: currentStateOfNew(e, req) })
       entries.set(flowId, e)
@@ -498,6 +545,52 @@ export const makeVerification = Effect.gen(function*() {
         : Effect.succeed(c)
     })
 
+  /** Ends the bot's current /sync long-poll early: a to-device message to its own device. */
+  const nudgeSync = (a: VerificationAttachment) =>
+    Effect.tryPromise(() => {
+      const device = a.client.getDeviceId()
+      if (device === null) return Promise.resolve()
+      return a.client.sendToDevice(SYNC_NUDGE_TYPE, new Map([[a.botUserId, new Map([[device, {}]])]])).then(() => undefined)
+    }).pipe(Effect.catchAll((e) => Effect.logDebug(`sync nudge failed: ${describe(e)}`)))
+
+  /**
+   * The Rust machine cancels a new request (with m.user, on the peer too) while it still holds an earlier flow
+   * with the same user that is not cancelled, a finished one included, until the clean-up at the start of the
+   * next sync. So a bot-initiated request right after a flow with that user ended first waits for that
+   * clean-up (two syncs after the end was seen), nudging the long-poll so each takes one round trip.
+   */
+  const settleFinished = (a: VerificationAttachment, rawUserId: string) =>
+    Effect.gen(function*() {
+      // before the first sync (or with a client that never syncs) there is no clean-up to wait for
+      if (syncCount === 0) return
+      let need = 0
+      for (const e of entries.values()) {
+        if (e.rawUserId === rawUserId && e.terminalAtSync !== undefined) need = Math.max(need, e.terminalAtSync + 2)
+      }
+      for (let round = 0; syncCount < need && round < 4; round++) {
+        const before = syncCount
+        yield* nudgeSync(a)
+        for (let waited = 0; syncCount === before && waited < 100; waited++) yield* Effect.sleep(Duration.millis(100))
+      }
+      if (syncCount < need) yield* Effect.logWarning("the previous verification with this user is not cleaned up yet; the new request may be cancelled by the SDK")
+    })
+
+  /** The raw id of `deviceId` (exact, else the one that sanitizes to it) among the devices the machine knows. */
+  const lookupDevice = (crypto: NonNullable<ReturnType<MatrixClient["getCrypto"]>>, userId: string, deviceId: string) =>
+    Effect.gen(function*() {
+      const map = yield* sdkCall("device lookup", () => crypto.getUserDeviceInfo([userId], true))
+      const devices = map.get(userId) ?? new Map()
+      if (devices.has(deviceId)) return deviceId as string | undefined
+      const matches = [...devices.keys()].filter((d) => sanitizeDisplay(d) === deviceId)
+      if (matches.length > 1) {
+        return yield* new VerificationFailed({
+          kind: "verification",
+          message: `device ${sanitizeDisplay(deviceId)} matches multiple raw device ids under sanitization; refusing to pick. Run \`cara matrix devices\` and pass an exact id.`
+        })
+      }
+      return matches[0]
+    })
+
   const start = (userId: string, deviceId?: string) =>
     Effect.gen(function*() {
       if (!USER_ID.test(userId)) {
@@ -506,21 +599,15 @@ export const makeVerification = Effect.gen(function*() {
       const a = yield* client
       const crypto = yield* cryptoOf(a)
       let req: VerificationRequest
+      let targetDevice: string | undefined
       if (deviceId !== undefined && deviceId !== "") {
         // the Rust machine must know the device itself, not just the HTTP download of it
         yield* sdkCall("device tracking", () => trackUsers(a.client, [userId]))
-        const map = yield* sdkCall("device lookup", () => crypto.getUserDeviceInfo([userId], true))
-        const devices = map.get(userId) ?? new Map()
-        let raw = devices.has(deviceId) ? deviceId : undefined
+        let raw = yield* lookupDevice(crypto, userId, deviceId)
         if (raw === undefined) {
-          const matches = [...devices.keys()].filter((d) => sanitizeDisplay(d) === deviceId)
-          if (matches.length > 1) {
-            return yield* new VerificationFailed({
-              kind: "verification",
-              message: `device ${sanitizeDisplay(deviceId)} matches multiple raw device ids under sanitization; refusing to pick. Run \`cara matrix devices\` and pass an exact id.`
-            })
-          }
-          raw = matches[0]
+          // a device added since the last download (no shared room, so no device-list change from the server)
+          yield* sdkCall("device refresh", () => refreshUsers(a.client, [userId]))
+          raw = yield* lookupDevice(crypto, userId, deviceId)
         }
         if (raw === undefined) {
           return yield* new VerificationTargetNotFound({
@@ -529,8 +616,11 @@ export const makeVerification = Effect.gen(function*() {
           })
         }
         const target = raw
+        targetDevice = raw
+        yield* settleFinished(a, userId)
         req = yield* sdkCall("request", () => crypto.requestDeviceVerification(userId, target))
       } else if (userId === a.botUserId) {
+        yield* settleFinished(a, userId)
         req = yield* sdkCall("request", () => crypto.requestOwnUserVerification())
       } else {
         const dm = a.client.getRooms().find((r) =>
@@ -544,6 +634,7 @@ export const makeVerification = Effect.gen(function*() {
             message: `the bot shares no DM room with ${sanitizeUserId(userId)}: pass a device id (\`cara matrix verify <user> <device>\`) or invite the bot to a DM first.`
           })
         }
+        yield* settleFinished(a, userId)
         req = yield* sdkCall("request", () => crypto.requestVerificationDM(userId, dm.roomId))
       }
       const existing = byRequest.get(req)
@@ -556,7 +647,7 @@ export const makeVerification = Effect.gen(function*() {
       }
       const id = req.transactionId ?? `local-${randomUUID()}`
       yield* rememberHandled(id)
-      const inserted = yield* insert(req, id, true)
+      const inserted = yield* insert(req, id, true, targetDevice)
       if (Option.isNone(inserted)) {
         return yield* new VerificationFailed({ kind: "verification", message: "the verification registry is full; cancel or finish some flows and retry" })
       }
@@ -596,15 +687,31 @@ export const makeVerification = Effect.gen(function*() {
             // never throw into the SDK's sync processing
           }
         }
-        const onSync = () => {
+        const onSync = (state: SyncState) => {
           try {
+            if (state === SyncState.Syncing || state === SyncState.Prepared) syncCount++
             for (const e of entries.values()) if (!isTerminal(e.record.state)) refreshLater(e)
+          } catch {
+            // as above
+          }
+        }
+        // A request from a device the machine does not know is dropped by it; refresh that user's devices at
+        // once, so the person's retry works (instead of after the next periodic refresh).
+        const onToDevice = (ev: MatrixEvent) => {
+          try {
+            if (ev.getType() !== "m.key.verification.request") return
+            const sender = ev.getSender()
+            if (sender === undefined || !a.isAllowed(sender)) return
+            const from = (ev.getContent() as { from_device?: unknown }).from_device
+            if (typeof from !== "string") return
+            enqueue(refreshIfUnknown(a, sender, from))
           } catch {
             // as above
           }
         }
         a.client.on(CryptoEvent.VerificationRequestReceived, onReq)
         a.client.on(ClientEvent.Sync, onSync)
+        a.client.on(ClientEvent.ToDeviceEvent, onToDevice)
         if (a.trackUsers !== undefined && a.trackUsers.length > 0) {
           const users = a.trackUsers
           yield* Effect.tryPromise(() => trackUsers(a.client, users)).pipe(
@@ -613,15 +720,45 @@ export const makeVerification = Effect.gen(function*() {
           )
         }
         yield* Ref.set(attached, Option.some(a))
-        return { onReq, onSync }
+        return { onReq, onSync, onToDevice }
       }),
-      ({ onReq, onSync }) =>
+      ({ onReq, onSync, onToDevice }) =>
         Effect.gen(function*() {
           a.client.off(CryptoEvent.VerificationRequestReceived, onReq)
           a.client.off(ClientEvent.Sync, onSync)
+          a.client.off(ClientEvent.ToDeviceEvent, onToDevice)
           yield* Ref.set(attached, Option.none())
         })
+    ).pipe(
+      // the allowlisted users' new devices, for people who share no room with the bot (see refreshUsers)
+      Effect.zipRight(
+        a.trackUsers !== undefined && a.trackUsers.length > 0
+          ? Effect.forkScoped(Effect.repeat(refreshAllowed(a, a.trackUsers).pipe(Effect.delay(DEVICE_REFRESH_EVERY)), Schedule.forever))
+          : Effect.void
+      ),
+      Effect.asVoid
     )
+
+  const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
+    Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(
+      Effect.timeout(SDK_TIMEOUT),
+      Effect.catchAllCause((c) => Effect.logDebug("refreshing the allowlisted users' devices failed", c))
+    )
+
+  const refreshIfUnknown = (a: VerificationAttachment, userId: string, deviceId: string) =>
+    Effect.gen(function*() {
+      const crypto = a.client.getCrypto()
+      if (crypto === undefined) return
+      const known = yield* Effect.tryPromise(() => crypto.getUserDeviceInfo([userId], false)).pipe(
+        Effect.map((m) => m.get(userId)?.has(deviceId) ?? false),
+        Effect.orElseSucceed(() => true)
+      )
+      if (known) return
+      yield* Effect.logInfo("Matrix verification request from a device the bot did not know yet; its device list is refreshed, ask the person to retry").pipe(
+        Effect.annotateLogs({ peer: sanitizeUserId(userId), device: sanitizeDisplay(deviceId) })
+      )
+      yield* Effect.forkDaemon(refreshAllowed(a, [userId]))
+    })
 
   return {
     attach,
