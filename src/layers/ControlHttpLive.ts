@@ -1,7 +1,7 @@
 import { createServer } from "node:http"
 import { HttpApiBuilder, HttpApiError, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option, Schema } from "effect"
+import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
 import {
   BadGateway,
   BadRequest,
@@ -29,6 +29,8 @@ import { Verification, type VerificationShape } from "../services/Verification.j
 import type { ChannelInfo } from "../domain/channel.js"
 import { bindToHost } from "../domain/gateway.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
+import { StateDir } from "../services/StateDir.js"
+import { appendAuditLine } from "./DlqLive.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import type { DlqError, DlqRecordNotFound } from "../domain/dlq.js"
 import { Dlq, type DlqSelector, type DlqShape } from "../services/Dlq.js"
@@ -230,17 +232,53 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
             e._tag === "VerificationUnavailable" ? unavailable(e as unknown as VerificationUnavailable) : e as Exclude<E, VerificationUnavailable>)
       })
     const result = (v: VerificationResult["verification"]) => new VerificationResult({ ok: true, verification: v })
+    // reference §6.6: every start/accept/confirm/cancel leaves `matrix_verification_action` in audit.jsonl
+    const stateDir = yield* Effect.serviceOption(StateDir)
+    const audited = <E extends { readonly _tag: string }>(
+      action: "start" | "accept" | "confirm" | "cancel",
+      flowId: string | undefined,
+      extra: Record<string, unknown>,
+      run: Effect.Effect<VerificationResult, E>
+    ) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const actor = Option.getOrElse(request.remoteAddress, () => "unknown")
+        const exit = yield* Effect.exit(run)
+        const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        const data = {
+          action,
+          flow_id: Exit.isSuccess(exit) ? exit.value.verification.flowId : (flowId ?? null),
+          outcome: Exit.isSuccess(exit) ? "ok" : "err",
+          ...(Option.isSome(failure) ? { error_kind: (failure.value as { kind?: unknown }).kind ?? failure.value._tag } : {}),
+          actor,
+          remote_ip: actor,
+          ...extra
+        }
+        yield* Effect.logWarning("matrix_verification_action").pipe(Effect.annotateLogs({ audit_event: "matrix_verification_action", ...data }))
+        if (Option.isSome(stateDir)) {
+          yield* appendAuditLine(stateDir.value, "matrix_verification_action", data).pipe(
+            Effect.catchAll((e) => Effect.logError(`writing the verification audit line failed: ${e.message}`))
+          )
+        }
+        return yield* exit
+      })
     const start = ({ payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }) => {
       const device = payload.deviceId?.trim() ?? ""
-      return Effect.map(use((v) => device === "" ? v.start(payload.userId.trim()) : v.start(payload.userId.trim(), device)), result)
+      return audited(
+        "start",
+        undefined,
+        {},
+        Effect.map(use((v) => device === "" ? v.start(payload.userId.trim()) : v.start(payload.userId.trim(), device)), result)
+      )
     }
     return handlers
       .handle("list", () => use((v) => Effect.map(v.list, (flows) => new VerificationList({ ok: true, verifications: flows }))))
       .handle("start", start)
       .handle("verify", start)
-      .handle("accept", ({ path }) => Effect.map(use((v) => v.accept(path.flowId)), result))
-      .handle("confirm", ({ path, payload }) => Effect.map(use((v) => v.confirm(path.flowId, payload.match)), result))
-      .handle("cancel", ({ path }) => Effect.map(use((v) => v.cancel(path.flowId)), result))
+      .handle("accept", ({ path }) => audited("accept", path.flowId, {}, Effect.map(use((v) => v.accept(path.flowId)), result)))
+      .handle("confirm", ({ path, payload }) =>
+        audited("confirm", path.flowId, { matches: payload.match }, Effect.map(use((v) => v.confirm(path.flowId, payload.match)), result)))
+      .handle("cancel", ({ path }) => audited("cancel", path.flowId, {}, Effect.map(use((v) => v.cancel(path.flowId)), result)))
       .handle("devices", () => Effect.map(use((v) => v.devices), (devices) => new DeviceList({ ok: true, devices })))
   }))
 

@@ -125,6 +125,24 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
 
       const devices = yield* c.verification.devices()
       expect(devices.devices).toEqual([{ userId: BOT, deviceId: "BOTDEV", displayName: "Carapace Matrix", verified: true }])
+
+      // every action through the API left a `matrix_verification_action` audit line, failures too
+      const audit = fs.readFileSync(path.join(dir, "audit.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l))
+      const actions = audit.filter((l) => l.event === "matrix_verification_action").map((l) => l.data)
+      const of = (flowId: string) => actions.filter((d) => d.flow_id === flowId).map((d) => [d.action, d.outcome, d.error_kind, d.matches])
+      expect(of(flow.flowId)).toEqual([
+        ["confirm", "err", "verification-flow-not-ready", true],
+        ["confirm", "err", "verification-flow-not-ready", true],
+        ["accept", "ok", undefined, undefined],
+        ["cancel", "ok", undefined, undefined],
+        ["accept", "err", "verification-cancelled", undefined],
+        ["confirm", "err", "verification-cancelled", false]
+      ])
+      expect(of("mvr_missing").map((a) => a.slice(0, 3))).toEqual([["accept", "err", "verification-flow-not-found"], ["cancel", "err", "verification-flow-not-found"]])
+      const starts = actions.filter((d) => d.action === "start")
+      expect(starts.map((d) => d.outcome)).toEqual(["err", "err", "ok"])
+      expect(starts[2].flow_id).toBe(started.body.verification.flowId)
+      expect(actions.every((d) => d.actor === "127.0.0.1" && d.remote_ip === "127.0.0.1")).toBe(true)
     }))
 })
 
