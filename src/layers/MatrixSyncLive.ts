@@ -741,7 +741,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     yield* Effect.logInfo("Matrix client synced").pipe(Effect.annotateLogs({ userId: me, deviceId: creds.deviceId, freshStore }))
 
     // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
-    // held undecryptable events; the allowlisted users' devices.
+    // held undecryptable events. (The allowlisted users' devices are tracked by the Verification registry.)
     // cross-signing needs our own identity known, so after the first sync; before the password is dropped
     if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
     if (creds.mode === "password") {
@@ -783,11 +783,6 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
         Effect.catchAll((e) => Effect.logWarning(`resuming ${eventId} failed: ${describe(e)}`))
       )
     }
-    if (encryptedMode && allowlist.allowUsers.length > 0) {
-      yield* trackUsers(client, allowlist.allowUsers).pipe(
-        Effect.catchAll((e) => Effect.logWarning(`tracking the allowlisted users' devices failed: ${describe(e)}`))
-      )
-    }
     yield* survey()
 
     // 8. watchdog: a sync that makes no progress for 120 s is nudged and reported.
@@ -803,17 +798,6 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     )
 
     return yield* Deferred.await(terminal)
-  })
-
-/**
- * Makes the Rust crypto track these users (device lists downloaded and kept up to date), so that a
- * verification request from any of their devices is processed before the bot shares a room with them.
- */
-const trackUsers = (client: sdk.MatrixClient, users: ReadonlyArray<string>) =>
-  Effect.tryPromise(async () => {
-    const crypto = client.getCrypto()
-    if (!crypto) return
-    await crypto.getUserDeviceInfo([...users], true)
   })
 
 // ---------------------------------------------------------------------------------------------------------
