@@ -2,12 +2,13 @@
 // `--no-match` confirmation, a cancel by the human, a bot-initiated `cara matrix verify` of a device the human
 // added after the bot started, and glare (both sides start SAS at once). Every flow runs between the same
 // pair of devices as the one before it unless a new device is the point of the test.
+import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { ClientEvent } from "matrix-js-sdk"
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
 import type { FakeLlmServer } from "../support/fake-llm.js"
-import { cleanEnv, runCli } from "../support/cli.js"
+import { CLI, cleanEnv, runCli } from "../support/cli.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { trackUsers } from "../../src/layers/VerificationLive.js"
@@ -58,14 +59,38 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
     return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
   }
 
-  /** The bot's SAS equals the human's; both confirm; both end `done`, and the human trusts the bot's device. */
-  const compareAndConfirm = async (human: Human, hv: HumanVerification, flowId: string) => {
+  /** The CLI on a pseudo-terminal (util-linux `script`), `input` typed at its prompt. */
+  const ptyCli = (args: ReadonlyArray<string>, input: string) => {
+    const port = new URL(bot.running!.baseUrl).port
+    const cmd = [process.execPath, CLI, "matrix", ...args, "--port", port].map((a) => `'${a}'`).join(" ")
+    const env = cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD })
+    return spawnSync("script", ["-qec", cmd, "/dev/null"], { env, input, encoding: "utf8", timeout: 60_000 })
+  }
+
+  /**
+   * The bot's SAS equals the human's; both confirm; both end `done`, and the human trusts the bot's device.
+   * With `prompt`, the operator confirms at the CLI's terminal prompt, which shows the SAS and wants `yes`.
+   */
+  const compareAndConfirm = async (human: Human, hv: HumanVerification, flowId: string, prompt = false) => {
     const humanSas = await hv.waitForSas()
     const withSas = await waitFlow("the bot's SAS", (f) => f.flowId === flowId && f.sas !== undefined)
     expect(withSas.sas!.emoji).toEqual(humanSas.emoji)
     expect(withSas.sas!.decimals).toEqual(humanSas.decimals)
-    const confirmed = cli(["confirm", flowId, "--match", "--unsafe-skip-sas-prompt", "--json"])
-    expect(confirmed.status, confirmed.stderr).toBe(0)
+    if (prompt) {
+      // anything but `yes` aborts and sends nothing
+      const refused = ptyCli(["confirm", flowId, "--match"], "no\n")
+      expect(refused.status, refused.stdout).not.toBe(0)
+      expect(refused.stdout).toContain("Type `yes` to proceed")
+      for (const e of humanSas.emoji) expect(refused.stdout).toContain(e.description)
+      for (const d of humanSas.decimals) expect(refused.stdout).toContain(String(d))
+      expect(refused.stdout).toContain("[aborted]")
+      expect((await flows()).find((f) => f.flowId === flowId)?.state).toBe("keys_exchanged")
+      const confirmed = ptyCli(["confirm", flowId, "--match"], "yes\n")
+      expect(confirmed.status, confirmed.stdout).toBe(0)
+    } else {
+      const confirmed = cli(["confirm", flowId, "--match", "--unsafe-skip-sas-prompt", "--json"])
+      expect(confirmed.status, confirmed.stderr).toBe(0)
+    }
     await hv.confirm()
     await hv.waitForDone()
     await waitFlow("done on the bot", (f) => f.flowId === flowId && f.state === "done")
@@ -125,9 +150,9 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
     await closeLlm()
   })
 
-  it("a first flow completes, then `confirm --no-match` on the next one between the same devices cancels both sides with m.mismatched_sas", async () => {
+  it("a first flow completes (typed `yes` at the CLI prompt), then `confirm --no-match` on the next one between the same devices cancels both sides with m.mismatched_sas", async () => {
     const first = await requestAndAccept(alice)
-    await compareAndConfirm(alice, first.hv, first.flowId)
+    await compareAndConfirm(alice, first.hv, first.flowId, true)
 
     const { hv, flowId } = await requestAndAccept(alice)
     await hv.waitForSas()
