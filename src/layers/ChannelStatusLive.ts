@@ -1,4 +1,4 @@
-import { Effect, Layer, SubscriptionRef } from "effect"
+import { Effect, Layer, Stream, SubscriptionRef } from "effect"
 import { type ChannelInfo, emptyMatrixExtra } from "../domain/channel.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 
@@ -8,6 +8,10 @@ export const ChannelStatusLive = Layer.effect(
     Effect.gen(function*() {
       const now = () => new Date().toISOString()
       const ref = yield* SubscriptionRef.make<ReadonlyArray<ChannelInfo>>([])
+      // A channel is listed once its runtime gave it a state; counters that other parts (DLQ, verification)
+      // update while the channel is off do not make a disabled channel appear.
+      const registered = new Set<string>()
+      const visible = (all: ReadonlyArray<ChannelInfo>) => all.filter((c) => registered.has(c.id))
 
       const upsert = (id: string, f: (current: ChannelInfo) => ChannelInfo) =>
         SubscriptionRef.update(ref, (all) => {
@@ -26,7 +30,7 @@ export const ChannelStatusLive = Layer.effect(
         })
 
       const setState: ChannelStatusShape["setState"] = (id, state, error) =>
-        upsert(id, (c) => {
+        Effect.sync(() => registered.add(id)).pipe(Effect.zipRight(upsert(id, (c) => {
           const lastError = state === "error" ? (error?.message ?? c.lastError) : null
           // The same error twice does not bump the status-changed time (reference §11).
           const changed = c.status !== state || c.lastError !== lastError
@@ -42,13 +46,18 @@ export const ChannelStatusLive = Layer.effect(
             statusChangedAt: changed ? now() : c.statusChangedAt,
             ...(extra !== undefined ? { extra } : {})
           }
-        })
+        })))
 
       return {
-        get: SubscriptionRef.get(ref),
-        changes: ref.changes,
+        get: Effect.map(SubscriptionRef.get(ref), visible),
+        changes: Stream.map(ref.changes, visible),
         setState,
         updateMatrix: (f) => upsert("matrix", (c) => ({ ...c, extra: f(c.extra ?? emptyMatrixExtra) }))
       } satisfies ChannelStatusShape
     })
   )
+
+/** The registry with the Matrix channel already listed (as `connecting`): for tools and tests that feed it. */
+export const ChannelStatusWithMatrix = Layer.effectDiscard(
+  Effect.flatMap(ChannelStatus, (s) => s.setState("matrix", "connecting"))
+).pipe(Layer.provideMerge(ChannelStatusLive))

@@ -7,7 +7,7 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Option, Redacted, Scope, TestClock } from "effect"
 import { decodeLine, deriveDlqKey, dlqKeyFromBytes, type DlqKey, type DlqRecord, DlqError, encodeLine, recordId } from "../../src/domain/dlq.js"
-import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
+import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { dlqKeyedStore, makeDlq } from "../../src/layers/DlqLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
@@ -37,7 +37,7 @@ const rec = (n: number, sender = "@alice:example.org"): DlqRecord => ({
 })
 
 const layerAt = (root: string, key: Option.Option<DlqKey> | "fail" = Option.some(KEY)) => {
-  const infra = Layer.mergeAll(MetricsLive).pipe(Layer.provideMerge(ChannelStatusLive), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
+  const infra = Layer.mergeAll(MetricsLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
   const keySource = key === "fail"
     ? Effect.fail(new DlqError({ kind: "dlq-crypto", message: "no store secret" }))
     : Effect.succeed(key)

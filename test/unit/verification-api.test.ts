@@ -8,7 +8,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted } from "effect"
 import { CaraApi } from "../../src/domain/api.js"
 import { callFailed } from "../../src/cli/verification.js"
-import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
+import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
 import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
@@ -27,7 +27,7 @@ const ALICE = "@alice:example.org"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-api-"))
 
-const base = Layer.mergeAll(EventBus.Live, MetricsLive, StateDirAt(dir)).pipe(Layer.provideMerge(ChannelStatusLive))
+const base = Layer.mergeAll(EventBus.Live, MetricsLive, StateDirAt(dir)).pipe(Layer.provideMerge(ChannelStatusWithMatrix))
 // the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix
 const serverWith = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
   ControlHttpApp.pipe(

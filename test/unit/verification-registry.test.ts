@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Exit, Layer, Queue, Scope, TestClock } from "effect"
 import { VerificationPhase } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { flowIdOf, sanitizeDisplay, sanitizeUserId, type VerificationFlow } from "../../src/domain/verification.js"
-import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
+import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { deriveState, HANDLED_FILE, VerificationLive } from "../../src/layers/VerificationLive.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
@@ -22,7 +22,7 @@ const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-"))
 
 // The registry over one EventBus, ChannelStatus and state dir, all visible to the test.
 const world = (dir: string) =>
-  VerificationLive.pipe(Layer.provideMerge(Layer.mergeAll(EventBus.Live, ChannelStatusLive, StateDirAt(dir))))
+  VerificationLive.pipe(Layer.provideMerge(Layer.mergeAll(EventBus.Live, ChannelStatusWithMatrix, StateDirAt(dir))))
 
 /**
  * Lets the registry's work queue (which may write the handled-ids file) and the fakes' promise callbacks run:
