@@ -42,7 +42,7 @@ export class EncryptedStateIoError extends Schema.TaggedError<EncryptedStateIoEr
   message: Schema.String
 }) {}
 
-export const LockHolderKind = Schema.Literal("daemon", "rekey-store", "recovery-key")
+export const LockHolderKind = Schema.Literal("daemon", "rekey-store", "recovery-key", "doctor")
 export type LockHolderKind = typeof LockHolderKind.Type
 
 /** `{state_dir}/.matrix-rekey.lock` is held by another live process. */

@@ -272,6 +272,8 @@ const describeHolder = (h: HolderRecord | undefined): string => {
       return `\`cara matrix rekey-store\` (pid ${h.pid}), which is rotating the Matrix store passphrase`
     case "recovery-key":
       return `\`cara matrix recovery-key\` (pid ${h.pid}), which is changing the recovery key`
+    case "doctor":
+      return `\`cara doctor\` (pid ${h.pid}), which is checking that the stores open`
   }
 }
 

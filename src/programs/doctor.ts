@@ -308,9 +308,9 @@ const resolvePassphrase = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: State
 const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: StateDirShape, rekeyInFlight: boolean) =>
   Effect.scoped(Effect.gen(function*() {
     const out: Array<Finding> = []
-    // Held only while the stores are test-opened, so no daemon can start on them meanwhile. The lock kinds
-    // are daemon | rekey-store | recovery-key; doctor takes it as rekey-store (an offline store reader).
-    const lock: LockState = yield* acquireRekeyLock(stateDir, "rekey-store").pipe(
+    // Held only while the stores are test-opened, so no daemon can start on them meanwhile; under its own
+    // name, so a daemon refused meanwhile is told that doctor holds it.
+    const lock: LockState = yield* acquireRekeyLock(stateDir, "doctor").pipe(
       Effect.as<LockState>({ state: "free" }),
       Effect.catchAll((e) =>
         Effect.succeed<LockState>(
