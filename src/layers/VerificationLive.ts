@@ -97,14 +97,16 @@ export const refreshUsers = async (client: MatrixClient, users: ReadonlyArray<st
     outgoingRequestsManager?: { doProcessOutgoingRequests: () => Promise<void> }
     markAllTrackedUsersAsDirty?: () => Promise<void>
   } | undefined
-  const machine = crypto?.getOlmMachineOrThrow?.()
-  if (crypto === undefined || machine === undefined) return false
-  const { UserId } = await import("@matrix-org/matrix-sdk-crypto-wasm")
-  await machine.updateTrackedUsers(users.map((u) => new UserId(u)))
-  if (machine.queryKeysForUsers !== undefined && crypto.outgoingRequestProcessor !== undefined) {
-    // the processor sends the query and hands the response back to the machine (markRequestAsSent)
-    await crypto.outgoingRequestProcessor.makeOutgoingRequest(machine.queryKeysForUsers(users.map((u) => new UserId(u))))
-    return true
+  if (crypto === undefined) return false
+  const machine = crypto.getOlmMachineOrThrow?.()
+  if (machine !== undefined) {
+    const { UserId } = await import("@matrix-org/matrix-sdk-crypto-wasm")
+    await machine.updateTrackedUsers(users.map((u) => new UserId(u)))
+    if (machine.queryKeysForUsers !== undefined && crypto.outgoingRequestProcessor !== undefined) {
+      // the processor sends the query and hands the response back to the machine (markRequestAsSent)
+      await crypto.outgoingRequestProcessor.makeOutgoingRequest(machine.queryKeysForUsers(users.map((u) => new UserId(u))))
+      return true
+    }
   }
   if (crypto.markAllTrackedUsersAsDirty === undefined) return false
   await crypto.markAllTrackedUsersAsDirty()

@@ -2,7 +2,7 @@
 // verifier and a client. They behave like the Rust-backed SDK in the ways that matter here (phase changes
 // emit `change`, a verifier appears on start, mismatch cancels with m.mismatched_sas, cancel sends m.user).
 import { EventEmitter } from "node:events"
-import type { MatrixClient } from "matrix-js-sdk"
+import { ClientEvent, type MatrixClient, SyncState } from "matrix-js-sdk"
 import {
   CryptoEvent,
   type ShowSasCallbacks,
@@ -171,6 +171,29 @@ export interface FakeDevice {
 export class FakeClient extends EventEmitter {
   readonly requested: Array<FakeRequest> = []
   devices = new Map<string, Array<FakeDevice>>()
+  /** Devices the server has but the "machine" learns only on a device-list refresh. */
+  serverOnlyDevices = new Map<string, Array<FakeDevice>>()
+  refreshes = 0
+  /** To-device messages the bot sent to itself; each ends the fake's "long-poll" with one completed sync. */
+  readonly nudges: Array<string> = []
+  /** The sync count at each bot-initiated request. */
+  readonly syncsAtRequest: Array<number> = []
+  syncs = 0
+
+  completeSync() {
+    this.syncs++
+    this.emit(ClientEvent.Sync, SyncState.Syncing, SyncState.Syncing)
+  }
+
+  getDeviceId() {
+    return "BOTDEV"
+  }
+
+  async sendToDevice(type: string, contentMap: Map<string, Map<string, object>>) {
+    if (contentMap.get(this.userId)?.has("BOTDEV") === true) this.nudges.push(type)
+    setTimeout(() => this.completeSync(), 1)
+    return {}
+  }
 
   constructor(readonly userId: string) {
     super()
@@ -192,7 +215,13 @@ export class FakeClient extends EventEmitter {
         const dev = (this.devices.get(u) ?? []).find((x) => x.deviceId === d)
         return dev === undefined ? null : { isVerified: () => dev.verified === true }
       },
+      markAllTrackedUsersAsDirty: async () => {
+        this.refreshes++
+        for (const [u, extra] of this.serverOnlyDevices) this.devices.set(u, [...(this.devices.get(u) ?? []), ...extra])
+        this.serverOnlyDevices.clear()
+      },
       requestDeviceVerification: async (u: string, d: string) => {
+        this.syncsAtRequest.push(this.syncs)
         const r = new FakeRequest(u, `txn-bot-${this.requested.length}`, { deviceId: d, initiatedByMe: true })
         r.phase = VerificationPhase.Requested
         this.requested.push(r)

@@ -346,6 +346,47 @@ describe("verification registry", () => {
       expect(only(yield* v.list).state).toBe("keys_exchanged")
     }).pipe(Effect.provide(world(tmp()))))
 
+  it.scoped("verify of a device the bot does not know yet refreshes the user's device list once, then finds it", () =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
+      client.serverOnlyDevices.set(ALICE, [{ deviceId: "PHONE" }])
+      yield* attachFake(client)
+      const known = yield* v.start(ALICE, "ALICEDEV")
+      expect(known.deviceId).toBe("ALICEDEV")
+      expect(client.refreshes).toBe(0)
+      const flow = yield* v.start(ALICE, "PHONE")
+      expect(flow).toMatchObject({ userId: ALICE, deviceId: "PHONE", state: "requested" })
+      expect(client.refreshes).toBe(1)
+      // still unknown after the refresh: 404, after exactly one more refresh
+      const missing = yield* Effect.either(v.start(ALICE, "NOPE"))
+      expect(Either.isLeft(missing) && missing.left.kind).toBe("device-not-found")
+      expect(client.refreshes).toBe(2)
+    }).pipe(Effect.provide(world(tmp()))))
+
+  it.scopedLive("a bot-initiated request right after a flow with the same user ended waits for two syncs (the SDK's clean-up)", () =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
+      yield* attachFake(client)
+      client.completeSync()
+      // no earlier flow with alice: no wait, no nudge
+      const first = yield* v.start(ALICE, "ALICEDEV")
+      expect(client.nudges).toEqual([])
+      expect(client.syncsAtRequest).toEqual([1])
+      const req = client.requested[0]!
+      req.cancelWith("m.user")
+      yield* until((l) => l.find((f) => f.flowId === first.flowId)?.state === "cancelled")
+      const endedAt = client.syncs
+      yield* v.start(ALICE, "ALICEDEV")
+      // the bot woke its own long-poll and sent the request only after two more completed syncs
+      expect(client.nudges.length).toBeGreaterThanOrEqual(1)
+      expect(client.nudges.every((t) => t === "org.cara.sync_nudge")).toBe(true)
+      expect(client.syncsAtRequest[1]).toBeGreaterThanOrEqual(endedAt + 2)
+    }).pipe(Effect.provide(world(tmp()))))
+
   it.scoped("devices lists the bot's own devices with trust, flagging ids changed by sanitisation", () =>
     Effect.gen(function*() {
       const v = yield* Verification
