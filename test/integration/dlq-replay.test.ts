@@ -110,15 +110,25 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     const alice = await human()
     const { bot, fault, faultFile } = await faultyBot(alice)
     await bot.start(fault)
+    // The first start's recovery-key set-up is made durable by a clean stop before this test kills anything:
+    // a SIGKILL soon after the first start can lose the secret-storage account data from the sync cache, and
+    // the restart then refuses (recovery-key-restore-failed); that is RecoveryKey's crash case, not the DLQ's.
+    await bot.waitForLog(/Matrix recovery key created and stored locally/, 60_000)
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+    await bot.start(fault)
     const roomId = await dmWithBot(alice, bot)
     const sent = [await alice.sendText(roomId, "kill one"), await alice.sendText(roomId, "kill two"), await alice.sendText(roomId, "kill three")]
     await waitFor("three DLQ records", () => dlqLines(bot).length === 3, 45_000, bot)
     const answeredBefore = count(bot.output(), /Matrix message answered/)
 
+    // the second and third answers are slow, so the kill below lands in the middle of the replay
+    llm.enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], delayMs: 4000 }, { type: "text", chunks: ["three"], delayMs: 4000 })
     fs.rmSync(faultFile)
     // the first replayed answer is committed: kill the daemon before the replay finishes and rewrites the DLQ
     await waitFor("the first replayed answer", () => count(bot.output(), /Matrix message answered/) > answeredBefore, 120_000, bot)
     expect((await bot.stop("SIGKILL")).signal).toBe("SIGKILL")
+    // killed mid-replay: one answer committed, no record removed yet
+    expect(dlqLines(bot)).toHaveLength(3)
     expect(dlqLines(bot).length).toBeGreaterThan(0)
 
     await bot.start()
