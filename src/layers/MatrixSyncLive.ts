@@ -50,6 +50,9 @@ export const DEVICE_DISPLAY_NAME = "Carapace Matrix"
 const SYNC_WATCHDOG = Duration.seconds(120)
 const STICKY_FAILURES = 3
 const HTTP_TIMEOUT_MS = 30_000
+/** Back-fill of a limited timeline: events per /messages page, and pages at most (per gap). */
+const BACKFILL_PAGE = 100
+const BACKFILL_MAX_PAGES = 50
 
 const fail = (kind: MatrixErrorKind, message: string) => Effect.fail(new MatrixError({ kind, message }))
 
@@ -336,6 +339,33 @@ const storeOpenFailure = (e: { kind: string; message: string }) => {
   return new MatrixError({ kind, message: e.message })
 }
 
+/** How long a stop waits for the SDK's in-flight crypto work before it frees the OlmMachine anyway. */
+const SETTLE_MS = 10_000
+
+/**
+ * Waits (bounded) for the SDK's key-backup check: `initRustCrypto` starts one in the background, and an
+ * identity change starts another; each ends by calling into the OlmMachine, which `stopClient` frees. The
+ * forced check is only reachable through the backup manager's field (read defensively: an SDK upgrade that
+ * renames it only loses the wait, and the daemon logs the rejection instead of crashing).
+ */
+const settleSdkWork = async (client: sdk.MatrixClient): Promise<void> => {
+  const crypto = client.getCrypto()
+  if (crypto === undefined) return
+  const internal = crypto as unknown as { backupManager?: { keyBackupCheckInProgress?: Promise<unknown> | null } }
+  const deadline = Date.now() + SETTLE_MS
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<void>((r) => (timer = setTimeout(r, SETTLE_MS)))
+  try {
+    // getKeyBackupInfo awaits the first check (whether or not it is still running)
+    await Promise.race([crypto.getKeyBackupInfo().catch(() => undefined), timeout])
+    for (let p = internal.backupManager?.keyBackupCheckInProgress; p && Date.now() < deadline; p = internal.backupManager?.keyBackupCheckInProgress) {
+      await Promise.race([p.catch(() => undefined), timeout])
+    }
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** The transport Outbound sends through: resends a failed local echo under its own transaction id. */
 const sdkTransport = (client: sdk.MatrixClient): MatrixTransport => ({
   send: async (roomId, threadId, content, txnId) => {
@@ -464,6 +494,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     // 4. the client. Handlers that run inside the SDK's sync processing must never throw; the promises of
     // in-flight handlers (decrypt + gate + durable claim) are awaited before the sync store may be saved.
     const inflight = new Set<Promise<unknown>>()
+    let stopping = false
     const track = (p: Promise<unknown>) => {
       const q = p.catch(() => undefined).finally(() => inflight.delete(q))
       inflight.add(q)
@@ -498,6 +529,10 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       }),
       (c) =>
         Effect.promise(async () => {
+          stopping = true
+          // stopClient frees the OlmMachine at once: the SDK's own key-backup check (started by initRustCrypto,
+          // and again when our identity changes) must finish first, or it calls into freed memory
+          await settleSdkWork(c)
           c.stopClient()
           while (inflight.size > 0) await Promise.all([...inflight])
           // save(true) during an in-flight persist only awaits that older persist: save twice
@@ -578,6 +613,86 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       await run(offerEvent(ev, room))
     }
 
+    // A limited timeline (more events than the sync filter's limit arrived while the bot was away) resets
+    // the room's live timeline: the events between the last sync and the new timeline's start are fetched
+    // with /messages and offered oldest first, before the live events of that sync (which wait for it);
+    // all of it is tracked, so the sync token is not saved before they are durably claimed.
+    let sinceToken: string | null = yield* Effect.promise(() => syncStore.getSavedSyncToken())
+    const backfills = new Map<string, Promise<void>>()
+    client.on(sdk.RoomEvent.TimelineReset, (room, timelineSet) => {
+      try {
+        if (room === undefined || timelineSet !== room.getUnfilteredTimelineSet()) return
+        if (freshStore && !prepared) return
+        if (room.getMyMembership() !== sdk.KnownMembership.Join) return
+        const from = room.getLiveTimeline().getPaginationToken(sdk.Direction.Backward)
+        if (from === null) return
+        const before = backfills.get(room.roomId) ?? Promise.resolve()
+        const p: Promise<void> = before.then(() => backfillRoom(room, from, sinceToken)).finally(() => {
+          if (backfills.get(room.roomId) === p) backfills.delete(room.roomId)
+        })
+        backfills.set(room.roomId, p)
+        track(p)
+      } catch (e) {
+        fork(Effect.logError(`Matrix timeline-reset handler failed: ${describe(e)}`))
+      }
+    })
+    client.on(sdk.ClientEvent.Sync, (_state, _prev, data) => {
+      if (data?.nextSyncToken !== undefined) sinceToken = data.nextSyncToken
+    })
+
+    const backfillRoom = async (room: sdk.Room, from: string, to: string | null): Promise<void> => {
+      const delays = [1_000, 2_000, 4_000, 8_000, 15_000, 30_000]
+      for (let attempt = 0; ; attempt++) {
+        if (stopping) return
+        try {
+          const events = await collectGap(room, from, to)
+          if (events.length > 0) {
+            await run(Effect.logInfo("Matrix back-fill: offering events missed by a limited sync").pipe(
+              Effect.annotateLogs({ roomId: room.roomId, events: events.length })
+            ))
+          }
+          for (const ev of events) {
+            if (stopping) return
+            await handleEvent(ev, room)
+          }
+          return
+        } catch (e) {
+          const delay = delays[attempt]
+          if (delay === undefined || stopping) {
+            await run(Effect.logError(`Matrix back-fill of ${room.roomId} failed; events sent while the bot was away may be unanswered: ${describe(e)}`))
+            return
+          }
+          await run(Effect.logWarning(`Matrix back-fill of ${room.roomId} failed (${describe(e)}); retrying`))
+          await new Promise((r) => setTimeout(r, delay))
+        }
+      }
+    }
+
+    /**
+     * Pages /messages backwards from the gap's start until the point of the previous sync (`to`), an event
+     * the ledger already knows, or the bot's own join; returns the events oldest first.
+     */
+    const collectGap = async (room: sdk.Room, from: string, to: string | null): Promise<Array<sdk.MatrixEvent>> => {
+      const raws: Array<sdk.IEvent> = []
+      const mapper = client.getEventMapper()
+      let token: string | undefined = from
+      pages: for (let page = 0; page < BACKFILL_MAX_PAGES && token !== undefined; page++) {
+        const res: { chunk?: Array<sdk.IEvent>; end?: string } = await client.http.authedRequest(
+          sdk.Method.Get,
+          `/rooms/${encodeURIComponent(room.roomId)}/messages`,
+          { from: token, dir: "b", limit: String(BACKFILL_PAGE), ...(to === null ? {} : { to }) }
+        )
+        const chunk = res.chunk ?? []
+        for (const raw of chunk) {
+          if (raw.type === sdk.EventType.RoomMember && raw.state_key === me && (raw.content as { membership?: unknown })?.membership === "join") break pages
+          if (raw.event_id !== undefined && ledger.state(raw.event_id) !== undefined) break pages
+          raws.push(raw)
+        }
+        if (chunk.length === 0 || res.end === undefined || res.end === token) break
+        token = res.end
+      }
+      return raws.reverse().filter((raw) => raw.sender !== me).map((raw) => mapper(raw))
+    }
     client.on(sdk.RoomEvent.Timeline, (ev, room, toStartOfTimeline, removed, data) => {
       try {
         if (toStartOfTimeline === true || removed || room === undefined) return
@@ -586,7 +701,8 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
         // the first sync of a fresh store delivers history only
         if (freshStore && !prepared) return
         if (ev.getSender() === me) return
-        track(handleEvent(ev, room))
+        const gap = backfills.get(room.roomId)
+        track(gap === undefined ? handleEvent(ev, room) : gap.then(() => handleEvent(ev, room)))
       } catch (e) {
         fork(Effect.logError(`Matrix timeline handler failed: ${describe(e)}`))
       }
@@ -719,6 +835,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
 
     // 6. start syncing and wait for the first sync
     const firstSync = yield* Deferred.make<void>()
+    const serverSync = yield* Deferred.make<void>()
     const onFirst = (state: sdk.SyncState) => {
       if (state === sdk.SyncState.Prepared || state === sdk.SyncState.Syncing) {
         prepared = true
@@ -726,6 +843,14 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       }
     }
     client.on(sdk.ClientEvent.Sync, onFirst)
+    // SYNCING is emitted only after a /sync response from the homeserver was processed (never from cache)
+    const onServerSync = (state: sdk.SyncState) => {
+      if (state === sdk.SyncState.Syncing) {
+        client.off(sdk.ClientEvent.Sync, onServerSync)
+        fork(Deferred.succeed(serverSync, undefined))
+      }
+    }
+    client.on(sdk.ClientEvent.Sync, onServerSync)
     // SAS verification flows (issue 10): the registry listens to this client for the life of the runtime
     const verification = yield* Effect.serviceOption(Verification)
     if (encryptedMode && Option.isSome(verification)) {
@@ -743,7 +868,13 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
     // held undecryptable events. (The allowlisted users' devices are tracked by the Verification registry.)
     // cross-signing needs our own identity known, so after the first sync; before the password is dropped
-    if (encryptedMode && Option.isSome(recovery)) yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
+    // After a restart the first sync is served from the saved sync data, before the homeserver answered
+    // anything: the recovery-key start-up waits for a sync from the server (account data current; a
+    // homeserver that is down delays it instead of failing it). Messages are answered meanwhile.
+    if (encryptedMode && Option.isSome(recovery)) {
+      yield* Effect.raceFirst(Deferred.await(serverSync), Deferred.await(terminal))
+      yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
+    }
     if (creds.mode === "password") {
       yield* secrets.removeMatrixPassword().pipe(
         Effect.mapError((e) => new MatrixError({ kind: "token-persistence", message: `failed to remove matrix.password after login: ${e.message}` }))

@@ -5,8 +5,8 @@
 // after any durable step and check what a rerun (or the next daemon start) makes of it.
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Layer, Option, Redacted } from "effect"
-import type { MatrixClient } from "matrix-js-sdk"
+import { Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { Method, type MatrixClient } from "matrix-js-sdk"
 import type { CryptoCallbacks } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { decodeRecoveryKey, encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck, type SecretStorageKeyDescription } from "matrix-js-sdk/lib/secret-storage.js"
@@ -644,8 +644,38 @@ const isUiaChallenge = (e: unknown) => {
 
 class MissingPassword extends Error {}
 
+/**
+ * Account data read from the homeserver itself. The SDK's `getAccountDataFromServer` answers from the
+ * cached sync once the client is prepared, and after a restart that cache can predate the secret storage
+ * (a kill during the first start) or be all there is (homeserver down).
+ */
+const accountDataFromServer = async (client: MatrixClient, type: string): Promise<Record<string, unknown> | null> => {
+  try {
+    return await client.http.authedRequest<Record<string, unknown>>(
+      Method.Get,
+      `/user/${encodeURIComponent(client.getSafeUserId())}/account_data/${encodeURIComponent(type)}`
+    )
+  } catch (e) {
+    if ((e as { errcode?: unknown }).errcode === "M_NOT_FOUND") return null
+    throw e
+  }
+}
+
+export interface RestoreOptions {
+  /**
+   * A daemon start: when the crypto store already holds the three cross-signing private keys and the
+   * backup key, there is nothing to restore and the homeserver is not asked. (A rotation passes false: the
+   * current key must be proved to open secret storage before it is replaced.)
+   */
+  readonly skipWhenStoreComplete?: boolean
+}
+
+/** Whether a restore failure is worth retrying (the homeserver was unreachable or overloaded). */
+export const isTransientRestoreFailure = (e: RecoveryKeyError): boolean =>
+  e.kind === "recovery-key-restore-failed" && e.reason === "transport-error"
+
 /** §5.2 step 6: restore from `recovery_key` when the file exists (every start). */
-export const restoreAtStartup = (ctx: BootstrapContext) =>
+export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions = {}) =>
   Effect.gen(function*() {
     const text = yield* ctx.files.read(KEY_FILE, MAX_KEY_BYTES)
     if (Option.isNone(text)) return false
@@ -661,12 +691,25 @@ export const restoreAtStartup = (ctx: BootstrapContext) =>
     ctx.keyring.add(key)
     const crypto = ctx.client.getCrypto()
     if (crypto === undefined) return yield* fail("sdk-internal")
+    if (options.skipWhenStoreComplete === true) {
+      const complete = yield* Effect.promise(async () => {
+        const c = (await crypto.getCrossSigningStatus()).privateKeysCachedLocally
+        return c.masterKey && c.selfSigningKey && c.userSigningKey && (await crypto.getSessionBackupPrivateKey()) !== null
+      }).pipe(Effect.orElseSucceed(() => false))
+      if (complete) {
+        yield* Effect.logDebug("Matrix recovery-key restore skipped: the crypto store already holds the cross-signing and backup keys")
+        return true
+      }
+    }
     const restored = yield* Effect.tryPromise({
       try: async () => {
-        const id = await ctx.client.secretStorage.getDefaultKeyId()
-        const found = id === null ? null : await ctx.client.secretStorage.getKey(id)
-        if (found === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
-        if (!(await ctx.keyring.matches(key, found[1]))) throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+        const def = await accountDataFromServer(ctx.client, "m.secret_storage.default_key")
+        const id = typeof def?.["key"] === "string" ? def["key"] : null
+        const info = id === null ? null : await accountDataFromServer(ctx.client, `m.secret_storage.key.${id}`)
+        if (info === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
+        if (!(await ctx.keyring.matches(key, info as unknown as SecretStorageKeyDescription))) {
+          throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+        }
         const status = await crypto.getCrossSigningStatus()
         const cached = status.privateKeysCachedLocally
         if (!(cached.masterKey && cached.selfSigningKey && cached.userSigningKey) && status.privateKeysInSecretStorage) {
@@ -785,7 +828,16 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
         const userId = client.getSafeUserId()
         const deviceId = client.getDeviceId() ?? ""
         const ctx: BootstrapContext = { client, keyring, secrets, status, audit, files }
-        yield* restoreAtStartup(ctx)
+        // a homeserver that is down (or restarting) delays the restore; it does not stop the runtime
+        yield* restoreAtStartup(ctx, { skipWhenStoreComplete: true }).pipe(
+          Effect.tapError((e) =>
+            isTransientRestoreFailure(e) ? Effect.logWarning("Matrix recovery-key restore: homeserver unreachable; retrying") : Effect.void
+          ),
+          Effect.retry({
+            schedule: Schedule.exponential(Duration.seconds(1)).pipe(Schedule.union(Schedule.spaced(Duration.seconds(30))), Schedule.upTo(Duration.minutes(10))),
+            while: isTransientRestoreFailure
+          })
+        )
         const { usedPassword } = yield* bootstrapCrossSigning(ctx, userId, deviceId)
         const mint = yield* runMint(files, sdkServer(client, keyring), audit)
         const mintedAt = Date.now()

@@ -1,0 +1,84 @@
+// A backlog larger than the sync filter's timeline limit (20): messages sent while the bot was down reach it
+// in a `limited` /sync that holds only the newest ones. The bot back-fills the gap from /messages, and the
+// human, paging the whole room history from the server, counts exactly one reply per message.
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { tally } from "../../scripts/chaos.js"
+import type { FakeLlmServer } from "../support/fake-llm.js"
+import { Human } from "../support/human.js"
+import { describeSynapse } from "../support/synapse/index.js"
+import { type Bot, count, makeBot, startFakeLlm } from "./matrix-support.js"
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+describeSynapse("Matrix: a backlog sent while the bot was down is answered exactly once", (hs) => {
+  let llm: FakeLlmServer
+  let closeLlm: () => Promise<void>
+  const bots: Array<Bot> = []
+  const humans: Array<Human> = []
+
+  beforeAll(async () => {
+    ;({ llm, close: closeLlm } = await startFakeLlm())
+  })
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail") {
+      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-4000)}\n`)
+    }
+    for (const b of bots.splice(0)) await b.stop("SIGKILL")
+    for (const h of humans.splice(0)) await h.stop()
+  })
+  afterAll(async () => {
+    await closeLlm()
+  })
+
+  it("60 messages in 2 rooms while the bot is down: each answered once after it starts", async () => {
+    const u = await hs.registerUser()
+    const human = await Human.login(hs.baseUrl, u.userId, u.password)
+    humans.push(human)
+    await human.start()
+    const bot = await makeBot(hs, llm, { allowUsers: [human.userId], env: { CARA_LOG_LEVEL: "info" } })
+    bots.push(bot)
+    await bot.start()
+    const botUser = bot.user.userId
+    const rooms = [await human.createEncryptedRoom([botUser], "backlog 0"), await human.createEncryptedRoom([botUser], "backlog 1")]
+    for (const r of rooms) await human.waitForMembership(r, botUser, "join", 60_000)
+
+    // one answered message per room first: the room keys are shared and the bot has synced past the joins
+    const sent = new Set<string>()
+    for (const r of rooms) {
+      const id = await human.sendText(r, `before the stop in ${r}`)
+      sent.add(id)
+      await human.waitForMessage(
+        r,
+        (m) => m.sender === botUser && (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id === id,
+        60_000
+      )
+    }
+    const stopped = await bot.stop("SIGTERM")
+    expect(stopped.code).toBe(0)
+
+    // 30 per room while the bot is down: more than the 20 events a /sync timeline carries
+    for (let i = 0; i < 30; i++) {
+      for (const r of rooms) sent.add(await human.sendText(r, `backlog message ${i}`))
+    }
+    expect(sent.size).toBe(62)
+
+    await bot.start({}, /Matrix client synced/)
+    const deadline = Date.now() + 120_000
+    let t = await tally(human, rooms, botUser, sent)
+    const unanswered = () => [...t.replies.values()].filter((s) => s.size === 0).length
+    while (unanswered() > 0 && Date.now() < deadline) {
+      await sleep(2_000)
+      t = await tally(human, rooms, botUser, sent)
+    }
+    // a little longer, so a late duplicate would show
+    await sleep(3_000)
+    t = await tally(human, rooms, botUser, sent)
+    const sizes = [...t.replies.values()].map((s) => s.size)
+    expect(sizes.filter((n) => n === 0).length, "unanswered").toBe(0)
+    expect(sizes.filter((n) => n > 1).length, "answered twice").toBe(0)
+    expect(t.strays, "bot messages that answer nothing sent").toEqual([])
+    expect(sizes.filter((n) => n === 1).length).toBe(62)
+    // the gap was real: older messages came from the back-fill, not from the limited sync itself
+    expect(count(bot.output(), /Matrix back-fill: offering events missed by a limited sync/)).toBeGreaterThanOrEqual(2)
+  }, 240_000)
+})
