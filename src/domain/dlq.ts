@@ -90,6 +90,23 @@ export const deriveDlqKey = (passphrase: string, installationId: string): DlqKey
   return key
 }
 
+/**
+ * The legacy v1 key (read only): HKDF-SHA256(salt = installation id, ikm = store passphrase,
+ * info = "carapace-matrix-inbound-dlq-v1"). cara never writes v1; it reads DLQs written by the reference.
+ */
+export const deriveLegacyDlqKey = (passphrase: string, installationId: string): DlqKey => ({
+  _tag: "DlqKey",
+  bytes: Buffer.from(crypto.hkdfSync("sha256", Buffer.from(passphrase, "utf8"), Buffer.from(installationId, "ascii"), Buffer.from("carapace-matrix-inbound-dlq-v1", "utf8"), 32))
+})
+
+/** `matrix.inboundDlq.legacyEnvelopePolicy` with the v1 key when one can be had. */
+export interface LegacyKeys {
+  readonly policy: "accept" | "refuse"
+  readonly key: DlqKey | undefined
+}
+
+const AAD_V1 = [Buffer.from("matrix-inbound-dlq-envelope-v1", "utf8"), Buffer.from("matrix-inbound-dlq-v1", "utf8")]
+
 /** For tests and vectors: a key from raw bytes. */
 export const dlqKeyFromBytes = (bytes: Uint8Array): DlqKey => ({ _tag: "DlqKey", bytes: Buffer.from(bytes) })
 
@@ -110,7 +127,7 @@ export const encodeLine = (record: DlqRecord, key: DlqKey | undefined, nonce: Ui
 }
 
 export type Decoded =
-  | { readonly _tag: "Record"; readonly record: DlqRecord; readonly encrypted: boolean }
+  | { readonly _tag: "Record"; readonly record: DlqRecord; readonly encrypted: boolean; readonly legacy?: true }
   /** An envelope, but no key is available now (unencrypted mode, no store secret): kept as it is. */
   | { readonly _tag: "NoKey" }
   /** Never decodable (bad JSON, bad ids, unknown version, AEAD failure): quarantined. */
@@ -128,7 +145,22 @@ export const isEnvelopeLine = (line: string): boolean => {
   }
 }
 
-export const decodeLine = (line: string, key: DlqKey | undefined): Decoded => {
+const open = (key: DlqKey, nonce: Buffer, ct: Buffer, aad: Buffer): string | undefined => {
+  try {
+    const decipher = crypto.createDecipheriv("aes-256-gcm", key.bytes, nonce)
+    decipher.setAAD(aad)
+    decipher.setAuthTag(ct.subarray(ct.length - 16))
+    return Buffer.concat([decipher.update(ct.subarray(0, ct.length - 16)), decipher.final()]).toString("utf8")
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Decodes one line. `key` is the v2 key (`undefined`: none available now); `legacy` enables v1 envelopes
+ * (without it, or with policy "refuse", a v1 line is undecodable and goes to quarantine).
+ */
+export const decodeLine = (line: string, key: DlqKey | undefined, legacy?: LegacyKeys): Decoded => {
   if (Buffer.byteLength(line, "utf8") > DLQ_LINE_CAP_BYTES) return corrupt("dlq-serialization", "line longer than 128 KiB")
   let parsed: unknown
   try {
@@ -141,20 +173,21 @@ export const decodeLine = (line: string, key: DlqKey | undefined): Decoded => {
   if ("version" in obj && "nonce" in obj && "ciphertext" in obj) {
     const keys = Object.keys(obj)
     if (keys.length !== 3) return corrupt("dlq-serialization", "envelope has extra fields")
-    if (obj["version"] !== ENVELOPE_VERSION) return corrupt("dlq-serialization", `unsupported envelope version ${JSON.stringify(obj["version"])}`)
+    const v1 = obj["version"] === 1 && legacy !== undefined
+    if (obj["version"] === 1 && legacy?.policy === "refuse") {
+      return corrupt("dlq-serialization", "legacy v1 envelope refused by matrix.inboundDlq.legacyEnvelopePolicy")
+    }
+    if (obj["version"] !== ENVELOPE_VERSION && !v1) return corrupt("dlq-serialization", `unsupported envelope version ${JSON.stringify(obj["version"])}`)
     if (typeof obj["nonce"] !== "string" || typeof obj["ciphertext"] !== "string") return corrupt("dlq-serialization", "envelope fields are not strings")
     const nonce = fromB64u(obj["nonce"])
     const ct = fromB64u(obj["ciphertext"])
     if (nonce === undefined || nonce.length !== 12) return corrupt("dlq-serialization", "envelope nonce is not 12 bytes of base64url")
     if (ct === undefined || ct.length < 16) return corrupt("dlq-serialization", "envelope ciphertext is malformed")
-    if (key === undefined) return { _tag: "NoKey" }
-    let plain: string
-    try {
-      const decipher = crypto.createDecipheriv("aes-256-gcm", key.bytes, nonce)
-      decipher.setAAD(AAD_V2)
-      decipher.setAuthTag(ct.subarray(ct.length - 16))
-      plain = Buffer.concat([decipher.update(ct.subarray(0, ct.length - 16)), decipher.final()]).toString("utf8")
-    } catch {
+    const k = v1 ? legacy?.key : key
+    if (k === undefined) return { _tag: "NoKey" }
+    // v2 never accepts a legacy AAD; v1 tries its AAD, then the original one
+    const plain = v1 ? (open(k, nonce, ct, AAD_V1[0]!) ?? open(k, nonce, ct, AAD_V1[1]!)) : open(k, nonce, ct, AAD_V2)
+    if (plain === undefined) {
       return corrupt("dlq-crypto", "envelope does not authenticate under the current key (tampered, or written under another passphrase)")
     }
     let inner: unknown
@@ -165,7 +198,7 @@ export const decodeLine = (line: string, key: DlqKey | undefined): Decoded => {
     }
     return Either.match(decodeRecordStrict(inner), {
       onLeft: () => corrupt("dlq-serialization", "decrypted record has missing, extra or malformed fields"),
-      onRight: (record) => ({ _tag: "Record", record, encrypted: true })
+      onRight: (record) => ({ _tag: "Record", record, encrypted: true, ...(v1 ? { legacy: true } : {}) })
     })
   }
   return Either.match(decodeRecordStrict(obj), {

@@ -17,8 +17,10 @@ import {
   DlqRecordNotFound,
   type DlqReplayReport,
   type DlqSummary,
+  deriveLegacyDlqKey,
   encodeLine,
   isEnvelopeLine,
+  type LegacyKeys,
   recordId,
   replayBackoffMs,
   splitLines
@@ -119,6 +121,8 @@ export interface DlqOptions {
    * failure (no store secret yet) is retried at the next use, a success is kept.
    */
   readonly key: Effect.Effect<Option.Option<DlqKey>, DlqError>
+  /** Legacy v1 envelopes (reference DLQs): the policy and the v1 key. Without it, v1 lines are kept as they are. */
+  readonly legacy?: Effect.Effect<LegacyKeys, DlqError>
 }
 
 interface Backoff {
@@ -172,6 +176,7 @@ export const makeDlq = (options: DlqOptions) =>
     const replaying = yield* Effect.makeSemaphore(1)
     const backoff = new Map<string, Backoff>()
     let cachedKey: Option.Option<DlqKey> | undefined
+    let cachedLegacy: LegacyKeys | undefined
     let capLatchedAt: number | undefined
     let durabilityError: string | undefined
     let dispatcher: DlqDispatcher | undefined
@@ -183,6 +188,16 @@ export const makeDlq = (options: DlqOptions) =>
     )
 
     const readLines = Effect.map(readNoFollow(file), splitLines)
+
+    const legacyKeys: Effect.Effect<LegacyKeys | undefined> = Effect.suspend(() =>
+      cachedLegacy !== undefined || options.legacy === undefined
+        ? Effect.succeed(cachedLegacy)
+        : options.legacy.pipe(
+          Effect.tap((l) => Effect.sync(() => void (cachedLegacy = l))),
+          // without the v1 key a v1 line is kept (NoKey) until it can be had
+          Effect.orElseSucceed((): LegacyKeys => ({ policy: "accept", key: undefined }))
+        )
+    )
 
     const setCount = (n: number) =>
       status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
@@ -241,8 +256,9 @@ export const makeDlq = (options: DlqOptions) =>
         // One record per event: a re-offered event (resumed after a restart) that fails again is already here.
         const existing = yield* readLines
         const id = recordId(record.eventId)
+        const legacy = yield* legacyKeys
         const sameEvent = (l: string) => {
-          const d = decodeLine(l, Option.getOrUndefined(k))
+          const d = decodeLine(l, Option.getOrUndefined(k), legacy)
           return d._tag === "Record" && recordId(d.record.eventId) === id
         }
         if (existing.some(sameEvent)) return false
@@ -284,8 +300,9 @@ export const makeDlq = (options: DlqOptions) =>
       const k = yield* Effect.either(key)
       const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
       const keyError = k._tag === "Left" ? k.left : undefined
-      const decoded = lines.map((line) => ({ line, d: decodeLine(line, keyValue) }))
-      return { decoded, keyError }
+      const legacy = yield* legacyKeys
+      const decoded = lines.map((line) => ({ line, d: decodeLine(line, keyValue, legacy) }))
+      return { decoded, keyError, keyValue }
     })
 
     const list = Effect.gen(function*() {
@@ -338,9 +355,12 @@ export const makeDlq = (options: DlqOptions) =>
     const runReplay = (select: (id: string) => boolean, automatic: boolean) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
-        const { decoded, keyError } = yield* decodeAll
+        const { decoded, keyError, keyValue } = yield* decodeAll
         const d = dispatcher
         const gone: Array<string> = []
+        // v1 records that stay are rewritten as v2 (when the v2 key is at hand)
+        const replacements = new Map<string, string>()
+        const legacyStats = { record_count: 0, drained_count: 0, reencoded_count: 0 }
         const corrupt: Array<string> = []
         const errors: Array<DlqError> = keyError === undefined ? [] : [keyError]
         const report = { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
@@ -351,6 +371,10 @@ export const makeDlq = (options: DlqOptions) =>
           }
           if (dec._tag === "NoKey") continue
           const id = recordId(dec.record.eventId)
+          if (dec.legacy === true) {
+            legacyStats.record_count++
+            if (keyValue !== undefined) replacements.set(line, encodeLine(dec.record, keyValue))
+          }
           if (!select(id)) continue
           const b = backoff.get(id)
           if (automatic && b !== undefined && b.nextAt > now) {
@@ -373,6 +397,7 @@ export const makeDlq = (options: DlqOptions) =>
             gone.push(line)
             backoff.delete(id)
             report.replayed++
+            if (dec.legacy === true) legacyStats.drained_count++
           } else {
             const attempts = (b?.attempts ?? 0) + 1
             backoff.set(id, { attempts, nextAt: now + replayBackoffMs(attempts), lastError: r.left.kind })
@@ -387,12 +412,24 @@ export const makeDlq = (options: DlqOptions) =>
         } else {
           errors.push(q.left)
         }
-        // Rewrite with what is gone removed; lines appended meanwhile are kept.
+        for (const g of gone) replacements.delete(g)
+        if (legacyStats.record_count > 0) {
+          // on record before the rewrite changes the file; without the audit line nothing is rewritten
+          yield* audit("matrix_inbound_dlq_legacy_envelope_processed", {
+            from_version: 1,
+            current_version: 2,
+            record_count: legacyStats.record_count,
+            reencoded_count: replacements.size,
+            drained_count: legacyStats.drained_count,
+            quarantined_count: 0
+          })
+        }
+        // Rewrite with what is gone removed (and v1 lines re-encoded); lines appended meanwhile are kept.
         const remaining = yield* io.withPermits(1)(
           Effect.gen(function*() {
             const current = yield* readLines
-            if (gone.length === 0) return current.length
-            const next = withoutLines(current, gone)
+            if (gone.length === 0 && replacements.size === 0) return current.length
+            const next = withoutLines(current, gone).map((l) => replacements.get(l) ?? l)
             if (next.length === 0) {
               yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
             } else {
@@ -453,11 +490,12 @@ export const makeDlq = (options: DlqOptions) =>
       Effect.gen(function*() {
         const k = yield* Effect.either(key)
         const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
+        const legacy = yield* legacyKeys
         const purged = yield* io.withPermits(1)(
           Effect.gen(function*() {
             const lines = yield* readLines
             const keep = selector._tag === "All" ? [] : lines.filter((l) => {
-              const d = decodeLine(l, keyValue)
+              const d = decodeLine(l, keyValue, legacy)
               return !(d._tag === "Record" && recordId(d.record.eventId) === selector.id)
             })
             const n = lines.length - keep.length
@@ -489,23 +527,32 @@ export const makeDlq = (options: DlqOptions) =>
     return { append, list, show, replay, replayDue, purge, count, register } satisfies DlqShape
   })
 
-/** A key source from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
-export const dlqKeyFromStore = Effect.gen(function*() {
+/** Key sources from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
+export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | StorePassphrase> = Effect.gen(function*() {
   const { config } = yield* ConfigSecrets
   const sp = yield* StorePassphrase
   const encrypted = config.matrix?.encrypted !== false
-  return Effect.gen(function*() {
-    if (!encrypted) return Option.none<DlqKey>()
-    const cryptoError = (message: string) => new DlqError({ kind: "dlq-crypto", message })
+  const policy = config.matrix?.inboundDlq?.legacyEnvelopePolicy ?? "accept"
+  const cryptoError = (message: string) => new DlqError({ kind: "dlq-crypto", message })
+  // the store passphrase and installation id, or None when records are written plain
+  const material = Effect.gen(function*() {
+    if (!encrypted) return Option.none<readonly [string, string]>()
     const pass = yield* sp.resolve.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
-    if (Option.isNone(pass)) return Option.none<DlqKey>()
+    if (Option.isNone(pass)) return Option.none<readonly [string, string]>()
     const iid = yield* sp.installationId.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
-    return Option.some(deriveDlqKey(Redacted.value(pass.value), iid))
+    return Option.some([Redacted.value(pass.value), iid] as const)
   })
+  return {
+    key: Effect.map(material, Option.map(([pass, iid]) => deriveDlqKey(pass, iid))),
+    legacy: Effect.map(material, (m): LegacyKeys => ({
+      policy,
+      key: Option.getOrUndefined(Option.map(m, ([pass, iid]) => deriveLegacyDlqKey(pass, iid)))
+    }))
+  } satisfies DlqOptions
 })
 
 /** The daemon's DLQ: needs StateDir, ChannelStatus, Metrics, ConfigSecrets and StorePassphrase. */
-export const DlqLive = Layer.effect(Dlq, Effect.flatMap(dlqKeyFromStore, (key) => makeDlq({ key })))
+export const DlqLive = Layer.effect(Dlq, Effect.flatMap(dlqKeyFromStore, makeDlq))
 
 // ---------------------------------------------------------------------------------------------------------
 // rekey-store (reference §4.5): the DLQ is one more keyed store of the rotation's state machine. Its
@@ -529,6 +576,12 @@ export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Ef
       Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
       Effect.map((iid) => deriveDlqKey(Redacted.value(p), iid))
     )
+  // a reference-written v1 line under the same passphrase moves too (re-encoded as v2)
+  const legacyFor = (p: Redacted.Redacted<string>) =>
+    installationId.pipe(
+      Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
+      Effect.map((iid): LegacyKeys => ({ policy: "accept", key: deriveLegacyDlqKey(Redacted.value(p), iid) }))
+    )
   return {
     name: path.basename(file),
     path: file,
@@ -538,12 +591,14 @@ export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Ef
       Effect.gen(function*() {
         const envelopes = (yield* lines).filter(isEnvelopeLine)
         const k = yield* keyFor(p)
-        return envelopes.every((l) => decodeLine(l, k)._tag === "Record")
+        const legacy = yield* legacyFor(p)
+        return envelopes.every((l) => decodeLine(l, k, legacy)._tag === "Record")
       }),
     rewrap: (from, to) =>
       Effect.gen(function*() {
         const current = yield* lines
         const kFrom = yield* keyFor(from)
+        const legacyFrom = yield* legacyFor(from)
         const kTo = yield* keyFor(to)
         const next: Array<string> = []
         for (const l of current) {
@@ -551,7 +606,7 @@ export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Ef
             next.push(l)
             continue
           }
-          const d = decodeLine(l, kFrom)
+          const d = decodeLine(l, kFrom, legacyFrom)
           if (d._tag !== "Record") {
             return yield* stateIo(
               `a line of ${file} does not decode under the current passphrase; move it to ${stateDir.resolve(DLQ_CORRUPT_FILE)} (or drop it), then rerun \`cara matrix rekey-store --new\`.`

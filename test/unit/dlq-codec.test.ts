@@ -5,6 +5,7 @@ import { describe, expect, it } from "@effect/vitest"
 import {
   decodeLine,
   deriveDlqKey,
+  deriveLegacyDlqKey,
   dlqKeyFromBytes,
   type DlqRecord,
   encodeLine,
@@ -13,6 +14,7 @@ import {
   replayBackoffMs,
   splitLines
 } from "../../src/domain/dlq.js"
+import { legacyLine } from "../support/dlq-fixtures.js"
 
 const record: DlqRecord = {
   eventId: "$abc:example.org",
@@ -128,5 +130,32 @@ describe("DLQ lines", () => {
     expect(splitLines("a\n\nb\n  \nc")).toEqual(["a", "b", "c"])
     expect([1, 2, 3].map(replayBackoffMs)).toEqual([5000, 10000, 20000])
     expect(replayBackoffMs(50)).toBe(3_600_000)
+  })
+})
+
+describe("legacy v1 envelopes (read only)", () => {
+  const v1 = deriveLegacyDlqKey("correct horse battery staple", "installation-00000000-0000-0000-0000-000000000000")
+
+  it("the v1 key matches the pinned HKDF vector", () => {
+    expect(v1.bytes.toString("hex")).toBe("4f17d4dc2615c81e3e552fe15374de09634d883e4b7835a1d43a04676f5a0ff7")
+  })
+
+  it("accepted: decodes under both v1 AADs, marked legacy; without a v1 key it waits (NoKey)", () => {
+    for (const aad of ["matrix-inbound-dlq-envelope-v1", "matrix-inbound-dlq-v1"]) {
+      expect(decodeLine(legacyLine(record, v1, aad), key, { policy: "accept", key: v1 })).toEqual({
+        _tag: "Record",
+        record,
+        encrypted: true,
+        legacy: true
+      })
+    }
+    expect(decodeLine(legacyLine(record, v1), key, { policy: "accept", key: undefined })).toEqual({ _tag: "NoKey" })
+    // the v2 AAD is not a v1 AAD
+    expect(decodeLine(legacyLine(record, v1, "matrix-inbound-dlq-envelope-v2"), key, { policy: "accept", key: v1 })).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
+  })
+
+  it("refused by policy, or with no legacy support at all: undecodable (quarantined)", () => {
+    expect(decodeLine(legacyLine(record, v1), key, { policy: "refuse", key: v1 })).toMatchObject({ _tag: "Corrupt", kind: "dlq-serialization" })
+    expect(decodeLine(legacyLine(record, v1), key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-serialization" })
   })
 })

@@ -5,7 +5,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, Exit, Option, Redacted } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
-import { decodeLine, deriveDlqKey, type DlqRecord, encodeLine } from "../../src/domain/dlq.js"
+import { decodeLine, deriveDlqKey, deriveLegacyDlqKey, type DlqRecord, encodeLine } from "../../src/domain/dlq.js"
 import { CRYPTO_FILE, STATE_FILE } from "../../src/layers/CryptoStoreLive.js"
 import { dlqKeyedStore } from "../../src/layers/DlqLive.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
@@ -13,6 +13,7 @@ import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
 import { type KeyedStore, type RekeyFiles, runRekey, sqliteStores, stateDirFiles } from "../../src/programs/rekeyStore.js"
 import { cleanEnv, runCli } from "../support/cli.js"
+import { legacyLine } from "../support/dlq-fixtures.js"
 import { BASE_ENV, matrixConfig, PASSWORD, tempRoot } from "../support/rekey-fixtures.js"
 
 const IID = "0123456789abcdef".repeat(4)
@@ -111,6 +112,16 @@ describe("rekey-store with a non-empty DLQ", () => {
       expect(fs.existsSync(path.join(root, "matrix/store_passphrase.rekeying"))).toBe(false)
     }
   }, 120_000)
+
+  it("a reference-written v1 line under the old passphrase is moved too, as a v2 line", async () => {
+    const root = await setUp()
+    fs.appendFileSync(path.join(root, "matrix/inbound_dlq.jsonl"), legacyLine(rec(4), deriveLegacyDlqKey(DERIVED, IID)) + "\n")
+    expect(Exit.isSuccess(await runWithCrash(root, undefined))).toBe(true)
+    const pinned = readFileOpt(path.join(root, "matrix/store_passphrase"))!
+    expect(dlqUnder(root, pinned)).toEqual([rec(1), rec(2), rec(3), rec(4)])
+    const last = fs.readFileSync(path.join(root, "matrix/inbound_dlq.jsonl"), "utf8").trim().split("\n").at(-1)!
+    expect(JSON.parse(last)).toMatchObject({ version: 2 })
+  })
 
   it("a DLQ line under neither key refuses the rekey before any store is moved", async () => {
     const root = await setUp()

@@ -15,6 +15,7 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Dlq, type DlqDispatcher } from "../../src/services/Dlq.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import { StateDir } from "../../src/services/StateDir.js"
+import { legacyLine } from "../support/dlq-fixtures.js"
 
 const roots: Array<string> = []
 afterAll(() => {
@@ -36,12 +37,14 @@ const rec = (n: number, sender = "@alice:example.org"): DlqRecord => ({
   receivedAt: 1000 + n
 })
 
-const layerAt = (root: string, key: Option.Option<DlqKey> | "fail" = Option.some(KEY)) => {
+const V1 = dlqKeyFromBytes(crypto.createHash("sha256").update("legacy-key").digest())
+
+const layerAt = (root: string, key: Option.Option<DlqKey> | "fail" = Option.some(KEY), policy: "accept" | "refuse" = "accept") => {
   const infra = Layer.mergeAll(MetricsLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
   const keySource = key === "fail"
     ? Effect.fail(new DlqError({ kind: "dlq-crypto", message: "no store secret" }))
     : Effect.succeed(key)
-  return Layer.effect(Dlq, makeDlq({ key: keySource })).pipe(Layer.provideMerge(infra))
+  return Layer.effect(Dlq, makeDlq({ key: keySource, legacy: Effect.succeed({ policy, key: V1 }) })).pipe(Layer.provideMerge(infra))
 }
 
 const dlqFile = (root: string) => path.join(root, "matrix", "inbound_dlq.jsonl")
@@ -339,6 +342,48 @@ describe("Dlq replay", () => {
       expect(r).toMatchObject({ replayed: 1, remaining: 1 })
       expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{ _tag: "Record", record: rec(9), encrypted: true }])
     }).pipe(Effect.provide(layerAt(root)))
+  })
+})
+
+describe("Dlq legacy v1 records", () => {
+  it.effect("v1 lines are replayed; a kept one is re-encoded as v2; the processing is audited before the rewrite", () => {
+    const root = tempRoot()
+    fs.mkdirSync(path.join(root, "matrix"), { recursive: true })
+    fs.writeFileSync(dlqFile(root), `${legacyLine(rec(1), V1)}\n${legacyLine(rec(2), V1, "matrix-inbound-dlq-v1")}\n`, { mode: 0o600 })
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      const { d, got } = recorder(new Set([rec(2).eventId]))
+      const r = yield* withRegistered(d, dlq.replayDue)
+      expect(r).toMatchObject({ replayed: 1, failed: 1, remaining: 1 })
+      expect(got).toEqual([rec(1).eventId, rec(2).eventId])
+      const ls = lines(dlqFile(root))
+      expect(ls).toHaveLength(1)
+      expect(JSON.parse(ls[0]!)).toMatchObject({ version: 2 })
+      expect(decodeLine(ls[0]!, KEY)).toEqual({ _tag: "Record", record: rec(2), encrypted: true })
+      expect(audit(root).find((a) => a.event === "matrix_inbound_dlq_legacy_envelope_processed")?.data).toEqual({
+        from_version: 1,
+        current_version: 2,
+        record_count: 2,
+        reencoded_count: 1,
+        drained_count: 1,
+        quarantined_count: 0
+      })
+    }).pipe(Effect.provide(layerAt(root)))
+  })
+
+  it.effect("with legacyEnvelopePolicy \"refuse\" a v1 line is quarantined, not dispatched", () => {
+    const root = tempRoot()
+    fs.mkdirSync(path.join(root, "matrix"), { recursive: true })
+    const v1line = legacyLine(rec(1), V1)
+    fs.writeFileSync(dlqFile(root), `${v1line}\n`, { mode: 0o600 })
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      const { d, got } = recorder()
+      const r = yield* withRegistered(d, dlq.replayDue)
+      expect(r).toMatchObject({ replayed: 0, quarantined: 1, remaining: 0 })
+      expect(got).toEqual([])
+      expect(lines(corruptFile(root))).toEqual([v1line])
+    }).pipe(Effect.provide(layerAt(root, Option.some(KEY), "refuse")))
   })
 })
 
