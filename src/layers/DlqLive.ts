@@ -441,8 +441,8 @@ export const makeDlq = (options: DlqOptions) =>
           })
         )
         report.remaining = remaining
-        yield* setCount(remaining)
         if (report.replayed > 0) yield* status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
+        yield* setCount(remaining)
         // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
         // cannot be read, decrypted or quarantined is.
         const fatal = errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")

@@ -89,16 +89,17 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     expect(lines.every((l) => Object.keys(JSON.parse(l) as object).sort().join() === "ciphertext,nonce,version")).toBe(true)
     expect(lines.join("\n")).not.toContain("dead letter")
     expect(fs.statSync(path.join(bot.dir, "matrix", "inbound_dlq.jsonl")).mode & 0o777).toBe(0o600)
-    const during = (await bot.status())!["extra"] as Record<string, unknown>
-    expect(during["inboundDispatchFailureTotal"]).toBeGreaterThanOrEqual(2)
-    expect(during["inboundDlqRecordCount"]).toBe(2)
+    const extra = async () => (await bot.status())!["extra"] as Record<string, unknown>
+    // the counter follows the file write
+    await waitFor("the status counter", async () => (await extra())["inboundDlqRecordCount"] === 2, 15_000, bot)
+    expect((await extra())["inboundDispatchFailureTotal"]).toBeGreaterThanOrEqual(2)
     expect(repliesTo(alice, roomId, bot)).toEqual([])
 
     fs.rmSync(faultFile)
     await waitFor("the DLQ to drain", () => dlqLines(bot).length === 0, 120_000, bot)
     await waitFor("both answers", () => repliesTo(alice, roomId, bot).length >= 2, 45_000, bot)
-    const after = (await bot.status())!["extra"] as Record<string, unknown>
-    expect(after["inboundDlqRecordCount"]).toBe(0)
+    await waitFor("the status counter", async () => (await extra())["inboundDlqRecordCount"] === 0, 15_000, bot)
+    const after = await extra()
     expect(after["inboundDlqReplayedTotal"]).toBe(2)
     // a later message is answered normally; the replayed ones exactly once
     const m3 = await alice.sendText(roomId, "live again")
@@ -155,7 +156,12 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     const oldKey = deriveDlqKey(deriveStorePassphrase(CONFIG_PASSWORD, iid), iid)
     expect(decodeLine(dlqLines(bot)[0]!, oldKey)._tag).toBe("Record")
 
-    const r = runCli(["matrix", "rekey-store", "--new"], cleanEnv(bot.dir, { CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD, CARAPACE_GATEWAY_TOKEN: "unused-token-0123456789abcdef" }))
+    const r = runCli(["matrix", "rekey-store", "--new"], cleanEnv(bot.dir, {
+      CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD,
+      CARAPACE_GATEWAY_TOKEN: "unused-token-0123456789abcdef",
+      // the config may still name it (it is removed once cross-signing is bootstrapped)
+      MATRIX_PASSWORD: bot.user.password
+    }))
     expect(r.status, r.stderr + r.stdout).toBe(0)
     const pinned = fs.readFileSync(path.join(bot.dir, "matrix", "store_passphrase"), "utf8").trim()
     const newKey = deriveDlqKey(pinned, iid)
