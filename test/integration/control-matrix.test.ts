@@ -4,47 +4,24 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect } from "effect"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { expect, it } from "vitest"
 import { open } from "../../src/domain/secrets.js"
 import { runCli } from "../support/cli.js"
-import type { FakeLlmServer } from "../support/fake-llm.js"
-import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot, CONFIG_PASSWORD } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 const portOf = (bot: Bot) => new URL(bot.running!.baseUrl).port
 
 describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
-
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-3000)}\n`)
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
+  const world = useMatrixWorld(hs)
 
   it("verify passes, its probe arrives encrypted, status shows the Matrix block, and no secret leaks", async () => {
-    const u = await hs.registerUser()
-    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(alice)
-    await alice.start()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const alice = await world.human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start()
     await bot.waitForLog(/Matrix recovery key created/, 60_000)
-    const roomId = await alice.createEncryptedDm(bot.user.userId)
-    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const roomId = await world.dm(alice, bot)
 
     const verify = runCli(["verify", "--outcome", "matrix", "--port", portOf(bot)], bot.cliEnv())
     expect(verify.stdout).toMatch(/\[PASS\].*[Mm]atrix/)
@@ -74,7 +51,7 @@ describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", 
 
     // an answered message shows up in the metrics (send duration), next to the live gauges
     const asked = await alice.sendText(roomId, "count me")
-    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === asked, 45_000)
+    await world.replyTo(alice, bot, roomId, asked)
     const metricsText = await (await fetch(`${bot.running!.baseUrl}/metrics`)).text()
     expect(Number(/^carapace_matrix_outbound_send_duration_seconds_count (\d+)$/m.exec(metricsText)?.[1])).toBeGreaterThanOrEqual(1)
     expect(metricsText).toContain('carapace_matrix_joined_rooms{encryption="encrypted"} 1')
@@ -102,8 +79,7 @@ describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", 
   }, 240_000)
 
   it("an interrupted rekey keeps the gateway up with the channel in error and /health/ready 503", async () => {
-    const bot = await makeBot(hs, llm)
-    bots.push(bot)
+    const bot = await world.bot()
     await bot.start()
     expect((await bot.stop("SIGTERM")).code).toBe(0)
     fs.writeFileSync(path.join(bot.dir, "matrix", "store_passphrase.pending"), "0".repeat(64) + "\n", { mode: 0o600 })

@@ -1,10 +1,10 @@
 // Authentication failures of the Matrix runtime (issue 7 point 1, reference §5.2/§12): each is a typed kind
 // in /control/channels while the gateway itself stays up, and none of them leaks the token.
 import * as fs from "node:fs"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
-import type { FakeLlmServer } from "../support/fake-llm.js"
+import { expect, it } from "vitest"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+import type { Bot } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 const login = async (baseUrl: string, userId: string, password: string) => {
   const res = await fetch(`${baseUrl}/_matrix/client/v3/login`, {
@@ -38,28 +38,12 @@ const channel = async (bot: Bot) => {
 }
 
 describeSynapse("Matrix: authentication failures are typed and leave the gateway up (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-3000)}\n`)
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
+  const world = useMatrixWorld(hs)
 
   const stopped = /Matrix runtime stopped/
 
   it("a token revoked while running, and again at the next start, gives auth-token-revoked; /health stays up, /health/ready is 503", async () => {
-    const bot = await makeBot(hs, llm)
-    bots.push(bot)
+    const bot = await world.bot()
     await bot.start()
     const deviceId = /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())![1]!
     // steady state: the start-up sequence (cross-signing, recovery key) is done
@@ -87,11 +71,10 @@ describeSynapse("Matrix: authentication failures are typed and leave the gateway
   it("a token of another user gives auth-session-user-mismatch; a wrong device id gives auth-session-device-mismatch", async () => {
     const other = await hs.registerUser()
     const otherSession = await login(hs.baseUrl, other.userId, other.password)
-    const bot = await makeBot(hs, llm, {
+    const bot = await world.bot({
       matrixExtra: `accessToken: "\${MATRIX_ACCESS_TOKEN}", deviceId: ${JSON.stringify(otherSession.deviceId)},`,
       env: { MATRIX_ACCESS_TOKEN: otherSession.accessToken }
     })
-    bots.push(bot)
     await bot.start({}, stopped)
     const mismatch = await channel(bot)
     expect(mismatch).toMatchObject({ status: "error", kind: "auth-session-user-mismatch" })
@@ -100,20 +83,18 @@ describeSynapse("Matrix: authentication failures are typed and leave the gateway
     await bot.stop("SIGKILL")
 
     const own = await login(hs.baseUrl, bot.user.userId, bot.user.password)
-    const wrongDevice = await makeBot(hs, llm, {
+    const wrongDevice = await world.bot({
       matrixExtra: `accessToken: "\${MATRIX_ACCESS_TOKEN}", deviceId: "NOTMYDEVICE",`,
       env: { MATRIX_ACCESS_TOKEN: own.accessToken }
     })
     // makeBot registered a fresh account: point the config at the token's owner instead
     fs.writeFileSync(wrongDevice.configPath, wrongDevice.config().replace(wrongDevice.user.userId, bot.user.userId))
-    bots.push(wrongDevice)
     await wrongDevice.start({}, stopped)
     expect(await channel(wrongDevice)).toMatchObject({ status: "error", kind: "auth-session-device-mismatch" })
   }, 240_000)
 
   it("a password login without CARAPACE_CONFIG_PASSWORD is refused with token-persistence before contacting the server", async () => {
-    const bot = await makeBot(hs, llm, { env: { CARAPACE_CONFIG_PASSWORD: "", MATRIX_STORE_PASSPHRASE: "a store passphrase for this test only" } })
-    bots.push(bot)
+    const bot = await world.bot({ env: { CARAPACE_CONFIG_PASSWORD: "", MATRIX_STORE_PASSPHRASE: "a store passphrase for this test only" } })
     await bot.start({}, stopped)
     const state = await channel(bot)
     expect(state).toMatchObject({ status: "error", kind: "token-persistence" })

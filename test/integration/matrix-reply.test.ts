@@ -2,51 +2,23 @@
 // while the agent works and stops afterwards, sends a read receipt for the message it handled, and answers a
 // message in a thread inside that thread.
 import { RoomMemberEvent } from "matrix-js-sdk"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
-import type { FakeLlmServer } from "../support/fake-llm.js"
-import { Human } from "../support/human.js"
+import { expect, it } from "vitest"
+import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+import type { Bot } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
+  const world = useMatrixWorld(hs)
 
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-3000)}\n`)
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
-
-  const setup = async () => {
-    const u = await hs.registerUser()
-    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(alice)
-    await alice.start()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+  const setup = async (): Promise<{ alice: Human; bot: Bot; roomId: string }> => {
+    const alice = await world.human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start()
-    const roomId = await alice.createEncryptedDm(bot.user.userId)
-    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
-    return { alice, bot, roomId }
+    return { alice, bot, roomId: await world.dm(alice, bot) }
   }
-
-  const replyTo = (alice: Human, bot: Bot, roomId: string, eventId: string) =>
-    alice.waitForMessage(
-      roomId,
-      (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId,
-      45_000
-    )
+  const replyTo = world.replyTo
+  const llm = () => world.llm
 
   it("types while the agent works, stops typing after the answer, and marks the message read", async () => {
     const { alice, bot, roomId } = await setup()
@@ -54,7 +26,7 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
     alice.client.on(RoomMemberEvent.Typing, (_event, member) => {
       if (member.roomId === roomId && member.userId === bot.user.userId) typing.push(member.typing)
     })
-    llm.enqueue({ type: "text", chunks: ["slow answer"], delayMs: 2_500 })
+    llm().enqueue({ type: "text", chunks: ["slow answer"], delayMs: 2_500 })
     const sent = await alice.sendText(roomId, "take your time")
     const deadline = Date.now() + 20_000
     while (!typing.includes(true) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
@@ -95,6 +67,6 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
       event_id: root,
       "m.in_reply_to": { event_id: inThread }
     })
-    expect(JSON.stringify(llm.requests.at(-1)?.body)).toContain("follow-up in the thread")
+    expect(JSON.stringify(llm().requests.at(-1)?.body)).toContain("follow-up in the thread")
   }, 180_000)
 })

@@ -1,12 +1,11 @@
 // Undecryptable events (issue 7 point 8): a message whose Megolm key has not reached the bot is held, counted
 // in the channel status, and answered exactly once when the key arrives, also when it arrives while the
 // daemon is stopped. The human holds back its room-key share (ToDeviceGate) to make the key late.
-import * as fs from "node:fs"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
-import type { FakeLlmServer } from "../support/fake-llm.js"
-import { Human } from "../support/human.js"
+import { expect, it } from "vitest"
+import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+import { type Bot, messagesFrom } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 const undecryptable = async (bot: Bot): Promise<number> => {
   const status = await bot.status()
@@ -22,47 +21,16 @@ const until = async (what: string, check: () => Promise<boolean>, timeoutMs = 30
 }
 
 describeSynapse("Matrix: undecryptable events wait for their keys (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
+  const world = useMatrixWorld(hs)
 
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) {
-        fs.writeFileSync(`${b.dir}/daemon-output.log`, b.output())
-        process.stderr.write(`--- daemon output in ${b.dir}/daemon-output.log; last lines:\n${b.output().slice(-3000)}\n`)
-      }
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
-
-  const setup = async () => {
-    const u = await hs.registerUser()
-    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(alice)
-    await alice.start()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+  const setup = async (): Promise<{ alice: Human; bot: Bot; roomId: string }> => {
+    const alice = await world.human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start()
-    const roomId = await alice.createEncryptedDm(bot.user.userId)
-    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
-    return { alice, bot, roomId }
+    return { alice, bot, roomId: await world.dm(alice, bot) }
   }
-
-  const replyTo = (alice: Human, bot: Bot, roomId: string, eventId: string) =>
-    alice.waitForMessage(
-      roomId,
-      (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId,
-      45_000
-    )
+  const replyTo = world.replyTo
+  const llm = () => world.llm
 
   it("holds a message whose key is late, counts it, and answers it once when the key arrives", async () => {
     const { alice, bot, roomId } = await setup()
@@ -71,15 +39,15 @@ describeSynapse("Matrix: undecryptable events wait for their keys (real daemon)"
     alice.toDevice.holding = true
     const late = await alice.sendText(roomId, "the key of this one comes late")
     expect(alice.toDevice.heldCount).toBeGreaterThan(0)
-    const requestsBefore = llm.requests.length
+    const requestsBefore = llm().requests.length
     await until("the bot to count the undecryptable event", async () => (await undecryptable(bot)) === 1)
     // held, not answered: the model was not called with the placeholder text
-    expect(llm.requests.length).toBe(requestsBefore)
+    expect(llm().requests.length).toBe(requestsBefore)
 
     await alice.toDevice.release()
     const reply = await replyTo(alice, bot, roomId, late)
     expect(reply.encrypted).toBe(true)
-    expect(JSON.stringify(llm.requests.at(-1)?.body)).toContain("the key of this one comes late")
+    expect(JSON.stringify(llm().requests.at(-1)?.body)).toContain("the key of this one comes late")
     await until("the count to drop back to 0", async () => (await undecryptable(bot)) === 0)
     expect(messagesFrom(alice, roomId, bot.user.userId).filter((m) => m.inReplyTo === late)).toHaveLength(1)
   }, 240_000)
