@@ -1,50 +1,21 @@
 // The daemon's core against the real Synapse: an encrypted DM from an allowed person gets an encrypted answer
 // from the agent (the real daemon process, a fake LLM), once, across restarts and a crash.
-import * as fs from "node:fs"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
-import type { FakeLlmServer } from "../support/fake-llm.js"
-import { Human } from "../support/human.js"
+import { expect, it } from "vitest"
+import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, count, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+import { type Bot, count, messagesFrom } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
+  const world = useMatrixWorld(hs)
+  const llm = () => world.llm
 
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) {
-        const file = `${b.dir}/daemon-output.log`
-        fs.writeFileSync(file, b.output())
-        process.stderr.write(`fake LLM requests: ${llm.requests.length}\n`)
-        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}; last lines:\n${b.output().slice(-3000)}\n`)
-      }
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
-
-  const human = async () => {
-    const u = await hs.registerUser()
-    const h = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(h)
-    await h.start()
-    return h
-  }
+  const human = world.human
 
   it("answers an encrypted DM with an encrypted, formatted reply to the message; the password is replaced by a sealed token", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
-    llm.enqueue({ type: "text", chunks: ["Hello **Alice**", ", here is `code`."] })
+    const bot = await world.bot({ allowUsers: [alice.userId] })
+    llm().enqueue({ type: "text", chunks: ["Hello **Alice**", ", here is `code`."] })
     await bot.start()
 
     const roomId = await alice.createEncryptedDm(bot.user.userId)
@@ -60,7 +31,7 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     // on the wire the reply is a Megolm event
     expect((await alice.fetchRawEvent(roomId, reply.eventId)).type).toBe("m.room.encrypted")
     // the model saw the message
-    expect(JSON.stringify(llm.requests.at(-1)?.body)).toContain("hi bot")
+    expect(JSON.stringify(llm().requests.at(-1)?.body)).toContain("hi bot")
 
     // config write-back: the token is sealed, the device id recorded, the password gone (removed once the
     // start-up sequence, cross-signing included, no longer needs it: it may finish after the first reply)
@@ -86,8 +57,7 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
 
   it("a restart keeps the device, uploads no keys, does not answer old messages again and answers new ones", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start()
     const deviceId = /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())?.[1]
     expect(deviceId).toBeDefined()
@@ -111,11 +81,10 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
 
   it("SIGKILL after the answer and before the ledger commit: after a restart the human sees exactly one reply", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start({ CARA_TEST_FAULT: "after-reply-before-commit" })
     const roomId = await dmWithBot(alice, bot)
-    const requestsBefore = llm.requests.length
+    const requestsBefore = llm().requests.length
     const sent = await alice.sendText(roomId, "answer me once")
     const reply = await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId, 45_000)
     expect((await bot.running!.exited).signal).toBe("SIGKILL")
@@ -129,6 +98,6 @@ describeSynapse("Matrix: encrypted DM round trip (real daemon)", (hs) => {
     expect(replies.map((m) => m.inReplyTo)).toEqual([sent, next])
     expect(replies[0]!.eventId).toBe(reply.eventId)
     // the resumed answer came from the stored history, not from a second model call
-    expect(llm.requests.length - requestsBefore).toBe(2)
+    expect(llm().requests.length - requestsBefore).toBe(2)
   }, 240_000)
 })

@@ -1,53 +1,25 @@
 // Who and what the daemon answers, against the real Synapse: group rooms answer mentions only, disallowed
 // inviters and senders get nothing, invisible-only messages are ignored and counted, encrypted=false
 // refuses an encrypted invite.
-import * as fs from "node:fs"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { expect, it } from "vitest"
 import { Preset } from "matrix-js-sdk"
-import type { FakeLlmServer } from "../support/fake-llm.js"
-import { Human } from "../support/human.js"
+import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+import { type Bot, messagesFrom } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
+  const world = useMatrixWorld(hs)
+  const llm = () => world.llm
 
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) {
-        const file = `${b.dir}/daemon-output.log`
-        fs.writeFileSync(file, b.output())
-        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}\n`)
-      }
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
-
-  const human = async () => {
-    const u = await hs.registerUser()
-    const h = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(h)
-    await h.start()
-    return h
-  }
+  const human = world.human
   const replyTo = (h: Human, roomId: string, bot: Bot, eventId: string) =>
     h.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId, 45_000)
 
   it("in a group room answers only when mentioned", async () => {
     const alice = await human()
     const bob = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId, bob.userId] })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId, bob.userId] })
     await bot.start()
     const roomId = await alice.createEncryptedRoom([bot.user.userId, bob.userId], "group")
     await bob.joinRoom(roomId)
@@ -63,8 +35,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
   it("never joins for a disallowed inviter, and ignores a disallowed sender in an allowed room", async () => {
     const alice = await human()
     const mallory = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: `groupMessages: "all",` })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: `groupMessages: "all",` })
     await bot.start()
 
     const malloryDm = await mallory.createEncryptedDm(bot.user.userId)
@@ -89,8 +60,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
   // body limit plus the envelope), so the size gate is covered by the unit tests (matrix-pure.test.ts).
   it("ignores and counts invisible-only messages", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     await bot.start()
     const roomId = await alice.createEncryptedDm(bot.user.userId)
     await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
@@ -109,8 +79,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
 
   it("with encrypted=false refuses an encrypted invite, even from an allowed user", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
     await bot.start()
     const roomId = await alice.createEncryptedDm(bot.user.userId)
     await alice.waitForMembership(roomId, bot.user.userId, "leave", 30_000)
@@ -121,8 +90,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
 
   it("with encrypted=false answers in a plain room, and marks the room unsupported once it becomes encrypted", async () => {
     const alice = await human()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
     await bot.start()
     const { room_id: roomId } = await alice.client.createRoom({ is_direct: true, invite: [bot.user.userId], preset: Preset.TrustedPrivateChat })
     await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
@@ -131,7 +99,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
 
     await alice.client.sendStateEvent(roomId, "m.room.encryption" as never, { algorithm: "m.megolm.v1.aes-sha2" } as never, "")
     await bot.waitForLog(/Matrix room became encrypted while matrix.encrypted=false/, 30_000)
-    const requestsBefore = llm.requests.length
+    const requestsBefore = llm().requests.length
     const secret = await alice.sendText(roomId, "this one is encrypted")
     const deadline = Date.now() + 30_000
     let extra: Record<string, unknown> = {}
@@ -143,7 +111,7 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     expect(extra["unsupportedRoomCount"]).toBe(1)
     expect(extra["unsupportedRooms"]).toEqual([roomId])
     expect(Number(extra["peerDropEncryptedRoomTotal"])).toBeGreaterThanOrEqual(2)
-    expect(llm.requests.length).toBe(requestsBefore)
+    expect(llm().requests.length).toBe(requestsBefore)
     expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([plain])
     expect(secret).toBeDefined()
   }, 180_000)
