@@ -5,7 +5,7 @@ import { expect, it } from "vitest"
 import { Preset } from "matrix-js-sdk"
 import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, messagesFrom } from "./matrix-support.js"
+import { type Bot, count, messagesFrom } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
@@ -41,6 +41,9 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     const malloryDm = await mallory.createEncryptedDm(bot.user.userId)
     await mallory.waitForMembership(malloryDm, bot.user.userId, "leave", 30_000)
     await bot.waitForLog(/Matrix invite rejected: inviter not in matrix.autoJoin allowlist/)
+    // declined once, not again at every sync
+    await new Promise((r) => setTimeout(r, 3_000))
+    expect(count(bot.output(), /Matrix invite rejected: inviter not in matrix.autoJoin allowlist/)).toBe(1)
 
     const roomId = await alice.createEncryptedRoom([bot.user.userId, mallory.userId], "mixed")
     await mallory.joinRoom(roomId)
@@ -114,5 +117,33 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     expect(llm().requests.length).toBe(requestsBefore)
     expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([plain])
     expect(secret).toBeDefined()
+  }, 180_000)
+
+  it("respects a kick (no rejoin) and a ban, and joins again only on a new invite", async () => {
+    const alice = await human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
+    await bot.start()
+    // a room where alice outranks the bot (in a trusted_private_chat DM both have power 100: no kick)
+    const roomId = await alice.createEncryptedRoom([bot.user.userId], "kick and ban")
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const joinsOf = () =>
+      bot.output().split("\n").filter((l) => l.includes("--> POST") && l.includes("/join") && l.includes(encodeURIComponent(roomId))).length
+    const joinedOnce = joinsOf()
+    await alice.client.kick(roomId, bot.user.userId, "testing")
+    await alice.waitForMembership(roomId, bot.user.userId, "leave", 30_000)
+    // several sync cycles later the bot is still out and has not tried to join
+    await new Promise((r) => setTimeout(r, 4_000))
+    expect(alice.client.getRoom(roomId)?.getMember(bot.user.userId)?.membership).toBe("leave")
+    expect(joinsOf()).toBe(joinedOnce)
+
+    await alice.invite(roomId, bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    await alice.client.ban(roomId, bot.user.userId, "testing")
+    await alice.waitForMembership(roomId, bot.user.userId, "ban", 30_000)
+    const asked = await alice.sendText(roomId, "you cannot see this")
+    await new Promise((r) => setTimeout(r, 3_000))
+    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).not.toContain(asked)
+    // one join for the first invite, one for the new invite, none after the kick or the ban
+    expect(joinsOf()).toBe(joinedOnce + 1)
   }, 180_000)
 })

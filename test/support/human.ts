@@ -501,7 +501,7 @@ export class Human {
   }
 
   /** Waits until this client's view of the room shows `userId` with that membership. */
-  async waitForMembership(roomId: string, userId: string, membership: "join" | "invite" | "leave", timeoutMs = 20_000) {
+  async waitForMembership(roomId: string, userId: string, membership: "join" | "invite" | "leave" | "ban", timeoutMs = 20_000) {
     await poll(`${this.userId}: ${userId} membership ${membership} in ${roomId}`, timeoutMs, () =>
       this.client.getRoom(roomId)?.getMember(userId)?.membership === membership
     )
