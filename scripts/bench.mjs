@@ -139,5 +139,9 @@ const header = [
 ].join("\n")
 
 fs.mkdirSync(path.join(root, "docs"), { recursive: true })
-fs.writeFileSync(path.join(root, "docs/benchmarks.md"), header + "\n" + sections.join("\n"))
+// The hand-written reading of the figures (where the time goes, what would fix a missed target) is kept
+// in bench/ANALYSIS.md and appended, so a rerun refreshes the numbers without losing it.
+const analysisFile = path.join(root, "bench", "ANALYSIS.md")
+const analysis = fs.existsSync(analysisFile) ? "\n" + fs.readFileSync(analysisFile, "utf8") : ""
+fs.writeFileSync(path.join(root, "docs/benchmarks.md"), header + "\n" + sections.join("\n") + analysis)
 process.stderr.write(`wrote docs/benchmarks.md (${benches.length} bench${benches.length === 1 ? "" : "es"}, ${runs} runs each)\n`)
