@@ -40,7 +40,7 @@ import { StorePassphrase, type StorePassphraseShape } from "../services/StorePas
 import { normalizeAllowlist, allowsUser } from "./allowlist.js"
 import { CRYPTO_FILE, makeCryptoStore } from "./CryptoStoreLive.js"
 import { type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
-import { makeOutbound, type MatrixTransport } from "./OutboundLive.js"
+import { classifySendError, makeOutbound, type MatrixTransport } from "./OutboundLive.js"
 import { recoveryFailure } from "./RecoveryKeyLive.js"
 
 export const CHANNEL_ID = "matrix"
@@ -445,6 +445,9 @@ interface RuntimeDeps {
 }
 
 /** The whole runtime in one scope; fails with a MatrixError (terminal) or runs until interrupted. */
+/** Join attempts for one invite (rate limits and server errors), about ten minutes in all with the backoff. */
+const JOIN_ATTEMPTS = 25
+
 const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.Scope> =>
   Effect.gen(function*() {
     const { agent, env, m, passphrase, secrets, stateDir, status } = deps
@@ -747,10 +750,22 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
         if (!encryptedMode && room.hasEncryptionStateEvent()) {
           return yield* decline("room is encrypted and matrix.encrypted=false", "peerDropEncryptedRoomTotal")
         }
-        yield* Effect.tryPromise(() => client.joinRoom(room.roomId)).pipe(
-          Effect.tap(() => Effect.logInfo("auto-joined Matrix room invite").pipe(Effect.annotateLogs({ roomId: room.roomId, inviter }))),
-          Effect.catchAll((e) => Effect.logWarning(`joining ${room.roomId} failed: ${describe(e)}`))
-        )
+        // A rate-limited or unreachable homeserver delays the join; it does not lose the invite.
+        for (let attempt = 1;; attempt++) {
+          const joined = yield* Effect.tryPromise({ try: () => client.joinRoom(room.roomId), catch: (e) => e }).pipe(Effect.either)
+          if (joined._tag === "Right") {
+            return yield* Effect.logInfo("auto-joined Matrix room invite").pipe(Effect.annotateLogs({ roomId: room.roomId, inviter }))
+          }
+          const failure = classifySendError(joined.left)
+          if (failure._tag === "Terminal" || attempt >= JOIN_ATTEMPTS) {
+            return yield* Effect.logWarning(
+              `joining ${room.roomId} failed (${failure.detail}${failure._tag === "Terminal" ? "" : `, after ${attempt} attempts`}); the invite stays pending and is retried at the next start`
+            )
+          }
+          const delay = failure.retryAfterMs ?? Math.min(30_000, 1_000 * 2 ** (attempt - 1))
+          yield* Effect.logInfo(`joining ${room.roomId} failed (${failure.detail}); retrying in ${delay} ms`)
+          yield* Effect.sleep(Duration.millis(delay))
+        }
       })
 
     client.on(sdk.RoomEvent.MyMembership, (room, membership) => {
