@@ -4,51 +4,24 @@
 // the records replayable under the new passphrase.
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { expect, it } from "vitest"
 import { decodeLine, deriveDlqKey } from "../../src/domain/dlq.js"
 import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
 import { cleanEnv, runCli } from "../support/cli.js"
-import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, CONFIG_PASSWORD, count, makeBot, messagesFrom, startFakeLlm } from "./matrix-support.js"
+import { type Bot, CONFIG_PASSWORD, count, messagesFrom } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
+  const world = useMatrixWorld(hs)
+  const llm = () => world.llm
 
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) {
-        const file = `${b.dir}/daemon-output.log`
-        fs.writeFileSync(file, b.output())
-        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}; last lines:\n${b.output().slice(-4000)}\n`)
-      }
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
-
-  const human = async () => {
-    const u = await hs.registerUser()
-    const h = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(h)
-    await h.start()
-    return h
-  }
+  const human = world.human
 
   /** A bot whose session writes fail while `faultFile` exists. */
   const faultyBot = async (alice: Human) => {
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     const faultFile = path.join(bot.dir, "session-write.fault")
     fs.writeFileSync(faultFile, "on\n")
     return { bot, faultFile, fault: { CARA_TEST_FAULT: `session-write:${faultFile}` } }
@@ -123,7 +96,7 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     const answeredBefore = count(bot.output(), /Matrix message answered/)
 
     // the second and third answers are slow, so the kill below lands in the middle of the replay
-    llm.enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], delayMs: 4000 }, { type: "text", chunks: ["three"], delayMs: 4000 })
+    llm().enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], delayMs: 4000 }, { type: "text", chunks: ["three"], delayMs: 4000 })
     fs.rmSync(faultFile)
     // the first replayed answer is committed: kill the daemon before the replay finishes and rewrites the DLQ
     await waitFor("the first replayed answer", () => count(bot.output(), /Matrix message answered/) > answeredBefore, 120_000, bot)

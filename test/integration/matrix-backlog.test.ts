@@ -1,42 +1,22 @@
 // A backlog larger than the sync filter's timeline limit (20): messages sent while the bot was down reach it
 // in a `limited` /sync that holds only the newest ones. The bot back-fills the gap from /messages, and the
 // human, paging the whole room history from the server, counts exactly one reply per message.
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { expect, it } from "vitest"
 import { tally } from "../../scripts/chaos.js"
-import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, count, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot, count } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 describeSynapse("Matrix: a backlog sent while the bot was down is answered exactly once", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
-
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) process.stderr.write(`--- daemon output (last lines):\n${b.output().slice(-4000)}\n`)
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
+  const world = useMatrixWorld(hs)
+  const llm = () => world.llm
 
   it("60 messages in 2 rooms while the bot is down: each answered once after it starts", async () => {
-    const u = await hs.registerUser()
-    const human = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(human)
-    await human.start()
-    const bot = await makeBot(hs, llm, { allowUsers: [human.userId], env: { CARA_LOG_LEVEL: "info" } })
-    bots.push(bot)
+    const human = await world.human()
+    const bot = await world.bot({ allowUsers: [human.userId], env: { CARA_LOG_LEVEL: "info" } })
     await bot.start()
     const botUser = bot.user.userId
     const rooms = [await human.createEncryptedRoom([botUser], "backlog 0"), await human.createEncryptedRoom([botUser], "backlog 1")]

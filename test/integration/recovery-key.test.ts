@@ -5,12 +5,12 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { decodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { expect, it } from "vitest"
 import { runCli } from "../support/cli.js"
-import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse, type SharedSynapse } from "../support/synapse/index.js"
-import { type Bot, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot } from "./matrix-support.js"
+import { useMatrixWorld } from "./matrix-world.js"
 
 const until = async <A>(what: string, check: () => Promise<A | undefined | false>, timeoutMs = 30_000): Promise<A> => {
   const deadline = Date.now() + timeoutMs
@@ -67,38 +67,15 @@ const botSession = async (hs: SharedSynapse, bot: Bot) => {
 const extraOf = async (bot: Bot) => ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
 
 describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
-  let llm: FakeLlmServer
-  let closeLlm: () => Promise<void>
-  const bots: Array<Bot> = []
-  const humans: Array<Human> = []
-
-  beforeAll(async () => {
-    ;({ llm, close: closeLlm } = await startFakeLlm())
-  })
-  afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail") {
-      for (const b of bots) {
-        fs.writeFileSync(`${b.dir}/daemon-output.log`, b.output())
-        process.stderr.write(`--- daemon output in ${b.dir}/daemon-output.log; last lines:\n${b.output().slice(-4000)}\n`)
-      }
-    }
-    for (const b of bots.splice(0)) await b.stop("SIGKILL")
-    for (const h of humans.splice(0)) await h.stop()
-  })
-  afterAll(async () => {
-    await closeLlm()
-  })
+  const world = useMatrixWorld(hs)
+  const llm = () => world.llm
 
   const setup = async () => {
-    const u = await hs.registerUser()
-    const alice = await Human.login(hs.baseUrl, u.userId, u.password)
-    humans.push(alice)
-    await alice.start()
-    const bot = await makeBot(hs, llm, { allowUsers: [alice.userId] })
-    bots.push(bot)
+    const alice = await world.human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
     return { alice, bot }
   }
-  const envOf = (bot: Bot) => (bot as unknown as { env: NodeJS.ProcessEnv }).env
+  const envOf = (bot: Bot) => bot.cliEnv()
   const cli = (bot: Bot, args: ReadonlyArray<string>, input?: string) => runCli(["matrix", "recovery-key", ...args], envOf(bot), input)
   const show = (bot: Bot) => {
     const r = cli(bot, ["show", "--allow-non-terminal"])
