@@ -356,6 +356,24 @@ export interface ProviderFailure {
 const providerTitle = (p: ProviderName) => (p === "anthropic" ? "Anthropic" : "OpenAI")
 const keyHint = (p: ProviderName) => (p === "anthropic" ? "anthropic.apiKey / ANTHROPIC_API_KEY" : "openai.apiKey / OPENAI_API_KEY")
 
+/** A request that never got an HTTP answer (refused, reset, timed out), as a classified error. */
+export const connectionFailure = (
+  provider: ProviderName,
+  model: string,
+  cause: unknown,
+  secrets: ReadonlyArray<string>
+): AgentError =>
+  classifyFailure({
+    provider,
+    model,
+    status: undefined,
+    errorType: undefined,
+    errorCode: undefined,
+    detail: scrubSecrets(cause instanceof Error ? cause.message : String(cause), secrets),
+    retryAfterMs: undefined,
+    connection: true
+  })
+
 /** Maps a provider failure to the typed error, with an operator message that says what to do next. */
 export const classifyFailure = (f: ProviderFailure): AgentError => {
   const who = providerTitle(f.provider)

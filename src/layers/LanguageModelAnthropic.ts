@@ -4,6 +4,7 @@ import {
   type AgentError,
   type ChatRequest,
   classifyFailure,
+  connectionFailure,
   mergeConsecutive,
   parseRetryAfter,
   type ProviderSettings,
@@ -32,17 +33,7 @@ export const anthropicFailure = (cause: unknown, model: string, secrets: Readonl
       connection: false
     })
   }
-  const message = cause instanceof Error ? cause.message : String(cause)
-  return classifyFailure({
-    provider: "anthropic",
-    model,
-    status: undefined,
-    errorType: undefined,
-    errorCode: undefined,
-    detail: scrubSecrets(message, secrets),
-    retryAfterMs: undefined,
-    connection: true
-  })
+  return connectionFailure("anthropic", model, cause, secrets)
 }
 
 /**

@@ -4,6 +4,7 @@ import {
   type AgentError,
   type ChatRequest,
   classifyFailure,
+  connectionFailure,
   mergeConsecutive,
   parseRetryAfter,
   type ProviderSettings,
@@ -36,17 +37,7 @@ export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyAr
       connection: false
     })
   }
-  const message = cause instanceof Error ? cause.message : String(cause)
-  return classifyFailure({
-    provider: "openai",
-    model,
-    status: undefined,
-    errorType: undefined,
-    errorCode: undefined,
-    detail: scrubSecrets(message, secrets),
-    retryAfterMs: undefined,
-    connection: true
-  })
+  return connectionFailure("openai", model, cause, secrets)
 }
 
 /**
