@@ -54,12 +54,40 @@ const observedArb: fc.Arbitrary<RepairObserved> = fc.record({
 })
 
 describe("startup repair table (§5.6)", () => {
-  it("reaches every refusal reason from generated states, and refusals carry the wire value", () => {
+  it("reaches every refusal reason over the whole (small) state space, and refusals carry the wire value", () => {
+    // Enumerated, not sampled: 3,000 random draws missed `current_key_mismatch` now and then.
+    const digests = [undefined, A, B, C] as const
+    const markers: Array<RepairObserved["marker"]> = [
+      { _tag: "Absent" },
+      { _tag: "Legacy" },
+      { _tag: "Invalid", reason: "corrupt_typed_marker" }
+    ]
+    for (const stage of ["started", "pending_key_written", "final_key_replaced"] as const) {
+      for (const keySha256 of digests) {
+        for (const previousKeySha256 of digests) {
+          markers.push({
+            _tag: "Typed",
+            marker: {
+              stage,
+              updatedAtMs: 1,
+              ...(keySha256 === undefined ? {} : { keySha256 }),
+              ...(previousKeySha256 === undefined ? {} : { previousKeySha256 })
+            }
+          })
+        }
+      }
+    }
+    const files: Array<FileDigest> = [
+      { _tag: "Absent" },
+      { _tag: "Vanished" },
+      ...[A, B, C].map((digest) => ({ _tag: "Present", digest }) as const)
+    ]
     const seen = new Set<string>()
-    fc.assert(
-      fc.property(observedArb, (o) => {
-        const step = nextRepairStep(o)
-        if (step._tag === "Refuse") {
+    for (const marker of markers) {
+      for (const current of files) {
+        for (const pending of files) {
+          const step = nextRepairStep({ journal: { _tag: "Absent" }, marker, current, pending })
+          if (step._tag !== "Refuse") continue
           seen.add(step.reason)
           const err = promotionRefused(step.reason, { marker: "/s/R", pending: "/s/N", key: "/s/K" })
           expect(err.kind).toBe("recovery-key-promotion-refused")
@@ -67,9 +95,8 @@ describe("startup repair table (§5.6)", () => {
           expect(err.message).toContain(`(${step.reason})`)
           expect(err.message).toContain("Refusing to promote pending key at /s/N over current key at /s/K")
         }
-      }),
-      { numRuns: 3000 }
-    )
+      }
+    }
     expect([...seen].sort()).toEqual([...PromotionRefusalReason.literals].sort())
   })
 
