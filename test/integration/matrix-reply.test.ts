@@ -3,20 +3,13 @@
 // message in a thread inside that thread.
 import { RoomMemberEvent } from "matrix-js-sdk"
 import { expect, it } from "vitest"
-import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import type { Bot } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
 describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) => {
   const world = useMatrixWorld(hs)
 
-  const setup = async (): Promise<{ alice: Human; bot: Bot; roomId: string }> => {
-    const alice = await world.human()
-    const bot = await world.bot({ allowUsers: [alice.userId] })
-    await bot.start()
-    return { alice, bot, roomId: await world.dm(alice, bot) }
-  }
+  const setup = world.botInDm
   const replyTo = world.replyTo
   const llm = () => world.llm
 

@@ -2,7 +2,6 @@
 // in the channel status, and answered exactly once when the key arrives, also when it arrives while the
 // daemon is stopped. The human holds back its room-key share (ToDeviceGate) to make the key late.
 import { expect, it } from "vitest"
-import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { type Bot, messagesFrom } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
@@ -23,12 +22,7 @@ const until = async (what: string, check: () => Promise<boolean>, timeoutMs = 30
 describeSynapse("Matrix: undecryptable events wait for their keys (real daemon)", (hs) => {
   const world = useMatrixWorld(hs)
 
-  const setup = async (): Promise<{ alice: Human; bot: Bot; roomId: string }> => {
-    const alice = await world.human()
-    const bot = await world.bot({ allowUsers: [alice.userId] })
-    await bot.start()
-    return { alice, bot, roomId: await world.dm(alice, bot) }
-  }
+  const setup = world.botInDm
   const replyTo = world.replyTo
   const llm = () => world.llm
 

@@ -63,6 +63,13 @@ export const useMatrixWorld = (hs: SharedSynapse) => {
       await human.waitForMembership(roomId, bot.user.userId, "join", 30_000)
       return roomId
     },
+    /** A human, a started bot that admits them, and an encrypted DM between the two. */
+    botInDm: async (): Promise<{ alice: Human; bot: Bot; roomId: string }> => {
+      const alice = await world.human()
+      const bot = await world.bot({ allowUsers: [alice.userId] })
+      await bot.start()
+      return { alice, bot, roomId: await world.dm(alice, bot) }
+    },
     /** The bot's reply to `eventId`, as the human decrypted it. */
     replyTo: (human: Human, bot: Bot, roomId: string, eventId: string, timeoutMs = 45_000) =>
       human.waitForMessage(roomId, (m) => m.sender === bot.user.userId && inReplyTo(m) === eventId, timeoutMs)
