@@ -1,3 +1,4 @@
+import { Options } from "@effect/cli"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { CaraApi } from "../domain/api.js"
@@ -103,3 +104,11 @@ export const describeClientError = (e: unknown): { readonly kind?: string; reado
   }
   return { message: "unexpected failure" }
 }
+
+/** `--host` / `--port` of every command that talks to the daemon (defaults resolved by `resolveTarget`). */
+export const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
+export const portOption = Options.integer("port").pipe(
+  Options.withAlias("p"),
+  Options.withDescription(`gateway port (default: gateway.port from the config, else ${DEFAULT_GATEWAY_PORT})`),
+  Options.optional
+)

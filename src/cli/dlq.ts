@@ -2,7 +2,7 @@ import * as readline from "node:readline"
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
 
 /** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -10,12 +10,6 @@ export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError"
   message: Schema.String
 }) {}
 
-const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
-const portOption = Options.integer("port").pipe(
-  Options.withAlias("p"),
-  Options.withDescription("gateway port (default: gateway.port from the config, else 18789)"),
-  Options.optional
-)
 const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
 const allOption = Options.boolean("all").pipe(Options.withDescription("every record in the DLQ"))
 const idArg = Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`"), Args.optional)

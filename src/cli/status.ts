@@ -2,7 +2,7 @@ import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"
-import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe, hostOption, portOption } from "./client.js"
 
 export const formatUptime = (seconds: number): string => {
   const d = Math.floor(seconds / 86400)
@@ -136,8 +136,8 @@ export const fetchStatus = (target: GatewayTarget) =>
 export const statusCommand = Command.make(
   "status",
   {
-    host: Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional),
-    port: Options.integer("port").pipe(Options.withAlias("p"), Options.withDescription("gateway port (default: gateway.port from the config, else 18789)"), Options.optional),
+    host: hostOption,
+    port: portOption,
     json: Options.boolean("json").pipe(Options.withDescription("print the status as JSON"))
   },
   ({ host, json, port }) =>

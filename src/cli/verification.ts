@@ -5,7 +5,7 @@ import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 import { appendAuditLine } from "../layers/DlqLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
 
 /** A refused or failed `cara matrix` verification command, with the daemon's kind (or ours) and a hint. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
@@ -13,12 +13,6 @@ export class VerificationCliError extends Schema.TaggedError<VerificationCliErro
   message: Schema.String
 }) {}
 
-const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
-const portOption = Options.integer("port").pipe(
-  Options.withAlias("p"),
-  Options.withDescription("gateway port (default: gateway.port from the config, else 18789)"),
-  Options.optional
-)
 const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
 const flowArg = Args.text({ name: "flow-id" }).pipe(Args.withDescription("a flow id from `cara matrix verifications`"))
 
