@@ -185,19 +185,25 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(Either.isLeft(refused) && refused.left._tag).toBe("Unauthorized")
     }).pipe(Effect.provide(FetchHttpClient.layer)))
 
-  it.effect("send-test maps runtime failures: transient → 200 failed, unavailable → 503 + Retry-After, other → 502", () =>
+  it.effect("send-test maps runtime failures: transient → 200 failed, not connected/unavailable → 503 + Retry-After, other → 502", () =>
     Effect.gen(function*() {
       let seenRoom = ""
       yield* setSend((room) => {
         seenRoom = room
         return Effect.fail(new MatrixControlError({ kind: "not-connected", message: "Matrix runtime is not connected", retryAfterMs: 5000 }))
       })
-      const transient = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping", extra: "tolerated" })
+      // #17.7: a runtime that is not running is 503 matrix-runtime-unavailable, like every other Matrix endpoint.
+      const notConnected = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping", extra: "tolerated" })
       expect(seenRoom).toBe(ROOM)
+      expect(notConnected.status).toBe(503)
+      expect(notConnected.json().error.kind).toBe("matrix-runtime-unavailable")
+
+      yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "send-failed", message: "the homeserver answered 500", retryAfterMs: 5000 })))
+      const transient = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
       expect(transient.status).toBe(200)
       expect(transient.json()).toEqual({
         ok: false,
-        delivery: { outcome: "failed", error: "Matrix runtime is not connected", retryability: { kind: "transient", retryAfterMs: 5000 }, conversationId: ROOM, kind: "not-connected" }
+        delivery: { outcome: "failed", error: "the homeserver answered 500", retryability: { kind: "transient", retryAfterMs: 5000 }, conversationId: ROOM, kind: "send-failed" }
       })
 
       yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "matrix-runtime-unavailable", message: "Matrix runtime unavailable", retryAfterMs: 5000 })))
