@@ -321,8 +321,27 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
           })))
         }
         if (isApiError(e)) return Effect.succeed(errorResponse(e))
+        // A body that is not JSON at all fails in the platform's parser (RequestError / ParseError), which
+        // would otherwise answer an empty 400: give it the documented envelope like every other refusal.
+        const tag = (e as { readonly _tag?: unknown } | null)?._tag
+        if (tag === "RequestError" || tag === "ParseError") {
+          return Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+        }
         return Effect.fail(e)
-      })
+      }),
+      // The platform parses a JSON body with `Effect.orDie(request.json)`, so a body that is not JSON arrives
+      // here as a defect (a RequestError), not as a failure.
+      Effect.catchAllDefect((d) =>
+        (d as { readonly _tag?: unknown } | null)?._tag === "RequestError"
+          ? Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+          : Effect.die(d)
+      )
     )
   }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
 

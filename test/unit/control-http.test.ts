@@ -254,6 +254,27 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(same.status).toBe(200)
     }))
 
+  it.effect("over HTTP: other spellings of a route 404, non-JSON bodies 415, malformed JSON gets the error envelope", () =>
+    Effect.gen(function*() {
+      // (fetch folds `.` and `..` segments itself; canonicalPath's unit test covers those spellings)
+      for (const p of ["/CONTROL/channels", "/%63ontrol/channels", "//control/channels", "/control//channels"]) {
+        const r = yield* raw(p)
+        expect(r.status, p).toBe(404)
+        expect(r.json().error.kind, p).toBe("not-found")
+      }
+      const form = yield* raw("/control/matrix/send-test", { method: "POST", body: "roomId=x&text=y", headers: { "content-type": "application/x-www-form-urlencoded" } })
+      expect(form.status).toBe(415)
+      expect(form.json().error.kind).toBe("unsupported-media-type")
+      const plain = yield* raw("/control/matrix/send-test", { method: "POST", body: "{}", headers: { "content-type": "text/plain" } })
+      expect(plain.status).toBe(415)
+      for (const body of ["{", "not json", "[1,", "\u0000"]) {
+        const bad = yield* raw("/control/matrix/send-test", { method: "POST", body, headers: { "content-type": "application/json" } })
+        expect([bad.status, bad.text], body).toEqual([400, expect.stringContaining("\"ok\":false")])
+        expect(bad.json().ok, body).toBe(false)
+        expect(typeof bad.json().error.kind, body).toBe("string")
+      }
+    }))
+
   it.effect("GET /metrics is Prometheus text with the reference's metric names and live values", () =>
     Effect.gen(function*() {
       const channels = yield* ChannelStatus
