@@ -260,7 +260,7 @@ const recoveryChecks = (stateDir: StateDirShape): Array<Finding> => {
     out.push(warn(
       "recovery",
       `recovery-key operation in flight: ${leftovers.join(", ")}`,
-      "start the daemon: it finishes or refuses the rotation (recovery-key-promotion-refused names the reason); never delete these files by hand"
+      "rerun `cara matrix recovery-key rotate` (daemon stopped) or start the daemon: either finishes or rolls back the rotation, asking the homeserver which key it holds (recovery-key-promotion-refused names the reason when it cannot); never delete these files by hand"
     ))
   }
   if (out.length === 0) {
