@@ -95,12 +95,16 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     await waitFor("three DLQ records", () => dlqLines(bot).length === 3, 45_000, bot)
     const answeredBefore = count(bot.output(), /Matrix message answered/)
 
-    // the second and third answers are slow, so the kill below lands in the middle of the replay
-    llm().enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], delayMs: 4000 }, { type: "text", chunks: ["three"], delayMs: 4000 })
+    // the second and third answers are held until after the kill, so it lands in the middle of the replay
+    // however slow the machine is
+    let release = () => {}
+    const held = new Promise<void>((r) => (release = r))
+    llm().enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], until: held }, { type: "text", chunks: ["three"], until: held })
     fs.rmSync(faultFile)
     // the first replayed answer is committed: kill the daemon before the replay finishes and rewrites the DLQ
     await waitFor("the first replayed answer", () => count(bot.output(), /Matrix message answered/) > answeredBefore, 120_000, bot)
     expect((await bot.stop("SIGKILL")).signal).toBe("SIGKILL")
+    release()
     // killed mid-replay: one answer committed, no record removed yet
     expect(dlqLines(bot)).toHaveLength(3)
     expect(dlqLines(bot).length).toBeGreaterThan(0)
