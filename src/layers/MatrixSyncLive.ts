@@ -939,6 +939,33 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     client.off(sdk.ClientEvent.Sync, onFirst)
     yield* Effect.logInfo("Matrix client synced").pipe(Effect.annotateLogs({ userId: me, deviceId: creds.deviceId, freshStore }))
 
+    // The watchdog, from the first sync on (a homeserver that is down at start must be reported too): a sync
+    // that makes no progress for 120 s is nudged and reported; one that has failed for `giveUpMs` since the
+    // last success (or the start) is stamped `sync-loop-give-up` (cleared by the next success).
+    const giveUpMs = syncGiveUpMs(env)
+    yield* Effect.forkScoped(
+      Effect.gen(function*() {
+        const now = Date.now()
+        if (now - lastProgress > Duration.toMillis(SYNC_WATCHDOG)) {
+          yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
+          if (!health.givenUp) {
+            yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
+          }
+          if (Option.isSome(metrics)) yield* metrics.value.observe("carapace_matrix_sync_cycle_seconds", Duration.toSeconds(SYNC_WATCHDOG))
+          errorStreak = Math.max(errorStreak, STICKY_FAILURES)
+          health.healthy = false
+          client.retryImmediately()
+        }
+        // a long poll in flight is not a failure: only a failing sync gives up
+        if (!health.givenUp && !health.healthy && shouldGiveUp(now, health.lastServerSync ?? runtimeStartedAt, giveUpMs)) {
+          health.givenUp = true
+          const message = giveUpMessage(giveUpMs)
+          yield* Effect.logError(message).pipe(Effect.annotateLogs({ kind: "sync-loop-give-up" }))
+          yield* status.setState(CHANNEL_ID, "error", { kind: "sync-loop-give-up", message })
+        }
+      }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(SYNC_CHECK_SECONDS))))
+    )
+
     // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
     // held undecryptable events. (The allowlisted users' devices are tracked by the Verification registry.)
     // cross-signing needs our own identity known, so after the first sync; before the password is dropped
@@ -992,30 +1019,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     yield* inbound.replies.start
     yield* survey()
 
-    // 8. watchdog: a sync that makes no progress for 120 s is nudged and reported; one that has not succeeded
-    // for `giveUpMs` is stamped `sync-loop-give-up` (cleared by the next success).
-    const giveUpMs = syncGiveUpMs(env)
-    yield* Effect.forkScoped(
-      Effect.gen(function*() {
-        const now = Date.now()
-        if (now - lastProgress > Duration.toMillis(SYNC_WATCHDOG)) {
-          yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
-          if (!health.givenUp) {
-            yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
-          }
-          if (Option.isSome(metrics)) yield* metrics.value.observe("carapace_matrix_sync_cycle_seconds", Duration.toSeconds(SYNC_WATCHDOG))
-          errorStreak = Math.max(errorStreak, STICKY_FAILURES)
-          health.healthy = false
-          client.retryImmediately()
-        }
-        if (!health.givenUp && shouldGiveUp(now, health.lastServerSync ?? runtimeStartedAt, giveUpMs)) {
-          health.givenUp = true
-          const message = giveUpMessage(giveUpMs)
-          yield* Effect.logError(message).pipe(Effect.annotateLogs({ kind: "sync-loop-give-up" }))
-          yield* status.setState(CHANNEL_ID, "error", { kind: "sync-loop-give-up", message })
-        }
-      }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(SYNC_CHECK_SECONDS))))
-    )
+    yield* Effect.logInfo("Matrix start-up finished (pending replies retried, sync watched)")
 
     return yield* Deferred.await(terminal)
   })

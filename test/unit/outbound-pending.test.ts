@@ -7,7 +7,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option, TestClock } from "effect"
+import { type Duration, Effect, Option, TestClock } from "effect"
 import { MatrixError } from "../../src/domain/matrix.js"
 import { makeKeyedBuckets, VERIFICATION_BROADCAST_LIMIT } from "../../src/domain/rateLimit.js"
 import { openLedger } from "../../src/layers/InboundLive.js"
@@ -74,7 +74,7 @@ const world = (options: Partial<ReplyRetryOptions> = {}) =>
         yield* retry.hold({ ...held, reply: r }, err)
         return err
       })
-    const advance = (d: string, times = 1) =>
+    const advance = (d: Duration.DurationInput, times = 1) =>
       Effect.gen(function*() {
         for (let i = 0; i < times; i++) {
           yield* TestClock.adjust(d)
