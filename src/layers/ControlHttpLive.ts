@@ -38,7 +38,7 @@ import { EventBus } from "../services/EventBus.js"
 import { MatrixControl, type MatrixControlError } from "../services/MatrixControl.js"
 import { Metrics } from "../services/Metrics.js"
 import { version } from "../version.js"
-import { errorResponse, GatewayAuthorizationLive, GatewayGuardLive } from "./GatewayAuth.js"
+import { canonicalPath, errorResponse, GatewayAuthorizationLive, GatewayGuardLive, NON_CANONICAL_MESSAGE } from "./GatewayAuth.js"
 import { MetricsLive } from "./MetricsLive.js"
 import { ChannelStatusLive } from "./ChannelStatusLive.js"
 import { WebSocketLive } from "./WebSocketLive.js"
@@ -109,10 +109,12 @@ const ControlLive = HttpApiBuilder.group(CaraApi, "control", (handlers) =>
   }))
 
 // Reference §9.5: these runtime failures are "try again later", reported as a failed delivery (200).
-const TRANSIENT_SEND_KINDS = new Set(["send-failed", "command-queue-full", "not-connected", "sync-failed", "auth-probe"])
+const TRANSIENT_SEND_KINDS = new Set(["send-failed", "command-queue-full", "sync-failed", "auth-probe"])
 // ... and these mean no runtime can take the call at all (503 matrix-runtime-unavailable).
+// A runtime that is not (yet) connected is "unavailable", as on every other Matrix endpoint (#17.7).
 const UNAVAILABLE_KINDS = new Set([
   "matrix-runtime-unavailable",
+  "not-connected",
   "auth",
   "auth-token-revoked",
   "auth-session-user-mismatch",
@@ -306,6 +308,11 @@ const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
 const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
+    // One spelling per route, before routing and before any guard: `/CONTROL/`, `//control`, `/%63ontrol`,
+    // `/control/./` would otherwise risk reaching a handler past a prefix check (issue #16.3).
+    if (canonicalPath(request.url) === undefined) {
+      return errorResponse(new NotFound({ kind: "not-found", message: NON_CANONICAL_MESSAGE }))
+    }
     const sendTest = request.url.startsWith("/control/matrix/send-test")
     const limit = sendTest ? MAX_SEND_TEST_BODY : 64 * 1024
     const declared = Number(request.headers["content-length"] ?? "0")
@@ -323,8 +330,27 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
           })))
         }
         if (isApiError(e)) return Effect.succeed(errorResponse(e))
+        // A body that is not JSON at all fails in the platform's parser (RequestError / ParseError), which
+        // would otherwise answer an empty 400: give it the documented envelope like every other refusal.
+        const tag = (e as { readonly _tag?: unknown } | null)?._tag
+        if (tag === "RequestError" || tag === "ParseError") {
+          return Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+        }
         return Effect.fail(e)
-      })
+      }),
+      // The platform parses a JSON body with `Effect.orDie(request.json)`, so a body that is not JSON arrives
+      // here as a defect (a RequestError), not as a failure.
+      Effect.catchAllDefect((d) =>
+        (d as { readonly _tag?: unknown } | null)?._tag === "RequestError"
+          ? Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+          : Effect.die(d)
+      )
     )
   }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
 
