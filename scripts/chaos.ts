@@ -75,12 +75,23 @@ export class RestartableSynapse {
   /** SIGKILL, wait `downMs`, start again; resolves once /health answers. Returns the outage in ms. */
   async killAndRestart(downMs: number): Promise<number> {
     const t0 = performance.now()
+    await this.kill()
+    await sleep(downMs)
+    await this.start()
+    return performance.now() - t0
+  }
+
+  /** SIGKILL; resolves once the process is gone and /health no longer answers. */
+  async kill(): Promise<void> {
     const old = this.respawned
     const gone = old === undefined ? Promise.resolve() : new Promise<void>((r) => (old.exitCode !== null || old.signalCode !== null ? r() : old.once("exit", () => r())))
     process.kill(this.currentPid(), "SIGKILL")
     await gone
     for (let i = 0; i < 100 && (await healthy(this.server.baseUrl)); i++) await sleep(50)
-    await sleep(downMs)
+  }
+
+  /** Starts the killed Synapse again on its config, port and database; resolves once /health answers. */
+  async start(): Promise<void> {
     const { python } = await provisionSynapse({})
     const logFd = fs.openSync(`${this.server.dataDir}/synapse.log`, "a", 0o600)
     const child = spawn(python, ["-m", "synapse.app.homeserver", "--config-path", `${this.server.dataDir}/homeserver.yaml`], {
@@ -96,7 +107,6 @@ export class RestartableSynapse {
       if (Date.now() > deadline) throw new Error(`restarted Synapse not healthy within 60 s:\n${await this.server.logTail(30)}`)
       await sleep(100)
     }
-    return performance.now() - t0
   }
 
   async close(): Promise<void> {
@@ -128,7 +138,7 @@ export interface Tally {
  * Pages the whole room history from the server (a gappy sync after an outage cannot hide anything) and
  * decrypts it with the human's client.
  */
-const roomHistory = async (human: Human, roomId: string): Promise<Array<sdk.MatrixEvent>> => {
+export const roomHistory = async (human: Human, roomId: string): Promise<Array<sdk.MatrixEvent>> => {
   const out: Array<sdk.MatrixEvent> = []
   let from: string | null = null
   const mapper = human.client.getEventMapper()

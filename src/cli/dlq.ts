@@ -29,7 +29,7 @@ export const renderList = (records: ReadonlyArray<DlqSummary>, undecodable: numb
   const lines = [`${records.length} record(s) in the inbound DLQ${undecodable > 0 ? `, ${undecodable} undecodable line(s)` : ""}`, ""]
   for (const r of records) {
     lines.push(
-      `${r.id}  ${when(r.receivedAt)}  ${terminalSafe(r.senderId)} in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
+      `${r.id}  ${r.direction === "outbound" ? "reply  " : "message"}  ${when(r.receivedAt)}  ${terminalSafe(r.senderId)} in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
         (r.attempts > 0 ? `  attempts ${r.attempts}${r.lastError !== undefined ? ` (${terminalSafe(r.lastError)})` : ""}` : "")
     )
   }
@@ -40,6 +40,7 @@ export const renderList = (records: ReadonlyArray<DlqSummary>, undecodable: numb
 export const renderDetail = (r: DlqDetail): string =>
   [
     `Id:          ${r.id}`,
+    `Direction:   ${r.direction === "outbound" ? "outbound (an answer that could not be sent; replay sends it as the reply to the event)" : "inbound (a message whose handling failed; replay answers it)"}`,
     `Event:       ${terminalSafe(r.eventId)}`,
     `Room:        ${terminalSafe(r.roomId)}`,
     `Sender:      ${terminalSafe(r.senderId)}`,

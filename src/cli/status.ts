@@ -32,8 +32,12 @@ export interface StatusReport {
 
 const when = (n: number | null | undefined) => (n === null || n === undefined ? "never" : new Date(n).toISOString())
 
+/** `2026-… (42s ago)`: how old a moment is, by this machine's clock (the CLI runs beside the daemon). */
+const whenAgo = (n: number | null | undefined, now: number) =>
+  n === null || n === undefined ? "never" : `${new Date(n).toISOString()} (${formatUptime(Math.max(0, Math.floor((now - n) / 1000)))} ago)`
+
 /** The human rendering: the gateway block, then one block per channel with Matrix metadata (§11 names). */
-export const renderStatus = (r: StatusReport): string => {
+export const renderStatus = (r: StatusReport, now: number = Date.now()): string => {
   const lines = [
     "cara gateway status",
     "===================",
@@ -71,7 +75,8 @@ export const renderStatus = (r: StatusReport): string => {
       lines.push(
         `  Rooms:      ${x.joinedRoomCount} joined (${x.encryptedRoomCount} encrypted, ${x.unencryptedRoomCount} unencrypted, ${x.unsupportedRoomCount} unsupported)`,
         `  Pending verifications: ${x.pendingVerificationCount}`,
-        `  Last successful sync:  ${when(x.lastSuccessfulSyncAt)}`,
+        `  Last successful sync:  ${whenAgo(x.lastSuccessfulSyncAt, now)}`,
+        `  Pending replies:       ${x.outboundPendingCount ?? 0}${x.outboundPendingOldestAt === undefined ? "" : ` (oldest first failed ${whenAgo(x.outboundPendingOldestAt, now)})`}`,
         `  Undecryptable events:  ${x.undecryptableEventCount}`,
         `  DLQ:        ${x.inboundDlqRecordCount ?? "?"} records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
           `${x.inboundDlqAppendFailureTotal} append failures, ${x.inboundDlqUndecodableLostCount} undecodable lost`

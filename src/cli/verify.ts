@@ -33,7 +33,7 @@ export const REMEDIATION: Readonly<Record<string, string>> = {
   "recovery-key-restore-failed": "verify the recovery key in Element, run `cara matrix recovery-key restore`, then restart",
   "cross-signing-bootstrap-failed": "provide matrix.password once so cross-signing can bootstrap, then restart",
   "sync-failed": "check homeserver reachability (DNS, network, TLS) from this host",
-  "sync-loop-give-up": "investigate homeserver reachability and account state, then restart the daemon",
+  "sync-loop-give-up": "investigate homeserver reachability and account state; the daemon keeps retrying and recovers by itself",
   "not-connected": "the Matrix runtime is still connecting or stopped: check the daemon log and rerun"
 }
 

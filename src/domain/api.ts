@@ -99,7 +99,12 @@ export class Health extends Schema.Class<Health>("Health")({
   uptimeSeconds: Schema.NonNegativeInt
 }) {}
 
-const ReadyChannel = Schema.Struct({ id: Schema.String, status: Schema.String })
+const ReadyChannel = Schema.Struct({
+  id: Schema.String,
+  status: Schema.String,
+  /** Matrix: seconds since the homeserver last answered a /sync (`null`: not yet since the start). */
+  lastSuccessfulSyncAgoSeconds: Schema.optional(Schema.NullOr(Schema.NonNegativeInt))
+})
 
 /** `GET /health/ready` 200. */
 export class Ready extends Schema.Class<Ready>("Ready")({

@@ -28,6 +28,10 @@ export const MatrixChannelExtra = Schema.Struct({
   inboundDlqLostEventIds: Schema.optional(Schema.Array(Schema.String)),
   inboundDlqLostEventIdsAt: Schema.optional(Schema.Number),
   lastInboundFailureAt: Schema.optional(Schema.Number),
+  /** Answers whose send failed and that are not sent yet (held for retry; ours). Omitted when none. */
+  outboundPendingCount: Schema.optional(Schema.Int),
+  /** When the oldest of them first failed (ms since the epoch). */
+  outboundPendingOldestAt: Schema.optional(Schema.Number),
   lastInboundDlqAppendFailureAt: Schema.optional(Schema.Number),
   peerDropUnsupportedMsgtypeTotal: Schema.Int,
   peerDropAllowlistRejectionTotal: Schema.Int,

@@ -139,6 +139,18 @@ export const MatrixRoom = Schema.Struct({
 })
 export type MatrixRoom = typeof MatrixRoom.Type
 
+const MATRIX_OUTBOUND_DEFAULTS = { sendAttempts: 12, deadLetterAfterRounds: 12 } as const
+
+export const MatrixOutbound = Schema.Struct({
+  /** Attempts per message before a reply is held as pending (1, 2, 4 … 60 s apart: 12 ≈ 6 min). */
+  sendAttempts: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), { nullable: true, default: () => MATRIX_OUTBOUND_DEFAULTS.sendAttempts }),
+  /** Failed retry rounds of a pending reply, while the homeserver is reachable, before it goes to the DLQ. */
+  deadLetterAfterRounds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1000)), {
+    nullable: true,
+    default: () => MATRIX_OUTBOUND_DEFAULTS.deadLetterAfterRounds
+  })
+})
+
 export const Matrix = Schema.Struct({
   enabled: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
   homeserverUrl: nullable(Schema.String),
@@ -166,7 +178,9 @@ export const Matrix = Schema.Struct({
       })
     }),
     { nullable: true, default: () => ({ legacyEnvelopePolicy: "accept" as const }) }
-  )
+  ),
+  /** Replies whose send fails: see docs/channels.md, "Replies that cannot be sent". */
+  outbound: Schema.optionalWith(MatrixOutbound, { nullable: true, default: () => MATRIX_OUTBOUND_DEFAULTS })
 })
 export type Matrix = typeof Matrix.Type
 

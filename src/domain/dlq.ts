@@ -48,14 +48,29 @@ export const DlqRecord = Schema.Struct({
   /** The thread root, so a replayed answer lands in the same thread (our addition; optional). */
   threadId: Schema.optional(Schema.String),
   /** The room had more than two members (the agent labels senders in groups; our addition; optional). */
-  isGroup: Schema.optional(Schema.Boolean)
+  isGroup: Schema.optional(Schema.Boolean),
+  /**
+   * Our addition: `"outbound"` marks an answer that could not be sent (then `text` is the answer, not the
+   * question, and replay re-sends it under its original transaction ids). Absent: an inbound record.
+   */
+  direction: Schema.optional(Schema.Literal("inbound", "outbound"))
 })
 export type DlqRecord = typeof DlqRecord.Type
 
+export type DlqDirection = "inbound" | "outbound"
+export const directionOf = (record: DlqRecord): DlqDirection => record.direction ?? "inbound"
+
 const decodeRecordStrict = Schema.decodeUnknownEither(DlqRecord, { onExcessProperty: "error" })
 
-/** The operator-facing id of a record: stable, short, and not the event id itself. */
+/** The operator-facing id of an inbound record: stable, short, and not the event id itself. */
 export const recordId = (eventId: string): string => crypto.createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 16)
+
+/**
+ * The operator-facing id of a record. The question and the answer to one event can both be dead letters (an
+ * inbound record is replayed, and its answer then cannot be sent), so an outbound record has its own id.
+ */
+export const recordIdOf = (record: DlqRecord): string =>
+  directionOf(record) === "outbound" ? recordId(`outbound\u0000${record.eventId}`) : recordId(record.eventId)
 
 // ---------------------------------------------------------------------------------------------------------
 // Keys: v2 = Argon2id(store passphrase, salt = installation id ASCII, 64 MiB, t=3, p=1) -> 32 bytes
@@ -215,6 +230,8 @@ export const splitLines = (content: string): Array<string> => content.split("\n"
 
 export const DlqSummary = Schema.Struct({
   id: Schema.String,
+  /** `inbound`: a message whose handling failed; `outbound`: an answer that could not be sent. */
+  direction: Schema.Literal("inbound", "outbound"),
   eventId: Schema.String,
   roomId: Schema.String,
   senderId: Schema.String,

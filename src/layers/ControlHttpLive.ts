@@ -49,7 +49,16 @@ const startedMono = performance.now()
 const startedAt = new Date()
 const uptimeSeconds = () => Math.floor((performance.now() - startedMono) / 1000)
 
-const readyChannels = (all: ReadonlyArray<ChannelInfo>) => all.map((c) => ({ id: c.id, status: c.status }))
+const readyChannels = (all: ReadonlyArray<ChannelInfo>, now = Date.now()) =>
+  all.map((c) => ({
+    id: c.id,
+    status: c.status,
+    ...(c.extra === undefined ? {} : {
+      lastSuccessfulSyncAgoSeconds: c.extra.lastSuccessfulSyncAt === null
+        ? null
+        : Math.max(0, Math.floor((now - c.extra.lastSuccessfulSyncAt) / 1000))
+    })
+  }))
 
 const HealthLive = HttpApiBuilder.group(CaraApi, "health", (handlers) =>
   Effect.gen(function*() {
@@ -413,4 +422,4 @@ export const ControlHttpFromConfig = Layer.unwrapEffect(
  * The shared services the gateway reads and the channels write: the status registry, the event bus and
  * the metrics registry. Provide once at the top of the daemon so MatrixSync and the gateway see the same ones.
  */
-export const GatewayServicesLive = Layer.mergeAll(EventBus.Live, MetricsLive).pipe(Layer.provideMerge(ChannelStatusLive))
+export const GatewayServicesLive = EventBus.Live.pipe(Layer.provideMerge(MetricsLive), Layer.provideMerge(ChannelStatusLive))

@@ -21,7 +21,8 @@ import {
   encodeLine,
   isEnvelopeLine,
   type LegacyKeys,
-  recordId,
+  directionOf,
+  recordIdOf,
   replayBackoffMs,
   splitLines
 } from "../domain/dlq.js"
@@ -132,7 +133,8 @@ interface Backoff {
 }
 
 const summary = (record: DlqRecord, encrypted: boolean, b: Backoff | undefined): DlqSummary => ({
-  id: recordId(record.eventId),
+  id: recordIdOf(record),
+  direction: directionOf(record),
   eventId: record.eventId,
   roomId: record.roomId,
   senderId: record.senderId,
@@ -253,13 +255,14 @@ export const makeDlq = (options: DlqOptions) =>
         const k = yield* key
         const line = encodeLine(record, Option.getOrUndefined(k))
         yield* ensureDir
-        // One record per event: a re-offered event (resumed after a restart) that fails again is already here.
+        // One record per event and direction: a re-offered event (resumed after a restart) that fails again is
+        // already here.
         const existing = yield* readLines
-        const id = recordId(record.eventId)
+        const id = recordIdOf(record)
         const legacy = yield* legacyKeys
         const sameEvent = (l: string) => {
           const d = decodeLine(l, Option.getOrUndefined(k), legacy)
-          return d._tag === "Record" && recordId(d.record.eventId) === id
+          return d._tag === "Record" && recordIdOf(d.record) === id
         }
         if (existing.some(sameEvent)) return false
         if (existing.length >= DLQ_RECORD_CAP) {
@@ -277,18 +280,20 @@ export const makeDlq = (options: DlqOptions) =>
 
     const append = (record: DlqRecord) =>
       Effect.gen(function*() {
-        yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
+        const outbound = directionOf(record) === "outbound"
+        if (!outbound) yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
         const r = yield* Effect.either(io.withPermits(1)(appendUnlocked(record)))
         if (r._tag === "Left") {
           yield* setDurabilityError(r.left, record)
           return yield* Effect.fail(r.left)
         }
         yield* clearDurabilityError
+        const what = outbound ? "Matrix reply that could not be sent" : "Matrix inbound event"
         yield* Effect.logWarning(
           r.right
-            ? "Matrix inbound event moved to the DLQ; it is replayed after the next successful sync"
-            : "Matrix inbound event failed again; it is already in the DLQ"
-        ).pipe(Effect.annotateLogs({ dlqId: recordId(record.eventId) }))
+            ? `${what} moved to the DLQ; it is replayed after the next successful sync`
+            : `${what} failed again; it is already in the DLQ`
+        ).pipe(Effect.annotateLogs({ dlqId: recordIdOf(record) }))
         yield* count.pipe(Effect.flatMap(setCount), Effect.ignore)
       }).pipe(Effect.withSpan("Dlq.append"))
 
@@ -310,7 +315,7 @@ export const makeDlq = (options: DlqOptions) =>
       const records: Array<DlqSummary> = []
       let undecodable = 0
       for (const { d } of decoded) {
-        if (d._tag === "Record") records.push(summary(d.record, d.encrypted, backoff.get(recordId(d.record.eventId))))
+        if (d._tag === "Record") records.push(summary(d.record, d.encrypted, backoff.get(recordIdOf(d.record))))
         else undecodable++
       }
       records.sort((a, b) => a.receivedAt - b.receivedAt)
@@ -324,7 +329,7 @@ export const makeDlq = (options: DlqOptions) =>
       Effect.gen(function*() {
         const { decoded } = yield* decodeAll
         for (const { d } of decoded) {
-          if (d._tag === "Record" && recordId(d.record.eventId) === id) {
+          if (d._tag === "Record" && recordIdOf(d.record) === id) {
             return { ...summary(d.record, d.encrypted, backoff.get(id)), ...(reveal ? { text: d.record.text } : {}) }
           }
         }
@@ -370,7 +375,7 @@ export const makeDlq = (options: DlqOptions) =>
             continue
           }
           if (dec._tag === "NoKey") continue
-          const id = recordId(dec.record.eventId)
+          const id = recordIdOf(dec.record)
           if (dec.legacy === true) {
             legacyStats.record_count++
             if (keyValue !== undefined) replacements.set(line, encodeLine(dec.record, keyValue))
@@ -392,7 +397,8 @@ export const makeDlq = (options: DlqOptions) =>
             report.dropped++
             continue
           }
-          const r = yield* Effect.either(d.dispatch(dec.record))
+          // an outbound record is an answer to re-send; an inbound one a message to handle
+          const r = yield* Effect.either(directionOf(dec.record) === "outbound" ? d.resend(dec.record) : d.dispatch(dec.record))
           if (r._tag === "Right") {
             gone.push(line)
             backoff.delete(id)
@@ -470,7 +476,7 @@ export const makeDlq = (options: DlqOptions) =>
           }
           if (selector._tag === "One") {
             const { decoded } = yield* decodeAll
-            if (!decoded.some(({ d }) => d._tag === "Record" && recordId(d.record.eventId) === selector.id)) return yield* notFound(selector.id)
+            if (!decoded.some(({ d }) => d._tag === "Record" && recordIdOf(d.record) === selector.id)) return yield* notFound(selector.id)
           }
           const report = yield* runReplay(selectorFilter(selector), false)
           if (selector._tag === "One" && report.failed > 0) {
@@ -496,7 +502,7 @@ export const makeDlq = (options: DlqOptions) =>
             const lines = yield* readLines
             const keep = selector._tag === "All" ? [] : lines.filter((l) => {
               const d = decodeLine(l, keyValue, legacy)
-              return !(d._tag === "Record" && recordId(d.record.eventId) === selector.id)
+              return !(d._tag === "Record" && recordIdOf(d.record) === selector.id)
             })
             const n = lines.length - keep.length
             if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)

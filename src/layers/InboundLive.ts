@@ -1,6 +1,6 @@
 import * as fs from "node:fs"
 import { DatabaseSync } from "node:sqlite"
-import { Effect, type Scope } from "effect"
+import { Cause, Effect, Option, type Scope } from "effect"
 import type { MatrixChannelExtra } from "../domain/channel.js"
 import type { InboundEvent } from "../domain/matrix.js"
 import type { AgentShape } from "../services/Agent.js"
@@ -9,8 +9,9 @@ import { type DlqRecord, DlqError } from "../domain/dlq.js"
 import type { DlqShape } from "../services/Dlq.js"
 import type { InboundShape, RoomFacts } from "../services/Inbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
-import type { OutboundShape } from "../services/Outbound.js"
+import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
 import { type Allowlist, allowsUser } from "./allowlist.js"
+import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Gates (reference §7.3, plus the group-mention rule), pure
@@ -97,6 +98,15 @@ export const LEDGER_FILE = "matrix/inbound-ledger.sqlite"
 
 export type LedgerState = "claimed" | "committed"
 
+/** An answer whose send failed at least once and that is not sent yet (`outbound_pending`). */
+export interface PendingReplyRow {
+  readonly eventId: string
+  readonly roomId: string
+  readonly firstFailedAt: number
+  readonly attempts: number
+  readonly lastError: string
+}
+
 export interface Ledger {
   readonly state: (eventId: string) => LedgerState | undefined
   /** Idempotent: a second claim of the same event changes nothing. */
@@ -106,6 +116,10 @@ export interface Ledger {
   readonly utdAdd: (eventId: string, roomId: string, now: number) => void
   readonly utdRemove: (eventId: string) => boolean
   readonly utdList: () => Array<{ eventId: string; roomId: string }>
+  /** One more failed send attempt of the answer to `eventId` (the row is created by the first). */
+  readonly pendingFailed: (eventId: string, roomId: string, error: string, now: number) => void
+  /** Oldest first. A row goes with the event's commit (sent, or in the DLQ). */
+  readonly pending: () => Array<PendingReplyRow>
   readonly close: () => void
 }
 
@@ -125,6 +139,10 @@ export const openLedger = (file: string): Ledger => {
       claimed_at INTEGER NOT NULL, committed_at INTEGER, reply_ids TEXT
     );
     CREATE TABLE IF NOT EXISTS utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_seen INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS outbound_pending (
+      event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_failed_at INTEGER NOT NULL,
+      attempts INTEGER NOT NULL, last_error TEXT NOT NULL
+    );
   `)
   for (const f of [`${file}-wal`, `${file}-shm`]) {
     try {
@@ -143,6 +161,13 @@ export const openLedger = (file: string): Ledger => {
   const qUtdAdd = db.prepare("INSERT OR IGNORE INTO utd (event_id, room_id, first_seen) VALUES (?, ?, ?)")
   const qUtdRemove = db.prepare("DELETE FROM utd WHERE event_id = ?")
   const qUtdList = db.prepare("SELECT event_id, room_id FROM utd ORDER BY first_seen")
+  // No answer text here: after a restart it comes back from the session history (see docs/channels.md).
+  const qPendingFailed = db.prepare(
+    "INSERT INTO outbound_pending (event_id, room_id, first_failed_at, attempts, last_error) VALUES (?, ?, ?, 1, ?) " +
+      "ON CONFLICT(event_id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error"
+  )
+  const qPendingClear = db.prepare("DELETE FROM outbound_pending WHERE event_id = ?")
+  const qPending = db.prepare("SELECT event_id, room_id, first_failed_at, attempts, last_error FROM outbound_pending ORDER BY first_failed_at")
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -151,7 +176,16 @@ export const openLedger = (file: string): Ledger => {
       qClaim.run(eventId, roomId, now)
     },
     commit: (eventId, replyIds, now) => {
-      qCommit.run(eventId, now, now, JSON.stringify(replyIds))
+      // one transaction: a committed event never keeps a pending-reply row
+      db.exec("BEGIN IMMEDIATE")
+      try {
+        qCommit.run(eventId, now, now, JSON.stringify(replyIds))
+        qPendingClear.run(eventId)
+        db.exec("COMMIT")
+      } catch (e) {
+        db.exec("ROLLBACK")
+        throw e
+      }
     },
     unfinished: () => rows(qUnfinished.all()),
     utdAdd: (eventId, roomId, now) => {
@@ -159,6 +193,12 @@ export const openLedger = (file: string): Ledger => {
     },
     utdRemove: (eventId) => Number(qUtdRemove.run(eventId).changes) > 0,
     utdList: () => rows(qUtdList.all()),
+    pendingFailed: (eventId, roomId, error, now) => {
+      qPendingFailed.run(eventId, roomId, now, error)
+    },
+    pending: () =>
+      (qPending.all() as unknown as ReadonlyArray<{ event_id: string; room_id: string; first_failed_at: number; attempts: number; last_error: string }>)
+        .map((r) => ({ eventId: r.event_id, roomId: r.room_id, firstFailedAt: Number(r.first_failed_at), attempts: Number(r.attempts), lastError: r.last_error })),
     close: () => db.close()
   }
 }
@@ -202,6 +242,12 @@ export interface InboundDeps {
   readonly status: ChannelStatusShape
   /** Where events whose durable handling failed go (and are replayed from); without it they stay claimed. */
   readonly dlq?: DlqShape
+  /** Pending replies (makeReplyRetry): the runtime's view of the homeserver, and how to resume an event. */
+  readonly replies?: {
+    readonly reachable: Effect.Effect<boolean>
+    readonly resume: (eventId: string, roomId: string) => Effect.Effect<void>
+    readonly options: ReplyRetryOptions
+  }
 }
 
 const bump = (status: ChannelStatusShape, counters: ReadonlyArray<Counter>) =>
@@ -272,6 +318,48 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         )
       )
 
+    // Pending replies: the ledger row per reply whose send failed is mirrored into the channel status.
+    const refreshPending = Effect.suspend(() => {
+      const rows = ledger.pending()
+      return status.updateMatrix((x) => {
+        const { outboundPendingCount: _c, outboundPendingOldestAt: _o, ...rest } = x
+        return rows.length === 0 ? rest : { ...rest, outboundPendingCount: rows.length, outboundPendingOldestAt: rows[0]!.firstFailedAt }
+      })
+    }).pipe(Effect.catchAllCause((c) => Effect.logWarning(`reading the pending replies failed: ${Cause.pretty(c)}`)))
+
+    const attemptFailed = (r: OutboundReply, detail: string) =>
+      Effect.sync(() => ledger.pendingFailed(r.inReplyTo, r.roomId, detail, Date.now())).pipe(
+        Effect.zipRight(refreshPending),
+        Effect.catchAllCause((c) => Effect.logWarning(`recording a failed send in the inbound ledger failed: ${Cause.pretty(c)}`))
+      )
+
+    const commit = (eventId: string, ids: ReadonlyArray<string>) =>
+      Effect.sync(() => ledger.commit(eventId, ids, Date.now())).pipe(Effect.zipRight(refreshPending))
+
+    // An answer the DLQ holds is handled (durability rule 2): the event is committed after the append.
+    const deadLetterReply = (h: HeldReply) =>
+      deps.dlq === undefined ? Effect.fail({ message: "no DLQ" }) : deps.dlq.append({
+        eventId: h.reply.inReplyTo,
+        roomId: h.reply.roomId,
+        senderId: h.senderId,
+        text: h.reply.text,
+        receivedAt: Date.now(),
+        isGroup: h.isGroup,
+        direction: "outbound",
+        ...(h.reply.threadId === undefined ? {} : { threadId: h.reply.threadId })
+      }).pipe(Effect.zipRight(commit(h.reply.inReplyTo, [])))
+
+    const replies = yield* makeReplyRetry({
+      outbound,
+      reachable: deps.replies?.reachable ?? Effect.succeed(true),
+      attemptFailed,
+      sent: (eventId, ids) => commit(eventId, ids),
+      deadLetter: deps.dlq === undefined ? Option.none() : Option.some(deadLetterReply),
+      pendingRows: Effect.sync(() => ledger.pending()).pipe(Effect.orElseSucceed(() => [])),
+      resume: deps.replies?.resume ?? (() => Effect.void)
+    }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
+    yield* refreshPending
+
     const answerCore = (ev: InboundEvent, isGroup: boolean) =>
       Effect.gen(function*() {
         yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
@@ -280,16 +368,21 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           ev.roomId,
           agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
         )
+        const reply: OutboundReply = {
+          roomId: ev.roomId,
+          text: outcome.text,
+          inReplyTo: ev.eventId,
+          ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+        }
+        // a send that keeps failing is handed over to the pending replies, which own it from here
         const ids = outcome.text.trim() === ""
           ? []
-          : yield* outbound.reply({
-            roomId: ev.roomId,
-            text: outcome.text,
-            inReplyTo: ev.eventId,
-            ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
-          })
+          : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
+            Effect.catchTag("MatrixError", (e) => replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
+          )
+        if (ids === undefined) return
         yield* testFault("after-reply-before-commit")
-        yield* Effect.sync(() => ledger.commit(ev.eventId, ids, Date.now()))
+        yield* commit(ev.eventId, ids)
         yield* outbound.readReceipt(ev.roomId, ev.eventId)
         yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
           Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
@@ -298,10 +391,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
 
     const answer = (ev: InboundEvent, isGroup: boolean) =>
       answerCore(ev, isGroup).pipe(
-        Effect.catchTags({
-          SessionStoreError: (e) => deadLetter(ev, isGroup, e),
-          MatrixError: (e) => failure(ev, "reply", `${e.kind}: ${e.message}`)
-        }),
+        Effect.catchTag("SessionStoreError", (e) => deadLetter(ev, isGroup, e)),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
         roomLock(ev.roomId).withPermits(1),
         Effect.ensuring(Effect.sync(() => inProgress.delete(ev.eventId))),
@@ -357,11 +447,23 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         }
         yield* answerCore(ev, r.isGroup ?? false).pipe(
           Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
-          Effect.mapError((e) => (e instanceof DlqError ? e : busy(`${e._tag === "MatrixError" ? e.kind : "session"}: ${e.message}`))),
+          Effect.mapError((e) => (e instanceof DlqError ? e : busy(`session: ${e.message}`))),
           roomLock(r.roomId).withPermits(1),
           Effect.ensuring(Effect.sync(() => inProgress.delete(r.eventId)))
         )
       }).pipe(Effect.withSpan("Inbound.redeliver"))
+
+    // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
+    const resend = (r: DlqRecord) =>
+      outbound.reply(
+        { roomId: r.roomId, text: r.text, inReplyTo: r.eventId, ...(r.threadId === undefined ? {} : { threadId: r.threadId }) },
+        { attempts: 3 }
+      ).pipe(
+        Effect.flatMap((ids) => commit(r.eventId, ids)),
+        Effect.mapError((e) => new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed (${e.kind}): ${e.message}` })),
+        Effect.catchAllDefect((d) => Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` }))),
+        Effect.withSpan("Inbound.resend")
+      )
 
     const isCommitted = (eventId: string) =>
       Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
@@ -369,6 +471,8 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     return {
       offer,
       redeliver,
+      resend,
+      replies: { start: replies.start, kick: replies.kick },
       isCommitted,
       unfinished: Effect.sync(() => ledger.unfinished()),
       utd: {

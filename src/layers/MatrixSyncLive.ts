@@ -48,6 +48,33 @@ export const CHANNEL_ID = "matrix"
 export const DEVICE_DISPLAY_NAME = "Carapace Matrix"
 
 const SYNC_WATCHDOG = Duration.seconds(120)
+/** How often the watchdog looks at the sync. */
+const SYNC_CHECK_SECONDS = 5
+/** A sync this recent means the homeserver is reachable (the long poll returns at least every 30 s). */
+const REACHABLE_WITHIN_MS = 90_000
+/** No successful sync for this long (since the last one, or the runtime's start): `sync-loop-give-up`. */
+export const SYNC_GIVE_UP_MS = 24 * 3_600_000
+
+/**
+ * TEST ONLY. `CARA_TEST_SYNC_GIVE_UP_MS` shortens the 24 h give-up threshold so that a real-Synapse test can
+ * watch the stamp come and go during a short outage. Read here and nowhere else; never set it in production.
+ */
+const syncGiveUpMs = (env: NodeJS.ProcessEnv): number => {
+  const v = Number(env["CARA_TEST_SYNC_GIVE_UP_MS"])
+  return Number.isInteger(v) && v > 0 ? v : SYNC_GIVE_UP_MS
+}
+
+/** Reference §7.1: no successful sync for more than the threshold, counted from the last success (or start). */
+export const shouldGiveUp = (now: number, baseline: number, giveUpMs: number): boolean => now - baseline > giveUpMs
+
+const describeSpan = (ms: number) => (ms >= 3_600_000 ? `${Math.round(ms / 3_600_000)} h` : `${Math.round(ms / 1000)} s`)
+
+/**
+ * The reference's text says the daemon slows to one retry per hour and must be restarted; cara does neither
+ * (see docs/channels.md, "Sync health"): it keeps its cheap reachability probe and clears the stamp by itself.
+ */
+export const giveUpMessage = (giveUpMs: number) =>
+  `Matrix sync has been unable to complete a successful sync for over ${describeSpan(giveUpMs)}; cara keeps retrying and clears this on the next successful sync. Investigate homeserver reachability (DNS, network, account state).`
 const STICKY_FAILURES = 3
 const HTTP_TIMEOUT_MS = 30_000
 /** Back-fill of a limited timeline: events per /messages page, and pages at most (per gap). */
@@ -559,15 +586,28 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       })
     }
 
+    // Sync health, shared by the sync-state handler, the watchdog and the pending replies: when the homeserver
+    // last answered a /sync (not the cached one replayed at start), and whether the latest attempt worked.
+    const runtimeStartedAt = Date.now()
+    const health = { lastServerSync: undefined as number | undefined, healthy: false, givenUp: false }
+    const reachable = Effect.sync(() =>
+      health.healthy && health.lastServerSync !== undefined && Date.now() - health.lastServerSync < REACHABLE_WITHIN_MS
+    )
+
     // 5. outbound and inbound
-    const outbound = yield* makeOutbound(sdkTransport(client), { encrypted: encryptedMode })
+    const outbound = yield* makeOutbound(sdkTransport(client), { encrypted: encryptedMode, maxAttempts: m.outbound.sendAttempts })
     const inbound: InboundShape = yield* makeInbound({
       gate: { botUserId: me, allowlist, encryptedMode, groupMessages },
       ledger,
       agent,
       outbound,
       status,
-      ...Option.match(deps.dlq, { onNone: () => ({}), onSome: (dlq) => ({ dlq }) })
+      ...Option.match(deps.dlq, { onNone: () => ({}), onSome: (dlq) => ({ dlq }) }),
+      replies: {
+        reachable,
+        resume: (eventId, roomId) => Effect.suspend(() => resumeEvent(eventId, roomId)),
+        options: { deadLetterAfterRounds: m.outbound.deadLetterAfterRounds }
+      }
     })
     // DLQ replay hands records back to this pipeline for as long as the runtime runs; it is started after
     // every successful sync (below), one replay at a time.
@@ -584,7 +624,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
         dlqScope
       ))
     }
-    if (Option.isSome(deps.dlq)) yield* deps.dlq.value.register({ allowed: (s) => allowsUser(allowlist, s), dispatch: inbound.redeliver })
+    if (Option.isSome(deps.dlq)) yield* deps.dlq.value.register({ allowed: (s) => allowsUser(allowlist, s), dispatch: inbound.redeliver, resend: inbound.resend })
     yield* Ref.set(deps.outboundRef, Option.some(outbound))
     yield* Effect.addFinalizer(() => Ref.set(deps.outboundRef, Option.none()))
 
@@ -789,9 +829,10 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       )
     })
 
-    // Sync state: progress, sticky transient failures, terminal auth errors.
+    // Sync state: progress, sticky transient failures, terminal auth errors, the give-up stamp.
     let lastProgress = Date.now()
     let errorStreak = 0
+    let lastCycleEnd: number | undefined
     const survey = () =>
       status.updateMatrix((x) => {
         const joined = client.getRooms().filter((r) => r.getMyMembership() === sdk.KnownMembership.Join)
@@ -805,21 +846,39 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
           unsupportedRoomCount: unsupported.length,
           unsupportedRooms: unsupported.slice(0, 100),
           undecryptableEventCount: pendingUtd.size,
-          lastSuccessfulSyncAt: lastProgress
+          lastSuccessfulSyncAt: health.lastServerSync ?? null
         }
       })
 
-    client.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
+    client.on(sdk.ClientEvent.Sync, (state, prev, data) => {
       try {
         if (state === sdk.SyncState.Prepared || state === sdk.SyncState.Syncing) {
-          lastProgress = Date.now()
-          const wasSticky = errorStreak >= STICKY_FAILURES
+          const now = Date.now()
+          lastProgress = now
+          // one /sync round trip, long-poll included; the first after an error would include the backoff
+          if (state === sdk.SyncState.Syncing && prev === sdk.SyncState.Syncing && lastCycleEnd !== undefined && Option.isSome(metrics)) {
+            fork(metrics.value.observe("carapace_matrix_sync_cycle_seconds", (now - lastCycleEnd) / 1000))
+          }
+          const fromServer = data?.fromCache !== true
+          if (fromServer) {
+            lastCycleEnd = now
+            health.lastServerSync = now
+            health.healthy = true
+          }
+          const wasSticky = errorStreak >= STICKY_FAILURES || (fromServer && health.givenUp)
           errorStreak = 0
+          if (fromServer && health.givenUp) {
+            health.givenUp = false
+            fork(Effect.logInfo("Matrix sync succeeded again; sync-loop-give-up cleared"))
+          }
           fork(survey().pipe(Effect.zipRight(wasSticky ? status.setState(CHANNEL_ID, "connected") : Effect.void)))
           if (prepared) replayDlq()
+          if (fromServer) fork(inbound.replies.kick)
           return
         }
         if (state === sdk.SyncState.Error || state === sdk.SyncState.Reconnecting) {
+          health.healthy = false
+          lastCycleEnd = undefined
           const err = data?.error
           const code = errcodeOf(err)
           if (code !== undefined && (TOKEN_REVOCATION_CODES.has(code) || code === "M_FORBIDDEN")) {
@@ -832,7 +891,7 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
           if (state === sdk.SyncState.Error) {
             if (Option.isSome(metrics)) fork(metrics.value.increment("carapace_matrix_sync_failures_total", { class: "transient" }))
             errorStreak++
-            if (errorStreak === STICKY_FAILURES) {
+            if (errorStreak === STICKY_FAILURES && !health.givenUp) {
               fork(status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: `Matrix sync failed: ${describe(err)}` }))
             }
           }
@@ -880,6 +939,33 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     client.off(sdk.ClientEvent.Sync, onFirst)
     yield* Effect.logInfo("Matrix client synced").pipe(Effect.annotateLogs({ userId: me, deviceId: creds.deviceId, freshStore }))
 
+    // The watchdog, from the first sync on (a homeserver that is down at start must be reported too): a sync
+    // that makes no progress for 120 s is nudged and reported; one that has failed for `giveUpMs` since the
+    // last success (or the start) is stamped `sync-loop-give-up` (cleared by the next success).
+    const giveUpMs = syncGiveUpMs(env)
+    yield* Effect.forkScoped(
+      Effect.gen(function*() {
+        const now = Date.now()
+        if (now - lastProgress > Duration.toMillis(SYNC_WATCHDOG)) {
+          yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
+          if (!health.givenUp) {
+            yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
+          }
+          if (Option.isSome(metrics)) yield* metrics.value.observe("carapace_matrix_sync_cycle_seconds", Duration.toSeconds(SYNC_WATCHDOG))
+          errorStreak = Math.max(errorStreak, STICKY_FAILURES)
+          health.healthy = false
+          client.retryImmediately()
+        }
+        // a long poll in flight is not a failure: only a failing sync gives up
+        if (!health.givenUp && !health.healthy && shouldGiveUp(now, health.lastServerSync ?? runtimeStartedAt, giveUpMs)) {
+          health.givenUp = true
+          const message = giveUpMessage(giveUpMs)
+          yield* Effect.logError(message).pipe(Effect.annotateLogs({ kind: "sync-loop-give-up" }))
+          yield* status.setState(CHANNEL_ID, "error", { kind: "sync-loop-give-up", message })
+        }
+      }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(SYNC_CHECK_SECONDS))))
+    )
+
     // 7. after the first sync: the password is no longer needed; pending invites; interrupted answers;
     // held undecryptable events. (The allowlisted users' devices are tracked by the Verification registry.)
     // cross-signing needs our own identity known, so after the first sync; before the password is dropped
@@ -918,8 +1004,8 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
       )
     }
     yield* updateUtdCount()
-    for (const { eventId, roomId } of yield* inbound.unfinished) {
-      yield* refetch(roomId, eventId).pipe(
+    const resumeEvent = (eventId: string, roomId: string) =>
+      refetch(roomId, eventId).pipe(
         Effect.flatMap((ev) => Effect.promise(() => client.decryptEventIfNeeded(ev)).pipe(Effect.as(ev))),
         Effect.flatMap((ev) => {
           const room = client.getRoom(roomId)
@@ -928,20 +1014,12 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
         Effect.tap(() => Effect.logInfo("resuming an answer interrupted by a stop or crash").pipe(Effect.annotateLogs({ eventId }))),
         Effect.catchAll((e) => Effect.logWarning(`resuming ${eventId} failed: ${describe(e)}`))
       )
-    }
+    for (const { eventId, roomId } of yield* inbound.unfinished) yield* resumeEvent(eventId, roomId)
+    // answers whose send keeps failing are retried from now on (also those the resume above could not fetch)
+    yield* inbound.replies.start
     yield* survey()
 
-    // 8. watchdog: a sync that makes no progress for 120 s is nudged and reported.
-    yield* Effect.forkScoped(
-      Effect.gen(function*() {
-        if (Date.now() - lastProgress > Duration.toMillis(SYNC_WATCHDOG)) {
-          yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
-          yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
-          errorStreak = Math.max(errorStreak, STICKY_FAILURES)
-          client.retryImmediately()
-        }
-      }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(15))))
-    )
+    yield* Effect.logInfo("Matrix start-up finished (pending replies retried, sync watched)")
 
     return yield* Deferred.await(terminal)
   })

@@ -81,6 +81,13 @@ export const MetricsLive = Layer.effect(
           put("carapace_matrix_unsupported_inbound_total", x.peerDropUnsupportedMsgtypeTotal, { kind: "msgtype" })
           put("carapace_matrix_unsupported_inbound_total", x.peerDropBodyTooLargeTotal, { kind: "oversize" })
           if (x.inboundDlqRecordCount !== undefined) put("carapace_matrix_dlq_records", x.inboundDlqRecordCount)
+          const now = Date.now()
+          if (x.lastSuccessfulSyncAt !== null) put("carapace_matrix_last_successful_sync_age_seconds", Math.max(0, (now - x.lastSuccessfulSyncAt) / 1000))
+          put("carapace_matrix_outbound_pending_replies", x.outboundPendingCount ?? 0)
+          put(
+            "carapace_matrix_outbound_pending_oldest_age_seconds",
+            x.outboundPendingOldestAt === undefined ? 0 : Math.max(0, (now - x.outboundPendingOldestAt) / 1000)
+          )
         }
       }
 

@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from "node:crypto"
-import { Deferred, Duration, Effect, Option } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Option, Schedule } from "effect"
 import { MatrixError, TOKEN_REVOCATION_CODES } from "../domain/matrix.js"
-import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
+import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
 import { Metrics } from "../services/Metrics.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -347,7 +347,10 @@ export interface OutboundOptions {
   /** First backoff step for 5xx / network errors (doubles up to `maxDelayMs`). */
   readonly baseDelayMs?: number
   readonly maxDelayMs?: number
-  /** Attempts per chunk before the answer fails (it stays unanswered in the ledger and is retried at start). */
+  /**
+   * Attempts per chunk before `reply` fails with `send-failed` (`matrix.outbound.sendAttempts`); the caller
+   * then hands the answer to the pending-reply retrier (makeReplyRetry).
+   */
   readonly maxAttempts?: number
 }
 
@@ -392,7 +395,14 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
       })
 
     /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
-    const sendOne = (roomId: string, threadId: string | null, content: Record<string, unknown>, txnId: string) =>
+    const sendOne = (
+      roomId: string,
+      threadId: string | null,
+      content: Record<string, unknown>,
+      txnId: string,
+      attempts: number = maxAttempts,
+      onFailedAttempt: (detail: string) => Effect.Effect<void> = () => Effect.void
+    ) =>
       Effect.gen(function*() {
         for (let attempt = 1;; attempt++) {
           const started = Date.now()
@@ -405,6 +415,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
           }
           if (result._tag === "Right") return result.right
           const failure = result.left
+          yield* onFailedAttempt(`${failure.kind}: ${failure.detail}`)
           if (failure._tag === "Terminal") {
             return yield* Effect.fail(
               new MatrixError({
@@ -415,11 +426,12 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
               })
             )
           }
-          if (attempt >= maxAttempts) {
+          if (attempt >= attempts) {
             return yield* Effect.fail(
               new MatrixError({
                 kind: "send-failed",
-                message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer is retried at the next start. Check homeserver reachability.`
+                message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
+                ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
               })
             )
           }
@@ -430,7 +442,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         }
       })
 
-    const reply = (r: OutboundReply) =>
+    const reply = (r: OutboundReply, o: ReplyOptions = {}) =>
       Effect.gen(function*() {
         yield* checkRoom(r.roomId)
         const contents = chunkContents(r.text)
@@ -440,7 +452,14 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
             const relates: Record<string, unknown> = r.threadId === undefined
               ? { "m.in_reply_to": { event_id: r.inReplyTo } }
               : { rel_type: "m.thread", event_id: r.threadId, is_falling_back: false, "m.in_reply_to": { event_id: r.inReplyTo } }
-            return sendOne(r.roomId, r.threadId ?? null, { ...content, "m.relates_to": relates }, txnIdFor(r.inReplyTo, index))
+            return sendOne(
+              r.roomId,
+              r.threadId ?? null,
+              { ...content, "m.relates_to": relates },
+              txnIdFor(r.inReplyTo, index),
+              o.attempts ?? maxAttempts,
+              o.onFailedAttempt
+            )
           })
         )
       }).pipe(Effect.withSpan("Outbound.reply"))
@@ -480,3 +499,186 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
 
     return { reply, sendTest, whileTyping, readReceipt } satisfies OutboundShape
   })
+
+// ---------------------------------------------------------------------------------------------------------
+// Replies that could not be sent (pending replies)
+//
+// `reply` gives up after its attempts (`send-failed`); the answer is then held here and retried in rounds,
+// with the same transaction ids, for as long as it takes. A round runs only while the homeserver is
+// reachable (a recent successful sync), so an outage of any length costs nothing but time; when the
+// homeserver comes back every held reply is due at once. A reply that keeps failing while the homeserver
+// is reachable goes to the DLQ as an outbound record after `deadLetterAfterRounds` rounds, and one the
+// homeserver refuses (`send-terminal`, the bot left the room) at once. The ledger holds a row per pending
+// reply (ids and attempt count, no text), so the count survives a restart; after one, the event is resumed
+// like any unfinished one and its answer comes back from the session history.
+
+export interface HeldReply {
+  readonly reply: OutboundReply
+  /** Who asked: the DLQ record names them (replay re-checks the allowlist). */
+  readonly senderId: string
+  readonly isGroup: boolean
+}
+
+export interface ReplyRetryOptions {
+  /** Failed rounds while the homeserver is reachable before the answer goes to the DLQ. */
+  readonly deadLetterAfterRounds: number
+  /** Delay after the first failed round; doubles up to `roundMaxDelayMs`. */
+  readonly roundBaseDelayMs?: number
+  readonly roundMaxDelayMs?: number
+  /** Send attempts per chunk within one round. */
+  readonly attemptsPerRound?: number
+  /** How often due rounds are looked for (a successful sync also triggers one: `kick`). */
+  readonly tickMs?: number
+}
+
+export interface ReplyRetryDeps {
+  readonly outbound: OutboundShape
+  /** The homeserver answered a sync lately: a failure now is the reply's own and counts. */
+  readonly reachable: Effect.Effect<boolean>
+  /** Records one more failed attempt durably. */
+  readonly attemptFailed: (reply: OutboundReply, detail: string) => Effect.Effect<void>
+  /** The answer is out: the event is committed (its pending row goes with it). */
+  readonly sent: (eventId: string, replyIds: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Appends the outbound DLQ record, then commits the event; `None`: no DLQ (the reply stays held). */
+  readonly deadLetter: Option.Option<(held: HeldReply) => Effect.Effect<void, { readonly message: string }>>
+  /** Pending rows in the ledger (also those this process does not hold: a restart lost their text). */
+  readonly pendingRows: Effect.Effect<ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>>
+  /** Re-fetches and re-offers an event whose pending row this process does not hold. */
+  readonly resume: (eventId: string, roomId: string) => Effect.Effect<void>
+}
+
+export const DEFAULT_DEAD_LETTER_AFTER_ROUNDS = 12
+
+export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions) =>
+  Effect.gen(function*() {
+    const base = options.roundBaseDelayMs ?? 30_000
+    const max = options.roundMaxDelayMs ?? 3_600_000
+    const attemptsPerRound = options.attemptsPerRound ?? 3
+    const roundDelay = (rounds: number) => Math.min(max, base * 2 ** rounds)
+    interface Entry {
+      readonly held: HeldReply
+      rounds: number
+      nextAt: number
+    }
+    // insertion order is the order of first failure: answers to a room go out in the order they were asked
+    const held = new Map<string, Entry>()
+    const orphans = new Map<string, { tries: number; nextAt: number }>()
+    const oneRound = yield* Effect.makeSemaphore(1)
+    let offline = false
+
+    const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
+
+    const toDlq = (e: Entry, why: string) =>
+      Effect.gen(function*() {
+        const id = e.held.reply.inReplyTo
+        if (Option.isNone(deps.deadLetter)) {
+          e.nextAt = (yield* Clock.currentTimeMillis) + max
+          return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
+        }
+        const r = yield* Effect.either(deps.deadLetter.value(e.held))
+        if (r._tag === "Left") {
+          // the DLQ could not take it (its own durability error is set): keep owning the reply
+          e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
+          return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
+        }
+        held.delete(id)
+        yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
+      })
+
+    /** Takes over an answer whose `reply` failed with `error`. */
+    const hold = (h: HeldReply, error: MatrixError) =>
+      Effect.gen(function*() {
+        const id = h.reply.inReplyTo
+        orphans.delete(id)
+        // the runtime stops on a revoked token; the ledger row stays and the next start resumes the event
+        if (error.kind === "auth-token-revoked") return
+        const now = yield* Clock.currentTimeMillis
+        const prev = held.get(id)
+        const e: Entry = { held: h, rounds: prev?.rounds ?? 0, nextAt: now + Math.max(roundDelay(prev?.rounds ?? 0), error.retryAfterMs ?? 0) }
+        held.set(id, e)
+        if (error.kind !== "send-failed") return yield* toDlq(e, `${error.kind}: ${error.message}`)
+        yield* Effect.logWarning("Matrix reply not sent yet; it stays pending and is retried while the homeserver is reachable").pipe(
+          annotate(h.reply)
+        )
+      })
+
+    const retryOne = (e: Entry) =>
+      Effect.gen(function*() {
+        const r = e.held.reply
+        const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
+        if (result._tag === "Right") {
+          yield* deps.sent(r.inReplyTo, result.right)
+          held.delete(r.inReplyTo)
+          yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
+          return true
+        }
+        const error = result.left
+        if (error.kind === "auth-token-revoked") return false
+        if (error.kind !== "send-failed") {
+          yield* toDlq(e, `${error.kind}: ${error.message}`)
+          return true
+        }
+        // the homeserver went away during the round: not the reply's fault, nothing counts
+        if (!(yield* deps.reachable)) {
+          offline = true
+          return false
+        }
+        e.rounds++
+        if (e.rounds >= options.deadLetterAfterRounds) {
+          yield* toDlq(e, `not sent in ${e.rounds} rounds while the homeserver was reachable: ${error.message}`)
+          return true
+        }
+        e.nextAt = (yield* Clock.currentTimeMillis) + Math.max(roundDelay(e.rounds), error.retryAfterMs ?? 0)
+        return true
+      })
+
+    /** One pass over the due replies (and over rows a restart left without their text). */
+    const pass = Effect.gen(function*() {
+        if (!(yield* deps.reachable)) {
+          offline = true
+          return
+        }
+        const now = yield* Clock.currentTimeMillis
+        if (offline) {
+          // the homeserver is back: everything held is due now
+          offline = false
+          for (const e of held.values()) e.nextAt = now
+          for (const o of orphans.values()) o.nextAt = now
+        }
+        for (const e of [...held.values()]) {
+          if (e.nextAt > now || held.get(e.held.reply.inReplyTo) !== e) continue
+          if (!(yield* retryOne(e))) return
+        }
+        for (const row of yield* deps.pendingRows) {
+          if (held.has(row.eventId)) continue
+          const o = orphans.get(row.eventId) ?? { tries: 0, nextAt: now }
+          if (o.nextAt > now) continue
+          orphans.set(row.eventId, { tries: o.tries + 1, nextAt: now + roundDelay(o.tries) })
+          yield* deps.resume(row.eventId, row.roomId)
+        }
+    }).pipe(Effect.catchAllCause((c) => Effect.logError(`Matrix pending-reply round failed: ${Cause.pretty(c)}`)))
+
+    // one round at a time; a round asked for while one runs is skipped (the running one covers it)
+    const round = Effect.asVoid(oneRound.withPermitsIfAvailable(1)(pass))
+    const scope = yield* Effect.scope
+    let started = false
+
+    return {
+      hold,
+      /**
+       * Starts the rounds (every `tickMs`) in the scope. Called once the start-up resume of unfinished events
+       * is done, so that a row it is resuming is not taken for one without an owner.
+       */
+      start: Effect.suspend(() => {
+        if (started) return Effect.void
+        started = true
+        return Effect.asVoid(Effect.forkIn(round.pipe(Effect.repeat(Schedule.spaced(Duration.millis(options.tickMs ?? 5_000)))), scope))
+      }),
+      /** After a successful sync: a round now, in the background (nothing before `start`). */
+      kick: Effect.suspend(() => (started ? Effect.asVoid(Effect.forkIn(round, scope)) : Effect.void)),
+      round,
+      held: Effect.sync(() => held.size)
+    } as const
+  })
+
+export type ReplyRetry = Effect.Effect.Success<ReturnType<typeof makeReplyRetry>>

@@ -10,6 +10,12 @@ export interface DlqDispatcher {
   /** The allowlist as it is now (it may have changed since the record was written). */
   readonly allowed: (senderId: string) => boolean
   readonly dispatch: (record: DlqRecord) => Effect.Effect<void, DlqError>
+  /**
+   * An outbound record (an answer that could not be sent): sends `record.text` as the reply to
+   * `record.eventId` under the same transaction ids as the first try, so a send that did reach the
+   * homeserver is not posted twice; returns once it is sent.
+   */
+  readonly resend: (record: DlqRecord) => Effect.Effect<void, DlqError>
 }
 
 export interface DlqListing {
@@ -20,9 +26,9 @@ export interface DlqListing {
 export type DlqSelector = { readonly _tag: "One"; readonly id: string } | { readonly _tag: "All" }
 
 /**
- * The inbound dead-letter queue `{state_dir}/matrix/inbound_dlq.jsonl` (reference §7.6): encrypted records
- * of events whose durable handling failed, replayed after successful syncs, inspectable and purgeable by the
- * operator. Counters go to ChannelStatus (`extra.inboundDlq*`) and Metrics.
+ * The dead-letter queue `{state_dir}/matrix/inbound_dlq.jsonl` (reference §7.6): encrypted records of events
+ * whose durable handling failed (inbound) and of answers that could not be sent (outbound, our addition),
+ * replayed after successful syncs, inspectable and purgeable by the operator. Counters go to ChannelStatus (`extra.inboundDlq*`) and Metrics.
  */
 export interface DlqShape {
   /**

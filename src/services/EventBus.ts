@@ -1,4 +1,6 @@
-import { Context, Effect, Layer, PubSub, type Queue, type Scope } from "effect"
+import { Clock, Context, Effect, Layer, Option, PubSub, type Queue, type Scope } from "effect"
+import { makeKeyedBuckets, VERIFICATION_BROADCAST_LIMIT } from "../domain/rateLimit.js"
+import { Metrics } from "./Metrics.js"
 
 /**
  * Gateway events broadcast to WebSocket clients (`GET /ws`). Channel status changes are streamed from the
@@ -21,15 +23,36 @@ export interface EventBusShape {
 // Per-subscriber backlog: a stalled client loses its oldest events instead of growing the daemon's memory.
 const BACKLOG = 1024
 
+/**
+ * The rate-limit key of a verification event (reference §6.5): the peer, and its device or else the flow;
+ * `undefined` for any other event (not limited).
+ */
+const verificationKey = (event: GatewayEvent): { peer: string; key: string } | undefined => {
+  if (!event.event.startsWith("matrix.verification.")) return undefined
+  const v = (event.payload as { verification?: { userId?: unknown; deviceId?: unknown; flowId?: unknown } } | undefined)?.verification
+  if (typeof v?.userId !== "string") return undefined
+  const which = typeof v.deviceId === "string" ? `device:${v.deviceId}` : `flow:${String(v.flowId)}`
+  return { peer: v.userId, key: `${v.userId}\u0000${which}` }
+}
+
 export class EventBus extends Context.Tag("cara/EventBus")<EventBus, EventBusShape>() {
+  /** Verification events are rate-limited per peer device (a peer flooding requests cannot flood `/ws`). */
   static readonly Live = Layer.effect(
     EventBus,
     Effect.gen(function*() {
       const hub = yield* PubSub.sliding<GatewayEvent>(BACKLOG)
-      return {
-        publish: (event) => Effect.asVoid(PubSub.publish(hub, event)),
-        subscribe: PubSub.subscribe(hub)
-      } satisfies EventBusShape
+      const metrics = yield* Effect.serviceOption(Metrics)
+      const buckets = makeKeyedBuckets(VERIFICATION_BROADCAST_LIMIT)
+      const publish = (event: GatewayEvent) =>
+        Effect.gen(function*() {
+          const k = verificationKey(event)
+          if (k !== undefined && !buckets.take(k.peer, k.key, yield* Clock.currentTimeMillis)) {
+            if (Option.isSome(metrics)) yield* metrics.value.increment("carapace_matrix_verification_rate_limit_drops_total")
+            return yield* Effect.logDebug(`verification event not broadcast (rate limit): ${event.event}`)
+          }
+          yield* PubSub.publish(hub, event)
+        })
+      return { publish, subscribe: PubSub.subscribe(hub) } satisfies EventBusShape
     })
   )
 }

@@ -30,6 +30,15 @@ export interface InboundShape {
    * that is durable, or at once when the ledger says it was already answered.
    */
   readonly redeliver: (record: DlqRecord) => Effect.Effect<void, DlqError>
+  /** DLQ replay of an outbound record: sends its stored answer under the original transaction ids. */
+  readonly resend: (record: DlqRecord) => Effect.Effect<void, DlqError>
+  /** Answers whose send failed, retried while the homeserver is reachable (OutboundLive's makeReplyRetry). */
+  readonly replies: {
+    /** Starts the retry rounds; once, after the start-up resume of unfinished events. */
+    readonly start: Effect.Effect<void>
+    /** A successful sync: a round now. */
+    readonly kick: Effect.Effect<void>
+  }
   /** True when the event was already answered (committed in the ledger). */
   readonly isCommitted: (eventId: string) => Effect.Effect<boolean>
   /** Events claimed but not committed (a crash interrupted them): the runtime re-fetches and re-offers them. */

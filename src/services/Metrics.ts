@@ -17,6 +17,24 @@ export const METRICS = {
     help: "Duration of outbound Matrix sends.",
     buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
   },
+  carapace_matrix_sync_cycle_seconds: {
+    type: "histogram",
+    help: "Duration of one /sync cycle, long-poll wait included (a watchdog expiry counts as 120 s; backoff excluded).",
+    buckets: [1, 5, 10, 30, 60, 120, 300]
+  },
+  carapace_matrix_last_successful_sync_age_seconds: {
+    type: "gauge",
+    help: "Seconds since the homeserver last answered a /sync (absent before the first one)."
+  },
+  carapace_matrix_verification_rate_limit_drops_total: {
+    type: "counter",
+    help: "Verification WebSocket events dropped by the per-peer rate limit."
+  },
+  carapace_matrix_outbound_pending_replies: { type: "gauge", help: "Replies whose send failed and that are not sent yet (retried)." },
+  carapace_matrix_outbound_pending_oldest_age_seconds: {
+    type: "gauge",
+    help: "Seconds since the oldest pending reply first failed (0 when none)."
+  },
   carapace_matrix_joined_rooms: { type: "gauge", help: "Joined Matrix rooms by encryption (encrypted, unencrypted, unsupported)." },
   carapace_matrix_undecryptable_events: { type: "gauge", help: "Events the daemon could not decrypt, since start." },
   carapace_channel_up: { type: "gauge", help: "1 when the channel is connected, else 0." },

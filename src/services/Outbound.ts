@@ -11,6 +11,13 @@ export interface OutboundReply {
   readonly threadId?: string
 }
 
+export interface ReplyOptions {
+  /** Attempts per chunk (default: the layer's `matrix.outbound.sendAttempts`). */
+  readonly attempts?: number
+  /** Called after every failed attempt (the ledger counts them, so a pending reply shows in the status). */
+  readonly onFailedAttempt?: (detail: string) => Effect.Effect<void>
+}
+
 /**
  * The Matrix send path: one queue per room (answers keep their order), a stable transaction id per
  * chunk derived from the inbound event id (a retry, also after a crash, is deduplicated by the
@@ -19,7 +26,7 @@ export interface OutboundReply {
  */
 export interface OutboundShape {
   /** Posts an answer; resolves with the event ids of its chunks, in order. */
-  readonly reply: (reply: OutboundReply) => Effect.Effect<ReadonlyArray<string>, MatrixError>
+  readonly reply: (reply: OutboundReply, options?: ReplyOptions) => Effect.Effect<ReadonlyArray<string>, MatrixError>
   /** The control API's probe message (`cara verify --matrix-to`): one plain message, its event id. */
   readonly sendTest: (roomId: string, text: string) => Effect.Effect<string, MatrixError>
   /** Shows "typing…" while `effect` runs (refreshed), then clears it; typing failures never fail `effect`. */

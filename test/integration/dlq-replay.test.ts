@@ -4,6 +4,7 @@
 // the records replayable under the new passphrase.
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { expect, it } from "vitest"
 import { decodeLine, deriveDlqKey } from "../../src/domain/dlq.js"
 import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
@@ -95,12 +96,16 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     await waitFor("three DLQ records", () => dlqLines(bot).length === 3, 45_000, bot)
     const answeredBefore = count(bot.output(), /Matrix message answered/)
 
-    // the second and third answers are slow, so the kill below lands in the middle of the replay
-    llm().enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], delayMs: 4000 }, { type: "text", chunks: ["three"], delayMs: 4000 })
+    // the second and third answers are held until after the kill, so it lands in the middle of the replay
+    // however slow the machine is
+    let release = () => {}
+    const held = new Promise<void>((r) => (release = r))
+    llm().enqueue({ type: "text", chunks: ["one"] }, { type: "text", chunks: ["two"], until: held }, { type: "text", chunks: ["three"], until: held })
     fs.rmSync(faultFile)
     // the first replayed answer is committed: kill the daemon before the replay finishes and rewrites the DLQ
     await waitFor("the first replayed answer", () => count(bot.output(), /Matrix message answered/) > answeredBefore, 120_000, bot)
     expect((await bot.stop("SIGKILL")).signal).toBe("SIGKILL")
+    release()
     // killed mid-replay: one answer committed, no record removed yet
     expect(dlqLines(bot)).toHaveLength(3)
     expect(dlqLines(bot).length).toBeGreaterThan(0)
@@ -149,4 +154,48 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     expect(fs.existsSync(path.join(bot.dir, "matrix", "inbound_dlq.corrupt.jsonl"))).toBe(false)
     expect(bot.output()).not.toMatch(/dlq-crypto/)
   }, 300_000)
+
+  it("a reply the room refuses is an outbound DLQ record: listed as a reply, committed, and sent once by `dlq replay` when the room lets the bot post again", async () => {
+    const alice = await human()
+    const bot = await world.bot({ allowUsers: [alice.userId] })
+    await bot.start()
+    // a private room (not a trusted DM, where the invitee gets the creator's power level): the bot is at 0
+    const roomId = await alice.createEncryptedRoom([bot.user.userId], "refusals")
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const warm = await alice.sendText(roomId, "warm up")
+    await world.replyTo(alice, bot, roomId, warm, 60_000)
+    // the bot (power level 0) may no longer post: its sends are refused with M_FORBIDDEN
+    const pl = alice.client.getRoom(roomId)!.currentState.getStateEvents("m.room.power_levels", "")!.getContent()
+    await alice.client.sendStateEvent(roomId, "m.room.power_levels" as never, { ...pl, events_default: 50 } as never, "")
+    llm().enqueue({ type: "text", chunks: ["the refused answer"] })
+    const asked = await alice.sendText(roomId, "answer me when you may")
+    await waitFor("an outbound DLQ record", () => dlqLines(bot).length === 1, 60_000, bot)
+    // sealed like every record, and the answer (not the question) is what it holds
+    const iid = fs.readFileSync(path.join(bot.dir, "installation_id"), "utf8").trim()
+    const key = deriveDlqKey(deriveStorePassphrase(CONFIG_PASSWORD, iid), iid)
+    expect(dlqLines(bot)[0]).not.toContain("refused answer")
+    expect(decodeLine(dlqLines(bot)[0]!, key)).toMatchObject({ _tag: "Record", record: { eventId: asked, direction: "outbound", text: "the refused answer" } })
+    const port = new URL(bot.running!.baseUrl).port
+    const listed = runCli(["matrix", "dlq", "list", "--json", "--port", port], bot.cliEnv())
+    expect(listed.status, listed.stderr).toBe(0)
+    expect((JSON.parse(listed.stdout) as { records: Array<Record<string, unknown>> }).records).toMatchObject([{ direction: "outbound", eventId: asked }])
+    expect(runCli(["matrix", "dlq", "list", "--port", port], bot.cliEnv()).stdout).toMatch(/^[0-9a-f]{16} {2}reply /m)
+    // handled (it is in the DLQ): the event is committed, so a restart does not answer it again
+    const ledger = new DatabaseSync(path.join(bot.dir, "matrix", "inbound-ledger.sqlite"), { readOnly: true })
+    expect(ledger.prepare("SELECT state FROM inbound WHERE event_id = ?").get(asked)).toEqual({ state: "committed" })
+    expect(ledger.prepare("SELECT count(*) AS n FROM outbound_pending").get()).toEqual({ n: 0 })
+    ledger.close()
+    expect(repliesTo(alice, roomId, bot)).toEqual([warm])
+
+    await alice.client.sendStateEvent(roomId, "m.room.power_levels" as never, pl as never, "")
+    // (an automatic replay after a sync may be first; either way the answer goes out once)
+    const replayed = runCli(["matrix", "dlq", "replay", "--all", "--port", port], bot.cliEnv())
+    expect(replayed.status, replayed.stderr + replayed.stdout).toBe(0)
+    const reply = await world.replyTo(alice, bot, roomId, asked, 60_000)
+    expect(reply.body).toBe("the refused answer")
+    await waitFor("the DLQ to drain", () => dlqLines(bot).length === 0, 60_000, bot)
+    const next = await alice.sendText(roomId, "and now?")
+    await world.replyTo(alice, bot, roomId, next, 60_000)
+    expect(repliesTo(alice, roomId, bot)).toEqual([warm, asked, next])
+  }, 240_000)
 })

@@ -16,10 +16,16 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
   it("types while the agent works, stops typing after the answer, and marks the message read", async () => {
     const { alice, bot, roomId } = await setup()
     const typing: Array<boolean> = []
+    // the model answers only once the human has seen the bot typing: on a slow machine a fixed delay could
+    // end before the typing notification arrives, and "on" then "off" in one sync shows only "off"
+    let sawTyping = () => {}
+    const typed = new Promise<void>((r) => (sawTyping = r))
     alice.client.on(RoomMemberEvent.Typing, (_event, member) => {
-      if (member.roomId === roomId && member.userId === bot.user.userId) typing.push(member.typing)
+      if (member.roomId !== roomId || member.userId !== bot.user.userId) return
+      typing.push(member.typing)
+      if (member.typing) sawTyping()
     })
-    llm().enqueue({ type: "text", chunks: ["slow answer"], delayMs: 2_500 })
+    llm().enqueue({ type: "text", chunks: ["slow answer"], until: typed })
     const sent = await alice.sendText(roomId, "take your time")
     const deadline = Date.now() + 20_000
     while (!typing.includes(true) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))

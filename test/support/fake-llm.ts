@@ -10,7 +10,13 @@ import { Effect, type Scope } from "effect"
 
 export type FakeReply =
   /** A successful answer: streamed as one delta per chunk when the request asks for a stream. */
-  | { readonly type: "text"; readonly chunks: ReadonlyArray<string>; readonly delayMs?: number }
+  | {
+    readonly type: "text"
+    readonly chunks: ReadonlyArray<string>
+    readonly delayMs?: number
+    /** The answer starts only once this settles: a test holds the model at a point of its choosing. */
+    readonly until?: PromiseLike<unknown>
+  }
   /** An HTTP error with the provider's error body. */
   | {
     readonly type: "error"
@@ -212,9 +218,14 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
             })
           }
           const answer = () => (flavor === "anthropic" ? handleAnthropic(recorded, reply, res) : handleOpenAI(recorded, reply, res))
-          // a slow model: the answer starts only after the delay (typing indicators are visible meanwhile)
-          if (reply.type === "text" && reply.delayMs !== undefined) setTimeout(answer, reply.delayMs)
-          else answer()
+          // a slow model: the answer starts only after the delay (typing indicators are visible meanwhile);
+          // a held one once the test releases it (no guess about how fast the machine is)
+          const delayed = () => (reply.type === "text" && reply.delayMs !== undefined ? void setTimeout(answer, reply.delayMs) : answer())
+          if (reply.type === "text" && reply.until !== undefined) {
+            // a client that went away meanwhile (a killed daemon) gets nothing
+            const release = () => (res.destroyed ? undefined : delayed())
+            Promise.resolve(reply.until).then(release, release)
+          } else delayed()
         })
       })
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))

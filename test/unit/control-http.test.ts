@@ -146,9 +146,17 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
     Effect.gen(function*() {
       const channels = yield* ChannelStatus
       yield* channels.setState("matrix", "connected")
+      yield* channels.updateMatrix((x) => ({ ...x, lastSuccessfulSyncAt: null }))
+      const first = Schema.decodeUnknownSync(Ready)((yield* raw("/health/ready", { token: null })).json())
+      expect(first.channels.find((c) => c.id === "matrix")?.lastSuccessfulSyncAgoSeconds).toBeNull()
+      yield* channels.updateMatrix((x) => ({ ...x, lastSuccessfulSyncAt: Date.now() - 42_000 }))
       const ok = yield* raw("/health/ready", { token: null })
       expect(ok.status).toBe(200)
-      expect(Schema.decodeUnknownSync(Ready)(ok.json()).status).toBe("ready")
+      const ready = Schema.decodeUnknownSync(Ready)(ok.json())
+      expect(ready.status).toBe("ready")
+      // how long ago the last successful sync was (a slow run may see a second or two more)
+      expect(ready.channels.find((c) => c.id === "matrix")?.lastSuccessfulSyncAgoSeconds).toBeGreaterThanOrEqual(42)
+      expect(ready.channels.find((c) => c.id === "matrix")?.lastSuccessfulSyncAgoSeconds).toBeLessThan(100)
 
       yield* channels.setState("matrix", "error", { message: "Matrix store rekey interrupted: re-run cara matrix rekey-store --new", kind: "interrupted-rekey" })
       const bad = yield* raw("/health/ready", { token: null })
@@ -280,8 +288,16 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       const channels = yield* ChannelStatus
       const metrics = yield* Metrics
       yield* channels.setState("matrix", "connected")
-      yield* channels.updateMatrix((x) => ({ ...x, pendingVerificationCount: 4, inboundDlqRecordCount: 2 }))
+      yield* channels.updateMatrix((x) => ({
+        ...x,
+        pendingVerificationCount: 4,
+        inboundDlqRecordCount: 2,
+        outboundPendingCount: 3,
+        outboundPendingOldestAt: Date.now() - 600_000,
+        lastSuccessfulSyncAt: Date.now() - 5_000
+      }))
       yield* metrics.increment("carapace_matrix_sync_failures_total", { class: "transient" }, 3)
+      yield* metrics.observe("carapace_matrix_sync_cycle_seconds", 29.5)
       yield* metrics.observe("carapace_matrix_outbound_send_duration_seconds", 0.3)
       const r = yield* raw("/metrics", { token: null })
       expect(r.status).toBe(200)
@@ -294,6 +310,14 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(r.text).toContain("carapace_matrix_outbound_send_duration_seconds_count 1\n")
       expect(r.text).toContain('carapace_channel_up{channel="matrix"} 1\n')
       expect(r.text).toContain("# TYPE carapace_matrix_unsupported_inbound_total counter")
+      expect(r.text).toContain("carapace_matrix_outbound_pending_replies 3\n")
+      const oldest = Number(/^carapace_matrix_outbound_pending_oldest_age_seconds (\S+)$/m.exec(r.text)?.[1])
+      expect(oldest).toBeGreaterThanOrEqual(600)
+      expect(oldest).toBeLessThan(700)
+      expect(Number(/^carapace_matrix_last_successful_sync_age_seconds (\S+)$/m.exec(r.text)?.[1])).toBeGreaterThanOrEqual(5)
+      expect(r.text).toContain('carapace_matrix_sync_cycle_seconds_bucket{le="10"} 0\n')
+      expect(r.text).toContain('carapace_matrix_sync_cycle_seconds_bucket{le="30"} 1\n')
+      expect(r.text).toContain("carapace_matrix_verification_rate_limit_drops_total 0\n")
       // Every sample line is `name{labels} value`.
       for (const line of r.text.trim().split("\n").filter((l) => !l.startsWith("#"))) {
         expect(line).toMatch(/^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+Inf]+$/)

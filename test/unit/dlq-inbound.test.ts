@@ -130,7 +130,7 @@ describe("Inbound + DLQ", () => {
       // fault gone: automatic replay answers it once and removes it
       state.failing = false
       const report = yield* Effect.scoped(
-        dlq.register({ allowed: (s) => s === ALICE, dispatch: inbound.redeliver }).pipe(Effect.zipRight(dlq.replay({ _tag: "One", id: recordId(event.eventId) })))
+        dlq.register({ allowed: (s) => s === ALICE, dispatch: inbound.redeliver, resend: inbound.resend }).pipe(Effect.zipRight(dlq.replay({ _tag: "One", id: recordId(event.eventId) })))
       )
       expect(report).toMatchObject({ replayed: 1, remaining: 0 })
       expect(state.replies).toEqual([event.eventId])

@@ -62,15 +62,21 @@ const extra = Effect.map(ChannelStatus, (s) => s.get).pipe(
 /** A dispatcher that records what it got and fails for the event ids in `failing`. */
 const recorder = (failing: Set<string> = new Set(), allowed: (s: string) => boolean = () => true) => {
   const got: Array<string> = []
+  const resent: Array<string> = []
   const d: DlqDispatcher = {
     allowed,
     dispatch: (r) =>
       Effect.suspend(() => {
         got.push(r.eventId)
         return failing.has(r.eventId) ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "session write failed" })) : Effect.void
+      }),
+    resend: (r) =>
+      Effect.suspend(() => {
+        resent.push(r.eventId)
+        return failing.has(r.eventId) ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "send failed" })) : Effect.void
       })
   }
-  return { got, d }
+  return { got, resent, d }
 }
 
 const withRegistered = <A, E, R>(d: DlqDispatcher, body: Effect.Effect<A, E, R>) =>
@@ -337,7 +343,7 @@ describe("Dlq replay", () => {
     return Effect.gen(function*() {
       const dlq = yield* Dlq
       yield* dlq.append(rec(1))
-      const d: DlqDispatcher = { allowed: () => true, dispatch: () => dlq.append(rec(9)).pipe(Effect.orDie) }
+      const d: DlqDispatcher = { allowed: () => true, dispatch: () => dlq.append(rec(9)).pipe(Effect.orDie), resend: () => Effect.void }
       const r = yield* withRegistered(d, dlq.replayDue)
       expect(r).toMatchObject({ replayed: 1, remaining: 1 })
       expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{ _tag: "Record", record: rec(9), encrypted: true }])

@@ -244,7 +244,7 @@ describe("Outbound over a fake transport", () => {
       expect((yield* Effect.flip(plain.sendTest("!joined:x", "probe"))).kind).toBe("unsupported-room")
     }))
 
-  it.live("gives up after maxAttempts with send-failed (the event stays unanswered in the ledger)", () =>
+  it.live("gives up after maxAttempts with send-failed (the caller then holds it as a pending reply)", () =>
     Effect.gen(function*() {
       const { sends, transport } = fakeTransport([new TypeError("fetch failed"), new TypeError("fetch failed")])
       const outbound = yield* makeOutbound(transport, { encrypted: true, baseDelayMs: 1, maxAttempts: 2 })
