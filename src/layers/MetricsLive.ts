@@ -80,6 +80,11 @@ export const MetricsLive = Layer.effect(
           put("carapace_matrix_unsupported_inbound_total", x.peerDropEncryptedRoomTotal, { kind: "encrypted_room" })
           put("carapace_matrix_unsupported_inbound_total", x.peerDropUnsupportedMsgtypeTotal, { kind: "msgtype" })
           put("carapace_matrix_unsupported_inbound_total", x.peerDropBodyTooLargeTotal, { kind: "oversize" })
+          put("carapace_matrix_inbound_refused_total", x.inboundBudgetRefusedRoomTotal, { reason: "budget_room" })
+          put("carapace_matrix_inbound_refused_total", x.inboundBudgetRefusedSenderTotal, { reason: "budget_sender" })
+          put("carapace_matrix_inbound_refused_total", x.peerDropUnencryptedInEncryptedRoomTotal, { reason: "unencrypted_in_encrypted_room" })
+          put("carapace_matrix_inbound_refused_total", x.peerDropNotCrossSignedTotal, { reason: "not_cross_signed" })
+          put("carapace_matrix_inbound_budget_notices_total", x.inboundBudgetNoticeTotal)
           if (x.inboundDlqRecordCount !== undefined) put("carapace_matrix_dlq_records", x.inboundDlqRecordCount)
         }
       }
