@@ -5,14 +5,15 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, TestClock } from "effect"
+import { Effect, Either, Layer, Option, Schema, TestClock } from "effect"
 import { renderStatus } from "../../src/cli/status.js"
 import { Channels, Health } from "../../src/domain/api.js"
 import { emptyMatrixExtra } from "../../src/domain/channel.js"
+import { Matrix } from "../../src/domain/config.js"
 import { type Bucket, fullBucket, judge, makeBudget, MAX_BUCKETS, refill } from "../../src/domain/inboundBudget.js"
 import type { InboundEvent } from "../../src/domain/matrix.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
-import { makeInbound, NOT_CROSS_SIGNED_NOTICE, openLedger } from "../../src/layers/InboundLive.js"
+import { budgetSpec, makeInbound, NOT_CROSS_SIGNED_NOTICE, openLedger } from "../../src/layers/InboundLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import type { AgentShape } from "../../src/services/Agent.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
@@ -69,6 +70,23 @@ describe("token buckets (pure, time injected)", () => {
     for (let i = 0; i < MAX_BUCKETS + 50; i++) b.take(`!r${i}`, `@u${i}`, 1)
     expect(b.size().rooms).toBeLessThanOrEqual(MAX_BUCKETS)
     expect(b.size().senders).toBeLessThanOrEqual(MAX_BUCKETS)
+  })
+})
+
+describe("config: matrix.inboundBudget and matrix.requireCrossSignedSenders", () => {
+  const decode = Schema.decodeUnknownEither(Matrix)
+  it("defaults to the documented budget and to not requiring cross-signed senders", () => {
+    const m = Either.getOrThrow(decode({}))
+    expect(budgetSpec(m.inboundBudget)).toEqual({ room: { burst: 20, perMinute: 20 }, sender: { burst: 10, perMinute: 10 } })
+    expect(m.requireCrossSignedSenders).toBe(false)
+    const custom = Either.getOrThrow(decode({ inboundBudget: { senderBurst: 3 }, requireCrossSignedSenders: true }))
+    expect(budgetSpec(custom.inboundBudget).sender).toEqual({ burst: 3, perMinute: 10 })
+    expect(custom.requireCrossSignedSenders).toBe(true)
+  })
+  it("refuses a budget that would stop every answer or is not a whole number", () => {
+    expect(Either.isLeft(decode({ inboundBudget: { roomBurst: 0 } }))).toBe(true)
+    expect(Either.isLeft(decode({ inboundBudget: { senderPerMinute: 1.5 } }))).toBe(true)
+    expect(Either.isLeft(decode({ requireCrossSignedSenders: "yes" }))).toBe(true)
   })
 })
 
