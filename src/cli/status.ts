@@ -81,6 +81,11 @@ export const renderStatus = (r: StatusReport, now: number = Date.now()): string 
         `  DLQ:        ${x.inboundDlqRecordCount ?? "?"} records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
           `${x.inboundDlqAppendFailureTotal} append failures, ${x.inboundDlqUndecodableLostCount} undecodable lost`
       )
+      lines.push(
+        `  Inbound refused: ${x.inboundBudgetRefusedRoomTotal} over the room budget, ${x.inboundBudgetRefusedSenderTotal} over the sender budget ` +
+          `(${x.inboundBudgetNoticeTotal} notices), ${x.peerDropUnencryptedInEncryptedRoomTotal} unencrypted in an encrypted room, ` +
+          `${x.peerDropNotCrossSignedTotal} from devices not cross-signed`
+      )
       if (x.inboundDlqDurabilityError !== undefined) lines.push(`  DLQ error:  ${terminalSafe(x.inboundDlqDurabilityError)}`)
     }
   }

@@ -39,6 +39,13 @@ export const MatrixChannelExtra = Schema.Struct({
   peerDropVerificationCapFullTotal: Schema.Int,
   peerDropEncryptedRoomTotal: Schema.Int,
   inboundDedupeCorruptLineTotal: Schema.Int,
+  /** Issue 16 §6: messages refused by the per-room / per-sender budget, and the notices that said so. */
+  inboundBudgetRefusedRoomTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  inboundBudgetRefusedSenderTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  inboundBudgetNoticeTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  /** Issue 16 §10: plaintext m.room.message in an encrypted room; messages from devices not cross-signed. */
+  peerDropUnencryptedInEncryptedRoomTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  peerDropNotCrossSignedTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   deviceId: Schema.optional(Schema.String),
   userId: Schema.optional(Schema.String),
   crossSigning: Schema.optional(Schema.Literal("unknown", "not-bootstrapped", "bootstrapped", "verified")),
@@ -76,5 +83,10 @@ export const emptyMatrixExtra: MatrixChannelExtra = {
   peerDropBodyTooLargeTotal: 0,
   peerDropVerificationCapFullTotal: 0,
   peerDropEncryptedRoomTotal: 0,
-  inboundDedupeCorruptLineTotal: 0
+  inboundDedupeCorruptLineTotal: 0,
+  inboundBudgetRefusedRoomTotal: 0,
+  inboundBudgetRefusedSenderTotal: 0,
+  inboundBudgetNoticeTotal: 0,
+  peerDropUnencryptedInEncryptedRoomTotal: 0,
+  peerDropNotCrossSignedTotal: 0
 }

@@ -1,4 +1,5 @@
 import { Option, Schema } from "effect"
+import { DEFAULT_INBOUND_BUDGET } from "./inboundBudget.js"
 
 /**
  * The decoded, validated configuration (`carapace.json5`).
@@ -150,6 +151,15 @@ export const MatrixOutbound = Schema.Struct({
     default: () => MATRIX_OUTBOUND_DEFAULTS.deadLetterAfterRounds
   })
 })
+const BudgetNumber = (fallback: number) =>
+  Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100_000)), { nullable: true, default: () => fallback })
+
+const defaultBudgetConfig = {
+  roomBurst: DEFAULT_INBOUND_BUDGET.room.burst,
+  roomPerMinute: DEFAULT_INBOUND_BUDGET.room.perMinute,
+  senderBurst: DEFAULT_INBOUND_BUDGET.sender.burst,
+  senderPerMinute: DEFAULT_INBOUND_BUDGET.sender.perMinute
+}
 
 export const Matrix = Schema.Struct({
   enabled: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
@@ -170,6 +180,24 @@ export const Matrix = Schema.Struct({
     nullable: true,
     default: () => ({})
   }),
+  /**
+   * Issue 16 §6: token buckets in front of the model (see domain/inboundBudget.ts); defaults there and in
+   * docs/channels.md.
+   */
+  inboundBudget: Schema.optionalWith(
+    Schema.Struct({
+      roomBurst: BudgetNumber(DEFAULT_INBOUND_BUDGET.room.burst),
+      roomPerMinute: BudgetNumber(DEFAULT_INBOUND_BUDGET.room.perMinute),
+      senderBurst: BudgetNumber(DEFAULT_INBOUND_BUDGET.sender.burst),
+      senderPerMinute: BudgetNumber(DEFAULT_INBOUND_BUDGET.sender.perMinute)
+    }),
+    { nullable: true, default: () => defaultBudgetConfig }
+  ),
+  /**
+   * Issue 16 §10: answer only messages from devices their owner has cross-signed (Element's "exclude
+   * insecure devices"). Off by default: see docs/channels.md for why.
+   */
+  requireCrossSignedSenders: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => false }),
   inboundDlq: Schema.optionalWith(
     Schema.Struct({
       legacyEnvelopePolicy: Schema.optionalWith(Schema.Literal("accept", "refuse"), {

@@ -29,7 +29,12 @@ export const InboundEvent = Schema.Struct({
   threadId: Schema.optional(Schema.String),
   /** `m.mentions.user_ids`, when the sender's client set it. */
   mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
-  encrypted: Schema.Boolean
+  encrypted: Schema.Boolean,
+  /**
+   * Whether the sending device is cross-signed by its owner; set only where `matrix.requireCrossSignedSenders`
+   * asks for it (absent = not checked, and then fails closed when the check is required).
+   */
+  senderDeviceCrossSigned: Schema.optional(Schema.Boolean)
 })
 export type InboundEvent = typeof InboundEvent.Type
 

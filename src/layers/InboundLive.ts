@@ -1,7 +1,8 @@
 import * as fs from "node:fs"
 import { DatabaseSync } from "node:sqlite"
-import { Cause, Effect, Option, type Scope } from "effect"
+import { Cause, Clock, Effect, Option, type Scope } from "effect"
 import type { MatrixChannelExtra } from "../domain/channel.js"
+import { DEFAULT_INBOUND_BUDGET, type InboundBudgetSpec, makeBudget, refusalNoticeText } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
 import type { AgentShape } from "../services/Agent.js"
 import type { ChannelStatusShape } from "../services/ChannelStatus.js"
@@ -28,6 +29,8 @@ export interface GateContext {
   readonly encryptedMode: boolean
   /** `matrix.groupMessages`: in rooms with more than two members, answer only mentions (default) or all. */
   readonly groupMessages: GroupMessages
+  /** `matrix.requireCrossSignedSenders`: only devices their owner cross-signed are answered. */
+  readonly requireCrossSignedSenders?: boolean
 }
 
 type Counter = keyof Pick<
@@ -37,16 +40,32 @@ type Counter = keyof Pick<
   | "peerDropAllowlistRejectionTotal"
   | "peerDropBodyTooLargeTotal"
   | "peerDropEncryptedRoomTotal"
+  | "peerDropUnencryptedInEncryptedRoomTotal"
+  | "peerDropNotCrossSignedTotal"
+  | "inboundBudgetRefusedRoomTotal"
+  | "inboundBudgetRefusedSenderTotal"
+  | "inboundBudgetNoticeTotal"
 >
 
 export type GateVerdict =
   | { readonly _tag: "Dispatch"; readonly isGroup: boolean }
-  /** Not for the agent and not worth a counter (own echo, verification, edit, history, no mention). */
-  | { readonly _tag: "Ignore"; readonly reason: "own" | "verification" | "edit" | "history" | "not-mentioned" }
+  /**
+   * Not for the agent and not worth a counter (own echo, verification, edit, history, no mention, and
+   * `m.notice`: by the spec's convention automated output, never answered, which is what keeps two bots
+   * that allow each other from answering each other).
+   */
+  | { readonly _tag: "Ignore"; readonly reason: "own" | "verification" | "notice" | "edit" | "history" | "not-mentioned" }
   /** Refused and counted in the channel status. */
   | {
     readonly _tag: "Drop"
-    readonly reason: "encrypted-room" | "msgtype" | "allowlist" | "invisible" | "too-large"
+    readonly reason:
+      | "encrypted-room"
+      | "unencrypted-in-encrypted-room"
+      | "msgtype"
+      | "allowlist"
+      | "not-cross-signed"
+      | "invisible"
+      | "too-large"
     readonly counters: ReadonlyArray<Counter>
   }
 
@@ -70,8 +89,19 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   if (!ctx.encryptedMode && (room.encrypted || ev.encrypted)) {
     return { _tag: "Drop", reason: "encrypted-room", counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"] }
   }
+  // the account, not the device: messages from the bot's other sessions are never answered either
   if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }
+  // A room with m.room.encryption only ever carries encrypted messages from real clients: a plaintext one
+  // was injected (a homeserver admin, a spoofing server) and its sender is not authenticated by any key.
+  if (ctx.encryptedMode && room.encrypted && !ev.encrypted) {
+    return {
+      _tag: "Drop",
+      reason: "unencrypted-in-encrypted-room",
+      counters: ["peerDropUnencryptedInEncryptedRoomTotal", "unsupportedInboundCount"]
+    }
+  }
   if (ev.msgtype?.startsWith("m.key.verification.") === true) return { _tag: "Ignore", reason: "verification" }
+  if (ev.msgtype === "m.notice") return { _tag: "Ignore", reason: "notice" }
   if (ev.msgtype !== "m.text") {
     return { _tag: "Drop", reason: "msgtype", counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"] }
   }
@@ -80,6 +110,10 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   }
   if (ev.relType === "m.replace") return { _tag: "Ignore", reason: "edit" }
   if (room.botJoinedAt !== undefined && ev.ts < room.botJoinedAt) return { _tag: "Ignore", reason: "history" }
+  // after the allowlist: only an allowed sender is told (once) why it is not answered
+  if (ctx.requireCrossSignedSenders === true && ev.senderDeviceCrossSigned !== true) {
+    return { _tag: "Drop", reason: "not-cross-signed", counters: ["peerDropNotCrossSignedTotal"] }
+  }
   if (Buffer.byteLength(ev.body, "utf8") > MAX_BODY_BYTES) {
     return { _tag: "Drop", reason: "too-large", counters: ["peerDropBodyTooLargeTotal", "unsupportedInboundCount"] }
   }
@@ -248,7 +282,26 @@ export interface InboundDeps {
     readonly resume: (eventId: string, roomId: string) => Effect.Effect<void>
     readonly options: ReplyRetryOptions
   }
+  /** `matrix.inboundBudget`; the defaults of domain/inboundBudget.ts when absent. */
+  readonly budget?: InboundBudgetSpec
 }
+
+/** Rooms × senders told at most once per run why a device is not answered (bounded like the buckets). */
+const MAX_UNSIGNED_NOTICES = 10_000
+
+export const NOT_CROSS_SIGNED_NOTICE =
+  "I do not answer messages from this session: it is not verified by its owner (cross-signing), and this bot only answers verified sessions (matrix.requireCrossSignedSenders). Verify this session from one of your other sessions, or send from a verified one."
+
+/** The budget config section as the bucket spec. */
+export const budgetSpec = (c: {
+  readonly roomBurst: number
+  readonly roomPerMinute: number
+  readonly senderBurst: number
+  readonly senderPerMinute: number
+}): InboundBudgetSpec => ({
+  room: { burst: c.roomBurst, perMinute: c.roomPerMinute },
+  sender: { burst: c.senderBurst, perMinute: c.senderPerMinute }
+})
 
 const bump = (status: ChannelStatusShape, counters: ReadonlyArray<Counter>) =>
   status.updateMatrix((extra) => {
@@ -268,6 +321,9 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     const rooms = new Map<string, Effect.Semaphore>()
     const inProgress = new Set<string>()
     const dropLogs = new Map<string, number>()
+    const spec = deps.budget ?? DEFAULT_INBOUND_BUDGET
+    const budget = makeBudget(spec)
+    const unsignedNoticed = new Set<string>()
 
     const roomLock = (roomId: string) => {
       let s = rooms.get(roomId)
@@ -398,12 +454,45 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         Effect.withSpan("Inbound.answer")
       )
 
+    // A notice is an m.notice (no bot answers it), sent in the background so the sync loop never waits on it.
+    const notice = (ev: InboundEvent, text: string, counters: ReadonlyArray<Counter>) =>
+      Effect.forkIn(
+        outbound.reply({ roomId: ev.roomId, text, inReplyTo: ev.eventId }).pipe(
+          Effect.zipRight(bump(status, counters)),
+          Effect.catchAll((e) =>
+            Effect.logWarning(`Matrix refusal notice not sent: ${e.kind}: ${e.message}`).pipe(Effect.annotateLogs({ eventId: ev.eventId }))
+          )
+        ),
+        scope
+      )
+
+    const noticeUnsigned = (ev: InboundEvent) =>
+      Effect.suspend(() => {
+        const key = `${ev.roomId}\u0000${ev.sender}`
+        if (unsignedNoticed.has(key) || unsignedNoticed.size >= MAX_UNSIGNED_NOTICES) return Effect.void
+        unsignedNoticed.add(key)
+        return notice(ev, NOT_CROSS_SIGNED_NOTICE, [])
+      })
+
+    // The budget is charged only for a message that will reach the model (after every gate and the
+    // redelivery check), so ignored or already-answered events cost nothing.
+    const admit = (ev: InboundEvent) =>
+      Effect.gen(function*() {
+        const verdict = budget.take(ev.roomId, ev.sender, yield* Clock.currentTimeMillis)
+        if (verdict._tag === "Admit") return true
+        yield* bump(status, [verdict.scope === "room" ? "inboundBudgetRefusedRoomTotal" : "inboundBudgetRefusedSenderTotal"])
+        yield* logDrop(`inbound budget of the ${verdict.scope} exhausted`, ev)
+        if (verdict.notice) yield* notice(ev, refusalNoticeText(verdict.scope, spec), ["inboundBudgetNoticeTotal"])
+        return false
+      })
+
     const offer = (ev: InboundEvent, room: RoomFacts) =>
       Effect.gen(function*() {
         const verdict = gateInbound(gate, ev, room)
         if (verdict._tag === "Drop") {
           yield* bump(status, verdict.counters)
           yield* logDrop(verdict.reason, ev)
+          if (verdict.reason === "not-cross-signed") yield* noticeUnsigned(ev)
           return
         }
         if (verdict._tag === "Ignore") {
@@ -418,6 +507,8 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           yield* Effect.logDebug("Matrix inbound event already answered (redelivery)").pipe(Effect.annotateLogs({ eventId: ev.eventId }))
           return
         }
+        // an event claimed before a restart was admitted then: resuming it is not a new model call
+        if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
         inProgress.add(ev.eventId)
         yield* Effect.forkIn(answer(ev, verdict.isGroup), scope)

@@ -14,6 +14,7 @@ import {
   type Scope
 } from "effect"
 import * as sdk from "matrix-js-sdk"
+import { EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { Logger as SdkLogger } from "matrix-js-sdk/lib/logger.js"
 import type { Matrix } from "../domain/config.js"
 import {
@@ -39,7 +40,7 @@ import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase, type StorePassphraseShape } from "../services/StorePassphrase.js"
 import { normalizeAllowlist, allowsUser } from "./allowlist.js"
 import { CRYPTO_FILE, makeCryptoStore } from "./CryptoStoreLive.js"
-import { type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
+import { budgetSpec, type GroupMessages, LEDGER_FILE, makeInbound, openLedger } from "./InboundLive.js"
 import { classifySendError, makeOutbound, type MatrixTransport } from "./OutboundLive.js"
 import { recoveryFailure } from "./RecoveryKeyLive.js"
 
@@ -457,6 +458,38 @@ const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
   }
 }
 
+/** Shields that mean the sending device is not (known to be) cross-signed by its owner. */
+const UNSIGNED_SHIELDS: ReadonlySet<EventShieldReason> = new Set([
+  EventShieldReason.UNSIGNED_DEVICE,
+  EventShieldReason.UNKNOWN_DEVICE,
+  EventShieldReason.AUTHENTICITY_NOT_GUARANTEED,
+  EventShieldReason.MISMATCHED_SENDER_KEY
+])
+
+/**
+ * Whether the device that sent this decrypted event is cross-signed by its owner, from the crypto library's
+ * verdict on the event (its Megolm session ties it to one device). A device the library does not know yet is
+ * looked up once (the sender's device list may lag behind a brand-new session) before it counts as unsigned;
+ * anything that cannot be established is `false` (the check fails closed).
+ */
+const senderCrossSigned = (client: sdk.MatrixClient, ev: sdk.MatrixEvent): Effect.Effect<boolean> =>
+  Effect.promise(async () => {
+    const crypto = client.getCrypto()
+    if (crypto === undefined || !ev.isEncrypted() || ev.isDecryptionFailure()) return false
+    const judge = async () => {
+      const info = await crypto.getEncryptionInfoForEvent(ev)
+      return info === null ? undefined : info.shieldReason === null || !UNSIGNED_SHIELDS.has(info.shieldReason)
+    }
+    try {
+      if ((await judge()) === true) return true
+      const sender = ev.getSender()
+      if (sender !== undefined) await crypto.getUserDeviceInfo([sender], true)
+      return (await judge()) === true
+    } catch {
+      return false
+    }
+  })
+
 interface RuntimeDeps {
   readonly m: Matrix
   readonly secrets: ConfigSecretsShape
@@ -597,7 +630,8 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     // 5. outbound and inbound
     const outbound = yield* makeOutbound(sdkTransport(client), { encrypted: encryptedMode, maxAttempts: m.outbound.sendAttempts })
     const inbound: InboundShape = yield* makeInbound({
-      gate: { botUserId: me, allowlist, encryptedMode, groupMessages },
+      gate: { botUserId: me, allowlist, encryptedMode, groupMessages, requireCrossSignedSenders: m.requireCrossSignedSenders },
+      budget: budgetSpec(m.inboundBudget),
       ledger,
       agent,
       outbound,
@@ -635,10 +669,13 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     const updateUtdCount = () => status.updateMatrix((x) => ({ ...x, undecryptableEventCount: pendingUtd.size }))
 
     const offerEvent = (ev: sdk.MatrixEvent, room: sdk.Room) =>
-      Effect.suspend(() => {
+      Effect.gen(function*() {
         const inboundEvent = toInbound(ev)
-        if (inboundEvent === undefined) return Effect.void
-        return inbound.offer(inboundEvent, roomFacts(room, me))
+        if (inboundEvent === undefined) return
+        const checked = m.requireCrossSignedSenders && inboundEvent.encrypted && inboundEvent.sender !== me
+          ? { ...inboundEvent, senderDeviceCrossSigned: yield* senderCrossSigned(client, ev) }
+          : inboundEvent
+        yield* inbound.offer(checked, roomFacts(room, me))
       })
 
     const handleEvent = async (ev: sdk.MatrixEvent, room: sdk.Room) => {

@@ -167,8 +167,9 @@ const renderBlocks = (lines: ReadonlyArray<string>): string => {
 export const renderMarkdown = (text: string): string => renderBlocks(text.replace(/\r\n?/g, "\n").split("\n"))
 
 /**
- * The `m.text` content for `text`: the Markdown source as `body`, and `formatted_body` only when the
- * Markdown produced markup beyond plain paragraphs (as Element does).
+ * The content for `text`: the Markdown source as `body`, and `formatted_body` only when the Markdown
+ * produced markup beyond plain paragraphs (as Element does). Always `m.notice`, the spec's msgtype for
+ * automated output that clients and bots must never answer: two bots that allow each other do not loop.
  */
 export const messageContent = (text: string): Record<string, unknown> => {
   const html = renderMarkdown(text)
@@ -179,8 +180,8 @@ export const messageContent = (text: string): Record<string, unknown> => {
     .map((p) => `<p>${escapeHtml(p).replace(/\n/g, "<br>")}</p>`)
     .join("")
   return html === plain
-    ? { msgtype: "m.text", body: text }
-    : { msgtype: "m.text", body: text, format: "org.matrix.custom.html", formatted_body: html }
+    ? { msgtype: "m.notice", body: text }
+    : { msgtype: "m.notice", body: text, format: "org.matrix.custom.html", formatted_body: html }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -468,7 +469,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
       Effect.gen(function*() {
         yield* checkRoom(roomId)
         const q = yield* queueOf(roomId)
-        return yield* q.withPermits(1)(sendOne(roomId, null, { msgtype: "m.text", body: text }, `cara-test-${randomUUID()}`))
+        return yield* q.withPermits(1)(sendOne(roomId, null, { msgtype: "m.notice", body: text }, `cara-test-${randomUUID()}`))
       }).pipe(Effect.withSpan("Outbound.sendTest"))
 
     const setTyping = (roomId: string, on: boolean) =>

@@ -10,6 +10,11 @@ export const METRICS = {
   carapace_matrix_inbound_dlq_lost_event_ids_total: { type: "counter", help: "Inbound events lost because the DLQ could not record them." },
   carapace_matrix_sync_failures_total: { type: "counter", help: "Failed /sync cycles by class (transient, permanent)." },
   carapace_matrix_unsupported_inbound_total: { type: "counter", help: "Inbound events dropped as unsupported by kind (encrypted_room, msgtype, oversize)." },
+  carapace_matrix_inbound_refused_total: {
+    type: "counter",
+    help: "Inbound messages not answered by reason (budget_room, budget_sender, unencrypted_in_encrypted_room, not_cross_signed)."
+  },
+  carapace_matrix_inbound_budget_notices_total: { type: "counter", help: "Notices sent for the first budget refusal of a window." },
   carapace_matrix_pending_verifications: { type: "gauge", help: "Verification flows currently held by the daemon." },
   carapace_matrix_dlq_records: { type: "gauge", help: "Records in the inbound DLQ at the last sample (-1: sampling failed)." },
   carapace_matrix_outbound_send_duration_seconds: {

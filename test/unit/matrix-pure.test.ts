@@ -88,7 +88,7 @@ describe("inbound gates", () => {
   })
 
   it("drops and counts other msgtypes, disallowed senders, oversize and invisible bodies", () => {
-    expect(gateInbound(ctx, ev({ msgtype: "m.notice" }), dm)).toMatchObject({
+    expect(gateInbound(ctx, ev({ msgtype: "m.emote" }), dm)).toMatchObject({
       _tag: "Drop",
       counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"]
     })
@@ -100,6 +100,41 @@ describe("inbound gates", () => {
     expect(gateInbound(ctx, ev({ body: "x".repeat(MAX_BODY_BYTES) }), dm)._tag).toBe("Dispatch")
     expect(gateInbound(ctx, ev({ body: " \u200b\u200e\u2066\t\n\u3164 " }), dm)).toMatchObject({ reason: "invisible" })
     expect(isInvisibleOnly("a\u200b")).toBe(false)
+  })
+
+  it("never answers an m.notice (other bots' output) or the bot's own account, from any device", () => {
+    expect(gateInbound(ctx, ev({ msgtype: "m.notice" }), dm)).toEqual({ _tag: "Ignore", reason: "notice" })
+    expect(gateInbound({ ...ctx, groupMessages: "all" }, ev({ msgtype: "m.notice", body: `${bot} hi` }), group)._tag).toBe("Ignore")
+    // the gate has no device in view at all: the account decides
+    expect(gateInbound(ctx, ev({ sender: bot, encrypted: false }), { ...dm, encrypted: false })).toMatchObject({ reason: "own" })
+  })
+
+  it("drops and counts a plaintext message in an encrypted room; plaintext rooms are unaffected", () => {
+    expect(gateInbound(ctx, ev({ encrypted: false }), dm)).toEqual({
+      _tag: "Drop",
+      reason: "unencrypted-in-encrypted-room",
+      counters: ["peerDropUnencryptedInEncryptedRoomTotal", "unsupportedInboundCount"]
+    })
+    // also when it claims to be a verification request or comes from a stranger: refused before anything else
+    expect(gateInbound(ctx, ev({ encrypted: false, msgtype: "m.key.verification.request" }), dm)).toMatchObject({
+      reason: "unencrypted-in-encrypted-room"
+    })
+    expect(gateInbound(ctx, ev({ encrypted: false }), { ...dm, encrypted: false })._tag).toBe("Dispatch")
+  })
+
+  it("with requireCrossSignedSenders answers only devices their owner cross-signed (unknown = refused)", () => {
+    const strict = { ...ctx, requireCrossSignedSenders: true }
+    expect(gateInbound(strict, ev({ senderDeviceCrossSigned: true }), dm)._tag).toBe("Dispatch")
+    expect(gateInbound(strict, ev({ senderDeviceCrossSigned: false }), dm)).toEqual({
+      _tag: "Drop",
+      reason: "not-cross-signed",
+      counters: ["peerDropNotCrossSignedTotal"]
+    })
+    expect(gateInbound(strict, ev(), dm)).toMatchObject({ reason: "not-cross-signed" })
+    // a stranger is refused by the allowlist (and so is never sent the explanatory notice)
+    expect(gateInbound(strict, ev({ sender: "@mallory:example.com", senderDeviceCrossSigned: false }), dm)).toMatchObject({ reason: "allowlist" })
+    // off (the default): the device's state does not matter
+    expect(gateInbound(ctx, ev({ senderDeviceCrossSigned: false }), dm)._tag).toBe("Dispatch")
   })
 
   it("with encrypted=false drops everything from encrypted rooms", () => {
@@ -142,9 +177,9 @@ describe("Markdown to sanitized HTML", () => {
   })
 
   it("sends formatted_body only when there is markup", () => {
-    expect(messageContent("just text\n\nsecond")).toEqual({ msgtype: "m.text", body: "just text\n\nsecond" })
+    expect(messageContent("just text\n\nsecond")).toEqual({ msgtype: "m.notice", body: "just text\n\nsecond" })
     expect(messageContent("a **b**")).toEqual({
-      msgtype: "m.text",
+      msgtype: "m.notice",
       body: "a **b**",
       format: "org.matrix.custom.html",
       formatted_body: "<p>a <strong>b</strong></p>"
