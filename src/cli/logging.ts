@@ -1,12 +1,23 @@
 import { Cause, HashMap, Logger, LogLevel } from "effect"
+import { redactSecrets } from "../domain/redact.js"
 
-/** One line per log entry on stderr: `time LEVEL message key=value ...`; stdout stays for command output. */
-export const stderrLogger = Logger.make(({ annotations, cause, date, logLevel, message }) => {
+/**
+ * One line per log entry on stderr: `time LEVEL message key=value ...`; stdout stays for command output.
+ * The whole line (message, annotations, cause) goes through the secret redactor last, so no call site has
+ * to remember to: a configured secret or a recovery key never reaches the log, whoever logged it.
+ */
+export const formatLogLine = (
+  { annotations, cause, date, logLevel, message }: Pick<Logger.Logger.Options<unknown>, "annotations" | "cause" | "date" | "logLevel" | "message">
+): string => {
   const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
   let line = `${date.toISOString()} ${logLevel.label.padEnd(5)} ${text}`
   for (const [key, value] of HashMap.toEntries(annotations)) line += ` ${key}=${String(value)}`
   if (!Cause.isEmpty(cause)) line += `\n${Cause.pretty(cause)}`
-  process.stderr.write(line + "\n")
+  return redactSecrets(line)
+}
+
+export const stderrLogger = Logger.make((options) => {
+  process.stderr.write(formatLogLine(options) + "\n")
 })
 
 export const LoggingLive = Logger.replace(Logger.defaultLogger, stderrLogger)
