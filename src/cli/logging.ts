@@ -23,3 +23,19 @@ export const stderrLogger = Logger.make((options) => {
 export const LoggingLive = Logger.replace(Logger.defaultLogger, stderrLogger)
 export const logLevelFromEnv = (): LogLevel.LogLevel =>
   process.env["CARA_LOG_LEVEL"] === "debug" ? LogLevel.Debug : LogLevel.Info
+
+/**
+ * Passes everything written to stderr through the secret redactor, not only the logger's lines: libraries
+ * write there directly (matrix-js-sdk's `console.error`, Node's warnings), and their text may quote a URL
+ * or a request. stdout is left alone: it carries what a command was asked to print (a recovery key to a
+ * terminal, for one).
+ */
+export const installStderrRedaction = (stream: NodeJS.WriteStream = process.stderr): void => {
+  const write = stream.write.bind(stream) as (chunk: string, ...rest: Array<unknown>) => boolean
+  stream.write = ((chunk: string | Uint8Array, ...rest: Array<unknown>) => {
+    const text = typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("utf8")
+    // A Buffer's encoding argument no longer applies to the decoded text; a callback still does.
+    const tail = typeof chunk === "string" ? rest : rest.filter((r) => typeof r === "function")
+    return write(redactSecrets(text), ...tail)
+  }) as typeof stream.write
+}

@@ -689,7 +689,7 @@ const probeStorePassphraseFile = (stateRoot: string): Effect.Effect<StorePassphr
   })
 
 /** Discovers, reads and analyses the config (never fails: every problem is a finding). */
-export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params) =>
+export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params): Effect.Effect<ConfigSnapshot, never, StateDir> =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
     const target = yield* discoverConfigPath(env, stateDir.root)

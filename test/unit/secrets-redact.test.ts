@@ -1,11 +1,12 @@
 // Issue 16 point 7: one registry of configured secret values that every sink passes its text through —
 // the logger, the three audit writers, the CLI's error renderer — and the config load that fills it.
+import { Console } from "node:console"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { beforeEach, describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, HashMap, Logger, LogLevel, Option, Redacted } from "effect"
-import { formatLogLine, stderrLogger } from "../../src/cli/logging.js"
+import { formatLogLine, installStderrRedaction, stderrLogger } from "../../src/cli/logging.js"
 import { reportFailure } from "../../src/cli/failure.js"
 import {
   auditLine,
@@ -108,6 +109,24 @@ describe("every log line passes the redactor", () => {
       message: ["hello", "matrix-password-xyz"]
     })
     expect(line).toBe("1970-01-01T00:00:00.000Z INFO  hello [REDACTED]")
+  })
+})
+
+describe("everything else on stderr passes it too", () => {
+  it("a library's console.error (which bypasses the logger) is redacted once the CLI installed the filter", async () => {
+    registerSecret("syt_sdk_quoted_token")
+    const out = await captureStderr(async () => {
+      const before = process.stderr.write
+      installStderrRedaction()
+      try {
+        // A console of its own: vitest replaces the global one, the daemon's is Node's, bound to stderr like this.
+        new Console({ stdout: process.stderr, stderr: process.stderr }).error("GET https://hs.example/_matrix?access_token=syt_sdk_quoted_token failed")
+        process.stderr.write(Buffer.from("raw bytes syt_sdk_quoted_token\n"))
+      } finally {
+        process.stderr.write = before
+      }
+    })
+    expect(out).toBe("GET https://hs.example/_matrix?access_token=[REDACTED] failed\nraw bytes [REDACTED]\n")
   })
 })
 
