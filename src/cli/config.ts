@@ -5,6 +5,7 @@ import { Console, Effect, Either, Option, Schema } from "effect"
 import JSON5 from "json5"
 import { ConfigFinding, hasErrors } from "../domain/config.js"
 import { applyEdits, type Edit, parseWithPositions, stringNodes } from "../domain/json5edit.js"
+import { redactSecrets } from "../domain/redact.js"
 import { type Argon2Params, ARGON2_PARAMS, envelopeVersion, makeSealer, open } from "../domain/secrets.js"
 import {
   type ConfigEnv,
@@ -65,7 +66,7 @@ const check = Command.make(
   ({ json }) =>
     Effect.gen(function*() {
       const report = yield* checkConfig({ ...process.env })
-      yield* Console.log(renderCheck(report, json))
+      yield* Console.log(redactSecrets(renderCheck(report, json)))
       // Exit 1 without a second error dump: the findings above are the message.
       if (!report.ok) process.exitCode = 1
     }).pipe(Effect.provide(StateDirLive))

@@ -1,5 +1,6 @@
 import { ValidationError } from "@effect/cli"
 import { Cause, Effect, Option } from "effect"
+import { redactSecrets } from "../domain/redact.js"
 
 interface Described {
   readonly message: string
@@ -56,6 +57,8 @@ const describe = (error: unknown): Described | undefined => {
 /**
  * Prints why the command failed, once, on stderr: the operator-facing message (and its kind) for
  * known errors, the full cause for anything unexpected. Interruption (SIGTERM/SIGINT) is not a failure.
+ * Everything printed passes the secret redactor: an error may quote a library's text, and a library may
+ * quote a token.
  */
 export const reportFailure = (cause: Cause.Cause<unknown>) =>
   Effect.sync(() => {
@@ -66,8 +69,10 @@ export const reportFailure = (cause: Cause.Cause<unknown>) =>
     const described = Option.isSome(failure) ? describe(failure.value) : undefined
     if (described !== undefined) {
       const details = described.details?.length ? described.details.join("\n") + "\n" : ""
-      process.stderr.write(`cara: ${described.message}${described.kind !== undefined ? ` [${described.kind}]` : ""}\n${details}`)
+      process.stderr.write(
+        redactSecrets(`cara: ${described.message}${described.kind !== undefined ? ` [${described.kind}]` : ""}\n${details}`)
+      )
     } else {
-      process.stderr.write(`cara: unexpected failure\n${Cause.pretty(cause)}\n`)
+      process.stderr.write(redactSecrets(`cara: unexpected failure\n${Cause.pretty(cause)}\n`))
     }
   })

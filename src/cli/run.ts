@@ -1,13 +1,15 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer, Logger } from "effect"
 import { reportFailure } from "./failure.js"
-import { LoggingLive, logLevelFromEnv } from "./logging.js"
+import { installStderrRedaction, LoggingLive, logLevelFromEnv } from "./logging.js"
 import { cli } from "./main.js"
 
 /** Runs the command line: one runtime, stderr logging, operator-facing failure reports, exit codes. */
-export const run = (argv: ReadonlyArray<string>) =>
-  cli(argv).pipe(
+export const run = (argv: ReadonlyArray<string>) => {
+  installStderrRedaction()
+  return cli(argv).pipe(
     Effect.tapErrorCause(reportFailure),
     Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
     NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
   )
+}

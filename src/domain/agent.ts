@@ -1,5 +1,6 @@
 import { Duration, Either, Option, Redacted, Schema } from "effect"
 import type { ModelRef, ProviderName } from "./config.js"
+import { redactSecrets } from "./redact.js"
 
 export type { ModelRef, ProviderName } from "./config.js"
 
@@ -432,9 +433,13 @@ export const classifyFailure = (f: ProviderFailure): AgentError => {
   })
 }
 
-/** Removes known secrets and anything shaped like an API key from provider text, and bounds its length. */
+/**
+ * Removes the provider's key, every other configured secret (the process-wide registry) and anything shaped
+ * like an API key from provider text, and bounds its length. Redaction runs before the cut, so a secret
+ * that straddles the limit is not left half visible.
+ */
 export const scrubSecrets = (text: string, secrets: ReadonlyArray<string>): string => {
-  let out = text
+  let out = redactSecrets(text)
   for (const s of secrets) if (s.length >= 4) out = out.split(s).join("[REDACTED]")
   out = out.replace(/\b(sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}/g, "[REDACTED]")
   return out.length > 300 ? `${out.slice(0, 299)}…` : out

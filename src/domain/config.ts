@@ -1,4 +1,4 @@
-import { Option, Schema } from "effect"
+import { Option, ParseResult, Schema, SchemaAST as AST } from "effect"
 import { DEFAULT_INBOUND_BUDGET } from "./inboundBudget.js"
 
 /**
@@ -276,6 +276,129 @@ export class ConfigFinding extends Schema.Class<ConfigFinding>("ConfigFinding")(
 
 export const hasErrors = (findings: ReadonlyArray<ConfigFinding>): boolean =>
   findings.some((f) => f.severity === "error")
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema errors without values
+
+/** One schema problem: where (`["gateway", "port"]`) and what was expected; never the value found. */
+export interface SchemaProblem {
+  readonly path: ReadonlyArray<PropertyKey>
+  readonly message: string
+}
+
+/** What a schema node accepts, in words (`a number between 0 and 65535`, `"token", "password" or "none"`). */
+export const describeExpected = (ast: AST.AST): string => {
+  const annotated = AST.getDescriptionAnnotation(ast)
+  if (ast._tag === "Refinement") {
+    // Every condition of the chain (Int then between): the one that failed is among them.
+    const conditions: Array<string> = []
+    let at: AST.AST = ast
+    while (at._tag === "Refinement") {
+      const d = AST.getDescriptionAnnotation(at)
+      if (Option.isSome(d) && !conditions.includes(d.value)) conditions.unshift(d.value)
+      at = at.from
+    }
+    return conditions.length === 0 ? describeExpected(at) : conditions.join(" and ")
+  }
+  switch (ast._tag) {
+    case "StringKeyword":
+      return "a string"
+    case "NumberKeyword":
+      return "a number"
+    case "BooleanKeyword":
+      return "true or false"
+    case "Literal":
+      return JSON.stringify(ast.literal)
+    case "TypeLiteral":
+      return "an object"
+    case "TupleType":
+      return "an array"
+    case "Transformation":
+      return describeExpected(ast.from)
+    case "Declaration":
+      return "an object"
+    case "Union": {
+      const parts = [...new Set(ast.types.filter((t) => !isAbsentAst(t)).map(describeExpected))]
+      return parts.length <= 1 ? parts[0] ?? "a value" : `${parts.slice(0, -1).join(", ")} or ${parts[parts.length - 1]}`
+    }
+    default:
+      return Option.getOrElse(annotated, () => "a valid value")
+  }
+}
+
+// `null` / `undefined` members come from `optionalWith({ nullable: true })`: absence is always allowed, so
+// naming it in every message is noise.
+const isAbsentAst = (ast: AST.AST) => ast._tag === "UndefinedKeyword" || (ast._tag === "Literal" && ast.literal === null)
+
+/** The kind of a value (`a string`, `an array`), which is safe to print where the value itself is not. */
+export const kindOf = (v: unknown): string =>
+  v === null
+    ? "null"
+    : Array.isArray(v)
+    ? "an array"
+    : typeof v === "object"
+    ? "an object"
+    : typeof v === "string"
+    ? "a string"
+    : typeof v === "number"
+    ? "a number"
+    : typeof v === "boolean"
+    ? "true or false"
+    : typeof v
+
+const leaf = (path: ReadonlyArray<PropertyKey>, expected: string, actual: unknown): SchemaProblem => ({
+  path,
+  message: `expected ${expected}, got ${kindOf(actual)}`
+})
+
+const isDeep = (issue: ParseResult.ParseIssue): boolean =>
+  issue._tag === "Pointer" || (issue._tag === "Composite" && issue.ast._tag !== "Union") ||
+  ((issue._tag === "Refinement" || issue._tag === "Transformation") && isDeep(issue.issue))
+
+const walk = (issue: ParseResult.ParseIssue, path: ReadonlyArray<PropertyKey>): ReadonlyArray<SchemaProblem> => {
+  switch (issue._tag) {
+    case "Pointer":
+      return walk(issue.issue, [...path, ...(Array.isArray(issue.path) ? issue.path : [issue.path as PropertyKey])])
+    case "Composite": {
+      const issues = Array.isArray(issue.issues) ? issue.issues : [issue.issues as ParseResult.ParseIssue]
+      if (issue.ast._tag !== "Union") return issues.flatMap((i) => walk(i, path))
+      // A union (in practice: a nullable field): when the value had the right shape and failed inside, the
+      // inner problem is the useful one; otherwise say which alternatives are accepted.
+      const deep = issues.filter(isDeep)
+      if (deep.length > 0) return deep.flatMap((i) => walk(i, path))
+      return [leaf(path, describeExpected(issue.ast), issue.actual)]
+    }
+    case "Refinement":
+      return issue.kind === "From" && isDeep(issue.issue)
+        ? walk(issue.issue, path)
+        : [leaf(path, describeExpected(issue.ast), issue.actual)]
+    case "Transformation":
+      return walk(issue.issue, path)
+    case "Type":
+      return [leaf(path, describeExpected(issue.ast), issue.actual)]
+    case "Missing":
+      return [{ path, message: `is required (expected ${describeExpected(issue.ast.type)})` }]
+    case "Unexpected":
+      return [{ path, message: "is not allowed here" }]
+    case "Forbidden":
+      return [{ path, message: "cannot be checked" }]
+  }
+}
+
+/**
+ * Schema errors as path + expected kind. Effect's own formatters quote the actual value ("Expected number,
+ * actual \"https://user:pw@host\""), which puts a misplaced API key or a URL with credentials into the log;
+ * this one never looks at a value beyond its kind.
+ */
+export const schemaProblems = (error: ParseResult.ParseError): ReadonlyArray<SchemaProblem> => {
+  const seen = new Set<string>()
+  return walk(error.issue, []).filter((p) => {
+    const key = `${p.path.map(String).join("\0")}\0${p.message}`
+    if (seen.has(key)) return false
+    seen.add(key)
+    return true
+  })
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Agent routing helpers (pure; the Agent runtime builds on them)

@@ -245,6 +245,37 @@ export const stringNodes = (root: ValueNode): ReadonlyArray<{ path: JsonPath; no
   return out
 }
 
+export interface DuplicateKey {
+  /** The path of the repeated member (`["matrix", "autoJoin", "allowUsers"]`). */
+  readonly path: JsonPath
+  /** Where the member first appears, and where it appears again (the value JSON5 keeps is the last one). */
+  readonly first: { readonly line: number; readonly column: number }
+  readonly again: { readonly line: number; readonly column: number }
+}
+
+/**
+ * Members that appear more than once in the same object. JSON5 (like JSON.parse) silently keeps the last
+ * one, so an operator who adds a second `allowUsers` further down loses the first without a word.
+ */
+export const duplicateKeys = (text: string, root: ValueNode): ReadonlyArray<DuplicateKey> => {
+  const out: Array<DuplicateKey> = []
+  const walk = (n: ValueNode, path: JsonPath) => {
+    if (n.kind === "object") {
+      const seen = new Map<string, number>()
+      for (const m of n.members) {
+        const first = seen.get(m.key)
+        if (first === undefined) seen.set(m.key, m.keyStart)
+        else out.push({ path: [...path, m.key], first: lineColumn(text, first), again: lineColumn(text, m.keyStart) })
+        walk(m.value, [...path, m.key])
+      }
+    } else if (n.kind === "array") {
+      n.elements.forEach((e, i) => walk(e, [...path, String(i)]))
+    }
+  }
+  walk(root, [])
+  return out
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Serialisation of new text
 

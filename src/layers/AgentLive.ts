@@ -23,6 +23,7 @@ import {
   userReply
 } from "../domain/agent.js"
 import type { AgentSpec, CaraConfig, SecretRef } from "../domain/config.js"
+import { redactSecrets, registerSecret } from "../domain/redact.js"
 import {
   Agent,
   type AgentRoute,
@@ -87,8 +88,11 @@ export const agentSettingsFromConfig = <E>(
       Effect.gen(function*() {
         const fromConfig = section?.apiKey === undefined ? Option.none() : Option.some(yield* secret(section.apiKey))
         const baseUrl = section?.baseUrl?.trim()
+        const apiKey = Option.orElse(fromConfig, () => envKey(env, envName))
+        // Every configured key is redacted from every error, not only from its own provider's.
+        Option.map(apiKey, registerSecret)
         return {
-          apiKey: Option.orElse(fromConfig, () => envKey(env, envName)),
+          apiKey,
           baseUrl: baseUrl === undefined || baseUrl === "" ? Option.none() : Option.some(baseUrl)
         } satisfies ProviderSettings
       })
@@ -190,7 +194,12 @@ export const makeAgent = Effect.gen(function*() {
     })
   const modelCalls = yield* Effect.makeSemaphore(Math.max(1, settings.maxConcurrent))
 
-  const failed = (error: AgentError): TurnEvent => ({ _tag: "Failed", text: userReply(error), error })
+  // The last stop before the room, the DLQ and the status API: whatever a provider or library put into
+  // the error, no configured secret leaves in it.
+  const failed = (error: AgentError): TurnEvent => {
+    const clean = new AgentError({ ...error, message: redactSecrets(error.message) })
+    return { _tag: "Failed", text: redactSecrets(userReply(clean)), error: clean }
+  }
 
   const logFailure = (error: AgentError, input: TurnInput) =>
     Effect.logWarning(error.message).pipe(

@@ -1,6 +1,7 @@
+import { constants as fsConstants } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Effect, Either, Layer, Option, ParseResult, Redacted, Ref, Schema } from "effect"
+import { Data, Effect, Either, Layer, Option, Redacted, Ref, Schema } from "effect"
 import JSON5 from "json5"
 import {
   allSecretPaths,
@@ -10,10 +11,13 @@ import {
   isSecretPath,
   KNOWN_TOP_LEVEL_KEYS,
   parseModelRef,
+  schemaProblems,
+  SECRET_ENV_NAMES,
   type SecretRef
 } from "../domain/config.js"
 import { bindToHost } from "../domain/gateway.js"
-import { applyEdits, type Edit } from "../domain/json5edit.js"
+import { applyEdits, duplicateKeys, type Edit, parseWithPositions } from "../domain/json5edit.js"
+import { registerSecret } from "../domain/redact.js"
 import {
   type Argon2Params,
   ARGON2_PARAMS,
@@ -55,6 +59,8 @@ export interface ConfigSnapshot {
   readonly findings: ReadonlyArray<ConfigFinding>
   /** Secret values by dot path, opened at load when the password allows. */
   readonly secrets: ReadonlyMap<string, SecretSlot>
+  /** Set when the file itself was refused (world-writable, foreign owner, not a regular file). */
+  readonly refused?: "config-file-unsafe"
 }
 
 /** What `{state_dir}/matrix/store_passphrase` looks like (it counts as a store key source). */
@@ -123,7 +129,7 @@ export const homeserverUrlProblem = (url: string): string | undefined => {
   if (u.hostname === "") return "homeserverUrl has no host"
   if (url.includes("?")) return "homeserverUrl must not have a query string"
   if (url.includes("#")) return "homeserverUrl must not have a fragment"
-  if (u.pathname !== "/" && u.pathname !== "") return `homeserverUrl must not have a path (got ${u.pathname}); give only the scheme and host`
+  if (u.pathname !== "/" && u.pathname !== "") return "homeserverUrl must not have a path; give only the scheme and host"
   if (u.protocol === "http:" && !isLoopbackHost(u.hostname)) {
     return "homeserverUrl uses plaintext http to a non-loopback host, which would expose passwords, tokens and recovery material; use https"
   }
@@ -168,7 +174,7 @@ export const validateConfig = (config: CaraConfig, ctx: ValidationContext): Read
     if (!KNOWN_TOP_LEVEL_KEYS.includes(key)) out.push(warn(`.${key}`, `Unknown configuration key: ${key} (ignored)`))
   }
   if (bindToHost(config.gateway.bind) === undefined) {
-    out.push(err(".gateway.bind", `gateway.bind must be "loopback", "lan" or an IP address (got "${config.gateway.bind}")`))
+    out.push(err(".gateway.bind", `gateway.bind must be "loopback", "lan" or an IP address`))
   }
 
   const m = config.matrix
@@ -273,7 +279,7 @@ export const validateConfig = (config: CaraConfig, ctx: ValidationContext): Read
       out.push(
         err(
           `.agents.${name}.model`,
-          `model must be "provider:model" with provider anthropic or openai (e.g. "anthropic:claude-sonnet-4-6"); got "${spec.model}"`
+          `model must be "provider:model" with provider anthropic or openai (e.g. "anthropic:claude-sonnet-4-6")`
         )
       )
     }
@@ -349,6 +355,33 @@ export interface Analysis {
 
 const defaultsOnly = (): CaraConfig => Schema.decodeUnknownSync(CaraConfig)({})
 
+/**
+ * Every secret value this load resolved goes into the process-wide redaction registry (the logger, the
+ * audit writers and the error renderers consult it), together with the secret env variables themselves:
+ * those reach the daemon through fallbacks (`MATRIX_PASSWORD`, `CARAPACE_GATEWAY_TOKEN`) that never pass a
+ * config field.
+ */
+const registerLoadedSecrets = (secrets: ReadonlyMap<string, SecretSlot>, env: ConfigEnv) => {
+  for (const slot of secrets.values()) if (slot.state === "open") registerSecret(slot.value)
+  for (const name of ["CARAPACE_CONFIG_PASSWORD", ...SECRET_ENV_NAMES]) {
+    const v = env[name]
+    if (v !== undefined) registerSecret(v)
+  }
+}
+
+/** A warning per repeated key, naming its path and both lines (JSON5 keeps the last value silently). */
+const duplicateKeyFindings = (text: string, file: string): ReadonlyArray<ConfigFinding> => {
+  const tree = parseWithPositions(text)
+  // The position-aware parser is stricter than json5 on a few exotic forms; no tree, no duplicate check.
+  if (Either.isLeft(tree)) return []
+  return duplicateKeys(text, tree.right).map((d) =>
+    warn(
+      dot(d.path),
+      `duplicate key ${d.path.join(".")} in ${file} (lines ${d.first.line} and ${d.again.line}); only the last one is used and the earlier value is ignored. Remove or merge one of them`
+    )
+  )
+}
+
 export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
   Effect.gen(function*() {
     const findings: Array<ConfigFinding> = []
@@ -372,6 +405,7 @@ export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
       return stop()
     }
     const raw = parsed
+    if (Option.isSome(input.text)) findings.push(...duplicateKeyFindings(input.text.value, input.file))
     if (raw["$include"] !== undefined) {
       findings.push(err(".$include", "$include is not supported by cara; paste the included content into this file"))
     }
@@ -386,6 +420,8 @@ export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
       s.replace(VAR, (whole, escaped: string | undefined, name: string | undefined) => {
         if (escaped !== undefined) return `\${${escaped}}`
         const v = input.env[name!]
+        // A variable substituted into a secret field is itself a secret, also when it is only part of it.
+        if (v !== undefined && isSecretPath(p.join("."))) registerSecret(v)
         if (v === undefined) {
           findings.push(
             err(
@@ -520,10 +556,11 @@ export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
       }
     }
 
+    registerLoadedSecrets(secrets, input.env)
     const decoded = Schema.decodeUnknownEither(CaraConfig)(tree, { errors: "all", onExcessProperty: "ignore" })
     if (Either.isLeft(decoded)) {
-      for (const issue of ParseResult.ArrayFormatter.formatErrorSync(decoded.left)) {
-        findings.push(err(dot(issue.path), `${dot(issue.path)}: ${issue.message}`))
+      for (const problem of schemaProblems(decoded.left)) {
+        findings.push(err(dot(problem.path), `${dot(problem.path)}: ${problem.message}`))
       }
       return stop()
     }
@@ -537,13 +574,69 @@ export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
 
 const errnoOf = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code
 
-/** Reads the config, refusing more than 4 MiB; `None` when the file does not exist. */
-export const readConfigText = (file: string): Effect.Effect<Option.Option<string>, ConfigFinding> =>
+/** The config file could not be read, or was refused as unsafe (`config-file-unsafe`). */
+export class ConfigReadError extends Data.TaggedError("ConfigReadError")<{
+  readonly kind: "config-file-unsafe" | "config-invalid"
+  readonly finding: ConfigFinding
+}> {
+  override get message() {
+    return this.finding.message
+  }
+}
+
+export interface FileFacts {
+  readonly isFile: boolean
+  readonly isFifo: boolean
+  readonly isDevice: boolean
+  readonly mode: number
+  readonly uid: number
+}
+
+/**
+ * Why a config file must not be read, or `undefined`: the config holds secrets and decides where the
+ * daemon sends them, so a file that another local user can write (world-writable, or owned by someone
+ * else) is refused, as is anything but a regular file (a FIFO would block the read, a device never ends).
+ * Root-owned files are accepted: root can change anything the daemon reads anyway, and /etc deployments
+ * keep the config root-owned.
+ */
+export const configFileProblem = (file: string, st: FileFacts, currentUid: number | undefined): string | undefined => {
+  if (!st.isFile) {
+    const what = st.isFifo ? "a FIFO" : st.isDevice ? "a device" : "not a regular file"
+    return `${file} is ${what}; the config must be a regular file. Point CARAPACE_CONFIG_PATH at the config file itself`
+  }
+  if ((st.mode & 0o002) !== 0) {
+    return `${file} is world-writable (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}), so any local user could change where cara sends its secrets; run \`chmod 600 ${file}\` and start again`
+  }
+  if (currentUid !== undefined && st.uid !== currentUid && st.uid !== 0) {
+    return `${file} is owned by uid ${st.uid}, not by the user cara runs as (uid ${currentUid}); run \`chown ${currentUid} ${file}\` (or start cara as its owner) and start again`
+  }
+  return undefined
+}
+
+const currentUid = () => (typeof process.getuid === "function" ? process.getuid() : undefined)
+
+/**
+ * Reads the config, refusing more than 4 MiB and unsafe files (see `configFileProblem`); `None` when the
+ * file does not exist. The checks run on the opened descriptor (no swap between check and read), and the
+ * open is non-blocking so that a FIFO at the path is refused instead of hanging the daemon.
+ */
+export const readConfigText = (file: string): Effect.Effect<Option.Option<string>, ConfigReadError> =>
   Effect.tryPromise({
     try: async () => {
-      const handle = await fs.open(file, "r").catch((e: unknown) => (errnoOf(e) === "ENOENT" ? undefined : Promise.reject(e)))
+      const handle = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK).catch((e: unknown) =>
+        errnoOf(e) === "ENOENT" ? undefined : Promise.reject(e)
+      )
       if (handle === undefined) return Option.none<string>()
       try {
+        const st = await handle.stat()
+        const problem = configFileProblem(file, {
+          isFile: st.isFile(),
+          isFifo: st.isFIFO(),
+          isDevice: st.isCharacterDevice() || st.isBlockDevice(),
+          mode: st.mode,
+          uid: st.uid
+        }, currentUid())
+        if (problem !== undefined) throw new ConfigReadError({ kind: "config-file-unsafe", finding: err(".", problem) })
         const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1)
         let total = 0
         for (;;) {
@@ -558,9 +651,14 @@ export const readConfigText = (file: string): Effect.Effect<Option.Option<string
       }
     },
     catch: (e) =>
-      errnoOf(e) === "E2BIG"
-        ? err(".", `${file} is larger than 4 MiB; a config file must be at most ${MAX_CONFIG_BYTES} bytes`)
-        : err(".", `cannot read ${file} (${errnoOf(e) ?? String(e)}); check the path and its permissions`)
+      e instanceof ConfigReadError
+        ? e
+        : new ConfigReadError({
+          kind: "config-invalid",
+          finding: errnoOf(e) === "E2BIG"
+            ? err(".", `${file} is larger than 4 MiB; a config file must be at most ${MAX_CONFIG_BYTES} bytes`)
+            : err(".", `cannot read ${file} (${errnoOf(e) ?? String(e)}); check the path and its permissions`)
+        })
   })
 
 /** `CARAPACE_CONFIG_PATH`, else `{state_dir}/carapace.json5`, else `{state_dir}/carapace.json`. */
@@ -591,7 +689,7 @@ const probeStorePassphraseFile = (stateRoot: string): Effect.Effect<StorePassphr
   })
 
 /** Discovers, reads and analyses the config (never fails: every problem is a finding). */
-export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params) =>
+export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params): Effect.Effect<ConfigSnapshot, never, StateDir> =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
     const target = yield* discoverConfigPath(env, stateDir.root)
@@ -602,8 +700,9 @@ export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params) =>
         path: Option.some(target),
         targetPath: target,
         config: defaultsOnly(),
-        findings: [read.left],
-        secrets: new Map()
+        findings: [read.left.finding],
+        secrets: new Map(),
+        ...(read.left.kind === "config-file-unsafe" ? { refused: read.left.kind } : {})
       } satisfies ConfigSnapshot
     }
     const analysis = yield* analyzeConfig({
@@ -647,7 +746,7 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
   Effect.gen(function*() {
     const env: ConfigEnv = options.env ?? { ...process.env }
     const stateDir = yield* StateDir
-    const initial = yield* loadConfigSnapshot(env, options.argon2)
+    const initial: ConfigSnapshot = yield* loadConfigSnapshot(env, options.argon2)
     const file = initial.targetPath
 
     for (const f of initial.findings) if (f.severity === "warning") yield* Effect.logWarning(formatFinding(f))
@@ -655,7 +754,7 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
       const errors = initial.findings.filter((f) => f.severity === "error")
       for (const f of errors) yield* Effect.logError(formatFinding(f))
       return yield* new ConfigLoadError({
-        kind: "config-invalid",
+        kind: initial.refused ?? "config-invalid",
         path: Option.getOrElse(initial.path, () => file),
         message: `Configuration contains ${errors.length} error(s), aborting startup: ${
           errors.map((f) => `${f.path}: ${f.message}`).join("; ")
@@ -804,6 +903,8 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
         if (Redacted.value(token).trim() === "") {
           return yield* writeError("config-write-refused", file, "refusing to persist an empty access token")
         }
+        // A token from a password login was never in the config: known to the redactor from now on.
+        registerSecret(token)
         // Snapshot the password once, before sealing: it cannot vanish between check and seal.
         const password = yield* requirePassword("persist the Matrix access token")
         yield* writeBack((raw) =>

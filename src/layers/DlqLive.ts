@@ -27,6 +27,7 @@ import {
   splitLines
 } from "../domain/dlq.js"
 import { AUDIT_FILE, EncryptedStateIoError } from "../domain/storePassphrase.js"
+import { auditLine } from "../domain/redact.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { type DlqDispatcher, type DlqListing, type DlqSelector, Dlq, type DlqShape } from "../services/Dlq.js"
@@ -111,7 +112,7 @@ const fileSize = (file: string) =>
 
 /** One `{"ts","event","data"}` line in `{state_dir}/audit.jsonl`, fsync'd (same format as rekey-store's). */
 export const appendAuditLine = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
-  appendDurable(stateDir.resolve(AUDIT_FILE), `${JSON.stringify({ ts: new Date().toISOString(), event, data })}\n`)
+  appendDurable(stateDir.resolve(AUDIT_FILE), auditLine(event, data))
 
 // ---------------------------------------------------------------------------------------------------------
 // The service

@@ -52,6 +52,7 @@ import {
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
 import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
+import { auditLine } from "../domain/redact.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
@@ -226,7 +227,7 @@ export const fileAudit = (stateDir: StateDirShape): Audit => (event, data) =>
       0o600
     )
     try {
-      fs.writeSync(fd, `${JSON.stringify({ ts: new Date().toISOString(), event, data })}\n`)
+      fs.writeSync(fd, auditLine(event, data))
       fs.fsyncSync(fd)
     } finally {
       fs.closeSync(fd)

@@ -31,6 +31,7 @@ import {
   STORE_KEY_INFO,
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
+import { registerSecret } from "../domain/redact.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import {
@@ -432,9 +433,11 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
       return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(derived), source: "derived" })
     })
 
+    // The pinned file and the derived key are secrets no config field holds: known to the redactor from here.
+    const resolvedRegistered = Effect.tap(resolveDetailed, (r) => Effect.sync(() => Option.map(r, (p) => registerSecret(p.passphrase))))
     return {
-      resolve: Effect.map(resolveDetailed, Option.map((r) => r.passphrase)),
-      resolveDetailed,
+      resolve: Effect.map(resolvedRegistered, Option.map((r) => r.passphrase)),
+      resolveDetailed: resolvedRegistered,
       installationId,
       acquireLock: (holder: LockHolderKind) => acquireRekeyLock(stateDir, holder)
     } satisfies StorePassphraseShape

@@ -8,6 +8,7 @@ import * as path from "node:path"
 import { Effect, Option, Redacted } from "effect"
 import { CryptoStoreError } from "../domain/cryptoStore.js"
 import { type Candidate, nextStep, type Observed, type RefusalReason, type Step } from "../domain/rekeyMachine.js"
+import { auditLine } from "../domain/redact.js"
 import {
   AUDIT_FILE,
   EncryptedStateIoError,
@@ -283,7 +284,7 @@ export const appendAudit = (stateDir: StateDirShape, event: string, data: Record
       const file = stateDir.resolve(AUDIT_FILE)
       const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
       try {
-        fs.writeSync(fd, `${JSON.stringify({ ts: new Date().toISOString(), event, data })}\n`)
+        fs.writeSync(fd, auditLine(event, data))
         fs.fsyncSync(fd)
       } finally {
         fs.closeSync(fd)

@@ -6,7 +6,8 @@ import { type CaraConfig, ConfigFinding, type SecretRef } from "../domain/config
  * schema error. `findings` lists every problem with its config path.
  */
 export class ConfigLoadError extends Schema.TaggedError<ConfigLoadError>()("ConfigLoadError", {
-  kind: Schema.Literal("config-invalid"),
+  /** `config-file-unsafe`: the file was not read at all (world-writable, another user's, not a regular file). */
+  kind: Schema.Literal("config-invalid", "config-file-unsafe"),
   path: Schema.String,
   message: Schema.String,
   findings: Schema.Array(ConfigFinding)

@@ -81,7 +81,7 @@ describe("bad inputs, each with its expected error", () => {
     { name: "malformed enc:v2", text: `{ openai: { apiKey: "enc:v2:abc" } }`, path: ".openai.apiKey", message: /malformed/ },
     { name: "enc:v2 at a non-secret path", text: `{ gateway: { bind: "enc:v2:abc" } }`, path: ".gateway.bind", message: /not a secret path/ },
     { name: "non-string at a secret path", text: `{ matrix: { enabled: false, password: 42 } }`, path: ".matrix.password", message: /must be a string/ },
-    { name: "wrong type", text: `{ matrix: { enabled: "false" } }`, path: ".matrix.enabled", message: /Expected boolean/ },
+    { name: "wrong type", text: `{ matrix: { enabled: "false" } }`, path: ".matrix.enabled", message: /^\.matrix\.enabled: expected true or false, got a string$/ },
     { name: "port out of range", text: `{ gateway: { port: 70000 } }`, path: ".gateway.port", message: /between 0 and 65535/ },
     { name: "bad bind", text: `{ gateway: { bind: "everywhere" } }`, path: ".gateway.bind", message: /loopback/ },
     { name: "$include", text: `{ $include: "other.json5" }`, path: ".$include", message: /not supported/ }

@@ -103,13 +103,13 @@ describe("cara matrix rekey-store --new", () => {
 
   it("refuses an explicit store passphrase (config or MATRIX_STORE_PASSPHRASE)", async () => {
     const root = await populated(matrixConfig(`storePassphrase: "\${MY_STORE_PASS}",`))
-    const viaConfig = rekey(root, ["--new"], env(root, { MY_STORE_PASS: "explicit" }))
+    const viaConfig = rekey(root, ["--new"], env(root, { MY_STORE_PASS: "my-store-pass-1" }))
     expect(viaConfig.status).not.toBe(0)
     expect(viaConfig.stderr).toContain("the store passphrase is set explicitly (matrix.storePassphrase or MATRIX_STORE_PASSPHRASE), so rotate it outside cara")
     expect(viaConfig.stderr).toContain("[rekey-refused]")
 
     const root2 = await populated()
-    const viaEnv = rekey(root2, ["--new"], env(root2, { MATRIX_STORE_PASSPHRASE: "explicit" }))
+    const viaEnv = rekey(root2, ["--new"], env(root2, { MATRIX_STORE_PASSPHRASE: "my-store-pass-2" }))
     expect(viaEnv.status).not.toBe(0)
     expect(viaEnv.stderr).toContain("[rekey-refused]")
     expect(fs.existsSync(path.join(root2, "matrix/store_passphrase.pending"))).toBe(false)
