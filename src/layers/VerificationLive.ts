@@ -809,11 +809,27 @@ export const makeVerification = Effect.gen(function*() {
       Effect.asVoid
     )
 
-  const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
-    Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(
-      Effect.timeout(SDK_TIMEOUT),
-      Effect.catchAllCause((c) => Effect.logDebug("refreshing the allowlisted users' devices failed", c))
+  /** The device ids the crypto knows for `users` (no download). */
+  const knownDevices = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
+    Effect.tryPromise(() => a.client.getCrypto()?.getUserDeviceInfo([...users], false) ?? Promise.resolve(new Map())).pipe(
+      Effect.map((m) => new Set([...m].flatMap(([u, ds]) => [...ds.keys()].map((d) => `${u}\0${d}`)))),
+      Effect.orElseSucceed(() => new Set<string>())
     )
+
+  /** The periodic refresh; a device it finds is logged (the person can verify it from now on). */
+  const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
+    Effect.gen(function*() {
+      const before = yield* knownDevices(a, users)
+      yield* Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(Effect.timeout(SDK_TIMEOUT))
+      if (before.size === 0) return
+      for (const key of yield* knownDevices(a, users)) {
+        if (before.has(key)) continue
+        const [user = "", device = ""] = key.split("\0")
+        yield* Effect.logInfo("Matrix device list refresh: new device of an allowlisted user").pipe(
+          Effect.annotateLogs({ peer: sanitizeUserId(user), device: sanitizeDisplay(device) })
+        )
+      }
+    }).pipe(Effect.catchAllCause((c) => Effect.logDebug("refreshing the allowlisted users' devices failed", c)))
 
   /**
    * A to-device request the Rust machine dropped (its device was unknown): refresh the sender's device list,
