@@ -1,4 +1,5 @@
 import { createServer } from "node:http"
+import type { Socket } from "node:net"
 import { HttpApiBuilder, HttpApiError, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
@@ -374,8 +375,32 @@ export const ControlHttpApp = Layer.mergeAll(
  */
 export const ControlHttpLive = (options: ListenOptions) =>
   ControlHttpApp.pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { host: options.host, port: options.port }))
+    Layer.provide(listenerDroppingConnections(options))
   )
+
+/**
+ * The Node listener, with every TCP connection it accepted destroyed when its scope closes. `server.close()`
+ * waits for open connections, and an upgraded WebSocket, a half-sent body or a keep-alive client that never
+ * reads would otherwise hold SIGTERM (and the port and `.matrix-rekey.lock`) forever (issue #16.4). The
+ * finalizer is in a layer built on top of the server, so it runs before the server's own close.
+ */
+const listenerDroppingConnections = (options: ListenOptions) => {
+  const sockets = new Set<Socket>()
+  const make = () => {
+    const server = createServer()
+    server.on("connection", (socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
+    return server
+  }
+  const dropAll = Layer.scopedDiscard(Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      for (const socket of sockets) socket.destroy()
+    })
+  ))
+  return Layer.provideMerge(dropAll, NodeHttpServer.layer(make, { host: options.host, port: options.port }))
+}
 
 /** The gateway placed where the config says, with auth from `gateway.auth` (a refused setup fails startup). */
 export const ControlHttpFromConfig = Layer.unwrapEffect(

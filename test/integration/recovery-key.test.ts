@@ -280,7 +280,7 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     await crossSigned(bot)
   }, 300_000)
 
-  it("an interrupted rotation (killed before and after the homeserver step) is resolved by rerunning rotate", async () => {
+  it("an interrupted rotation (killed before and after the homeserver step) is resolved by rerunning rotate, or by a daemon start", async () => {
     const { alice, bot } = await setup()
     await bot.start()
     await crossSigned(bot)
@@ -324,8 +324,15 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     expect(show(bot)).toBe(pending)
     for (const f of ["recovery_key.pending", "recovery_key.rotating"]) expect(fs.existsSync(path.join(mdir, f))).toBe(false)
 
+    // the same kill again, resolved this time by a daemon start: it asks the homeserver once it has synced
+    const third = rotate("rotate-after:InstallPending")
+    expect(third.signal, third.stderr).toBe("SIGKILL")
+    const installed = fs.readFileSync(path.join(mdir, "recovery_key.pending"), "utf8").trim()
     await bot.start()
     await crossSigned(bot)
+    expect(show(bot)).toBe(installed)
+    for (const f of ["recovery_key.pending", "recovery_key.rotating"]) expect(fs.existsSync(path.join(mdir, f))).toBe(false)
+    expect(await opens(installed)).toBe(true)
     await ask(alice, bot, roomId, "after the interrupted rotation")
   }, 360_000)
 })
