@@ -1,6 +1,10 @@
 import { Command, Options } from "@effect/cli"
-import { Console, Duration, Effect, Either, Option } from "effect"
-import type { ChannelInfo } from "../domain/channel.js"
+import { Console, Duration, Effect, Either, Layer, Option } from "effect"
+import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
+import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
+import { StateDirLive } from "../layers/StateDirLive.js"
+import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
+import { StorePassphrase } from "../services/StorePassphrase.js"
 import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
 
 export type CheckStatus = "PASS" | "FAIL" | "SKIP"
@@ -13,6 +17,8 @@ export interface CheckResult {
 }
 
 /** One next step per `lastErrorKind` (reference §12.2); unknown kinds fall back to the daemon log. */
+const DEFAULT_NEXT = "inspect the daemon log (and GET /control/channels) for the cause, fix it and restart the daemon"
+
 export const REMEDIATION: Readonly<Record<string, string>> = {
   "startup-failed": "inspect the daemon log for the startup error, fix it and restart the daemon",
   "interrupted-rekey": "stop the daemon, then re-run `cara matrix rekey-store --new` (idempotent); do not delete the marker or pending files",
@@ -37,12 +43,68 @@ export const REMEDIATION: Readonly<Record<string, string>> = {
   "not-connected": "the Matrix runtime is still connecting or stopped: check the daemon log and rerun"
 }
 
-const DEFAULT_NEXT = "inspect the daemon log (and GET /control/channels) for the cause, fix it and restart the daemon"
 
 export const renderCheck = (c: CheckResult): string =>
   `[${c.status}] ${c.name}: ${c.detail}` + (c.nextStep !== undefined ? `\n      next step: ${c.nextStep}` : "")
 
-export const HELP_PATH = "Next help path: docs/channels.md#matrix (guided set-up: `cara verify --outcome matrix`)"
+/** The docs section on this command (a heading in docs/channels.md; a unit test keeps the anchor alive). */
+export const HELP_ANCHOR = "checking-the-set-up-cara-verify"
+export const HELP_PATH = `Next help path: docs/channels.md#${HELP_ANCHOR}`
+
+/** Next steps of the encrypted-store check: the CLI resolves the key as the daemon does, in this shell. */
+const STORE_NEXT: Readonly<Record<string, string>> = {
+  "interrupted-rekey": "stop any running daemon, then re-run `cara matrix rekey-store --new` (idempotent) and rerun `cara verify --outcome matrix`",
+  "config-invalid": "run `cara config check` and fix each path it lists, then rerun `cara verify --outcome matrix`",
+  "missing-store-secret":
+    "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in this shell, as the daemon has it, and rerun `cara verify --outcome matrix`"
+}
+
+/**
+ * The encrypted store check (reference §10.1 check 2): resolves the store key in this process, as the daemon
+ * does (it may create `installation_id`); it does not open the store, so a wrong key shows in the runtime check.
+ */
+export const storeCheck: Effect.Effect<CheckResult> = Effect.flatMap(StorePassphrase, (sp) => sp.resolve).pipe(
+  Effect.provide(StorePassphraseLive.pipe(Layer.provideMerge(ConfigSecretsLive), Layer.provideMerge(StateDirLive))),
+  Effect.match({
+    onFailure: (e): CheckResult => {
+      const kind = (e as { kind?: unknown }).kind
+      const k = typeof kind === "string" ? kind : undefined
+      return {
+        status: "FAIL",
+        name: "Matrix encrypted store",
+        detail: `${terminalSafe(e.message)}${k === undefined ? "" : ` [${k}]`}`,
+        nextStep: (k === undefined ? undefined : STORE_NEXT[k] ?? REMEDIATION[k]) ?? DEFAULT_NEXT
+      }
+    },
+    onSuccess: (key): CheckResult => ({
+      status: "PASS",
+      name: "Matrix encrypted store",
+      detail: Option.isSome(key) ? "encrypted Matrix store secret is available" : "matrix.encrypted=false; only unencrypted rooms are supported"
+    })
+  })
+)
+
+/**
+ * The start-up check from the channel's metadata: undefined while the daemon's start-up sequence (cross-signing
+ * bootstrap, then removing `matrix.password` from the config) still runs, so `cara verify` does not pass early.
+ */
+export const startUpCheck = (encrypted: boolean, extra: MatrixChannelExtra | undefined): CheckResult | undefined => {
+  const name = "Matrix start-up"
+  if (!encrypted) return { status: "PASS", name, detail: "matrix.encrypted=false; no cross-signing to bootstrap" }
+  switch (extra?.crossSigning) {
+    case "pending":
+      return undefined
+    case "bootstrapped":
+    case "verified":
+      return { status: "PASS", name, detail: `start-up sequence finished; cross-signing ${extra.crossSigning}` }
+    case "not-bootstrapped":
+      return { status: "FAIL", name, detail: "cross-signing is not bootstrapped", nextStep: REMEDIATION["cross-signing-bootstrap-failed"]! }
+    case "unknown":
+      return { status: "PASS", name, detail: "start-up sequence finished; cross-signing state unknown" }
+    case undefined:
+      return { status: "SKIP", name, detail: "the daemon does not report its start-up state", nextStep: "upgrade the daemon to the version of this CLI" }
+  }
+}
 
 /** The closing lines and the exit verdict (reference §10.1). */
 export const summarize = (checks: ReadonlyArray<CheckResult>): { readonly text: string; readonly ok: boolean } => {
@@ -92,7 +154,12 @@ export const runVerify = (options: VerifyOptions) =>
     }
     yield* record({ status: "PASS", name: "Matrix configuration", detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` })
 
-    // 2. Gateway reachability.
+    // 2. The encrypted store's key, resolved in this process.
+    const store = yield* storeCheck
+    yield* record(store)
+    if (store.status === "FAIL") return checks
+
+    // 3. Gateway reachability.
     const client = yield* gatewayClient(target)
     const health = yield* client.health.health().pipe(Effect.timeout("2 seconds"), Effect.either)
     if (Either.isLeft(health)) {
@@ -106,7 +173,7 @@ export const runVerify = (options: VerifyOptions) =>
     }
     yield* record({ status: "PASS", name: "Gateway reachability", detail: `service is reachable at 127.0.0.1:${target.port}` })
 
-    // 3. Matrix runtime registration: poll until the matrix channel is connected, fail fast on `error`.
+    // 4. Matrix runtime registration: poll until the matrix channel is connected, fail fast on `error`.
     if (Option.isNone(target.token)) {
       yield* record({
         status: "FAIL",
@@ -116,35 +183,46 @@ export const runVerify = (options: VerifyOptions) =>
       })
       return checks
     }
+    const refused = (name: string, e: unknown): CheckResult => {
+      const d = describeClientError(e)
+      const auth = d.kind === "unauthorized" || d.kind === "token-in-query"
+      return {
+        status: "FAIL",
+        name,
+        detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
+        nextStep: auth
+          ? "set CARAPACE_GATEWAY_TOKEN to the daemon's gateway.auth.token (gateway auth credentials) and rerun"
+          : DEFAULT_NEXT
+      }
+    }
+    const channelError = (name: string, m: ChannelInfo): CheckResult => {
+      const kind = m.extra?.lastErrorKind
+      return {
+        status: "FAIL",
+        name,
+        detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
+        nextStep: (kind !== undefined ? REMEDIATION[kind] : undefined) ?? DEFAULT_NEXT
+      }
+    }
+    const matrixChannel = client.control.channels().pipe(
+      Effect.timeout("10 seconds"),
+      Effect.map((r) => r.channels.find((c) => c.id === "matrix")),
+      Effect.either
+    )
     let last = "matrix channel not registered"
     let outcome: CheckResult | undefined
     const deadline = Date.now() + options.waitSeconds * 1000
     while (outcome === undefined) {
-      const channels = yield* client.control.channels().pipe(Effect.timeout("10 seconds"), Effect.either)
-      if (Either.isLeft(channels)) {
-        const d = describeClientError(channels.left)
-        const auth = d.kind === "unauthorized" || d.kind === "token-in-query"
-        outcome = {
-          status: "FAIL",
-          name: "Matrix runtime registration",
-          detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
-          nextStep: auth
-            ? "set CARAPACE_GATEWAY_TOKEN to the daemon's gateway.auth.token (gateway auth credentials) and rerun"
-            : DEFAULT_NEXT
-        }
+      const channel = yield* matrixChannel
+      if (Either.isLeft(channel)) {
+        outcome = refused("Matrix runtime registration", channel.left)
         break
       }
-      const m: ChannelInfo | undefined = channels.right.channels.find((c) => c.id === "matrix")
+      const m = channel.right
       if (m?.status === "connected") {
         outcome = { status: "PASS", name: "Matrix runtime registration", detail: "matrix channel is connected" }
       } else if (m?.status === "error") {
-        const kind = m.extra?.lastErrorKind
-        outcome = {
-          status: "FAIL",
-          name: "Matrix runtime registration",
-          detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
-          nextStep: (kind !== undefined ? REMEDIATION[kind] : undefined) ?? DEFAULT_NEXT
-        }
+        outcome = channelError("Matrix runtime registration", m)
       } else {
         if (m !== undefined) last = `matrix channel status \`${m.status}\``
         if (Date.now() >= deadline) {
@@ -162,7 +240,48 @@ export const runVerify = (options: VerifyOptions) =>
     yield* record(outcome)
     if (outcome.status === "FAIL") return checks
 
-    // 4. Matrix send path.
+    // 5. The start-up sequence: `connected` comes before the first sync, the cross-signing bootstrap and the
+    // removal of matrix.password from the config; the set-up is not verified until those are done.
+    const encrypted = matrix.value.encrypted
+    let startUp: CheckResult | undefined
+    let announced = false
+    const startDeadline = Date.now() + options.waitSeconds * 1000
+    while (startUp === undefined) {
+      const channel = yield* matrixChannel
+      if (Either.isLeft(channel)) {
+        startUp = refused("Matrix start-up", channel.left)
+      } else if (channel.right?.status === "error") {
+        startUp = channelError("Matrix start-up", channel.right)
+      } else {
+        startUp = startUpCheck(encrypted, channel.right?.extra)
+        if (startUp === undefined) {
+          if (Date.now() >= startDeadline) {
+            startUp = {
+              status: "FAIL",
+              name: "Matrix start-up",
+              detail: `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
+              nextStep: "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
+            }
+          } else {
+            if (!announced) yield* options.emit("first-start: bootstrapping cross-signing…")
+            announced = true
+            yield* Effect.sleep(Duration.millis(500))
+          }
+        }
+      }
+    }
+    yield* record(startUp)
+    if (startUp.status === "FAIL") return checks
+
+    // 6. The verification API (SAS flows are run through it).
+    const flows = yield* client.verification.list().pipe(Effect.timeout("10 seconds"), Effect.either)
+    const api: CheckResult = Either.isLeft(flows)
+      ? refused("Matrix verification API", flows.left)
+      : { status: "PASS", name: "Matrix verification API", detail: "daemon verification endpoint is reachable" }
+    yield* record(api)
+    if (api.status === "FAIL") return checks
+
+    // 7. Matrix send path.
     if (Option.isNone(options.matrixTo)) {
       yield* record({
         status: "SKIP",

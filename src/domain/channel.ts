@@ -48,7 +48,8 @@ export const MatrixChannelExtra = Schema.Struct({
   peerDropNotCrossSignedTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   deviceId: Schema.optional(Schema.String),
   userId: Schema.optional(Schema.String),
-  crossSigning: Schema.optional(Schema.Literal("unknown", "not-bootstrapped", "bootstrapped", "verified")),
+  /** `pending` from the start of the runtime until its start-up sequence (cross-signing, password removal) ends. */
+  crossSigning: Schema.optional(Schema.Literal("pending", "unknown", "not-bootstrapped", "bootstrapped", "verified")),
   firstRecoveryKeyMintedAt: Schema.optional(Schema.Number),
   lastErrorKind: Schema.optional(Schema.String)
 })

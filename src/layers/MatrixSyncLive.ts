@@ -1009,15 +1009,18 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     // After a restart the first sync is served from the saved sync data, before the homeserver answered
     // anything: the recovery-key start-up waits for a sync from the server (account data current; a
     // homeserver that is down delays it instead of failing it). Messages are answered meanwhile.
+    let crossSigning: "unknown" | "bootstrapped" | "verified" = "unknown"
     if (encryptedMode && Option.isSome(recovery)) {
       yield* Effect.raceFirst(Deferred.await(serverSync), Deferred.await(terminal))
-      yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
+      crossSigning = yield* recovery.value.afterFirstSync(client).pipe(Effect.mapError(recoveryFailure))
     }
     if (creds.mode === "password") {
       yield* secrets.removeMatrixPassword().pipe(
         Effect.mapError((e) => new MatrixError({ kind: "token-persistence", message: `failed to remove matrix.password after login: ${e.message}` }))
       )
     }
+    // the start-up sequence is over (`cara verify` waits for this, issue 17.6)
+    if (encryptedMode) yield* status.updateMatrix((x) => ({ ...x, crossSigning }))
     for (const room of client.getRooms()) {
       if (room.getMyMembership() === sdk.KnownMembership.Invite) yield* handleInvite(room)
     }
@@ -1081,6 +1084,7 @@ export const makeMatrixSync = (env: NodeJS.ProcessEnv = process.env) =>
 
     if (m !== undefined && m !== null && m.enabled) {
       yield* status.setState(CHANNEL_ID, "connecting")
+      if (m.encrypted) yield* status.updateMatrix((x) => ({ ...x, crossSigning: "pending" }))
       yield* Effect.forkScoped(
         Effect.scoped(runMatrix({ m, secrets, stateDir, status, agent, passphrase, outboundRef, sessionRef, env, dlq })).pipe(
           Effect.onExit((exit) =>

@@ -951,16 +951,14 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
         const verified = yield* Effect.promise(() =>
           client.getCrypto()?.getDeviceVerificationStatus(userId, deviceId) ?? Promise.resolve(null)
         ).pipe(Effect.map((s) => s?.crossSigningVerified === true), Effect.orElseSucceed(() => false))
-        yield* status.updateMatrix((x) => ({
-          ...x,
-          crossSigning: verified ? "verified" : "bootstrapped",
-          ...(mint.minted ? { firstRecoveryKeyMintedAt: mintedAt } : {})
-        }))
+        if (mint.minted) yield* status.updateMatrix((x) => ({ ...x, firstRecoveryKeyMintedAt: mintedAt }))
         if (usedPassword) {
           yield* secrets.removeMatrixPassword().pipe(
             Effect.catchAll((e) => Effect.logWarning(`removing matrix.password from the config after cross-signing failed: ${e.message}`))
           )
         }
+        // published by the runtime at the end of its start-up sequence (`crossSigning: pending` until then)
+        return verified ? "verified" as const : "bootstrapped" as const
       }).pipe(Effect.withSpan("RecoveryKey.afterFirstSync"))
 
     return {

@@ -34,6 +34,7 @@ import { ChannelStatus } from "../services/ChannelStatus.js"
 import { publishVerification, EventBus } from "../services/EventBus.js"
 import { StateDir } from "../services/StateDir.js"
 import { type VerificationAttachment, Verification, type VerificationShape } from "../services/Verification.js"
+import { type CryptoGate, GATE_HOLD_MS, installCryptoGate, makeGate } from "./cryptoGate.js"
 
 /** A flow with no change for this long is cancelled (on the peer too, best effort). */
 export const INACTIVITY_EXPIRY = Duration.minutes(10)
@@ -119,6 +120,24 @@ export const DEVICE_REFRESH_EVERY = Duration.seconds(30)
 /** To-device event type the bot sends to its own device to end the current /sync long-poll early. */
 const SYNC_NUDGE_TYPE = "org.cara.sync_nudge"
 
+/** The request's phase. The Rust wrapper throws in the instant between a peer's start and its verifier: started. */
+const phaseOf = (req: VerificationRequest): VerificationPhase => {
+  try {
+    return req.phase
+  } catch {
+    return VerificationPhase.Started
+  }
+}
+
+/** The request's current verifier (undefined outside phase Started, and in the instant described above). */
+const verifierOf = (req: VerificationRequest): Verifier | undefined => {
+  try {
+    return req.verifier
+  } catch {
+    return undefined
+  }
+}
+
 export const deriveState = (i: StateInputs): VerificationState => {
   if (i.mismatched) return "mismatched"
   switch (i.phase) {
@@ -162,6 +181,8 @@ interface Entry {
   sasFrom: ShowSasCallbacks | undefined
   /** The operator accepted (or started) the flow: SAS is started and answered without asking again. */
   engaged: boolean
+  /** Who starts SAS in this flow, decided once (see maybeStartSas); undefined until the request is ready. */
+  sasDecision: "deciding" | "bot" | "peer" | "failed" | undefined
   verifyCalled: Set<Verifier>
   confirmed: boolean
   mismatched: boolean
@@ -195,6 +216,15 @@ const sdkCall = <A>(what: string, f: () => Promise<A>) =>
     })
   )
 
+/** The Rust backend's sync entry point (not in the public CryptoApi), used to process a dropped request again. */
+type ProcessSyncChanges = (changes: { toDeviceEvents: Array<object>; useMsc4186?: boolean }) => Promise<unknown>
+
+/** Adds to a bounded insertion-ordered set (the oldest entry goes first). */
+const remember = (set: Set<string>, key: string) => {
+  set.add(key)
+  while (set.size > HANDLED_MAX) set.delete(set.values().next().value as string)
+}
+
 export const makeVerification = Effect.gen(function*() {
   const bus = yield* EventBus
   const status = yield* ChannelStatus
@@ -206,6 +236,12 @@ export const makeVerification = Effect.gen(function*() {
   /** Completed syncs of the attached client (the Rust machine drops finished flows at the start of each). */
   let syncCount = 0
   const byRequest = new WeakMap<VerificationRequest, string>()
+  /** Serialises the bot's SAS start with the SDK's processing of peer events; replaced by attach. */
+  let gate: CryptoGate = { ...makeGate(), wrapsSdk: false, uninstall: () => undefined }
+  /** Transaction ids of to-device requests the SDK announced (so a dropped one is recognised). */
+  const announced = new Set<string>()
+  /** Dropped to-device requests already fed to the crypto again (one retry each). */
+  const refed = new Set<string>()
   const attached = yield* Ref.make(Option.none<VerificationAttachment>())
   // SDK callbacks only enqueue; one fiber applies them in order, so events of a flow are published in order.
   const work = yield* Queue.unbounded<Effect.Effect<void>>()
@@ -249,7 +285,7 @@ export const makeVerification = Effect.gen(function*() {
     if (e.forced !== undefined) return e.forced
     if (e.request === undefined) return e.record.state
     return deriveState({
-      phase: e.request.phase,
+      phase: phaseOf(e.request),
       hasVerifier: e.verifier !== undefined,
       verifyCalled: e.verifier !== undefined && e.verifyCalled.has(e.verifier),
       sasCaptured: e.sas !== undefined,
@@ -263,7 +299,7 @@ export const makeVerification = Effect.gen(function*() {
     Effect.gen(function*() {
       if (isTerminal(e.record.state)) return
       // glare: the SDK may have replaced the verifier inside the same request
-      const current = e.request?.verifier
+      const current = e.request === undefined ? undefined : verifierOf(e.request)
       if (current !== undefined && current !== e.verifier) attachVerifier(e, current)
       if (e.request !== undefined && e.engaged) maybeStartSas(e)
       const state = currentState(e)
@@ -313,18 +349,34 @@ export const makeVerification = Effect.gen(function*() {
     if (e.engaged) callVerify(e, v)
   }
 
-  const starting = new WeakSet<Entry>()
+  /**
+   * The one decision point per flow on who starts SAS (issue 17.5). The quick check outside the gate only
+   * avoids queueing needless work; the check that counts runs inside the gate, where no peer event can be
+   * processed until the bot's start has been sent (see cryptoGate.ts). A flow is decided once: after the peer
+   * started (or the bot did), the bot never starts again, whatever the request does next.
+   */
   function maybeStartSas(e: Entry) {
     const req = e.request
-    if (req === undefined || req.phase !== VerificationPhase.Ready || req.verifier !== undefined || starting.has(e)) return
+    if (req === undefined || e.sasDecision !== undefined) return
+    if (phaseOf(req) !== VerificationPhase.Ready || verifierOf(req) !== undefined) return
     if (!req.otherPartySupportsMethod("m.sas.v1")) return
-    starting.add(e)
-    req.startVerification("m.sas.v1").then(
-      (v) => {
-        if (e.verifier !== v && req.verifier === v) attachVerifier(e, v)
+    e.sasDecision = "deciding"
+    gate.run(async () => {
+      const phase = phaseOf(req)
+      if (phase === VerificationPhase.Ready && verifierOf(req) === undefined) {
+        const v = await req.startVerification("m.sas.v1")
+        return { decision: "bot" as const, verifier: v }
+      }
+      // started by the peer (or moved on while the flow waited for the gate); still ready-less: decide later
+      return { decision: phase === VerificationPhase.Requested ? undefined : "peer" as const, verifier: undefined }
+    }, GATE_HOLD_MS).then(
+      ({ decision, verifier }) => {
+        e.sasDecision = decision
+        if (verifier !== undefined && e.verifier !== verifier && verifierOf(req) === verifier) attachVerifier(e, verifier)
         refreshLater(e)
       },
       (err: unknown) => {
+        e.sasDecision = "failed"
         fork(Effect.logWarning(`starting SAS failed: ${describe(err)}`))
         refreshLater(e)
       }
@@ -337,7 +389,7 @@ export const makeVerification = Effect.gen(function*() {
     const onChange = () => {
       try {
         refreshLater(e)
-        if (req.phase === VerificationPhase.Cancelled || req.phase === VerificationPhase.Done) {
+        if (phaseOf(req) === VerificationPhase.Cancelled || phaseOf(req) === VerificationPhase.Done) {
           req.off(VerificationRequestEvent.Change, onChange)
         }
       } catch (err) {
@@ -345,7 +397,8 @@ export const makeVerification = Effect.gen(function*() {
       }
     }
     req.on(VerificationRequestEvent.Change, onChange)
-    if (req.verifier !== undefined) attachVerifier(e, req.verifier)
+    const v = verifierOf(req)
+    if (v !== undefined) attachVerifier(e, v)
   }
 
   /** Makes room for one more record: drop the oldest terminal one, else the same peer's oldest `requested`. */
@@ -392,6 +445,7 @@ export const makeVerification = Effect.gen(function*() {
         sas: undefined,
         sasFrom: undefined,
         engaged,
+        sasDecision: undefined,
         verifyCalled: new Set(),
         confirmed: false,
         mismatched: false,
@@ -433,7 +487,7 @@ export const makeVerification = Effect.gen(function*() {
         yield* Effect.logDebug("ignoring a verification request already handled before").pipe(Effect.annotateLogs({ protocolFlowId: sanitizeDisplay(id) }))
         return
       }
-      if (req.phase === VerificationPhase.Cancelled || req.phase === VerificationPhase.Done) return
+      if (phaseOf(req) === VerificationPhase.Cancelled || phaseOf(req) === VerificationPhase.Done) return
       yield* rememberHandled(id)
       const e = yield* insert(req, id, false)
       if (Option.isSome(e)) {
@@ -455,7 +509,7 @@ export const makeVerification = Effect.gen(function*() {
       if (isTerminal(e.record.state)) continue
       if (now - e.record.updatedAt >= Duration.toMillis(INACTIVITY_EXPIRY)) {
         const req = e.request
-        if (req !== undefined && req.phase !== VerificationPhase.Cancelled && req.phase !== VerificationPhase.Done) {
+        if (req !== undefined && phaseOf(req) !== VerificationPhase.Cancelled && phaseOf(req) !== VerificationPhase.Done) {
           req.cancel().catch(() => undefined)
         }
         e.forced = "cancelled"
@@ -467,7 +521,10 @@ export const makeVerification = Effect.gen(function*() {
     }
   })
 
-  yield* Effect.forkScoped(Effect.forever(Effect.flatten(Queue.take(work))))
+  // one item's defect (a throwing SDK getter, say) must not stop the worker, or every later flow would stall
+  yield* Effect.forkScoped(Effect.forever(Effect.flatten(Queue.take(work)).pipe(
+    Effect.catchAllCause((c) => Effect.logError("a verification work item failed", c))
+  )))
   yield* Effect.forkScoped(Effect.repeat(sweep, Schedule.spaced(SWEEP_EVERY)))
 
   // --- the API ---------------------------------------------------------------------------------------
@@ -495,7 +552,7 @@ export const makeVerification = Effect.gen(function*() {
       const req = e.request
       if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "accept", "the SDK no longer knows this flow")
       e.engaged = true
-      if (req.phase === VerificationPhase.Requested && !req.initiatedByMe) yield* sdkCall("accept", () => req.accept())
+      if (phaseOf(req) === VerificationPhase.Requested && !req.initiatedByMe) yield* sdkCall("accept", () => req.accept())
       if (e.verifier !== undefined) callVerify(e, e.verifier)
       yield* refresh(e)
       return e.record
@@ -531,7 +588,7 @@ export const makeVerification = Effect.gen(function*() {
       if (isTerminal(e.record.state)) return e.record
       const req = e.request
       if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "cancel", "the SDK no longer knows this flow")
-      if (req.phase !== VerificationPhase.Cancelled && req.phase !== VerificationPhase.Done) {
+      if (phaseOf(req) !== VerificationPhase.Cancelled && phaseOf(req) !== VerificationPhase.Done) {
         yield* sdkCall("cancel", () => req.cancel())
       }
       if (currentState(e) !== "cancelled" && currentState(e) !== "done") e.forced = "cancelled"
@@ -684,6 +741,9 @@ export const makeVerification = Effect.gen(function*() {
       Effect.gen(function*() {
         const onReq = (req: VerificationRequest) => {
           try {
+            // synchronously, before the sync's ToDeviceEvent for the same request (see onToDevice)
+            const id = req.roomId === undefined ? req.transactionId : undefined
+            if (id !== undefined) remember(announced, `${req.otherUserId}\0${id}`)
             enqueue(onRequest(req, a))
           } catch {
             // never throw into the SDK's sync processing
@@ -697,20 +757,26 @@ export const makeVerification = Effect.gen(function*() {
             // as above
           }
         }
-        // A request from a device the machine does not know is dropped by it; refresh that user's devices at
-        // once, so the person's retry works (instead of after the next periodic refresh).
+        // The SDK emits a sync's to-device events after the crypto processed them, and announces a request
+        // (VerificationRequestReceived) during that processing: a request seen here but never announced was
+        // dropped by the Rust machine, which it does for a device it does not know yet (issue 17.4).
         const onToDevice = (ev: MatrixEvent) => {
           try {
             if (ev.getType() !== "m.key.verification.request") return
             const sender = ev.getSender()
             if (sender === undefined || !a.isAllowed(sender)) return
-            const from = (ev.getContent() as { from_device?: unknown }).from_device
-            if (typeof from !== "string") return
-            enqueue(refreshIfUnknown(a, sender, from))
+            const content = ev.getContent() as { from_device?: unknown; transaction_id?: unknown }
+            const from = content.from_device
+            const txn = content.transaction_id
+            if (typeof from !== "string" || typeof txn !== "string") return
+            if (announced.has(`${sender}\0${txn}`)) return
+            enqueue(Effect.asVoid(Effect.forkDaemon(refeedDropped(a, { sender, type: ev.getType(), content: ev.getContent() }, from, txn))))
           } catch {
             // as above
           }
         }
+        gate = installCryptoGate(a.client)
+        if (!gate.wrapsSdk) yield* Effect.logDebug("the crypto backend has no sync entry points to serialise; SAS start is serialised only with itself")
         a.client.on(CryptoEvent.VerificationRequestReceived, onReq)
         a.client.on(ClientEvent.Sync, onSync)
         a.client.on(ClientEvent.ToDeviceEvent, onToDevice)
@@ -729,6 +795,8 @@ export const makeVerification = Effect.gen(function*() {
           a.client.off(CryptoEvent.VerificationRequestReceived, onReq)
           a.client.off(ClientEvent.Sync, onSync)
           a.client.off(ClientEvent.ToDeviceEvent, onToDevice)
+          gate.uninstall()
+          gate = { ...makeGate(), wrapsSdk: false, uninstall: () => undefined }
           yield* Ref.set(attached, Option.none())
         })
     ).pipe(
@@ -741,25 +809,63 @@ export const makeVerification = Effect.gen(function*() {
       Effect.asVoid
     )
 
-  const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
-    Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(
-      Effect.timeout(SDK_TIMEOUT),
-      Effect.catchAllCause((c) => Effect.logDebug("refreshing the allowlisted users' devices failed", c))
+  /** The device ids the crypto knows for `users` (no download). */
+  const knownDevices = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
+    Effect.tryPromise(() => a.client.getCrypto()?.getUserDeviceInfo([...users], false) ?? Promise.resolve(new Map())).pipe(
+      Effect.map((m) => new Set([...m].flatMap(([u, ds]) => [...ds.keys()].map((d) => `${u}\0${d}`)))),
+      Effect.orElseSucceed(() => new Set<string>())
     )
 
-  const refreshIfUnknown = (a: VerificationAttachment, userId: string, deviceId: string) =>
+  /** The periodic refresh; a device it finds is logged (the person can verify it from now on). */
+  const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
     Effect.gen(function*() {
-      const crypto = a.client.getCrypto()
-      if (crypto === undefined) return
-      const known = yield* Effect.tryPromise(() => crypto.getUserDeviceInfo([userId], false)).pipe(
-        Effect.map((m) => m.get(userId)?.has(deviceId) ?? false),
-        Effect.orElseSucceed(() => true)
+      const before = yield* knownDevices(a, users)
+      yield* Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(Effect.timeout(SDK_TIMEOUT))
+      if (before.size === 0) return
+      for (const key of yield* knownDevices(a, users)) {
+        if (before.has(key)) continue
+        const [user = "", device = ""] = key.split("\0")
+        yield* Effect.logInfo("Matrix device list refresh: new device of an allowlisted user").pipe(
+          Effect.annotateLogs({ peer: sanitizeUserId(user), device: sanitizeDisplay(device) })
+        )
+      }
+    }).pipe(Effect.catchAllCause((c) => Effect.logDebug("refreshing the allowlisted users' devices failed", c)))
+
+  /**
+   * A to-device request the Rust machine dropped (its device was unknown): refresh the sender's device list,
+   * then hand the same event to the crypto once more, so the person's first request is answered. Once per
+   * request; only for allowlisted senders (checked by the caller).
+   */
+  const refeedDropped = (a: VerificationAttachment, raw: { sender: string; type: string; content: object }, deviceId: string, txn: string) =>
+    Effect.gen(function*() {
+      const key = `${raw.sender}\0${txn}`
+      if (announced.has(key) || refed.has(key)) return
+      remember(refed, key)
+      const crypto = a.client.getCrypto() as (ReturnType<MatrixClient["getCrypto"]> & { processSyncChanges?: ProcessSyncChanges }) | undefined
+      const feed = crypto?.processSyncChanges
+      if (crypto === undefined || feed === undefined) return
+      const log = (level: "Info" | "Warning", text: string) =>
+        (level === "Info" ? Effect.logInfo(text) : Effect.logWarning(text)).pipe(
+          Effect.annotateLogs({ peer: sanitizeUserId(raw.sender), device: sanitizeDisplay(deviceId) })
+        )
+      yield* log("Info", "Matrix verification request from a device the bot did not know yet; refreshing that user's devices and processing the request again")
+      yield* Effect.tryPromise(() => refreshUsers(a.client, [raw.sender])).pipe(
+        Effect.timeout(SDK_TIMEOUT),
+        Effect.catchAllCause((c) => Effect.logWarning("refreshing the requester's devices failed", c))
       )
-      if (known) return
-      yield* Effect.logInfo("Matrix verification request from a device the bot did not know yet; its device list is refreshed, ask the person to retry").pipe(
-        Effect.annotateLogs({ peer: sanitizeUserId(userId), device: sanitizeDisplay(deviceId) })
+      const known = yield* Effect.tryPromise(() => crypto.getUserDeviceInfo([raw.sender], false)).pipe(
+        Effect.map((m) => m.get(raw.sender)?.has(deviceId) ?? false),
+        Effect.orElseSucceed(() => false)
       )
-      yield* Effect.forkDaemon(refreshAllowed(a, [userId]))
+      if (!known) {
+        return yield* log("Warning", "Matrix verification request from a device the homeserver does not list for its user; it cannot be answered. Ask the person to check that the device is signed in, then retry")
+      }
+      // through the gate like any sync (cryptoGate.ts); the MSC4186 variant leaves the one-time key counts alone
+      yield* Effect.tryPromise(() => feed.call(crypto, { toDeviceEvents: [raw], useMsc4186: true })).pipe(
+        Effect.timeout(SDK_TIMEOUT),
+        Effect.catchAllCause((c) => Effect.logWarning("processing the verification request again failed", c))
+      )
+      if (!announced.has(key)) yield* log("Warning", "Matrix verification request dropped again by the encryption library; ask the person to retry")
     })
 
   return {

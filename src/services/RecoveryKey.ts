@@ -17,8 +17,9 @@ export interface RecoveryKeyShape {
   /**
    * Restore from `recovery_key`, bootstrap cross-signing (password UIA once, then removed from the config),
    * sign our own device, first mint. Never creates a new cross-signing identity over an existing one.
+   * Returns the cross-signing state; the runtime publishes it once its whole start-up sequence is done.
    */
-  readonly afterFirstSync: (client: MatrixClient) => Effect.Effect<void, RecoveryKeyError>
+  readonly afterFirstSync: (client: MatrixClient) => Effect.Effect<"bootstrapped" | "verified", RecoveryKeyError>
 }
 
 export class RecoveryKey extends Context.Tag("cara/RecoveryKey")<RecoveryKey, RecoveryKeyShape>() {}

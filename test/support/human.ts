@@ -247,6 +247,27 @@ export class HumanVerification {
     if (verifier !== this.verifier) this.attach(verifier)
   }
 
+  /**
+   * Like a fast client (or an impatient person): sends m.key.verification.start in the same tick the peer's
+   * ready is processed, without waiting for the peer to start. Call before the peer can be ready.
+   */
+  startSasOnReady(): void {
+    let fired = false
+    const onChange = () => {
+      if (fired || this.request.phase !== VerificationPhase.Ready) return
+      fired = true
+      this.request.off(VerificationRequestEvent.Change, onChange)
+      this.startSas().catch((e) => {
+        this.startOnReadyError = errorText(e)
+      })
+    }
+    this.request.on(VerificationRequestEvent.Change, onChange)
+    onChange()
+  }
+
+  /** Why the start sent by startSasOnReady failed, if it did. */
+  startOnReadyError: string | undefined
+
   /** The SAS once both sides have exchanged keys: 7 emoji and 3 numbers. */
   async waitForSas(timeoutMs = 20_000): Promise<SasValues> {
     const sas = await new Promise<ShowSasCallbacks>((resolve, reject) => {

@@ -116,18 +116,35 @@ export class FakeRequest extends EventEmitter {
     this.emit(VerificationRequestEvent.Change)
   }
 
+  /** Called right after the bot's ready went out (a fast peer answers it with its start). */
+  onReady: (() => void) | undefined
+
   async accept() {
     this.acceptCalls++
     this.set(VerificationPhase.Ready)
+    this.onReady?.()
   }
 
+  /**
+   * Like the SDK: it yields (a device lookup) before the Rust start. Starting SAS in a flow the peer already
+   * started opens a second SAS in it, which the Rust crypto ends with an m.user cancel (issue 17.5).
+   */
   async startVerification(_method: string) {
     this.startCalls++
+    await new Promise((r) => setTimeout(r, 1))
+    if (this.phase === VerificationPhase.Started) {
+      this.cancelWith("m.user")
+      throw new Error("Still no verifier after startSas() call")
+    }
     const v = new FakeVerifier(this)
     this.verifier = v
+    this.startedByBot = true
     this.set(VerificationPhase.Started)
     return v
   }
+
+  /** The bot's start went out (not the peer's). */
+  startedByBot = false
 
   /** The peer sent (another) m.key.verification.start: the SDK swaps in a new verifier (glare). */
   peerStart(): FakeVerifier {
@@ -137,6 +154,11 @@ export class FakeRequest extends EventEmitter {
     old?.finish(false)
     this.set(VerificationPhase.Started)
     return v
+  }
+
+  /** How the crypto handles a peer's start event: ignored before ready (like Rust), glare after a start. */
+  receivePeerStart() {
+    if (this.phase === VerificationPhase.Ready || this.phase === VerificationPhase.Started) this.peerStart()
   }
 
   peerReady() {
@@ -168,8 +190,21 @@ export interface FakeDevice {
   readonly verified?: boolean
 }
 
+/** A to-device event as the SDK hands it to ClientEvent.ToDeviceEvent listeners. */
+export interface RawToDevice {
+  readonly sender: string
+  readonly type: string
+  readonly content: Record<string, unknown>
+}
+
+const asMatrixEvent = (raw: RawToDevice) => ({ getType: () => raw.type, getSender: () => raw.sender, getContent: () => raw.content })
+
 export class FakeClient extends EventEmitter {
   readonly requested: Array<FakeRequest> = []
+  /** Peer requests the "machine" accepted, by transaction id. */
+  readonly incoming = new Map<string, FakeRequest>()
+  /** Every to-device event given to processSyncChanges, in order (the re-fed ones included). */
+  readonly processed: Array<RawToDevice> = []
   devices = new Map<string, Array<FakeDevice>>()
   /** Devices the server has but the "machine" learns only on a device-list refresh. */
   serverOnlyDevices = new Map<string, Array<FakeDevice>>()
@@ -203,30 +238,64 @@ export class FakeClient extends EventEmitter {
     this.emit(CryptoEvent.VerificationRequestReceived, req)
   }
 
+  /**
+   * One sync's to-device events, as the SDK handles them: through the crypto's processSyncChanges (looked up
+   * on the crypto object at call time, as the SDK does), then each event to ToDeviceEvent listeners.
+   */
+  async syncToDevice(events: ReadonlyArray<RawToDevice>) {
+    const crypto = this.crypto as unknown as { processSyncChanges: (c: { toDeviceEvents: Array<RawToDevice> }) => Promise<Array<RawToDevice>> }
+    const received = await crypto.processSyncChanges({ toDeviceEvents: [...events] })
+    for (const raw of received) this.emit(ClientEvent.ToDeviceEvent, asMatrixEvent(raw))
+    this.completeSync()
+  }
+
+  /** The machine's handling: a request from an unknown device is dropped; a start moves its request on. */
+  private readonly handleToDevice = (raw: RawToDevice) => {
+    this.processed.push(raw)
+    const txn = String(raw.content["transaction_id"])
+    if (raw.type === "m.key.verification.request") {
+      const from = String(raw.content["from_device"])
+      if (!(this.devices.get(raw.sender) ?? []).some((d) => d.deviceId === from)) return
+      const req = new FakeRequest(raw.sender, txn, { deviceId: from })
+      this.incoming.set(txn, req)
+      this.receive(req)
+    } else if (raw.type === "m.key.verification.start") {
+      this.incoming.get(txn)?.receivePeerStart()
+    }
+  }
+
   getRooms() {
     return []
   }
 
   getCrypto() {
-    return {
-      getUserDeviceInfo: async (users: Array<string>) =>
-        new Map(users.map((u) => [u, new Map((this.devices.get(u) ?? []).map((d) => [d.deviceId, { deviceId: d.deviceId, displayName: d.displayName }]))])),
-      getDeviceVerificationStatus: async (u: string, d: string) => {
-        const dev = (this.devices.get(u) ?? []).find((x) => x.deviceId === d)
-        return dev === undefined ? null : { isVerified: () => dev.verified === true }
-      },
-      markAllTrackedUsersAsDirty: async () => {
-        this.refreshes++
-        for (const [u, extra] of this.serverOnlyDevices) this.devices.set(u, [...(this.devices.get(u) ?? []), ...extra])
-        this.serverOnlyDevices.clear()
-      },
-      requestDeviceVerification: async (u: string, d: string) => {
-        this.syncsAtRequest.push(this.syncs)
-        const r = new FakeRequest(u, `txn-bot-${this.requested.length}`, { deviceId: d, initiatedByMe: true })
-        r.phase = VerificationPhase.Requested
-        this.requested.push(r)
-        return r
-      }
+    return this.crypto
+  }
+
+  readonly crypto = {
+    processSyncChanges: async (changes: { toDeviceEvents: Array<RawToDevice> }) => {
+      // the Rust machine's processing is asynchronous too
+      await new Promise((r) => setTimeout(r, 0))
+      for (const raw of changes.toDeviceEvents) this.handleToDevice(raw)
+      return changes.toDeviceEvents
+    },
+    getUserDeviceInfo: async (users: Array<string>) =>
+      new Map(users.map((u) => [u, new Map((this.devices.get(u) ?? []).map((d) => [d.deviceId, { deviceId: d.deviceId, displayName: d.displayName }]))])),
+    getDeviceVerificationStatus: async (u: string, d: string) => {
+      const dev = (this.devices.get(u) ?? []).find((x) => x.deviceId === d)
+      return dev === undefined ? null : { isVerified: () => dev.verified === true }
+    },
+    markAllTrackedUsersAsDirty: async () => {
+      this.refreshes++
+      for (const [u, extra] of this.serverOnlyDevices) this.devices.set(u, [...(this.devices.get(u) ?? []), ...extra])
+      this.serverOnlyDevices.clear()
+    },
+    requestDeviceVerification: async (u: string, d: string) => {
+      this.syncsAtRequest.push(this.syncs)
+      const r = new FakeRequest(u, `txn-bot-${this.requested.length}`, { deviceId: d, initiatedByMe: true })
+      r.phase = VerificationPhase.Requested
+      this.requested.push(r)
+      return r
     }
   }
 

@@ -12,7 +12,7 @@ import { deriveState, HANDLED_FILE, VerificationLive } from "../../src/layers/Ve
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../../src/services/EventBus.js"
 import { Verification } from "../../src/services/Verification.js"
-import { FakeClient, FakeRequest } from "./verification-fakes.js"
+import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
@@ -57,6 +57,19 @@ const listedOne = until((l) => l.length === 1)
 const attachFake = (client: FakeClient, allowed: ReadonlyArray<string> = [ALICE]) =>
   Effect.flatMap(Verification, (v) =>
     v.attach({ client: client.asClient(), botUserId: client.userId, isAllowed: (u) => allowed.includes(u) }))
+
+const requestFrom = (sender: string, device: string, txn: string): RawToDevice => ({
+  sender,
+  type: "m.key.verification.request",
+  content: { from_device: device, transaction_id: txn, methods: ["m.sas.v1"], timestamp: Date.now() }
+})
+const startFrom = (sender: string, device: string, txn: string): RawToDevice => ({
+  sender,
+  type: "m.key.verification.start",
+  content: { from_device: device, transaction_id: txn, method: "m.sas.v1" }
+})
+const sync = (client: FakeClient, ...events: Array<RawToDevice>) => Effect.promise(() => client.syncToDevice(events))
+const timesProcessed = (client: FakeClient, txn: string) => client.processed.filter((e) => e.content["transaction_id"] === txn).length
 
 const only = (flows: ReadonlyArray<VerificationFlow>) => {
   expect(flows).toHaveLength(1)
@@ -416,5 +429,76 @@ describe("verification registry", () => {
       expect(client.listenerCount("crypto.verificationRequestReceived")).toBe(0)
       const r = yield* Effect.either(v.devices)
       expect(Either.isLeft(r) && r.left.kind).toBe("not-connected")
+    }).pipe(Effect.provide(world(tmp()))))
+
+  it.scoped("a to-device request from an allowlisted user's device the bot does not know yet is processed after one refresh of their devices", () =>
+    Effect.gen(function*() {
+      const client = new FakeClient(BOT)
+      client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
+      client.serverOnlyDevices.set(ALICE, [{ deviceId: "PHONE" }])
+      client.serverOnlyDevices.set(MALLORY, [{ deviceId: "MDEV" }])
+      yield* attachFake(client)
+
+      // the machine drops the first delivery (unknown device); the registry refreshes and feeds it again
+      yield* sync(client, requestFrom(ALICE, "PHONE", "txn-phone"))
+      const listed = (yield* until((l) => l.some((f) => f.protocolFlowId === "txn-phone"))).find((f) => f.protocolFlowId === "txn-phone")
+      expect(listed).toMatchObject({ userId: ALICE, deviceId: "PHONE", state: "requested" })
+      expect(client.refreshes).toBe(1)
+      expect(timesProcessed(client, "txn-phone")).toBe(2)
+
+      // someone outside the allowlist: no refresh, nothing fed again; a known device: processed once
+      yield* sync(client, requestFrom(MALLORY, "MDEV", "txn-mallory"), requestFrom(ALICE, "ALICEDEV", "txn-known"))
+      yield* until((l) => l.some((f) => f.protocolFlowId === "txn-known"))
+      yield* settle
+      expect(timesProcessed(client, "txn-mallory")).toBe(1)
+      expect(timesProcessed(client, "txn-known")).toBe(1)
+      expect(client.refreshes).toBe(1)
+
+      // a device the homeserver does not list either: one refresh, not fed again, and only once per request
+      yield* sync(client, requestFrom(ALICE, "GHOST", "txn-ghost"))
+      for (let i = 0; i < 400 && client.refreshes < 2; i++) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+      yield* sync(client, requestFrom(ALICE, "GHOST", "txn-ghost"))
+      yield* settle
+      expect(client.refreshes).toBe(2)
+      expect(timesProcessed(client, "txn-ghost")).toBe(2) // the two syncs, nothing fed again
+      expect((yield* Verification.pipe(Effect.flatMap((v) => v.list))).map((f) => f.protocolFlowId).sort()).toEqual(["txn-known", "txn-phone"])
+    }).pipe(Effect.provide(world(tmp()))))
+
+  it.scopedLive("accept, then the peer's start right after ready: one SAS decision per flow, never a second start, no cancel (50 rounds)", () =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
+      yield* attachFake(client)
+      let peerWasFirst = 0
+      let botWasFirst = 0
+      for (let round = 0; round < 50; round++) {
+        const txn = `txn-race-${round}`
+        yield* sync(client, requestFrom(ALICE, "ALICEDEV", txn))
+        const flow = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) => f.protocolFlowId === txn)!
+        const req = client.incoming.get(txn)!
+        // the peer's client answers the bot's ready with its start at once; how soon it lands varies by round
+        req.onReady = () => {
+          const send = () => void client.syncToDevice([startFrom(ALICE, "ALICEDEV", txn)])
+          if (round % 3 === 0) send()
+          else setTimeout(send, round % 3)
+        }
+        yield* v.accept(flow.flowId)
+        for (let i = 0; i < 400 && timesProcessed(client, txn) < 2; i++) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 2)))
+        yield* settle
+        expect(req.cancellationCode, `round ${round}`).toBeNull()
+        expect(req.startCalls, `round ${round}`).toBeLessThanOrEqual(1)
+        expect(req.verifier?.verifyCalls, `round ${round}`).toBe(1)
+        if (req.startCalls === 0) peerWasFirst++
+        else botWasFirst++
+        req.verifier!.showSas()
+        yield* settle
+        yield* v.confirm(flow.flowId, true)
+        req.done()
+        yield* until((l) => l.find((f) => f.flowId === flow.flowId)?.state === "done")
+      }
+      // both orders came up, so the loop did exercise the race from both sides
+      expect(peerWasFirst).toBeGreaterThan(0)
+      expect(botWasFirst).toBeGreaterThan(0)
     }).pipe(Effect.provide(world(tmp()))))
 })
