@@ -1,3 +1,5 @@
+import * as dns from "node:dns/promises"
+import * as net from "node:net"
 import { Options } from "@effect/cli"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest } from "@effect/platform"
 import { Effect, Option, Redacted, Schema } from "effect"
@@ -22,7 +24,31 @@ export interface GatewayTarget {
   readonly config: Option.Option<CaraConfig>
 }
 
-const isLoopback = (host: string) => host === "localhost" || host === "::1" || host === "[::1]" || /^127\./.test(host)
+/** A literal loopback address: 127.0.0.0/8 or ::1 (bracketed or not). Names other than `localhost` never are. */
+export const isLoopbackLiteral = (host: string): boolean => {
+  const bare = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
+  if (net.isIPv4(bare)) return bare.split(".")[0] === "127"
+  return net.isIPv6(bare) && (bare === "::1" || /^(0{1,4}:){7}0{0,3}1$/.test(bare) || bare === "0:0:0:0:0:0:0:1")
+}
+
+/**
+ * Whether the bearer may go to `host`: a literal loopback address, or exactly `localhost` when every address
+ * it resolves to is loopback (a hosts file can point it elsewhere). `127.attacker.example` is a name, not an
+ * address, and is refused however it resolves.
+ */
+export const isLoopbackTarget = (
+  host: string,
+  resolve: (name: string) => Promise<ReadonlyArray<string>> = async (name) =>
+    (await dns.lookup(name, { all: true, verbatim: true })).map((a) => a.address)
+) =>
+  isLoopbackLiteral(host)
+    ? Effect.succeed(true)
+    : host.toLowerCase() !== "localhost"
+    ? Effect.succeed(false)
+    : Effect.tryPromise(() => resolve(host)).pipe(
+      Effect.map((addresses) => addresses.length > 0 && addresses.every(isLoopbackLiteral)),
+      Effect.orElseSucceed(() => false)
+    )
 
 /**
  * Where the daemon is and how to authenticate: flags, then the config (`gateway.port`), then defaults.
@@ -57,7 +83,7 @@ export const baseUrl = (t: GatewayTarget) => `http://${t.host.includes(":") && !
  */
 export const gatewayClient = (t: GatewayTarget) =>
   Effect.gen(function*() {
-    if (Option.isSome(t.token) && !isLoopback(t.host)) {
+    if (Option.isSome(t.token) && !(yield* isLoopbackTarget(t.host))) {
       return yield* new GatewayClientError({
         kind: "gateway-plaintext-remote",
         message: `refusing to send the gateway credential over plaintext HTTP to non-loopback host '${t.host}'. ` +
@@ -76,12 +102,34 @@ export const gatewayClient = (t: GatewayTarget) =>
 /** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
 export const terminalSafe = (s: string) => s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "")
 
+/** The HTTP status of each error class of the API contract (src/domain/api.ts), by its tag. */
+const API_ERROR_STATUS: Readonly<Record<string, number>> = {
+  BadRequest: 400,
+  Unauthorized: 401,
+  Forbidden: 403,
+  NotFound: 404,
+  UnsupportedMediaType: 415,
+  TooManyRequests: 429,
+  BadGateway: 502,
+  ServiceUnavailable: 503,
+  VerificationFlowNotFound: 404,
+  VerificationTargetNotFound: 404,
+  VerificationFlowNotReady: 409,
+  VerificationFlowTerminal: 410,
+  InvalidVerificationUser: 422,
+  VerificationFailed: 502,
+  VerificationTimeout: 504
+}
+
 /** A transport or API failure as one line, without the URL (it may carry a path the operator typed). */
 export const describeClientError = (e: unknown): { readonly kind?: string; readonly message: string } => {
   if (typeof e === "object" && e !== null) {
     const tagged = e as { _tag?: string; kind?: unknown; message?: unknown; reason?: unknown; cause?: unknown }
     if (typeof tagged.kind === "string" && typeof tagged.message === "string") {
-      return { kind: tagged.kind, message: terminalSafe(tagged.message) }
+      // An answer of the daemon's API reads as the seed writes it: `409 VerificationFlowNotReady: …`.
+      const status = typeof tagged._tag === "string" ? API_ERROR_STATUS[tagged._tag] : undefined
+      const text = terminalSafe(tagged.message)
+      return { kind: tagged.kind, message: status === undefined ? text : `${status} ${tagged._tag}: ${text}` }
     }
     if (tagged._tag === "RequestError") {
       // fetch wraps the socket error (ECONNREFUSED, ...) a level or two down the cause chain.

@@ -14,14 +14,14 @@ import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { Effect, Layer, Option, Redacted, type Scope } from "effect"
+import { Effect, Layer, Option, Redacted, Schema, type Scope } from "effect"
 import {
   EncryptedStateIoError,
   INSTALLATION_ID_FILE,
   InstallationIdError,
   interruptedRekey,
   LOCK_FILE,
-  type LockHolderKind,
+  LockHolderKind,
   MARKER_FILE,
   missingStoreSecret,
   MissingStoreSecretError,
@@ -254,7 +254,8 @@ const liveHolder = (root: string): HolderRecord | undefined => {
   try {
     const r = JSON.parse(read.text) as Partial<HolderRecord>
     if (typeof r.pid !== "number" || !Number.isInteger(r.pid) || r.pid <= 0) return undefined
-    if (r.holder !== "daemon" && r.holder !== "rekey-store" && r.holder !== "recovery-key") return undefined
+    // every kind the schema knows (doctor included): a hand-kept list here once forgot one
+    if (!Schema.is(LockHolderKind)(r.holder)) return undefined
     if (!isAlive(r.pid)) return undefined
     const now = processStartTime(r.pid)
     if (r.startTime !== undefined && now !== undefined && now !== r.startTime) return undefined

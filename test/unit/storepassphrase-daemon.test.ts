@@ -1,5 +1,6 @@
 // The daemon holds `.matrix-rekey.lock` for its whole life: a second daemon and `rekey-store` are refused
 // with a message that names it; once it stops (cleanly or SIGKILLed) the lock is free again.
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
@@ -52,4 +53,36 @@ describe("the daemon and the maintenance lock", () => {
     running = undefined
     expect(fs.existsSync(path.join(root, ".matrix-rekey.lock.holder"))).toBe(false) // a clean stop removes the sidecar
   }, 90_000)
+
+  it("a daemon started while `cara doctor` holds the lock is refused and names doctor as the holder (#17.7)", async () => {
+    const root = tempRoot(gatewayOnly)
+    const env = cleanEnv(root, { ...BASE_ENV, CARAPACE_CONFIG_PASSWORD: PASSWORD })
+    // hold the lock under doctor's name, as `cara doctor` does while it opens the stores
+    const holderScript = `
+      const { Effect } = await import(${JSON.stringify(path.resolve("node_modules/effect/dist/esm/index.js"))})
+      const { acquireRekeyLock } = await import(${JSON.stringify(path.resolve("dist/src/layers/StorePassphraseLive.js"))})
+      const { makeStateDir } = await import(${JSON.stringify(path.resolve("dist/src/layers/StateDirLive.js"))})
+      await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+        yield* acquireRekeyLock(yield* makeStateDir(process.env.LOCK_ROOT), "doctor")
+        process.stdout.write("held\\n")
+        yield* Effect.never
+      })))`
+    const doctor = spawn(process.execPath, ["--input-type=module", "-e", holderScript], {
+      env: { ...process.env, LOCK_ROOT: root },
+      stdio: ["ignore", "pipe", "inherit"]
+    })
+    try {
+      await new Promise<void>((resolve, reject) => {
+        doctor.stdout.on("data", (d: Buffer) => d.toString().includes("held") && resolve())
+        doctor.once("exit", () => reject(new Error("the lock holder exited")))
+      })
+      const refused = runCli([], env)
+      expect(refused.status).toBe(1)
+      expect(refused.stderr).toContain(`is held by \`cara doctor\` (pid ${doctor.pid})`)
+      expect(refused.stderr).toContain("[rekey-lock-held]")
+      expect(refused.stdout + refused.stderr).not.toContain("ready: gateway listening")
+    } finally {
+      doctor.kill("SIGKILL")
+    }
+  }, 60_000)
 })
