@@ -507,9 +507,10 @@ export const makeDlq = (options: DlqOptions) =>
             })
             const n = lines.length - keep.length
             if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)
-            if (keep.length === 0) {
+            // an empty queue (no file, not even a matrix/ directory yet) is purged by doing nothing
+            if (lines.length > 0 && keep.length === 0) {
               yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-            } else {
+            } else if (keep.length > 0) {
               yield* stateDir.writeAtomic(DLQ_FILE, keep.map((l) => `${l}\n`).join("")).pipe(
                 Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
               )

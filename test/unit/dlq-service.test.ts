@@ -454,3 +454,17 @@ describe("Dlq as a keyed store of rekey-store", () => {
     void Scope
   })
 })
+
+describe("Dlq purge with no Matrix state (#16.9)", () => {
+  for (const [label, key] of [["with a store key", Option.some(KEY)], ["without any store secret", "fail"]] as const) {
+    it.effect(`purging all on a state dir that has no matrix/ directory answers 0 ${label}, and creates nothing`, () => {
+      const root = tempRoot()
+      return Effect.gen(function*() {
+        const dlq = yield* Dlq
+        expect(yield* dlq.purge({ _tag: "All" })).toBe(0)
+        expect(fs.existsSync(dlqFile(root))).toBe(false)
+        expect((yield* dlq.list).records).toEqual([])
+      }).pipe(Effect.provide(layerAt(root, key)))
+    })
+  }
+})
