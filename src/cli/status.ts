@@ -28,7 +28,13 @@ export interface StatusReport {
   readonly channels: Option.Option<Channels>
   /** Why the authenticated part is missing (no token, refused, ...). */
   readonly controlProblem: Option.Option<{ readonly kind?: string; readonly message: string }>
+  /** The config says `gateway.auth.mode: "none"`: the control API answers any local process. */
+  readonly authOff?: boolean
 }
+
+export const AUTH_OFF_WARNING =
+  'gateway auth is OFF (gateway.auth.mode "none"): any local process or page that reaches the port can drive cara; ' +
+  'set gateway.auth.mode "token" with token "${CARAPACE_GATEWAY_TOKEN}"'
 
 const when = (n: number | null | undefined) => (n === null || n === undefined ? "never" : new Date(n).toISOString())
 
@@ -46,6 +52,7 @@ export const renderStatus = (r: StatusReport, now: number = Date.now()): string 
     `  Address:  ${r.address}`,
     `  Status:   ${r.health.status}`
   ]
+  if (r.authOff === true) lines.push(`  WARNING:  ${AUTH_OFF_WARNING}`)
   if (Option.isSome(r.controlStatus)) {
     const c = r.controlStatus.value
     lines.push(
@@ -100,7 +107,8 @@ export const renderStatusJson = (r: StatusReport): string =>
       ...(Option.isSome(r.channels)
         ? { channels: { ...r.channels.value, channels: r.channels.value.channels.map((c) => Schema.encodeSync(ChannelInfo)(c)) } }
         : {}),
-      ...(Option.isSome(r.controlProblem) ? { controlError: r.controlProblem.value } : {})
+      ...(Option.isSome(r.controlProblem) ? { controlError: r.controlProblem.value } : {}),
+      ...(r.authOff === true ? { warnings: [AUTH_OFF_WARNING] } : {})
     }),
     null,
     2
@@ -118,7 +126,8 @@ export const fetchStatus = (target: GatewayTarget) =>
         `Could not connect to cara at ${address}\n  Error: ${d.message}\n\nIs the daemon running? Start it with: cara\n`
       )
     }
-    if (Option.isNone(target.token)) {
+    const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
+    if (Option.isNone(target.token) && !authOff) {
       return Either.right({
         address,
         health: health.right,
@@ -127,7 +136,8 @@ export const fetchStatus = (target: GatewayTarget) =>
         controlProblem: Option.some({
           kind: "gateway-token-missing",
           message: "no gateway token: export CARAPACE_GATEWAY_TOKEN (or set gateway.auth.token) to see channel status"
-        })
+        }),
+        authOff
       } satisfies StatusReport)
     }
     const both = yield* Effect.all([client.control.status(), client.control.channels()], { concurrency: 2 }).pipe(
@@ -139,7 +149,8 @@ export const fetchStatus = (target: GatewayTarget) =>
       health: health.right,
       controlStatus: Either.isRight(both) ? Option.some(both.right[0]) : Option.none(),
       channels: Either.isRight(both) ? Option.some(both.right[1]) : Option.none(),
-      controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none()
+      controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none(),
+      authOff
     } satisfies StatusReport)
   })
 

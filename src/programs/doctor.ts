@@ -114,6 +114,15 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
   } else {
     out.push(ok("config", `${where} is valid`))
   }
+  if (errors.length === 0 && snap.config.gateway.auth?.mode === "none") {
+    // auth off is allowed (explicitly, on loopback) but never quietly: it is a warning on every report
+    out[out.length - 1] = warn(
+      "config",
+      `${where}: gateway.auth.mode is "none", so any local process or page that reaches the port can drive cara`,
+      'set gateway.auth.mode "token" with token "${CARAPACE_GATEWAY_TOKEN}" and export CARAPACE_GATEWAY_TOKEN (openssl rand -hex 32)',
+      "gateway-auth-off"
+    )
+  }
 
   const password = (env["CARAPACE_CONFIG_PASSWORD"] ?? "") !== ""
   const locked = [...snap.secrets.entries()].filter(([, s]) => s.state !== "open").map(([p, s]) => `${p} (${s.state})`)

@@ -144,6 +144,18 @@ describe("cara daemon: auth fails closed (#16.2)", () => {
     writeConfig(dir, `{ gateway: { port: 0, auth: { mode: "none" } } }`)
     running = await startDaemon(cleanEnv(dir))
     expect(running.output()).toContain('gateway.auth.mode is "none"')
+    // and in every report an operator reads: status (which needs no token then) and doctor
+    const port = new URL(running.baseUrl).port
+    const status = runCli(["status", "--port", port], cleanEnv(dir))
+    expect(status.status, status.stderr).toBe(0)
+    expect(status.stdout).toContain('WARNING:  gateway auth is OFF (gateway.auth.mode "none")')
+    expect(status.stdout).not.toContain("gateway-token-missing")
+    const json = JSON.parse(runCli(["status", "--port", port, "--json"], cleanEnv(dir)).stdout) as { warnings?: Array<string> }
+    expect(json.warnings?.[0]).toContain("gateway auth is OFF")
+    const doctor = runCli(["doctor", "--offline", "--json"], cleanEnv(dir))
+    const report = JSON.parse(doctor.stdout) as { findings: Array<{ check: string; status: string; kind?: string }> }
+    expect(report.findings.find((f) => f.check === "config")).toMatchObject({ status: "warn", kind: "gateway-auth-off" })
+    expect(doctor.status).not.toBe(0)
   })
 })
 
