@@ -203,3 +203,28 @@ describe("cara daemon: shutdown always completes (#16.4)", () => {
     }
   })
 })
+
+describe("cara daemon without Matrix state (#16.9, #17.7)", () => {
+  it("the DLQ lists empty and purge answers purged: 0; send-test is 503 matrix-runtime-unavailable", async () => {
+    const dir = tempStateDir()
+    writeConfig(dir, `{ gateway: { port: 0, ${AUTH} } }`)
+    running = await startDaemon(cleanEnv(dir, TOKEN_ENV))
+    const call = async (method: "GET" | "POST", p: string, body?: unknown) => {
+      const r = await fetch(`${running!.baseUrl}${p}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${TOKEN_ENV.CARAPACE_GATEWAY_TOKEN}`,
+          ...(body !== undefined ? { "content-type": "application/json" } : {})
+        },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {})
+      })
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> }
+    }
+    expect(await call("GET", "/control/matrix/dlq")).toEqual({ status: 200, body: { ok: true, records: [], undecodable: 0 } })
+    expect(await call("POST", "/control/matrix/dlq/purge", { all: true })).toEqual({ status: 200, body: { ok: true, purged: 0 } })
+    expect(fs.existsSync(path.join(dir, "matrix", "inbound_dlq.jsonl"))).toBe(false)
+    const probe = await call("POST", "/control/matrix/send-test", { roomId: "!room:example.org", text: "probe" })
+    expect(probe.status).toBe(503)
+    expect((probe.body["error"] as { kind: string }).kind).toBe("matrix-runtime-unavailable")
+  })
+})
