@@ -15,7 +15,8 @@ export const DLQ_LINE_CAP_BYTES = 128 * 1024
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 
-export const DlqErrorKind = Schema.Literal("dlq-crypto", "dlq-io", "dlq-serialization", "dlq-dispatch-failure", "dlq-cap-saturation")
+/** `matrix-runtime-unavailable`: a replay asked of a daemon whose Matrix runtime is not running (503, like every Matrix action). */
+export const DlqErrorKind = Schema.Literal("dlq-crypto", "dlq-io", "dlq-serialization", "dlq-dispatch-failure", "dlq-cap-saturation", "matrix-runtime-unavailable")
 export type DlqErrorKind = typeof DlqErrorKind.Type
 
 /** A DLQ operation failed; the message says what to do and never holds a message body or key. */

@@ -164,7 +164,8 @@ const PRIORITY: Record<DlqErrorKind, number> = {
   "dlq-cap-saturation": 5,
   "dlq-crypto": 4,
   "dlq-serialization": 2,
-  "dlq-dispatch-failure": 0
+  "dlq-dispatch-failure": 0,
+  "matrix-runtime-unavailable": 0
 }
 
 export const makeDlq = (options: DlqOptions) =>
@@ -471,7 +472,7 @@ export const makeDlq = (options: DlqOptions) =>
         Effect.gen(function*() {
           if (dispatcher === undefined) {
             return yield* new DlqError({
-              kind: "dlq-dispatch-failure",
+              kind: "matrix-runtime-unavailable",
               message: "the Matrix runtime is not connected, so DLQ records cannot be replayed now; check `cara status` and retry once it is connected."
             })
           }

@@ -39,7 +39,7 @@ export interface DlqShape {
   /** Decodable records, oldest first, and how many lines cannot be decoded now (kept or to be quarantined). */
   readonly list: Effect.Effect<DlqListing, DlqError>
   readonly show: (id: string, reveal: boolean) => Effect.Effect<DlqDetail, DlqError | DlqRecordNotFound>
-  /** Operator replay: ignores the backoff. Needs a registered dispatcher (`dlq-dispatch-failure` otherwise). */
+  /** Operator replay: ignores the backoff. Needs a registered dispatcher (`matrix-runtime-unavailable` otherwise). */
   readonly replay: (selector: DlqSelector) => Effect.Effect<DlqReplayReport, DlqError | DlqRecordNotFound>
   /** Automatic replay after a successful sync: only records whose backoff has expired. */
   readonly replayDue: Effect.Effect<DlqReplayReport, DlqError>

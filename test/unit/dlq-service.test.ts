@@ -323,7 +323,7 @@ describe("Dlq replay", () => {
       yield* dlq.append(rec(1))
       yield* dlq.append(rec(2))
       const noRuntime = yield* Effect.flip(dlq.replay({ _tag: "All" }))
-      expect(noRuntime).toMatchObject({ kind: "dlq-dispatch-failure" })
+      expect(noRuntime).toMatchObject({ kind: "matrix-runtime-unavailable" })
       const failing = new Set([rec(1).eventId])
       const { d, got } = recorder(failing)
       yield* withRegistered(d, dlq.replayDue)
