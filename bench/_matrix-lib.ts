@@ -8,7 +8,7 @@ import * as path from "node:path"
 import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
 import type { SharedSynapse } from "../test/support/synapse/index.js"
 import { Human } from "../test/support/human.js"
-import { type Bot, makeBot, startFakeLlm, type BotOptions } from "../test/integration/matrix-support.js"
+import { type Bot, makeBot, startFakeLlm, type BotOptions, UNBOUNDED_BUDGET } from "../test/integration/matrix-support.js"
 import type { FakeLlmServer } from "../test/support/fake-llm.js"
 
 export const envNumber = (name: string, fallback: number): number => {
@@ -68,7 +68,7 @@ export const world = async (): Promise<World> => {
     },
     bot: async (options = {}) => {
       // info, not debug: the benches measure the daemon, not its debug logging
-      const b = await makeBot(hs, llm, { ...options, env: { CARA_LOG_LEVEL: "info", ...options.env } })
+      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...options.env } })
       bots.push(b)
       return b
     },

@@ -18,7 +18,7 @@ import * as sdk from "matrix-js-sdk"
 import { Human } from "../test/support/human.js"
 import { provisionSynapse } from "../test/support/synapse/provision.js"
 import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
-import { type Bot, makeBot, startFakeLlm } from "../test/integration/matrix-support.js"
+import { type Bot, makeBot, startFakeLlm, UNBOUNDED_BUDGET } from "../test/integration/matrix-support.js"
 import type { FakeLlmServer } from "../test/support/fake-llm.js"
 
 // ------------------------------------------------------------------------------------------------ helpers
@@ -238,7 +238,7 @@ export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, 
   let bot: Bot | undefined
   try {
     await human.start()
-    bot = await makeBot(hs, llm, { allowUsers: [human.userId], env: { CARA_LOG_LEVEL: process.env["CHAOS_LOG_LEVEL"] ?? "info" } })
+    bot = await makeBot(hs, llm, { allowUsers: [human.userId], matrixExtra: UNBOUNDED_BUDGET, env: { CARA_LOG_LEVEL: process.env["CHAOS_LOG_LEVEL"] ?? "info" } })
     await bot.start()
     const botUser = bot.user.userId
     const rooms: Array<string> = []

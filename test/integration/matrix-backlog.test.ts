@@ -5,7 +5,7 @@ import { expect, it } from "vitest"
 import { tally } from "../../scripts/chaos.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { type Bot, count } from "./matrix-support.js"
+import { type Bot, count, UNBOUNDED_BUDGET } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
@@ -16,7 +16,7 @@ describeSynapse("Matrix: a backlog sent while the bot was down is answered exact
 
   it("60 messages in 2 rooms while the bot is down: each answered once after it starts", async () => {
     const human = await world.human()
-    const bot = await world.bot({ allowUsers: [human.userId], env: { CARA_LOG_LEVEL: "info" } })
+    const bot = await world.bot({ allowUsers: [human.userId], matrixExtra: UNBOUNDED_BUDGET, env: { CARA_LOG_LEVEL: "info" } })
     await bot.start()
     const botUser = bot.user.userId
     const rooms = [await human.createEncryptedRoom([botUser], "backlog 0"), await human.createEncryptedRoom([botUser], "backlog 1")]

@@ -95,6 +95,12 @@ export class Bot {
   }
 }
 
+/**
+ * `matrixExtra` for a bot that must answer a burst from one person (a backlog, a benchmark, chaos): the
+ * default inbound budget (#16.6) would rightly refuse most of it.
+ */
+export const UNBOUNDED_BUDGET = "inboundBudget: { roomBurst: 100000, roomPerMinute: 100000, senderBurst: 100000, senderPerMinute: 100000 },"
+
 /** Registers a bot account, writes its config (password login on first start) and returns the handle. */
 export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: BotOptions = {}): Promise<Bot> => {
   const user = await hs.registerUser()
