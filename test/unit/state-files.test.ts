@@ -234,6 +234,33 @@ describe("a damaged state file is refused, named and left untouched", () => {
   }, 60_000)
 })
 
+describe("a store whose rows do not decode", () => {
+  it("is crypto-store-corrupt at load, and the damaged row is left as it was", async () => {
+    const file = path.join(root, CRYPTO_FILE)
+    const f = await SqliteFile.open(file, "crypto", { encrypted: false })
+    f.commit([{
+      db: "cara::matrix-sdk-crypto",
+      schema: { name: "cara::matrix-sdk-crypto", version: 1, stores: [{ name: "core", keyPath: null, autoIncrement: false, keyGenerator: null, indexes: [] }] },
+      stores: [{ name: "core", cleared: false, puts: [["account", { pickled: "x" }]], deletes: [] }]
+    }])
+    f.close()
+    const garbage = crypto.randomBytes(64)
+    const raw = new DatabaseSync(file)
+    raw.prepare("UPDATE records SET data = ?").run(garbage)
+    raw.close()
+
+    const reopened = await SqliteFile.open(file, "crypto", { encrypted: false })
+    try {
+      expect(() => reopened.load()).toThrow(expect.objectContaining({ kind: "crypto-store-corrupt", path: file }))
+    } finally {
+      reopened.close()
+    }
+    const check = new DatabaseSync(file)
+    expect(Buffer.from((check.prepare("SELECT data FROM records").get() as { data: Uint8Array }).data).equals(garbage)).toBe(true)
+    check.close()
+  })
+})
+
 describe("installation_id", () => {
   const iid = () => path.join(root, "installation_id")
 

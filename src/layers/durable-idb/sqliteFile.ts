@@ -334,8 +334,23 @@ export class SqliteFile {
     return dataKey
   }
 
-  /** Every database with its records, decrypted. */
+  /**
+   * Every database with its records, decrypted. A row that does not authenticate or decode (or a page
+   * SQLite finds damaged) is a damaged store: `crypto-store-corrupt` / `state-store-corrupt`, nothing written.
+   */
   load(): Array<LoadedDatabase> {
+    try {
+      return this.loadRows()
+    } catch (e) {
+      const errcode = (e as { errcode?: number }).errcode
+      const reason = errcode === 11 || errcode === 26
+        ? "SQLite reports a damaged page"
+        : `a stored record does not decrypt or decode (${e instanceof Error ? e.message : String(e)})`
+      throw fail(corruptKind(this.role), this.file, corruptStoreMessage(this.file, this.role, reason))
+    }
+  }
+
+  private loadRows(): Array<LoadedDatabase> {
     const out: Array<LoadedDatabase> = []
     const rows = this.db.prepare("SELECT id, meta FROM dbs").all() as Array<{ id: Uint8Array; meta: Uint8Array }>
     const byStore = this.db.prepare("SELECT id, data FROM records WHERE store = ?")
