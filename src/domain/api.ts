@@ -56,6 +56,8 @@ export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthoriz
 export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", ErrorDetail) {}
 /** 404: the named thing does not exist (`dlq-record-not-found`). */
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", ErrorDetail) {}
+/** 415: a state-changing request whose body is not `application/json` (`unsupported-media-type`). */
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", ErrorDetail) {}
 /** 429: per-IP rate limit (`rate-limited`); `retryAfterMs` and `Retry-After` say when to retry. */
 export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", ErrorDetail) {}
 /** 502: the Matrix runtime refused or failed the call (`send-failed`, `room-not-found`, ...). */
@@ -67,14 +69,24 @@ export const BadRequestWire = wire(BadRequest, 400)
 export const UnauthorizedWire = wire(Unauthorized, 401)
 export const ForbiddenWire = wire(Forbidden, 403)
 export const NotFoundWire = wire(NotFound, 404)
+export const UnsupportedMediaTypeWire = wire(UnsupportedMediaType, 415)
 export const TooManyRequestsWire = wire(TooManyRequests, 429)
 export const BadGatewayWire = wire(BadGateway, 502)
 export const ServiceUnavailableWire = wire(ServiceUnavailable, 503)
 
-export type ApiError = BadRequest | Unauthorized | Forbidden | TooManyRequests | BadGateway | ServiceUnavailable
+export type ApiError =
+  | BadRequest
+  | Unauthorized
+  | Forbidden
+  | NotFound
+  | UnsupportedMediaType
+  | TooManyRequests
+  | BadGateway
+  | ServiceUnavailable
 
 export const isApiError = (u: unknown): u is ApiError =>
-  u instanceof BadRequest || u instanceof Unauthorized || u instanceof Forbidden || u instanceof TooManyRequests ||
+  u instanceof BadRequest || u instanceof Unauthorized || u instanceof Forbidden || u instanceof NotFound ||
+  u instanceof UnsupportedMediaType || u instanceof TooManyRequests ||
   u instanceof BadGateway || u instanceof ServiceUnavailable
 
 // ---------------------------------------------------------------------------------------------------------
@@ -117,7 +129,7 @@ export class HealthGroup extends HttpApiGroup.make("health")
 
 /** `Authorization: Bearer <gateway token>` on every protected route (also from loopback in token mode). */
 export class GatewayAuthorization extends HttpApiMiddleware.Tag<GatewayAuthorization>()("cara/GatewayAuthorization", {
-  failure: Schema.Union(UnauthorizedWire, ForbiddenWire, TooManyRequestsWire)
+  failure: Schema.Union(UnauthorizedWire, ForbiddenWire, UnsupportedMediaTypeWire, TooManyRequestsWire)
 }) {}
 
 // ---------------------------------------------------------------------------------------------------------

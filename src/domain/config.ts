@@ -115,6 +115,11 @@ export const Gateway = Schema.Struct({
   /** `"loopback"` (127.0.0.1), `"lan"` (0.0.0.0) or a literal address. */
   bind: Schema.optionalWith(Schema.NonEmptyTrimmedString, { nullable: true, default: () => "loopback" }),
   auth: nullable(GatewayAuth),
+  /**
+   * Extra `Host` header values the control API answers to (e.g. a name in /etc/hosts), besides the loopback
+   * names and addresses with the bound port. Anything else is refused (DNS rebinding).
+   */
+  allowedHosts: Schema.optionalWith(Schema.Array(Schema.NonEmptyTrimmedString), { nullable: true, default: () => [] }),
   hooks: nullable(Schema.Struct({ token: Secret }))
 })
 export type Gateway = typeof Gateway.Type
@@ -191,7 +196,7 @@ export const Agents = Schema.Record({ key: Schema.String, value: AgentSpec })
 export type Agents = typeof Agents.Type
 
 export const CaraConfig = Schema.Struct({
-  gateway: Schema.optionalWith(Gateway, { nullable: true, default: () => ({ port: 18789, bind: "loopback" }) }),
+  gateway: Schema.optionalWith(Gateway, { nullable: true, default: () => ({ port: 18789, bind: "loopback", allowedHosts: [] }) }),
   matrix: nullable(Matrix),
   anthropic: nullable(Provider),
   openai: nullable(Provider),

@@ -61,7 +61,12 @@ export const digestsEqual = (a: string, b: string): boolean => {
 // ---------------------------------------------------------------------------------------------------------
 // Rotation marker (§5.5)
 
-export const RotationStage = Schema.Literal("started", "pending_key_written", "final_key_replaced")
+/**
+ * `installing` (not in the reference) is written ahead of the homeserver step, with both digests: a crash
+ * during or after the upload then leaves a marker that names both candidate keys, and the repair asks the
+ * homeserver which one its secret storage now accepts. An older release fails closed on it (unknown stage).
+ */
+export const RotationStage = Schema.Literal("started", "installing", "pending_key_written", "final_key_replaced")
 export type RotationStage = typeof RotationStage.Type
 
 export const RotationMarker = Schema.Struct({
@@ -182,7 +187,8 @@ export const PromotionRefusalReason = Schema.Literal(
   "current_key_missing",
   "unbound_started_pending",
   "final_stage_pending_present",
-  "legacy_marker_missing_previous_key_digest"
+  "legacy_marker_missing_previous_key_digest",
+  "server_key_matches_neither"
 )
 export type PromotionRefusalReason = typeof PromotionRefusalReason.Type
 
@@ -195,7 +201,8 @@ export const REFUSAL_TEXT: Record<PromotionRefusalReason, string> = {
   current_key_missing: "the current key file is missing",
   unbound_started_pending: "the rotation never recorded the new key's digest, so the pending key is not bound to it",
   final_stage_pending_present: "the rotation recorded its final stage, yet a pending key that is not the current key is present",
-  legacy_marker_missing_previous_key_digest: "the marker is a legacy text marker without key digests"
+  legacy_marker_missing_previous_key_digest: "the marker is a legacy text marker without key digests",
+  server_key_matches_neither: "the homeserver's secret-storage key is opened by neither the current nor the pending key (was the recovery key reset elsewhere, e.g. in Element?)"
 }
 
 /** States of a key file relative to the marker, for the refusal audit record (no digests, no paths). */

@@ -21,17 +21,34 @@ export type FileDigest =
   | { readonly _tag: "Vanished" }
   | { readonly _tag: "Present"; readonly digest: string }
 
+/**
+ * Which local key the homeserver's default secret-storage key description accepts (its MAC check, no
+ * decryption). `Unknown` until asked: the daemon's first repair runs before any network I/O, and the
+ * question is asked only when the files alone cannot tell whether the upload happened.
+ */
+export type ServerKey = "Unknown" | "Current" | "Pending" | "Neither"
+
 export interface RepairObserved {
   readonly journal: { readonly _tag: "Absent" } | { readonly _tag: "Unreadable"; readonly detail: string } | JournalContent
   readonly marker: { readonly _tag: "Absent" } | MarkerContent
   readonly current: FileDigest
   readonly pending: FileDigest
+  /** Absent means `Unknown`. */
+  readonly server?: ServerKey
 }
 
-export type RepairAudit = "cleared_stale_pending" | "promoted_pending" | "cleared_final_marker" | "cleared_started_marker"
+export type RepairAudit =
+  | "cleared_stale_pending"
+  | "promoted_pending"
+  | "cleared_final_marker"
+  | "cleared_started_marker"
+  /** The new key never reached the homeserver: N removed, K stays; a rerun of rotate starts afresh. */
+  | "rolled_back_pending"
 
 export type RepairStep =
   | { readonly _tag: "Done" }
+  /** Ask the homeserver which of K and N its secret storage accepts, then decide again. */
+  | { readonly _tag: "AskServer" }
   | { readonly _tag: "RemoveCompletedJournal" }
   | { readonly _tag: "RemovePending"; readonly audit: RepairAudit }
   | { readonly _tag: "RemoveMarker"; readonly audit: RepairAudit }
@@ -107,7 +124,39 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
       case "started":
         if (prev === undefined) return refuse(legacy ? "legacy_marker_missing_previous_key_digest" : "missing_previous_key_digest")
         if (cur === undefined) return refuse("current_key_missing")
-        return refuse("unbound_started_pending")
+        if (!eq(cur, prev)) return refuse("unbound_started_pending")
+        // N was written but the marker never bound it: this release writes `installing` before the upload
+        // (so the upload did not happen), an older one uploaded first. The homeserver tells which.
+        switch (o.server ?? "Unknown") {
+          case "Unknown":
+            return { _tag: "AskServer" }
+          case "Current":
+            return { _tag: "RemovePending", audit: "rolled_back_pending" }
+          case "Pending":
+            return { _tag: "PromotePending", expectedDigest: pend }
+          case "Neither":
+            return refuse("server_key_matches_neither")
+        }
+        break
+      case "installing":
+        if (next === undefined) return refuse("missing_new_key_digest")
+        if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
+        if (eq(cur, next)) return { _tag: "RemovePending", audit: "cleared_stale_pending" }
+        if (cur === undefined) return refuse("current_key_missing")
+        if (prev === undefined) return refuse("missing_previous_key_digest")
+        if (!eq(cur, prev)) return refuse("current_key_mismatch")
+        // the crash hit during or around the upload: roll forward if the homeserver has N, back if it has K
+        switch (o.server ?? "Unknown") {
+          case "Unknown":
+            return { _tag: "AskServer" }
+          case "Current":
+            return { _tag: "RemovePending", audit: "rolled_back_pending" }
+          case "Pending":
+            return { _tag: "PromotePending", expectedDigest: next }
+          case "Neither":
+            return refuse("server_key_matches_neither")
+        }
+        break
       case "pending_key_written":
         if (next === undefined) return refuse("missing_new_key_digest")
         if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
@@ -125,9 +174,14 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
   }
 
   // Case B: N absent.
-  if (stage === "pending_key_written" || stage === "final_key_replaced") {
+  if (stage === "pending_key_written" || stage === "final_key_replaced" || stage === "installing") {
     if (next === undefined) return { _tag: "StateIo", why: "replacement_without_digest" }
     if (eq(cur, next)) return { _tag: "RemoveMarker", audit: "cleared_final_marker" }
+    // `installing` without N and K still the old key: a rollback removed N; the homeserver must confirm K
+    if (stage === "installing" && eq(cur, prev)) {
+      if ((o.server ?? "Unknown") === "Unknown") return { _tag: "AskServer" }
+      if (o.server === "Current") return { _tag: "RemoveMarker", audit: "rolled_back_pending" }
+    }
     return { _tag: "StateIo", why: "outcome_unknown" }
   }
   if (prev !== undefined && eq(cur, prev)) return { _tag: "RemoveMarker", audit: "cleared_started_marker" }
@@ -219,6 +273,8 @@ export type RotateStep =
   | "WriteStartedMarker"
   /** Generate the new key locally and write it to N (no-replace). */
   | "WritePending"
+  /** R := {installing, keySha256, previousKeySha256}: write-ahead of the homeserver step. */
+  | "WriteInstallingMarker"
   /** Install N on the homeserver (new default secret-storage key, new backup); the old key is abandoned. */
   | "InstallPending"
   /** R := {pending_key_written, keySha256, previousKeySha256}. */
@@ -232,6 +288,7 @@ export type RotateStep =
 export const ROTATE_STEPS: ReadonlyArray<RotateStep> = [
   "WriteStartedMarker",
   "WritePending",
+  "WriteInstallingMarker",
   "InstallPending",
   "WritePendingWrittenMarker",
   "ReplaceKey",

@@ -1,4 +1,5 @@
 import { createServer } from "node:http"
+import type { Socket } from "node:net"
 import { HttpApiBuilder, HttpApiError, HttpIncomingMessage, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
@@ -38,7 +39,7 @@ import { EventBus } from "../services/EventBus.js"
 import { MatrixControl, type MatrixControlError } from "../services/MatrixControl.js"
 import { Metrics } from "../services/Metrics.js"
 import { version } from "../version.js"
-import { errorResponse, GatewayAuthorizationLive, GatewayGuardLive } from "./GatewayAuth.js"
+import { canonicalPath, errorResponse, GatewayAuthorizationLive, GatewayGuardLive, NON_CANONICAL_MESSAGE } from "./GatewayAuth.js"
 import { MetricsLive } from "./MetricsLive.js"
 import { ChannelStatusLive } from "./ChannelStatusLive.js"
 import { WebSocketLive } from "./WebSocketLive.js"
@@ -100,10 +101,12 @@ const ControlLive = HttpApiBuilder.group(CaraApi, "control", (handlers) =>
   }))
 
 // Reference §9.5: these runtime failures are "try again later", reported as a failed delivery (200).
-const TRANSIENT_SEND_KINDS = new Set(["send-failed", "command-queue-full", "not-connected", "sync-failed", "auth-probe"])
+const TRANSIENT_SEND_KINDS = new Set(["send-failed", "command-queue-full", "sync-failed", "auth-probe"])
 // ... and these mean no runtime can take the call at all (503 matrix-runtime-unavailable).
+// A runtime that is not (yet) connected is "unavailable", as on every other Matrix endpoint (#17.7).
 const UNAVAILABLE_KINDS = new Set([
   "matrix-runtime-unavailable",
+  "not-connected",
   "auth",
   "auth-token-revoked",
   "auth-session-user-mismatch",
@@ -297,6 +300,11 @@ const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
 const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
+    // One spelling per route, before routing and before any guard: `/CONTROL/`, `//control`, `/%63ontrol`,
+    // `/control/./` would otherwise risk reaching a handler past a prefix check (issue #16.3).
+    if (canonicalPath(request.url) === undefined) {
+      return errorResponse(new NotFound({ kind: "not-found", message: NON_CANONICAL_MESSAGE }))
+    }
     const sendTest = request.url.startsWith("/control/matrix/send-test")
     const limit = sendTest ? MAX_SEND_TEST_BODY : 64 * 1024
     const declared = Number(request.headers["content-length"] ?? "0")
@@ -314,8 +322,27 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
           })))
         }
         if (isApiError(e)) return Effect.succeed(errorResponse(e))
+        // A body that is not JSON at all fails in the platform's parser (RequestError / ParseError), which
+        // would otherwise answer an empty 400: give it the documented envelope like every other refusal.
+        const tag = (e as { readonly _tag?: unknown } | null)?._tag
+        if (tag === "RequestError" || tag === "ParseError") {
+          return Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+        }
         return Effect.fail(e)
-      })
+      }),
+      // The platform parses a JSON body with `Effect.orDie(request.json)`, so a body that is not JSON arrives
+      // here as a defect (a RequestError), not as a failure.
+      Effect.catchAllDefect((d) =>
+        (d as { readonly _tag?: unknown } | null)?._tag === "RequestError"
+          ? Effect.succeed(errorResponse(new BadRequest({
+            kind: "invalid-json",
+            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+          })))
+          : Effect.die(d)
+      )
     )
   }) as Effect.Effect<HttpServerResponse.HttpServerResponse, never, HttpServerRequest.HttpServerRequest>)
 
@@ -348,8 +375,32 @@ export const ControlHttpApp = Layer.mergeAll(
  */
 export const ControlHttpLive = (options: ListenOptions) =>
   ControlHttpApp.pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { host: options.host, port: options.port }))
+    Layer.provide(listenerDroppingConnections(options))
   )
+
+/**
+ * The Node listener, with every TCP connection it accepted destroyed when its scope closes. `server.close()`
+ * waits for open connections, and an upgraded WebSocket, a half-sent body or a keep-alive client that never
+ * reads would otherwise hold SIGTERM (and the port and `.matrix-rekey.lock`) forever (issue #16.4). The
+ * finalizer is in a layer built on top of the server, so it runs before the server's own close.
+ */
+const listenerDroppingConnections = (options: ListenOptions) => {
+  const sockets = new Set<Socket>()
+  const make = () => {
+    const server = createServer()
+    server.on("connection", (socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
+    return server
+  }
+  const dropAll = Layer.scopedDiscard(Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      for (const socket of sockets) socket.destroy()
+    })
+  ))
+  return Layer.provideMerge(dropAll, NodeHttpServer.layer(make, { host: options.host, port: options.port }))
+}
 
 /** The gateway placed where the config says, with auth from `gateway.auth` (a refused setup fails startup). */
 export const ControlHttpFromConfig = Layer.unwrapEffect(

@@ -10,6 +10,10 @@ import {
   Forbidden,
   ForbiddenWire,
   GatewayAuthorization,
+  NotFound,
+  NotFoundWire,
+  UnsupportedMediaType,
+  UnsupportedMediaTypeWire,
   ServiceUnavailableWire,
   TooManyRequests,
   TooManyRequestsWire,
@@ -30,6 +34,8 @@ export interface GatewayAuthSettings {
   /** `token`/`password`: `Authorization: Bearer <secret>` on every protected request, loopback included. */
   readonly mode: "token" | "password" | "none"
   readonly secret: Option.Option<Redacted.Redacted<string>>
+  /** `gateway.allowedHosts`: extra `Host` names accepted besides loopback (see `hostAllowed`). */
+  readonly allowedHosts?: ReadonlyArray<string>
 }
 
 const isLoopbackHost = (host: string) => host === "127.0.0.1" || host === "::1" || host.startsWith("127.")
@@ -50,16 +56,28 @@ export const resolveGatewayAuth = Effect.gen(function*() {
     )
   const token = auth?.token !== undefined ? yield* read("gateway.auth.token") : Option.none()
   const password = auth?.password !== undefined ? yield* read("gateway.auth.password") : Option.none()
-  const mode = auth?.mode ?? (Option.isSome(token) ? "token" : Option.isSome(password) ? "password" : "none")
+  const host = bindToHost(bind) ?? bind
+  // Fail closed: auth is off only when the config says so in as many words. A missing `gateway.auth`, or a
+  // token that resolved to nothing (an unset variable), must not quietly open the control plane.
+  if (auth === undefined || auth === null) {
+    return yield* new GatewayAuthConfigError({
+      kind: "gateway-auth-config",
+      message: "gateway.auth is not configured, so the control API would be open. Set gateway.auth to " +
+        `{ mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } and export CARAPACE_GATEWAY_TOKEN ` +
+        `(e.g. export CARAPACE_GATEWAY_TOKEN=$(openssl rand -hex 32)); only for a loopback-only test setup, ` +
+        `gateway.auth.mode "none" turns auth off explicitly.`
+    })
+  }
+  const mode = auth.mode ?? (auth.password !== undefined && auth.token === undefined ? "password" : "token")
   const secret = mode === "token" ? token : mode === "password" ? password : Option.none()
   if (mode !== "none" && Option.isNone(secret)) {
+    const variable = mode === "token" ? "CARAPACE_GATEWAY_TOKEN" : "CARAPACE_GATEWAY_PASSWORD"
     return yield* new GatewayAuthConfigError({
       kind: "gateway-auth-config",
       message: `gateway.auth.mode is "${mode}" but gateway.auth.${mode} is empty or not set. Set it, e.g. ` +
-        `"${mode}": "\${CARAPACE_GATEWAY_TOKEN}" with CARAPACE_GATEWAY_TOKEN exported (openssl rand -hex 32).`
+        `"${mode}": "\${${variable}}", and export ${variable} (e.g. export ${variable}=$(openssl rand -hex 32)).`
     })
   }
-  const host = bindToHost(bind) ?? bind
   if (mode === "none" && !isLoopbackHost(host)) {
     return yield* new GatewayAuthConfigError({
       kind: "gateway-auth-config",
@@ -67,8 +85,79 @@ export const resolveGatewayAuth = Effect.gen(function*() {
         `to "token" with gateway.auth.token (e.g. "\${CARAPACE_GATEWAY_TOKEN}"), or use gateway.bind "loopback".`
     })
   }
-  return { mode, secret } satisfies GatewayAuthSettings
+  if (mode === "none") {
+    yield* Effect.logWarning(
+      "gateway.auth.mode is \"none\": the control API on loopback accepts every local process without a token. " +
+        "Set gateway.auth.mode \"token\" with CARAPACE_GATEWAY_TOKEN unless this is a throwaway test setup."
+    )
+  }
+  return { mode, secret, allowedHosts: config.gateway.allowedHosts ?? [] } satisfies GatewayAuthSettings
 })
+
+// ---------------------------------------------------------------------------------------------------------
+// Request-shape rules applied before routing, whatever the auth mode (a browser page must not be able to
+// drive the daemon even when auth is off).
+
+const UNRESERVED = /^[A-Za-z0-9._~-]$/
+
+/**
+ * The path as the router and every guard must see it, or `undefined` when it has a spelling the router
+ * might fold onto a route while a prefix check misses it: `//`, `.`/`..` segments, an encoded unreserved
+ * character or slash (`%63ontrol`, `%2F`), or upper case in the fixed segments (`/CONTROL/`). Such paths
+ * answer 404 instead of being normalised, so there is exactly one spelling per route.
+ */
+export const canonicalPath = (rawUrl: string): string | undefined => {
+  const q = rawUrl.search(/[?#]/)
+  const raw = q === -1 ? rawUrl : rawUrl.slice(0, q)
+  if (!raw.startsWith("/") || raw.startsWith("//") || raw.includes("\\")) return undefined
+  const segments = raw.slice(1).split("/")
+  for (let i = 0; i < segments.length; i++) {
+    const seg = segments[i]!
+    if (seg === "" && i !== segments.length - 1) return undefined
+    if (seg === "." || seg === "..") return undefined
+    for (const m of seg.matchAll(/%([0-9A-Fa-f]{2})?/g)) {
+      if (m[1] === undefined) return undefined
+      const ch = String.fromCharCode(parseInt(m[1], 16))
+      if (UNRESERVED.test(ch) || ch === "/" || ch === "\\" || ch === ".") return undefined
+    }
+    // Ids (flow ids, DLQ ids) sit after the fixed words; the fixed words are lower case.
+    const isId = segments[0] === "control" && segments[1] === "matrix" && i === 3
+    if (!isId && seg !== seg.toLowerCase()) return undefined
+  }
+  return raw
+}
+
+export const NON_CANONICAL_MESSAGE =
+  "no such endpoint: paths are matched exactly (lower case, no `//`, no `.` segments, no percent-encoded letters)"
+
+const LOOPBACK_NAMES = new Set(["localhost", "127.0.0.1", "[::1]", "::1"])
+
+/**
+ * DNS rebinding: a page on evil.example that re-points its name to 127.0.0.1 sends `Host: evil.example`.
+ * Only loopback names and addresses (or a configured `gateway.allowedHosts` entry) are served, and, when
+ * the listening port is known, only with that port.
+ */
+export const hostAllowed = (
+  hostHeader: string | undefined,
+  allowed: ReadonlyArray<string>,
+  boundPort: number | undefined
+): boolean => {
+  if (hostHeader === undefined) return false
+  const h = hostHeader.trim().toLowerCase()
+  const m = /^(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$/.exec(h)
+  if (m === null) return false
+  const name = m[1]!
+  const port = m[2] === undefined ? undefined : Number(m[2])
+  if (boundPort !== undefined && (port ?? 80) !== boundPort) return false
+  if (LOOPBACK_NAMES.has(name) || /^127(\.\d{1,3}){3}$/.test(name)) return true
+  return allowed.some((a) => a.trim().toLowerCase() === name || a.trim().toLowerCase() === h)
+}
+
+const STATE_CHANGING = (method: string) => method !== "GET" && method !== "HEAD" && method !== "OPTIONS"
+
+/** `application/json` (with optional parameters): the only body type a browser cannot send without a preflight. */
+export const isJsonContentType = (value: string | undefined): boolean =>
+  value !== undefined && /^application\/json\s*(;|$)/i.test(value.trim())
 
 /** Renders an API error with its status (and `Retry-After` when it has `retryAfterMs`). */
 export const errorResponse = (e: ApiError): HttpServerResponse.HttpServerResponse => {
@@ -78,6 +167,10 @@ export const errorResponse = (e: ApiError): HttpServerResponse.HttpServerRespons
     ? [Schema.encodeSync(UnauthorizedWire)(e), 401]
     : e instanceof Forbidden
     ? [Schema.encodeSync(ForbiddenWire)(e), 403]
+    : e instanceof NotFound
+    ? [Schema.encodeSync(NotFoundWire)(e), 404]
+    : e instanceof UnsupportedMediaType
+    ? [Schema.encodeSync(UnsupportedMediaTypeWire)(e), 415]
     : e instanceof TooManyRequests
     ? [Schema.encodeSync(TooManyRequestsWire)(e), 429]
     : e instanceof BadGateway
@@ -119,7 +212,7 @@ export interface GatewayGuardShape {
   /** Checks one request: credential placement, rate limit, CSRF origin, then the bearer secret. */
   readonly authorize: (
     request: HttpServerRequest.HttpServerRequest
-  ) => Effect.Effect<void, Unauthorized | Forbidden | TooManyRequests>
+  ) => Effect.Effect<void, Unauthorized | Forbidden | UnsupportedMediaType | TooManyRequests>
 }
 
 export class GatewayGuard extends Context.Tag("cara/GatewayGuard")<GatewayGuard, GatewayGuardShape>() {}
@@ -172,10 +265,50 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
       return Math.max(1, Math.ceil(((1 - b.tokens) / rate) * 1000))
     }
 
+    const allowedHosts = settings.allowedHosts ?? []
+    const refuse = (reason: string, e: Unauthorized | Forbidden | UnsupportedMediaType) =>
+      Effect.zipRight(metrics.increment("carapace_gateway_auth_failures_total", { reason }), Effect.fail(e))
+
     const authorize: GatewayGuardShape["authorize"] = (request) =>
       Effect.gen(function*() {
-        const url = new URL(request.url, "http://gateway.invalid")
-        const path = url.pathname
+        const path = canonicalPath(request.url)
+        if (path === undefined) {
+          // ErrorShapingLive answers these 404 before routing; this is the guard's own line for any other caller.
+          return yield* refuse("non-canonical-path", new Forbidden({ kind: "non-canonical-path", message: NON_CANONICAL_MESSAGE }))
+        }
+        const url = new URL(path + (request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : ""), "http://gateway.invalid")
+        const localPort = (request.source as { socket?: { localPort?: number } } | undefined)?.socket?.localPort
+        if (!hostAllowed(request.headers["host"], allowedHosts, localPort)) {
+          return yield* refuse("host", new Forbidden({
+            kind: "host-not-allowed",
+            message: "the Host header is not a loopback name with the gateway port; add the name to gateway.allowedHosts if it is yours"
+          }))
+        }
+        const origin = request.headers["origin"] ?? request.headers["referer"]
+        // A browser sends Origin; the CLI never does. Same-origin means an allowed Host, so a rebound name fails.
+        const crossSite = origin !== undefined && (hostOf(origin) !== request.headers["host"]?.toLowerCase())
+        if (path === "/ws" && origin !== undefined) {
+          return yield* refuse("ws-origin", new Forbidden({
+            kind: "csrf-origin-mismatch",
+            message: "WebSocket upgrades from a browser page are refused; connect with a non-browser client and the bearer token"
+          }))
+        }
+        if (STATE_CHANGING(request.method)) {
+          if (crossSite) {
+            return yield* refuse("csrf", new Forbidden({
+              kind: "csrf-origin-mismatch",
+              message: "Origin mismatch: state-changing control requests are refused from another origin"
+            }))
+          }
+          const hasBody = Number(request.headers["content-length"] ?? "0") > 0 || request.headers["transfer-encoding"] !== undefined
+          const type = request.headers["content-type"]
+          if ((hasBody || type !== undefined) && !isJsonContentType(type)) {
+            return yield* refuse("content-type", new UnsupportedMediaType({
+              kind: "unsupported-media-type",
+              message: "state-changing requests take a JSON body only: send `Content-Type: application/json`"
+            }))
+          }
+        }
         for (const name of url.searchParams.keys()) {
           if (CREDENTIAL_PARAMS.has(name.toLowerCase())) {
             yield* metrics.increment("carapace_gateway_auth_failures_total", { reason: "token-in-query" })
@@ -196,19 +329,6 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
               kind: "rate-limited",
               message: "too many requests from this address; wait and retry",
               retryAfterMs
-            })
-          }
-        }
-        // CSRF (reference §9.2): a browser page on another origin must not drive state changes. There are no
-        // cookie sessions, so only the origin rule applies; the CLI sends no Origin and passes.
-        if (request.method !== "GET" && request.method !== "HEAD" && path.startsWith("/control/")) {
-          const origin = request.headers["origin"] ?? request.headers["referer"]
-          const host = request.headers["host"]?.toLowerCase()
-          if (origin !== undefined && (host === undefined || hostOf(origin) !== host)) {
-            yield* metrics.increment("carapace_gateway_auth_failures_total", { reason: "csrf" })
-            return yield* new Forbidden({
-              kind: "csrf-origin-mismatch",
-              message: "Origin mismatch: state-changing control requests are refused from another origin"
             })
           }
         }

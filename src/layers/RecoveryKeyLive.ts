@@ -46,6 +46,9 @@ import {
   type RepairObserved,
   type RepairStep,
   ROTATE_STEPS,
+  type RotateStep,
+  rotatePrecondition,
+  type ServerKey,
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
 import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
@@ -243,7 +246,7 @@ const readDigest = (files: RecoveryFiles, rel: string) =>
     })
   })
 
-export const observeRepair = (files: RecoveryFiles) =>
+export const observeRepair = (files: RecoveryFiles, server: ServerKey = "Unknown") =>
   Effect.gen(function*() {
     const journalText: Option.Option<RepairObserved["journal"]> = yield* files.read(CLEANUP_FILE, MAX_JOURNAL_BYTES).pipe(
       Effect.map(Option.map((t): RepairObserved["journal"] => parseCleanupJournal(t))),
@@ -254,7 +257,8 @@ export const observeRepair = (files: RecoveryFiles) =>
       journal: Option.getOrElse(journalText, () => ({ _tag: "Absent" as const })),
       marker: Option.match(markerText, { onNone: () => ({ _tag: "Absent" as const }), onSome: parseRotationMarker }),
       current: yield* readDigest(files, KEY_FILE),
-      pending: yield* readDigest(files, PENDING_FILE)
+      pending: yield* readDigest(files, PENDING_FILE),
+      server
     }
     return observed
   })
@@ -280,17 +284,31 @@ const repairFailure = (files: RecoveryFiles, step: Extract<RepairStep, { _tag: "
   }
 }
 
-/** Runs the repair to `Done` or a refusal. The caller holds the lock (CLI) or is the daemon. */
-export const runRepair = (files: RecoveryFiles, audit: Audit) =>
+const keyText = (files: RecoveryFiles, rel: string) =>
+  files.read(rel, MAX_KEY_BYTES).pipe(Effect.map(Option.map((t) => t.trim())))
+
+/**
+ * Runs the repair to `Done` or a refusal. The caller holds the lock (CLI) or is the daemon. Without a
+ * `server` (the daemon before any network I/O) a state that needs the homeserver's answer is left as it is
+ * and the run ends with `AskServer` last in the returned steps; the caller repeats the repair with a server.
+ */
+export const runRepair = (files: RecoveryFiles, audit: Audit, server?: RecoveryServer) =>
   Effect.gen(function*() {
     const taken: Array<RepairStep["_tag"]> = []
+    let answer: ServerKey = "Unknown"
     for (let i = 0; i < 16; i++) {
-      const observed = yield* observeRepair(files)
+      const observed = yield* observeRepair(files, answer)
       const step = nextRepairStep(observed)
       taken.push(step._tag)
+      // an answer is about the files as they were: every mutation below asks again
+      answer = "Unknown"
       switch (step._tag) {
         case "Done":
           return taken
+        case "AskServer":
+          if (server === undefined) return taken
+          answer = yield* server.which(yield* keyText(files, KEY_FILE), yield* keyText(files, PENDING_FILE))
+          break
         case "RemoveCompletedJournal":
           yield* files.remove(CLEANUP_FILE)
           break
@@ -344,6 +362,8 @@ export interface RecoveryServer {
   readonly install: (key: string) => Effect.Effect<void, RecoveryKeyError>
   /** A fresh recovery key (random 32 bytes, encoded). */
   readonly generate: Effect.Effect<string>
+  /** Which of the two keys the default secret-storage key description accepts (MAC check). */
+  readonly which: (current: Option.Option<string>, pending: Option.Option<string>) => Effect.Effect<Exclude<ServerKey, "Unknown">, RecoveryKeyError>
 }
 
 export interface MintResult {
@@ -423,7 +443,22 @@ export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Aud
 // ---------------------------------------------------------------------------------------------------------
 // Rotation (§5.5). The caller holds the lock, ran the repair, and checked the preconditions.
 
-export const runRotate = (files: RecoveryFiles, server: RecoveryServer, now: () => number = Date.now) =>
+/**
+ * TEST ONLY. `CARA_TEST_FAULT=rotate-after:<RotateStep>` kills the process (SIGKILL, no cleanup) right after
+ * that rotation step is durable, so the real-Synapse test can prove that a rerun of `rotate` resolves it.
+ * Read here and nowhere else; never set it in production.
+ */
+export const rotateTestFault = (step: RotateStep) =>
+  Effect.sync(() => {
+    if (process.env["CARA_TEST_FAULT"] === `rotate-after:${step}`) process.kill(process.pid, "SIGKILL")
+  })
+
+export const runRotate = (
+  files: RecoveryFiles,
+  server: RecoveryServer,
+  now: () => number = Date.now,
+  afterStep: (step: RotateStep) => Effect.Effect<void> = () => Effect.void
+) =>
   Effect.gen(function*() {
     const current = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
     if (Option.isNone(current)) return yield* stateIo("no current recovery key; restore the current key first with `cara matrix recovery-key restore`")
@@ -444,8 +479,11 @@ export const runRotate = (files: RecoveryFiles, server: RecoveryServer, now: () 
         case "InstallPending":
           yield* server.install(newKey)
           break
-        case "WritePendingWrittenMarker":
+        case "WriteInstallingMarker":
           next = keyDigest(newKey)
+          yield* marker("installing")
+          break
+        case "WritePendingWrittenMarker":
           yield* marker("pending_key_written")
           break
         case "ReplaceKey":
@@ -458,7 +496,38 @@ export const runRotate = (files: RecoveryFiles, server: RecoveryServer, now: () 
           yield* files.remove(ROTATING_FILE)
           break
       }
+      yield* afterStep(step)
     }
+  })
+
+/**
+ * `cara matrix recovery-key rotate` after the lock is held: the repair (asking the homeserver where the files
+ * cannot tell), then either the interrupted rotation is reported complete (the homeserver already held the
+ * new key: never rotate twice), or the preconditions, `verifyCurrent` (the current key must open secret
+ * storage) and a fresh rotation. A crash after any durable step of either is resolved by running this again.
+ */
+export const runRotateCommand = <E, R>(
+  files: RecoveryFiles,
+  audit: Audit,
+  server: RecoveryServer,
+  verifyCurrent: Effect.Effect<unknown, E, R>,
+  now: () => number = Date.now,
+  afterStep?: (step: RotateStep) => Effect.Effect<void>
+) =>
+  Effect.gen(function*() {
+    const taken = yield* runRepair(files, audit, server)
+    if (taken.includes("PromotePending")) {
+      yield* verifyCurrent
+      return { resumed: true }
+    }
+    const pre = rotatePrecondition({ keyPresent: yield* files.exists(KEY_FILE), pendingPresent: yield* files.exists(PENDING_FILE) })
+    if (pre._tag === "KeyMissing") return yield* stateIo(`no recovery key at ${path.join(files.root, KEY_FILE)}; restore the current key first with \`cara matrix recovery-key restore\`.`)
+    if (pre._tag === "PendingPresent") {
+      return yield* stateIo(`a pending file already exists at ${path.join(files.root, PENDING_FILE)}; restart the daemon to promote it or move it aside after verifying the key in Element before rotating again.`)
+    }
+    yield* verifyCurrent
+    yield* runRotate(files, server, now, afterStep)
+    return { resumed: false }
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -618,6 +687,20 @@ export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServe
       },
       catch: (e) => stateProbe(`Matrix recovery enable failed: ${sdkText(e)}. The new key is kept in recovery_key.pending; restart to retry.`)
     })
+  const which = (current: Option.Option<string>, pending: Option.Option<string>) =>
+    Effect.tryPromise({
+      try: async (): Promise<Exclude<ServerKey, "Unknown">> => {
+        const info = await defaultKeyDescription(client)
+        if (info === null) return "Neither"
+        if (Option.isSome(current) && (await keyring.matches(current.value, info))) return "Current"
+        if (Option.isSome(pending) && (await keyring.matches(pending.value, info))) {
+          keyring.add(pending.value)
+          return "Pending"
+        }
+        return "Neither"
+      },
+      catch: (e) => stateProbe(`reading secret storage from the homeserver failed: ${sdkText(e)}. Check that the homeserver is reachable, then rerun.`)
+    })
   const generate = Effect.sync(() => {
     const raw = new Uint8Array(32)
     globalThis.crypto.getRandomValues(raw)
@@ -625,7 +708,7 @@ export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServe
     if (encoded === undefined) throw new Error("recovery key encoding failed")
     return encoded
   })
-  return { probe, install, generate }
+  return { probe, install, generate, which }
 }
 
 interface BootstrapContext {
@@ -661,6 +744,14 @@ const accountDataFromServer = async (client: MatrixClient, type: string): Promis
   }
 }
 
+/** The homeserver's default secret-storage key description (read from the server, not the sync cache). */
+export const defaultKeyDescription = async (client: MatrixClient): Promise<SecretStorageKeyDescription | null> => {
+  const def = await accountDataFromServer(client, "m.secret_storage.default_key")
+  const id = typeof def?.["key"] === "string" ? def["key"] : null
+  const info = id === null ? null : await accountDataFromServer(client, `m.secret_storage.key.${id}`)
+  return info as unknown as SecretStorageKeyDescription | null
+}
+
 export interface RestoreOptions {
   /**
    * A daemon start: when the crypto store already holds the three cross-signing private keys and the
@@ -691,25 +782,28 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
     ctx.keyring.add(key)
     const crypto = ctx.client.getCrypto()
     if (crypto === undefined) return yield* fail("sdk-internal")
+    // The key on disk is checked against the homeserver at every start (the MAC check needs no decryption),
+    // also when the store holds every key: a wrong K must fail here, not at the next rotation or disaster.
+    yield* Effect.tryPromise({
+      try: async () => {
+        const info = await defaultKeyDescription(ctx.client)
+        if (info === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
+        if (!(await ctx.keyring.matches(key, info))) throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+      },
+      catch: (e) => fail(((e as { reason?: RestoreFailureReason }).reason) ?? restoreReasonOf(e))
+    })
     if (options.skipWhenStoreComplete === true) {
       const complete = yield* Effect.promise(async () => {
         const c = (await crypto.getCrossSigningStatus()).privateKeysCachedLocally
         return c.masterKey && c.selfSigningKey && c.userSigningKey && (await crypto.getSessionBackupPrivateKey()) !== null
       }).pipe(Effect.orElseSucceed(() => false))
       if (complete) {
-        yield* Effect.logDebug("Matrix recovery-key restore skipped: the crypto store already holds the cross-signing and backup keys")
+        yield* Effect.logDebug("Matrix recovery-key restore skipped: the key opens secret storage and the crypto store already holds the cross-signing and backup keys")
         return true
       }
     }
     const restored = yield* Effect.tryPromise({
       try: async () => {
-        const def = await accountDataFromServer(ctx.client, "m.secret_storage.default_key")
-        const id = typeof def?.["key"] === "string" ? def["key"] : null
-        const info = id === null ? null : await accountDataFromServer(ctx.client, `m.secret_storage.key.${id}`)
-        if (info === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
-        if (!(await ctx.keyring.matches(key, info as unknown as SecretStorageKeyDescription))) {
-          throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
-        }
         const status = await crypto.getCrossSigningStatus()
         const cached = status.privateKeysCachedLocally
         if (!(cached.masterKey && cached.selfSigningKey && cached.userSigningKey) && status.privateKeysInSecretStorage) {
@@ -828,6 +922,9 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
         const userId = client.getSafeUserId()
         const deviceId = client.getDeviceId() ?? ""
         const ctx: BootstrapContext = { client, keyring, secrets, status, audit, files }
+        // an interrupted rotation the files alone could not settle (the repair before the store opened left
+        // it): the homeserver's secret storage says whether the new key was installed
+        yield* runRepair(files, audit, sdkServer(client, keyring))
         // a homeserver that is down (or restarting) delays the restore; it does not stop the runtime
         yield* restoreAtStartup(ctx, { skipWhenStoreComplete: true }).pipe(
           Effect.tapError((e) =>

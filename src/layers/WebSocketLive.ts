@@ -22,6 +22,22 @@ export const channelStatusEvent = (all: ReadonlyArray<ChannelInfo>): GatewayEven
 })
 
 /**
+ * The handshake headers RFC 6455 §4.2.1 requires, checked here: the ws library answers a bad one by
+ * destroying the socket without ever completing the platform's upgrade, which left that request's fiber
+ * waiting and SIGTERM hanging (issue #16.4).
+ */
+export const checkHandshake = (headers: Readonly<Record<string, string | undefined>>): BadRequest | undefined => {
+  const key = headers["sec-websocket-key"]?.trim()
+  if (key === undefined || !/^[A-Za-z0-9+/]{22}==$/.test(key)) {
+    return new BadRequest({ kind: "websocket-handshake-invalid", message: "Sec-WebSocket-Key is missing or not 16 base64-encoded bytes" })
+  }
+  if (headers["sec-websocket-version"]?.trim() !== "13") {
+    return new BadRequest({ kind: "websocket-handshake-invalid", message: "Sec-WebSocket-Version must be 13" })
+  }
+  return undefined
+}
+
+/**
  * `GET /ws`: authenticated like the control routes (bearer header, checked before the upgrade, so a
  * refused client gets the HTTP error body). The server pushes a `hello` frame, the current channel status,
  * then every status change and every EventBus event, numbered by `seq`. Client messages are read and ignored.
@@ -36,7 +52,8 @@ export const WebSocketLive = HttpApiBuilder.Router.use((router) =>
     const session = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.scoped(
         Effect.gen(function*() {
-          const socket = yield* request.upgrade
+          // Bounded: a handshake the ws library aborts would otherwise leave this fiber waiting for good.
+          const socket = yield* request.upgrade.pipe(Effect.timeout("10 seconds"))
           const write = yield* socket.writer
           const events = yield* bus.subscribe
           yield* Effect.acquireRelease(
@@ -68,6 +85,8 @@ export const WebSocketLive = HttpApiBuilder.Router.use((router) =>
         if (request.headers["upgrade"]?.toLowerCase() !== "websocket") {
           return errorResponse(new BadRequest({ kind: "websocket-upgrade-required", message: "GET /ws needs a WebSocket upgrade request" }))
         }
+        const handshake = checkHandshake(request.headers)
+        if (handshake !== undefined) return errorResponse(handshake)
         yield* session(request).pipe(Effect.catchAll((e) => Effect.logDebug(`websocket session ended: ${e._tag}`)))
         return HttpServerResponse.empty()
       })

@@ -11,6 +11,7 @@ import { LOCK_FILE, MARKER_FILE, PASSPHRASE_FILE, PENDING_FILE } from "../domain
 import { type ConfigEnv, type ConfigSnapshot, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { CRYPTO_FILE, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { SqliteFile, type StoreSecret } from "../layers/durable-idb/sqliteFile.js"
+import { makeKeyring } from "../layers/RecoveryKeyLive.js"
 import { makeStateDir, resolveStateDirPath } from "../layers/StateDirLive.js"
 import { acquireRekeyLock, configPasswordOf, deriveStorePassphrase, LOCK_HOLDER_FILE } from "../layers/StorePassphraseLive.js"
 import type { StateFileErrorKind } from "../domain/stateFiles.js"
@@ -261,7 +262,7 @@ const recoveryChecks = (stateDir: StateDirShape): Array<Finding> => {
     out.push(warn(
       "recovery",
       `recovery-key operation in flight: ${leftovers.join(", ")}`,
-      "start the daemon: it finishes or refuses the rotation (recovery-key-promotion-refused names the reason); never delete these files by hand"
+      "rerun `cara matrix recovery-key rotate` (daemon stopped) or start the daemon: either finishes or rolls back the rotation, asking the homeserver which key it holds (recovery-key-promotion-refused names the reason when it cannot); never delete these files by hand"
     ))
   }
   if (out.length === 0) {
@@ -436,6 +437,36 @@ const request = (url: string, timeoutMs: number, init: { token?: string; body?: 
     }
   })
 
+/**
+ * The daemon's start-up check, run by doctor: matrix/recovery_key against the homeserver's default
+ * secret-storage key description (the SDK's MAC check: no decryption, nothing imported).
+ */
+const recoveryKeyCheck = (base: string, timeoutMs: number, token: string, userId: string, keyFile: string) =>
+  Effect.gen(function*() {
+    const remedy = "stop the daemon, remove matrix/recovery_key after saving it aside, and run `cara matrix recovery-key restore` with the key Element shows for this account; the daemon refuses to start until then"
+    const accountData = (type: string) =>
+      request(`${base}/_matrix/client/v3/user/${encodeURIComponent(userId)}/account_data/${encodeURIComponent(type)}`, timeoutMs, { token })
+    const def = yield* Effect.either(accountData("m.secret_storage.default_key"))
+    if (Either.isLeft(def) || (def.right.status !== 200 && def.right.status !== 404)) {
+      return warn("cross-signing", `reading secret storage failed (${Either.isLeft(def) ? def.left : `HTTP ${def.right.status}`})`, "rerun `cara doctor`; if it persists, check the homeserver", "recovery-state-probe-failed")
+    }
+    const id = field(def.right.json, "key")
+    const info = typeof id === "string" ? yield* Effect.either(accountData(`m.secret_storage.key.${id}`)) : undefined
+    if (info === undefined || Either.isLeft(info) || info.right.status !== 200) {
+      return fail("cross-signing", `${userId} is cross-signed and matrix/recovery_key exists, but the homeserver has no secret-storage key for it (reason=server-not-configured)`, remedy, "recovery-key-restore-failed")
+    }
+    let text = ""
+    try {
+      text = fs.readFileSync(keyFile, "utf8").slice(0, 4096).trim()
+    } catch (e) {
+      return fail("cross-signing", `matrix/recovery_key cannot be read (${(e as NodeJS.ErrnoException).code ?? "error"})`, remedy, "recovery-state-io")
+    }
+    const opens = yield* Effect.promise(() => makeKeyring().matches(text, info.right.json as never))
+    return opens
+      ? ok("cross-signing", `${userId} is cross-signed and matrix/recovery_key opens the homeserver's secret storage`)
+      : fail("cross-signing", `matrix/recovery_key does not open the homeserver's secret storage (reason=wrong-key)`, remedy, "recovery-key-restore-failed")
+  })
+
 const field = (v: unknown, ...keys: Array<string>): unknown =>
   keys.reduce<unknown>((acc, k) => (acc !== null && typeof acc === "object" ? (acc as Record<string, unknown>)[k] : undefined), v)
 
@@ -500,7 +531,7 @@ const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeout
     } else if (!exists(stateDir.resolve(KEY_FILE))) {
       out.push(warn("cross-signing", `${userId} is cross-signed, but this installation has no matrix/recovery_key`, "restore the saved key with `cara matrix recovery-key restore --key-file FILE` (daemon stopped)"))
     } else {
-      out.push(ok("cross-signing", `${userId} is cross-signed and the recovery key is on disk`))
+      out.push(yield* recoveryKeyCheck(base, timeoutMs, token, userId, stateDir.resolve(KEY_FILE)))
     }
 
     const backup = yield* Effect.either(request(`${base}/_matrix/client/v3/room_keys/version`, timeoutMs, { token }))

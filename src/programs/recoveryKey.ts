@@ -15,7 +15,6 @@ import {
   type RecoveryKeyError,
   stateIo
 } from "../domain/recoveryKey.js"
-import { rotatePrecondition } from "../domain/recoveryMachine.js"
 import type { RekeyLockHeldError, EncryptedStateIoError } from "../domain/storePassphrase.js"
 import { makeCryptoStore } from "../layers/CryptoStoreLive.js"
 import {
@@ -26,7 +25,8 @@ import {
   restoreAtStartup,
   runRepair,
   runRestoreCleanup,
-  runRotate,
+  rotateTestFault,
+  runRotateCommand,
   sdkServer
 } from "../layers/RecoveryKeyLive.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
@@ -229,25 +229,20 @@ export const rotateKey = Effect.scoped(
     yield* sp.acquireLock("recovery-key").pipe(Effect.mapError(lockRefused("rotate")))
     const files = nodeRecoveryFiles(stateDir)
     const audit = fileAudit(stateDir)
+    // offline first: a refusal needs no homeserver (a state only the homeserver can settle is left as it is)
     yield* runRepair(files, audit)
-    const pre = rotatePrecondition({ keyPresent: yield* files.exists(KEY_FILE), pendingPresent: yield* files.exists(PENDING_FILE) })
-    if (pre._tag === "KeyMissing") return yield* stateIo(`no recovery key at ${stateDir.resolve(KEY_FILE)}; restore the current key first with \`cara matrix recovery-key restore\`.`)
-    if (pre._tag === "PendingPresent") {
-      return yield* stateIo(`a pending file already exists at ${stateDir.resolve(PENDING_FILE)}; restart the daemon to promote it or move it aside after verifying the key in Element before rotating again.`)
-    }
     const keyring = makeKeyring()
     const client = yield* offlineClient(keyring)
     const status = yield* ChannelStatus
     const secrets = yield* ConfigSecrets
     // the same restore as a daemon start: the current key must open secret storage before it is replaced
-    yield* restoreAtStartup({ client, keyring, secrets, status, audit, files })
-    yield* runRotate(files, sdkServer(client, keyring))
-    yield* audit("matrix_recovery_key_rotate", { rotated_at: Date.now() })
-    return { keyPath: stateDir.resolve(KEY_FILE) }
+    const { resumed } = yield* runRotateCommand(files, audit, sdkServer(client, keyring), restoreAtStartup({ client, keyring, secrets, status, audit, files }), Date.now, rotateTestFault)
+    yield* audit("matrix_recovery_key_rotate", { rotated_at: Date.now(), ...(resumed ? { resumed: true } : {}) })
+    return { keyPath: stateDir.resolve(KEY_FILE), resumed }
   })
 )
 
-export const renderRotate = (r: { keyPath: string }) =>
-  `Matrix recovery key rotated at ${r.keyPath}\nThe previous Matrix recovery key is abandoned. Capture the new key from the owner-only local file (\`cara matrix recovery-key show\`) before relying on encrypted Matrix backup.`
+export const renderRotate = (r: { keyPath: string; resumed?: boolean }) =>
+  `${r.resumed === true ? "Matrix recovery key rotation interrupted earlier was completed (the homeserver already held the new key); not rotating again.\n" : ""}Matrix recovery key rotated at ${r.keyPath}\nThe previous Matrix recovery key is abandoned. Capture the new key from the owner-only local file (\`cara matrix recovery-key show\`) before relying on encrypted Matrix backup.`
 
 export const keyFileLabel = (p: string) => path.basename(p)

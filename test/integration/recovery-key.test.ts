@@ -3,9 +3,11 @@
 // rotation replaces the key on the server. The daemon and the CLI run as real processes (dist/).
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { decodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import { Effect } from "effect"
+import { decodeRecoveryKey, encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import { expect, it } from "vitest"
+import { runDoctor } from "../../src/programs/doctor.js"
 import { runCli } from "../support/cli.js"
 import { Human } from "../support/human.js"
 import { describeSynapse, type SharedSynapse } from "../support/synapse/index.js"
@@ -243,4 +245,94 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
     await crossSigned(bot)
     await ask(alice, bot, roomId, "after the rotation")
   }, 300_000)
+
+  it("a garbage or a wrong (well-formed) recovery_key: the daemon refuses with recovery-key-restore-failed and doctor reports it", async () => {
+    const { bot } = await setup()
+    await bot.start()
+    await crossSigned(bot)
+    const key = show(bot)
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+    const K = path.join(bot.dir, "matrix", "recovery_key")
+    const env = Object.fromEntries(Object.entries(bot.cliEnv()).filter((e): e is [string, string] => e[1] !== undefined))
+    const raw = new Uint8Array(32)
+    globalThis.crypto.getRandomValues(raw)
+    for (const [what, content] of [["wrong but well-formed", encodeRecoveryKey(raw)!], ["garbage", "this is not a recovery key"]] as const) {
+      fs.writeFileSync(K, `${content}\n`, { mode: 0o600 })
+      // the store holds every key, so no restore is needed: the check against the homeserver still runs
+      await bot.start({}, /Matrix runtime stopped: Matrix recovery-key restore failed \(wrong-key\)/)
+      expect(bot.output(), what).toContain("cara matrix recovery-key restore")
+      const status = await bot.status()
+      expect(status?.["status"], what).toBe("error")
+      expect((status?.["extra"] as Record<string, unknown>)["lastErrorKind"], what).toBe("recovery-key-restore-failed")
+      expect(bot.output()).not.toContain(content)
+      expect((await bot.stop("SIGTERM")).code).toBe(0)
+      const doctor = await Effect.runPromise(runDoctor({ env }))
+      const finding = doctor.findings.find((f) => f.check === "cross-signing")
+      expect(finding?.status, `${what}: ${JSON.stringify(finding)}`).toBe("error")
+      expect(finding?.kind).toBe("recovery-key-restore-failed")
+      expect(finding?.remediation).toContain("cara matrix recovery-key restore")
+    }
+    // the right key again: doctor says ok, the daemon starts
+    fs.writeFileSync(K, `${key}\n`, { mode: 0o600 })
+    const doctor = await Effect.runPromise(runDoctor({ env }))
+    expect(doctor.findings.find((f) => f.check === "cross-signing")?.status).toBe("ok")
+    await bot.start()
+    await crossSigned(bot)
+  }, 300_000)
+
+  it("an interrupted rotation (killed before and after the homeserver step) is resolved by rerunning rotate, or by a daemon start", async () => {
+    const { alice, bot } = await setup()
+    await bot.start()
+    await crossSigned(bot)
+    const roomId = await alice.createEncryptedDm(bot.user.userId)
+    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+    const oldKey = show(bot)
+    expect((await bot.stop("SIGTERM")).code).toBe(0)
+    const mdir = path.join(bot.dir, "matrix")
+    const rotate = (fault?: string) => runCli(["matrix", "recovery-key", "rotate", "--yes"], { ...envOf(bot), ...(fault === undefined ? {} : { CARA_TEST_FAULT: fault }) })
+    const opens = async (key: string) => {
+      const session = await botSession(hs, bot)
+      try {
+        return await session.opensSecretStorage(key)
+      } finally {
+        await session.close()
+      }
+    }
+
+    // killed after the new key was written locally, before the homeserver step: the rerun rolls back and rotates
+    const early = rotate("rotate-after:WritePending")
+    expect(early.signal, early.stderr).toBe("SIGKILL")
+    expect(fs.existsSync(path.join(mdir, "recovery_key.pending"))).toBe(true)
+    expect(await opens(oldKey)).toBe(true)
+    const rerun1 = rotate()
+    expect(rerun1.status, rerun1.stderr + rerun1.stdout).toBe(0)
+    expect(rerun1.stdout).toContain("Matrix recovery key rotated at")
+    const middleKey = show(bot)
+    expect(middleKey).not.toBe(oldKey)
+    expect(await opens(middleKey)).toBe(true)
+
+    // killed right after the homeserver installed the new key, before any marker recorded it
+    const late = rotate("rotate-after:InstallPending")
+    expect(late.signal, late.stderr).toBe("SIGKILL")
+    expect(show(bot)).toBe(middleKey)
+    const pending = fs.readFileSync(path.join(mdir, "recovery_key.pending"), "utf8").trim()
+    expect(await opens(pending)).toBe(true)
+    expect(await opens(middleKey)).toBe(false)
+    const rerun2 = rotate()
+    expect(rerun2.status, rerun2.stderr + rerun2.stdout).toBe(0)
+    expect(rerun2.stdout).toContain("was completed")
+    expect(show(bot)).toBe(pending)
+    for (const f of ["recovery_key.pending", "recovery_key.rotating"]) expect(fs.existsSync(path.join(mdir, f))).toBe(false)
+
+    // the same kill again, resolved this time by a daemon start: it asks the homeserver once it has synced
+    const third = rotate("rotate-after:InstallPending")
+    expect(third.signal, third.stderr).toBe("SIGKILL")
+    const installed = fs.readFileSync(path.join(mdir, "recovery_key.pending"), "utf8").trim()
+    await bot.start()
+    await crossSigned(bot)
+    expect(show(bot)).toBe(installed)
+    for (const f of ["recovery_key.pending", "recovery_key.rotating"]) expect(fs.existsSync(path.join(mdir, f))).toBe(false)
+    expect(await opens(installed)).toBe(true)
+    await ask(alice, bot, roomId, "after the interrupted rotation")
+  }, 360_000)
 })

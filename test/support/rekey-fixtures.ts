@@ -24,7 +24,7 @@ export const matrixConfig = (extra = "") => `{
 }
 `
 
-export const BASE_ENV = { MATRIX_ACCESS_TOKEN: "syt_test_token" }
+export const BASE_ENV = { MATRIX_ACCESS_TOKEN: "syt_test_token", CARAPACE_GATEWAY_TOKEN: "rekey-test-gateway-token-0123456789" }
 
 export const tempRoot = (config: string | null = matrixConfig()): string => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-rekey-"))

@@ -41,7 +41,7 @@ describe("discovery and parsing", () => {
       const s = yield* load(undefined)
       expect(Option.isNone(s.path)).toBe(true)
       expect(s.findings).toEqual([])
-      expect(s.config.gateway).toEqual({ port: 18789, bind: "loopback" })
+      expect(s.config.gateway).toEqual({ port: 18789, bind: "loopback", allowedHosts: [] })
       expect(s.config.matrix).toBeUndefined()
     }))
 
@@ -68,7 +68,7 @@ describe("discovery and parsing", () => {
     Effect.gen(function*() {
       const s = yield* load(`// top\n{ gateway: { port: 4000, bind: 'lan', /* c */ }, }`)
       expect(s.findings).toEqual([])
-      expect(s.config.gateway).toEqual({ port: 4000, bind: "lan" })
+      expect(s.config.gateway).toEqual({ port: 4000, bind: "lan", allowedHosts: [] })
     }))
 })
 

@@ -24,7 +24,7 @@ const withConfig = (text: string, env: Record<string, string> = {}) => {
 describe("gateway auth configuration (startup)", () => {
   it.effect("a non-loopback bind without token auth is refused with the setting to change", () =>
     Effect.gen(function*() {
-      const result = yield* Effect.either(withConfig(`{ gateway: { bind: "lan" } }`))
+      const result = yield* Effect.either(withConfig(`{ gateway: { bind: "lan", auth: { mode: "none" } } }`))
       expect(Either.isLeft(result)).toBe(true)
       if (Either.isLeft(result)) {
         expect(result.left.kind).toBe("gateway-auth-config")
@@ -44,11 +44,35 @@ describe("gateway auth configuration (startup)", () => {
     Effect.gen(function*() {
       const result = yield* Effect.either(withConfig(`{ gateway: { auth: { mode: "token", token: "  " } } }`))
       expect(Either.isLeft(result) && result.left.message).toContain("gateway.auth.token is empty or not set")
+      expect(Either.isLeft(result) && result.left.message).not.toMatch(/"  "/)
     }))
 
-  it.effect("loopback without auth runs in local-only mode", () =>
+  it.effect("without gateway.auth the daemon refuses to start and says how to set CARAPACE_GATEWAY_TOKEN", () =>
     Effect.gen(function*() {
-      const settings = yield* withConfig(`{ gateway: { port: 18789 } }`)
+      for (const text of [`{ gateway: { port: 18789 } }`, `{}`, `{ gateway: { auth: null } }`]) {
+        const result = yield* Effect.either(withConfig(text))
+        expect(Either.isLeft(result) && result.left.kind).toBe("gateway-auth-config")
+        expect(Either.isLeft(result) && result.left.message).toContain("CARAPACE_GATEWAY_TOKEN")
+      }
+    }))
+
+  it.effect("token mode (explicit or implied) with a token that resolves to empty or unset is refused", () =>
+    Effect.gen(function*() {
+      for (const [text, env] of [
+        [`{ gateway: { auth: { token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: "" }],
+        [`{ gateway: { auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: "   " }],
+        [`{ gateway: { auth: { mode: "token" } } }`, {}],
+        [`{ gateway: { auth: {} } }`, {}]
+      ] as const) {
+        const result = yield* Effect.either(withConfig(text, env))
+        expect(Either.isLeft(result) && result.left.kind).toBe("gateway-auth-config")
+        expect(Either.isLeft(result) && result.left.message).toContain("CARAPACE_GATEWAY_TOKEN")
+      }
+    }))
+
+  it.effect("auth is off only with an explicit mode \"none\" on loopback", () =>
+    Effect.gen(function*() {
+      const settings = yield* withConfig(`{ gateway: { port: 18789, auth: { mode: "none" } } }`)
       expect(settings.mode).toBe("none")
     }))
 })
@@ -56,10 +80,14 @@ describe("gateway auth configuration (startup)", () => {
 const guardWith = (settings: GatewayAuthSettings) =>
   makeGatewayGuard(settings).pipe(Effect.provide(MetricsLive.pipe(Layer.provideMerge(ChannelStatusLive))))
 
-const req = (url: string, options: { remote?: string; headers?: Record<string, string>; method?: string } = {}) =>
-  HttpServerRequest.fromWeb(new Request(`http://127.0.0.1:18789${url}`, { method: options.method ?? "GET", headers: options.headers ?? {} })).modify({
-    remoteAddress: options.remote ?? "127.0.0.1"
+const req = (url: string, options: { remote?: string; headers?: Record<string, string>; method?: string } = {}) => {
+  const base = HttpServerRequest.fromWeb(new Request(`http://127.0.0.1:18789${url}`, { method: options.method ?? "GET" }))
+  // fetch's Request hides Host; the guard reads it, so the test sets every header on the server-side view.
+  return base.modify({
+    remoteAddress: options.remote ?? "127.0.0.1",
+    headers: { host: "127.0.0.1:18789", ...(options.headers ?? {}) } as never
   })
+}
 
 const tokenMode: GatewayAuthSettings = { mode: "token", secret: Option.some(Redacted.make(TOKEN)) }
 const bearer = { authorization: `Bearer ${TOKEN}` }

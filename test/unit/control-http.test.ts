@@ -185,19 +185,25 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(Either.isLeft(refused) && refused.left._tag).toBe("Unauthorized")
     }).pipe(Effect.provide(FetchHttpClient.layer)))
 
-  it.effect("send-test maps runtime failures: transient → 200 failed, unavailable → 503 + Retry-After, other → 502", () =>
+  it.effect("send-test maps runtime failures: transient → 200 failed, not connected/unavailable → 503 + Retry-After, other → 502", () =>
     Effect.gen(function*() {
       let seenRoom = ""
       yield* setSend((room) => {
         seenRoom = room
         return Effect.fail(new MatrixControlError({ kind: "not-connected", message: "Matrix runtime is not connected", retryAfterMs: 5000 }))
       })
-      const transient = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping", extra: "tolerated" })
+      // #17.7: a runtime that is not running is 503 matrix-runtime-unavailable, like every other Matrix endpoint.
+      const notConnected = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping", extra: "tolerated" })
       expect(seenRoom).toBe(ROOM)
+      expect(notConnected.status).toBe(503)
+      expect(notConnected.json().error.kind).toBe("matrix-runtime-unavailable")
+
+      yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "send-failed", message: "the homeserver answered 500", retryAfterMs: 5000 })))
+      const transient = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
       expect(transient.status).toBe(200)
       expect(transient.json()).toEqual({
         ok: false,
-        delivery: { outcome: "failed", error: "Matrix runtime is not connected", retryability: { kind: "transient", retryAfterMs: 5000 }, conversationId: ROOM, kind: "not-connected" }
+        delivery: { outcome: "failed", error: "the homeserver answered 500", retryability: { kind: "transient", retryAfterMs: 5000 }, conversationId: ROOM, kind: "send-failed" }
       })
 
       yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "matrix-runtime-unavailable", message: "Matrix runtime unavailable", retryAfterMs: 5000 })))
@@ -246,6 +252,27 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       const url = new URL(yield* baseUrl)
       const same = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" }, { headers: { origin: `http://${url.host}` } })
       expect(same.status).toBe(200)
+    }))
+
+  it.effect("over HTTP: other spellings of a route 404, non-JSON bodies 415, malformed JSON gets the error envelope", () =>
+    Effect.gen(function*() {
+      // (fetch folds `.` and `..` segments itself; canonicalPath's unit test covers those spellings)
+      for (const p of ["/CONTROL/channels", "/%63ontrol/channels", "//control/channels", "/control//channels"]) {
+        const r = yield* raw(p)
+        expect(r.status, p).toBe(404)
+        expect(r.json().error.kind, p).toBe("not-found")
+      }
+      const form = yield* raw("/control/matrix/send-test", { method: "POST", body: "roomId=x&text=y", headers: { "content-type": "application/x-www-form-urlencoded" } })
+      expect(form.status).toBe(415)
+      expect(form.json().error.kind).toBe("unsupported-media-type")
+      const plain = yield* raw("/control/matrix/send-test", { method: "POST", body: "{}", headers: { "content-type": "text/plain" } })
+      expect(plain.status).toBe(415)
+      for (const body of ["{", "not json", "[1,", "\u0000"]) {
+        const bad = yield* raw("/control/matrix/send-test", { method: "POST", body, headers: { "content-type": "application/json" } })
+        expect([bad.status, bad.text], body).toEqual([400, expect.stringContaining("\"ok\":false")])
+        expect(bad.json().ok, body).toBe(false)
+        expect(typeof bad.json().error.kind, body).toBe("string")
+      }
     }))
 
   it.effect("GET /metrics is Prometheus text with the reference's metric names and live values", () =>

@@ -6,9 +6,15 @@ import * as path from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { DOCTOR_CHECKS, type DoctorReport, exitCodeOf, renderDoctor, runDoctor } from "../../src/programs/doctor.js"
+import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import { cleanEnv, runCli } from "../support/cli.js"
 
 const TOKEN = "syt_doctor_test_token_value"
+// the recovery key on disk and the homeserver's description of it (the SDK's own key check)
+const RAW = new Uint8Array(32).fill(5)
+const RECOVERY_KEY = encodeRecoveryKey(RAW)!
+const KEY_INFO = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(await calculateKeyCheck(RAW)) }
 
 interface FakeHomeserver {
   readonly url: string
@@ -31,6 +37,9 @@ const fakeHomeserver = (): Promise<FakeHomeserver> =>
       if (!authed) return send(401, { errcode: "M_UNKNOWN_TOKEN", error: "Invalid access token" })
       if (req.url === "/_matrix/client/v3/account/whoami") return send(200, { user_id: "@cara:example.com", device_id: "DEV1" })
       if (req.url === "/_matrix/client/v3/keys/query") return send(200, { master_keys: { "@cara:example.com": { keys: {} } }, device_keys: {} })
+      const ad = "/_matrix/client/v3/user/%40cara%3Aexample.com/account_data/"
+      if (req.url === `${ad}m.secret_storage.default_key`) return send(200, { key: "KID" })
+      if (req.url === `${ad}m.secret_storage.key.KID`) return send(200, KEY_INFO)
       if (req.url === "/_matrix/client/v3/room_keys/version") return send(200, { version: "3", algorithm: "m.megolm_backup.v1.curve25519-aes-sha2" })
       send(404, { errcode: "M_UNRECOGNIZED" })
     })
@@ -89,7 +98,7 @@ beforeEach(async () => {
   }
   writeConfig(dir, hs.url)
   fs.mkdirSync(path.join(dir, "matrix"), { mode: 0o700 })
-  fs.writeFileSync(path.join(dir, "matrix", "recovery_key"), "EsTc doct orte stke y\n", { mode: 0o600 })
+  fs.writeFileSync(path.join(dir, "matrix", "recovery_key"), `${RECOVERY_KEY}\n`, { mode: 0o600 })
 })
 
 afterEach(async () => {
@@ -98,6 +107,20 @@ afterEach(async () => {
 })
 
 describe("cara doctor", () => {
+  it.effect("a recovery_key that does not open the homeserver's secret storage is an error, not ok", () =>
+    Effect.gen(function*() {
+      for (const wrong of [encodeRecoveryKey(new Uint8Array(32).fill(6))!, "garbage, not a key"]) {
+        fs.writeFileSync(path.join(dir, "matrix", "recovery_key"), `${wrong}\n`, { mode: 0o600 })
+        const r = yield* runDoctor({ env })
+        const f = r.findings.find((x) => x.check === "cross-signing")
+        expect(f?.status, JSON.stringify(f)).toBe("error")
+        expect(f?.kind).toBe("recovery-key-restore-failed")
+        expect(f?.message).toContain("reason=wrong-key")
+        expect(f?.remediation).toContain("cara matrix recovery-key restore")
+        expect(JSON.stringify(r)).not.toContain(wrong)
+      }
+    }))
+
   it.effect("a healthy installation: every check ok or skipped, exit 0", () =>
     Effect.gen(function*() {
       const report = yield* runDoctor({ env })

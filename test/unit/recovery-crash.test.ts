@@ -18,7 +18,7 @@ import {
   runMint,
   runRepair,
   runRestoreCleanup,
-  runRotate
+  runRotateCommand
 } from "../../src/layers/RecoveryKeyLive.js"
 
 const roots: Array<string> = []
@@ -53,6 +53,16 @@ class FakeServer {
     return {
       probe: (pending) =>
         Effect.sync(() => (this.key === undefined ? "None" : Option.isSome(pending) && pending.value === this.key ? "MatchesPending" : "Other")),
+      which: (current, pending) =>
+        Effect.sync(() =>
+          this.key === undefined
+            ? "Neither"
+            : Option.isSome(current) && current.value === this.key
+            ? "Current"
+            : Option.isSome(pending) && pending.value === this.key
+            ? "Pending"
+            : "Neither"
+        ),
       install: (key) =>
         Effect.sync(() => {
           this.key = key
@@ -94,11 +104,28 @@ const read = (root: string, rel: string) => {
 
 const files = async (root: string) => nodeRecoveryFiles(await Effect.runPromise(makeStateDir(root)))
 
-/** A daemon start after the crash: repair, then mint; returns the exit. */
+/**
+ * A daemon start after the crash, as MatrixSyncLive runs it: the repair before any network I/O (which may
+ * leave a state for the homeserver to settle), then after the first sync the repair with the homeserver,
+ * the restore's key check and the mint.
+ */
 const daemonStart = async (root: string, server: FakeServer) => {
   const f = await files(root)
-  return Effect.runPromiseExit(runRepair(f, noAudit).pipe(Effect.zipRight(runMint(f, server.api(() => {}), noAudit))))
+  const api = server.api(() => {})
+  return Effect.runPromiseExit(
+    runRepair(f, noAudit).pipe(
+      Effect.zipRight(runRepair(f, noAudit, api)),
+      Effect.zipRight(verifyCurrent(root, server)),
+      Effect.zipRight(runMint(f, api, noAudit))
+    )
+  )
 }
+
+/** The restore's MAC check, reduced to what it decides: K (when present) opens the homeserver's secret storage. */
+const verifyCurrent = (root: string, server: FakeServer) =>
+  Effect.suspend(() =>
+    read(root, KEY_FILE) === undefined || read(root, KEY_FILE) === server.key ? Effect.void : Effect.fail(new Error("recovery-key-restore-failed: wrong-key"))
+  )
 
 describe("first mint with crash injection", () => {
   it("after a crash at any step, the next start ends with a local key that opens the server's secret storage", async () => {
@@ -133,33 +160,84 @@ describe("first mint with crash injection", () => {
 })
 
 describe("rotate with crash injection", () => {
-  it("after a crash at any step, the next start either ends with K opening the server or refuses with K intact", async () => {
-    let completed = false
-    for (let crashAt = 1; !completed && crashAt <= 12; crashAt++) {
-      const root = newRoot()
-      const old = freshKey()
-      fs.writeFileSync(path.join(root, KEY_FILE), `${old}\n`, { mode: 0o600 })
-      const server = new FakeServer(old)
-      const tick = ticker(crashAt)
-      const f = crashingFiles(await files(root), tick)
-      const run = await Effect.runPromiseExit(runRotate(f, server.api(tick)))
-      completed = Exit.isSuccess(run)
-      // invariant: the key the server holds is on disk as K or N (nothing uploaded that exists nowhere)
-      expect([read(root, KEY_FILE), read(root, PENDING_FILE)]).toContain(server.key)
+  // The durable steps of one `rotate`, in order (each is a crash point; the count is checked below):
+  //   1 R := started{prev}          2 N := new key (no-replace)      3 R := installing{next, prev} (write-ahead)
+  //   4 homeserver: new default secret-storage key + backup (N)      5 R := pending_key_written{next, prev}
+  //   6 K := N (rename after re-hash)  7 R := final_key_replaced      8 R removed
+  // and, in a rerun, every repair step (N removed on rollback, R removed, K := N on roll-forward) is one too.
+  const ROTATE_DURABLE_STEPS = 8
+
+  const rotateCommand = (root: string, server: FakeServer, tick: () => void) =>
+    Effect.promise(() => files(root)).pipe(
+      Effect.flatMap((base) => runRotateCommand(crashingFiles(base, tick), noAudit, server.api(tick), verifyCurrent(root, server)))
+    )
+
+  /** A fresh installation with K = the server's key, rotated with a crash after durable step `crashAt`. */
+  const crashedRotation = async (crashAt: number | undefined) => {
+    const root = newRoot()
+    const old = freshKey()
+    fs.writeFileSync(path.join(root, KEY_FILE), `${old}\n`, { mode: 0o600 })
+    const server = new FakeServer(old)
+    const exit = await Effect.runPromiseExit(rotateCommand(root, server, ticker(crashAt)))
+    // invariant: the key the server holds is on disk as K or N (nothing uploaded that exists nowhere)
+    expect([read(root, KEY_FILE), read(root, PENDING_FILE)]).toContain(server.key)
+    return { root, server, old, exit }
+  }
+
+  const settled = (root: string, server: FakeServer, label: string) => {
+    expect(read(root, KEY_FILE), label).toBe(server.key)
+    expect(read(root, ROTATING_FILE), label).toBeUndefined()
+    expect(read(root, PENDING_FILE), label).toBeUndefined()
+  }
+
+  it("has exactly the listed durable steps", async () => {
+    let steps = 0
+    const { exit, server, old } = await crashedRotation(undefined)
+    expect(Exit.isSuccess(exit)).toBe(true)
+    expect(server.key).not.toBe(old)
+    const root = newRoot()
+    fs.writeFileSync(path.join(root, KEY_FILE), `${old}\n`, { mode: 0o600 })
+    await Effect.runPromise(rotateCommand(root, new FakeServer(old), () => void steps++))
+    expect(steps).toBe(ROTATE_DURABLE_STEPS)
+  })
+
+  it("a crash after any durable step is resolved by the next daemon start, with no manual action", async () => {
+    for (let crashAt = 1; crashAt <= ROTATE_DURABLE_STEPS; crashAt++) {
+      const { root, server, old, exit } = await crashedRotation(crashAt)
+      expect(Exit.isFailure(exit), `crash at ${crashAt}`).toBe(true)
       const start = await daemonStart(root, server)
-      if (Exit.isSuccess(start)) {
-        expect(read(root, KEY_FILE), `crash at ${crashAt}`).toBe(server.key)
-        expect(read(root, ROTATING_FILE)).toBeUndefined()
-        expect(read(root, PENDING_FILE)).toBeUndefined()
-      } else {
-        // fail closed: the marker and both keys are left for inspection, K is never lost
-        const text = JSON.stringify(start)
-        expect(text).toMatch(/recovery-key-promotion-refused|recovery-state-io/)
-        expect(read(root, KEY_FILE)).toBeDefined()
-        expect(read(root, ROTATING_FILE)).toBeDefined()
+      expect(Exit.isSuccess(start), `crash at ${crashAt}: ${JSON.stringify(start)}`).toBe(true)
+      settled(root, server, `crash at ${crashAt}`)
+      // the rotation was rolled back before the upload and rolled forward after it
+      expect(server.key === old, `crash at ${crashAt}`).toBe(crashAt < 4)
+    }
+  })
+
+  it("a crash after any durable step is resolved by rerunning rotate, even when the rerun itself crashes at any step", async () => {
+    for (let crashAt = 1; crashAt <= ROTATE_DURABLE_STEPS; crashAt++) {
+      for (let rerunCrashAt = 1; rerunCrashAt <= ROTATE_DURABLE_STEPS + 3; rerunCrashAt++) {
+        const label = `crash at ${crashAt}, rerun crash at ${rerunCrashAt}`
+        const { root, server, old } = await crashedRotation(crashAt)
+        const rerun = await Effect.runPromiseExit(rotateCommand(root, server, ticker(rerunCrashAt)))
+        expect([read(root, KEY_FILE), read(root, PENDING_FILE)], label).toContain(server.key)
+        const last = Exit.isSuccess(rerun) ? rerun : await Effect.runPromiseExit(rotateCommand(root, server, () => {}))
+        expect(Exit.isSuccess(last), `${label}: ${JSON.stringify(last)}`).toBe(true)
+        settled(root, server, label)
+        expect(server.key, label).not.toBe(old) // a rerun always ends rotated
+        // the daemon starts cleanly on the result
+        expect(Exit.isSuccess(await daemonStart(root, server)), label).toBe(true)
       }
     }
-    expect(completed).toBe(true)
+  })
+
+  it("a rerun after the upload completes the interrupted rotation instead of rotating twice", async () => {
+    const { root, server } = await crashedRotation(4)
+    const installed = server.key
+    const rerun = await Effect.runPromise(rotateCommand(root, server, () => {}))
+    expect(rerun).toEqual({ resumed: true })
+    expect(server.key).toBe(installed)
+    expect(server.installs).toBe(1)
+    settled(root, server, "after upload")
   })
 })
 

@@ -14,6 +14,7 @@ import {
   PromotionRefusalReason,
   promotionRefused,
   redactRecoveryKeys,
+  RotationStage,
   type RotationMarker
 } from "../../src/domain/recoveryKey.js"
 import { type FileDigest, nextMintStep, nextRepairStep, type RepairObserved } from "../../src/domain/recoveryMachine.js"
@@ -22,111 +23,132 @@ const A = keyDigest("key-a")
 const B = keyDigest("key-b")
 const C = keyDigest("key-c")
 
-const digestArb = fc.constantFrom(A, B, C)
-const fileArb: fc.Arbitrary<FileDigest> = fc.oneof(
-  fc.constant({ _tag: "Absent" } as const),
-  fc.constant({ _tag: "Vanished" } as const),
-  digestArb.map((digest) => ({ _tag: "Present", digest }) as const)
-)
-const markerArb: fc.Arbitrary<RepairObserved["marker"]> = fc.oneof(
-  fc.constant({ _tag: "Absent" } as const),
-  fc.constant({ _tag: "Legacy" } as const),
-  fc.constant({ _tag: "Invalid", reason: "corrupt_typed_marker" } as const),
-  fc.record({
-    stage: fc.constantFrom("started", "pending_key_written", "final_key_replaced") as fc.Arbitrary<RotationMarker["stage"]>,
-    keySha256: fc.option(digestArb, { nil: undefined }),
-    previousKeySha256: fc.option(digestArb, { nil: undefined })
-  }).map((m) => ({
-    _tag: "Typed" as const,
-    marker: {
-      stage: m.stage,
-      updatedAtMs: 1,
-      ...(m.keySha256 === undefined ? {} : { keySha256: m.keySha256 }),
-      ...(m.previousKeySha256 === undefined ? {} : { previousKeySha256: m.previousKeySha256 })
+/**
+ * The whole repair state space with no journal: every marker (absent, legacy, invalid, each stage with each
+ * combination of digests), every K and N (absent, vanished, one of three contents) and every homeserver
+ * answer. Enumerated, not sampled: 3,000 random draws missed `current_key_mismatch` now and then.
+ */
+const allRepairStates = (): Array<RepairObserved> => {
+  const digests = [undefined, A, B, C] as const
+  const markers: Array<RepairObserved["marker"]> = [
+    { _tag: "Absent" },
+    { _tag: "Legacy" },
+    { _tag: "Invalid", reason: "corrupt_typed_marker" }
+  ]
+  for (const stage of RotationStage.literals) {
+    for (const keySha256 of digests) {
+      for (const previousKeySha256 of digests) {
+        markers.push({
+          _tag: "Typed",
+          marker: {
+            stage,
+            updatedAtMs: 1,
+            ...(keySha256 === undefined ? {} : { keySha256 }),
+            ...(previousKeySha256 === undefined ? {} : { previousKeySha256 })
+          }
+        })
+      }
     }
-  }))
-)
-const observedArb: fc.Arbitrary<RepairObserved> = fc.record({
-  journal: fc.constant({ _tag: "Absent" } as const),
-  marker: markerArb,
-  current: fileArb,
-  pending: fileArb
-})
+  }
+  const files: Array<FileDigest> = [
+    { _tag: "Absent" },
+    { _tag: "Vanished" },
+    ...[A, B, C].map((digest) => ({ _tag: "Present", digest }) as const)
+  ]
+  const out: Array<RepairObserved> = []
+  for (const marker of markers) {
+    for (const current of files) {
+      for (const pending of files) {
+        for (const server of ["Unknown", "Current", "Pending", "Neither"] as const) {
+          out.push({ journal: { _tag: "Absent" }, marker, current, pending, server })
+        }
+      }
+    }
+  }
+  return out
+}
+const STATES = allRepairStates()
+const digestOf = (f: FileDigest) => (f._tag === "Present" ? f.digest : undefined)
+const markerDigests = (o: RepairObserved) =>
+  o.marker._tag === "Typed" ? { next: o.marker.marker.keySha256, prev: o.marker.marker.previousKeySha256, stage: o.marker.marker.stage } : undefined
 
 describe("startup repair table (§5.6)", () => {
-  it("reaches every refusal reason over the whole (small) state space, and refusals carry the wire value", () => {
-    // Enumerated, not sampled: 3,000 random draws missed `current_key_mismatch` now and then.
-    const digests = [undefined, A, B, C] as const
-    const markers: Array<RepairObserved["marker"]> = [
-      { _tag: "Absent" },
-      { _tag: "Legacy" },
-      { _tag: "Invalid", reason: "corrupt_typed_marker" }
-    ]
-    for (const stage of ["started", "pending_key_written", "final_key_replaced"] as const) {
-      for (const keySha256 of digests) {
-        for (const previousKeySha256 of digests) {
-          markers.push({
-            _tag: "Typed",
-            marker: {
-              stage,
-              updatedAtMs: 1,
-              ...(keySha256 === undefined ? {} : { keySha256 }),
-              ...(previousKeySha256 === undefined ? {} : { previousKeySha256 })
-            }
-          })
-        }
-      }
-    }
-    const files: Array<FileDigest> = [
-      { _tag: "Absent" },
-      { _tag: "Vanished" },
-      ...[A, B, C].map((digest) => ({ _tag: "Present", digest }) as const)
-    ]
+  it("reaches every refusal reason over the whole state space, and refusals carry the wire value", () => {
     const seen = new Set<string>()
-    for (const marker of markers) {
-      for (const current of files) {
-        for (const pending of files) {
-          const step = nextRepairStep({ journal: { _tag: "Absent" }, marker, current, pending })
-          if (step._tag !== "Refuse") continue
-          seen.add(step.reason)
-          const err = promotionRefused(step.reason, { marker: "/s/R", pending: "/s/N", key: "/s/K" })
-          expect(err.kind).toBe("recovery-key-promotion-refused")
-          expect(err.reason).toBe(step.reason)
-          expect(err.message).toContain(`(${step.reason})`)
-          expect(err.message).toContain("Refusing to promote pending key at /s/N over current key at /s/K")
-        }
-      }
+    for (const o of STATES) {
+      const step = nextRepairStep(o)
+      if (step._tag !== "Refuse") continue
+      seen.add(step.reason)
+      const err = promotionRefused(step.reason, { marker: "/s/R", pending: "/s/N", key: "/s/K" })
+      expect(err.kind).toBe("recovery-key-promotion-refused")
+      expect(err.reason).toBe(step.reason)
+      expect(err.message).toContain(`(${step.reason})`)
+      expect(err.message).toContain("Refusing to promote pending key at /s/N over current key at /s/K")
     }
     expect([...seen].sort()).toEqual([...PromotionRefusalReason.literals].sort())
   })
 
-  it("promotes only when the marker binds both digests: pending == keySha256 and current == previousKeySha256", () => {
-    fc.assert(
-      fc.property(observedArb, (o) => {
-        const step = nextRepairStep(o)
-        if (step._tag !== "PromotePending") return
-        expect(o.marker._tag).toBe("Typed")
-        if (o.marker._tag !== "Typed") return
-        const m = o.marker.marker
-        expect(m.stage).toBe("pending_key_written")
-        expect(o.pending).toEqual({ _tag: "Present", digest: m.keySha256 })
-        expect(o.current).toEqual({ _tag: "Present", digest: m.previousKeySha256 })
-        expect(step.expectedDigest).toBe(m.keySha256)
-      }),
-      { numRuns: 3000 }
-    )
+  it("promotes N only when it is bound: by both digests after the upload was recorded, or by the homeserver's own answer", () => {
+    for (const o of STATES) {
+      const step = nextRepairStep(o)
+      if (step._tag !== "PromotePending") continue
+      const m = markerDigests(o)
+      expect(m, JSON.stringify(o)).toBeDefined()
+      if (m === undefined) continue
+      const pend = digestOf(o.pending)
+      expect(pend).toBeDefined()
+      expect(step.expectedDigest).toBe(pend)
+      expect(digestOf(o.current)).toBe(m.prev) // K is the key the rotation started from
+      if (m.stage === "pending_key_written") expect(pend).toBe(m.next)
+      else {
+        expect(["started", "installing"]).toContain(m.stage)
+        expect(o.server).toBe("Pending") // the homeserver says N opens its secret storage
+        if (m.stage === "installing") expect(pend).toBe(m.next)
+      }
+    }
   })
 
-  it("never deletes the current key's only copy: removals of N happen only when K already equals the new key", () => {
-    fc.assert(
-      fc.property(observedArb, (o) => {
-        const step = nextRepairStep(o)
-        if (step._tag === "RemovePending" && o.marker._tag === "Typed") {
-          expect(o.current).toEqual({ _tag: "Present", digest: o.marker.marker.keySha256 })
-        }
-      }),
-      { numRuns: 2000 }
-    )
+  it("never deletes the only copy of the key the homeserver holds: N goes only when K is the new key or the server holds K", () => {
+    for (const o of STATES) {
+      const step = nextRepairStep(o)
+      if (step._tag !== "RemovePending") continue
+      const m = markerDigests(o)
+      expect(m).toBeDefined()
+      if (m === undefined) continue
+      const cur = digestOf(o.current)
+      const ok = (cur !== undefined && cur === m.next) || (o.server === "Current" && cur !== undefined && cur === m.prev)
+      expect(ok, JSON.stringify(o)).toBe(true)
+    }
+  })
+
+  it("never clears a marker whose digests do not match the current key", () => {
+    // the mutation this catches: clearing R on any `cur` (or on a digest of N instead of K)
+    for (const o of STATES) {
+      const step = nextRepairStep(o)
+      if (step._tag !== "RemoveMarker") continue
+      const m = markerDigests(o)
+      expect(m, JSON.stringify(o)).toBeDefined()
+      if (m === undefined) continue
+      const cur = digestOf(o.current)
+      expect(cur, JSON.stringify(o)).toBeDefined()
+      expect(o.pending._tag).toBe("Absent")
+      if (m.stage === "pending_key_written" || m.stage === "final_key_replaced") expect(cur).toBe(m.next)
+      else if (m.stage === "started") expect(cur).toBe(m.prev)
+      else {
+        // installing: K is the new key, or the homeserver confirmed that K (the old key) still opens it
+        expect(cur === m.next || (cur === m.prev && o.server === "Current"), JSON.stringify(o)).toBe(true)
+      }
+    }
+  })
+
+  it("asks the homeserver only where the files cannot tell, and never once it answered", () => {
+    for (const o of STATES) {
+      const step = nextRepairStep(o)
+      if (step._tag === "AskServer") expect(o.server).toBe("Unknown")
+    }
+    // the reference's rows that need no network keep needing none
+    const offline = STATES.filter((o) => o.server === "Unknown" && markerDigests(o)?.stage === "pending_key_written")
+    for (const o of offline) expect(nextRepairStep(o)._tag).not.toBe("AskServer")
   })
 
   it("follows the table rows", () => {
@@ -150,6 +172,24 @@ describe("startup repair table (§5.6)", () => {
       .toMatchObject({ _tag: "StateIo", why: "outcome_unknown" })
     expect(nextRepairStep({ journal: none, marker: { _tag: "Invalid", reason: "unknown_legacy_marker" }, current: present(A), pending: absent }))
       .toMatchObject({ _tag: "StateIo", why: "marker_invalid" })
+    // write-ahead rows (not in the reference): the homeserver decides between rolling forward and back
+    const installing = typed("installing", B, A)
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B) })).toEqual({ _tag: "AskServer" })
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Pending" }))
+      .toEqual({ _tag: "PromotePending", expectedDigest: B })
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Current" }))
+      .toEqual({ _tag: "RemovePending", audit: "rolled_back_pending" })
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Neither" }))
+      .toMatchObject({ _tag: "Refuse", reason: "server_key_matches_neither" })
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Current" }))
+      .toEqual({ _tag: "RemoveMarker", audit: "rolled_back_pending" })
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Neither" }))
+      .toMatchObject({ _tag: "StateIo", why: "outcome_unknown" })
+    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: present(B) })).toEqual({ _tag: "AskServer" })
+    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: present(B), server: "Pending" }))
+      .toEqual({ _tag: "PromotePending", expectedDigest: B })
+    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(C), pending: present(B) }))
+      .toMatchObject({ _tag: "Refuse", reason: "unbound_started_pending" })
   })
 
   it("inspects the cleanup journal first: started refuses, completed is removed, corrupt and newer versions refuse", () => {

@@ -1,5 +1,5 @@
-// restoreAtStartup over a fake client: a store that holds every key is not restored (and the homeserver is
-// not asked), secret storage is read from the homeserver rather than the client's cached sync, and an
+// restoreAtStartup over a fake client: a store that holds every key is not restored (but the key on disk is
+// still MAC-checked against the homeserver's key description), secret storage is read from the homeserver rather than the client's cached sync, and an
 // unreachable homeserver is a transient failure (retried by the daemon), not a missing configuration.
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Option } from "effect"
@@ -74,14 +74,45 @@ const ctx = (client: MatrixClient, audited: Array<string>) => ({
 const notFound = () => Promise.reject(Object.assign(new Error("not found"), { errcode: "M_NOT_FOUND", httpStatus: 404 }))
 
 describe("recovery-key restore at start-up", () => {
-  it.effect("a store that already holds every key is not restored and the homeserver is not asked", () =>
+  const withInfo = (info: unknown) => async (type: string) => {
+    if (type === "m.secret_storage.default_key") return { key: "KEYID" }
+    if (type === "m.secret_storage.key.KEYID") return info
+    return notFound()
+  }
+
+  it.effect("a store that already holds every key is not restored, but the key is still MAC-checked against the homeserver", () =>
     Effect.gen(function*() {
-      const fake = fakeClient({ complete: true, server: notFound })
+      const info = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(yield* Effect.promise(() => calculateKeyCheck(raw))) }
+      const fake = fakeClient({ complete: true, server: withInfo(info) })
       const audited: Array<string> = []
       const r = yield* restoreAtStartup(ctx(fake.client, audited), { skipWhenStoreComplete: true })
       expect(r).toBe(true)
-      expect(fake.requests).toEqual([])
-      expect(audited).toEqual([])
+      expect(fake.requests.map((p) => decodeURIComponent(p.split("/").pop() ?? ""))).toEqual([
+        "m.secret_storage.default_key",
+        "m.secret_storage.key.KEYID"
+      ])
+      expect(audited).toEqual([]) // skipped: no restore happened
+    }))
+
+  it.effect("a complete store does not excuse a wrong key on disk: wrong-key, naming the restore command", () =>
+    Effect.gen(function*() {
+      // the homeserver's key description belongs to another key (the SDK's own key check computes it)
+      const other = yield* Effect.promise(() => calculateKeyCheck(new Uint8Array(32).fill(9)))
+      const fake = fakeClient({ complete: true, server: withInfo({ algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...other }) })
+      const e = yield* Effect.flip(restoreAtStartup(ctx(fake.client, []), { skipWhenStoreComplete: true }))
+      expect(e.kind).toBe("recovery-key-restore-failed")
+      expect(e.reason).toBe("wrong-key")
+      expect(e.message).toContain("cara matrix recovery-key restore")
+      expect(isTransientRestoreFailure(e as RecoveryKeyError)).toBe(false)
+    }))
+
+  it.effect("garbage in recovery_key (not a recovery key at all) is wrong-key too", () =>
+    Effect.gen(function*() {
+      const info = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(yield* Effect.promise(() => calculateKeyCheck(raw))) }
+      const fake = fakeClient({ complete: true, server: withInfo(info) })
+      const garbage: RecoveryFiles = { ...files, read: () => Effect.succeed(Option.some("not a key at all\n")) }
+      const e = yield* Effect.flip(restoreAtStartup({ ...ctx(fake.client, []), files: garbage }, { skipWhenStoreComplete: true }))
+      expect(e.reason).toBe("wrong-key")
     }))
 
   it.effect("a rotation's check (no skip) still proves the key against the homeserver", () =>

@@ -13,7 +13,7 @@ afterEach(() => {
 })
 
 // A gateway-only config: the lock does not depend on Matrix being configured.
-const gatewayOnly = `{ gateway: { port: 0, bind: "loopback" } }`
+const gatewayOnly = `{ gateway: { port: 0, bind: "loopback", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`
 
 describe("the daemon and the maintenance lock", () => {
   it("a second daemon and rekey-store are refused while the daemon runs, naming it; free after it stops", async () => {
@@ -33,7 +33,7 @@ describe("the daemon and the maintenance lock", () => {
 
     // rekey-store needs a Matrix config; write one now (the daemon read its config at start).
     fs.writeFileSync(path.join(root, "carapace.json5"), `{
-      gateway: { port: 0 },
+      gateway: { port: 0, auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } },
       matrix: { homeserverUrl: "http://127.0.0.1:8008", userId: "@bot:example.org", accessToken: "\${MATRIX_ACCESS_TOKEN}", deviceId: "D" },
     }`)
     const rekey = runCli(["matrix", "rekey-store", "--new"], env)
