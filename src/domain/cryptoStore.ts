@@ -9,7 +9,11 @@ export const CryptoStoreErrorKind = Schema.Literal(
   "encrypted-store-passphrase-mismatch",
   "missing-store-secret",
   "store-locked",
-  "encrypted-state-io"
+  "encrypted-state-io",
+  /** `matrix-sdk-crypto.sqlite3` exists but is empty, truncated, not SQLite or not a store: refused, never rebuilt */
+  "crypto-store-corrupt",
+  /** the same for `matrix-sdk-state.sqlite3` */
+  "state-store-corrupt"
 )
 export type CryptoStoreErrorKind = typeof CryptoStoreErrorKind.Type
 

@@ -48,6 +48,11 @@ export const MatrixErrorKind = Schema.Literal(
   "interrupted-rekey",
   "store-key-derivation",
   "installation-id",
+  // a state file exists but is damaged, or is missing while other state needs it (src/domain/stateFiles.ts)
+  "installation-id-missing",
+  "crypto-store-corrupt",
+  "state-store-corrupt",
+  "inbound-ledger-corrupt",
   "invalid-user-id",
   "missing-credentials",
   "missing-device-id-for-token-restore",

@@ -28,9 +28,12 @@ export class StoreKeyDerivationError extends Schema.TaggedError<StoreKeyDerivati
   message: Schema.String
 }) {}
 
-/** `{state_dir}/installation_id` cannot be read, is malformed, or cannot be created. */
+/**
+ * `{state_dir}/installation_id` cannot be read, is malformed, or cannot be created (`installation-id`), or
+ * is absent while state keyed from it exists, so a new one would lock that state out (`installation-id-missing`).
+ */
 export class InstallationIdError extends Schema.TaggedError<InstallationIdError>()("InstallationIdError", {
-  kind: Schema.Literal("installation-id"),
+  kind: Schema.Literal("installation-id", "installation-id-missing"),
   path: Schema.String,
   message: Schema.String
 }) {}

@@ -11,8 +11,10 @@ import type { DlqShape } from "../services/Dlq.js"
 import type { InboundShape, RoomFacts } from "../services/Inbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
 import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
+import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { type Allowlist, allowsUser } from "./allowlist.js"
 import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
+import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Gates (reference §7.3, plus the group-mention rule), pure
@@ -130,6 +132,18 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
 
 export const LEDGER_FILE = "matrix/inbound-ledger.sqlite"
 
+const LEDGER_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS inbound (
+    event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, state TEXT NOT NULL,
+    claimed_at INTEGER NOT NULL, committed_at INTEGER, reply_ids TEXT
+  );
+  CREATE TABLE IF NOT EXISTS utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_seen INTEGER NOT NULL);
+  CREATE TABLE IF NOT EXISTS outbound_pending (
+    event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_failed_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, last_error TEXT NOT NULL
+  );
+`
+
 export type LedgerState = "claimed" | "committed"
 
 /** An answer whose send failed at least once and that is not sent yet (`outbound_pending`). */
@@ -161,23 +175,23 @@ export interface Ledger {
  * Opens (creating 0600) the ledger. `synchronous=FULL` in WAL mode: a claim or commit is on disk when
  * the call returns, which is what "claimed before the first send" and "committed after handling" rely on.
  */
+/** Why an existing ledger is not one, or undefined (a read-only look; `utd` is added on open when missing). */
+export const inspectLedgerFile = (file: string) => inspectSqlite(file, (db) => missingTables(db, ["inbound"]))
+
 export const openLedger = (file: string): Ledger => {
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
+  // created complete or not at all, so an existing ledger without its table is damage (refused, kept)
+  if (!fs.existsSync(file)) createSqliteAtomically(file, (db) => db.exec(LEDGER_SCHEMA))
+  const look = inspectLedgerFile(file)
+  if (look.state === "bad") {
+    throw new StateFileError({ kind: "inbound-ledger-corrupt", path: file, message: corruptLedgerMessage(file, look.reason) })
+  }
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW)
   fs.fchmodSync(fd, 0o600)
   fs.closeSync(fd)
   const db = new DatabaseSync(file)
   db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-  db.exec(`
-    CREATE TABLE IF NOT EXISTS inbound (
-      event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, state TEXT NOT NULL,
-      claimed_at INTEGER NOT NULL, committed_at INTEGER, reply_ids TEXT
-    );
-    CREATE TABLE IF NOT EXISTS utd (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_seen INTEGER NOT NULL);
-    CREATE TABLE IF NOT EXISTS outbound_pending (
-      event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_failed_at INTEGER NOT NULL,
-      attempts INTEGER NOT NULL, last_error TEXT NOT NULL
-    );
-  `)
+  // IF NOT EXISTS: a ledger from before the utd or outbound_pending table gains it here
+  db.exec(LEDGER_SCHEMA)
   for (const f of [`${file}-wal`, `${file}-shm`]) {
     try {
       fs.chmodSync(f, 0o600)

@@ -24,6 +24,7 @@ import {
   TOKEN_REVOCATION_CODES,
   TOKEN_REVOKED_HINT
 } from "../domain/matrix.js"
+import { StateFileError } from "../domain/stateFiles.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
@@ -361,7 +362,10 @@ const storeOpenFailure = (e: { kind: string; message: string }) => {
       e.kind === "encrypted-state-io" ||
       e.kind === "interrupted-rekey" ||
       e.kind === "store-key-derivation" ||
-      e.kind === "installation-id"
+      e.kind === "installation-id" ||
+      e.kind === "installation-id-missing" ||
+      e.kind === "crypto-store-corrupt" ||
+      e.kind === "state-store-corrupt"
     ? e.kind
     : "client-build"
   return new MatrixError({ kind, message: e.message })
@@ -549,7 +553,10 @@ const runMatrix = (deps: RuntimeDeps): Effect.Effect<never, MatrixError, Scope.S
     const ledger = yield* Effect.acquireRelease(
       Effect.try({
         try: () => openLedger(stateDir.resolve(LEDGER_FILE)),
-        catch: (e) => new MatrixError({ kind: "encrypted-state-io", message: `Opening the inbound ledger failed (${describe(e)}); check the state directory.` })
+        catch: (e) =>
+          e instanceof StateFileError && e.kind === "inbound-ledger-corrupt"
+            ? new MatrixError({ kind: e.kind, message: e.message })
+            : new MatrixError({ kind: "encrypted-state-io", message: `Opening the inbound ledger failed (${describe(e)}); check the state directory.` })
       }),
       (l) => Effect.sync(() => l.close())
     )

@@ -1,12 +1,14 @@
 import * as fs from "node:fs/promises"
-import { constants as fsConstants } from "node:fs"
+import { lstatSync } from "node:fs"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Effect, Layer, Option } from "effect"
 import type { ChatRole } from "../domain/agent.js"
 import { StateDir } from "../services/StateDir.js"
+import { corruptHistoryMessage } from "../domain/stateFiles.js"
 import { type NewMessage, Sessions, type SessionsShape, SessionStoreError, type StoredMessage } from "../services/Sessions.js"
+import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
 /** The project's SQLite database, relative to the state dir. */
 export const DATABASE_FILE = "carapace.sqlite"
@@ -27,28 +29,55 @@ const tightenModes = (file: string) =>
     )
   )
 
+// IF NOT EXISTS rather than a migrator: other subsystems share the database and its migration table.
+const AGENT_MESSAGES_TABLE = `CREATE TABLE IF NOT EXISTS agent_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content TEXT NOT NULL,
+    sender_id TEXT,
+    sender_name TEXT,
+    event_id TEXT,
+    reply_to TEXT,
+    agent TEXT,
+    model TEXT,
+    created_at INTEGER NOT NULL
+  )`
+
+/** Why an existing `carapace.sqlite` is not the history database, or undefined (read-only look). */
+export const inspectHistoryFile = (file: string) => inspectSqlite(file, (db) => missingTables(db, ["agent_messages"]))
+
 /**
- * `{state_dir}/carapace.sqlite` as an SqlClient, mode 0600 including `-wal` / `-shm`: the file is created
- * 0600 before SQLite opens it, and SQLite gives its WAL files the mode of the database file.
+ * `{state_dir}/carapace.sqlite` as an SqlClient, mode 0600 including `-wal` / `-shm` (SQLite gives its WAL
+ * files the mode of the database file). A new file is created complete (atomically, with its table), so an
+ * existing one that is empty, truncated, not SQLite or without the table is damage: `session-history-corrupt`,
+ * and the file is left as it is.
  */
 export const CaraSqliteLive: Layer.Layer<SqliteClient.SqliteClient | SqlClient.SqlClient, SessionStoreError, StateDir> =
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const stateDir = yield* StateDir
       const file = stateDir.resolve(DATABASE_FILE)
-      yield* Effect.tryPromise({
-        try: async () => {
-          // O_NOFOLLOW: a planted symlink must not make us write the history somewhere else.
-          const handle = await fs.open(
-            file,
-            fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW,
-            0o600
-          )
-          await handle.chmod(0o600)
-          await handle.close()
+      const look = yield* Effect.try({
+        try: () => {
+          // lstat, not exists: a planted symlink is not "absent" (and is refused below)
+          const absent = (() => {
+            try {
+              lstatSync(file)
+              return false
+            } catch (e) {
+              if ((e as NodeJS.ErrnoException).code === "ENOENT") return true
+              throw e
+            }
+          })()
+          if (absent) createSqliteAtomically(file, (db) => db.exec(AGENT_MESSAGES_TABLE))
+          return inspectHistoryFile(file)
         },
         catch: storeError(`Opening ${file}`)
       })
+      if (look.state === "bad") {
+        return yield* new SessionStoreError({ kind: "session-history-corrupt", message: corruptHistoryMessage(file, look.reason) })
+      }
       return SqliteClient.layer({ filename: file }).pipe(
         Layer.tap(() => tightenModes(file)),
         Layer.orDie
@@ -88,20 +117,7 @@ const toStored = (r: Row): StoredMessage => ({
 export const makeSessions = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
 
-  // IF NOT EXISTS rather than a migrator: other subsystems share the database and its migration table.
-  yield* sql`CREATE TABLE IF NOT EXISTS agent_messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    room_id TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    content TEXT NOT NULL,
-    sender_id TEXT,
-    sender_name TEXT,
-    event_id TEXT,
-    reply_to TEXT,
-    agent TEXT,
-    model TEXT,
-    created_at INTEGER NOT NULL
-  )`.pipe(Effect.mapError(storeError("Creating the agent history table")))
+  yield* sql.unsafe(AGENT_MESSAGES_TABLE).pipe(Effect.mapError(storeError("Creating the agent history table")))
   yield* sql`CREATE INDEX IF NOT EXISTS agent_messages_room ON agent_messages (room_id, id)`.pipe(
     Effect.mapError(storeError("Creating the agent history index"))
   )

@@ -31,6 +31,8 @@ import {
   STORE_KEY_INFO,
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
+import type { Matrix } from "../domain/config.js"
+import { DLQ_FILE } from "../domain/dlq.js"
 import { registerSecret } from "../domain/redact.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
@@ -40,6 +42,7 @@ import {
   StorePassphrase,
   type StorePassphraseShape
 } from "../services/StorePassphrase.js"
+import { CRYPTO_FILE, STATE_FILE } from "./CryptoStoreLive.js"
 
 export type PassphraseEnv = Readonly<Record<string, string | undefined>>
 
@@ -127,11 +130,66 @@ const parseInstallationId = (file: string, text: string): string | InstallationI
   return id
 }
 
+const sizeOf = (file: string) => {
+  try {
+    return fs.lstatSync(file).size
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The files that exist now and are keyed from `installation_id`: the Matrix stores when their passphrase is
+ * derived (no explicit passphrase, no pinned store_passphrase), and a non-empty inbound DLQ (its key always
+ * mixes in the id). While any exists, a missing id means lost state, not a first start.
+ */
+export const installationIdDependents = (root: string, m: Matrix | null | undefined): Array<string> => {
+  if (m === undefined || m === null || m.enabled === false || m.encrypted === false) return []
+  const out: Array<string> = []
+  const derived = m.storePassphrase === undefined && sizeOf(path.join(root, PASSPHRASE_FILE)) === undefined
+  if (derived) out.push(...[CRYPTO_FILE, STATE_FILE].map((f) => path.join(root, f)).filter((f) => sizeOf(f) !== undefined))
+  const dlq = path.join(root, DLQ_FILE)
+  if ((sizeOf(dlq) ?? 0) > 0) out.push(dlq)
+  return out
+}
+
+/** `installation_id` is gone while `dependents` were keyed from it: refuse rather than mint a new one. */
+export const installationIdMissing = (file: string, dependents: ReadonlyArray<string>) =>
+  new InstallationIdError({
+    kind: "installation-id-missing",
+    path: file,
+    message: `Matrix installation id ${file} is missing, but ${dependents.join(", ")} ${dependents.length > 1 ? "were" : "was"} keyed from it; a new id would make ${dependents.length > 1 ? "them" : "it"} unreadable, so none is minted. Restore installation_id from a backup (64 lowercase hex characters and a newline; it is not a secret). If it is lost for good, the derived-key state cannot be opened again: move the Matrix stores and the DLQ aside and follow the disaster recovery in docs/channels.md.`
+  })
+
+/**
+ * What is wrong with `{root}/installation_id`, looked at without creating anything: unreadable or malformed
+ * (`installation-id`), or absent while state is keyed from it (`installation-id-missing`). Undefined when
+ * the daemon can use it (or mint it). Only for an enabled, encrypted Matrix channel (nothing else uses it).
+ */
+export const installationIdProblem = (root: string, m: Matrix | null | undefined): InstallationIdError | undefined => {
+  if (m === undefined || m === null || m.enabled === false || m.encrypted === false) return undefined
+  const file = path.join(root, INSTALLATION_ID_FILE)
+  const read = readSmallFile(file, INSTALLATION_ID_MAX, false)
+  if (read.state === "absent") {
+    const keyed = installationIdDependents(root, m)
+    return keyed.length > 0 ? installationIdMissing(file, keyed) : undefined
+  }
+  if (read.state === "bad") {
+    return iidError(file, `failed to read Matrix installation id: ${read.problem}. Restore the original file from a backup.`)
+  }
+  const parsed = parseInstallationId(file, read.text)
+  return typeof parsed === "string" ? undefined : parsed
+}
+
 /**
  * Reads `{root}/installation_id`, creating it first if absent: temp file + fsync + hard link (which never
- * replaces) + directory fsync, so racing creators (daemon, CLI) converge on the first one linked.
+ * replaces) + directory fsync, so racing creators (daemon, CLI) converge on the first one linked. When
+ * `dependents` (files keyed from the id) names any existing file, an absent id is refused instead.
  */
-export const readOrCreateInstallationId = (root: string): Effect.Effect<string, InstallationIdError> =>
+export const readOrCreateInstallationId = (
+  root: string,
+  dependents: () => ReadonlyArray<string> = () => []
+): Effect.Effect<string, InstallationIdError> =>
   Effect.gen(function*() {
     const file = path.join(root, INSTALLATION_ID_FILE)
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -146,6 +204,8 @@ export const readOrCreateInstallationId = (root: string): Effect.Effect<string, 
           `failed to read or create Matrix installation id: ${read.problem}. Restore the original file, or remove it to let cara mint a fresh id (this rotates every derived key).`
         )
       }
+      const keyed = dependents()
+      if (keyed.length > 0) return yield* installationIdMissing(file, keyed)
       // false: another creator linked first; the next pass reads its value.
       yield* Effect.try({
         try: () => {
@@ -390,7 +450,7 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
     const pending = stateDir.resolve(PENDING_FILE)
     const marker = stateDir.resolve(MARKER_FILE)
 
-    const installationId = readOrCreateInstallationId(stateDir.root)
+    const installationId = readOrCreateInstallationId(stateDir.root, () => installationIdDependents(stateDir.root, configSecrets.config.matrix))
 
     const resolveDetailed = Effect.gen(function*() {
       const m = configSecrets.config.matrix

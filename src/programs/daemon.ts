@@ -4,6 +4,7 @@ import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
 import { UnhandledRejectionsLogged } from "../layers/ProcessGuards.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
+import { StateFilesChecked } from "../layers/StateFilesCheck.js"
 import { MatrixSyncLive } from "../layers/MatrixSyncLive.js"
 import { RecoveryKeyLive } from "../layers/RecoveryKeyLive.js"
 import { DaemonRekeyLockLive, StorePassphraseLive } from "../layers/StorePassphraseLive.js"
@@ -29,8 +30,10 @@ const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive
  * and every other resource.
  */
 export const daemon = Layer.launch(
-  // DaemonRekeyLockLive first: no store is opened unless this daemon holds .matrix-rekey.lock.
+  // DaemonRekeyLockLive first: no store is opened unless this daemon holds .matrix-rekey.lock. Then every
+  // state file is looked at (a damaged or missing one refuses the start, naming the file) before any opens it.
   Layer.mergeAll(GatewayLive, AgentRuntimeLive).pipe(
+    Layer.provide(StateFilesChecked),
     Layer.provide(DaemonRekeyLockLive),
     Layer.provide(InfrastructureLive),
     Layer.provide(UnhandledRejectionsLogged)

@@ -14,6 +14,8 @@ import { SqliteFile, type StoreSecret } from "../layers/durable-idb/sqliteFile.j
 import { makeKeyring } from "../layers/RecoveryKeyLive.js"
 import { makeStateDir, resolveStateDirPath } from "../layers/StateDirLive.js"
 import { acquireRekeyLock, configPasswordOf, deriveStorePassphrase, LOCK_HOLDER_FILE } from "../layers/StorePassphraseLive.js"
+import type { StateFileErrorKind } from "../domain/stateFiles.js"
+import { stateFileProblems } from "../layers/StateFilesCheck.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 
 export type Status = "ok" | "skip" | "warn" | "error"
@@ -315,6 +317,17 @@ const resolvePassphrase = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: State
   return Either.right({ value: deriveStorePassphrase(Redacted.value(password.value), iid), source: "derived from CARAPACE_CONFIG_PASSWORD" })
 }
 
+/** The short next step of each state-file refusal (the message holds the detail). */
+const STATE_FILE_REMEDY: Record<StateFileErrorKind, string> = {
+  "crypto-store-corrupt": "restore both Matrix store files from a backup; without one, move them aside and follow Disaster recovery in docs/channels.md (never let the daemon build a new store under the old device id)",
+  "state-store-corrupt": "restore it from the backup the crypto store came from, or move it aside so the next start rebuilds it from the homeserver",
+  "inbound-ledger-corrupt": "restore it from a backup, or move it aside (the next start begins a new ledger)",
+  "session-history-corrupt": "restore it from a backup, or move it aside (the next start begins an empty history)",
+  "installation-id-missing": "restore installation_id from a backup; the daemon will not mint a new one while state is keyed from it",
+  "installation-id": "restore installation_id from a backup (64 lowercase hex characters)",
+  "encrypted-state-io": "fix or restore the file named above"
+}
+
 const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: StateDirShape, rekeyInFlight: boolean) =>
   Effect.scoped(Effect.gen(function*() {
     const out: Array<Finding> = []
@@ -334,6 +347,13 @@ const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: Stat
       out.push(ok("lock", `${stateDir.resolve(LOCK_FILE)} is held by ${lock.by}; maintenance commands (rekey-store, recovery-key restore|rotate) need it stopped`))
     } else {
       out.push(ok("lock", "the maintenance lock is free (no daemon or maintenance command running)"))
+    }
+
+    // A damaged state file (or a missing one other state needs) is what the daemon would refuse first.
+    const problems = yield* stateFileProblems(stateDir.root, stateDir.resolve, snap.config)
+    if (problems.length > 0) {
+      for (const p of problems) out.push(fail("stores", p.message, STATE_FILE_REMEDY[p.kind], p.kind))
+      return out
     }
 
     const m = snap.config.matrix

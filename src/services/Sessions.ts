@@ -3,7 +3,8 @@ import type { ChatRole } from "../domain/agent.js"
 
 /** The conversation history could not be read or written (SQLite at `{state_dir}/carapace.sqlite`). */
 export class SessionStoreError extends Schema.TaggedError<SessionStoreError>()("SessionStoreError", {
-  kind: Schema.Literal("agent-history-io"),
+  /** `session-history-corrupt`: the file exists but is not the history database (refused at start, kept). */
+  kind: Schema.Literal("agent-history-io", "session-history-corrupt"),
   message: Schema.String
 }) {}
 

@@ -43,9 +43,10 @@ describe("SessionsLive", () => {
     Effect.gen(function*() {
       const dir = yield* tempDir
       const db = path.join(dir, DATABASE_FILE)
-      yield* Effect.promise(() => fs.writeFile(db, "", { mode: 0o644 }))
+      // a real history file (an empty one would be refused as damaged), loosened afterwards
+      yield* withSessions(dir, Effect.flatMap(Sessions, (s) => s.append("!a:hs", { role: "user", content: "x", eventId: "$x" })))
       yield* Effect.promise(() => fs.chmod(db, 0o644))
-      yield* withSessions(dir, Effect.flatMap(Sessions, (s) => s.history("!a:hs", 10)))
+      expect((yield* withSessions(dir, Effect.flatMap(Sessions, (s) => s.history("!a:hs", 10)))).length).toBe(1)
       expect(yield* mode(db)).toBe(0o600)
     }))
 
@@ -125,6 +126,7 @@ describe("SessionsLive", () => {
       yield* Effect.promise(() => fs.symlink(elsewhere, path.join(dir, DATABASE_FILE)))
       const exit = yield* Effect.exit(withSessions(dir, Effect.flatMap(Sessions, (s) => s.history("!a:hs", 1))))
       expect(exit._tag).toBe("Failure")
-      expect(JSON.stringify(exit)).toContain("agent-history-io")
+      expect(JSON.stringify(exit)).toContain("session-history-corrupt")
+      expect(JSON.stringify(exit)).toContain("symbolic link")
     }))
 })

@@ -17,6 +17,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
 import { CryptoStoreError } from "../../domain/cryptoStore.js"
+import { createSqliteAtomically, inspectSqlite, missingTables } from "../sqliteState.js"
 import {
   type CipherRecord,
   decodeCipherRecord,
@@ -117,16 +118,70 @@ const readOwnerPid = (file: string): number | undefined => {
   }
 }
 
-/** Creates the file 0600 before SQLite does, so the -wal file (which copies its mode) is 0600 too. */
-const precreate = (file: string) => {
-  try {
-    fs.closeSync(fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600))
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e
-  }
+/** An existing store file must be a regular file (a planted symlink must not redirect the store); mode 0600. */
+const checkRegular = (file: string) => {
   const st = fs.lstatSync(file)
   if (st.isSymbolicLink() || !st.isFile()) throw Object.assign(new Error("not a regular file"), { code: "EINVAL" })
   if ((st.mode & 0o777) !== 0o600) fs.chmodSync(file, 0o600)
+}
+
+const exists = (file: string) => {
+  try {
+    fs.lstatSync(file)
+    return true
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false
+    throw e
+  }
+}
+
+/** The error kind of a damaged file of this role. */
+const corruptKind = (role: string): CryptoStoreError["kind"] => (role === "state" ? "state-store-corrupt" : "crypto-store-corrupt")
+
+/** The operator message of a damaged store file: what is wrong, that nothing was written, and what to do. */
+export const corruptStoreMessage = (file: string, role: string, reason: string): string =>
+  role === "state"
+    ? `The Matrix sync-state store ${file} cannot be used: ${reason}. It was left untouched. Restore it from the backup the crypto store came from, or move it aside: the next start rebuilds it from the homeserver (messages sent while the daemon was stopped are then not answered).`
+    : `The Matrix crypto store ${file} cannot be used: ${reason}. It was left untouched, and no new store is created in its place (that would reuse the device id with new keys). Restore it, with matrix-sdk-state.sqlite3, from a backup; without a backup, move both store files aside and follow the disaster recovery in docs/channels.md (\`cara matrix recovery-key restore\`, then the password for one start).`
+
+/**
+ * Why an existing file is not a store this code wrote, or undefined: the three tables, a format record
+ * that parses, and (encrypted) a cipher record that decodes. Says nothing about the passphrase.
+ */
+export const storeStructureProblem = (db: DatabaseSync): string | undefined => {
+  const missing = missingTables(db, ["kv", "dbs", "records"])
+  if (missing !== undefined) return missing
+  const row = (key: string) => (db.prepare("SELECT value FROM kv WHERE key = ?").get(key) as { value: Uint8Array } | undefined)?.value
+  const formatBytes = row("format")
+  if (formatBytes === undefined) return "it has no format record"
+  let format: Partial<FormatRecord>
+  try {
+    format = JSON.parse(Buffer.from(formatBytes).toString("utf8")) as Partial<FormatRecord>
+  } catch {
+    return "its format record is unreadable"
+  }
+  if (typeof format !== "object" || format === null || typeof format.format !== "number" || typeof format.encrypted !== "boolean") {
+    return "its format record is unreadable"
+  }
+  if (format.encrypted) {
+    const cipher = row("cipher")
+    if (cipher === undefined || decodeCipherRecord(cipher) === undefined) return "it has no readable cipher record"
+  }
+  return undefined
+}
+
+/** The schema and first rows of a new store, inside createSqliteAtomically's transaction. */
+const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord | undefined) => {
+  db.exec("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+  db.exec("CREATE TABLE dbs (id BLOB PRIMARY KEY, meta BLOB NOT NULL) WITHOUT ROWID")
+  // A rowid table on purpose: rows are ~2 KB sealed blobs, which a WITHOUT ROWID b-tree would push
+  // into overflow pages (measured: 2.6x the file size).
+  db.exec("CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)")
+  db.exec("CREATE INDEX records_store ON records (store)")
+  db.exec("CREATE INDEX records_db ON records (db)")
+  const format: FormatRecord = { format: FORMAT_VERSION, encrypted }
+  db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
+  if (cipher !== undefined) db.prepare("INSERT INTO kv (key, value) VALUES ('cipher', ?)").run(encodeCipherRecord(cipher))
 }
 
 export class SqliteFile {
@@ -159,14 +214,33 @@ export class SqliteFile {
   }
 
   /**
-   * Opens (or creates) the file, takes its exclusive lock and unwraps the data key.
-   * Throws `CryptoStoreError` for operator-facing failures; nothing is written on a refused open.
+   * Opens the file (creating it first, atomically, when it does not exist), takes its exclusive lock and
+   * unwraps the data key. An existing file is looked at before anything opens it for writing: one that is
+   * empty, truncated, not SQLite or not a store is refused (`crypto-store-corrupt` / `state-store-corrupt`)
+   * and never rebuilt. Throws `CryptoStoreError` for operator-facing failures; nothing is written on a refused open.
    */
   static async open(file: string, role: string, secret: StoreSecret): Promise<SqliteFile> {
+    // the data key of a store created by this call (no unwrap needed); undefined: the file existed
+    let created: { readonly dataKey: Buffer | undefined } | undefined
+    try {
+      if (!exists(file)) {
+        const dataKey = secret.encrypted ? newDataKey() : undefined
+        const cipher = secret.encrypted && dataKey !== undefined ? await wrapDataKey(dataKey, secret.passphrase, role) : undefined
+        if (createSqliteAtomically(file, (db) => createSchema(db, secret.encrypted, cipher))) created = { dataKey }
+      }
+    } catch (e) {
+      if (e instanceof CryptoStoreError) throw e
+      throw fail("encrypted-state-io", file, `Creating the Matrix store ${file} failed (${errText(e)}). Check free disk space and permissions.`)
+    }
+    if (created === undefined) {
+      const look = inspectSqlite(file, storeStructureProblem)
+      if (look.state === "bad") throw fail(corruptKind(role), file, corruptStoreMessage(file, role, look.reason))
+      // "busy": another process holds it; the lock step below names it
+    }
     let db: DatabaseSync | undefined
     try {
       try {
-        precreate(file)
+        checkRegular(file)
         db = new DatabaseSync(file, { timeout: 0 })
       } catch (e) {
         throw fail(
@@ -203,7 +277,7 @@ export class SqliteFile {
         throw fail("encrypted-state-io", file, `Securing the Matrix store ${file} failed (${errText(e)}). Check the ownership of the state directory.`)
       }
 
-      const dataKey = await SqliteFile.unlock(db, file, role, secret)
+      const dataKey = created !== undefined ? created.dataKey : await SqliteFile.unlock(db, file, role, secret)
       return new SqliteFile(db, file, role, dataKey)
     } catch (e) {
       if (db !== undefined && db.isOpen) {
@@ -218,41 +292,14 @@ export class SqliteFile {
   }
 
   private static async unlock(db: DatabaseSync, file: string, role: string, secret: StoreSecret): Promise<Buffer | undefined> {
-    const tables = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'kv'").get() as { n: number }
+    // looked at before the open already; checked again under the lock (the file may have changed meanwhile)
+    const problem = storeStructureProblem(db)
+    if (problem !== undefined) throw fail(corruptKind(role), file, corruptStoreMessage(file, role, problem))
     const kvGet = (key: string): Uint8Array | undefined =>
-      tables.n === 0 ? undefined : (db.prepare("SELECT value FROM kv WHERE key = ?").get(key) as { value: Uint8Array } | undefined)?.value
+      (db.prepare("SELECT value FROM kv WHERE key = ?").get(key) as { value: Uint8Array } | undefined)?.value
+    const formatBytes = kvGet("format")!
 
-    const formatBytes = kvGet("format")
-    if (formatBytes === undefined) {
-      // A new store: create the schema, the format record and (encrypted) the wrapped data key at once.
-      const dataKey = secret.encrypted ? newDataKey() : undefined
-      const cipher = secret.encrypted && dataKey !== undefined ? await wrapDataKey(dataKey, secret.passphrase, role) : undefined
-      db.exec("BEGIN IMMEDIATE")
-      try {
-        db.exec("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        db.exec("CREATE TABLE IF NOT EXISTS dbs (id BLOB PRIMARY KEY, meta BLOB NOT NULL) WITHOUT ROWID")
-        // A rowid table on purpose: rows are ~2 KB sealed blobs, which a WITHOUT ROWID b-tree would push
-        // into overflow pages (measured: 2.6x the file size).
-        db.exec("CREATE TABLE IF NOT EXISTS records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)")
-        db.exec("CREATE INDEX IF NOT EXISTS records_store ON records (store)")
-        db.exec("CREATE INDEX IF NOT EXISTS records_db ON records (db)")
-        const format: FormatRecord = { format: FORMAT_VERSION, encrypted: secret.encrypted }
-        db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
-        if (cipher !== undefined) db.prepare("INSERT INTO kv (key, value) VALUES ('cipher', ?)").run(encodeCipherRecord(cipher))
-        db.exec("COMMIT")
-      } catch (e) {
-        db.exec("ROLLBACK")
-        throw fail("encrypted-state-io", file, `Creating the Matrix store ${file} failed (${errText(e)}). Check free disk space and permissions.`)
-      }
-      return dataKey
-    }
-
-    let format: FormatRecord
-    try {
-      format = JSON.parse(Buffer.from(formatBytes).toString("utf8")) as FormatRecord
-    } catch {
-      throw fail("encrypted-state-io", file, `The Matrix store ${file} has an unreadable format record. Restore the file from a backup, or move the matrix directory aside to start over as a new device.`)
-    }
+    const format = JSON.parse(Buffer.from(formatBytes).toString("utf8")) as FormatRecord
     if (format.format !== FORMAT_VERSION) {
       throw fail("encrypted-state-io", file, `The Matrix store ${file} has format ${String(format.format)}, which this cara does not know. Upgrade cara, or restore a matching backup.`)
     }
@@ -275,9 +322,7 @@ export class SqliteFile {
     }
     const cipherBytes = kvGet("cipher")
     const cipher = cipherBytes === undefined ? undefined : decodeCipherRecord(cipherBytes)
-    if (cipher === undefined) {
-      throw fail("encrypted-state-io", file, `The Matrix store ${file} has no readable cipher record. Restore the file from a backup, or move the matrix directory aside to start over as a new device.`)
-    }
+    if (cipher === undefined) throw fail(corruptKind(role), file, corruptStoreMessage(file, role, "it has no readable cipher record"))
     const dataKey = await unwrapDataKey(cipher, secret.passphrase, role)
     if (dataKey === undefined) {
       throw fail(
@@ -289,8 +334,23 @@ export class SqliteFile {
     return dataKey
   }
 
-  /** Every database with its records, decrypted. */
+  /**
+   * Every database with its records, decrypted. A row that does not authenticate or decode (or a page
+   * SQLite finds damaged) is a damaged store: `crypto-store-corrupt` / `state-store-corrupt`, nothing written.
+   */
   load(): Array<LoadedDatabase> {
+    try {
+      return this.loadRows()
+    } catch (e) {
+      const errcode = (e as { errcode?: number }).errcode
+      const reason = errcode === 11 || errcode === 26
+        ? "SQLite reports a damaged page"
+        : `a stored record does not decrypt or decode (${e instanceof Error ? e.message : String(e)})`
+      throw fail(corruptKind(this.role), this.file, corruptStoreMessage(this.file, this.role, reason))
+    }
+  }
+
+  private loadRows(): Array<LoadedDatabase> {
     const out: Array<LoadedDatabase> = []
     const rows = this.db.prepare("SELECT id, meta FROM dbs").all() as Array<{ id: Uint8Array; meta: Uint8Array }>
     const byStore = this.db.prepare("SELECT id, data FROM records WHERE store = ?")
