@@ -84,6 +84,27 @@ const keyState = (f: FileDigest, previous: string | undefined, next: string | un
   return previous === undefined && next === undefined ? "unknown" : "mismatch"
 }
 
+/**
+ * A rotation whose files cannot tell whether the new key N reached the homeserver: the server's answer decides
+ * (roll back when it holds K, forward when it holds N; neither means the key was reset elsewhere).
+ */
+const byServer = (
+  server: ServerKey | undefined,
+  pendingDigest: string,
+  refuse: (reason: PromotionRefusalReason) => RepairStep
+): RepairStep => {
+  switch (server ?? "Unknown") {
+    case "Unknown":
+      return { _tag: "AskServer" }
+    case "Current":
+      return { _tag: "RemovePending", audit: "rolled_back_pending" }
+    case "Pending":
+      return { _tag: "PromotePending", expectedDigest: pendingDigest }
+    case "Neither":
+      return refuse("server_key_matches_neither")
+  }
+}
+
 /** The next step of the startup repair. Total and pure; `Done` means the daemon may go on. */
 export const nextRepairStep = (o: RepairObserved): RepairStep => {
   switch (o.journal._tag) {
@@ -127,17 +148,7 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
         if (!eq(cur, prev)) return refuse("unbound_started_pending")
         // N was written but the marker never bound it: this release writes `installing` before the upload
         // (so the upload did not happen), an older one uploaded first. The homeserver tells which.
-        switch (o.server ?? "Unknown") {
-          case "Unknown":
-            return { _tag: "AskServer" }
-          case "Current":
-            return { _tag: "RemovePending", audit: "rolled_back_pending" }
-          case "Pending":
-            return { _tag: "PromotePending", expectedDigest: pend }
-          case "Neither":
-            return refuse("server_key_matches_neither")
-        }
-        break
+        return byServer(o.server, pend, refuse)
       case "installing":
         if (next === undefined) return refuse("missing_new_key_digest")
         if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
@@ -146,17 +157,7 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
         if (prev === undefined) return refuse("missing_previous_key_digest")
         if (!eq(cur, prev)) return refuse("current_key_mismatch")
         // the crash hit during or around the upload: roll forward if the homeserver has N, back if it has K
-        switch (o.server ?? "Unknown") {
-          case "Unknown":
-            return { _tag: "AskServer" }
-          case "Current":
-            return { _tag: "RemovePending", audit: "rolled_back_pending" }
-          case "Pending":
-            return { _tag: "PromotePending", expectedDigest: next }
-          case "Neither":
-            return refuse("server_key_matches_neither")
-        }
-        break
+        return byServer(o.server, next, refuse)
       case "pending_key_written":
         if (next === undefined) return refuse("missing_new_key_digest")
         if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
