@@ -141,6 +141,17 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
   if (o.pending._tag !== "Absent") {
     if (o.pending._tag === "Vanished") return refuse("pending_key_missing")
     const pend = o.pending.digest
+    // A marker that names N (`installing`, `pending_key_written`): N must be the key it names and K the one
+    // it replaces; undefined means both hold and the stage decides.
+    const boundPending = (): RepairStep | undefined => {
+      if (next === undefined) return refuse("missing_new_key_digest")
+      if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
+      if (eq(cur, next)) return { _tag: "RemovePending", audit: "cleared_stale_pending" }
+      if (cur === undefined) return refuse("current_key_missing")
+      if (prev === undefined) return refuse("missing_previous_key_digest")
+      if (!eq(cur, prev)) return refuse("current_key_mismatch")
+      return undefined
+    }
     switch (stage) {
       case "started":
         if (prev === undefined) return refuse(legacy ? "legacy_marker_missing_previous_key_digest" : "missing_previous_key_digest")
@@ -150,22 +161,10 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
         // (so the upload did not happen), an older one uploaded first. The homeserver tells which.
         return byServer(o.server, pend, refuse)
       case "installing":
-        if (next === undefined) return refuse("missing_new_key_digest")
-        if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
-        if (eq(cur, next)) return { _tag: "RemovePending", audit: "cleared_stale_pending" }
-        if (cur === undefined) return refuse("current_key_missing")
-        if (prev === undefined) return refuse("missing_previous_key_digest")
-        if (!eq(cur, prev)) return refuse("current_key_mismatch")
         // the crash hit during or around the upload: roll forward if the homeserver has N, back if it has K
-        return byServer(o.server, next, refuse)
+        return boundPending() ?? byServer(o.server, next!, refuse)
       case "pending_key_written":
-        if (next === undefined) return refuse("missing_new_key_digest")
-        if (!eq(pend, next)) return refuse("pending_key_digest_mismatch")
-        if (eq(cur, next)) return { _tag: "RemovePending", audit: "cleared_stale_pending" }
-        if (cur === undefined) return refuse("current_key_missing")
-        if (prev === undefined) return refuse("missing_previous_key_digest")
-        if (!eq(cur, prev)) return refuse("current_key_mismatch")
-        return { _tag: "PromotePending", expectedDigest: next }
+        return boundPending() ?? { _tag: "PromotePending", expectedDigest: next! }
       case "final_key_replaced":
         if (next === undefined) return refuse("missing_new_key_digest")
         if (eq(cur, next)) return { _tag: "RemovePending", audit: "cleared_stale_pending" }
