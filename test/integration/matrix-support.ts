@@ -95,6 +95,22 @@ export class Bot {
   }
 }
 
+/** The gateway token every bot made here runs with (tests call its control API with it). */
+export const GATEWAY_TOKEN = "integration-gateway-token-0123456789abcdef"
+
+/** A verification flow as `GET /control/matrix/verifications` lists it (the fields the tests read). */
+export interface ApiFlow {
+  flowId: string
+  protocolFlowId: string
+  userId: string
+  deviceId?: string
+  roomId?: string
+  state: string
+  sas?: { emoji?: Array<{ symbol: string; description: string }>; decimals?: [number, number, number] }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
 /**
  * `matrixExtra` for a bot that must answer a burst from one person (a backlog, a benchmark, chaos): the
  * default inbound budget (#16.6) would rightly refuse most of it.
@@ -128,7 +144,7 @@ export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: Bo
   )
   const env = cleanEnv(dir, {
     CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD,
-    CARAPACE_GATEWAY_TOKEN: "integration-gateway-token-0123456789abcdef",
+    CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN,
     MATRIX_PASSWORD: user.password,
     CARA_LOG_LEVEL: "debug",
     ...options.env

@@ -12,20 +12,9 @@ import { CLI, cleanEnv, runCli } from "../support/cli.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { trackUsers } from "../../src/layers/VerificationLive.js"
-import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm, GATEWAY_TOKEN, type ApiFlow, sleep } from "./matrix-support.js"
 
-const TOKEN = "integration-gateway-token-0123456789abcdef" // matrix-support's gateway token
 
-interface Flow {
-  flowId: string
-  protocolFlowId: string
-  userId: string
-  deviceId?: string
-  state: string
-  sas?: { emoji?: Array<{ symbol: string; description: string }>; decimals?: [number, number, number] }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare", (hs) => {
   let llm: FakeLlmServer
@@ -39,13 +28,13 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
   const api = async (method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const flows = async (): Promise<Array<Flow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
-  const waitFlow = async (what: string, pred: (f: Flow) => boolean, timeoutMs = 30_000): Promise<Flow> => {
+  const flows = async (): Promise<Array<ApiFlow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
+  const waitFlow = async (what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const f = (await flows()).find(pred)
@@ -56,14 +45,14 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
   }
   const cli = (args: ReadonlyArray<string>, input?: string) => {
     const port = new URL(bot.running!.baseUrl).port
-    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
+    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
   }
 
   /** The CLI on a pseudo-terminal (util-linux `script`), `input` typed at its prompt. */
   const ptyCli = (args: ReadonlyArray<string>, input: string) => {
     const port = new URL(bot.running!.baseUrl).port
     const cmd = [process.execPath, CLI, "matrix", ...args, "--port", port].map((a) => `'${a}'`).join(" ")
-    const env = cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD })
+    const env = cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD })
     return spawnSync("script", ["-qec", cmd, "/dev/null"], { env, input, encoding: "utf8", timeout: 60_000 })
   }
 
@@ -188,7 +177,7 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
 
     const started = cli(["verify", alice.userId, phone.deviceId, "--json"])
     expect(started.status, started.stderr).toBe(0)
-    const flow = JSON.parse(started.stdout).verification as Flow
+    const flow = JSON.parse(started.stdout).verification as ApiFlow
     expect(flow).toMatchObject({ userId: alice.userId, deviceId: phone.deviceId })
 
     const hv = await phone.nextVerificationRequest(30_000, bot.user.userId)
@@ -207,7 +196,7 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
 
     const started = cli(["verify", alice.userId, tablet.deviceId, "--json"])
     expect(started.status, started.stderr).toBe(0)
-    const flow = JSON.parse(started.stdout).verification as Flow
+    const flow = JSON.parse(started.stdout).verification as ApiFlow
     const hv = await tablet.nextVerificationRequest(30_000, bot.user.userId)
     // the bot sends its .start as soon as it sees .ready; the human sends its own right away too
     await hv.accept()

@@ -7,23 +7,12 @@ import { afterEach, expect, it } from "vitest"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { trackUsers } from "../../src/layers/VerificationLive.js"
-import type { Bot } from "./matrix-support.js"
+import { type ApiFlow, type Bot, GATEWAY_TOKEN, sleep } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
-const TOKEN = "integration-gateway-token-0123456789abcdef" // matrix-support's gateway token
 /** Accept-then-start rounds in one run (about 1 s each on the 2-core test machine). */
 const ROUNDS = 50
 
-interface Flow {
-  flowId: string
-  protocolFlowId: string
-  userId: string
-  deviceId?: string
-  state: string
-  sas?: { emoji?: Array<{ symbol: string; description: string }>; decimals?: [number, number, number] }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describeSynapse("Matrix SAS verification on the first try (real daemon, human client)", (hs) => {
   const world = useMatrixWorld(hs)
@@ -35,15 +24,15 @@ describeSynapse("Matrix SAS verification on the first try (real daemon, human cl
   const api = async (bot: Bot, method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const waitFlow = async (bot: Bot, what: string, pred: (f: Flow) => boolean, timeoutMs = 30_000): Promise<Flow> => {
+  const waitFlow = async (bot: Bot, what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const flows = (await api(bot, "GET", "/control/matrix/verifications")).body.verifications as Array<Flow>
+      const flows = (await api(bot, "GET", "/control/matrix/verifications")).body.verifications as Array<ApiFlow>
       const f = flows.find(pred)
       if (f) return f
       if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; flows: ${JSON.stringify(flows)}`)

@@ -8,21 +8,9 @@ import { cleanEnv, runCli } from "../support/cli.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { trackUsers } from "../../src/layers/VerificationLive.js"
-import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm } from "./matrix-support.js"
+import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm, GATEWAY_TOKEN, type ApiFlow, sleep } from "./matrix-support.js"
 
-const TOKEN = "integration-gateway-token-0123456789abcdef" // matrix-support's gateway token
 
-interface Flow {
-  flowId: string
-  protocolFlowId: string
-  userId: string
-  deviceId?: string
-  roomId?: string
-  state: string
-  sas?: { emoji?: Array<{ symbol: string; description: string }>; decimals?: [number, number, number] }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
   let llm: FakeLlmServer
@@ -47,19 +35,19 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
     return h
   }
   // WS frames for the whole run, in arrival order
-  const frames: Array<{ event: string; payload: { verification: Flow } }> = []
+  const frames: Array<{ event: string; payload: { verification: ApiFlow } }> = []
   let ws: { close(): void } | undefined
 
   const api = async (method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const flows = async (): Promise<Array<Flow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
-  const waitFlow = async (what: string, pred: (f: Flow) => boolean, timeoutMs = 30_000): Promise<Flow> => {
+  const flows = async (): Promise<Array<ApiFlow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
+  const waitFlow = async (what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const f = (await flows()).find(pred)
@@ -70,7 +58,7 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
   }
   const cli = (args: ReadonlyArray<string>, input?: string) => {
     const port = new URL(bot.running!.baseUrl).port
-    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
+    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
   }
 
   /** The bot's SAS equals the human's; both confirm; both end `done` and the human trusts the bot's device. */
@@ -105,7 +93,7 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
     expect(await trackUsers(bob.client, [bot.user.userId])).toBe(true)
     const wsModule = "ws"
     const WebSocket = ((await import(wsModule)) as { default: new(url: string, o?: unknown) => any }).default
-    const socket = new WebSocket(`${bot.running!.baseUrl.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${TOKEN}` } })
+    const socket = new WebSocket(`${bot.running!.baseUrl.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${GATEWAY_TOKEN}` } })
     socket.on("message", (data: Buffer) => {
       const f = JSON.parse(data.toString()) as { type: string; event?: string; payload?: any }
       if (f.type === "event" && f.event?.startsWith("matrix.verification.")) frames.push({ event: f.event, payload: f.payload })
@@ -157,7 +145,7 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
 
     const listing = cli(["verifications", "--json"])
     expect(listing.status, listing.stderr).toBe(0)
-    expect(JSON.parse(listing.stdout).verifications.find((f: Flow) => f.flowId === listed.flowId).state).toBe("done")
+    expect(JSON.parse(listing.stdout).verifications.find((f: ApiFlow) => f.flowId === listed.flowId).state).toBe("done")
 
     // WS: one `requested`, then only `updated`, ending in done, SAS before confirmation
     const mine = frames.filter((f) => f.payload.verification.flowId === listed.flowId)
