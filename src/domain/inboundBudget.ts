@@ -3,6 +3,7 @@
  * the model, so two bots that allow each other, or a flooding sender, cannot run up unbounded model calls.
  * Pure: time is a parameter (milliseconds), so tests drive it without a wall clock.
  */
+import { refilledTokens } from "./tokenBucket.js"
 
 export interface BucketSpec {
   /** Tokens a full bucket holds: messages answered back to back. */
@@ -35,10 +36,11 @@ export interface Bucket {
 export const fullBucket = (spec: BucketSpec, now: number): Bucket => ({ tokens: spec.burst, at: now, refusalNoticed: false })
 
 /** The bucket at `now` (refilled since its last update; a clock that went backwards refills nothing). */
-export const refill = (spec: BucketSpec, b: Bucket, now: number): Bucket => {
-  const elapsed = Math.max(0, now - b.at)
-  return { ...b, tokens: Math.min(spec.burst, b.tokens + (elapsed * spec.perMinute) / 60_000), at: Math.max(b.at, now) }
-}
+export const refill = (spec: BucketSpec, b: Bucket, now: number): Bucket => ({
+  ...b,
+  tokens: refilledTokens(b.tokens, b.at, now, spec.burst, spec.perMinute / 60_000),
+  at: Math.max(b.at, now)
+})
 
 export type Scope = "room" | "sender"
 

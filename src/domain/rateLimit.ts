@@ -1,5 +1,6 @@
-// Token buckets per key with bounded memory (reference §6.5: the verification WebSocket broadcasts). Pure:
-// the caller passes the clock.
+// Token buckets per key with bounded memory (reference §6.5: the verification WebSocket broadcasts; the
+// control API's per-address limits). Pure: the caller passes the clock.
+import { msUntilToken, refilledTokens } from "./tokenBucket.js"
 
 export interface KeyedBucketsOptions {
   /** Tokens a fresh bucket holds, and the most it ever holds. */
@@ -33,8 +34,11 @@ export const makeKeyedBuckets = (o: KeyedBucketsOptions) => {
       }
     }
   }
-  /** Takes one token from `key` (belonging to `peer`); false when the bucket is empty. */
-  const take = (peer: string, key: string, now: number): boolean => {
+  /**
+   * Takes one token from `key` (belonging to `peer`): 0 when taken, otherwise the milliseconds until the
+   * bucket holds a whole token again.
+   */
+  const takeOrWait = (peer: string, key: string, now: number): number => {
     let b = buckets.get(key)
     if (b === undefined) {
       if ([...buckets.values()].filter((x) => x.peer === peer).length >= o.maxKeysPerPeer) evictFirst((x) => x.peer === peer)
@@ -42,13 +46,15 @@ export const makeKeyedBuckets = (o: KeyedBucketsOptions) => {
       b = { peer, tokens: o.burst, at: now }
     } else {
       buckets.delete(key)
-      b.tokens = Math.min(o.burst, b.tokens + (Math.max(0, now - b.at) * o.refill) / o.refillMs)
+      b.tokens = refilledTokens(b.tokens, b.at, now, o.burst, o.refill / o.refillMs)
       b.at = now
     }
     buckets.set(key, b)
-    if (b.tokens < 1) return false
+    if (b.tokens < 1) return msUntilToken(b.tokens, o.refill / o.refillMs)
     b.tokens -= 1
-    return true
+    return 0
   }
-  return { take, size: () => buckets.size }
+  /** Takes one token from `key` (belonging to `peer`); false when the bucket is empty. */
+  const take = (peer: string, key: string, now: number): boolean => takeOrWait(peer, key, now) === 0
+  return { take, takeOrWait, size: () => buckets.size }
 }

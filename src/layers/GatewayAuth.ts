@@ -21,6 +21,7 @@ import {
   UnauthorizedWire
 } from "../domain/api.js"
 import { bindToHost } from "../domain/gateway.js"
+import { makeKeyedBuckets } from "../domain/rateLimit.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { Metrics } from "../services/Metrics.js"
 
@@ -188,11 +189,6 @@ export const errorResponse = (e: ApiError): HttpServerResponse.HttpServerRespons
 // Query parameter names that look like a credential: a token in a URL lands in proxy and shell logs.
 const CREDENTIAL_PARAMS = new Set(["token", "access_token", "auth", "auth_token", "authorization", "bearer", "password", "key", "api_key"])
 
-interface Bucket {
-  tokens: number
-  at: number
-}
-
 /** Reference §9.3: first matching prefix wins. */
 const RATE_RULES: ReadonlyArray<readonly [prefix: string, perSecond: number, burst: number]> = [
   ["/control/matrix/verifications/", 5, 10],
@@ -242,32 +238,104 @@ const hostOf = (url: string): string | undefined => {
   }
 }
 
+type Refusal = Unauthorized | Forbidden | UnsupportedMediaType
+
+/**
+ * What a browser page could make the operator's browser send: a rebound or foreign Host, a cross-site
+ * state change, a WebSocket upgrade, a form-encoded body. Returns the refusal (with its metric reason), if any.
+ */
+const browserRefusal = (
+  request: HttpServerRequest.HttpServerRequest,
+  path: string,
+  allowedHosts: ReadonlyArray<string>
+): readonly [reason: string, Refusal] | undefined => {
+  const localPort = (request.source as { socket?: { localPort?: number } } | undefined)?.socket?.localPort
+  if (!hostAllowed(request.headers["host"], allowedHosts, localPort)) {
+    return ["host", new Forbidden({
+      kind: "host-not-allowed",
+      message: "the Host header is not a loopback name with the gateway port; add the name to gateway.allowedHosts if it is yours"
+    })]
+  }
+  const origin = request.headers["origin"] ?? request.headers["referer"]
+  // A browser sends Origin; the CLI never does. Same-origin means an allowed Host, so a rebound name fails.
+  const crossSite = origin !== undefined && (hostOf(origin) !== request.headers["host"]?.toLowerCase())
+  if (path === "/ws" && origin !== undefined) {
+    return ["ws-origin", new Forbidden({
+      kind: "csrf-origin-mismatch",
+      message: "WebSocket upgrades from a browser page are refused; connect with a non-browser client and the bearer token"
+    })]
+  }
+  if (!STATE_CHANGING(request.method)) return undefined
+  if (crossSite) {
+    return ["csrf", new Forbidden({
+      kind: "csrf-origin-mismatch",
+      message: "Origin mismatch: state-changing control requests are refused from another origin"
+    })]
+  }
+  const hasBody = Number(request.headers["content-length"] ?? "0") > 0 || request.headers["transfer-encoding"] !== undefined
+  const type = request.headers["content-type"]
+  if ((hasBody || type !== undefined) && !isJsonContentType(type)) {
+    return ["content-type", new UnsupportedMediaType({
+      kind: "unsupported-media-type",
+      message: "state-changing requests take a JSON body only: send `Content-Type: application/json`"
+    })]
+  }
+  return undefined
+}
+
+/** A credential-looking query parameter: refused, since URLs end up in logs. */
+const credentialInQuery = (url: URL): Unauthorized | undefined => {
+  for (const name of url.searchParams.keys()) {
+    if (CREDENTIAL_PARAMS.has(name.toLowerCase())) {
+      return new Unauthorized({
+        kind: "token-in-query",
+        message: `credentials in the query string (\`${name}\`) are refused: they end up in logs. ` +
+          "Send `Authorization: Bearer <token>` instead, and rotate the token if it was exposed."
+      })
+    }
+  }
+  return undefined
+}
+
+/** Per-address buckets, one set per rule (reference §9.3); milliseconds to wait, or 0 when admitted. */
+const makeRateLimiter = () => {
+  const rules = RATE_RULES.map(([prefix, perSecond, burst]) => ({
+    prefix,
+    buckets: makeKeyedBuckets({ burst, refill: perSecond, refillMs: 1000, maxKeys: MAX_BUCKETS, maxKeysPerPeer: 1 })
+  }))
+  return (address: string, path: string, now: number): number =>
+    rules.find((r) => path.startsWith(r.prefix))!.buckets.takeOrWait(address, address, now)
+}
+
 export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
-    const buckets = new Map<string, Bucket>()
-
-    const rateLimited = (key: string, path: string, now: number): number | undefined => {
-      const [prefix, rate, burst] = RATE_RULES.find(([p]) => path.startsWith(p))!
-      const id = `${key} ${prefix}`
-      let b = buckets.get(id)
-      if (b === undefined) {
-        // Oldest-inserted first: a flood of new addresses cannot grow the map without bound.
-        if (buckets.size >= MAX_BUCKETS) buckets.delete(buckets.keys().next().value!)
-        buckets.set(id, b = { tokens: burst, at: now })
-      }
-      b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate)
-      b.at = now
-      if (b.tokens >= 1) {
-        b.tokens -= 1
-        return undefined
-      }
-      return Math.max(1, Math.ceil(((1 - b.tokens) / rate) * 1000))
-    }
-
+    const rateLimited = makeRateLimiter()
     const allowedHosts = settings.allowedHosts ?? []
-    const refuse = (reason: string, e: Unauthorized | Forbidden | UnsupportedMediaType) =>
+    const refuse = (reason: string, e: Refusal) =>
       Effect.zipRight(metrics.increment("carapace_gateway_auth_failures_total", { reason }), Effect.fail(e))
+
+    const checkRate = (request: HttpServerRequest.HttpServerRequest, path: string) =>
+      Effect.gen(function*() {
+        const key = Option.getOrElse(request.remoteAddress, () => "unknown")
+        const retryAfterMs = rateLimited(key, path, yield* Clock.currentTimeMillis)
+        if (retryAfterMs === 0) return
+        yield* metrics.increment("carapace_gateway_rate_limited_total")
+        return yield* new TooManyRequests({ kind: "rate-limited", message: "too many requests from this address; wait and retry", retryAfterMs })
+      })
+
+    const checkCredential = (request: HttpServerRequest.HttpServerRequest, local: boolean) => {
+      if (settings.mode === "none") {
+        return local ? Effect.void : refuse("non-local", new Forbidden({
+          kind: "non-local-client",
+          message: "gateway auth is off, so only local clients are served; set gateway.auth.mode \"token\" for remote control"
+        }))
+      }
+      const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(request.headers["authorization"] ?? "")
+      return match !== null && secretMatches(match[1]!, Option.getOrThrow(settings.secret))
+        ? Effect.void
+        : refuse(match === null ? "missing" : "wrong", unauthorized())
+    }
 
     const authorize: GatewayGuardShape["authorize"] = (request) =>
       Effect.gen(function*() {
@@ -276,77 +344,14 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
           // ErrorShapingLive answers these 404 before routing; this is the guard's own line for any other caller.
           return yield* refuse("non-canonical-path", new Forbidden({ kind: "non-canonical-path", message: NON_CANONICAL_MESSAGE }))
         }
-        const url = new URL(path + (request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : ""), "http://gateway.invalid")
-        const localPort = (request.source as { socket?: { localPort?: number } } | undefined)?.socket?.localPort
-        if (!hostAllowed(request.headers["host"], allowedHosts, localPort)) {
-          return yield* refuse("host", new Forbidden({
-            kind: "host-not-allowed",
-            message: "the Host header is not a loopback name with the gateway port; add the name to gateway.allowedHosts if it is yours"
-          }))
-        }
-        const origin = request.headers["origin"] ?? request.headers["referer"]
-        // A browser sends Origin; the CLI never does. Same-origin means an allowed Host, so a rebound name fails.
-        const crossSite = origin !== undefined && (hostOf(origin) !== request.headers["host"]?.toLowerCase())
-        if (path === "/ws" && origin !== undefined) {
-          return yield* refuse("ws-origin", new Forbidden({
-            kind: "csrf-origin-mismatch",
-            message: "WebSocket upgrades from a browser page are refused; connect with a non-browser client and the bearer token"
-          }))
-        }
-        if (STATE_CHANGING(request.method)) {
-          if (crossSite) {
-            return yield* refuse("csrf", new Forbidden({
-              kind: "csrf-origin-mismatch",
-              message: "Origin mismatch: state-changing control requests are refused from another origin"
-            }))
-          }
-          const hasBody = Number(request.headers["content-length"] ?? "0") > 0 || request.headers["transfer-encoding"] !== undefined
-          const type = request.headers["content-type"]
-          if ((hasBody || type !== undefined) && !isJsonContentType(type)) {
-            return yield* refuse("content-type", new UnsupportedMediaType({
-              kind: "unsupported-media-type",
-              message: "state-changing requests take a JSON body only: send `Content-Type: application/json`"
-            }))
-          }
-        }
-        for (const name of url.searchParams.keys()) {
-          if (CREDENTIAL_PARAMS.has(name.toLowerCase())) {
-            yield* metrics.increment("carapace_gateway_auth_failures_total", { reason: "token-in-query" })
-            return yield* new Unauthorized({
-              kind: "token-in-query",
-              message: `credentials in the query string (\`${name}\`) are refused: they end up in logs. ` +
-                "Send `Authorization: Bearer <token>` instead, and rotate the token if it was exposed."
-            })
-          }
-        }
+        const browser = browserRefusal(request, path, allowedHosts)
+        if (browser !== undefined) return yield* refuse(...browser)
+        const query = request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : ""
+        const inQuery = credentialInQuery(new URL(path + query, "http://gateway.invalid"))
+        if (inQuery !== undefined) return yield* refuse("token-in-query", inQuery)
         const local = isLoopbackPeer(request.remoteAddress) && !hasForwardingHeaders(request.headers)
-        if (!local) {
-          const key = Option.getOrElse(request.remoteAddress, () => "unknown")
-          const retryAfterMs = rateLimited(key, path, yield* Clock.currentTimeMillis)
-          if (retryAfterMs !== undefined) {
-            yield* metrics.increment("carapace_gateway_rate_limited_total")
-            return yield* new TooManyRequests({
-              kind: "rate-limited",
-              message: "too many requests from this address; wait and retry",
-              retryAfterMs
-            })
-          }
-        }
-        if (settings.mode === "none") {
-          if (local) return
-          yield* metrics.increment("carapace_gateway_auth_failures_total", { reason: "non-local" })
-          return yield* new Forbidden({
-            kind: "non-local-client",
-            message: "gateway auth is off, so only local clients are served; set gateway.auth.mode \"token\" for remote control"
-          })
-        }
-        const header = request.headers["authorization"] ?? ""
-        const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header)
-        const secret = Option.getOrThrow(settings.secret)
-        if (match === null || !secretMatches(match[1]!, secret)) {
-          yield* metrics.increment("carapace_gateway_auth_failures_total", { reason: match === null ? "missing" : "wrong" })
-          return yield* unauthorized()
-        }
+        if (!local) yield* checkRate(request, path)
+        yield* checkCredential(request, local)
       })
 
     return { authorize } satisfies GatewayGuardShape
