@@ -153,6 +153,33 @@ export const dmWithBot = async (human: Human, bot: Bot): Promise<string> => {
   return roomId
 }
 
+/**
+ * Two humans ping-pong in an encrypted room (one sends, the other answers once it has decrypted): the floor any
+ * bot on this Synapse could reach; ms per round trip after `warmup` unmeasured ones.
+ */
+export const floorRoundTrips = async (alice: Human, bob: Human, count: number, warmup = 5): Promise<Array<number>> => {
+  const roomId = await alice.createEncryptedRoom([bob.userId])
+  await bob.joinRoom(roomId, 30_000)
+  await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
+  const times: Array<number> = []
+  for (let i = -warmup; i < count; i++) {
+    const answered = (async () => {
+      const m = await bob.waitForMessage(roomId, (m) => m.sender === alice.userId && m.body === `ping ${i}`, 60_000)
+      await bob.client.sendEvent(roomId, "m.room.message" as never, {
+        msgtype: "m.text",
+        body: `pong ${i}`,
+        "m.relates_to": { "m.in_reply_to": { event_id: m.eventId } }
+      } as never)
+    })()
+    const t0 = performance.now()
+    const sent = await alice.sendText(roomId, `ping ${i}`)
+    await replyTo(alice, roomId, bob.userId, sent)
+    if (i >= 0) times.push(performance.now() - t0)
+    await answered
+  }
+  return times
+}
+
 // ------------------------------------------------------------------------------------------------ CPU profile
 
 interface ProfileNode {

@@ -2,19 +2,40 @@
 // every room has a Megolm session), then left alone for BENCH_IDLE_SECONDS (300): CPU % of one core, bytes
 // written to storage per minute (/proc/pid/io write_bytes: the daemon writes files only under its state dir),
 // and RSS at the end. A settle pause (BENCH_IDLE_SETTLE_SECONDS, 15) after the last reply is not measured.
+// BENCH_IDLE_TRACE_STORES=1 preloads bench/_idb-write-trace.mjs into the daemon and adds, per IndexedDB
+// database/object store, the write requests made during the idle window (count and serialized bytes per
+// minute): what the daemon re-saves while nothing happens.
 // Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import { dirSize, emit, envNumber, log, pidOf, replyTo, round, sample, sleep, world } from "./_matrix-lib.js"
 
 const ROOMS = envNumber("BENCH_IDLE_ROOMS", 20)
 const SECONDS = envNumber("BENCH_IDLE_SECONDS", 300)
 const SETTLE = envNumber("BENCH_IDLE_SETTLE_SECONDS", 15)
+const TRACE = envNumber("BENCH_IDLE_TRACE_STORES", 0) > 0
+const tracer = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "_idb-write-trace.mjs")
+
+/** `[idb-write]` lines between two wall-clock instants, summed per db/store, as one note line. */
+const storeWrites = (output: string, from: number, to: number, minutes: number): string => {
+  const totals = new Map<string, { n: number; bytes: number }>()
+  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
+    const at = Number(m[1])
+    if (at < from || at > to) continue
+    const key = `${m[3]}/${m[4]} ${m[2]}`
+    const t = totals.get(key) ?? { n: 0, bytes: 0 }
+    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
+  }
+  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
+    .map(([k, t]) => `${k}: ${round(t.n / minutes, 1)}/min, ${Math.round(t.bytes / minutes)} B/min`).join("; ") || "none"
+}
 
 const main = async () => {
   const w = await world()
   try {
     const alice = await w.human()
     const bot = await w.bot({ allowUsers: [alice.userId] })
-    await bot.start()
+    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${tracer}` } : {})
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
     for (const r of rooms) {
@@ -26,9 +47,11 @@ const main = async () => {
     await sleep(SETTLE * 1000)
     const pid = pidOf(bot)
     const a = sample(pid)
+    const fromWall = Date.now()
     await sleep(SECONDS * 1000)
     const b = sample(pid)
     const minutes = (b.at - a.at) / 60_000
+    const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes) } : {}
     emit({
       bench: "matrix-idle",
       rooms: ROOMS,
@@ -39,6 +62,7 @@ const main = async () => {
       bytesWrittenPerMinute: Math.round((b.writeBytes - a.writeBytes) / minutes),
       rssMB: b.rssMB,
       stateDirBytes: dirSize(bot.dir),
+      ...traced,
       note: "CPU % of one core; /proc counts CPU in 10 ms ticks, so short runs are coarse"
     })
   } finally {

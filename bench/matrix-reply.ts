@@ -9,9 +9,8 @@
 // Run: `npm run bench -- matrix-reply` or `node_modules/.bin/vite-node bench/matrix-reply.ts`.
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { Human } from "../test/support/human.js"
 import {
-  dirSize, dmWithBot, emit, envNumber, log, newestProfile, percentile, pidOf, replyTo, round, sample,
+  dirSize, dmWithBot, emit, envNumber, floorRoundTrips, log, newestProfile, percentile, pidOf, replyTo, round, sample,
   summariseProfile, world
 } from "./_matrix-lib.js"
 
@@ -26,30 +25,6 @@ const stats = (xs: ReadonlyArray<number>) => ({
   mean: round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length))
 })
 
-/** Two humans ping-pong in an encrypted room: the floor any bot on this Synapse could reach. */
-const floor = async (alice: Human, bob: Human, count: number): Promise<Array<number>> => {
-  const roomId = await alice.createEncryptedRoom([bob.userId])
-  await bob.joinRoom(roomId, 30_000)
-  await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
-  const times: Array<number> = []
-  for (let i = -WARMUP; i < count; i++) {
-    const answered = (async () => {
-      const m = await bob.waitForMessage(roomId, (m) => m.sender === alice.userId && m.body === `ping ${i}`, 60_000)
-      await bob.client.sendEvent(roomId, "m.room.message" as never, {
-        msgtype: "m.text",
-        body: `pong ${i}`,
-        "m.relates_to": { "m.in_reply_to": { event_id: m.eventId } }
-      } as never)
-    })()
-    const t0 = performance.now()
-    const sent = await alice.sendText(roomId, `ping ${i}`)
-    await replyTo(alice, roomId, bob.userId, sent)
-    if (i >= 0) times.push(performance.now() - t0)
-    await answered
-  }
-  return times
-}
-
 const main = async () => {
   const w = await world()
   try {
@@ -57,7 +32,7 @@ const main = async () => {
     const bob = await w.human()
 
     log(`floor: ${N} round trips between two humans`)
-    const floorMs = await floor(alice, bob, N)
+    const floorMs = await floorRoundTrips(alice, bob, N, WARMUP)
 
     const bot = await w.bot({ allowUsers: [alice.userId] })
     await bot.start()
