@@ -5,6 +5,7 @@
 // V8 CPU profile.
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
 import type { SharedSynapse } from "../test/support/synapse/index.js"
 import { Human } from "../test/support/human.js"
@@ -178,6 +179,28 @@ export const floorRoundTrips = async (alice: Human, bob: Human, count: number, w
     await answered
   }
   return times
+}
+
+// ------------------------------------------------------------------------------------------------ store writes
+
+/** Preload (`NODE_OPTIONS=--import=...`) that logs the daemon's IndexedDB write requests. */
+export const idbWriteTracer = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "_idb-write-trace.mjs")
+
+/**
+ * The `[idb-write]` lines (bench/_idb-write-trace.mjs) between two wall-clock instants, summed per db/store and
+ * divided by `per` (minutes, replies), as one note line.
+ */
+export const storeWrites = (output: string, from: number, to: number, per: number, unit: string): string => {
+  const totals = new Map<string, { n: number; bytes: number }>()
+  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
+    const at = Number(m[1])
+    if (at < from || at > to) continue
+    const key = `${m[3]}/${m[4]} ${m[2]}`
+    const t = totals.get(key) ?? { n: 0, bytes: 0 }
+    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
+  }
+  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
+    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}`).join("; ") || "none"
 }
 
 // ------------------------------------------------------------------------------------------------ CPU profile

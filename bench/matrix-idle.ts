@@ -6,36 +6,18 @@
 // database/object store, the write requests made during the idle window (count and serialized bytes per
 // minute): what the daemon re-saves while nothing happens.
 // Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
-import * as path from "node:path"
-import { fileURLToPath } from "node:url"
-import { dirSize, emit, envNumber, log, pidOf, replyTo, round, sample, sleep, world } from "./_matrix-lib.js"
+import { dirSize, emit, envNumber, idbWriteTracer, log, pidOf, replyTo, round, sample, sleep, storeWrites, world } from "./_matrix-lib.js"
 
 const ROOMS = envNumber("BENCH_IDLE_ROOMS", 20)
 const SECONDS = envNumber("BENCH_IDLE_SECONDS", 300)
 const SETTLE = envNumber("BENCH_IDLE_SETTLE_SECONDS", 15)
 const TRACE = envNumber("BENCH_IDLE_TRACE_STORES", 0) > 0
-const tracer = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "_idb-write-trace.mjs")
-
-/** `[idb-write]` lines between two wall-clock instants, summed per db/store, as one note line. */
-const storeWrites = (output: string, from: number, to: number, minutes: number): string => {
-  const totals = new Map<string, { n: number; bytes: number }>()
-  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
-    const at = Number(m[1])
-    if (at < from || at > to) continue
-    const key = `${m[3]}/${m[4]} ${m[2]}`
-    const t = totals.get(key) ?? { n: 0, bytes: 0 }
-    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
-  }
-  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
-    .map(([k, t]) => `${k}: ${round(t.n / minutes, 1)}/min, ${Math.round(t.bytes / minutes)} B/min`).join("; ") || "none"
-}
-
 const main = async () => {
   const w = await world()
   try {
     const alice = await w.human()
     const bot = await w.bot({ allowUsers: [alice.userId] })
-    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${tracer}` } : {})
+    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${idbWriteTracer}` } : {})
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
     for (const r of rooms) {
@@ -51,7 +33,7 @@ const main = async () => {
     await sleep(SECONDS * 1000)
     const b = sample(pid)
     const minutes = (b.at - a.at) / 60_000
-    const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes) } : {}
+    const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes, "min") } : {}
     emit({
       bench: "matrix-idle",
       rooms: ROOMS,

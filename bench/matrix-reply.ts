@@ -6,17 +6,20 @@
 //   cost:  the daemon's CPU seconds and bytes written to storage (/proc/pid/io) per answered message.
 //   profile: a second daemon run under `node --cpu-prof` answering BENCH_PROFILE_MESSAGES (50), summarised
 //          as the top functions and packages by self time (0 turns it off).
+//   BENCH_REPLY_TRACE_STORES=1: the measured daemon runs with bench/_idb-write-trace.mjs preloaded and the result
+//          adds the IndexedDB write requests per reply, by database/object store (the tracer costs some CPU).
 // Run: `npm run bench -- matrix-reply` or `node_modules/.bin/vite-node bench/matrix-reply.ts`.
 import * as fs from "node:fs"
 import * as path from "node:path"
 import {
-  dirSize, dmWithBot, emit, envNumber, floorRoundTrips, log, newestProfile, percentile, pidOf, replyTo, round, sample,
-  summariseProfile, world
+  dirSize, dmWithBot, emit, envNumber, floorRoundTrips, idbWriteTracer, log, newestProfile, percentile, pidOf, replyTo, round, sample,
+  storeWrites, summariseProfile, world
 } from "./_matrix-lib.js"
 
 const N = envNumber("BENCH_REPLY_MESSAGES", 200)
 const WARMUP = envNumber("BENCH_REPLY_WARMUP", 5)
 const PROFILE_N = envNumber("BENCH_PROFILE_MESSAGES", 50)
+const TRACE = envNumber("BENCH_REPLY_TRACE_STORES", 0) > 0
 
 const stats = (xs: ReadonlyArray<number>) => ({
   p50: round(percentile(xs, 50)),
@@ -35,13 +38,14 @@ const main = async () => {
     const floorMs = await floorRoundTrips(alice, bob, N, WARMUP)
 
     const bot = await w.bot({ allowUsers: [alice.userId] })
-    await bot.start()
+    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${idbWriteTracer}` } : {})
     const roomId = await dmWithBot(alice, bot)
     for (let i = 0; i < WARMUP; i++) await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `warm-up ${i}`))
 
     log(`bot: ${N} sequential encrypted messages`)
     const pid = pidOf(bot)
     const before = sample(pid)
+    const fromWall = Date.now()
     const botMs: Array<number> = []
     for (let i = 0; i < N; i++) {
       const t0 = performance.now()
@@ -50,6 +54,7 @@ const main = async () => {
       botMs.push(performance.now() - t0)
     }
     const after = sample(pid)
+    const traced = TRACE ? { idbWritesPerReply: storeWrites(bot.output(), fromWall, Date.now(), N, "reply") } : {}
     const stateBytes = dirSize(bot.dir)
     await bot.stop("SIGTERM")
 
@@ -92,6 +97,7 @@ const main = async () => {
         bytesWritten: Math.round((after.writeBytes - before.writeBytes) / N)
       },
       rssMBAfter: after.rssMB,
+      ...traced,
       stateDirBytes: stateBytes,
       profile
     })
