@@ -15,7 +15,8 @@ export interface Inspector {
 
 /** Connects to the inspector URL the daemon printed ("Debugger listening on ws://..."). */
 export const connectInspector = async (output: string): Promise<Inspector> => {
-  const url = /Debugger listening on (ws:\/\/\S+)/.exec(output)?.[1]
+  // the last one: the daemon re-execs itself (src/domain/v8flags.ts), and each process image opens its own
+  const url = [...output.matchAll(/Debugger listening on (ws:\/\/\S+)/g)].pop()?.[1]
   if (url === undefined) throw new Error("the daemon printed no inspector URL (was it started with --inspect?)")
   const ws = new WebSocket(url)
   await new Promise<void>((resolve, reject) => {

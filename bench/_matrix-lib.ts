@@ -69,7 +69,9 @@ export const world = async (): Promise<World> => {
     },
     bot: async (options = {}) => {
       // info, not debug: the benches measure the daemon, not its debug logging
-      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...options.env } })
+      // CARA_NODE_FLAGS passes through, so a run can compare the daemon's V8 settings with Node's defaults ("none")
+      const flags = process.env["CARA_NODE_FLAGS"] === undefined ? {} : { CARA_NODE_FLAGS: process.env["CARA_NODE_FLAGS"] }
+      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...flags, ...options.env } })
       bots.push(b)
       return b
     },
