@@ -24,11 +24,12 @@ const main = async () => {
     const bot = await w.bot({ allowUsers: [alice.userId] })
     await bot.start()
     const env = bot.cliEnv()
+    const port = new URL(bot.running!.baseUrl).port
     const commands: Record<string, ReadonlyArray<string>> = {
       nodeE0: ["-e", "0"],
       version: [CLI, "--version"],
       help: [CLI, "--help"],
-      status: [CLI, "status"]
+      status: [CLI, "status", "--port", port]
     }
     const times: Record<string, Array<number>> = Object.fromEntries(Object.keys(commands).map((k) => [k, []]))
     log(`${RUNS} runs of ${Object.keys(commands).join(", ")}`)
