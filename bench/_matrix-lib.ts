@@ -5,6 +5,7 @@
 // V8 CPU profile.
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
 import type { SharedSynapse } from "../test/support/synapse/index.js"
 import { Human } from "../test/support/human.js"
@@ -68,7 +69,9 @@ export const world = async (): Promise<World> => {
     },
     bot: async (options = {}) => {
       // info, not debug: the benches measure the daemon, not its debug logging
-      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...options.env } })
+      // CARA_NODE_FLAGS passes through, so a run can compare the daemon's V8 settings with Node's defaults ("none")
+      const flags = process.env["CARA_NODE_FLAGS"] === undefined ? {} : { CARA_NODE_FLAGS: process.env["CARA_NODE_FLAGS"] }
+      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...flags, ...options.env } })
       bots.push(b)
       return b
     },
@@ -151,6 +154,55 @@ export const dmWithBot = async (human: Human, bot: Bot): Promise<string> => {
   const roomId = await human.createEncryptedDm(bot.user.userId)
   await human.waitForMembership(roomId, bot.user.userId, "join", 60_000)
   return roomId
+}
+
+/**
+ * Two humans ping-pong in an encrypted room (one sends, the other answers once it has decrypted): the floor any
+ * bot on this Synapse could reach; ms per round trip after `warmup` unmeasured ones.
+ */
+export const floorRoundTrips = async (alice: Human, bob: Human, count: number, warmup = 5): Promise<Array<number>> => {
+  const roomId = await alice.createEncryptedRoom([bob.userId])
+  await bob.joinRoom(roomId, 30_000)
+  await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
+  const times: Array<number> = []
+  for (let i = -warmup; i < count; i++) {
+    const answered = (async () => {
+      const m = await bob.waitForMessage(roomId, (m) => m.sender === alice.userId && m.body === `ping ${i}`, 60_000)
+      await bob.client.sendEvent(roomId, "m.room.message" as never, {
+        msgtype: "m.text",
+        body: `pong ${i}`,
+        "m.relates_to": { "m.in_reply_to": { event_id: m.eventId } }
+      } as never)
+    })()
+    const t0 = performance.now()
+    const sent = await alice.sendText(roomId, `ping ${i}`)
+    await replyTo(alice, roomId, bob.userId, sent)
+    if (i >= 0) times.push(performance.now() - t0)
+    await answered
+  }
+  return times
+}
+
+// ------------------------------------------------------------------------------------------------ store writes
+
+/** Preload (`NODE_OPTIONS=--import=...`) that logs the daemon's IndexedDB write requests. */
+export const idbWriteTracer = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "_idb-write-trace.mjs")
+
+/**
+ * The `[idb-write]` lines (bench/_idb-write-trace.mjs) between two wall-clock instants, summed per db/store and
+ * divided by `per` (minutes, replies), as one note line.
+ */
+export const storeWrites = (output: string, from: number, to: number, per: number, unit: string): string => {
+  const totals = new Map<string, { n: number; bytes: number }>()
+  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
+    const at = Number(m[1])
+    if (at < from || at > to) continue
+    const key = `${m[3]}/${m[4]} ${m[2]}`
+    const t = totals.get(key) ?? { n: 0, bytes: 0 }
+    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
+  }
+  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
+    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}`).join("; ") || "none"
 }
 
 // ------------------------------------------------------------------------------------------------ CPU profile

@@ -2,19 +2,22 @@
 // every room has a Megolm session), then left alone for BENCH_IDLE_SECONDS (300): CPU % of one core, bytes
 // written to storage per minute (/proc/pid/io write_bytes: the daemon writes files only under its state dir),
 // and RSS at the end. A settle pause (BENCH_IDLE_SETTLE_SECONDS, 15) after the last reply is not measured.
+// BENCH_IDLE_TRACE_STORES=1 preloads bench/_idb-write-trace.mjs into the daemon and adds, per IndexedDB
+// database/object store, the write requests made during the idle window (count and serialized bytes per
+// minute): what the daemon re-saves while nothing happens.
 // Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
-import { dirSize, emit, envNumber, log, pidOf, replyTo, round, sample, sleep, world } from "./_matrix-lib.js"
+import { dirSize, emit, envNumber, idbWriteTracer, log, pidOf, replyTo, round, sample, sleep, storeWrites, world } from "./_matrix-lib.js"
 
 const ROOMS = envNumber("BENCH_IDLE_ROOMS", 20)
 const SECONDS = envNumber("BENCH_IDLE_SECONDS", 300)
 const SETTLE = envNumber("BENCH_IDLE_SETTLE_SECONDS", 15)
-
+const TRACE = envNumber("BENCH_IDLE_TRACE_STORES", 0) > 0
 const main = async () => {
   const w = await world()
   try {
     const alice = await w.human()
     const bot = await w.bot({ allowUsers: [alice.userId] })
-    await bot.start()
+    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${idbWriteTracer}` } : {})
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
     for (const r of rooms) {
@@ -26,9 +29,11 @@ const main = async () => {
     await sleep(SETTLE * 1000)
     const pid = pidOf(bot)
     const a = sample(pid)
+    const fromWall = Date.now()
     await sleep(SECONDS * 1000)
     const b = sample(pid)
     const minutes = (b.at - a.at) / 60_000
+    const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes, "min") } : {}
     emit({
       bench: "matrix-idle",
       rooms: ROOMS,
@@ -39,6 +44,7 @@ const main = async () => {
       bytesWrittenPerMinute: Math.round((b.writeBytes - a.writeBytes) / minutes),
       rssMB: b.rssMB,
       stateDirBytes: dirSize(bot.dir),
+      ...traced,
       note: "CPU % of one core; /proc counts CPU in 10 ms ticks, so short runs are coarse"
     })
   } finally {

@@ -6,18 +6,20 @@
 //   cost:  the daemon's CPU seconds and bytes written to storage (/proc/pid/io) per answered message.
 //   profile: a second daemon run under `node --cpu-prof` answering BENCH_PROFILE_MESSAGES (50), summarised
 //          as the top functions and packages by self time (0 turns it off).
+//   BENCH_REPLY_TRACE_STORES=1: the measured daemon runs with bench/_idb-write-trace.mjs preloaded and the result
+//          adds the IndexedDB write requests per reply, by database/object store (the tracer costs some CPU).
 // Run: `npm run bench -- matrix-reply` or `node_modules/.bin/vite-node bench/matrix-reply.ts`.
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { Human } from "../test/support/human.js"
 import {
-  dirSize, dmWithBot, emit, envNumber, log, newestProfile, percentile, pidOf, replyTo, round, sample,
-  summariseProfile, world
+  dirSize, dmWithBot, emit, envNumber, floorRoundTrips, idbWriteTracer, log, newestProfile, percentile, pidOf, replyTo, round, sample,
+  storeWrites, summariseProfile, world
 } from "./_matrix-lib.js"
 
 const N = envNumber("BENCH_REPLY_MESSAGES", 200)
 const WARMUP = envNumber("BENCH_REPLY_WARMUP", 5)
 const PROFILE_N = envNumber("BENCH_PROFILE_MESSAGES", 50)
+const TRACE = envNumber("BENCH_REPLY_TRACE_STORES", 0) > 0
 
 const stats = (xs: ReadonlyArray<number>) => ({
   p50: round(percentile(xs, 50)),
@@ -26,30 +28,6 @@ const stats = (xs: ReadonlyArray<number>) => ({
   mean: round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length))
 })
 
-/** Two humans ping-pong in an encrypted room: the floor any bot on this Synapse could reach. */
-const floor = async (alice: Human, bob: Human, count: number): Promise<Array<number>> => {
-  const roomId = await alice.createEncryptedRoom([bob.userId])
-  await bob.joinRoom(roomId, 30_000)
-  await alice.waitForMembership(roomId, bob.userId, "join", 30_000)
-  const times: Array<number> = []
-  for (let i = -WARMUP; i < count; i++) {
-    const answered = (async () => {
-      const m = await bob.waitForMessage(roomId, (m) => m.sender === alice.userId && m.body === `ping ${i}`, 60_000)
-      await bob.client.sendEvent(roomId, "m.room.message" as never, {
-        msgtype: "m.text",
-        body: `pong ${i}`,
-        "m.relates_to": { "m.in_reply_to": { event_id: m.eventId } }
-      } as never)
-    })()
-    const t0 = performance.now()
-    const sent = await alice.sendText(roomId, `ping ${i}`)
-    await replyTo(alice, roomId, bob.userId, sent)
-    if (i >= 0) times.push(performance.now() - t0)
-    await answered
-  }
-  return times
-}
-
 const main = async () => {
   const w = await world()
   try {
@@ -57,16 +35,17 @@ const main = async () => {
     const bob = await w.human()
 
     log(`floor: ${N} round trips between two humans`)
-    const floorMs = await floor(alice, bob, N)
+    const floorMs = await floorRoundTrips(alice, bob, N, WARMUP)
 
     const bot = await w.bot({ allowUsers: [alice.userId] })
-    await bot.start()
+    await bot.start(TRACE ? { NODE_OPTIONS: `--import=${idbWriteTracer}` } : {})
     const roomId = await dmWithBot(alice, bot)
     for (let i = 0; i < WARMUP; i++) await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `warm-up ${i}`))
 
     log(`bot: ${N} sequential encrypted messages`)
     const pid = pidOf(bot)
     const before = sample(pid)
+    const fromWall = Date.now()
     const botMs: Array<number> = []
     for (let i = 0; i < N; i++) {
       const t0 = performance.now()
@@ -75,6 +54,7 @@ const main = async () => {
       botMs.push(performance.now() - t0)
     }
     const after = sample(pid)
+    const traced = TRACE ? { idbWritesPerReply: storeWrites(bot.output(), fromWall, Date.now(), N, "reply") } : {}
     const stateBytes = dirSize(bot.dir)
     await bot.stop("SIGTERM")
 
@@ -117,6 +97,7 @@ const main = async () => {
         bytesWritten: Math.round((after.writeBytes - before.writeBytes) / N)
       },
       rssMBAfter: after.rssMB,
+      ...traced,
       stateDirBytes: stateBytes,
       profile
     })

@@ -1,7 +1,8 @@
 // Restart to first sync with a large crypto store: the bot logs in and answers once, is stopped, and
 // BENCH_SESSIONS (5,000) Megolm sessions are imported offline into its own durable store (the bot's device, the
 // bot's store key); then the daemon starts again: spawn → "ready", spawn → "Matrix client synced", RSS after it,
-// and the time from the sync to the answer of a message sent right then (target: within 1 s).
+// and the time from the sync to the answer of a message sent right then (target: within 1 s), next to the
+// two-human floor (BENCH_RESTART_FLOOR round trips between two humans on the same Synapse, p50).
 // Run: `npm run bench -- matrix-restart` or `node_modules/.bin/vite-node bench/matrix-restart.ts`.
 import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
 import { Effect, Option, Redacted } from "effect"
@@ -9,9 +10,10 @@ import { makeCryptoStore } from "../src/layers/CryptoStoreLive.js"
 import { StateDirAt } from "../src/layers/StateDirLive.js"
 import { deriveStorePassphrase, readOrCreateInstallationId } from "../src/layers/StorePassphraseLive.js"
 import { CONFIG_PASSWORD } from "../test/integration/matrix-support.js"
-import { dirSize, dmWithBot, emit, envNumber, log, pidOf, replyTo, sample, world } from "./_matrix-lib.js"
+import { dirSize, dmWithBot, emit, envNumber, floorRoundTrips, log, percentile, pidOf, replyTo, round, sample, world } from "./_matrix-lib.js"
 
 const SESSIONS = envNumber("BENCH_SESSIONS", 5000)
+const FLOOR = envNumber("BENCH_RESTART_FLOOR", 20)
 
 /** Imports `n` fresh Megolm sessions into the stopped bot's store, as the bot's own device would hold them. */
 const importSessions = async (root: string, userId: string, deviceId: string, n: number): Promise<number> => {
@@ -42,6 +44,7 @@ const main = async () => {
   const w = await world()
   try {
     const alice = await w.human()
+    const floorP50 = FLOOR > 0 ? percentile(await floorRoundTrips(alice, await w.human(), FLOOR, 2), 50) : 0
     const bot = await w.bot({ allowUsers: [alice.userId] })
     await bot.start()
     const deviceId = /Matrix client synced .*deviceId=(\S+)/.exec(bot.output())?.[1]
@@ -70,6 +73,7 @@ const main = async () => {
       startToFirstSyncMs: Math.round(syncedMs),
       rssMBAfterSync: rssAfterSync,
       firstReplyAfterSyncMs: Math.round(firstReplyMs),
+      floorP50Ms: round(floorP50),
       stateDirBytes: dirSize(bot.dir),
       note: "first sync = the daemon's 'Matrix client synced' line; on a restart matrix-js-sdk may report it from the saved sync before its first /sync request returns"
     })

@@ -8,5 +8,15 @@ if (major < 24) {
   )
   process.exit(1)
 }
+// The daemon re-execs itself once with the V8/malloc settings of a long-running process (src/domain/v8flags.ts).
+const { daemonReexec } = await import("../domain/v8flags.js")
+const reexec = daemonReexec(process)
+if (reexec !== undefined && typeof process.execve === "function") {
+  try {
+    process.execve(process.execPath, [...reexec.args], reexec.env)
+  } catch {
+    // not possible here (platform, permissions): run with Node's defaults
+  }
+}
 const { run } = await import("./run.js")
 run(process.argv)

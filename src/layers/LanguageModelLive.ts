@@ -7,14 +7,45 @@ import {
   isRetryable,
   noApiKey,
   providerUsable,
+  type ProviderSettings,
   type RetrySettings,
   type StreamPart
 } from "../domain/agent.js"
 import type { ProviderName } from "../domain/config.js"
 import { AgentSettingsTag } from "../services/Agent.js"
 import { type Completion, LanguageModel, type LanguageModelShape, type ProviderClient } from "../services/LanguageModel.js"
-import { makeAnthropicClient } from "./LanguageModelAnthropic.js"
-import { makeOpenAIClient } from "./LanguageModelOpenAI.js"
+
+type MakeClient = (options: { readonly settings: ProviderSettings; readonly requestTimeout: Duration.Duration }) => ProviderClient
+
+// A provider's module, and its SDK with it (5–7 MB of heap each, docs/benchmarks.md "Profiles"), loads only
+// when that provider is configured: imported here, never statically.
+const providerModules: Record<ProviderName, () => Promise<MakeClient>> = {
+  anthropic: () => import("./LanguageModelAnthropic.js").then((m) => m.makeAnthropicClient),
+  openai: () => import("./LanguageModelOpenAI.js").then((m) => m.makeOpenAIClient)
+}
+const providerNames = Object.keys(providerModules) as ReadonlyArray<ProviderName>
+
+const clientOptions = (settings: AgentSettings, provider: ProviderName) => ({
+  settings: settings[provider],
+  requestTimeout: settings.requestTimeout
+})
+
+/** A client whose module is imported at its first request (for callers that did not load it up front). */
+const onFirstUse = (settings: AgentSettings, provider: ProviderName): ProviderClient => {
+  let client: Promise<ProviderClient> | undefined
+  const load = () => (client ??= providerModules[provider]().then((make) => make(clientOptions(settings, provider))))
+  return { provider, stream: (request) => Stream.unwrap(Effect.map(Effect.promise(load), (c) => c.stream(request))) }
+}
+
+/** Imports and builds the clients of the configured providers (none for a provider without a key). */
+export const loadProviderClients = (settings: AgentSettings): Effect.Effect<ProviderClients> =>
+  Effect.promise(async () => {
+    const clients: Partial<Record<ProviderName, ProviderClient>> = {}
+    for (const provider of providerNames) {
+      if (providerUsable(settings, provider)) clients[provider] = (await providerModules[provider]())(clientOptions(settings, provider))
+    }
+    return clients
+  })
 
 const withAttempts = (error: AgentError, attempts: number): AgentError =>
   attempts <= 1 ? error : new AgentError({ ...error, message: `${error.message} (gave up after ${attempts} attempts)` })
@@ -69,20 +100,15 @@ export interface ProviderClients {
 
 /**
  * The router: `request.model.provider` picks the client; a provider without a key fails at once with
- * `agent-not-configured` (no retries: nothing will change until the operator acts).
+ * `agent-not-configured` (no retries: nothing will change until the operator acts). A usable provider not
+ * in `clients` gets its module imported at its first request.
  */
 export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClients = {}): LanguageModelShape => {
-  const built: Partial<Record<ProviderName, ProviderClient>> = {
-    ...(clients.anthropic !== undefined
-      ? { anthropic: clients.anthropic }
-      : providerUsable(settings, "anthropic")
-      ? { anthropic: makeAnthropicClient({ settings: settings.anthropic, requestTimeout: settings.requestTimeout }) }
-      : {}),
-    ...(clients.openai !== undefined
-      ? { openai: clients.openai }
-      : providerUsable(settings, "openai")
-      ? { openai: makeOpenAIClient({ settings: settings.openai, requestTimeout: settings.requestTimeout }) }
-      : {})
+  const built: Partial<Record<ProviderName, ProviderClient>> = {}
+  for (const provider of providerNames) {
+    const given = clients[provider]
+    if (given !== undefined) built[provider] = given
+    else if (providerUsable(settings, provider)) built[provider] = onFirstUse(settings, provider)
   }
 
   const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {
@@ -107,8 +133,8 @@ export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClie
   return { stream, complete }
 }
 
-/** LanguageModel over the agent settings (providers' keys, base URLs, retry budget). */
+/** LanguageModel over the agent settings (providers' keys, base URLs, retry budget); loads only the configured providers. */
 export const LanguageModelLive = Layer.effect(
   LanguageModel,
-  Effect.map(AgentSettingsTag, (settings) => makeLanguageModel(settings))
+  Effect.flatMap(AgentSettingsTag, (settings) => Effect.map(loadProviderClients(settings), (clients) => makeLanguageModel(settings, clients)))
 )

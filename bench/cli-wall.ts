@@ -1,0 +1,54 @@
+// Wall time of the `cara` command line, next to `node -e 0` measured in the same run (the floor: Node's own
+// start on this machine). BENCH_CLI_RUNS (15) runs of each, interleaved so load changes hit all alike, after
+// two warm-ups (page cache). `cara status` talks to a running daemon (one bot on a fresh Synapse), as an
+// operator's would. Target (issue 19 §5): ≤ 250 ms and ≤ 5 × `node -e 0`.
+// Run: `npm run bench -- cli-wall` or `node_modules/.bin/vite-node bench/cli-wall.ts`.
+import { spawnSync } from "node:child_process"
+import { CLI } from "../test/support/cli.js"
+import { emit, envNumber, log, percentile, round, world } from "./_matrix-lib.js"
+
+const RUNS = Math.max(1, envNumber("BENCH_CLI_RUNS", 15))
+
+const wallMs = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv): number => {
+  const t0 = performance.now()
+  const r = spawnSync(process.execPath, args, { env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000 })
+  const ms = performance.now() - t0
+  if (r.status !== 0) throw new Error(`${args.join(" ")} exited ${r.status}: ${r.stderr.slice(-2000)}`)
+  return ms
+}
+
+const main = async () => {
+  const w = await world()
+  try {
+    const alice = await w.human()
+    const bot = await w.bot({ allowUsers: [alice.userId] })
+    await bot.start()
+    const env = bot.cliEnv()
+    const port = new URL(bot.running!.baseUrl).port
+    const commands: Record<string, ReadonlyArray<string>> = {
+      nodeE0: ["-e", "0"],
+      version: [CLI, "--version"],
+      help: [CLI, "--help"],
+      status: [CLI, "status", "--port", port]
+    }
+    const times: Record<string, Array<number>> = Object.fromEntries(Object.keys(commands).map((k) => [k, []]))
+    log(`${RUNS} runs of ${Object.keys(commands).join(", ")}`)
+    for (let i = -2; i < RUNS; i++) {
+      for (const [name, args] of Object.entries(commands)) {
+        const ms = wallMs(args, env)
+        if (i >= 0) times[name]!.push(ms)
+      }
+    }
+    const p50 = (name: string) => round(percentile(times[name]!, 50))
+    const floor = p50("nodeE0")
+    const figures = Object.fromEntries(
+      Object.keys(commands).map((name) => [name, { p50: p50(name), p95: round(percentile(times[name]!, 95)), overNode: round(p50(name) / floor, 2) }])
+    )
+    emit({ bench: "cli-wall", runs: RUNS, ...figures, note: "wall ms per command incl. Node start; overNode = p50 / p50 of `node -e 0`" })
+  } finally {
+    await w.close()
+  }
+}
+
+await main()
+process.exit(0)
