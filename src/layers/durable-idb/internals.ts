@@ -19,6 +19,10 @@ export interface RawIndex {
   readonly keyPath: string | ReadonlyArray<string>
   readonly unique: boolean
   readonly multiEntry: boolean
+  /** True once the index holds an entry for every record of its store. */
+  readonly initialized: boolean
+  /** Adds the index entries of one object store record (throws ConstraintError on a unique clash). */
+  storeRecord(record: RawRecord): void
 }
 
 export interface RawRecord {
@@ -36,6 +40,8 @@ export interface RawObjectStore {
   readonly records: {
     get(key: unknown): RawRecord | undefined
     values(range?: unknown): Iterable<RawRecord>
+    /** Puts or replaces (same key) a record in the store's tree, nothing else (no index upkeep). */
+    put(record: object, noOverwrite?: boolean): unknown
   }
 }
 
