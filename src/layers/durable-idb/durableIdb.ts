@@ -10,6 +10,8 @@ import {
   type Persister,
   type RawDatabase,
   type RawObjectStore,
+  type RawRecord,
+  type RawTree,
   type Touched,
   type TouchedStore
 } from "./internals.js"
@@ -132,16 +134,59 @@ const createSchema = (factory: IdbFactory, schema: DatabaseSchema): Promise<RawD
     req.onblocked = () => reject(new Error(`durable-idb: rebuilding ${schema.name} was blocked`))
   })
 
+/** Strings shared by many index keys (a sender key, a room id) kept once; a fill's table is dropped after it. */
+const interner = () => {
+  const seen = new Map<string, string>()
+  const one = (s: string) => {
+    const known = seen.get(s)
+    if (known !== undefined) return known
+    seen.set(s, s)
+    return s
+  }
+  return (key: unknown): unknown => {
+    if (typeof key === "string") return one(key)
+    if (Array.isArray(key)) for (let i = 0; i < key.length; i++) if (typeof key[i] === "string") key[i] = one(key[i] as string)
+    return key
+  }
+}
+
+/**
+ * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
+ * one red-black insertion per record (most of the time of opening a large store).
+ */
+const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
+  if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) throw new Error("durable-idb: fake-indexeddb tree internals changed")
+  records.sort((a, b) => tree._compare(a, b))
+  for (let i = 1; i < records.length; i++) {
+    // The rows were written by committed transactions that IndexedDB's constraints held for.
+    if (unique && tree._compare(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
+  }
+  tree._root = tree._rebuild(records, undefined, false)
+  tree._numNodes = records.length
+  tree._numTombstones = 0
+}
+
 /** Fills one store from its rows: keys and index entries in memory, values left in SQLite. */
 const fillStore = (store: RawObjectStore, rows: StoreRows) => {
   const indexes = Array.from(store.rawIndexes.values())
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
+  const records: Array<RawRecord> = []
+  const entries = indexes.map((): Array<RawRecord> => [])
+  const intern = interner()
   rows.file.scanStore(rows.db, store.name, (key, value) => {
-    for (const index of indexes) index.storeRecord({ key, value })
-    store.records.put(new LazyRecord(key, rows), true)
+    records.push(new LazyRecord(key, rows))
+    indexes.forEach((index, i) => {
+      const indexKey = index.getIndexKey(value)
+      if (indexKey === undefined) return
+      const list = entries[i]!
+      if (index.multiEntry && Array.isArray(indexKey)) for (const k of indexKey) list.push({ key: intern(k), value: key })
+      else list.push({ key: intern(indexKey), value: key })
+    })
   })
+  bulkLoad(store.records.records, records, true, store.name)
+  indexes.forEach((index, i) => bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`))
 }
 
 export interface DurableIdbOptions {

@@ -14,6 +14,15 @@ import type { IdbFactory } from "../../services/CryptoStore.js"
 
 export type { IdbFactory }
 
+/** fake-indexeddb's BinarySearchTree, for building a whole tree at once from sorted records. */
+export interface RawTree {
+  _root: unknown
+  _numNodes: number
+  _numTombstones: number
+  _compare(a: RawRecord, b: RawRecord): number
+  _rebuild(records: ReadonlyArray<RawRecord>, parent: undefined, red: boolean): unknown
+}
+
 export interface RawIndex {
   readonly name: string
   readonly keyPath: string | ReadonlyArray<string>
@@ -23,6 +32,9 @@ export interface RawIndex {
   readonly initialized: boolean
   /** Adds the index entries of one object store record (throws ConstraintError on a unique clash). */
   storeRecord(record: RawRecord): void
+  /** The index key of a value (multiEntry: the array of keys), undefined when it is not indexed. */
+  getIndexKey(value: unknown): unknown
+  readonly records: { readonly records: RawTree }
 }
 
 export interface RawRecord {
@@ -42,6 +54,7 @@ export interface RawObjectStore {
     values(range?: unknown): Iterable<RawRecord>
     /** Puts or replaces (same key) a record in the store's tree, nothing else (no index upkeep). */
     put(record: object, noOverwrite?: boolean): unknown
+    readonly records: RawTree
   }
 }
 
