@@ -12,7 +12,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
-import { type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
+import { compareKeys, type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { databasesOf, type IdbFactory, type RawObjectStore } from "../../src/layers/durable-idb/internals.js"
 import { LazyRecord } from "../../src/layers/durable-idb/lazyRecords.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
@@ -282,6 +282,15 @@ describe("durable IndexedDB with values on demand", () => {
         opened.close()
       }
     }
+  })
+
+  it("orders keys for the bulk load exactly as IndexedDB does", () => {
+    const keys: Array<unknown> = [
+      ...KV_KEYS, -0, -Infinity, Infinity, 2, "", "\u{1F600}", "\uFFFF", "A", "aa", new Date(-5), new Date(1000),
+      [], [[]], [1], [1, 2], [1, "x", 0], ["a", 1], [new Date(0)], [new Uint8Array([1]).buffer], new ArrayBuffer(0)
+    ]
+    const cmp = new IDBFactory()
+    for (const a of keys) for (const b of keys) expect(compareKeys(a, b), `${String(a)} vs ${String(b)}`).toBe(cmp.cmp(a, b))
   })
 
   it("drops committed values from memory and reads them back through a bounded cache", async () => {

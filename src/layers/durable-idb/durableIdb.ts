@@ -2,6 +2,7 @@
 // SQLite (one SQLite transaction per IndexedDB transaction) before the transaction's `complete` event
 // reaches the caller, and which is rebuilt from SQLite when opened. Only keys and index entries are
 // held in memory; values are read from SQLite on demand (lazyRecords.ts).
+import { IDBFactory } from "fake-indexeddb"
 import {
   databasesOf,
   type IdbFactory,
@@ -150,16 +151,43 @@ const interner = () => {
   }
 }
 
+const fallbackCmp = new IDBFactory()
+
+/**
+ * IndexedDB key order with fast paths for the keys stores are full of (strings, numbers, arrays of
+ * them); anything else (dates, binary, mixed types) goes to fake-indexeddb's own comparison.
+ */
+export const compareKeys = (a: unknown, b: unknown): number => {
+  const ta = typeof a
+  if (ta === typeof b) {
+    // JS string comparison is by UTF-16 code unit, as IndexedDB's; -0 and 0 compare equal in both.
+    if (ta === "string" || ta === "number") return (a as string) < (b as string) ? -1 : (a as string) > (b as string) ? 1 : 0
+    if (Array.isArray(a) && Array.isArray(b)) {
+      const n = Math.min(a.length, b.length)
+      for (let i = 0; i < n; i++) {
+        const c = compareKeys(a[i], b[i])
+        if (c !== 0) return c
+      }
+      return a.length < b.length ? -1 : a.length > b.length ? 1 : 0
+    }
+  }
+  return fallbackCmp.cmp(a, b)
+}
+
 /**
  * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
  * one red-black insertion per record (most of the time of opening a large store).
  */
 const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
   if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) throw new Error("durable-idb: fake-indexeddb tree internals changed")
-  records.sort((a, b) => tree._compare(a, b))
+  // The tree's own order: by key, then (an index that allows duplicates) by primary key.
+  const order = unique
+    ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
+    : (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key) || compareKeys(a.value, b.value)
+  records.sort(order)
   for (let i = 1; i < records.length; i++) {
     // The rows were written by committed transactions that IndexedDB's constraints held for.
-    if (unique && tree._compare(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
+    if (order(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
   }
   tree._root = tree._rebuild(records, undefined, false)
   tree._numNodes = records.length
