@@ -115,7 +115,10 @@ export const openBlob = (key: Buffer | undefined, aad: Buffer, sealed: Uint8Arra
   const d = crypto.createDecipheriv("aes-256-gcm", keyObject(key), buf.subarray(0, IV_BYTES))
   d.setAAD(aad)
   d.setAuthTag(buf.subarray(IV_BYTES, IV_BYTES + TAG_BYTES))
-  return Buffer.concat([d.update(buf.subarray(IV_BYTES + TAG_BYTES)), d.final()])
+  const plain = d.update(buf.subarray(IV_BYTES + TAG_BYTES))
+  // GCM is a stream mode: update() returned all of it, final() only checks the tag (and throws on a mismatch).
+  const rest = d.final()
+  return rest.length === 0 ? plain : Buffer.concat([plain, rest])
 }
 
 export const serialize = (value: unknown): Buffer => v8.serialize(value)
