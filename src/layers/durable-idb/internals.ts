@@ -9,6 +9,8 @@
 //                                                       SQLite here, before any listener (the SDK) runs
 //   FDBFactory._databases (a Map)                       set() tags each database with its owner, delete()
 //                                                       is deleteDatabase's commit point
+//   RecordStore.put / .records (BinarySearchTree         an open fills each store's and index's tree in one
+//   _rebuild, _numNodes), Index.getIndexKey              pass; a commit swaps records for LazyRecords
 import { IDBFactory, IDBKeyRange, IDBTransaction } from "fake-indexeddb"
 import type { IdbFactory } from "../../services/CryptoStore.js"
 
