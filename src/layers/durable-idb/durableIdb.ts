@@ -1,6 +1,8 @@
 // A durable IndexedDB: a private fake-indexeddb factory whose every committed transaction is written to
 // SQLite (one SQLite transaction per IndexedDB transaction) before the transaction's `complete` event
-// reaches the caller, and which is rebuilt from SQLite when opened.
+// reaches the caller, and which is rebuilt from SQLite when opened. Only keys and index entries are
+// held in memory; values are read from SQLite on demand (lazyRecords.ts).
+import { IDBFactory } from "fake-indexeddb"
 import {
   databasesOf,
   type IdbFactory,
@@ -9,9 +11,13 @@ import {
   type Persister,
   type RawDatabase,
   type RawObjectStore,
-  type Touched
+  type RawRecord,
+  type RawTree,
+  type Touched,
+  type TouchedStore
 } from "./internals.js"
-import type { DatabaseChange, DatabaseSchema, LoadedDatabase, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
+import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
+import type { DatabaseChange, DatabaseSchema, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
 
 export interface DurableIdbStats {
   /** IndexedDB transactions written to SQLite. */
@@ -25,6 +31,8 @@ export interface DurableIdbStats {
 export interface DurableIdb {
   readonly factory: IdbFactory
   readonly stats: DurableIdbStats
+  /** The value cache of the on-demand records (for benches and tests). */
+  readonly cacheStats: () => ValueCacheStats
   /** Stops writing (later transactions abort) and closes every open connection of the factory. */
   readonly detach: () => void
 }
@@ -46,17 +54,18 @@ const schemaOf = (raw: RawDatabase): DatabaseSchema => ({
   }))
 })
 
-const fullDump = (raw: RawDatabase): DatabaseChange => ({
-  db: raw.name,
-  schema: schemaOf(raw),
-  replaceAll: true,
-  stores: Array.from(raw.rawObjectStores.values(), (s): StoreChange => ({
-    name: s.name,
-    cleared: false,
-    puts: Array.from(s.records.values(), (r) => [r.key, r.value] as const),
-    deletes: []
-  }))
-})
+/** One store's part of an ordinary commit: the keys it touched, with the values the transaction left. */
+const touchedChange = (store: RawObjectStore, t: TouchedStore): StoreChange => {
+  const puts: Array<readonly [unknown, unknown]> = []
+  const deletes: Array<unknown> = []
+  // The value at commit time is the one the transaction left; intermediate writes collapse into it.
+  for (const key of t.keys.values()) {
+    const record = store.records.get(key)
+    if (record === undefined) deletes.push(key)
+    else puts.push([record.key, record.value])
+  }
+  return { name: store.name, cleared: t.cleared, puts, deletes }
+}
 
 const changeOf = (raw: RawDatabase, touched: Touched): DatabaseChange => {
   const stores: Array<StoreChange> = []
@@ -65,25 +74,44 @@ const changeOf = (raw: RawDatabase, touched: Touched): DatabaseChange => {
     const store: RawObjectStore | undefined = raw.rawObjectStores.get(name)
     if (store === undefined) continue
     if (store.keyGenerator !== null) keyGeneratorMoved = true
-    const puts: Array<readonly [unknown, unknown]> = []
-    const deletes: Array<unknown> = []
-    // The value at commit time is the one the transaction left; intermediate writes collapse into it.
-    for (const key of t.keys.values()) {
-      const record = store.records.get(key)
-      if (record === undefined) deletes.push(key)
-      else puts.push([record.key, record.value])
-    }
-    stores.push({ name, cleared: t.cleared, puts, deletes })
+    stores.push(touchedChange(store, t))
   }
   return keyGeneratorMoved ? { db: raw.name, schema: schemaOf(raw), stores } : { db: raw.name, stores }
 }
 
+/** The object stores as filed in SQLite, by name, per database: what a versionchange is compared with. */
+type Layout = Map<string, ReadonlyMap<string, RawObjectStore>>
+
+/**
+ * A versionchange commit. A store that is still the same object under the same name only writes the
+ * keys it touched; one that is new, recreated or renamed is rewritten whole under its name, and a name
+ * that no longer holds its old store loses its rows. (The on-demand records of an unchanged store are
+ * not read back and rewritten, so a Rust-store migration costs what it changes.)
+ */
+const versionChangeOf = (raw: RawDatabase, touched: Touched | undefined, filed: ReadonlyMap<string, RawObjectStore>) => {
+  const stores: Array<StoreChange> = []
+  const rewritten: Array<RawObjectStore> = []
+  for (const [name, old] of filed) {
+    if (raw.rawObjectStores.get(name) !== old) stores.push({ name, cleared: true, puts: [], deletes: [] })
+  }
+  for (const store of raw.rawObjectStores.values()) {
+    if (filed.get(store.name) === store) {
+      const t = touched?.get(store.name)
+      if (t !== undefined) stores.push(touchedChange(store, t))
+    } else {
+      rewritten.push(store)
+      stores.push({ name: store.name, cleared: true, puts: Array.from(store.records.values(), (r) => [r.key, r.value] as const), deletes: [] })
+    }
+  }
+  const change: DatabaseChange = { db: raw.name, schema: schemaOf(raw), stores }
+  return { change, rewritten }
+}
+
 const describe = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
-/** Rebuilds one database (schema, indexes, key generators, records) inside the factory. */
-const materialize = (factory: IdbFactory, loaded: LoadedDatabase): Promise<void> =>
+/** Creates one database's stores and indexes (no records) inside the factory, and returns it. */
+const createSchema = (factory: IdbFactory, schema: DatabaseSchema): Promise<RawDatabase> =>
   new Promise((resolve, reject) => {
-    const { schema } = loaded
     const req = factory.open(schema.name, schema.version)
     req.onupgradeneeded = () => {
       const db = req.result
@@ -96,52 +124,171 @@ const materialize = (factory: IdbFactory, loaded: LoadedDatabase): Promise<void>
         const raw = (os as { _rawObjectStore: RawObjectStore })._rawObjectStore
         // Restores the exact generator (the highest present key understates it after deletions).
         if (raw.keyGenerator !== null && s.keyGenerator !== null) raw.keyGenerator.num = s.keyGenerator
-        for (const [key, value] of loaded.records.get(s.name) ?? []) {
-          if (s.keyPath === null) os.put(value, key)
-          else os.put(value)
-        }
       }
     }
     req.onsuccess = () => {
+      const raw = (req.result as { _rawDatabase: RawDatabase })._rawDatabase
       req.result.close()
-      resolve()
+      resolve(raw)
     }
     req.onerror = () => reject(req.error ?? new Error(`durable-idb: rebuilding ${schema.name} failed`))
     req.onblocked = () => reject(new Error(`durable-idb: rebuilding ${schema.name} was blocked`))
   })
 
+/** Strings shared by many index keys (a sender key, a room id) kept once; a fill's table is dropped after it. */
+const interner = () => {
+  const seen = new Map<string, string>()
+  const one = (s: string) => {
+    const known = seen.get(s)
+    if (known !== undefined) return known
+    seen.set(s, s)
+    return s
+  }
+  return (key: unknown): unknown => {
+    if (typeof key === "string") return one(key)
+    if (Array.isArray(key)) for (let i = 0; i < key.length; i++) if (typeof key[i] === "string") key[i] = one(key[i] as string)
+    return key
+  }
+}
+
+const fallbackCmp = new IDBFactory()
+
+/**
+ * IndexedDB key order with fast paths for the keys stores are full of (strings, numbers, arrays of
+ * them); anything else (dates, binary, mixed types) goes to fake-indexeddb's own comparison.
+ */
+export const compareKeys = (a: unknown, b: unknown): number => {
+  const ta = typeof a
+  if (ta === typeof b) {
+    // JS string comparison is by UTF-16 code unit, as IndexedDB's; -0 and 0 compare equal in both.
+    if (ta === "string" || ta === "number") return (a as string) < (b as string) ? -1 : (a as string) > (b as string) ? 1 : 0
+    if (Array.isArray(a) && Array.isArray(b)) {
+      const n = Math.min(a.length, b.length)
+      for (let i = 0; i < n; i++) {
+        const c = compareKeys(a[i], b[i])
+        if (c !== 0) return c
+      }
+      return a.length < b.length ? -1 : a.length > b.length ? 1 : 0
+    }
+  }
+  return fallbackCmp.cmp(a, b)
+}
+
+/**
+ * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
+ * one red-black insertion per record (most of the time of opening a large store).
+ */
+const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
+  if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) throw new Error("durable-idb: fake-indexeddb tree internals changed")
+  // The tree's own order: by key, then (an index that allows duplicates) by primary key.
+  const order = unique
+    ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
+    : (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key) || compareKeys(a.value, b.value)
+  records.sort(order)
+  for (let i = 1; i < records.length; i++) {
+    // The rows were written by committed transactions that IndexedDB's constraints held for.
+    if (order(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
+  }
+  tree._root = tree._rebuild(records, undefined, false)
+  tree._numNodes = records.length
+  tree._numTombstones = 0
+}
+
+/** Fills one store from its rows: keys and index entries in memory, values left in SQLite. */
+const fillStore = (store: RawObjectStore, rows: StoreRows) => {
+  const indexes = Array.from(store.rawIndexes.values())
+  for (const index of indexes) {
+    if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
+  }
+  const records: Array<RawRecord> = []
+  const entries = indexes.map((): Array<RawRecord> => [])
+  const intern = interner()
+  rows.file.scanStore(rows.db, store.name, (key, value) => {
+    records.push(new LazyRecord(key, rows))
+    indexes.forEach((index, i) => {
+      const indexKey = index.getIndexKey(value)
+      if (indexKey === undefined) return
+      const list = entries[i]!
+      if (index.multiEntry && Array.isArray(indexKey)) for (const k of indexKey) list.push({ key: intern(k), value: key })
+      else list.push({ key: intern(indexKey), value: key })
+    })
+  })
+  bulkLoad(store.records.records, records, true, store.name)
+  indexes.forEach((index, i) => bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`))
+}
+
+export interface DurableIdbOptions {
+  /** Sealed bytes of decoded values kept in memory (LRU). Default 8 MiB. */
+  readonly cacheBytes?: number
+  /** Decoded values kept in memory (LRU). Default 4,096. */
+  readonly cacheEntries?: number
+}
+
 /**
  * Opens the durable IndexedDB over `files`; `route` names the file each database lives in (by name).
- * The databases already on disk are rebuilt before this resolves.
+ * The databases already on disk are rebuilt before this resolves: schemas, keys and index entries in
+ * memory, record values read from SQLite when asked for (see lazyRecords.ts).
  */
 export const openDurableIdb = async (
   files: ReadonlyArray<SqliteFile>,
-  route: (dbName: string) => SqliteFile
+  route: (dbName: string) => SqliteFile,
+  options: DurableIdbOptions = {}
 ): Promise<DurableIdb> => {
   await installHooks()
   const stats: DurableIdbStats = { commits: 0, failedCommits: 0, lastError: undefined }
+  const cache = new ValueCache(options.cacheBytes ?? 8 * 1024 * 1024, options.cacheEntries ?? 4096)
+  const rowsOf = new WeakMap<RawObjectStore, StoreRows>()
+  const layout: Layout = new Map()
   let detached = false
+
+  const rowsFor = (db: string, store: RawObjectStore): StoreRows => {
+    let rows = rowsOf.get(store)
+    if (rows === undefined) rowsOf.set(store, rows = { file: route(db), db, store: store.name, cache })
+    return rows
+  }
+
+  /** After the SQLite commit: file the new layout and drop the committed values from memory. */
+  const settleCommit = (raw: RawDatabase, touched: Touched | undefined, rewritten: ReadonlyArray<RawObjectStore> | undefined) => {
+    try {
+      if (rewritten !== undefined) {
+        for (const store of raw.rawObjectStores.values()) rowsFor(raw.name, store).store = store.name
+        layout.set(raw.name, new Map(raw.rawObjectStores))
+        for (const store of rewritten) settle(store.records, rowsFor(raw.name, store), undefined)
+      }
+      for (const [name, t] of touched ?? []) {
+        const store = raw.rawObjectStores.get(name)
+        const rows = store === undefined ? undefined : rowsOf.get(store)
+        if (store !== undefined && rows !== undefined) settle(store.records, rows, t.keys.values())
+      }
+    } catch {
+      // Already durable: a record left in memory is still correct, only not released.
+    }
+  }
 
   const persister: Persister = {
     suspended: true,
     commit(raw, touched, versionchange) {
       if (detached) throw new Error("durable-idb: store closed")
       if (!versionchange && (touched === undefined || touched.size === 0)) return
-      const change = versionchange ? fullDump(raw) : changeOf(raw, touched!)
+      const planned = versionchange
+        ? versionChangeOf(raw, touched, layout.get(raw.name) ?? new Map())
+        : { change: changeOf(raw, touched!), rewritten: undefined }
       try {
-        route(raw.name).commit([change])
+        route(raw.name).commit([planned.change])
         stats.commits++
       } catch (e) {
         stats.failedCommits++
         stats.lastError = describe(e)
         throw e
       }
+      settleCommit(raw, touched, planned.rewritten)
     },
     dropDatabase(name) {
       if (detached) return false
       try {
         route(name).dropDatabase(name)
         stats.commits++
+        layout.delete(name)
         return true
       } catch (e) {
         stats.failedCommits++
@@ -153,13 +300,18 @@ export const openDurableIdb = async (
 
   const factory = makeOwnedFactory(persister)
   for (const file of files) {
-    for (const loaded of file.load()) await materialize(factory, loaded)
+    for (const schema of file.loadSchemas()) {
+      const raw = await createSchema(factory, schema)
+      for (const store of raw.rawObjectStores.values()) fillStore(store, rowsFor(raw.name, store))
+      layout.set(raw.name, new Map(raw.rawObjectStores))
+    }
   }
   persister.suspended = false
 
   return {
     factory,
     stats,
+    cacheStats: () => cache.stats(),
     detach: () => {
       detached = true
       for (const raw of databasesOf(factory).values()) {

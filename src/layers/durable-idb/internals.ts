@@ -9,16 +9,34 @@
 //                                                       SQLite here, before any listener (the SDK) runs
 //   FDBFactory._databases (a Map)                       set() tags each database with its owner, delete()
 //                                                       is deleteDatabase's commit point
+//   RecordStore.put / .records (BinarySearchTree         an open fills each store's and index's tree in one
+//   _rebuild, _numNodes), Index.getIndexKey              pass; a commit swaps records for LazyRecords
 import { IDBFactory, IDBKeyRange, IDBTransaction } from "fake-indexeddb"
 import type { IdbFactory } from "../../services/CryptoStore.js"
 
 export type { IdbFactory }
+
+/** fake-indexeddb's BinarySearchTree, for building a whole tree at once from sorted records. */
+export interface RawTree {
+  _root: unknown
+  _numNodes: number
+  _numTombstones: number
+  _compare(a: RawRecord, b: RawRecord): number
+  _rebuild(records: ReadonlyArray<RawRecord>, parent: undefined, red: boolean): unknown
+}
 
 export interface RawIndex {
   readonly name: string
   readonly keyPath: string | ReadonlyArray<string>
   readonly unique: boolean
   readonly multiEntry: boolean
+  /** True once the index holds an entry for every record of its store. */
+  readonly initialized: boolean
+  /** Adds the index entries of one object store record (throws ConstraintError on a unique clash). */
+  storeRecord(record: RawRecord): void
+  /** The index key of a value (multiEntry: the array of keys), undefined when it is not indexed. */
+  getIndexKey(value: unknown): unknown
+  readonly records: { readonly records: RawTree }
 }
 
 export interface RawRecord {
@@ -36,6 +54,9 @@ export interface RawObjectStore {
   readonly records: {
     get(key: unknown): RawRecord | undefined
     values(range?: unknown): Iterable<RawRecord>
+    /** Puts or replaces (same key) a record in the store's tree, nothing else (no index upkeep). */
+    put(record: object, noOverwrite?: boolean): unknown
+    readonly records: RawTree
   }
 }
 

@@ -195,6 +195,8 @@ export class SqliteFile {
   private readonly delDb: StatementSync
   private readonly putDb: StatementSync
   private readonly delDbRow: StatementSync
+  private byStore: StatementSync | undefined
+  private byId: StatementSync | undefined
   /** The data key (also the Rust store's storageKey for the crypto file); undefined when unencrypted. */
   readonly dataKey: Buffer | undefined
   private closed = false
@@ -339,8 +341,45 @@ export class SqliteFile {
    * SQLite finds damaged) is a damaged store: `crypto-store-corrupt` / `state-store-corrupt`, nothing written.
    */
   load(): Array<LoadedDatabase> {
+    return this.readingRows(() => this.loadRows())
+  }
+
+  /** The schema of every database, without records (the on-demand open reads records per store). */
+  loadSchemas(): Array<DatabaseSchema> {
+    return this.readingRows(() => {
+      const rows = this.db.prepare("SELECT id, meta FROM dbs").all() as Array<{ id: Uint8Array; meta: Uint8Array }>
+      return rows.map((row) => deserialize(openBlob(this.keys.seal, Buffer.from(row.id), row.meta)) as DatabaseSchema)
+    })
+  }
+
+  /** Every record of one store, decrypted one at a time: `visit` keeps what it needs, the rest is garbage. */
+  scanStore(db: string, store: string, visit: (key: unknown, value: unknown) => void): void {
+    this.readingRows(() => {
+      this.byStore ??= this.db.prepare("SELECT id, data FROM records WHERE store = ?")
+      for (const r of this.byStore.iterate(storeId(this.keys, db, store)) as Iterable<{ id: Uint8Array; data: Uint8Array }>) {
+        const [key, value] = deserialize(openBlob(this.keys.seal, Buffer.from(r.id), r.data)) as [unknown, unknown]
+        visit(key, value)
+      }
+    })
+  }
+
+  /** One committed record's value (and its sealed size, for the caller's cache), or undefined without a row. */
+  readRecord(db: string, store: string, key: unknown): { readonly value: unknown; readonly bytes: number } | undefined {
+    if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
+    return this.readingRows(() => {
+      this.byId ??= this.db.prepare("SELECT data FROM records WHERE id = ?")
+      const id = recordId(this.keys, db, store, key)
+      const row = this.byId.get(id) as { data: Uint8Array } | undefined
+      if (row === undefined) return undefined
+      const [, value] = deserialize(openBlob(this.keys.seal, id, row.data)) as [unknown, unknown]
+      return { value, bytes: row.data.byteLength }
+    })
+  }
+
+  /** A row that does not authenticate or decode (or a page SQLite finds damaged) is a damaged store. */
+  private readingRows<A>(body: () => A): A {
     try {
-      return this.loadRows()
+      return body()
     } catch (e) {
       const errcode = (e as { errcode?: number }).errcode
       const reason = errcode === 11 || errcode === 26

@@ -1,0 +1,50 @@
+// Child of durable-idb-crash.test.ts: rewrites every record of a store in each transaction, reading the
+// previous (on-demand) value first, and prints `ack <gen>` once a transaction's `complete` arrived.
+// The parent SIGKILLs it at random moments.
+import { openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
+import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
+import { done, openDb, request } from "./cryptostore-child.idb.js"
+
+export const CRASH_DB = "cara::crash"
+export const CRASH_RECORDS = 40
+export const CRASH_SECRET = { encrypted: true as const, passphrase: "crash child passphrase" }
+
+/** The record `id` as written by generation `gen`: the payload says which generation wrote it. */
+export const crashRecord = (id: number, gen: number) => ({ id, gen, payload: new Uint8Array(1500).fill(gen % 251) })
+
+export const crashSchema = (db: { createObjectStore(name: string, o?: object): { createIndex(n: string, k: string): void } }) => {
+  db.createObjectStore("recs", { keyPath: "id" }).createIndex("by_gen", "gen")
+  db.createObjectStore("meta")
+}
+
+const run = async (file: string) => {
+  const f = await SqliteFile.open(file, "crypto", CRASH_SECRET)
+  const idb = await openDurableIdb([f], () => f, { cacheEntries: 8 })
+  const db = await openDb(idb.factory, CRASH_DB, 1, crashSchema)
+  let gen = ((await request(db.transaction("meta").objectStore("meta").get("gen"))) as number | undefined) ?? -1
+  for (;;) {
+    const next = gen + 1
+    const tx = db.transaction(["recs", "meta"], "readwrite")
+    const recs = tx.objectStore("recs")
+    for (let id = 0; id < CRASH_RECORDS; id++) {
+      const get = recs.get(id)
+      get.onsuccess = () => {
+        const old = get.result as { gen: number } | undefined
+        if (gen >= 0 && old?.gen !== gen) {
+          process.stdout.write(`bad ${id} ${String(old?.gen)} ${gen}\n`)
+          process.exit(3)
+        }
+        recs.put(crashRecord(id, next))
+      }
+    }
+    // Records come and go too: odd generations drop the last one.
+    if (next % 2 === 1) recs.delete(CRASH_RECORDS)
+    else recs.put(crashRecord(CRASH_RECORDS, next))
+    tx.objectStore("meta").put(next, "gen")
+    await done(tx)
+    gen = next
+    process.stdout.write(`ack ${gen}\n`)
+  }
+}
+
+if (process.argv[2] !== undefined) await run(process.argv[2])
