@@ -14,6 +14,7 @@ import type { ProviderName } from "../domain/config.js"
 import { AgentSettingsTag } from "../services/Agent.js"
 import { type Completion, LanguageModel, type LanguageModelShape, type ProviderClient } from "../services/LanguageModel.js"
 import { makeAnthropicClient } from "./LanguageModelAnthropic.js"
+import { makeLocalClient } from "./LanguageModelLocal.js"
 import { makeOpenAIClient } from "./LanguageModelOpenAI.js"
 
 const withAttempts = (error: AgentError, attempts: number): AgentError =>
@@ -65,6 +66,7 @@ export const retryingStream = (
 export interface ProviderClients {
   readonly anthropic?: ProviderClient
   readonly openai?: ProviderClient
+  readonly local?: ProviderClient
 }
 
 /**
@@ -82,7 +84,8 @@ export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClie
       ? { openai: clients.openai }
       : providerUsable(settings, "openai")
       ? { openai: makeOpenAIClient({ settings: settings.openai, requestTimeout: settings.requestTimeout }) }
-      : {})
+      : {}),
+    local: clients.local ?? makeLocalClient()
   }
 
   const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {

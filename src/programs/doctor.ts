@@ -165,6 +165,10 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
       out.push(fail("agent", `agents.default.model "${model.value}" is not provider:model`, "write it as anthropic:<model> or openai:<model>"))
     } else {
       const provider = ref.value.provider
+      if (provider === "local") {
+        out.push(ok("agent", `default agent: ${model.value} (the built-in test model: it echoes, it does not think)`))
+        return out
+      }
       const section = snap.config[provider]
       const keyEnv = provider === "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
       const hasKey = section?.apiKey !== undefined || (env[keyEnv] ?? "") !== ""
