@@ -242,6 +242,21 @@ export const resolveAgent = (settings: AgentSettings, roomId: string): Option.Op
   return settings.defaultAgent
 }
 
+/** The environment variable each SDK's own users set for another endpoint (`ANTHROPIC_BASE_URL`, …). */
+export const BASE_URL_ENV = { anthropic: "ANTHROPIC_BASE_URL", openai: "OPENAI_BASE_URL" } as const
+
+/**
+ * A provider's endpoint: the config's `baseUrl`, else the provider's conventional environment variable
+ * (the config wins, so an exported variable never overrides what the file says), else the public API.
+ * Empty or blank values count as unset.
+ */
+export const resolveBaseUrl = (configured: string | undefined, fromEnv: string | undefined): Option.Option<string> => {
+  const c = configured?.trim()
+  if (c !== undefined && c !== "") return Option.some(c)
+  const e = fromEnv?.trim()
+  return e === undefined || e === "" ? Option.none() : Option.some(e)
+}
+
 /**
  * A provider is usable with a key, or (OpenAI only) with a custom base URL: local servers need none. The
  * built-in `local` test models always are.
