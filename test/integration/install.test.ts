@@ -65,6 +65,10 @@ describe("npm pack + npm install -g", () => {
     const env = (extra: Record<string, string> = {}) => baseEnv({ ...extra, PATH: `${path.join(prefix, "bin")}${path.delimiter}${systemPath}` })
     expect((await sh("cara", ["--version"], { cwd: work, env: env() })).trim()).toBe(pkg.version)
 
+    // the same file run by the system Node (its JavaScript half): it starts cara's own Node 24 too
+    const launcher = path.join(prefix, "lib", "node_modules", "cara", "bin", "cara.cjs")
+    expect((await sh("node", [launcher, "--version"], { cwd: work, env: env() })).trim()).toBe(pkg.version)
+
     const stateDir = path.join(work, "state")
     fs.mkdirSync(stateDir, { mode: 0o700 })
     fs.writeFileSync(path.join(stateDir, "carapace.json5"), `{ gateway: { port: 18789 } }\n`, { mode: 0o600 })
