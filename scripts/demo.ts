@@ -1,24 +1,28 @@
 // `npm run demo`: the whole path on one machine. A throwaway Synapse (the test harness's), a bot account and a
 // human account, a config, the real daemon with E2EE, an encrypted DM from the human and the bot's answer,
 // decrypted by the human's client. Ctrl-C at any step stops everything and removes the temporary files.
+// Without an API key it uses the built-in test model local:echo; `--once` exits right after the first answer
+// (for scripts), otherwise on a terminal the human keeps chatting until an empty line or Ctrl-D.
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+// type only: the harness is loaded lazily, after the pure parts (the unit test imports this file)
+import type { Human } from "../test/support/human.js"
 
 export type DemoEnv = Readonly<Record<string, string | undefined>>
 
 export interface DemoProvider {
-  readonly provider: "anthropic" | "openai"
+  readonly provider: "anthropic" | "openai" | "local"
   readonly model: string
-  /** The env variable the daemon reads the key from (never written into the config). */
-  readonly keyEnv: "ANTHROPIC_API_KEY" | "OPENAI_API_KEY"
-  readonly key: string
+  /** The env variable the daemon reads the key from (never written into the config); none for local. */
+  readonly keyEnv?: "ANTHROPIC_API_KEY" | "OPENAI_API_KEY"
+  readonly key?: string
   readonly baseUrl?: string
   readonly describe: string
 }
 
-export const EXPLAIN_NO_PROVIDER = `npm run demo needs a language model. Set one of:
+export const REAL_MODEL_HINT = `For answers from a real model, set one of:
 
   ANTHROPIC_API_KEY=sk-ant-...            Anthropic (model: CARA_DEMO_MODEL, default claude-sonnet-4-6)
   OPENAI_API_KEY=sk-...                   OpenAI (model: CARA_DEMO_MODEL, default gpt-4o-mini)
@@ -26,12 +30,18 @@ export const EXPLAIN_NO_PROVIDER = `npm run demo needs a language model. Set one
                                           any OpenAI-compatible server (Ollama, vLLM, llama.cpp);
                                           OPENAI_API_KEY is sent if set
 
-then run it again, e.g.  ANTHROPIC_API_KEY=sk-ant-... npm run demo
-The demo also needs Python >= 3.10 with venv and access to PyPI (it starts the tests' local Synapse).`
+then run it again, e.g.  ANTHROPIC_API_KEY=sk-ant-... npm run demo`
+
+/** No key in the environment: cara's built-in deterministic test model, which repeats the message. */
+export const LOCAL_DEMO_PROVIDER: DemoProvider = {
+  provider: "local",
+  model: "echo",
+  describe: "local:echo (no API key in the environment: the built-in test model, which repeats your message)"
+}
 
 const nonEmpty = (v: string | undefined): string | undefined => (v === undefined || v.trim() === "" ? undefined : v.trim())
 
-/** Which model the demo's agent uses, from the environment; a string explains what to set. */
+/** Which model the demo's agent uses, from the environment; a string says what is wrong with it. */
 export const demoProvider = (env: DemoEnv): DemoProvider | string => {
   const model = nonEmpty(env["CARA_DEMO_MODEL"])
   const base = nonEmpty(env["CARA_DEMO_OPENAI_BASE_URL"])
@@ -61,7 +71,7 @@ export const demoProvider = (env: DemoEnv): DemoProvider | string => {
     const m = model ?? "gpt-4o-mini"
     return { provider: "openai", model: m, keyEnv: "OPENAI_API_KEY", key: openai, describe: `openai:${m}` }
   }
-  return EXPLAIN_NO_PROVIDER
+  return LOCAL_DEMO_PROVIDER
 }
 
 /** The demo's config file: the README's shape, pointed at the local Synapse; secrets stay `${VAR}`. */
@@ -79,8 +89,11 @@ export const demoConfig = (p: { homeserverUrl: string; botUserId: string; humanU
     encrypted: true,
     autoJoin: { allowUsers: [${json(p.humanUserId)}], allowServerNames: [] },
   },
-  ${p.provider.provider}: { apiKey: "\${${p.provider.keyEnv}}"${p.provider.baseUrl !== undefined ? `, baseUrl: ${json(p.provider.baseUrl)}` : ""} },
-  agents: { default: { model: ${json(`${p.provider.provider}:${p.provider.model}`)}, systemPrompt: "You are cara, a helpful assistant in a Matrix chat. Answer briefly." } },
+${
+    p.provider.keyEnv === undefined
+      ? "  // local:echo is built in: no provider section, no key\n"
+      : `  ${p.provider.provider}: { apiKey: "\${${p.provider.keyEnv}}"${p.provider.baseUrl !== undefined ? `, baseUrl: ${json(p.provider.baseUrl)}` : ""} },\n`
+  }  agents: { default: { model: ${json(`${p.provider.provider}:${p.provider.model}`)}, systemPrompt: "You are cara, a helpful assistant in a Matrix chat. Answer briefly." } },
 }
 `
 }
@@ -90,7 +103,42 @@ export const demoConfig = (p: { homeserverUrl: string; botUserId: string; humanU
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const log = (line: string) => process.stdout.write(`${line}\n`)
 
+interface DemoAnswer {
+  readonly body: string
+  readonly encrypted: boolean
+  readonly eventId: string
+}
+
+const printAnswer = (answer: DemoAnswer) => {
+  log("")
+  log(`cara answered (${answer.encrypted ? "end-to-end encrypted, decrypted by the human's client" : "NOT encrypted"}):`)
+  log("")
+  for (const line of answer.body.split("\n")) log(`  ${line}`)
+  log("")
+}
+
+/** On a terminal: the human keeps writing (one line per message) until an empty line or Ctrl-D. */
+const chat = async (human: Human, roomId: string, bot: string, lastAnswer: string) => {
+  const readline = await import("node:readline/promises")
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout })
+  const seen = new Set([lastAnswer])
+  try {
+    log("Write to cara as the human (an empty line or Ctrl-D ends the demo).")
+    for (;;) {
+      const line = await rl.question("you> ").catch(() => "")
+      if (line.trim() === "") return
+      await human.sendText(roomId, line)
+      const answer = await human.waitForMessage(roomId, (m) => m.sender === bot && !seen.has(m.eventId), 180_000)
+      seen.add(answer.eventId)
+      printAnswer(answer)
+    }
+  } finally {
+    rl.close()
+  }
+}
+
 const main = async (): Promise<number> => {
+  const once = process.argv.slice(2).includes("--once")
   const provider = demoProvider(process.env)
   if (typeof provider === "string") {
     process.stderr.write(`${provider}\n`)
@@ -122,6 +170,7 @@ const main = async (): Promise<number> => {
     const step = (s: string) => log(`[${++n}/${steps}] ${s}`)
 
     step(`model: ${provider.describe}`)
+    if (provider.provider === "local") log(REAL_MODEL_HINT.replace(/^/gm, "      "))
     const bin = path.join(root, "dist/src/cli/bin.js")
     if (!fs.existsSync(bin)) {
       log("      building cara (dist/ is missing) …")
@@ -159,7 +208,7 @@ const main = async (): Promise<number> => {
         CARAPACE_CONFIG_PASSWORD: random(),
         CARAPACE_GATEWAY_TOKEN: random(),
         MATRIX_PASSWORD: botUser.password,
-        [provider.keyEnv]: provider.key
+        ...(provider.keyEnv !== undefined && provider.key !== undefined ? { [provider.keyEnv]: provider.key } : {})
       }),
       90_000
     )
@@ -187,13 +236,11 @@ const main = async (): Promise<number> => {
     step(`sending "${question}" and waiting for the answer …`)
     await human.sendText(roomId, question)
     const answer = await human.waitForMessage(roomId, (m) => m.sender === botUser.userId, 180_000)
-    log("")
-    log(`cara answered (${answer.encrypted ? "end-to-end encrypted, decrypted by the human's client" : "NOT encrypted"}):`)
-    log("")
-    for (const line of answer.body.split("\n")) log(`  ${line}`)
-    log("")
+    printAnswer(answer)
+    if (!answer.encrypted) return 1
+    if (!once && process.stdin.isTTY) await chat(human, roomId, botUser.userId, answer.eventId)
     log("Done. Stopping everything …")
-    return answer.encrypted ? 0 : 1
+    return 0
   } catch (e) {
     // A step interrupted by Ctrl-C fails here: let the cleanup the signal started finish before exiting.
     if (stopping) {

@@ -3,6 +3,7 @@ import { Effect } from "effect"
 import { configCommand } from "./config.js"
 import { doctorCommand } from "./doctor.js"
 import { matrixCommand } from "./matrix.js"
+import { setupCommand } from "./setup.js"
 import { statusCommand } from "./status.js"
 import { verifyCommand } from "./verify.js"
 import { version } from "../version.js"
@@ -13,7 +14,7 @@ const runDaemon = Effect.promise(() => import("../programs/daemon.js")).pipe(Eff
 
 const root = Command.make("cara", {}, () => runDaemon).pipe(
   Command.withDescription("cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."),
-  Command.withSubcommands([configCommand, doctorCommand, matrixCommand, statusCommand, verifyCommand])
+  Command.withSubcommands([configCommand, doctorCommand, matrixCommand, setupCommand, statusCommand, verifyCommand])
 )
 
 export const cli = Command.run(root, { name: "cara", version })

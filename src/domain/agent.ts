@@ -73,7 +73,13 @@ const seconds = (ms: number) => Math.max(1, Math.ceil(ms / 1000))
 
 /** The short reply a room gets when its turn failed: what went wrong and what to do. */
 export const userReply = (error: AgentError): string => {
-  const who = error.provider === "openai" ? "OpenAI" : error.provider === "anthropic" ? "Anthropic" : "the AI provider"
+  const who = error.provider === "openai"
+    ? "OpenAI"
+    : error.provider === "anthropic"
+    ? "Anthropic"
+    : error.provider === "local"
+    ? "The local test model"
+    : "the AI provider"
   switch (error.kind) {
     case "agent-rate-limited":
       return error.retryAfterMs !== undefined
@@ -123,7 +129,10 @@ export const noApiKey = (model: ModelRef): AgentError =>
 // ---------------------------------------------------------------------------------------------------------
 // Model strings
 
-const PROVIDERS: ReadonlyArray<ProviderName> = ["anthropic", "openai"]
+const PROVIDERS: ReadonlyArray<ProviderName> = ["anthropic", "openai", "local"]
+
+/** The built-in test models of the `local` provider (deterministic, offline; see LanguageModelLocal). */
+export const LOCAL_MODELS: ReadonlyArray<string> = ["echo"]
 
 /**
  * Parses a canonical `provider:model` string. Only the first `:` separates, so OpenAI-compatible model
@@ -143,10 +152,13 @@ export const parseModel = (raw: string): Either.Either<ModelRef, string> => {
   const model = s.slice(i + 1).trim()
   if (!PROVIDERS.includes(provider as ProviderName)) {
     return Either.left(
-      `model "${s}" names the unknown provider "${provider}": use anthropic:<model> or openai:<model> (openai also covers OpenAI-compatible servers via openai.baseUrl)`
+      `model "${s}" names the unknown provider "${provider}": use anthropic:<model> or openai:<model> (openai also covers OpenAI-compatible servers via openai.baseUrl), or local:echo (the built-in test model)`
     )
   }
   if (model === "") return Either.left(`model "${s}" has no model name after "${provider}:"`)
+  if (provider === "local" && !LOCAL_MODELS.includes(model)) {
+    return Either.left(`model "${s}": the local provider has only the test model${LOCAL_MODELS.length > 1 ? "s" : ""} ${LOCAL_MODELS.map((m) => `local:${m}`).join(", ")}`)
+  }
   return Either.right({ provider: provider as ProviderName, model })
 }
 
@@ -230,8 +242,27 @@ export const resolveAgent = (settings: AgentSettings, roomId: string): Option.Op
   return settings.defaultAgent
 }
 
-/** A provider is usable with a key, or (OpenAI only) with a custom base URL: local servers need none. */
+/** The environment variable each SDK's own users set for another endpoint (`ANTHROPIC_BASE_URL`, …). */
+export const BASE_URL_ENV = { anthropic: "ANTHROPIC_BASE_URL", openai: "OPENAI_BASE_URL" } as const
+
+/**
+ * A provider's endpoint: the config's `baseUrl`, else the provider's conventional environment variable
+ * (the config wins, so an exported variable never overrides what the file says), else the public API.
+ * Empty or blank values count as unset.
+ */
+export const resolveBaseUrl = (configured: string | undefined, fromEnv: string | undefined): Option.Option<string> => {
+  const c = configured?.trim()
+  if (c !== undefined && c !== "") return Option.some(c)
+  const e = fromEnv?.trim()
+  return e === undefined || e === "" ? Option.none() : Option.some(e)
+}
+
+/**
+ * A provider is usable with a key, or (OpenAI only) with a custom base URL: local servers need none. The
+ * built-in `local` test models always are.
+ */
 export const providerUsable = (settings: AgentSettings, provider: ProviderName): boolean => {
+  if (provider === "local") return true
   const p = settings[provider]
   return Option.isSome(p.apiKey) || (provider === "openai" && Option.isSome(p.baseUrl))
 }

@@ -403,7 +403,8 @@ export const schemaProblems = (error: ParseResult.ParseError): ReadonlyArray<Sch
 // ---------------------------------------------------------------------------------------------------------
 // Agent routing helpers (pure; the Agent runtime builds on them)
 
-export const ProviderName = Schema.Literal("anthropic", "openai")
+/** `local`: the built-in deterministic test models (`local:echo`), no network, no key. */
+export const ProviderName = Schema.Literal("anthropic", "openai", "local")
 export type ProviderName = typeof ProviderName.Type
 
 export interface ModelRef {
@@ -417,7 +418,7 @@ export const parseModelRef = (s: string): Option.Option<ModelRef> => {
   if (i <= 0) return Option.none()
   const provider = s.slice(0, i).trim()
   const model = s.slice(i + 1).trim()
-  if (model === "" || (provider !== "anthropic" && provider !== "openai")) return Option.none()
+  if (model === "" || (provider !== "anthropic" && provider !== "openai" && provider !== "local")) return Option.none()
   return Option.some({ provider, model })
 }
 

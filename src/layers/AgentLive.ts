@@ -14,8 +14,10 @@ import {
   messageCost,
   noApiKey,
   noModelConfigured,
+  BASE_URL_ENV,
   parseModel,
   providerUsable,
+  resolveBaseUrl,
   type ProviderSettings,
   resolveAgent,
   trimHistory,
@@ -74,7 +76,8 @@ const envKey = (env: Record<string, string | undefined>, name: string): Option.O
 
 /**
  * Derives the runtime's settings from the decoded config. API keys: the config value (sealed or `${VAR}`,
- * opened by `secret`), else the provider's env variable. Named agents inherit unset fields from the
+ * opened by `secret`), else the provider's env variable; base URLs likewise (`ANTHROPIC_BASE_URL`,
+ * `OPENAI_BASE_URL`). Named agents inherit unset fields from the
  * default agent. A malformed model string or a room naming an undefined agent is a config error; a
  * missing model or key is not (the daemon starts and the agent answers with how to configure one).
  */
@@ -84,20 +87,19 @@ export const agentSettingsFromConfig = <E>(
   env: Record<string, string | undefined> = process.env
 ): Effect.Effect<AgentSettings, AgentConfigError | E> =>
   Effect.gen(function*() {
-    const provider = (section: CaraConfig["anthropic"], envName: string) =>
+    const provider = (section: CaraConfig["anthropic"], envName: string, baseUrlEnv: string) =>
       Effect.gen(function*() {
         const fromConfig = section?.apiKey === undefined ? Option.none() : Option.some(yield* secret(section.apiKey))
-        const baseUrl = section?.baseUrl?.trim()
         const apiKey = Option.orElse(fromConfig, () => envKey(env, envName))
         // Every configured key is redacted from every error, not only from its own provider's.
         Option.map(apiKey, registerSecret)
         return {
           apiKey,
-          baseUrl: baseUrl === undefined || baseUrl === "" ? Option.none() : Option.some(baseUrl)
+          baseUrl: resolveBaseUrl(section?.baseUrl, env[baseUrlEnv])
         } satisfies ProviderSettings
       })
-    const anthropic = yield* provider(config.anthropic, "ANTHROPIC_API_KEY")
-    const openai = yield* provider(config.openai, "OPENAI_API_KEY")
+    const anthropic = yield* provider(config.anthropic, "ANTHROPIC_API_KEY", BASE_URL_ENV.anthropic)
+    const openai = yield* provider(config.openai, "OPENAI_API_KEY", BASE_URL_ENV.openai)
 
     const defaultKey = config.agents["defaults"] !== undefined ? "defaults" : "default"
     const defaultSpec: AgentSpec = config.agents[defaultKey] ?? {}

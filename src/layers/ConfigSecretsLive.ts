@@ -279,7 +279,7 @@ export const validateConfig = (config: CaraConfig, ctx: ValidationContext): Read
       out.push(
         err(
           `.agents.${name}.model`,
-          `model must be "provider:model" with provider anthropic or openai (e.g. "anthropic:claude-sonnet-4-6")`
+          `model must be "provider:model" with provider anthropic, openai or local (e.g. "anthropic:claude-sonnet-4-6")`
         )
       )
     }
@@ -308,6 +308,7 @@ export const validateConfig = (config: CaraConfig, ctx: ValidationContext): Read
     Object.values(agents).flatMap((a) => (a.model === undefined ? [] : Option.toArray(parseModelRef(a.model)).map((r) => r.provider)))
   )
   for (const provider of used) {
+    if (provider === "local") continue // built in, needs no key
     const section = config[provider]
     if (section?.apiKey === undefined) {
       const env = provider === "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"

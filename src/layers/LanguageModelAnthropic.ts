@@ -45,7 +45,8 @@ export const makeAnthropicClient = (options: AnthropicClientOptions): ProviderCl
   const secrets = apiKey === "" ? [] : [apiKey]
   const client = new Anthropic({
     apiKey,
-    // Explicit so ANTHROPIC_BASE_URL in the daemon's environment never silently redirects traffic.
+    // Explicit, so the SDK's own environment lookup never applies: ANTHROPIC_BASE_URL reaches us through
+    // the settings, where the config wins over it.
     baseURL: Option.getOrElse(options.settings.baseUrl, () => "https://api.anthropic.com"),
     maxRetries: 0,
     timeout: Duration.toMillis(options.requestTimeout),

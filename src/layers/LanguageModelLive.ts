@@ -15,25 +15,27 @@ import type { ProviderName } from "../domain/config.js"
 import { AgentSettingsTag } from "../services/Agent.js"
 import { type Completion, LanguageModel, type LanguageModelShape, type ProviderClient } from "../services/LanguageModel.js"
 
-type MakeClient = (options: { readonly settings: ProviderSettings; readonly requestTimeout: Duration.Duration }) => ProviderClient
+type MakeClient = (settings: AgentSettings) => ProviderClient
 
 // A provider's module, and its SDK with it (5–7 MB of heap each, docs/benchmarks.md "Profiles"), loads only
 // when that provider is configured: imported here, never statically.
 const providerModules: Record<ProviderName, () => Promise<MakeClient>> = {
-  anthropic: () => import("./LanguageModelAnthropic.js").then((m) => m.makeAnthropicClient),
-  openai: () => import("./LanguageModelOpenAI.js").then((m) => m.makeOpenAIClient)
+  anthropic: () =>
+    import("./LanguageModelAnthropic.js").then((m) => (s: AgentSettings) =>
+      m.makeAnthropicClient({ settings: s.anthropic, requestTimeout: s.requestTimeout })
+    ),
+  openai: () =>
+    import("./LanguageModelOpenAI.js").then((m) => (s: AgentSettings) =>
+      m.makeOpenAIClient({ settings: s.openai, requestTimeout: s.requestTimeout })
+    ),
+  local: () => import("./LanguageModelLocal.js").then((m) => () => m.makeLocalClient())
 }
 const providerNames = Object.keys(providerModules) as ReadonlyArray<ProviderName>
-
-const clientOptions = (settings: AgentSettings, provider: ProviderName) => ({
-  settings: settings[provider],
-  requestTimeout: settings.requestTimeout
-})
 
 /** A client whose module is imported at its first request (for callers that did not load it up front). */
 const onFirstUse = (settings: AgentSettings, provider: ProviderName): ProviderClient => {
   let client: Promise<ProviderClient> | undefined
-  const load = () => (client ??= providerModules[provider]().then((make) => make(clientOptions(settings, provider))))
+  const load = () => (client ??= providerModules[provider]().then((make) => make(settings)))
   return { provider, stream: (request) => Stream.unwrap(Effect.map(Effect.promise(load), (c) => c.stream(request))) }
 }
 
@@ -42,7 +44,7 @@ export const loadProviderClients = (settings: AgentSettings): Effect.Effect<Prov
   Effect.promise(async () => {
     const clients: Partial<Record<ProviderName, ProviderClient>> = {}
     for (const provider of providerNames) {
-      if (providerUsable(settings, provider)) clients[provider] = (await providerModules[provider]())(clientOptions(settings, provider))
+      if (providerUsable(settings, provider)) clients[provider] = (await providerModules[provider]())(settings)
     }
     return clients
   })
@@ -96,6 +98,7 @@ export const retryingStream = (
 export interface ProviderClients {
   readonly anthropic?: ProviderClient
   readonly openai?: ProviderClient
+  readonly local?: ProviderClient
 }
 
 /**

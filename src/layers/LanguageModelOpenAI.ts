@@ -47,6 +47,7 @@ export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyAr
 export const makeOpenAIClient = (options: OpenAIClientOptions): ProviderClient => {
   const apiKey = Option.getOrElse(Option.map(options.settings.apiKey, Redacted.value), () => "")
   const secrets = apiKey === "" ? [] : [apiKey]
+  // Explicit (also when unset): OPENAI_BASE_URL reaches us through the settings, where the config wins.
   const baseURL = Option.getOrElse(options.settings.baseUrl, () => OFFICIAL_BASE_URL)
   const official = baseURL.replace(/\/+$/, "") === OFFICIAL_BASE_URL
   const client = new OpenAI({

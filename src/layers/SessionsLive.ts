@@ -1,8 +1,6 @@
 import * as fs from "node:fs/promises"
 import { lstatSync } from "node:fs"
-import { SqlClient } from "@effect/sql"
-import type { SqlError } from "@effect/sql/SqlError"
-import { SqliteClient } from "@effect/sql-sqlite-node"
+import { DatabaseSync } from "node:sqlite"
 import { Clock, Effect, Layer, Option } from "effect"
 import type { ChatRole } from "../domain/agent.js"
 import { StateDir } from "../services/StateDir.js"
@@ -13,7 +11,7 @@ import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteSt
 /** The project's SQLite database, relative to the state dir. */
 export const DATABASE_FILE = "carapace.sqlite"
 
-const storeError = (what: string) => (cause: SqlError | unknown) =>
+const storeError = (what: string) => (cause: unknown) =>
   new SessionStoreError({
     kind: "agent-history-io",
     message: `${what} failed (${
@@ -48,42 +46,52 @@ const AGENT_MESSAGES_TABLE = `CREATE TABLE IF NOT EXISTS agent_messages (
 export const inspectHistoryFile = (file: string) => inspectSqlite(file, (db) => missingTables(db, ["agent_messages"]))
 
 /**
- * `{state_dir}/carapace.sqlite` as an SqlClient, mode 0600 including `-wal` / `-shm` (SQLite gives its WAL
- * files the mode of the database file). A new file is created complete (atomically, with its table), so an
- * existing one that is empty, truncated, not SQLite or without the table is damage: `session-history-corrupt`,
- * and the file is left as it is.
+ * Opens `{state_dir}/carapace.sqlite`, mode 0600 including `-wal` / `-shm` (SQLite gives its WAL files the
+ * mode of the database file). A new file is created complete (atomically, with its table), so an existing
+ * one that is empty, truncated, not SQLite or without the table is damage: `session-history-corrupt`, and
+ * the file is left as it is. node:sqlite (built into Node 24), not a native addon: nothing to rebuild for
+ * the Node that runs cara.
  */
-export const CaraSqliteLive: Layer.Layer<SqliteClient.SqliteClient | SqlClient.SqlClient, SessionStoreError, StateDir> =
-  Layer.unwrapEffect(
-    Effect.gen(function*() {
-      const stateDir = yield* StateDir
-      const file = stateDir.resolve(DATABASE_FILE)
-      const look = yield* Effect.try({
-        try: () => {
-          // lstat, not exists: a planted symlink is not "absent" (and is refused below)
-          const absent = (() => {
-            try {
-              lstatSync(file)
-              return false
-            } catch (e) {
-              if ((e as NodeJS.ErrnoException).code === "ENOENT") return true
-              throw e
-            }
-          })()
-          if (absent) createSqliteAtomically(file, (db) => db.exec(AGENT_MESSAGES_TABLE))
-          return inspectHistoryFile(file)
-        },
-        catch: storeError(`Opening ${file}`)
-      })
-      if (look.state === "bad") {
-        return yield* new SessionStoreError({ kind: "session-history-corrupt", message: corruptHistoryMessage(file, look.reason) })
-      }
-      return SqliteClient.layer({ filename: file }).pipe(
-        Layer.tap(() => tightenModes(file)),
-        Layer.orDie
-      )
-    })
+const openHistoryDatabase = Effect.fn("Sessions.open")(function*(file: string) {
+  const look = yield* Effect.try({
+    try: () => {
+      // lstat, not exists: a planted symlink is not "absent" (and is refused below)
+      const absent = (() => {
+        try {
+          lstatSync(file)
+          return false
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === "ENOENT") return true
+          throw e
+        }
+      })()
+      if (absent) createSqliteAtomically(file, (db) => db.exec(AGENT_MESSAGES_TABLE))
+      return inspectHistoryFile(file)
+    },
+    catch: storeError(`Opening ${file}`)
+  })
+  if (look.state === "bad") {
+    return yield* new SessionStoreError({ kind: "session-history-corrupt", message: corruptHistoryMessage(file, look.reason) })
+  }
+  const db = yield* Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        const db = new DatabaseSync(file)
+        try {
+          db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+        } catch (e) {
+          db.close()
+          throw e
+        }
+        return db
+      },
+      catch: storeError(`Opening ${file}`)
+    }),
+    (db) => Effect.sync(() => db.close())
   )
+  yield* tightenModes(file)
+  return db
+})
 
 interface Row {
   readonly id: number
@@ -113,70 +121,97 @@ const toStored = (r: Row): StoredMessage => ({
   createdAt: r.created_at
 })
 
-/** Sessions over any SqlClient (the daemon shares one database file between subsystems). */
-export const makeSessions = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
+const HISTORY_INDEXES = `
+  CREATE INDEX IF NOT EXISTS agent_messages_room ON agent_messages (room_id, id);
+  CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_event ON agent_messages (room_id, event_id)
+    WHERE event_id IS NOT NULL;
+  CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_reply ON agent_messages (room_id, reply_to)
+    WHERE reply_to IS NOT NULL;`
 
-  yield* sql.unsafe(AGENT_MESSAGES_TABLE).pipe(Effect.mapError(storeError("Creating the agent history table")))
-  yield* sql`CREATE INDEX IF NOT EXISTS agent_messages_room ON agent_messages (room_id, id)`.pipe(
-    Effect.mapError(storeError("Creating the agent history index"))
-  )
-  yield* sql`CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_event ON agent_messages (room_id, event_id)
-    WHERE event_id IS NOT NULL`.pipe(Effect.mapError(storeError("Creating the agent history index")))
-  yield* sql`CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_reply ON agent_messages (room_id, reply_to)
-    WHERE reply_to IS NOT NULL`.pipe(Effect.mapError(storeError("Creating the agent history index")))
+const prepareStatements = (db: DatabaseSync) => ({
+  insert: db.prepare(`INSERT OR IGNORE INTO agent_messages
+    (room_id, role, content, sender_id, sender_name, event_id, reply_to, agent, model, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *`),
+  byEvent: db.prepare("SELECT * FROM agent_messages WHERE room_id = ? AND event_id = ?"),
+  byReply: db.prepare("SELECT * FROM agent_messages WHERE room_id = ? AND reply_to = ?"),
+  history: db.prepare(`SELECT * FROM (
+      SELECT * FROM agent_messages WHERE room_id = ? ORDER BY id DESC LIMIT ?
+    ) ORDER BY id ASC`),
+  count: db.prepare("SELECT COUNT(*) AS n FROM agent_messages WHERE room_id = ?"),
+  remove: db.prepare("DELETE FROM agent_messages WHERE room_id = ?")
+})
+
+/** Sessions over an open history database (the caller owns its lifetime). */
+export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSync) {
+  // IF NOT EXISTS: a database from before an index gains it here
+  const q = yield* Effect.try({
+    try: () => {
+      db.exec(`${AGENT_MESSAGES_TABLE};${HISTORY_INDEXES}`)
+      return prepareStatements(db)
+    },
+    catch: storeError("Creating the agent history table")
+  })
+  // node:sqlite is synchronous: each operation below runs whole, with no other statement in between.
+  const run = <A>(what: string, f: () => A) => Effect.try({ try: f, catch: storeError(what) })
 
   const append = (roomId: string, m: NewMessage) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      const inserted = yield* sql<Row>`INSERT OR IGNORE INTO agent_messages
-        (room_id, role, content, sender_id, sender_name, event_id, reply_to, agent, model, created_at)
-        VALUES (${roomId}, ${m.role}, ${m.content}, ${m.senderId ?? null}, ${m.senderName ?? null},
-          ${m.eventId ?? null}, ${m.replyTo ?? null}, ${m.agent ?? null}, ${m.model ?? null}, ${now})
-        RETURNING *`
-      const row = inserted[0]
-      if (row !== undefined) return toStored(row)
-      // Ignored: the event (or the answer to it) is already stored; hand back that row.
-      const existing = m.eventId !== undefined
-        ? yield* sql<Row>`SELECT * FROM agent_messages WHERE room_id = ${roomId} AND event_id = ${m.eventId}`
-        : yield* sql<Row>`SELECT * FROM agent_messages WHERE room_id = ${roomId} AND reply_to = ${m.replyTo ?? null}`
-      const found = existing[0]
-      if (found === undefined) return yield* Effect.dieMessage("agent_messages insert ignored without a conflicting row")
-      return toStored(found)
-    }).pipe(Effect.mapError(storeError("Saving a message to the agent history")), Effect.withSpan("Sessions.append"))
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      run("Saving a message to the agent history", () => {
+        const inserted = q.insert.get(
+          roomId,
+          m.role,
+          m.content,
+          m.senderId ?? null,
+          m.senderName ?? null,
+          m.eventId ?? null,
+          m.replyTo ?? null,
+          m.agent ?? null,
+          m.model ?? null,
+          now
+        ) as Row | undefined
+        if (inserted !== undefined) return inserted
+        // Ignored: the event (or the answer to it) is already stored; hand back that row.
+        return (m.eventId !== undefined ? q.byEvent.get(roomId, m.eventId) : q.byReply.get(roomId, m.replyTo ?? null)) as
+          | Row
+          | undefined
+      })).pipe(
+        Effect.flatMap((row) =>
+          row === undefined
+            ? Effect.dieMessage("agent_messages insert ignored without a conflicting row")
+            : Effect.succeed(toStored(row))
+        ),
+        Effect.withSpan("Sessions.append")
+      )
 
   const history = (roomId: string, limit: number) =>
-    sql<Row>`SELECT * FROM (
-        SELECT * FROM agent_messages WHERE room_id = ${roomId} ORDER BY id DESC LIMIT ${Math.max(0, Math.floor(limit))}
-      ) ORDER BY id ASC`.pipe(
-      Effect.map((rows) => rows.map(toStored)),
-      Effect.mapError(storeError("Reading the agent history"))
-    )
+    run("Reading the agent history", () => (q.history.all(roomId, Math.max(0, Math.floor(limit))) as unknown as Array<Row>).map(toStored))
 
   const replyTo = (roomId: string, eventId: string) =>
-    sql<Row>`SELECT * FROM agent_messages WHERE room_id = ${roomId} AND reply_to = ${eventId}`.pipe(
-      Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toStored)),
-      Effect.mapError(storeError("Reading the agent history"))
-    )
+    run("Reading the agent history", () => Option.map(Option.fromNullable(q.byReply.get(roomId, eventId) as Row | undefined), toStored))
 
   const reset = (roomId: string) =>
-    sql<{ readonly n: number }>`SELECT COUNT(*) AS n FROM agent_messages WHERE room_id = ${roomId}`.pipe(
-      Effect.zipLeft(sql`DELETE FROM agent_messages WHERE room_id = ${roomId}`),
-      sql.withTransaction,
-      Effect.map((rows) => rows[0]?.n ?? 0),
-      Effect.mapError(storeError("Resetting the agent history"))
-    )
+    run("Resetting the agent history", () => {
+      db.exec("BEGIN IMMEDIATE")
+      try {
+        const n = (q.count.get(roomId) as { n: number } | undefined)?.n ?? 0
+        q.remove.run(roomId)
+        db.exec("COMMIT")
+        return n
+      } catch (e) {
+        if (db.isTransaction) db.exec("ROLLBACK")
+        throw e
+      }
+    })
 
   return { append, history, replyTo, reset } satisfies SessionsShape
 })
 
-/** Sessions over an SqlClient provided by the caller. */
-export const SessionsFromSql: Layer.Layer<Sessions, SessionStoreError, SqlClient.SqlClient> = Layer.effect(
+/** Sessions in `{state_dir}/carapace.sqlite`; the database closes with the layer's scope. */
+export const SessionsLive: Layer.Layer<Sessions, SessionStoreError, StateDir> = Layer.scoped(
   Sessions,
-  makeSessions
-)
-
-/** Sessions in `{state_dir}/carapace.sqlite`. */
-export const SessionsLive: Layer.Layer<Sessions, SessionStoreError, StateDir> = SessionsFromSql.pipe(
-  Layer.provide(CaraSqliteLive)
+  Effect.gen(function*() {
+    const stateDir = yield* StateDir
+    const db = yield* openHistoryDatabase(stateDir.resolve(DATABASE_FILE))
+    return yield* makeSessions(db)
+  })
 )

@@ -165,10 +165,15 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
       out.push(fail("agent", `agents.default.model "${model.value}" is not provider:model`, "write it as anthropic:<model> or openai:<model>"))
     } else {
       const provider = ref.value.provider
+      if (provider === "local") {
+        out.push(ok("agent", `default agent: ${model.value} (the built-in test model: it echoes, it does not think)`))
+        return out
+      }
       const section = snap.config[provider]
       const keyEnv = provider === "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
       const hasKey = section?.apiKey !== undefined || (env[keyEnv] ?? "") !== ""
-      const hasBase = section?.baseUrl !== undefined && section.baseUrl !== ""
+      // a local OpenAI-compatible server needs no key, from the config or OPENAI_BASE_URL
+      const hasBase = (section?.baseUrl !== undefined && section.baseUrl !== "") || (provider === "openai" && (env["OPENAI_BASE_URL"] ?? "").trim() !== "")
       if (!hasKey && !hasBase) {
         out.push(fail("agent", `the default agent uses ${provider}, but no API key is configured`, `set ${provider}.apiKey (e.g. "\${${keyEnv}}") or export ${keyEnv}`))
       } else {

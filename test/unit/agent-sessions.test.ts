@@ -3,6 +3,7 @@ import { Effect, Layer, Option } from "effect"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { DATABASE_FILE, SessionsLive } from "../../src/layers/SessionsLive.js"
 import { Sessions } from "../../src/services/Sessions.js"
@@ -114,6 +115,40 @@ describe("SessionsLive", () => {
           expect(yield* sessions.reset("!a:hs")).toBe(2)
           expect(yield* sessions.history("!a:hs", 100)).toEqual([])
           expect(yield* sessions.history("!b:hs", 100)).toHaveLength(1)
+        })
+      )
+    }))
+
+  it.scopedLive("reads a history file written before the move to node:sqlite (same table and columns)", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      // the schema and rows exactly as the @effect/sql-sqlite-node version left them (WAL mode, indexes)
+      const old = new DatabaseSync(path.join(dir, DATABASE_FILE))
+      old.exec(`PRAGMA journal_mode = WAL;
+        CREATE TABLE agent_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL,
+          role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), content TEXT NOT NULL, sender_id TEXT,
+          sender_name TEXT, event_id TEXT, reply_to TEXT, agent TEXT, model TEXT, created_at INTEGER NOT NULL);
+        CREATE INDEX agent_messages_room ON agent_messages (room_id, id);
+        CREATE UNIQUE INDEX agent_messages_event ON agent_messages (room_id, event_id) WHERE event_id IS NOT NULL;
+        CREATE UNIQUE INDEX agent_messages_reply ON agent_messages (room_id, reply_to) WHERE reply_to IS NOT NULL;
+        INSERT INTO agent_messages (room_id, role, content, sender_id, event_id, created_at)
+          VALUES ('!a:hs', 'user', 'before', '@u:hs', '$old', 1700000000000);
+        INSERT INTO agent_messages (room_id, role, content, reply_to, agent, model, created_at)
+          VALUES ('!a:hs', 'assistant', 'answer', '$old', 'main', 'anthropic:m', 1700000000001);`)
+      old.close()
+      yield* withSessions(
+        dir,
+        Effect.gen(function*() {
+          const sessions = yield* Sessions
+          const before = yield* sessions.history("!a:hs", 10)
+          expect(before.map((m) => [m.id, m.role, m.content, m.senderId, m.eventId, m.replyTo, m.model, m.createdAt])).toEqual([
+            [1, "user", "before", "@u:hs", "$old", undefined, undefined, 1700000000000],
+            [2, "assistant", "answer", undefined, undefined, "$old", "anthropic:m", 1700000000001]
+          ])
+          expect(Option.map(yield* sessions.replyTo("!a:hs", "$old"), (m) => m.content)).toEqual(Option.some("answer"))
+          // a redelivered old event is recognised; a new one continues the ids
+          expect((yield* sessions.append("!a:hs", { role: "user", content: "dup", eventId: "$old" })).id).toBe(1)
+          expect((yield* sessions.append("!a:hs", { role: "user", content: "new", eventId: "$new" })).id).toBeGreaterThan(2)
         })
       )
     }))
