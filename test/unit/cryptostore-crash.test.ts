@@ -3,37 +3,20 @@
 // all-or-nothing. A killed owner's lock does not block the next opener; a live owner's pid is named.
 import { spawn, type ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { build } from "esbuild"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { bundleChild } from "../support/bundleChild.js"
 import { openDb, openFailure, passphrase, request, withStore } from "../support/cryptostore-child.idb.js"
 
 const NODE = process.execPath
 let work: string
 let childJs: string
+let cleanup: () => void
 
 beforeAll(async () => {
-  work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-cs-crash-"))
-  childJs = path.join(work, "child.mjs")
-  // One bundle of the child and our sources; packages stay external and load from node_modules.
-  await build({
-    entryPoints: [path.resolve("test/support/cryptostore-child.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node24",
-    packages: "external",
-    outfile: childJs,
-    absWorkingDir: process.cwd(),
-    logLevel: "silent"
-  })
-  // Bare imports from the bundle must resolve against the project's node_modules.
-  fs.symlinkSync(path.resolve("node_modules"), path.join(work, "node_modules"))
+  ;({ work, childJs, cleanup } = await bundleChild("test/support/cryptostore-child.ts", "cara-cs-crash-"))
 })
-afterAll(() => {
-  fs.rmSync(work, { recursive: true, force: true })
-})
+afterAll(() => cleanup())
 
 interface Child {
   readonly proc: ChildProcess

@@ -4,10 +4,9 @@
 // acknowledged generation or the one after it (committed, not yet acknowledged) — never a mix.
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { build } from "esbuild"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { bundleChild } from "../support/bundleChild.js"
 import { openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
 import { done, openDb, request } from "../support/cryptostore-child.idb.js"
@@ -15,26 +14,12 @@ import { CRASH_DB, CRASH_RECORDS, CRASH_SECRET, crashRecord, crashSchema } from 
 
 let work: string
 let childJs: string
+let cleanup: () => void
 
 beforeAll(async () => {
-  work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-didb-crash-"))
-  childJs = path.join(work, "child.mjs")
-  await build({
-    entryPoints: [path.resolve("test/support/durable-idb-crash-child.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node24",
-    packages: "external",
-    outfile: childJs,
-    absWorkingDir: process.cwd(),
-    logLevel: "silent"
-  })
-  fs.symlinkSync(path.resolve("node_modules"), path.join(work, "node_modules"))
+  ;({ work, childJs, cleanup } = await bundleChild("test/support/durable-idb-crash-child.ts", "cara-didb-crash-"))
 })
-afterAll(() => {
-  fs.rmSync(work, { recursive: true, force: true })
-})
+afterAll(() => cleanup())
 
 /** Runs the child until `acks` more acknowledgements, plus a random delay, then SIGKILLs it. */
 const runAndKill = (file: string, acks: number, delayMs: number) =>
