@@ -1,6 +1,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import JSON5 from "json5"
 import { ConfigFinding, hasErrors } from "../domain/config.js"

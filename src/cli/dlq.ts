@@ -1,5 +1,7 @@
 import * as readline from "node:readline"
-import { Args, Command, Options } from "@effect/cli"
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
 import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"

@@ -1,4 +1,5 @@
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect } from "effect"
 
 /** `cara doctor [--json] [--offline]`: every installation check with its remediation; the exit code is the worst finding. */

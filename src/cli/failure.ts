@@ -1,4 +1,4 @@
-import { ValidationError } from "@effect/cli"
+import * as ValidationError from "@effect/cli/ValidationError"
 import { Cause, Effect, Option } from "effect"
 import { redactSecrets } from "../domain/redact.js"
 

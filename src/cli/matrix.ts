@@ -1,4 +1,5 @@
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Layer } from "effect"
 import { dlqCommand } from "./dlq.js"
 import { RekeyRefusedError } from "../domain/storePassphrase.js"

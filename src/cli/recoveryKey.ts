@@ -1,5 +1,7 @@
 import * as fs from "node:fs"
-import { Command, Options, Prompt } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as Prompt from "@effect/cli/Prompt"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { MAX_KEY_BYTES, recoveryError } from "../domain/recoveryKey.js"
 import { ChannelStatusLive } from "../layers/ChannelStatusLive.js"

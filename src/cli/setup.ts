@@ -1,4 +1,5 @@
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Effect, Option } from "effect"
 import * as readline from "node:readline/promises"
 import { StateDirLive } from "../layers/StateDirLive.js"

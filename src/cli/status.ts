@@ -1,4 +1,5 @@
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"

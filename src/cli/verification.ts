@@ -1,5 +1,7 @@
 import * as readline from "node:readline"
-import { Args, Command, Options } from "@effect/cli"
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 import { appendAuditLine } from "../layers/DlqLive.js"

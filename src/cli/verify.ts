@@ -1,4 +1,5 @@
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Duration, Effect, Either, Layer, Option } from "effect"
 import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"

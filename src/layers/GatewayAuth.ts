@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto"
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Clock, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import {
   type ApiError,
