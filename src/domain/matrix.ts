@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { RECOVERY_RUNTIME_KINDS } from "./recoveryKey.js"
 
 /**
  * Matrix domain: branded ids, the inbound event record handed from the sync loop to the inbound
@@ -73,12 +74,7 @@ export const MatrixErrorKind = Schema.Literal(
   "send-failed",
   "send-terminal",
   // the recovery-key subsystem (src/domain/recoveryKey.ts)
-  "recovery-key-restore-failed",
-  "cross-signing-bootstrap-failed",
-  "recovery-state-probe-failed",
-  "recovery-state-io",
-  "recovery-config-precondition",
-  "recovery-key-promotion-refused"
+  ...RECOVERY_RUNTIME_KINDS
 )
 export type MatrixErrorKind = typeof MatrixErrorKind.Type
 

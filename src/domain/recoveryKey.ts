@@ -229,13 +229,18 @@ export type RestoreFailureReason = typeof RestoreFailureReason.Type
 // Errors
 
 /** The §12 kinds of the recovery-key subsystem, plus the CLI-side refusals. */
-export const RecoveryKeyErrorKind = Schema.Literal(
+/** The kinds the daemon's Matrix runtime reports too (`MatrixErrorKind` includes them). */
+export const RECOVERY_RUNTIME_KINDS = [
   "recovery-key-restore-failed",
   "cross-signing-bootstrap-failed",
   "recovery-state-probe-failed",
   "recovery-state-io",
   "recovery-config-precondition",
-  "recovery-key-promotion-refused",
+  "recovery-key-promotion-refused"
+] as const
+
+export const RecoveryKeyErrorKind = Schema.Literal(
+  ...RECOVERY_RUNTIME_KINDS,
   "auth-token-revoked",
   /** CLI: bad input (empty, malformed, oversize key). */
   "recovery-key-invalid",
