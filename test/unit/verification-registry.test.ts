@@ -507,4 +507,66 @@ describe("verification registry", () => {
       expect(peerWasFirst).toBeGreaterThan(0)
       expect(botWasFirst).toBeGreaterThan(0)
     }).pipe(Effect.provide(world(tmp()))))
+
+  /** A peer's flow, accepted, with its SAS shown: the point where the operator confirms. */
+  const flowWithSas = (client: FakeClient, txn: string) =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const req = new FakeRequest(ALICE, txn, { deviceId: "ALICEDEV" })
+      client.receive(req)
+      const flowId = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) => f.protocolFlowId === txn)!.flowId
+      yield* v.accept(flowId)
+      yield* settle
+      req.verifier!.showSas()
+      yield* until((l) => l.find((f) => f.flowId === flowId)?.state === "keys_exchanged")
+      return { flowId, req, verifier: req.verifier! }
+    })
+
+  const statesOf = (events: ReadonlyArray<GatewayEvent>) =>
+    events.map((e) => (e.payload as { verification: VerificationFlow }).verification.state)
+
+  it.scoped("a confirm the SDK refuses leaves the flow keys_exchanged and publishes no confirmed; a retry that succeeds confirms", () =>
+    Effect.gen(function*() {
+      const bus = yield* EventBus
+      const events = yield* bus.subscribe
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      yield* attachFake(client)
+      const { flowId, verifier } = yield* flowWithSas(client, "txn-confirm-fails")
+      verifier.confirmWith = () => Promise.reject(new Error("to-device send failed"))
+      const failed = yield* Effect.either(v.confirm(flowId, true))
+      expect(Either.isLeft(failed) && failed.left._tag).toBe("VerificationFailed")
+      expect(verifier.confirmCalls).toBe(1)
+      yield* settle
+      expect(only(yield* v.list).state).toBe("keys_exchanged")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).not.toContain("confirmed")
+      expect((yield* pending)?.pendingVerificationCount).toBe(1)
+
+      verifier.confirmWith = undefined
+      expect((yield* v.confirm(flowId, true)).state).toBe("confirmed")
+      expect(verifier.confirmed).toBe(true)
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).toEqual(["confirmed"])
+    }).pipe(Effect.provide(world(tmp()))))
+
+  it.scopedLive("while the SDK's confirm is in flight the flow is not confirmed (listing and WS); it is once the confirm resolved", () =>
+    Effect.gen(function*() {
+      const bus = yield* EventBus
+      const events = yield* bus.subscribe
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      yield* attachFake(client)
+      const { flowId, verifier } = yield* flowWithSas(client, "txn-confirm-slow")
+      let release: () => void = () => undefined
+      verifier.confirmWith = () => new Promise<void>((r) => (release = r))
+      const running = yield* Effect.fork(v.confirm(flowId, true))
+      for (let i = 0; i < 400 && verifier.confirmCalls === 0; i++) yield* Effect.sleep("5 millis")
+      expect(verifier.confirmCalls).toBe(1)
+      yield* settle
+      expect(only(yield* v.list).state).toBe("keys_exchanged")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).not.toContain("confirmed")
+      release()
+      expect((yield* running.await).pipe(Exit.map((f) => f.state))).toEqual(Exit.succeed("confirmed"))
+      expect(only(yield* v.list).state).toBe("confirmed")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).toEqual(["confirmed"])
+    }).pipe(Effect.provide(world(tmp()))))
 })
