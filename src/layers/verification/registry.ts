@@ -10,10 +10,11 @@ import {
   VerificationFlowNotFound,
   type VerificationState
 } from "../../domain/verification.js"
-import { ChannelStatus } from "../../services/ChannelStatus.js"
+import { ChannelStatus, type ChannelStatusShape } from "../../services/ChannelStatus.js"
 import { EventBus, publishVerification } from "../../services/EventBus.js"
 import type { VerificationAttachment } from "../../services/Verification.js"
 import { type CryptoGate, makeGate } from "./cryptoGate.js"
+import { type HandledIds, makeHandledIds } from "./handled.js"
 
 /** A flow with no change for this long is cancelled (on the peer too, best effort). */
 export const INACTIVITY_EXPIRY = Duration.minutes(10)
@@ -50,113 +51,121 @@ export const detachedGate = (): CryptoGate => ({ ...makeGate(), wrapsSdk: false,
 
 /**
  * The flows by id and the state every part of the layer shares: the attached client, the sync count, the
- * crypto gate and the work queue the SDK callbacks feed. One per Verification layer.
+ * crypto gate, the handled request ids and the work queue the SDK callbacks feed. One per Verification layer;
+ * the other modules here are functions of it.
  */
+export interface Registry {
+  readonly entries: Map<FlowId, Entry>
+  readonly byRequest: WeakMap<VerificationRequest, FlowId>
+  readonly attached: Ref.Ref<Option.Option<VerificationAttachment>>
+  readonly work: Queue.Queue<Effect.Effect<void>>
+  /** Completed syncs of the attached client (the Rust machine drops finished flows at the start of each). */
+  readonly sync: { count: number }
+  /** Serialises the bot's SAS start with the SDK's processing of peer events; replaced by attach. */
+  readonly gate: { current: CryptoGate }
+  /** Transaction ids of to-device requests the SDK announced (so a dropped one is recognised). */
+  readonly announced: Set<string>
+  /** Dropped to-device requests already fed to the crypto again (one retry each). */
+  readonly refed: Set<string>
+  readonly handled: HandledIds
+  readonly status: ChannelStatusShape
+  /** Queues work from an SDK callback; one fiber runs it in order, so a flow's events are published in order. */
+  readonly enqueue: (e: Effect.Effect<void>) => void
+  /** Runs a log line (or another effect that never fails) from an SDK callback. */
+  readonly fork: (e: Effect.Effect<void>) => void
+  /** Publishes a record change (a WS event) and the pending count. */
+  readonly publish: (event: "requested" | "updated", record: VerificationFlow) => Effect.Effect<void>
+}
+
 export const makeRegistry = Effect.gen(function*() {
   const bus = yield* EventBus
   const status = yield* ChannelStatus
-  const runtime = yield* Effect.runtime<never>()
+  const handled = yield* makeHandledIds
+  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
   const entries = new Map<FlowId, Entry>()
-  const byRequest = new WeakMap<VerificationRequest, FlowId>()
-  const attached = yield* Ref.make(Option.none<VerificationAttachment>())
-  // SDK callbacks only enqueue; one fiber applies them in order, so events of a flow are published in order.
   const work = yield* Queue.unbounded<Effect.Effect<void>>()
-
   const publishPending = Effect.suspend(() => {
     let n = 0
     for (const e of entries.values()) if (!isTerminal(e.record.state)) n++
     return status.updateMatrix((x) => (x.pendingVerificationCount === n ? x : { ...x, pendingVerificationCount: n }))
   })
-
-  /** Publishes a record change (a WS event) and the pending count. */
-  const publish = (event: "requested" | "updated", record: VerificationFlow) =>
-    publishVerification(event, record).pipe(Effect.provideService(EventBus, bus), Effect.zipRight(publishPending))
-
-  /** Makes room for one more record: drop the oldest terminal one, else the same peer's oldest `requested`. */
-  const makeRoom = (rawUserId: string): boolean => {
-    if (entries.size < MAX_FLOWS) return true
-    const all = [...entries.values()].sort((a, b) => a.record.updatedAt - b.record.updatedAt)
-    const victim = all.find((x) => isTerminal(x.record.state)) ??
-      all.find((x) => x.rawUserId === rawUserId && x.record.state === "requested")
-    if (victim === undefined) return false
-    entries.delete(victim.record.flowId)
-    return true
-  }
-
-  /** A new entry for `req` (not stored), or none when the registry is full (counted). */
-  const newEntry = (req: VerificationRequest, rawProtocolId: string, engaged: boolean, targetDevice?: string) =>
-    Effect.gen(function*() {
-      if (!makeRoom(req.otherUserId)) {
-        yield* status.updateMatrix((x) => ({ ...x, peerDropVerificationCapFullTotal: x.peerDropVerificationCapFullTotal + 1 }))
-        yield* Effect.logWarning("Matrix verification registry is full; request refused")
-        return Option.none<Entry>()
-      }
-      const now = yield* Clock.currentTimeMillis
-      // our own to-device request names its device before the peer answers (the SDK knows it only then)
-      const device = req.otherDeviceId ?? targetDevice
-      const record = new VerificationFlow({
-        flowId: flowIdOf(req.otherUserId, rawProtocolId),
-        protocolFlowId: sanitizeDisplay(rawProtocolId),
-        userId: sanitizeUserId(req.otherUserId),
-        ...(device === undefined ? {} : { deviceId: sanitizeDisplay(device) }),
-        ...(req.roomId === undefined ? {} : { roomId: sanitizeDisplay(req.roomId) }),
-        state: "requested",
-        createdAt: now,
-        updatedAt: now
-      })
-      return Option.some<Entry>({
-        record,
-        rawUserId: req.otherUserId,
-        rawProtocolId,
-        request: undefined,
-        verifier: undefined,
-        sas: undefined,
-        sasFrom: undefined,
-        engaged,
-        sasDecision: undefined,
-        verifyCalled: new Set(),
-        confirmed: false,
-        mismatched: false,
-        forced: undefined,
-        terminalAtSync: undefined
-      })
-    })
-
-  const find = (flowId: FlowId) =>
-    Effect.suspend(() => {
-      const e = entries.get(flowId)
-      return e === undefined ? Effect.fail(VerificationFlowNotFound.of(flowId)) : Effect.succeed(e)
-    })
-
-  const fork = Runtime.runFork(runtime)
-  return {
+  const registry: Registry = {
     entries,
-    byRequest,
-    attached,
+    byRequest: new WeakMap(),
+    attached: yield* Ref.make(Option.none<VerificationAttachment>()),
     work,
-    /** Completed syncs of the attached client (the Rust machine drops finished flows at the start of each). */
     sync: { count: 0 },
-    /** Serialises the bot's SAS start with the SDK's processing of peer events; replaced by attach. */
     gate: { current: detachedGate() },
-    /** Transaction ids of to-device requests the SDK announced (so a dropped one is recognised). */
-    announced: new Set<string>(),
-    /** Dropped to-device requests already fed to the crypto again (one retry each). */
-    refed: new Set<string>(),
-    enqueue: (e: Effect.Effect<void>) => {
+    announced: new Set(),
+    refed: new Set(),
+    handled,
+    status,
+    enqueue: (e) => {
       Queue.unsafeOffer(work, e)
     },
-    /** Runs a log line (or other never-failing effect) from an SDK callback. */
-    fork: (e: Effect.Effect<void>) => {
-      fork(e)
+    fork: (e) => {
+      runFork(e)
     },
-    status,
-    publish,
-    publishPending,
-    newEntry,
-    find,
-    /** Every record, newest first. */
-    listed: () => [...entries.values()].map((e) => e.record).sort((a, b) => b.createdAt - a.createdAt)
+    publish: (event, record) => publishVerification(event, record).pipe(Effect.provideService(EventBus, bus), Effect.zipRight(publishPending))
   }
+  return registry
 })
 
-export type Registry = Effect.Effect.Success<typeof makeRegistry>
+/** Makes room for one more record: drop the oldest terminal one, else the same peer's oldest `requested`. */
+const makeRoom = (entries: Map<FlowId, Entry>, rawUserId: string): boolean => {
+  if (entries.size < MAX_FLOWS) return true
+  const all = [...entries.values()].sort((a, b) => a.record.updatedAt - b.record.updatedAt)
+  const victim = all.find((x) => isTerminal(x.record.state)) ??
+    all.find((x) => x.rawUserId === rawUserId && x.record.state === "requested")
+  if (victim === undefined) return false
+  entries.delete(victim.record.flowId)
+  return true
+}
+
+/** A new entry for `req` (not stored yet), or none when the registry is full (counted). */
+export const newEntry = (reg: Registry, req: VerificationRequest, rawProtocolId: string, engaged: boolean, targetDevice?: string) =>
+  Effect.gen(function*() {
+    if (!makeRoom(reg.entries, req.otherUserId)) {
+      yield* reg.status.updateMatrix((x) => ({ ...x, peerDropVerificationCapFullTotal: x.peerDropVerificationCapFullTotal + 1 }))
+      yield* Effect.logWarning("Matrix verification registry is full; request refused")
+      return Option.none<Entry>()
+    }
+    const now = yield* Clock.currentTimeMillis
+    // our own to-device request names its device before the peer answers (the SDK knows it only then)
+    const device = req.otherDeviceId ?? targetDevice
+    const record = new VerificationFlow({
+      flowId: flowIdOf(req.otherUserId, rawProtocolId),
+      protocolFlowId: sanitizeDisplay(rawProtocolId),
+      userId: sanitizeUserId(req.otherUserId),
+      ...(device === undefined ? {} : { deviceId: sanitizeDisplay(device) }),
+      ...(req.roomId === undefined ? {} : { roomId: sanitizeDisplay(req.roomId) }),
+      state: "requested",
+      createdAt: now,
+      updatedAt: now
+    })
+    return Option.some<Entry>({
+      record,
+      rawUserId: req.otherUserId,
+      rawProtocolId,
+      request: undefined,
+      verifier: undefined,
+      sas: undefined,
+      sasFrom: undefined,
+      engaged,
+      sasDecision: undefined,
+      verifyCalled: new Set(),
+      confirmed: false,
+      mismatched: false,
+      forced: undefined,
+      terminalAtSync: undefined
+    })
+  })
+
+export const find = (reg: Registry, flowId: FlowId) =>
+  Effect.suspend(() => {
+    const e = reg.entries.get(flowId)
+    return e === undefined ? Effect.fail(VerificationFlowNotFound.of(flowId)) : Effect.succeed(e)
+  })
+
+/** Every record, newest first. */
+export const listed = (reg: Registry) => [...reg.entries.values()].map((e) => e.record).sort((a, b) => b.createdAt - a.createdAt)
