@@ -182,7 +182,11 @@ export class VerificationTargetNotFound extends Schema.TaggedError<VerificationT
 export class InvalidVerificationUser extends Schema.TaggedError<InvalidVerificationUser>()("InvalidVerificationUser", {
   kind: Schema.Literal("invalid-user-id"),
   message: Schema.String
-}) {}
+}) {
+  static of() {
+    return new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" })
+  }
+}
 
 /** 502: the SDK or the homeserver refused the action. */
 export class VerificationFailed extends Schema.TaggedError<VerificationFailed>()("VerificationFailed", {
@@ -229,7 +233,7 @@ export const verificationTarget = (userId: string, deviceId?: string): Either.Ei
   const user = userId.trim()
   const device = deviceId?.trim() ?? ""
   if (!USER_ID.test(user)) {
-    return Either.left(new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" }))
+    return Either.left(InvalidVerificationUser.of())
   }
   return Either.right(device === "" ? { userId: UserId.make(user) } : { userId: UserId.make(user), deviceId: DeviceId.make(device) })
 }

@@ -130,9 +130,7 @@ const requestUser = (reg: Registry, a: VerificationAttachment, crypto: Crypto, u
 export const start = (reg: Registry, userId: UserId, deviceId?: DeviceId) =>
   Effect.gen(function*() {
     // the brand's pattern is looser than a Matrix user id (whitespace): checked here too
-    if (!USER_ID.test(userId)) {
-      return yield* new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" })
-    }
+    if (!USER_ID.test(userId)) return yield* InvalidVerificationUser.of()
     const a = yield* client(reg)
     const crypto = yield* cryptoOf(a)
     const { req, targetDevice }: { req: VerificationRequest; targetDevice: string | undefined } = deviceId !== undefined && deviceId !== ""
