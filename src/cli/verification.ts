@@ -3,7 +3,7 @@ import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
-import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
+import { FlowId, type OwnDevice, type VerificationFlow } from "../domain/verification.js"
 import { appendAuditLine } from "../layers/DlqLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
@@ -41,7 +41,7 @@ const requireFlowId = (flowId: string) => {
   const id = flowId.trim()
   return id === ""
     ? Effect.fail(new VerificationCliError({ kind: "invalid-arguments", message: "the flow id is empty; copy it from `cara matrix verifications`" }))
-    : Effect.succeed(id)
+    : Effect.succeed(FlowId.make(id))
 }
 
 const when = (ms: number) => new Date(ms).toISOString()

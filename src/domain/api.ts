@@ -6,6 +6,7 @@ import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import { Schema } from "effect"
 import { ChannelInfo } from "./channel.js"
 import {
+  FlowId,
   InvalidVerificationUser,
   OwnDevice,
   VerificationFailed,
@@ -309,7 +310,8 @@ export const StartVerificationRequest = Schema.Struct({
 
 export const ConfirmVerificationRequest = Schema.Struct({ match: Schema.Boolean })
 
-const FlowPath = Schema.Struct({ flowId: Schema.String })
+// the flow id is opaque and looked up as given: an unknown one is the registry's 404, not a decode error
+const FlowPath = Schema.Struct({ flowId: FlowId })
 
 const flowAction = <N extends "accept" | "cancel">(name: N) =>
   HttpApiEndpoint.post(name, `/control/matrix/verifications/:flowId/${name}`)

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto"
-import { Schema } from "effect"
+import { Either, Schema } from "effect"
+import { DeviceId, UserId } from "./matrix.js"
 
 /**
  * SAS verification domain (reference §6): the record an operator sees (`MatrixVerificationInfo`, camelCase),
@@ -39,13 +40,21 @@ export const SasValues = Schema.Struct({
 })
 export type SasValues = typeof SasValues.Type
 
+/**
+ * The daemon-owned opaque id of a flow (`mvr_…`, see `flowIdOf`). No pattern: an id an operator typed is
+ * looked up as it is, so an unknown one is a 404 from the registry rather than a 400 from the schema.
+ */
+export const FlowId = Schema.String.pipe(Schema.brand("FlowId"))
+export type FlowId = typeof FlowId.Type
+
 /** One flow as listed by `GET /control/matrix/verifications` and carried by the WS events. */
 export class VerificationFlow extends Schema.Class<VerificationFlow>("VerificationFlow")({
   /** Daemon-owned opaque id used in CLI and HTTP paths (see `flowIdOf`). */
-  flowId: Schema.String,
+  flowId: FlowId,
   /** The to-device transaction id, or the event id of an in-room request (sanitised for display). */
   protocolFlowId: Schema.String,
-  userId: Schema.String,
+  /** The peer, sanitised for display (always a valid user id, see `sanitizeUserId`). */
+  userId: UserId,
   deviceId: Schema.optional(Schema.String),
   /** Set for in-room (user) verification. */
   roomId: Schema.optional(Schema.String),
@@ -81,13 +90,13 @@ const lengthPrefixed = (s: string): Buffer => {
  * `"mvr_" + base64url_nopad(SHA-256(domain ‖ u64le(len userId) ‖ userId ‖ u64le(len protocolId) ‖ protocolId))`
  * over the raw ids: stable across restarts and listings, and the same flow id the reference derives.
  */
-export const flowIdOf = (rawUserId: string, rawProtocolFlowId: string): string =>
-  "mvr_" +
+export const flowIdOf = (rawUserId: string, rawProtocolFlowId: string): FlowId =>
+  FlowId.make("mvr_" +
   createHash("sha256")
     .update(Buffer.from(FLOW_ID_DOMAIN, "utf8"))
     .update(lengthPrefixed(rawUserId))
     .update(lengthPrefixed(rawProtocolFlowId))
-    .digest("base64url")
+    .digest("base64url"))
 
 // Control chars, bidi and zero-width marks, combining marks, the TAG block and other invisible format chars:
 // a peer-chosen id must not be able to disguise itself on the operator's terminal.
@@ -112,10 +121,10 @@ export const sanitizeDisplay = (s: string): string => {
 export const USER_ID = /^@[^:\s]+:\S+$/
 
 /** A sanitised user id, or `@invalid-<16 hex>:carapace.invalid` when sanitising leaves no valid id. */
-export const sanitizeUserId = (raw: string): string => {
+export const sanitizeUserId = (raw: string): UserId => {
   const s = sanitizeDisplay(raw)
-  if (USER_ID.test(s)) return s
-  return `@invalid-${createHash("sha256").update(raw, "utf8").digest("hex").slice(0, 16)}:carapace.invalid`
+  if (USER_ID.test(s)) return UserId.make(s)
+  return UserId.make(`@invalid-${createHash("sha256").update(raw, "utf8").digest("hex").slice(0, 16)}:carapace.invalid`)
 }
 
 /** Hex of the UTF-8 bytes, shown when sanitising changed a device id (so the raw one can still be named). */
@@ -173,7 +182,11 @@ export class VerificationTargetNotFound extends Schema.TaggedError<VerificationT
 export class InvalidVerificationUser extends Schema.TaggedError<InvalidVerificationUser>()("InvalidVerificationUser", {
   kind: Schema.Literal("invalid-user-id"),
   message: Schema.String
-}) {}
+}) {
+  static of() {
+    return new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" })
+  }
+}
 
 /** 502: the SDK or the homeserver refused the action. */
 export class VerificationFailed extends Schema.TaggedError<VerificationFailed>()("VerificationFailed", {
@@ -208,3 +221,19 @@ export type VerificationStartError =
   | VerificationFailed
   | VerificationTimeout
   | VerificationUnavailable
+
+/** Whom a bot-initiated flow is for, as the service takes it. */
+export interface VerificationTarget {
+  readonly userId: UserId
+  readonly deviceId?: DeviceId
+}
+
+/** The operator's text as a target: both trimmed, an empty device meaning "the user"; 422 when the user id is not one. */
+export const verificationTarget = (userId: string, deviceId?: string): Either.Either<VerificationTarget, InvalidVerificationUser> => {
+  const user = userId.trim()
+  const device = deviceId?.trim() ?? ""
+  if (!USER_ID.test(user)) {
+    return Either.left(InvalidVerificationUser.of())
+  }
+  return Either.right(device === "" ? { userId: UserId.make(user) } : { userId: UserId.make(user), deviceId: DeviceId.make(device) })
+}

@@ -30,7 +30,7 @@ import {
   VerificationList,
   VerificationResult
 } from "../domain/api.js"
-import type { VerificationUnavailable } from "../domain/verification.js"
+import { type VerificationUnavailable, verificationTarget } from "../domain/verification.js"
 import { Verification, type VerificationShape } from "../services/Verification.js"
 import type { ChannelInfo } from "../domain/channel.js"
 import { bindToHost } from "../domain/gateway.js"
@@ -279,15 +279,13 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
         }
         return yield* exit
       })
-    const start = ({ payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }) => {
-      const device = payload.deviceId?.trim() ?? ""
-      return audited(
+    const start = ({ payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }) =>
+      audited(
         "start",
         undefined,
         {},
-        Effect.map(use((v) => device === "" ? v.start(payload.userId.trim()) : v.start(payload.userId.trim(), device)), result)
+        Effect.map(use((v) => Effect.flatMap(verificationTarget(payload.userId, payload.deviceId), (t) => v.start(t.userId, t.deviceId))), result)
       )
-    }
     return handlers
       .handle("list", () => use((v) => Effect.map(v.list, (flows) => new VerificationList({ ok: true, verifications: flows }))))
       .handle("start", start)

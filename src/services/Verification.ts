@@ -1,6 +1,8 @@
 import { Context, type Effect, type Scope } from "effect"
 import type { MatrixClient } from "matrix-js-sdk"
+import type { DeviceId, UserId } from "../domain/matrix.js"
 import type {
+  FlowId,
   OwnDevice,
   VerificationActionError,
   VerificationFailed,
@@ -32,12 +34,15 @@ export interface VerificationShape {
   /** Every known flow, newest first (expired ones already cancelled, old terminal ones pruned). */
   readonly list: Effect.Effect<ReadonlyArray<VerificationFlow>>
   /** Accepts the request (sends ready) and starts SAS once ready; carries the SAS when already known. */
-  readonly accept: (flowId: string) => Effect.Effect<VerificationFlow, VerificationActionError>
+  readonly accept: (flowId: FlowId) => Effect.Effect<VerificationFlow, VerificationActionError>
   /** `match: true` confirms the SAS; `false` cancels it on the peer with `m.mismatched_sas`. */
-  readonly confirm: (flowId: string, match: boolean) => Effect.Effect<VerificationFlow, VerificationActionError>
-  readonly cancel: (flowId: string) => Effect.Effect<VerificationFlow, VerificationActionError>
-  /** Bot-initiated: a device when given, else the user (in a DM room shared with them). */
-  readonly start: (userId: string, deviceId?: string) => Effect.Effect<VerificationFlow, VerificationStartError>
+  readonly confirm: (flowId: FlowId, match: boolean) => Effect.Effect<VerificationFlow, VerificationActionError>
+  readonly cancel: (flowId: FlowId) => Effect.Effect<VerificationFlow, VerificationActionError>
+  /**
+   * Bot-initiated: a device when given, else the user (in a DM room shared with them). The id is checked
+   * again (422 `invalid-user-id`): the brand's pattern is looser than a Matrix user id.
+   */
+  readonly start: (userId: UserId, deviceId?: DeviceId) => Effect.Effect<VerificationFlow, VerificationStartError>
   /** The bot's own account's devices. */
   readonly devices: Effect.Effect<ReadonlyArray<OwnDevice>, VerificationUnavailable | VerificationFailed | VerificationTimeout>
 }

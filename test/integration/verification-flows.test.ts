@@ -11,7 +11,7 @@ import type { FakeLlmServer } from "../support/fake-llm.js"
 import { CLI, cleanEnv, runCli } from "../support/cli.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { trackUsers } from "../../src/layers/VerificationLive.js"
+import { trackUsers } from "../../src/layers/verification/sdkPort.js"
 import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm, GATEWAY_TOKEN, type ApiFlow, sleep } from "./matrix-support.js"
 
 

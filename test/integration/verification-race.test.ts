@@ -6,7 +6,7 @@ import { ClientEvent } from "matrix-js-sdk"
 import { afterEach, expect, it } from "vitest"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { trackUsers } from "../../src/layers/VerificationLive.js"
+import { trackUsers } from "../../src/layers/verification/sdkPort.js"
 import { type ApiFlow, type Bot, GATEWAY_TOKEN, sleep } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 

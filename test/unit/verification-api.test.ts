@@ -7,6 +7,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted } from "effect"
 import { CaraApi } from "../../src/domain/api.js"
+import { FlowId } from "../../src/domain/verification.js"
 import { callFailed } from "../../src/cli/verification.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
@@ -101,7 +102,7 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
       expect(accepted.verification.flowId).toBe(flow.flowId)
       expect(req.acceptCalls).toBe(1)
 
-      const missing = yield* Effect.either(c.verification.accept({ path: { flowId: "mvr_missing" } }))
+      const missing = yield* Effect.either(c.verification.accept({ path: { flowId: FlowId.make("mvr_missing") } }))
       expect(Either.isLeft(missing) && missing.left._tag).toBe("VerificationFlowNotFound")
       expect((yield* rawPost("/control/matrix/verifications/mvr_missing/cancel", {})).status).toBe(404)
 

@@ -26,6 +26,9 @@ export class FakeVerifier extends EventEmitter {
   hasBeenCancelled = false
   verifyCalls = 0
   confirmed = false
+  confirmCalls = 0
+  /** When set, the SAS confirm runs this instead of succeeding at once (a send that fails or hangs). */
+  confirmWith: (() => Promise<void>) | undefined
   mismatched = false
   private callbacks: ShowSasCallbacks | null = null
   private settle: { resolve: () => void; reject: (e: Error) => void } | undefined
@@ -50,6 +53,8 @@ export class FakeVerifier extends EventEmitter {
     this.callbacks = {
       sas: { emoji: EMOJI, decimal: [1234, 5678, 910] },
       confirm: async () => {
+        this.confirmCalls++
+        if (this.confirmWith !== undefined) await this.confirmWith()
         this.confirmed = true
       },
       mismatch: () => {

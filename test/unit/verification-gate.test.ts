@@ -1,7 +1,7 @@
 // The gate that serialises the bot's SAS start with the SDK's processing of peer events (issue 17.5).
 import type { MatrixClient } from "matrix-js-sdk"
 import { describe, expect, it } from "vitest"
-import { installCryptoGate, makeGate } from "../../src/layers/cryptoGate.js"
+import { installCryptoGate, makeGate } from "../../src/layers/verification/cryptoGate.js"
 
 const deferred = () => {
   let resolve: () => void = () => undefined

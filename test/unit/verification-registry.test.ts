@@ -5,18 +5,24 @@ import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Exit, Layer, Queue, Scope, TestClock } from "effect"
 import { VerificationPhase } from "matrix-js-sdk/lib/crypto-api/index.js"
-import { flowIdOf, sanitizeDisplay, sanitizeUserId, type VerificationFlow } from "../../src/domain/verification.js"
+import type { DeviceId, UserId } from "../../src/domain/matrix.js"
+import { FlowId, flowIdOf, sanitizeDisplay, sanitizeUserId, type VerificationFlow } from "../../src/domain/verification.js"
+import { deriveState } from "../../src/domain/verificationState.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import { deriveState, HANDLED_FILE, VerificationLive } from "../../src/layers/VerificationLive.js"
+import { HANDLED_FILE } from "../../src/layers/verification/handled.js"
+import { VerificationLive } from "../../src/layers/VerificationLive.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../../src/services/EventBus.js"
-import { Verification } from "../../src/services/Verification.js"
+import { Verification, type VerificationShape } from "../../src/services/Verification.js"
 import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
 const MALLORY = "@mallory:evil.example"
+
+/** The service takes branded ids; the tests name them as text (one case passes a deliberately invalid user id). */
+const startOn = (v: VerificationShape, user: string, device?: string) => v.start(user as UserId, device as DeviceId | undefined)
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-"))
 
@@ -270,7 +276,7 @@ describe("verification registry", () => {
       yield* settle
       expect(only(yield* v.list).state).toBe("cancelled")
       expect((yield* v.cancel(flowId)).state).toBe("cancelled")
-      const missing = yield* Effect.either(v.accept("mvr_nope"))
+      const missing = yield* Effect.either(v.accept(FlowId.make("mvr_nope")))
       expect(Either.isLeft(missing) && missing.left.kind).toBe("verification-flow-not-found")
 
       const req2 = new FakeRequest(ALICE, "txn-c2", { deviceId: "ALICEDEV" })
@@ -336,17 +342,17 @@ describe("verification registry", () => {
   it.scoped("bot-initiated: validation, unknown device, no client; a ready peer gets SAS started without another accept", () =>
     Effect.gen(function*() {
       const v = yield* Verification
-      const noClient = yield* Effect.either(v.start(ALICE, "ALICEDEV"))
+      const noClient = yield* Effect.either(startOn(v, ALICE, "ALICEDEV"))
       expect(Either.isLeft(noClient) && noClient.left.kind).toBe("not-connected")
       const client = new FakeClient(BOT)
       client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
       yield* attachFake(client)
-      const bad = yield* Effect.either(v.start("alice", "X"))
+      const bad = yield* Effect.either(startOn(v, "alice", "X"))
       expect(Either.isLeft(bad) && bad.left.kind).toBe("invalid-user-id")
-      const unknown = yield* Effect.either(v.start(ALICE, "NOPE"))
+      const unknown = yield* Effect.either(startOn(v, ALICE, "NOPE"))
       expect(Either.isLeft(unknown) && unknown.left.kind).toBe("device-not-found")
 
-      const flow = yield* v.start(ALICE, "ALICEDEV")
+      const flow = yield* startOn(v, ALICE, "ALICEDEV")
       expect(flow).toMatchObject({ userId: ALICE, deviceId: "ALICEDEV", state: "requested" })
       const req = client.requested[0]!
       expect(flow.flowId).toBe(flowIdOf(ALICE, req.transactionId!))
@@ -366,14 +372,14 @@ describe("verification registry", () => {
       client.devices.set(ALICE, [{ deviceId: "ALICEDEV" }])
       client.serverOnlyDevices.set(ALICE, [{ deviceId: "PHONE" }])
       yield* attachFake(client)
-      const known = yield* v.start(ALICE, "ALICEDEV")
+      const known = yield* startOn(v, ALICE, "ALICEDEV")
       expect(known.deviceId).toBe("ALICEDEV")
       expect(client.refreshes).toBe(0)
-      const flow = yield* v.start(ALICE, "PHONE")
+      const flow = yield* startOn(v, ALICE, "PHONE")
       expect(flow).toMatchObject({ userId: ALICE, deviceId: "PHONE", state: "requested" })
       expect(client.refreshes).toBe(1)
       // still unknown after the refresh: 404, after exactly one more refresh
-      const missing = yield* Effect.either(v.start(ALICE, "NOPE"))
+      const missing = yield* Effect.either(startOn(v, ALICE, "NOPE"))
       expect(Either.isLeft(missing) && missing.left.kind).toBe("device-not-found")
       expect(client.refreshes).toBe(2)
     }).pipe(Effect.provide(world(tmp()))))
@@ -386,14 +392,14 @@ describe("verification registry", () => {
       yield* attachFake(client)
       client.completeSync()
       // no earlier flow with alice: no wait, no nudge
-      const first = yield* v.start(ALICE, "ALICEDEV")
+      const first = yield* startOn(v, ALICE, "ALICEDEV")
       expect(client.nudges).toEqual([])
       expect(client.syncsAtRequest).toEqual([1])
       const req = client.requested[0]!
       req.cancelWith("m.user")
       yield* until((l) => l.find((f) => f.flowId === first.flowId)?.state === "cancelled")
       const endedAt = client.syncs
-      yield* v.start(ALICE, "ALICEDEV")
+      yield* startOn(v, ALICE, "ALICEDEV")
       // the bot woke its own long-poll and sent the request only after two more completed syncs
       expect(client.nudges.length).toBeGreaterThanOrEqual(1)
       expect(client.nudges.every((t) => t === "org.cara.sync_nudge")).toBe(true)
@@ -500,5 +506,67 @@ describe("verification registry", () => {
       // both orders came up, so the loop did exercise the race from both sides
       expect(peerWasFirst).toBeGreaterThan(0)
       expect(botWasFirst).toBeGreaterThan(0)
+    }).pipe(Effect.provide(world(tmp()))))
+
+  /** A peer's flow, accepted, with its SAS shown: the point where the operator confirms. */
+  const flowWithSas = (client: FakeClient, txn: string) =>
+    Effect.gen(function*() {
+      const v = yield* Verification
+      const req = new FakeRequest(ALICE, txn, { deviceId: "ALICEDEV" })
+      client.receive(req)
+      const flowId = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) => f.protocolFlowId === txn)!.flowId
+      yield* v.accept(flowId)
+      yield* settle
+      req.verifier!.showSas()
+      yield* until((l) => l.find((f) => f.flowId === flowId)?.state === "keys_exchanged")
+      return { flowId, req, verifier: req.verifier! }
+    })
+
+  const statesOf = (events: ReadonlyArray<GatewayEvent>) =>
+    events.map((e) => (e.payload as { verification: VerificationFlow }).verification.state)
+
+  it.scoped("a confirm the SDK refuses leaves the flow keys_exchanged and publishes no confirmed; a retry that succeeds confirms", () =>
+    Effect.gen(function*() {
+      const bus = yield* EventBus
+      const events = yield* bus.subscribe
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      yield* attachFake(client)
+      const { flowId, verifier } = yield* flowWithSas(client, "txn-confirm-fails")
+      verifier.confirmWith = () => Promise.reject(new Error("to-device send failed"))
+      const failed = yield* Effect.either(v.confirm(flowId, true))
+      expect(Either.isLeft(failed) && failed.left._tag).toBe("VerificationFailed")
+      expect(verifier.confirmCalls).toBe(1)
+      yield* settle
+      expect(only(yield* v.list).state).toBe("keys_exchanged")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).not.toContain("confirmed")
+      expect((yield* pending)?.pendingVerificationCount).toBe(1)
+
+      verifier.confirmWith = undefined
+      expect((yield* v.confirm(flowId, true)).state).toBe("confirmed")
+      expect(verifier.confirmed).toBe(true)
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).toEqual(["confirmed"])
+    }).pipe(Effect.provide(world(tmp()))))
+
+  it.scopedLive("while the SDK's confirm is in flight the flow is not confirmed (listing and WS); it is once the confirm resolved", () =>
+    Effect.gen(function*() {
+      const bus = yield* EventBus
+      const events = yield* bus.subscribe
+      const v = yield* Verification
+      const client = new FakeClient(BOT)
+      yield* attachFake(client)
+      const { flowId, verifier } = yield* flowWithSas(client, "txn-confirm-slow")
+      let release: () => void = () => undefined
+      verifier.confirmWith = () => new Promise<void>((r) => (release = r))
+      const running = yield* Effect.fork(v.confirm(flowId, true))
+      for (let i = 0; i < 400 && verifier.confirmCalls === 0; i++) yield* Effect.sleep("5 millis")
+      expect(verifier.confirmCalls).toBe(1)
+      yield* settle
+      expect(only(yield* v.list).state).toBe("keys_exchanged")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).not.toContain("confirmed")
+      release()
+      expect((yield* running.await).pipe(Exit.map((f) => f.state))).toEqual(Exit.succeed("confirmed"))
+      expect(only(yield* v.list).state).toBe("confirmed")
+      expect(statesOf(Chunk.toReadonlyArray(yield* Queue.takeAll(events)))).toEqual(["confirmed"])
     }).pipe(Effect.provide(world(tmp()))))
 })

@@ -1,4 +1,5 @@
 import type { MatrixClient } from "matrix-js-sdk"
+import { interceptSyncEntryPoints } from "./sdkPort.js"
 
 /**
  * One lane through the Rust crypto for everything that moves a verification flow: the SDK's own processing
@@ -14,8 +15,8 @@ import type { MatrixClient } from "matrix-js-sdk"
  * resolves identically on both sides).
  *
  * The SDK calls both methods on the crypto backend instance, so wrapping the instance's properties is
- * enough. Promise-based because the SDK calls it; feature-detected (without the methods it only serialises
- * the bot's own calls).
+ * enough (sdkPort.ts does the wrapping). Promise-based because the SDK calls it; feature-detected (without the
+ * methods it only serialises the bot's own calls).
  */
 export interface CryptoGate {
   /** Runs `f` when nothing else holds the gate; the gate is released when `f` settles or after `holdMs`. */
@@ -28,9 +29,6 @@ export interface CryptoGate {
 
 /** The bot never holds the gate longer than this: a stuck send must not stall the sync loop. */
 export const GATE_HOLD_MS = 10_000
-
-type Method = (...args: Array<unknown>) => Promise<unknown>
-const WRAPPED = ["processSyncChanges", "onKeyVerificationEvent"] as const
 
 export const makeGate = (): Pick<CryptoGate, "run"> => {
   let tail: Promise<void> = Promise.resolve()
@@ -47,26 +45,6 @@ export const makeGate = (): Pick<CryptoGate, "run"> => {
 
 export const installCryptoGate = (client: MatrixClient): CryptoGate => {
   const gate = makeGate()
-  const crypto = client.getCrypto() as unknown as Record<string, unknown> | undefined
-  const restore: Array<() => void> = []
-  if (crypto !== undefined) {
-    for (const name of WRAPPED) {
-      const original = crypto[name]
-      if (typeof original !== "function") continue
-      const own = Object.prototype.hasOwnProperty.call(crypto, name)
-      const bound = (original as Method).bind(crypto)
-      crypto[name] = (...args: Array<unknown>) => gate.run(() => bound(...args))
-      restore.push(() => {
-        if (own) crypto[name] = original
-        else delete crypto[name]
-      })
-    }
-  }
-  return {
-    run: gate.run,
-    wrapsSdk: restore.length > 0,
-    uninstall: () => {
-      for (const r of restore.splice(0)) r()
-    }
-  }
+  const { wrapped, restore } = interceptSyncEntryPoints(client, (original) => (...args) => gate.run(() => original(...args)))
+  return { run: gate.run, wrapsSdk: wrapped > 0, uninstall: restore }
 }
