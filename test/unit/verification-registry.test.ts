@@ -1,6 +1,5 @@
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Exit, Layer, Queue, Scope, TestClock } from "effect"
@@ -13,12 +12,13 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../../src/services/EventBus.js"
 import { Verification } from "../../src/services/Verification.js"
 import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
+import { tmpDir } from "../support/tmp.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
 const MALLORY = "@mallory:evil.example"
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-"))
+const tmp = () => tmpDir("cara-verif-")
 
 // The registry over one EventBus, ChannelStatus and state dir, all visible to the test.
 const world = (dir: string) =>
