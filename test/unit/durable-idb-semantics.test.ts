@@ -18,7 +18,6 @@ import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
 import { type Db, done, openDb, request } from "../support/cryptostore-child.idb.js"
 import { tmpDir } from "../support/tmp.js"
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 const DB = "cara::semantics"
 const SECRET = { encrypted: true as const, passphrase: "semantics passphrase" }
 
