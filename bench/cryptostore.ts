@@ -42,7 +42,6 @@ const median = (xs: Array<number>) => {
   return s[Math.floor(s.length / 2)] ?? 0
 }
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 const commitTimes = async (factory: IdbFactory, n: number): Promise<Array<number>> => {
   const db: any = await new Promise((resolve, reject) => {
     const req = factory.open("cara::bench", 1)

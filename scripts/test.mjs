@@ -1,10 +1,11 @@
-// `npm test`: build, type-check everything (sources and tests), run vitest, and close with one plain
-// line `N passed, N failed, N skipped` that CI reads. Exits non-zero on a type error or a failing test.
+// `npm test`: build, type-check everything (sources and tests), lint, run vitest, and close with one plain
+// line `N passed, N failed, N skipped` that CI reads. Exits non-zero on a type error, a lint error or a failing
+// test (each failed tsc or eslint run counts as one failed test in that line).
 import { spawnSync } from "node:child_process"
 import { existsSync, readFileSync, rmSync } from "node:fs"
 
 const run = (cmd, args) => spawnSync(cmd, args, { stdio: "inherit", env: process.env }).status ?? 1
-const entry = { tsc: "typescript/bin/tsc", vitest: "vitest/vitest.mjs" }
+const entry = { tsc: "typescript/bin/tsc", eslint: "eslint/bin/eslint.js", vitest: "vitest/vitest.mjs" }
 // Run the tools with this very Node (the project's Node 24), not whatever `node` is first on PATH.
 const npx = ([tool, ...args]) => run(process.execPath, [new URL(`../node_modules/${entry[tool]}`, import.meta.url).pathname, ...args])
 
@@ -15,6 +16,10 @@ const results = new URL("../.test-results.json", import.meta.url).pathname
 let typeErrors = 0
 if (npx(["tsc", "-p", "tsconfig.build.json"]) !== 0) typeErrors++
 if (npx(["tsc", "-p", "tsconfig.json", "--noEmit"]) !== 0) typeErrors++
+
+const lintStartedAt = Date.now()
+const lintFailed = npx(["eslint", "."]) !== 0
+console.log(`eslint took ${Math.round((Date.now() - lintStartedAt) / 1000)} s`)
 
 rmSync(results, { force: true })
 const vitestStatus = npx(["vitest", "run", "--reporter=default", "--reporter=json", `--outputFile.json=${results}`, ...extra])
@@ -35,6 +40,10 @@ if (existsSync(results)) {
 if (typeErrors > 0) {
   console.error(`type check failed (${typeErrors} tsc run${typeErrors > 1 ? "s" : ""} reported errors)`)
   failed += typeErrors
+}
+if (lintFailed) {
+  console.error("lint failed (eslint reported errors; `npx eslint --fix .` repairs the formatting ones)")
+  failed++
 }
 console.log(`test run took ${Math.round((Date.now() - startedAt) / 1000)} s`)
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`)

@@ -9,6 +9,7 @@ import { expect, it } from "vitest"
 import { decodeLine, deriveDlqKey } from "../../src/domain/dlq.js"
 import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
 import { cleanEnv, runCli } from "../support/cli.js"
+import { eventually } from "../support/eventually.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { type Bot, CONFIG_PASSWORD, count, messagesFrom } from "./matrix-support.js"
@@ -39,13 +40,8 @@ describeSynapse("Matrix: inbound DLQ (real daemon)", (hs) => {
     return fs.existsSync(f) ? fs.readFileSync(f, "utf8").split("\n").filter((l) => l !== "") : []
   }
 
-  const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, bot: Bot) => {
-    const deadline = Date.now() + timeoutMs
-    while (!(await check())) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${bot.output().slice(-4000)}`)
-      await new Promise((r) => setTimeout(r, 250))
-    }
-  }
+  const waitFor = (what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, bot: Bot) =>
+    eventually(what, check, { timeoutMs, intervalMs: 250, context: () => bot.output().slice(-4000) })
 
   const repliesTo = (alice: Human, roomId: string, bot: Bot) => messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)
 

@@ -5,20 +5,14 @@
 // cross-signed gets exactly one notice and no answer, while a cross-signed one is answered.
 import * as fs from "node:fs"
 import { expect, it } from "vitest"
+import { eventually } from "../support/eventually.js"
 import { Human, type ReceivedMessage } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { type Bot, messagesFrom } from "./matrix-support.js"
 import { inReplyTo, useMatrixWorld } from "./matrix-world.js"
 
-const poll = async <A>(what: string, timeoutMs: number, f: () => Promise<A | undefined> | A | undefined): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await f()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 200))
-  }
-}
+const poll = <A>(what: string, timeoutMs: number, f: () => Promise<A | undefined> | A | undefined): Promise<A> =>
+  eventually(what, f, { timeoutMs, intervalMs: 200 })
 
 const extraOf = async (bot: Bot) => ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
 

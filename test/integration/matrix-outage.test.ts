@@ -9,21 +9,15 @@ import { DatabaseSync } from "node:sqlite"
 import { afterAll, beforeAll, expect, it } from "vitest"
 import { RestartableSynapse, roomHistory, tally } from "../../scripts/chaos.js"
 import { runCli } from "../support/cli.js"
+import { eventually } from "../support/eventually.js"
 import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human } from "../support/human.js"
 import { describeSynapse, startSynapse } from "../support/synapse/index.js"
 import { type Bot, count, makeBot, startFakeLlm } from "./matrix-support.js"
 import { inReplyTo } from "./matrix-world.js"
 
-const poll = async <A>(what: string, timeoutMs: number, bot: Bot, check: () => Promise<A | undefined> | A | undefined): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await check()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${bot.output().slice(-5000)}`)
-    await new Promise((r) => setTimeout(r, 250))
-  }
-}
+const poll = <A>(what: string, timeoutMs: number, bot: Bot, check: () => Promise<A | undefined> | A | undefined): Promise<A> =>
+  eventually(what, check, { timeoutMs, intervalMs: 250, context: () => bot.output().slice(-5000) })
 
 describeSynapse("Matrix: the homeserver is down for longer than the attempt budget (real daemon)", () => {
   let synapse: RestartableSynapse | undefined

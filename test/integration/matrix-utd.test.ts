@@ -2,6 +2,7 @@
 // in the channel status, and answered exactly once when the key arrives, also when it arrives while the
 // daemon is stopped. The human holds back its room-key share (ToDeviceGate) to make the key late.
 import { expect, it } from "vitest"
+import { eventually } from "../support/eventually.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { type Bot, messagesFrom } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
@@ -11,13 +12,8 @@ const undecryptable = async (bot: Bot): Promise<number> => {
   return Number((status?.["extra"] as Record<string, unknown> | undefined)?.["undecryptableEventCount"])
 }
 
-const until = async (what: string, check: () => Promise<boolean>, timeoutMs = 30_000) => {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000) =>
+  eventually(what, check, { timeoutMs, intervalMs: 100 })
 
 describeSynapse("Matrix: undecryptable events wait for their keys (real daemon)", (hs) => {
   const world = useMatrixWorld(hs)

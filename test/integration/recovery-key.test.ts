@@ -9,20 +9,14 @@ import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import { expect, it } from "vitest"
 import { runDoctor } from "../../src/programs/doctor.js"
 import { runCli } from "../support/cli.js"
+import { eventually } from "../support/eventually.js"
 import { Human } from "../support/human.js"
 import { describeSynapse, type SharedSynapse } from "../support/synapse/index.js"
 import { type Bot } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
-const until = async <A>(what: string, check: () => Promise<A | undefined | false>, timeoutMs = 30_000): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const r = await check()
-    if (r !== undefined && r !== false) return r
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((res) => setTimeout(res, 200))
-  }
-}
+const until = <A>(what: string, check: () => Promise<A | undefined | false>, timeoutMs = 30_000): Promise<A> =>
+  eventually(what, check, { timeoutMs, intervalMs: 200 })
 
 /** A short-lived password session of the bot's account (its own device, logged out by `close`). */
 const botSession = async (hs: SharedSynapse, bot: Bot) => {

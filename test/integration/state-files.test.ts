@@ -7,20 +7,14 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { expect, it } from "vitest"
 import { runCli } from "../support/cli.js"
+import { eventually } from "../support/eventually.js"
 import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import type { Bot } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
-const until = async <A>(what: string, check: () => Promise<A | undefined>, timeoutMs = 30_000): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const r = await check()
-    if (r !== undefined) return r
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((res) => setTimeout(res, 200))
-  }
-}
+const until = <A>(what: string, check: () => Promise<A | undefined>, timeoutMs = 30_000): Promise<A> =>
+  eventually(what, check, { timeoutMs, intervalMs: 200 })
 
 describeSynapse("state files: a damaged crypto store is refused, never re-created", (hs) => {
   const world = useMatrixWorld(hs)

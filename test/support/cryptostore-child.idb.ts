@@ -6,7 +6,6 @@ import type { CryptoStoreError } from "../../src/domain/cryptoStore.js"
 import type { CryptoStore, CryptoStoreOptions, CryptoStoreShape, IdbFactory } from "../../src/services/CryptoStore.js"
 import type { StateDirError } from "../../src/domain/errors.js"
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 export type Db = any
 export type Tx = any
 

@@ -15,6 +15,7 @@ import {
   type Verifier
 } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { Logger } from "matrix-js-sdk/lib/logger.js"
+import { eventually, type NotYet } from "./eventually.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Console: matrix-js-sdk's module-level loggers (IndexedDBStore, sync, timeline sets ...) write straight to
@@ -86,19 +87,8 @@ const makeLogger = (name: string, ring: Array<string>, prefix = ""): Logger => {
 const errorText = (e: unknown) => (e instanceof Error ? e.message : String(e))
 
 /** Polls `probe` until it returns a value that is not undefined/null/false, or fails after `timeoutMs`. */
-const poll = async <A>(
-  what: string,
-  timeoutMs: number,
-  probe: () => Promise<A | undefined | null | false> | A | undefined | null | false
-): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const v = await probe()
-    if (v !== undefined && v !== null && v !== false) return v
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
+const poll = <A>(what: string, timeoutMs: number, probe: () => Promise<A | NotYet> | A | NotYet): Promise<A> =>
+  eventually(what, probe, { timeoutMs, intervalMs: 50 })
 
 export interface ReceivedMessage {
   readonly eventId: string

@@ -2,7 +2,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Option, Stream } from "effect"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { type ChatRequest, emptyAgentSettings, parseModel, providerUsable } from "../../src/domain/agent.js"
 import { parseModelRef } from "../../src/domain/config.js"
@@ -10,6 +9,7 @@ import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { echoAnswer } from "../../src/layers/LanguageModelLocal.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { makeLanguageModel } from "../../src/layers/LanguageModelLive.js"
+import { tmpDir } from "../support/tmp.js"
 
 const request = (messages: ChatRequest["messages"]): ChatRequest => ({
   model: { provider: "local", model: "echo" },
@@ -53,10 +53,9 @@ describe("local:echo", () => {
 
   it.effect("a config that selects it loads without findings (no key asked for)", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-local-"))
+      const dir = tmpDir("cara-local-")
       fs.writeFileSync(path.join(dir, "carapace.json5"), `{ agents: { defaults: { model: "local:echo" } } }`, { mode: 0o600 })
       const snap = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: dir }).pipe(Effect.provide(StateDirAt(dir)))
-      fs.rmSync(dir, { recursive: true, force: true })
       expect(snap.findings).toEqual([])
     }))
 })

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schema, Stream } from "effect"
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { type AgentProfile, type AgentSettings, emptyAgentSettings } from "../../src/domain/agent.js"
 import { CaraConfig } from "../../src/domain/config.js"
@@ -13,11 +12,9 @@ import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Agent, AgentSettingsTag, type TurnInput } from "../../src/services/Agent.js"
 import { Sessions } from "../../src/services/Sessions.js"
 import { fakeAnthropic, type FakeLlmServer, fakeOpenAI } from "../support/fake-llm.js"
+import { scopedTmpDir } from "../support/tmp.js"
 
-const tempDir = Effect.acquireRelease(
-  Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-agent-"))),
-  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
-)
+const tempDir = scopedTmpDir("cara-agent-")
 
 const profile = (name: string, provider: "anthropic" | "openai", extra: Partial<AgentProfile> = {}): AgentProfile => ({
   name,

@@ -3,7 +3,6 @@
 // room's reply is built from, and the reply itself. The config is loaded by the real ConfigSecrets, so the
 // registry is filled the way the daemon fills it.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger } from "effect"
@@ -13,6 +12,7 @@ import { ConfigSecretsWith } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Agent, type TurnOutcome } from "../../src/services/Agent.js"
 import { fakeAnthropic } from "../support/fake-llm.js"
+import { tmpDir } from "../support/tmp.js"
 
 const API_KEY = "sk-ant-api03-the-configured-key"
 const MATRIX_TOKEN = "syt_bWF0cml4_the_access_token"
@@ -38,7 +38,7 @@ const capturingStderr = <A, E, R>(body: Effect.Effect<A, E, R>) =>
 describe("provider errors that echo secrets", () => {
   it.scopedLive("never reach the log, the turn's error or the room's reply", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-agent-secrets-"))
+      const dir = tmpDir("cara-agent-secrets-")
       const ant = yield* fakeAnthropic
       fs.writeFileSync(
         path.join(dir, "carapace.json5"),

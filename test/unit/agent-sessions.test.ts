@@ -1,17 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { DATABASE_FILE, SessionsLive } from "../../src/layers/SessionsLive.js"
 import { Sessions } from "../../src/services/Sessions.js"
+import { scopedTmpDir } from "../support/tmp.js"
 
-const tempDir = Effect.acquireRelease(
-  Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-sessions-"))),
-  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
-)
+const tempDir = scopedTmpDir("cara-sessions-")
 
 /** Runs `body` with Sessions over `{dir}/carapace.sqlite`, closing the database afterwards. */
 const withSessions = <A, E>(dir: string, body: Effect.Effect<A, E, Sessions>) =>

@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
@@ -7,8 +6,9 @@ import JSON5 from "json5"
 import { open, seal } from "../../src/domain/secrets.js"
 import { checkConfig, newPasswordSource, rekeyConfig, renderCheck } from "../../src/cli/config.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
+import { tmpDir } from "../support/tmp.js"
 
-const tempDir = () => Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-cli-")))
+const tempDir = () => Effect.sync(() => tmpDir("cara-cli-"))
 
 describe("cara config check", () => {
   it.effect("prints every finding with its path, and the JSON form counts them", () =>

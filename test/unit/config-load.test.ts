@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Option, Redacted } from "effect"
@@ -8,8 +7,9 @@ import { seal } from "../../src/domain/secrets.js"
 import { type ConfigEnv, ConfigSecretsWith, loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
+import { tmpDir } from "../support/tmp.js"
 
-const tempDir = () => Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-config-")))
+const tempDir = () => Effect.sync(() => tmpDir("cara-config-"))
 
 /** Writes `text` as `{dir}/carapace.json5` and loads it with `env` (CARAPACE_STATE_DIR = dir). */
 const load = (text: string | undefined, env: ConfigEnv = {}, name = "carapace.json5") =>

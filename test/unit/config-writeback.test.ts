@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
@@ -9,11 +8,12 @@ import { type ConfigEnv, ConfigSecretsWith } from "../../src/layers/ConfigSecret
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { SEED_CONFIG } from "../support/seed-config.js"
+import { tmpDir } from "../support/tmp.js"
 
 
 const setup = (text: string | undefined, env: ConfigEnv) =>
   Effect.gen(function*() {
-    const dir = yield* Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-wb-")))
+    const dir = yield* Effect.sync(() => tmpDir("cara-wb-"))
     const file = path.join(dir, "carapace.json5")
     if (text !== undefined) yield* Effect.promise(() => fs.writeFile(file, text, { mode: 0o644 }))
     const layer = ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir, ...env }, failOnErrors: false }).pipe(

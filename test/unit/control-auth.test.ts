@@ -1,5 +1,4 @@
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { HttpServerRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
@@ -10,11 +9,12 @@ import { type GatewayAuthSettings, makeGatewayGuard, resolveGatewayAuth, secretM
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Metrics } from "../../src/services/Metrics.js"
+import { tmpDir } from "../support/tmp.js"
 
 const TOKEN = "tok-3b9e0f7d1c5a"
 
 const withConfig = (text: string, env: Record<string, string> = {}) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-auth-"))
+  const dir = tmpDir("cara-auth-")
   fs.writeFileSync(path.join(dir, "carapace.json5"), text)
   return resolveGatewayAuth.pipe(
     Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir, ...env } }).pipe(Layer.provide(StateDirAt(dir))))

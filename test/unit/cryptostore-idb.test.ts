@@ -2,17 +2,14 @@
 // durable store: indexes, compound keys, key generators, cursors, clear, range deletes, versionchange
 // upgrades, deleteDatabase; aborted transactions write nothing; a commit is on disk before `complete`.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import { beforeEach, describe, expect, it } from "vitest"
 import { deleteDb, done, openDb, request, withStore } from "../support/cryptostore-child.idb.js"
+import { tmpDir } from "../support/tmp.js"
 
 let root: string
 beforeEach(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-cs-idb-"))
-})
-afterEach(() => {
-  fs.rmSync(root, { recursive: true, force: true })
+  root = tmpDir("cara-cs-idb-")
 })
 
 const DB = "cara::matrix-sdk-crypto"

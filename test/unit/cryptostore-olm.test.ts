@@ -4,24 +4,18 @@
 // session is reused (no one-time-key claim; the bot's one-time key is gone, so only the stored inbound
 // session can decrypt), and the old Megolm message still decrypts.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Option, Redacted } from "effect"
 import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import type { CryptoStoreShape } from "../../src/services/CryptoStore.js"
 import { withStore } from "../support/cryptostore-child.idb.js"
+import { tmpDir } from "../support/tmp.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
 
-let work: string
-beforeAll(() => {
-  work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-cs-olm-"))
-})
-afterAll(() => {
-  fs.rmSync(work, { recursive: true, force: true })
-})
+const work = tmpDir("cara-cs-olm-")
 
 /** What the pretend homeserver remembers between the two runs. */
 interface Server {

@@ -2,22 +2,19 @@
 // encryption at rest, one owner at a time, file modes, and the process-wide IndexedDB router.
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Option, Redacted } from "effect"
-import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import { beforeEach, describe, expect, it } from "vitest"
 import { rewrapCryptoStore } from "../../src/layers/CryptoStoreLive.js"
 import { installIndexedDbRouter } from "../../src/layers/durable-idb/router.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { CryptoStore } from "../../src/services/CryptoStore.js"
 import { done, openDb, openFailure, passphrase, request, storeLayer, withStore } from "../support/cryptostore-child.idb.js"
+import { tmpDir } from "../support/tmp.js"
 
 let root: string
 beforeEach(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-cs-store-"))
-})
-afterEach(() => {
-  fs.rmSync(root, { recursive: true, force: true })
+  root = tmpDir("cara-cs-store-")
 })
 
 const DB = "cara::matrix-sdk-crypto"

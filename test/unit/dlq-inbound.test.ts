@@ -2,9 +2,8 @@
 // and DLQ on disk): a failed session write goes to the DLQ once; replay answers it in the foreground exactly
 // once; a failing replay keeps the record without appending it again.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { decodeLine, dlqKeyFromBytes, recordId } from "../../src/domain/dlq.js"
 import type { InboundEvent } from "../../src/domain/matrix.js"
@@ -20,11 +19,7 @@ import { Metrics } from "../../src/services/Metrics.js"
 import type { OutboundShape } from "../../src/services/Outbound.js"
 import { SessionStoreError } from "../../src/services/Sessions.js"
 import { StateDir } from "../../src/services/StateDir.js"
-
-const roots: Array<string> = []
-afterAll(() => {
-  for (const r of roots) fs.rmSync(r, { recursive: true, force: true })
-})
+import { tmpDir } from "../support/tmp.js"
 
 const KEY = dlqKeyFromBytes(Buffer.alloc(32, 3))
 const BOT = "@bot:example.org"
@@ -78,11 +73,7 @@ const layerAt = (root: string) => {
   return Layer.effect(Dlq, makeDlq({ key: Effect.succeed(Option.some(KEY)) })).pipe(Layer.provideMerge(infra))
 }
 
-const tempRoot = () => {
-  const r = fs.mkdtempSync(path.join(os.tmpdir(), "cara-dlq-inbound-"))
-  roots.push(r)
-  return r
-}
+const tempRoot = () => tmpDir("cara-dlq-inbound-")
 
 const waitUntil = <R>(check: Effect.Effect<boolean, unknown, R>) =>
   Effect.gen(function*() {

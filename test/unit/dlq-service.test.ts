@@ -2,9 +2,8 @@
 // its cap, the record cap with its audit event, the durability error, show/purge, and the rekey store view.
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Option, Redacted, Scope, TestClock } from "effect"
 import { decodeLine, deriveDlqKey, dlqKeyFromBytes, type DlqKey, type DlqRecord, DlqError, encodeLine, recordId } from "../../src/domain/dlq.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
@@ -16,16 +15,9 @@ import { Dlq, type DlqDispatcher } from "../../src/services/Dlq.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import { StateDir } from "../../src/services/StateDir.js"
 import { legacyLine } from "../support/dlq-fixtures.js"
+import { tmpDir } from "../support/tmp.js"
 
-const roots: Array<string> = []
-afterAll(() => {
-  for (const r of roots) fs.rmSync(r, { recursive: true, force: true })
-})
-const tempRoot = () => {
-  const r = fs.mkdtempSync(path.join(os.tmpdir(), "cara-dlq-"))
-  roots.push(r)
-  return r
-}
+const tempRoot = () => tmpDir("cara-dlq-")
 
 const KEY = dlqKeyFromBytes(crypto.createHash("sha256").update("service-test").digest())
 

@@ -2,7 +2,6 @@
 // (decoded by the real loader), endpoints (against the HttpApi definition), WS events, error kinds (against
 // the string literals of src/), doctor checks, environment variables and the systemd unit.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, type SchemaAST } from "effect"
@@ -13,6 +12,7 @@ import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { WS_EVENTS } from "../../src/layers/WebSocketLive.js"
 import { DOCTOR_CHECKS } from "../../src/programs/doctor.js"
 import { codeIn, type Doc, inlineSpans, readDoc, readDocs, tables } from "../support/docs.js"
+import { tmpDir } from "../support/tmp.js"
 
 const docs = readDocs()
 const allSpans = docs.flatMap((d) => inlineSpans(d).map((span) => ({ file: d.file, span })))
@@ -96,7 +96,7 @@ describe("docs: config", () => {
     Effect.gen(function*() {
       expect(json5Blocks.length).toBeGreaterThanOrEqual(2)
       for (const block of json5Blocks) {
-        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-docs-"))
+        const dir = tmpDir("cara-docs-")
         fs.writeFileSync(path.join(dir, "carapace.json5"), block.text, { mode: 0o600 })
         const env = {
           CARAPACE_STATE_DIR: dir,
@@ -112,7 +112,6 @@ describe("docs: config", () => {
         expect(snap.findings.filter((f) => /unknown/i.test(f.message)), where).toEqual([])
         expect(Option.map(defaultAgent(snap.config), (a) => a.model), where).toEqual(Option.some("anthropic:claude-sonnet-4-6"))
         expect(snap.config.matrix?.enabled, where).toBe(true)
-        fs.rmSync(dir, { recursive: true, force: true })
       }
     }))
 })

@@ -8,26 +8,22 @@
 // aborts rolling back over on-demand records, and versionchange upgrades (createIndex over stored
 // records, deleteObjectStore, createObjectStore, a store rename).
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
-import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import { beforeEach, describe, expect, it } from "vitest"
 import { compareKeys, type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { databasesOf, type IdbFactory, type RawObjectStore } from "../../src/layers/durable-idb/internals.js"
 import { LazyRecord } from "../../src/layers/durable-idb/lazyRecords.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
 import { type Db, done, openDb, request } from "../support/cryptostore-child.idb.js"
+import { tmpDir } from "../support/tmp.js"
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
 const DB = "cara::semantics"
 const SECRET = { encrypted: true as const, passphrase: "semantics passphrase" }
 
 let root: string
 beforeEach(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-didb-sem-"))
-})
-afterEach(() => {
-  fs.rmSync(root, { recursive: true, force: true })
+  root = tmpDir("cara-didb-sem-")
 })
 
 interface Opened {

@@ -2,9 +2,8 @@
 // budget under the TestClock (model calls capped, one notice per refusal window, refill), the one notice to a
 // device that is not cross-signed, and the counters in /metrics and `cara status`.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Schema, TestClock } from "effect"
 import { renderStatus } from "../../src/cli/status.js"
 import { Channels, Health } from "../../src/domain/api.js"
@@ -19,11 +18,8 @@ import type { AgentShape } from "../../src/services/Agent.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import type { OutboundShape } from "../../src/services/Outbound.js"
+import { tmpDir } from "../support/tmp.js"
 
-const roots: Array<string> = []
-afterAll(() => {
-  for (const r of roots) fs.rmSync(r, { recursive: true, force: true })
-})
 
 const spec = { room: { burst: 4, perMinute: 2 }, sender: { burst: 2, perMinute: 1 } }
 
@@ -112,8 +108,7 @@ const event = (over: Partial<InboundEvent> = {}): InboundEvent => ({
 
 const setup = (requireCrossSignedSenders = false) =>
   Effect.gen(function*() {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-budget-"))
-    roots.push(root)
+    const root = tmpDir("cara-budget-")
     const state = { agentCalls: 0, sent: [] as Array<{ inReplyTo: string; text: string }> }
     const agent = {
       reply: () => Effect.sync(() => (state.agentCalls++, { _tag: "Reset" as const, text: "an answer" }))

@@ -1,7 +1,6 @@
 // The pure parts of the Matrix runtime: the allowlist, the inbound gates, Markdown → sanitized HTML,
 // splitting, transaction ids, send-error classification, and Outbound's retry over a fake transport.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -19,6 +18,7 @@ import {
   txnIdFor
 } from "../../src/layers/OutboundLive.js"
 import type { RoomFacts } from "../../src/services/Inbound.js"
+import { tmpDir } from "../support/tmp.js"
 
 describe("allowlist", () => {
   const list = { allowUsers: ["@alice:example.org"], allowServerNames: ["example.com"] }
@@ -291,7 +291,7 @@ describe("Outbound over a fake transport", () => {
 
 describe("ledger", () => {
   it("claims idempotently, commits, lists unfinished and held events across reopen; file mode 0600", () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-ledger-"))
+    const dir = tmpDir("cara-ledger-")
     const file = path.join(dir, "ledger.sqlite")
     const a = openLedger(file)
     a.claim("$1", "!r", 1)
@@ -310,6 +310,5 @@ describe("ledger", () => {
     expect(b.utdRemove("$3")).toBe(false)
     b.close()
     expect(fs.statSync(file).mode & 0o777).toBe(0o600)
-    fs.rmSync(dir, { recursive: true, force: true })
   })
 })

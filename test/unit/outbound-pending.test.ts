@@ -4,7 +4,6 @@
 // reachable goes to the DLQ after the cap, one the homeserver refuses at once; rows a restart left without
 // their text are resumed. Also: the ledger's pending rows, the verification broadcast limit, the give-up rule.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { type Duration, Effect, Option, TestClock } from "effect"
@@ -14,6 +13,7 @@ import { openLedger } from "../../src/layers/InboundLive.js"
 import { giveUpMessage, shouldGiveUp, SYNC_GIVE_UP_MS } from "../../src/layers/MatrixSyncLive.js"
 import { type HeldReply, makeOutbound, makeReplyRetry, type MatrixTransport, type ReplyRetryOptions, txnIdFor } from "../../src/layers/OutboundLive.js"
 import type { OutboundReply } from "../../src/services/Outbound.js"
+import { tmpDir } from "../support/tmp.js"
 
 const ROOM = "!joined:x"
 const reply: OutboundReply = { roomId: ROOM, text: "the answer", inReplyTo: "$question:x" }
@@ -197,7 +197,7 @@ describe("pending replies", () => {
 
 describe("the ledger's pending replies", () => {
   it("counts failed attempts per event, keeps the first failure time, survives a reopen, and goes with the commit", () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-pending-"))
+    const dir = tmpDir("cara-pending-")
     const file = path.join(dir, "ledger.sqlite")
     const a = openLedger(file)
     a.claim("$1", "!r", 1)

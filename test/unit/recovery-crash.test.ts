@@ -3,11 +3,10 @@
 // way the product reruns them (the next daemon start: repair + mint; a rerun of `restore`). After every
 // crash the invariants below hold; a fake homeserver stands for secret storage.
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit, Option } from "effect"
 import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { CLEANUP_FILE, KEY_FILE, MINTING_FILE, PENDING_FILE, ROTATING_FILE } from "../../src/domain/recoveryKey.js"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import {
@@ -20,15 +19,10 @@ import {
   runRestoreCleanup,
   runRotateCommand
 } from "../../src/layers/RecoveryKeyLive.js"
-
-const roots: Array<string> = []
-afterAll(() => {
-  for (const r of roots) fs.rmSync(r, { recursive: true, force: true })
-})
+import { tmpDir } from "../support/tmp.js"
 
 const newRoot = () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-recovery-"))
-  roots.push(root)
+  const root = tmpDir("cara-recovery-")
   fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
   return root
 }

@@ -2,7 +2,6 @@
 // the logger, the three audit writers, the CLI's error renderer — and the config load that fills it.
 import { Console } from "node:console"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { beforeEach, describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, HashMap, Logger, LogLevel, Option, Redacted } from "effect"
@@ -23,11 +22,12 @@ import { fileAudit } from "../../src/layers/RecoveryKeyLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { appendAudit } from "../../src/programs/rekeyStore.js"
 import { StateDir } from "../../src/services/StateDir.js"
+import { tmpDir } from "../support/tmp.js"
 
 // A recovery key in the canonical shape (12 groups of base58, the last of three).
 const RECOVERY_KEY = "EsTc 1Fq3 w5Nb 8mUa 2Wxr PdLh 9kYj Ztgv 4CnB 7HsQ M6eR fAp"
 
-const tempDir = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-redact-"))
+const tempDir = () => tmpDir("cara-redact-")
 
 /** Captures what `body` writes to stderr (the logger's and the failure renderer's only output). */
 const captureStderr = async (body: () => Promise<unknown>): Promise<string> => {

@@ -2,7 +2,6 @@
 // publishes a .well-known document (the real Synapse publishes none; test/integration/setup.test.ts).
 import * as fs from "node:fs"
 import * as http from "node:http"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
@@ -10,6 +9,7 @@ import { exportLines, renderSetupConfig, type SetupAnswers } from "../../src/dom
 import { isLoopbackName, parseWellKnown, resolveHomeserverUrl, serverNameOf, wellKnownUrl } from "../../src/domain/wellKnown.js"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
+import { tmpDir } from "../support/tmp.js"
 
 describe("homeserver discovery (pure)", () => {
   it("takes the server name from a user id, https unless loopback", () => {
@@ -85,7 +85,7 @@ describe("the config cara setup writes", () => {
       const text = renderSetupConfig(answers, "2026-01-01T00:00:00.000Z")
       expect(text).toMatch(/^\/\/ /)
       expect(text).toContain('apiKey: "${OPENAI_API_KEY}"')
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-setup-"))
+      const dir = tmpDir("cara-setup-")
       fs.writeFileSync(path.join(dir, "carapace.json5"), text, { mode: 0o600 })
       const snap = yield* loadConfigSnapshot({
         CARAPACE_STATE_DIR: dir,
@@ -94,7 +94,6 @@ describe("the config cara setup writes", () => {
         MATRIX_PASSWORD: "secret-pw",
         OPENAI_API_KEY: "sk-test"
       }).pipe(Effect.provide(StateDirAt(dir)))
-      fs.rmSync(dir, { recursive: true, force: true })
       expect(snap.findings).toEqual([])
       expect(snap.config.matrix?.userId).toBe("@cara:example.org")
       expect(snap.config.agents["default"]?.model).toBe("openai:gpt-4o-mini")

@@ -1,6 +1,5 @@
 import { createServer } from "node:http"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
@@ -21,12 +20,13 @@ import type { StateDir } from "../../src/services/StateDir.js"
 import { MatrixControlUnavailable } from "../../src/services/MatrixControl.js"
 import { Verification } from "../../src/services/Verification.js"
 import { FakeClient, FakeRequest } from "./verification-fakes.js"
+import { tmpDir } from "../support/tmp.js"
 
 const TOKEN = "gw-token-verification-0123456789abcdef"
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-api-"))
+const dir = tmpDir("cara-verif-api-")
 
 const base = Layer.mergeAll(EventBus.Live, MetricsLive, StateDirAt(dir)).pipe(Layer.provideMerge(ChannelStatusWithMatrix))
 // the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix

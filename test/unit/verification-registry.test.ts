@@ -1,6 +1,5 @@
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Exit, Layer, Queue, Scope, TestClock } from "effect"
@@ -16,6 +15,7 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../../src/services/EventBus.js"
 import { Verification, type VerificationShape } from "../../src/services/Verification.js"
 import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
+import { tmpDir } from "../support/tmp.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
@@ -24,7 +24,8 @@ const MALLORY = "@mallory:evil.example"
 /** The service takes branded ids; the tests name them as text (one case passes a deliberately invalid user id). */
 const startOn = (v: VerificationShape, user: string, device?: string) => v.start(user as UserId, device as DeviceId | undefined)
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-verif-"))
+
+const tmp = () => tmpDir("cara-verif-")
 
 // The registry over one EventBus, ChannelStatus and state dir, all visible to the test.
 const world = (dir: string) =>

@@ -25,6 +25,7 @@ import { Sessions } from "../../src/services/Sessions.js"
 import { StateDir } from "../../src/services/StateDir.js"
 import { runCli } from "../support/cli.js"
 import { daemonResolve } from "../support/rekey-fixtures.js"
+import { tmpDir } from "../support/tmp.js"
 
 const PASSWORD = "state-files-test-password"
 const IID = `${"3f".repeat(32)}\n`
@@ -48,7 +49,7 @@ const config = (extra = "") => `{
 let root: string
 let env: Record<string, string>
 beforeEach(() => {
-  root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-state-files-"))
+  root = tmpDir("cara-state-files-")
   fs.chmodSync(root, 0o700)
   fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
   fs.writeFileSync(path.join(root, "carapace.json5"), config(), { mode: 0o600 })
@@ -63,7 +64,6 @@ beforeEach(() => {
   }
 })
 afterEach(() => {
-  fs.rmSync(root, { recursive: true, force: true })
 })
 
 const problems = () =>

@@ -1,7 +1,6 @@
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import * as os from "node:os"
 import * as path from "node:path"
 import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -9,6 +8,7 @@ import { DOCTOR_CHECKS, type DoctorReport, exitCodeOf, renderDoctor, runDoctor }
 import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import { cleanEnv, runCli } from "../support/cli.js"
+import { tmpDir } from "../support/tmp.js"
 
 const TOKEN = "syt_doctor_test_token_value"
 // the recovery key on disk and the homeserver's description of it (the SDK's own key check)
@@ -86,7 +86,7 @@ let hs: FakeHomeserver
 let env: Record<string, string>
 
 beforeEach(async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "cara-doctor-"))
+  dir = tmpDir("cara-doctor-")
   fs.chmodSync(dir, 0o700)
   hs = await fakeHomeserver()
   env = {
@@ -103,7 +103,6 @@ beforeEach(async () => {
 
 afterEach(async () => {
   await hs.close()
-  fs.rmSync(dir, { recursive: true, force: true })
 })
 
 describe("cara doctor", () => {

@@ -5,8 +5,9 @@ import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Option } from "effect"
 import { makeStateDir, resolveStateDirPath } from "../../src/layers/StateDirLive.js"
+import { tmpDir } from "../support/tmp.js"
 
-const tempRoot = () => fs.mkdtempSync(path.join(os.tmpdir(), "cara-statedir-"))
+const tempRoot = () => tmpDir("cara-statedir-")
 const mode = (p: string) => fs.statSync(p).mode & 0o777
 
 describe("StateDir", () => {
