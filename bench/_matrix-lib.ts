@@ -193,16 +193,31 @@ export const idbWriteTracer = path.resolve(path.dirname(fileURLToPath(import.met
  * divided by `per` (minutes, replies), as one note line.
  */
 export const storeWrites = (output: string, from: number, to: number, per: number, unit: string): string => {
-  const totals = new Map<string, { n: number; bytes: number }>()
-  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
+  const totals = new Map<string, { n: number; bytes: number; same: number }>()
+  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)(?: same=(\d))?/g)) {
     const at = Number(m[1])
     if (at < from || at > to) continue
     const key = `${m[3]}/${m[4]} ${m[2]}`
-    const t = totals.get(key) ?? { n: 0, bytes: 0 }
-    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
+    const t = totals.get(key) ?? { n: 0, bytes: 0, same: 0 }
+    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])), same: t.same + Number(m[6] ?? 0) })
   }
-  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
-    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}`).join("; ") || "none"
+  const writes = [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
+    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}, ${t.same} of ${t.n} identical to the last put`)
+    .join("; ") || "none"
+  // The durable store's own view (rows written, puts skipped as unchanged), when the tracer could hook it
+  const sqlite = { transactions: 0, committed: 0, rows: 0, unchanged: 0 }
+  for (const m of output.matchAll(/\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)/g)) {
+    const at = Number(m[1])
+    if (at < from || at > to) continue
+    sqlite.transactions++
+    sqlite.committed += Number(m[3])
+    sqlite.rows += Number(m[4])
+    sqlite.unchanged += Number(m[5])
+  }
+  const commits = sqlite.transactions === 0 ? "" :
+    `; sqlite: ${round(sqlite.transactions / per, 2)} IndexedDB transactions/${unit}, ${round(sqlite.committed / per, 2)} SQLite commits/${unit}, ` +
+    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${round(sqlite.unchanged / per, 2)} unchanged puts skipped/${unit}`
+  return writes + commits
 }
 
 // ------------------------------------------------------------------------------------------------ CPU profile
