@@ -55,13 +55,20 @@ if (fs.existsSync(sqliteFileJs)) {
   const { SqliteFile } = await import(sqliteFileJs.href)
   const commit = SqliteFile.prototype.commit
   if (typeof commit === "function") {
+    // gapUs: time since the previous commit (of any file) ended; a commit that follows another within the
+    // same event-loop turn shows a gap of a few µs, one that waited for I/O (a /sync) shows milliseconds.
+    let lastEnd
     SqliteFile.prototype.commit = function(changes) {
       const before = this.stats === undefined ? undefined : { ...this.stats }
+      const start = process.hrtime.bigint()
       const result = commit.call(this, changes)
+      const end = process.hrtime.bigint()
+      const gap = lastEnd === undefined ? -1 : Number((start - lastEnd) / 1000n)
+      lastEnd = end
       if (before !== undefined) {
         const s = this.stats
         process.stderr.write(
-          `[idb-commit] ${Date.now()} role=${this.role} committed=${s.commits - before.commits} rows=${s.rowsWritten - before.rowsWritten} unchanged=${s.unchangedPuts - before.unchangedPuts}\n`
+          `[idb-commit] ${Date.now()} role=${this.role} committed=${s.commits - before.commits} rows=${s.rowsWritten - before.rowsWritten} unchanged=${s.unchangedPuts - before.unchangedPuts} gapUs=${gap}\n`
         )
       }
       return result

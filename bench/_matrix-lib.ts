@@ -205,18 +205,21 @@ export const storeWrites = (output: string, from: number, to: number, per: numbe
     .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}, ${t.same} of ${t.n} identical to the last put`)
     .join("; ") || "none"
   // The durable store's own view (rows written, puts skipped as unchanged), when the tracer could hook it
-  const sqlite = { transactions: 0, committed: 0, rows: 0, unchanged: 0 }
-  for (const m of output.matchAll(/\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)/g)) {
+  const sqlite = { transactions: 0, committed: 0, rows: 0, unchanged: 0, withinMs: 0 }
+  for (const m of output.matchAll(/\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)(?: gapUs=(-?\d+))?/g)) {
     const at = Number(m[1])
     if (at < from || at > to) continue
     sqlite.transactions++
     sqlite.committed += Number(m[3])
     sqlite.rows += Number(m[4])
     sqlite.unchanged += Number(m[5])
+    const gap = Number(m[6] ?? -1)
+    if (gap >= 0 && gap < 1000) sqlite.withinMs++
   }
   const commits = sqlite.transactions === 0 ? "" :
     `; sqlite: ${round(sqlite.transactions / per, 2)} IndexedDB transactions/${unit}, ${round(sqlite.committed / per, 2)} SQLite commits/${unit}, ` +
-    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${round(sqlite.unchanged / per, 2)} unchanged puts skipped/${unit}`
+    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${round(sqlite.unchanged / per, 2)} unchanged puts skipped/${unit}, ` +
+    `${sqlite.withinMs} of ${sqlite.transactions} began < 1 ms after the previous one ended`
   return writes + commits
 }
 
