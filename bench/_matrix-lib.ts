@@ -253,7 +253,7 @@ const ownerOf = (url: string, name: string): string => {
  */
 export const summariseProfile = (
   file: string,
-  options: { readonly top?: number; readonly fromMs?: number } = {}
+  options: { readonly top?: number; readonly fromMs?: number; readonly toMs?: number } = {}
 ): { functions: string; owners: string; totalMs: number } => {
   const top = options.top ?? 12
   const prof = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile
@@ -261,11 +261,13 @@ export const summariseProfile = (
   const selfUs = new Map<number, number>()
   // fromMs: only samples taken that long after the profile started (skips start-up when measuring replies)
   const fromUs = (options.fromMs ?? 0) * 1000
+  // toMs: and only samples taken before that (skips the shutdown when measuring an idle window)
+  const toUs = options.toMs === undefined ? Infinity : options.toMs * 1000
   let elapsedUs = 0
   prof.samples.forEach((id, i) => {
     const d = prof.timeDeltas[i] ?? 0
     elapsedUs += d
-    if (elapsedUs >= fromUs) selfUs.set(id, (selfUs.get(id) ?? 0) + d)
+    if (elapsedUs >= fromUs && elapsedUs < toUs) selfUs.set(id, (selfUs.get(id) ?? 0) + d)
   })
   const fnTotals = new Map<string, number>()
   const ownerTotals = new Map<string, number>()

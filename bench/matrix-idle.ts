@@ -43,6 +43,7 @@ const main = async () => {
     const idleFromMs = performance.now() - spawnedAt
     await sleep(SECONDS * 1000)
     const b = sample(pid)
+    const idleToMs = performance.now() - spawnedAt
     const minutes = (b.at - a.at) / 60_000
     const stateBytes = dirSize(bot.dir) // before a profiled daemon stops and writes its profile there
     const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes, "min") } : {}
@@ -52,9 +53,10 @@ const main = async () => {
       const file = newestProfile(profDir)
       if (file === undefined) profile = { note: `no profile written (daemon exit ${JSON.stringify(exit)})` }
       else {
-        const p = summariseProfile(file, { fromMs: idleFromMs })
+        const p = summariseProfile(file, { fromMs: idleFromMs, toMs: idleToMs })
         profile = {
-          note: `self time of the daemon during the idle window (${SECONDS} s), ${p.totalMs} ms busy; shares are of the busy time`,
+          note: `self time of the daemon during the idle window (${SECONDS} s, without start-up and shutdown), ${p.totalMs} ms busy; ` +
+            "shares are of the busy time; the profiler's own sampling inflates cpuPercent in this run",
           topFunctions: p.functions,
           topPackages: p.owners
         }
