@@ -253,16 +253,22 @@ const ownerOf = (url: string, name: string): string => {
  */
 export const summariseProfile = (
   file: string,
-  options: { readonly top?: number; readonly fromMs?: number; readonly toMs?: number } = {}
+  options: { readonly top?: number; readonly fromMs?: number; readonly beforeEndMs?: number; readonly lengthMs?: number } = {}
 ): { functions: string; owners: string; totalMs: number } => {
   const top = options.top ?? 12
   const prof = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile
   const byId = new Map(prof.nodes.map((n) => [n.id, n]))
   const selfUs = new Map<number, number>()
   // fromMs: only samples taken that long after the profile started (skips start-up when measuring replies)
-  const fromUs = (options.fromMs ?? 0) * 1000
-  // toMs: and only samples taken before that (skips the shutdown when measuring an idle window)
-  const toUs = options.toMs === undefined ? Infinity : options.toMs * 1000
+  let fromUs = (options.fromMs ?? 0) * 1000
+  // beforeEndMs + lengthMs: only the lengthMs that ended beforeEndMs before the profile did (an idle window
+  // without the shutdown after it, counted from the profile's own end, which needs no clock shared with the bench)
+  let toUs = Infinity
+  if (options.beforeEndMs !== undefined && options.lengthMs !== undefined) {
+    const totalUs = prof.timeDeltas.reduce((a, b) => a + b, 0)
+    toUs = totalUs - options.beforeEndMs * 1000
+    fromUs = toUs - options.lengthMs * 1000
+  }
   let elapsedUs = 0
   prof.samples.forEach((id, i) => {
     const d = prof.timeDeltas[i] ?? 0

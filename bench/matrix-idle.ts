@@ -26,7 +26,6 @@ const main = async () => {
     const profDir = path.join(bot.dir, "cpu-profile")
     if (PROFILE) fs.mkdirSync(profDir, { recursive: true })
     const nodeOptions = [TRACE ? `--import=${idbWriteTracer}` : "", PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : ""].join(" ").trim()
-    const spawnedAt = performance.now()
     await bot.start(nodeOptions === "" ? {} : { NODE_OPTIONS: nodeOptions })
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
@@ -40,20 +39,21 @@ const main = async () => {
     const pid = pidOf(bot)
     const a = sample(pid)
     const fromWall = Date.now()
-    const idleFromMs = performance.now() - spawnedAt
+    const idleStart = performance.now()
     await sleep(SECONDS * 1000)
     const b = sample(pid)
-    const idleToMs = performance.now() - spawnedAt
+    const idleEnd = performance.now()
     const minutes = (b.at - a.at) / 60_000
     const stateBytes = dirSize(bot.dir) // before a profiled daemon stops and writes its profile there
     const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes, "min") } : {}
     let profile: Record<string, string | number> = {}
     if (PROFILE) {
       const exit = await bot.stop("SIGTERM")
+      const stopMs = performance.now() - idleEnd
       const file = newestProfile(profDir)
       if (file === undefined) profile = { note: `no profile written (daemon exit ${JSON.stringify(exit)})` }
       else {
-        const p = summariseProfile(file, { fromMs: idleFromMs, toMs: idleToMs })
+        const p = summariseProfile(file, { beforeEndMs: stopMs, lengthMs: idleEnd - idleStart })
         profile = {
           note: `self time of the daemon during the idle window (${SECONDS} s, without start-up and shutdown), ${p.totalMs} ms busy; ` +
             "shares are of the busy time; the profiler's own sampling inflates cpuPercent in this run",
