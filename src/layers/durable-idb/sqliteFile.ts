@@ -461,8 +461,9 @@ export class SqliteFile {
   }
 
   /**
-   * Applies the changes of one or more IndexedDB transactions in ONE SQLite transaction. Throws on I/O
-   * failure (nothing applied). Puts that change nothing are skipped; when no row changes, nothing is written.
+   * Applies the given changes (the persister passes one IndexedDB transaction's) in ONE SQLite transaction.
+   * Throws on I/O failure (nothing applied). Puts that change nothing are skipped; when no row changes,
+   * nothing is written.
    */
   commit(changes: ReadonlyArray<DatabaseChange>): void {
     this.inTransaction(() => {
