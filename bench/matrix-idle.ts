@@ -5,7 +5,8 @@
 // BENCH_IDLE_TRACE_STORES=1 preloads bench/_idb-write-trace.mjs into the daemon and adds, per IndexedDB
 // database/object store, the write requests made during the idle window (count and serialized bytes per
 // minute): what the daemon re-saves while nothing happens. BENCH_IDLE_PROFILE=1 runs the daemon under
-// `--cpu-prof` and adds a summary of its self time during the idle window (what the idle CPU is spent on).
+// `--cpu-prof` and adds a summary of its self time during the idle window (what the idle CPU is spent on);
+// BENCH_IDLE_TRACE_GC=1 runs it with `--trace-gc` and adds the collections V8 made during the idle window.
 // Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -18,6 +19,24 @@ const SECONDS = envNumber("BENCH_IDLE_SECONDS", 300)
 const SETTLE = envNumber("BENCH_IDLE_SETTLE_SECONDS", 15)
 const TRACE = envNumber("BENCH_IDLE_TRACE_STORES", 0) > 0
 const PROFILE = envNumber("BENCH_IDLE_PROFILE", 0) > 0
+const TRACE_GC = envNumber("BENCH_IDLE_TRACE_GC", 0) > 0
+
+/** `--trace-gc` lines of one window, by kind: count, pause ms, and the reasons V8 gave. */
+const gcSummary = (text: string): string => {
+  const kinds = new Map<string, { n: number; ms: number; reasons: Map<string, number> }>()
+  const line = /ms: (Scavenge|Mark-Compact|Minor Mark-Sweep|Mark-Sweep)\b.*?, ([\d.]+) \/ [\d.]+ ms\s+\(average mu[^)]*\)\s*([^;\n]*)/g
+  for (const m of text.matchAll(line)) {
+    const k = kinds.get(m[1]!) ?? { n: 0, ms: 0, reasons: new Map<string, number>() }
+    k.n++
+    k.ms += Number(m[2])
+    const reason = (m[3] ?? "").replace(/^[,\s]+/, "").trim() || "(none given)"
+    k.reasons.set(reason, (k.reasons.get(reason) ?? 0) + 1)
+    kinds.set(m[1]!, k)
+  }
+  return [...kinds].map(([kind, k]) =>
+    `${kind} ${k.n}× ${round(k.ms, 1)} ms (${[...k.reasons].map(([r, n]) => `${n}× ${r}`).join(", ")})`
+  ).join("; ") || "none"
+}
 const main = async () => {
   const w = await world()
   try {
@@ -25,7 +44,11 @@ const main = async () => {
     const bot = await w.bot({ allowUsers: [alice.userId] })
     const profDir = path.join(bot.dir, "cpu-profile")
     if (PROFILE) fs.mkdirSync(profDir, { recursive: true })
-    const nodeOptions = [TRACE ? `--import=${idbWriteTracer}` : "", PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : ""].join(" ").trim()
+    const nodeOptions = [
+      TRACE ? `--import=${idbWriteTracer}` : "",
+      PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : "",
+      TRACE_GC ? "--trace-gc" : ""
+    ].join(" ").trim()
     await bot.start(nodeOptions === "" ? {} : { NODE_OPTIONS: nodeOptions })
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
@@ -40,9 +63,11 @@ const main = async () => {
     const a = sample(pid)
     const fromWall = Date.now()
     const idleStart = performance.now()
+    const outputFrom = bot.output().length
     await sleep(SECONDS * 1000)
     const b = sample(pid)
     const idleEnd = performance.now()
+    const gc = TRACE_GC ? { gcIdle: gcSummary(bot.output().slice(outputFrom)) } : {}
     const minutes = (b.at - a.at) / 60_000
     const stateBytes = dirSize(bot.dir) // before a profiled daemon stops and writes its profile there
     const traced = TRACE ? { idbWritesIdle: storeWrites(bot.output(), fromWall, Date.now(), minutes, "min") } : {}
@@ -73,6 +98,7 @@ const main = async () => {
       rssMB: b.rssMB,
       stateDirBytes: stateBytes,
       ...traced,
+      ...gc,
       ...(PROFILE ? { profile } : {}),
       note: "CPU % of one core; /proc counts CPU in 10 ms ticks, so short runs are coarse"
     })
