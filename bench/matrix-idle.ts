@@ -10,6 +10,7 @@
 // Run: `npm run bench -- matrix-idle` or `node_modules/.bin/vite-node bench/matrix-idle.ts`.
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { DEFAULT_DAEMON_FLAGS } from "../src/domain/v8flags.js"
 import {
   dirSize, emit, envNumber, idbWriteTracer, log, newestProfile, pidOf, replyTo, round, sample, sleep, storeWrites, summariseProfile, world
 } from "./_matrix-lib.js"
@@ -44,12 +45,10 @@ const main = async () => {
     const bot = await w.bot({ allowUsers: [alice.userId] })
     const profDir = path.join(bot.dir, "cpu-profile")
     if (PROFILE) fs.mkdirSync(profDir, { recursive: true })
-    const nodeOptions = [
-      TRACE ? `--import=${idbWriteTracer}` : "",
-      PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : "",
-      TRACE_GC ? "--trace-gc" : ""
-    ].join(" ").trim()
-    await bot.start(nodeOptions === "" ? {} : { NODE_OPTIONS: nodeOptions })
+    const nodeOptions = [TRACE ? `--import=${idbWriteTracer}` : "", PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : ""].join(" ").trim()
+    // --trace-gc is refused in NODE_OPTIONS: it goes with the daemon's own V8 flags (its re-exec applies them)
+    const gcFlags = TRACE_GC ? { CARA_NODE_FLAGS: `${process.env["CARA_NODE_FLAGS"] ?? DEFAULT_DAEMON_FLAGS.join(" ")} --trace-gc` } : {}
+    await bot.start({ ...(nodeOptions === "" ? {} : { NODE_OPTIONS: nodeOptions }), ...gcFlags })
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
     for (const r of rooms) {
