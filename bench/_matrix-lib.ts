@@ -193,16 +193,34 @@ export const idbWriteTracer = path.resolve(path.dirname(fileURLToPath(import.met
  * divided by `per` (minutes, replies), as one note line.
  */
 export const storeWrites = (output: string, from: number, to: number, per: number, unit: string): string => {
-  const totals = new Map<string, { n: number; bytes: number }>()
-  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)/g)) {
+  const totals = new Map<string, { n: number; bytes: number; same: number }>()
+  for (const m of output.matchAll(/\[idb-write\] (\d+) (\w+) db=(\S+) store=(\S+) bytes=(-?\d+)(?: same=(\d))?/g)) {
     const at = Number(m[1])
     if (at < from || at > to) continue
     const key = `${m[3]}/${m[4]} ${m[2]}`
-    const t = totals.get(key) ?? { n: 0, bytes: 0 }
-    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])) })
+    const t = totals.get(key) ?? { n: 0, bytes: 0, same: 0 }
+    totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])), same: t.same + Number(m[6] ?? 0) })
   }
-  return [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
-    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}`).join("; ") || "none"
+  const writes = [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
+    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}, ${t.same} of ${t.n} identical to the last put`)
+    .join("; ") || "none"
+  // The durable store's own view (rows written, puts skipped as unchanged), when the tracer could hook it
+  const sqlite = { transactions: 0, committed: 0, rows: 0, unchanged: 0, withinMs: 0 }
+  for (const m of output.matchAll(/\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)(?: gapUs=(-?\d+))?/g)) {
+    const at = Number(m[1])
+    if (at < from || at > to) continue
+    sqlite.transactions++
+    sqlite.committed += Number(m[3])
+    sqlite.rows += Number(m[4])
+    sqlite.unchanged += Number(m[5])
+    const gap = Number(m[6] ?? -1)
+    if (gap >= 0 && gap < 1000) sqlite.withinMs++
+  }
+  const commits = sqlite.transactions === 0 ? "" :
+    `; sqlite: ${round(sqlite.transactions / per, 2)} IndexedDB transactions/${unit}, ${round(sqlite.committed / per, 2)} SQLite commits/${unit}, ` +
+    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${round(sqlite.unchanged / per, 2)} unchanged puts skipped/${unit}, ` +
+    `${sqlite.withinMs} of ${sqlite.transactions} began < 1 ms after the previous one ended`
+  return writes + commits
 }
 
 // ------------------------------------------------------------------------------------------------ CPU profile
@@ -235,19 +253,27 @@ const ownerOf = (url: string, name: string): string => {
  */
 export const summariseProfile = (
   file: string,
-  options: { readonly top?: number; readonly fromMs?: number } = {}
+  options: { readonly top?: number; readonly fromMs?: number; readonly beforeEndMs?: number; readonly lengthMs?: number } = {}
 ): { functions: string; owners: string; totalMs: number } => {
   const top = options.top ?? 12
   const prof = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile
   const byId = new Map(prof.nodes.map((n) => [n.id, n]))
   const selfUs = new Map<number, number>()
   // fromMs: only samples taken that long after the profile started (skips start-up when measuring replies)
-  const fromUs = (options.fromMs ?? 0) * 1000
+  let fromUs = (options.fromMs ?? 0) * 1000
+  // beforeEndMs + lengthMs: only the lengthMs that ended beforeEndMs before the profile did (an idle window
+  // without the shutdown after it, counted from the profile's own end, which needs no clock shared with the bench)
+  let toUs = Infinity
+  if (options.beforeEndMs !== undefined && options.lengthMs !== undefined) {
+    const totalUs = prof.timeDeltas.reduce((a, b) => a + b, 0)
+    toUs = totalUs - options.beforeEndMs * 1000
+    fromUs = toUs - options.lengthMs * 1000
+  }
   let elapsedUs = 0
   prof.samples.forEach((id, i) => {
     const d = prof.timeDeltas[i] ?? 0
     elapsedUs += d
-    if (elapsedUs >= fromUs) selfUs.set(id, (selfUs.get(id) ?? 0) + d)
+    if (elapsedUs >= fromUs && elapsedUs < toUs) selfUs.set(id, (selfUs.get(id) ?? 0) + d)
   })
   const fnTotals = new Map<string, number>()
   const ownerTotals = new Map<string, number>()

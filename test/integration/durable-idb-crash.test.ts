@@ -10,7 +10,7 @@ import { bundleChild } from "../support/bundleChild.js"
 import { openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
 import { done, openDb, request } from "../support/cryptostore-child.idb.js"
-import { CRASH_DB, CRASH_RECORDS, CRASH_SECRET, crashRecord, crashSchema } from "../support/durable-idb-crash-child.js"
+import { CRASH_DB, CRASH_RECORDS, CRASH_SECRET, crashConstant, crashRecord, crashSchema } from "../support/durable-idb-crash-child.js"
 
 let work: string
 let childJs: string
@@ -60,6 +60,7 @@ const inspect = async (file: string) => {
     const db = await openDb(idb.factory, CRASH_DB, 1, crashSchema)
     const tx = db.transaction(["recs", "meta"])
     const gen = (await request(tx.objectStore("meta").get("gen"))) as number
+    const constant = await request(tx.objectStore("meta").get("constant"))
     const all = await request<Array<{ id: number; gen: number; payload: Uint8Array }>>(tx.objectStore("recs").getAll())
     const byGen = await request<number>(tx.objectStore("recs").index("by_gen").count(gen))
     const indexed = await request<number>(tx.objectStore("recs").index("by_gen").count())
@@ -68,6 +69,8 @@ const inspect = async (file: string) => {
     idb.detach()
     const expected = Array.from({ length: CRASH_RECORDS + (gen % 2 === 0 ? 1 : 0) }, (_, id) => crashRecord(id, gen))
     expect(all).toEqual(expected)
+    // re-put unchanged by every generation (skipped by the store after the first): always there, always whole
+    expect(constant).toEqual(crashConstant())
     expect(byGen).toBe(expected.length)
     expect(indexed).toBe(expected.length)
     return gen

@@ -12,6 +12,9 @@ export const CRASH_SECRET = { encrypted: true as const, passphrase: "crash child
 /** The record `id` as written by generation `gen`: the payload says which generation wrote it. */
 export const crashRecord = (id: number, gen: number) => ({ id, gen, payload: new Uint8Array(1500).fill(gen % 251) })
 
+/** Put again by every transaction, always equal: after the first, a put the store skips as unchanged. */
+export const crashConstant = () => ({ fixed: true, payload: new Uint8Array(3000).fill(7) })
+
 export const crashSchema = (db: { createObjectStore(name: string, o?: object): { createIndex(n: string, k: string): void } }) => {
   db.createObjectStore("recs", { keyPath: "id" }).createIndex("by_gen", "gen")
   db.createObjectStore("meta")
@@ -41,6 +44,7 @@ const run = async (file: string) => {
     if (next % 2 === 1) recs.delete(CRASH_RECORDS)
     else recs.put(crashRecord(CRASH_RECORDS, next))
     tx.objectStore("meta").put(next, "gen")
+    tx.objectStore("meta").put(crashConstant(), "constant")
     await done(tx)
     gen = next
     process.stdout.write(`ack ${gen}\n`)

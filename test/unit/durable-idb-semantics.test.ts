@@ -9,6 +9,7 @@
 // records, deleteObjectStore, createObjectStore, a store rename).
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { DatabaseSync } from "node:sqlite"
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
 import { beforeEach, describe, expect, it } from "vitest"
 import { compareKeys, type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
@@ -319,5 +320,122 @@ describe("durable IndexedDB with values on demand", () => {
     } finally {
       opened.close()
     }
+  })
+})
+
+describe("durable IndexedDB writes only what changed", () => {
+  const KV = (db: Db) => {
+    db.createObjectStore("kv")
+    db.createObjectStore("other")
+  }
+  const walBytes = (file: string) => (fs.existsSync(`${file}-wal`) ? fs.statSync(`${file}-wal`).size : 0)
+  const value = (i: number, gen = 0) => ({ i, gen, blob: new Uint8Array(2048).fill(i % 256), at: new Date(i) })
+
+  const openFile = async (file: string) => {
+    const f = await SqliteFile.open(file, "crypto", SECRET)
+    const idb = await openDurableIdb([f], () => f, { cacheEntries: 0 })
+    const db = await openDb(idb.factory, DB, 1, KV)
+    const put = async (entries: ReadonlyArray<readonly [string, number, number]>) => {
+      const tx = db.transaction(["kv", "other"], "readwrite")
+      for (const [store, i, gen] of entries) tx.objectStore(store).put(value(i, gen), i)
+      await done(tx)
+    }
+    const get = (store: string, i: number) => request<ReturnType<typeof value>>(db.transaction(store).objectStore(store).get(i))
+    return { f, idb, db, put, get, close: () => { db.close(); idb.detach(); f.close() } }
+  }
+
+  it("an unchanged put writes nothing; a changed put among unchanged ones is written and durable", async () => {
+    const file = path.join(root, "crypto.sqlite3")
+    const s = await openFile(file)
+    try {
+      await s.put([["kv", 1, 0], ["kv", 2, 0], ["other", 3, 0]])
+      expect(s.f.stats).toMatchObject({ rowsWritten: 3, unchangedPuts: 0 })
+      const commits = s.f.stats.commits
+      s.f.checkpoint()
+      expect(walBytes(file)).toBe(0)
+
+      // The same keys and values again (new objects, equal contents; each seal would have a fresh nonce).
+      await s.put([["kv", 1, 0], ["kv", 2, 0], ["other", 3, 0]])
+      expect(s.f.stats).toMatchObject({ commits, rowsWritten: 3, unchangedPuts: 3 })
+      expect(walBytes(file)).toBe(0)
+      expect(s.idb.stats.failedCommits).toBe(0)
+
+      // One changed value among unchanged ones: one commit, one row.
+      await s.put([["kv", 1, 0], ["kv", 2, 1], ["other", 3, 0]])
+      expect(s.f.stats).toMatchObject({ commits: commits + 1, rowsWritten: 4, unchangedPuts: 5 })
+      expect(walBytes(file)).toBeGreaterThan(0)
+      expect((await s.get("kv", 2)).gen).toBe(1)
+    } finally {
+      s.close()
+    }
+    const again = await openFile(file)
+    try {
+      expect((await again.get("kv", 1)).gen).toBe(0)
+      expect((await again.get("kv", 2)).gen).toBe(1)
+      expect((await again.get("kv", 2)).blob[0]).toBe(2)
+      expect((await again.get("other", 3)).i).toBe(3)
+    } finally {
+      again.close()
+    }
+  })
+
+  it("writes an equal value again after a delete or a clear (the row is gone, so it is not unchanged)", async () => {
+    const file = path.join(root, "crypto.sqlite3")
+    const s = await openFile(file)
+    try {
+      await s.put([["kv", 1, 0], ["kv", 2, 0]])
+      const del = s.db.transaction("kv", "readwrite")
+      del.objectStore("kv").delete(1)
+      await done(del)
+      await s.put([["kv", 1, 0]])
+      // clear and re-put the same values in one transaction: the clear deletes the rows first
+      const tx = s.db.transaction("kv", "readwrite")
+      tx.objectStore("kv").clear()
+      tx.objectStore("kv").put(value(1), 1)
+      tx.objectStore("kv").put(value(2), 2)
+      await done(tx)
+      expect(s.f.stats.unchangedPuts).toBe(0)
+      expect(s.f.stats.rowsWritten).toBe(5)
+    } finally {
+      s.close()
+    }
+    const again = await openFile(file)
+    try {
+      expect((await again.get("kv", 1)).i).toBe(1)
+      expect((await again.get("kv", 2)).i).toBe(2)
+    } finally {
+      again.close()
+    }
+  })
+
+  it("commits one IndexedDB transaction over several stores as one SQLite transaction, updating rows in place", async () => {
+    const file = path.join(root, "crypto.sqlite3")
+    const s = await openFile(file)
+    const rids = () => {
+      const probe = new DatabaseSync(file, { readOnly: true })
+      try {
+        return (probe.prepare("SELECT rid FROM records ORDER BY rid").all() as Array<{ rid: number }>).map((r) => r.rid)
+      } finally {
+        probe.close()
+      }
+    }
+    try {
+      await s.put([["kv", 1, 0], ["kv", 2, 0], ["other", 3, 0], ["other", 4, 0]])
+      const commits = s.f.stats.commits
+      await s.put([["kv", 1, 1], ["kv", 2, 1], ["other", 3, 1], ["other", 4, 1]])
+      expect(s.f.stats.commits).toBe(commits + 1)
+    } finally {
+      s.close()
+    }
+    const before = rids()
+    const again = await openFile(file)
+    try {
+      await again.put([["kv", 1, 2], ["other", 4, 2]])
+    } finally {
+      again.close()
+    }
+    // an upsert: the rows keep their rowids (INSERT OR REPLACE would delete and re-insert them, rewriting the indexes)
+    expect(rids()).toEqual(before)
+    expect(before).toHaveLength(4)
   })
 })
