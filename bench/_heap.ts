@@ -27,7 +27,13 @@ export const connectInspector = async (output: string): Promise<Inspector> => {
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>()
   let onChunk: ((chunk: string) => void) | undefined
   ws.addEventListener("message", (ev) => {
-    const msg = JSON.parse(String(ev.data)) as { id?: number; method?: string; params?: { chunk?: string }; result?: unknown; error?: { message: string } }
+    const msg = JSON.parse(String(ev.data)) as {
+      id?: number
+      method?: string
+      params?: { chunk?: string }
+      result?: unknown
+      error?: { message: string }
+    }
     if (msg.method === "HeapProfiler.addHeapSnapshotChunk") onChunk?.(msg.params?.chunk ?? "")
     if (msg.id === undefined) return
     const p = pending.get(msg.id)
@@ -43,7 +49,9 @@ export const connectInspector = async (output: string): Promise<Inspector> => {
     })
   return {
     evaluate: async (expression) => {
-      const r = (await call("Runtime.evaluate", { expression, returnByValue: true })) as { result?: { value?: unknown } }
+      const r = (await call("Runtime.evaluate", { expression, returnByValue: true })) as {
+        result?: { value?: unknown }
+      }
       return r.result?.value
     },
     collectGarbage: async () => {
@@ -129,7 +137,9 @@ export const summariseHeap = (file: string, n = 12) => {
     return t === "element" || t === "hidden" ? String(E[k + 1]) : S[E[k + 1]!]!
   }
   const child = (i: number, name: string): number | undefined => {
-    for (let k = firstEdge[i / NF]!, end = k + N[i + EC]! * EF; k < end; k += EF) if (edgeName(k) === name) return E[k + 2]
+    for (let k = firstEdge[i / NF]!, end = k + N[i + EC]! * EF; k < end; k += EF) {
+      if (edgeName(k) === name) return E[k + 2]
+    }
     return undefined
   }
 
@@ -144,7 +154,9 @@ export const summariseHeap = (file: string, n = 12) => {
     const name = S[N[i + NAME]!]!
     const size = N[i + SIZE]!
     total += size
-    const key = type === "object" || type === "closure" ? `${name}${type === "closure" ? "()" : ""}` : `(${type === "hidden" || type === "code" ? name.replace(/ \(.*\)$/, "") : type})`
+    const key = type === "object" || type === "closure"
+      ? `${name}${type === "closure" ? "()" : ""}`
+      : `(${type === "hidden" || type === "code" ? name.replace(/ \(.*\)$/, "") : type})`
     add(byConstructor, key, size)
     add(counts, key, 1)
     if (type === "code") {

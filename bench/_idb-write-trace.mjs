@@ -4,9 +4,9 @@
 // can say WHICH stores the daemon writes while idle. Values are never printed, only their size. The
 // daemon's fake-indexeddb resolves to the same module file as this import, so patching its prototype
 // reaches the daemon's own object stores.
+import { IDBObjectStore } from "fake-indexeddb"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import { IDBObjectStore } from "fake-indexeddb"
 import { serialize } from "node:v8"
 
 const sizeOf = (value) => {
@@ -37,7 +37,11 @@ const sameAsLast = (db, store, value, key) => {
 const trace = (op, store, value, key) => {
   const db = store.transaction?.db?.name ?? "?"
   const same = op === "put" ? ` same=${sameAsLast(db, store.name, value, key)}` : ""
-  process.stderr.write(`[idb-write] ${Date.now()} ${op} db=${db} store=${store.name} bytes=${value === undefined ? 0 : sizeOf(value)}${same}\n`)
+  process.stderr.write(
+    `[idb-write] ${Date.now()} ${op} db=${db} store=${store.name} bytes=${
+      value === undefined ? 0 : sizeOf(value)
+    }${same}\n`
+  )
 }
 
 for (const op of ["put", "add", "delete", "clear"]) {
@@ -68,7 +72,9 @@ if (fs.existsSync(sqliteFileJs)) {
       if (before !== undefined) {
         const s = this.stats
         process.stderr.write(
-          `[idb-commit] ${Date.now()} role=${this.role} committed=${s.commits - before.commits} rows=${s.rowsWritten - before.rowsWritten} unchanged=${s.unchangedPuts - before.unchangedPuts} gapUs=${gap}\n`
+          `[idb-commit] ${Date.now()} role=${this.role} committed=${s.commits - before.commits} rows=${
+            s.rowsWritten - before.rowsWritten
+          } unchanged=${s.unchangedPuts - before.unchangedPuts} gapUs=${gap}\n`
         )
       }
       return result

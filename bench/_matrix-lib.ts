@@ -6,17 +6,25 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import {
+  type Bot,
+  type BotOptions,
+  makeBot,
+  startFakeLlm,
+  UNBOUNDED_BUDGET
+} from "../test/integration/matrix-support.js"
+import type { FakeLlmServer } from "../test/support/fake-llm.js"
+import { Human } from "../test/support/human.js"
 import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
 import type { SharedSynapse } from "../test/support/synapse/index.js"
-import { Human } from "../test/support/human.js"
-import { type Bot, makeBot, startFakeLlm, type BotOptions, UNBOUNDED_BUDGET } from "../test/integration/matrix-support.js"
-import type { FakeLlmServer } from "../test/support/fake-llm.js"
 
 export const envNumber = (name: string, fallback: number): number => {
   const raw = process.env[name]
   if (raw === undefined || raw === "") return fallback
   const n = Number(raw)
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name}=${raw} is not a non-negative number; unset it or give a number`)
+  if (!Number.isFinite(n) || n < 0) {
+    throw new Error(`${name}=${raw} is not a non-negative number; unset it or give a number`)
+  }
   return n
 }
 
@@ -70,8 +78,14 @@ export const world = async (): Promise<World> => {
     bot: async (options = {}) => {
       // info, not debug: the benches measure the daemon, not its debug logging
       // CARA_NODE_FLAGS passes through, so a run can compare the daemon's V8 settings with Node's defaults ("none")
-      const flags = process.env["CARA_NODE_FLAGS"] === undefined ? {} : { CARA_NODE_FLAGS: process.env["CARA_NODE_FLAGS"] }
-      const b = await makeBot(hs, llm, { matrixExtra: UNBOUNDED_BUDGET, ...options, env: { CARA_LOG_LEVEL: "info", ...flags, ...options.env } })
+      const flags = process.env["CARA_NODE_FLAGS"] === undefined
+        ? {}
+        : { CARA_NODE_FLAGS: process.env["CARA_NODE_FLAGS"] }
+      const b = await makeBot(hs, llm, {
+        matrixExtra: UNBOUNDED_BUDGET,
+        ...options,
+        env: { CARA_LOG_LEVEL: "info", ...flags, ...options.env }
+      })
       bots.push(b)
       return b
     },
@@ -80,7 +94,9 @@ export const world = async (): Promise<World> => {
       for (const h of humans) await h.stop().catch(() => undefined)
       await closeLlm()
       await synapse.stop()
-      for (const b of bots) if (process.env["BENCH_KEEP"] === undefined) fs.rmSync(b.dir, { recursive: true, force: true })
+      for (const b of bots) {
+        if (process.env["BENCH_KEEP"] === undefined) fs.rmSync(b.dir, { recursive: true, force: true })
+      }
     }
   }
 }
@@ -145,7 +161,10 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 export const replyTo = (human: Human, roomId: string, sender: string, eventId: string, timeoutMs = 60_000) =>
   human.waitForMessage(
     roomId,
-    (m) => m.sender === sender && (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id === eventId,
+    (m) =>
+      m.sender === sender &&
+      (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]
+          ?.event_id === eventId,
     timeoutMs
   )
 
@@ -202,11 +221,19 @@ export const storeWrites = (output: string, from: number, to: number, per: numbe
     totals.set(key, { n: t.n + 1, bytes: t.bytes + Math.max(0, Number(m[5])), same: t.same + Number(m[6] ?? 0) })
   }
   const writes = [...totals].sort((a, b) => b[1].bytes - a[1].bytes)
-    .map(([k, t]) => `${k}: ${round(t.n / per, 2)}/${unit}, ${Math.round(t.bytes / per)} B/${unit}, ${t.same} of ${t.n} identical to the last put`)
+    .map(([k, t]) =>
+      `${k}: ${round(t.n / per, 2)}/${unit}, ${
+        Math.round(t.bytes / per)
+      } B/${unit}, ${t.same} of ${t.n} identical to the last put`
+    )
     .join("; ") || "none"
   // The durable store's own view (rows written, puts skipped as unchanged), when the tracer could hook it
   const sqlite = { transactions: 0, committed: 0, rows: 0, unchanged: 0, withinMs: 0 }
-  for (const m of output.matchAll(/\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)(?: gapUs=(-?\d+))?/g)) {
+  for (
+    const m of output.matchAll(
+      /\[idb-commit\] (\d+) role=(\S+) committed=(\d+) rows=(\d+) unchanged=(\d+)(?: gapUs=(-?\d+))?/g
+    )
+  ) {
     const at = Number(m[1])
     if (at < from || at > to) continue
     sqlite.transactions++
@@ -216,9 +243,14 @@ export const storeWrites = (output: string, from: number, to: number, per: numbe
     const gap = Number(m[6] ?? -1)
     if (gap >= 0 && gap < 1000) sqlite.withinMs++
   }
-  const commits = sqlite.transactions === 0 ? "" :
-    `; sqlite: ${round(sqlite.transactions / per, 2)} IndexedDB transactions/${unit}, ${round(sqlite.committed / per, 2)} SQLite commits/${unit}, ` +
-    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${round(sqlite.unchanged / per, 2)} unchanged puts skipped/${unit}, ` +
+  const commits = sqlite.transactions === 0 ?
+    "" :
+    `; sqlite: ${round(sqlite.transactions / per, 2)} IndexedDB transactions/${unit}, ${
+      round(sqlite.committed / per, 2)
+    } SQLite commits/${unit}, ` +
+    `${round(sqlite.rows / per, 2)} rows written/${unit}, ${
+      round(sqlite.unchanged / per, 2)
+    } unchanged puts skipped/${unit}, ` +
     `${sqlite.withinMs} of ${sqlite.transactions} began < 1 ms after the previous one ended`
   return writes + commits
 }
@@ -253,7 +285,12 @@ const ownerOf = (url: string, name: string): string => {
  */
 export const summariseProfile = (
   file: string,
-  options: { readonly top?: number; readonly fromMs?: number; readonly beforeEndMs?: number; readonly lengthMs?: number } = {}
+  options: {
+    readonly top?: number
+    readonly fromMs?: number
+    readonly beforeEndMs?: number
+    readonly lengthMs?: number
+  } = {}
 ): { functions: string; owners: string; totalMs: number } => {
   const top = options.top ?? 12
   const prof = JSON.parse(fs.readFileSync(file, "utf8")) as CpuProfile
@@ -283,7 +320,9 @@ export const summariseProfile = (
     if (n === undefined) continue
     total += us
     const owner = ownerOf(n.callFrame.url, n.callFrame.functionName)
-    const fn = `${n.callFrame.functionName || "(anonymous)"} (${owner}${n.callFrame.url ? `:${n.callFrame.lineNumber + 1}` : ""})`
+    const fn = `${n.callFrame.functionName || "(anonymous)"} (${owner}${
+      n.callFrame.url ? `:${n.callFrame.lineNumber + 1}` : ""
+    })`
     fnTotals.set(fn, (fnTotals.get(fn) ?? 0) + us)
     ownerTotals.set(owner, (ownerTotals.get(owner) ?? 0) + us)
   }

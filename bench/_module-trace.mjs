@@ -2,8 +2,8 @@
 // bench/_modules.ts. It records every module the process resolves (ESM and CommonJS) with the module that
 // first imported it, and writes them as JSON to $CARA_BENCH_MODULE_TRACE when the process exits, so the
 // bench can say how much source each package brings in and which import chain pulls a big file in.
-import { registerHooks } from "node:module"
 import { writeFileSync } from "node:fs"
+import { registerHooks } from "node:module"
 
 const out = process.env.CARA_BENCH_MODULE_TRACE
 const parents = new Map()

@@ -11,7 +11,12 @@ const RUNS = Math.max(1, envNumber("BENCH_CLI_RUNS", 15))
 
 const wallMs = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv): number => {
   const t0 = performance.now()
-  const r = spawnSync(process.execPath, args, { env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000 })
+  const r = spawnSync(process.execPath, args, {
+    env,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+    timeout: 60_000
+  })
   const ms = performance.now() - t0
   if (r.status !== 0) throw new Error(`${args.join(" ")} exited ${r.status}: ${r.stderr.slice(-2000)}`)
   return ms
@@ -42,9 +47,16 @@ const main = async () => {
     const p50 = (name: string) => round(percentile(times[name]!, 50))
     const floor = p50("nodeE0")
     const figures = Object.fromEntries(
-      Object.keys(commands).map((name) => [name, { p50: p50(name), p95: round(percentile(times[name]!, 95)), overNode: round(p50(name) / floor, 2) }])
+      Object.keys(commands).map((
+        name
+      ) => [name, { p50: p50(name), p95: round(percentile(times[name]!, 95)), overNode: round(p50(name) / floor, 2) }])
     )
-    emit({ bench: "cli-wall", runs: RUNS, ...figures, note: "wall ms per command incl. Node start; overNode = p50 / p50 of `node -e 0`" })
+    emit({
+      bench: "cli-wall",
+      runs: RUNS,
+      ...figures,
+      note: "wall ms per command incl. Node start; overNode = p50 / p50 of `node -e 0`"
+    })
   } finally {
     await w.close()
   }

@@ -8,14 +8,14 @@
 //   on-disk size of the store files
 // Run: `node_modules/.bin/vite-node bench/cryptostore.ts` (or any TS runner). The fresh-process part
 // bundles this file with esbuild and runs the bundle on the same Node.
+import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
+import { Effect, Option, Redacted } from "effect"
+import { IDBFactory } from "fake-indexeddb"
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { Effect, Option, Redacted } from "effect"
-import { IDBFactory } from "fake-indexeddb"
-import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
 import { makeCryptoStore } from "../src/layers/CryptoStoreLive.js"
 import { StateDirAt } from "../src/layers/StateDirLive.js"
 import type { CryptoStoreShape, IdbFactory } from "../src/services/CryptoStore.js"
@@ -100,12 +100,27 @@ const reopen = async (root: string) => {
   const t0 = performance.now()
   await withStore(root, async (s) => {
     const opened = performance.now()
-    const handle = await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
-    const m = await wasm.OlmMachine.initFromStore(new wasm.UserId("@bench:example.org"), new wasm.DeviceId("BENCH"), handle)
+    const handle = await wasm.StoreHandle.openWithKey(
+      s.cryptoDatabasePrefix,
+      Redacted.value(Option.getOrThrow(s.storageKey))
+    )
+    const m = await wasm.OlmMachine.initFromStore(
+      new wasm.UserId("@bench:example.org"),
+      new wasm.DeviceId("BENCH"),
+      handle
+    )
     const ready = performance.now()
     const cpu = process.cpuUsage(cpu0)
     const atReady = memoryFigures()
-    process.stderr.write(`ready ${JSON.stringify({ totalMs: Math.round(ready - t0), totalCpuMs: Math.round((cpu.user + cpu.system) / 1000), ...atReady })}\n`)
+    process.stderr.write(
+      `ready ${
+        JSON.stringify({
+          totalMs: Math.round(ready - t0),
+          totalCpuMs: Math.round((cpu.user + cpu.system) / 1000),
+          ...atReady
+        })
+      }\n`
+    )
     // BENCH_EXPORT=0 skips the export (slow at 50,000 sessions): the count then comes from the store's keys.
     const count = process.env["BENCH_EXPORT"] === "0"
       ? await inboundSessionCount(s.indexedDB, s.cryptoDatabasePrefix)
@@ -152,8 +167,15 @@ const main = async () => {
     gen.close()
     const storeRoot = path.join(work, "sessions")
     const importMs = await withStore(storeRoot, async (s) => {
-      const handle = await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
-      const m = await wasm.OlmMachine.initFromStore(new wasm.UserId("@bench:example.org"), new wasm.DeviceId("BENCH"), handle)
+      const handle = await wasm.StoreHandle.openWithKey(
+        s.cryptoDatabasePrefix,
+        Redacted.value(Option.getOrThrow(s.storageKey))
+      )
+      const m = await wasm.OlmMachine.initFromStore(
+        new wasm.UserId("@bench:example.org"),
+        new wasm.DeviceId("BENCH"),
+        handle
+      )
       const t0 = performance.now()
       await m.importExportedRoomKeys(exported, () => {})
       const ms = performance.now() - t0
@@ -174,7 +196,10 @@ const main = async () => {
       outfile: bundle,
       logLevel: "silent"
     })
-    fs.symlinkSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules"), path.join(work, "node_modules"))
+    fs.symlinkSync(
+      path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules"),
+      path.join(work, "node_modules")
+    )
     const child = spawnSync(process.execPath, ["--expose-gc", bundle, "reopen", storeRoot], { encoding: "utf8" })
     if (child.status !== 0) throw new Error(`reopen child failed: ${child.stderr}`)
     const reopened = JSON.parse(child.stdout) as Record<string, number>
@@ -182,7 +207,18 @@ const main = async () => {
     const disk = dirBytes(path.join(storeRoot, "matrix"))
     const total = Object.values(disk).reduce((a, b) => a + b, 0)
     process.stdout.write(
-      `${JSON.stringify({ bench: "cryptostore", node: process.version, commit, sessions: SESSIONS, importMs, reopen: reopened, diskBytes: { ...disk, total }, bytesPerSession: Math.round(total / SESSIONS) })}\n`
+      `${
+        JSON.stringify({
+          bench: "cryptostore",
+          node: process.version,
+          commit,
+          sessions: SESSIONS,
+          importMs,
+          reopen: reopened,
+          diskBytes: { ...disk, total },
+          bytesPerSession: Math.round(total / SESSIONS)
+        })
+      }\n`
     )
   } finally {
     if (process.env["BENCH_KEEP"] === undefined) fs.rmSync(work, { recursive: true, force: true })

@@ -44,7 +44,9 @@ const main = async () => {
       await done(tx)
     }
     const fill = db.transaction("inbound_group_sessions3", "readwrite")
-    for (let i = 0; i < ROWS; i++) fill.objectStore("inbound_group_sessions3").put({ pickled: crypto.randomBytes(2000) }, `s${i}`)
+    for (let i = 0; i < ROWS; i++) {
+      fill.objectStore("inbound_group_sessions3").put({ pickled: crypto.randomBytes(2000) }, `s${i}`)
+    }
     await done(fill)
     await put("core", account(), "account")
 
@@ -84,13 +86,19 @@ const main = async () => {
     const insertOrReplace = Math.round((walSize(file) - from) / PUTS)
     raw.close()
 
-    process.stdout.write(`${JSON.stringify({
-      bench: "idb-wal",
-      rows: ROWS,
-      puts: PUTS,
-      walBytesPerPut: { update9k: { upsert, insertOrReplace }, unchanged9k: unchanged, insert2k: insert },
-      store: { sqliteCommits: stats.commits, rowsWritten: stats.rowsWritten, unchangedPutsSkipped: stats.unchangedPuts }
-    })}\n`)
+    process.stdout.write(`${
+      JSON.stringify({
+        bench: "idb-wal",
+        rows: ROWS,
+        puts: PUTS,
+        walBytesPerPut: { update9k: { upsert, insertOrReplace }, unchanged9k: unchanged, insert2k: insert },
+        store: {
+          sqliteCommits: stats.commits,
+          rowsWritten: stats.rowsWritten,
+          unchangedPutsSkipped: stats.unchangedPuts
+        }
+      })
+    }\n`)
   } finally {
     fs.rmSync(root, { recursive: true, force: true })
   }

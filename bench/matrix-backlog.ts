@@ -32,7 +32,9 @@ const main = async () => {
     const syncedMs = performance.now() - t0
     const answered = () => count(bot.output(), /Matrix message answered/)
     while (answered() < MESSAGES) {
-      if (performance.now() - t0 > 30 * 60_000) throw new Error(`only ${answered()} of ${MESSAGES} answered after 30 minutes`)
+      if (performance.now() - t0 > 30 * 60_000) {
+        throw new Error(`only ${answered()} of ${MESSAGES} answered after 30 minutes`)
+      }
       await sleep(20)
     }
     const allMs = performance.now() - t0

@@ -12,7 +12,20 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { DEFAULT_DAEMON_FLAGS } from "../src/domain/v8flags.js"
 import {
-  dirSize, emit, envNumber, idbWriteTracer, log, newestProfile, pidOf, replyTo, round, sample, sleep, storeWrites, summariseProfile, world
+  dirSize,
+  emit,
+  envNumber,
+  idbWriteTracer,
+  log,
+  newestProfile,
+  pidOf,
+  replyTo,
+  round,
+  sample,
+  sleep,
+  storeWrites,
+  summariseProfile,
+  world
 } from "./_matrix-lib.js"
 
 const ROOMS = envNumber("BENCH_IDLE_ROOMS", 20)
@@ -25,7 +38,8 @@ const TRACE_GC = envNumber("BENCH_IDLE_TRACE_GC", 0) > 0
 /** `--trace-gc` lines of one window, by kind: count, pause ms, and the reasons V8 gave. */
 const gcSummary = (text: string): string => {
   const kinds = new Map<string, { n: number; ms: number; reasons: Map<string, number> }>()
-  const line = /ms: (Scavenge|Mark-Compact|Minor Mark-Sweep|Mark-Sweep)\b.*?, ([\d.]+) \/ [\d.]+ ms\s+\(average mu[^)]*\)\s*([^;\n]*)/g
+  const line =
+    /ms: (Scavenge|Mark-Compact|Minor Mark-Sweep|Mark-Sweep)\b.*?, ([\d.]+) \/ [\d.]+ ms\s+\(average mu[^)]*\)\s*([^;\n]*)/g
   for (const m of text.matchAll(line)) {
     const k = kinds.get(m[1]!) ?? { n: 0, ms: 0, reasons: new Map<string, number>() }
     k.n++
@@ -45,9 +59,14 @@ const main = async () => {
     const bot = await w.bot({ allowUsers: [alice.userId] })
     const profDir = path.join(bot.dir, "cpu-profile")
     if (PROFILE) fs.mkdirSync(profDir, { recursive: true })
-    const nodeOptions = [TRACE ? `--import=${idbWriteTracer}` : "", PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : ""].join(" ").trim()
+    const nodeOptions = [
+      TRACE ? `--import=${idbWriteTracer}` : "",
+      PROFILE ? `--cpu-prof --cpu-prof-dir=${profDir}` : ""
+    ].join(" ").trim()
     // --trace-gc is refused in NODE_OPTIONS: it goes with the daemon's own V8 flags (its re-exec applies them)
-    const gcFlags = TRACE_GC ? { CARA_NODE_FLAGS: `${process.env["CARA_NODE_FLAGS"] ?? DEFAULT_DAEMON_FLAGS.join(" ")} --trace-gc` } : {}
+    const gcFlags = TRACE_GC
+      ? { CARA_NODE_FLAGS: `${process.env["CARA_NODE_FLAGS"] ?? DEFAULT_DAEMON_FLAGS.join(" ")} --trace-gc` }
+      : {}
     await bot.start({ ...(nodeOptions === "" ? {} : { NODE_OPTIONS: nodeOptions }), ...gcFlags })
     const rooms: Array<string> = []
     for (let i = 0; i < ROOMS; i++) rooms.push(await alice.createEncryptedRoom([bot.user.userId], `idle ${i}`))
@@ -79,7 +98,8 @@ const main = async () => {
       else {
         const p = summariseProfile(file, { beforeEndMs: stopMs, lengthMs: idleEnd - idleStart })
         profile = {
-          note: `self time of the daemon during the idle window (${SECONDS} s, without start-up and shutdown), ${p.totalMs} ms busy; ` +
+          note:
+            `self time of the daemon during the idle window (${SECONDS} s, without start-up and shutdown), ${p.totalMs} ms busy; ` +
             "shares are of the busy time; the profiler's own sampling inflates cpuPercent in this run",
           topFunctions: p.functions,
           topPackages: p.owners
@@ -90,7 +110,9 @@ const main = async () => {
       bench: "matrix-idle",
       rooms: ROOMS,
       // what the daemon itself reports (/control/channels → extra.encryptedRoomCount)
-      joinedEncryptedRooms: Number((status?.["extra"] as Record<string, unknown> | undefined)?.["encryptedRoomCount"] ?? -1),
+      joinedEncryptedRooms: Number(
+        (status?.["extra"] as Record<string, unknown> | undefined)?.["encryptedRoomCount"] ?? -1
+      ),
       seconds: SECONDS,
       cpuPercent: round((100 * (b.cpuSeconds - a.cpuSeconds)) / ((b.at - a.at) / 1000), 3),
       bytesWrittenPerMinute: Math.round((b.writeBytes - a.writeBytes) / minutes),

@@ -12,8 +12,22 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import {
-  dirSize, dmWithBot, emit, envNumber, floorRoundTrips, idbWriteTracer, log, newestProfile, percentile, pidOf, replyTo, round, sample,
-  storeWrites, summariseProfile, world
+  dirSize,
+  dmWithBot,
+  emit,
+  envNumber,
+  floorRoundTrips,
+  idbWriteTracer,
+  log,
+  newestProfile,
+  percentile,
+  pidOf,
+  replyTo,
+  round,
+  sample,
+  storeWrites,
+  summariseProfile,
+  world
 } from "./_matrix-lib.js"
 
 const N = envNumber("BENCH_REPLY_MESSAGES", 200)
@@ -40,7 +54,9 @@ const main = async () => {
     const bot = await w.bot({ allowUsers: [alice.userId] })
     await bot.start(TRACE ? { NODE_OPTIONS: `--import=${idbWriteTracer}` } : {})
     const roomId = await dmWithBot(alice, bot)
-    for (let i = 0; i < WARMUP; i++) await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `warm-up ${i}`))
+    for (let i = 0; i < WARMUP; i++) {
+      await replyTo(alice, roomId, bot.user.userId, await alice.sendText(roomId, `warm-up ${i}`))
+    }
 
     log(`bot: ${N} sequential encrypted messages`)
     const pid = pidOf(bot)
@@ -76,7 +92,8 @@ const main = async () => {
       } else {
         const s = summariseProfile(file, { fromMs: repliesFrom })
         profile = {
-          note: `self time of the daemon from its first sync to its stop (${PROFILE_N} replies), ${s.totalMs} ms busy; ` +
+          note:
+            `self time of the daemon from its first sync to its stop (${PROFILE_N} replies), ${s.totalMs} ms busy; ` +
             "shares are of the busy time",
           topFunctions: s.functions,
           topPackages: s.owners

@@ -10,7 +10,20 @@ import { makeCryptoStore } from "../src/layers/CryptoStoreLive.js"
 import { StateDirAt } from "../src/layers/StateDirLive.js"
 import { deriveStorePassphrase, readOrCreateInstallationId } from "../src/layers/StorePassphraseLive.js"
 import { CONFIG_PASSWORD } from "../test/integration/matrix-support.js"
-import { dirSize, dmWithBot, emit, envNumber, floorRoundTrips, log, percentile, pidOf, replyTo, round, sample, world } from "./_matrix-lib.js"
+import {
+  dirSize,
+  dmWithBot,
+  emit,
+  envNumber,
+  floorRoundTrips,
+  log,
+  percentile,
+  pidOf,
+  replyTo,
+  round,
+  sample,
+  world
+} from "./_matrix-lib.js"
 
 const SESSIONS = envNumber("BENCH_SESSIONS", 5000)
 const FLOOR = envNumber("BENCH_RESTART_FLOOR", 20)
@@ -18,7 +31,9 @@ const FLOOR = envNumber("BENCH_RESTART_FLOOR", 20)
 /** Imports `n` fresh Megolm sessions into the stopped bot's store, as the bot's own device would hold them. */
 const importSessions = async (root: string, userId: string, deviceId: string, n: number): Promise<number> => {
   const gen = await wasm.OlmMachine.initialize(new wasm.UserId("@gen:localhost"), new wasm.DeviceId("GEN"))
-  for (let i = 0; i < n; i++) await gen.shareRoomKey(new wasm.RoomId(`!bench${i}:localhost`), [], new wasm.EncryptionSettings())
+  for (let i = 0; i < n; i++) {
+    await gen.shareRoomKey(new wasm.RoomId(`!bench${i}:localhost`), [], new wasm.EncryptionSettings())
+  }
   const exported = await gen.exportRoomKeys(() => true)
   gen.close()
   const installationId = await Effect.runPromise(readOrCreateInstallationId(root))
@@ -26,9 +41,15 @@ const importSessions = async (root: string, userId: string, deviceId: string, n:
   return Effect.runPromise(
     Effect.scoped(
       Effect.gen(function*() {
-        const s = yield* makeCryptoStore({ secret: { encrypted: true, passphrase: Option.some(Redacted.make(passphrase)) }, installGlobal: true })
+        const s = yield* makeCryptoStore({
+          secret: { encrypted: true, passphrase: Option.some(Redacted.make(passphrase)) },
+          installGlobal: true
+        })
         return yield* Effect.promise(async () => {
-          const handle = await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
+          const handle = await wasm.StoreHandle.openWithKey(
+            s.cryptoDatabasePrefix,
+            Redacted.value(Option.getOrThrow(s.storageKey))
+          )
           const m = await wasm.OlmMachine.initFromStore(new wasm.UserId(userId), new wasm.DeviceId(deviceId), handle)
           await m.importExportedRoomKeys(exported, () => {})
           const total = (JSON.parse(await m.exportRoomKeys(() => true)) as Array<unknown>).length
@@ -75,7 +96,8 @@ const main = async () => {
       firstReplyAfterSyncMs: Math.round(firstReplyMs),
       floorP50Ms: round(floorP50),
       stateDirBytes: dirSize(bot.dir),
-      note: "first sync = the daemon's 'Matrix client synced' line; on a restart matrix-js-sdk may report it from the saved sync before its first /sync request returns"
+      note:
+        "first sync = the daemon's 'Matrix client synced' line; on a restart matrix-js-sdk may report it from the saved sync before its first /sync request returns"
     })
   } finally {
     await w.close()

@@ -59,7 +59,9 @@ const main = async () => {
     let done = 0
     for (let round_ = 0; done < REPLIES; round_++) {
       const batch = rooms.slice(0, Math.min(rooms.length, REPLIES - done))
-      await Promise.all(batch.map(async (r) => replyTo(alice, r, bot.user.userId, await alice.sendText(r, `soak ${round_}`))))
+      await Promise.all(
+        batch.map(async (r) => replyTo(alice, r, bot.user.userId, await alice.sendText(r, `soak ${round_}`)))
+      )
       const prev = done
       done += batch.length
       if (Math.floor(done / EVERY) > Math.floor(prev / EVERY) || done === REPLIES) {
@@ -97,7 +99,9 @@ const main = async () => {
       bytesWrittenPerReply: Math.round((after.writeBytes - before.writeBytes) / REPLIES),
       repliesPerSecond: round(REPLIES / ((after.at - before.at) / 1000), 1),
       ...heap,
-      note: `RSS from /proc; ${ROOMS} rooms answered together each round; ${INSPECT ? "under --inspect (adds memory)" : "no inspector"}`
+      note: `RSS from /proc; ${ROOMS} rooms answered together each round; ${
+        INSPECT ? "under --inspect (adds memory)" : "no inspector"
+      }`
     })
   } finally {
     await w.close()

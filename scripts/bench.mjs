@@ -97,7 +97,10 @@ for (const file of benches) {
     process.stderr.write(`bench ${file}: run ${i}/${n}\n`)
     const t0 = Date.now()
     const result = spawnSync(process.execPath, [viteNode, path.join("bench", file)], {
-      cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 * 1024 * 1024
+      cwd: root,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "inherit"],
+      maxBuffer: 64 * 1024 * 1024
     })
     const last = result.stdout.trim().split("\n").pop() ?? ""
     let parsed
@@ -139,17 +142,21 @@ const cpu = os.cpus()
 const header = [
   "# Benchmarks",
   "",
-  `Written by \`npm run bench\` (BENCH_RUNS=${runs}${only.length ? `, only ${only.join(" ")}` : ""}) on ${new Date().toISOString()}.`,
+  `Written by \`npm run bench\` (BENCH_RUNS=${runs}${only.length ? `, only ${only.join(" ")}` : ""}) on ${
+    new Date().toISOString()
+  }.`,
   "",
   `Machine: ${cpu.length} × ${cpu[0]?.model ?? "unknown CPU"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB memory, ` +
-    `${os.type()} ${os.release()}, Node ${process.versions.node}.`,
+  `${os.type()} ${os.release()}, Node ${process.versions.node}.`,
   "",
   "Each figure is the median over the runs, with the smallest and largest value seen. Times in ms unless the",
   "name says otherwise; sizes in bytes; RSS in MB. Targets are issue 19's (issue 12's where 19 sets none); a",
   "missed target's bench section carries the notes (profile) on where the time goes, and \"Profiles\" below the",
   "CPU and heap summaries. Run on a machine otherwise idle: the benches share 2 cores with Synapse and the clients.",
   "",
-  ...(summary.length === 0 ? [] : ["## Targets", "", "| bench | figure | median | verdict |", "| --- | --- | --- | --- |", ...summary, ""])
+  ...(summary.length === 0
+    ? []
+    : ["## Targets", "", "| bench | figure | median | verdict |", "| --- | --- | --- | --- |", ...summary, ""])
 ].join("\n")
 
 fs.mkdirSync(path.join(root, "docs"), { recursive: true })
@@ -158,4 +165,6 @@ fs.mkdirSync(path.join(root, "docs"), { recursive: true })
 const analysisFile = path.join(root, "bench", "ANALYSIS.md")
 const analysis = fs.existsSync(analysisFile) ? "\n" + fs.readFileSync(analysisFile, "utf8") : ""
 fs.writeFileSync(path.join(root, "docs/benchmarks.md"), header + "\n" + sections.join("\n") + analysis)
-process.stderr.write(`wrote docs/benchmarks.md (${benches.length} bench${benches.length === 1 ? "" : "es"}, ${runs} runs each)\n`)
+process.stderr.write(
+  `wrote docs/benchmarks.md (${benches.length} bench${benches.length === 1 ? "" : "es"}, ${runs} runs each)\n`
+)

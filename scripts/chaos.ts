@@ -12,19 +12,19 @@
 // Knobs: CHAOS_ROOMS (5), CHAOS_MESSAGES (100), CHAOS_KILLS (20), CHAOS_RATE_MESSAGES (20),
 // CHAOS_RATE_KILLS (3), CHAOS_SEED (random; printed so a failing run can be replayed).
 // test/integration/chaos-short.test.ts runs runChaos() with a few rounds as part of `npm test`.
-import { spawn, type ChildProcess } from "node:child_process"
-import * as fs from "node:fs"
 import * as sdk from "matrix-js-sdk"
-import { Human } from "../test/support/human.js"
-import { provisionSynapse } from "../test/support/synapse/provision.js"
-import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as fs from "node:fs"
 import { type Bot, makeBot, startFakeLlm, UNBOUNDED_BUDGET } from "../test/integration/matrix-support.js"
 import type { FakeLlmServer } from "../test/support/fake-llm.js"
+import { Human } from "../test/support/human.js"
+import { startSynapse, type SynapseServer } from "../test/support/synapse/harness.js"
+import { provisionSynapse } from "../test/support/synapse/provision.js"
 
 // ------------------------------------------------------------------------------------------------ helpers
 
 /** A small seeded PRNG (mulberry32), so a run is reproducible from its printed seed. */
-export const prng = (seed: number): (() => number) => {
+export const prng = (seed: number): () => number => {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
@@ -84,7 +84,9 @@ export class RestartableSynapse {
   /** SIGKILL; resolves once the process is gone and /health no longer answers. */
   async kill(): Promise<void> {
     const old = this.respawned
-    const gone = old === undefined ? Promise.resolve() : new Promise<void>((r) => (old.exitCode !== null || old.signalCode !== null ? r() : old.once("exit", () => r())))
+    const gone = old === undefined
+      ? Promise.resolve()
+      : new Promise<void>((r) => (old.exitCode !== null || old.signalCode !== null ? r() : old.once("exit", () => r())))
     process.kill(this.currentPid(), "SIGKILL")
     await gone
     for (let i = 0; i < 100 && (await healthy(this.server.baseUrl)); i++) await sleep(50)
@@ -94,7 +96,12 @@ export class RestartableSynapse {
   async start(): Promise<void> {
     const { python } = await provisionSynapse({})
     const logFd = fs.openSync(`${this.server.dataDir}/synapse.log`, "a", 0o600)
-    const child = spawn(python, ["-m", "synapse.app.homeserver", "--config-path", `${this.server.dataDir}/homeserver.yaml`], {
+    const child = spawn(python, [
+      "-m",
+      "synapse.app.homeserver",
+      "--config-path",
+      `${this.server.dataDir}/homeserver.yaml`
+    ], {
       cwd: this.server.dataDir,
       stdio: ["ignore", logFd, logFd],
       env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" }
@@ -103,8 +110,12 @@ export class RestartableSynapse {
     this.respawned = child
     const deadline = Date.now() + 60_000
     while (!(await healthy(this.server.baseUrl))) {
-      if (child.exitCode !== null) throw new Error(`restarted Synapse exited (code ${child.exitCode}):\n${await this.server.logTail(30)}`)
-      if (Date.now() > deadline) throw new Error(`restarted Synapse not healthy within 60 s:\n${await this.server.logTail(30)}`)
+      if (child.exitCode !== null) {
+        throw new Error(`restarted Synapse exited (code ${child.exitCode}):\n${await this.server.logTail(30)}`)
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`restarted Synapse not healthy within 60 s:\n${await this.server.logTail(30)}`)
+      }
       await sleep(100)
     }
   }
@@ -143,8 +154,8 @@ export const roomHistory = async (human: Human, roomId: string): Promise<Array<s
   let from: string | null = null
   const mapper = human.client.getEventMapper()
   for (let page = 0; page < 100; page++) {
-    const res: Awaited<ReturnType<sdk.MatrixClient["createMessagesRequest"]>> =
-      await human.client.createMessagesRequest(roomId, from, 200, sdk.Direction.Backward)
+    const res: Awaited<ReturnType<sdk.MatrixClient["createMessagesRequest"]>> = await human.client
+      .createMessagesRequest(roomId, from, 200, sdk.Direction.Backward)
     for (const raw of res.chunk) out.push(mapper(raw))
     if (res.end === undefined || res.end === from || res.chunk.length === 0) break
     from = res.end
@@ -153,7 +164,12 @@ export const roomHistory = async (human: Human, roomId: string): Promise<Array<s
   return out
 }
 
-export const tally = async (human: Human, roomIds: ReadonlyArray<string>, botUserId: string, sent: ReadonlySet<string>): Promise<Tally> => {
+export const tally = async (
+  human: Human,
+  roomIds: ReadonlyArray<string>,
+  botUserId: string,
+  sent: ReadonlySet<string>
+): Promise<Tally> => {
   const replies = new Map<string, Set<string>>([...sent].map((id) => [id, new Set<string>()]))
   const strays: Array<string> = []
   let undecrypted = 0
@@ -165,7 +181,8 @@ export const tally = async (human: Human, roomIds: ReadonlyArray<string>, botUse
         continue
       }
       if (ev.getType() !== "m.room.message") continue
-      const to = (ev.getContent()["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id
+      const to = (ev.getContent()["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)
+        ?.["m.in_reply_to"]?.event_id
       const set = to === undefined ? undefined : replies.get(to)
       if (set === undefined) strays.push(ev.getId() ?? "?")
       else set.add(ev.getId() ?? "?")
@@ -219,26 +236,42 @@ export interface ChaosResult {
  * messages sent at random moments while the daemon is SIGKILLed and restarted. Resolves with the human's
  * count; the caller owns the Synapse and the fake model.
  */
-export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, options: ChaosOptions): Promise<ChaosResult> => {
+export const runChaos = async (
+  synapse: RestartableSynapse,
+  llm: FakeLlmServer,
+  options: ChaosOptions
+): Promise<ChaosResult> => {
   const say = options.log ?? (() => {})
   const rnd = prng(options.seed)
   const t0 = performance.now()
   const s = synapse.server
-  const hs = { baseUrl: s.baseUrl, serverName: s.serverName, synapseVersion: s.synapseVersion, registerUser: s.registerUser.bind(s) }
+  const hs = {
+    baseUrl: s.baseUrl,
+    serverName: s.serverName,
+    synapseVersion: s.synapseVersion,
+    registerUser: s.registerUser.bind(s)
+  }
   const u = await s.registerUser()
   // A strict limiter is there for the bot; the human stands in for many people and is exempt, so that its
   // room set-up and messages are not what the limiter throttles.
-  const exempt = await fetch(`${s.baseUrl}/_synapse/admin/v1/users/${encodeURIComponent(u.userId)}/override_ratelimit`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${s.adminToken}`, "content-type": "application/json" },
-    body: JSON.stringify({ messages_per_second: 0, burst_count: 0 })
-  })
+  const exempt = await fetch(
+    `${s.baseUrl}/_synapse/admin/v1/users/${encodeURIComponent(u.userId)}/override_ratelimit`,
+    {
+      method: "POST",
+      headers: { authorization: `Bearer ${s.adminToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ messages_per_second: 0, burst_count: 0 })
+    }
+  )
   if (!exempt.ok) throw new Error(`override_ratelimit for the human failed: ${exempt.status}`)
   const human = await Human.login(s.baseUrl, u.userId, u.password)
   let bot: Bot | undefined
   try {
     await human.start()
-    bot = await makeBot(hs, llm, { allowUsers: [human.userId], matrixExtra: UNBOUNDED_BUDGET, env: { CARA_LOG_LEVEL: process.env["CHAOS_LOG_LEVEL"] ?? "info" } })
+    bot = await makeBot(hs, llm, {
+      allowUsers: [human.userId],
+      matrixExtra: UNBOUNDED_BUDGET,
+      env: { CARA_LOG_LEVEL: process.env["CHAOS_LOG_LEVEL"] ?? "info" }
+    })
     await bot.start()
     const botUser = bot.user.userId
     const rooms: Array<string> = []
@@ -272,7 +305,11 @@ export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, 
       const exit = await bot.stop("SIGKILL")
       if (exit.signal !== "SIGKILL") {
         fs.writeFileSync(`${bot.dir}/daemon-output.log`, output)
-        throw new Error(`the daemon had already exited (${JSON.stringify(exit)}) before kill ${k + 1} (output in ${bot.dir}/daemon-output.log):\n${output.slice(-4000)}`)
+        throw new Error(
+          `the daemon had already exited (${JSON.stringify(exit)}) before kill ${
+            k + 1
+          } (output in ${bot.dir}/daemon-output.log):\n${output.slice(-4000)}`
+        )
       }
       kills++
       await sleep(rnd() * 500)
@@ -286,7 +323,10 @@ export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, 
         const probe = await send(rooms[0]!, "after the homeserver came back")
         await human.waitForMessage(
           rooms[0]!,
-          (m) => m.sender === botUser && (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id === probe,
+          (m) =>
+            m.sender === botUser &&
+            (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]
+                ?.event_id === probe,
           options.settleTimeoutMs ?? 120_000
         )
         synapseRecoveryMs = Math.round(performance.now() - killedAt)
@@ -305,7 +345,9 @@ export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, 
     await sleep(3_000)
     t = await tally(human, rooms, botUser, sent)
     const sum = summary(t)
-    say(`sent ${sent.size}, answered once ${sum.answeredOnce}, unanswered ${sum.unanswered}, doubled ${sum.doubled}, strays ${sum.strays}`)
+    say(
+      `sent ${sent.size}, answered once ${sum.answeredOnce}, unanswered ${sum.unanswered}, doubled ${sum.doubled}, strays ${sum.strays}`
+    )
     if (sum.unanswered + sum.doubled + sum.strays > 0) {
       const file = `${bot.dir}/daemon-output.log`
       fs.writeFileSync(file, bot.output())
@@ -318,7 +360,8 @@ export const runChaos = async (synapse: RestartableSynapse, llm: FakeLlmServer, 
       ...sum,
       synapseRecoveryMs,
       wallMs: Math.round(performance.now() - t0),
-      ok: sum.answeredOnce === sent.size && sum.strays === 0 && (!options.restartSynapse || synapseRecoveryMs !== undefined)
+      ok: sum.answeredOnce === sent.size && sum.strays === 0 &&
+        (!options.restartSynapse || synapseRecoveryMs !== undefined)
     }
   } catch (e) {
     const out = bot?.running?.output()

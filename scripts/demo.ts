@@ -39,7 +39,9 @@ export const LOCAL_DEMO_PROVIDER: DemoProvider = {
   describe: "local:echo (no API key in the environment: the built-in test model, which repeats your message)"
 }
 
-const nonEmpty = (v: string | undefined): string | undefined => (v === undefined || v.trim() === "" ? undefined : v.trim())
+const nonEmpty = (
+  v: string | undefined
+): string | undefined => (v === undefined || v.trim() === "" ? undefined : v.trim())
 
 /** Which model the demo's agent uses, from the environment; a string says what is wrong with it. */
 export const demoProvider = (env: DemoEnv): DemoProvider | string => {
@@ -51,7 +53,9 @@ export const demoProvider = (env: DemoEnv): DemoProvider | string => {
     } catch {
       return `CARA_DEMO_OPENAI_BASE_URL is not a URL (got "${base}"); use e.g. http://127.0.0.1:11434/v1`
     }
-    if (model === undefined) return `CARA_DEMO_OPENAI_BASE_URL is set: also set CARA_DEMO_MODEL to a model that server serves (e.g. llama3.2)`
+    if (model === undefined) {
+      return `CARA_DEMO_OPENAI_BASE_URL is set: also set CARA_DEMO_MODEL to a model that server serves (e.g. llama3.2)`
+    }
     return {
       provider: "openai",
       model,
@@ -75,7 +79,9 @@ export const demoProvider = (env: DemoEnv): DemoProvider | string => {
 }
 
 /** The demo's config file: the README's shape, pointed at the local Synapse; secrets stay `${VAR}`. */
-export const demoConfig = (p: { homeserverUrl: string; botUserId: string; humanUserId: string; provider: DemoProvider }): string => {
+export const demoConfig = (
+  p: { homeserverUrl: string; botUserId: string; humanUserId: string; provider: DemoProvider }
+): string => {
   const json = (v: unknown) => JSON.stringify(v)
   return `{
   // written by scripts/demo.ts
@@ -92,8 +98,12 @@ export const demoConfig = (p: { homeserverUrl: string; botUserId: string; humanU
 ${
     p.provider.keyEnv === undefined
       ? "  // local:echo is built in: no provider section, no key\n"
-      : `  ${p.provider.provider}: { apiKey: "\${${p.provider.keyEnv}}"${p.provider.baseUrl !== undefined ? `, baseUrl: ${json(p.provider.baseUrl)}` : ""} },\n`
-  }  agents: { default: { model: ${json(`${p.provider.provider}:${p.provider.model}`)}, systemPrompt: "You are cara, a helpful assistant in a Matrix chat. Answer briefly." } },
+      : `  ${p.provider.provider}: { apiKey: "\${${p.provider.keyEnv}}"${
+        p.provider.baseUrl !== undefined ? `, baseUrl: ${json(p.provider.baseUrl)}` : ""
+      } },\n`
+  }  agents: { default: { model: ${
+    json(`${p.provider.provider}:${p.provider.model}`)
+  }, systemPrompt: "You are cara, a helpful assistant in a Matrix chat. Answer briefly." } },
 }
 `
 }
@@ -111,7 +121,9 @@ interface DemoAnswer {
 
 const printAnswer = (answer: DemoAnswer) => {
   log("")
-  log(`cara answered (${answer.encrypted ? "end-to-end encrypted, decrypted by the human's client" : "NOT encrypted"}):`)
+  log(
+    `cara answered (${answer.encrypted ? "end-to-end encrypted, decrypted by the human's client" : "NOT encrypted"}):`
+  )
   log("")
   for (const line of answer.body.split("\n")) log(`  ${line}`)
   log("")
@@ -174,7 +186,11 @@ const main = async (): Promise<number> => {
     const bin = path.join(root, "dist/src/cli/bin.js")
     if (!fs.existsSync(bin)) {
       log("      building cara (dist/ is missing) …")
-      const built = spawnSync(process.execPath, [path.join(root, "node_modules/typescript/bin/tsc"), "-p", path.join(root, "tsconfig.build.json")], { stdio: "inherit" })
+      const built = spawnSync(process.execPath, [
+        path.join(root, "node_modules/typescript/bin/tsc"),
+        "-p",
+        path.join(root, "tsconfig.build.json")
+      ], { stdio: "inherit" })
       if (built.status !== 0) throw new Error("the build failed; run `npm run build` and fix what it reports")
     }
 
@@ -196,7 +212,12 @@ const main = async (): Promise<number> => {
     cleanups.unshift(() => fs.rmSync(stateDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }))
     fs.writeFileSync(
       path.join(stateDir, "carapace.json5"),
-      demoConfig({ homeserverUrl: synapse.baseUrl, botUserId: botUser.userId, humanUserId: humanUser.userId, provider }),
+      demoConfig({
+        homeserverUrl: synapse.baseUrl,
+        botUserId: botUser.userId,
+        humanUserId: humanUser.userId,
+        provider
+      }),
       { mode: 0o600 }
     )
     log(`      ${path.join(stateDir, "carapace.json5")}`)
@@ -218,7 +239,9 @@ const main = async (): Promise<number> => {
     })
     const deadline = Date.now() + 90_000
     while (!/Matrix client synced/.test(daemon.output())) {
-      if (daemon.child.exitCode !== null || Date.now() > deadline) throw new Error(`the daemon did not sync:\n${daemon.output().slice(-3000)}`)
+      if (daemon.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`the daemon did not sync:\n${daemon.output().slice(-3000)}`)
+      }
       await new Promise((r) => setTimeout(r, 200))
     }
     log(`      gateway on ${daemon.baseUrl}; Matrix synced`)

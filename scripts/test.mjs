@@ -7,7 +7,8 @@ import { existsSync, readFileSync, rmSync } from "node:fs"
 const run = (cmd, args) => spawnSync(cmd, args, { stdio: "inherit", env: process.env }).status ?? 1
 const entry = { tsc: "typescript/bin/tsc", eslint: "eslint/bin/eslint.js", vitest: "vitest/vitest.mjs" }
 // Run the tools with this very Node (the project's Node 24), not whatever `node` is first on PATH.
-const npx = ([tool, ...args]) => run(process.execPath, [new URL(`../node_modules/${entry[tool]}`, import.meta.url).pathname, ...args])
+const npx = ([tool, ...args]) =>
+  run(process.execPath, [new URL(`../node_modules/${entry[tool]}`, import.meta.url).pathname, ...args])
 
 const startedAt = Date.now()
 const extra = process.argv.slice(2)
@@ -22,7 +23,14 @@ const lintFailed = npx(["eslint", "."]) !== 0
 console.log(`eslint took ${Math.round((Date.now() - lintStartedAt) / 1000)} s`)
 
 rmSync(results, { force: true })
-const vitestStatus = npx(["vitest", "run", "--reporter=default", "--reporter=json", `--outputFile.json=${results}`, ...extra])
+const vitestStatus = npx([
+  "vitest",
+  "run",
+  "--reporter=default",
+  "--reporter=json",
+  `--outputFile.json=${results}`,
+  ...extra
+])
 
 let passed = 0, failed = 0, skipped = 0
 if (existsSync(results)) {

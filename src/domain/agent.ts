@@ -83,14 +83,18 @@ export const userReply = (error: AgentError): string => {
   switch (error.kind) {
     case "agent-rate-limited":
       return error.retryAfterMs !== undefined
-        ? `⚠️ ${who} is rate limiting requests right now. Please try again in about ${seconds(error.retryAfterMs)} seconds.`
+        ? `⚠️ ${who} is rate limiting requests right now. Please try again in about ${
+          seconds(error.retryAfterMs)
+        } seconds.`
         : `⚠️ ${who} is rate limiting requests right now. Please try again in a minute.`
     case "agent-auth":
       return `⚠️ ${who} rejected the API key. The operator needs to set a valid key (${
         error.provider === "openai" ? "openai.apiKey or OPENAI_API_KEY" : "anthropic.apiKey or ANTHROPIC_API_KEY"
       }) and restart cara.`
     case "agent-model-not-found":
-      return `⚠️ The model ${error.model ?? ""} is not available at ${who}. The operator needs to set a valid model in agents.defaults.model (for example anthropic:claude-sonnet-4-6).`
+      return `⚠️ The model ${
+        error.model ?? ""
+      } is not available at ${who}. The operator needs to set a valid model in agents.defaults.model (for example anthropic:claude-sonnet-4-6).`
     case "agent-unavailable":
       return `⚠️ ${who} is not responding right now. Please try again in a few minutes.`
     case "agent-invalid-request":
@@ -143,9 +147,9 @@ export const parseModel = (raw: string): Either.Either<ModelRef, string> => {
   const i = s.indexOf(":")
   if (i < 0) {
     return Either.left(
-      `model "${s}" has no provider: write it as provider:model, for example "anthropic:${s || "claude-sonnet-4-6"}" or "openai:${
-        s || "gpt-4o"
-      }"`
+      `model "${s}" has no provider: write it as provider:model, for example "anthropic:${
+        s || "claude-sonnet-4-6"
+      }" or "openai:${s || "gpt-4o"}"`
     )
   }
   const provider = s.slice(0, i).trim().toLowerCase()
@@ -157,7 +161,11 @@ export const parseModel = (raw: string): Either.Either<ModelRef, string> => {
   }
   if (model === "") return Either.left(`model "${s}" has no model name after "${provider}:"`)
   if (provider === "local" && !LOCAL_MODELS.includes(model)) {
-    return Either.left(`model "${s}": the local provider has only the test model${LOCAL_MODELS.length > 1 ? "s" : ""} ${LOCAL_MODELS.map((m) => `local:${m}`).join(", ")}`)
+    return Either.left(
+      `model "${s}": the local provider has only the test model${LOCAL_MODELS.length > 1 ? "s" : ""} ${
+        LOCAL_MODELS.map((m) => `local:${m}`).join(", ")
+      }`
+    )
   }
   return Either.right({ provider: provider as ProviderName, model })
 }
@@ -386,7 +394,9 @@ export interface ProviderFailure {
 }
 
 const providerTitle = (p: ProviderName) => (p === "anthropic" ? "Anthropic" : "OpenAI")
-const keyHint = (p: ProviderName) => (p === "anthropic" ? "anthropic.apiKey / ANTHROPIC_API_KEY" : "openai.apiKey / OPENAI_API_KEY")
+const keyHint = (
+  p: ProviderName
+) => (p === "anthropic" ? "anthropic.apiKey / ANTHROPIC_API_KEY" : "openai.apiKey / OPENAI_API_KEY")
 
 /** A request that never got an HTTP answer (refused, reset, timed out), as a classified error. */
 export const connectionFailure = (
@@ -417,7 +427,8 @@ export const classifyFailure = (f: ProviderFailure): AgentError => {
     return new AgentError({
       ...base,
       kind: "agent-quota",
-      message: `${who} refused the request for lack of credit or quota${at}${detail}. Check the account's billing and limits.`
+      message:
+        `${who} refused the request for lack of credit or quota${at}${detail}. Check the account's billing and limits.`
     })
   }
   if (f.status === 401 || f.status === 403 || /authentication_error|permission_error|invalid_api_key/.test(type)) {
@@ -431,9 +442,10 @@ export const classifyFailure = (f: ProviderFailure): AgentError => {
     return new AgentError({
       ...base,
       kind: "agent-model-not-found",
-      message: `${who} does not know the model "${f.model}"${at}${detail}. Fix the model in agents.defaults.model (or the room's agent)${
-        f.provider === "openai" ? ", and check openai.baseUrl if you use a compatible server" : ""
-      }.`
+      message:
+        `${who} does not know the model "${f.model}"${at}${detail}. Fix the model in agents.defaults.model (or the room's agent)${
+          f.provider === "openai" ? ", and check openai.baseUrl if you use a compatible server" : ""
+        }.`
     })
   }
   if (f.status === 429 || /rate_limit/.test(type)) {
@@ -460,7 +472,8 @@ export const classifyFailure = (f: ProviderFailure): AgentError => {
   return new AgentError({
     ...base,
     kind: "agent-invalid-request",
-    message: `${who} rejected the request${at}${detail}. If the conversation is too long, send /new in the room or lower the agent's historyBudget.`
+    message:
+      `${who} rejected the request${at}${detail}. If the conversation is too long, send /new in the room or lower the agent's historyBudget.`
   })
 }
 

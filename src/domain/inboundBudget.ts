@@ -33,7 +33,11 @@ export interface Bucket {
   readonly refusalNoticed: boolean
 }
 
-export const fullBucket = (spec: BucketSpec, now: number): Bucket => ({ tokens: spec.burst, at: now, refusalNoticed: false })
+export const fullBucket = (spec: BucketSpec, now: number): Bucket => ({
+  tokens: spec.burst,
+  at: now,
+  refusalNoticed: false
+})
 
 /** The bucket at `now` (refilled since its last update; a clock that went backwards refills nothing). */
 export const refill = (spec: BucketSpec, b: Bucket, now: number): Bucket => ({

@@ -237,7 +237,7 @@ export const parseWithPositions = (text: string): Either.Either<ValueNode, Json5
 export const stringNodes = (root: ValueNode): ReadonlyArray<{ path: JsonPath; node: ScalarNode }> => {
   const out: Array<{ path: JsonPath; node: ScalarNode }> = []
   const walk = (n: ValueNode, path: ReadonlyArray<string>) => {
-    if (n.kind === "object") for (const m of n.members) walk(m.value, [...path, m.key])
+    if (n.kind === "object") { for (const m of n.members) walk(m.value, [...path, m.key]) }
     else if (n.kind === "array") n.elements.forEach((e, i) => walk(e, [...path, String(i)]))
     else if (n.kind === "string") out.push({ path, node: n })
   }
@@ -377,8 +377,7 @@ const lastMember = (obj: ObjectNode, key: string): MemberNode | undefined => {
   return undefined
 }
 
-const nest = (path: JsonPath, value: unknown): unknown =>
-  path.reduceRight<unknown>((acc, k) => ({ [k]: acc }), value)
+const nest = (path: JsonPath, value: unknown): unknown => path.reduceRight<unknown>((acc, k) => ({ [k]: acc }), value)
 
 const insertMember = (text: string, obj: ObjectNode, key: string, value: unknown, unit: string): string => {
   const style = styleFor(obj, unit)

@@ -15,7 +15,13 @@ export interface KeyedBucketsOptions {
 }
 
 /** The reference's verification-broadcast limit: burst 16, 16 per 60 s, 512 keys, 64 per peer. */
-export const VERIFICATION_BROADCAST_LIMIT: KeyedBucketsOptions = { burst: 16, refill: 16, refillMs: 60_000, maxKeys: 512, maxKeysPerPeer: 64 }
+export const VERIFICATION_BROADCAST_LIMIT: KeyedBucketsOptions = {
+  burst: 16,
+  refill: 16,
+  refillMs: 60_000,
+  maxKeys: 512,
+  maxKeysPerPeer: 64
+}
 
 interface Bucket {
   readonly peer: string
@@ -41,7 +47,9 @@ export const makeKeyedBuckets = (o: KeyedBucketsOptions) => {
   const takeOrWait = (peer: string, key: string, now: number): number => {
     let b = buckets.get(key)
     if (b === undefined) {
-      if ([...buckets.values()].filter((x) => x.peer === peer).length >= o.maxKeysPerPeer) evictFirst((x) => x.peer === peer)
+      if ([...buckets.values()].filter((x) => x.peer === peer).length >= o.maxKeysPerPeer) {
+        evictFirst((x) => x.peer === peer)
+      }
       if (buckets.size >= o.maxKeys) evictFirst(() => true)
       b = { peer, tokens: o.burst, at: now }
     } else {

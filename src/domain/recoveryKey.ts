@@ -1,8 +1,8 @@
 // Recovery key (reference §5): the on-disk files, the rotation marker and cleanup journal formats, the
 // refusal reasons with their wire values, and the operator-facing errors with their §12 kinds.
 // Nothing here touches the disk or the network; src/domain/recoveryMachine.ts decides over these values.
-import * as crypto from "node:crypto"
 import { Either, Schema } from "effect"
+import * as crypto from "node:crypto"
 
 // ---------------------------------------------------------------------------------------------------------
 // Files (relative to {state_dir}, §3.4)
@@ -45,11 +45,13 @@ export const normalizeRecoveryKey = (text: string): Either.Either<string, "empty
 }
 
 /** Anything shaped like a recovery key is replaced before text reaches a log. */
-const KEY_SHAPE = /(?<![1-9A-HJ-NP-Za-km-z])(?:[1-9A-HJ-NP-Za-km-z]{4}\s+){11}[1-9A-HJ-NP-Za-km-z]{3,4}(?![1-9A-HJ-NP-Za-km-z])/g
+const KEY_SHAPE =
+  /(?<![1-9A-HJ-NP-Za-km-z])(?:[1-9A-HJ-NP-Za-km-z]{4}\s+){11}[1-9A-HJ-NP-Za-km-z]{3,4}(?![1-9A-HJ-NP-Za-km-z])/g
 export const redactRecoveryKeys = (text: string): string => text.replace(KEY_SHAPE, "[REDACTED]")
 
 /** `sha256_hex(trim(key_text))`: the digest that binds markers to key files. */
-export const keyDigest = (keyText: string): string => crypto.createHash("sha256").update(keyText.trim(), "utf8").digest("hex")
+export const keyDigest = (keyText: string): string =>
+  crypto.createHash("sha256").update(keyText.trim(), "utf8").digest("hex")
 
 /** Constant-time comparison of two hex digests (lengths are public). */
 export const digestsEqual = (a: string, b: string): boolean => {
@@ -172,7 +174,9 @@ export const parseCleanupJournal = (text: string): JournalContent => {
     return { _tag: "UnsupportedVersion", version, artifactCount: Array.isArray(artifacts) ? artifacts.length : 0 }
   }
   const r = decodeJournal(raw)
-  return Either.isRight(r) ? { _tag: "Parsed", journal: r.right } : { _tag: "Corrupt", detail: "unexpected fields or values" }
+  return Either.isRight(r)
+    ? { _tag: "Parsed", journal: r.right }
+    : { _tag: "Corrupt", detail: "unexpected fields or values" }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -200,9 +204,11 @@ export const REFUSAL_TEXT: Record<PromotionRefusalReason, string> = {
   current_key_mismatch: "the current key matches neither the previous nor the new key digest in the marker",
   current_key_missing: "the current key file is missing",
   unbound_started_pending: "the rotation never recorded the new key's digest, so the pending key is not bound to it",
-  final_stage_pending_present: "the rotation recorded its final stage, yet a pending key that is not the current key is present",
+  final_stage_pending_present:
+    "the rotation recorded its final stage, yet a pending key that is not the current key is present",
   legacy_marker_missing_previous_key_digest: "the marker is a legacy text marker without key digests",
-  server_key_matches_neither: "the homeserver's secret-storage key is opened by neither the current nor the pending key (was the recovery key reset elsewhere, e.g. in Element?)"
+  server_key_matches_neither:
+    "the homeserver's secret-storage key is opened by neither the current nor the pending key (was the recovery key reset elsewhere, e.g. in Element?)"
 }
 
 /** States of a key file relative to the marker, for the refusal audit record (no digests, no paths). */
@@ -263,7 +269,10 @@ export const recoveryError = (kind: RecoveryKeyErrorKind, message: string, reaso
   new RecoveryKeyError({ kind, message, ...(reason === undefined ? {} : { reason }) })
 
 /** The §5.6 refusal, naming the three artifacts. */
-export const promotionRefused = (reason: PromotionRefusalReason, paths: { marker: string; pending: string; key: string }) =>
+export const promotionRefused = (
+  reason: PromotionRefusalReason,
+  paths: { marker: string; pending: string; key: string }
+) =>
   recoveryError(
     "recovery-key-promotion-refused",
     `Matrix recovery-key promotion refused: Matrix recovery-key rotation marker at ${paths.marker} could not prove pending key ownership: ${
@@ -272,5 +281,7 @@ export const promotionRefused = (reason: PromotionRefusalReason, paths: { marker
     reason
   )
 
-export const stateIo = (detail: string) => recoveryError("recovery-state-io", `Matrix recovery state file operation failed: ${detail}`)
-export const stateProbe = (detail: string) => recoveryError("recovery-state-probe-failed", `Matrix recovery state probe failed: ${detail}`)
+export const stateIo = (detail: string) =>
+  recoveryError("recovery-state-io", `Matrix recovery state file operation failed: ${detail}`)
+export const stateProbe = (detail: string) =>
+  recoveryError("recovery-state-probe-failed", `Matrix recovery state probe failed: ${detail}`)

@@ -9,7 +9,14 @@
 // One deliberate difference from the reference: a new key is generated locally and made durable in N
 // BEFORE it is installed on the homeserver (mint and rotate alike). The reference uploads first and writes
 // N afterwards, so a crash in between leaves secret storage locked by a key that exists nowhere.
-import type { CleanupJournal, JournalContent, KeyState, MarkerContent, PromotionRefusalReason, RotationStage } from "./recoveryKey.js"
+import type {
+  CleanupJournal,
+  JournalContent,
+  KeyState,
+  MarkerContent,
+  PromotionRefusalReason,
+  RotationStage
+} from "./recoveryKey.js"
 import { digestsEqual } from "./recoveryKey.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -29,7 +36,10 @@ export type FileDigest =
 export type ServerKey = "Unknown" | "Current" | "Pending" | "Neither"
 
 export interface RepairObserved {
-  readonly journal: { readonly _tag: "Absent" } | { readonly _tag: "Unreadable"; readonly detail: string } | JournalContent
+  readonly journal:
+    | { readonly _tag: "Absent" }
+    | { readonly _tag: "Unreadable"; readonly detail: string }
+    | JournalContent
   readonly marker: { readonly _tag: "Absent" } | MarkerContent
   readonly current: FileDigest
   readonly pending: FileDigest
@@ -154,7 +164,9 @@ export const nextRepairStep = (o: RepairObserved): RepairStep => {
     }
     switch (stage) {
       case "started":
-        if (prev === undefined) return refuse(legacy ? "legacy_marker_missing_previous_key_digest" : "missing_previous_key_digest")
+        if (prev === undefined) {
+          return refuse(legacy ? "legacy_marker_missing_previous_key_digest" : "missing_previous_key_digest")
+        }
         if (cur === undefined) return refuse("current_key_missing")
         if (!eq(cur, prev)) return refuse("unbound_started_pending")
         // N was written but the marker never bound it: this release writes `installing` before the upload
@@ -261,7 +273,9 @@ export const nextMintStep = (o: MintObserved): MintStep => {
     if (o.server === "None") return { _tag: "InstallPending" }
     return { _tag: "Refuse", why: "stale_marker_server_has_recovery" }
   }
-  if (o.server !== "None") return { _tag: "Refuse", why: o.minting ? "stale_marker_server_has_recovery" : "server_has_recovery" }
+  if (o.server !== "None") {
+    return { _tag: "Refuse", why: o.minting ? "stale_marker_server_has_recovery" : "server_has_recovery" }
+  }
   return o.minting ? { _tag: "WritePending" } : { _tag: "WriteMintingMarker" }
 }
 
@@ -302,7 +316,9 @@ export type RotatePrecondition =
   | { readonly _tag: "PendingPresent" }
 
 /** Checked after the repair left a clean state: K must exist, N must not. */
-export const rotatePrecondition = (o: { readonly keyPresent: boolean; readonly pendingPresent: boolean }): RotatePrecondition =>
+export const rotatePrecondition = (
+  o: { readonly keyPresent: boolean; readonly pendingPresent: boolean }
+): RotatePrecondition =>
   !o.keyPresent ? { _tag: "KeyMissing" } : o.pendingPresent ? { _tag: "PendingPresent" } : { _tag: "Ok" }
 
 // ---------------------------------------------------------------------------------------------------------

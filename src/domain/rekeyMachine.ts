@@ -69,10 +69,14 @@ export const nextStep = (o: Observed): Step => {
 
   if (o.pendingPresent) {
     // Checked before any write of this step, so a wrong password never leaves a store half-moved.
-    if (unopenable.length > 0) return refuse({ _tag: "StoreUnopenable", stores: unopenable, derivedAvailable: o.derivedAvailable })
+    if (unopenable.length > 0) {
+      return refuse({ _tag: "StoreUnopenable", stores: unopenable, derivedAvailable: o.derivedAvailable })
+    }
     if (!o.markerPresent) return { _tag: "WriteMarker" }
     for (const s of o.stores) {
-      if (s.opensWith === "final" || s.opensWith === "derived") return { _tag: "RewrapStore", store: s.name, from: s.opensWith }
+      if (s.opensWith === "final" || s.opensWith === "derived") {
+        return { _tag: "RewrapStore", store: s.name, from: s.opensWith }
+      }
     }
     if (!o.finalEqualsPending) return { _tag: "PromotePending" }
     return { _tag: "RemovePending" }
@@ -81,7 +85,9 @@ export const nextStep = (o: Observed): Step => {
   // Without P, every store must open with what the daemon will resolve once the files are clean.
   const current = o.finalPresent ? "final" : "derived"
   if (!o.finalPresent && !o.derivedAvailable && o.stores.length > 0) return refuse({ _tag: "MissingOldSecret" })
-  if (unopenable.length > 0) return refuse({ _tag: "StoreUnopenable", stores: unopenable, derivedAvailable: o.derivedAvailable })
+  if (unopenable.length > 0) {
+    return refuse({ _tag: "StoreUnopenable", stores: unopenable, derivedAvailable: o.derivedAvailable })
+  }
   const notCurrent = o.stores.filter((s) => s.opensWith !== current).map((s) => s.name)
   if (notCurrent.length > 0) return refuse({ _tag: "StoreNotCurrent", stores: notCurrent, current })
 

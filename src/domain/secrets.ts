@@ -1,5 +1,5 @@
-import * as crypto from "node:crypto"
 import { Data, Effect, Either, Option } from "effect"
+import * as crypto from "node:crypto"
 
 /**
  * `enc:v2` secrets at rest (reference §2.1–2.3), byte-compatible with the reference:
@@ -62,7 +62,11 @@ export const parseEnvelope = (value: string): Either.Either<Envelope, EnvelopeFo
   if (parts.length !== 3) {
     return Either.left(new EnvelopeFormatError({ reason: `expected 3 segments after enc:v2:, found ${parts.length}` }))
   }
-  const [n, c, s] = parts.map(decodeB64) as [Option.Option<Uint8Array>, Option.Option<Uint8Array>, Option.Option<Uint8Array>]
+  const [n, c, s] = parts.map(decodeB64) as [
+    Option.Option<Uint8Array>,
+    Option.Option<Uint8Array>,
+    Option.Option<Uint8Array>
+  ]
   if (Option.isNone(n) || Option.isNone(c) || Option.isNone(s)) {
     return Either.left(new EnvelopeFormatError({ reason: "a segment is not standard base64" }))
   }
@@ -222,7 +226,9 @@ const encryptedLeaves = (v: unknown, path: ReadonlyArray<string> = []): Array<[R
 
 const getIn = (v: unknown, path: ReadonlyArray<string>): unknown =>
   path.reduce<unknown>(
-    (acc, k) => (acc !== null && typeof acc === "object" && Object.hasOwn(acc, k) ? (acc as Record<string, unknown>)[k] : undefined),
+    (acc, k) => (acc !== null && typeof acc === "object" && Object.hasOwn(acc, k)
+      ? (acc as Record<string, unknown>)[k]
+      : undefined),
     v
   )
 

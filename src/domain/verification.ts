@@ -1,5 +1,5 @@
-import { createHash } from "node:crypto"
 import { Either, Schema } from "effect"
+import { createHash } from "node:crypto"
 import { DeviceId, UserId } from "./matrix.js"
 
 /**
@@ -91,12 +91,14 @@ const lengthPrefixed = (s: string): Buffer => {
  * over the raw ids: stable across restarts and listings, and the same flow id the reference derives.
  */
 export const flowIdOf = (rawUserId: string, rawProtocolFlowId: string): FlowId =>
-  FlowId.make("mvr_" +
-  createHash("sha256")
-    .update(Buffer.from(FLOW_ID_DOMAIN, "utf8"))
-    .update(lengthPrefixed(rawUserId))
-    .update(lengthPrefixed(rawProtocolFlowId))
-    .digest("base64url"))
+  FlowId.make(
+    "mvr_" +
+      createHash("sha256")
+        .update(Buffer.from(FLOW_ID_DOMAIN, "utf8"))
+        .update(lengthPrefixed(rawUserId))
+        .update(lengthPrefixed(rawProtocolFlowId))
+        .digest("base64url")
+  )
 
 // Control chars, bidi and zero-width marks, combining marks, the TAG block and other invisible format chars:
 // a peer-chosen id must not be able to disguise itself on the operator's terminal.
@@ -134,49 +136,62 @@ export const rawHex = (s: string): string => Buffer.from(s, "utf8").toString("he
 // Errors. Each has one stable kind; the control API maps them to statuses (404, 409, 410, 422, 502, 504).
 
 /** 404: no flow with this id (a typo, or pruned). */
-export class VerificationFlowNotFound extends Schema.TaggedError<VerificationFlowNotFound>()("VerificationFlowNotFound", {
-  kind: Schema.Literal("verification-flow-not-found"),
-  message: Schema.String
-}) {
+export class VerificationFlowNotFound
+  extends Schema.TaggedError<VerificationFlowNotFound>()("VerificationFlowNotFound", {
+    kind: Schema.Literal("verification-flow-not-found"),
+    message: Schema.String
+  })
+{
   static of(flowId: string) {
     return new VerificationFlowNotFound({
       kind: "verification-flow-not-found",
-      message: `Matrix verification flow not found: ${sanitizeDisplay(flowId)}. The flow id may be a typo or already pruned; run \`cara matrix verifications\` and copy the flow id exactly.`
+      message: `Matrix verification flow not found: ${
+        sanitizeDisplay(flowId)
+      }. The flow id may be a typo or already pruned; run \`cara matrix verifications\` and copy the flow id exactly.`
     })
   }
 }
 
 /** 409: the flow has not advanced far enough for the action (e.g. confirm before the SAS is captured). */
-export class VerificationFlowNotReady extends Schema.TaggedError<VerificationFlowNotReady>()("VerificationFlowNotReady", {
-  kind: Schema.Literal("verification-flow-not-ready"),
-  message: Schema.String
-}) {
+export class VerificationFlowNotReady
+  extends Schema.TaggedError<VerificationFlowNotReady>()("VerificationFlowNotReady", {
+    kind: Schema.Literal("verification-flow-not-ready"),
+    message: Schema.String
+  })
+{
   static of(flowId: string, action: "accept" | "confirm" | "cancel", detail = "") {
     return new VerificationFlowNotReady({
       kind: "verification-flow-not-ready",
-      message: `Matrix verification flow is not ready for ${action}: ${flowId}${detail === "" ? "" : ` (${detail})`}. Wait for the peer to respond (poll \`cara matrix verifications\`), then retry.`
+      message: `Matrix verification flow is not ready for ${action}: ${flowId}${
+        detail === "" ? "" : ` (${detail})`
+      }. Wait for the peer to respond (poll \`cara matrix verifications\`), then retry.`
     })
   }
 }
 
 /** 410: the flow is terminal (done, cancelled or mismatched). */
-export class VerificationFlowTerminal extends Schema.TaggedError<VerificationFlowTerminal>()("VerificationFlowTerminal", {
-  kind: Schema.Literal("verification-cancelled"),
-  message: Schema.String
-}) {
+export class VerificationFlowTerminal
+  extends Schema.TaggedError<VerificationFlowTerminal>()("VerificationFlowTerminal", {
+    kind: Schema.Literal("verification-cancelled"),
+    message: Schema.String
+  })
+{
   static of(flowId: string, state: VerificationState) {
     return new VerificationFlowTerminal({
       kind: "verification-cancelled",
-      message: `Matrix verification flow ${flowId} is ${state}; nothing more can be done with it. Start a new flow with \`cara matrix verify <user> [device]\` or from the other client.`
+      message:
+        `Matrix verification flow ${flowId} is ${state}; nothing more can be done with it. Start a new flow with \`cara matrix verify <user> [device]\` or from the other client.`
     })
   }
 }
 
 /** 404: the device (or the user's identity) to verify is unknown to the bot. */
-export class VerificationTargetNotFound extends Schema.TaggedError<VerificationTargetNotFound>()("VerificationTargetNotFound", {
-  kind: Schema.Literal("device-not-found", "user-identity-not-found"),
-  message: Schema.String
-}) {}
+export class VerificationTargetNotFound
+  extends Schema.TaggedError<VerificationTargetNotFound>()("VerificationTargetNotFound", {
+    kind: Schema.Literal("device-not-found", "user-identity-not-found"),
+    message: Schema.String
+  })
+{}
 
 /** 422: the user id is not a Matrix user id. */
 export class InvalidVerificationUser extends Schema.TaggedError<InvalidVerificationUser>()("InvalidVerificationUser", {
@@ -184,7 +199,10 @@ export class InvalidVerificationUser extends Schema.TaggedError<InvalidVerificat
   message: Schema.String
 }) {
   static of() {
-    return new InvalidVerificationUser({ kind: "invalid-user-id", message: "userId must be a Matrix user id like @alice:example.com" })
+    return new InvalidVerificationUser({
+      kind: "invalid-user-id",
+      message: "userId must be a Matrix user id like @alice:example.com"
+    })
   }
 }
 
@@ -229,11 +247,16 @@ export interface VerificationTarget {
 }
 
 /** The operator's text as a target: both trimmed, an empty device meaning "the user"; 422 when the user id is not one. */
-export const verificationTarget = (userId: string, deviceId?: string): Either.Either<VerificationTarget, InvalidVerificationUser> => {
+export const verificationTarget = (
+  userId: string,
+  deviceId?: string
+): Either.Either<VerificationTarget, InvalidVerificationUser> => {
   const user = userId.trim()
   const device = deviceId?.trim() ?? ""
   if (!USER_ID.test(user)) {
     return Either.left(InvalidVerificationUser.of())
   }
-  return Either.right(device === "" ? { userId: UserId.make(user) } : { userId: UserId.make(user), deviceId: DeviceId.make(device) })
+  return Either.right(
+    device === "" ? { userId: UserId.make(user) } : { userId: UserId.make(user), deviceId: DeviceId.make(device) }
+  )
 }

@@ -46,7 +46,8 @@ export const deriveState = (i: StateInputs): VerificationState => {
 }
 
 /** True for the request phases the SDK never leaves (a flow in them needs no more SDK calls). */
-export const isFinishedPhase = (p: VerificationPhase): boolean => p === VerificationPhase.Cancelled || p === VerificationPhase.Done
+export const isFinishedPhase = (p: VerificationPhase): boolean =>
+  p === VerificationPhase.Cancelled || p === VerificationPhase.Done
 
 /** The short authentication string as the SDK's SAS callbacks carry it. */
 export interface SasInput {

@@ -40,7 +40,8 @@ export const MetricsLive = Layer.effect(
         m.set(key, (m.get(key) ?? 0) + by)
       })
 
-    const set: MetricsShape["set"] = (name, value, labels = {}) => Effect.sync(() => void scalar(name).set(labelKey(labels), value))
+    const set: MetricsShape["set"] = (name, value, labels = {}) =>
+      Effect.sync(() => void scalar(name).set(labelKey(labels), value))
 
     const observe: MetricsShape["observe"] = (name, value, labels = {}) =>
       Effect.sync(() => {
@@ -73,7 +74,9 @@ export const MetricsLive = Layer.effect(
         if (c.id === "matrix" && c.extra !== undefined) {
           const x = c.extra
           put("carapace_matrix_pending_verifications", x.pendingVerificationCount)
-          put("carapace_matrix_joined_rooms", x.encryptedRoomCount - x.unsupportedRoomCount, { encryption: "encrypted" })
+          put("carapace_matrix_joined_rooms", x.encryptedRoomCount - x.unsupportedRoomCount, {
+            encryption: "encrypted"
+          })
           put("carapace_matrix_joined_rooms", x.unencryptedRoomCount, { encryption: "unencrypted" })
           put("carapace_matrix_joined_rooms", x.unsupportedRoomCount, { encryption: "unsupported" })
           put("carapace_matrix_undecryptable_events", x.undecryptableEventCount)
@@ -82,12 +85,16 @@ export const MetricsLive = Layer.effect(
           put("carapace_matrix_unsupported_inbound_total", x.peerDropBodyTooLargeTotal, { kind: "oversize" })
           put("carapace_matrix_inbound_refused_total", x.inboundBudgetRefusedRoomTotal, { reason: "budget_room" })
           put("carapace_matrix_inbound_refused_total", x.inboundBudgetRefusedSenderTotal, { reason: "budget_sender" })
-          put("carapace_matrix_inbound_refused_total", x.peerDropUnencryptedInEncryptedRoomTotal, { reason: "unencrypted_in_encrypted_room" })
+          put("carapace_matrix_inbound_refused_total", x.peerDropUnencryptedInEncryptedRoomTotal, {
+            reason: "unencrypted_in_encrypted_room"
+          })
           put("carapace_matrix_inbound_refused_total", x.peerDropNotCrossSignedTotal, { reason: "not_cross_signed" })
           put("carapace_matrix_inbound_budget_notices_total", x.inboundBudgetNoticeTotal)
           if (x.inboundDlqRecordCount !== undefined) put("carapace_matrix_dlq_records", x.inboundDlqRecordCount)
           const now = Date.now()
-          if (x.lastSuccessfulSyncAt !== null) put("carapace_matrix_last_successful_sync_age_seconds", Math.max(0, (now - x.lastSuccessfulSyncAt) / 1000))
+          if (x.lastSuccessfulSyncAt !== null) {
+            put("carapace_matrix_last_successful_sync_age_seconds", Math.max(0, (now - x.lastSuccessfulSyncAt) / 1000))
+          }
           put("carapace_matrix_outbound_pending_replies", x.outboundPendingCount ?? 0)
           put(
             "carapace_matrix_outbound_pending_oldest_age_seconds",

@@ -12,7 +12,9 @@ export const UnhandledRejectionsLogged = Layer.scopedDiscard(
     const log = (reason: unknown) => {
       const text = reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason)
       Runtime.runFork(runtime)(
-        Effect.logWarning(`ignored an unhandled promise rejection: ${text}`).pipe(Effect.annotateLogs({ service: "daemon" }))
+        Effect.logWarning(`ignored an unhandled promise rejection: ${text}`).pipe(
+          Effect.annotateLogs({ service: "daemon" })
+        )
       )
     }
     yield* Effect.acquireRelease(

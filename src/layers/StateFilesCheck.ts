@@ -29,7 +29,11 @@ import { inspectSqlite } from "./sqliteState.js"
 import { installationIdProblem, readPassphraseFile } from "./StorePassphraseLive.js"
 
 /** Every problem of the state files under `root` for this config, the most fundamental first. */
-export const stateFileProblems = (root: string, resolve: (rel: string) => string, config: CaraConfig): Effect.Effect<Array<StateFileError>> =>
+export const stateFileProblems = (
+  root: string,
+  resolve: (rel: string) => string,
+  config: CaraConfig
+): Effect.Effect<Array<StateFileError>> =>
   Effect.gen(function*() {
     const out: Array<StateFileError> = []
     const m = config.matrix
@@ -39,23 +43,49 @@ export const stateFileProblems = (root: string, resolve: (rel: string) => string
         const file = resolve(rel)
         const look = inspectSqlite(file, storeStructureProblem)
         if (look.state === "bad") {
-          out.push(new StateFileError({ kind: role === "crypto" ? "crypto-store-corrupt" : "state-store-corrupt", path: file, message: corruptStoreMessage(file, role, look.reason) }))
+          out.push(
+            new StateFileError({
+              kind: role === "crypto" ? "crypto-store-corrupt" : "state-store-corrupt",
+              path: file,
+              message: corruptStoreMessage(file, role, look.reason)
+            })
+          )
         }
       }
       const ledger = resolve(LEDGER_FILE)
       const look = inspectLedgerFile(ledger)
-      if (look.state === "bad") out.push(new StateFileError({ kind: "inbound-ledger-corrupt", path: ledger, message: corruptLedgerMessage(ledger, look.reason) }))
+      if (look.state === "bad") {
+        out.push(
+          new StateFileError({
+            kind: "inbound-ledger-corrupt",
+            path: ledger,
+            message: corruptLedgerMessage(ledger, look.reason)
+          })
+        )
+      }
       // after the stores: a damaged store is the first thing to fix, whatever its key
       const iid = installationIdProblem(root, m)
       if (iid !== undefined) out.push(new StateFileError({ kind: iid.kind, path: iid.path, message: iid.message }))
       if (m.encrypted !== false && m.storePassphrase === undefined) {
         const pinned = yield* Effect.either(readPassphraseFile(resolve(PASSPHRASE_FILE), true))
-        if (pinned._tag === "Left") out.push(new StateFileError({ kind: "encrypted-state-io", path: pinned.left.path, message: pinned.left.message }))
+        if (pinned._tag === "Left") {
+          out.push(
+            new StateFileError({ kind: "encrypted-state-io", path: pinned.left.path, message: pinned.left.message })
+          )
+        }
       }
     }
     const history = resolve(DATABASE_FILE)
     const look = inspectHistoryFile(history)
-    if (look.state === "bad") out.push(new StateFileError({ kind: "session-history-corrupt", path: history, message: corruptHistoryMessage(history, look.reason) }))
+    if (look.state === "bad") {
+      out.push(
+        new StateFileError({
+          kind: "session-history-corrupt",
+          path: history,
+          message: corruptHistoryMessage(history, look.reason)
+        })
+      )
+    }
     return out
   })
 
@@ -74,6 +104,10 @@ export const StateFilesChecked = Layer.effectDiscard(
     const e = first.value
     return yield* (more === 0
       ? e
-      : new StateFileError({ kind: e.kind, path: e.path, message: `${e.message} (${more} more state file problem${more > 1 ? "s" : ""}: run \`cara doctor\`)` }))
+      : new StateFileError({
+        kind: e.kind,
+        path: e.path,
+        message: `${e.message} (${more} more state file problem${more > 1 ? "s" : ""}: run \`cara doctor\`)`
+      }))
   })
 )

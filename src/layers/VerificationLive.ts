@@ -17,9 +17,11 @@ export const makeVerification = Effect.gen(function*() {
   const reg = yield* makeRegistry
 
   // one item's defect (a throwing SDK getter, say) must not stop the worker, or every later flow would stall
-  yield* Effect.forkScoped(Effect.forever(Effect.flatten(Queue.take(reg.work)).pipe(
-    Effect.catchAllCause((c) => Effect.logError("a verification work item failed", c))
-  )))
+  yield* Effect.forkScoped(Effect.forever(
+    Effect.flatten(Queue.take(reg.work)).pipe(
+      Effect.catchAllCause((c) => Effect.logError("a verification work item failed", c))
+    )
+  ))
   yield* Effect.forkScoped(Effect.repeat(Actions.sweep(reg), Schedule.spaced(SWEEP_EVERY)))
 
   return {

@@ -31,7 +31,10 @@ export const channelStatusEvent = (all: ReadonlyArray<ChannelInfo>): GatewayEven
 export const checkHandshake = (headers: Readonly<Record<string, string | undefined>>): BadRequest | undefined => {
   const key = headers["sec-websocket-key"]?.trim()
   if (key === undefined || !/^[A-Za-z0-9+/]{22}==$/.test(key)) {
-    return new BadRequest({ kind: "websocket-handshake-invalid", message: "Sec-WebSocket-Key is missing or not 16 base64-encoded bytes" })
+    return new BadRequest({
+      kind: "websocket-handshake-invalid",
+      message: "Sec-WebSocket-Key is missing or not 16 base64-encoded bytes"
+    })
   }
   if (headers["sec-websocket-version"]?.trim() !== "13") {
     return new BadRequest({ kind: "websocket-handshake-invalid", message: "Sec-WebSocket-Version must be 13" })
@@ -85,7 +88,9 @@ export const WebSocketLive = HttpApiBuilder.Router.use((router) =>
         const refused = yield* Effect.flip(guard.authorize(request)).pipe(Effect.option)
         if (refused._tag === "Some") return errorResponse(refused.value)
         if (request.headers["upgrade"]?.toLowerCase() !== "websocket") {
-          return errorResponse(new BadRequest({ kind: "websocket-upgrade-required", message: "GET /ws needs a WebSocket upgrade request" }))
+          return errorResponse(
+            new BadRequest({ kind: "websocket-upgrade-required", message: "GET /ws needs a WebSocket upgrade request" })
+          )
         }
         const handshake = checkHandshake(request.headers)
         if (handshake !== undefined) return errorResponse(handshake)

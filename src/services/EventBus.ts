@@ -29,7 +29,8 @@ const BACKLOG = 1024
  */
 const verificationKey = (event: GatewayEvent): { peer: string; key: string } | undefined => {
   if (!event.event.startsWith("matrix.verification.")) return undefined
-  const v = (event.payload as { verification?: { userId?: unknown; deviceId?: unknown; flowId?: unknown } } | undefined)?.verification
+  const v = (event.payload as { verification?: { userId?: unknown; deviceId?: unknown; flowId?: unknown } } | undefined)
+    ?.verification
   if (typeof v?.userId !== "string") return undefined
   const which = typeof v.deviceId === "string" ? `device:${v.deviceId}` : `flow:${String(v.flowId)}`
   return { peer: v.userId, key: `${v.userId}\u0000${which}` }
@@ -47,7 +48,9 @@ export class EventBus extends Context.Tag("cara/EventBus")<EventBus, EventBusSha
         Effect.gen(function*() {
           const k = verificationKey(event)
           if (k !== undefined && !buckets.take(k.peer, k.key, yield* Clock.currentTimeMillis)) {
-            if (Option.isSome(metrics)) yield* metrics.value.increment("carapace_matrix_verification_rate_limit_drops_total")
+            if (Option.isSome(metrics)) {
+              yield* metrics.value.increment("carapace_matrix_verification_rate_limit_drops_total")
+            }
             return yield* Effect.logDebug(`verification event not broadcast (rate limit): ${event.event}`)
           }
           yield* PubSub.publish(hub, event)
@@ -62,6 +65,7 @@ export const publishVerification = (
   which: "requested" | "updated",
   verification: unknown
 ) =>
-  Effect.flatMap(EventBus, (bus) =>
-    bus.publish({ event: `matrix.verification.${which}`, payload: { verification, ts: Date.now() } })
+  Effect.flatMap(
+    EventBus,
+    (bus) => bus.publish({ event: `matrix.verification.${which}`, payload: { verification, ts: Date.now() } })
   )

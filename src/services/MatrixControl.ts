@@ -25,7 +25,8 @@ export class MatrixControl extends Context.Tag("cara/MatrixControl")<MatrixContr
 export const matrixRuntimeUnavailable = () =>
   new MatrixControlError({
     kind: "matrix-runtime-unavailable",
-    message: "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
+    message:
+      "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
     retryAfterMs: 5000
   })
 

@@ -6,17 +6,36 @@ import { Context, type Effect } from "effect"
  * Labels must never carry secrets or user content (room ids and user ids included).
  */
 export const METRICS = {
-  carapace_matrix_inbound_dispatch_failures_total: { type: "counter", help: "Inbound dispatch failures by stage (dispatch, dlq_append)." },
-  carapace_matrix_inbound_dlq_lost_event_ids_total: { type: "counter", help: "Inbound events lost because the DLQ could not record them." },
-  carapace_matrix_sync_failures_total: { type: "counter", help: "Failed /sync cycles by class (transient, permanent)." },
-  carapace_matrix_unsupported_inbound_total: { type: "counter", help: "Inbound events dropped as unsupported by kind (encrypted_room, msgtype, oversize)." },
+  carapace_matrix_inbound_dispatch_failures_total: {
+    type: "counter",
+    help: "Inbound dispatch failures by stage (dispatch, dlq_append)."
+  },
+  carapace_matrix_inbound_dlq_lost_event_ids_total: {
+    type: "counter",
+    help: "Inbound events lost because the DLQ could not record them."
+  },
+  carapace_matrix_sync_failures_total: {
+    type: "counter",
+    help: "Failed /sync cycles by class (transient, permanent)."
+  },
+  carapace_matrix_unsupported_inbound_total: {
+    type: "counter",
+    help: "Inbound events dropped as unsupported by kind (encrypted_room, msgtype, oversize)."
+  },
   carapace_matrix_inbound_refused_total: {
     type: "counter",
-    help: "Inbound messages not answered by reason (budget_room, budget_sender, unencrypted_in_encrypted_room, not_cross_signed)."
+    help:
+      "Inbound messages not answered by reason (budget_room, budget_sender, unencrypted_in_encrypted_room, not_cross_signed)."
   },
-  carapace_matrix_inbound_budget_notices_total: { type: "counter", help: "Notices sent for the first budget refusal of a window." },
+  carapace_matrix_inbound_budget_notices_total: {
+    type: "counter",
+    help: "Notices sent for the first budget refusal of a window."
+  },
   carapace_matrix_pending_verifications: { type: "gauge", help: "Verification flows currently held by the daemon." },
-  carapace_matrix_dlq_records: { type: "gauge", help: "Records in the inbound DLQ at the last sample (-1: sampling failed)." },
+  carapace_matrix_dlq_records: {
+    type: "gauge",
+    help: "Records in the inbound DLQ at the last sample (-1: sampling failed)."
+  },
   carapace_matrix_outbound_send_duration_seconds: {
     type: "histogram",
     help: "Duration of outbound Matrix sends.",
@@ -35,12 +54,18 @@ export const METRICS = {
     type: "counter",
     help: "Verification WebSocket events dropped by the per-peer rate limit."
   },
-  carapace_matrix_outbound_pending_replies: { type: "gauge", help: "Replies whose send failed and that are not sent yet (retried)." },
+  carapace_matrix_outbound_pending_replies: {
+    type: "gauge",
+    help: "Replies whose send failed and that are not sent yet (retried)."
+  },
   carapace_matrix_outbound_pending_oldest_age_seconds: {
     type: "gauge",
     help: "Seconds since the oldest pending reply first failed (0 when none)."
   },
-  carapace_matrix_joined_rooms: { type: "gauge", help: "Joined Matrix rooms by encryption (encrypted, unencrypted, unsupported)." },
+  carapace_matrix_joined_rooms: {
+    type: "gauge",
+    help: "Joined Matrix rooms by encryption (encrypted, unencrypted, unsupported)."
+  },
   carapace_matrix_undecryptable_events: { type: "gauge", help: "Events the daemon could not decrypt, since start." },
   carapace_channel_up: { type: "gauge", help: "1 when the channel is connected, else 0." },
   carapace_gateway_auth_failures_total: { type: "counter", help: "Refused control requests by reason." },

@@ -44,7 +44,10 @@ export interface VerificationShape {
    */
   readonly start: (userId: UserId, deviceId?: DeviceId) => Effect.Effect<VerificationFlow, VerificationStartError>
   /** The bot's own account's devices. */
-  readonly devices: Effect.Effect<ReadonlyArray<OwnDevice>, VerificationUnavailable | VerificationFailed | VerificationTimeout>
+  readonly devices: Effect.Effect<
+    ReadonlyArray<OwnDevice>,
+    VerificationUnavailable | VerificationFailed | VerificationTimeout
+  >
 }
 
 export class Verification extends Context.Tag("cara/Verification")<Verification, VerificationShape>() {}

@@ -1,8 +1,8 @@
 // The daemon loads a provider's SDK only when that provider is configured (issue 19 §1: load only what the
 // daemon uses). Checked in a fresh Node process on the built layer, with a resolve hook recording every module.
+import { describe, expect, it } from "@effect/vitest"
 import { spawnSync } from "node:child_process"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
 
 const dist = path.resolve("dist/src")
 

@@ -1,7 +1,7 @@
 // Crash safety and stale locks with real child processes: a writer is SIGKILLed at random moments,
 // 20 rounds; after each, the store opens, every acknowledged batch is there, and every batch is
 // all-or-nothing. A killed owner's lock does not block the next opener; a live owner's pid is named.
-import { spawn, type ChildProcess } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"

@@ -1,12 +1,12 @@
 // Against the real Synapse: a matrix-js-sdk client whose crypto store and sync store are the CryptoStore
 // restarts (both stores closed and rebuilt from their SQLite files) and resumes from its saved sync token
 // with the same device keys, without uploading device keys again.
-import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import { Option, Redacted } from "effect"
 import * as sdk from "matrix-js-sdk"
 import type { Logger } from "matrix-js-sdk/lib/logger.js"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { afterAll, beforeAll, expect, it } from "vitest"
 import type { CryptoStoreShape } from "../../src/services/CryptoStore.js"
 import { withStore } from "../support/cryptostore-child.idb.js"
@@ -97,9 +97,18 @@ describeSynapse("CryptoStore with matrix-js-sdk", (hs) => {
     const login = await (await fetch(`${hs.baseUrl}/_matrix/client/v3/login`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ type: "m.login.password", identifier: { type: "m.id.user", user: user.userId }, password: user.password })
+      body: JSON.stringify({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user: user.userId },
+        password: user.password
+      })
     })).json() as { user_id: string; device_id: string; access_token: string }
-    const session = { baseUrl: hs.baseUrl, userId: login.user_id, deviceId: login.device_id, accessToken: login.access_token }
+    const session = {
+      baseUrl: hs.baseUrl,
+      userId: login.user_id,
+      deviceId: login.device_id,
+      accessToken: login.access_token
+    }
     const room = await (await fetch(`${hs.baseUrl}/_matrix/client/v3/createRoom`, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${session.accessToken}` },
@@ -107,11 +116,14 @@ describeSynapse("CryptoStore with matrix-js-sdk", (hs) => {
     })).json() as { room_id: string }
     let txn = 0
     const poke = async () => {
-      await fetch(`${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(room.room_id)}/send/m.room.message/poke-${++txn}`, {
-        method: "PUT",
-        headers: { "content-type": "application/json", authorization: `Bearer ${session.accessToken}` },
-        body: JSON.stringify({ msgtype: "m.text", body: "poke" })
-      })
+      await fetch(
+        `${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(room.room_id)}/send/m.room.message/poke-${++txn}`,
+        {
+          method: "PUT",
+          headers: { "content-type": "application/json", authorization: `Bearer ${session.accessToken}` },
+          body: JSON.stringify({ msgtype: "m.text", body: "poke" })
+        }
+      )
     }
     const options = { installGlobal: true, cryptoDatabasePrefix: "sync-test", syncStoreName: "sync-test-sync" }
 

@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
-import { cleanEnv, runCli, startDaemon, tempStateDir, type RunningDaemon } from "../support/cli.js"
+import { cleanEnv, runCli, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
 
 const pkg = JSON.parse(fs.readFileSync("package.json", "utf8")) as { version: string }
 
@@ -45,10 +45,13 @@ describe("cara (the daemon's first form)", () => {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     it(`serves GET /health from the configured port, then stops cleanly on ${signal}`, async () => {
       const dir = tempStateDir()
-      writeConfig(dir, `{
+      writeConfig(
+        dir,
+        `{
         // port 0: the OS picks a free port; the ready line says which
         gateway: { port: 0, bind: "loopback", ${AUTH} },
-      }`)
+      }`
+      )
       running = await startDaemon(cleanEnv(dir, TOKEN_ENV))
       expect(running.baseUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
       expect(running.output().match(/ready: gateway listening/g)).toHaveLength(1)
@@ -123,12 +126,14 @@ describe("cara (the daemon's first form)", () => {
 })
 
 describe("cara daemon: auth fails closed (#16.2)", () => {
-  for (const [label, gateway, env] of [
-    ["no gateway.auth", `{ port: 0 }`, {}],
-    ["a token variable that is unset", `{ port: 0, ${AUTH} }`, {}],
-    ["a token variable that is empty", `{ port: 0, ${AUTH} }`, { CARAPACE_GATEWAY_TOKEN: "" }],
-    ["no mode and an empty token", `{ port: 0, auth: { token: "" } }`, {}]
-  ] as const) {
+  for (
+    const [label, gateway, env] of [
+      ["no gateway.auth", `{ port: 0 }`, {}],
+      ["a token variable that is unset", `{ port: 0, ${AUTH} }`, {}],
+      ["a token variable that is empty", `{ port: 0, ${AUTH} }`, { CARAPACE_GATEWAY_TOKEN: "" }],
+      ["no mode and an empty token", `{ port: 0, auth: { token: "" } }`, {}]
+    ] as const
+  ) {
     it(`refuses to start with ${label} and says how to set CARAPACE_GATEWAY_TOKEN`, () => {
       const dir = tempStateDir()
       writeConfig(dir, `{ gateway: ${gateway} }`)
@@ -143,18 +148,23 @@ describe("cara daemon: auth fails closed (#16.2)", () => {
     const dir = tempStateDir()
     writeConfig(dir, `{ gateway: { port: 0, auth: { mode: "none" } } }`)
     running = await startDaemon(cleanEnv(dir))
-    expect(running.output()).toContain('gateway.auth.mode is "none"')
+    expect(running.output()).toContain("gateway.auth.mode is \"none\"")
     // and in every report an operator reads: status (which needs no token then) and doctor
     const port = new URL(running.baseUrl).port
     const status = runCli(["status", "--port", port], cleanEnv(dir))
     expect(status.status, status.stderr).toBe(0)
-    expect(status.stdout).toContain('WARNING:  gateway auth is OFF (gateway.auth.mode "none")')
+    expect(status.stdout).toContain("WARNING:  gateway auth is OFF (gateway.auth.mode \"none\")")
     expect(status.stdout).not.toContain("gateway-token-missing")
-    const json = JSON.parse(runCli(["status", "--port", port, "--json"], cleanEnv(dir)).stdout) as { warnings?: Array<string> }
+    const json = JSON.parse(runCli(["status", "--port", port, "--json"], cleanEnv(dir)).stdout) as {
+      warnings?: Array<string>
+    }
     expect(json.warnings?.[0]).toContain("gateway auth is OFF")
     const doctor = runCli(["doctor", "--offline", "--json"], cleanEnv(dir))
     const report = JSON.parse(doctor.stdout) as { findings: Array<{ check: string; status: string; kind?: string }> }
-    expect(report.findings.find((f) => f.check === "config")).toMatchObject({ status: "warn", kind: "gateway-auth-off" })
+    expect(report.findings.find((f) => f.check === "config")).toMatchObject({
+      status: "warn",
+      kind: "gateway-auth-off"
+    })
     expect(doctor.status).not.toBe(0)
   })
 })
@@ -182,10 +192,19 @@ describe("cara daemon: shutdown always completes (#16.4)", () => {
       `GET /ws HTTP/1.1\r\nHost: ${host}\r\n${auth}Connection: Upgrade\r\nUpgrade: websocket\r\n${extra}\r\n`
     const sockets = await Promise.all([
       rawSocket(running.baseUrl, upgrade("Sec-WebSocket-Version: 13\r\n")),
-      rawSocket(running.baseUrl, upgrade("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 7\r\n")),
-      rawSocket(running.baseUrl, upgrade("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")),
+      rawSocket(
+        running.baseUrl,
+        upgrade("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 7\r\n")
+      ),
+      rawSocket(
+        running.baseUrl,
+        upgrade("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+      ),
       rawSocket(running.baseUrl, `GET /ws HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`),
-      rawSocket(running.baseUrl, `POST /control/matrix/send-test HTTP/1.1\r\nHost: ${host}\r\n${auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{`)
+      rawSocket(
+        running.baseUrl,
+        `POST /control/matrix/send-test HTTP/1.1\r\nHost: ${host}\r\n${auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{`
+      )
     ])
     try {
       // let the daemon take them all in before the signal (polled, not slept)
@@ -194,7 +213,8 @@ describe("cara daemon: shutdown always completes (#16.4)", () => {
       running.child.kill("SIGTERM")
       const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 10_000))
       const result = await Promise.race([running.exited, timeout])
-      expect(result, `daemon did not exit within 10 s of SIGTERM after ${Math.round(performance.now() - t0)} ms`).not.toBe("timeout")
+      expect(result, `daemon did not exit within 10 s of SIGTERM after ${Math.round(performance.now() - t0)} ms`).not
+        .toBe("timeout")
       expect(await canConnect(running.baseUrl)).toBe(false)
       // the maintenance lock is free: a new daemon on the same state dir starts
       running = await startDaemon(cleanEnv(dir, TOKEN_ENV))
@@ -220,8 +240,14 @@ describe("cara daemon without Matrix state (#16.9, #17.7)", () => {
       })
       return { status: r.status, body: (await r.json()) as Record<string, unknown> }
     }
-    expect(await call("GET", "/control/matrix/dlq")).toEqual({ status: 200, body: { ok: true, records: [], undecodable: 0 } })
-    expect(await call("POST", "/control/matrix/dlq/purge", { all: true })).toEqual({ status: 200, body: { ok: true, purged: 0 } })
+    expect(await call("GET", "/control/matrix/dlq")).toEqual({
+      status: 200,
+      body: { ok: true, records: [], undecodable: 0 }
+    })
+    expect(await call("POST", "/control/matrix/dlq/purge", { all: true })).toEqual({
+      status: 200,
+      body: { ok: true, purged: 0 }
+    })
     expect(fs.existsSync(path.join(dir, "matrix", "inbound_dlq.jsonl"))).toBe(false)
     const probe = await call("POST", "/control/matrix/send-test", { roomId: "!room:example.org", text: "probe" })
     expect(probe.status).toBe(503)

@@ -26,13 +26,21 @@ describe.skipIf(skipSynapse())("npm run demo -- --once", () => {
   it("answers with local:echo over an encrypted DM and exits 0 after printing it", { timeout: 480_000 }, async () => {
     const message = `demo probe ${process.pid}`
     // no ANTHROPIC_API_KEY / OPENAI_API_KEY: only what npm and the demo need
-    const run = await runDemo({ PATH: process.env["PATH"] ?? "", HOME: process.env["HOME"] ?? os.tmpdir(), CARA_DEMO_MESSAGE: message })
+    const run = await runDemo({
+      PATH: process.env["PATH"] ?? "",
+      HOME: process.env["HOME"] ?? os.tmpdir(),
+      CARA_DEMO_MESSAGE: message
+    })
     expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0)
     expect(run.stdout).toContain("model: local:echo")
     expect(run.stdout).toContain("cara answered (end-to-end encrypted, decrypted by the human's client):")
     expect(run.stdout).toContain(`  echo: ${message}`)
     // --once: nothing after the answer but the shutdown line
-    expect(run.stdout.slice(run.stdout.indexOf(`echo: ${message}`)).trim().split("\n").slice(1).filter((l) => l.trim() !== "")).toEqual([
+    expect(
+      run.stdout.slice(run.stdout.indexOf(`echo: ${message}`)).trim().split("\n").slice(1).filter((l) =>
+        l.trim() !== ""
+      )
+    ).toEqual([
       "Done. Stopping everything …"
     ])
   })

@@ -1,14 +1,16 @@
 // Every `cara …` command in the operator docs must exist in the built CLI with every flag it uses: each
 // subcommand path is run with `--help` through `node dist/src/cli/bin.js` (npm test builds dist/ first).
+import { describe, expect, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
-import { describe, expect, it } from "@effect/vitest"
 import { CLI } from "../support/cli.js"
 import { docCommands, readDocs } from "../support/docs.js"
 
 const help = (args: ReadonlyArray<string>) =>
   new Promise<{ code: number | null; out: string }>((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args, "--help"], { env: { PATH: process.env["PATH"] ?? "", NO_COLOR: "1" } })
+    const child = spawn(process.execPath, [CLI, ...args, "--help"], {
+      env: { PATH: process.env["PATH"] ?? "", NO_COLOR: "1" }
+    })
     let out = ""
     child.stdout.on("data", (c: Buffer) => (out += c.toString("utf8")))
     child.stderr.on("data", (c: Buffer) => (out += c.toString("utf8")))
@@ -57,7 +59,9 @@ describe("docs: commands", () => {
     const problems: Array<string> = []
     // Four at a time: the machine has two cores and each run starts a Node process.
     for (let i = 0; i < entries.length; i += 4) {
-      problems.push(...(await Promise.all(entries.slice(i, i + 4).map(([key, flags]) => checkCommand(key, flags)))).flat())
+      problems.push(
+        ...(await Promise.all(entries.slice(i, i + 4).map(([key, flags]) => checkCommand(key, flags)))).flat()
+      )
     }
     expect(problems.filter((p) => p.includes("no-such"))).toHaveLength(2)
     expect(problems.filter((p) => !p.includes("no-such"))).toEqual([])

@@ -6,11 +6,18 @@ import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { bundleChild } from "../support/bundleChild.js"
 import { openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
+import { bundleChild } from "../support/bundleChild.js"
 import { done, openDb, request } from "../support/cryptostore-child.idb.js"
-import { CRASH_DB, CRASH_RECORDS, CRASH_SECRET, crashConstant, crashRecord, crashSchema } from "../support/durable-idb-crash-child.js"
+import {
+  CRASH_DB,
+  CRASH_RECORDS,
+  CRASH_SECRET,
+  crashConstant,
+  crashRecord,
+  crashSchema
+} from "../support/durable-idb-crash-child.js"
 
 let work: string
 let childJs: string

@@ -1,13 +1,18 @@
 // Self-test of the test harness against the real Synapse: provisioning errors, the shared server, two "humans"
 // exchanging encrypted messages, SAS verification both ways of ending, in-room user verification, and a
 // strict-rate-limit server that really answers 429.
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { chmod, cp, mkdtemp, rm, stat, writeFile } from "node:fs/promises"
 import os from "node:os"
 import path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Human } from "../support/human.js"
 import { describeSynapse, skipSynapse, startSynapse } from "../support/synapse/index.js"
-import { findRepoRoot, provisionSynapse, REQUIREMENTS_RELATIVE, SynapseProvisionError } from "../support/synapse/provision.js"
+import {
+  findRepoRoot,
+  provisionSynapse,
+  REQUIREMENTS_RELATIVE,
+  SynapseProvisionError
+} from "../support/synapse/provision.js"
 
 const processGone = (pid: number): boolean => {
   try {
@@ -46,14 +51,17 @@ describe.skipIf(skipSynapse())("Synapse provisioning errors", () => {
 
   const fakeRepo = async (name: string) => {
     const root = path.join(tmp, name)
-    await cp(path.join(findRepoRoot(), REQUIREMENTS_RELATIVE), path.join(root, REQUIREMENTS_RELATIVE), { recursive: true })
+    await cp(path.join(findRepoRoot(), REQUIREMENTS_RELATIVE), path.join(root, REQUIREMENTS_RELATIVE), {
+      recursive: true
+    })
     return root
   }
 
   it("names the missing Python and the ways out", async () => {
     const root = await fakeRepo("no-python")
-    const err = await withEnv({ CARA_SYNAPSE_PYTHON: path.join(tmp, "does-not-exist", "python3") }, () =>
-      provisionSynapse({ repoRoot: root, log: () => {} }).then(() => undefined, (e: unknown) => e)
+    const err = await withEnv(
+      { CARA_SYNAPSE_PYTHON: path.join(tmp, "does-not-exist", "python3") },
+      () => provisionSynapse({ repoRoot: root, log: () => {} }).then(() => undefined, (e: unknown) => e)
     )
     expect(err).toBeInstanceOf(SynapseProvisionError)
     expect((err as SynapseProvisionError).kind).toBe("python_missing")
@@ -67,8 +75,9 @@ describe.skipIf(skipSynapse())("Synapse provisioning errors", () => {
     // answers the version probe like an old interpreter would
     await writeFile(fake, "#!/bin/sh\necho 3.8.10\necho 3.31.1\n")
     await chmod(fake, 0o755)
-    const err = await withEnv({ CARA_SYNAPSE_PYTHON: fake }, () =>
-      provisionSynapse({ repoRoot: root, log: () => {} }).then(() => undefined, (e: unknown) => e)
+    const err = await withEnv(
+      { CARA_SYNAPSE_PYTHON: fake },
+      () => provisionSynapse({ repoRoot: root, log: () => {} }).then(() => undefined, (e: unknown) => e)
     )
     expect((err as SynapseProvisionError).kind).toBe("python_too_old")
     expect((err as Error).message).toContain("3.8.10")
@@ -108,7 +117,9 @@ describeSynapse("Synapse harness", (hs) => {
     const health = await fetch(`${hs.baseUrl}/health`)
     expect(health.status).toBe(200)
     expect(await health.text()).toBe("OK")
-    const versions = (await (await fetch(`${hs.baseUrl}/_matrix/client/versions`)).json()) as { versions: Array<string> }
+    const versions = (await (await fetch(`${hs.baseUrl}/_matrix/client/versions`)).json()) as {
+      versions: Array<string>
+    }
     expect(versions.versions.length).toBeGreaterThan(0)
     expect(hs.serverName).toBe("localhost")
   })
@@ -124,7 +135,11 @@ describeSynapse("Synapse harness", (hs) => {
     const login = await fetch(`${hs.baseUrl}/_matrix/client/v3/login`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ type: "m.login.password", identifier: { type: "m.id.user", user: "harness-reg" }, password: "correct horse" })
+      body: JSON.stringify({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user: "harness-reg" },
+        password: "correct horse"
+      })
     })
     expect(login.status).toBe(200)
     await expect(hs.registerUser("harness-reg", "other")).rejects.toThrow(/M_USER_IN_USE/)
@@ -138,7 +153,10 @@ describeSynapse("Synapse harness", (hs) => {
     beforeAll(async () => {
       const a = await hs.registerUser()
       const b = await hs.registerUser()
-      ;[alice, bob] = await Promise.all([Human.login(hs.baseUrl, a.userId, a.password), Human.login(hs.baseUrl, b.userId, b.password)])
+      ;[alice, bob] = await Promise.all([
+        Human.login(hs.baseUrl, a.userId, a.password),
+        Human.login(hs.baseUrl, b.userId, b.password)
+      ])
       await Promise.all([alice.start(), bob.start()])
     })
     afterAll(async () => {
@@ -157,7 +175,12 @@ describeSynapse("Synapse harness", (hs) => {
 
       const fromBob = await bob.sendText(roomId, "hi alice, pelican received")
       const gotByAlice = await alice.waitForMessage(roomId, (m) => m.body.startsWith("hi alice"))
-      expect(gotByAlice).toMatchObject({ eventId: fromBob, sender: bob.userId, body: "hi alice, pelican received", encrypted: true })
+      expect(gotByAlice).toMatchObject({
+        eventId: fromBob,
+        sender: bob.userId,
+        body: "hi alice, pelican received",
+        encrypted: true
+      })
 
       // on the wire (as the server stores them) both are ciphertext that does not contain the text
       for (const id of [fromAlice, fromBob]) {
@@ -259,7 +282,9 @@ describeSynapse("Synapse harness", (hs) => {
       await Promise.all([outgoing.waitForDone(), incoming.waitForDone()])
 
       const deadline = Date.now() + 10_000
-      while (!(await alice.isUserCrossSigningVerified(bob.userId)) || !(await bob.isUserCrossSigningVerified(alice.userId))) {
+      while (
+        !(await alice.isUserCrossSigningVerified(bob.userId)) || !(await bob.isUserCrossSigningVerified(alice.userId))
+      ) {
         if (Date.now() > deadline) throw new Error("user verification did not show on both sides within 10 s")
         await new Promise((r) => setTimeout(r, 50))
       }
@@ -273,7 +298,11 @@ describeSynapse("Synapse harness", (hs) => {
     try {
       const u = await strict.registerUser()
       const auth = { authorization: `Bearer ${u.accessToken}`, "content-type": "application/json" }
-      const created = await fetch(`${strict.baseUrl}/_matrix/client/v3/createRoom`, { method: "POST", headers: auth, body: "{}" })
+      const created = await fetch(`${strict.baseUrl}/_matrix/client/v3/createRoom`, {
+        method: "POST",
+        headers: auth,
+        body: "{}"
+      })
       const { room_id } = (await created.json()) as { room_id: string }
       let limited: { status: number; body: Record<string, unknown> } | undefined
       let accepted = 0

@@ -1,10 +1,10 @@
+import { describe, expect, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { APPLIED_MARKER, DEFAULT_DAEMON_FLAGS, daemonReexec, requestedFlags } from "../../src/domain/v8flags.js"
-import { CLI, cleanEnv, tempStateDir } from "../support/cli.js"
+import { APPLIED_MARKER, daemonReexec, DEFAULT_DAEMON_FLAGS, requestedFlags } from "../../src/domain/v8flags.js"
+import { cleanEnv, CLI, tempStateDir } from "../support/cli.js"
 
 const daemon = (env: Record<string, string | undefined> = {}, execArgv: Array<string> = []) => ({
   argv: ["/usr/bin/node", "/app/dist/src/cli/bin.js"],
@@ -31,7 +31,12 @@ describe("daemon node flags (pure)", () => {
     expect(fromOptions.args.filter((a) => a.startsWith("--max"))).toEqual([])
     expect(fromOptions.added).toEqual(["MALLOC_ARENA_MAX=2"])
     const fromArgv = daemonReexec(daemon({}, ["--max-semi-space-size=8", "--cpu-prof"]))!
-    expect(fromArgv.args).toEqual(["/usr/bin/node", "--max-semi-space-size=8", "--cpu-prof", "/app/dist/src/cli/bin.js"])
+    expect(fromArgv.args).toEqual([
+      "/usr/bin/node",
+      "--max-semi-space-size=8",
+      "--cpu-prof",
+      "/app/dist/src/cli/bin.js"
+    ])
     expect(daemonReexec(daemon({ MALLOC_ARENA_MAX: "4" }, ["--max-semi-space-size=8"]))).toBeUndefined()
   })
 
@@ -55,7 +60,10 @@ const probe = (extra: Record<string, string>): Promise<Array<string>> => {
     "process.stderr.write(`probe pid=${process.pid} argv=${JSON.stringify(process.execArgv)} marker=${process.env.CARA_NODE_FLAGS_APPLIED} arena=${process.env.MALLOC_ARENA_MAX}\\n`)\n"
   )
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI], { env: cleanEnv(dir, { NODE_OPTIONS: `--import=${file}`, ...extra }), stdio: ["ignore", "ignore", "pipe"] })
+    const child = spawn(process.execPath, [CLI], {
+      env: cleanEnv(dir, { NODE_OPTIONS: `--import=${file}`, ...extra }),
+      stdio: ["ignore", "ignore", "pipe"]
+    })
     let err = ""
     child.stderr.on("data", (c: Buffer) => (err += c.toString("utf8")))
     // the daemon itself fails at once on the empty state dir (no config); only the probe lines matter

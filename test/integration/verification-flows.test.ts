@@ -2,19 +2,25 @@
 // `--no-match` confirmation, a cancel by the human, a bot-initiated `cara matrix verify` of a device the human
 // added after the bot started, and glare (both sides start SAS at once). Every flow runs between the same
 // pair of devices as the one before it unless a new device is the point of the test.
+import { ClientEvent } from "matrix-js-sdk"
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { ClientEvent } from "matrix-js-sdk"
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
+import { trackUsers } from "../../src/layers/verification/sdkPort.js"
+import { cleanEnv, CLI, runCli } from "../support/cli.js"
 import type { FakeLlmServer } from "../support/fake-llm.js"
-import { CLI, cleanEnv, runCli } from "../support/cli.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { trackUsers } from "../../src/layers/verification/sdkPort.js"
-import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm, GATEWAY_TOKEN, type ApiFlow, sleep } from "./matrix-support.js"
-
-
+import {
+  type ApiFlow,
+  type Bot,
+  CONFIG_PASSWORD,
+  GATEWAY_TOKEN,
+  makeBot,
+  sleep,
+  startFakeLlm
+} from "./matrix-support.js"
 
 describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare", (hs) => {
   let llm: FakeLlmServer
@@ -28,24 +34,34 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
   const api = async (method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: {
+        authorization: `Bearer ${GATEWAY_TOKEN}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" })
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const flows = async (): Promise<Array<ApiFlow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
+  const flows = async (): Promise<Array<ApiFlow>> =>
+    (await api("GET", "/control/matrix/verifications")).body.verifications
   const waitFlow = async (what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const f = (await flows()).find(pred)
       if (f) return f
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; flows: ${JSON.stringify(await flows())}`)
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${what}; flows: ${JSON.stringify(await flows())}`)
+      }
       await sleep(100)
     }
   }
   const cli = (args: ReadonlyArray<string>, input?: string) => {
     const port = new URL(bot.running!.baseUrl).port
-    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
+    return runCli(
+      ["matrix", ...args, "--port", port],
+      cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }),
+      input
+    )
   }
 
   /** The CLI on a pseudo-terminal (util-linux `script`), `input` typed at its prompt. */
@@ -139,25 +155,29 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
     await closeLlm()
   })
 
-  it("a first flow completes (typed `yes` at the CLI prompt), then `confirm --no-match` on the next one between the same devices cancels both sides with m.mismatched_sas", async () => {
-    const first = await requestAndAccept(alice)
-    await compareAndConfirm(alice, first.hv, first.flowId, true)
+  it(
+    "a first flow completes (typed `yes` at the CLI prompt), then `confirm --no-match` on the next one between the same devices cancels both sides with m.mismatched_sas",
+    async () => {
+      const first = await requestAndAccept(alice)
+      await compareAndConfirm(alice, first.hv, first.flowId, true)
 
-    const { hv, flowId } = await requestAndAccept(alice)
-    await hv.waitForSas()
-    await waitFlow("the bot's SAS", (f) => f.flowId === flowId && f.sas !== undefined)
-    const r = cli(["confirm", flowId, "--no-match", "--unsafe-skip-sas-prompt", "--json"])
-    expect(r.status, r.stderr).toBe(0)
-    expect(JSON.parse(r.stdout).verification.state).toBe("mismatched")
-    const onHuman = await hv.waitForCancel()
-    expect(onHuman.code).toBe("m.mismatched_sas")
-    expect(onHuman.by).toBe(bot.user.userId)
-    const after = (await flows()).find((f) => f.flowId === flowId)
-    expect(after?.state).toBe("mismatched")
-    // a terminal flow answers 410
-    const late = await api("POST", `/control/matrix/verifications/${flowId}/confirm`, { match: true })
-    expect(late.status).toBe(410)
-  }, 120_000)
+      const { hv, flowId } = await requestAndAccept(alice)
+      await hv.waitForSas()
+      await waitFlow("the bot's SAS", (f) => f.flowId === flowId && f.sas !== undefined)
+      const r = cli(["confirm", flowId, "--no-match", "--unsafe-skip-sas-prompt", "--json"])
+      expect(r.status, r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout).verification.state).toBe("mismatched")
+      const onHuman = await hv.waitForCancel()
+      expect(onHuman.code).toBe("m.mismatched_sas")
+      expect(onHuman.by).toBe(bot.user.userId)
+      const after = (await flows()).find((f) => f.flowId === flowId)
+      expect(after?.state).toBe("mismatched")
+      // a terminal flow answers 410
+      const late = await api("POST", `/control/matrix/verifications/${flowId}/confirm`, { match: true })
+      expect(late.status).toBe(410)
+    },
+    120_000
+  )
 
   it("the human cancels an accepted flow: the bot lists it as cancelled", async () => {
     const { hv, flowId } = await requestAndAccept(alice)
@@ -168,24 +188,28 @@ describeSynapse("Matrix SAS verification: mismatch, cancel, bot-initiated, glare
     expect((await api("POST", `/control/matrix/verifications/${flowId}/accept`)).status).toBe(410)
   }, 120_000)
 
-  it("bot-initiated `cara matrix verify <user> <device>` of a device added after the bot started completes", async () => {
-    const phone = await Human.login(hs.baseUrl, aliceLogin.userId, aliceLogin.password, { deviceName: "alice phone" })
-    humans.push(phone)
-    await phone.start()
-    expect(await trackUsers(phone.client, [bot.user.userId])).toBe(true)
-    await phone.waitForDevice(bot.user.userId, botDevice)
+  it(
+    "bot-initiated `cara matrix verify <user> <device>` of a device added after the bot started completes",
+    async () => {
+      const phone = await Human.login(hs.baseUrl, aliceLogin.userId, aliceLogin.password, { deviceName: "alice phone" })
+      humans.push(phone)
+      await phone.start()
+      expect(await trackUsers(phone.client, [bot.user.userId])).toBe(true)
+      await phone.waitForDevice(bot.user.userId, botDevice)
 
-    const started = cli(["verify", alice.userId, phone.deviceId, "--json"])
-    expect(started.status, started.stderr).toBe(0)
-    const flow = JSON.parse(started.stdout).verification as ApiFlow
-    expect(flow).toMatchObject({ userId: alice.userId, deviceId: phone.deviceId })
+      const started = cli(["verify", alice.userId, phone.deviceId, "--json"])
+      expect(started.status, started.stderr).toBe(0)
+      const flow = JSON.parse(started.stdout).verification as ApiFlow
+      expect(flow).toMatchObject({ userId: alice.userId, deviceId: phone.deviceId })
 
-    const hv = await phone.nextVerificationRequest(30_000, bot.user.userId)
-    expect(hv.transactionId).toBe(flow.protocolFlowId)
-    await hv.accept()
-    // the bot started it, so it starts SAS itself once ready, and needs no `accept`
-    await compareAndConfirm(phone, hv, flow.flowId)
-  }, 120_000)
+      const hv = await phone.nextVerificationRequest(30_000, bot.user.userId)
+      expect(hv.transactionId).toBe(flow.protocolFlowId)
+      await hv.accept()
+      // the bot started it, so it starts SAS itself once ready, and needs no `accept`
+      await compareAndConfirm(phone, hv, flow.flowId)
+    },
+    120_000
+  )
 
   it("glare: both sides start SAS at once and the flow still completes", async () => {
     const tablet = await Human.login(hs.baseUrl, aliceLogin.userId, aliceLogin.password, { deviceName: "alice tablet" })

@@ -4,15 +4,14 @@
 // in the flow (which would end the flow with the bot's own m.user cancel).
 import { ClientEvent } from "matrix-js-sdk"
 import { afterEach, expect, it } from "vitest"
+import { trackUsers } from "../../src/layers/verification/sdkPort.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { trackUsers } from "../../src/layers/verification/sdkPort.js"
 import { type ApiFlow, type Bot, GATEWAY_TOKEN, sleep } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
 /** Accept-then-start rounds in one run (about 1 s each on the 2-core test machine). */
 const ROUNDS = 50
-
 
 describeSynapse("Matrix SAS verification on the first try (real daemon, human client)", (hs) => {
   const world = useMatrixWorld(hs)
@@ -24,18 +23,28 @@ describeSynapse("Matrix SAS verification on the first try (real daemon, human cl
   const api = async (bot: Bot, method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: {
+        authorization: `Bearer ${GATEWAY_TOKEN}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" })
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const waitFlow = async (bot: Bot, what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
+  const waitFlow = async (
+    bot: Bot,
+    what: string,
+    pred: (f: ApiFlow) => boolean,
+    timeoutMs = 30_000
+  ): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const flows = (await api(bot, "GET", "/control/matrix/verifications")).body.verifications as Array<ApiFlow>
       const f = flows.find(pred)
       if (f) return f
-      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; flows: ${JSON.stringify(flows)}`)
+      if (Date.now() > deadline) {
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; flows: ${JSON.stringify(flows)}`)
+      }
       await sleep(50)
     }
   }
@@ -70,7 +79,9 @@ describeSynapse("Matrix SAS verification on the first try (real daemon, human cl
     const withSas = await waitFlow(bot, "the bot's SAS", (f) => f.flowId === flowId && f.sas !== undefined)
     expect(withSas.sas!.emoji).toEqual(humanSas.emoji)
     expect(withSas.sas!.decimals).toEqual(humanSas.decimals)
-    expect((await api(bot, "POST", `/control/matrix/verifications/${flowId}/confirm`, { match: true })).status).toBe(200)
+    expect((await api(bot, "POST", `/control/matrix/verifications/${flowId}/confirm`, { match: true })).status).toBe(
+      200
+    )
     await hv.confirm()
     await hv.waitForDone()
     await waitFlow(bot, "done on the bot", (f) => f.flowId === flowId && f.state === "done")
@@ -87,13 +98,20 @@ describeSynapse("Matrix SAS verification on the first try (real daemon, human cl
       const laptop = await newDevice(login, bot, `alice laptop ${attempt}`)
       const hv = await laptop.requestDeviceVerification(bot.user.userId, botDevice)
       const requestedAt = Date.now()
-      const listed = await waitFlow(bot, "the first request of the new device", (f) => f.protocolFlowId === hv.transactionId, 10_000)
+      const listed = await waitFlow(
+        bot,
+        "the first request of the new device",
+        (f) => f.protocolFlowId === hv.transactionId,
+        10_000
+      )
       expect(listed).toMatchObject({ userId: login.userId, deviceId: laptop.deviceId, state: "requested" })
       expect(Date.now() - requestedAt).toBeLessThan(10_000)
       expect((await api(bot, "POST", `/control/matrix/verifications/${listed.flowId}/accept`)).status).toBe(200)
       await confirmBoth(bot, hv, listed.flowId)
       expect((await laptop.waitForDeviceVerified(bot.user.userId, botDevice)).verified).toBe(true)
-      const dropped = bot.output().split("\n").some((l) => l.includes("did not know yet") && l.includes(laptop.deviceId))
+      const dropped = bot.output().split("\n").some((l) =>
+        l.includes("did not know yet") && l.includes(laptop.deviceId)
+      )
       if (dropped) return
       // the periodic refresh knew the device first: say so in the log of a failing run, and try another one
       expect(bot.output()).toMatch(new RegExp(`new device of an allowlisted user[^\\n]*${laptop.deviceId}`))
@@ -113,7 +131,8 @@ describeSynapse("Matrix SAS verification on the first try (real daemon, human cl
       const hv = await human.requestDeviceVerification(bot.user.userId, botDevice)
       hv.startSasOnReady()
       const listed = await waitFlow(bot, `round ${round}: the request`, (f) => f.protocolFlowId === hv.transactionId)
-      expect((await api(bot, "POST", `/control/matrix/verifications/${listed.flowId}/accept`)).status, `round ${round}`).toBe(200)
+      expect((await api(bot, "POST", `/control/matrix/verifications/${listed.flowId}/accept`)).status, `round ${round}`)
+        .toBe(200)
       await confirmBoth(bot, hv, listed.flowId).catch((e: unknown) => {
         throw new Error(`round ${round}: ${e instanceof Error ? e.message : String(e)}`)
       })

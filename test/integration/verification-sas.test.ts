@@ -3,14 +3,20 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest"
-import type { FakeLlmServer } from "../support/fake-llm.js"
+import { trackUsers } from "../../src/layers/verification/sdkPort.js"
 import { cleanEnv, runCli } from "../support/cli.js"
+import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human, type HumanVerification } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
-import { trackUsers } from "../../src/layers/verification/sdkPort.js"
-import { type Bot, CONFIG_PASSWORD, makeBot, startFakeLlm, GATEWAY_TOKEN, type ApiFlow, sleep } from "./matrix-support.js"
-
-
+import {
+  type ApiFlow,
+  type Bot,
+  CONFIG_PASSWORD,
+  GATEWAY_TOKEN,
+  makeBot,
+  sleep,
+  startFakeLlm
+} from "./matrix-support.js"
 
 describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
   let llm: FakeLlmServer
@@ -41,24 +47,34 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
   const api = async (method: "GET" | "POST", p: string, body?: unknown) => {
     const r = await fetch(`${bot.running!.baseUrl}${p}`, {
       method,
-      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: {
+        authorization: `Bearer ${GATEWAY_TOKEN}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" })
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
     return { status: r.status, body: (await r.json()) as any }
   }
-  const flows = async (): Promise<Array<ApiFlow>> => (await api("GET", "/control/matrix/verifications")).body.verifications
+  const flows = async (): Promise<Array<ApiFlow>> =>
+    (await api("GET", "/control/matrix/verifications")).body.verifications
   const waitFlow = async (what: string, pred: (f: ApiFlow) => boolean, timeoutMs = 30_000): Promise<ApiFlow> => {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const f = (await flows()).find(pred)
       if (f) return f
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; flows: ${JSON.stringify(await flows())}`)
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${what}; flows: ${JSON.stringify(await flows())}`)
+      }
       await sleep(100)
     }
   }
   const cli = (args: ReadonlyArray<string>, input?: string) => {
     const port = new URL(bot.running!.baseUrl).port
-    return runCli(["matrix", ...args, "--port", port], cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }), input)
+    return runCli(
+      ["matrix", ...args, "--port", port],
+      cleanEnv(bot.dir, { CARAPACE_GATEWAY_TOKEN: GATEWAY_TOKEN, CARAPACE_CONFIG_PASSWORD: CONFIG_PASSWORD }),
+      input
+    )
   }
 
   /** The bot's SAS equals the human's; both confirm; both end `done` and the human trusts the bot's device. */
@@ -93,10 +109,14 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
     expect(await trackUsers(bob.client, [bot.user.userId])).toBe(true)
     const wsModule = "ws"
     const WebSocket = ((await import(wsModule)) as { default: new(url: string, o?: unknown) => any }).default
-    const socket = new WebSocket(`${bot.running!.baseUrl.replace(/^http/, "ws")}/ws`, { headers: { authorization: `Bearer ${GATEWAY_TOKEN}` } })
+    const socket = new WebSocket(`${bot.running!.baseUrl.replace(/^http/, "ws")}/ws`, {
+      headers: { authorization: `Bearer ${GATEWAY_TOKEN}` }
+    })
     socket.on("message", (data: Buffer) => {
       const f = JSON.parse(data.toString()) as { type: string; event?: string; payload?: any }
-      if (f.type === "event" && f.event?.startsWith("matrix.verification.")) frames.push({ event: f.event, payload: f.payload })
+      if (f.type === "event" && f.event?.startsWith("matrix.verification.")) {
+        frames.push({ event: f.event, payload: f.payload })
+      }
     })
     await new Promise<void>((resolve, reject) => {
       socket.on("open", () => resolve())
@@ -122,40 +142,46 @@ describeSynapse("Matrix SAS verification (real daemon, human client)", (hs) => {
     await closeLlm()
   })
 
-  it("human-initiated device verification before any shared room: listed → 409 before SAS → accept → equal SAS → confirm both → verified; WS events in order", async () => {
-    // no room exists between them: the bot tracks allowlisted users from startup
-    await alice.waitForDevice(bot.user.userId, botDevice)
-    const hv = await alice.requestDeviceVerification(bot.user.userId, botDevice)
-    const listed = await waitFlow("alice's request", (f) => f.userId === alice.userId)
-    expect(listed).toMatchObject({ state: "requested", deviceId: alice.deviceId, protocolFlowId: hv.transactionId })
-    expect(listed.roomId).toBeUndefined()
+  it(
+    "human-initiated device verification before any shared room: listed → 409 before SAS → accept → equal SAS → confirm both → verified; WS events in order",
+    async () => {
+      // no room exists between them: the bot tracks allowlisted users from startup
+      await alice.waitForDevice(bot.user.userId, botDevice)
+      const hv = await alice.requestDeviceVerification(bot.user.userId, botDevice)
+      const listed = await waitFlow("alice's request", (f) => f.userId === alice.userId)
+      expect(listed).toMatchObject({ state: "requested", deviceId: alice.deviceId, protocolFlowId: hv.transactionId })
+      expect(listed.roomId).toBeUndefined()
 
-    const early = await api("POST", `/control/matrix/verifications/${listed.flowId}/confirm`, { match: true })
-    expect(early.status).toBe(409)
-    expect(early.body.error.kind).toBe("verification-flow-not-ready")
+      const early = await api("POST", `/control/matrix/verifications/${listed.flowId}/confirm`, { match: true })
+      expect(early.status).toBe(409)
+      expect(early.body.error.kind).toBe("verification-flow-not-ready")
 
-    // the CLI (real process) accepts; list --json shows it
-    const accepted = cli(["accept", listed.flowId, "--json"])
-    expect(accepted.status, accepted.stderr).toBe(0)
-    expect(JSON.parse(accepted.stdout).verification.flowId).toBe(listed.flowId)
+      // the CLI (real process) accepts; list --json shows it
+      const accepted = cli(["accept", listed.flowId, "--json"])
+      expect(accepted.status, accepted.stderr).toBe(0)
+      expect(JSON.parse(accepted.stdout).verification.flowId).toBe(listed.flowId)
 
-    await compareAndConfirm(hv, listed.flowId)
-    const trust = await alice.waitForDeviceVerified(bot.user.userId, botDevice)
-    expect(trust.verified).toBe(true)
+      await compareAndConfirm(hv, listed.flowId)
+      const trust = await alice.waitForDeviceVerified(bot.user.userId, botDevice)
+      expect(trust.verified).toBe(true)
 
-    const listing = cli(["verifications", "--json"])
-    expect(listing.status, listing.stderr).toBe(0)
-    expect(JSON.parse(listing.stdout).verifications.find((f: ApiFlow) => f.flowId === listed.flowId).state).toBe("done")
+      const listing = cli(["verifications", "--json"])
+      expect(listing.status, listing.stderr).toBe(0)
+      expect(JSON.parse(listing.stdout).verifications.find((f: ApiFlow) => f.flowId === listed.flowId).state).toBe(
+        "done"
+      )
 
-    // WS: one `requested`, then only `updated`, ending in done, SAS before confirmation
-    const mine = frames.filter((f) => f.payload.verification.flowId === listed.flowId)
-    expect(mine[0]?.event).toBe("matrix.verification.requested")
-    expect(mine.slice(1).every((f) => f.event === "matrix.verification.updated")).toBe(true)
-    const states = mine.map((f) => f.payload.verification.state)
-    expect(states.at(-1)).toBe("done")
-    expect(states.indexOf("keys_exchanged")).toBeGreaterThan(0)
-    expect(states.indexOf("keys_exchanged")).toBeLessThan(states.lastIndexOf("done"))
-  }, 120_000)
+      // WS: one `requested`, then only `updated`, ending in done, SAS before confirmation
+      const mine = frames.filter((f) => f.payload.verification.flowId === listed.flowId)
+      expect(mine[0]?.event).toBe("matrix.verification.requested")
+      expect(mine.slice(1).every((f) => f.event === "matrix.verification.updated")).toBe(true)
+      const states = mine.map((f) => f.payload.verification.state)
+      expect(states.at(-1)).toBe("done")
+      expect(states.indexOf("keys_exchanged")).toBeGreaterThan(0)
+      expect(states.indexOf("keys_exchanged")).toBeLessThan(states.lastIndexOf("done"))
+    },
+    120_000
+  )
 
   it("a request from a user outside the allowlist is never listed", async () => {
     await bob.waitForDevice(bot.user.userId, botDevice)

@@ -1,9 +1,9 @@
 // Crash tests run their child from one esbuild bundle of the child script and our sources; packages stay
 // external and load from the project's node_modules through a symlink beside the bundle.
+import { build } from "esbuild"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { build } from "esbuild"
 
 export interface BundledChild {
   /** The scratch directory holding the bundle (the test's work dir; remove it with `cleanup`). */

@@ -1,10 +1,10 @@
 // Promise helpers over the raw IndexedDB API, shared by the CryptoStore tests, the crash child and the bench.
 import { Effect, Layer, Option, Redacted, type Scope } from "effect"
+import type { CryptoStoreError } from "../../src/domain/cryptoStore.js"
+import type { StateDirError } from "../../src/domain/errors.js"
 import { CryptoStoreLive, makeCryptoStore } from "../../src/layers/CryptoStoreLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import type { CryptoStoreError } from "../../src/domain/cryptoStore.js"
 import type { CryptoStore, CryptoStoreOptions, CryptoStoreShape, IdbFactory } from "../../src/services/CryptoStore.js"
-import type { StateDirError } from "../../src/domain/errors.js"
 
 export type Db = any
 export type Tx = any
@@ -73,7 +73,10 @@ export const withStore = <A>(
   )
 
 /** Opens the store and returns the typed failure, if any (the store is closed again either way). */
-export const openFailure = (root: string, options: StoreOptions): Promise<CryptoStoreError | StateDirError | undefined> =>
+export const openFailure = (
+  root: string,
+  options: StoreOptions
+): Promise<CryptoStoreError | StateDirError | undefined> =>
   Effect.runPromise(
     Effect.scoped(makeCryptoStore(withDefaults(options))).pipe(
       Effect.provide(StateDirAt(root)),
@@ -84,7 +87,10 @@ export const openFailure = (root: string, options: StoreOptions): Promise<Crypto
   )
 
 /** The store as a layer (for code that wants the service tag). */
-export const storeLayer = (root: string, options: StoreOptions): Layer.Layer<CryptoStore, CryptoStoreError | StateDirError> =>
+export const storeLayer = (
+  root: string,
+  options: StoreOptions
+): Layer.Layer<CryptoStore, CryptoStoreError | StateDirError> =>
   CryptoStoreLive(withDefaults(options)).pipe(Layer.provide(StateDirAt(root)))
 
 export type Scoped<A> = Effect.Effect<A, CryptoStoreError | StateDirError, Scope.Scope>

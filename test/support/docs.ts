@@ -38,10 +38,13 @@ export const readDoc = (file: string): Doc => {
 export const readDocs = (): ReadonlyArray<Doc> => DOC_FILES.map(readDoc)
 
 /** Inline code spans of the prose (single backticks). */
-export const inlineSpans = (doc: Doc): ReadonlyArray<string> => [...doc.prose.matchAll(/`([^`\n]+)`/g)].map((m) => m[1]!)
+export const inlineSpans = (doc: Doc): ReadonlyArray<string> =>
+  [...doc.prose.matchAll(/`([^`\n]+)`/g)].map((m) => m[1]!)
 
 /** Markdown tables: header cells and rows of cells. */
-export const tables = (doc: Doc): ReadonlyArray<{ header: ReadonlyArray<string>; rows: ReadonlyArray<ReadonlyArray<string>> }> => {
+export const tables = (
+  doc: Doc
+): ReadonlyArray<{ header: ReadonlyArray<string>; rows: ReadonlyArray<ReadonlyArray<string>> }> => {
   const out: Array<{ header: Array<string>; rows: Array<Array<string>> }> = []
   const lines = doc.prose.split("\n").map((l) => l.trim())
   const cells = (l: string) => l.replace(/^\|/, "").replace(/\|$/, "").split("|").map((c) => c.trim())

@@ -15,7 +15,9 @@ export const crashRecord = (id: number, gen: number) => ({ id, gen, payload: new
 /** Put again by every transaction, always equal: after the first, a put the store skips as unchanged. */
 export const crashConstant = () => ({ fixed: true, payload: new Uint8Array(3000).fill(7) })
 
-export const crashSchema = (db: { createObjectStore(name: string, o?: object): { createIndex(n: string, k: string): void } }) => {
+export const crashSchema = (
+  db: { createObjectStore(name: string, o?: object): { createIndex(n: string, k: string): void } }
+) => {
   db.createObjectStore("recs", { keyPath: "id" }).createIndex("by_gen", "gen")
   db.createObjectStore("meta")
 }

@@ -4,9 +4,9 @@
  * error bodies with `retry-after`, errors inside an SSE stream. Each server records the requests it got
  * so tests can assert on what was sent (system prompt, history order, headers).
  */
+import { Effect, type Scope } from "effect"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import { Effect, type Scope } from "effect"
 
 export type FakeReply =
   /** A successful answer: streamed as one delta per chunk when the request asks for a stream. */
@@ -27,7 +27,12 @@ export type FakeReply =
     readonly headers?: Readonly<Record<string, string>>
   }
   /** A stream that starts, sends some deltas, then an in-stream error event. */
-  | { readonly type: "stream-error"; readonly chunks: ReadonlyArray<string>; readonly errorType: string; readonly message: string }
+  | {
+    readonly type: "stream-error"
+    readonly chunks: ReadonlyArray<string>
+    readonly errorType: string
+    readonly message: string
+  }
   /** A stream that sends some deltas and then never finishes (until the client goes away). */
   | { readonly type: "stall"; readonly chunks: ReadonlyArray<string> }
 
@@ -131,7 +136,11 @@ const handleOpenAI = (req: RecordedRequest, reply: FakeReply, res: http.ServerRe
   const model = String(req.body?.model ?? "")
   if (reply.type === "error") {
     res.writeHead(reply.status, { "content-type": "application/json", "x-request-id": "req_fake", ...reply.headers })
-    res.end(JSON.stringify({ error: { message: reply.message, type: reply.errorType, param: null, code: reply.code ?? null } }))
+    res.end(
+      JSON.stringify({
+        error: { message: reply.message, type: reply.errorType, param: null, code: reply.code ?? null }
+      })
+    )
     return
   }
   if (req.body?.stream === true) {
@@ -217,10 +226,13 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
               for (const w of abortWaiters.splice(0)) w()
             })
           }
-          const answer = () => (flavor === "anthropic" ? handleAnthropic(recorded, reply, res) : handleOpenAI(recorded, reply, res))
+          const answer =
+            () => (flavor === "anthropic" ? handleAnthropic(recorded, reply, res) : handleOpenAI(recorded, reply, res))
           // a slow model: the answer starts only after the delay (typing indicators are visible meanwhile);
           // a held one once the test releases it (no guess about how fast the machine is)
-          const delayed = () => (reply.type === "text" && reply.delayMs !== undefined ? void setTimeout(answer, reply.delayMs) : answer())
+          const delayed = () => (reply.type === "text" && reply.delayMs !== undefined
+            ? void setTimeout(answer, reply.delayMs)
+            : answer())
           if (reply.type === "text" && reply.until !== undefined) {
             // a client that went away meanwhile (a killed daemon) gets nothing
             const release = () => (res.destroyed ? undefined : delayed())
@@ -237,7 +249,9 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
         enqueue: (...replies) => void queue.push(...replies),
         waitForRequests: (n) =>
           requests.length >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),
-        waitForAbort: () => (aborts > 0 ? Promise.resolve() : new Promise<void>((resolve) => abortWaiters.push(resolve))),
+        waitForAbort: () => (aborts > 0 ? Promise.resolve() : new Promise<void>((resolve) =>
+          abortWaiters.push(resolve)
+        )),
         server
       }
       return fake

@@ -31,7 +31,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   try {
     server = await startSynapse()
     process.stderr.write(
-      `[synapse] Synapse ${server.synapseVersion} ready on ${server.baseUrl} in ${(server.readyMs / 1000).toFixed(1)} s\n`
+      `[synapse] Synapse ${server.synapseVersion} ready on ${server.baseUrl} in ${
+        (server.readyMs / 1000).toFixed(1)
+      } s\n`
     )
     project.provide("synapse", {
       baseUrl: server.baseUrl,

@@ -1,9 +1,9 @@
 // Shared set-up for the StorePassphrase and rekey-store tests: a state dir with a Matrix config, and the
 // StorePassphrase service over it with an explicit environment.
+import { Effect, Layer } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Layer } from "effect"
 import { ConfigSecretsWith } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { StorePassphraseWith } from "../../src/layers/StorePassphraseLive.js"
@@ -12,7 +12,8 @@ import { StorePassphrase } from "../../src/services/StorePassphrase.js"
 export const PASSWORD = "correct horse battery staple"
 
 /** A Matrix section that passes validation; `extra` is spliced into `matrix: { ... }`. */
-export const matrixConfig = (extra = "") => `{
+export const matrixConfig = (extra = "") =>
+  `{
   // test config
   matrix: {
     homeserverUrl: "http://127.0.0.1:8008",
@@ -24,7 +25,10 @@ export const matrixConfig = (extra = "") => `{
 }
 `
 
-export const BASE_ENV = { MATRIX_ACCESS_TOKEN: "syt_test_token", CARAPACE_GATEWAY_TOKEN: "rekey-test-gateway-token-0123456789" }
+export const BASE_ENV = {
+  MATRIX_ACCESS_TOKEN: "syt_test_token",
+  CARAPACE_GATEWAY_TOKEN: "rekey-test-gateway-token-0123456789"
+}
 
 export const tempRoot = (config: string | null = matrixConfig()): string => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-rekey-"))

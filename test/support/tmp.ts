@@ -1,10 +1,10 @@
 // One temp-dir helper for the tests: a fresh directory under the OS temp dir that is removed afterwards, so no
 // test file keeps its own mkdtemp + rmSync pair (or forgets the rmSync).
+import { Effect } from "effect"
+import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect } from "effect"
-import type * as Scope from "effect/Scope"
 import { afterAll, onTestFinished } from "vitest"
 
 const create = (prefix: string): string => fs.mkdtempSync(path.join(os.tmpdir(), prefix))

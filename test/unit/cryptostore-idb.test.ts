@@ -26,7 +26,13 @@ describe("durable IndexedDB across a restart", () => {
       const tx = db.transaction(["sessions", "kv"], "readwrite")
       const os1 = tx.objectStore("sessions")
       for (let i = 0; i < 20; i++) {
-        os1.put({ room: `!r${i % 3}`, id: `s${i}`, sender: i % 2 === 0 ? "@a:x" : "@b:x", tags: [`t${i % 4}`, "all"], blob: new Uint8Array([i, 1, 2]) })
+        os1.put({
+          room: `!r${i % 3}`,
+          id: `s${i}`,
+          sender: i % 2 === 0 ? "@a:x" : "@b:x",
+          tags: [`t${i % 4}`, "all"],
+          blob: new Uint8Array([i, 1, 2])
+        })
       }
       tx.objectStore("kv").put({ n: 1 }, "plain")
       tx.objectStore("kv").put("binary-keyed", new Uint8Array([9, 9]).buffer)
@@ -154,7 +160,12 @@ describe("durable IndexedDB across a restart", () => {
       tx2.objectStore("b").delete(IDBKeyRangeBound(2, 7))
       await done(tx2)
       db.close()
-      const other = await openDb(s.indexedDB, "cara::matrix-sdk-crypto-meta", 1, (d) => d.createObjectStore("m").put(1, 1))
+      const other = await openDb(
+        s.indexedDB,
+        "cara::matrix-sdk-crypto-meta",
+        1,
+        (d) => d.createObjectStore("m").put(1, 1)
+      )
       other.close()
       await deleteDb(s.indexedDB, "cara::matrix-sdk-crypto-meta")
     })
@@ -256,7 +267,12 @@ describe("durable IndexedDB across a restart", () => {
   it("keeps the crypto prefix in the crypto file and everything else in the state file", async () => {
     await withStore(root, { cryptoDatabasePrefix: "bot" }, async (s) => {
       const c = await openDb(s.indexedDB, "bot::matrix-sdk-crypto", 1, (d) => d.createObjectStore("x").put(1, 1))
-      const st = await openDb(s.indexedDB, `matrix-js-sdk:${s.syncStoreName}`, 1, (d) => d.createObjectStore("sync").put(2, 2))
+      const st = await openDb(
+        s.indexedDB,
+        `matrix-js-sdk:${s.syncStoreName}`,
+        1,
+        (d) => d.createObjectStore("sync").put(2, 2)
+      )
       c.close()
       st.close()
     })

@@ -3,10 +3,10 @@
 // disk: same device identity keys, cross-signing keys still there, no new key upload, the existing Olm
 // session is reused (no one-time-key claim; the bot's one-time key is gone, so only the stored inbound
 // session can decrypt), and the old Megolm message still decrypts.
+import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
+import { Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Option, Redacted } from "effect"
-import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
 import { describe, expect, it } from "vitest"
 import type { CryptoStoreShape } from "../../src/services/CryptoStore.js"
 import { withStore } from "../support/cryptostore-child.idb.js"
@@ -85,7 +85,9 @@ const shareRoomKey = async (alice: wasm.OlmMachine, bot: wasm.OlmMachine, room: 
     )
   }
   const events: Array<unknown> = []
-  for (const req of await alice.shareRoomKey(new wasm.RoomId(room), [new wasm.UserId(BOT)], new wasm.EncryptionSettings())) {
+  for (
+    const req of await alice.shareRoomKey(new wasm.RoomId(room), [new wasm.UserId(BOT)], new wasm.EncryptionSettings())
+  ) {
     const body = JSON.parse(req.body) as { messages: Record<string, Record<string, unknown>> }
     for (const devices of Object.values(body.messages)) {
       for (const content of Object.values(devices)) events.push({ sender: ALICE, type: req.event_type, content })
@@ -93,7 +95,12 @@ const shareRoomKey = async (alice: wasm.OlmMachine, bot: wasm.OlmMachine, room: 
     await alice.markRequestAsSent(req.id, wasm.RequestType.ToDevice, "{}")
   }
   expect(events.length).toBe(1)
-  await bot.receiveSyncChanges(JSON.stringify(events), new wasm.DeviceLists(), new Map([["signed_curve25519", 49]]), new Set())
+  await bot.receiveSyncChanges(
+    JSON.stringify(events),
+    new wasm.DeviceLists(),
+    new Map([["signed_curve25519", 49]]),
+    new Set()
+  )
   return claim !== undefined && claim !== null
 }
 
@@ -119,7 +126,11 @@ describe("Olm/Megolm state across a restart of both parties", () => {
       await pump(alice, ALICE, server)
       await pump(bot, BOT, server)
       const claimed = await shareRoomKey(alice, bot, "!one:example.org", server)
-      const m1 = await alice.encryptRoomEvent(new wasm.RoomId("!one:example.org"), "m.room.message", JSON.stringify({ msgtype: "m.text", body: "before restart" }))
+      const m1 = await alice.encryptRoomEvent(
+        new wasm.RoomId("!one:example.org"),
+        "m.room.message",
+        JSON.stringify({ msgtype: "m.text", body: "before restart" })
+      )
       const body = await decrypt(bot, "!one:example.org", m1)
       const status = await bot.crossSigningStatus()
       const result = {
@@ -149,7 +160,11 @@ describe("Olm/Megolm state across a restart of both parties", () => {
       await pump(alice, ALICE, server)
       const status = await bot.crossSigningStatus()
       const claimed = await shareRoomKey(alice, bot, "!two:example.org", server)
-      const m2 = await alice.encryptRoomEvent(new wasm.RoomId("!two:example.org"), "m.room.message", JSON.stringify({ msgtype: "m.text", body: "after restart" }))
+      const m2 = await alice.encryptRoomEvent(
+        new wasm.RoomId("!two:example.org"),
+        "m.room.message",
+        JSON.stringify({ msgtype: "m.text", body: "after restart" })
+      )
       const result = {
         claimed,
         newBody: await decrypt(bot, "!two:example.org", m2),

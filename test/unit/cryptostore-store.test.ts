@@ -1,15 +1,23 @@
 // The store as an operator sees it: passphrase handling, the wrapped data key and its re-wrap,
 // encryption at rest, one owner at a time, file modes, and the process-wide IndexedDB router.
+import { Effect, Option, Redacted } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Option, Redacted } from "effect"
 import { beforeEach, describe, expect, it } from "vitest"
 import { rewrapCryptoStore } from "../../src/layers/CryptoStoreLive.js"
 import { installIndexedDbRouter } from "../../src/layers/durable-idb/router.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { CryptoStore } from "../../src/services/CryptoStore.js"
-import { done, openDb, openFailure, passphrase, request, storeLayer, withStore } from "../support/cryptostore-child.idb.js"
+import {
+  done,
+  openDb,
+  openFailure,
+  passphrase,
+  request,
+  storeLayer,
+  withStore
+} from "../support/cryptostore-child.idb.js"
 import { tmpDir } from "../support/tmp.js"
 
 let root: string
@@ -50,7 +58,11 @@ describe("store passphrase and data key", () => {
   it("hands out a stable 32-byte storage key and reopens with the same passphrase", async () => {
     const key1 = await seed(root)
     expect(key1).toMatch(/^[0-9a-f]{64}$/)
-    const key2 = await withStore(root, {}, async (s) => Buffer.from(Redacted.value(Option.getOrThrow(s.storageKey))).toString("hex"))
+    const key2 = await withStore(
+      root,
+      {},
+      async (s) => Buffer.from(Redacted.value(Option.getOrThrow(s.storageKey))).toString("hex")
+    )
     expect(key2).toBe(key1)
     expect(await readBack(root)).toEqual({ user: SECRET_USER, dirty: false })
   })
@@ -98,14 +110,20 @@ describe("store passphrase and data key", () => {
     expect((await openFailure(root, {}))?.kind).toBe("encrypted-store-passphrase-mismatch")
     const newSecret = { secret: passphrase("the new passphrase") }
     expect(await readBack(root, newSecret)).toEqual({ user: SECRET_USER, dirty: false })
-    const key2 = await withStore(root, newSecret, async (s) => Buffer.from(Redacted.value(Option.getOrThrow(s.storageKey))).toString("hex"))
+    const key2 = await withStore(
+      root,
+      newSecret,
+      async (s) => Buffer.from(Redacted.value(Option.getOrThrow(s.storageKey))).toString("hex")
+    )
     expect(key2).toBe(key)
     expect(fs.statSync(cryptoFile).size).toBeGreaterThan(0)
   })
 
   it("re-wraps offline, idempotently (a rerun after an interruption finishes the job)", async () => {
     await seed(root)
-    const run = rewrapCryptoStore(Redacted.make("correct horse battery staple"), Redacted.make("rotated")).pipe(Effect.provide(StateDirAt(root)))
+    const run = rewrapCryptoStore(Redacted.make("correct horse battery staple"), Redacted.make("rotated")).pipe(
+      Effect.provide(StateDirAt(root))
+    )
     await Effect.runPromise(run)
     await Effect.runPromise(run) // second run: both files already open with the new passphrase
     expect(await readBack(root, { secret: passphrase("rotated") })).toEqual({ user: SECRET_USER, dirty: false })
@@ -167,24 +185,43 @@ describe("globalThis.indexedDB router", () => {
     const router = installIndexedDbRouter()
     expect((globalThis as { indexedDB?: unknown }).indexedDB).toBe(router)
     const bobRoot = path.join(root, "bob")
-    await withStore(root, { installGlobal: true, cryptoDatabasePrefix: "alice", syncStoreName: "alice-sync" }, async () => {
-      await withStore(bobRoot, { installGlobal: true, cryptoDatabasePrefix: "bob", syncStoreName: "bob-sync" }, async (bob) => {
-        const g = (globalThis as unknown as { indexedDB: typeof router }).indexedDB
-        const a = await openDb(g, "alice::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("A", 1))
-        const b = await openDb(g, "bob::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("B", 1))
-        const h = await openDb(g, "human::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("H", 1))
-        a.close()
-        b.close()
-        h.close()
-        expect((await bob.indexedDB.databases()).map((d) => d.name)).toEqual(["bob::matrix-sdk-crypto"])
-        // an overlapping claim is refused
-        const clash = await openFailure(path.join(root, "third"), { installGlobal: true, cryptoDatabasePrefix: "bob" })
-        expect(clash?.kind).toBe("encrypted-state-io")
-      })
-    })
+    await withStore(
+      root,
+      { installGlobal: true, cryptoDatabasePrefix: "alice", syncStoreName: "alice-sync" },
+      async () => {
+        await withStore(
+          bobRoot,
+          { installGlobal: true, cryptoDatabasePrefix: "bob", syncStoreName: "bob-sync" },
+          async (bob) => {
+            const g = (globalThis as unknown as { indexedDB: typeof router }).indexedDB
+            const a = await openDb(g, "alice::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("A", 1))
+            const b = await openDb(g, "bob::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("B", 1))
+            const h = await openDb(g, "human::matrix-sdk-crypto", 1, (d) => d.createObjectStore("s").put("H", 1))
+            a.close()
+            b.close()
+            h.close()
+            expect((await bob.indexedDB.databases()).map((d) => d.name)).toEqual(["bob::matrix-sdk-crypto"])
+            // an overlapping claim is refused
+            const clash = await openFailure(path.join(root, "third"), {
+              installGlobal: true,
+              cryptoDatabasePrefix: "bob"
+            })
+            expect(clash?.kind).toBe("encrypted-state-io")
+          }
+        )
+      }
+    )
     expect(fs.readdirSync(path.join(root, "third", "matrix")).filter((f) => f.endsWith(".owner"))).toEqual([])
-    const alice = await withStore(root, { cryptoDatabasePrefix: "alice" }, async (s) => (await s.indexedDB.databases()).map((d) => d.name))
-    const bob = await withStore(bobRoot, { cryptoDatabasePrefix: "bob" }, async (s) => (await s.indexedDB.databases()).map((d) => d.name))
+    const alice = await withStore(
+      root,
+      { cryptoDatabasePrefix: "alice" },
+      async (s) => (await s.indexedDB.databases()).map((d) => d.name)
+    )
+    const bob = await withStore(
+      bobRoot,
+      { cryptoDatabasePrefix: "bob" },
+      async (s) => (await s.indexedDB.databases()).map((d) => d.name)
+    )
     expect(alice).toEqual(["alice::matrix-sdk-crypto"])
     expect(bob).toEqual(["bob::matrix-sdk-crypto"])
     // after both scopes closed, their names fall back to the in-memory factory

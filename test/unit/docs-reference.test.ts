@@ -1,10 +1,10 @@
 // What the docs name must exist in the code: config keys (against the config Schema), config snippets
 // (decoded by the real loader), endpoints (against the HttpApi definition), WS events, error kinds (against
 // the string literals of src/), doctor checks, environment variables and the systemd unit.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, type SchemaAST } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { CaraApi } from "../../src/domain/api.js"
 import { CaraConfig, defaultAgent, Matrix } from "../../src/domain/config.js"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
@@ -79,7 +79,8 @@ describe("docs: config", () => {
       for (const p of ast.propertySignatures) {
         const key = `${prefix}.${String(p.name)}`
         seen++
-        const leaf = !["autoJoin", "rooms", "inboundDlq", "outbound", "inboundBudget"].includes(String(p.name)) || depth > 0
+        const leaf = !["autoJoin", "rooms", "inboundDlq", "outbound", "inboundBudget"].includes(String(p.name)) ||
+          depth > 0
         if (leaf && !documented.has(key)) missing.push(key)
         if (!leaf) walk(p.type, key, depth + 1)
       }
@@ -110,7 +111,9 @@ describe("docs: config", () => {
         const where = `${block.file}: ${block.text.slice(0, 60)}`
         expect(snap.findings.filter((f) => f.severity === "error"), where).toEqual([])
         expect(snap.findings.filter((f) => /unknown/i.test(f.message)), where).toEqual([])
-        expect(Option.map(defaultAgent(snap.config), (a) => a.model), where).toEqual(Option.some("anthropic:claude-sonnet-4-6"))
+        expect(Option.map(defaultAgent(snap.config), (a) => a.model), where).toEqual(
+          Option.some("anthropic:claude-sonnet-4-6")
+        )
         expect(snap.config.matrix?.enabled, where).toBe(true)
       }
     }))
@@ -121,13 +124,18 @@ describe("docs: config", () => {
 
 const apiEndpoints = (): Array<string> => {
   const out: Array<string> = []
-  for (const group of Object.values(CaraApi.groups) as Array<{ endpoints: Record<string, { method: string; path: string }> }>) {
+  for (
+    const group of Object.values(CaraApi.groups) as Array<
+      { endpoints: Record<string, { method: string; path: string }> }
+    >
+  ) {
     for (const e of Object.values(group.endpoints)) out.push(`${e.method} ${e.path}`)
   }
   return out
 }
 
-const docEndpoints = (doc: Doc) => [...doc.text.matchAll(/\b(GET|POST|PUT|PATCH|DELETE) (\/[\w/:.-]*[\w])/g)].map((m) => `${m[1]} ${m[2]}`)
+const docEndpoints = (doc: Doc) =>
+  [...doc.text.matchAll(/\b(GET|POST|PUT|PATCH|DELETE) (\/[\w/:.-]*[\w])/g)].map((m) => `${m[1]} ${m[2]}`)
 
 describe("docs: control API", () => {
   const api = new Set(apiEndpoints())
@@ -174,7 +182,9 @@ describe("docs: error kinds", () => {
   })
 
   it("every Matrix runtime kind (lastErrorKind) that reaches an operator at startup is documented in docs/channels.md", () => {
-    const channels = new Set(tables(readDoc("docs/channels.md")).flatMap((t) => t.rows.flatMap((r) => codeIn(r[0] ?? ""))))
+    const channels = new Set(
+      tables(readDoc("docs/channels.md")).flatMap((t) => t.rows.flatMap((r) => codeIn(r[0] ?? "")))
+    )
     for (
       const k of [
         "missing-store-secret",
@@ -197,8 +207,13 @@ describe("docs: error kinds", () => {
 describe("docs: doctor, environment, deployment", () => {
   it("the README lists every doctor check, in order", () => {
     const readme = readDoc("README.md")
-    const section = readme.prose.slice(readme.prose.indexOf("## `cara doctor`"), readme.prose.indexOf("## Run it as a service"))
-    const named = [...section.matchAll(/`([a-z-]+)`/g)].map((m) => m[1]!).filter((c) => (DOCTOR_CHECKS as ReadonlyArray<string>).includes(c))
+    const section = readme.prose.slice(
+      readme.prose.indexOf("## `cara doctor`"),
+      readme.prose.indexOf("## Run it as a service")
+    )
+    const named = [...section.matchAll(/`([a-z-]+)`/g)].map((m) => m[1]!).filter((c) =>
+      (DOCTOR_CHECKS as ReadonlyArray<string>).includes(c)
+    )
     expect(named).toEqual([...DOCTOR_CHECKS])
   })
 
@@ -209,10 +224,16 @@ describe("docs: doctor, environment, deployment", () => {
   })
 
   it("every environment variable the docs name is read by the code", () => {
-    const vars = new Set(docs.flatMap((d) => [...d.text.matchAll(/\b((?:CARAPACE|MATRIX|CARA|ANTHROPIC|OPENAI)_[A-Z_]+)\b/g)].map((m) => m[1]!)))
+    const vars = new Set(
+      docs.flatMap((d) =>
+        [...d.text.matchAll(/\b((?:CARAPACE|MATRIX|CARA|ANTHROPIC|OPENAI)_[A-Z_]+)\b/g)].map((m) => m[1]!)
+      )
+    )
     // The demo's own variables are read by scripts/demo.ts, not by src/.
     const demo = fs.readFileSync("scripts/demo.ts", "utf8")
-    const unread = [...vars].filter((v) => !source.includes(`"${v}"`) && !demo.includes(`"${v}"`) && v !== "CARA_SKIP_SYNAPSE")
+    const unread = [...vars].filter((v) =>
+      !source.includes(`"${v}"`) && !demo.includes(`"${v}"`) && v !== "CARA_SKIP_SYNAPSE"
+    )
     expect(unread).toEqual([])
     expect(vars.size).toBeGreaterThan(10)
   })

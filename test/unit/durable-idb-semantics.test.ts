@@ -7,10 +7,10 @@
 // delete by range, clear, overwrites (index upkeep from the old on-demand value), constraint errors,
 // aborts rolling back over on-demand records, and versionchange upgrades (createIndex over stored
 // records, deleteObjectStore, createObjectStore, a store rename).
+import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
 import { beforeEach, describe, expect, it } from "vitest"
 import { compareKeys, type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import { databasesOf, type IdbFactory, type RawObjectStore } from "../../src/layers/durable-idb/internals.js"
@@ -51,8 +51,20 @@ const rawStore = (factory: IdbFactory, store: string): RawObjectStore => {
 }
 
 const KV_KEYS: ReadonlyArray<unknown> = [
-  -1, 0, 1.5, 10, "a", "ab", "b", "z", new Date(1000), [1, "x"], [1, "y"], [2],
-  new Uint8Array([1, 2]).buffer, new Uint8Array([1, 2, 3]).buffer
+  -1,
+  0,
+  1.5,
+  10,
+  "a",
+  "ab",
+  "b",
+  "z",
+  new Date(1000),
+  [1, "x"],
+  [1, "y"],
+  [2],
+  new Uint8Array([1, 2]).buffer,
+  new Uint8Array([1, 2, 3]).buffer
 ]
 
 const obRecord = (i: number, gen = 0) => ({
@@ -109,7 +121,12 @@ const queries = async (db: Db): Promise<Array<unknown>> => {
   const ob = tx.objectStore("ob")
   for (const k of KV_KEYS) out.push(await request(kv.get(k)))
   for (const r of RANGES()) {
-    out.push(await request(kv.count(r)), await request(kv.getAll(r)), await request(kv.getAll(r, 3)), await request(kv.getAllKeys(r, 2)))
+    out.push(
+      await request(kv.count(r)),
+      await request(kv.getAll(r)),
+      await request(kv.getAll(r, 3)),
+      await request(kv.getAllKeys(r, 2))
+    )
     for (const dir of ["next", "prev"]) {
       for (const step of ["continue", "advance", "jump"] as const) out.push(await walk(kv, r, dir, step))
     }
@@ -152,7 +169,9 @@ const V1 = (db: Db) => {
 const setup = async (f: IdbFactory) => {
   const db = await openDb(f, DB, 1, V1)
   const tx = db.transaction(["kv", "ob", "gone"], "readwrite")
-  KV_KEYS.forEach((k, i) => tx.objectStore("kv").put({ i, blob: new Uint8Array([i, i + 1]), at: new Date(i * 1000) }, k))
+  KV_KEYS.forEach((k, i) =>
+    tx.objectStore("kv").put({ i, blob: new Uint8Array([i, i + 1]), at: new Date(i * 1000) }, k)
+  )
   for (let i = 0; i < 30; i++) tx.objectStore("ob").put(obRecord(i))
   tx.objectStore("gone").put("bye", 1)
   await done(tx)
@@ -283,11 +302,32 @@ describe("durable IndexedDB with values on demand", () => {
 
   it("orders keys for the bulk load exactly as IndexedDB does", () => {
     const keys: Array<unknown> = [
-      ...KV_KEYS, -0, -Infinity, Infinity, 2, "", "\u{1F600}", "\uFFFF", "A", "aa", new Date(-5), new Date(1000),
-      [], [[]], [1], [1, 2], [1, "x", 0], ["a", 1], [new Date(0)], [new Uint8Array([1]).buffer], new ArrayBuffer(0)
+      ...KV_KEYS,
+      -0,
+      -Infinity,
+      Infinity,
+      2,
+      "",
+      "\u{1F600}",
+      "\uFFFF",
+      "A",
+      "aa",
+      new Date(-5),
+      new Date(1000),
+      [],
+      [[]],
+      [1],
+      [1, 2],
+      [1, "x", 0],
+      ["a", 1],
+      [new Date(0)],
+      [new Uint8Array([1]).buffer],
+      new ArrayBuffer(0)
     ]
     const cmp = new IDBFactory()
-    for (const a of keys) for (const b of keys) expect(compareKeys(a, b), `${String(a)} vs ${String(b)}`).toBe(cmp.cmp(a, b))
+    for (const a of keys) {
+      for (const b of keys) expect(compareKeys(a, b), `${String(a)} vs ${String(b)}`).toBe(cmp.cmp(a, b))
+    }
   })
 
   it("drops committed values from memory and reads them back through a bounded cache", async () => {
@@ -340,8 +380,20 @@ describe("durable IndexedDB writes only what changed", () => {
       for (const [store, i, gen] of entries) tx.objectStore(store).put(value(i, gen), i)
       await done(tx)
     }
-    const get = (store: string, i: number) => request<ReturnType<typeof value>>(db.transaction(store).objectStore(store).get(i))
-    return { f, idb, db, put, get, close: () => { db.close(); idb.detach(); f.close() } }
+    const get = (store: string, i: number) =>
+      request<ReturnType<typeof value>>(db.transaction(store).objectStore(store).get(i))
+    return {
+      f,
+      idb,
+      db,
+      put,
+      get,
+      close: () => {
+        db.close()
+        idb.detach()
+        f.close()
+      }
+    }
   }
 
   it("an unchanged put writes nothing; a changed put among unchanged ones is written and durable", async () => {

@@ -1,10 +1,10 @@
 // Issue 16 §6 and §10 below the homeserver: the token buckets (time injected), the inbound pipeline with its
 // budget under the TestClock (model calls capped, one notice per refusal window, refill), the one notice to a
 // device that is not cross-signed, and the counters in /metrics and `cara status`.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Schema, TestClock } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { renderStatus } from "../../src/cli/status.js"
 import { Channels, Health } from "../../src/domain/api.js"
 import { emptyMatrixExtra } from "../../src/domain/channel.js"
@@ -19,7 +19,6 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import type { OutboundShape } from "../../src/services/Outbound.js"
 import { tmpDir } from "../support/tmp.js"
-
 
 const spec = { room: { burst: 4, perMinute: 2 }, sender: { burst: 2, perMinute: 1 } }
 
@@ -73,7 +72,10 @@ describe("config: matrix.inboundBudget and matrix.requireCrossSignedSenders", ()
   const decode = Schema.decodeUnknownEither(Matrix)
   it("defaults to the documented budget and to not requiring cross-signed senders", () => {
     const m = Either.getOrThrow(decode({}))
-    expect(budgetSpec(m.inboundBudget)).toEqual({ room: { burst: 20, perMinute: 20 }, sender: { burst: 10, perMinute: 10 } })
+    expect(budgetSpec(m.inboundBudget)).toEqual({
+      room: { burst: 20, perMinute: 20 },
+      sender: { burst: 10, perMinute: 10 }
+    })
     expect(m.requireCrossSignedSenders).toBe(false)
     const custom = Either.getOrThrow(decode({ inboundBudget: { senderBurst: 3 }, requireCrossSignedSenders: true }))
     expect(budgetSpec(custom.inboundBudget).sender).toEqual({ burst: 3, perMinute: 10 })
@@ -114,7 +116,8 @@ const setup = (requireCrossSignedSenders = false) =>
       reply: () => Effect.sync(() => (state.agentCalls++, { _tag: "Reset" as const, text: "an answer" }))
     } as unknown as AgentShape
     const outbound: OutboundShape = {
-      reply: (r) => Effect.sync(() => (state.sent.push({ inReplyTo: r.inReplyTo, text: r.text }), [`$reply-${state.sent.length}`])),
+      reply: (r) =>
+        Effect.sync(() => (state.sent.push({ inReplyTo: r.inReplyTo, text: r.text }), [`$reply-${state.sent.length}`])),
       sendTest: () => Effect.succeed("$x"),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void
@@ -136,7 +139,8 @@ const setup = (requireCrossSignedSenders = false) =>
       budget: spec
     })
     const settle = Effect.repeatN(Effect.yieldNow(), 200)
-    const extra = Effect.map(Effect.flatMap(ChannelStatus, (s) => s.get), (all) => all.find((c) => c.id === "matrix")!.extra!)
+    const extra = Effect.map(Effect.flatMap(ChannelStatus, (s) => s.get), (all) =>
+      all.find((c) => c.id === "matrix")!.extra!)
     return { inbound, state, settle, extra }
   })
 
@@ -152,7 +156,11 @@ describe("inbound pipeline with the budget (TestClock)", () => {
       const notices = state.sent.filter((s) => s.text !== "an answer")
       expect(notices).toHaveLength(1)
       expect(notices[0]!.text).toMatch(/faster than I answer/)
-      expect(yield* extra).toMatchObject({ inboundBudgetRefusedSenderTotal: 4, inboundBudgetNoticeTotal: 1, inboundBudgetRefusedRoomTotal: 0 })
+      expect(yield* extra).toMatchObject({
+        inboundBudgetRefusedSenderTotal: 4,
+        inboundBudgetNoticeTotal: 1,
+        inboundBudgetRefusedRoomTotal: 0
+      })
 
       // another sender in the same room still has its own budget; the room's is shared
       yield* inbound.offer(event({ sender: BOB }), room)
@@ -161,7 +169,9 @@ describe("inbound pipeline with the budget (TestClock)", () => {
       yield* settle
       expect(state.agentCalls).toBe(4)
       expect((yield* extra).inboundBudgetRefusedRoomTotal).toBe(1)
-      expect(state.sent.filter((s) => s.text !== "an answer").map((s) => s.text)[1]).toMatch(/Too many messages in this room/)
+      expect(state.sent.filter((s) => s.text !== "an answer").map((s) => s.text)[1]).toMatch(
+        /Too many messages in this room/
+      )
 
       // one minute later the sender's bucket holds one token again (and the room's two)
       yield* TestClock.adjust("60 seconds")
@@ -173,8 +183,8 @@ describe("inbound pipeline with the budget (TestClock)", () => {
       expect(state.sent.filter((s) => s.text !== "an answer")).toHaveLength(3)
 
       const metrics = yield* Effect.flatMap(Metrics, (m) => m.render)
-      expect(metrics).toContain('carapace_matrix_inbound_refused_total{reason="budget_sender"} 5')
-      expect(metrics).toContain('carapace_matrix_inbound_refused_total{reason="budget_room"} 1')
+      expect(metrics).toContain("carapace_matrix_inbound_refused_total{reason=\"budget_sender\"} 5")
+      expect(metrics).toContain("carapace_matrix_inbound_refused_total{reason=\"budget_room\"} 1")
       expect(metrics).toContain("carapace_matrix_inbound_budget_notices_total 3")
     }).pipe(Effect.provide(infra), Effect.provide(TestClock.defaultTestClock)))
 
@@ -210,7 +220,7 @@ describe("inbound pipeline with the budget (TestClock)", () => {
       expect(state.sent.filter((s) => s.text === NOT_CROSS_SIGNED_NOTICE)).toHaveLength(2)
       expect(state.agentCalls).toBe(1)
       const metrics = yield* Effect.flatMap(Metrics, (m) => m.render)
-      expect(metrics).toContain('carapace_matrix_inbound_refused_total{reason="not_cross_signed"} 4')
+      expect(metrics).toContain("carapace_matrix_inbound_refused_total{reason=\"not_cross_signed\"} 4")
     }).pipe(Effect.provide(infra)))
 })
 

@@ -5,7 +5,6 @@ import JSON5 from "json5"
 import { applyEdits, type Edit, parseWithPositions, type ValueNode } from "../../src/domain/json5edit.js"
 import { SEED_CONFIG } from "../support/seed-config.js"
 
-
 const ok = (text: string, edits: ReadonlyArray<Edit>) => {
   const r = applyEdits(text, edits)
   if (Either.isLeft(r)) throw new Error(`edit failed: ${r.left.reason}`)
@@ -147,7 +146,11 @@ const render = (value: { [k: string]: Json }, seed: number): { text: string; com
     if (p < 0.6) return `'${k.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`
     return JSON.stringify(k)
   }
-  const str = (s: string) => (r() < 0.3 ? `'${JSON.stringify(s).slice(1, -1).replace(/\\"/g, "\"").replace(/'/g, "\\'")}'` : JSON.stringify(s))
+  const str = (
+    s: string
+  ) => (r() < 0.3
+    ? `'${JSON.stringify(s).slice(1, -1).replace(/\\"/g, "\"").replace(/'/g, "\\'")}'`
+    : JSON.stringify(s))
   const val = (v: Json, indent: string): string => {
     if (typeof v === "string") return str(v)
     if (v === null || typeof v !== "object") return JSON.stringify(v)

@@ -50,6 +50,13 @@ describe("the unit tier starts no process", () => {
       "g.test.ts": `const fiber = yield* Effect.fork(task)`
     }
     const found = offenders(Object.keys(samples), (file) => samples[file]!)
-    expect(found.map((line) => line.split(":")[0])).toEqual(["a.test.ts", "b.test.ts", "c.test.ts", "d.test.ts", "e.test.ts", "f.test.ts"])
+    expect(found.map((line) => line.split(":")[0])).toEqual([
+      "a.test.ts",
+      "b.test.ts",
+      "c.test.ts",
+      "d.test.ts",
+      "e.test.ts",
+      "f.test.ts"
+    ])
   })
 })

@@ -3,15 +3,22 @@
 // is reachable again, under its original transaction ids; a reply that keeps failing while the homeserver is
 // reachable goes to the DLQ after the cap, one the homeserver refuses at once; rows a restart left without
 // their text are resumed. Also: the ledger's pending rows, the verification broadcast limit, the give-up rule.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { type Duration, Effect, Option, TestClock } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { MatrixError } from "../../src/domain/matrix.js"
 import { makeKeyedBuckets, VERIFICATION_BROADCAST_LIMIT } from "../../src/domain/rateLimit.js"
 import { openLedger } from "../../src/layers/InboundLive.js"
 import { giveUpMessage, shouldGiveUp, SYNC_GIVE_UP_MS } from "../../src/layers/MatrixSyncLive.js"
-import { type HeldReply, makeOutbound, makeReplyRetry, type MatrixTransport, type ReplyRetryOptions, txnIdFor } from "../../src/layers/OutboundLive.js"
+import {
+  type HeldReply,
+  makeOutbound,
+  makeReplyRetry,
+  type MatrixTransport,
+  type ReplyRetryOptions,
+  txnIdFor
+} from "../../src/layers/OutboundLive.js"
 import type { OutboundReply } from "../../src/services/Outbound.js"
 import { tmpDir } from "../support/tmp.js"
 
@@ -62,10 +69,19 @@ const world = (options: Partial<ReplyRetryOptions> = {}) =>
           state.sent.push({ eventId, ids })
           state.rows = state.rows.filter((r) => r.eventId !== eventId)
         }),
-      deadLetter: Option.some((h) => (state.deadFails ? Effect.fail({ message: "DLQ full" }) : Effect.sync(() => void state.dead.push(h)))),
+      deadLetter: Option.some((h) => (state.deadFails ? Effect.fail({ message: "DLQ full" }) : Effect.sync(() =>
+        void state.dead.push(h)
+      ))),
       pendingRows: Effect.sync(() => state.rows),
       resume: (eventId) => Effect.sync(() => void state.resumed.push(eventId))
-    }, { deadLetterAfterRounds: 3, roundBaseDelayMs: 10_000, roundMaxDelayMs: 60_000, attemptsPerRound: 1, tickMs: 1_000, ...options })
+    }, {
+      deadLetterAfterRounds: 3,
+      roundBaseDelayMs: 10_000,
+      roundMaxDelayMs: 60_000,
+      attemptsPerRound: 1,
+      tickMs: 1_000,
+      ...options
+    })
     yield* retry.start
     /** The first try, as the inbound pipeline makes it, then the hand-over. */
     const firstTry = (r: OutboundReply = reply) =>
@@ -189,7 +205,10 @@ describe("pending replies", () => {
       yield* advance("10 seconds")
       expect(state.resumed).toHaveLength(2)
       // once the resumed answer fails again it is held here, and no longer resumed
-      yield* retry.hold({ ...held, reply: { ...reply, inReplyTo: "$orphan:x" } }, new MatrixError({ kind: "send-failed", message: "x" }))
+      yield* retry.hold(
+        { ...held, reply: { ...reply, inReplyTo: "$orphan:x" } },
+        new MatrixError({ kind: "send-failed", message: "x" })
+      )
       yield* advance("1 minute", 3)
       expect(state.resumed).toHaveLength(2)
     }))
@@ -232,7 +251,8 @@ describe("sync give-up", () => {
 describe("verification broadcast limit", () => {
   it("allows a burst of 16 per peer device, refills 16 per minute, and one peer cannot evict another's buckets", () => {
     const b = makeKeyedBuckets(VERIFICATION_BROADCAST_LIMIT)
-    const takes = (peer: string, key: string, n: number, now: number) => Array.from({ length: n }, () => b.take(peer, key, now)).filter(Boolean).length
+    const takes = (peer: string, key: string, n: number, now: number) =>
+      Array.from({ length: n }, () => b.take(peer, key, now)).filter(Boolean).length
     expect(takes("@a:x", "@a:x/D1", 20, 0)).toBe(16)
     expect(b.take("@a:x", "@a:x/D2", 0)).toBe(true)
     // 8 tokens back after 30 s; 3 left after taking 5, and 8 more after another 30 s

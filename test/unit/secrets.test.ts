@@ -1,7 +1,7 @@
-import * as crypto from "node:crypto"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit } from "effect"
 import * as fc from "fast-check"
+import * as crypto from "node:crypto"
 import {
   ARGON2_PARAMS,
   type Argon2Params,
@@ -23,8 +23,7 @@ import {
 const sha256 = (s: string) => new Uint8Array(crypto.createHash("sha256").update(s).digest())
 
 // Reference §2.3: the key is injected (no Argon2id), pinning the format and AES-GCM.
-const GOLDEN =
-  "enc:v2:HVld7esM3b11YwFS:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ=="
+const GOLDEN = "enc:v2:HVld7esM3b11YwFS:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ=="
 const goldenKey = sha256("carapace-secrets-golden-key")
 const goldenSalt = sha256("carapace-secrets-golden-salt").subarray(0, 16)
 const goldenNonce = sha256("carapace-secrets-golden-nonce").subarray(0, 12)
@@ -49,7 +48,10 @@ describe("enc:v2 golden vector", () => {
 describe("envelope parsing", () => {
   const bad: ReadonlyArray<[string, string]> = [
     ["enc:v2:HVld7esM3b11YwFS:/wAw", "segments"],
-    ["enc:v2:HVld7esM3b11YwFS:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ==:x", "segments"],
+    [
+      "enc:v2:HVld7esM3b11YwFS:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ==:x",
+      "segments"
+    ],
     ["enc:v2:AAAA:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ==", "nonce"],
     ["enc:v2:HVld7esM3b11YwFS:/wAwmf1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:AAAA", "salt"],
     ["enc:v2:HVld7esM3b11YwFS:/wAw*f1W35FauNExFxCqEMI+C6VcAxWkJ8TRWp69uF/85BSPBw==:WysQE5dy+IR3iQR5+ynVZQ==", "base64"],
@@ -86,7 +88,10 @@ describe("envelope parsing", () => {
 })
 
 describe("seal/open properties", () => {
-  it.prop("round-trips any string under any key", [fc.string({ unit: "binary" }), fc.uint8Array({ minLength: 32, maxLength: 32 })], ([text, key]) => {
+  it.prop("round-trips any string under any key", [
+    fc.string({ unit: "binary" }),
+    fc.uint8Array({ minLength: 32, maxLength: 32 })
+  ], ([text, key]) => {
     const salt = crypto.randomBytes(16)
     const nonce = crypto.randomBytes(12)
     const sealed = sealWithKey(key, text, nonce, salt)

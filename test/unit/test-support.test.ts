@@ -1,7 +1,7 @@
 // The shared test helpers themselves: test/support/tmp.ts and test/support/eventually.ts.
-import * as fs from "node:fs"
 import { it as effectIt } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
+import * as fs from "node:fs"
 import { afterAll, beforeEach, describe, expect, it } from "vitest"
 import { eventually } from "../support/eventually.js"
 import { scopedTmpDir, tmpDir } from "../support/tmp.js"
@@ -59,7 +59,9 @@ describe("eventually", () => {
   })
 
   it("fails naming what it waited for, with the context", async () => {
-    await expect(eventually("the impossible", () => false, { timeoutMs: 20, intervalMs: 5, context: () => "last output" }))
+    await expect(
+      eventually("the impossible", () => false, { timeoutMs: 20, intervalMs: 5, context: () => "last output" })
+    )
       .rejects.toThrow("timed out after 20 ms waiting for the impossible:\nlast output")
   })
 })

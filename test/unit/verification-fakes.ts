@@ -1,16 +1,16 @@
 // Small stand-ins for the matrix-js-sdk objects the verification registry touches: a request, its SAS
 // verifier and a client. They behave like the Rust-backed SDK in the ways that matter here (phase changes
 // emit `change`, a verifier appears on start, mismatch cancels with m.mismatched_sas, cancel sends m.user).
-import { EventEmitter } from "node:events"
 import { ClientEvent, type MatrixClient, SyncState } from "matrix-js-sdk"
 import {
   CryptoEvent,
   type ShowSasCallbacks,
-  type VerificationRequest,
   VerificationPhase,
+  type VerificationRequest,
   VerificationRequestEvent,
   VerifierEvent
 } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { EventEmitter } from "node:events"
 
 export const EMOJI: Array<[string, string]> = [
   ["🐶", "Dog"],
@@ -202,7 +202,11 @@ export interface RawToDevice {
   readonly content: Record<string, unknown>
 }
 
-const asMatrixEvent = (raw: RawToDevice) => ({ getType: () => raw.type, getSender: () => raw.sender, getContent: () => raw.content })
+const asMatrixEvent = (raw: RawToDevice) => ({
+  getType: () => raw.type,
+  getSender: () => raw.sender,
+  getContent: () => raw.content
+})
 
 export class FakeClient extends EventEmitter {
   readonly requested: Array<FakeRequest> = []
@@ -248,7 +252,9 @@ export class FakeClient extends EventEmitter {
    * on the crypto object at call time, as the SDK does), then each event to ToDeviceEvent listeners.
    */
   async syncToDevice(events: ReadonlyArray<RawToDevice>) {
-    const crypto = this.crypto as unknown as { processSyncChanges: (c: { toDeviceEvents: Array<RawToDevice> }) => Promise<Array<RawToDevice>> }
+    const crypto = this.crypto as unknown as {
+      processSyncChanges: (c: { toDeviceEvents: Array<RawToDevice> }) => Promise<Array<RawToDevice>>
+    }
     const received = await crypto.processSyncChanges({ toDeviceEvents: [...events] })
     for (const raw of received) this.emit(ClientEvent.ToDeviceEvent, asMatrixEvent(raw))
     this.completeSync()
@@ -285,7 +291,16 @@ export class FakeClient extends EventEmitter {
       return changes.toDeviceEvents
     },
     getUserDeviceInfo: async (users: Array<string>) =>
-      new Map(users.map((u) => [u, new Map((this.devices.get(u) ?? []).map((d) => [d.deviceId, { deviceId: d.deviceId, displayName: d.displayName }]))])),
+      new Map(
+        users.map((
+          u
+        ) => [
+          u,
+          new Map(
+            (this.devices.get(u) ?? []).map((d) => [d.deviceId, { deviceId: d.deviceId, displayName: d.displayName }])
+          )
+        ])
+      ),
     getDeviceVerificationStatus: async (u: string, d: string) => {
       const dev = (this.devices.get(u) ?? []).find((x) => x.deviceId === d)
       return dev === undefined ? null : { isVerified: () => dev.verified === true }

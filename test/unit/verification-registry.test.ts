@@ -1,11 +1,17 @@
-import { createHash } from "node:crypto"
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Exit, Layer, Queue, Scope, TestClock } from "effect"
 import { VerificationPhase } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { createHash } from "node:crypto"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import type { DeviceId, UserId } from "../../src/domain/matrix.js"
-import { FlowId, flowIdOf, sanitizeDisplay, sanitizeUserId, type VerificationFlow } from "../../src/domain/verification.js"
+import {
+  FlowId,
+  flowIdOf,
+  sanitizeDisplay,
+  sanitizeUserId,
+  type VerificationFlow
+} from "../../src/domain/verification.js"
 import { deriveState } from "../../src/domain/verificationState.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
@@ -14,16 +20,16 @@ import { VerificationLive } from "../../src/layers/VerificationLive.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../../src/services/EventBus.js"
 import { Verification, type VerificationShape } from "../../src/services/Verification.js"
-import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
 import { tmpDir } from "../support/tmp.js"
+import { FakeClient, FakeRequest, type RawToDevice } from "./verification-fakes.js"
 
 const BOT = "@bot:example.org"
 const ALICE = "@alice:example.org"
 const MALLORY = "@mallory:evil.example"
 
 /** The service takes branded ids; the tests name them as text (one case passes a deliberately invalid user id). */
-const startOn = (v: VerificationShape, user: string, device?: string) => v.start(user as UserId, device as DeviceId | undefined)
-
+const startOn = (v: VerificationShape, user: string, device?: string) =>
+  v.start(user as UserId, device as DeviceId | undefined)
 
 const tmp = () => tmpDir("cara-verif-")
 
@@ -62,8 +68,10 @@ const until = (pred: (flows: ReadonlyArray<VerificationFlow>) => boolean) =>
 const listedOne = until((l) => l.length === 1)
 
 const attachFake = (client: FakeClient, allowed: ReadonlyArray<string> = [ALICE]) =>
-  Effect.flatMap(Verification, (v) =>
-    v.attach({ client: client.asClient(), botUserId: client.userId, isAllowed: (u) => allowed.includes(u) }))
+  Effect.flatMap(
+    Verification,
+    (v) => v.attach({ client: client.asClient(), botUserId: client.userId, isAllowed: (u) => allowed.includes(u) })
+  )
 
 const requestFrom = (sender: string, device: string, txn: string): RawToDevice => ({
   sender,
@@ -76,7 +84,8 @@ const startFrom = (sender: string, device: string, txn: string): RawToDevice => 
   content: { from_device: device, transaction_id: txn, method: "m.sas.v1" }
 })
 const sync = (client: FakeClient, ...events: Array<RawToDevice>) => Effect.promise(() => client.syncToDevice(events))
-const timesProcessed = (client: FakeClient, txn: string) => client.processed.filter((e) => e.content["transaction_id"] === txn).length
+const timesProcessed = (client: FakeClient, txn: string) =>
+  client.processed.filter((e) => e.content["transaction_id"] === txn).length
 
 const only = (flows: ReadonlyArray<VerificationFlow>) => {
   expect(flows).toHaveLength(1)
@@ -96,7 +105,10 @@ describe("verification domain", () => {
         l.writeBigUInt64LE(BigInt(b.length))
         return Buffer.concat([l, b])
       }
-      return "mvr_" + createHash("sha256").update(Buffer.concat([Buffer.from("carapace-matrix-verification-control-id-v2\0"), lp(u), lp(p)])).digest("base64url")
+      return "mvr_" +
+        createHash("sha256").update(
+          Buffer.concat([Buffer.from("carapace-matrix-verification-control-id-v2\0"), lp(u), lp(p)])
+        ).digest("base64url")
     }
     expect(flowIdOf(ALICE, "txn1")).toBe(expected(ALICE, "txn1"))
     expect(flowIdOf(ALICE, "txn1")).toBe(flowIdOf(ALICE, "txn1"))
@@ -119,9 +131,21 @@ describe("verification domain", () => {
     expect(deriveState({ ...base, phase: VerificationPhase.Ready })).toBe("ready")
     expect(deriveState({ ...base, phase: VerificationPhase.Started })).toBe("transitioned")
     expect(deriveState({ ...base, phase: VerificationPhase.Started, hasVerifier: true })).toBe("started")
-    expect(deriveState({ ...base, phase: VerificationPhase.Started, hasVerifier: true, verifyCalled: true })).toBe("accepted")
-    expect(deriveState({ ...base, phase: VerificationPhase.Started, hasVerifier: true, verifyCalled: true, sasCaptured: true })).toBe("keys_exchanged")
-    expect(deriveState({ ...base, phase: VerificationPhase.Started, sasCaptured: true, confirmed: true })).toBe("confirmed")
+    expect(deriveState({ ...base, phase: VerificationPhase.Started, hasVerifier: true, verifyCalled: true })).toBe(
+      "accepted"
+    )
+    expect(
+      deriveState({
+        ...base,
+        phase: VerificationPhase.Started,
+        hasVerifier: true,
+        verifyCalled: true,
+        sasCaptured: true
+      })
+    ).toBe("keys_exchanged")
+    expect(deriveState({ ...base, phase: VerificationPhase.Started, sasCaptured: true, confirmed: true })).toBe(
+      "confirmed"
+    )
     expect(deriveState({ ...base, phase: VerificationPhase.Done, confirmed: true })).toBe("done")
     expect(deriveState({ ...base, phase: VerificationPhase.Cancelled })).toBe("cancelled")
     expect(deriveState({ ...base, phase: VerificationPhase.Cancelled, mismatched: true })).toBe("mismatched")
@@ -142,7 +166,12 @@ describe("verification registry", () => {
       yield* listedOne
       const listed = only(yield* v.list)
       expect(listed.flowId).toBe(flowIdOf(ALICE, "txn-alice-1"))
-      expect(listed).toMatchObject({ userId: ALICE, deviceId: "ALICEDEV", protocolFlowId: "txn-alice-1", state: "requested" })
+      expect(listed).toMatchObject({
+        userId: ALICE,
+        deviceId: "ALICEDEV",
+        protocolFlowId: "txn-alice-1",
+        state: "requested"
+      })
       expect(listed.sas).toBeUndefined()
       expect((yield* pending)?.pendingVerificationCount).toBe(1)
 
@@ -180,14 +209,20 @@ describe("verification registry", () => {
       expect(Either.isLeft(late) && late.left.kind).toBe("verification-cancelled")
 
       const seen = Chunk.toReadonlyArray(yield* Queue.takeAll(events)) as ReadonlyArray<GatewayEvent>
-      const states = seen.map((e) => `${e.event.replace("matrix.verification.", "")}:${(e.payload as { verification: VerificationFlow }).verification.state}`)
+      const states = seen.map((e) =>
+        `${e.event.replace("matrix.verification.", "")}:${
+          (e.payload as { verification: VerificationFlow }).verification.state
+        }`
+      )
       expect(states[0]).toBe("requested:requested")
       expect(states.slice(1).every((s) => s.startsWith("updated:"))).toBe(true)
       expect(states).toContain("updated:keys_exchanged")
       expect(states.indexOf("updated:keys_exchanged")).toBeLessThan(states.indexOf("updated:confirmed"))
       expect(states.at(-1)).toBe("updated:done")
       // every event names the same flow; no duplicate consecutive states (no no-op updates)
-      expect(new Set(seen.map((e) => (e.payload as { verification: VerificationFlow }).verification.flowId)).size).toBe(1)
+      expect(new Set(seen.map((e) => (e.payload as { verification: VerificationFlow }).verification.flowId)).size).toBe(
+        1
+      )
       for (let i = 1; i < states.length; i++) expect(states[i]).not.toBe(states[i - 1])
     }).pipe(Effect.provide(world(tmp()))))
 
@@ -448,7 +483,9 @@ describe("verification registry", () => {
 
       // the machine drops the first delivery (unknown device); the registry refreshes and feeds it again
       yield* sync(client, requestFrom(ALICE, "PHONE", "txn-phone"))
-      const listed = (yield* until((l) => l.some((f) => f.protocolFlowId === "txn-phone"))).find((f) => f.protocolFlowId === "txn-phone")
+      const listed = (yield* until((l) => l.some((f) => f.protocolFlowId === "txn-phone"))).find((f) =>
+        f.protocolFlowId === "txn-phone"
+      )
       expect(listed).toMatchObject({ userId: ALICE, deviceId: "PHONE", state: "requested" })
       expect(client.refreshes).toBe(1)
       expect(timesProcessed(client, "txn-phone")).toBe(2)
@@ -463,12 +500,17 @@ describe("verification registry", () => {
 
       // a device the homeserver does not list either: one refresh, not fed again, and only once per request
       yield* sync(client, requestFrom(ALICE, "GHOST", "txn-ghost"))
-      for (let i = 0; i < 400 && client.refreshes < 2; i++) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+      for (let i = 0; i < 400 && client.refreshes < 2; i++) {
+        yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+      }
       yield* sync(client, requestFrom(ALICE, "GHOST", "txn-ghost"))
       yield* settle
       expect(client.refreshes).toBe(2)
       expect(timesProcessed(client, "txn-ghost")).toBe(2) // the two syncs, nothing fed again
-      expect((yield* Verification.pipe(Effect.flatMap((v) => v.list))).map((f) => f.protocolFlowId).sort()).toEqual(["txn-known", "txn-phone"])
+      expect((yield* Verification.pipe(Effect.flatMap((v) => v.list))).map((f) => f.protocolFlowId).sort()).toEqual([
+        "txn-known",
+        "txn-phone"
+      ])
     }).pipe(Effect.provide(world(tmp()))))
 
   it.scopedLive("accept, then the peer's start right after ready: one SAS decision per flow, never a second start, no cancel (50 rounds)", () =>
@@ -482,7 +524,9 @@ describe("verification registry", () => {
       for (let round = 0; round < 50; round++) {
         const txn = `txn-race-${round}`
         yield* sync(client, requestFrom(ALICE, "ALICEDEV", txn))
-        const flow = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) => f.protocolFlowId === txn)!
+        const flow = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) =>
+          f.protocolFlowId === txn
+        )!
         const req = client.incoming.get(txn)!
         // the peer's client answers the bot's ready with its start at once; how soon it lands varies by round
         req.onReady = () => {
@@ -491,7 +535,9 @@ describe("verification registry", () => {
           else setTimeout(send, round % 3)
         }
         yield* v.accept(flow.flowId)
-        for (let i = 0; i < 400 && timesProcessed(client, txn) < 2; i++) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 2)))
+        for (let i = 0; i < 400 && timesProcessed(client, txn) < 2; i++) {
+          yield* Effect.promise(() => new Promise((r) => setTimeout(r, 2)))
+        }
         yield* settle
         expect(req.cancellationCode, `round ${round}`).toBeNull()
         expect(req.startCalls, `round ${round}`).toBeLessThanOrEqual(1)
@@ -515,7 +561,9 @@ describe("verification registry", () => {
       const v = yield* Verification
       const req = new FakeRequest(ALICE, txn, { deviceId: "ALICEDEV" })
       client.receive(req)
-      const flowId = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) => f.protocolFlowId === txn)!.flowId
+      const flowId = (yield* until((l) => l.some((f) => f.protocolFlowId === txn))).find((f) =>
+        f.protocolFlowId === txn
+      )!.flowId
       yield* v.accept(flowId)
       yield* settle
       req.verifier!.showSas()

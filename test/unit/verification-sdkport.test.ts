@@ -2,10 +2,10 @@
 // of the Rust backend it reaches for must exist on a real client's crypto, and the public objects the
 // verification layer drives must keep their shape. If this file fails after an SDK upgrade, the port needs
 // a look before anything else: at runtime it would degrade quietly (see the port's comments).
-import { describe, expect, it } from "vitest"
 import { createClient, type MatrixClient } from "matrix-js-sdk"
 import { VerificationPhase, type VerificationRequest } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { RustSASVerifier, RustVerificationRequest } from "matrix-js-sdk/lib/rust-crypto/verification.js"
+import { describe, expect, it } from "vitest"
 import {
   interceptSyncEntryPoints,
   missingInternals,
@@ -49,7 +49,8 @@ describe("verification SDK port", () => {
     try {
       const probe = probeInternals(client.getCrypto())
       // one message naming what is gone, so an upgrade's failure says where to look
-      expect(missingInternals(probe), "matrix-js-sdk internals used by src/layers/verification/sdkPort.ts are missing").toEqual([])
+      expect(missingInternals(probe), "matrix-js-sdk internals used by src/layers/verification/sdkPort.ts are missing")
+        .toEqual([])
       expect(Object.values(probe).every((present) => present)).toBe(true)
       expect(typeof toDeviceFeed(client)).toBe("function")
     } finally {
@@ -82,17 +83,26 @@ describe("verification SDK port", () => {
 
   it("the SDK's request and SAS verifier keep the members the registry drives", () => {
     const getter = (proto: object, name: string) => typeof Object.getOwnPropertyDescriptor(proto, name)?.get
-    for (const name of ["phase", "verifier", "otherUserId", "otherDeviceId", "roomId", "transactionId", "initiatedByMe"]) {
+    for (
+      const name of ["phase", "verifier", "otherUserId", "otherDeviceId", "roomId", "transactionId", "initiatedByMe"]
+    ) {
       expect(getter(RustVerificationRequest.prototype, name), `RustVerificationRequest.${name}`).toBe("function")
     }
     for (const name of ["accept", "cancel", "startVerification", "otherPartySupportsMethod", "on", "off"]) {
-      expect(typeof (RustVerificationRequest.prototype as unknown as Record<string, unknown>)[name], `RustVerificationRequest.${name}()`).toBe("function")
+      expect(
+        typeof (RustVerificationRequest.prototype as unknown as Record<string, unknown>)[name],
+        `RustVerificationRequest.${name}()`
+      ).toBe("function")
     }
     const sas = RustSASVerifier.prototype as unknown as Record<string, unknown>
-    for (const name of ["verify", "getShowSasCallbacks", "on"]) expect(typeof sas[name], `RustSASVerifier.${name}()`).toBe("function")
+    for (const name of ["verify", "getShowSasCallbacks", "on"]) {
+      expect(typeof sas[name], `RustSASVerifier.${name}()`).toBe("function")
+    }
     let proto: object | null = RustSASVerifier.prototype
     let hasCancelled = false
-    for (; proto !== null && !hasCancelled; proto = Object.getPrototypeOf(proto)) hasCancelled = getter(proto, "hasBeenCancelled") === "function"
+    for (; proto !== null && !hasCancelled; proto = Object.getPrototypeOf(proto)) {
+      hasCancelled = getter(proto, "hasBeenCancelled") === "function"
+    }
     expect(hasCancelled, "RustSASVerifier.hasBeenCancelled").toBe(true)
   })
 
@@ -103,7 +113,11 @@ describe("verification SDK port", () => {
     expect(await trackUsers(asClient({}), ["@a:b"])).toBe(false)
     expect(await trackUsers(asClient({}), [])).toBe(true)
     // a stopped backend throws from getOlmMachineOrThrow: treated as absent, not as an error
-    const stopped = { getOlmMachineOrThrow: () => { throw new Error("stopped") } }
+    const stopped = {
+      getOlmMachineOrThrow: () => {
+        throw new Error("stopped")
+      }
+    }
     expect(await trackUsers(asClient(stopped), ["@a:b"])).toBe(false)
     let dirty = 0
     let flushed = 0

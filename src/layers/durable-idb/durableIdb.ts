@@ -88,7 +88,11 @@ type Layout = Map<string, ReadonlyMap<string, RawObjectStore>>
  * that no longer holds its old store loses its rows. (The on-demand records of an unchanged store are
  * not read back and rewritten, so a Rust-store migration costs what it changes.)
  */
-const versionChangeOf = (raw: RawDatabase, touched: Touched | undefined, filed: ReadonlyMap<string, RawObjectStore>) => {
+const versionChangeOf = (
+  raw: RawDatabase,
+  touched: Touched | undefined,
+  filed: ReadonlyMap<string, RawObjectStore>
+) => {
   const stores: Array<StoreChange> = []
   const rewritten: Array<RawObjectStore> = []
   for (const [name, old] of filed) {
@@ -100,7 +104,12 @@ const versionChangeOf = (raw: RawDatabase, touched: Touched | undefined, filed: 
       if (t !== undefined) stores.push(touchedChange(store, t))
     } else {
       rewritten.push(store)
-      stores.push({ name: store.name, cleared: true, puts: Array.from(store.records.values(), (r) => [r.key, r.value] as const), deletes: [] })
+      stores.push({
+        name: store.name,
+        cleared: true,
+        puts: Array.from(store.records.values(), (r) => [r.key, r.value] as const),
+        deletes: []
+      })
     }
   }
   const change: DatabaseChange = { db: raw.name, schema: schemaOf(raw), stores }
@@ -118,7 +127,9 @@ const createSchema = (factory: IdbFactory, schema: DatabaseSchema): Promise<RawD
       for (const s of schema.stores) {
         const os = db.createObjectStore(
           s.name,
-          s.keyPath === null ? { autoIncrement: s.autoIncrement } : { keyPath: s.keyPath, autoIncrement: s.autoIncrement }
+          s.keyPath === null
+            ? { autoIncrement: s.autoIncrement }
+            : { keyPath: s.keyPath, autoIncrement: s.autoIncrement }
         )
         for (const i of s.indexes) os.createIndex(i.name, i.keyPath, { unique: i.unique, multiEntry: i.multiEntry })
         const raw = (os as { _rawObjectStore: RawObjectStore })._rawObjectStore
@@ -146,7 +157,9 @@ const interner = () => {
   }
   return (key: unknown): unknown => {
     if (typeof key === "string") return one(key)
-    if (Array.isArray(key)) for (let i = 0; i < key.length; i++) if (typeof key[i] === "string") key[i] = one(key[i] as string)
+    if (Array.isArray(key)) {
+      for (let i = 0; i < key.length; i++) if (typeof key[i] === "string") key[i] = one(key[i] as string)
+    }
     return key
   }
 }
@@ -161,7 +174,13 @@ export const compareKeys = (a: unknown, b: unknown): number => {
   const ta = typeof a
   if (ta === typeof b) {
     // JS string comparison is by UTF-16 code unit, as IndexedDB's; -0 and 0 compare equal in both.
-    if (ta === "string" || ta === "number") return (a as string) < (b as string) ? -1 : (a as string) > (b as string) ? 1 : 0
+    if (ta === "string" || ta === "number") {
+      return (a as string) < (b as string)
+        ? -1
+        : (a as string) > (b as string)
+        ? 1
+        : 0
+    }
     if (Array.isArray(a) && Array.isArray(b)) {
       const n = Math.min(a.length, b.length)
       for (let i = 0; i < n; i++) {
@@ -179,7 +198,9 @@ export const compareKeys = (a: unknown, b: unknown): number => {
  * one red-black insertion per record (most of the time of opening a large store).
  */
 const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
-  if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) throw new Error("durable-idb: fake-indexeddb tree internals changed")
+  if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) {
+    throw new Error("durable-idb: fake-indexeddb tree internals changed")
+  }
   // The tree's own order: by key, then (an index that allows duplicates) by primary key.
   const order = unique
     ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
@@ -209,12 +230,15 @@ const fillStore = (store: RawObjectStore, rows: StoreRows) => {
       const indexKey = index.getIndexKey(value)
       if (indexKey === undefined) return
       const list = entries[i]!
-      if (index.multiEntry && Array.isArray(indexKey)) for (const k of indexKey) list.push({ key: intern(k), value: key })
-      else list.push({ key: intern(indexKey), value: key })
+      if (index.multiEntry && Array.isArray(indexKey)) {
+        for (const k of indexKey) list.push({ key: intern(k), value: key })
+      } else list.push({ key: intern(indexKey), value: key })
     })
   })
   bulkLoad(store.records.records, records, true, store.name)
-  indexes.forEach((index, i) => bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`))
+  indexes.forEach((index, i) =>
+    bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`)
+  )
 }
 
 export interface DurableIdbOptions {
@@ -248,7 +272,11 @@ export const openDurableIdb = async (
   }
 
   /** After the SQLite commit: file the new layout and drop the committed values from memory. */
-  const settleCommit = (raw: RawDatabase, touched: Touched | undefined, rewritten: ReadonlyArray<RawObjectStore> | undefined) => {
+  const settleCommit = (
+    raw: RawDatabase,
+    touched: Touched | undefined,
+    rewritten: ReadonlyArray<RawObjectStore> | undefined
+  ) => {
     try {
       if (rewritten !== undefined) {
         for (const store of raw.rawObjectStores.values()) rowsFor(raw.name, store).store = store.name
@@ -315,7 +343,10 @@ export const openDurableIdb = async (
     detach: () => {
       detached = true
       for (const raw of databasesOf(factory).values()) {
-        for (const connection of (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> }).connections) {
+        for (
+          const connection of (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> })
+            .connections
+        ) {
           if (!connection._closed) connection.close()
         }
       }

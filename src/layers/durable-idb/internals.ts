@@ -153,7 +153,9 @@ export const installHooks = (): Promise<void> =>
       dispatchEvent(this: RawTransaction, event: { type: string }): boolean
       _abort?: unknown
     }
-    if (typeof txProto._abort !== "function") throw new Error("durable-idb: fake-indexeddb FDBTransaction._abort missing")
+    if (typeof txProto._abort !== "function") {
+      throw new Error("durable-idb: fake-indexeddb FDBTransaction._abort missing")
+    }
 
     const storeRecord = proto.storeRecord
     proto.storeRecord = function(record, noOverwrite, rollbackLog) {

@@ -46,7 +46,9 @@ export class IndexedDbRouter extends fakeIdb.IDBFactory implements IdbFactory {
     const clash = this.claims.find((c) => overlaps(c, claim))
     if (clash !== undefined) {
       throw new Error(
-        `IndexedDB names ${JSON.stringify([...claim.prefixes.map((p) => `${p}*`), ...claim.exact])} are already claimed by another store in this process; give each store its own crypto prefix and sync store name`
+        `IndexedDB names ${
+          JSON.stringify([...claim.prefixes.map((p) => `${p}*`), ...claim.exact])
+        } are already claimed by another store in this process; give each store its own crypto prefix and sync store name`
       )
     }
     const entry: Claim = { prefixes: [...claim.prefixes], exact: [...claim.exact], factory }
@@ -100,7 +102,9 @@ export const installIndexedDbRouter = (): IndexedDbRouter => {
   const r = router ?? new IndexedDbRouter()
   const previous = g["indexedDB"]
   // A factory installed before us (e.g. fake-indexeddb/auto) keeps serving the names nobody claims.
-  if (previous !== undefined && previous !== r && previous instanceof fakeIdb.IDBFactory) r.fallback = previous as Factory
+  if (previous !== undefined && previous !== r && previous instanceof fakeIdb.IDBFactory) {
+    r.fallback = previous as Factory
+  }
   Object.defineProperty(globalThis, "indexedDB", {
     configurable: true,
     enumerable: false,
@@ -110,7 +114,9 @@ export const installIndexedDbRouter = (): IndexedDbRouter => {
     }
   })
   for (const [name, cls] of CLASSES) {
-    if (g[name] === undefined) Object.defineProperty(globalThis, name, { configurable: true, writable: true, enumerable: false, value: cls })
+    if (g[name] === undefined) {
+      Object.defineProperty(globalThis, name, { configurable: true, writable: true, enumerable: false, value: cls })
+    }
   }
   router = r
   return r

@@ -112,7 +112,9 @@ interface FormatRecord {
 const FORMAT_VERSION = 1
 
 const fail = (kind: CryptoStoreError["kind"], file: string, message: string, holderPid?: number) =>
-  new CryptoStoreError(holderPid === undefined ? { kind, path: file, message } : { kind, path: file, message, holderPid })
+  new CryptoStoreError(
+    holderPid === undefined ? { kind, path: file, message } : { kind, path: file, message, holderPid }
+  )
 
 const errText = (e: unknown) => (e instanceof Error ? ((e as NodeJS.ErrnoException).code ?? e.message) : String(e))
 
@@ -152,7 +154,9 @@ const exists = (file: string) => {
 }
 
 /** The error kind of a damaged file of this role. */
-const corruptKind = (role: string): CryptoStoreError["kind"] => (role === "state" ? "state-store-corrupt" : "crypto-store-corrupt")
+const corruptKind = (
+  role: string
+): CryptoStoreError["kind"] => (role === "state" ? "state-store-corrupt" : "crypto-store-corrupt")
 
 /** The operator message of a damaged store file: what is wrong, that nothing was written, and what to do. */
 export const corruptStoreMessage = (file: string, role: string, reason: string): string =>
@@ -167,7 +171,8 @@ export const corruptStoreMessage = (file: string, role: string, reason: string):
 export const storeStructureProblem = (db: DatabaseSync): string | undefined => {
   const missing = missingTables(db, ["kv", "dbs", "records"])
   if (missing !== undefined) return missing
-  const row = (key: string) => (db.prepare("SELECT value FROM kv WHERE key = ?").get(key) as { value: Uint8Array } | undefined)?.value
+  const row = (key: string) =>
+    (db.prepare("SELECT value FROM kv WHERE key = ?").get(key) as { value: Uint8Array } | undefined)?.value
   const formatBytes = row("format")
   if (formatBytes === undefined) return "it has no format record"
   let format: Partial<FormatRecord>
@@ -176,7 +181,10 @@ export const storeStructureProblem = (db: DatabaseSync): string | undefined => {
   } catch {
     return "its format record is unreadable"
   }
-  if (typeof format !== "object" || format === null || typeof format.format !== "number" || typeof format.encrypted !== "boolean") {
+  if (
+    typeof format !== "object" || format === null || typeof format.format !== "number" ||
+    typeof format.encrypted !== "boolean"
+  ) {
     return "its format record is unreadable"
   }
   if (format.encrypted) {
@@ -192,12 +200,16 @@ const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord
   db.exec("CREATE TABLE dbs (id BLOB PRIMARY KEY, meta BLOB NOT NULL) WITHOUT ROWID")
   // A rowid table on purpose: rows are ~2 KB sealed blobs, which a WITHOUT ROWID b-tree would push
   // into overflow pages (measured: 2.6x the file size).
-  db.exec("CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)")
+  db.exec(
+    "CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)"
+  )
   db.exec("CREATE INDEX records_store ON records (store)")
   db.exec("CREATE INDEX records_db ON records (db)")
   const format: FormatRecord = { format: FORMAT_VERSION, encrypted }
   db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
-  if (cipher !== undefined) db.prepare("INSERT INTO kv (key, value) VALUES ('cipher', ?)").run(encodeCipherRecord(cipher))
+  if (cipher !== undefined) {
+    db.prepare("INSERT INTO kv (key, value) VALUES ('cipher', ?)").run(encodeCipherRecord(cipher))
+  }
 }
 
 export class SqliteFile {
@@ -225,7 +237,9 @@ export class SqliteFile {
     this.dataKey = dataKey
     this.keys = deriveRowKeys(dataKey)
     // An id names one (db, store, key), so only `data` can differ on a conflict.
-    this.put = db.prepare("INSERT INTO records (id, db, store, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data")
+    this.put = db.prepare(
+      "INSERT INTO records (id, db, store, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+    )
     this.del = db.prepare("DELETE FROM records WHERE id = ?")
     this.delStore = db.prepare("DELETE FROM records WHERE store = ?")
     this.delDb = db.prepare("DELETE FROM records WHERE db = ?")
@@ -245,12 +259,18 @@ export class SqliteFile {
     try {
       if (!exists(file)) {
         const dataKey = secret.encrypted ? newDataKey() : undefined
-        const cipher = secret.encrypted && dataKey !== undefined ? await wrapDataKey(dataKey, secret.passphrase, role) : undefined
+        const cipher = secret.encrypted && dataKey !== undefined
+          ? await wrapDataKey(dataKey, secret.passphrase, role)
+          : undefined
         if (createSqliteAtomically(file, (db) => createSchema(db, secret.encrypted, cipher))) created = { dataKey }
       }
     } catch (e) {
       if (e instanceof CryptoStoreError) throw e
-      throw fail("encrypted-state-io", file, `Creating the Matrix store ${file} failed (${errText(e)}). Check free disk space and permissions.`)
+      throw fail(
+        "encrypted-state-io",
+        file,
+        `Creating the Matrix store ${file} failed (${errText(e)}). Check free disk space and permissions.`
+      )
     }
     if (created === undefined) {
       const look = inspectSqlite(file, storeStructureProblem)
@@ -266,7 +286,9 @@ export class SqliteFile {
         throw fail(
           "encrypted-state-io",
           file,
-          `Opening the Matrix store ${file} failed (${errText(e)}). Check that the state directory is writable by this user and the file is a regular file.`
+          `Opening the Matrix store ${file} failed (${
+            errText(e)
+          }). Check that the state directory is writable by this user and the file is a regular file.`
         )
       }
       try {
@@ -288,13 +310,21 @@ export class SqliteFile {
             pid
           )
         }
-        throw fail("encrypted-state-io", file, `Locking the Matrix store ${file} failed (${errText(e)}). Check the file and the disk, then start again.`)
+        throw fail(
+          "encrypted-state-io",
+          file,
+          `Locking the Matrix store ${file} failed (${errText(e)}). Check the file and the disk, then start again.`
+        )
       }
       try {
         fs.chmodSync(file, 0o600)
         if (fs.existsSync(`${file}-wal`)) fs.chmodSync(`${file}-wal`, 0o600)
       } catch (e) {
-        throw fail("encrypted-state-io", file, `Securing the Matrix store ${file} failed (${errText(e)}). Check the ownership of the state directory.`)
+        throw fail(
+          "encrypted-state-io",
+          file,
+          `Securing the Matrix store ${file} failed (${errText(e)}). Check the ownership of the state directory.`
+        )
       }
 
       const dataKey = created !== undefined ? created.dataKey : await SqliteFile.unlock(db, file, role, secret)
@@ -311,7 +341,12 @@ export class SqliteFile {
     }
   }
 
-  private static async unlock(db: DatabaseSync, file: string, role: string, secret: StoreSecret): Promise<Buffer | undefined> {
+  private static async unlock(
+    db: DatabaseSync,
+    file: string,
+    role: string,
+    secret: StoreSecret
+  ): Promise<Buffer | undefined> {
     // looked at before the open already; checked again under the lock (the file may have changed meanwhile)
     const problem = storeStructureProblem(db)
     if (problem !== undefined) throw fail(corruptKind(role), file, corruptStoreMessage(file, role, problem))
@@ -321,7 +356,13 @@ export class SqliteFile {
 
     const format = JSON.parse(Buffer.from(formatBytes).toString("utf8")) as FormatRecord
     if (format.format !== FORMAT_VERSION) {
-      throw fail("encrypted-state-io", file, `The Matrix store ${file} has format ${String(format.format)}, which this cara does not know. Upgrade cara, or restore a matching backup.`)
+      throw fail(
+        "encrypted-state-io",
+        file,
+        `The Matrix store ${file} has format ${
+          String(format.format)
+        }, which this cara does not know. Upgrade cara, or restore a matching backup.`
+      )
     }
     if (!format.encrypted) {
       if (secret.encrypted) {
@@ -342,7 +383,9 @@ export class SqliteFile {
     }
     const cipherBytes = kvGet("cipher")
     const cipher = cipherBytes === undefined ? undefined : decodeCipherRecord(cipherBytes)
-    if (cipher === undefined) throw fail(corruptKind(role), file, corruptStoreMessage(file, role, "it has no readable cipher record"))
+    if (cipher === undefined) {
+      throw fail(corruptKind(role), file, corruptStoreMessage(file, role, "it has no readable cipher record"))
+    }
     const dataKey = await unwrapDataKey(cipher, secret.passphrase, role)
     if (dataKey === undefined) {
       throw fail(
@@ -374,7 +417,9 @@ export class SqliteFile {
   scanStore(db: string, store: string, visit: (key: unknown, value: unknown) => void): void {
     this.readingRows(() => {
       this.byStore ??= this.db.prepare("SELECT id, data FROM records WHERE store = ?")
-      for (const r of this.byStore.iterate(storeId(this.keys, db, store)) as Iterable<{ id: Uint8Array; data: Uint8Array }>) {
+      for (
+        const r of this.byStore.iterate(storeId(this.keys, db, store)) as Iterable<{ id: Uint8Array; data: Uint8Array }>
+      ) {
         const [key, value] = deserialize(openBlob(this.keys.seal, Buffer.from(r.id), r.data)) as [unknown, unknown]
         visit(key, value)
       }
@@ -416,7 +461,11 @@ export class SqliteFile {
       const records = new Map<string, Array<readonly [unknown, unknown]>>()
       for (const store of schema.stores) {
         const list: Array<readonly [unknown, unknown]> = []
-        for (const r of byStore.iterate(storeId(this.keys, schema.name, store.name)) as Iterable<{ id: Uint8Array; data: Uint8Array }>) {
+        for (
+          const r of byStore.iterate(storeId(this.keys, schema.name, store.name)) as Iterable<
+            { id: Uint8Array; data: Uint8Array }
+          >
+        ) {
           const [key, value] = deserialize(openBlob(this.keys.seal, Buffer.from(r.id), r.data)) as [unknown, unknown]
           list.push([key, value])
         }
@@ -469,14 +518,18 @@ export class SqliteFile {
     this.inTransaction(() => {
       let changed = false
       for (const change of changes) {
-        if (change.replaceAll === true) changed = this.delDb.run(databaseId(this.keys, change.db)).changes > 0 || changed
+        if (change.replaceAll === true) {
+          changed = this.delDb.run(databaseId(this.keys, change.db)).changes > 0 || changed
+        }
         if (change.schema !== undefined) {
           this.writeSchema(change.schema)
           changed = true
         }
         for (const s of change.stores) {
           if (s.cleared) changed = this.delStore.run(storeId(this.keys, change.db, s.name)).changes > 0 || changed
-          for (const k of s.deletes) changed = this.del.run(recordId(this.keys, change.db, s.name, k)).changes > 0 || changed
+          for (const k of s.deletes) {
+            changed = this.del.run(recordId(this.keys, change.db, s.name, k)).changes > 0 || changed
+          }
           for (const [k, v] of s.puts) changed = this.writeRecord(change.db, s.name, k, v) || changed
         }
       }

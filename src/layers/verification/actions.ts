@@ -1,6 +1,11 @@
 import { Clock, Duration, Effect } from "effect"
 import { VerificationPhase } from "matrix-js-sdk/lib/crypto-api/index.js"
-import { type FlowId, isTerminal, VerificationFlowNotReady, VerificationFlowTerminal } from "../../domain/verification.js"
+import {
+  type FlowId,
+  isTerminal,
+  VerificationFlowNotReady,
+  VerificationFlowTerminal
+} from "../../domain/verification.js"
 import { isFinishedPhase } from "../../domain/verificationState.js"
 import { describe, sdkCall, verificationFailed } from "./calls.js"
 import { callVerify, currentState, refresh, refreshLater } from "./flow.js"
@@ -25,9 +30,13 @@ export const accept = (reg: Registry, flowId: FlowId) =>
   Effect.gen(function*() {
     const e = yield* live(reg, flowId)
     const req = e.request
-    if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "accept", "the SDK no longer knows this flow")
+    if (req === undefined) {
+      return yield* VerificationFlowNotReady.of(e.record.flowId, "accept", "the SDK no longer knows this flow")
+    }
     e.engaged = true
-    if (phaseOf(req) === VerificationPhase.Requested && !req.initiatedByMe) yield* sdkCall("accept", () => req.accept())
+    if (phaseOf(req) === VerificationPhase.Requested && !req.initiatedByMe) {
+      yield* sdkCall("accept", () => req.accept())
+    }
     if (e.verifier !== undefined) callVerify(reg, e, e.verifier)
     yield* refresh(reg, e)
     return e.record
@@ -55,13 +64,20 @@ export const confirm = (reg: Registry, flowId: FlowId, match: boolean) =>
     const e = yield* live(reg, flowId)
     const sas = e.sas
     if (sas === undefined || e.record.sas === undefined) {
-      return yield* VerificationFlowNotReady.of(e.record.flowId, "confirm", `no SAS captured yet, state ${e.record.state}`)
+      return yield* VerificationFlowNotReady.of(
+        e.record.flowId,
+        "confirm",
+        `no SAS captured yet, state ${e.record.state}`
+      )
     }
     if (match) {
       yield* confirmMatch(reg, e, () => sas.confirm())
     } else {
       // only mismatch() sends m.mismatched_sas (request.cancel() always sends m.user)
-      yield* Effect.try({ try: () => sas.mismatch(), catch: (err) => verificationFailed(`Matrix verification mismatch failed: ${describe(err)}`) })
+      yield* Effect.try({
+        try: () => sas.mismatch(),
+        catch: (err) => verificationFailed(`Matrix verification mismatch failed: ${describe(err)}`)
+      })
       e.mismatched = true
     }
     yield* refresh(reg, e)
@@ -74,8 +90,12 @@ export const cancel = (reg: Registry, flowId: FlowId) =>
     yield* refresh(reg, e)
     if (isTerminal(e.record.state)) return e.record
     const req = e.request
-    if (req === undefined) return yield* VerificationFlowNotReady.of(e.record.flowId, "cancel", "the SDK no longer knows this flow")
-    if (!isFinishedPhase(phaseOf(req))) yield* sdkCall("cancel", () => req.cancel())
+    if (req === undefined) {
+      return yield* VerificationFlowNotReady.of(e.record.flowId, "cancel", "the SDK no longer knows this flow")
+    }
+    if (!isFinishedPhase(phaseOf(req))) {
+      yield* sdkCall("cancel", () => req.cancel())
+    }
     const state = currentState(e)
     if (state !== "cancelled" && state !== "done") e.forced = "cancelled"
     yield* refresh(reg, e)

@@ -9,7 +9,15 @@ import { installCryptoGate } from "./cryptoGate.js"
 import { insert, refreshLater } from "./flow.js"
 import { remember } from "./handled.js"
 import { detachedGate, type Registry } from "./registry.js"
-import { missingInternals, phaseOf, probeInternals, type RawToDeviceEvent, refreshUsers, toDeviceFeed, trackUsers } from "./sdkPort.js"
+import {
+  missingInternals,
+  phaseOf,
+  probeInternals,
+  type RawToDeviceEvent,
+  refreshUsers,
+  toDeviceFeed,
+  trackUsers
+} from "./sdkPort.js"
 
 /** How often the allowlisted users' device lists are re-downloaded (see sdkPort.ts, refreshUsers). */
 export const DEVICE_REFRESH_EVERY = Duration.seconds(30)
@@ -26,7 +34,10 @@ const onRequest = (reg: Registry, req: VerificationRequest, a: VerificationAttac
     if (req.initiatedByMe || reg.byRequest.has(req)) return
     const user = req.otherUserId
     if (user !== a.botUserId && !a.isAllowed(user)) {
-      yield* reg.status.updateMatrix((x) => ({ ...x, peerDropAllowlistRejectionTotal: x.peerDropAllowlistRejectionTotal + 1 }))
+      yield* reg.status.updateMatrix((x) => ({
+        ...x,
+        peerDropAllowlistRejectionTotal: x.peerDropAllowlistRejectionTotal + 1
+      }))
       yield* Effect.logInfo("Matrix verification request ignored: sender not in matrix.autoJoin allowlist").pipe(
         Effect.annotateLogs({ sender: sanitizeUserId(user) })
       )
@@ -37,7 +48,9 @@ const onRequest = (reg: Registry, req: VerificationRequest, a: VerificationAttac
     if (reg.handled.has(id)) {
       // Rust keeps verification state in memory only: after a restart, in-room requests from the cached
       // timeline come back as new ones. The peer's flow is long gone; listing it would mislead.
-      yield* Effect.logDebug("ignoring a verification request already handled before").pipe(Effect.annotateLogs({ protocolFlowId: sanitizeDisplay(id) }))
+      yield* Effect.logDebug("ignoring a verification request already handled before").pipe(
+        Effect.annotateLogs({ protocolFlowId: sanitizeDisplay(id) })
+      )
       return
     }
     if (isFinishedPhase(phaseOf(req))) return
@@ -45,17 +58,22 @@ const onRequest = (reg: Registry, req: VerificationRequest, a: VerificationAttac
     const e = yield* insert(reg, req, id, false)
     if (Option.isSome(e)) {
       yield* Effect.logInfo("Matrix verification requested; run `cara matrix verifications` to review it").pipe(
-        Effect.annotateLogs({ flowId: e.value.record.flowId, peer: e.value.record.userId, inRoom: req.roomId !== undefined })
+        Effect.annotateLogs({
+          flowId: e.value.record.flowId,
+          peer: e.value.record.userId,
+          inRoom: req.roomId !== undefined
+        })
       )
     }
   }).pipe(Effect.catchAllCause((c) => Effect.logError("handling a verification request failed", c)))
 
 /** The device ids the crypto knows for `users` (no download). */
 const knownDevices = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
-  Effect.tryPromise(() => a.client.getCrypto()?.getUserDeviceInfo([...users], false) ?? Promise.resolve(new Map())).pipe(
-    Effect.map((m) => new Set([...m].flatMap(([u, ds]) => [...ds.keys()].map((d) => `${u}\0${d}`)))),
-    Effect.orElseSucceed(() => new Set<string>())
-  )
+  Effect.tryPromise(() => a.client.getCrypto()?.getUserDeviceInfo([...users], false) ?? Promise.resolve(new Map()))
+    .pipe(
+      Effect.map((m) => new Set([...m].flatMap(([u, ds]) => [...ds.keys()].map((d) => `${u}\0${d}`)))),
+      Effect.orElseSucceed(() => new Set<string>())
+    )
 
 /** The periodic refresh; a device it finds is logged (the person can verify it from now on). */
 const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
@@ -77,7 +95,13 @@ const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>)
  * then hand the same event to the crypto once more, so the person's first request is answered. Once per
  * request; only for allowlisted senders (checked by the caller).
  */
-const refeedDropped = (reg: Registry, a: VerificationAttachment, raw: RawToDeviceEvent, deviceId: string, txn: string) =>
+const refeedDropped = (
+  reg: Registry,
+  a: VerificationAttachment,
+  raw: RawToDeviceEvent,
+  deviceId: string,
+  txn: string
+) =>
   Effect.gen(function*() {
     const key = `${raw.sender}\0${txn}`
     if (reg.announced.has(key) || reg.refed.has(key)) return
@@ -89,7 +113,10 @@ const refeedDropped = (reg: Registry, a: VerificationAttachment, raw: RawToDevic
       (level === "Info" ? Effect.logInfo(text) : Effect.logWarning(text)).pipe(
         Effect.annotateLogs({ peer: sanitizeUserId(raw.sender), device: sanitizeDisplay(deviceId) })
       )
-    yield* log("Info", "Matrix verification request from a device the bot did not know yet; refreshing that user's devices and processing the request again")
+    yield* log(
+      "Info",
+      "Matrix verification request from a device the bot did not know yet; refreshing that user's devices and processing the request again"
+    )
     yield* Effect.tryPromise(() => refreshUsers(a.client, [raw.sender])).pipe(
       Effect.timeout(SDK_TIMEOUT),
       Effect.catchAllCause((c) => Effect.logWarning("refreshing the requester's devices failed", c))
@@ -99,14 +126,22 @@ const refeedDropped = (reg: Registry, a: VerificationAttachment, raw: RawToDevic
       Effect.orElseSucceed(() => false)
     )
     if (!known) {
-      return yield* log("Warning", "Matrix verification request from a device the homeserver does not list for its user; it cannot be answered. Ask the person to check that the device is signed in, then retry")
+      return yield* log(
+        "Warning",
+        "Matrix verification request from a device the homeserver does not list for its user; it cannot be answered. Ask the person to check that the device is signed in, then retry"
+      )
     }
     // through the gate like any sync (cryptoGate.ts)
     yield* Effect.tryPromise(() => feed([raw])).pipe(
       Effect.timeout(SDK_TIMEOUT),
       Effect.catchAllCause((c) => Effect.logWarning("processing the verification request again failed", c))
     )
-    if (!reg.announced.has(key)) yield* log("Warning", "Matrix verification request dropped again by the encryption library; ask the person to retry")
+    if (!reg.announced.has(key)) {
+      yield* log(
+        "Warning",
+        "Matrix verification request dropped again by the encryption library; ask the person to retry"
+      )
+    }
   })
 
 /** The SDK listeners; each only records or enqueues and never throws into the SDK's sync processing. */
@@ -142,7 +177,11 @@ const listeners = (reg: Registry, a: VerificationAttachment) => ({
       const txn = content.transaction_id
       if (typeof from !== "string" || typeof txn !== "string") return
       if (reg.announced.has(`${sender}\0${txn}`)) return
-      reg.enqueue(Effect.asVoid(Effect.forkDaemon(refeedDropped(reg, a, { sender, type: ev.getType(), content: ev.getContent() }, from, txn))))
+      reg.enqueue(
+        Effect.asVoid(
+          Effect.forkDaemon(refeedDropped(reg, a, { sender, type: ev.getType(), content: ev.getContent() }, from, txn))
+        )
+      )
     } catch {
       // see above
     }
@@ -153,16 +192,30 @@ const install = (reg: Registry, a: VerificationAttachment) =>
   Effect.gen(function*() {
     const l = listeners(reg, a)
     const missing = missingInternals(probeInternals(a.client.getCrypto()))
-    if (missing.length > 0) yield* Effect.logDebug(`the crypto backend lacks ${missing.join(", ")}; verification degrades as documented in sdkPort.ts`)
+    if (missing.length > 0) {
+      yield* Effect.logDebug(
+        `the crypto backend lacks ${missing.join(", ")}; verification degrades as documented in sdkPort.ts`
+      )
+    }
     reg.gate.current = installCryptoGate(a.client)
-    if (!reg.gate.current.wrapsSdk) yield* Effect.logDebug("the crypto backend has no sync entry points to serialise; SAS start is serialised only with itself")
+    if (!reg.gate.current.wrapsSdk) {
+      yield* Effect.logDebug(
+        "the crypto backend has no sync entry points to serialise; SAS start is serialised only with itself"
+      )
+    }
     a.client.on(CryptoEvent.VerificationRequestReceived, l.onReq)
     a.client.on(ClientEvent.Sync, l.onSync)
     a.client.on(ClientEvent.ToDeviceEvent, l.onToDevice)
     if (a.trackUsers !== undefined && a.trackUsers.length > 0) {
       const users = a.trackUsers
       yield* Effect.tryPromise(() => trackUsers(a.client, users)).pipe(
-        Effect.tap((ok) => ok ? Effect.void : Effect.logWarning("cannot track the allowlisted users' devices: verification before a shared room will not work")),
+        Effect.tap((ok) =>
+          ok
+            ? Effect.void
+            : Effect.logWarning(
+              "cannot track the allowlisted users' devices: verification before a shared room will not work"
+            )
+        ),
         Effect.catchAll((e) => Effect.logWarning(`tracking the allowlisted users' devices failed: ${describe(e)}`))
       )
     }
@@ -185,7 +238,9 @@ export const attach = (reg: Registry, a: VerificationAttachment): Effect.Effect<
     // the allowlisted users' new devices, for people who share no room with the bot (see refreshUsers)
     Effect.zipRight(
       a.trackUsers !== undefined && a.trackUsers.length > 0
-        ? Effect.forkScoped(Effect.repeat(refreshAllowed(a, a.trackUsers).pipe(Effect.delay(DEVICE_REFRESH_EVERY)), Schedule.forever))
+        ? Effect.forkScoped(
+          Effect.repeat(refreshAllowed(a, a.trackUsers).pipe(Effect.delay(DEVICE_REFRESH_EVERY)), Schedule.forever)
+        )
         : Effect.void
     ),
     Effect.asVoid

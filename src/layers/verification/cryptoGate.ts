@@ -45,6 +45,9 @@ export const makeGate = (): Pick<CryptoGate, "run"> => {
 
 export const installCryptoGate = (client: MatrixClient): CryptoGate => {
   const gate = makeGate()
-  const { wrapped, restore } = interceptSyncEntryPoints(client, (original) => (...args) => gate.run(() => original(...args)))
+  const { wrapped, restore } = interceptSyncEntryPoints(
+    client,
+    (original) => (...args) => gate.run(() => original(...args))
+  )
   return { run: gate.run, wrapsSdk: wrapped > 0, uninstall: restore }
 }

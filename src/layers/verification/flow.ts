@@ -1,13 +1,19 @@
 import { Clock, Effect, Option } from "effect"
 import {
   type ShowSasCallbacks,
-  type VerificationRequest,
   VerificationPhase,
+  type VerificationRequest,
   VerificationRequestEvent,
   type Verifier,
   VerifierEvent
 } from "matrix-js-sdk/lib/crypto-api/index.js"
-import { flowIdOf, isTerminal, sanitizeDisplay, VerificationFlow, type VerificationState } from "../../domain/verification.js"
+import {
+  flowIdOf,
+  isTerminal,
+  sanitizeDisplay,
+  VerificationFlow,
+  type VerificationState
+} from "../../domain/verification.js"
 import { deriveState, isFinishedPhase, sasValuesOf } from "../../domain/verificationState.js"
 import { describe } from "./calls.js"
 import { GATE_HOLD_MS } from "./cryptoGate.js"
@@ -43,7 +49,8 @@ export const refresh = (reg: Registry, e: Entry) =>
     const state = currentState(e)
     const sas = e.sas === undefined || e.sas === e.sasFrom ? e.record.sas : (sasValuesOf(e.sas.sas) ?? e.record.sas)
     e.sasFrom = e.sas
-    const deviceId = e.record.deviceId ?? (e.request?.otherDeviceId === undefined ? undefined : sanitizeDisplay(e.request.otherDeviceId))
+    const deviceId = e.record.deviceId ??
+      (e.request?.otherDeviceId === undefined ? undefined : sanitizeDisplay(e.request.otherDeviceId))
     if (state === e.record.state && sas === e.record.sas && deviceId === e.record.deviceId) return
     const now = yield* Clock.currentTimeMillis
     e.record = new VerificationFlow({
@@ -109,7 +116,9 @@ const maybeStartSas = (reg: Registry, e: Entry) => {
   }, GATE_HOLD_MS).then(
     ({ decision, verifier }) => {
       e.sasDecision = decision
-      if (verifier !== undefined && e.verifier !== verifier && verifierOf(req) === verifier) attachVerifier(reg, e, verifier)
+      if (verifier !== undefined && e.verifier !== verifier && verifierOf(req) === verifier) {
+        attachVerifier(reg, e, verifier)
+      }
       refreshLater(reg, e)
     },
     (err: unknown) => {
@@ -137,7 +146,13 @@ const watch = (reg: Registry, e: Entry, req: VerificationRequest) => {
 }
 
 /** Inserts a new flow (`requested` event) or returns the existing one; none when the registry is full. */
-export const insert = (reg: Registry, req: VerificationRequest, rawProtocolId: string, engaged: boolean, targetDevice?: string) =>
+export const insert = (
+  reg: Registry,
+  req: VerificationRequest,
+  rawProtocolId: string,
+  engaged: boolean,
+  targetDevice?: string
+) =>
   Effect.gen(function*() {
     const existing = reg.entries.get(flowIdOf(req.otherUserId, rawProtocolId))
     if (existing !== undefined) return Option.some(existing)

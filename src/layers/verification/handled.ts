@@ -26,7 +26,9 @@ export const makeHandledIds = Effect.gen(function*() {
       const parsed = JSON.parse(loaded.value) as { ids?: Record<string, number> }
       for (const [id, at] of Object.entries(parsed.ids ?? {})) if (typeof at === "number") handled.set(id, at)
     } catch {
-      yield* Effect.logWarning(`${HANDLED_FILE} is unreadable; starting with an empty list of handled verification requests`)
+      yield* Effect.logWarning(
+        `${HANDLED_FILE} is unreadable; starting with an empty list of handled verification requests`
+      )
     }
   }
   const writeLock = yield* Effect.makeSemaphore(1)

@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto"
 import { Duration, Effect, Option, Ref } from "effect"
 import { KnownMembership, type MatrixClient } from "matrix-js-sdk"
 import type { VerificationRequest } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { randomUUID } from "node:crypto"
 import type { DeviceId, UserId } from "../../domain/matrix.js"
 import {
   InvalidVerificationUser,
@@ -28,7 +28,10 @@ type Crypto = NonNullable<ReturnType<MatrixClient["getCrypto"]>>
  */
 
 const client = (reg: Registry) =>
-  Effect.flatMap(Ref.get(reg.attached), Option.match({ onNone: () => Effect.fail(notConnected()), onSome: Effect.succeed }))
+  Effect.flatMap(
+    Ref.get(reg.attached),
+    Option.match({ onNone: () => Effect.fail(notConnected()), onSome: Effect.succeed })
+  )
 
 const cryptoOf = (a: VerificationAttachment) =>
   Effect.suspend(() => {
@@ -43,7 +46,9 @@ const nudgeSync = (a: VerificationAttachment) =>
   Effect.tryPromise(() => {
     const device = a.client.getDeviceId()
     if (device === null) return Promise.resolve()
-    return a.client.sendToDevice(SYNC_NUDGE_TYPE, new Map([[a.botUserId, new Map([[device, {}]])]])).then(() => undefined)
+    return a.client.sendToDevice(SYNC_NUDGE_TYPE, new Map([[a.botUserId, new Map([[device, {}]])]])).then(() =>
+      undefined
+    )
   }).pipe(Effect.catchAll((e) => Effect.logDebug(`sync nudge failed: ${describe(e)}`)))
 
 /**
@@ -63,9 +68,15 @@ const settleFinished = (reg: Registry, a: VerificationAttachment, rawUserId: str
     for (let round = 0; reg.sync.count < need && round < 4; round++) {
       const before = reg.sync.count
       yield* nudgeSync(a)
-      for (let waited = 0; reg.sync.count === before && waited < 100; waited++) yield* Effect.sleep(Duration.millis(100))
+      for (let waited = 0; reg.sync.count === before && waited < 100; waited++) {
+        yield* Effect.sleep(Duration.millis(100))
+      }
     }
-    if (reg.sync.count < need) yield* Effect.logWarning("the previous verification with this user is not cleaned up yet; the new request may be cancelled by the SDK")
+    if (reg.sync.count < need) {
+      yield* Effect.logWarning(
+        "the previous verification with this user is not cleaned up yet; the new request may be cancelled by the SDK"
+      )
+    }
   })
 
 /** The raw id of `deviceId` (exact, else the one that sanitizes to it) among the devices the machine knows. */
@@ -77,7 +88,9 @@ const lookupDevice = (crypto: Crypto, userId: string, deviceId: string) =>
     const matches = [...devices.keys()].filter((d) => sanitizeDisplay(d) === deviceId)
     if (matches.length > 1) {
       return yield* verificationFailed(
-        `device ${sanitizeDisplay(deviceId)} matches multiple raw device ids under sanitization; refusing to pick. Run \`cara matrix devices\` and pass an exact id.`
+        `device ${
+          sanitizeDisplay(deviceId)
+        } matches multiple raw device ids under sanitization; refusing to pick. Run \`cara matrix devices\` and pass an exact id.`
       )
     }
     return matches[0]
@@ -96,7 +109,9 @@ const requestDevice = (reg: Registry, a: VerificationAttachment, crypto: Crypto,
     if (raw === undefined) {
       return yield* new VerificationTargetNotFound({
         kind: "device-not-found",
-        message: `device ${sanitizeDisplay(deviceId)} of ${sanitizeUserId(userId)} is not known to the bot. Check the id in the other client's session list; the user must be on the allowlist or share a room with the bot.`
+        message: `device ${sanitizeDisplay(deviceId)} of ${
+          sanitizeUserId(userId)
+        } is not known to the bot. Check the id in the other client's session list; the user must be on the allowlist or share a room with the bot.`
       })
     }
     const target = raw
@@ -120,7 +135,9 @@ const requestUser = (reg: Registry, a: VerificationAttachment, crypto: Crypto, u
     if (dm === undefined) {
       return yield* new VerificationTargetNotFound({
         kind: "user-identity-not-found",
-        message: `the bot shares no DM room with ${sanitizeUserId(userId)}: pass a device id (\`cara matrix verify <user> <device>\`) or invite the bot to a DM first.`
+        message: `the bot shares no DM room with ${
+          sanitizeUserId(userId)
+        }: pass a device id (\`cara matrix verify <user> <device>\`) or invite the bot to a DM first.`
       })
     }
     yield* settleFinished(reg, a, userId)
@@ -133,9 +150,10 @@ export const start = (reg: Registry, userId: UserId, deviceId?: DeviceId) =>
     if (!USER_ID.test(userId)) return yield* InvalidVerificationUser.of()
     const a = yield* client(reg)
     const crypto = yield* cryptoOf(a)
-    const { req, targetDevice }: { req: VerificationRequest; targetDevice: string | undefined } = deviceId !== undefined && deviceId !== ""
-      ? yield* requestDevice(reg, a, crypto, userId, deviceId)
-      : { req: yield* requestUser(reg, a, crypto, userId), targetDevice: undefined }
+    const { req, targetDevice }: { req: VerificationRequest; targetDevice: string | undefined } =
+      deviceId !== undefined && deviceId !== ""
+        ? yield* requestDevice(reg, a, crypto, userId, deviceId)
+        : { req: yield* requestUser(reg, a, crypto, userId), targetDevice: undefined }
     const existing = reg.byRequest.get(req)
     const known = existing === undefined ? undefined : reg.entries.get(existing)
     if (known !== undefined) {
@@ -162,7 +180,9 @@ export const devices = (reg: Registry) =>
     const out: Array<OwnDevice> = []
     for (const [i, d] of own.entries()) {
       const shown = sanitized[i] ?? ""
-      const st = yield* Effect.promise(() => crypto.getDeviceVerificationStatus(a.botUserId, d.deviceId).catch(() => null))
+      const st = yield* Effect.promise(() =>
+        crypto.getDeviceVerificationStatus(a.botUserId, d.deviceId).catch(() => null)
+      )
       const name = sanitizeDisplay(d.displayName ?? "").slice(0, 256)
       const collides = sanitized.filter((s) => s === shown).length > 1
       out.push({

@@ -106,7 +106,8 @@ export const makeRegistry = Effect.gen(function*() {
     fork: (e) => {
       runFork(e)
     },
-    publish: (event, record) => publishVerification(event, record).pipe(Effect.provideService(EventBus, bus), Effect.zipRight(publishPending))
+    publish: (event, record) =>
+      publishVerification(event, record).pipe(Effect.provideService(EventBus, bus), Effect.zipRight(publishPending))
   }
   return registry
 })
@@ -123,10 +124,19 @@ const makeRoom = (entries: Map<FlowId, Entry>, rawUserId: string): boolean => {
 }
 
 /** A new entry for `req` (not stored yet), or none when the registry is full (counted). */
-export const newEntry = (reg: Registry, req: VerificationRequest, rawProtocolId: string, engaged: boolean, targetDevice?: string) =>
+export const newEntry = (
+  reg: Registry,
+  req: VerificationRequest,
+  rawProtocolId: string,
+  engaged: boolean,
+  targetDevice?: string
+) =>
   Effect.gen(function*() {
     if (!makeRoom(reg.entries, req.otherUserId)) {
-      yield* reg.status.updateMatrix((x) => ({ ...x, peerDropVerificationCapFullTotal: x.peerDropVerificationCapFullTotal + 1 }))
+      yield* reg.status.updateMatrix((x) => ({
+        ...x,
+        peerDropVerificationCapFullTotal: x.peerDropVerificationCapFullTotal + 1
+      }))
       yield* Effect.logWarning("Matrix verification registry is full; request refused")
       return Option.none<Entry>()
     }
@@ -168,4 +178,5 @@ export const find = (reg: Registry, flowId: FlowId) =>
   })
 
 /** Every record, newest first. */
-export const listed = (reg: Registry) => [...reg.entries.values()].map((e) => e.record).sort((a, b) => b.createdAt - a.createdAt)
+export const listed = (reg: Registry) =>
+  [...reg.entries.values()].map((e) => e.record).sort((a, b) => b.createdAt - a.createdAt)

@@ -1,5 +1,5 @@
 import type { MatrixClient } from "matrix-js-sdk"
-import { type VerificationRequest, VerificationPhase, type Verifier } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { VerificationPhase, type VerificationRequest, type Verifier } from "matrix-js-sdk/lib/crypto-api/index.js"
 
 /**
  * The one place that reaches past matrix-js-sdk's public CryptoApi into the Rust backend (`RustCrypto` and
@@ -141,7 +141,9 @@ export interface RawToDeviceEvent {
  * one-time key counts alone), or undefined when the backend has no such entry point. Looked up at call time,
  * so a gate installed around it (cryptoGate.ts) is honoured.
  */
-export const toDeviceFeed = (client: MatrixClient): ((events: ReadonlyArray<RawToDeviceEvent>) => Promise<unknown>) | undefined => {
+export const toDeviceFeed = (
+  client: MatrixClient
+): ((events: ReadonlyArray<RawToDeviceEvent>) => Promise<unknown>) | undefined => {
   const crypto = backendOf(client)
   if (typeof crypto?.processSyncChanges !== "function") return undefined
   return (events) => {

@@ -1,14 +1,14 @@
 // Starts a throwaway Synapse on 127.0.0.1 for the integration tests: a free port, a fresh temp data dir,
 // a rendered homeserver.yaml, /health polling, users via the shared-secret admin API, and a stop() that
 // always leaves no process and no data dir behind.
-import { spawn, type ChildProcess } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { createHmac, randomBytes } from "node:crypto"
-import { openSync, closeSync } from "node:fs"
+import { closeSync, openSync } from "node:fs"
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises"
 import { createServer } from "node:net"
 import os from "node:os"
 import path from "node:path"
-import { provisionSynapse, type ProvisionOptions } from "./provision.js"
+import { type ProvisionOptions, provisionSynapse } from "./provision.js"
 
 export const SERVER_NAME = "localhost"
 const READY_TIMEOUT_MS = 60_000
@@ -148,7 +148,9 @@ export const registerWithSharedSecret = async (
   const body = (await res.json()) as Record<string, unknown>
   if (!res.ok) {
     // the body names the problem (M_USER_IN_USE, M_INVALID_USERNAME ...); it never echoes the secret
-    throw new Error(`registering ${localpart} failed: ${res.status} ${String(body["errcode"])} ${String(body["error"])}`)
+    throw new Error(
+      `registering ${localpart} failed: ${res.status} ${String(body["errcode"])} ${String(body["error"])}`
+    )
   }
   return {
     userId: String(body["user_id"]),
@@ -252,7 +254,9 @@ const startOnce = async (python: string, version: string, options: StartSynapseO
 
   let admin: RegisteredUser
   try {
-    admin = await registerWithSharedSecret(baseUrl, secrets.registration, "harness-admin", randomSecret(), { admin: true })
+    admin = await registerWithSharedSecret(baseUrl, secrets.registration, "harness-admin", randomSecret(), {
+      admin: true
+    })
   } catch (e) {
     return fail(`registering the admin user failed: ${(e as Error).message}`)
   }
@@ -266,7 +270,8 @@ const startOnce = async (python: string, version: string, options: StartSynapseO
     pid: child.pid ?? -1,
     dataDir,
     readyMs,
-    registerUser: (localpart, password, opts) => registerWithSharedSecret(baseUrl, secrets.registration, localpart, password, opts),
+    registerUser: (localpart, password, opts) =>
+      registerWithSharedSecret(baseUrl, secrets.registration, localpart, password, opts),
     logTail: (lines = 40) => tailOf(logPath, lines),
     stop
   }
@@ -278,7 +283,7 @@ const startOnce = async (python: string, version: string, options: StartSynapseO
  */
 export const startSynapse = async (options: StartSynapseOptions = {}): Promise<SynapseServer> => {
   const provisioned = await provisionSynapse(options.provision ?? {})
-  for (let attempt = 1; ; attempt++) {
+  for (let attempt = 1;; attempt++) {
     try {
       return await startOnce(provisioned.python, provisioned.synapseVersion, options)
     } catch (e) {

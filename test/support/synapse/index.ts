@@ -8,9 +8,9 @@
 // Synapse, the suite FAILS with the reason: a missing homeserver must never look like a pass or a skip.
 import { describe, inject, it } from "vitest"
 import type { SynapseProvided } from "../globalSetup.js"
-import { registerWithSharedSecret, type RegisteredUser, type RegisterOptions } from "./harness.js"
+import { type RegisteredUser, type RegisterOptions, registerWithSharedSecret } from "./harness.js"
 
-export { registerWithSharedSecret, startSynapse, type RegisteredUser, type SynapseServer } from "./harness.js"
+export { type RegisteredUser, registerWithSharedSecret, startSynapse, type SynapseServer } from "./harness.js"
 
 export interface SharedSynapse {
   readonly baseUrl: string

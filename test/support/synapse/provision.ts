@@ -20,7 +20,15 @@ const LOCK_WAIT_MS = 15 * 60_000
 export class SynapseProvisionError extends Error {
   override readonly name = "SynapseProvisionError"
   constructor(
-    readonly kind: "python_missing" | "python_too_old" | "venv_unavailable" | "sqlite_too_old" | "pypi_unreachable" | "pip_failed" | "import_failed" | "lock_timeout",
+    readonly kind:
+      | "python_missing"
+      | "python_too_old"
+      | "venv_unavailable"
+      | "sqlite_too_old"
+      | "pypi_unreachable"
+      | "pip_failed"
+      | "import_failed"
+      | "lock_timeout",
     message: string
   ) {
     super(message)
@@ -312,7 +320,9 @@ const install = async (
     await rm(venvDir, { recursive: true, force: true })
     throw new SynapseProvisionError(
       "import_failed",
-      `Synapse installed but does not import (a broken dependency set in ${REQUIREMENTS_RELATIVE}?):\n${tail(check.output)}`
+      `Synapse installed but does not import (a broken dependency set in ${REQUIREMENTS_RELATIVE}?):\n${
+        tail(check.output)
+      }`
     )
   }
   const version = check.output.trim().split("\n").pop() ?? "unknown"
