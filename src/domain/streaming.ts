@@ -118,9 +118,9 @@ export const onSent = (s: StreamState, action: StreamAction, now: number): Strea
 
 const SENTENCE_END = /[.!?…。！？:;]["'’”)\]]*(\s|$)|\n/
 
-/** The text the streamed message may show: the first event's worth, trimmed at the end. */
+/** The text the streamed message may show: the first event's worth, trimmed (as splitMessage trims). */
 export const previewText = (text: string, settings: StreamSettings = DEFAULT_STREAM_SETTINGS): string => {
-  const t = text.trimEnd()
+  const t = text.trim()
   return Buffer.byteLength(t, "utf8") <= settings.maxPreviewBytes ? t : (splitMessage(t, settings.maxPreviewBytes)[0] ?? "")
 }
 
