@@ -37,13 +37,16 @@ const CONFUSABLES: Readonly<Record<string, string>> = {
 
 /**
  * The form two names are compared in: equal skeletons look alike. Case, accents and compatibility forms
- * are folded, look-alikes mapped, "rn"/"vv" read as "m"/"w", and everything but letters and digits dropped.
+ * are folded, look-alikes mapped, "rn"/"vv" read as "m"/"w", and everything but letters and digits dropped
+ * (unless nothing else is left).
  */
 export const skeleton = (s: string): string => {
   const folded = s.normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase()
   let out = ""
   for (const ch of folded) out += CONFUSABLES[ch] ?? ch
-  return out.replace(/rn/g, "m").replace(/vv/g, "w").replace(/[^\p{L}\p{N}]/gu, "")
+  const letters = out.replace(/rn/g, "m").replace(/vv/g, "w").replace(/[^\p{L}\p{N}]/gu, "")
+  // a name of only symbols or emoji is compared as written (less whitespace), not as the empty string
+  return letters !== "" ? letters : out.replace(/\s+/g, "")
 }
 
 const localpart = (userId: string) => userId.replace(/^@/, "").split(":")[0] ?? userId
