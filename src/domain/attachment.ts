@@ -296,6 +296,14 @@ export const refusalReply = (a: Attachment, c: Extract<Classified, { _tag: "Refu
   }
 }
 
+/**
+ * The answer to a voice message or audio file when no transcription endpoint is configured: what the
+ * operator has to set up (an OpenAI-compatible `/audio/transcriptions` endpoint).
+ */
+export const audioNotConfiguredReply = (): string =>
+  "I can't listen to audio here yet: the operator needs to configure an OpenAI-compatible transcription endpoint " +
+  "(for example OpenAI's Whisper, or a local whisper server). Until then, please type your question."
+
 // ---------------------------------------------------------------------------------------------------------
 // Model input (a proposal: the providers still take `content: string`; see ChatMessage in agent.ts)
 

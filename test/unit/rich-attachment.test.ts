@@ -7,6 +7,7 @@ import {
   type Attachment,
   attachmentOf,
   attachmentParts,
+  audioNotConfiguredReply,
   classify,
   decryptAttachment,
   type EncryptedFile,
@@ -171,6 +172,7 @@ describe("classification", () => {
     const huge = new TextEncoder().encode("a".repeat(TEXT_MAX_BYTES + 1))
     expect(classify(att({ name: "big.log" }), huge, true)).toMatchObject({ _tag: "Refused", reason: "text-too-large" })
     expect(classify(att({ msgtype: "m.audio", name: "voice.ogg" }), new Uint8Array([1]), true)._tag).toBe("Audio")
+    expect(audioNotConfiguredReply()).toContain("transcription endpoint")
   })
 
   it("answers a refusal with what is supported, quoting the file name", () => {

@@ -138,3 +138,19 @@ describe("speaker labels for names without letters", () => {
     })
   })
 })
+
+describe("threads", () => {
+  it("decides where the answer goes for each matrix.threadReplies mode", async () => {
+    const { answerThread, conversationKey, roomOfConversation, DEFAULT_THREAD_REPLIES } = await import("../../src/domain/threads.js")
+    expect(DEFAULT_THREAD_REPLIES).toBe("inbound")
+    expect(answerThread("inbound", "$q", undefined)).toBeUndefined()
+    expect(answerThread("inbound", "$q", "$root")).toBe("$root")
+    expect(answerThread("always", "$q", undefined)).toBe("$q")
+    expect(answerThread("always", "$q", "$root")).toBe("$root")
+    expect(answerThread("off", "$q", "$root")).toBeUndefined()
+    expect(conversationKey("!r:x", undefined)).toBe("!r:x")
+    expect(conversationKey("!r:x", "$root")).not.toBe(conversationKey("!r:x", "$other"))
+    expect(roomOfConversation(conversationKey("!r:x", "$root"))).toBe("!r:x")
+    expect(roomOfConversation("!r:x")).toBe("!r:x")
+  })
+})
