@@ -102,7 +102,12 @@ export const onDelta = (s: StreamState, delta: string, now: number): StreamState
 export const onEnd = (s: StreamState): StreamState => ({ ...s, ended: true })
 
 /** The homeserver said 429: nothing is sent before `retryAfterMs`, and edits come half as often. */
-export const onRateLimited = (s: StreamState, now: number, retryAfterMs: number | undefined, settings: StreamSettings = DEFAULT_STREAM_SETTINGS): StreamState => ({
+export const onRateLimited = (
+  s: StreamState,
+  now: number,
+  retryAfterMs: number | undefined,
+  settings: StreamSettings = DEFAULT_STREAM_SETTINGS
+): StreamState => ({
   ...s,
   blockedUntil: Math.max(s.blockedUntil, now + (retryAfterMs ?? s.intervalMs)),
   intervalMs: Math.min(settings.maxEditIntervalMs, s.intervalMs * 2)
