@@ -15,6 +15,7 @@ import {
   type Verifier
 } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { Logger } from "matrix-js-sdk/lib/logger.js"
+import { encryptAttachment, type IEncryptedFile } from "matrix-encrypt-attachment"
 import { eventually, type NotYet } from "./eventually.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -373,6 +374,55 @@ const passwordLogin = async (baseUrl: string, userId: string, password: string, 
   return { userId: String(body["user_id"]), deviceId: String(body["device_id"]), accessToken: String(body["access_token"]) }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Attachments as Element sends them in encrypted rooms: the bytes are encrypted (AES-256-CTR, v2) before the
+// upload, uploaded as application/octet-stream without a file name, and the event carries the `file` object
+// (key, IV, SHA-256, mxc URL). Module-level so a unit test can run them against a fake client.
+
+/** The two client calls an attachment needs (matrix-js-sdk's MatrixClient, or a fake in unit tests). */
+export interface AttachmentSender {
+  readonly uploadContent: (file: Blob, opts: { type: string; includeFilename: boolean }) => Promise<{ content_uri: string }>
+  readonly sendEvent: (roomId: string, type: string, content: Record<string, unknown>) => Promise<{ event_id: string }>
+}
+
+export interface AttachmentOptions {
+  /** The file name (shown by clients, and `filename` when there is a caption). */
+  readonly name: string
+  readonly mimetype: string
+  /** A caption: sent as `body`, with the name in `filename` (spec v1.10 media captions). */
+  readonly caption?: string
+  /** Extra `info` fields (`w`, `h`, ...). */
+  readonly info?: Readonly<Record<string, unknown>>
+}
+
+/** Encrypts `bytes` for upload: the ciphertext and the `EncryptedFile` (without its url yet). */
+export const encryptForUpload = async (bytes: Uint8Array): Promise<{ data: Uint8Array; info: IEncryptedFile }> => {
+  const copy = new Uint8Array(bytes)
+  const { data, info } = await encryptAttachment(copy.buffer)
+  return { data: new Uint8Array(data), info }
+}
+
+/** Uploads `bytes` encrypted and sends the `m.image` / `m.file` event; resolves with its id and content. */
+export const sendEncryptedAttachment = async (
+  client: AttachmentSender,
+  roomId: string,
+  msgtype: "m.image" | "m.file",
+  bytes: Uint8Array,
+  options: AttachmentOptions
+): Promise<{ eventId: string; content: Record<string, unknown>; uploaded: Uint8Array }> => {
+  const { data, info } = await encryptForUpload(bytes)
+  const { content_uri } = await client.uploadContent(new Blob([new Uint8Array(data)]), { type: "application/octet-stream", includeFilename: false })
+  const content: Record<string, unknown> = {
+    msgtype,
+    body: options.caption ?? options.name,
+    ...(options.caption === undefined ? {} : { filename: options.name }),
+    info: { mimetype: options.mimetype, size: bytes.length, ...options.info },
+    file: { ...info, url: content_uri }
+  }
+  const { event_id } = await client.sendEvent(roomId, "m.room.message", content)
+  return { eventId: event_id, content, uploaded: data }
+}
+
 export class Human {
   private readonly verificationHandlers = new Set<(v: HumanVerification) => void>()
   private readonly received: Array<HumanVerification> = []
@@ -586,6 +636,85 @@ export class Human {
       this.client.on(sdk.MatrixEventEvent.Decrypted, onDecrypted)
       for (const ev of this.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? []) consider(ev)
     })
+  }
+
+  // ------------------------------------------------------------------------------------------------- rich messages
+
+  private attachmentSender(): AttachmentSender {
+    return {
+      uploadContent: (file, opts) => this.client.uploadContent(file, opts),
+      sendEvent: (roomId, type, content) => this.client.sendEvent(roomId, type as keyof sdk.TimelineEvents, content as never)
+    }
+  }
+
+  /** Sends an encrypted `m.image` (Element's way: encrypted upload, `file` object); resolves with the event id. */
+  async sendEncryptedImage(roomId: string, bytes: Uint8Array, options: AttachmentOptions): Promise<string> {
+    return (await sendEncryptedAttachment(this.attachmentSender(), roomId, "m.image", bytes, options)).eventId
+  }
+
+  /** Sends an encrypted `m.file`; resolves with the event id. */
+  async sendEncryptedFile(roomId: string, bytes: Uint8Array, options: AttachmentOptions): Promise<string> {
+    return (await sendEncryptedAttachment(this.attachmentSender(), roomId, "m.file", bytes, options)).eventId
+  }
+
+  /** Edits one of this human's messages (`m.replace` with `m.new_content` and the `* ` fallback). */
+  async editText(roomId: string, eventId: string, newBody: string): Promise<string> {
+    const { event_id } = await this.client.sendEvent(roomId, sdk.EventType.RoomMessage, {
+      msgtype: sdk.MsgType.Text,
+      body: `* ${newBody}`,
+      "m.new_content": { msgtype: sdk.MsgType.Text, body: newBody },
+      "m.relates_to": { rel_type: sdk.RelationType.Replace, event_id: eventId }
+    } as never)
+    return event_id
+  }
+
+  /** Reacts to an event with `key` (an emoji); resolves with the reaction's event id. */
+  async react(roomId: string, eventId: string, key: string): Promise<string> {
+    const { event_id } = await this.client.sendEvent(roomId, sdk.EventType.Reaction, {
+      "m.relates_to": { rel_type: sdk.RelationType.Annotation, event_id: eventId, key }
+    })
+    return event_id
+  }
+
+  /** Redacts an event (a message, or a reaction to take it back). */
+  async redact(roomId: string, eventId: string, reason?: string): Promise<string> {
+    const { event_id } = await this.client.redactEvent(roomId, eventId, undefined, reason === undefined ? undefined : { reason })
+    return event_id
+  }
+
+  /**
+   * The first event of `type` in the room (in the timeline or still to come, decrypted) whose clear content
+   * matches `predicate`: for reactions (`m.reaction`), edits and redactions, which waitForMessage does not see.
+   */
+  waitForRoomEvent(
+    roomId: string,
+    type: string,
+    predicate: (ev: { eventId: string; sender: string; content: Record<string, unknown>; redacts: string | undefined }) => boolean,
+    timeoutMs = 20_000
+  ): Promise<{ eventId: string; sender: string; content: Record<string, unknown>; redacts: string | undefined }> {
+    return poll(`${this.userId}: a ${type} event in ${roomId}`, timeoutMs, () => {
+      const room = this.client.getRoom(roomId)
+      for (const ev of room?.getLiveTimeline().getEvents() ?? []) {
+        if (ev.getType() !== type || ev.isBeingDecrypted() || ev.isDecryptionFailure() || ev.status !== null) continue
+        const eventId = ev.getId()
+        if (eventId === undefined) continue
+        const content = ev.getContent() as Record<string, unknown>
+        const redacts = ev.event.redacts ?? (typeof content["redacts"] === "string" ? content["redacts"] : undefined)
+        const found = { eventId, sender: ev.getSender() ?? "", content, redacts }
+        if (predicate(found)) return found
+      }
+      return undefined
+    })
+  }
+
+  /** The latest edit (`m.replace`) of `eventId` whose new body matches `predicate`; resolves with that body. */
+  async waitForEdit(roomId: string, eventId: string, predicate: (newBody: string) => boolean, timeoutMs = 20_000): Promise<string> {
+    const ev = await this.waitForRoomEvent(roomId, sdk.EventType.RoomMessage, ({ content }) => {
+      const rel = content["m.relates_to"] as { rel_type?: unknown; event_id?: unknown } | undefined
+      const next = content["m.new_content"] as { body?: unknown } | undefined
+      return rel?.rel_type === "m.replace" && rel.event_id === eventId && typeof next?.body === "string" && predicate(next.body)
+    }, timeoutMs)
+    return String((ev.content["m.new_content"] as { body: string }).body)
   }
 
   // ------------------------------------------------------------------------------------------------- devices

@@ -1,0 +1,151 @@
+import { createHash } from "node:crypto"
+
+// ---------------------------------------------------------------------------------------------------------
+// Edits, reactions and redactions (pure helpers over event content; spec "Event replacements",
+// "Event annotations and reactions", "Redactions")
+
+type Content = Readonly<Record<string, unknown>>
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
+
+export interface Edit {
+  /** The event being replaced. */
+  readonly targetEventId: string
+  /** `m.new_content`: the full replacement content (never the `* ` fallback). */
+  readonly newContent: Content
+  readonly newBody: string
+}
+
+/** The edit in an `m.room.message` content (`m.replace` with `m.new_content`), or undefined. */
+export const editOf = (content: Content): Edit | undefined => {
+  const rel = content["m.relates_to"]
+  const next = content["m.new_content"]
+  if (!isRecord(rel) || rel["rel_type"] !== "m.replace" || typeof rel["event_id"] !== "string" || !isRecord(next)) return undefined
+  if (typeof next["body"] !== "string") return undefined
+  return { targetEventId: rel["event_id"], newContent: next, newBody: next["body"] }
+}
+
+export interface EventFacts {
+  readonly eventId: string
+  readonly roomId: string
+  readonly sender: string
+  readonly type: string
+  /** The event is a state event (has a state_key). */
+  readonly isState: boolean
+  /** `m.relates_to.rel_type` of the event's own content. */
+  readonly relType: string | undefined
+}
+
+export type EditValidity = "valid" | "other-room" | "other-sender" | "other-type" | "state-event" | "edit-of-edit"
+
+/**
+ * Whether `edit` may replace `original` (the spec's rules): same room, same sender, same type, the
+ * original is neither a state event nor itself an edit. An invalid edit is ignored, not answered.
+ */
+export const editValidity = (original: EventFacts, edit: EventFacts): EditValidity =>
+  original.roomId !== edit.roomId
+    ? "other-room"
+    : original.sender !== edit.sender
+    ? "other-sender"
+    : original.type !== edit.type
+    ? "other-type"
+    : original.isState
+    ? "state-event"
+    : original.relType === "m.replace"
+    ? "edit-of-edit"
+    : "valid"
+
+/**
+ * The content of an edit that replaces `eventId` with `newContent` (an `m.room.message` content such as
+ * markdown.messageContent gives). The outer `body`/`formatted_body` are the `* ` fallback for clients
+ * without edit support; `m.new_content` carries no relation (the original's reply/thread relation stays).
+ */
+export const editContent = (eventId: string, newContent: Content): Record<string, unknown> => {
+  const { "m.relates_to": _dropped, ...clean } = newContent
+  const body = typeof clean["body"] === "string" ? clean["body"] : ""
+  const fallback: Record<string, unknown> = { ...clean, body: `* ${body}` }
+  if (typeof clean["formatted_body"] === "string") fallback["formatted_body"] = `* ${clean["formatted_body"]}`
+  return { ...fallback, "m.new_content": clean, "m.relates_to": { rel_type: "m.replace", event_id: eventId } }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reactions
+
+/** The lifecycle reactions cara puts on a question (`matrix.reactions`). */
+export const REACTION = { working: "👀", failed: "❌" } as const
+export type LifecycleReaction = keyof typeof REACTION
+
+/** An `m.reaction` content annotating `eventId` with `key`. */
+export const reactionContent = (eventId: string, key: string): Record<string, unknown> => ({
+  "m.relates_to": { rel_type: "m.annotation", event_id: eventId, key }
+})
+
+/**
+ * The transaction id of a lifecycle reaction on a question: derived like the reply's, so a retry or a
+ * restart never puts a second 👀 on the same question.
+ */
+export const reactionTxnId = (eventId: string, which: LifecycleReaction): string =>
+  `cara-a1-${createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)}-${which}`
+
+/** The transaction id of the redaction that removes a lifecycle reaction once the question is answered. */
+export const unreactTxnId = (eventId: string, which: LifecycleReaction): string =>
+  `cara-u1-${createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)}-${which}`
+
+export interface Reaction {
+  readonly targetEventId: string
+  readonly key: string
+}
+
+/** The annotation in an `m.reaction` content, or undefined. */
+export const reactionOf = (content: Content): Reaction | undefined => {
+  const rel = content["m.relates_to"]
+  if (!isRecord(rel) || rel["rel_type"] !== "m.annotation") return undefined
+  if (typeof rel["event_id"] !== "string" || typeof rel["key"] !== "string") return undefined
+  return { targetEventId: rel["event_id"], key: rel["key"] }
+}
+
+export type Feedback = "positive" | "negative"
+
+/** Variation selectors, skin tones, and the `:+1:` spellings some clients send. */
+const normalizeKey = (key: string) => key.replace(/[\ufe0e\ufe0f\u{1f3fb}-\u{1f3ff}]/gu, "").trim().toLowerCase()
+const POSITIVE = new Set(["👍", "+1", ":+1:", ":thumbsup:"])
+const NEGATIVE = new Set(["👎", "-1", ":-1:", ":thumbsdown:"])
+
+/** 👍 / 👎 (any skin tone) as feedback on an answer; other keys are no feedback. */
+export const feedbackOf = (key: string): Feedback | undefined => {
+  const k = normalizeKey(key)
+  return POSITIVE.has(k) ? "positive" : NEGATIVE.has(k) ? "negative" : undefined
+}
+
+/** What the audit log records for feedback: event ids and who, never any content. */
+export interface FeedbackRecord {
+  readonly kind: "feedback"
+  readonly value: Feedback
+  readonly roomId: string
+  readonly userId: string
+  readonly answerEventId: string
+  readonly reactionEventId: string
+}
+
+export const feedbackRecord = (
+  value: Feedback,
+  ids: { readonly roomId: string; readonly userId: string; readonly answerEventId: string; readonly reactionEventId: string }
+): FeedbackRecord => ({ kind: "feedback", value, ...ids })
+
+// ---------------------------------------------------------------------------------------------------------
+// Redactions
+
+/**
+ * The event an `m.room.redaction` removes: `content.redacts` from room version 11 on, the top-level
+ * `redacts` before.
+ */
+export const redactedEventId = (event: { readonly type?: unknown; readonly redacts?: unknown; readonly content?: unknown }): string | undefined => {
+  if (event.type !== "m.room.redaction") return undefined
+  const inContent = isRecord(event.content) ? event.content["redacts"] : undefined
+  if (typeof inContent === "string") return inContent
+  return typeof event.redacts === "string" ? event.redacts : undefined
+}
+
+/** The transaction id of the redaction of an answer whose question was redacted (`matrix.redactAnswers`). */
+export const redactAnswerTxnId = (answerEventId: string): string =>
+  `cara-x1-${createHash("sha256").update(answerEventId, "utf8").digest("hex").slice(0, 40)}`
