@@ -39,9 +39,42 @@ md.renderer.rules.image = (tokens, idx) => {
 /** The tags and attributes Matrix clients accept (spec v1.x HTML subset), minus `img` (mxc-only). */
 const SANITIZE: sanitizeHtml.IOptions = {
   allowedTags: [
-    "del", "s", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a", "ul", "ol", "sup", "sub", "li", "b",
-    "i", "u", "strong", "em", "code", "hr", "br", "div", "table", "thead", "tbody", "tr", "th", "td", "caption",
-    "pre", "span", "details", "summary"
+    "del",
+    "s",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "p",
+    "a",
+    "ul",
+    "ol",
+    "sup",
+    "sub",
+    "li",
+    "b",
+    "i",
+    "u",
+    "strong",
+    "em",
+    "code",
+    "hr",
+    "br",
+    "div",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "caption",
+    "pre",
+    "span",
+    "details",
+    "summary"
   ],
   allowedAttributes: { a: ["href"], ol: ["start"], code: ["class"] },
   allowedClasses: { code: [/^language-[\w+#.-]{1,40}$/] },
@@ -124,7 +157,13 @@ interface Block {
 }
 
 const kindOf = (type: string): BlockKind =>
-  type === "fence" ? "fence" : type === "table_open" ? "table" : type === "bullet_list_open" || type === "ordered_list_open" ? "list" : "other"
+  type === "fence"
+    ? "fence"
+    : type === "table_open"
+    ? "table"
+    : type === "bullet_list_open" || type === "ordered_list_open"
+    ? "list"
+    : "other"
 
 const trimBlankEnd = (lines: ReadonlyArray<string>): Array<string> => {
   const out = [...lines]
@@ -138,8 +177,9 @@ const blocksOf = (text: string): Array<Block> => {
   const starts: Array<{ line: number; kind: BlockKind; markup: string; items: Array<number> }> = []
   for (const t of md.parse(text, {})) {
     if (t.map === null) continue
-    if (t.level === 0 && t.nesting !== -1) starts.push({ line: t.map[0], kind: kindOf(t.type), markup: t.markup, items: [] })
-    else if (t.level === 1 && t.type === "list_item_open") starts[starts.length - 1]?.items.push(t.map[0])
+    if (t.level === 0 && t.nesting !== -1) {
+      starts.push({ line: t.map[0], kind: kindOf(t.type), markup: t.markup, items: [] })
+    } else if (t.level === 1 && t.type === "list_item_open") starts[starts.length - 1]?.items.push(t.map[0])
   }
   if (starts.length === 0 || starts[0]!.line > 0) starts.unshift({ line: 0, kind: "other", markup: "", items: [] })
   return starts.flatMap((s, i) => {
@@ -216,7 +256,11 @@ const splitTable = (b: Block, maxBytes: number): Array<string> => {
 const splitList = (b: Block, maxBytes: number): Array<string> => {
   const starts = b.itemStarts.length > 0 && b.itemStarts[0] === 0 ? b.itemStarts : [0, ...b.itemStarts]
   const items = starts.map((s, i) => trimBlankEnd(b.lines.slice(s, starts[i + 1] ?? b.lines.length)).join("\n"))
-  return pack(items.flatMap((item) => (utf8Length(item) <= maxBytes ? [item] : byLines(item.split("\n"), maxBytes))), "\n", maxBytes)
+  return pack(
+    items.flatMap((item) => (utf8Length(item) <= maxBytes ? [item] : byLines(item.split("\n"), maxBytes))),
+    "\n",
+    maxBytes
+  )
 }
 
 const splitBlock = (b: Block, maxBytes: number): Array<string> => {

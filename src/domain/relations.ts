@@ -20,7 +20,9 @@ export interface Edit {
 export const editOf = (content: Content): Edit | undefined => {
   const rel = content["m.relates_to"]
   const next = content["m.new_content"]
-  if (!isRecord(rel) || rel["rel_type"] !== "m.replace" || typeof rel["event_id"] !== "string" || !isRecord(next)) return undefined
+  if (!isRecord(rel) || rel["rel_type"] !== "m.replace" || typeof rel["event_id"] !== "string" || !isRecord(next)) {
+    return undefined
+  }
   if (typeof next["body"] !== "string") return undefined
   return { targetEventId: rel["event_id"], newContent: next, newBody: next["body"] }
 }
@@ -129,7 +131,12 @@ export interface FeedbackRecord {
 
 export const feedbackRecord = (
   value: Feedback,
-  ids: { readonly roomId: string; readonly userId: string; readonly answerEventId: string; readonly reactionEventId: string }
+  ids: {
+    readonly roomId: string
+    readonly userId: string
+    readonly answerEventId: string
+    readonly reactionEventId: string
+  }
 ): FeedbackRecord => ({ kind: "feedback", value, ...ids })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -139,7 +146,9 @@ export const feedbackRecord = (
  * The event an `m.room.redaction` removes: `content.redacts` from room version 11 on, the top-level
  * `redacts` before.
  */
-export const redactedEventId = (event: { readonly type?: unknown; readonly redacts?: unknown; readonly content?: unknown }): string | undefined => {
+export const redactedEventId = (
+  event: { readonly type?: unknown; readonly redacts?: unknown; readonly content?: unknown }
+): string | undefined => {
   if (event.type !== "m.room.redaction") return undefined
   const inContent = isRecord(event.content) ? event.content["redacts"] : undefined
   if (typeof inContent === "string") return inContent

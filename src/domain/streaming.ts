@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto"
-import { messageContent, splitMessage, MAX_CHUNK_BYTES } from "./markdown.js"
+import { MAX_CHUNK_BYTES, messageContent, splitMessage } from "./markdown.js"
 import { editContent } from "./relations.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -82,7 +82,11 @@ export type StreamAction =
   /** The stream ended: carry out `finishPlan(state)`. */
   | { readonly _tag: "Finish" }
 
-export const initialStream = (eventId: string, run: string, settings: StreamSettings = DEFAULT_STREAM_SETTINGS): StreamState => ({
+export const initialStream = (
+  eventId: string,
+  run: string,
+  settings: StreamSettings = DEFAULT_STREAM_SETTINGS
+): StreamState => ({
   eventId,
   run,
   text: "",
@@ -126,7 +130,9 @@ const SENTENCE_END = /[.!?…。！？:;]["'’”)\]]*(\s|$)|\n/
 /** The text the streamed message may show: the first event's worth, trimmed (as splitMessage trims). */
 export const previewText = (text: string, settings: StreamSettings = DEFAULT_STREAM_SETTINGS): string => {
   const t = text.trim()
-  return Buffer.byteLength(t, "utf8") <= settings.maxPreviewBytes ? t : (splitMessage(t, settings.maxPreviewBytes)[0] ?? "")
+  return Buffer.byteLength(t, "utf8") <= settings.maxPreviewBytes
+    ? t
+    : (splitMessage(t, settings.maxPreviewBytes)[0] ?? "")
 }
 
 export interface Decision {
@@ -151,7 +157,9 @@ export const decide = (s: StreamState, now: number, settings: StreamSettings = D
   const growth = [...preview].length - [...s.shown.text].length
   if (preview === s.shown.text || growth <= 0) return { action: undefined, wakeAt: undefined }
   const nextAllowed = s.shown.at + s.intervalMs
-  const wanted = growth >= settings.minGrowthChars ? nextAllowed : Math.max(nextAllowed, s.shown.at + settings.flushAfterMs)
+  const wanted = growth >= settings.minGrowthChars
+    ? nextAllowed
+    : Math.max(nextAllowed, s.shown.at + settings.flushAfterMs)
   if (now < wanted) return { action: undefined, wakeAt: wanted }
   const seq = s.edits + 1
   return { action: { _tag: "Edit", text: preview, seq, txnId: editTxnId(s.eventId, s.run, seq) }, wakeAt: undefined }
@@ -173,10 +181,20 @@ export type FinishStep =
  * event if there was one) and always followed by the final edit, so the room ends with exactly one
  * complete answer either way.
  */
-export const finishPlan = (eventId: string, text: string, replyShown: boolean, mayHaveStreamed = false): ReadonlyArray<FinishStep> => {
+export const finishPlan = (
+  eventId: string,
+  text: string,
+  replyShown: boolean,
+  mayHaveStreamed = false
+): ReadonlyArray<FinishStep> => {
   const chunks = splitMessage(text)
   if (chunks.length === 0) return []
-  const rest = chunks.slice(1).map((c, i): FinishStep => ({ _tag: "Reply", index: i + 1, text: c, txnId: replyTxnId(eventId, i + 1) }))
+  const rest = chunks.slice(1).map((c, i): FinishStep => ({
+    _tag: "Reply",
+    index: i + 1,
+    text: c,
+    txnId: replyTxnId(eventId, i + 1)
+  }))
   const first: FinishStep = { _tag: "Reply", index: 0, text: chunks[0]!, txnId: replyTxnId(eventId, 0) }
   const final: FinishStep = { _tag: "FinalEdit", text: chunks[0]!, txnId: finalEditTxnId(eventId) }
   if (replyShown) return [final, ...rest]

@@ -21,7 +21,10 @@ describeSynapse("rich messages from the human client", (hs) => {
   beforeAll(async () => {
     const a = await hs.registerUser()
     const b = await hs.registerUser()
-    ;[alice, bob] = await Promise.all([Human.login(hs.baseUrl, a.userId, a.password), Human.login(hs.baseUrl, b.userId, b.password)])
+    ;[alice, bob] = await Promise.all([
+      Human.login(hs.baseUrl, a.userId, a.password),
+      Human.login(hs.baseUrl, b.userId, b.password)
+    ])
     await Promise.all([alice.start(), bob.start()])
     roomId = await alice.createEncryptedRoom([bob.userId])
     await bob.joinRoom(roomId)
@@ -41,8 +44,15 @@ describeSynapse("rich messages from the human client", (hs) => {
   }
 
   it("sends an encrypted image and file that the other side downloads, checks and decrypts", async () => {
-    const imageId = await alice.sendEncryptedImage(roomId, PNG_1x1, { name: "dot.png", mimetype: "image/png", caption: "What colour is this?" })
-    const fileId = await alice.sendEncryptedFile(roomId, Buffer.from("a,b\n1,2\n"), { name: "t.csv", mimetype: "text/csv" })
+    const imageId = await alice.sendEncryptedImage(roomId, PNG_1x1, {
+      name: "dot.png",
+      mimetype: "image/png",
+      caption: "What colour is this?"
+    })
+    const fileId = await alice.sendEncryptedFile(roomId, Buffer.from("a,b\n1,2\n"), {
+      name: "t.csv",
+      mimetype: "text/csv"
+    })
     for (const [id, want] of [[imageId, PNG_1x1], [fileId, Buffer.from("a,b\n1,2\n")]] as const) {
       const msg = await bob.waitForMessage(roomId, (m) => m.eventId === id)
       expect(msg.encrypted).toBe(true)

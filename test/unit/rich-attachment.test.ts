@@ -48,8 +48,31 @@ const png = (width: number, height: number, extra = 0) => {
   return b
 }
 const jpeg = (width: number, height: number) =>
-  new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0, 4, 0, 0, 0xff, 0xc0, 0, 17, 8, height >> 8, height & 255, width >> 8, width & 255, 3, 0, 0, 0])
-const gif = (width: number, height: number) => new Uint8Array([...Buffer.from("GIF89a"), width & 255, width >> 8, height & 255, height >> 8, 0, 0])
+  new Uint8Array([
+    0xff,
+    0xd8,
+    0xff,
+    0xe0,
+    0,
+    4,
+    0,
+    0,
+    0xff,
+    0xc0,
+    0,
+    17,
+    8,
+    height >> 8,
+    height & 255,
+    width >> 8,
+    width & 255,
+    3,
+    0,
+    0,
+    0
+  ])
+const gif = (width: number, height: number) =>
+  new Uint8Array([...Buffer.from("GIF89a"), width & 255, width >> 8, height & 255, height >> 8, 0, 0])
 const webpVp8x = (width: number, height: number) => {
   const b = new Uint8Array(30)
   b.set(Buffer.from("RIFF"), 0)
@@ -70,14 +93,24 @@ describe("the human's encrypted upload, decrypted by the domain module", () => {
       const { client, uploads, events } = fakeClient()
       const clear = new TextEncoder().encode("name,qty\napples,3\n")
       const sent = yield* Effect.promise(() =>
-        sendEncryptedAttachment(client, "!r:example.org", "m.file", clear, { name: "stock.csv", mimetype: "text/csv", caption: "How many apples?" })
+        sendEncryptedAttachment(client, "!r:example.org", "m.file", clear, {
+          name: "stock.csv",
+          mimetype: "text/csv",
+          caption: "How many apples?"
+        })
       )
       expect(sent.eventId).toBe("$event1")
       expect(uploads[0]!.type).toBe("application/octet-stream")
       expect(uploads[0]!.includeFilename).toBe(false)
       expect(Buffer.from(uploads[0]!.bytes).equals(Buffer.from(clear))).toBe(false)
       const a = Either.getOrThrow(attachmentOf(events[0]!.content))
-      expect(a).toMatchObject({ msgtype: "m.file", name: "stock.csv", caption: "How many apples?", declaredMime: "text/csv", declaredSize: clear.length })
+      expect(a).toMatchObject({
+        msgtype: "m.file",
+        name: "stock.csv",
+        caption: "How many apples?",
+        declaredMime: "text/csv",
+        declaredSize: clear.length
+      })
       expect(fileOf(a).url).toBe("mxc://example.org/media1")
       const back = yield* decryptAttachment(uploads[0]!.bytes, fileOf(a))
       expect(new TextDecoder().decode(back)).toBe("name,qty\napples,3\n")
@@ -86,7 +119,9 @@ describe("the human's encrypted upload, decrypted by the domain module", () => {
   it.effect("refuses a tampered ciphertext before decrypting, and a key that may not decrypt", () =>
     Effect.gen(function*() {
       const { client, uploads, events } = fakeClient()
-      yield* Effect.promise(() => sendEncryptedAttachment(client, "!r:x", "m.image", png(10, 10), { name: "a.png", mimetype: "image/png" }))
+      yield* Effect.promise(() =>
+        sendEncryptedAttachment(client, "!r:x", "m.image", png(10, 10), { name: "a.png", mimetype: "image/png" })
+      )
       const a = Either.getOrThrow(attachmentOf(events[0]!.content))
       const tampered = new Uint8Array(uploads[0]!.bytes)
       tampered[3] = tampered[3]! ^ 1
@@ -105,8 +140,13 @@ describe("event content", () => {
   it("rejects malformed attachments and non-v2 encryption", () => {
     expect(Either.isLeft(attachmentOf({ msgtype: "m.text", body: "hi" }))).toBe(true)
     expect(Either.isLeft(attachmentOf({ msgtype: "m.file", body: "x" }))).toBe(true)
-    expect(Either.isLeft(attachmentOf({ msgtype: "m.file", body: "x", file: { url: "mxc://a/b", v: "v1" } }))).toBe(true)
-    expect(Either.getOrThrow(attachmentOf({ msgtype: "m.file", body: "x.txt", url: "mxc://a/b" })).source).toEqual({ _tag: "Plain", url: "mxc://a/b" })
+    expect(Either.isLeft(attachmentOf({ msgtype: "m.file", body: "x", file: { url: "mxc://a/b", v: "v1" } }))).toBe(
+      true
+    )
+    expect(Either.getOrThrow(attachmentOf({ msgtype: "m.file", body: "x.txt", url: "mxc://a/b" })).source).toEqual({
+      _tag: "Plain",
+      url: "mxc://a/b"
+    })
   })
 
   it("treats a body equal to the file name as no caption", () => {
@@ -115,7 +155,9 @@ describe("event content", () => {
   })
 
   it("builds the authenticated media path and refuses anything that is not a plain mxc URI", () => {
-    expect(mediaDownloadPath("mxc://example.org:8448/AbC_-1")).toBe("/_matrix/client/v1/media/download/example.org%3A8448/AbC_-1")
+    expect(mediaDownloadPath("mxc://example.org:8448/AbC_-1")).toBe(
+      "/_matrix/client/v1/media/download/example.org%3A8448/AbC_-1"
+    )
     for (const bad of ["https://e.com/x", "mxc://e.com/../x", "mxc://e.com/a/b", "mxc://e.com/", "mxc://e.com/a?x=1"]) {
       expect(mediaDownloadPath(bad)).toBeUndefined()
     }
@@ -150,21 +192,39 @@ describe("classification", () => {
   it("refuses images over the caps, or when the model takes none", () => {
     const big = classify(att({ msgtype: "m.image", name: "big.png" }), png(100, 100, IMAGE_MAX_BYTES), true)
     expect(big).toMatchObject({ _tag: "Refused", reason: "image-too-large" })
-    expect(classify(att({ msgtype: "m.image" }), png(9000, 100), true)).toMatchObject({ _tag: "Refused", reason: "image-too-large" })
-    expect(classify(att({ msgtype: "m.image" }), png(100, 100), false)).toMatchObject({ _tag: "Refused", reason: "images-not-accepted" })
+    expect(classify(att({ msgtype: "m.image" }), png(9000, 100), true)).toMatchObject({
+      _tag: "Refused",
+      reason: "image-too-large"
+    })
+    expect(classify(att({ msgtype: "m.image" }), png(100, 100), false)).toMatchObject({
+      _tag: "Refused",
+      reason: "images-not-accepted"
+    })
     expect(refuseBeforeDownload(att({ declaredSize: 50 * 1024 * 1024 }))).toMatchObject({ reason: "image-too-large" })
     expect(refuseBeforeDownload(att({ declaredSize: 1000 }))).toBeUndefined()
   })
 
   it("reads text files by MIME type, extension or content, and refuses binaries and oversized text", () => {
     const text = new TextEncoder().encode("def f():\n    return 1\n")
-    expect(classify(att({ name: "f.py", declaredMime: "application/octet-stream" }), text, true)).toMatchObject({ _tag: "Text", language: "py" })
-    expect(classify(att({ name: "data", declaredMime: "application/json" }), new TextEncoder().encode("{}"), true)._tag).toBe("Text")
+    expect(classify(att({ name: "f.py", declaredMime: "application/octet-stream" }), text, true)).toMatchObject({
+      _tag: "Text",
+      language: "py"
+    })
+    expect(classify(att({ name: "data", declaredMime: "application/json" }), new TextEncoder().encode("{}"), true)._tag)
+      .toBe("Text")
     expect(classify(att({ name: "Dockerfile" }), new TextEncoder().encode("FROM node"), true)._tag).toBe("Text")
     expect(classify(att({ name: "blob.bin" }), new TextEncoder().encode("plain words"), true)._tag).toBe("Text")
-    expect(classify(att({ name: "x.txt" }), new Uint8Array([0x61, 0, 0x62]), true)).toMatchObject({ _tag: "Refused", reason: "unsupported" })
-    expect(classify(att({ name: "x.txt" }), new Uint8Array([0xc3, 0x28]), true)).toMatchObject({ _tag: "Refused", reason: "unsupported" })
-    expect(classify(att({ name: "x.pdf", declaredMime: "application/pdf" }), new TextEncoder().encode("%PDF-1.7"), true)).toMatchObject({
+    expect(classify(att({ name: "x.txt" }), new Uint8Array([0x61, 0, 0x62]), true)).toMatchObject({
+      _tag: "Refused",
+      reason: "unsupported"
+    })
+    expect(classify(att({ name: "x.txt" }), new Uint8Array([0xc3, 0x28]), true)).toMatchObject({
+      _tag: "Refused",
+      reason: "unsupported"
+    })
+    expect(
+      classify(att({ name: "x.pdf", declaredMime: "application/pdf" }), new TextEncoder().encode("%PDF-1.7"), true)
+    ).toMatchObject({
       _tag: "Refused",
       reason: "unsupported"
     })
@@ -176,11 +236,11 @@ describe("classification", () => {
   })
 
   it("answers a refusal with what is supported, quoting the file name", () => {
-    const a = att({ name: 'evil"\u202e.exe', declaredMime: "application/x-msdownload" })
+    const a = att({ name: "evil\"\u202e.exe", declaredMime: "application/x-msdownload" })
     const c = classify(a, new Uint8Array([0x4d, 0x5a, 0x90, 0x00]), true)
     if (c._tag !== "Refused") throw new Error("expected a refusal")
     const reply = refusalReply(a, c)
-    expect(reply).toContain('"evil\\" .exe"')
+    expect(reply).toContain("\"evil\\\" .exe\"")
     expect(reply).toContain("text files")
     expect(reply).not.toContain("\u202e")
   })
@@ -195,7 +255,7 @@ describe("model input", () => {
     const b64 = Buffer.from(png(2, 2)).toString("base64")
     expect(anthropicContent(parts)).toEqual([
       { type: "image", source: { type: "base64", media_type: "image/png", data: b64 } },
-      { type: "text", text: 'The user sent an image named "cat.png". Their message with it:\nWhat breed is this?' }
+      { type: "text", text: "The user sent an image named \"cat.png\". Their message with it:\nWhat breed is this?" }
     ])
     expect(openAiContent(parts)[0]).toEqual({ type: "image_url", image_url: { url: `data:image/png;base64,${b64}` } })
     expect(historyText(parts)).toContain("[image: image/png]")
@@ -209,7 +269,7 @@ describe("model input", () => {
     if (c._tag !== "Text") throw new Error("expected text")
     const [part] = attachmentParts(a, c)
     if (part?._tag !== "Text") throw new Error("expected a text part")
-    expect(part.text).toContain('named "notes .txt"')
+    expect(part.text).toContain("named \"notes .txt\"")
     const ends = [...part.text.matchAll(/^----- END FILE ([0-9a-f]{12}) -----$/gm)].map((m) => m[1])
     const begins = [...part.text.matchAll(/^----- BEGIN FILE ([0-9a-f]{12}) -----$/gm)].map((m) => m[1])
     expect(begins).toHaveLength(1)

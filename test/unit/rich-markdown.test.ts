@@ -3,7 +3,14 @@
 // pointed at the new module unchanged; the rest are GFM and splitting cases the old renderer did not handle.
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
-import { chunkContents, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, messageContent, renderMarkdown, splitMessage } from "../../src/domain/markdown.js"
+import {
+  chunkContents,
+  MAX_CHUNK_BYTES,
+  MAX_CONTENT_BYTES,
+  messageContent,
+  renderMarkdown,
+  splitMessage
+} from "../../src/domain/markdown.js"
 
 describe("Markdown to sanitized HTML (the old renderer's cases)", () => {
   it("renders the common constructs", () => {
@@ -13,17 +20,21 @@ describe("Markdown to sanitized HTML (the old renderer's cases)", () => {
     expect(renderMarkdown("# Title\n\n- a\n- b\n\n1. x\n2. y")).toBe(
       "<h1>Title</h1><ul><li>a</li><li>b</li></ul><ol><li>x</li><li>y</li></ol>"
     )
-    expect(renderMarkdown("```ts\nconst a = 1 < 2\n```")).toBe('<pre><code class="language-ts">const a = 1 &lt; 2\n</code></pre>')
+    expect(renderMarkdown("```ts\nconst a = 1 < 2\n```")).toBe(
+      "<pre><code class=\"language-ts\">const a = 1 &lt; 2\n</code></pre>"
+    )
     expect(renderMarkdown("> quoted\n> more")).toBe("<blockquote><p>quoted<br>more</p></blockquote>")
-    expect(renderMarkdown("[site](https://example.com/a?b=1&c=2)")).toBe('<p><a href="https://example.com/a?b=1&amp;c=2">site</a></p>')
+    expect(renderMarkdown("[site](https://example.com/a?b=1&c=2)")).toBe(
+      "<p><a href=\"https://example.com/a?b=1&amp;c=2\">site</a></p>"
+    )
   })
 
   it("never lets the model's HTML or unsafe links through", () => {
-    const html = renderMarkdown('<img src=x onerror="alert(1)"> <script>x</script> [x](javascript:alert(1)) **<b>**')
+    const html = renderMarkdown("<img src=x onerror=\"alert(1)\"> <script>x</script> [x](javascript:alert(1)) **<b>**")
     expect(html).not.toMatch(/<(img|script|b)[\s>]/)
-    expect(html).not.toContain('href="javascript')
+    expect(html).not.toContain("href=\"javascript")
     expect(html).toContain("&lt;script&gt;")
-    expect(renderMarkdown('[a](https://x.y/"onmouseover=1)')).not.toContain('"onmouseover')
+    expect(renderMarkdown("[a](https://x.y/\"onmouseover=1)")).not.toContain("\"onmouseover")
   })
 
   it("sends formatted_body only when there is markup", () => {
@@ -78,50 +89,122 @@ describe("GFM and the Matrix HTML allowlist", () => {
 
   it("renders nested and ordered lists, with the start number", () => {
     expect(renderMarkdown("3. three\n4. four\n   - nested\n     1. deep")).toBe(
-      '<ol start="3"><li>three</li><li>four<ul><li>nested<ol><li>deep</li></ol></li></ul></li></ol>'
+      "<ol start=\"3\"><li>three</li><li>four<ul><li>nested<ol><li>deep</li></ol></li></ul></li></ol>"
     )
   })
 
   it("renders strikethrough and links bare URLs without trailing punctuation", () => {
     expect(renderMarkdown("~~gone~~ see https://example.com/x.")).toBe(
-      '<p><s>gone</s> see <a href="https://example.com/x">https://example.com/x</a>.</p>'
+      "<p><s>gone</s> see <a href=\"https://example.com/x\">https://example.com/x</a>.</p>"
     )
     // only URLs with a scheme are links
     expect(renderMarkdown("example.com")).toBe("<p>example.com</p>")
   })
 
   it("keeps language-* classes on code blocks, and only plain language names", () => {
-    expect(renderMarkdown("```python extra words\nprint(1)\n```")).toBe('<pre><code class="language-python">print(1)\n</code></pre>')
-    const odd = renderMarkdown('```"><script>alert(1)</script>\nx\n```')
+    expect(renderMarkdown("```python extra words\nprint(1)\n```")).toBe(
+      "<pre><code class=\"language-python\">print(1)\n</code></pre>"
+    )
+    const odd = renderMarkdown("```\"><script>alert(1)</script>\nx\n```")
     expect(odd).toBe("<pre><code>x\n</code></pre>")
     expect(renderMarkdown("    indented\n    code")).toBe("<pre><code>indented\ncode\n</code></pre>")
   })
 
   it("keeps only http(s), mailto and matrix links; relative and script links stay text", () => {
     expect(renderMarkdown("[t](https://matrix.to/#/@a:b) [m](matrix:u/a:b) [e](mailto:a@b.c)")).toBe(
-      '<p><a href="https://matrix.to/#/@a:b">t</a> <a href="matrix:u/a:b">m</a> <a href="mailto:a@b.c">e</a></p>'
+      "<p><a href=\"https://matrix.to/#/@a:b\">t</a> <a href=\"matrix:u/a:b\">m</a> <a href=\"mailto:a@b.c\">e</a></p>"
     )
-    for (const bad of ["/relative", "//proto.relative/x", "javascript:alert(1)", "data:text/html,x", "vbscript:x", "file:///etc/passwd"]) {
+    for (
+      const bad of [
+        "/relative",
+        "//proto.relative/x",
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "vbscript:x",
+        "file:///etc/passwd"
+      ]
+    ) {
       const html = renderMarkdown(`[x](${bad}) <${bad}>`)
       expect(html).not.toContain("<a")
     }
   })
 
   it("turns images into links (Matrix shows only mxc images), unsafe ones into their alt text", () => {
-    expect(renderMarkdown("![a cat](https://e.com/c.png)")).toBe('<p><a href="https://e.com/c.png">a cat</a></p>')
+    expect(renderMarkdown("![a cat](https://e.com/c.png)")).toBe("<p><a href=\"https://e.com/c.png\">a cat</a></p>")
     expect(renderMarkdown("![x](javascript:1)")).not.toMatch(/<(a|img)\b/)
   })
 
   it("produces nothing outside the allowlist, whatever the input", () => {
     const allowed = new Set([
-      "del", "s", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a", "ul", "ol", "sup", "sub", "li", "b", "i",
-      "u", "strong", "em", "code", "hr", "br", "div", "table", "thead", "tbody", "tr", "th", "td", "caption", "pre",
-      "span", "details", "summary"
+      "del",
+      "s",
+      "h1",
+      "h2",
+      "h3",
+      "h4",
+      "h5",
+      "h6",
+      "blockquote",
+      "p",
+      "a",
+      "ul",
+      "ol",
+      "sup",
+      "sub",
+      "li",
+      "b",
+      "i",
+      "u",
+      "strong",
+      "em",
+      "code",
+      "hr",
+      "br",
+      "div",
+      "table",
+      "thead",
+      "tbody",
+      "tr",
+      "th",
+      "td",
+      "caption",
+      "pre",
+      "span",
+      "details",
+      "summary"
     ])
     const piece = fc.constantFrom(
-      "<b>", "</b>", "<img src=x onerror=1>", "<svg onload=1>", "**", "*", "_", "~~", "`", "```", "\n", "\n\n", "> ",
-      "- ", "1. ", "| a | b |\n|---|---|\n", "[x](", ")", "javascript:", "https://e.com/", "\"", "'", "<!--", "-->",
-      "&lt;", "&#x3C;script>", "# ", "---", "![i](", "text", " "
+      "<b>",
+      "</b>",
+      "<img src=x onerror=1>",
+      "<svg onload=1>",
+      "**",
+      "*",
+      "_",
+      "~~",
+      "`",
+      "```",
+      "\n",
+      "\n\n",
+      "> ",
+      "- ",
+      "1. ",
+      "| a | b |\n|---|---|\n",
+      "[x](",
+      ")",
+      "javascript:",
+      "https://e.com/",
+      "\"",
+      "'",
+      "<!--",
+      "-->",
+      "&lt;",
+      "&#x3C;script>",
+      "# ",
+      "---",
+      "![i](",
+      "text",
+      " "
     )
     fc.assert(
       fc.property(fc.array(piece, { maxLength: 40 }), (parts) => {
@@ -129,7 +212,11 @@ describe("GFM and the Matrix HTML allowlist", () => {
         for (const m of html.matchAll(/<\/?([a-zA-Z][a-zA-Z0-9]*)([^>]*)>/g)) {
           expect(allowed.has(m[1]!.toLowerCase())).toBe(true)
           const attrs = m[2]!.trim()
-          if (attrs !== "") expect(attrs).toMatch(/^(href="(https?:\/\/|mailto:|matrix:)[^"]*"|start="\d+"|class="language-[\w+#.-]+")$/)
+          if (attrs !== "") {
+            expect(attrs).toMatch(
+              /^(href="(https?:\/\/|mailto:|matrix:)[^"]*"|start="\d+"|class="language-[\w+#.-]+")$/
+            )
+          }
         }
       }),
       { numRuns: 300 }
@@ -211,19 +298,23 @@ describe("splitting never cuts inside a code block or a table", () => {
         .map((ns) => "| k | v |\n|---|---|\n" + ns.map((n) => `| ${n} | ${n * 2} |`).join("\n"))
     )
     fc.assert(
-      fc.property(fc.array(block, { minLength: 1, maxLength: 12 }), fc.integer({ min: 120, max: 600 }), (blocks, max) => {
-        const text = blocks.join("\n\n")
-        const chunks = splitMessage(text, max)
-        for (const c of chunks) {
-          expect(Buffer.byteLength(c)).toBeLessThanOrEqual(max)
-          expect(fenceLines(c) % 2).toBe(0)
+      fc.property(
+        fc.array(block, { minLength: 1, maxLength: 12 }),
+        fc.integer({ min: 120, max: 600 }),
+        (blocks, max) => {
+          const text = blocks.join("\n\n")
+          const chunks = splitMessage(text, max)
+          for (const c of chunks) {
+            expect(Buffer.byteLength(c)).toBeLessThanOrEqual(max)
+            expect(fenceLines(c) % 2).toBe(0)
+          }
+          // nothing is lost: every non-framing line of the input is in the output, in order
+          const framing = (l: string) => /^(```|\|---)/.test(l) || l === "| k | v |" || l.trim() === ""
+          const want = text.split("\n").filter((l) => !framing(l))
+          const got = chunks.flatMap((c) => c.split("\n")).filter((l) => !framing(l))
+          expect(got.join("\n").replace(/\s+/g, "")).toBe(want.join("\n").replace(/\s+/g, ""))
         }
-        // nothing is lost: every non-framing line of the input is in the output, in order
-        const framing = (l: string) => /^(```|\|---)/.test(l) || l === "| k | v |" || l.trim() === ""
-        const want = text.split("\n").filter((l) => !framing(l))
-        const got = chunks.flatMap((c) => c.split("\n")).filter((l) => !framing(l))
-        expect(got.join("\n").replace(/\s+/g, "")).toBe(want.join("\n").replace(/\s+/g, ""))
-      }),
+      ),
       { numRuns: 150 }
     )
   })

@@ -7,10 +7,10 @@ import {
   type EventFacts,
   feedbackOf,
   feedbackRecord,
+  REACTION,
   reactionContent,
   reactionOf,
   reactionTxnId,
-  REACTION,
   redactAnswerTxnId,
   redactedEventId,
   unreactTxnId
@@ -24,15 +24,28 @@ describe("edits in", () => {
       "m.new_content": { msgtype: "m.text", body: "fixed question" },
       "m.relates_to": { rel_type: "m.replace", event_id: "$orig" }
     }
-    expect(editOf(content)).toEqual({ targetEventId: "$orig", newContent: { msgtype: "m.text", body: "fixed question" }, newBody: "fixed question" })
+    expect(editOf(content)).toEqual({
+      targetEventId: "$orig",
+      newContent: { msgtype: "m.text", body: "fixed question" },
+      newBody: "fixed question"
+    })
     expect(editOf({ msgtype: "m.text", body: "plain" })).toBeUndefined()
     expect(editOf({ body: "x", "m.relates_to": { rel_type: "m.thread", event_id: "$t" } })).toBeUndefined()
     expect(editOf({ body: "x", "m.relates_to": { rel_type: "m.replace", event_id: "$o" } })).toBeUndefined()
-    expect(editOf({ body: "x", "m.new_content": { body: 3 }, "m.relates_to": { rel_type: "m.replace", event_id: "$o" } })).toBeUndefined()
+    expect(
+      editOf({ body: "x", "m.new_content": { body: 3 }, "m.relates_to": { rel_type: "m.replace", event_id: "$o" } })
+    ).toBeUndefined()
   })
 
   it("applies the spec's validity rules", () => {
-    const original: EventFacts = { eventId: "$o", roomId: "!r", sender: "@a:x", type: "m.room.message", isState: false, relType: undefined }
+    const original: EventFacts = {
+      eventId: "$o",
+      roomId: "!r",
+      sender: "@a:x",
+      type: "m.room.message",
+      isState: false,
+      relType: undefined
+    }
     const edit: EventFacts = { ...original, eventId: "$e", relType: "m.replace" }
     expect(editValidity(original, edit)).toBe("valid")
     expect(editValidity(original, { ...edit, sender: "@mallory:x" })).toBe("other-sender")
@@ -57,7 +70,12 @@ describe("edits out", () => {
       body: "* new",
       format: "org.matrix.custom.html",
       formatted_body: "* <p>new</p>",
-      "m.new_content": { msgtype: "m.notice", body: "new", format: "org.matrix.custom.html", formatted_body: "<p>new</p>" },
+      "m.new_content": {
+        msgtype: "m.notice",
+        body: "new",
+        format: "org.matrix.custom.html",
+        formatted_body: "<p>new</p>"
+      },
       "m.relates_to": { rel_type: "m.replace", event_id: "$reply" }
     })
     expect(editContent("$r", { msgtype: "m.notice", body: "plain" })).not.toHaveProperty("formatted_body")
@@ -66,12 +84,22 @@ describe("edits out", () => {
 
 describe("reactions", () => {
   it("builds annotations with derived transaction ids", () => {
-    expect(reactionContent("$q", REACTION.working)).toEqual({ "m.relates_to": { rel_type: "m.annotation", event_id: "$q", key: "👀" } })
+    expect(reactionContent("$q", REACTION.working)).toEqual({
+      "m.relates_to": { rel_type: "m.annotation", event_id: "$q", key: "👀" }
+    })
     expect(reactionTxnId("$q", "working")).toBe(reactionTxnId("$q", "working"))
-    const ids = new Set([reactionTxnId("$q", "working"), reactionTxnId("$q", "failed"), unreactTxnId("$q", "working"), reactionTxnId("$p", "working")])
+    const ids = new Set([
+      reactionTxnId("$q", "working"),
+      reactionTxnId("$q", "failed"),
+      unreactTxnId("$q", "working"),
+      reactionTxnId("$p", "working")
+    ])
     expect(ids.size).toBe(4)
     for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9-]+$/)
-    expect(reactionOf({ "m.relates_to": { rel_type: "m.annotation", event_id: "$a", key: "👍" } })).toEqual({ targetEventId: "$a", key: "👍" })
+    expect(reactionOf({ "m.relates_to": { rel_type: "m.annotation", event_id: "$a", key: "👍" } })).toEqual({
+      targetEventId: "$a",
+      key: "👍"
+    })
     expect(reactionOf({ "m.relates_to": { rel_type: "m.reference", event_id: "$a", key: "👍" } })).toBeUndefined()
   })
 
@@ -79,14 +107,15 @@ describe("reactions", () => {
     for (const k of ["👍", "👍️", "👍🏽", "+1", ":thumbsup:"]) expect(feedbackOf(k)).toBe("positive")
     for (const k of ["👎", "👎🏿", "-1", ":-1:"]) expect(feedbackOf(k)).toBe("negative")
     for (const k of ["👀", "❤️", "ok", ""]) expect(feedbackOf(k)).toBeUndefined()
-    expect(feedbackRecord("positive", { roomId: "!r", userId: "@a:x", answerEventId: "$ans", reactionEventId: "$re" })).toEqual({
-      kind: "feedback",
-      value: "positive",
-      roomId: "!r",
-      userId: "@a:x",
-      answerEventId: "$ans",
-      reactionEventId: "$re"
-    })
+    expect(feedbackRecord("positive", { roomId: "!r", userId: "@a:x", answerEventId: "$ans", reactionEventId: "$re" }))
+      .toEqual({
+        kind: "feedback",
+        value: "positive",
+        roomId: "!r",
+        userId: "@a:x",
+        answerEventId: "$ans",
+        reactionEventId: "$re"
+      })
   })
 })
 

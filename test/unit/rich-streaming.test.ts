@@ -1,7 +1,6 @@
 // The streaming throttle (src/domain/streaming.ts), driven by a simulated clock.
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
-import { txnIdFor } from "../../src/layers/OutboundLive.js"
 import { MAX_CHUNK_BYTES, splitMessage } from "../../src/domain/markdown.js"
 import {
   decide,
@@ -16,15 +15,19 @@ import {
   onSent,
   replyTxnId,
   type StreamAction,
-  type StreamState,
-  streamEditContent
+  streamEditContent,
+  type StreamState
 } from "../../src/domain/streaming.js"
+import { txnIdFor } from "../../src/layers/OutboundLive.js"
 
 /** Feeds `deltas` (at their times), sending whatever decide() asks for at once; ticks at wakeAt. */
 const drive = (deltas: ReadonlyArray<{ at: number; text: string }>, endAt: number) => {
   let s: StreamState = initialStream("$q:x", "run1")
   const sent: Array<{ at: number; action: StreamAction }> = []
-  const events = [...deltas.map((d) => ({ at: d.at, delta: d.text as string | undefined })), { at: endAt, delta: undefined }]
+  const events = [...deltas.map((d) => ({ at: d.at, delta: d.text as string | undefined })), {
+    at: endAt,
+    delta: undefined
+  }]
   let wake: number | undefined
   const step = (now: number) => {
     for (;;) {
@@ -50,7 +53,13 @@ describe("transaction ids", () => {
     for (const id of ["$abc:x", "$a/b?c#d", "$" + "z".repeat(200)]) {
       for (const i of [0, 1, 7]) expect(replyTxnId(id, i)).toBe(txnIdFor(id, i))
     }
-    const ids = new Set([replyTxnId("$e", 0), editTxnId("$e", "r1", 1), editTxnId("$e", "r1", 2), editTxnId("$e", "r2", 1), finalEditTxnId("$e")])
+    const ids = new Set([
+      replyTxnId("$e", 0),
+      editTxnId("$e", "r1", 1),
+      editTxnId("$e", "r1", 2),
+      editTxnId("$e", "r2", 1),
+      finalEditTxnId("$e")
+    ])
     expect(ids.size).toBe(5)
     expect(finalEditTxnId("$e")).toBe(finalEditTxnId("$e"))
     for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9-]+$/)
@@ -59,19 +68,33 @@ describe("transaction ids", () => {
 
 describe("the first chunk", () => {
   it("goes out at the first sentence end", () => {
-    const { sent } = drive([{ at: 0, text: "Hello" }, { at: 100, text: " there. And" }, { at: 200, text: " more" }], 5000)
-    expect(sent[0]).toEqual({ at: 100, action: { _tag: "SendFirst", text: "Hello there. And", txnId: replyTxnId("$q:x", 0) } })
+    const { sent } = drive(
+      [{ at: 0, text: "Hello" }, { at: 100, text: " there. And" }, { at: 200, text: " more" }],
+      5000
+    )
+    expect(sent[0]).toEqual({
+      at: 100,
+      action: { _tag: "SendFirst", text: "Hello there. And", txnId: replyTxnId("$q:x", 0) }
+    })
   })
 
   it("goes out 1 s after the first text without a sentence end", () => {
     const { sent } = drive([{ at: 0, text: "   " }, { at: 500, text: "no stop" }, { at: 900, text: " yet" }], 5000)
-    expect(sent[0]).toEqual({ at: 1500, action: { _tag: "SendFirst", text: "no stop yet", txnId: replyTxnId("$q:x", 0) } })
+    expect(sent[0]).toEqual({
+      at: 1500,
+      action: { _tag: "SendFirst", text: "no stop yet", txnId: replyTxnId("$q:x", 0) }
+    })
   })
 
   it("is skipped for a short answer that ends first: the end sends the whole answer once", () => {
     const { sent } = drive([{ at: 0, text: "Hi" }], 300)
     expect(sent).toEqual([{ at: 300, action: { _tag: "Finish" } }])
-    expect(finishPlan("$q:x", "Hi", false)).toEqual([{ _tag: "Reply", index: 0, text: "Hi", txnId: replyTxnId("$q:x", 0) }])
+    expect(finishPlan("$q:x", "Hi", false)).toEqual([{
+      _tag: "Reply",
+      index: 0,
+      text: "Hi",
+      txnId: replyTxnId("$q:x", 0)
+    }])
   })
 })
 
@@ -82,9 +105,13 @@ describe("edits", () => {
     const edits = sent.filter((s) => s.action._tag === "Edit")
     expect(edits.length).toBeGreaterThan(2)
     const times = sent.filter((s) => s.action._tag !== "Finish").map((s) => s.at)
-    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(DEFAULT_STREAM_SETTINGS.editIntervalMs)
+    for (let i = 1; i < times.length; i++) {
+      expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(DEFAULT_STREAM_SETTINGS.editIntervalMs)
+    }
     const shown = sent.flatMap((s) => (s.action._tag === "Finish" ? [] : [s.action.text]))
-    for (let i = 1; i < shown.length; i++) expect(shown[i]!.length - shown[i - 1]!.length).toBeGreaterThanOrEqual(DEFAULT_STREAM_SETTINGS.minGrowthChars)
+    for (let i = 1; i < shown.length; i++) {
+      expect(shown[i]!.length - shown[i - 1]!.length).toBeGreaterThanOrEqual(DEFAULT_STREAM_SETTINGS.minGrowthChars)
+    }
     expect(edits.map((e) => (e.action._tag === "Edit" ? e.action.seq : 0))).toEqual(edits.map((_, i) => i + 1))
   })
 
@@ -121,7 +148,9 @@ describe("edits", () => {
   it("property: sends are spaced, each shows more than the last, and the stream always finishes", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ gap: fc.integer({ min: 0, max: 1500 }), text: fc.string({ maxLength: 30 }) }), { maxLength: 60 }),
+        fc.array(fc.record({ gap: fc.integer({ min: 0, max: 1500 }), text: fc.string({ maxLength: 30 }) }), {
+          maxLength: 60
+        }),
         (raw) => {
           let at = 0
           const deltas = raw.map((d) => ({ at: (at += d.gap), text: d.text }))
@@ -146,7 +175,9 @@ describe("the end of an answer", () => {
     expect(chunks.length).toBeGreaterThan(1)
     const plan = finishPlan("$q", text, true)
     expect(plan[0]).toEqual({ _tag: "FinalEdit", text: chunks[0], txnId: finalEditTxnId("$q") })
-    expect(plan.slice(1)).toEqual(chunks.slice(1).map((c, i) => ({ _tag: "Reply", index: i + 1, text: c, txnId: replyTxnId("$q", i + 1) })))
+    expect(plan.slice(1)).toEqual(
+      chunks.slice(1).map((c, i) => ({ _tag: "Reply", index: i + 1, text: c, txnId: replyTxnId("$q", i + 1) }))
+    )
   })
 
   it("after a restart that may have streamed: the reply with its own id, then the final edit (never a second answer)", () => {
