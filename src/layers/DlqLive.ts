@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import { constants as fsConstants } from "node:fs"
 import * as path from "node:path"
 import { Clock, Effect, Layer, Option, Redacted } from "effect"
 import {
@@ -26,8 +25,8 @@ import {
   replayBackoffMs,
   splitLines
 } from "../domain/dlq.js"
-import { AUDIT_FILE, EncryptedStateIoError } from "../domain/storePassphrase.js"
-import { auditLine } from "../domain/redact.js"
+import { EncryptedStateIoError } from "../domain/storePassphrase.js"
+import { Audit } from "../services/Audit.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { type DlqDispatcher, type DlqListing, type DlqSelector, Dlq, type DlqShape } from "../services/Dlq.js"
@@ -50,59 +49,14 @@ const ioError = (what: string, file: string) => (e: unknown) =>
   })
 
 // ---------------------------------------------------------------------------------------------------------
-// File primitives (the only writes that are appends rather than StateDir's atomic replace: an fsync'd
-// O_APPEND line is the durable unit here, and rewriting the whole file per failure would cost O(n) each)
+// File access: appends (an fsync'd O_APPEND line is the durable unit; rewriting the whole file per failure
+// would cost O(n) each) and atomic rewrites, both through StateDir.
 
-/** Reads a whole file without following a symlink; `""` when it does not exist. */
-export const readNoFollow = (file: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const h = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))
-      if (h === undefined) return ""
-      try {
-        return (await h.readFile()).toString("utf8")
-      } finally {
-        await h.close()
-      }
-    },
-    catch: ioError("Reading", file)
-  })
+const dlqIo = (e: { readonly message: string }) => new DlqError({ kind: "dlq-io", message: e.message })
 
-const fsyncDir = async (dir: string) => {
-  const h = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
-  try {
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
-
-/** Appends `text` (whole lines) with fsync; 0600 (a widened mode is reset); dir fsync when created. */
-const appendDurable = (file: string, text: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const h = await fs.open(file, fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
-      let created = false
-      try {
-        const st = await h.stat()
-        created = st.size === 0
-        if ((st.mode & 0o777) !== 0o600) await h.chmod(0o600)
-        // a crash mid-append can leave a line without its newline: never glue the next line onto it
-        let prefix = ""
-        if (st.size > 0) {
-          const last = Buffer.alloc(1)
-          await h.read(last, 0, 1, st.size - 1)
-          if (last[0] !== 0x0a) prefix = "\n"
-        }
-        await h.write(prefix + text)
-        await h.sync()
-      } finally {
-        await h.close()
-      }
-      if (created) await fsyncDir(path.dirname(file))
-    },
-    catch: ioError("Appending to", file)
-  })
+/** The whole text of a state file without following a symlink; `""` when it does not exist. */
+export const readNoFollow = (stateDir: StateDirShape, file: string) =>
+  stateDir.readText(file).pipe(Effect.map(Option.getOrElse(() => "")), Effect.mapError(dlqIo))
 
 const fileSize = (file: string) =>
   Effect.tryPromise({
@@ -110,9 +64,11 @@ const fileSize = (file: string) =>
     catch: ioError("Checking", file)
   })
 
-/** One `{"ts","event","data"}` line in `{state_dir}/audit.jsonl`, fsync'd (same format as rekey-store's). */
-export const appendAuditLine = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
-  appendDurable(stateDir.resolve(AUDIT_FILE), auditLine(event, data))
+/** Replaces the DLQ with `lines` (removed when none are left). */
+const rewriteLines = (stateDir: StateDirShape, lines: ReadonlyArray<string>) =>
+  (lines.length === 0
+    ? Effect.asVoid(stateDir.remove(DLQ_FILE))
+    : stateDir.writeAtomic(DLQ_FILE, lines.map((l) => `${l}\n`).join(""))).pipe(Effect.mapError(dlqIo))
 
 // ---------------------------------------------------------------------------------------------------------
 // The service
@@ -171,6 +127,7 @@ const PRIORITY: Record<DlqErrorKind, number> = {
 export const makeDlq = (options: DlqOptions) =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
+    const auditLog = yield* Audit
     const status: ChannelStatusShape = yield* ChannelStatus
     const metrics: MetricsShape = yield* Metrics
     const file = stateDir.resolve(DLQ_FILE)
@@ -185,13 +142,13 @@ export const makeDlq = (options: DlqOptions) =>
     let durabilityError: string | undefined
     let dispatcher: DlqDispatcher | undefined
 
-    const ensureDir = stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
+    const ensureDir = stateDir.ensureDir("matrix").pipe(Effect.mapError(dlqIo))
 
     const key = Effect.suspend(() =>
       cachedKey !== undefined ? Effect.succeed(cachedKey) : Effect.tap(options.key, (k) => Effect.sync(() => void (cachedKey = k)))
     )
 
-    const readLines = Effect.map(readNoFollow(file), splitLines)
+    const readLines = Effect.map(readNoFollow(stateDir, DLQ_FILE), splitLines)
 
     const legacyKeys: Effect.Effect<LegacyKeys | undefined> = Effect.suspend(() =>
       cachedLegacy !== undefined || options.legacy === undefined
@@ -206,7 +163,7 @@ export const makeDlq = (options: DlqOptions) =>
     const setCount = (n: number) =>
       status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
 
-    const audit = (event: string, data: Record<string, unknown>) => appendAuditLine(stateDir, event, data)
+    const audit = (event: string, data: Record<string, unknown>) => auditLog.append(event, data).pipe(Effect.mapError(dlqIo))
 
     // A durability error pins the channel to `error` until a later append or clean replay clears it.
     const setDurabilityError = (e: DlqError, lost: DlqRecord | undefined) =>
@@ -276,7 +233,7 @@ export const makeDlq = (options: DlqOptions) =>
             message: `Matrix inbound DLQ at ${file} reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
           })
         }
-        yield* appendDurable(file, `${line}\n`)
+        yield* stateDir.append(DLQ_FILE, `${line}\n`).pipe(Effect.mapError(dlqIo))
         return true
       })
 
@@ -355,7 +312,7 @@ export const makeDlq = (options: DlqOptions) =>
           yield* status.updateMatrix((x) => ({ ...x, inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length }))
           return
         }
-        yield* appendDurable(corruptFile, batch)
+        yield* stateDir.append(DLQ_CORRUPT_FILE, batch).pipe(Effect.mapError(dlqIo))
         yield* Effect.logWarning(`Matrix inbound DLQ: ${lines.length} undecodable line(s) moved to ${corruptFile}`)
       })
 
@@ -438,13 +395,7 @@ export const makeDlq = (options: DlqOptions) =>
             const current = yield* readLines
             if (gone.length === 0 && replacements.size === 0) return current.length
             const next = withoutLines(current, gone).map((l) => replacements.get(l) ?? l)
-            if (next.length === 0) {
-              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-            } else {
-              yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(
-                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
-              )
-            }
+            yield* rewriteLines(stateDir, next)
             return next.length
           })
         )
@@ -509,13 +460,7 @@ export const makeDlq = (options: DlqOptions) =>
             const n = lines.length - keep.length
             if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)
             // an empty queue (no file, not even a matrix/ directory yet) is purged by doing nothing
-            if (lines.length > 0 && keep.length === 0) {
-              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-            } else if (keep.length > 0) {
-              yield* stateDir.writeAtomic(DLQ_FILE, keep.map((l) => `${l}\n`).join("")).pipe(
-                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
-              )
-            }
+            if (lines.length > 0) yield* rewriteLines(stateDir, keep)
             yield* setCount(keep.length)
             return n
           })
@@ -579,7 +524,7 @@ export interface DlqKeyedStore {
 export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Effect<string, { readonly message: string }>): DlqKeyedStore => {
   const file = stateDir.resolve(DLQ_FILE)
   const stateIo = (message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
-  const lines = readNoFollow(file).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
+  const lines = readNoFollow(stateDir, DLQ_FILE).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
   const keyFor = (p: Redacted.Redacted<string>) =>
     installationId.pipe(
       Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),

@@ -99,8 +99,16 @@ const fileOps = (resolve: (p: string) => string) => {
   const readText = (p: string) => read(p).pipe(Effect.map(Option.map((b) => Buffer.from(b).toString("utf8"))))
   const readCapped = (p: string, cap: number, options?: CappedReadOptions) =>
     Effect.try({ try: () => readCappedSync(resolve(p), cap, options), catch: ioError(resolve(p), "Reading") })
-  const rename = (from: string, to: string) =>
+  const rename = (from: string, to: string, options?: WriteOptions) =>
     io(resolve(to), "Renaming onto", async () => {
+      if (options?.mode !== undefined) {
+        const handle = await fs.open(resolve(from), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK)
+        try {
+          await handle.chmod(options.mode)
+        } finally {
+          await handle.close()
+        }
+      }
       await fs.rename(resolve(from), resolve(to))
       await fsyncDir(path.dirname(resolve(to)))
     })

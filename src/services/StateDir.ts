@@ -58,8 +58,11 @@ export interface StateDirShape {
     data: string | Uint8Array,
     options?: WriteOptions
   ) => Effect.Effect<"created" | "exists", StateDirError>
-  /** Renames a file over another and fsyncs the target's directory. */
-  readonly rename: (from: string, to: string) => Effect.Effect<void, StateDirError>
+  /**
+   * Renames a file over another and fsyncs the target's directory; with `mode`, the source (never followed
+   * through a symlink) gets that mode first.
+   */
+  readonly rename: (from: string, to: string, options?: WriteOptions) => Effect.Effect<void, StateDirError>
   /** fsyncs a directory (after a change made in it by other means). */
   readonly fsyncDir: (path: string) => Effect.Effect<void, StateDirError>
   /** Removes a file (missing is fine) and fsyncs its directory; true when there was one. */
