@@ -4,7 +4,7 @@ import { Clock, Effect, Layer, Option, Redacted } from "effect"
 import {
   decodeLine,
   type Decoded,
-  deriveDlqKey,
+  deriveDlqKeyAsync,
   DLQ_CORRUPT_CAP_BYTES,
   DLQ_CORRUPT_FILE,
   DLQ_FILE,
@@ -481,6 +481,10 @@ export const makeDlq = (options: DlqOptions) =>
     return { append, list, show, replay, replayDue, purge, count, register } satisfies DlqShape
   })
 
+/** The v2 key off the event loop (argon2 on the thread pool), cached per passphrase and installation id. */
+const deriveKey = <E>(passphrase: string, installationId: string, onError: (e: unknown) => E) =>
+  Effect.tryPromise({ try: () => deriveDlqKeyAsync(passphrase, installationId), catch: onError })
+
 /** Key sources from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
 export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | StorePassphrase> = Effect.gen(function*() {
   const { config } = yield* ConfigSecrets
@@ -497,7 +501,10 @@ export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | S
     return Option.some([Redacted.value(pass.value), iid] as const)
   })
   return {
-    key: Effect.map(material, Option.map(([pass, iid]) => deriveDlqKey(pass, iid))),
+    key: Effect.flatMap(material, (m) =>
+      Option.isNone(m)
+        ? Effect.succeed(Option.none<DlqKey>())
+        : Effect.map(deriveKey(m.value[0], m.value[1], (e) => cryptoError(`the DLQ key cannot be derived: ${describe(e)}`)), Option.some)),
     legacy: Effect.map(material, (m): LegacyKeys => ({
       policy,
       key: Option.getOrUndefined(Option.map(m, ([pass, iid]) => deriveLegacyDlqKey(pass, iid)))
@@ -528,7 +535,7 @@ export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Ef
   const keyFor = (p: Redacted.Redacted<string>) =>
     installationId.pipe(
       Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
-      Effect.map((iid) => deriveDlqKey(Redacted.value(p), iid))
+      Effect.flatMap((iid) => deriveKey(Redacted.value(p), iid, (e) => stateIo(`the DLQ key cannot be derived: ${describe(e)}`)))
     )
   // a reference-written v1 line under the same passphrase moves too (re-encoded as v2)
   const legacyFor = (p: Redacted.Redacted<string>) =>
