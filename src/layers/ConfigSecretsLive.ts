@@ -24,7 +24,7 @@ import {
   type ConfigSecretsShape,
   ConfigWriteError
 } from "../services/ConfigSecrets.js"
-import { StateDir } from "../services/StateDir.js"
+import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import {
   type ConfigEnv,
   configPassword,
@@ -241,15 +241,12 @@ export interface ConfigSecretsOptions {
 const writeError = (kind: ConfigWriteError["kind"], file: string, message: string) =>
   new ConfigWriteError({ kind, path: file, message })
 
-export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
+/** Logs the warnings of the first load; with `failOnErrors`, its errors fail the layer. */
+const startupCheck = (initial: ConfigSnapshot, failOnErrors: boolean) =>
   Effect.gen(function*() {
-    const env: ConfigEnv = options.env ?? { ...process.env }
-    const stateDir = yield* StateDir
-    const initial: ConfigSnapshot = yield* loadConfigSnapshot(env, options.argon2)
     const file = initial.targetPath
-
     for (const f of initial.findings) if (f.severity === "warning") yield* Effect.logWarning(formatFinding(f))
-    if ((options.failOnErrors ?? true) && hasErrors(initial.findings)) {
+    if (failOnErrors && hasErrors(initial.findings)) {
       const errors = initial.findings.filter((f) => f.severity === "error")
       for (const f of errors) yield* Effect.logError(formatFinding(f))
       return yield* new ConfigLoadError({
@@ -261,204 +258,232 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
         findings: errors
       })
     }
+  })
 
+/** Secret lookups against the current snapshot (a write-back replaces it). */
+const secretAccess = (current: Ref.Ref<ConfigSnapshot>) => {
+  const secretOption = (ref: SecretRef | string) =>
+    Effect.gen(function*() {
+      const at = typeof ref === "string" ? ref : ref.path
+      const slot = (yield* Ref.get(current)).secrets.get(at)
+      if (slot === undefined) return Option.none<Redacted.Redacted<string>>()
+      if (slot.state === "open") return Option.some(slot.value)
+      return yield* new ConfigSecretError({
+        kind: slot.state === "locked" ? "config-secret-locked" : "config-secret-wrong-password",
+        path: at,
+        message: slot.state === "locked"
+          ? `${at} is sealed (enc:v2) and CARAPACE_CONFIG_PASSWORD is not set; set CARAPACE_CONFIG_PASSWORD to the password it was sealed with and restart`
+          : `CARAPACE_CONFIG_PASSWORD does not open the sealed ${at} (wrong password or corrupted value); set the password it was sealed with, or replace the value and restart`
+      })
+    })
+
+  const secret = (ref: SecretRef | string) =>
+    Effect.flatMap(secretOption(ref), (o) =>
+      Option.match(o, {
+        onSome: Effect.succeed,
+        onNone: () => {
+          const at = typeof ref === "string" ? ref : ref.path
+          return Effect.fail(
+            new ConfigSecretError({ kind: "config-secret-missing", path: at, message: `no value is configured at ${at}; set it in the config or its env variable` })
+          )
+        }
+      }))
+  return { secret, secretOption }
+}
+
+interface WriteContext {
+  readonly file: string
+  readonly env: ConfigEnv
+  readonly stateDir: StateDirShape
+  readonly current: Ref.Ref<ConfigSnapshot>
+  readonly lock: Effect.Semaphore
+  readonly argon2: Argon2Params | undefined
+}
+
+/**
+ * The one way the file is written: re-read it, plan edits against what is on disk now, splice them in,
+ * prove the result, guard against downgrades and new errors, and replace the file atomically only if
+ * nobody changed it meanwhile (otherwise start over from the new content).
+ */
+const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteContext) => (
+  plan: (raw: JsonObject) => Effect.Effect<ReadonlyArray<Edit>, ConfigWriteError>
+): Effect.Effect<void, ConfigWriteError> =>
+  lock.withPermits(1)(
+    Effect.gen(function*() {
+      const target = yield* Effect.promise(() => fs.realpath(file).catch(() => file))
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const before = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
+        const text = Option.getOrElse(before, () => "{}\n")
+        let raw: Json
+        try {
+          raw = JSON5.parse(text)
+        } catch (e) {
+          return yield* writeError(
+            "config-write-refused",
+            target,
+            `config file at ${target} failed to parse (${(e as Error).message}); refusing to write into an unparseable file. Fix its syntax first`
+          )
+        }
+        if (!isObject(raw)) {
+          return yield* writeError("config-write-refused", target, `config file at ${target} is not a JSON5 object; fix it first`)
+        }
+        const edits = yield* plan(raw)
+        if (edits.length === 0) return
+        const edited = applyEdits(text, edits)
+        if (Either.isLeft(edited)) {
+          return yield* writeError("config-write-refused", target, `cannot edit ${target}: ${edited.left.reason}`)
+        }
+        const violations = downgradeViolations(raw, edited.right.value, Option.isSome(configPassword(env)))
+        if (violations.length > 0) {
+          return yield* writeError(
+            "config-write-downgrade",
+            target,
+            `refusing to replace or change sealed values at ${violations.join(", ")} without sealing them; set CARAPACE_CONFIG_PASSWORD and retry`
+          )
+        }
+        const spf = yield* probeStorePassphraseFile(stateDir.root)
+        const analyse = (t: string) =>
+          analyzeConfig({ text: Option.some(t), file: target, env, storePassphraseFile: spf, ...(argon2 ? { argon2 } : {}) })
+        const old = yield* analyse(text)
+        const next = yield* analyse(edited.right.text)
+        const known = new Set(old.findings.filter((f) => f.severity === "error").map((f) => `${f.path}\0${f.message}`))
+        const fresh = next.findings.filter((f) => f.severity === "error" && !known.has(`${f.path}\0${f.message}`))
+        if (fresh.length > 0) {
+          return yield* writeError(
+            "config-write-refused",
+            target,
+            `invalid config after the write: ${fresh.map((f) => `${f.path}: ${f.message}`).join("; ")}`
+          )
+        }
+        const still = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
+        if (!Option.getEquivalence((a: string, b: string) => a === b)(still, before)) continue
+        yield* Effect.mapError(stateDir.writeAtomic(target, edited.right.text, { mode: 0o600 }), (e) =>
+          writeError("config-write-io", target, e.message))
+        yield* Ref.update(current, (s) => ({ ...s, path: Option.some(file), secrets: next.secrets }))
+        return
+      }
+      return yield* writeError(
+        "config-write-conflict",
+        target,
+        `${target} kept changing while cara tried to update it; stop other writers and retry`
+      )
+    })
+  )
+
+type WriteBack = ReturnType<typeof makeWriteBack>
+
+/** The sealing helpers of the write operations. */
+const sealing = ({ argon2, env, file }: WriteContext) => {
+  const requirePassword = (what: string) =>
+    Option.match(configPassword(env), {
+      onNone: () =>
+        Effect.fail(
+          writeError(
+            "config-password-missing",
+            file,
+            `CARAPACE_CONFIG_PASSWORD is required to ${what} so the value is sealed (enc:v2) in the config; set it in the daemon environment and retry`
+          )
+        ),
+      onSome: Effect.succeed
+    })
+
+  /** A set that reuses the ciphertext when the file already holds the same value (no churn). */
+  const sealedEdit = (raw: JsonObject, at: string, plaintext: string, password: string) =>
+    Effect.gen(function*() {
+      const p = at.split(".")
+      const existing = getIn(raw, p)
+      if (typeof existing === "string" && !isExactPlaceholder(existing)) {
+        const envelope = parseEnvelope(existing)
+        if (Either.isRight(envelope)) {
+          const key = yield* deriveKey(password, envelope.right.salt, argon2 ?? ARGON2_PARAMS)
+          const opened = openWithKey(key, envelope.right)
+          if (Either.isRight(opened) && opened.right === plaintext) return [] as ReadonlyArray<Edit>
+        }
+      }
+      const sealer = yield* makeSealer(password, argon2 ?? ARGON2_PARAMS)
+      return [{ op: "set", path: p, value: sealer.seal(plaintext) }] as ReadonlyArray<Edit>
+    })
+  return { requirePassword, sealedEdit }
+}
+
+/** The service's write operations (each one write-back). */
+const writeOps = (ctx: WriteContext, writeBack: WriteBack) => {
+  const { file } = ctx
+  const { requirePassword, sealedEdit } = sealing(ctx)
+  const setMatrixAccessToken = (token: Redacted.Redacted<string>, deviceId: string) =>
+    Effect.gen(function*() {
+      const d = deviceId.trim()
+      if (d === "" || utf8Bytes(d) > 255) {
+        return yield* writeError("config-write-refused", file, "the device id to persist must be 1 to 255 bytes")
+      }
+      if (Redacted.value(token).trim() === "") {
+        return yield* writeError("config-write-refused", file, "refusing to persist an empty access token")
+      }
+      // A token from a password login was never in the config: known to the redactor from now on.
+      registerSecret(token)
+      // Snapshot the password once, before sealing: it cannot vanish between check and seal.
+      const password = yield* requirePassword("persist the Matrix access token")
+      yield* writeBack((raw) =>
+        Effect.gen(function*() {
+          if (raw["matrix"] !== undefined && !isObject(raw["matrix"])) {
+            return yield* writeError("config-write-refused", file, "matrix in the config is not an object; fix it first")
+          }
+          const tokenEdits = yield* sealedEdit(raw, "matrix.accessToken", Redacted.value(token), password)
+          const deviceEdits: ReadonlyArray<Edit> = getIn(raw, ["matrix", "deviceId"]) === d
+            ? []
+            : [{ op: "set", path: ["matrix", "deviceId"], value: d }]
+          return [...tokenEdits, ...deviceEdits]
+        })
+      )
+      yield* Effect.logInfo("Persisted the Matrix access token (sealed) and device id to the config file")
+    }).pipe(Effect.withSpan("ConfigSecrets.setMatrixAccessToken"))
+
+  const removeMatrixPassword = () =>
+    writeBack((raw) =>
+      Effect.succeed(
+        isObject(raw["matrix"]) && Object.hasOwn(raw["matrix"], "password")
+          ? [{ op: "delete", path: ["matrix", "password"] } as const]
+          : []
+      )
+    ).pipe(
+      Effect.withSpan("ConfigSecrets.removeMatrixPassword")
+    )
+
+  const setSealedSecret = (at: string, value: Redacted.Redacted<string>) =>
+    Effect.gen(function*() {
+      if (!isSecretPath(at)) {
+        return yield* writeError("config-write-refused", file, `${at} is not a secret path; only secret paths are sealed`)
+      }
+      const plaintext = Redacted.value(value)
+      if (isMalformedPlaceholder(plaintext)) {
+        return yield* writeError("config-write-refused", file, `malformed env placeholder at ${at}: use \${UPPERCASE_NAME}`)
+      }
+      if (isExactPlaceholder(plaintext)) {
+        // A placeholder is a reference, not a secret: it is written as is, never sealed.
+        yield* writeBack(() => Effect.succeed([{ op: "set", path: at.split("."), value: plaintext.trim() }]))
+        return
+      }
+      const password = yield* requirePassword(`write ${at}`)
+      yield* writeBack((raw) => sealedEdit(raw, at, plaintext, password))
+    }).pipe(Effect.withSpan("ConfigSecrets.setSealedSecret"))
+  return { setMatrixAccessToken, removeMatrixPassword, setSealedSecret }
+}
+
+export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
+  Effect.gen(function*() {
+    const env: ConfigEnv = options.env ?? { ...process.env }
+    const stateDir = yield* StateDir
+    const initial: ConfigSnapshot = yield* loadConfigSnapshot(env, options.argon2)
+    yield* startupCheck(initial, options.failOnErrors ?? true)
     const current = yield* Ref.make(initial)
     const lock = yield* Effect.makeSemaphore(1)
-    const storePassphraseFile = () => probeStorePassphraseFile(stateDir.root)
-
-    const secretOption = (ref: SecretRef | string) =>
-      Effect.gen(function*() {
-        const at = typeof ref === "string" ? ref : ref.path
-        const slot = (yield* Ref.get(current)).secrets.get(at)
-        if (slot === undefined) return Option.none<Redacted.Redacted<string>>()
-        if (slot.state === "open") return Option.some(slot.value)
-        return yield* new ConfigSecretError({
-          kind: slot.state === "locked" ? "config-secret-locked" : "config-secret-wrong-password",
-          path: at,
-          message: slot.state === "locked"
-            ? `${at} is sealed (enc:v2) and CARAPACE_CONFIG_PASSWORD is not set; set CARAPACE_CONFIG_PASSWORD to the password it was sealed with and restart`
-            : `CARAPACE_CONFIG_PASSWORD does not open the sealed ${at} (wrong password or corrupted value); set the password it was sealed with, or replace the value and restart`
-        })
-      })
-
-    const secret = (ref: SecretRef | string) =>
-      Effect.flatMap(secretOption(ref), (o) =>
-        Option.match(o, {
-          onSome: Effect.succeed,
-          onNone: () => {
-            const at = typeof ref === "string" ? ref : ref.path
-            return Effect.fail(
-              new ConfigSecretError({ kind: "config-secret-missing", path: at, message: `no value is configured at ${at}; set it in the config or its env variable` })
-            )
-          }
-        }))
-
-    /**
-     * The one way the file is written: re-read it, plan edits against what is on disk now, splice them in,
-     * prove the result, guard against downgrades and new errors, and replace the file atomically only if
-     * nobody changed it meanwhile (otherwise start over from the new content).
-     */
-    const writeBack = (
-      plan: (raw: JsonObject) => Effect.Effect<ReadonlyArray<Edit>, ConfigWriteError>
-    ): Effect.Effect<void, ConfigWriteError> =>
-      lock.withPermits(1)(
-        Effect.gen(function*() {
-          const target = yield* Effect.promise(() => fs.realpath(file).catch(() => file))
-          for (let attempt = 0; attempt < 5; attempt++) {
-            const before = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
-            const text = Option.getOrElse(before, () => "{}\n")
-            let raw: Json
-            try {
-              raw = JSON5.parse(text)
-            } catch (e) {
-              return yield* writeError(
-                "config-write-refused",
-                target,
-                `config file at ${target} failed to parse (${(e as Error).message}); refusing to write into an unparseable file. Fix its syntax first`
-              )
-            }
-            if (!isObject(raw)) {
-              return yield* writeError("config-write-refused", target, `config file at ${target} is not a JSON5 object; fix it first`)
-            }
-            const edits = yield* plan(raw)
-            if (edits.length === 0) return
-            const edited = applyEdits(text, edits)
-            if (Either.isLeft(edited)) {
-              return yield* writeError("config-write-refused", target, `cannot edit ${target}: ${edited.left.reason}`)
-            }
-            const violations = downgradeViolations(raw, edited.right.value, Option.isSome(configPassword(env)))
-            if (violations.length > 0) {
-              return yield* writeError(
-                "config-write-downgrade",
-                target,
-                `refusing to replace or change sealed values at ${violations.join(", ")} without sealing them; set CARAPACE_CONFIG_PASSWORD and retry`
-              )
-            }
-            const spf = yield* storePassphraseFile()
-            const analyse = (t: string) =>
-              analyzeConfig({ text: Option.some(t), file: target, env, storePassphraseFile: spf, ...(options.argon2 ? { argon2: options.argon2 } : {}) })
-            const old = yield* analyse(text)
-            const next = yield* analyse(edited.right.text)
-            const known = new Set(old.findings.filter((f) => f.severity === "error").map((f) => `${f.path}\0${f.message}`))
-            const fresh = next.findings.filter((f) => f.severity === "error" && !known.has(`${f.path}\0${f.message}`))
-            if (fresh.length > 0) {
-              return yield* writeError(
-                "config-write-refused",
-                target,
-                `invalid config after the write: ${fresh.map((f) => `${f.path}: ${f.message}`).join("; ")}`
-              )
-            }
-            const still = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
-            if (!Option.getEquivalence((a: string, b: string) => a === b)(still, before)) continue
-            yield* Effect.mapError(stateDir.writeAtomic(target, edited.right.text, { mode: 0o600 }), (e) =>
-              writeError("config-write-io", target, e.message))
-            yield* Ref.update(current, (s) => ({ ...s, path: Option.some(file), secrets: next.secrets }))
-            return
-          }
-          return yield* writeError(
-            "config-write-conflict",
-            target,
-            `${target} kept changing while cara tried to update it; stop other writers and retry`
-          )
-        })
-      )
-
-    const requirePassword = (what: string) =>
-      Option.match(configPassword(env), {
-        onNone: () =>
-          Effect.fail(
-            writeError(
-              "config-password-missing",
-              file,
-              `CARAPACE_CONFIG_PASSWORD is required to ${what} so the value is sealed (enc:v2) in the config; set it in the daemon environment and retry`
-            )
-          ),
-        onSome: Effect.succeed
-      })
-
-    /** A set that reuses the ciphertext when the file already holds the same value (no churn). */
-    const sealedEdit = (raw: JsonObject, at: string, plaintext: string, password: string) =>
-      Effect.gen(function*() {
-        const p = at.split(".")
-        const existing = getIn(raw, p)
-        if (typeof existing === "string" && !isExactPlaceholder(existing)) {
-          const envelope = parseEnvelope(existing)
-          if (Either.isRight(envelope)) {
-            const key = yield* deriveKey(password, envelope.right.salt, options.argon2 ?? ARGON2_PARAMS)
-            const opened = openWithKey(key, envelope.right)
-            if (Either.isRight(opened) && opened.right === plaintext) return [] as ReadonlyArray<Edit>
-          }
-        }
-        const sealer = yield* makeSealer(password, options.argon2 ?? ARGON2_PARAMS)
-        return [{ op: "set", path: p, value: sealer.seal(plaintext) }] as ReadonlyArray<Edit>
-      })
-
-    const setMatrixAccessToken = (token: Redacted.Redacted<string>, deviceId: string) =>
-      Effect.gen(function*() {
-        const d = deviceId.trim()
-        if (d === "" || utf8Bytes(d) > 255) {
-          return yield* writeError("config-write-refused", file, "the device id to persist must be 1 to 255 bytes")
-        }
-        if (Redacted.value(token).trim() === "") {
-          return yield* writeError("config-write-refused", file, "refusing to persist an empty access token")
-        }
-        // A token from a password login was never in the config: known to the redactor from now on.
-        registerSecret(token)
-        // Snapshot the password once, before sealing: it cannot vanish between check and seal.
-        const password = yield* requirePassword("persist the Matrix access token")
-        yield* writeBack((raw) =>
-          Effect.gen(function*() {
-            if (raw["matrix"] !== undefined && !isObject(raw["matrix"])) {
-              return yield* writeError("config-write-refused", file, "matrix in the config is not an object; fix it first")
-            }
-            const tokenEdits = yield* sealedEdit(raw, "matrix.accessToken", Redacted.value(token), password)
-            const deviceEdits: ReadonlyArray<Edit> = getIn(raw, ["matrix", "deviceId"]) === d
-              ? []
-              : [{ op: "set", path: ["matrix", "deviceId"], value: d }]
-            return [...tokenEdits, ...deviceEdits]
-          })
-        )
-        yield* Effect.logInfo("Persisted the Matrix access token (sealed) and device id to the config file")
-      }).pipe(Effect.withSpan("ConfigSecrets.setMatrixAccessToken"))
-
-    const removeMatrixPassword = () =>
-      writeBack((raw) =>
-        Effect.succeed(
-          isObject(raw["matrix"]) && Object.hasOwn(raw["matrix"], "password")
-            ? [{ op: "delete", path: ["matrix", "password"] } as const]
-            : []
-        )
-      ).pipe(
-        Effect.withSpan("ConfigSecrets.removeMatrixPassword")
-      )
-
-    const setSealedSecret = (at: string, value: Redacted.Redacted<string>) =>
-      Effect.gen(function*() {
-        if (!isSecretPath(at)) {
-          return yield* writeError("config-write-refused", file, `${at} is not a secret path; only secret paths are sealed`)
-        }
-        const plaintext = Redacted.value(value)
-        if (isMalformedPlaceholder(plaintext)) {
-          return yield* writeError("config-write-refused", file, `malformed env placeholder at ${at}: use \${UPPERCASE_NAME}`)
-        }
-        if (isExactPlaceholder(plaintext)) {
-          // A placeholder is a reference, not a secret: it is written as is, never sealed.
-          yield* writeBack(() => Effect.succeed([{ op: "set", path: at.split("."), value: plaintext.trim() }]))
-          return
-        }
-        const password = yield* requirePassword(`write ${at}`)
-        yield* writeBack((raw) => sealedEdit(raw, at, plaintext, password))
-      }).pipe(Effect.withSpan("ConfigSecrets.setSealedSecret"))
-
+    const ctx: WriteContext = { file: initial.targetPath, env, stateDir, current, lock, argon2: options.argon2 }
     return {
       path: initial.path,
       config: initial.config,
       findings: initial.findings,
-      secret,
-      secretOption,
-      setMatrixAccessToken,
-      removeMatrixPassword,
-      setSealedSecret
+      ...secretAccess(current),
+      ...writeOps(ctx, makeWriteBack(ctx))
     } satisfies ConfigSecretsShape
   }).pipe(Effect.annotateLogs({ service: "ConfigSecrets" }))
 
