@@ -4,7 +4,7 @@ import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import { FlowId, type OwnDevice, type VerificationFlow } from "../domain/verification.js"
-import { appendAuditLine } from "../layers/DlqLive.js"
+import { makeAudit } from "../layers/AuditLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
 import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
@@ -150,7 +150,7 @@ const confirmCommand = Command.make(
       const api = yield* gatewayClient(t)
       if (skip) {
         const stateDir = yield* StateDir
-        yield* appendAuditLine(stateDir, "matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
+        yield* makeAudit(stateDir).append("matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
           Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
         )
         yield* Effect.sync(() =>

@@ -88,22 +88,51 @@ export interface DlqKey {
 // Derivation costs ~180 ms and 64 MiB: at most once per (passphrase, installation id) in a process. The map
 // key is a hash, so the cache itself holds no passphrase.
 const keyCache = new Map<string, DlqKey>()
+// Derivations under way (the daemon's first uses may overlap): one argon2 run per key, shared.
+const keyInFlight = new Map<string, Promise<DlqKey>>()
 
-export const deriveDlqKey = (passphrase: string, installationId: string): DlqKey => {
-  const id = crypto.createHash("sha256").update(`${passphrase.length}:${passphrase}\u0000${installationId}`, "utf8").digest("hex")
-  const hit = keyCache.get(id)
-  if (hit !== undefined) return hit
-  const bytes = crypto.argon2Sync("argon2id", {
-    message: Buffer.from(passphrase, "utf8"),
-    nonce: Buffer.from(installationId, "ascii"),
-    parallelism: 1,
-    tagLength: 32,
-    memory: 65536,
-    passes: 3
-  })
+const cacheIdOf = (passphrase: string, installationId: string) =>
+  crypto.createHash("sha256").update(`${passphrase.length}:${passphrase}\u0000${installationId}`, "utf8").digest("hex")
+
+const argon2Parameters = (passphrase: string, installationId: string): crypto.Argon2Parameters => ({
+  message: Buffer.from(passphrase, "utf8"),
+  nonce: Buffer.from(installationId, "ascii"),
+  parallelism: 1,
+  tagLength: 32,
+  memory: 65536,
+  passes: 3
+})
+
+const remember = (id: string, bytes: Buffer): DlqKey => {
   const key: DlqKey = { _tag: "DlqKey", bytes }
   keyCache.set(id, key)
   return key
+}
+
+/** The v2 key, derived synchronously (tools and tests; the daemon uses `deriveDlqKeyAsync`). */
+export const deriveDlqKey = (passphrase: string, installationId: string): DlqKey => {
+  const id = cacheIdOf(passphrase, installationId)
+  return keyCache.get(id) ?? remember(id, crypto.argon2Sync("argon2id", argon2Parameters(passphrase, installationId)))
+}
+
+/**
+ * The v2 key, derived on libuv's thread pool so the event loop (and the reply being sent meanwhile) never
+ * waits for argon2; same parameters and output as `deriveDlqKey`, same cache.
+ */
+export const deriveDlqKeyAsync = (passphrase: string, installationId: string): Promise<DlqKey> => {
+  const id = cacheIdOf(passphrase, installationId)
+  const hit = keyCache.get(id)
+  if (hit !== undefined) return Promise.resolve(hit)
+  const running = keyInFlight.get(id)
+  if (running !== undefined) return running
+  const derivation = new Promise<DlqKey>((resolve, reject) => {
+    crypto.argon2("argon2id", argon2Parameters(passphrase, installationId), (error, bytes) => {
+      if (error !== null) reject(error)
+      else resolve(remember(id, Buffer.from(bytes)))
+    })
+  }).finally(() => keyInFlight.delete(id))
+  keyInFlight.set(id, derivation)
+  return derivation
 }
 
 /**

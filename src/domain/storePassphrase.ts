@@ -78,7 +78,7 @@ export const PENDING_FILE = "matrix/store_passphrase.pending"
 export const MARKER_FILE = "matrix/store_passphrase.rekeying"
 export const MARKER_CONTENT = "rekeying\n"
 export const LOCK_FILE = ".matrix-rekey.lock"
-export const AUDIT_FILE = "audit.jsonl"
+export { AUDIT_FILE } from "./audit.js"
 
 /** The HKDF `info` of the derived store passphrase (reference §3.2). */
 export const STORE_KEY_INFO = "carapace-matrix-store-v1"

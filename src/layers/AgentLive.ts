@@ -36,8 +36,8 @@ import {
   type TurnOutcome
 } from "../services/Agent.js"
 import { ConfigSecrets, type ConfigSecretError } from "../services/ConfigSecrets.js"
-import { LanguageModel } from "../services/LanguageModel.js"
-import { Sessions, type SessionStoreError } from "../services/Sessions.js"
+import { LanguageModel, type LanguageModelShape } from "../services/LanguageModel.js"
+import { Sessions, type SessionsShape, type SessionStoreError } from "../services/Sessions.js"
 import type { StateDir } from "../services/StateDir.js"
 import { LanguageModelLive } from "./LanguageModelLive.js"
 import { SessionsLive } from "./SessionsLive.js"
@@ -173,19 +173,126 @@ const EMPTY_ANSWER_REPLY = "(The model returned an empty answer. Try rephrasing,
 
 const isNewCommand = (text: string) => /^\/new(\s|$)/i.test(text)
 
-export const makeAgent = Effect.gen(function*() {
-  const settings = yield* AgentSettingsTag
-  const sessions = yield* Sessions
-  const model = yield* LanguageModel
+// The last stop before the room, the DLQ and the status API: whatever a provider or library put into
+// the error, no configured secret leaves in it.
+const failed = (error: AgentError): TurnEvent => {
+  const clean = new AgentError({ ...error, message: redactSecrets(error.message) })
+  return { _tag: "Failed", text: redactSecrets(userReply(clean)), error: clean }
+}
 
-  const problems = configurationProblems(settings)
-  for (const problem of problems) {
-    yield* Effect.logWarning(problem.message).pipe(Effect.annotateLogs({ service: "Agent", kind: problem.kind }))
-  }
+const logFailure = (error: AgentError, input: TurnInput) =>
+  Effect.logWarning(error.message).pipe(
+    Effect.annotateLogs({ service: "Agent", kind: error.kind, roomId: input.roomId, eventId: input.eventId })
+  )
 
-  // One turn per room at a time keeps each room's history consistent; the global limit bounds provider load.
+const toModelMessages = (
+  stored: ReadonlyArray<{ role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }>,
+  isGroup: boolean
+): ReadonlyArray<ChatMessage> =>
+  stored.map((m) => ({
+    role: m.role,
+    content: isGroup && m.role === "user" && m.senderId !== undefined
+      ? labelSender(m.senderName, m.senderId, m.content)
+      : m.content
+  }))
+
+const completed = (profile: AgentProfile, text: string, usage: Usage): TurnEvent => ({
+  _tag: "Completed",
+  text,
+  agent: profile.name,
+  model: formatModel(profile.model),
+  usage,
+  replayed: false
+})
+
+/** What a turn needs: the settings, the history, the model and the global limit on concurrent model calls. */
+interface TurnDeps {
+  readonly settings: AgentSettings
+  readonly sessions: SessionsShape
+  readonly model: LanguageModelShape
+  readonly modelCalls: Effect.Semaphore
+}
+
+/** The model's request for one turn: the trimmed history (senders labelled in groups) and the system prompt. */
+const modelRequest = (deps: TurnDeps, input: TurnInput, profile: AgentProfile) =>
+  Effect.gen(function*() {
+    // Every message costs at least messageCost("") characters, so this many rows always cover the budget.
+    const rowLimit = Math.min(5000, Math.ceil(profile.historyBudget / messageCost({ role: "user", content: "" })) + 2)
+    const stored = yield* deps.sessions.history(input.roomId, rowLimit)
+    const messages = trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget)
+    const system = [profile.systemPrompt, input.isGroup ? GROUP_NOTE : undefined]
+      .filter((s): s is string => s !== undefined && s !== "")
+      .join("\n\n")
+    return {
+      model: profile.model,
+      system: system === "" ? undefined : system,
+      messages,
+      maxTokens: profile.maxTokens
+    }
+  })
+
+const runModel = (deps: TurnDeps, input: TurnInput, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
+  Stream.unwrapScoped(
+    Effect.gen(function*() {
+      // The permit is held until the stream ends, including its consumption by the caller.
+      yield* Effect.acquireRelease(deps.modelCalls.take(1), () => deps.modelCalls.release(1))
+      const request = yield* modelRequest(deps, input, profile)
+      let answer = ""
+      let usage: Usage = { inputTokens: undefined, outputTokens: undefined }
+      const deltas = deps.model.stream(request).pipe(
+        Stream.mapConcat((part): ReadonlyArray<TurnEvent> => {
+          if (part._tag === "TextDelta") {
+            answer += part.text
+            return [{ _tag: "Delta", text: part.text }]
+          }
+          usage = part.usage
+          return []
+        }),
+        Stream.catchAll((error) => Stream.fromEffect(Effect.as(logFailure(error, input), failed(error))))
+      )
+      const finish = Stream.fromEffect(
+        Effect.suspend(() => {
+          if (answer.trim() === "") return Effect.succeed(completed(profile, EMPTY_ANSWER_REPLY, usage))
+          return deps.sessions.append(input.roomId, {
+            role: "assistant",
+            content: answer,
+            replyTo: input.eventId,
+            agent: profile.name,
+            model: formatModel(profile.model)
+          }).pipe(Effect.as(completed(profile, answer, usage)))
+        })
+      )
+      let sawFailure = false
+      return deltas.pipe(
+        Stream.tap((e) => Effect.sync(() => (sawFailure ||= e._tag === "Failed"))),
+        Stream.concat(Stream.suspend(() => (sawFailure ? Stream.empty : finish))),
+        Stream.withSpan("Agent.model", { attributes: { agent: profile.name, model: formatModel(profile.model) } })
+      )
+    })
+  )
+
+const startTurn = (deps: TurnDeps, input: TurnInput, text: string) =>
+  Effect.gen(function*() {
+    // The message joins the history before anything can fail, so nothing the user said is lost.
+    yield* deps.sessions.append(input.roomId, {
+      role: "user",
+      content: text,
+      eventId: input.eventId,
+      senderId: input.senderId,
+      ...(input.senderName === undefined ? {} : { senderName: input.senderName })
+    })
+    const profile = resolveAgent(deps.settings, input.roomId)
+    if (Option.isNone(profile)) return Stream.make(failed(noModelConfigured()))
+    if (!providerUsable(deps.settings, profile.value.model.provider)) {
+      return Stream.make(failed(noApiKey(profile.value.model)))
+    }
+    return runModel(deps, input, profile.value)
+  })
+
+/** One turn per room at a time keeps each room's history consistent. */
+const makeRoomLocks = () => {
   const roomLocks = new Map<string, Effect.Semaphore>()
-  const roomLock = (roomId: string) =>
+  return (roomId: string) =>
     Effect.sync(() => {
       let lock = roomLocks.get(roomId)
       if (lock === undefined) {
@@ -194,109 +301,18 @@ export const makeAgent = Effect.gen(function*() {
       }
       return lock
     })
-  const modelCalls = yield* Effect.makeSemaphore(Math.max(1, settings.maxConcurrent))
+}
 
-  // The last stop before the room, the DLQ and the status API: whatever a provider or library put into
-  // the error, no configured secret leaves in it.
-  const failed = (error: AgentError): TurnEvent => {
-    const clean = new AgentError({ ...error, message: redactSecrets(error.message) })
-    return { _tag: "Failed", text: redactSecrets(userReply(clean)), error: clean }
-  }
-
-  const logFailure = (error: AgentError, input: TurnInput) =>
-    Effect.logWarning(error.message).pipe(
-      Effect.annotateLogs({ service: "Agent", kind: error.kind, roomId: input.roomId, eventId: input.eventId })
-    )
-
-  const toModelMessages = (
-    stored: ReadonlyArray<{ role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }>,
-    isGroup: boolean
-  ): ReadonlyArray<ChatMessage> =>
-    stored.map((m) => ({
-      role: m.role,
-      content: isGroup && m.role === "user" && m.senderId !== undefined
-        ? labelSender(m.senderName, m.senderId, m.content)
-        : m.content
-    }))
-
-  const runModel = (input: TurnInput, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
-    Stream.unwrapScoped(
-      Effect.gen(function*() {
-        // The permit is held until the stream ends, including its consumption by the caller.
-        yield* Effect.acquireRelease(modelCalls.take(1), () => modelCalls.release(1))
-        // Every message costs at least messageCost("") characters, so this many rows always cover the budget.
-        const rowLimit = Math.min(5000, Math.ceil(profile.historyBudget / messageCost({ role: "user", content: "" })) + 2)
-        const stored = yield* sessions.history(input.roomId, rowLimit)
-        const messages = trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget)
-        const system = [profile.systemPrompt, input.isGroup ? GROUP_NOTE : undefined]
-          .filter((s): s is string => s !== undefined && s !== "")
-          .join("\n\n")
-        const request = {
-          model: profile.model,
-          system: system === "" ? undefined : system,
-          messages,
-          maxTokens: profile.maxTokens
-        }
-        let answer = ""
-        let usage: Usage = { inputTokens: undefined, outputTokens: undefined }
-        const deltas = model.stream(request).pipe(
-          Stream.mapConcat((part): ReadonlyArray<TurnEvent> => {
-            if (part._tag === "TextDelta") {
-              answer += part.text
-              return [{ _tag: "Delta", text: part.text }]
-            }
-            usage = part.usage
-            return []
-          }),
-          Stream.catchAll((error) => Stream.fromEffect(Effect.as(logFailure(error, input), failed(error))))
-        )
-        const finish = Stream.fromEffect(
-          Effect.suspend(() => {
-            if (answer.trim() === "") {
-              return Effect.succeed<TurnEvent>({
-                _tag: "Completed",
-                text: EMPTY_ANSWER_REPLY,
-                agent: profile.name,
-                model: formatModel(profile.model),
-                usage,
-                replayed: false
-              })
-            }
-            return sessions.append(input.roomId, {
-              role: "assistant",
-              content: answer,
-              replyTo: input.eventId,
-              agent: profile.name,
-              model: formatModel(profile.model)
-            }).pipe(
-              Effect.as<TurnEvent>({
-                _tag: "Completed",
-                text: answer,
-                agent: profile.name,
-                model: formatModel(profile.model),
-                usage,
-                replayed: false
-              })
-            )
-          })
-        )
-        let sawFailure = false
-        return deltas.pipe(
-          Stream.tap((e) => Effect.sync(() => (sawFailure ||= e._tag === "Failed"))),
-          Stream.concat(Stream.suspend(() => (sawFailure ? Stream.empty : finish))),
-          Stream.withSpan("Agent.model", { attributes: { agent: profile.name, model: formatModel(profile.model) } })
-        )
-      })
-    )
-
-  const turn = (input: TurnInput) =>
+const makeTurn = (deps: TurnDeps) => {
+  const roomLock = makeRoomLocks()
+  return (input: TurnInput) =>
     Stream.unwrapScoped(
       Effect.gen(function*() {
         const lock = yield* roomLock(input.roomId)
         yield* Effect.acquireRelease(lock.take(1), () => lock.release(1))
 
         // A redelivered event gets the answer it already has (checked before /new, which would drop it).
-        const prior = yield* sessions.replyTo(input.roomId, input.eventId)
+        const prior = yield* deps.sessions.replyTo(input.roomId, input.eventId)
         if (Option.isSome(prior)) {
           return Stream.make<Array<TurnEvent>>({
             _tag: "Completed",
@@ -310,33 +326,29 @@ export const makeAgent = Effect.gen(function*() {
 
         const text = input.text.trim()
         if (isNewCommand(text)) {
-          yield* sessions.reset(input.roomId)
+          yield* deps.sessions.reset(input.roomId)
           yield* Effect.logInfo("conversation reset").pipe(Effect.annotateLogs({ service: "Agent", roomId: input.roomId }))
           const rest = text.slice(4).trim()
           if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
-          return yield* startTurn(input, rest)
+          return yield* startTurn(deps, input, rest)
         }
-        return yield* startTurn(input, text)
+        return yield* startTurn(deps, input, text)
       })
     )
+}
 
-  const startTurn = (input: TurnInput, text: string) =>
-    Effect.gen(function*() {
-      // The message joins the history before anything can fail, so nothing the user said is lost.
-      yield* sessions.append(input.roomId, {
-        role: "user",
-        content: text,
-        eventId: input.eventId,
-        senderId: input.senderId,
-        ...(input.senderName === undefined ? {} : { senderName: input.senderName })
-      })
-      const profile = resolveAgent(settings, input.roomId)
-      if (Option.isNone(profile)) return Stream.make(failed(noModelConfigured()))
-      if (!providerUsable(settings, profile.value.model.provider)) {
-        return Stream.make(failed(noApiKey(profile.value.model)))
-      }
-      return runModel(input, profile.value)
-    })
+export const makeAgent = Effect.gen(function*() {
+  const settings = yield* AgentSettingsTag
+  const sessions = yield* Sessions
+  const model = yield* LanguageModel
+
+  const problems = configurationProblems(settings)
+  for (const problem of problems) {
+    yield* Effect.logWarning(problem.message).pipe(Effect.annotateLogs({ service: "Agent", kind: problem.kind }))
+  }
+  // the global limit bounds provider load
+  const modelCalls = yield* Effect.makeSemaphore(Math.max(1, settings.maxConcurrent))
+  const turn = makeTurn({ settings, sessions, model, modelCalls })
 
   const reply = (input: TurnInput) =>
     turn(input).pipe(

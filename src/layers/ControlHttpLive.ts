@@ -35,8 +35,7 @@ import { Verification, type VerificationShape } from "../services/Verification.j
 import type { ChannelInfo } from "../domain/channel.js"
 import { bindToHost } from "../domain/gateway.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
-import { StateDir } from "../services/StateDir.js"
-import { appendAuditLine } from "./DlqLive.js"
+import { Audit } from "../services/Audit.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import type { DlqError, DlqRecordNotFound } from "../domain/dlq.js"
 import { Dlq, type DlqSelector, type DlqShape } from "../services/Dlq.js"
@@ -250,7 +249,7 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
       })
     const result = (v: VerificationResult["verification"]) => new VerificationResult({ ok: true, verification: v })
     // reference §6.6: every start/accept/confirm/cancel leaves `matrix_verification_action` in audit.jsonl
-    const stateDir = yield* Effect.serviceOption(StateDir)
+    const auditLog = yield* Effect.serviceOption(Audit)
     const audited = <E extends { readonly _tag: string }>(
       action: "start" | "accept" | "confirm" | "cancel",
       flowId: string | undefined,
@@ -272,8 +271,8 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
           ...extra
         }
         yield* Effect.logWarning("matrix_verification_action").pipe(Effect.annotateLogs({ audit_event: "matrix_verification_action", ...data }))
-        if (Option.isSome(stateDir)) {
-          yield* appendAuditLine(stateDir.value, "matrix_verification_action", data).pipe(
+        if (Option.isSome(auditLog)) {
+          yield* auditLog.value.append("matrix_verification_action", data).pipe(
             Effect.catchAll((e) => Effect.logError(`writing the verification audit line failed: ${e.message}`))
           )
         }

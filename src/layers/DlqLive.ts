@@ -1,11 +1,10 @@
 import * as fs from "node:fs/promises"
-import { constants as fsConstants } from "node:fs"
 import * as path from "node:path"
 import { Clock, Effect, Layer, Option, Redacted } from "effect"
 import {
   decodeLine,
   type Decoded,
-  deriveDlqKey,
+  deriveDlqKeyAsync,
   DLQ_CORRUPT_CAP_BYTES,
   DLQ_CORRUPT_FILE,
   DLQ_FILE,
@@ -26,8 +25,8 @@ import {
   replayBackoffMs,
   splitLines
 } from "../domain/dlq.js"
-import { AUDIT_FILE, EncryptedStateIoError } from "../domain/storePassphrase.js"
-import { auditLine } from "../domain/redact.js"
+import { EncryptedStateIoError } from "../domain/storePassphrase.js"
+import { Audit } from "../services/Audit.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { type DlqDispatcher, type DlqListing, type DlqSelector, Dlq, type DlqShape } from "../services/Dlq.js"
@@ -50,59 +49,14 @@ const ioError = (what: string, file: string) => (e: unknown) =>
   })
 
 // ---------------------------------------------------------------------------------------------------------
-// File primitives (the only writes that are appends rather than StateDir's atomic replace: an fsync'd
-// O_APPEND line is the durable unit here, and rewriting the whole file per failure would cost O(n) each)
+// File access: appends (an fsync'd O_APPEND line is the durable unit; rewriting the whole file per failure
+// would cost O(n) each) and atomic rewrites, both through StateDir.
 
-/** Reads a whole file without following a symlink; `""` when it does not exist. */
-export const readNoFollow = (file: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const h = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))
-      if (h === undefined) return ""
-      try {
-        return (await h.readFile()).toString("utf8")
-      } finally {
-        await h.close()
-      }
-    },
-    catch: ioError("Reading", file)
-  })
+const dlqIo = (e: { readonly message: string }) => new DlqError({ kind: "dlq-io", message: e.message })
 
-const fsyncDir = async (dir: string) => {
-  const h = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
-  try {
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
-
-/** Appends `text` (whole lines) with fsync; 0600 (a widened mode is reset); dir fsync when created. */
-const appendDurable = (file: string, text: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const h = await fs.open(file, fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
-      let created = false
-      try {
-        const st = await h.stat()
-        created = st.size === 0
-        if ((st.mode & 0o777) !== 0o600) await h.chmod(0o600)
-        // a crash mid-append can leave a line without its newline: never glue the next line onto it
-        let prefix = ""
-        if (st.size > 0) {
-          const last = Buffer.alloc(1)
-          await h.read(last, 0, 1, st.size - 1)
-          if (last[0] !== 0x0a) prefix = "\n"
-        }
-        await h.write(prefix + text)
-        await h.sync()
-      } finally {
-        await h.close()
-      }
-      if (created) await fsyncDir(path.dirname(file))
-    },
-    catch: ioError("Appending to", file)
-  })
+/** The whole text of a state file without following a symlink; `""` when it does not exist. */
+export const readNoFollow = (stateDir: StateDirShape, file: string) =>
+  stateDir.readText(file).pipe(Effect.map(Option.getOrElse(() => "")), Effect.mapError(dlqIo))
 
 const fileSize = (file: string) =>
   Effect.tryPromise({
@@ -110,9 +64,11 @@ const fileSize = (file: string) =>
     catch: ioError("Checking", file)
   })
 
-/** One `{"ts","event","data"}` line in `{state_dir}/audit.jsonl`, fsync'd (same format as rekey-store's). */
-export const appendAuditLine = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
-  appendDurable(stateDir.resolve(AUDIT_FILE), auditLine(event, data))
+/** Replaces the DLQ with `lines` (removed when none are left). */
+const rewriteLines = (stateDir: StateDirShape, lines: ReadonlyArray<string>) =>
+  (lines.length === 0
+    ? Effect.asVoid(stateDir.remove(DLQ_FILE))
+    : stateDir.writeAtomic(DLQ_FILE, lines.map((l) => `${l}\n`).join(""))).pipe(Effect.mapError(dlqIo))
 
 // ---------------------------------------------------------------------------------------------------------
 // The service
@@ -168,31 +124,37 @@ const PRIORITY: Record<DlqErrorKind, number> = {
   "matrix-runtime-unavailable": 0
 }
 
-export const makeDlq = (options: DlqOptions) =>
+/** What every part of the live DLQ shares: its files, its locks, its keys and its in-memory state. */
+interface DlqCore {
+  readonly stateDir: StateDirShape
+  readonly status: ChannelStatusShape
+  readonly metrics: MetricsShape
+  readonly file: string
+  readonly corruptFile: string
+  /** All file I/O of the live DLQ is serialized (append vs. rewrite). */
+  readonly io: Effect.Semaphore
+  readonly backoff: Map<string, Backoff>
+  readonly state: { capLatchedAt: number | undefined; durabilityError: string | undefined; dispatcher: DlqDispatcher | undefined }
+  readonly key: Effect.Effect<Option.Option<DlqKey>, DlqError>
+  readonly legacyKeys: Effect.Effect<LegacyKeys | undefined>
+  readonly readLines: Effect.Effect<Array<string>, DlqError>
+  readonly audit: (event: string, data: Record<string, unknown>) => Effect.Effect<void, DlqError>
+  readonly setCount: (n: number) => Effect.Effect<void>
+}
+
+type Decoding = { readonly line: string; readonly d: Decoded }
+
+const makeCore = (options: DlqOptions) =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
+    const auditLog = yield* Audit
     const status: ChannelStatusShape = yield* ChannelStatus
     const metrics: MetricsShape = yield* Metrics
-    const file = stateDir.resolve(DLQ_FILE)
-    const corruptFile = stateDir.resolve(DLQ_CORRUPT_FILE)
-    // All file I/O of the live DLQ is serialized (append vs. rewrite); one replay runs at a time.
-    const io = yield* Effect.makeSemaphore(1)
-    const replaying = yield* Effect.makeSemaphore(1)
-    const backoff = new Map<string, Backoff>()
     let cachedKey: Option.Option<DlqKey> | undefined
     let cachedLegacy: LegacyKeys | undefined
-    let capLatchedAt: number | undefined
-    let durabilityError: string | undefined
-    let dispatcher: DlqDispatcher | undefined
-
-    const ensureDir = stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-
     const key = Effect.suspend(() =>
       cachedKey !== undefined ? Effect.succeed(cachedKey) : Effect.tap(options.key, (k) => Effect.sync(() => void (cachedKey = k)))
     )
-
-    const readLines = Effect.map(readNoFollow(file), splitLines)
-
     const legacyKeys: Effect.Effect<LegacyKeys | undefined> = Effect.suspend(() =>
       cachedLegacy !== undefined || options.legacy === undefined
         ? Effect.succeed(cachedLegacy)
@@ -202,275 +164,324 @@ export const makeDlq = (options: DlqOptions) =>
           Effect.orElseSucceed((): LegacyKeys => ({ policy: "accept", key: undefined }))
         )
     )
+    const core: DlqCore = {
+      stateDir,
+      status,
+      metrics,
+      file: stateDir.resolve(DLQ_FILE),
+      corruptFile: stateDir.resolve(DLQ_CORRUPT_FILE),
+      io: yield* Effect.makeSemaphore(1),
+      backoff: new Map<string, Backoff>(),
+      state: { capLatchedAt: undefined, durabilityError: undefined, dispatcher: undefined },
+      key,
+      legacyKeys,
+      readLines: Effect.map(readNoFollow(stateDir, DLQ_FILE), splitLines),
+      audit: (event, data) => auditLog.append(event, data).pipe(Effect.mapError(dlqIo)),
+      setCount: (n) =>
+        status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
+    }
+    return core
+  })
 
-    const setCount = (n: number) =>
-      status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
-
-    const audit = (event: string, data: Record<string, unknown>) => appendAuditLine(stateDir, event, data)
-
-    // A durability error pins the channel to `error` until a later append or clean replay clears it.
-    const setDurabilityError = (e: DlqError, lost: DlqRecord | undefined) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        durabilityError = e.message
-        yield* status.updateMatrix((x) => ({
-          ...x,
-          inboundDlqAppendFailureTotal: x.inboundDlqAppendFailureTotal + 1,
-          inboundDlqDurabilityError: e.message,
-          inboundDlqDurabilityErrorAt: now,
-          lastInboundDlqAppendFailureAt: now,
-          ...(lost === undefined ? {} : {
-            inboundDlqLostEventIds: [...(x.inboundDlqLostEventIds ?? []), lost.eventId].slice(-LOST_IDS_KEPT),
-            inboundDlqLostEventIdsAt: now
-          })
-        }))
-        yield* status.setState(CHANNEL, "error", { kind: e.kind, message: e.message })
-        yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dlq_append" })
-        if (lost !== undefined) yield* metrics.increment("carapace_matrix_inbound_dlq_lost_event_ids_total")
-        yield* Effect.logError(`Matrix inbound DLQ append failed; the event is lost: ${e.message}`).pipe(
-          Effect.annotateLogs({ kind: e.kind, ...(lost === undefined ? {} : { eventId: lost.eventId }) })
-        )
-      })
-
-    const clearDurabilityError = Effect.gen(function*() {
-      if (durabilityError === undefined) return
-      const was = durabilityError
-      durabilityError = undefined
-      yield* status.updateMatrix((x) => {
-        const { inboundDlqDurabilityError: _a, inboundDlqDurabilityErrorAt: _b, ...rest } = x
-        return rest
-      })
-      const matrix = (yield* status.get).find((c) => c.id === CHANNEL)
-      if (matrix?.status === "error" && matrix.lastError === was) yield* status.setState(CHANNEL, "connected")
-      yield* Effect.logInfo("Matrix inbound DLQ durability error cleared")
-    })
-
-    const appendUnlocked = (record: DlqRecord) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        if (capLatchedAt !== undefined && now - capLatchedAt < CAP_LATCH_MS) {
-          return yield* new DlqError({
-            kind: "dlq-cap-saturation",
-            message: `Matrix inbound DLQ at ${file} is at its ${DLQ_RECORD_CAP}-record cap (latched); dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
-          })
-        }
-        const k = yield* key
-        const line = encodeLine(record, Option.getOrUndefined(k))
-        yield* ensureDir
-        // One record per event and direction: a re-offered event (resumed after a restart) that fails again is
-        // already here.
-        const existing = yield* readLines
-        const id = recordIdOf(record)
-        const legacy = yield* legacyKeys
-        const sameEvent = (l: string) => {
-          const d = decodeLine(l, Option.getOrUndefined(k), legacy)
-          return d._tag === "Record" && recordIdOf(d.record) === id
-        }
-        if (existing.some(sameEvent)) return false
-        if (existing.length >= DLQ_RECORD_CAP) {
-          capLatchedAt = now
-          yield* audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing.length, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
-          yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
-          return yield* new DlqError({
-            kind: "dlq-cap-saturation",
-            message: `Matrix inbound DLQ at ${file} reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
-          })
-        }
-        yield* appendDurable(file, `${line}\n`)
-        return true
-      })
-
-    const append = (record: DlqRecord) =>
-      Effect.gen(function*() {
-        const outbound = directionOf(record) === "outbound"
-        if (!outbound) yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
-        const r = yield* Effect.either(io.withPermits(1)(appendUnlocked(record)))
-        if (r._tag === "Left") {
-          yield* setDurabilityError(r.left, record)
-          return yield* Effect.fail(r.left)
-        }
-        yield* clearDurabilityError
-        const what = outbound ? "Matrix reply that could not be sent" : "Matrix inbound event"
-        yield* Effect.logWarning(
-          r.right
-            ? `${what} moved to the DLQ; it is replayed after the next successful sync`
-            : `${what} failed again; it is already in the DLQ`
-        ).pipe(Effect.annotateLogs({ dlqId: recordIdOf(record) }))
-        yield* count.pipe(Effect.flatMap(setCount), Effect.ignore)
-      }).pipe(Effect.withSpan("Dlq.append"))
-
-    const count = Effect.map(readLines, (l) => l.length)
-
-    // Decodes every line; a key that cannot be had now makes envelopes "NoKey" (kept), not corrupt.
-    const decodeAll = Effect.gen(function*() {
-      const lines = yield* io.withPermits(1)(readLines)
-      const k = yield* Effect.either(key)
-      const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
-      const keyError = k._tag === "Left" ? k.left : undefined
-      const legacy = yield* legacyKeys
-      const decoded = lines.map((line) => ({ line, d: decodeLine(line, keyValue, legacy) }))
-      return { decoded, keyError, keyValue }
-    })
-
-    const list = Effect.gen(function*() {
-      const { decoded } = yield* decodeAll
-      const records: Array<DlqSummary> = []
-      let undecodable = 0
-      for (const { d } of decoded) {
-        if (d._tag === "Record") records.push(summary(d.record, d.encrypted, backoff.get(recordIdOf(d.record))))
-        else undecodable++
-      }
-      records.sort((a, b) => a.receivedAt - b.receivedAt)
-      return { records, undecodable } satisfies DlqListing
-    })
-
-    const notFound = (id: string) =>
-      new DlqRecordNotFound({ kind: "dlq-record-not-found", message: `no DLQ record with id ${id}; list the current ids with \`cara matrix dlq list\`.` })
-
-    const show = (id: string, reveal: boolean) =>
-      Effect.gen(function*() {
-        const { decoded } = yield* decodeAll
-        for (const { d } of decoded) {
-          if (d._tag === "Record" && recordIdOf(d.record) === id) {
-            return { ...summary(d.record, d.encrypted, backoff.get(id)), ...(reveal ? { text: d.record.text } : {}) }
-          }
-        }
-        return yield* notFound(id)
-      })
-
-    /** Appends undecodable lines to the quarantine, within its cap; false when the batch was dropped. */
-    const quarantine = (lines: ReadonlyArray<string>) =>
-      Effect.gen(function*() {
-        if (lines.length === 0) return
-        const batch = lines.map((l) => `${l}\n`).join("")
-        const size = yield* fileSize(corruptFile)
-        if (size + Buffer.byteLength(batch, "utf8") > DLQ_CORRUPT_CAP_BYTES) {
-          // The drop must be on record; without the audit line the lines stay where they are.
-          yield* audit("matrix_inbound_dlq_quarantine_cap_dropped", {
-            dropped_lines: lines.length,
-            quarantine_bytes: size,
-            cap_bytes: DLQ_CORRUPT_CAP_BYTES
-          })
-          yield* Effect.logWarning(`Matrix inbound DLQ quarantine ${corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`)
-          yield* status.updateMatrix((x) => ({ ...x, inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length }))
-          return
-        }
-        yield* appendDurable(corruptFile, batch)
-        yield* Effect.logWarning(`Matrix inbound DLQ: ${lines.length} undecodable line(s) moved to ${corruptFile}`)
-      })
-
-    const runReplay = (select: (id: string) => boolean, automatic: boolean) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        const { decoded, keyError, keyValue } = yield* decodeAll
-        const d = dispatcher
-        const gone: Array<string> = []
-        // v1 records that stay are rewritten as v2 (when the v2 key is at hand)
-        const replacements = new Map<string, string>()
-        const legacyStats = { record_count: 0, drained_count: 0, reencoded_count: 0 }
-        const corrupt: Array<string> = []
-        const errors: Array<DlqError> = keyError === undefined ? [] : [keyError]
-        const report = { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
-        for (const { line, d: dec } of decoded as ReadonlyArray<{ line: string; d: Decoded }>) {
-          if (dec._tag === "Corrupt") {
-            corrupt.push(line)
-            continue
-          }
-          if (dec._tag === "NoKey") continue
-          const id = recordIdOf(dec.record)
-          if (dec.legacy === true) {
-            legacyStats.record_count++
-            if (keyValue !== undefined) replacements.set(line, encodeLine(dec.record, keyValue))
-          }
-          if (!select(id)) continue
-          const b = backoff.get(id)
-          if (automatic && b !== undefined && b.nextAt > now) {
-            report.deferred++
-            continue
-          }
-          if (d === undefined) {
-            report.deferred++
-            continue
-          }
-          if (!d.allowed(dec.record.senderId)) {
-            yield* audit("matrix_inbound_dlq_replay_dropped", { id, reason: "sender-not-allowed" })
-            gone.push(line)
-            backoff.delete(id)
-            report.dropped++
-            continue
-          }
-          // an outbound record is an answer to re-send; an inbound one a message to handle
-          const r = yield* Effect.either(directionOf(dec.record) === "outbound" ? d.resend(dec.record) : d.dispatch(dec.record))
-          if (r._tag === "Right") {
-            gone.push(line)
-            backoff.delete(id)
-            report.replayed++
-            if (dec.legacy === true) legacyStats.drained_count++
-          } else {
-            const attempts = (b?.attempts ?? 0) + 1
-            backoff.set(id, { attempts, nextAt: now + replayBackoffMs(attempts), lastError: r.left.kind })
-            errors.push(r.left)
-            report.failed++
-          }
-        }
-        const q = yield* Effect.either(quarantine(corrupt))
-        if (q._tag === "Right") {
-          gone.push(...corrupt)
-          report.quarantined = corrupt.length
-        } else {
-          errors.push(q.left)
-        }
-        for (const g of gone) replacements.delete(g)
-        if (legacyStats.record_count > 0) {
-          // on record before the rewrite changes the file; without the audit line nothing is rewritten
-          yield* audit("matrix_inbound_dlq_legacy_envelope_processed", {
-            from_version: 1,
-            current_version: 2,
-            record_count: legacyStats.record_count,
-            reencoded_count: replacements.size,
-            drained_count: legacyStats.drained_count,
-            quarantined_count: 0
-          })
-        }
-        // Rewrite with what is gone removed (and v1 lines re-encoded); lines appended meanwhile are kept.
-        const remaining = yield* io.withPermits(1)(
-          Effect.gen(function*() {
-            const current = yield* readLines
-            if (gone.length === 0 && replacements.size === 0) return current.length
-            const next = withoutLines(current, gone).map((l) => replacements.get(l) ?? l)
-            if (next.length === 0) {
-              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-            } else {
-              yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(
-                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
-              )
-            }
-            return next.length
-          })
-        )
-        report.remaining = remaining
-        if (report.replayed > 0) yield* status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
-        yield* setCount(remaining)
-        // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
-        // cannot be read, decrypted or quarantined is.
-        const fatal = errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")
-        if (fatal.length === 0) {
-          if (report.failed === 0) yield* clearDurabilityError
-          return report satisfies DlqReplayReport
-        }
-        const worst = fatal.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
-        return yield* new DlqError({
-          kind: worst.kind,
-          message: `Matrix inbound DLQ replay still has ${remaining} record(s) it could not process: ${worst.message}`
+/** A durability error pins the channel to `error` until a later append or clean replay clears it. */
+const durability = ({ metrics, state, status }: DlqCore) => {
+  const set = (e: DlqError, lost: DlqRecord | undefined) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      state.durabilityError = e.message
+      yield* status.updateMatrix((x) => ({
+        ...x,
+        inboundDlqAppendFailureTotal: x.inboundDlqAppendFailureTotal + 1,
+        inboundDlqDurabilityError: e.message,
+        inboundDlqDurabilityErrorAt: now,
+        lastInboundDlqAppendFailureAt: now,
+        ...(lost === undefined ? {} : {
+          inboundDlqLostEventIds: [...(x.inboundDlqLostEventIds ?? []), lost.eventId].slice(-LOST_IDS_KEPT),
+          inboundDlqLostEventIdsAt: now
         })
+      }))
+      yield* status.setState(CHANNEL, "error", { kind: e.kind, message: e.message })
+      yield* metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dlq_append" })
+      if (lost !== undefined) yield* metrics.increment("carapace_matrix_inbound_dlq_lost_event_ids_total")
+      yield* Effect.logError(`Matrix inbound DLQ append failed; the event is lost: ${e.message}`).pipe(
+        Effect.annotateLogs({ kind: e.kind, ...(lost === undefined ? {} : { eventId: lost.eventId }) })
+      )
+    })
+  const clear = Effect.gen(function*() {
+    if (state.durabilityError === undefined) return
+    const was = state.durabilityError
+    state.durabilityError = undefined
+    yield* status.updateMatrix((x) => {
+      const { inboundDlqDurabilityError: _a, inboundDlqDurabilityErrorAt: _b, ...rest } = x
+      return rest
+    })
+    const matrix = (yield* status.get).find((c) => c.id === CHANNEL)
+    if (matrix?.status === "error" && matrix.lastError === was) yield* status.setState(CHANNEL, "connected")
+    yield* Effect.logInfo("Matrix inbound DLQ durability error cleared")
+  })
+  return { set, clear }
+}
+
+const capError = (file: string, latched: boolean) =>
+  new DlqError({
+    kind: "dlq-cap-saturation",
+    message: `Matrix inbound DLQ at ${file} ${latched ? "is at its" : "reached its"} ${DLQ_RECORD_CAP}-record cap${
+      latched ? " (latched)" : ""
+    }; dropping new dispatch failures until the queue drains. Fix the cause (see \`cara matrix dlq list\`), then replay or purge records.`
+  })
+
+/** Appends one record unless it is already there; refused at the cap (latched for a while). */
+const appendUnlocked = (core: DlqCore, record: DlqRecord) =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    const latched = core.state.capLatchedAt
+    if (latched !== undefined && now - latched < CAP_LATCH_MS) return yield* capError(core.file, true)
+    const k = yield* core.key
+    const line = encodeLine(record, Option.getOrUndefined(k))
+    yield* core.stateDir.ensureDir("matrix").pipe(Effect.mapError(dlqIo))
+    // One record per event and direction: a re-offered event (resumed after a restart) that fails again is
+    // already here.
+    const existing = yield* core.readLines
+    const id = recordIdOf(record)
+    const legacy = yield* core.legacyKeys
+    const sameEvent = (l: string) => {
+      const d = decodeLine(l, Option.getOrUndefined(k), legacy)
+      return d._tag === "Record" && recordIdOf(d.record) === id
+    }
+    if (existing.some(sameEvent)) return false
+    if (existing.length >= DLQ_RECORD_CAP) {
+      core.state.capLatchedAt = now
+      yield* core.audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing.length, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
+      yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
+      return yield* capError(core.file, false)
+    }
+    yield* core.stateDir.append(DLQ_FILE, `${line}\n`).pipe(Effect.mapError(dlqIo))
+    return true
+  })
+
+const makeAppend = (core: DlqCore, count: Effect.Effect<number, DlqError>) => {
+  const { clear, set } = durability(core)
+  const append = (record: DlqRecord) =>
+    Effect.gen(function*() {
+      const outbound = directionOf(record) === "outbound"
+      if (!outbound) yield* core.metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
+      const r = yield* Effect.either(core.io.withPermits(1)(appendUnlocked(core, record)))
+      if (r._tag === "Left") {
+        yield* set(r.left, record)
+        return yield* Effect.fail(r.left)
+      }
+      yield* clear
+      const what = outbound ? "Matrix reply that could not be sent" : "Matrix inbound event"
+      yield* Effect.logWarning(
+        r.right
+          ? `${what} moved to the DLQ; it is replayed after the next successful sync`
+          : `${what} failed again; it is already in the DLQ`
+      ).pipe(Effect.annotateLogs({ dlqId: recordIdOf(record) }))
+      yield* count.pipe(Effect.flatMap(core.setCount), Effect.ignore)
+    }).pipe(Effect.withSpan("Dlq.append"))
+  return { append, clearDurabilityError: clear }
+}
+
+// Decodes every line; a key that cannot be had now makes envelopes "NoKey" (kept), not corrupt.
+const decodeAllOf = (core: DlqCore) =>
+  Effect.gen(function*() {
+    const lines = yield* core.io.withPermits(1)(core.readLines)
+    const k = yield* Effect.either(core.key)
+    const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
+    const keyError = k._tag === "Left" ? k.left : undefined
+    const legacy = yield* core.legacyKeys
+    const decoded: ReadonlyArray<Decoding> = lines.map((line) => ({ line, d: decodeLine(line, keyValue, legacy) }))
+    return { decoded, keyError, keyValue }
+  })
+
+const notFound = (id: string) =>
+  new DlqRecordNotFound({ kind: "dlq-record-not-found", message: `no DLQ record with id ${id}; list the current ids with \`cara matrix dlq list\`.` })
+
+const makeReads = (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>) => {
+  const list = Effect.gen(function*() {
+    const { decoded } = yield* decodeAll
+    const records: Array<DlqSummary> = []
+    let undecodable = 0
+    for (const { d } of decoded) {
+      if (d._tag === "Record") records.push(summary(d.record, d.encrypted, core.backoff.get(recordIdOf(d.record))))
+      else undecodable++
+    }
+    records.sort((a, b) => a.receivedAt - b.receivedAt)
+    return { records, undecodable } satisfies DlqListing
+  })
+  const show = (id: string, reveal: boolean) =>
+    Effect.gen(function*() {
+      const { decoded } = yield* decodeAll
+      for (const { d } of decoded) {
+        if (d._tag === "Record" && recordIdOf(d.record) === id) {
+          return { ...summary(d.record, d.encrypted, core.backoff.get(id)), ...(reveal ? { text: d.record.text } : {}) }
+        }
+      }
+      return yield* notFound(id)
+    })
+  return { list, show }
+}
+
+/** Appends undecodable lines to the quarantine, within its cap (a batch over it is dropped, on record). */
+const quarantine = (core: DlqCore, lines: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    if (lines.length === 0) return
+    const batch = lines.map((l) => `${l}\n`).join("")
+    const size = yield* fileSize(core.corruptFile)
+    if (size + Buffer.byteLength(batch, "utf8") > DLQ_CORRUPT_CAP_BYTES) {
+      // The drop must be on record; without the audit line the lines stay where they are.
+      yield* core.audit("matrix_inbound_dlq_quarantine_cap_dropped", {
+        dropped_lines: lines.length,
+        quarantine_bytes: size,
+        cap_bytes: DLQ_CORRUPT_CAP_BYTES
       })
+      yield* Effect.logWarning(`Matrix inbound DLQ quarantine ${core.corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`)
+      yield* core.status.updateMatrix((x) => ({ ...x, inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length }))
+      return
+    }
+    yield* core.stateDir.append(DLQ_CORRUPT_FILE, batch).pipe(Effect.mapError(dlqIo))
+    yield* Effect.logWarning(`Matrix inbound DLQ: ${lines.length} undecodable line(s) moved to ${core.corruptFile}`)
+  })
 
-    const selectorFilter = (selector: DlqSelector) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
+/** What one replay pass did, line by line, before the file is rewritten. */
+interface ReplayPass {
+  readonly gone: Array<string>
+  /** v1 records that stay are rewritten as v2 (when the v2 key is at hand). */
+  readonly replacements: Map<string, string>
+  readonly legacyStats: { record_count: number; drained_count: number }
+  readonly corrupt: Array<string>
+  readonly errors: Array<DlqError>
+  readonly report: { replayed: number; failed: number; dropped: number; quarantined: number; deferred: number; remaining: number }
+}
 
+/** Replays (or defers, or drops) one decoded record. */
+const replayRecord = (core: DlqCore, pass: ReplayPass, line: string, dec: Extract<Decoded, { _tag: "Record" }>, now: number, automatic: boolean) =>
+  Effect.gen(function*() {
+    const id = recordIdOf(dec.record)
+    const b = core.backoff.get(id)
+    const d = core.state.dispatcher
+    if ((automatic && b !== undefined && b.nextAt > now) || d === undefined) {
+      pass.report.deferred++
+      return
+    }
+    if (!d.allowed(dec.record.senderId)) {
+      yield* core.audit("matrix_inbound_dlq_replay_dropped", { id, reason: "sender-not-allowed" })
+      pass.gone.push(line)
+      core.backoff.delete(id)
+      pass.report.dropped++
+      return
+    }
+    // an outbound record is an answer to re-send; an inbound one a message to handle
+    const r = yield* Effect.either(directionOf(dec.record) === "outbound" ? d.resend(dec.record) : d.dispatch(dec.record))
+    if (r._tag === "Right") {
+      pass.gone.push(line)
+      core.backoff.delete(id)
+      pass.report.replayed++
+      if (dec.legacy === true) pass.legacyStats.drained_count++
+    } else {
+      const attempts = (b?.attempts ?? 0) + 1
+      core.backoff.set(id, { attempts, nextAt: now + replayBackoffMs(attempts), lastError: r.left.kind })
+      pass.errors.push(r.left)
+      pass.report.failed++
+    }
+  })
+
+const replayLines = (core: DlqCore, decoded: ReadonlyArray<Decoding>, keyValue: DlqKey | undefined, select: (id: string) => boolean, automatic: boolean, pass: ReplayPass) =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    for (const { line, d: dec } of decoded) {
+      if (dec._tag === "Corrupt") {
+        pass.corrupt.push(line)
+        continue
+      }
+      if (dec._tag === "NoKey") continue
+      if (dec.legacy === true) {
+        pass.legacyStats.record_count++
+        if (keyValue !== undefined) pass.replacements.set(line, encodeLine(dec.record, keyValue))
+      }
+      if (select(recordIdOf(dec.record))) yield* replayRecord(core, pass, line, dec, now, automatic)
+    }
+  })
+
+/** Quarantines the corrupt lines, audits v1 re-encoding, then rewrites the file; returns what remains. */
+const settlePass = (core: DlqCore, pass: ReplayPass) =>
+  Effect.gen(function*() {
+    const q = yield* Effect.either(quarantine(core, pass.corrupt))
+    if (q._tag === "Right") {
+      pass.gone.push(...pass.corrupt)
+      pass.report.quarantined = pass.corrupt.length
+    } else {
+      pass.errors.push(q.left)
+    }
+    for (const g of pass.gone) pass.replacements.delete(g)
+    if (pass.legacyStats.record_count > 0) {
+      // on record before the rewrite changes the file; without the audit line nothing is rewritten
+      yield* core.audit("matrix_inbound_dlq_legacy_envelope_processed", {
+        from_version: 1,
+        current_version: 2,
+        record_count: pass.legacyStats.record_count,
+        reencoded_count: pass.replacements.size,
+        drained_count: pass.legacyStats.drained_count,
+        quarantined_count: 0
+      })
+    }
+    // Rewrite with what is gone removed (and v1 lines re-encoded); lines appended meanwhile are kept.
+    return yield* core.io.withPermits(1)(
+      Effect.gen(function*() {
+        const current = yield* core.readLines
+        if (pass.gone.length === 0 && pass.replacements.size === 0) return current.length
+        const next = withoutLines(current, pass.gone).map((l) => pass.replacements.get(l) ?? l)
+        yield* rewriteLines(core.stateDir, next)
+        return next.length
+      })
+    )
+  })
+
+const makeRunReplay = (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>, clearDurabilityError: Effect.Effect<void>) =>
+(select: (id: string) => boolean, automatic: boolean) =>
+  Effect.gen(function*() {
+    const { decoded, keyError, keyValue } = yield* decodeAll
+    const pass: ReplayPass = {
+      gone: [],
+      replacements: new Map(),
+      legacyStats: { record_count: 0, drained_count: 0 },
+      corrupt: [],
+      errors: keyError === undefined ? [] : [keyError],
+      report: { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
+    }
+    yield* replayLines(core, decoded, keyValue, select, automatic, pass)
+    const remaining = yield* settlePass(core, pass)
+    const report = { ...pass.report, remaining }
+    if (report.replayed > 0) yield* core.status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
+    yield* core.setCount(remaining)
+    // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
+    // cannot be read, decrypted or quarantined is.
+    const fatal = pass.errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")
+    if (fatal.length === 0) {
+      if (report.failed === 0) yield* clearDurabilityError
+      return report satisfies DlqReplayReport
+    }
+    const worst = fatal.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
+    return yield* new DlqError({
+      kind: worst.kind,
+      message: `Matrix inbound DLQ replay still has ${remaining} record(s) it could not process: ${worst.message}`
+    })
+  })
+
+const selectorFilter = (selector: DlqSelector) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
+
+const makeReplay = (
+  core: DlqCore,
+  decodeAll: ReturnType<typeof decodeAllOf>,
+  runReplay: ReturnType<typeof makeRunReplay>
+) =>
+  Effect.gen(function*() {
+    // one replay runs at a time
+    const replaying = yield* Effect.makeSemaphore(1)
     const replay = (selector: DlqSelector) =>
       replaying.withPermits(1)(
         Effect.gen(function*() {
-          if (dispatcher === undefined) {
+          if (core.state.dispatcher === undefined) {
             return yield* new DlqError({
               kind: "matrix-runtime-unavailable",
               message: "the Matrix runtime is not connected, so DLQ records cannot be replayed now; check `cara status` and retry once it is connected."
@@ -482,7 +493,7 @@ export const makeDlq = (options: DlqOptions) =>
           }
           const report = yield* runReplay(selectorFilter(selector), false)
           if (selector._tag === "One" && report.failed > 0) {
-            const b = backoff.get(selector.id)
+            const b = core.backoff.get(selector.id)
             return yield* new DlqError({
               kind: "dlq-dispatch-failure",
               message: `replaying DLQ record ${selector.id} failed (${b?.lastError ?? "dispatch"}); it stays in the DLQ. Check the daemon log for the cause, then retry.`
@@ -491,50 +502,56 @@ export const makeDlq = (options: DlqOptions) =>
           return report
         })
       ).pipe(Effect.withSpan("Dlq.replay"))
-
     const replayDue = replaying.withPermits(1)(runReplay(() => true, true)).pipe(Effect.withSpan("Dlq.replayDue"))
+    return { replay, replayDue }
+  })
 
-    const purge = (selector: DlqSelector) =>
+const makePurge = (core: DlqCore) => (selector: DlqSelector) =>
+  Effect.gen(function*() {
+    const k = yield* Effect.either(core.key)
+    const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
+    const legacy = yield* core.legacyKeys
+    const purged = yield* core.io.withPermits(1)(
       Effect.gen(function*() {
-        const k = yield* Effect.either(key)
-        const keyValue = k._tag === "Right" ? Option.getOrUndefined(k.right) : undefined
-        const legacy = yield* legacyKeys
-        const purged = yield* io.withPermits(1)(
-          Effect.gen(function*() {
-            const lines = yield* readLines
-            const keep = selector._tag === "All" ? [] : lines.filter((l) => {
-              const d = decodeLine(l, keyValue, legacy)
-              return !(d._tag === "Record" && recordIdOf(d.record) === selector.id)
-            })
-            const n = lines.length - keep.length
-            if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)
-            // an empty queue (no file, not even a matrix/ directory yet) is purged by doing nothing
-            if (lines.length > 0 && keep.length === 0) {
-              yield* stateDir.remove(DLQ_FILE).pipe(Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message })))
-            } else if (keep.length > 0) {
-              yield* stateDir.writeAtomic(DLQ_FILE, keep.map((l) => `${l}\n`).join("")).pipe(
-                Effect.mapError((e) => new DlqError({ kind: "dlq-io", message: e.message }))
-              )
-            }
-            yield* setCount(keep.length)
-            return n
-          })
-        )
-        if (selector._tag === "One") backoff.delete(selector.id)
-        else backoff.clear()
-        yield* audit("matrix_inbound_dlq_purged", { count: purged, scope: selector._tag === "All" ? "all" : selector.id }).pipe(Effect.ignore)
-        capLatchedAt = undefined
-        return purged
-      }).pipe(Effect.withSpan("Dlq.purge"))
+        const lines = yield* core.readLines
+        const keep = selector._tag === "All" ? [] : lines.filter((l) => {
+          const d = decodeLine(l, keyValue, legacy)
+          return !(d._tag === "Record" && recordIdOf(d.record) === selector.id)
+        })
+        const n = lines.length - keep.length
+        if (selector._tag === "One" && n === 0) return yield* notFound(selector.id)
+        // an empty queue (no file, not even a matrix/ directory yet) is purged by doing nothing
+        if (lines.length > 0) yield* rewriteLines(core.stateDir, keep)
+        yield* core.setCount(keep.length)
+        return n
+      })
+    )
+    if (selector._tag === "One") core.backoff.delete(selector.id)
+    else core.backoff.clear()
+    yield* core.audit("matrix_inbound_dlq_purged", { count: purged, scope: selector._tag === "All" ? "all" : selector.id }).pipe(Effect.ignore)
+    core.state.capLatchedAt = undefined
+    return purged
+  }).pipe(Effect.withSpan("Dlq.purge"))
 
+export const makeDlq = (options: DlqOptions) =>
+  Effect.gen(function*() {
+    const core = yield* makeCore(options)
+    const count = Effect.map(core.readLines, (l) => l.length)
+    const decodeAll = decodeAllOf(core)
+    const { append, clearDurabilityError } = makeAppend(core, count)
+    const { replay, replayDue } = yield* makeReplay(core, decodeAll, makeRunReplay(core, decodeAll, clearDurabilityError))
     const register = (d: DlqDispatcher) =>
-      Effect.acquireRelease(Effect.sync(() => void (dispatcher = d)), () => Effect.sync(() => void (dispatcher = undefined)))
+      Effect.acquireRelease(Effect.sync(() => void (core.state.dispatcher = d)), () => Effect.sync(() => void (core.state.dispatcher = undefined)))
 
     // The gauge starts from what is on disk (a restart with a non-empty DLQ shows it at once).
-    yield* count.pipe(Effect.flatMap(setCount), Effect.catchAll(() => metrics.set("carapace_matrix_dlq_records", -1)))
+    yield* count.pipe(Effect.flatMap(core.setCount), Effect.catchAll(() => core.metrics.set("carapace_matrix_dlq_records", -1)))
 
-    return { append, list, show, replay, replayDue, purge, count, register } satisfies DlqShape
+    return { append, ...makeReads(core, decodeAll), replay, replayDue, purge: makePurge(core), count, register } satisfies DlqShape
   })
+
+/** The v2 key off the event loop (argon2 on the thread pool), cached per passphrase and installation id. */
+const deriveKey = <E>(passphrase: string, installationId: string, onError: (e: unknown) => E) =>
+  Effect.tryPromise({ try: () => deriveDlqKeyAsync(passphrase, installationId), catch: onError })
 
 /** Key sources from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
 export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | StorePassphrase> = Effect.gen(function*() {
@@ -552,7 +569,10 @@ export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | S
     return Option.some([Redacted.value(pass.value), iid] as const)
   })
   return {
-    key: Effect.map(material, Option.map(([pass, iid]) => deriveDlqKey(pass, iid))),
+    key: Effect.flatMap(material, (m) =>
+      Option.isNone(m)
+        ? Effect.succeed(Option.none<DlqKey>())
+        : Effect.map(deriveKey(m.value[0], m.value[1], (e) => cryptoError(`the DLQ key cannot be derived: ${describe(e)}`)), Option.some)),
     legacy: Effect.map(material, (m): LegacyKeys => ({
       policy,
       key: Option.getOrUndefined(Option.map(m, ([pass, iid]) => deriveLegacyDlqKey(pass, iid)))
@@ -579,11 +599,11 @@ export interface DlqKeyedStore {
 export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Effect<string, { readonly message: string }>): DlqKeyedStore => {
   const file = stateDir.resolve(DLQ_FILE)
   const stateIo = (message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
-  const lines = readNoFollow(file).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
+  const lines = readNoFollow(stateDir, DLQ_FILE).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
   const keyFor = (p: Redacted.Redacted<string>) =>
     installationId.pipe(
       Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
-      Effect.map((iid) => deriveDlqKey(Redacted.value(p), iid))
+      Effect.flatMap((iid) => deriveKey(Redacted.value(p), iid, (e) => stateIo(`the DLQ key cannot be derived: ${describe(e)}`)))
     )
   // a reference-written v1 line under the same passphrase moves too (re-encoded as v2)
   const legacyFor = (p: Redacted.Redacted<string>) =>

@@ -1,17 +1,8 @@
 import Anthropic from "@anthropic-ai/sdk"
-import { Duration, Effect, Option, Redacted, Stream } from "effect"
-import {
-  type AgentError,
-  type ChatRequest,
-  classifyFailure,
-  connectionFailure,
-  mergeConsecutive,
-  parseRetryAfter,
-  type ProviderSettings,
-  scrubSecrets,
-  type StreamPart
-} from "../domain/agent.js"
+import { Duration, Option, type Stream } from "effect"
+import { type AgentError, type ChatRequest, mergeConsecutive, type ProviderSettings, type StreamPart } from "../domain/agent.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
+import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
 
 export interface AnthropicClientOptions {
   readonly settings: ProviderSettings
@@ -19,21 +10,50 @@ export interface AnthropicClientOptions {
 }
 
 /** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
-export const anthropicFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError => {
-  if (cause instanceof Anthropic.APIError && !(cause instanceof Anthropic.APIConnectionError)) {
-    const headers = cause.headers
-    return classifyFailure({
-      provider: "anthropic",
-      model,
-      status: cause.status,
-      errorType: cause.type ?? undefined,
-      errorCode: cause.errorCode ?? undefined,
-      detail: scrubSecrets(cause.apiMessage ?? "", secrets),
-      retryAfterMs: headers === undefined ? undefined : parseRetryAfter((n) => headers.get(n), nowMs),
-      connection: false
-    })
+export const anthropicFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError =>
+  sdkFailure(
+    "anthropic",
+    model,
+    secrets,
+    nowMs,
+    cause,
+    cause instanceof Anthropic.APIError && !(cause instanceof Anthropic.APIConnectionError)
+      ? {
+        status: cause.status,
+        errorType: cause.type ?? undefined,
+        errorCode: cause.errorCode ?? undefined,
+        detail: cause.apiMessage ?? "",
+        headers: cause.headers
+      }
+      : undefined
+  )
+
+/** Message events to stream parts; the usage arrives at the start and grows with the deltas. */
+const readEvents = () => {
+  let inputTokens: number | undefined
+  let outputTokens: number | undefined
+  let reason: string | undefined
+  const read = (event: Anthropic.RawMessageStreamEvent): ReadonlyArray<StreamPart> => {
+    switch (event.type) {
+      case "message_start":
+        inputTokens = event.message.usage.input_tokens
+        outputTokens = event.message.usage.output_tokens
+        return []
+      case "content_block_delta":
+        return event.delta.type === "text_delta" && event.delta.text !== ""
+          ? [{ _tag: "TextDelta", text: event.delta.text }]
+          : []
+      case "message_delta":
+        outputTokens = event.usage.output_tokens
+        reason = event.delta.stop_reason ?? undefined
+        return []
+      case "message_stop":
+        return [{ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }]
+      default:
+        return []
+    }
   }
-  return connectionFailure("anthropic", model, cause, secrets)
+  return { read }
 }
 
 /**
@@ -41,8 +61,7 @@ export const anthropicFailure = (cause: unknown, model: string, secrets: Readonl
  * retries). Requires a key: the caller checks `providerUsable` first.
  */
 export const makeAnthropicClient = (options: AnthropicClientOptions): ProviderClient => {
-  const apiKey = Option.getOrElse(Option.map(options.settings.apiKey, Redacted.value), () => "")
-  const secrets = apiKey === "" ? [] : [apiKey]
+  const { apiKey, secrets } = sdkKey(options.settings)
   const client = new Anthropic({
     apiKey,
     // Explicit, so the SDK's own environment lookup never applies: ANTHROPIC_BASE_URL reaches us through
@@ -53,57 +72,22 @@ export const makeAnthropicClient = (options: AnthropicClientOptions): ProviderCl
     logLevel: "off"
   })
 
-  const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {
-    const fail = (cause: unknown) => anthropicFailure(cause, request.model.model, secrets, Date.now())
-    const open = Effect.acquireRelease(
-      Effect.tryPromise({
-        try: (signal) =>
-          client.messages.create(
-            {
-              model: request.model.model,
-              max_tokens: request.maxTokens,
-              ...(request.system === undefined || request.system === "" ? {} : { system: request.system }),
-              messages: mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content })),
-              stream: true
-            },
-            { signal }
-          ),
-        catch: fail
-      }),
-      // Aborting ends a pending read at once; returning the iterator alone would wait for the next chunk.
-      (sdkStream) => Effect.sync(() => sdkStream.controller.abort())
+  const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> =>
+    sdkStreamParts(
+      (signal) =>
+        client.messages.create(
+          {
+            model: request.model.model,
+            max_tokens: request.maxTokens,
+            ...(request.system === undefined || request.system === "" ? {} : { system: request.system }),
+            messages: mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content })),
+            stream: true
+          },
+          { signal }
+        ),
+      (cause) => anthropicFailure(cause, request.model.model, secrets, Date.now()),
+      readEvents
     )
-    return Stream.unwrapScoped(
-      Effect.map(open, (sdkStream) => {
-        let inputTokens: number | undefined
-        let outputTokens: number | undefined
-        let reason: string | undefined
-        return Stream.fromAsyncIterable(sdkStream, fail).pipe(
-          Stream.mapConcat((event): ReadonlyArray<StreamPart> => {
-            switch (event.type) {
-              case "message_start":
-                inputTokens = event.message.usage.input_tokens
-                outputTokens = event.message.usage.output_tokens
-                return []
-              case "content_block_delta":
-                return event.delta.type === "text_delta" && event.delta.text !== ""
-                  ? [{ _tag: "TextDelta", text: event.delta.text }]
-                  : []
-              case "message_delta":
-                outputTokens = event.usage.output_tokens
-                reason = event.delta.stop_reason ?? undefined
-                return []
-              case "message_stop":
-                return [{ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }]
-              default:
-                return []
-            }
-          })
-        )
-      })
-    )
-  }
 
   return { provider: "anthropic", stream }
 }
-

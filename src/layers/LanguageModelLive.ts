@@ -7,7 +7,6 @@ import {
   isRetryable,
   noApiKey,
   providerUsable,
-  type ProviderSettings,
   type RetrySettings,
   type StreamPart
 } from "../domain/agent.js"

@@ -1,17 +1,8 @@
 import OpenAI from "openai"
-import { Duration, Effect, Option, Redacted, Stream } from "effect"
-import {
-  type AgentError,
-  type ChatRequest,
-  classifyFailure,
-  connectionFailure,
-  mergeConsecutive,
-  parseRetryAfter,
-  type ProviderSettings,
-  scrubSecrets,
-  type StreamPart
-} from "../domain/agent.js"
+import { Duration, Option, Stream } from "effect"
+import { type AgentError, type ChatRequest, mergeConsecutive, type ProviderSettings, type StreamPart } from "../domain/agent.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
+import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
 
 export interface OpenAIClientOptions {
   readonly settings: ProviderSettings
@@ -22,22 +13,37 @@ const OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 
 /** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
 export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError => {
-  if (cause instanceof OpenAI.APIError && !(cause instanceof OpenAI.APIConnectionError)) {
-    const headers = cause.headers
-    const body = cause.error as { message?: unknown } | undefined
-    const detail = typeof body?.message === "string" ? body.message : cause.status === undefined ? cause.message : ""
-    return classifyFailure({
-      provider: "openai",
-      model,
-      status: cause.status,
-      errorType: cause.type ?? undefined,
-      errorCode: cause.code ?? undefined,
-      detail: scrubSecrets(detail, secrets),
-      retryAfterMs: headers === undefined ? undefined : parseRetryAfter((n) => headers.get(n), nowMs),
-      connection: false
-    })
+  if (!(cause instanceof OpenAI.APIError) || cause instanceof OpenAI.APIConnectionError) {
+    return sdkFailure("openai", model, secrets, nowMs, cause, undefined)
   }
-  return connectionFailure("openai", model, cause, secrets)
+  const body = cause.error as { message?: unknown } | undefined
+  const detail = typeof body?.message === "string" ? body.message : cause.status === undefined ? cause.message : ""
+  return sdkFailure("openai", model, secrets, nowMs, cause, {
+    status: cause.status,
+    errorType: cause.type ?? undefined,
+    errorCode: cause.code ?? undefined,
+    detail,
+    headers: cause.headers
+  })
+}
+
+/** Completion chunks to stream parts; the finish (with the usage, official API only) comes after the last. */
+const readChunks = () => {
+  let reason: string | undefined
+  let inputTokens: number | undefined
+  let outputTokens: number | undefined
+  const read = (chunk: OpenAI.Chat.ChatCompletionChunk): ReadonlyArray<StreamPart> => {
+    if (chunk.usage != null) {
+      inputTokens = chunk.usage.prompt_tokens
+      outputTokens = chunk.usage.completion_tokens
+    }
+    const choice = chunk.choices[0]
+    if (choice === undefined) return []
+    if (choice.finish_reason != null) reason = choice.finish_reason
+    const text = choice.delta.content
+    return typeof text === "string" && text !== "" ? [{ _tag: "TextDelta", text }] : []
+  }
+  return { read, tail: Stream.sync((): StreamPart => ({ _tag: "Finish", reason, usage: { inputTokens, outputTokens } })) }
 }
 
 /**
@@ -45,8 +51,7 @@ export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyAr
  * llama.cpp) via `openai.baseUrl`. One attempt per call; the router retries.
  */
 export const makeOpenAIClient = (options: OpenAIClientOptions): ProviderClient => {
-  const apiKey = Option.getOrElse(Option.map(options.settings.apiKey, Redacted.value), () => "")
-  const secrets = apiKey === "" ? [] : [apiKey]
+  const { apiKey, secrets } = sdkKey(options.settings)
   // Explicit (also when unset): OPENAI_BASE_URL reaches us through the settings, where the config wins.
   const baseURL = Option.getOrElse(options.settings.baseUrl, () => OFFICIAL_BASE_URL)
   const official = baseURL.replace(/\/+$/, "") === OFFICIAL_BASE_URL
@@ -60,54 +65,29 @@ export const makeOpenAIClient = (options: OpenAIClientOptions): ProviderClient =
   })
 
   const stream = (request: ChatRequest): Stream.Stream<StreamPart, AgentError> => {
-    const fail = (cause: unknown) => openaiFailure(cause, request.model.model, secrets, Date.now())
     const messages: Array<OpenAI.Chat.ChatCompletionMessageParam> = [
       ...(request.system === undefined || request.system === ""
         ? []
         : [{ role: "system" as const, content: request.system }]),
       ...mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content }))
     ]
-    const open = Effect.acquireRelease(
-      Effect.tryPromise({
-        try: (signal) =>
-          client.chat.completions.create(
-            {
-              model: request.model.model,
-              messages,
-              stream: true,
-              // The official API wants max_completion_tokens (reasoning models reject max_tokens);
-              // compatible servers mostly know only max_tokens. Usage in the stream is official-only.
-              ...(official
-                ? { max_completion_tokens: request.maxTokens, stream_options: { include_usage: true } }
-                : { max_tokens: request.maxTokens })
-            },
-            { signal }
-          ),
-        catch: fail
-      }),
-      (sdkStream) => Effect.sync(() => sdkStream.controller.abort())
-    )
-    return Stream.unwrapScoped(
-      Effect.map(open, (sdkStream) => {
-        let reason: string | undefined
-        let inputTokens: number | undefined
-        let outputTokens: number | undefined
-        const finish = Stream.sync((): StreamPart => ({ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }))
-        return Stream.fromAsyncIterable(sdkStream, fail).pipe(
-          Stream.mapConcat((chunk): ReadonlyArray<StreamPart> => {
-            if (chunk.usage != null) {
-              inputTokens = chunk.usage.prompt_tokens
-              outputTokens = chunk.usage.completion_tokens
-            }
-            const choice = chunk.choices[0]
-            if (choice === undefined) return []
-            if (choice.finish_reason != null) reason = choice.finish_reason
-            const text = choice.delta.content
-            return typeof text === "string" && text !== "" ? [{ _tag: "TextDelta", text }] : []
-          }),
-          Stream.concat(finish)
-        )
-      })
+    return sdkStreamParts(
+      (signal) =>
+        client.chat.completions.create(
+          {
+            model: request.model.model,
+            messages,
+            stream: true,
+            // The official API wants max_completion_tokens (reasoning models reject max_tokens);
+            // compatible servers mostly know only max_tokens. Usage in the stream is official-only.
+            ...(official
+              ? { max_completion_tokens: request.maxTokens, stream_options: { include_usage: true } }
+              : { max_tokens: request.maxTokens })
+          },
+          { signal }
+        ),
+      (cause) => openaiFailure(cause, request.model.model, secrets, Date.now()),
+      readChunks
     )
   }
 

@@ -3,7 +3,6 @@
 // The executors below run the pure machines of src/domain/recoveryMachine.ts: observe, decide one step,
 // perform it, observe again. Every file mutation goes through `RecoveryFiles`, so tests can stop a run
 // after any durable step and check what a rerun (or the next daemon start) makes of it.
-import * as fs from "node:fs"
 import * as path from "node:path"
 import { Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
 import { Method, type MatrixClient } from "matrix-js-sdk"
@@ -52,14 +51,12 @@ import {
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
 import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
-import { auditLine } from "../domain/redact.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
-import { StateDir, type StateDirShape } from "../services/StateDir.js"
+import { type CappedResult, StateDir, type StateDirShape } from "../services/StateDir.js"
+import { makeAudit } from "./AuditLive.js"
 
-const codeOf = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code
-const errText = (e: unknown) => (e instanceof RecoveryKeyError ? e.message : e instanceof Error ? ((e as NodeJS.ErrnoException).code ?? e.message) : String(e))
 
 // ---------------------------------------------------------------------------------------------------------
 // Files
@@ -82,135 +79,47 @@ export interface RecoveryFiles {
   readonly remove: (rel: string) => Effect.Effect<boolean, RecoveryKeyError>
 }
 
-let tempCounter = 0
-
-const fsyncDir = (dir: string) => {
-  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
-  try {
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
 const label = (rel: string) => path.basename(rel)
 
-/** Reads with O_NONBLOCK (a FIFO never blocks us); symlinks to regular files are followed. */
-const readCapped = (file: string, cap: number): CappedRead => {
-  let fd: number
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
-  } catch (e) {
-    if (codeOf(e) === "ENOENT") return Option.none()
-    throw e
-  }
-  try {
-    const st = fs.fstatSync(fd)
-    if (!st.isFile()) throw new Error("not a regular file")
-    const buf = Buffer.alloc(cap + 1)
-    let n = 0
-    for (;;) {
-      const r = fs.readSync(fd, buf, n, buf.length - n, null)
-      if (r === 0) break
-      n += r
-      if (n > cap) throw new Error(`exceeds ${cap} bytes; refuse to read`)
-    }
-    return Option.some(buf.subarray(0, n).toString("utf8"))
-  } finally {
-    fs.closeSync(fd)
-  }
-}
+const refusalText = (r: CappedResult, cap: number) =>
+  r.state !== "refused" ? "" : r.reason === "too-large" ? `exceeds ${cap} bytes; refuse to read` : r.reason === "symlink" ? "is a symbolic link" : "not a regular file"
 
+/** The recovery files over StateDir's durable operations (symlinks to regular files are followed on read). */
 export const nodeRecoveryFiles = (stateDir: StateDirShape): RecoveryFiles => {
-  const abs = (rel: string) => stateDir.resolve(rel)
-  const io = <A>(rel: string, what: string, f: () => A) =>
-    Effect.try({ try: f, catch: (e) => stateIo(`failed to ${what} ${label(rel)}: ${errText(e)}`) })
-  const tempFor = (file: string) => path.join(path.dirname(file), `.${path.basename(file)}.tmp.${process.pid}.${++tempCounter}`)
-  const writeTemp = (file: string, content: string) => {
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 })
-    const temp = tempFor(file)
-    const fd = fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600)
-    try {
-      fs.writeSync(fd, content)
-      fs.fchmodSync(fd, 0o600)
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
-    return temp
-  }
+  const io = (rel: string, what: string) => (e: { readonly message: string }) => stateIo(`failed to ${what} ${label(rel)}: ${e.message}`)
+  const refused = (rel: string, what: string, detail: string) => stateIo(`failed to ${what} ${label(rel)}: ${detail}`)
+  const readCapped = (rel: string, cap: number, what: string, followSymlink: boolean) =>
+    stateDir.readCapped(rel, cap, { followSymlink }).pipe(
+      Effect.mapError(io(rel, what)),
+      Effect.flatMap((r) =>
+        r.state === "ok"
+          ? Effect.succeed(Option.some(r.text))
+          : r.state === "absent"
+          ? Effect.succeed(Option.none<string>())
+          : Effect.fail(refused(rel, what, refusalText(r, cap)))
+      )
+    )
   return {
     root: stateDir.root,
-    read: (rel, cap) => io(rel, "read", () => readCapped(abs(rel), cap)),
-    exists: (rel) =>
-      io(rel, "inspect", () => {
-        try {
-          fs.lstatSync(abs(rel))
-          return true
-        } catch (e) {
-          if (codeOf(e) === "ENOENT") return false
-          throw e
-        }
-      }),
-    write: (rel, content) =>
-      io(rel, "write", () => {
-        const file = abs(rel)
-        const temp = writeTemp(file, content)
-        try {
-          fs.renameSync(temp, file)
-        } catch (e) {
-          fs.rmSync(temp, { force: true })
-          throw e
-        }
-        fsyncDir(path.dirname(file))
-      }),
+    read: (rel, cap) => readCapped(rel, cap, "read", true),
+    exists: (rel) => stateDir.exists(rel).pipe(Effect.mapError(io(rel, "inspect"))),
+    write: (rel, content) => stateDir.writeAtomic(rel, content).pipe(Effect.mapError(io(rel, "write"))),
     create: (rel, content) =>
-      io(rel, "create", () => {
-        const file = abs(rel)
-        const temp = writeTemp(file, content)
-        try {
-          fs.linkSync(temp, file)
-        } finally {
-          fs.rmSync(temp, { force: true })
-        }
-        fsyncDir(path.dirname(file))
-      }),
+      stateDir.createExclusive(rel, content).pipe(
+        Effect.mapError(io(rel, "create")),
+        Effect.flatMap((r) => r === "created" ? Effect.void : Effect.fail(refused(rel, "create", "EEXIST")))
+      ),
     promote: (from, to, expectedDigest) =>
       Effect.gen(function*() {
-        const src = abs(from)
-        // O_NOFOLLOW: the pending key must be the file we wrote, not a link planted beside it.
-        const text = yield* io(from, "reopen", () => {
-          const fd = fs.openSync(src, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
-          try {
-            if (!fs.fstatSync(fd).isFile()) throw new Error("not a regular file")
-            const content = fs.readFileSync(fd, "utf8")
-            if (Buffer.byteLength(content) > MAX_KEY_BYTES) throw new Error(`exceeds ${MAX_KEY_BYTES} bytes; refuse to read`)
-            fs.fchmodSync(fd, 0o600)
-            return content
-          } finally {
-            fs.closeSync(fd)
-          }
-        })
-        if (!digestsEqual(keyDigest(text), expectedDigest)) {
+        // not followed: the pending key must be the file we wrote, not a link planted beside it.
+        const text = yield* readCapped(from, MAX_KEY_BYTES, "reopen", false)
+        if (Option.isNone(text)) return yield* refused(from, "reopen", "ENOENT")
+        if (!digestsEqual(keyDigest(text.value), expectedDigest)) {
           return yield* stateIo(`the pending key changed since its digest was recorded; refusing to promote ${label(from)}. Inspect it before retrying.`)
         }
-        yield* io(to, "replace", () => {
-          fs.renameSync(src, abs(to))
-          fsyncDir(path.dirname(abs(to)))
-        })
+        yield* stateDir.rename(from, to, { mode: 0o600 }).pipe(Effect.mapError(io(to, "replace")))
       }),
-    remove: (rel) =>
-      io(rel, "remove", () => {
-        const file = abs(rel)
-        try {
-          fs.unlinkSync(file)
-        } catch (e) {
-          if (codeOf(e) === "ENOENT") return false
-          throw e
-        }
-        fsyncDir(path.dirname(file))
-        return true
-      })
+    remove: (rel) => stateDir.remove(rel).pipe(Effect.mapError(io(rel, "remove")))
   }
 }
 
@@ -219,20 +128,11 @@ export const nodeRecoveryFiles = (stateDir: StateDirShape): RecoveryFiles => {
 
 export type Audit = (event: string, data: Record<string, unknown>) => Effect.Effect<void>
 
-export const fileAudit = (stateDir: StateDirShape): Audit => (event, data) =>
-  Effect.sync(() => {
-    const fd = fs.openSync(
-      stateDir.resolve("audit.jsonl"),
-      fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
-      0o600
-    )
-    try {
-      fs.writeSync(fd, auditLine(event, data))
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
-  }).pipe(Effect.catchAllDefect((e) => Effect.logWarning(`writing the audit log failed: ${errText(e)}`)))
+/** The recovery machines' audit: a failed audit write is logged, never fatal to a key step already taken. */
+export const fileAudit = (stateDir: StateDirShape): Audit => {
+  const log = makeAudit(stateDir)
+  return (event, data) => log.append(event, data).pipe(Effect.catchAll((e) => Effect.logWarning(`writing the audit log failed: ${e.message}`)))
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Startup repair (§5.4 journal check + §5.6)

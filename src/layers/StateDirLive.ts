@@ -4,7 +4,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Layer, Option } from "effect"
 import { StateDirError } from "../domain/errors.js"
-import { StateDir, type StateDirShape, type WriteOptions } from "../services/StateDir.js"
+import { type CappedReadOptions, StateDir, type StateDirShape, type WriteOptions } from "../services/StateDir.js"
+import { appendDurableFile, createExclusiveFile, fsyncDir, readCappedSync, writeAtomicFile } from "./durableFile.js"
 
 /** The file-system steps an atomic write is made of; tests swap one out to crash at that point. */
 export interface FsSteps {
@@ -34,67 +35,102 @@ const ioError = (p: string, what: string) => (cause: unknown) =>
 
 const isNotFound = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code === "ENOENT"
 
-let tempCounter = 0
+// Creates one directory level, refusing a symlink where a directory should be.
+const ensureOne = (dir: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      let st = await fs.lstat(dir).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))
+      if (st === undefined) {
+        await fs.mkdir(dir, { mode: 0o700 }).catch((e: unknown) =>
+          (e as NodeJS.ErrnoException).code === "EEXIST" ? undefined : Promise.reject(e)
+        )
+        st = await fs.lstat(dir)
+      }
+      if (st.isSymbolicLink()) return "symlink" as const
+      if (!st.isDirectory()) return "not-dir" as const
+      if ((st.mode & 0o777) !== 0o700) await fs.chmod(dir, 0o700)
+      return "ok" as const
+    },
+    catch: ioError(dir, "Creating directory")
+  }).pipe(
+    Effect.flatMap((r) =>
+      r === "ok"
+        ? Effect.void
+        : Effect.fail(
+          new StateDirError({
+            kind: "state-dir-symlink",
+            path: dir,
+            message: r === "symlink"
+              ? `${dir} is a symbolic link; state subdirectories must be real directories owned by this user. Replace the link with the directory it points to, then start again.`
+              : `${dir} exists but is not a directory. Move it out of the way, then start again.`
+          })
+        )
+    )
+  )
 
-const fsyncDir = async (dir: string) => {
-  const handle = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
+// The root itself may be a symlink (operators relocate ~/.config); it is created with parents.
+const ensureRoot = (absRoot: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      await fs.mkdir(absRoot, { recursive: true, mode: 0o700 })
+      const st = await fs.stat(absRoot)
+      if (!st.isDirectory()) throw Object.assign(new Error("not a directory"), { code: "ENOTDIR" })
+      if ((st.mode & 0o777) !== 0o700) await fs.chmod(absRoot, 0o700)
+    },
+    catch: ioError(absRoot, "Creating the state directory")
+  })
+
+const io = <A>(file: string, what: string, f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: ioError(file, what) })
+
+/** The operations that only read or change a file in place (no directory to create first). */
+const fileOps = (resolve: (p: string) => string) => {
+  const read = (p: string) =>
+    io(resolve(p), "Reading", async () => {
+      const handle = await fs.open(resolve(p), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: unknown) =>
+        isNotFound(e) ? undefined : Promise.reject(e)
+      )
+      if (handle === undefined) return Option.none<Uint8Array>()
+      try {
+        return Option.some(new Uint8Array(await handle.readFile()))
+      } finally {
+        await handle.close()
+      }
+    })
+  const readText = (p: string) => read(p).pipe(Effect.map(Option.map((b) => Buffer.from(b).toString("utf8"))))
+  const readCapped = (p: string, cap: number, options?: CappedReadOptions) =>
+    Effect.try({ try: () => readCappedSync(resolve(p), cap, options), catch: ioError(resolve(p), "Reading") })
+  const rename = (from: string, to: string, options?: WriteOptions) =>
+    io(resolve(to), "Renaming onto", async () => {
+      if (options?.mode !== undefined) {
+        const handle = await fs.open(resolve(from), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK)
+        try {
+          await handle.chmod(options.mode)
+        } finally {
+          await handle.close()
+        }
+      }
+      await fs.rename(resolve(from), resolve(to))
+      await fsyncDir(path.dirname(resolve(to)))
+    })
+  const remove = (p: string) =>
+    io(resolve(p), "Removing", async () => {
+      const file = resolve(p)
+      const existed = await fs.unlink(file).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e)))
+      if (existed) await fsyncDir(path.dirname(file))
+      return existed
+    })
+  const exists = (p: string) =>
+    io(resolve(p), "Checking", () => fs.lstat(resolve(p)).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e))))
+  const syncDir = (p: string) => io(resolve(p), "Syncing directory", () => fsyncDir(resolve(p)))
+  return { read, readText, readCapped, rename, remove, exists, fsyncDir: syncDir }
 }
 
 /** Builds the StateDir for `root`, creating it (0700) if needed. */
 export const makeStateDir = (root: string, steps: FsSteps = nodeSteps): Effect.Effect<StateDirShape, StateDirError> =>
   Effect.gen(function*() {
     const absRoot = path.resolve(root)
-
     const resolve = (p: string) => (path.isAbsolute(p) ? p : path.join(absRoot, p))
-
-    // Creates one directory level, refusing a symlink where a directory should be.
-    const ensureOne = (dir: string) =>
-      Effect.tryPromise({
-        try: async () => {
-          let st = await fs.lstat(dir).catch((e: unknown) => (isNotFound(e) ? undefined : Promise.reject(e)))
-          if (st === undefined) {
-            await fs.mkdir(dir, { mode: 0o700 }).catch((e: unknown) =>
-              (e as NodeJS.ErrnoException).code === "EEXIST" ? undefined : Promise.reject(e)
-            )
-            st = await fs.lstat(dir)
-          }
-          if (st.isSymbolicLink()) return "symlink" as const
-          if (!st.isDirectory()) return "not-dir" as const
-          if ((st.mode & 0o777) !== 0o700) await fs.chmod(dir, 0o700)
-          return "ok" as const
-        },
-        catch: ioError(dir, "Creating directory")
-      }).pipe(
-        Effect.flatMap((r) =>
-          r === "ok"
-            ? Effect.void
-            : Effect.fail(
-              new StateDirError({
-                kind: "state-dir-symlink",
-                path: dir,
-                message: r === "symlink"
-                  ? `${dir} is a symbolic link; state subdirectories must be real directories owned by this user. Replace the link with the directory it points to, then start again.`
-                  : `${dir} exists but is not a directory. Move it out of the way, then start again.`
-              })
-            )
-        )
-      )
-
-    // The root itself may be a symlink (operators relocate ~/.config); it is created with parents.
-    yield* Effect.tryPromise({
-      try: async () => {
-        await fs.mkdir(absRoot, { recursive: true, mode: 0o700 })
-        const st = await fs.stat(absRoot)
-        if (!st.isDirectory()) throw Object.assign(new Error("not a directory"), { code: "ENOTDIR" })
-        if ((st.mode & 0o777) !== 0o700) await fs.chmod(absRoot, 0o700)
-      },
-      catch: ioError(absRoot, "Creating the state directory")
-    })
+    yield* ensureRoot(absRoot)
 
     const ensureDir = (relative: string) =>
       Effect.gen(function*() {
@@ -113,71 +149,31 @@ export const makeStateDir = (root: string, steps: FsSteps = nodeSteps): Effect.E
         return target
       })
 
-    const parentOf = (file: string) => {
-      const dir = path.dirname(file)
-      const rel = path.relative(absRoot, dir)
-      return rel.startsWith("..") || path.isAbsolute(rel) ? Effect.succeed(dir) : ensureDir(dir)
-    }
-
-    const writeAtomic = (p: string, data: string | Uint8Array, options?: WriteOptions) =>
+    // The parent of a file under the state dir is created (0700) first; one elsewhere must exist.
+    const withParent = <A>(p: string, what: string, f: (file: string) => Promise<A>) =>
       Effect.gen(function*() {
         const file = resolve(p)
-        const dir = yield* parentOf(file)
-        const mode = options?.mode ?? 0o600
-        const temp = path.join(dir, `.${path.basename(file)}.tmp.${process.pid}.${++tempCounter}`)
-        yield* Effect.tryPromise({
-          try: async () => {
-            const handle = await fs.open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, mode)
-            try {
-              await handle.writeFile(data)
-              await handle.chmod(mode)
-              await handle.sync()
-            } finally {
-              await handle.close()
-            }
-            await steps.rename(temp, file)
-            await fsyncDir(dir)
-          },
-          catch: ioError(file, "Writing")
-        }).pipe(Effect.tapError(() => Effect.promise(() => fs.rm(temp, { force: true }).catch(() => undefined))))
+        const dir = path.dirname(file)
+        const rel = path.relative(absRoot, dir)
+        if (!(rel.startsWith("..") || path.isAbsolute(rel))) yield* ensureDir(dir)
+        return yield* io(file, what, () => f(file))
       })
 
-    const read = (p: string) =>
-      Effect.tryPromise({
-        try: async () => {
-          const file = resolve(p)
-          const handle = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: unknown) =>
-            isNotFound(e) ? undefined : Promise.reject(e)
-          )
-          if (handle === undefined) return Option.none<Uint8Array>()
-          try {
-            return Option.some(new Uint8Array(await handle.readFile()))
-          } finally {
-            await handle.close()
-          }
-        },
-        catch: ioError(resolve(p), "Reading")
-      })
+    const writeAtomic = (p: string, data: string | Uint8Array, options?: WriteOptions) =>
+      withParent(p, "Writing", (file) => writeAtomicFile(file, data, options?.mode ?? 0o600, steps.rename))
+    const createExclusive = (p: string, data: string | Uint8Array, options?: WriteOptions) =>
+      withParent(p, "Creating", (file) => createExclusiveFile(file, data, options?.mode ?? 0o600))
+    const append = (p: string, text: string) => withParent(p, "Appending to", (file) => appendDurableFile(file, text))
 
-    const readText = (p: string) => read(p).pipe(Effect.map(Option.map((b) => Buffer.from(b).toString("utf8"))))
-
-    const remove = (p: string) =>
-      Effect.tryPromise({
-        try: async () => {
-          const file = resolve(p)
-          await fs.rm(file, { force: true })
-          await fsyncDir(path.dirname(file))
-        },
-        catch: ioError(resolve(p), "Removing")
-      })
-
-    const exists = (p: string) =>
-      Effect.tryPromise({
-        try: () => fs.lstat(resolve(p)).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e))),
-        catch: ioError(resolve(p), "Checking")
-      })
-
-    return { root: absRoot, resolve, ensureDir, writeAtomic, read, readText, remove, exists } satisfies StateDirShape
+    return {
+      root: absRoot,
+      resolve,
+      ensureDir,
+      writeAtomic,
+      createExclusive,
+      append,
+      ...fileOps(resolve)
+    } satisfies StateDirShape
   })
 
 /** The StateDir at `CARAPACE_STATE_DIR` or the platform default. */

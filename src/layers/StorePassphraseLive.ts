@@ -43,6 +43,7 @@ import {
   type StorePassphraseShape
 } from "../services/StorePassphrase.js"
 import { CRYPTO_FILE, STATE_FILE } from "./CryptoStoreLive.js"
+import { createExclusiveFile, readCappedSync } from "./durableFile.js"
 
 export type PassphraseEnv = Readonly<Record<string, string | undefined>>
 
@@ -71,45 +72,21 @@ const INSTALLATION_ID_RE = /^[0-9a-f]{64}$/
 
 const iidError = (file: string, message: string) => new InstallationIdError({ kind: "installation-id", path: file, message })
 
-let tempCounter = 0
-const tempNameFor = (file: string, infix: string) =>
-  path.join(path.dirname(file), `.${path.basename(file)}.${infix}.tmp.${process.pid}.${++tempCounter}`)
-
-const fsyncDir = (dir: string) => {
-  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
-  try {
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
-
 /** Reads a small regular file without following a final symlink (unless allowed) and without blocking on a FIFO. */
 const readSmallFile = (file: string, max: number, allowSymlink: boolean): { state: "absent" } | { state: "ok"; text: string } | {
   state: "bad"
   problem: string
 } => {
-  let fd: number
   try {
-    const flags = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | (allowSymlink ? 0 : fs.constants.O_NOFOLLOW)
-    fd = fs.openSync(file, flags)
-  } catch (e) {
-    if (codeOf(e) === "ENOENT") return { state: "absent" }
-    if (codeOf(e) === "ELOOP") return { state: "bad", problem: `${file} is a symbolic link; it must be a regular file` }
-    return { state: "bad", problem: `${file} could not be read (${errText(e)})` }
-  }
-  try {
-    const st = fs.fstatSync(fd)
-    if (!st.isFile()) return { state: "bad", problem: `${file} is not a regular file` }
-    if (st.size > max) return { state: "bad", problem: `${file} is ${st.size} bytes; it must be at most ${max} bytes` }
-    const buf = Buffer.alloc(max + 1)
-    const n = fs.readSync(fd, buf, 0, max + 1, 0)
-    if (n > max) return { state: "bad", problem: `${file} is larger than ${max} bytes` }
-    return { state: "ok", text: buf.subarray(0, n).toString("utf8") }
+    const r = readCappedSync(file, max, { followSymlink: allowSymlink })
+    if (r.state !== "refused") return r
+    if (r.reason === "symlink") return { state: "bad", problem: `${file} is a symbolic link; it must be a regular file` }
+    if (r.reason === "not-file") return { state: "bad", problem: `${file} is not a regular file` }
+    return r.size !== undefined
+      ? { state: "bad", problem: `${file} is ${r.size} bytes; it must be at most ${max} bytes` }
+      : { state: "bad", problem: `${file} is larger than ${max} bytes` }
   } catch (e) {
     return { state: "bad", problem: `${file} could not be read (${errText(e)})` }
-  } finally {
-    fs.closeSync(fd)
   }
 }
 
@@ -207,27 +184,9 @@ export const readOrCreateInstallationId = (
       const keyed = dependents()
       if (keyed.length > 0) return yield* installationIdMissing(file, keyed)
       // false: another creator linked first; the next pass reads its value.
-      yield* Effect.try({
-        try: () => {
-          const temp = tempNameFor(file, "iid")
-          const fd = fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
-          try {
-            fs.writeSync(fd, `${crypto.randomBytes(32).toString("hex")}\n`)
-            fs.fsyncSync(fd)
-          } finally {
-            fs.closeSync(fd)
-          }
-          try {
-            fs.linkSync(temp, file)
-            return true
-          } catch (e) {
-            if (codeOf(e) === "EEXIST") return false
-            throw e
-          } finally {
-            fs.rmSync(temp, { force: true })
-            fsyncDir(root)
-          }
-        },
+      // "exists": another creator linked first; the next pass reads its value.
+      yield* Effect.tryPromise({
+        try: () => createExclusiveFile(file, `${crypto.randomBytes(32).toString("hex")}\n`, 0o600),
         catch: (e) =>
           iidError(file, `failed to read or create Matrix installation id at ${file} (${errText(e)}). Check that the state directory is writable by this user.`)
       })

@@ -1,5 +1,6 @@
 import { Effect, Layer } from "effect"
 import { AgentRuntimeLive } from "../layers/AgentLive.js"
+import { AuditLive } from "../layers/AuditLive.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { ControlHttpFromConfig, GatewayServicesLive } from "../layers/ControlHttpLive.js"
 import { UnhandledRejectionsLogged } from "../layers/ProcessGuards.js"
@@ -22,7 +23,7 @@ const MatrixLive = MatrixSyncLive().pipe(Layer.provide(RecoveryKeyLive), Layer.p
 const GatewayLive = ControlHttpFromConfig.pipe(Layer.provide(MatrixLive), Layer.provide(DlqDaemonLive), Layer.provide(VerificationLive))
 
 // GatewayServicesLive: ChannelStatus, EventBus, Metrics, shared by the gateway and the channels.
-const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive).pipe(Layer.provideMerge(StateDirLive))
+const InfrastructureLive = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive, AuditLive).pipe(Layer.provideMerge(StateDirLive))
 
 /**
  * The daemon: every feature layer launched together over the infrastructure layers. It runs until

@@ -8,7 +8,6 @@ import * as path from "node:path"
 import { Effect, Option, Redacted } from "effect"
 import { CryptoStoreError } from "../domain/cryptoStore.js"
 import { type Candidate, nextStep, type Observed, type RefusalReason, type Step } from "../domain/rekeyMachine.js"
-import { auditLine } from "../domain/redact.js"
 import {
   AUDIT_FILE,
   EncryptedStateIoError,
@@ -22,6 +21,7 @@ import {
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
 import { CRYPTO_FILE, MATRIX_DIR, STATE_FILE } from "../layers/CryptoStoreLive.js"
+import { makeAudit } from "../layers/AuditLive.js"
 import { dlqKeyedStore } from "../layers/DlqLive.js"
 import { SqliteFile } from "../layers/durable-idb/sqliteFile.js"
 import { configPasswordOf, deriveStorePassphrase, type PassphraseEnv, readPassphraseFile } from "../layers/StorePassphraseLive.js"
@@ -279,19 +279,9 @@ export const runRekey = (deps: RekeyDeps) =>
 
 /** Appends one `{"ts","event","data"}` line to `{state_dir}/audit.jsonl` (0600) and fsyncs it. */
 export const appendAudit = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
-  Effect.try({
-    try: () => {
-      const file = stateDir.resolve(AUDIT_FILE)
-      const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600)
-      try {
-        fs.writeSync(fd, auditLine(event, data))
-        fs.fsyncSync(fd)
-      } finally {
-        fs.closeSync(fd)
-      }
-    },
-    catch: (e) => stateIo(stateDir.resolve(AUDIT_FILE), `Writing the audit log failed (${e instanceof Error ? e.message : String(e)}). Check the state directory.`)
-  })
+  makeAudit(stateDir).append(event, data).pipe(
+    Effect.mapError((e) => stateIo(stateDir.resolve(AUDIT_FILE), `Writing the audit log failed (${e.message}). Check the state directory.`))
+  )
 
 // ---------------------------------------------------------------------------------------------------------
 // The program

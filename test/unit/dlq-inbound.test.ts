@@ -8,6 +8,7 @@ import { Effect, Layer, Option } from "effect"
 import { decodeLine, dlqKeyFromBytes, recordId } from "../../src/domain/dlq.js"
 import type { InboundEvent } from "../../src/domain/matrix.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
+import { AuditLive } from "../../src/layers/AuditLive.js"
 import { makeDlq } from "../../src/layers/DlqLive.js"
 import { makeInbound, openLedger } from "../../src/layers/InboundLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
@@ -69,7 +70,7 @@ const setup = (root: string) =>
   })
 
 const layerAt = (root: string) => {
-  const infra = MetricsLive.pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
+  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
   return Layer.effect(Dlq, makeDlq({ key: Effect.succeed(Option.some(KEY)) })).pipe(Layer.provideMerge(infra))
 }
 

@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Option, Redacted, Scope, TestClock } from "effect"
 import { decodeLine, deriveDlqKey, dlqKeyFromBytes, type DlqKey, type DlqRecord, DlqError, encodeLine, recordId } from "../../src/domain/dlq.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
+import { AuditLive } from "../../src/layers/AuditLive.js"
 import { dlqKeyedStore, makeDlq } from "../../src/layers/DlqLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
@@ -32,7 +33,7 @@ const rec = (n: number, sender = "@alice:example.org"): DlqRecord => ({
 const V1 = dlqKeyFromBytes(crypto.createHash("sha256").update("legacy-key").digest())
 
 const layerAt = (root: string, key: Option.Option<DlqKey> | "fail" = Option.some(KEY), policy: "accept" | "refuse" = "accept") => {
-  const infra = Layer.mergeAll(MetricsLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
+  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
   const keySource = key === "fail"
     ? Effect.fail(new DlqError({ kind: "dlq-crypto", message: "no store secret" }))
     : Effect.succeed(key)

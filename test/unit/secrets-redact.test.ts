@@ -17,7 +17,7 @@ import {
   registerSecret
 } from "../../src/domain/redact.js"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
-import { appendAuditLine } from "../../src/layers/DlqLive.js"
+import { makeAudit } from "../../src/layers/AuditLive.js"
 import { fileAudit } from "../../src/layers/RecoveryKeyLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { appendAudit } from "../../src/programs/rekeyStore.js"
@@ -138,7 +138,7 @@ describe("every audit writer passes the redactor", () => {
     await Effect.runPromise(
       Effect.gen(function*() {
         const sd = yield* StateDir
-        yield* appendAuditLine(sd, "dlq_event", data)
+        yield* makeAudit(sd).append("dlq_event", data)
         yield* appendAudit(sd, "rekey_event", data)
         yield* fileAudit(sd)("recovery_event", { ...data, key: RECOVERY_KEY })
       }).pipe(Effect.provide(StateDirAt(dir)))

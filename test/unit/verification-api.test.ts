@@ -12,6 +12,7 @@ import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
 import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
+import { AuditLive } from "../../src/layers/AuditLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { VerificationLive } from "../../src/layers/VerificationLive.js"
 import type { ChannelStatus } from "../../src/services/ChannelStatus.js"
@@ -28,7 +29,7 @@ const ALICE = "@alice:example.org"
 
 const dir = tmpDir("cara-verif-api-")
 
-const base = Layer.mergeAll(EventBus.Live, MetricsLive, StateDirAt(dir)).pipe(Layer.provideMerge(ChannelStatusWithMatrix))
+const base = Layer.mergeAll(EventBus.Live, MetricsLive, AuditLive.pipe(Layer.provideMerge(StateDirAt(dir)))).pipe(Layer.provideMerge(ChannelStatusWithMatrix))
 // the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix
 const serverWith = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
   ControlHttpApp.pipe(
