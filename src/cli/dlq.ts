@@ -1,10 +1,7 @@
 import * as readline from "node:readline"
-import * as Args from "@effect/cli/Args"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
 
 /** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -12,9 +9,11 @@ export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError"
   message: Schema.String
 }) {}
 
-const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
-const allOption = Options.boolean("all").pipe(Options.withDescription("every record in the DLQ"))
-const idArg = Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`"), Args.optional)
+interface Target {
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly json: boolean
+}
 
 const client = (host: Option.Option<string>, port: Option.Option<number>) =>
   Effect.flatMap(resolveTarget({ host, port }), gatewayClient)
@@ -62,23 +61,16 @@ const selection = (id: Option.Option<string>, all: boolean) =>
     ? Effect.succeed({ all: true } as { id?: string; all?: boolean })
     : Effect.fail(new DlqCliError({ kind: "invalid-arguments", message: "give either a record id or --all (not both)" }))
 
-const listCommand = Command.make("list", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix dlq list`. */
+export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const api = yield* client(host, port)
     const r = yield* api.dlq.list().pipe(Effect.mapError(callFailed))
     yield* Console.log(json ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2) : renderList(r.records, r.undecodable))
-  })).pipe(Command.withDescription("List the records in the inbound DLQ (metadata only, never message bodies)."))
+  })
 
-const showCommand = Command.make(
-  "show",
-  {
-    host: hostOption,
-    port: portOption,
-    json: jsonOption,
-    id: Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`")),
-    reveal: Options.boolean("reveal").pipe(Options.withDescription("also print the message body (only to a terminal)"))
-  },
-  ({ host, id, json, port, reveal }) =>
+/** `cara matrix dlq show <id> [--reveal]`. */
+export const show = ({ host, id, json, port, reveal }: Target & { readonly id: string; readonly reveal: boolean }) =>
     Effect.gen(function*() {
       // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
       if (reveal && process.stdout.isTTY !== true) {
@@ -91,12 +83,9 @@ const showCommand = Command.make(
       const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(Effect.mapError(callFailed))
       yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
     })
-).pipe(Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal."))
 
-const replayCommand = Command.make(
-  "replay",
-  { host: hostOption, port: portOption, json: jsonOption, id: idArg, all: allOption },
-  ({ all, host, id, json, port }) =>
+/** `cara matrix dlq replay <id> | --all`. */
+export const replay = ({ all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }) =>
     Effect.gen(function*() {
       const payload = yield* selection(id, all)
       const api = yield* client(host, port)
@@ -109,7 +98,6 @@ const replayCommand = Command.make(
       )
       if (p.failed > 0) process.exitCode = 1
     })
-).pipe(Command.withDescription("Replay one DLQ record now (or --all), answering each event at most once."))
 
 /** Reads one line from stdin after printing `prompt` on stderr. */
 const askLine = (prompt: string) =>
@@ -128,17 +116,10 @@ const askLine = (prompt: string) =>
     return Effect.sync(() => rl.close())
   })
 
-const purgeCommand = Command.make(
-  "purge",
-  {
-    host: hostOption,
-    port: portOption,
-    json: jsonOption,
-    id: idArg,
-    all: allOption,
-    yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
-  },
-  ({ all, host, id, json, port, yes }) =>
+/** `cara matrix dlq purge <id> | --all [--yes]`. */
+export const purge = (
+  { all, host, id, json, port, yes }: Target & { readonly id: Option.Option<string>; readonly all: boolean; readonly yes: boolean }
+) =>
     Effect.gen(function*() {
       const payload = yield* selection(id, all)
       if (!yes) {
@@ -157,10 +138,3 @@ const purgeCommand = Command.make(
       const r = yield* api.dlq.purge({ payload }).pipe(Effect.mapError(callFailed))
       yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
     })
-).pipe(Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts."))
-
-/** `cara matrix dlq ...` through the control API of the running daemon. */
-export const dlqCommand = Command.make("dlq").pipe(
-  Command.withDescription("Inspect, replay and purge the Matrix inbound dead-letter queue of the running daemon."),
-  Command.withSubcommands([listCommand, showCommand, replayCommand, purgeCommand])
-)

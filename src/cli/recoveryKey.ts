@@ -1,6 +1,4 @@
 import * as fs from "node:fs"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import * as Prompt from "@effect/cli/Prompt"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { MAX_KEY_BYTES, recoveryError } from "../domain/recoveryKey.js"
@@ -39,28 +37,16 @@ const readCappedFd = (fd: number): Uint8Array => {
   return buf.subarray(0, n)
 }
 
-const showCommand = Command.make(
-  "show",
-  {
-    allowNonTerminal: Options.boolean("allow-non-terminal").pipe(
-      Options.withDescription("print even when stdout is not a terminal (intentional capture only)")
-    )
-  },
-  ({ allowNonTerminal }) =>
+/** `cara matrix recovery-key show`. */
+export const show = ({ allowNonTerminal }: { readonly allowNonTerminal: boolean }) =>
     Effect.gen(function*() {
       const { showKey } = yield* load
       const key = yield* showKey({ allowNonTerminal, stdoutIsTty: process.stdout.isTTY === true })
       yield* Effect.sync(() => process.stdout.write(`${Redacted.value(key)}\n`))
     }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("Print the Matrix recovery key (only to a terminal unless --allow-non-terminal)."))
 
-const restoreCommand = Command.make(
-  "restore",
-  {
-    keyFile: Options.file("key-file").pipe(Options.optional, Options.withDescription("read the key from this file (at most 4096 bytes)")),
-    stdin: Options.boolean("stdin").pipe(Options.withDescription("read the key from standard input"))
-  },
-  ({ keyFile, stdin }) =>
+/** `cara matrix recovery-key restore`. */
+export const restore = ({ keyFile, stdin }: { readonly keyFile: Option.Option<string>; readonly stdin: boolean }) =>
     Effect.gen(function*() {
       const { parseKeyInput, renderRestore, restoreKey } = yield* load
       if (stdin && Option.isSome(keyFile)) {
@@ -89,12 +75,9 @@ const restoreCommand = Command.make(
       const result = yield* restoreKey(readKey)
       yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
     }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("With the daemon stopped: store a saved recovery key for the next start (--key-file PATH, --stdin, or a hidden prompt)."))
 
-const rotateCommand = Command.make(
-  "rotate",
-  { yes: Options.boolean("yes").pipe(Options.withDescription("confirm without the interactive prompt")) },
-  ({ yes }) =>
+/** `cara matrix recovery-key rotate`. */
+export const rotate = ({ yes }: { readonly yes: boolean }) =>
     Effect.gen(function*() {
       if (!yes) {
         if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) {
@@ -118,10 +101,3 @@ const rotateCommand = Command.make(
       // durable, so end the one-shot process instead of waiting for them
       yield* Effect.sync(() => setImmediate(() => process.exit(0)))
     }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("With the daemon stopped: replace the recovery key (new secret-storage key and backup); the old key is abandoned."))
-
-/** `cara matrix recovery-key show|restore|rotate`. */
-export const recoveryKeyCommand = Command.make("recovery-key").pipe(
-  Command.withDescription("Show, restore or rotate the Matrix recovery key (CLI only; never through the control API)."),
-  Command.withSubcommands([showCommand, restoreCommand, rotateCommand])
-)

@@ -1,13 +1,10 @@
 import * as readline from "node:readline"
-import * as Args from "@effect/cli/Args"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 import { appendAuditLine } from "../layers/DlqLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
 
 /** A refused or failed `cara matrix` verification command, with the daemon's kind (or ours) and a hint. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
@@ -15,8 +12,11 @@ export class VerificationCliError extends Schema.TaggedError<VerificationCliErro
   message: Schema.String
 }) {}
 
-const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
-const flowArg = Args.text({ name: "flow-id" }).pipe(Args.withDescription("a flow id from `cara matrix verifications`"))
+interface Target {
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly json: boolean
+}
 
 const target = (host: Option.Option<string>, port: Option.Option<number>) => resolveTarget({ host, port })
 
@@ -99,16 +99,18 @@ const ask = (question: string) =>
 
 // ---------------------------------------------------------------------------------------------------------
 
-const listCommand = Command.make("verifications", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix verifications`. */
+export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const api = yield* Effect.flatMap(target(host, port), gatewayClient)
     const r = yield* api.verification.list().pipe(Effect.mapError(callFailed))
     yield* Console.log(json ? safeJson({ ok: true, verifications: r.verifications }) : renderFlows(r.verifications))
-  })).pipe(Command.withDescription("List Matrix SAS verification flows (with the emoji and decimals once captured)."))
+  })
 
 const printFlow = (json: boolean, f: VerificationFlow) => Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
 
-const acceptCommand = Command.make("accept", { flowId: flowArg, host: hostOption, port: portOption, json: jsonOption }, ({ flowId, host, json, port }) =>
+/** `cara matrix accept <flow-id>`. */
+export const accept = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
     const api = yield* Effect.flatMap(target(host, port), gatewayClient)
@@ -117,30 +119,26 @@ const acceptCommand = Command.make("accept", { flowId: flowArg, host: hostOption
     if (!json && r.verification.sas === undefined) {
       yield* Console.log("Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device.")
     }
-  })).pipe(Command.withDescription("Accept a verification request; the bot starts SAS once the peer is ready."))
+  })
 
-const cancelCommand = Command.make("cancel", { flowId: flowArg, host: hostOption, port: portOption, json: jsonOption }, ({ flowId, host, json, port }) =>
+/** `cara matrix cancel <flow-id>`. */
+export const cancel = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
     const api = yield* Effect.flatMap(target(host, port), gatewayClient)
     const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(Effect.mapError(callFailed))
     yield* printFlow(json, r.verification)
-  })).pipe(Command.withDescription("Cancel a verification flow (on the peer too)."))
+  })
 
-const confirmCommand = Command.make(
-  "confirm",
-  {
-    flowId: flowArg,
-    match: Options.boolean("match").pipe(Options.withDescription("the SAS values are the same on both devices")),
-    noMatch: Options.boolean("no-match").pipe(Options.withDescription("the SAS values differ: reject (cancels with m.mismatched_sas)")),
-    skip: Options.boolean("unsafe-skip-sas-prompt").pipe(
-      Options.withDescription("do not show the SAS and ask for `yes` (for automation; written to the audit log)")
-    ),
-    host: hostOption,
-    port: portOption,
-    json: jsonOption
-  },
-  ({ flowId, host, json, match, noMatch, port, skip }) =>
+/** `cara matrix confirm <flow-id> --match | --no-match`. */
+export const confirm = (
+  { flowId, host, json, match, noMatch, port, skip }: Target & {
+    readonly flowId: string
+    readonly match: boolean
+    readonly noMatch: boolean
+    readonly skip: boolean
+  }
+) =>
     Effect.gen(function*() {
       if (match === noMatch) {
         return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
@@ -188,18 +186,9 @@ const confirmCommand = Command.make(
       const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(Effect.mapError(callFailed))
       yield* printFlow(json, r.verification)
     }).pipe(Effect.provide(StateDirLive))
-).pipe(Command.withDescription("Confirm (--match) or reject (--no-match) the SAS of a flow after comparing it with the other device."))
 
-const verifyCommand = Command.make(
-  "verify",
-  {
-    user: Args.text({ name: "user" }).pipe(Args.withDescription("the Matrix user id, e.g. @alice:example.org")),
-    device: Args.text({ name: "device" }).pipe(Args.withDescription("one of their device ids (omit to verify the user in a DM)"), Args.optional),
-    host: hostOption,
-    port: portOption,
-    json: jsonOption
-  },
-  ({ device, host, json, port, user }) =>
+/** `cara matrix verify <user> [device]`. */
+export const verify = ({ device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }) =>
     Effect.gen(function*() {
       if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
       const api = yield* Effect.flatMap(target(host, port), gatewayClient)
@@ -209,7 +198,6 @@ const verifyCommand = Command.make(
       yield* printFlow(json, r.verification)
       if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
     })
-).pipe(Command.withDescription("Start a verification from the bot's side (a device, or the user in a DM room)."))
 
 export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
   devices.length === 0
@@ -220,12 +208,10 @@ export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
       )
       .join("\n")
 
-const devicesCommand = Command.make("devices", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix devices`. */
+export const devices = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const api = yield* Effect.flatMap(target(host, port), gatewayClient)
     const r = yield* api.verification.devices().pipe(Effect.mapError(callFailed))
     yield* Console.log(json ? safeJson({ ok: true, devices: r.devices }) : renderDevices(r.devices))
-  })).pipe(Command.withDescription("List the bot account's own devices and whether each is verified."))
-
-/** The `cara matrix` subcommands of SAS verification. */
-export const verificationCommands = [listCommand, acceptCommand, confirmCommand, cancelCommand, verifyCommand, devicesCommand] as const
+  })

@@ -952,6 +952,12 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
         yield* writeBack((raw) => sealedEdit(raw, at, plaintext, password))
       }).pipe(Effect.withSpan("ConfigSecrets.setSealedSecret"))
 
+    // the same write-back (validation, downgrade and conflict checks) for a plain value
+    const setValue = (at: string, value: unknown) =>
+      isSecretPath(at)
+        ? Effect.fail(writeError("config-write-refused", file, `${at} is a secret path; it is written sealed (setSealedSecret)`))
+        : writeBack(() => Effect.succeed([{ op: "set", path: at.split("."), value }]))
+
     return {
       path: initial.path,
       config: initial.config,
@@ -960,7 +966,8 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
       secretOption,
       setMatrixAccessToken,
       removeMatrixPassword,
-      setSealedSecret
+      setSealedSecret,
+      setValue
     } satisfies ConfigSecretsShape
   }).pipe(Effect.annotateLogs({ service: "ConfigSecrets" }))
 

@@ -5,7 +5,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import JSON5 from "json5"
 import { open, seal } from "../../src/domain/secrets.js"
-import { checkConfig, newPasswordSource, rekeyConfig, renderCheck } from "../../src/cli/config.js"
+import { newPasswordSource } from "../../src/cli/config.js"
+import { checkConfig, renderCheck } from "../../src/programs/configCheck.js"
+import { rekeyConfig } from "../../src/programs/configRekey.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 
 const tempDir = () => Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cara-cli-")))

@@ -1,0 +1,312 @@
+// `cara verify`: the set-up checked end to end against the running daemon (reference §10.1), one check at a
+// time; the first failure stops the run. The CLI prints the lines (src/cli/verify.ts).
+import { Duration, Effect, Either, Layer, Option } from "effect"
+import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
+import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
+import { StateDirLive } from "../layers/StateDirLive.js"
+import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
+import { StorePassphrase } from "../services/StorePassphrase.js"
+import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "../cli/client.js"
+
+export type CheckStatus = "PASS" | "FAIL" | "SKIP"
+
+export interface CheckResult {
+  readonly status: CheckStatus
+  readonly name: string
+  readonly detail: string
+  readonly nextStep?: string
+}
+
+/** One next step per `lastErrorKind` (reference §12.2); unknown kinds fall back to the daemon log. */
+const DEFAULT_NEXT = "inspect the daemon log (and GET /control/channels) for the cause, fix it and restart the daemon"
+
+export const REMEDIATION: Readonly<Record<string, string>> = {
+  "startup-failed": "inspect the daemon log for the startup error, fix it and restart the daemon",
+  "interrupted-rekey": "stop the daemon, then re-run `cara matrix rekey-store --new` (idempotent); do not delete the marker or pending files",
+  "encrypted-store-passphrase-mismatch": "set the CARAPACE_CONFIG_PASSWORD (or MATRIX_STORE_PASSPHRASE) the store was created with, or finish an interrupted rekey, then restart",
+  "missing-store-secret": "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in the daemon environment and restart",
+  "store-key-derivation": "check CARAPACE_CONFIG_PASSWORD and the installation_id file in the state directory, then restart",
+  "installation-id": "make the state directory writable (or restore installation_id) and restart",
+  "client-build": "check ownership and permissions of the Matrix state directory and store, then restart",
+  "encrypted-state-io": "check ownership, permissions and free space of the Matrix state directory, then restart",
+  "clock": "fix the system clock (enable NTP) and restart",
+  "auth": "check matrix.password / matrix.accessToken, then restart the daemon",
+  "auth-probe": "transient homeserver problem: wait a few seconds and rerun",
+  "auth-token-revoked": "mint a new access token (or fix the password), update matrix.accessToken and matrix.deviceId, then restart",
+  "auth-session-user-mismatch": "the access token belongs to another user: check matrix.userId or rotate the token",
+  "auth-session-device-mismatch": "the access token belongs to another device: check matrix.deviceId",
+  "auth-session-missing-device-id": "the homeserver did not report a device id: log in with the password again",
+  "token-persistence": "set CARAPACE_CONFIG_PASSWORD in the daemon environment so the access token can be sealed, then restart",
+  "recovery-key-restore-failed": "verify the recovery key in Element, run `cara matrix recovery-key restore`, then restart",
+  "cross-signing-bootstrap-failed": "provide matrix.password once so cross-signing can bootstrap, then restart",
+  "sync-failed": "check homeserver reachability (DNS, network, TLS) from this host",
+  "sync-loop-give-up": "investigate homeserver reachability and account state; the daemon keeps retrying and recovers by itself",
+  "not-connected": "the Matrix runtime is still connecting or stopped: check the daemon log and rerun"
+}
+
+
+export const renderCheck = (c: CheckResult): string =>
+  `[${c.status}] ${c.name}: ${c.detail}` + (c.nextStep !== undefined ? `\n      next step: ${c.nextStep}` : "")
+
+/** The docs section on this command (a heading in docs/channels.md; a unit test keeps the anchor alive). */
+export const HELP_ANCHOR = "checking-the-set-up-cara-verify"
+export const HELP_PATH = `Next help path: docs/channels.md#${HELP_ANCHOR}`
+
+/** Next steps of the encrypted-store check: the CLI resolves the key as the daemon does, in this shell. */
+const STORE_NEXT: Readonly<Record<string, string>> = {
+  "interrupted-rekey": "stop any running daemon, then re-run `cara matrix rekey-store --new` (idempotent) and rerun `cara verify --outcome matrix`",
+  "config-invalid": "run `cara config check` and fix each path it lists, then rerun `cara verify --outcome matrix`",
+  "missing-store-secret":
+    "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in this shell, as the daemon has it, and rerun `cara verify --outcome matrix`"
+}
+
+/**
+ * The encrypted store check (reference §10.1 check 2): resolves the store key in this process, as the daemon
+ * does (it may create `installation_id`); it does not open the store, so a wrong key shows in the runtime check.
+ */
+export const storeCheck: Effect.Effect<CheckResult> = Effect.flatMap(StorePassphrase, (sp) => sp.resolve).pipe(
+  Effect.provide(StorePassphraseLive.pipe(Layer.provideMerge(ConfigSecretsLive), Layer.provideMerge(StateDirLive))),
+  Effect.match({
+    onFailure: (e): CheckResult => {
+      const kind = (e as { kind?: unknown }).kind
+      const k = typeof kind === "string" ? kind : undefined
+      return {
+        status: "FAIL",
+        name: "Matrix encrypted store",
+        detail: `${terminalSafe(e.message)}${k === undefined ? "" : ` [${k}]`}`,
+        nextStep: (k === undefined ? undefined : STORE_NEXT[k] ?? REMEDIATION[k]) ?? DEFAULT_NEXT
+      }
+    },
+    onSuccess: (key): CheckResult => ({
+      status: "PASS",
+      name: "Matrix encrypted store",
+      detail: Option.isSome(key) ? "encrypted Matrix store secret is available" : "matrix.encrypted=false; only unencrypted rooms are supported"
+    })
+  })
+)
+
+/**
+ * The start-up check from the channel's metadata: undefined while the daemon's start-up sequence (cross-signing
+ * bootstrap, then removing `matrix.password` from the config) still runs, so `cara verify` does not pass early.
+ */
+export const startUpCheck = (encrypted: boolean, extra: MatrixChannelExtra | undefined): CheckResult | undefined => {
+  const name = "Matrix start-up"
+  if (!encrypted) return { status: "PASS", name, detail: "matrix.encrypted=false; no cross-signing to bootstrap" }
+  switch (extra?.crossSigning) {
+    case "pending":
+      return undefined
+    case "bootstrapped":
+    case "verified":
+      return { status: "PASS", name, detail: `start-up sequence finished; cross-signing ${extra.crossSigning}` }
+    case "not-bootstrapped":
+      return { status: "FAIL", name, detail: "cross-signing is not bootstrapped", nextStep: REMEDIATION["cross-signing-bootstrap-failed"]! }
+    case "unknown":
+      return { status: "PASS", name, detail: "start-up sequence finished; cross-signing state unknown" }
+    case undefined:
+      return { status: "SKIP", name, detail: "the daemon does not report its start-up state", nextStep: "upgrade the daemon to the version of this CLI" }
+  }
+}
+
+/** The closing lines and the exit verdict (reference §10.1). */
+export const summarize = (checks: ReadonlyArray<CheckResult>): { readonly text: string; readonly ok: boolean } => {
+  const failed = checks.some((c) => c.status === "FAIL")
+  const passed = checks.some((c) => c.status === "PASS")
+  const skipped = checks.some((c) => c.status === "SKIP")
+  if (failed) {
+    return { ok: false, text: `${HELP_PATH}\n${passed ? "outcome verification failed" : "outcome verification incomplete (no checks passed)"}` }
+  }
+  return { ok: true, text: skipped ? "Outcome verification passed with skipped checks." : "Outcome verification passed." }
+}
+
+const sanitizeRoom = (room: string) => terminalSafe(room).slice(0, 120)
+
+export interface VerifyOptions {
+  readonly port: Option.Option<number>
+  readonly matrixTo: Option.Option<string>
+  /** How long to wait for the matrix channel to become connected. */
+  readonly waitSeconds: number
+  /** Prints one line as soon as it is known (checks take up to `waitSeconds`). */
+  readonly emit: (line: string) => Effect.Effect<void>
+}
+
+/** Runs the checks in order; the first failure stops the run. Returns the results (all emitted already). */
+export const runVerify = (options: VerifyOptions) =>
+  Effect.gen(function*() {
+    // Reference: `cara verify` always targets the local gateway.
+    const target = yield* resolveTarget({ host: Option.some("127.0.0.1"), port: options.port })
+    const checks: Array<CheckResult> = []
+    const record = (c: CheckResult) => Effect.as(options.emit(renderCheck(c)), checks.push(c))
+
+    yield* options.emit(["", "Outcome verification summary", "----------------------------", "Outcome: matrix", `Gateway port: ${target.port}`, ""].join("\n"))
+
+    // 1. Matrix configuration (in this process, from the same config file the daemon reads).
+    const matrix = Option.flatMap(target.config, (c) => Option.fromNullable(c.matrix))
+    if (Option.isNone(matrix)) {
+      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix config is missing", nextStep: "add a matrix section (see `cara config check`) and rerun `cara verify --outcome matrix`" })
+      return checks
+    }
+    if (!matrix.value.enabled) {
+      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix.enabled is false", nextStep: "enable matrix.enabled and rerun `cara verify --outcome matrix`" })
+      return checks
+    }
+    if (matrix.value.userId === undefined) {
+      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix.userId is not set", nextStep: "fix matrix config (`cara config check`) and rerun `cara verify --outcome matrix`" })
+      return checks
+    }
+    yield* record({ status: "PASS", name: "Matrix configuration", detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` })
+
+    // 2. The encrypted store's key, resolved in this process.
+    const store = yield* storeCheck
+    yield* record(store)
+    if (store.status === "FAIL") return checks
+
+    // 3. Gateway reachability.
+    const client = yield* gatewayClient(target)
+    const health = yield* client.health.health().pipe(Effect.timeout("2 seconds"), Effect.either)
+    if (Either.isLeft(health)) {
+      yield* record({
+        status: "FAIL",
+        name: "Gateway reachability",
+        detail: `gateway not reachable at 127.0.0.1:${target.port} (${describeClientError(health.left).message})`,
+        nextStep: `start the daemon (\`cara\`, gateway.port ${target.port}) and retry`
+      })
+      return checks
+    }
+    yield* record({ status: "PASS", name: "Gateway reachability", detail: `service is reachable at 127.0.0.1:${target.port}` })
+
+    // 4. Matrix runtime registration: poll until the matrix channel is connected, fail fast on `error`.
+    if (Option.isNone(target.token)) {
+      yield* record({
+        status: "FAIL",
+        name: "Matrix runtime registration",
+        detail: "no gateway credential to read channel status",
+        nextStep: "export CARAPACE_GATEWAY_TOKEN with the daemon's gateway.auth.token and rerun"
+      })
+      return checks
+    }
+    const refused = (name: string, e: unknown): CheckResult => {
+      const d = describeClientError(e)
+      const auth = d.kind === "unauthorized" || d.kind === "token-in-query"
+      return {
+        status: "FAIL",
+        name,
+        detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
+        nextStep: auth
+          ? "set CARAPACE_GATEWAY_TOKEN to the daemon's gateway.auth.token (gateway auth credentials) and rerun"
+          : DEFAULT_NEXT
+      }
+    }
+    const channelError = (name: string, m: ChannelInfo): CheckResult => {
+      const kind = m.extra?.lastErrorKind
+      return {
+        status: "FAIL",
+        name,
+        detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
+        nextStep: (kind !== undefined ? REMEDIATION[kind] : undefined) ?? DEFAULT_NEXT
+      }
+    }
+    const matrixChannel = client.control.channels().pipe(
+      Effect.timeout("10 seconds"),
+      Effect.map((r) => r.channels.find((c) => c.id === "matrix")),
+      Effect.either
+    )
+    let last = "matrix channel not registered"
+    let outcome: CheckResult | undefined
+    const deadline = Date.now() + options.waitSeconds * 1000
+    while (outcome === undefined) {
+      const channel = yield* matrixChannel
+      if (Either.isLeft(channel)) {
+        outcome = refused("Matrix runtime registration", channel.left)
+        break
+      }
+      const m = channel.right
+      if (m?.status === "connected") {
+        outcome = { status: "PASS", name: "Matrix runtime registration", detail: "matrix channel is connected" }
+      } else if (m?.status === "error") {
+        outcome = channelError("Matrix runtime registration", m)
+      } else {
+        if (m !== undefined) last = `matrix channel status \`${m.status}\``
+        if (Date.now() >= deadline) {
+          outcome = {
+            status: "FAIL",
+            name: "Matrix runtime registration",
+            detail: `matrix channel did not become connected within ${options.waitSeconds} seconds; last observation: ${last}`,
+            nextStep: "check matrix.enabled and the daemon log, then rerun"
+          }
+        } else {
+          yield* Effect.sleep(Duration.seconds(1))
+        }
+      }
+    }
+    yield* record(outcome)
+    if (outcome.status === "FAIL") return checks
+
+    // 5. The start-up sequence: `connected` comes before the first sync, the cross-signing bootstrap and the
+    // removal of matrix.password from the config; the set-up is not verified until those are done.
+    const encrypted = matrix.value.encrypted
+    let startUp: CheckResult | undefined
+    let announced = false
+    const startDeadline = Date.now() + options.waitSeconds * 1000
+    while (startUp === undefined) {
+      const channel = yield* matrixChannel
+      if (Either.isLeft(channel)) {
+        startUp = refused("Matrix start-up", channel.left)
+      } else if (channel.right?.status === "error") {
+        startUp = channelError("Matrix start-up", channel.right)
+      } else {
+        startUp = startUpCheck(encrypted, channel.right?.extra)
+        if (startUp === undefined) {
+          if (Date.now() >= startDeadline) {
+            startUp = {
+              status: "FAIL",
+              name: "Matrix start-up",
+              detail: `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
+              nextStep: "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
+            }
+          } else {
+            if (!announced) yield* options.emit("first-start: bootstrapping cross-signing…")
+            announced = true
+            yield* Effect.sleep(Duration.millis(500))
+          }
+        }
+      }
+    }
+    yield* record(startUp)
+    if (startUp.status === "FAIL") return checks
+
+    // 6. The verification API (SAS flows are run through it).
+    const flows = yield* client.verification.list().pipe(Effect.timeout("10 seconds"), Effect.either)
+    const api: CheckResult = Either.isLeft(flows)
+      ? refused("Matrix verification API", flows.left)
+      : { status: "PASS", name: "Matrix verification API", detail: "daemon verification endpoint is reachable" }
+    yield* record(api)
+    if (api.status === "FAIL") return checks
+
+    // 7. Matrix send path.
+    if (Option.isNone(options.matrixTo)) {
+      yield* record({
+        status: "SKIP",
+        name: "Matrix send path",
+        detail: "Matrix room id not provided; send-path test skipped",
+        nextStep: "rerun with `--matrix-to <room_id>` to verify end-to-end Matrix delivery"
+      })
+      return checks
+    }
+    const room = options.matrixTo.value
+    yield* options.emit(`Sending verification ping to Matrix room ${sanitizeRoom(room)}...`)
+    const sent = yield* client.matrix.sendTest({ payload: { roomId: room, text: "Carapace Matrix verification ping" } }).pipe(
+      Effect.timeout("60 seconds"),
+      Effect.either
+    )
+    const sendNext = "confirm the room id, bot membership, encryption support, and homeserver connectivity"
+    if (Either.isLeft(sent)) {
+      const d = describeClientError(sent.left)
+      yield* record({ status: "FAIL", name: "Matrix send path", detail: `${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep: sendNext })
+    } else if (sent.right.delivery.outcome === "sent") {
+      yield* record({ status: "PASS", name: "Matrix send path", detail: `test message delivery succeeded (${terminalSafe(sent.right.delivery.messageId)})` })
+    } else {
+      const d = sent.right.delivery
+      yield* record({ status: "FAIL", name: "Matrix send path", detail: `${terminalSafe(d.error)}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep: sendNext })
+    }
+    return checks
+  })
