@@ -7,6 +7,7 @@ import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 import { StorePassphrase } from "../services/StorePassphrase.js"
 import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "../cli/client.js"
+import { REMEDIATION, remediationFor } from "../domain/remediation.js"
 
 export type CheckStatus = "PASS" | "FAIL" | "SKIP"
 
@@ -17,33 +18,16 @@ export interface CheckResult {
   readonly nextStep?: string
 }
 
-/** One next step per `lastErrorKind` (reference §12.2); unknown kinds fall back to the daemon log. */
+/** The next step when the table has none for a kind (or the message already said it). */
 const DEFAULT_NEXT = "inspect the daemon log (and GET /control/channels) for the cause, fix it and restart the daemon"
+const RERUN = "rerun `cara verify --outcome matrix`"
 
-export const REMEDIATION: Readonly<Record<string, string>> = {
-  "startup-failed": "inspect the daemon log for the startup error, fix it and restart the daemon",
-  "interrupted-rekey": "stop the daemon, then re-run `cara matrix rekey-store --new` (idempotent); do not delete the marker or pending files",
-  "encrypted-store-passphrase-mismatch": "set the CARAPACE_CONFIG_PASSWORD (or MATRIX_STORE_PASSPHRASE) the store was created with, or finish an interrupted rekey, then restart",
-  "missing-store-secret": "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in the daemon environment and restart",
-  "store-key-derivation": "check CARAPACE_CONFIG_PASSWORD and the installation_id file in the state directory, then restart",
-  "installation-id": "make the state directory writable (or restore installation_id) and restart",
-  "client-build": "check ownership and permissions of the Matrix state directory and store, then restart",
-  "encrypted-state-io": "check ownership, permissions and free space of the Matrix state directory, then restart",
-  "clock": "fix the system clock (enable NTP) and restart",
-  "auth": "check matrix.password / matrix.accessToken, then restart the daemon",
-  "auth-probe": "transient homeserver problem: wait a few seconds and rerun",
-  "auth-token-revoked": "mint a new access token (or fix the password), update matrix.accessToken and matrix.deviceId, then restart",
-  "auth-session-user-mismatch": "the access token belongs to another user: check matrix.userId or rotate the token",
-  "auth-session-device-mismatch": "the access token belongs to another device: check matrix.deviceId",
-  "auth-session-missing-device-id": "the homeserver did not report a device id: log in with the password again",
-  "token-persistence": "set CARAPACE_CONFIG_PASSWORD in the daemon environment so the access token can be sealed, then restart",
-  "recovery-key-restore-failed": "verify the recovery key in Element, run `cara matrix recovery-key restore`, then restart",
-  "cross-signing-bootstrap-failed": "provide matrix.password once so cross-signing can bootstrap, then restart",
-  "sync-failed": "check homeserver reachability (DNS, network, TLS) from this host",
-  "sync-loop-give-up": "investigate homeserver reachability and account state; the daemon keeps retrying and recovers by itself",
-  "not-connected": "the Matrix runtime is still connecting or stopped: check the daemon log and rerun"
+/** The table's advice for `kind` (src/domain/remediation.ts), unless `said` carries it already. */
+const nextFor = (kind: string | undefined, said: string, rerun = false): string => {
+  const advice = remediationFor(kind, said)
+  if (advice === undefined) return kind !== undefined && Object.hasOwn(REMEDIATION, kind) ? `do what the message says, then ${RERUN}` : DEFAULT_NEXT
+  return rerun ? `${advice}, then ${RERUN}` : advice
 }
-
 
 export const renderCheck = (c: CheckResult): string =>
   `[${c.status}] ${c.name}: ${c.detail}` + (c.nextStep !== undefined ? `\n      next step: ${c.nextStep}` : "")
@@ -51,14 +35,6 @@ export const renderCheck = (c: CheckResult): string =>
 /** The docs section on this command (a heading in docs/channels.md; a unit test keeps the anchor alive). */
 export const HELP_ANCHOR = "checking-the-set-up-cara-verify"
 export const HELP_PATH = `Next help path: docs/channels.md#${HELP_ANCHOR}`
-
-/** Next steps of the encrypted-store check: the CLI resolves the key as the daemon does, in this shell. */
-const STORE_NEXT: Readonly<Record<string, string>> = {
-  "interrupted-rekey": "stop any running daemon, then re-run `cara matrix rekey-store --new` (idempotent) and rerun `cara verify --outcome matrix`",
-  "config-invalid": "run `cara config check` and fix each path it lists, then rerun `cara verify --outcome matrix`",
-  "missing-store-secret":
-    "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in this shell, as the daemon has it, and rerun `cara verify --outcome matrix`"
-}
 
 /**
  * The encrypted store check (reference §10.1 check 2): resolves the store key in this process, as the daemon
@@ -74,7 +50,7 @@ export const storeCheck: Effect.Effect<CheckResult> = Effect.flatMap(StorePassph
         status: "FAIL",
         name: "Matrix encrypted store",
         detail: `${terminalSafe(e.message)}${k === undefined ? "" : ` [${k}]`}`,
-        nextStep: (k === undefined ? undefined : STORE_NEXT[k] ?? REMEDIATION[k]) ?? DEFAULT_NEXT
+        nextStep: nextFor(k, e.message, true)
       }
     },
     onSuccess: (key): CheckResult => ({
@@ -99,7 +75,7 @@ export const startUpCheck = (encrypted: boolean, extra: MatrixChannelExtra | und
     case "verified":
       return { status: "PASS", name, detail: `start-up sequence finished; cross-signing ${extra.crossSigning}` }
     case "not-bootstrapped":
-      return { status: "FAIL", name, detail: "cross-signing is not bootstrapped", nextStep: REMEDIATION["cross-signing-bootstrap-failed"]! }
+      return { status: "FAIL", name, detail: "cross-signing is not bootstrapped", nextStep: REMEDIATION["cross-signing-bootstrap-failed"] }
     case "unknown":
       return { status: "PASS", name, detail: "start-up sequence finished; cross-signing state unknown" }
     case undefined:
@@ -191,9 +167,7 @@ export const runVerify = (options: VerifyOptions) =>
         status: "FAIL",
         name,
         detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
-        nextStep: auth
-          ? "set CARAPACE_GATEWAY_TOKEN to the daemon's gateway.auth.token (gateway auth credentials) and rerun"
-          : DEFAULT_NEXT
+        nextStep: auth ? REMEDIATION.unauthorized : DEFAULT_NEXT
       }
     }
     const channelError = (name: string, m: ChannelInfo): CheckResult => {
@@ -202,7 +176,7 @@ export const runVerify = (options: VerifyOptions) =>
         status: "FAIL",
         name,
         detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
-        nextStep: (kind !== undefined ? REMEDIATION[kind] : undefined) ?? DEFAULT_NEXT
+        nextStep: nextFor(kind, m.lastError ?? "")
       }
     }
     const matrixChannel = client.control.channels().pipe(
