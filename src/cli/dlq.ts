@@ -1,7 +1,7 @@
 import * as readline from "node:readline"
 import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
+import { GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
 /** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -13,14 +13,6 @@ interface Target {
   readonly host: Option.Option<string>
   readonly port: Option.Option<number>
   readonly json: boolean
-}
-
-const client = (host: Option.Option<string>, port: Option.Option<number>) =>
-  Effect.flatMap(resolveTarget({ host, port }), gatewayClient)
-
-const callFailed = (e: unknown) => {
-  const d = describeClientError(e)
-  return new DlqCliError({ kind: d.kind ?? "dlq-call-failed", message: d.message })
 }
 
 const when = (ms: number) => new Date(ms).toISOString()
@@ -64,10 +56,10 @@ const selection = (id: Option.Option<string>, all: boolean) =>
 /** `cara matrix dlq list`. */
 export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* client(host, port)
-    const r = yield* api.dlq.list().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.list().pipe(gatewayCall)
     yield* Console.log(json ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2) : renderList(r.records, r.undecodable))
-  })
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq show <id> [--reveal]`. */
 export const show = ({ host, id, json, port, reveal }: Target & { readonly id: string; readonly reveal: boolean }) =>
@@ -79,17 +71,17 @@ export const show = ({ host, id, json, port, reveal }: Target & { readonly id: s
           message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
         })
       }
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(Effect.mapError(callFailed))
+      const { api } = yield* GatewayClient
+      const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(gatewayCall)
       yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
-    })
+    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq replay <id> | --all`. */
 export const replay = ({ all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }) =>
     Effect.gen(function*() {
       const payload = yield* selection(id, all)
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.replay({ payload }).pipe(Effect.mapError(callFailed))
+      const { api } = yield* GatewayClient
+      const r = yield* api.dlq.replay({ payload }).pipe(gatewayCall)
       const p = r.report
       yield* Console.log(
         json
@@ -97,7 +89,7 @@ export const replay = ({ all, host, id, json, port }: Target & { readonly id: Op
           : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
       )
       if (p.failed > 0) process.exitCode = 1
-    })
+    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** Reads one line from stdin after printing `prompt` on stderr. */
 const askLine = (prompt: string) =>
@@ -134,7 +126,7 @@ export const purge = (
           })
         }
       }
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.purge({ payload }).pipe(Effect.mapError(callFailed))
+      const { api } = yield* GatewayClient
+      const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
       yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
-    })
+    }).pipe(Effect.provide(GatewayClient.at({ host, port })))

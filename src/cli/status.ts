@@ -1,6 +1,7 @@
 import { Console, Effect, Either, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"
+import { REMEDIATION } from "../domain/remediation.js"
 import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe } from "./client.js"
 
 export const formatUptime = (seconds: number): string => {
@@ -122,7 +123,7 @@ export const fetchStatus = (target: GatewayTarget) =>
     if (Either.isLeft(health)) {
       const d = describeClientError(health.left)
       return Either.left(
-        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\nIs the daemon running? Start it with: cara\n`
+        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\n${REMEDIATION["gateway-unreachable"]}\n`
       )
     }
     const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
@@ -134,7 +135,7 @@ export const fetchStatus = (target: GatewayTarget) =>
         channels: Option.none(),
         controlProblem: Option.some({
           kind: "gateway-token-missing",
-          message: "no gateway token: export CARAPACE_GATEWAY_TOKEN (or set gateway.auth.token) to see channel status"
+          message: `no gateway token: ${REMEDIATION["gateway-token-missing"]}`
         }),
         authOff
       } satisfies StatusReport)

@@ -1,10 +1,11 @@
 import * as readline from "node:readline"
 import { Console, Effect, Option, Schema } from "effect"
+import { REMEDIATION } from "../domain/remediation.js"
 import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 import { appendAuditLine } from "../layers/DlqLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "./client.js"
+import { callError, GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
 /** A refused or failed `cara matrix` verification command, with the daemon's kind (or ours) and a hint. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
@@ -18,24 +19,8 @@ interface Target {
   readonly json: boolean
 }
 
-const target = (host: Option.Option<string>, port: Option.Option<number>) => resolveTarget({ host, port })
-
-// What to do next, by the kind the daemon answered with (reference §6.6 hints).
-const HINTS: Record<string, string> = {
-  "verification-flow-not-found": "the flow id may be a typo or already pruned; run `cara matrix verifications` and copy the flow id exactly.",
-  "verification-flow-not-ready":
-    "the flow hasn't advanced far enough yet: wait for the peer to respond (and for the `sas` field to appear in `cara matrix verifications`), then retry.",
-  "verification-cancelled":
-    "the flow is in a terminal state (cancelled / done / mismatched); start a new flow with `cara matrix verify <user>` or from the other client.",
-  "verification-timeout": "the SDK request timed out; the action may have landed anyway. Run `cara matrix verifications` to see the current state."
-}
-
-export const callFailed = (e: unknown) => {
-  const d = describeClientError(e)
-  const kind = d.kind ?? "verification-call-failed"
-  const hint = HINTS[kind]
-  return new VerificationCliError({ kind, message: hint === undefined ? d.message : `${d.message}\n  → ${hint}` })
-}
+/** A failed call as the CLI reports it: the daemon's kind, its line, and the remediation (once). */
+export const callFailed = (e: unknown) => callError(e, "verification-call-failed")
 
 const requireFlowId = (flowId: string) => {
   const id = flowId.trim()
@@ -102,10 +87,10 @@ const ask = (question: string) =>
 /** `cara matrix verifications`. */
 export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.list().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.list().pipe(gatewayCall)
     yield* Console.log(json ? safeJson({ ok: true, verifications: r.verifications }) : renderFlows(r.verifications))
-  })
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 const printFlow = (json: boolean, f: VerificationFlow) => Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
 
@@ -113,22 +98,22 @@ const printFlow = (json: boolean, f: VerificationFlow) => Console.log(json ? saf
 export const accept = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
     if (!json && r.verification.sas === undefined) {
       yield* Console.log("Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device.")
     }
-  })
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix cancel <flow-id>`. */
 export const cancel = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
-  })
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix confirm <flow-id> --match | --no-match`. */
 export const confirm = (
@@ -144,8 +129,7 @@ export const confirm = (
         return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
       }
       const id = yield* requireFlowId(flowId)
-      const t = yield* target(host, port)
-      const api = yield* gatewayClient(t)
+      const { api, target: t } = yield* GatewayClient
       if (skip) {
         const stateDir = yield* StateDir
         yield* appendAuditLine(stateDir, "matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
@@ -167,10 +151,10 @@ export const confirm = (
             message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
           })
         }
-        const list = yield* api.verification.list().pipe(Effect.mapError(callFailed))
+        const list = yield* api.verification.list().pipe(gatewayCall)
         const flow = list.verifications.find((f) => f.flowId === id)
         if (flow === undefined) {
-          return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${HINTS["verification-flow-not-found"]}` })
+          return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${REMEDIATION["verification-flow-not-found"]}` })
         }
         if (flow.sas === undefined) {
           return yield* new VerificationCliError({
@@ -183,21 +167,21 @@ export const confirm = (
           return yield* new VerificationCliError({ kind: "aborted", message: "aborted: nothing was sent" })
         }
       }
-      const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(Effect.mapError(callFailed))
+      const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(gatewayCall)
       yield* printFlow(json, r.verification)
-    }).pipe(Effect.provide(StateDirLive))
+    }).pipe(Effect.provide(StateDirLive)).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix verify <user> [device]`. */
 export const verify = ({ device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }) =>
     Effect.gen(function*() {
       if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
-      const api = yield* Effect.flatMap(target(host, port), gatewayClient)
+      const { api } = yield* GatewayClient
       const r = yield* api.verification.verify({
         payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
-      }).pipe(Effect.mapError(callFailed))
+      }).pipe(gatewayCall)
       yield* printFlow(json, r.verification)
       if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
-    })
+    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
   devices.length === 0
@@ -211,7 +195,7 @@ export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
 /** `cara matrix devices`. */
 export const devices = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.devices().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.devices().pipe(gatewayCall)
     yield* Console.log(json ? safeJson({ ok: true, devices: r.devices }) : renderDevices(r.devices))
-  })
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))

@@ -150,7 +150,7 @@ export const REMEDIATION: { readonly [K in RemediationKind]: string } = {
   "invalid-user-id": "give a Matrix user id of the form @name:server",
   "verification": "read the daemon log for the SDK's error, then retry or start a new flow",
   // the CLI's own
-  "gateway-unreachable": "is the daemon running? Start it with: cara",
+  "gateway-unreachable": "Is the daemon running? Start it with: cara",
   "gateway-timeout": "the daemon is busy or stuck: check its log, then rerun",
   "gateway-bad-response": "the daemon answered in a form this CLI does not know: run the CLI of the daemon's version",
   "gateway-token-missing": "export CARAPACE_GATEWAY_TOKEN (or set gateway.auth.token) to see channel status",
