@@ -5,14 +5,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import { reportFailure } from "./failure.js"
+import { dedupeHelpPaths } from "./helpText.js"
 import { installStderrRedaction, LoggingLive, logLevelFromEnv } from "./logging.js"
 import { cli } from "./main.js"
-
-/**
- * @effect/cli 0.77 prints a command three levels down with its parent's name twice in the root's COMMANDS
- * list ("matrix matrix dlq list"); this puts each path back to how it is typed. Only help text passes here.
- */
-export const dedupeHelpPaths = (text: string): string => text.replace(/^(\s*- )((?:[a-z][\w-]* )+)\2/gm, "$1$2")
 
 const isHelpRequest = (args: ReadonlyArray<string>) => args.includes("--help") || args.includes("-h")
 
