@@ -63,33 +63,33 @@ export const list = ({ host, json, port }: Target) =>
 
 /** `cara matrix dlq show <id> [--reveal]`. */
 export const show = ({ host, id, json, port, reveal }: Target & { readonly id: string; readonly reveal: boolean }) =>
-    Effect.gen(function*() {
-      // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
-      if (reveal && process.stdout.isTTY !== true) {
-        return yield* new DlqCliError({
-          kind: "dlq-reveal-not-terminal",
-          message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
-        })
-      }
-      const { api } = yield* GatewayClient
-      const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(gatewayCall)
-      yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
-    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
+  Effect.gen(function*() {
+    // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
+    if (reveal && process.stdout.isTTY !== true) {
+      return yield* new DlqCliError({
+        kind: "dlq-reveal-not-terminal",
+        message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
+      })
+    }
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(gatewayCall)
+    yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq replay <id> | --all`. */
 export const replay = ({ all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }) =>
-    Effect.gen(function*() {
-      const payload = yield* selection(id, all)
-      const { api } = yield* GatewayClient
-      const r = yield* api.dlq.replay({ payload }).pipe(gatewayCall)
-      const p = r.report
-      yield* Console.log(
-        json
-          ? JSON.stringify(p)
-          : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
-      )
-      if (p.failed > 0) process.exitCode = 1
-    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
+  Effect.gen(function*() {
+    const payload = yield* selection(id, all)
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.replay({ payload }).pipe(gatewayCall)
+    const p = r.report
+    yield* Console.log(
+      json
+        ? JSON.stringify(p)
+        : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
+    )
+    if (p.failed > 0) process.exitCode = 1
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** Reads one line from stdin after printing `prompt` on stderr. */
 const askLine = (prompt: string) =>
@@ -112,21 +112,21 @@ const askLine = (prompt: string) =>
 export const purge = (
   { all, host, id, json, port, yes }: Target & { readonly id: Option.Option<string>; readonly all: boolean; readonly yes: boolean }
 ) =>
-    Effect.gen(function*() {
-      const payload = yield* selection(id, all)
-      if (!yes) {
-        const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
-        const typed = yield* askLine(
-          `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
-        )
-        if (typed !== expected) {
-          return yield* new DlqCliError({
-            kind: "dlq-purge-not-confirmed",
-            message: `not confirmed (expected "${expected}"); nothing was purged. Use --yes in scripts.`
-          })
-        }
+  Effect.gen(function*() {
+    const payload = yield* selection(id, all)
+    if (!yes) {
+      const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
+      const typed = yield* askLine(
+        `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
+      )
+      if (typed !== expected) {
+        return yield* new DlqCliError({
+          kind: "dlq-purge-not-confirmed",
+          message: `not confirmed (expected "${expected}"); nothing was purged. Use --yes in scripts.`
+        })
       }
-      const { api } = yield* GatewayClient
-      const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
-      yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
-    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
+    }
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
+    yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))

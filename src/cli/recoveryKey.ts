@@ -39,65 +39,65 @@ const readCappedFd = (fd: number): Uint8Array => {
 
 /** `cara matrix recovery-key show`. */
 export const show = ({ allowNonTerminal }: { readonly allowNonTerminal: boolean }) =>
-    Effect.gen(function*() {
-      const { showKey } = yield* load
-      const key = yield* showKey({ allowNonTerminal, stdoutIsTty: process.stdout.isTTY === true })
-      yield* Effect.sync(() => process.stdout.write(`${Redacted.value(key)}\n`))
-    }).pipe(Effect.provide(MaintenanceLive))
+  Effect.gen(function*() {
+    const { showKey } = yield* load
+    const key = yield* showKey({ allowNonTerminal, stdoutIsTty: process.stdout.isTTY === true })
+    yield* Effect.sync(() => process.stdout.write(`${Redacted.value(key)}\n`))
+  }).pipe(Effect.provide(MaintenanceLive))
 
 /** `cara matrix recovery-key restore`. */
 export const restore = ({ keyFile, stdin }: { readonly keyFile: Option.Option<string>; readonly stdin: boolean }) =>
-    Effect.gen(function*() {
-      const { parseKeyInput, renderRestore, restoreKey } = yield* load
-      if (stdin && Option.isSome(keyFile)) {
-        return yield* recoveryError("recovery-key-invalid", "--stdin conflicts with --key-file; give one of them.")
-      }
-      const fromFd = (open: () => number, close: boolean, what: string) =>
-        Effect.try({
-          try: () => {
-            const fd = open()
-            try {
-              return readCappedFd(fd)
-            } finally {
-              if (close) fs.closeSync(fd)
-            }
-          },
-          catch: (e) => recoveryError("recovery-key-invalid", `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`)
-        }).pipe(Effect.flatMap(parseKeyInput))
-      const readKey = Option.isSome(keyFile)
-        ? fromFd(() => fs.openSync(keyFile.value, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), true, keyFile.value)
-        : stdin || process.stdin.isTTY !== true
-        ? fromFd(() => 0, false, "standard input")
-        : Prompt.hidden({ message: "Matrix recovery key: " }).pipe(
-          Effect.flatMap((r) => parseKeyInput(Redacted.value(r))),
-          Effect.catchTag("QuitException", () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator")))
-        )
-      const result = yield* restoreKey(readKey)
-      yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
-    }).pipe(Effect.provide(MaintenanceLive))
+  Effect.gen(function*() {
+    const { parseKeyInput, renderRestore, restoreKey } = yield* load
+    if (stdin && Option.isSome(keyFile)) {
+      return yield* recoveryError("recovery-key-invalid", "--stdin conflicts with --key-file; give one of them.")
+    }
+    const fromFd = (open: () => number, close: boolean, what: string) =>
+      Effect.try({
+        try: () => {
+          const fd = open()
+          try {
+            return readCappedFd(fd)
+          } finally {
+            if (close) fs.closeSync(fd)
+          }
+        },
+        catch: (e) => recoveryError("recovery-key-invalid", `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`)
+      }).pipe(Effect.flatMap(parseKeyInput))
+    const readKey = Option.isSome(keyFile)
+      ? fromFd(() => fs.openSync(keyFile.value, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), true, keyFile.value)
+      : stdin || process.stdin.isTTY !== true
+      ? fromFd(() => 0, false, "standard input")
+      : Prompt.hidden({ message: "Matrix recovery key: " }).pipe(
+        Effect.flatMap((r) => parseKeyInput(Redacted.value(r))),
+        Effect.catchTag("QuitException", () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator")))
+      )
+    const result = yield* restoreKey(readKey)
+    yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
+  }).pipe(Effect.provide(MaintenanceLive))
 
 /** `cara matrix recovery-key rotate`. */
 export const rotate = ({ yes }: { readonly yes: boolean }) =>
-    Effect.gen(function*() {
-      if (!yes) {
-        if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) {
-          return yield* recoveryError(
-            "recovery-key-refused",
-            "matrix recovery-key rotate refused: not a TTY. Re-run with --yes to confirm rotation in non-interactive contexts. Rotation abandons the prior recovery key and any backup it secured."
-          )
-        }
-        yield* Effect.sync(() =>
-          process.stdout.write(
-            "This replaces the Matrix recovery key and the server-side key backup; the previous key stops working.\nSave the new key with `cara matrix recovery-key show` afterwards.\n"
-          )
+  Effect.gen(function*() {
+    if (!yes) {
+      if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) {
+        return yield* recoveryError(
+          "recovery-key-refused",
+          "matrix recovery-key rotate refused: not a TTY. Re-run with --yes to confirm rotation in non-interactive contexts. Rotation abandons the prior recovery key and any backup it secured."
         )
-        const answer = yield* Prompt.text({ message: "Type 'rotate' to confirm: " }).pipe(Effect.orElseSucceed(() => ""))
-        if (answer.trim() !== "rotate") return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
       }
-      const { renderRotate, rotateKey } = yield* load
-      const result = yield* rotateKey
-      yield* Effect.sync(() => process.stdout.write(`${renderRotate(result)}\n`))
-      // matrix-js-sdk leaves timers behind after stopClient; the client's scope is closed and every write is
-      // durable, so end the one-shot process instead of waiting for them
-      yield* Effect.sync(() => setImmediate(() => process.exit(0)))
-    }).pipe(Effect.provide(MaintenanceLive))
+      yield* Effect.sync(() =>
+        process.stdout.write(
+          "This replaces the Matrix recovery key and the server-side key backup; the previous key stops working.\nSave the new key with `cara matrix recovery-key show` afterwards.\n"
+        )
+      )
+      const answer = yield* Prompt.text({ message: "Type 'rotate' to confirm: " }).pipe(Effect.orElseSucceed(() => ""))
+      if (answer.trim() !== "rotate") return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
+    }
+    const { renderRotate, rotateKey } = yield* load
+    const result = yield* rotateKey
+    yield* Effect.sync(() => process.stdout.write(`${renderRotate(result)}\n`))
+    // matrix-js-sdk leaves timers behind after stopClient; the client's scope is closed and every write is
+    // durable, so end the one-shot process instead of waiting for them
+    yield* Effect.sync(() => setImmediate(() => process.exit(0)))
+  }).pipe(Effect.provide(MaintenanceLive))

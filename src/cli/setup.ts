@@ -18,12 +18,12 @@ const terminalPrompter = Effect.acquireRelease(
 
 /** `cara setup`: interactive on a terminal unless --yes. */
 export const setupHandler = (flags: SetupFlags) =>
-    Effect.scoped(
-      Effect.gen(function*() {
-        const interactive = process.stdin.isTTY === true && !flags.yes
-        const prompter = interactive ? Option.some(yield* terminalPrompter) : Option.none()
-        const ok = yield* setup(flags, { env: { ...process.env }, prompter, now: () => new Date() })
-        // the check's findings above are the message
-        if (!ok) process.exitCode = 1
-      })
-    ).pipe(Effect.provide(StateDirLive))
+  Effect.scoped(
+    Effect.gen(function*() {
+      const interactive = process.stdin.isTTY === true && !flags.yes
+      const prompter = interactive ? Option.some(yield* terminalPrompter) : Option.none()
+      const ok = yield* setup(flags, { env: { ...process.env }, prompter, now: () => new Date() })
+      // the check's findings above are the message
+      if (!ok) process.exitCode = 1
+    })
+  ).pipe(Effect.provide(StateDirLive))

@@ -124,64 +124,64 @@ export const confirm = (
     readonly skip: boolean
   }
 ) =>
-    Effect.gen(function*() {
-      if (match === noMatch) {
-        return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
+  Effect.gen(function*() {
+    if (match === noMatch) {
+      return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
+    }
+    const id = yield* requireFlowId(flowId)
+    const { api, target: t } = yield* GatewayClient
+    if (skip) {
+      const stateDir = yield* StateDir
+      yield* appendAuditLine(stateDir, "matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
+        Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
+      )
+      yield* Effect.sync(() =>
+        process.stderr.write(`WARNING: --unsafe-skip-sas-prompt: ${match ? "confirming" : "rejecting"} flow ${id} without showing the SAS values (audited)\n`)
+      )
+    } else {
+      if (process.stdin.isTTY !== true) {
+        return yield* new VerificationCliError({
+          kind: "not-a-terminal",
+          message: "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
+        })
       }
-      const id = yield* requireFlowId(flowId)
-      const { api, target: t } = yield* GatewayClient
-      if (skip) {
-        const stateDir = yield* StateDir
-        yield* appendAuditLine(stateDir, "matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
-          Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
-        )
-        yield* Effect.sync(() =>
-          process.stderr.write(`WARNING: --unsafe-skip-sas-prompt: ${match ? "confirming" : "rejecting"} flow ${id} without showing the SAS values (audited)\n`)
-        )
-      } else {
-        if (process.stdin.isTTY !== true) {
-          return yield* new VerificationCliError({
-            kind: "not-a-terminal",
-            message: "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
-          })
-        }
-        if (process.stdout.isTTY !== true) {
-          return yield* new VerificationCliError({
-            kind: "not-a-terminal",
-            message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
-          })
-        }
-        const list = yield* api.verification.list().pipe(gatewayCall)
-        const flow = list.verifications.find((f) => f.flowId === id)
-        if (flow === undefined) {
-          return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${REMEDIATION["verification-flow-not-found"]}` })
-        }
-        if (flow.sas === undefined) {
-          return yield* new VerificationCliError({
-            kind: "verification-flow-not-ready",
-            message: `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
-          })
-        }
-        const answer = yield* ask(renderConfirmPrompt(flow, match))
-        if (answer.trim() !== "yes") {
-          return yield* new VerificationCliError({ kind: "aborted", message: "aborted: nothing was sent" })
-        }
+      if (process.stdout.isTTY !== true) {
+        return yield* new VerificationCliError({
+          kind: "not-a-terminal",
+          message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
+        })
       }
-      const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(gatewayCall)
-      yield* printFlow(json, r.verification)
-    }).pipe(Effect.provide(StateDirLive)).pipe(Effect.provide(GatewayClient.at({ host, port })))
+      const list = yield* api.verification.list().pipe(gatewayCall)
+      const flow = list.verifications.find((f) => f.flowId === id)
+      if (flow === undefined) {
+        return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${REMEDIATION["verification-flow-not-found"]}` })
+      }
+      if (flow.sas === undefined) {
+        return yield* new VerificationCliError({
+          kind: "verification-flow-not-ready",
+          message: `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
+        })
+      }
+      const answer = yield* ask(renderConfirmPrompt(flow, match))
+      if (answer.trim() !== "yes") {
+        return yield* new VerificationCliError({ kind: "aborted", message: "aborted: nothing was sent" })
+      }
+    }
+    const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(gatewayCall)
+    yield* printFlow(json, r.verification)
+  }).pipe(Effect.provide(StateDirLive)).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix verify <user> [device]`. */
 export const verify = ({ device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }) =>
-    Effect.gen(function*() {
-      if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
-      const { api } = yield* GatewayClient
-      const r = yield* api.verification.verify({
-        payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
-      }).pipe(gatewayCall)
-      yield* printFlow(json, r.verification)
-      if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
-    }).pipe(Effect.provide(GatewayClient.at({ host, port })))
+  Effect.gen(function*() {
+    if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.verify({
+      payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
+    }).pipe(gatewayCall)
+    yield* printFlow(json, r.verification)
+    if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
   devices.length === 0

@@ -2,6 +2,7 @@
 // time; the first failure stops the run. The CLI prints the lines (src/cli/verify.ts).
 import { Duration, Effect, Either, Layer, Option } from "effect"
 import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
+import type { CaraConfig } from "../domain/config.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
@@ -105,52 +106,179 @@ export interface VerifyOptions {
   readonly emit: (line: string) => Effect.Effect<void>
 }
 
+type Api = Effect.Effect.Success<ReturnType<typeof gatewayClient>>
+type MatrixConfig = NonNullable<CaraConfig["matrix"]>
+
+const refused = (name: string, e: unknown): CheckResult => {
+  const d = describeClientError(e)
+  const auth = d.kind === "unauthorized" || d.kind === "token-in-query"
+  return {
+    status: "FAIL",
+    name,
+    detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
+    nextStep: auth ? REMEDIATION.unauthorized : DEFAULT_NEXT
+  }
+}
+
+const channelError = (name: string, m: ChannelInfo): CheckResult => {
+  const kind = m.extra?.lastErrorKind
+  return {
+    status: "FAIL",
+    name,
+    detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
+    nextStep: nextFor(kind, m.lastError ?? "")
+  }
+}
+
+/** 1. The Matrix configuration, in this process, from the same config file the daemon reads. */
+const configCheck = (config: Option.Option<CaraConfig>): { readonly check: CheckResult; readonly matrix?: MatrixConfig } => {
+  const name = "Matrix configuration"
+  const matrix = Option.flatMap(config, (c) => Option.fromNullable(c.matrix))
+  if (Option.isNone(matrix)) {
+    return { check: { status: "FAIL", name, detail: "matrix config is missing", nextStep: `add a matrix section (see \`cara config check\`) and ${RERUN}` } }
+  }
+  if (!matrix.value.enabled) return { check: { status: "FAIL", name, detail: "matrix.enabled is false", nextStep: `enable matrix.enabled and ${RERUN}` } }
+  if (matrix.value.userId === undefined) {
+    return { check: { status: "FAIL", name, detail: "matrix.userId is not set", nextStep: `fix matrix config (\`cara config check\`) and ${RERUN}` } }
+  }
+  return { check: { status: "PASS", name, detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` }, matrix: matrix.value }
+}
+
+/** 3. The gateway answers /health. */
+const reachability = (client: Api, port: number) =>
+  client.health.health().pipe(
+    Effect.timeout("2 seconds"),
+    Effect.either,
+    Effect.map((health): CheckResult =>
+      Either.isLeft(health)
+        ? {
+          status: "FAIL",
+          name: "Gateway reachability",
+          detail: `gateway not reachable at 127.0.0.1:${port} (${describeClientError(health.left).message})`,
+          nextStep: `start the daemon (\`cara\`, gateway.port ${port}) and retry`
+        }
+        : { status: "PASS", name: "Gateway reachability", detail: `service is reachable at 127.0.0.1:${port}` }
+    )
+  )
+
+const matrixChannel = (client: Api) =>
+  client.control.channels().pipe(
+    Effect.timeout("10 seconds"),
+    Effect.map((r) => r.channels.find((c) => c.id === "matrix")),
+    Effect.either
+  )
+
+/** 4. The Matrix runtime registration: polled until the channel is connected; fails fast on `error`. */
+const registration = (client: Api, waitSeconds: number) =>
+  Effect.gen(function*() {
+    const name = "Matrix runtime registration"
+    let last = "matrix channel not registered"
+    const deadline = Date.now() + waitSeconds * 1000
+    for (;;) {
+      const channel = yield* matrixChannel(client)
+      if (Either.isLeft(channel)) return refused(name, channel.left)
+      const m = channel.right
+      if (m?.status === "connected") return { status: "PASS", name, detail: "matrix channel is connected" } satisfies CheckResult
+      if (m?.status === "error") return channelError(name, m)
+      if (m !== undefined) last = `matrix channel status \`${m.status}\``
+      if (Date.now() >= deadline) {
+        return {
+          status: "FAIL",
+          name,
+          detail: `matrix channel did not become connected within ${waitSeconds} seconds; last observation: ${last}`,
+          nextStep: "check matrix.enabled and the daemon log, then rerun"
+        } satisfies CheckResult
+      }
+      yield* Effect.sleep(Duration.seconds(1))
+    }
+  })
+
+/**
+ * 5. The start-up sequence: `connected` comes before the first sync, the cross-signing bootstrap and the
+ * removal of matrix.password from the config; the set-up is not verified until those are done.
+ */
+const startUp = (client: Api, encrypted: boolean, options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const name = "Matrix start-up"
+    let announced = false
+    const deadline = Date.now() + options.waitSeconds * 1000
+    for (;;) {
+      const channel = yield* matrixChannel(client)
+      if (Either.isLeft(channel)) return refused(name, channel.left)
+      if (channel.right?.status === "error") return channelError(name, channel.right)
+      const check = startUpCheck(encrypted, channel.right?.extra)
+      if (check !== undefined) return check
+      if (Date.now() >= deadline) {
+        return {
+          status: "FAIL",
+          name,
+          detail: `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
+          nextStep: "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
+        } satisfies CheckResult
+      }
+      if (!announced) yield* options.emit("first-start: bootstrapping cross-signing…")
+      announced = true
+      yield* Effect.sleep(Duration.millis(500))
+    }
+  })
+
+/** 6. The verification API (SAS flows are run through it). */
+const verificationApi = (client: Api) =>
+  client.verification.list().pipe(
+    Effect.timeout("10 seconds"),
+    Effect.either,
+    Effect.map((flows): CheckResult =>
+      Either.isLeft(flows)
+        ? refused("Matrix verification API", flows.left)
+        : { status: "PASS", name: "Matrix verification API", detail: "daemon verification endpoint is reachable" }
+    )
+  )
+
+/** 7. The send path: a probe message to `--matrix-to`, skipped without one. */
+const sendPath = (client: Api, options: VerifyOptions) =>
+  Effect.gen(function*() {
+    const name = "Matrix send path"
+    if (Option.isNone(options.matrixTo)) {
+      return {
+        status: "SKIP",
+        name,
+        detail: "Matrix room id not provided; send-path test skipped",
+        nextStep: "rerun with `--matrix-to <room_id>` to verify end-to-end Matrix delivery"
+      } satisfies CheckResult
+    }
+    const room = options.matrixTo.value
+    yield* options.emit(`Sending verification ping to Matrix room ${sanitizeRoom(room)}...`)
+    const sent = yield* client.matrix.sendTest({ payload: { roomId: room, text: "Carapace Matrix verification ping" } }).pipe(
+      Effect.timeout("60 seconds"),
+      Effect.either
+    )
+    const nextStep = "confirm the room id, bot membership, encryption support, and homeserver connectivity"
+    if (Either.isLeft(sent)) {
+      const d = describeClientError(sent.left)
+      return { status: "FAIL", name, detail: `${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep } satisfies CheckResult
+    }
+    const d = sent.right.delivery
+    return d.outcome === "sent"
+      ? { status: "PASS", name, detail: `test message delivery succeeded (${terminalSafe(d.messageId)})` } satisfies CheckResult
+      : { status: "FAIL", name, detail: `${terminalSafe(d.error)}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep } satisfies CheckResult
+  })
+
 /** Runs the checks in order; the first failure stops the run. Returns the results (all emitted already). */
 export const runVerify = (options: VerifyOptions) =>
   Effect.gen(function*() {
     // Reference: `cara verify` always targets the local gateway.
     const target = yield* resolveTarget({ host: Option.some("127.0.0.1"), port: options.port })
     const checks: Array<CheckResult> = []
-    const record = (c: CheckResult) => Effect.as(options.emit(renderCheck(c)), checks.push(c))
+    /** Records and prints one result; `true` when the run goes on. */
+    const record = (c: CheckResult) => Effect.as(options.emit(renderCheck(c)), checks.push(c) > 0 && c.status !== "FAIL")
 
     yield* options.emit(["", "Outcome verification summary", "----------------------------", "Outcome: matrix", `Gateway port: ${target.port}`, ""].join("\n"))
-
-    // 1. Matrix configuration (in this process, from the same config file the daemon reads).
-    const matrix = Option.flatMap(target.config, (c) => Option.fromNullable(c.matrix))
-    if (Option.isNone(matrix)) {
-      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix config is missing", nextStep: "add a matrix section (see `cara config check`) and rerun `cara verify --outcome matrix`" })
-      return checks
-    }
-    if (!matrix.value.enabled) {
-      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix.enabled is false", nextStep: "enable matrix.enabled and rerun `cara verify --outcome matrix`" })
-      return checks
-    }
-    if (matrix.value.userId === undefined) {
-      yield* record({ status: "FAIL", name: "Matrix configuration", detail: "matrix.userId is not set", nextStep: "fix matrix config (`cara config check`) and rerun `cara verify --outcome matrix`" })
-      return checks
-    }
-    yield* record({ status: "PASS", name: "Matrix configuration", detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` })
-
+    const config = configCheck(target.config)
+    if (!(yield* record(config.check)) || config.matrix === undefined) return checks
     // 2. The encrypted store's key, resolved in this process.
-    const store = yield* storeCheck
-    yield* record(store)
-    if (store.status === "FAIL") return checks
-
-    // 3. Gateway reachability.
+    if (!(yield* record(yield* storeCheck))) return checks
     const client = yield* gatewayClient(target)
-    const health = yield* client.health.health().pipe(Effect.timeout("2 seconds"), Effect.either)
-    if (Either.isLeft(health)) {
-      yield* record({
-        status: "FAIL",
-        name: "Gateway reachability",
-        detail: `gateway not reachable at 127.0.0.1:${target.port} (${describeClientError(health.left).message})`,
-        nextStep: `start the daemon (\`cara\`, gateway.port ${target.port}) and retry`
-      })
-      return checks
-    }
-    yield* record({ status: "PASS", name: "Gateway reachability", detail: `service is reachable at 127.0.0.1:${target.port}` })
-
-    // 4. Matrix runtime registration: poll until the matrix channel is connected, fail fast on `error`.
+    if (!(yield* record(yield* reachability(client, target.port)))) return checks
     if (Option.isNone(target.token)) {
       yield* record({
         status: "FAIL",
@@ -160,127 +288,9 @@ export const runVerify = (options: VerifyOptions) =>
       })
       return checks
     }
-    const refused = (name: string, e: unknown): CheckResult => {
-      const d = describeClientError(e)
-      const auth = d.kind === "unauthorized" || d.kind === "token-in-query"
-      return {
-        status: "FAIL",
-        name,
-        detail: `control API refused the request: ${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
-        nextStep: auth ? REMEDIATION.unauthorized : DEFAULT_NEXT
-      }
-    }
-    const channelError = (name: string, m: ChannelInfo): CheckResult => {
-      const kind = m.extra?.lastErrorKind
-      return {
-        status: "FAIL",
-        name,
-        detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
-        nextStep: nextFor(kind, m.lastError ?? "")
-      }
-    }
-    const matrixChannel = client.control.channels().pipe(
-      Effect.timeout("10 seconds"),
-      Effect.map((r) => r.channels.find((c) => c.id === "matrix")),
-      Effect.either
-    )
-    let last = "matrix channel not registered"
-    let outcome: CheckResult | undefined
-    const deadline = Date.now() + options.waitSeconds * 1000
-    while (outcome === undefined) {
-      const channel = yield* matrixChannel
-      if (Either.isLeft(channel)) {
-        outcome = refused("Matrix runtime registration", channel.left)
-        break
-      }
-      const m = channel.right
-      if (m?.status === "connected") {
-        outcome = { status: "PASS", name: "Matrix runtime registration", detail: "matrix channel is connected" }
-      } else if (m?.status === "error") {
-        outcome = channelError("Matrix runtime registration", m)
-      } else {
-        if (m !== undefined) last = `matrix channel status \`${m.status}\``
-        if (Date.now() >= deadline) {
-          outcome = {
-            status: "FAIL",
-            name: "Matrix runtime registration",
-            detail: `matrix channel did not become connected within ${options.waitSeconds} seconds; last observation: ${last}`,
-            nextStep: "check matrix.enabled and the daemon log, then rerun"
-          }
-        } else {
-          yield* Effect.sleep(Duration.seconds(1))
-        }
-      }
-    }
-    yield* record(outcome)
-    if (outcome.status === "FAIL") return checks
-
-    // 5. The start-up sequence: `connected` comes before the first sync, the cross-signing bootstrap and the
-    // removal of matrix.password from the config; the set-up is not verified until those are done.
-    const encrypted = matrix.value.encrypted
-    let startUp: CheckResult | undefined
-    let announced = false
-    const startDeadline = Date.now() + options.waitSeconds * 1000
-    while (startUp === undefined) {
-      const channel = yield* matrixChannel
-      if (Either.isLeft(channel)) {
-        startUp = refused("Matrix start-up", channel.left)
-      } else if (channel.right?.status === "error") {
-        startUp = channelError("Matrix start-up", channel.right)
-      } else {
-        startUp = startUpCheck(encrypted, channel.right?.extra)
-        if (startUp === undefined) {
-          if (Date.now() >= startDeadline) {
-            startUp = {
-              status: "FAIL",
-              name: "Matrix start-up",
-              detail: `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
-              nextStep: "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
-            }
-          } else {
-            if (!announced) yield* options.emit("first-start: bootstrapping cross-signing…")
-            announced = true
-            yield* Effect.sleep(Duration.millis(500))
-          }
-        }
-      }
-    }
-    yield* record(startUp)
-    if (startUp.status === "FAIL") return checks
-
-    // 6. The verification API (SAS flows are run through it).
-    const flows = yield* client.verification.list().pipe(Effect.timeout("10 seconds"), Effect.either)
-    const api: CheckResult = Either.isLeft(flows)
-      ? refused("Matrix verification API", flows.left)
-      : { status: "PASS", name: "Matrix verification API", detail: "daemon verification endpoint is reachable" }
-    yield* record(api)
-    if (api.status === "FAIL") return checks
-
-    // 7. Matrix send path.
-    if (Option.isNone(options.matrixTo)) {
-      yield* record({
-        status: "SKIP",
-        name: "Matrix send path",
-        detail: "Matrix room id not provided; send-path test skipped",
-        nextStep: "rerun with `--matrix-to <room_id>` to verify end-to-end Matrix delivery"
-      })
-      return checks
-    }
-    const room = options.matrixTo.value
-    yield* options.emit(`Sending verification ping to Matrix room ${sanitizeRoom(room)}...`)
-    const sent = yield* client.matrix.sendTest({ payload: { roomId: room, text: "Carapace Matrix verification ping" } }).pipe(
-      Effect.timeout("60 seconds"),
-      Effect.either
-    )
-    const sendNext = "confirm the room id, bot membership, encryption support, and homeserver connectivity"
-    if (Either.isLeft(sent)) {
-      const d = describeClientError(sent.left)
-      yield* record({ status: "FAIL", name: "Matrix send path", detail: `${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep: sendNext })
-    } else if (sent.right.delivery.outcome === "sent") {
-      yield* record({ status: "PASS", name: "Matrix send path", detail: `test message delivery succeeded (${terminalSafe(sent.right.delivery.messageId)})` })
-    } else {
-      const d = sent.right.delivery
-      yield* record({ status: "FAIL", name: "Matrix send path", detail: `${terminalSafe(d.error)}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep: sendNext })
-    }
+    if (!(yield* record(yield* registration(client, options.waitSeconds)))) return checks
+    if (!(yield* record(yield* startUp(client, config.matrix.encrypted, options)))) return checks
+    if (!(yield* record(yield* verificationApi(client)))) return checks
+    yield* record(yield* sendPath(client, options))
     return checks
   })
