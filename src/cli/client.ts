@@ -10,7 +10,7 @@ import { type Cause, Context, Effect, Layer, Option, type ParseResult, Redacted,
 import { type ApiError, CaraApi } from "../domain/api.js"
 import type { CaraConfig } from "../domain/config.js"
 import { DEFAULT_GATEWAY_PORT } from "../domain/gateway.js"
-import { remediationFor } from "../domain/remediation.js"
+import { REMEDIATION, type RemediationKind, remediationFor } from "../domain/remediation.js"
 import type {
   InvalidVerificationUser,
   VerificationFailed,
@@ -159,7 +159,7 @@ const API_ERROR_STATUS: { readonly [K in (ApiError | VerificationError)["_tag"]]
 }
 
 interface Described {
-  readonly kind?: string
+  readonly kind?: RemediationKind
   readonly message: string
 }
 
@@ -220,17 +220,19 @@ export const describeClientError = (e: unknown): Described => {
 
 /** A call of the gateway failed: the kind, the line, and what to do (once). */
 export class GatewayCallError extends Schema.TaggedError<GatewayCallError>()("GatewayCallError", {
-  kind: Schema.String,
+  kind: Schema.Literal(...(Object.keys(REMEDIATION) as [RemediationKind]), "gateway-call-failed", "verification-call-failed"),
   message: Schema.String
 }) {}
 
-const withAdvice = (d: Described, fallbackKind: string): GatewayCallError => {
+type FallbackKind = "gateway-call-failed" | "verification-call-failed"
+
+const withAdvice = (d: Described, fallbackKind: FallbackKind): GatewayCallError => {
   const advice = remediationFor(d.kind, d.message)
   return new GatewayCallError({ kind: d.kind ?? fallbackKind, message: advice === undefined ? d.message : `${d.message}\n  → ${advice}` })
 }
 
 /** `describeClientError` with the remediation appended: for callers holding an error value. */
-export const callError = (e: unknown, fallbackKind = "gateway-call-failed"): GatewayCallError => withAdvice(describeClientError(e), fallbackKind)
+export const callError = (e: unknown, fallbackKind: FallbackKind = "gateway-call-failed"): GatewayCallError => withAdvice(describeClientError(e), fallbackKind)
 
 const fail = <E extends ClientError>(f: (e: E) => Described) => (e: E) => Effect.fail(withAdvice(f(e), "gateway-call-failed"))
 

@@ -3,9 +3,9 @@ import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
 import { GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
-/** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
+/** A `cara matrix dlq` command refused before its call (a failed call is a GatewayCallError). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
-  kind: Schema.String,
+  kind: Schema.Literal("invalid-arguments", "dlq-reveal-not-terminal", "dlq-purge-not-confirmed"),
   message: Schema.String
 }) {}
 

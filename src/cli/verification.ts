@@ -7,9 +7,9 @@ import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
 import { callError, GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
-/** A refused or failed `cara matrix` verification command, with the daemon's kind (or ours) and a hint. */
+/** A `cara matrix` verification command refused before (or instead of) its call. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
-  kind: Schema.String,
+  kind: Schema.Literal("invalid-arguments", "audit-write-failed", "not-a-terminal", "aborted", "verification-flow-not-found", "verification-flow-not-ready"),
   message: Schema.String
 }) {}
 
