@@ -18,5 +18,11 @@ if (reexec !== undefined && typeof process.execve === "function") {
     // not possible here (platform, permissions): run with Node's defaults
   }
 }
-const { run } = await import("./run.js")
-run(process.argv)
+// `cara --version` needs nothing but the package version: answered before the CLI framework loads.
+if (process.argv.length === 3 && process.argv[2] === "--version") {
+  const { version } = await import("../version.js")
+  process.stdout.write(`${version}\n`)
+} else {
+  const { run } = await import("./run.js")
+  run(process.argv)
+}

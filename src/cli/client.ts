@@ -1,14 +1,25 @@
 import * as dns from "node:dns/promises"
 import * as net from "node:net"
-import * as Options from "@effect/cli/Options"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as HttpApiClient from "@effect/platform/HttpApiClient"
 import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpApiError from "@effect/platform/HttpApiError"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import { Effect, Option, Redacted, Schema } from "effect"
-import { CaraApi } from "../domain/api.js"
+import { type Cause, Context, Effect, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
+import { type ApiError, CaraApi } from "../domain/api.js"
 import type { CaraConfig } from "../domain/config.js"
 import { DEFAULT_GATEWAY_PORT } from "../domain/gateway.js"
+import { REMEDIATION, type RemediationKind, remediationFor } from "../domain/remediation.js"
+import type {
+  InvalidVerificationUser,
+  VerificationFailed,
+  VerificationFlowNotFound,
+  VerificationFlowNotReady,
+  VerificationFlowTerminal,
+  VerificationTargetNotFound,
+  VerificationTimeout
+} from "../domain/verification.js"
 import { type ConfigEnv, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 
@@ -105,8 +116,31 @@ export const gatewayClient = (t: GatewayTarget) =>
 /** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
 export const terminalSafe = (s: string) => s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "")
 
+// ---------------------------------------------------------------------------------------------------------
+// Errors: every failure of a call, by its decoded class (Effect.catchTags), as one line with its kind and the
+// remediation of src/domain/remediation.ts (stated there once).
+
+type VerificationError =
+  | VerificationFlowNotFound
+  | VerificationFlowNotReady
+  | VerificationFlowTerminal
+  | VerificationTargetNotFound
+  | InvalidVerificationUser
+  | VerificationFailed
+  | VerificationTimeout
+
+/** What a call through the typed client can fail with. */
+export type ClientError =
+  | ApiError
+  | VerificationError
+  | HttpClientError.HttpClientError
+  | ParseResult.ParseError
+  | HttpApiError.HttpApiDecodeError
+  | Cause.TimeoutException
+  | GatewayClientError
+
 /** The HTTP status of each error class of the API contract (src/domain/api.ts), by its tag. */
-const API_ERROR_STATUS: Readonly<Record<string, number>> = {
+const API_ERROR_STATUS: { readonly [K in (ApiError | VerificationError)["_tag"]]: number } = {
   BadRequest: 400,
   Unauthorized: 401,
   Forbidden: 403,
@@ -124,42 +158,128 @@ const API_ERROR_STATUS: Readonly<Record<string, number>> = {
   VerificationTimeout: 504
 }
 
-/** A transport or API failure as one line, without the URL (it may carry a path the operator typed). */
-export const describeClientError = (e: unknown): { readonly kind?: string; readonly message: string } => {
-  if (typeof e === "object" && e !== null) {
-    const tagged = e as { _tag?: string; kind?: unknown; message?: unknown; reason?: unknown; cause?: unknown }
-    if (typeof tagged.kind === "string" && typeof tagged.message === "string") {
-      // An answer of the daemon's API reads as the seed writes it: `409 VerificationFlowNotReady: …`.
-      const status = typeof tagged._tag === "string" ? API_ERROR_STATUS[tagged._tag] : undefined
-      const text = terminalSafe(tagged.message)
-      return { kind: tagged.kind, message: status === undefined ? text : `${status} ${tagged._tag}: ${text}` }
-    }
-    if (tagged._tag === "RequestError") {
-      // fetch wraps the socket error (ECONNREFUSED, ...) a level or two down the cause chain.
-      let c: unknown = tagged.cause
-      let code: string | undefined
-      let innermost: string | undefined
-      for (let i = 0; i < 5 && c !== undefined && c !== null && code === undefined; i++) {
-        const x = c as { code?: unknown; errors?: ReadonlyArray<{ code?: unknown }>; cause?: unknown }
-        code = typeof x.code === "string" ? x.code : typeof x.errors?.[0]?.code === "string" ? String(x.errors[0].code) : undefined
-        if (c instanceof Error) innermost = c.message
-        c = x.cause
-      }
-      return { kind: "gateway-unreachable", message: terminalSafe(code ?? innermost ?? "connection failed") }
-    }
-    if (tagged._tag === "ResponseError") {
-      return { kind: "gateway-bad-response", message: terminalSafe(`unexpected response (${String(tagged.reason)})`) }
-    }
-    if (tagged._tag === "TimeoutException") return { kind: "gateway-timeout", message: "the gateway did not answer in time" }
-    if (tagged._tag === "ParseError") return { kind: "gateway-bad-response", message: "the gateway's answer does not match this cara version's API" }
-  }
-  return { message: "unexpected failure" }
+interface Described {
+  readonly kind?: RemediationKind
+  readonly message: string
 }
 
-/** `--host` / `--port` of every command that talks to the daemon (defaults resolved by `resolveTarget`). */
-export const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
-export const portOption = Options.integer("port").pipe(
-  Options.withAlias("p"),
-  Options.withDescription(`gateway port (default: gateway.port from the config, else ${DEFAULT_GATEWAY_PORT})`),
-  Options.optional
-)
+// An answer of the daemon's API reads as the seed writes it: `409 VerificationFlowNotReady: …`.
+const answered = (e: ApiError | VerificationError): Described => ({
+  kind: e.kind,
+  message: `${API_ERROR_STATUS[e._tag]} ${e._tag}: ${terminalSafe(e.message)}`
+})
+
+// fetch wraps the socket error (ECONNREFUSED, ...) a level or two down the cause chain.
+const socketError = (cause: unknown): string => {
+  let c: unknown = cause
+  let code: string | undefined
+  let innermost: string | undefined
+  for (let i = 0; i < 5 && c !== undefined && c !== null && code === undefined; i++) {
+    const x = c as { code?: unknown; errors?: ReadonlyArray<{ code?: unknown }>; cause?: unknown }
+    code = typeof x.code === "string" ? x.code : typeof x.errors?.[0]?.code === "string" ? String(x.errors[0].code) : undefined
+    if (c instanceof Error) innermost = c.message
+    c = x.cause
+  }
+  return terminalSafe(code ?? innermost ?? "connection failed")
+}
+
+/** One case per class a call can fail with; the same table serves `describeClientError` and `gatewayCall`. */
+const CASES = {
+  BadRequest: answered,
+  Unauthorized: answered,
+  Forbidden: answered,
+  NotFound: answered,
+  UnsupportedMediaType: answered,
+  TooManyRequests: answered,
+  BadGateway: answered,
+  ServiceUnavailable: answered,
+  VerificationFlowNotFound: answered,
+  VerificationTargetNotFound: answered,
+  VerificationFlowNotReady: answered,
+  VerificationFlowTerminal: answered,
+  InvalidVerificationUser: answered,
+  VerificationFailed: answered,
+  VerificationTimeout: answered,
+  RequestError: (e: HttpClientError.RequestError): Described => ({ kind: "gateway-unreachable", message: socketError(e.cause) }),
+  ResponseError: (e: HttpClientError.ResponseError): Described => ({
+    kind: "gateway-bad-response",
+    message: terminalSafe(`unexpected response (${String(e.reason)})`)
+  }),
+  TimeoutException: (): Described => ({ kind: "gateway-timeout", message: "the gateway did not answer in time" }),
+  ParseError: (): Described => ({ kind: "gateway-bad-response", message: "the gateway's answer does not match this cara version's API" }),
+  HttpApiDecodeError: (): Described => ({ kind: "gateway-bad-response", message: "the gateway's answer does not match this cara version's API" }),
+  GatewayClientError: (e: GatewayClientError): Described => ({ kind: e.kind, message: e.message })
+} satisfies { readonly [K in ClientError["_tag"]]: (e: Extract<ClientError, { _tag: K }>) => Described }
+
+/** A transport or API failure as one line, without the URL (it may carry a path the operator typed). */
+export const describeClientError = (e: unknown): Described => {
+  const tag = typeof e === "object" && e !== null ? (e as { _tag?: unknown })._tag : undefined
+  const known = typeof tag === "string" && Object.hasOwn(CASES, tag) ? (CASES as Record<string, (e: unknown) => Described>)[tag] : undefined
+  return known !== undefined ? known(e) : { message: "unexpected failure" }
+}
+
+/** A call of the gateway failed: the kind, the line, and what to do (once). */
+export class GatewayCallError extends Schema.TaggedError<GatewayCallError>()("GatewayCallError", {
+  kind: Schema.Literal(...(Object.keys(REMEDIATION) as [RemediationKind]), "gateway-call-failed", "verification-call-failed"),
+  message: Schema.String
+}) {}
+
+type FallbackKind = "gateway-call-failed" | "verification-call-failed"
+
+const withAdvice = (d: Described, fallbackKind: FallbackKind): GatewayCallError => {
+  const advice = remediationFor(d.kind, d.message)
+  return new GatewayCallError({ kind: d.kind ?? fallbackKind, message: advice === undefined ? d.message : `${d.message}\n  → ${advice}` })
+}
+
+/** `describeClientError` with the remediation appended: for callers holding an error value. */
+export const callError = (e: unknown, fallbackKind: FallbackKind = "gateway-call-failed"): GatewayCallError => withAdvice(describeClientError(e), fallbackKind)
+
+const fail = <E extends ClientError>(f: (e: E) => Described) => (e: E) => Effect.fail(withAdvice(f(e), "gateway-call-failed"))
+
+/** Renders every failure of a gateway call by its decoded class (one case each) as a `GatewayCallError`. */
+export const gatewayCall = <A, R>(self: Effect.Effect<A, ClientError, R>): Effect.Effect<A, GatewayCallError, R> =>
+  Effect.catchTags(self, {
+    BadRequest: fail(CASES.BadRequest),
+    Unauthorized: fail(CASES.Unauthorized),
+    Forbidden: fail(CASES.Forbidden),
+    NotFound: fail(CASES.NotFound),
+    UnsupportedMediaType: fail(CASES.UnsupportedMediaType),
+    TooManyRequests: fail(CASES.TooManyRequests),
+    BadGateway: fail(CASES.BadGateway),
+    ServiceUnavailable: fail(CASES.ServiceUnavailable),
+    VerificationFlowNotFound: fail(CASES.VerificationFlowNotFound),
+    VerificationTargetNotFound: fail(CASES.VerificationTargetNotFound),
+    VerificationFlowNotReady: fail(CASES.VerificationFlowNotReady),
+    VerificationFlowTerminal: fail(CASES.VerificationFlowTerminal),
+    InvalidVerificationUser: fail(CASES.InvalidVerificationUser),
+    VerificationFailed: fail(CASES.VerificationFailed),
+    VerificationTimeout: fail(CASES.VerificationTimeout),
+    RequestError: fail(CASES.RequestError),
+    ResponseError: fail(CASES.ResponseError),
+    TimeoutException: fail(CASES.TimeoutException),
+    ParseError: fail(CASES.ParseError),
+    HttpApiDecodeError: fail(CASES.HttpApiDecodeError),
+    GatewayClientError: fail(CASES.GatewayClientError)
+  })
+
+// ---------------------------------------------------------------------------------------------------------
+// The client as a service of the commands that talk to the daemon
+
+/** `--host` / `--port` as given on the command line. */
+export class GatewayFlags extends Context.Tag("cara/cli/GatewayFlags")<GatewayFlags, {
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+}>() {}
+
+/** The typed client of the running daemon, where the flags and the config say it is. */
+export class GatewayClient extends Effect.Service<GatewayClient>()("cara/cli/GatewayClient", {
+  effect: Effect.gen(function*() {
+    const target = yield* resolveTarget(yield* GatewayFlags)
+    const api = yield* gatewayClient(target).pipe(gatewayCall)
+    return { target, api }
+  })
+}) {
+  /** The client for these flags. */
+  static readonly at = (flags: Context.Tag.Service<GatewayFlags>) =>
+    GatewayClient.Default.pipe(Layer.provide(Layer.succeed(GatewayFlags, flags)))
+}

@@ -1,27 +1,18 @@
 import * as readline from "node:readline"
-import * as Args from "@effect/cli/Args"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
+import { GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
-/** A `cara matrix dlq` refusal or a failed call, with the kind the daemon gave (or ours). */
+/** A `cara matrix dlq` command refused before its call (a failed call is a GatewayCallError). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
-  kind: Schema.String,
+  kind: Schema.Literal("invalid-arguments", "dlq-reveal-not-terminal", "dlq-purge-not-confirmed"),
   message: Schema.String
 }) {}
 
-const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
-const allOption = Options.boolean("all").pipe(Options.withDescription("every record in the DLQ"))
-const idArg = Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`"), Args.optional)
-
-const client = (host: Option.Option<string>, port: Option.Option<number>) =>
-  Effect.flatMap(resolveTarget({ host, port }), gatewayClient)
-
-const callFailed = (e: unknown) => {
-  const d = describeClientError(e)
-  return new DlqCliError({ kind: d.kind ?? "dlq-call-failed", message: d.message })
+interface Target {
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly json: boolean
 }
 
 const when = (ms: number) => new Date(ms).toISOString()
@@ -62,54 +53,43 @@ const selection = (id: Option.Option<string>, all: boolean) =>
     ? Effect.succeed({ all: true } as { id?: string; all?: boolean })
     : Effect.fail(new DlqCliError({ kind: "invalid-arguments", message: "give either a record id or --all (not both)" }))
 
-const listCommand = Command.make("list", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix dlq list`. */
+export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* client(host, port)
-    const r = yield* api.dlq.list().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.list().pipe(gatewayCall)
     yield* Console.log(json ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2) : renderList(r.records, r.undecodable))
-  })).pipe(Command.withDescription("List the records in the inbound DLQ (metadata only, never message bodies)."))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const showCommand = Command.make(
-  "show",
-  {
-    host: hostOption,
-    port: portOption,
-    json: jsonOption,
-    id: Args.text({ name: "id" }).pipe(Args.withDescription("a record id from `cara matrix dlq list`")),
-    reveal: Options.boolean("reveal").pipe(Options.withDescription("also print the message body (only to a terminal)"))
-  },
-  ({ host, id, json, port, reveal }) =>
-    Effect.gen(function*() {
-      // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
-      if (reveal && process.stdout.isTTY !== true) {
-        return yield* new DlqCliError({
-          kind: "dlq-reveal-not-terminal",
-          message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
-        })
-      }
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(Effect.mapError(callFailed))
-      yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
-    })
-).pipe(Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal."))
+/** `cara matrix dlq show <id> [--reveal]`. */
+export const show = ({ host, id, json, port, reveal }: Target & { readonly id: string; readonly reveal: boolean }) =>
+  Effect.gen(function*() {
+    // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
+    if (reveal && process.stdout.isTTY !== true) {
+      return yield* new DlqCliError({
+        kind: "dlq-reveal-not-terminal",
+        message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
+      })
+    }
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(gatewayCall)
+    yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const replayCommand = Command.make(
-  "replay",
-  { host: hostOption, port: portOption, json: jsonOption, id: idArg, all: allOption },
-  ({ all, host, id, json, port }) =>
-    Effect.gen(function*() {
-      const payload = yield* selection(id, all)
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.replay({ payload }).pipe(Effect.mapError(callFailed))
-      const p = r.report
-      yield* Console.log(
-        json
-          ? JSON.stringify(p)
-          : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
-      )
-      if (p.failed > 0) process.exitCode = 1
-    })
-).pipe(Command.withDescription("Replay one DLQ record now (or --all), answering each event at most once."))
+/** `cara matrix dlq replay <id> | --all`. */
+export const replay = ({ all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }) =>
+  Effect.gen(function*() {
+    const payload = yield* selection(id, all)
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.replay({ payload }).pipe(gatewayCall)
+    const p = r.report
+    yield* Console.log(
+      json
+        ? JSON.stringify(p)
+        : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
+    )
+    if (p.failed > 0) process.exitCode = 1
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** Reads one line from stdin after printing `prompt` on stderr. */
 const askLine = (prompt: string) =>
@@ -128,39 +108,25 @@ const askLine = (prompt: string) =>
     return Effect.sync(() => rl.close())
   })
 
-const purgeCommand = Command.make(
-  "purge",
-  {
-    host: hostOption,
-    port: portOption,
-    json: jsonOption,
-    id: idArg,
-    all: allOption,
-    yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
-  },
-  ({ all, host, id, json, port, yes }) =>
-    Effect.gen(function*() {
-      const payload = yield* selection(id, all)
-      if (!yes) {
-        const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
-        const typed = yield* askLine(
-          `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
-        )
-        if (typed !== expected) {
-          return yield* new DlqCliError({
-            kind: "dlq-purge-not-confirmed",
-            message: `not confirmed (expected "${expected}"); nothing was purged. Use --yes in scripts.`
-          })
-        }
+/** `cara matrix dlq purge <id> | --all [--yes]`. */
+export const purge = (
+  { all, host, id, json, port, yes }: Target & { readonly id: Option.Option<string>; readonly all: boolean; readonly yes: boolean }
+) =>
+  Effect.gen(function*() {
+    const payload = yield* selection(id, all)
+    if (!yes) {
+      const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
+      const typed = yield* askLine(
+        `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
+      )
+      if (typed !== expected) {
+        return yield* new DlqCliError({
+          kind: "dlq-purge-not-confirmed",
+          message: `not confirmed (expected "${expected}"); nothing was purged. Use --yes in scripts.`
+        })
       }
-      const api = yield* client(host, port)
-      const r = yield* api.dlq.purge({ payload }).pipe(Effect.mapError(callFailed))
-      yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
-    })
-).pipe(Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts."))
-
-/** `cara matrix dlq ...` through the control API of the running daemon. */
-export const dlqCommand = Command.make("dlq").pipe(
-  Command.withDescription("Inspect, replay and purge the Matrix inbound dead-letter queue of the running daemon."),
-  Command.withSubcommands([listCommand, showCommand, replayCommand, purgeCommand])
-)
+    }
+    const { api } = yield* GatewayClient
+    const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
+    yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))

@@ -1,5 +1,7 @@
 import * as ValidationError from "@effect/cli/ValidationError"
-import { Cause, Effect, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import { redactSecrets } from "../domain/redact.js"
 
 interface Described {

@@ -1,4 +1,7 @@
-import { Cause, HashMap, Logger, LogLevel } from "effect"
+import * as Cause from "effect/Cause"
+import * as HashMap from "effect/HashMap"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import { redactSecrets } from "../domain/redact.js"
 
 /**

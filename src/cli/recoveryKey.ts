@@ -1,6 +1,4 @@
 import * as fs from "node:fs"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import * as Prompt from "@effect/cli/Prompt"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { MAX_KEY_BYTES, recoveryError } from "../domain/recoveryKey.js"
@@ -39,89 +37,67 @@ const readCappedFd = (fd: number): Uint8Array => {
   return buf.subarray(0, n)
 }
 
-const showCommand = Command.make(
-  "show",
-  {
-    allowNonTerminal: Options.boolean("allow-non-terminal").pipe(
-      Options.withDescription("print even when stdout is not a terminal (intentional capture only)")
-    )
-  },
-  ({ allowNonTerminal }) =>
-    Effect.gen(function*() {
-      const { showKey } = yield* load
-      const key = yield* showKey({ allowNonTerminal, stdoutIsTty: process.stdout.isTTY === true })
-      yield* Effect.sync(() => process.stdout.write(`${Redacted.value(key)}\n`))
-    }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("Print the Matrix recovery key (only to a terminal unless --allow-non-terminal)."))
+/** `cara matrix recovery-key show`. */
+export const show = ({ allowNonTerminal }: { readonly allowNonTerminal: boolean }) =>
+  Effect.gen(function*() {
+    const { showKey } = yield* load
+    const key = yield* showKey({ allowNonTerminal, stdoutIsTty: process.stdout.isTTY === true })
+    yield* Effect.sync(() => process.stdout.write(`${Redacted.value(key)}\n`))
+  }).pipe(Effect.provide(MaintenanceLive))
 
-const restoreCommand = Command.make(
-  "restore",
-  {
-    keyFile: Options.file("key-file").pipe(Options.optional, Options.withDescription("read the key from this file (at most 4096 bytes)")),
-    stdin: Options.boolean("stdin").pipe(Options.withDescription("read the key from standard input"))
-  },
-  ({ keyFile, stdin }) =>
-    Effect.gen(function*() {
-      const { parseKeyInput, renderRestore, restoreKey } = yield* load
-      if (stdin && Option.isSome(keyFile)) {
-        return yield* recoveryError("recovery-key-invalid", "--stdin conflicts with --key-file; give one of them.")
-      }
-      const fromFd = (open: () => number, close: boolean, what: string) =>
-        Effect.try({
-          try: () => {
-            const fd = open()
-            try {
-              return readCappedFd(fd)
-            } finally {
-              if (close) fs.closeSync(fd)
-            }
-          },
-          catch: (e) => recoveryError("recovery-key-invalid", `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`)
-        }).pipe(Effect.flatMap(parseKeyInput))
-      const readKey = Option.isSome(keyFile)
-        ? fromFd(() => fs.openSync(keyFile.value, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), true, keyFile.value)
-        : stdin || process.stdin.isTTY !== true
-        ? fromFd(() => 0, false, "standard input")
-        : Prompt.hidden({ message: "Matrix recovery key: " }).pipe(
-          Effect.flatMap((r) => parseKeyInput(Redacted.value(r))),
-          Effect.catchTag("QuitException", () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator")))
+/** `cara matrix recovery-key restore`. */
+export const restore = ({ keyFile, stdin }: { readonly keyFile: Option.Option<string>; readonly stdin: boolean }) =>
+  Effect.gen(function*() {
+    const { parseKeyInput, renderRestore, restoreKey } = yield* load
+    if (stdin && Option.isSome(keyFile)) {
+      return yield* recoveryError("recovery-key-invalid", "--stdin conflicts with --key-file; give one of them.")
+    }
+    const fromFd = (open: () => number, close: boolean, what: string) =>
+      Effect.try({
+        try: () => {
+          const fd = open()
+          try {
+            return readCappedFd(fd)
+          } finally {
+            if (close) fs.closeSync(fd)
+          }
+        },
+        catch: (e) => recoveryError("recovery-key-invalid", `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`)
+      }).pipe(Effect.flatMap(parseKeyInput))
+    const readKey = Option.isSome(keyFile)
+      ? fromFd(() => fs.openSync(keyFile.value, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), true, keyFile.value)
+      : stdin || process.stdin.isTTY !== true
+      ? fromFd(() => 0, false, "standard input")
+      : Prompt.hidden({ message: "Matrix recovery key: " }).pipe(
+        Effect.flatMap((r) => parseKeyInput(Redacted.value(r))),
+        Effect.catchTag("QuitException", () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator")))
+      )
+    const result = yield* restoreKey(readKey)
+    yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
+  }).pipe(Effect.provide(MaintenanceLive))
+
+/** `cara matrix recovery-key rotate`. */
+export const rotate = ({ yes }: { readonly yes: boolean }) =>
+  Effect.gen(function*() {
+    if (!yes) {
+      if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) {
+        return yield* recoveryError(
+          "recovery-key-refused",
+          "matrix recovery-key rotate refused: not a TTY. Re-run with --yes to confirm rotation in non-interactive contexts. Rotation abandons the prior recovery key and any backup it secured."
         )
-      const result = yield* restoreKey(readKey)
-      yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
-    }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("With the daemon stopped: store a saved recovery key for the next start (--key-file PATH, --stdin, or a hidden prompt)."))
-
-const rotateCommand = Command.make(
-  "rotate",
-  { yes: Options.boolean("yes").pipe(Options.withDescription("confirm without the interactive prompt")) },
-  ({ yes }) =>
-    Effect.gen(function*() {
-      if (!yes) {
-        if (process.stdin.isTTY !== true || process.stdout.isTTY !== true) {
-          return yield* recoveryError(
-            "recovery-key-refused",
-            "matrix recovery-key rotate refused: not a TTY. Re-run with --yes to confirm rotation in non-interactive contexts. Rotation abandons the prior recovery key and any backup it secured."
-          )
-        }
-        yield* Effect.sync(() =>
-          process.stdout.write(
-            "This replaces the Matrix recovery key and the server-side key backup; the previous key stops working.\nSave the new key with `cara matrix recovery-key show` afterwards.\n"
-          )
-        )
-        const answer = yield* Prompt.text({ message: "Type 'rotate' to confirm: " }).pipe(Effect.orElseSucceed(() => ""))
-        if (answer.trim() !== "rotate") return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
       }
-      const { renderRotate, rotateKey } = yield* load
-      const result = yield* rotateKey
-      yield* Effect.sync(() => process.stdout.write(`${renderRotate(result)}\n`))
-      // matrix-js-sdk leaves timers behind after stopClient; the client's scope is closed and every write is
-      // durable, so end the one-shot process instead of waiting for them
-      yield* Effect.sync(() => setImmediate(() => process.exit(0)))
-    }).pipe(Effect.provide(MaintenanceLive))
-).pipe(Command.withDescription("With the daemon stopped: replace the recovery key (new secret-storage key and backup); the old key is abandoned."))
-
-/** `cara matrix recovery-key show|restore|rotate`. */
-export const recoveryKeyCommand = Command.make("recovery-key").pipe(
-  Command.withDescription("Show, restore or rotate the Matrix recovery key (CLI only; never through the control API)."),
-  Command.withSubcommands([showCommand, restoreCommand, rotateCommand])
-)
+      yield* Effect.sync(() =>
+        process.stdout.write(
+          "This replaces the Matrix recovery key and the server-side key backup; the previous key stops working.\nSave the new key with `cara matrix recovery-key show` afterwards.\n"
+        )
+      )
+      const answer = yield* Prompt.text({ message: "Type 'rotate' to confirm: " }).pipe(Effect.orElseSucceed(() => ""))
+      if (answer.trim() !== "rotate") return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
+    }
+    const { renderRotate, rotateKey } = yield* load
+    const result = yield* rotateKey
+    yield* Effect.sync(() => process.stdout.write(`${renderRotate(result)}\n`))
+    // matrix-js-sdk leaves timers behind after stopClient; the client's scope is closed and every write is
+    // durable, so end the one-shot process instead of waiting for them
+    yield* Effect.sync(() => setImmediate(() => process.exit(0)))
+  }).pipe(Effect.provide(MaintenanceLive))

@@ -1,9 +1,8 @@
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"
-import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe, hostOption, portOption } from "./client.js"
+import { REMEDIATION } from "../domain/remediation.js"
+import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe } from "./client.js"
 
 export const formatUptime = (seconds: number): string => {
   const d = Math.floor(seconds / 86400)
@@ -124,7 +123,7 @@ export const fetchStatus = (target: GatewayTarget) =>
     if (Either.isLeft(health)) {
       const d = describeClientError(health.left)
       return Either.left(
-        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\nIs the daemon running? Start it with: cara\n`
+        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\n${REMEDIATION["gateway-unreachable"]}\n`
       )
     }
     const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
@@ -136,7 +135,7 @@ export const fetchStatus = (target: GatewayTarget) =>
         channels: Option.none(),
         controlProblem: Option.some({
           kind: "gateway-token-missing",
-          message: "no gateway token: export CARAPACE_GATEWAY_TOKEN (or set gateway.auth.token) to see channel status"
+          message: `no gateway token: ${REMEDIATION["gateway-token-missing"]}`
         }),
         authOff
       } satisfies StatusReport)
@@ -155,22 +154,15 @@ export const fetchStatus = (target: GatewayTarget) =>
     } satisfies StatusReport)
   })
 
-export const statusCommand = Command.make(
-  "status",
-  {
-    host: hostOption,
-    port: portOption,
-    json: Options.boolean("json").pipe(Options.withDescription("print the status as JSON"))
-  },
-  ({ host, json, port }) =>
-    Effect.gen(function*() {
-      const target = yield* resolveTarget({ host, port })
-      const report = yield* fetchStatus(target)
-      if (Either.isLeft(report)) {
-        process.stderr.write(report.left)
-        process.exitCode = 1
-        return
-      }
-      yield* Console.log(json ? renderStatusJson(report.right) : renderStatus(report.right))
-    })
-).pipe(Command.withDescription("Show the gateway's health and, with CARAPACE_GATEWAY_TOKEN, channel and Matrix status."))
+/** `cara status [--json]`. */
+export const status = ({ host, json, port }: { readonly host: Option.Option<string>; readonly port: Option.Option<number>; readonly json: boolean }) =>
+  Effect.gen(function*() {
+    const target = yield* resolveTarget({ host, port })
+    const report = yield* fetchStatus(target)
+    if (Either.isLeft(report)) {
+      process.stderr.write(report.left)
+      process.exitCode = 1
+      return
+    }
+    yield* Console.log(json ? renderStatusJson(report.right) : renderStatus(report.right))
+  })

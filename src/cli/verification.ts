@@ -1,41 +1,26 @@
 import * as readline from "node:readline"
-import * as Args from "@effect/cli/Args"
-import * as Command from "@effect/cli/Command"
-import * as Options from "@effect/cli/Options"
 import { Console, Effect, Option, Schema } from "effect"
+import { REMEDIATION } from "../domain/remediation.js"
 import { FlowId, type OwnDevice, type VerificationFlow } from "../domain/verification.js"
 import { makeAudit } from "../layers/AuditLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { describeClientError, gatewayClient, hostOption, portOption, resolveTarget, terminalSafe } from "./client.js"
+import { callError, GatewayClient, gatewayCall, terminalSafe } from "./client.js"
 
-/** A refused or failed `cara matrix` verification command, with the daemon's kind (or ours) and a hint. */
+/** A `cara matrix` verification command refused before (or instead of) its call. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
-  kind: Schema.String,
+  kind: Schema.Literal("invalid-arguments", "audit-write-failed", "not-a-terminal", "aborted", "verification-flow-not-found", "verification-flow-not-ready"),
   message: Schema.String
 }) {}
 
-const jsonOption = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
-const flowArg = Args.text({ name: "flow-id" }).pipe(Args.withDescription("a flow id from `cara matrix verifications`"))
-
-const target = (host: Option.Option<string>, port: Option.Option<number>) => resolveTarget({ host, port })
-
-// What to do next, by the kind the daemon answered with (reference §6.6 hints).
-const HINTS: Record<string, string> = {
-  "verification-flow-not-found": "the flow id may be a typo or already pruned; run `cara matrix verifications` and copy the flow id exactly.",
-  "verification-flow-not-ready":
-    "the flow hasn't advanced far enough yet: wait for the peer to respond (and for the `sas` field to appear in `cara matrix verifications`), then retry.",
-  "verification-cancelled":
-    "the flow is in a terminal state (cancelled / done / mismatched); start a new flow with `cara matrix verify <user>` or from the other client.",
-  "verification-timeout": "the SDK request timed out; the action may have landed anyway. Run `cara matrix verifications` to see the current state."
+interface Target {
+  readonly host: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly json: boolean
 }
 
-export const callFailed = (e: unknown) => {
-  const d = describeClientError(e)
-  const kind = d.kind ?? "verification-call-failed"
-  const hint = HINTS[kind]
-  return new VerificationCliError({ kind, message: hint === undefined ? d.message : `${d.message}\n  → ${hint}` })
-}
+/** A failed call as the CLI reports it: the daemon's kind, its line, and the remediation (once). */
+export const callFailed = (e: unknown) => callError(e, "verification-call-failed")
 
 const requireFlowId = (flowId: string) => {
   const id = flowId.trim()
@@ -99,117 +84,104 @@ const ask = (question: string) =>
 
 // ---------------------------------------------------------------------------------------------------------
 
-const listCommand = Command.make("verifications", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix verifications`. */
+export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.list().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.list().pipe(gatewayCall)
     yield* Console.log(json ? safeJson({ ok: true, verifications: r.verifications }) : renderFlows(r.verifications))
-  })).pipe(Command.withDescription("List Matrix SAS verification flows (with the emoji and decimals once captured)."))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 const printFlow = (json: boolean, f: VerificationFlow) => Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
 
-const acceptCommand = Command.make("accept", { flowId: flowArg, host: hostOption, port: portOption, json: jsonOption }, ({ flowId, host, json, port }) =>
+/** `cara matrix accept <flow-id>`. */
+export const accept = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
     if (!json && r.verification.sas === undefined) {
       yield* Console.log("Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device.")
     }
-  })).pipe(Command.withDescription("Accept a verification request; the bot starts SAS once the peer is ready."))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const cancelCommand = Command.make("cancel", { flowId: flowArg, host: hostOption, port: portOption, json: jsonOption }, ({ flowId, host, json, port }) =>
+/** `cara matrix cancel <flow-id>`. */
+export const cancel = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
   Effect.gen(function*() {
     const id = yield* requireFlowId(flowId)
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
-  })).pipe(Command.withDescription("Cancel a verification flow (on the peer too)."))
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const confirmCommand = Command.make(
-  "confirm",
-  {
-    flowId: flowArg,
-    match: Options.boolean("match").pipe(Options.withDescription("the SAS values are the same on both devices")),
-    noMatch: Options.boolean("no-match").pipe(Options.withDescription("the SAS values differ: reject (cancels with m.mismatched_sas)")),
-    skip: Options.boolean("unsafe-skip-sas-prompt").pipe(
-      Options.withDescription("do not show the SAS and ask for `yes` (for automation; written to the audit log)")
-    ),
-    host: hostOption,
-    port: portOption,
-    json: jsonOption
-  },
-  ({ flowId, host, json, match, noMatch, port, skip }) =>
-    Effect.gen(function*() {
-      if (match === noMatch) {
-        return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
+/** `cara matrix confirm <flow-id> --match | --no-match`. */
+export const confirm = (
+  { flowId, host, json, match, noMatch, port, skip }: Target & {
+    readonly flowId: string
+    readonly match: boolean
+    readonly noMatch: boolean
+    readonly skip: boolean
+  }
+) =>
+  Effect.gen(function*() {
+    if (match === noMatch) {
+      return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
+    }
+    const id = yield* requireFlowId(flowId)
+    const { api, target: t } = yield* GatewayClient
+    if (skip) {
+      const stateDir = yield* StateDir
+      yield* makeAudit(stateDir).append("matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
+        Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
+      )
+      yield* Effect.sync(() =>
+        process.stderr.write(`WARNING: --unsafe-skip-sas-prompt: ${match ? "confirming" : "rejecting"} flow ${id} without showing the SAS values (audited)\n`)
+      )
+    } else {
+      if (process.stdin.isTTY !== true) {
+        return yield* new VerificationCliError({
+          kind: "not-a-terminal",
+          message: "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
+        })
       }
-      const id = yield* requireFlowId(flowId)
-      const t = yield* target(host, port)
-      const api = yield* gatewayClient(t)
-      if (skip) {
-        const stateDir = yield* StateDir
-        yield* makeAudit(stateDir).append("matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
-          Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
-        )
-        yield* Effect.sync(() =>
-          process.stderr.write(`WARNING: --unsafe-skip-sas-prompt: ${match ? "confirming" : "rejecting"} flow ${id} without showing the SAS values (audited)\n`)
-        )
-      } else {
-        if (process.stdin.isTTY !== true) {
-          return yield* new VerificationCliError({
-            kind: "not-a-terminal",
-            message: "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
-          })
-        }
-        if (process.stdout.isTTY !== true) {
-          return yield* new VerificationCliError({
-            kind: "not-a-terminal",
-            message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
-          })
-        }
-        const list = yield* api.verification.list().pipe(Effect.mapError(callFailed))
-        const flow = list.verifications.find((f) => f.flowId === id)
-        if (flow === undefined) {
-          return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${HINTS["verification-flow-not-found"]}` })
-        }
-        if (flow.sas === undefined) {
-          return yield* new VerificationCliError({
-            kind: "verification-flow-not-ready",
-            message: `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
-          })
-        }
-        const answer = yield* ask(renderConfirmPrompt(flow, match))
-        if (answer.trim() !== "yes") {
-          return yield* new VerificationCliError({ kind: "aborted", message: "aborted: nothing was sent" })
-        }
+      if (process.stdout.isTTY !== true) {
+        return yield* new VerificationCliError({
+          kind: "not-a-terminal",
+          message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
+        })
       }
-      const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(Effect.mapError(callFailed))
-      yield* printFlow(json, r.verification)
-    }).pipe(Effect.provide(StateDirLive))
-).pipe(Command.withDescription("Confirm (--match) or reject (--no-match) the SAS of a flow after comparing it with the other device."))
+      const list = yield* api.verification.list().pipe(gatewayCall)
+      const flow = list.verifications.find((f) => f.flowId === id)
+      if (flow === undefined) {
+        return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${REMEDIATION["verification-flow-not-found"]}` })
+      }
+      if (flow.sas === undefined) {
+        return yield* new VerificationCliError({
+          kind: "verification-flow-not-ready",
+          message: `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
+        })
+      }
+      const answer = yield* ask(renderConfirmPrompt(flow, match))
+      if (answer.trim() !== "yes") {
+        return yield* new VerificationCliError({ kind: "aborted", message: "aborted: nothing was sent" })
+      }
+    }
+    const r = yield* api.verification.confirm({ path: { flowId: id }, payload: { match } }).pipe(gatewayCall)
+    yield* printFlow(json, r.verification)
+  }).pipe(Effect.provide(StateDirLive)).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const verifyCommand = Command.make(
-  "verify",
-  {
-    user: Args.text({ name: "user" }).pipe(Args.withDescription("the Matrix user id, e.g. @alice:example.org")),
-    device: Args.text({ name: "device" }).pipe(Args.withDescription("one of their device ids (omit to verify the user in a DM)"), Args.optional),
-    host: hostOption,
-    port: portOption,
-    json: jsonOption
-  },
-  ({ device, host, json, port, user }) =>
-    Effect.gen(function*() {
-      if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
-      const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-      const r = yield* api.verification.verify({
-        payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
-      }).pipe(Effect.mapError(callFailed))
-      yield* printFlow(json, r.verification)
-      if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
-    })
-).pipe(Command.withDescription("Start a verification from the bot's side (a device, or the user in a DM room)."))
+/** `cara matrix verify <user> [device]`. */
+export const verify = ({ device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }) =>
+  Effect.gen(function*() {
+    if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.verify({
+      payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
+    }).pipe(gatewayCall)
+    yield* printFlow(json, r.verification)
+    if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
   devices.length === 0
@@ -220,12 +192,10 @@ export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
       )
       .join("\n")
 
-const devicesCommand = Command.make("devices", { host: hostOption, port: portOption, json: jsonOption }, ({ host, json, port }) =>
+/** `cara matrix devices`. */
+export const devices = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
-    const api = yield* Effect.flatMap(target(host, port), gatewayClient)
-    const r = yield* api.verification.devices().pipe(Effect.mapError(callFailed))
+    const { api } = yield* GatewayClient
+    const r = yield* api.verification.devices().pipe(gatewayCall)
     yield* Console.log(json ? safeJson({ ok: true, devices: r.devices }) : renderDevices(r.devices))
-  })).pipe(Command.withDescription("List the bot account's own devices and whether each is verified."))
-
-/** The `cara matrix` subcommands of SAS verification. */
-export const verificationCommands = [listCommand, acceptCommand, confirmCommand, cancelCommand, verifyCommand, devicesCommand] as const
+  }).pipe(Effect.provide(GatewayClient.at({ host, port })))

@@ -24,24 +24,73 @@ import { DlqDetail, DlqReplayReport, DlqSummary } from "./dlq.js"
 // "reason"? } }`. `kind` is a stable kebab-case string (reference §9.4 / §12 vocabulary); clients must
 // tolerate kinds they do not know. One class per HTTP status, so the client decodes by status alone.
 
-const ErrorDetail = {
-  kind: Schema.String,
+// The kinds each class carries, as literal unions (the server can only answer with these); a client decodes
+// a kind it does not know (a newer daemon) to its class's first kind, keeping the message.
+
+export const BadRequestKind = Schema.Literal(
+  "invalid-request",
+  "invalid-json",
+  "invalid-room-id",
+  "invalid-string",
+  "invalid-length",
+  "body-too-large",
+  "websocket-handshake-invalid",
+  "websocket-upgrade-required"
+)
+export const UnauthorizedKind = Schema.Literal("unauthorized", "token-in-query")
+export const ForbiddenKind = Schema.Literal("non-local-client", "csrf-origin-mismatch", "host-not-allowed", "non-canonical-path")
+export const NotFoundKind = Schema.Literal("not-found", "dlq-record-not-found")
+export const UnsupportedMediaTypeKind = Schema.Literal("unsupported-media-type")
+export const TooManyRequestsKind = Schema.Literal("rate-limited")
+/** The Matrix runtime's own kinds a failed call keeps (reference §12), and the DLQ's dispatch failure. */
+export const BadGatewayKind = Schema.Literal(
+  "send-failed",
+  "send-terminal",
+  "room-not-found",
+  "unsupported-room",
+  "command-queue-full",
+  "sync-failed",
+  "auth-probe",
+  "dlq-dispatch-failure"
+)
+export const ServiceUnavailableKind = Schema.Literal(
+  "matrix-runtime-unavailable",
+  "not-connected",
+  "dlq-crypto",
+  "dlq-io",
+  "dlq-serialization",
+  "dlq-dispatch-failure",
+  "dlq-cap-saturation"
+)
+
+const detail = <K extends Schema.Schema<any, any, never>>(kind: K) => ({
+  kind,
   message: Schema.String,
   retryAfterMs: Schema.optional(Schema.Int),
   reason: Schema.optional(Schema.String)
+})
+
+const ErrorWire = Schema.Struct({ ok: Schema.Literal(false), error: Schema.Struct(detail(Schema.String)) })
+interface ErrorFields<K extends string> {
+  readonly kind: K
+  readonly message: string
+  readonly retryAfterMs?: number | undefined
+  readonly reason?: string | undefined
 }
 
-const ErrorWire = Schema.Struct({ ok: Schema.Literal(false), error: Schema.Struct(ErrorDetail) })
-type ErrorFields = Schema.Struct.Type<typeof ErrorDetail>
-
 /** Wire form of an error class: the class on the inside, the shared body on the outside, with its status. */
-const wire = <A extends ErrorFields>(
-  cls: Schema.Schema<A, any, never> & (new(props: ErrorFields) => A),
+const wire = <K extends string, A extends ErrorFields<K>>(
+  cls: Schema.Schema<A, any, never> & (new(props: ErrorFields<K>) => A),
+  kinds: { readonly literals: ReadonlyArray<K> },
   status: number
 ) =>
   Schema.transform(ErrorWire, Schema.typeSchema(cls), {
     strict: false,
-    decode: (w) => new cls(w.error),
+    decode: (w) =>
+      new cls({
+        ...w.error,
+        kind: (kinds.literals as ReadonlyArray<string>).includes(w.error.kind) ? (w.error.kind as K) : kinds.literals[0]!
+      }),
     encode: (e) => ({
       ok: false as const,
       error: {
@@ -54,30 +103,30 @@ const wire = <A extends ErrorFields>(
   }).annotations(HttpApiSchema.annotations({ status }))
 
 /** 400: the request is malformed (bad JSON, bad ids, oversize body). */
-export class BadRequest extends Schema.TaggedError<BadRequest>()("BadRequest", ErrorDetail) {}
+export class BadRequest extends Schema.TaggedError<BadRequest>()("BadRequest", detail(BadRequestKind)) {}
 /** 401: no or wrong credentials (`unauthorized`), or a token in the query string (`token-in-query`). */
-export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", ErrorDetail) {}
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", detail(UnauthorizedKind)) {}
 /** 403: refused although authenticated or before auth (`csrf-origin-mismatch`, `non-local-client`). */
-export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", ErrorDetail) {}
+export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", detail(ForbiddenKind)) {}
 /** 404: the named thing does not exist (`dlq-record-not-found`). */
-export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", ErrorDetail) {}
+export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", detail(NotFoundKind)) {}
 /** 415: a state-changing request whose body is not `application/json` (`unsupported-media-type`). */
-export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", ErrorDetail) {}
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", detail(UnsupportedMediaTypeKind)) {}
 /** 429: per-IP rate limit (`rate-limited`); `retryAfterMs` and `Retry-After` say when to retry. */
-export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", ErrorDetail) {}
+export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", detail(TooManyRequestsKind)) {}
 /** 502: the Matrix runtime refused or failed the call (`send-failed`, `room-not-found`, ...). */
-export class BadGateway extends Schema.TaggedError<BadGateway>()("BadGateway", ErrorDetail) {}
+export class BadGateway extends Schema.TaggedError<BadGateway>()("BadGateway", detail(BadGatewayKind)) {}
 /** 503: the Matrix runtime is unavailable (`matrix-runtime-unavailable`, `not-connected`, ...). */
-export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", ErrorDetail) {}
+export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", detail(ServiceUnavailableKind)) {}
 
-export const BadRequestWire = wire(BadRequest, 400)
-export const UnauthorizedWire = wire(Unauthorized, 401)
-export const ForbiddenWire = wire(Forbidden, 403)
-export const NotFoundWire = wire(NotFound, 404)
-export const UnsupportedMediaTypeWire = wire(UnsupportedMediaType, 415)
-export const TooManyRequestsWire = wire(TooManyRequests, 429)
-export const BadGatewayWire = wire(BadGateway, 502)
-export const ServiceUnavailableWire = wire(ServiceUnavailable, 503)
+export const BadRequestWire = wire(BadRequest, BadRequestKind, 400)
+export const UnauthorizedWire = wire(Unauthorized, UnauthorizedKind, 401)
+export const ForbiddenWire = wire(Forbidden, ForbiddenKind, 403)
+export const NotFoundWire = wire(NotFound, NotFoundKind, 404)
+export const UnsupportedMediaTypeWire = wire(UnsupportedMediaType, UnsupportedMediaTypeKind, 415)
+export const TooManyRequestsWire = wire(TooManyRequests, TooManyRequestsKind, 429)
+export const BadGatewayWire = wire(BadGateway, BadGatewayKind, 502)
+export const ServiceUnavailableWire = wire(ServiceUnavailable, ServiceUnavailableKind, 503)
 
 export type ApiError =
   | BadRequest

@@ -466,7 +466,13 @@ const writeOps = (ctx: WriteContext, writeBack: WriteBack) => {
       const password = yield* requirePassword(`write ${at}`)
       yield* writeBack((raw) => sealedEdit(raw, at, plaintext, password))
     }).pipe(Effect.withSpan("ConfigSecrets.setSealedSecret"))
-  return { setMatrixAccessToken, removeMatrixPassword, setSealedSecret }
+
+  // the same write-back (validation, downgrade and conflict checks) for a plain value
+  const setValue = (at: string, value: unknown) =>
+    isSecretPath(at)
+      ? writeError("config-write-refused", file, `${at} is a secret path; it is written sealed (setSealedSecret)`)
+      : writeBack(() => Effect.succeed([{ op: "set", path: at.split("."), value }]))
+  return { setMatrixAccessToken, removeMatrixPassword, setSealedSecret, setValue }
 }
 
 export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>

@@ -10,6 +10,7 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
 import {
   BadGateway,
+  BadGatewayKind,
   BadRequest,
   CaraApi,
   Channels,
@@ -181,7 +182,8 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
               )
             }
             // Kept as the runtime's own kind (room-not-found, unsupported-room, ...): more useful than a generic one.
-            return Effect.fail(new BadGateway({ kind: e.kind, message: e.message }))
+            // (a kind the API does not list is a terminal send failure: src/domain/api.ts BadGatewayKind)
+            return Effect.fail(new BadGateway({ kind: Schema.is(BadGatewayKind)(e.kind) ? e.kind : "send-terminal", message: e.message }))
           })
         )
       }))

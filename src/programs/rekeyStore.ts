@@ -113,6 +113,8 @@ export interface RekeyDeps {
   readonly newPassphrase?: () => string
   /** One line per durable step, for progress on a TTY. */
   readonly progress?: (line: string) => Effect.Effect<void>
+  /** Stores re-wrapped so far of those to re-wrap (a counter on a TTY). */
+  readonly count?: (label: string, done: number, total: number) => Effect.Effect<void>
 }
 
 export type RekeyError = EncryptedStateIoError | MissingStoreSecretError | RekeyRefusedError | StoreKeyDerivationError | InstallationIdError
@@ -224,6 +226,7 @@ export const runRekey = (deps: RekeyDeps) =>
     let started = false
     let recovered: boolean | undefined
     let storeCount = 0
+    let rewrapped = 0
     for (;;) {
       const seen: { derived: Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError>; final: Option.Option<string>; observed: Observed; pending: Option.Option<string> } = yield* observe(deps, started)
       const { derived, final, observed, pending } = seen
@@ -257,6 +260,8 @@ export const runRekey = (deps: RekeyDeps) =>
           }
           yield* say(`re-wrapping the key of ${store.name}`)
           yield* store.rewrap(from.value, Redacted.make(pending.value))
+          rewrapped += 1
+          if (deps.count !== undefined) yield* deps.count("stores re-wrapped", rewrapped, Math.max(rewrapped, observed.stores.length))
           break
         }
         case "PromotePending":
@@ -289,6 +294,7 @@ export const appendAudit = (stateDir: StateDirShape, event: string, data: Record
 export interface RekeyStoreOptions {
   readonly env?: PassphraseEnv
   readonly progress?: (line: string) => Effect.Effect<void>
+  readonly count?: (label: string, done: number, total: number) => Effect.Effect<void>
 }
 
 /** The derived passphrase for the rekey (bypasses the daemon's interrupted-rekey gate on purpose). */
@@ -323,7 +329,8 @@ export const rekeyStore = (options: RekeyStoreOptions = {}) =>
         stores: [...sqliteStores(stateDir), dlqKeyedStore(stateDir, sp.installationId)],
         files: stateDirFiles(stateDir),
         derived: derivedFor(env, sp.installationId),
-        ...(options.progress !== undefined ? { progress: options.progress } : {})
+        ...(options.progress !== undefined ? { progress: options.progress } : {}),
+        ...(options.count !== undefined ? { count: options.count } : {})
       }
       const result = yield* runRekey(deps)
       yield* appendAudit(stateDir, "matrix_store_rekey_complete", {

@@ -66,6 +66,8 @@ export interface ConfigSecretsShape {
   readonly removeMatrixPassword: () => Effect.Effect<void, ConfigWriteError>
   /** Seals a value to `enc:v2` and writes it at a secret path (`"openai.apiKey"`), keeping the file's text. */
   readonly setSealedSecret: (path: string, value: Redacted.Redacted<string>) => Effect.Effect<void, ConfigWriteError>
+  /** Writes a value at a path that is not a secret path (`cara config set`), keeping the file's text. */
+  readonly setValue: (path: string, value: unknown) => Effect.Effect<void, ConfigWriteError>
 }
 
 export class ConfigSecrets extends Context.Tag("cara/ConfigSecrets")<ConfigSecrets, ConfigSecretsShape>() {}

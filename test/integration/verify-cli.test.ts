@@ -5,7 +5,7 @@ import * as net from "node:net"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { emptyMatrixExtra } from "../../src/domain/channel.js"
-import { HELP_ANCHOR, HELP_PATH, startUpCheck, summarize } from "../../src/cli/verify.js"
+import { HELP_ANCHOR, HELP_PATH, startUpCheck, summarize } from "../../src/programs/verify.js"
 import { cleanEnv, runCli, tempStateDir } from "../support/cli.js"
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens. */

@@ -289,7 +289,8 @@ const configSecrets = (encoded: unknown, values: Record<string, string>) => {
     secretOption: (ref) => Effect.succeed(Option.map(Option.fromNullable(values[lookup(ref)]), Redacted.make)),
     setMatrixAccessToken: () => Effect.void,
     removeMatrixPassword: () => Effect.void,
-    setSealedSecret: () => Effect.void
+    setSealedSecret: () => Effect.void,
+    setValue: () => Effect.void
   })
 }
 
