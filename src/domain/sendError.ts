@@ -53,3 +53,21 @@ export const classifySendError = (e: unknown): SendFailure => {
   return { _tag: "Transient", kind: "send-failed", retryAfterMs: undefined, detail }
 }
 
+
+/** An SDK error in a few words: its errcode (and HTTP status), else its class; never a URL. */
+export const describeSdkError = (e: unknown): string => {
+  const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
+  if (typeof err?.errcode === "string") return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  // a transport error's text can hold the request URL: keep only the class of failure
+  if (typeof err?.name === "string" && err.name !== "Error") return err.name
+  return typeof err?.message === "string" ? err.message.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200) : String(e).slice(0, 200)
+}
+
+export const errcodeOf = (e: unknown): string | undefined => {
+  const c = (e as { errcode?: unknown } | undefined)?.errcode
+  return typeof c === "string" ? c : undefined
+}
+
+/** An errcode that means the access token is gone for good (a sync or whoami answered with it stops the runtime). */
+export const isTokenRejection = (code: string | undefined): boolean =>
+  code !== undefined && (TOKEN_REVOCATION_CODES.has(code) || code === "M_FORBIDDEN")

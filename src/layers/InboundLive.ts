@@ -1,22 +1,30 @@
 import * as fs from "node:fs"
 import { DatabaseSync } from "node:sqlite"
-import { Cause, Clock, Effect, Option, type Scope } from "effect"
+import { Cause, Clock, Effect, Layer, Option, type Scope } from "effect"
 import type { MatrixChannelExtra } from "../domain/channel.js"
 import { DEFAULT_INBOUND_BUDGET, type InboundBudgetSpec, makeBudget, refusalNoticeText } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
-import type { AgentShape } from "../services/Agent.js"
-import type { ChannelStatusShape } from "../services/ChannelStatus.js"
+import { MatrixError } from "../domain/matrix.js"
+import { describeSdkError } from "../domain/sendError.js"
+import { Agent, type AgentShape } from "../services/Agent.js"
+import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { type DlqRecord, DlqError } from "../domain/dlq.js"
-import type { DlqShape } from "../services/Dlq.js"
-import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import { Dlq, type DlqShape } from "../services/Dlq.js"
+import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
-import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
+import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
+import { CurrentMatrixSession, MatrixSettings } from "../services/MatrixSync.js"
+import { StateDir } from "../services/StateDir.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
-import { allowsUser } from "../domain/allowlist.js"
+import { allowsUser, normalizeAllowlist } from "../domain/allowlist.js"
+// By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
+import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
+// By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
 import { type GateContext, gateInbound, type InboundCounter as Counter } from "../domain/inboundGate.js"
+export type { LedgerShape as Ledger, LedgerState, PendingReplyRow } from "../services/Ledger.js"
 
 // The gates are pure (src/domain/inboundGate.ts); re-exported for the existing importers.
 export {
@@ -45,33 +53,6 @@ const LEDGER_SCHEMA = `
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL
   );
 `
-
-export type LedgerState = "claimed" | "committed"
-
-/** An answer whose send failed at least once and that is not sent yet (`outbound_pending`). */
-export interface PendingReplyRow {
-  readonly eventId: string
-  readonly roomId: string
-  readonly firstFailedAt: number
-  readonly attempts: number
-  readonly lastError: string
-}
-
-export interface Ledger {
-  readonly state: (eventId: string) => LedgerState | undefined
-  /** Idempotent: a second claim of the same event changes nothing. */
-  readonly claim: (eventId: string, roomId: string, now: number) => void
-  readonly commit: (eventId: string, replyIds: ReadonlyArray<string>, now: number) => void
-  readonly unfinished: () => Array<{ eventId: string; roomId: string }>
-  readonly utdAdd: (eventId: string, roomId: string, now: number) => void
-  readonly utdRemove: (eventId: string) => boolean
-  readonly utdList: () => Array<{ eventId: string; roomId: string }>
-  /** One more failed send attempt of the answer to `eventId` (the row is created by the first). */
-  readonly pendingFailed: (eventId: string, roomId: string, error: string, now: number) => void
-  /** Oldest first. A row goes with the event's commit (sent, or in the DLQ). */
-  readonly pending: () => Array<PendingReplyRow>
-  readonly close: () => void
-}
 
 /**
  * Opens (creating 0600) the ledger. `synchronous=FULL` in WAL mode: a claim or commit is on disk when
@@ -489,3 +470,52 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       }
     } satisfies InboundShape
   })
+
+/** The ledger, open (created 0600 under `{state_dir}/matrix`) for the life of the layer. */
+export const LedgerLive = Layer.scoped(
+  LedgerTag,
+  Effect.gen(function*() {
+    const stateDir = yield* StateDir
+    yield* stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new MatrixError({ kind: "encrypted-state-io", message: e.message })))
+    return yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => openLedger(stateDir.resolve(LEDGER_FILE)),
+        catch: (e) =>
+          e instanceof StateFileError && e.kind === "inbound-ledger-corrupt"
+            ? new MatrixError({ kind: e.kind, message: e.message })
+            : new MatrixError({
+              kind: "encrypted-state-io",
+              message: `Opening the inbound ledger failed (${describeSdkError(e)}); check the state directory.`
+            })
+      }),
+      (l) => Effect.sync(() => l.close())
+    )
+  })
+)
+
+/** The inbound pipeline of the running Matrix runtime: gates from `matrix.*`, answers through Outbound. */
+export const InboundLive = Layer.scoped(
+  Inbound,
+  Effect.gen(function*() {
+    const m = yield* MatrixSettings
+    const session = yield* CurrentMatrixSession
+    const hooks = yield* InboundHooks
+    return yield* makeInbound({
+      gate: {
+        botUserId: session.userId,
+        allowlist: normalizeAllowlist(m.autoJoin),
+        encryptedMode: m.encrypted,
+        groupMessages: m.groupMessages,
+        requireCrossSignedSenders: m.requireCrossSignedSenders
+      },
+      budget: budgetSpec(m.inboundBudget),
+      ledger: yield* LedgerTag,
+      agent: yield* Agent,
+      outbound: yield* Outbound,
+      status: yield* ChannelStatus,
+      dlq: yield* Dlq,
+      replies: { ...hooks, options: { deadLetterAfterRounds: m.outbound.deadLetterAfterRounds } }
+    })
+  })
+)
+

@@ -1,7 +1,11 @@
-import { Cause, Clock, Deferred, Duration, Effect, Option, Schedule } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { MatrixError } from "../domain/matrix.js"
 import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
-import { Metrics } from "../services/Metrics.js"
+import type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
+import { Metrics, type MetricsShape } from "../services/Metrics.js"
+import { MatrixSettings } from "../services/MatrixSync.js"
+import { Outbound } from "../services/Outbound.js"
+import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
 import { testTxnId, txnIdFor } from "../domain/txnId.js"
 import { chunkContents } from "../domain/render.js"
 import { classifySendError, type SendFailure } from "../domain/sendError.js"
@@ -10,19 +14,10 @@ import { classifySendError, type SendFailure } from "../domain/sendError.js"
 export { testTxnId, txnIdFor } from "../domain/txnId.js"
 export { chunkContents, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, messageContent, renderMarkdown, splitMessage } from "../domain/render.js"
 export { classifySendError, type SendFailure } from "../domain/sendError.js"
+export type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The service over a transport
-
-/** The few client operations Outbound needs (matrix-js-sdk in the daemon, a fake in unit tests). */
-export interface MatrixTransport {
-  /** Sends (or re-sends, same `txnId`) one `m.room.message`; resolves with the event id. */
-  readonly send: (roomId: string, threadId: string | null, content: Record<string, unknown>, txnId: string) => Promise<string>
-  readonly typing: (roomId: string, on: boolean, timeoutMs: number) => Promise<void>
-  readonly receipt: (roomId: string, eventId: string) => Promise<void>
-  /** `undefined` when the bot has not joined the room. */
-  readonly room: (roomId: string) => { readonly encrypted: boolean } | undefined
-}
 
 export interface OutboundOptions {
   /** `matrix.encrypted`: false refuses to send into encrypted rooms. */
@@ -35,6 +30,8 @@ export interface OutboundOptions {
    * then hands the answer to the pending-reply retrier (makeReplyRetry).
    */
   readonly maxAttempts?: number
+  /** Where the send durations go (the daemon's Metrics; unit tests leave it out). */
+  readonly metrics?: MetricsShape
 }
 
 const TYPING_TIMEOUT_MS = 30_000
@@ -45,7 +42,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
     const baseDelay = options.baseDelayMs ?? 1_000
     const maxDelay = options.maxDelayMs ?? 60_000
     const maxAttempts = options.maxAttempts ?? 12
-    const metrics = yield* Effect.serviceOption(Metrics)
+    const metrics = Option.fromNullable(options.metrics)
     // One queue per room: answers to one room go out in order, rooms do not wait for each other.
     const queues = new Map<string, Effect.Semaphore>()
     const queueOf = (roomId: string) =>
@@ -182,6 +179,19 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
 
     return { reply, sendTest, whileTyping, readReceipt } satisfies OutboundShape
   })
+
+/** Outbound over the client's transport, with the `matrix.encrypted` and `matrix.outbound` settings. */
+export const OutboundLive = Layer.effect(
+  Outbound,
+  Effect.gen(function*() {
+    const m = yield* MatrixSettings
+    return yield* makeOutbound(yield* MatrixTransportTag, {
+      encrypted: m.encrypted,
+      maxAttempts: m.outbound.sendAttempts,
+      metrics: yield* Metrics
+    })
+  })
+)
 
 // ---------------------------------------------------------------------------------------------------------
 // Replies that could not be sent (pending replies)

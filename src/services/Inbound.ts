@@ -43,3 +43,14 @@ export interface InboundShape {
 }
 
 export class Inbound extends Context.Tag("cara/Inbound")<Inbound, InboundShape>() {}
+
+/**
+ * What the inbound pipeline's pending replies need from the running client: its view of the homeserver
+ * (a recent successful sync), and how to re-fetch and re-offer an event it does not hold.
+ */
+export interface InboundHooksShape {
+  readonly reachable: Effect.Effect<boolean>
+  readonly resume: (eventId: string, roomId: string) => Effect.Effect<void>
+}
+
+export class InboundHooks extends Context.Tag("cara/InboundHooks")<InboundHooks, InboundHooksShape>() {}

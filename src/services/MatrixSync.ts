@@ -1,4 +1,5 @@
 import { Context, type Effect, type Option } from "effect"
+import type { Matrix } from "../domain/config.js"
 import type { MatrixError } from "../domain/matrix.js"
 
 /** Who the bot is on the homeserver, once authenticated. */
@@ -21,3 +22,9 @@ export interface MatrixSyncShape {
 }
 
 export class MatrixSync extends Context.Tag("cara/MatrixSync")<MatrixSync, MatrixSyncShape>() {}
+
+/** The authenticated session inside the running Matrix runtime (provided once authentication is done). */
+export class CurrentMatrixSession extends Context.Tag("cara/CurrentMatrixSession")<CurrentMatrixSession, MatrixSession>() {}
+
+/** The `matrix` config section of the running runtime (enabled; provided by MatrixSync to its parts). */
+export class MatrixSettings extends Context.Tag("cara/MatrixSettings")<MatrixSettings, Matrix>() {}
