@@ -37,12 +37,93 @@ export interface OutboundOptions {
 const TYPING_TIMEOUT_MS = 30_000
 const TYPING_REFRESH = Duration.seconds(20)
 
+/** The room must be joined, and not encrypted unless `matrix.encrypted`. */
+const roomChecker = (transport: MatrixTransport, encrypted: boolean) => {
+  return (roomId: string) =>
+    Effect.suspend(() => {
+      const room = transport.room(roomId)
+      if (room === undefined) {
+        return Effect.fail(
+          new MatrixError({ kind: "room-not-found", message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.` })
+        )
+      }
+      if (room.encrypted && !encrypted) {
+        return Effect.fail(
+          new MatrixError({
+            kind: "unsupported-room",
+            message: `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
+          })
+        )
+      }
+      return Effect.void
+    })
+}
+
+interface SendSettings {
+  readonly baseDelay: number
+  readonly maxDelay: number
+  readonly maxAttempts: number
+  readonly metrics: Option.Option<MetricsShape>
+}
+
+const chunkSender = (transport: MatrixTransport, { baseDelay, maxAttempts, maxDelay, metrics }: SendSettings) => {
+  /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
+  return (
+    roomId: string,
+    threadId: string | null,
+    content: Record<string, unknown>,
+    txnId: string,
+    attempts: number = maxAttempts,
+    onFailedAttempt: (detail: string) => Effect.Effect<void> = () => Effect.void
+  ) =>
+    Effect.gen(function*() {
+      for (let attempt = 1;; attempt++) {
+        const started = Date.now()
+        const result = yield* Effect.tryPromise({
+          try: () => transport.send(roomId, threadId, content, txnId),
+          catch: classifySendError
+        }).pipe(Effect.either)
+        if (Option.isSome(metrics)) {
+          yield* metrics.value.observe("carapace_matrix_outbound_send_duration_seconds", (Date.now() - started) / 1000)
+        }
+        if (result._tag === "Right") return result.right
+        const failure = result.left
+        yield* onFailedAttempt(`${failure.kind}: ${failure.detail}`)
+        if (failure._tag === "Terminal") {
+          return yield* Effect.fail(
+            new MatrixError({
+              kind: failure.kind,
+              message: failure.kind === "auth-token-revoked"
+                ? `Matrix send failed: the access token was rejected (${failure.detail}); log in again and restart.`
+                : `Matrix send to ${roomId} was refused (${failure.detail}); check the bot's membership and power level in the room.`
+            })
+          )
+        }
+        if (attempt >= attempts) {
+          return yield* Effect.fail(
+            new MatrixError({
+              kind: "send-failed",
+              message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
+              ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
+            })
+          )
+        }
+        const backoff = Math.min(maxDelay, baseDelay * 2 ** (attempt - 1))
+        const delay = failure.retryAfterMs ?? backoff
+        yield* Effect.logWarning(`Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`)
+        yield* Effect.sleep(Duration.millis(delay))
+      }
+    })
+}
+
 export const makeOutbound = (transport: MatrixTransport, options: OutboundOptions) =>
   Effect.gen(function*() {
     const baseDelay = options.baseDelayMs ?? 1_000
     const maxDelay = options.maxDelayMs ?? 60_000
     const maxAttempts = options.maxAttempts ?? 12
     const metrics = Option.fromNullable(options.metrics)
+    const checkRoom = roomChecker(transport, options.encrypted)
+    const sendOne = chunkSender(transport, { baseDelay, maxDelay, maxAttempts, metrics })
     // One queue per room: answers to one room go out in order, rooms do not wait for each other.
     const queues = new Map<string, Effect.Semaphore>()
     const queueOf = (roomId: string) =>
@@ -53,73 +134,6 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
           queues.set(roomId, s)
           return s
         })
-      })
-
-    const checkRoom = (roomId: string) =>
-      Effect.suspend(() => {
-        const room = transport.room(roomId)
-        if (room === undefined) {
-          return Effect.fail(
-            new MatrixError({ kind: "room-not-found", message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.` })
-          )
-        }
-        if (room.encrypted && !options.encrypted) {
-          return Effect.fail(
-            new MatrixError({
-              kind: "unsupported-room",
-              message: `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
-            })
-          )
-        }
-        return Effect.void
-      })
-
-    /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
-    const sendOne = (
-      roomId: string,
-      threadId: string | null,
-      content: Record<string, unknown>,
-      txnId: string,
-      attempts: number = maxAttempts,
-      onFailedAttempt: (detail: string) => Effect.Effect<void> = () => Effect.void
-    ) =>
-      Effect.gen(function*() {
-        for (let attempt = 1;; attempt++) {
-          const started = Date.now()
-          const result = yield* Effect.tryPromise({
-            try: () => transport.send(roomId, threadId, content, txnId),
-            catch: classifySendError
-          }).pipe(Effect.either)
-          if (Option.isSome(metrics)) {
-            yield* metrics.value.observe("carapace_matrix_outbound_send_duration_seconds", (Date.now() - started) / 1000)
-          }
-          if (result._tag === "Right") return result.right
-          const failure = result.left
-          yield* onFailedAttempt(`${failure.kind}: ${failure.detail}`)
-          if (failure._tag === "Terminal") {
-            return yield* Effect.fail(
-              new MatrixError({
-                kind: failure.kind,
-                message: failure.kind === "auth-token-revoked"
-                  ? `Matrix send failed: the access token was rejected (${failure.detail}); log in again and restart.`
-                  : `Matrix send to ${roomId} was refused (${failure.detail}); check the bot's membership and power level in the room.`
-              })
-            )
-          }
-          if (attempt >= attempts) {
-            return yield* Effect.fail(
-              new MatrixError({
-                kind: "send-failed",
-                message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
-                ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
-              })
-            )
-          }
-          const backoff = Math.min(maxDelay, baseDelay * 2 ** (attempt - 1))
-          const delay = failure.retryAfterMs ?? backoff
-          yield* Effect.logWarning(`Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`)
-          yield* Effect.sleep(Duration.millis(delay))
-        }
       })
 
     const reply = (r: OutboundReply, o: ReplyOptions = {}) =>
@@ -242,41 +256,93 @@ export interface ReplyRetryDeps {
 
 export const DEFAULT_DEAD_LETTER_AFTER_ROUNDS = 12
 
+interface Entry {
+  readonly held: HeldReply
+  rounds: number
+  nextAt: number
+}
+
+/** The retrier's state: held replies, ledger rows without an owner, and whether the homeserver went away. */
+const retryState = () => ({
+  // insertion order is the order of first failure: answers to a room go out in the order they were asked
+  held: new Map<string, Entry>(),
+  orphans: new Map<string, { tries: number; nextAt: number }>(),
+  offline: false
+})
+
+const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
+
+/** Moves a held reply to the DLQ (the ledger commits it there), or keeps it when that is not possible. */
+const dlqMover = (deps: ReplyRetryDeps, held: Map<string, Entry>, max: number, roundDelay: (rounds: number) => number) => {
+  return (e: Entry, why: string) =>
+    Effect.gen(function*() {
+      const id = e.held.reply.inReplyTo
+      if (Option.isNone(deps.deadLetter)) {
+        e.nextAt = (yield* Clock.currentTimeMillis) + max
+        return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
+      }
+      const r = yield* Effect.either(deps.deadLetter.value(e.held))
+      if (r._tag === "Left") {
+        // the DLQ could not take it (its own durability error is set): keep owning the reply
+        e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
+        return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
+      }
+      held.delete(id)
+      yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
+    })
+}
+
+/** One retry of one held reply in a round; false ends the round (the homeserver went away, or the token). */
+const roundRetrier = (
+  deps: ReplyRetryDeps,
+  options: ReplyRetryOptions,
+  st: ReturnType<typeof retryState>,
+  toDlq: (e: Entry, why: string) => Effect.Effect<void>,
+  roundDelay: (rounds: number) => number
+) => {
+  const { held } = st
+  const attemptsPerRound = options.attemptsPerRound ?? 3
+  return (e: Entry) =>
+    Effect.gen(function*() {
+      const r = e.held.reply
+      const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
+      if (result._tag === "Right") {
+        yield* deps.sent(r.inReplyTo, result.right)
+        held.delete(r.inReplyTo)
+        yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
+        return true
+      }
+      const error = result.left
+      if (error.kind === "auth-token-revoked") return false
+      if (error.kind !== "send-failed") {
+        yield* toDlq(e, `${error.kind}: ${error.message}`)
+        return true
+      }
+      // the homeserver went away during the round: not the reply's fault, nothing counts
+      if (!(yield* deps.reachable)) {
+        st.offline = true
+        return false
+      }
+      e.rounds++
+      if (e.rounds >= options.deadLetterAfterRounds) {
+        yield* toDlq(e, `not sent in ${e.rounds} rounds while the homeserver was reachable: ${error.message}`)
+        return true
+      }
+      e.nextAt = (yield* Clock.currentTimeMillis) + Math.max(roundDelay(e.rounds), error.retryAfterMs ?? 0)
+      return true
+    })
+}
+
 export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions) =>
   Effect.gen(function*() {
     const base = options.roundBaseDelayMs ?? 30_000
     const max = options.roundMaxDelayMs ?? 3_600_000
-    const attemptsPerRound = options.attemptsPerRound ?? 3
     const roundDelay = (rounds: number) => Math.min(max, base * 2 ** rounds)
-    interface Entry {
-      readonly held: HeldReply
-      rounds: number
-      nextAt: number
-    }
-    // insertion order is the order of first failure: answers to a room go out in the order they were asked
-    const held = new Map<string, Entry>()
-    const orphans = new Map<string, { tries: number; nextAt: number }>()
+    const st = retryState()
+    const { held, orphans } = st
     const oneRound = yield* Effect.makeSemaphore(1)
-    let offline = false
-
-    const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
-
-    const toDlq = (e: Entry, why: string) =>
-      Effect.gen(function*() {
-        const id = e.held.reply.inReplyTo
-        if (Option.isNone(deps.deadLetter)) {
-          e.nextAt = (yield* Clock.currentTimeMillis) + max
-          return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
-        }
-        const r = yield* Effect.either(deps.deadLetter.value(e.held))
-        if (r._tag === "Left") {
-          // the DLQ could not take it (its own durability error is set): keep owning the reply
-          e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
-          return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
-        }
-        held.delete(id)
-        yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
-      })
+    const toDlq = dlqMover(deps, held, max, roundDelay)
+    const retryOne = roundRetrier(deps, options, st, toDlq, roundDelay)
 
     /** Takes over an answer whose `reply` failed with `error`. */
     const hold = (h: HeldReply, error: MatrixError) =>
@@ -295,46 +361,16 @@ export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions)
         )
       })
 
-    const retryOne = (e: Entry) =>
-      Effect.gen(function*() {
-        const r = e.held.reply
-        const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
-        if (result._tag === "Right") {
-          yield* deps.sent(r.inReplyTo, result.right)
-          held.delete(r.inReplyTo)
-          yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
-          return true
-        }
-        const error = result.left
-        if (error.kind === "auth-token-revoked") return false
-        if (error.kind !== "send-failed") {
-          yield* toDlq(e, `${error.kind}: ${error.message}`)
-          return true
-        }
-        // the homeserver went away during the round: not the reply's fault, nothing counts
-        if (!(yield* deps.reachable)) {
-          offline = true
-          return false
-        }
-        e.rounds++
-        if (e.rounds >= options.deadLetterAfterRounds) {
-          yield* toDlq(e, `not sent in ${e.rounds} rounds while the homeserver was reachable: ${error.message}`)
-          return true
-        }
-        e.nextAt = (yield* Clock.currentTimeMillis) + Math.max(roundDelay(e.rounds), error.retryAfterMs ?? 0)
-        return true
-      })
-
     /** One pass over the due replies (and over rows a restart left without their text). */
     const pass = Effect.gen(function*() {
         if (!(yield* deps.reachable)) {
-          offline = true
+          st.offline = true
           return
         }
         const now = yield* Clock.currentTimeMillis
-        if (offline) {
+        if (st.offline) {
           // the homeserver is back: everything held is due now
-          offline = false
+          st.offline = false
           for (const e of held.values()) e.nextAt = now
           for (const o of orphans.values()) o.nextAt = now
         }
