@@ -16,7 +16,7 @@ import { Outbound, type OutboundReply, type OutboundShape } from "../services/Ou
 import { CurrentMatrixSession, MatrixSettings } from "../services/MatrixSync.js"
 import { StateDir } from "../services/StateDir.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
-import { allowsUser, normalizeAllowlist } from "../domain/allowlist.js"
+import { normalizeAllowlist } from "../domain/allowlist.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"

@@ -8,7 +8,7 @@ import { Outbound } from "../services/Outbound.js"
 import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
 import { testTxnId, txnIdFor } from "../domain/txnId.js"
 import { chunkContents } from "../domain/render.js"
-import { classifySendError, type SendFailure } from "../domain/sendError.js"
+import { classifySendError } from "../domain/sendError.js"
 
 // The pure parts of the send path live in src/domain; re-exported for the existing importers.
 export { testTxnId, txnIdFor } from "../domain/txnId.js"

@@ -2,7 +2,7 @@
 // client (ledger, client + transport, outbound, inbound, the event handling), then the features in the
 // order the start-up sequence needs. Fails with a MatrixError (terminal) or runs until interrupted.
 import * as fs from "node:fs"
-import { Context, Deferred, Effect, Layer, Option, Ref, type Scope } from "effect"
+import { Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import { allowsUser, normalizeAllowlist } from "../../domain/allowlist.js"
 import type { RecoveryKeyError } from "../../domain/recoveryKey.js"
 import { MATRIX_CHANNEL_ID as CHANNEL_ID, MatrixError, type MatrixErrorKind } from "../../domain/matrix.js"
