@@ -1,10 +1,11 @@
 import { Context, type Effect, type Option } from "effect"
 import type { Matrix } from "../domain/config.js"
+import type { DeviceId, UserId } from "../domain/matrix.js"
 
 /** Who the bot is on the homeserver, once authenticated. */
 export interface MatrixSession {
-  readonly userId: string
-  readonly deviceId: string
+  readonly userId: UserId
+  readonly deviceId: DeviceId
 }
 
 /**

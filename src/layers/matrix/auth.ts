@@ -3,7 +3,7 @@
 import { Context, Duration, Effect, Option, Redacted, Schedule } from "effect"
 import * as sdk from "matrix-js-sdk"
 import type { Matrix } from "../../domain/config.js"
-import { MatrixError, type MatrixErrorKind, TOKEN_REVOCATION_CODES, tokenRevoked } from "../../domain/matrix.js"
+import { type DeviceId, MatrixError, type MatrixErrorKind, TOKEN_REVOCATION_CODES, tokenRevoked, type UserId } from "../../domain/matrix.js"
 import { describeSdkError as describe, errcodeOf, isTokenRejection } from "../../domain/sendError.js"
 import type { ConfigSecretsShape } from "../../services/ConfigSecrets.js"
 import { quietLogger } from "./logging.js"
@@ -14,8 +14,8 @@ export const HTTP_TIMEOUT_MS = 30_000
 
 export interface Credentials {
   readonly baseUrl: string
-  readonly userId: string
-  readonly deviceId: string
+  readonly userId: UserId
+  readonly deviceId: DeviceId
   readonly accessToken: Redacted.Redacted<string>
   readonly mode: "token" | "password"
 }
@@ -142,7 +142,8 @@ const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: Conf
     yield* Effect.logInfo("Matrix password login done; access token and device id written to the config file").pipe(
       Effect.annotateLogs({ deviceId: login.device_id })
     )
-    return { userId: login.user_id, deviceId: login.device_id, accessToken: token }
+    // the homeserver's answer to our own login: its ids are the session's (not re-validated here)
+    return { userId: login.user_id as UserId, deviceId: login.device_id as DeviceId, accessToken: token }
   })
 
 /** Whether the homeserver holds identity keys of `deviceId` (a rejected token: no, so whoami reports it). */
@@ -216,7 +217,8 @@ export const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS
         return yield* replaceLostDevice(m, baseUrl, userId, deviceId, token.value, secrets, env)
       }
       yield* whoami(baseUrl, userId, deviceId, token.value)
-      return { baseUrl, userId, deviceId, accessToken: token.value, mode: "token" } satisfies Credentials
+      // both checked above: the user id's shape, and whoami confirmed the pair
+      return { baseUrl, userId: userId as UserId, deviceId: deviceId as DeviceId, accessToken: token.value, mode: "token" } satisfies Credentials
     }
     if (m.password === undefined || m.password === null) {
       return yield* fail("missing-credentials", "matrix accessToken or password is required; set matrix.password (first login) and restart.")
