@@ -102,3 +102,10 @@ export const TOKEN_REVOCATION_CODES: ReadonlySet<string> = new Set([
   "M_USER_LOCKED",
   "M_USER_SUSPENDED"
 ])
+
+/** The channel id of the Matrix runtime in the channel status. */
+export const MATRIX_CHANNEL_ID = "matrix"
+
+/** The error of a token the homeserver rejected for good (`auth-token-revoked`). */
+export const tokenRevoked = (code: string) =>
+  new MatrixError({ kind: "auth-token-revoked", message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})` })

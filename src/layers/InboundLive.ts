@@ -1,131 +1,41 @@
 import * as fs from "node:fs"
 import { DatabaseSync } from "node:sqlite"
-import { Cause, Clock, Effect, Option, type Scope } from "effect"
+import { Cause, Clock, Effect, Layer, Option, type Scope } from "effect"
 import type { MatrixChannelExtra } from "../domain/channel.js"
 import { DEFAULT_INBOUND_BUDGET, type InboundBudgetSpec, makeBudget, refusalNoticeText } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
-import type { AgentShape } from "../services/Agent.js"
-import type { ChannelStatusShape } from "../services/ChannelStatus.js"
+import { MatrixError } from "../domain/matrix.js"
+import { describeSdkError } from "../domain/sendError.js"
+import { Agent, type AgentShape } from "../services/Agent.js"
+import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { type DlqRecord, DlqError } from "../domain/dlq.js"
-import type { DlqShape } from "../services/Dlq.js"
-import type { InboundShape, RoomFacts } from "../services/Inbound.js"
+import { Dlq, type DlqShape } from "../services/Dlq.js"
+import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
-import type { OutboundReply, OutboundShape } from "../services/Outbound.js"
+import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
+import { CurrentMatrixSession, MatrixSettings } from "../services/MatrixSync.js"
+import { StateDir } from "../services/StateDir.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
-import { type Allowlist, allowsUser } from "./allowlist.js"
-import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
+import { normalizeAllowlist } from "../domain/allowlist.js"
+// By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
+import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
+import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
+// By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
-// ---------------------------------------------------------------------------------------------------------
-// Gates (reference §7.3, plus the group-mention rule), pure
+import { type GateContext, gateInbound, type InboundCounter as Counter } from "../domain/inboundGate.js"
+export type { LedgerShape as Ledger, LedgerState, PendingReplyRow } from "../services/Ledger.js"
 
-/** Bodies above this many UTF-8 bytes are not answered. */
-export const MAX_BODY_BYTES = 64 * 1024
-
-export type GroupMessages = "mention" | "all"
-
-export interface GateContext {
-  readonly botUserId: string
-  readonly allowlist: Allowlist
-  /** `matrix.encrypted` */
-  readonly encryptedMode: boolean
-  /** `matrix.groupMessages`: in rooms with more than two members, answer only mentions (default) or all. */
-  readonly groupMessages: GroupMessages
-  /** `matrix.requireCrossSignedSenders`: only devices their owner cross-signed are answered. */
-  readonly requireCrossSignedSenders?: boolean
-}
-
-type Counter = keyof Pick<
-  MatrixChannelExtra,
-  | "unsupportedInboundCount"
-  | "peerDropUnsupportedMsgtypeTotal"
-  | "peerDropAllowlistRejectionTotal"
-  | "peerDropBodyTooLargeTotal"
-  | "peerDropEncryptedRoomTotal"
-  | "peerDropUnencryptedInEncryptedRoomTotal"
-  | "peerDropNotCrossSignedTotal"
-  | "inboundBudgetRefusedRoomTotal"
-  | "inboundBudgetRefusedSenderTotal"
-  | "inboundBudgetNoticeTotal"
->
-
-export type GateVerdict =
-  | { readonly _tag: "Dispatch"; readonly isGroup: boolean }
-  /**
-   * Not for the agent and not worth a counter (own echo, verification, edit, history, no mention, and
-   * `m.notice`: by the spec's convention automated output, never answered, which is what keeps two bots
-   * that allow each other from answering each other).
-   */
-  | { readonly _tag: "Ignore"; readonly reason: "own" | "verification" | "notice" | "edit" | "history" | "not-mentioned" }
-  /** Refused and counted in the channel status. */
-  | {
-    readonly _tag: "Drop"
-    readonly reason:
-      | "encrypted-room"
-      | "unencrypted-in-encrypted-room"
-      | "msgtype"
-      | "allowlist"
-      | "not-cross-signed"
-      | "invisible"
-      | "too-large"
-    readonly counters: ReadonlyArray<Counter>
-  }
-
-/** Only whitespace, control, format (zero-width, bidi) or filler characters. */
-const INVISIBLE_ONLY = /^[\p{White_Space}\p{Cc}\p{Cf}\p{Zs}\p{Zl}\p{Zp}\u115F\u1160\u3164\uFFA0\u2800\u180E]*$/u
-
-export const isInvisibleOnly = (body: string): boolean => INVISIBLE_ONLY.test(body)
-
-const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
-
-/** `m.mentions` names the bot, or the body holds its MXID or (as a whole word) its display name. */
-export const mentionsBot = (ev: InboundEvent, botUserId: string, displayName: string | undefined): boolean => {
-  if (ev.mentionedUserIds?.includes(botUserId) === true) return true
-  if (ev.body.includes(botUserId)) return true
-  const name = displayName?.trim()
-  if (name === undefined || name === "") return false
-  return new RegExp(`(^|[^\\p{L}\\p{N}_])${escapeRegExp(name)}($|[^\\p{L}\\p{N}_])`, "iu").test(ev.body)
-}
-
-export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts): GateVerdict => {
-  if (!ctx.encryptedMode && (room.encrypted || ev.encrypted)) {
-    return { _tag: "Drop", reason: "encrypted-room", counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"] }
-  }
-  // the account, not the device: messages from the bot's other sessions are never answered either
-  if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }
-  // A room with m.room.encryption only ever carries encrypted messages from real clients: a plaintext one
-  // was injected (a homeserver admin, a spoofing server) and its sender is not authenticated by any key.
-  if (ctx.encryptedMode && room.encrypted && !ev.encrypted) {
-    return {
-      _tag: "Drop",
-      reason: "unencrypted-in-encrypted-room",
-      counters: ["peerDropUnencryptedInEncryptedRoomTotal", "unsupportedInboundCount"]
-    }
-  }
-  if (ev.msgtype?.startsWith("m.key.verification.") === true) return { _tag: "Ignore", reason: "verification" }
-  if (ev.msgtype === "m.notice") return { _tag: "Ignore", reason: "notice" }
-  if (ev.msgtype !== "m.text") {
-    return { _tag: "Drop", reason: "msgtype", counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"] }
-  }
-  if (!allowsUser(ctx.allowlist, ev.sender)) {
-    return { _tag: "Drop", reason: "allowlist", counters: ["peerDropAllowlistRejectionTotal"] }
-  }
-  if (ev.relType === "m.replace") return { _tag: "Ignore", reason: "edit" }
-  if (room.botJoinedAt !== undefined && ev.ts < room.botJoinedAt) return { _tag: "Ignore", reason: "history" }
-  // after the allowlist: only an allowed sender is told (once) why it is not answered
-  if (ctx.requireCrossSignedSenders === true && ev.senderDeviceCrossSigned !== true) {
-    return { _tag: "Drop", reason: "not-cross-signed", counters: ["peerDropNotCrossSignedTotal"] }
-  }
-  if (Buffer.byteLength(ev.body, "utf8") > MAX_BODY_BYTES) {
-    return { _tag: "Drop", reason: "too-large", counters: ["peerDropBodyTooLargeTotal", "unsupportedInboundCount"] }
-  }
-  if (isInvisibleOnly(ev.body)) return { _tag: "Drop", reason: "invisible", counters: ["unsupportedInboundCount"] }
-  const isGroup = room.memberCount > 2
-  if (isGroup && ctx.groupMessages === "mention" && !mentionsBot(ev, ctx.botUserId, room.botDisplayName)) {
-    return { _tag: "Ignore", reason: "not-mentioned" }
-  }
-  return { _tag: "Dispatch", isGroup }
-}
+// The gates are pure (src/domain/inboundGate.ts); re-exported for the existing importers.
+export {
+  type GateContext,
+  gateInbound,
+  type GateVerdict,
+  type GroupMessages,
+  isInvisibleOnly,
+  MAX_BODY_BYTES,
+  mentionsBot
+} from "../domain/inboundGate.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The ledger: `{state_dir}/matrix/inbound-ledger.sqlite`
@@ -143,33 +53,6 @@ const LEDGER_SCHEMA = `
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL
   );
 `
-
-export type LedgerState = "claimed" | "committed"
-
-/** An answer whose send failed at least once and that is not sent yet (`outbound_pending`). */
-export interface PendingReplyRow {
-  readonly eventId: string
-  readonly roomId: string
-  readonly firstFailedAt: number
-  readonly attempts: number
-  readonly lastError: string
-}
-
-export interface Ledger {
-  readonly state: (eventId: string) => LedgerState | undefined
-  /** Idempotent: a second claim of the same event changes nothing. */
-  readonly claim: (eventId: string, roomId: string, now: number) => void
-  readonly commit: (eventId: string, replyIds: ReadonlyArray<string>, now: number) => void
-  readonly unfinished: () => Array<{ eventId: string; roomId: string }>
-  readonly utdAdd: (eventId: string, roomId: string, now: number) => void
-  readonly utdRemove: (eventId: string) => boolean
-  readonly utdList: () => Array<{ eventId: string; roomId: string }>
-  /** One more failed send attempt of the answer to `eventId` (the row is created by the first). */
-  readonly pendingFailed: (eventId: string, roomId: string, error: string, now: number) => void
-  /** Oldest first. A row goes with the event's commit (sent, or in the DLQ). */
-  readonly pending: () => Array<PendingReplyRow>
-  readonly close: () => void
-}
 
 /**
  * Opens (creating 0600) the ledger. `synchronous=FULL` in WAL mode: a claim or commit is on disk when
@@ -324,6 +207,224 @@ const bump = (status: ChannelStatusShape, counters: ReadonlyArray<Counter>) =>
     return next as MatrixChannelExtra
   })
 
+/** Dropped events are logged: the first 10 per reason, then powers of two (reference's log-volume rule). */
+const dropLogger = () => {
+  const dropLogs = new Map<string, number>()
+  // first 10 per reason, then powers of two (reference's log-volume rule)
+  return (reason: string, ev: InboundEvent) =>
+    Effect.suspend(() => {
+      const n = (dropLogs.get(reason) ?? 0) + 1
+      dropLogs.set(reason, n)
+      return n <= 10 || (n & (n - 1)) === 0
+        ? Effect.logWarning(`Matrix inbound event ignored: ${reason}`).pipe(
+          Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, total: n })
+        )
+        : Effect.void
+    })
+
+}
+
+/** A failed durable handling: counted and logged; a failed session write also goes to the DLQ. */
+const failures = (status: ChannelStatusShape, dlq: DlqShape | undefined) => {
+  const failure = (ev: InboundEvent, what: string, message: string) =>
+    Effect.logError(`Matrix inbound ${what} failed; the event stays claimed and is retried at the next start: ${message}`).pipe(
+      Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }),
+      Effect.zipRight(
+        status.updateMatrix((x) => ({
+          ...x,
+          inboundDispatchFailureTotal: x.inboundDispatchFailureTotal + 1,
+          lastInboundFailureAt: Date.now()
+        }))
+      )
+    )
+
+  // Durable handling failed: the event goes to the DLQ (encrypted) and is replayed after a later sync.
+  const deadLetter = (ev: InboundEvent, isGroup: boolean, e: SessionStoreError) =>
+    failure(ev, "dispatch", e.message).pipe(
+      Effect.zipRight(
+        dlq === undefined ? Effect.void : dlq.append({
+          eventId: ev.eventId,
+          roomId: ev.roomId,
+          senderId: ev.sender,
+          text: ev.body,
+          receivedAt: Date.now(),
+          isGroup,
+          ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+        }).pipe(Effect.ignore)
+      )
+    )
+
+  return { failure, deadLetter }
+}
+
+/** The ledger's pending-reply rows mirrored into the channel status, and the commit that clears them. */
+const ledgerOps = (ledger: Ledger, status: ChannelStatusShape, dlq: DlqShape | undefined) => {
+  // Pending replies: the ledger row per reply whose send failed is mirrored into the channel status.
+  const refreshPending = Effect.suspend(() => {
+    const rows = ledger.pending()
+    return status.updateMatrix((x) => {
+      const { outboundPendingCount: _c, outboundPendingOldestAt: _o, ...rest } = x
+      return rows.length === 0 ? rest : { ...rest, outboundPendingCount: rows.length, outboundPendingOldestAt: rows[0]!.firstFailedAt }
+    })
+  }).pipe(Effect.catchAllCause((c) => Effect.logWarning(`reading the pending replies failed: ${Cause.pretty(c)}`)))
+
+  const attemptFailed = (r: OutboundReply, detail: string) =>
+    Effect.sync(() => ledger.pendingFailed(r.inReplyTo, r.roomId, detail, Date.now())).pipe(
+      Effect.zipRight(refreshPending),
+      Effect.catchAllCause((c) => Effect.logWarning(`recording a failed send in the inbound ledger failed: ${Cause.pretty(c)}`))
+    )
+
+  const commit = (eventId: string, ids: ReadonlyArray<string>) =>
+    Effect.sync(() => ledger.commit(eventId, ids, Date.now())).pipe(Effect.zipRight(refreshPending))
+
+  // An answer the DLQ holds is handled (durability rule 2): the event is committed after the append.
+  const deadLetterReply = (h: HeldReply) =>
+    dlq === undefined ? Effect.fail({ message: "no DLQ" }) : dlq.append({
+      eventId: h.reply.inReplyTo,
+      roomId: h.reply.roomId,
+      senderId: h.senderId,
+      text: h.reply.text,
+      receivedAt: Date.now(),
+      isGroup: h.isGroup,
+      direction: "outbound",
+      ...(h.reply.threadId === undefined ? {} : { threadId: h.reply.threadId })
+    }).pipe(Effect.zipRight(commit(h.reply.inReplyTo, [])))
+
+  return { refreshPending, attemptFailed, commit, deadLetterReply }
+}
+
+/** Refusal notices (m.notice, never answered by a bot), sent in the background of `scope`. */
+const notices = (outbound: OutboundShape, status: ChannelStatusShape, scope: Scope.Scope) => {
+  const unsignedNoticed = new Set<string>()
+  // A notice is an m.notice (no bot answers it), sent in the background so the sync loop never waits on it.
+  const notice = (ev: InboundEvent, text: string, counters: ReadonlyArray<Counter>) =>
+    Effect.forkIn(
+      outbound.reply({ roomId: ev.roomId, text, inReplyTo: ev.eventId }).pipe(
+        Effect.zipRight(bump(status, counters)),
+        Effect.catchAll((e) =>
+          Effect.logWarning(`Matrix refusal notice not sent: ${e.kind}: ${e.message}`).pipe(Effect.annotateLogs({ eventId: ev.eventId }))
+        )
+      ),
+      scope
+    )
+
+  const noticeUnsigned = (ev: InboundEvent) =>
+    Effect.suspend(() => {
+      const key = `${ev.roomId}\u0000${ev.sender}`
+      if (unsignedNoticed.has(key) || unsignedNoticed.size >= MAX_UNSIGNED_NOTICES) return Effect.void
+      unsignedNoticed.add(key)
+      return notice(ev, NOT_CROSS_SIGNED_NOTICE, [])
+    })
+
+  return { notice, noticeUnsigned }
+}
+
+interface DlqHandlerDeps {
+  readonly ledger: Ledger
+  readonly outbound: OutboundShape
+  readonly inProgress: Set<string>
+  readonly roomLock: (roomId: string) => Effect.Semaphore
+  readonly answerCore: (ev: InboundEvent, isGroup: boolean) => Effect.Effect<void, SessionStoreError | DlqError>
+  readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
+}
+
+/** What DLQ replay hands back: an inbound record answered in the foreground, an outbound one re-sent. */
+const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLock }: DlqHandlerDeps) => {
+  // DLQ replay: the same handling in the foreground, so the record is removed only once it is durable.
+  const redeliver = (r: DlqRecord) =>
+    Effect.gen(function*() {
+      const busy = (why: string) => new DlqError({ kind: "dlq-dispatch-failure", message: why })
+      const state = yield* Effect.try({ try: () => ledger.state(r.eventId), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+      if (state === "committed") return
+      if (inProgress.has(r.eventId)) return yield* busy("the event is being answered right now")
+      yield* Effect.try({ try: () => ledger.claim(r.eventId, r.roomId, Date.now()), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+      inProgress.add(r.eventId)
+      const ev: InboundEvent = {
+        eventId: r.eventId,
+        roomId: r.roomId,
+        sender: r.senderId,
+        ts: r.receivedAt,
+        msgtype: "m.text",
+        body: r.text,
+        encrypted: true,
+        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+      }
+      yield* answerCore(ev, r.isGroup ?? false).pipe(
+        Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
+        Effect.mapError((e) => (e instanceof DlqError ? e : busy(`session: ${e.message}`))),
+        roomLock(r.roomId).withPermits(1),
+        Effect.ensuring(Effect.sync(() => inProgress.delete(r.eventId)))
+      )
+    }).pipe(Effect.withSpan("Inbound.redeliver"))
+
+  // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
+  const resend = (r: DlqRecord) =>
+    outbound.reply(
+      { roomId: r.roomId, text: r.text, inReplyTo: r.eventId, ...(r.threadId === undefined ? {} : { threadId: r.threadId }) },
+      { attempts: 3 }
+    ).pipe(
+      Effect.flatMap((ids) => commit(r.eventId, ids)),
+      Effect.mapError((e) => new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed (${e.kind}): ${e.message}` })),
+      Effect.catchAllDefect((d) => Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` }))),
+      Effect.withSpan("Inbound.resend")
+    )
+
+  return { redeliver, resend }
+}
+
+/** One semaphore per room: answers in a room run one at a time, rooms do not wait for each other. */
+const roomLocks = () => {
+  const rooms = new Map<string, Effect.Semaphore>()
+  return (roomId: string) => {
+    let s = rooms.get(roomId)
+    if (s === undefined) {
+      s = Effect.unsafeMakeSemaphore(1)
+      rooms.set(roomId, s)
+    }
+    return s
+  }
+}
+
+interface AnswerDeps {
+  readonly agent: AgentShape
+  readonly outbound: OutboundShape
+  readonly replies: ReplyRetry
+  readonly attemptFailed: (r: OutboundReply, detail: string) => Effect.Effect<void>
+  readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
+}
+
+/** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
+const answering = ({ agent, attemptFailed, commit, outbound, replies }: AnswerDeps) => {
+  return (ev: InboundEvent, isGroup: boolean) =>
+    Effect.gen(function*() {
+      yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
+      yield* testSessionWriteFault
+      const outcome = yield* outbound.whileTyping(
+        ev.roomId,
+        agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
+      )
+      const reply: OutboundReply = {
+        roomId: ev.roomId,
+        text: outcome.text,
+        inReplyTo: ev.eventId,
+        ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+      }
+      // a send that keeps failing is handed over to the pending replies, which own it from here
+      const ids = outcome.text.trim() === ""
+        ? []
+        : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
+          Effect.catchTag("MatrixError", (e) => replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
+        )
+      if (ids === undefined) return
+      yield* testFault("after-reply-before-commit")
+      yield* commit(ev.eventId, ids)
+      yield* outbound.readReceipt(ev.roomId, ev.eventId)
+      yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
+        Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
+      )
+    })
+}
+
 /**
  * The inbound pipeline in the current scope: answers run as fibers of that scope (interrupted when the
  * runtime stops; an interrupted answer stays claimed and is resumed at the next start).
@@ -332,93 +433,15 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
   Effect.gen(function*() {
     const { agent, gate, ledger, outbound, status } = deps
     const scope = yield* Effect.scope
-    const rooms = new Map<string, Effect.Semaphore>()
     const inProgress = new Set<string>()
-    const dropLogs = new Map<string, number>()
     const spec = deps.budget ?? DEFAULT_INBOUND_BUDGET
     const budget = makeBudget(spec)
-    const unsignedNoticed = new Set<string>()
 
-    const roomLock = (roomId: string) => {
-      let s = rooms.get(roomId)
-      if (s === undefined) {
-        s = Effect.unsafeMakeSemaphore(1)
-        rooms.set(roomId, s)
-      }
-      return s
-    }
-
-    // first 10 per reason, then powers of two (reference's log-volume rule)
-    const logDrop = (reason: string, ev: InboundEvent) =>
-      Effect.suspend(() => {
-        const n = (dropLogs.get(reason) ?? 0) + 1
-        dropLogs.set(reason, n)
-        return n <= 10 || (n & (n - 1)) === 0
-          ? Effect.logWarning(`Matrix inbound event ignored: ${reason}`).pipe(
-            Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, total: n })
-          )
-          : Effect.void
-      })
-
-    const failure = (ev: InboundEvent, what: string, message: string) =>
-      Effect.logError(`Matrix inbound ${what} failed; the event stays claimed and is retried at the next start: ${message}`).pipe(
-        Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }),
-        Effect.zipRight(
-          status.updateMatrix((x) => ({
-            ...x,
-            inboundDispatchFailureTotal: x.inboundDispatchFailureTotal + 1,
-            lastInboundFailureAt: Date.now()
-          }))
-        )
-      )
-
-    // Durable handling failed: the event goes to the DLQ (encrypted) and is replayed after a later sync.
-    const deadLetter = (ev: InboundEvent, isGroup: boolean, e: SessionStoreError) =>
-      failure(ev, "dispatch", e.message).pipe(
-        Effect.zipRight(
-          deps.dlq === undefined ? Effect.void : deps.dlq.append({
-            eventId: ev.eventId,
-            roomId: ev.roomId,
-            senderId: ev.sender,
-            text: ev.body,
-            receivedAt: Date.now(),
-            isGroup,
-            ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
-          }).pipe(Effect.ignore)
-        )
-      )
-
-    // Pending replies: the ledger row per reply whose send failed is mirrored into the channel status.
-    const refreshPending = Effect.suspend(() => {
-      const rows = ledger.pending()
-      return status.updateMatrix((x) => {
-        const { outboundPendingCount: _c, outboundPendingOldestAt: _o, ...rest } = x
-        return rows.length === 0 ? rest : { ...rest, outboundPendingCount: rows.length, outboundPendingOldestAt: rows[0]!.firstFailedAt }
-      })
-    }).pipe(Effect.catchAllCause((c) => Effect.logWarning(`reading the pending replies failed: ${Cause.pretty(c)}`)))
-
-    const attemptFailed = (r: OutboundReply, detail: string) =>
-      Effect.sync(() => ledger.pendingFailed(r.inReplyTo, r.roomId, detail, Date.now())).pipe(
-        Effect.zipRight(refreshPending),
-        Effect.catchAllCause((c) => Effect.logWarning(`recording a failed send in the inbound ledger failed: ${Cause.pretty(c)}`))
-      )
-
-    const commit = (eventId: string, ids: ReadonlyArray<string>) =>
-      Effect.sync(() => ledger.commit(eventId, ids, Date.now())).pipe(Effect.zipRight(refreshPending))
-
-    // An answer the DLQ holds is handled (durability rule 2): the event is committed after the append.
-    const deadLetterReply = (h: HeldReply) =>
-      deps.dlq === undefined ? Effect.fail({ message: "no DLQ" }) : deps.dlq.append({
-        eventId: h.reply.inReplyTo,
-        roomId: h.reply.roomId,
-        senderId: h.senderId,
-        text: h.reply.text,
-        receivedAt: Date.now(),
-        isGroup: h.isGroup,
-        direction: "outbound",
-        ...(h.reply.threadId === undefined ? {} : { threadId: h.reply.threadId })
-      }).pipe(Effect.zipRight(commit(h.reply.inReplyTo, [])))
-
+    const roomLock = roomLocks()
+    const logDrop = dropLogger()
+    const { deadLetter, failure } = failures(status, deps.dlq)
+    const { attemptFailed, commit, deadLetterReply, refreshPending } = ledgerOps(ledger, status, deps.dlq)
+    const { notice, noticeUnsigned } = notices(outbound, status, scope)
     const replies = yield* makeReplyRetry({
       outbound,
       reachable: deps.replies?.reachable ?? Effect.succeed(true),
@@ -430,34 +453,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
     yield* refreshPending
 
-    const answerCore = (ev: InboundEvent, isGroup: boolean) =>
-      Effect.gen(function*() {
-        yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
-        yield* testSessionWriteFault
-        const outcome = yield* outbound.whileTyping(
-          ev.roomId,
-          agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
-        )
-        const reply: OutboundReply = {
-          roomId: ev.roomId,
-          text: outcome.text,
-          inReplyTo: ev.eventId,
-          ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
-        }
-        // a send that keeps failing is handed over to the pending replies, which own it from here
-        const ids = outcome.text.trim() === ""
-          ? []
-          : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
-            Effect.catchTag("MatrixError", (e) => replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
-          )
-        if (ids === undefined) return
-        yield* testFault("after-reply-before-commit")
-        yield* commit(ev.eventId, ids)
-        yield* outbound.readReceipt(ev.roomId, ev.eventId)
-        yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
-          Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
-        )
-      })
+    const answerCore = answering({ agent, attemptFailed, commit, outbound, replies })
 
     const answer = (ev: InboundEvent, isGroup: boolean) =>
       answerCore(ev, isGroup).pipe(
@@ -467,26 +463,6 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         Effect.ensuring(Effect.sync(() => inProgress.delete(ev.eventId))),
         Effect.withSpan("Inbound.answer")
       )
-
-    // A notice is an m.notice (no bot answers it), sent in the background so the sync loop never waits on it.
-    const notice = (ev: InboundEvent, text: string, counters: ReadonlyArray<Counter>) =>
-      Effect.forkIn(
-        outbound.reply({ roomId: ev.roomId, text, inReplyTo: ev.eventId }).pipe(
-          Effect.zipRight(bump(status, counters)),
-          Effect.catchAll((e) =>
-            Effect.logWarning(`Matrix refusal notice not sent: ${e.kind}: ${e.message}`).pipe(Effect.annotateLogs({ eventId: ev.eventId }))
-          )
-        ),
-        scope
-      )
-
-    const noticeUnsigned = (ev: InboundEvent) =>
-      Effect.suspend(() => {
-        const key = `${ev.roomId}\u0000${ev.sender}`
-        if (unsignedNoticed.has(key) || unsignedNoticed.size >= MAX_UNSIGNED_NOTICES) return Effect.void
-        unsignedNoticed.add(key)
-        return notice(ev, NOT_CROSS_SIGNED_NOTICE, [])
-      })
 
     // The budget is charged only for a message that will reach the model (after every gate and the
     // redelivery check), so ignored or already-answered events cost nothing.
@@ -531,44 +507,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         Effect.withSpan("Inbound.offer")
       )
 
-    // DLQ replay: the same handling in the foreground, so the record is removed only once it is durable.
-    const redeliver = (r: DlqRecord) =>
-      Effect.gen(function*() {
-        const busy = (why: string) => new DlqError({ kind: "dlq-dispatch-failure", message: why })
-        const state = yield* Effect.try({ try: () => ledger.state(r.eventId), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
-        if (state === "committed") return
-        if (inProgress.has(r.eventId)) return yield* busy("the event is being answered right now")
-        yield* Effect.try({ try: () => ledger.claim(r.eventId, r.roomId, Date.now()), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
-        inProgress.add(r.eventId)
-        const ev: InboundEvent = {
-          eventId: r.eventId,
-          roomId: r.roomId,
-          sender: r.senderId,
-          ts: r.receivedAt,
-          msgtype: "m.text",
-          body: r.text,
-          encrypted: true,
-          ...(r.threadId === undefined ? {} : { threadId: r.threadId })
-        }
-        yield* answerCore(ev, r.isGroup ?? false).pipe(
-          Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
-          Effect.mapError((e) => (e instanceof DlqError ? e : busy(`session: ${e.message}`))),
-          roomLock(r.roomId).withPermits(1),
-          Effect.ensuring(Effect.sync(() => inProgress.delete(r.eventId)))
-        )
-      }).pipe(Effect.withSpan("Inbound.redeliver"))
-
-    // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
-    const resend = (r: DlqRecord) =>
-      outbound.reply(
-        { roomId: r.roomId, text: r.text, inReplyTo: r.eventId, ...(r.threadId === undefined ? {} : { threadId: r.threadId }) },
-        { attempts: 3 }
-      ).pipe(
-        Effect.flatMap((ids) => commit(r.eventId, ids)),
-        Effect.mapError((e) => new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed (${e.kind}): ${e.message}` })),
-        Effect.catchAllDefect((d) => Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` }))),
-        Effect.withSpan("Inbound.resend")
-      )
+    const { redeliver, resend } = dlqHandlers({ answerCore, commit, inProgress, ledger, outbound, roomLock })
 
     const isCommitted = (eventId: string) =>
       Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
@@ -587,3 +526,52 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       }
     } satisfies InboundShape
   })
+
+/** The ledger, open (created 0600 under `{state_dir}/matrix`) for the life of the layer. */
+export const LedgerLive = Layer.scoped(
+  LedgerTag,
+  Effect.gen(function*() {
+    const stateDir = yield* StateDir
+    yield* stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new MatrixError({ kind: "encrypted-state-io", message: e.message })))
+    return yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => openLedger(stateDir.resolve(LEDGER_FILE)),
+        catch: (e) =>
+          e instanceof StateFileError && e.kind === "inbound-ledger-corrupt"
+            ? new MatrixError({ kind: e.kind, message: e.message })
+            : new MatrixError({
+              kind: "encrypted-state-io",
+              message: `Opening the inbound ledger failed (${describeSdkError(e)}); check the state directory.`
+            })
+      }),
+      (l) => Effect.sync(() => l.close())
+    )
+  })
+)
+
+/** The inbound pipeline of the running Matrix runtime: gates from `matrix.*`, answers through Outbound. */
+export const InboundLive = Layer.scoped(
+  Inbound,
+  Effect.gen(function*() {
+    const m = yield* MatrixSettings
+    const session = yield* CurrentMatrixSession
+    const hooks = yield* InboundHooks
+    return yield* makeInbound({
+      gate: {
+        botUserId: session.userId,
+        allowlist: normalizeAllowlist(m.autoJoin),
+        encryptedMode: m.encrypted,
+        groupMessages: m.groupMessages,
+        requireCrossSignedSenders: m.requireCrossSignedSenders
+      },
+      budget: budgetSpec(m.inboundBudget),
+      ledger: yield* LedgerTag,
+      agent: yield* Agent,
+      outbound: yield* Outbound,
+      status: yield* ChannelStatus,
+      dlq: yield* Dlq,
+      replies: { ...hooks, options: { deadLetterAfterRounds: m.outbound.deadLetterAfterRounds } }
+    })
+  })
+)
+

@@ -1,346 +1,23 @@
-import { createHash, randomUUID } from "node:crypto"
-import { Cause, Clock, Deferred, Duration, Effect, Option, Schedule } from "effect"
-import { MatrixError, TOKEN_REVOCATION_CODES } from "../domain/matrix.js"
+import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
+import { MatrixError } from "../domain/matrix.js"
 import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
-import { Metrics } from "../services/Metrics.js"
+import type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
+import { Metrics, type MetricsShape } from "../services/Metrics.js"
+import { MatrixSettings } from "../services/MatrixSync.js"
+import { Outbound } from "../services/Outbound.js"
+import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
+import { testTxnId, txnIdFor } from "../domain/txnId.js"
+import { chunkContents } from "../domain/render.js"
+import { classifySendError } from "../domain/sendError.js"
 
-// ---------------------------------------------------------------------------------------------------------
-// Transaction ids
-
-/**
- * The transaction id of chunk `index` of the answer to `eventId`: a pure function of the two, so the
- * id is "recorded" by the ledger's claim of the inbound event, and every retry (also in a new process
- * after a crash) reuses it; the homeserver then returns the first send's event id instead of posting
- * twice. Hashed: event ids may hold characters that are awkward in a URL path segment.
- */
-export const txnIdFor = (eventId: string, index: number): string =>
-  `cara-r1-${createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)}-${index}`
-
-// ---------------------------------------------------------------------------------------------------------
-// Markdown → sanitized HTML (Matrix's `org.matrix.custom.html` subset)
-//
-// Safe by construction: every character of the input is HTML-escaped before any markup is produced, so no
-// tag or attribute of the model's text ever reaches `formatted_body`; links are emitted only for http(s),
-// mailto and matrix URIs.
-
-const escapeHtml = (s: string): string =>
-  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&#39;")
-
-const SAFE_URL = /^(https?:\/\/|mailto:|matrix:)/i
-
-const renderInline = (text: string): string => {
-  const tokens: Array<string> = []
-  const hold = (html: string) => `\u0000${tokens.push(html) - 1}\u0000`
-  // 1. code spans keep their content literally (NUL is reserved for the placeholders)
-  let s = text.replace(/\u0000/g, "").replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_m, _ticks: string, code: string) =>
-    hold(`<code>${escapeHtml(code.trim() === "" ? code : code.replace(/^ (.*) $/s, "$1"))}</code>`)
-  )
-  // 2. links [text](url) before escaping so the URL is seen as written
-  s = s.replace(/\[([^\]\n]+)\]\(([^()\s]+)\)/g, (m, label: string, url: string) =>
-    SAFE_URL.test(url) ? hold(`<a href="${escapeHtml(url)}">${renderEmphasis(escapeHtml(label))}</a>`) : m
-  )
-  // 3. bare URLs
-  s = s.replace(/\bhttps?:\/\/[^\s<>"'\u0000]+[^\s<>"'.,;:!?)\]\u0000]/g, (url) => hold(`<a href="${escapeHtml(url)}">${escapeHtml(url)}</a>`))
-  // 4. everything else is text
-  const parts = s.split(/(\u0000\d+\u0000)/)
-  const html = parts.map((p, i) => (i % 2 === 1 ? p : escapeHtml(p))).join("")
-  let result = renderEmphasis(html)
-  // a link label may hold a code span: restore until no placeholder is left (bounded by the nesting depth)
-  for (let depth = 0; depth < 3 && result.includes("\u0000"); depth++) {
-    result = result.replace(/\u0000(\d+)\u0000/g, (_m, n: string) => tokens[Number(n)] ?? "")
-  }
-  return result
-}
-
-/** Emphasis on already-escaped text (placeholders are left alone: they hold no `*`, `_` or `~`). */
-const renderEmphasis = (html: string): string =>
-  html
-    .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>")
-    .replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?!\w)/g, "$1<strong>$2</strong>")
-    .replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>")
-    .replace(/(^|[^*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?!\*)/g, "$1<em>$2</em>")
-    .replace(/(^|[^\w])_(?=[^\s_])([^_\n]*?[^\s_])_(?!\w)/g, "$1<em>$2</em>")
-
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/
-const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/
-const QUOTE = /^ {0,3}>\s?(.*)$/
-const BULLET = /^( {0,3})([-*+])\s+(.*)$/
-const ORDERED = /^( {0,3})(\d{1,9})[.)]\s+(.*)$/
-
-const startsBlock = (line: string) =>
-  FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || BULLET.test(line) || ORDERED.test(line)
-
-const renderBlocks = (lines: ReadonlyArray<string>): string => {
-  const out: Array<string> = []
-  let i = 0
-  while (i < lines.length) {
-    const line = lines[i]!
-    if (line.trim() === "") {
-      i++
-      continue
-    }
-    const fence = FENCE.exec(line)
-    if (fence) {
-      const marker = fence[1]!
-      const lang = fence[2] ?? ""
-      const body: Array<string> = []
-      i++
-      while (i < lines.length && !new RegExp(`^ {0,3}${marker[0] === "`" ? "`" : "~"}{${marker.length},}\\s*$`).test(lines[i]!)) {
-        body.push(lines[i]!)
-        i++
-      }
-      i++ // closing fence (or end of text)
-      const cls = lang === "" ? "" : ` class="language-${escapeHtml(lang)}"`
-      out.push(`<pre><code${cls}>${escapeHtml(body.join("\n"))}\n</code></pre>`)
-      continue
-    }
-    const heading = HEADING.exec(line)
-    if (heading) {
-      const level = heading[1]!.length
-      out.push(`<h${level}>${renderInline(heading[2] ?? "")}</h${level}>`)
-      i++
-      continue
-    }
-    if (RULE.test(line)) {
-      out.push("<hr>")
-      i++
-      continue
-    }
-    if (QUOTE.test(line)) {
-      const inner: Array<string> = []
-      while (i < lines.length && QUOTE.test(lines[i]!)) {
-        inner.push(QUOTE.exec(lines[i]!)![1] ?? "")
-        i++
-      }
-      out.push(`<blockquote>${renderBlocks(inner)}</blockquote>`)
-      continue
-    }
-    const bullet = BULLET.exec(line)
-    const ordered = bullet ? null : ORDERED.exec(line)
-    if (bullet || ordered) {
-      const itemRe = bullet ? BULLET : ORDERED
-      const items: Array<Array<string>> = []
-      while (i < lines.length) {
-        const l = lines[i]!
-        const m = itemRe.exec(l)
-        if (m) {
-          items.push([m[3] ?? ""])
-          i++
-          continue
-        }
-        // indented continuation (nested list or wrapped text); a blank line followed by indentation too
-        if (l.trim() !== "" && /^\s{2,}/.test(l) && items.length > 0) {
-          items[items.length - 1]!.push(l.replace(/^\s{2,4}/, ""))
-          i++
-          continue
-        }
-        if (l.trim() === "" && i + 1 < lines.length && (itemRe.test(lines[i + 1]!) || /^\s{2,}\S/.test(lines[i + 1]!))) {
-          i++
-          continue
-        }
-        break
-      }
-      const lis = items.map((item) => {
-        const nested = item.length > 1 && item.slice(1).some((l) => startsBlock(l))
-        const html = nested ? renderBlocks(item) : renderInline(item.join("\n")).replace(/\n/g, "<br>")
-        return `<li>${nested ? html.replace(/^<p>([\s\S]*?)<\/p>/, "$1") : html}</li>`
-      })
-      if (bullet) out.push(`<ul>${lis.join("")}</ul>`)
-      else {
-        const start = Number(ordered![2])
-        out.push(`<ol${start === 1 ? "" : ` start="${start}"`}>${lis.join("")}</ol>`)
-      }
-      continue
-    }
-    const para: Array<string> = []
-    while (i < lines.length && lines[i]!.trim() !== "" && (para.length === 0 || !startsBlock(lines[i]!))) {
-      para.push(lines[i]!.trim())
-      i++
-    }
-    out.push(`<p>${renderInline(para.join("\n")).replace(/\n/g, "<br>")}</p>`)
-  }
-  return out.join("")
-}
-
-/** Markdown to the HTML subset Matrix clients render; the input's own HTML is always escaped. */
-export const renderMarkdown = (text: string): string => renderBlocks(text.replace(/\r\n?/g, "\n").split("\n"))
-
-/**
- * The content for `text`: the Markdown source as `body`, and `formatted_body` only when the Markdown
- * produced markup beyond plain paragraphs (as Element does). Always `m.notice`, the spec's msgtype for
- * automated output that clients and bots must never answer: two bots that allow each other do not loop.
- */
-export const messageContent = (text: string): Record<string, unknown> => {
-  const html = renderMarkdown(text)
-  const plain = text
-    .split(/\n{2,}/)
-    .map((p) => p.trim())
-    .filter((p) => p !== "")
-    .map((p) => `<p>${escapeHtml(p).replace(/\n/g, "<br>")}</p>`)
-    .join("")
-  return html === plain
-    ? { msgtype: "m.notice", body: text }
-    : { msgtype: "m.notice", body: text, format: "org.matrix.custom.html", formatted_body: html }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Splitting
-
-const utf8Length = (s: string) => Buffer.byteLength(s, "utf8")
-
-/** Body bytes per chunk: with `formatted_body` and Megolm's base64 the event stays far below 64 KiB. */
-export const MAX_CHUNK_BYTES = 12_000
-/** The clear content of one chunk must stay below this (its encrypted form grows by about 4/3). */
-export const MAX_CONTENT_BYTES = 30_000
-
-/** Paragraphs (blank-line separated), keeping fenced code blocks whole. */
-const paragraphs = (text: string): Array<string> => {
-  const out: Array<string> = []
-  let current: Array<string> = []
-  let fence: string | undefined
-  for (const line of text.replace(/\r\n?/g, "\n").split("\n")) {
-    const f = FENCE.exec(line)
-    if (f) fence = fence === undefined ? f[1]![0] : line.trim().startsWith(fence) ? undefined : fence
-    if (fence === undefined && line.trim() === "" && f === null) {
-      if (current.length > 0) out.push(current.join("\n"))
-      current = []
-    } else current.push(line)
-  }
-  if (current.length > 0) out.push(current.join("\n"))
-  return out
-}
-
-/** Splits at code point boundaries so that no piece exceeds `maxBytes`. */
-const hardSplit = (s: string, maxBytes: number): Array<string> => {
-  const out: Array<string> = []
-  let cur = ""
-  let curBytes = 0
-  for (const ch of s) {
-    const b = utf8Length(ch)
-    if (curBytes + b > maxBytes && cur !== "") {
-      out.push(cur)
-      cur = ""
-      curBytes = 0
-    }
-    cur += ch
-    curBytes += b
-  }
-  if (cur !== "") out.push(cur)
-  return out
-}
-
-/** Packs pieces joined by `sep` greedily into chunks of at most `maxBytes`. */
-const pack = (pieces: ReadonlyArray<string>, sep: string, maxBytes: number): Array<string> => {
-  const out: Array<string> = []
-  let cur: string | undefined
-  for (const piece of pieces) {
-    if (cur === undefined) cur = piece
-    else if (utf8Length(cur) + utf8Length(sep) + utf8Length(piece) <= maxBytes) cur = cur + sep + piece
-    else {
-      out.push(cur)
-      cur = piece
-    }
-  }
-  if (cur !== undefined) out.push(cur)
-  return out
-}
-
-/**
- * Splits an answer into chunks of at most `maxBytes` UTF-8 bytes: at paragraph boundaries first, then at
- * line boundaries for an oversized paragraph, then at code points for an oversized line. Joining the
- * chunks with blank lines gives back the text up to whitespace between paragraphs.
- */
-export const splitMessage = (text: string, maxBytes = MAX_CHUNK_BYTES): Array<string> => {
-  const trimmed = text.trim()
-  if (trimmed === "") return []
-  if (utf8Length(trimmed) <= maxBytes) return [trimmed]
-  const pieces = paragraphs(trimmed).flatMap((p) =>
-    utf8Length(p) <= maxBytes
-      ? [p]
-      : pack(
-        p.split("\n").flatMap((line) => (utf8Length(line) <= maxBytes ? [line] : hardSplit(line, maxBytes))),
-        "\n",
-        maxBytes
-      )
-  )
-  return pack(pieces, "\n\n", maxBytes)
-}
-
-/** The contents to send for an answer: split, rendered, and re-split where escaping made one too big. */
-export const chunkContents = (text: string, maxBytes = MAX_CHUNK_BYTES): Array<Record<string, unknown>> =>
-  splitMessage(text, maxBytes).flatMap((chunk) => {
-    const content = messageContent(chunk)
-    if (utf8Length(JSON.stringify(content)) <= MAX_CONTENT_BYTES || maxBytes < 256) return [content]
-    return chunkContents(chunk, Math.floor(maxBytes / 2))
-  })
-
-// ---------------------------------------------------------------------------------------------------------
-// Send errors
-
-export type SendFailure =
-  | { readonly _tag: "Transient"; readonly kind: "send-failed"; readonly retryAfterMs: number | undefined; readonly detail: string }
-  | { readonly _tag: "Terminal"; readonly kind: "send-terminal" | "auth-token-revoked"; readonly detail: string }
-
-const TERMINAL_CODES = new Set([
-  "M_FORBIDDEN",
-  "M_THREEPID_DENIED",
-  "M_TOO_LARGE",
-  "M_GUEST_ACCESS_FORBIDDEN",
-  "M_BAD_JSON",
-  "M_NOT_JSON",
-  "M_UNRECOGNIZED"
-])
-
-const RETRY_AFTER_CAP_MS = 3_600_000
-
-/** Classifies a matrix-js-sdk send error (reference §8.3); unknown errors are transient. */
-export const classifySendError = (e: unknown): SendFailure => {
-  const err = (e ?? {}) as {
-    errcode?: unknown
-    httpStatus?: unknown
-    data?: { retry_after_ms?: unknown }
-    name?: unknown
-    message?: unknown
-    getRetryAfterMs?: () => number | null
-  }
-  const errcode = typeof err.errcode === "string" ? err.errcode : undefined
-  const status = typeof err.httpStatus === "number" ? err.httpStatus : undefined
-  const detail = `${errcode ?? (typeof err.name === "string" ? err.name : "error")}${status === undefined ? "" : ` (HTTP ${status})`}`
-  if (errcode !== undefined && TOKEN_REVOCATION_CODES.has(errcode)) return { _tag: "Terminal", kind: "auth-token-revoked", detail }
-  if (errcode === "M_LIMIT_EXCEEDED" || status === 429) {
-    let hint: number | undefined
-    try {
-      hint = err.getRetryAfterMs?.() ?? undefined
-    } catch {
-      hint = undefined
-    }
-    if (hint === undefined && typeof err.data?.retry_after_ms === "number") hint = err.data.retry_after_ms
-    return {
-      _tag: "Transient",
-      kind: "send-failed",
-      retryAfterMs: hint === undefined ? undefined : Math.min(Math.max(0, hint), RETRY_AFTER_CAP_MS),
-      detail
-    }
-  }
-  if ((errcode !== undefined && TERMINAL_CODES.has(errcode)) || (status !== undefined && status >= 400 && status < 500)) {
-    return { _tag: "Terminal", kind: "send-terminal", detail }
-  }
-  return { _tag: "Transient", kind: "send-failed", retryAfterMs: undefined, detail }
-}
+// The pure parts of the send path live in src/domain; re-exported for the existing importers.
+export { testTxnId, txnIdFor } from "../domain/txnId.js"
+export { chunkContents, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, messageContent, renderMarkdown, splitMessage } from "../domain/render.js"
+export { classifySendError, type SendFailure } from "../domain/sendError.js"
+export type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The service over a transport
-
-/** The few client operations Outbound needs (matrix-js-sdk in the daemon, a fake in unit tests). */
-export interface MatrixTransport {
-  /** Sends (or re-sends, same `txnId`) one `m.room.message`; resolves with the event id. */
-  readonly send: (roomId: string, threadId: string | null, content: Record<string, unknown>, txnId: string) => Promise<string>
-  readonly typing: (roomId: string, on: boolean, timeoutMs: number) => Promise<void>
-  readonly receipt: (roomId: string, eventId: string) => Promise<void>
-  /** `undefined` when the bot has not joined the room. */
-  readonly room: (roomId: string) => { readonly encrypted: boolean } | undefined
-}
 
 export interface OutboundOptions {
   /** `matrix.encrypted`: false refuses to send into encrypted rooms. */
@@ -353,17 +30,100 @@ export interface OutboundOptions {
    * then hands the answer to the pending-reply retrier (makeReplyRetry).
    */
   readonly maxAttempts?: number
+  /** Where the send durations go (the daemon's Metrics; unit tests leave it out). */
+  readonly metrics?: MetricsShape
 }
 
 const TYPING_TIMEOUT_MS = 30_000
 const TYPING_REFRESH = Duration.seconds(20)
+
+/** The room must be joined, and not encrypted unless `matrix.encrypted`. */
+const roomChecker = (transport: MatrixTransport, encrypted: boolean) => {
+  return (roomId: string) =>
+    Effect.suspend(() => {
+      const room = transport.room(roomId)
+      if (room === undefined) {
+        return Effect.fail(
+          new MatrixError({ kind: "room-not-found", message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.` })
+        )
+      }
+      if (room.encrypted && !encrypted) {
+        return Effect.fail(
+          new MatrixError({
+            kind: "unsupported-room",
+            message: `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
+          })
+        )
+      }
+      return Effect.void
+    })
+}
+
+interface SendSettings {
+  readonly baseDelay: number
+  readonly maxDelay: number
+  readonly maxAttempts: number
+  readonly metrics: Option.Option<MetricsShape>
+}
+
+const chunkSender = (transport: MatrixTransport, { baseDelay, maxAttempts, maxDelay, metrics }: SendSettings) => {
+  /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
+  return (
+    roomId: string,
+    threadId: string | null,
+    content: Record<string, unknown>,
+    txnId: string,
+    attempts: number = maxAttempts,
+    onFailedAttempt: (detail: string) => Effect.Effect<void> = () => Effect.void
+  ) =>
+    Effect.gen(function*() {
+      for (let attempt = 1;; attempt++) {
+        const started = Date.now()
+        const result = yield* Effect.tryPromise({
+          try: () => transport.send(roomId, threadId, content, txnId),
+          catch: classifySendError
+        }).pipe(Effect.either)
+        if (Option.isSome(metrics)) {
+          yield* metrics.value.observe("carapace_matrix_outbound_send_duration_seconds", (Date.now() - started) / 1000)
+        }
+        if (result._tag === "Right") return result.right
+        const failure = result.left
+        yield* onFailedAttempt(`${failure.kind}: ${failure.detail}`)
+        if (failure._tag === "Terminal") {
+          return yield* Effect.fail(
+            new MatrixError({
+              kind: failure.kind,
+              message: failure.kind === "auth-token-revoked"
+                ? `Matrix send failed: the access token was rejected (${failure.detail}); log in again and restart.`
+                : `Matrix send to ${roomId} was refused (${failure.detail}); check the bot's membership and power level in the room.`
+            })
+          )
+        }
+        if (attempt >= attempts) {
+          return yield* Effect.fail(
+            new MatrixError({
+              kind: "send-failed",
+              message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
+              ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
+            })
+          )
+        }
+        const backoff = Math.min(maxDelay, baseDelay * 2 ** (attempt - 1))
+        const delay = failure.retryAfterMs ?? backoff
+        yield* Effect.logWarning(`Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`)
+        yield* Effect.sleep(Duration.millis(delay))
+      }
+    })
+}
 
 export const makeOutbound = (transport: MatrixTransport, options: OutboundOptions) =>
   Effect.gen(function*() {
     const baseDelay = options.baseDelayMs ?? 1_000
     const maxDelay = options.maxDelayMs ?? 60_000
     const maxAttempts = options.maxAttempts ?? 12
-    const metrics = yield* Effect.serviceOption(Metrics)
+    const metrics = Option.fromNullable(options.metrics)
+    const checkRoom = roomChecker(transport, options.encrypted)
+    const sendOne = chunkSender(transport, { baseDelay, maxDelay, maxAttempts, metrics })
     // One queue per room: answers to one room go out in order, rooms do not wait for each other.
     const queues = new Map<string, Effect.Semaphore>()
     const queueOf = (roomId: string) =>
@@ -374,73 +134,6 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
           queues.set(roomId, s)
           return s
         })
-      })
-
-    const checkRoom = (roomId: string) =>
-      Effect.suspend(() => {
-        const room = transport.room(roomId)
-        if (room === undefined) {
-          return Effect.fail(
-            new MatrixError({ kind: "room-not-found", message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.` })
-          )
-        }
-        if (room.encrypted && !options.encrypted) {
-          return Effect.fail(
-            new MatrixError({
-              kind: "unsupported-room",
-              message: `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
-            })
-          )
-        }
-        return Effect.void
-      })
-
-    /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
-    const sendOne = (
-      roomId: string,
-      threadId: string | null,
-      content: Record<string, unknown>,
-      txnId: string,
-      attempts: number = maxAttempts,
-      onFailedAttempt: (detail: string) => Effect.Effect<void> = () => Effect.void
-    ) =>
-      Effect.gen(function*() {
-        for (let attempt = 1;; attempt++) {
-          const started = Date.now()
-          const result = yield* Effect.tryPromise({
-            try: () => transport.send(roomId, threadId, content, txnId),
-            catch: classifySendError
-          }).pipe(Effect.either)
-          if (Option.isSome(metrics)) {
-            yield* metrics.value.observe("carapace_matrix_outbound_send_duration_seconds", (Date.now() - started) / 1000)
-          }
-          if (result._tag === "Right") return result.right
-          const failure = result.left
-          yield* onFailedAttempt(`${failure.kind}: ${failure.detail}`)
-          if (failure._tag === "Terminal") {
-            return yield* Effect.fail(
-              new MatrixError({
-                kind: failure.kind,
-                message: failure.kind === "auth-token-revoked"
-                  ? `Matrix send failed: the access token was rejected (${failure.detail}); log in again and restart.`
-                  : `Matrix send to ${roomId} was refused (${failure.detail}); check the bot's membership and power level in the room.`
-              })
-            )
-          }
-          if (attempt >= attempts) {
-            return yield* Effect.fail(
-              new MatrixError({
-                kind: "send-failed",
-                message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
-                ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
-              })
-            )
-          }
-          const backoff = Math.min(maxDelay, baseDelay * 2 ** (attempt - 1))
-          const delay = failure.retryAfterMs ?? backoff
-          yield* Effect.logWarning(`Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`)
-          yield* Effect.sleep(Duration.millis(delay))
-        }
       })
 
     const reply = (r: OutboundReply, o: ReplyOptions = {}) =>
@@ -469,7 +162,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
       Effect.gen(function*() {
         yield* checkRoom(roomId)
         const q = yield* queueOf(roomId)
-        return yield* q.withPermits(1)(sendOne(roomId, null, { msgtype: "m.notice", body: text }, `cara-test-${randomUUID()}`))
+        return yield* q.withPermits(1)(sendOne(roomId, null, { msgtype: "m.notice", body: text }, testTxnId()))
       }).pipe(Effect.withSpan("Outbound.sendTest"))
 
     const setTyping = (roomId: string, on: boolean) =>
@@ -500,6 +193,19 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
 
     return { reply, sendTest, whileTyping, readReceipt } satisfies OutboundShape
   })
+
+/** Outbound over the client's transport, with the `matrix.encrypted` and `matrix.outbound` settings. */
+export const OutboundLive = Layer.effect(
+  Outbound,
+  Effect.gen(function*() {
+    const m = yield* MatrixSettings
+    return yield* makeOutbound(yield* MatrixTransportTag, {
+      encrypted: m.encrypted,
+      maxAttempts: m.outbound.sendAttempts,
+      metrics: yield* Metrics
+    })
+  })
+)
 
 // ---------------------------------------------------------------------------------------------------------
 // Replies that could not be sent (pending replies)
@@ -550,41 +256,93 @@ export interface ReplyRetryDeps {
 
 export const DEFAULT_DEAD_LETTER_AFTER_ROUNDS = 12
 
+interface Entry {
+  readonly held: HeldReply
+  rounds: number
+  nextAt: number
+}
+
+/** The retrier's state: held replies, ledger rows without an owner, and whether the homeserver went away. */
+const retryState = () => ({
+  // insertion order is the order of first failure: answers to a room go out in the order they were asked
+  held: new Map<string, Entry>(),
+  orphans: new Map<string, { tries: number; nextAt: number }>(),
+  offline: false
+})
+
+const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
+
+/** Moves a held reply to the DLQ (the ledger commits it there), or keeps it when that is not possible. */
+const dlqMover = (deps: ReplyRetryDeps, held: Map<string, Entry>, max: number, roundDelay: (rounds: number) => number) => {
+  return (e: Entry, why: string) =>
+    Effect.gen(function*() {
+      const id = e.held.reply.inReplyTo
+      if (Option.isNone(deps.deadLetter)) {
+        e.nextAt = (yield* Clock.currentTimeMillis) + max
+        return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
+      }
+      const r = yield* Effect.either(deps.deadLetter.value(e.held))
+      if (r._tag === "Left") {
+        // the DLQ could not take it (its own durability error is set): keep owning the reply
+        e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
+        return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
+      }
+      held.delete(id)
+      yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
+    })
+}
+
+/** One retry of one held reply in a round; false ends the round (the homeserver went away, or the token). */
+const roundRetrier = (
+  deps: ReplyRetryDeps,
+  options: ReplyRetryOptions,
+  st: ReturnType<typeof retryState>,
+  toDlq: (e: Entry, why: string) => Effect.Effect<void>,
+  roundDelay: (rounds: number) => number
+) => {
+  const { held } = st
+  const attemptsPerRound = options.attemptsPerRound ?? 3
+  return (e: Entry) =>
+    Effect.gen(function*() {
+      const r = e.held.reply
+      const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
+      if (result._tag === "Right") {
+        yield* deps.sent(r.inReplyTo, result.right)
+        held.delete(r.inReplyTo)
+        yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
+        return true
+      }
+      const error = result.left
+      if (error.kind === "auth-token-revoked") return false
+      if (error.kind !== "send-failed") {
+        yield* toDlq(e, `${error.kind}: ${error.message}`)
+        return true
+      }
+      // the homeserver went away during the round: not the reply's fault, nothing counts
+      if (!(yield* deps.reachable)) {
+        st.offline = true
+        return false
+      }
+      e.rounds++
+      if (e.rounds >= options.deadLetterAfterRounds) {
+        yield* toDlq(e, `not sent in ${e.rounds} rounds while the homeserver was reachable: ${error.message}`)
+        return true
+      }
+      e.nextAt = (yield* Clock.currentTimeMillis) + Math.max(roundDelay(e.rounds), error.retryAfterMs ?? 0)
+      return true
+    })
+}
+
 export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions) =>
   Effect.gen(function*() {
     const base = options.roundBaseDelayMs ?? 30_000
     const max = options.roundMaxDelayMs ?? 3_600_000
-    const attemptsPerRound = options.attemptsPerRound ?? 3
     const roundDelay = (rounds: number) => Math.min(max, base * 2 ** rounds)
-    interface Entry {
-      readonly held: HeldReply
-      rounds: number
-      nextAt: number
-    }
-    // insertion order is the order of first failure: answers to a room go out in the order they were asked
-    const held = new Map<string, Entry>()
-    const orphans = new Map<string, { tries: number; nextAt: number }>()
+    const st = retryState()
+    const { held, orphans } = st
     const oneRound = yield* Effect.makeSemaphore(1)
-    let offline = false
-
-    const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
-
-    const toDlq = (e: Entry, why: string) =>
-      Effect.gen(function*() {
-        const id = e.held.reply.inReplyTo
-        if (Option.isNone(deps.deadLetter)) {
-          e.nextAt = (yield* Clock.currentTimeMillis) + max
-          return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
-        }
-        const r = yield* Effect.either(deps.deadLetter.value(e.held))
-        if (r._tag === "Left") {
-          // the DLQ could not take it (its own durability error is set): keep owning the reply
-          e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
-          return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
-        }
-        held.delete(id)
-        yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
-      })
+    const toDlq = dlqMover(deps, held, max, roundDelay)
+    const retryOne = roundRetrier(deps, options, st, toDlq, roundDelay)
 
     /** Takes over an answer whose `reply` failed with `error`. */
     const hold = (h: HeldReply, error: MatrixError) =>
@@ -603,46 +361,16 @@ export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions)
         )
       })
 
-    const retryOne = (e: Entry) =>
-      Effect.gen(function*() {
-        const r = e.held.reply
-        const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
-        if (result._tag === "Right") {
-          yield* deps.sent(r.inReplyTo, result.right)
-          held.delete(r.inReplyTo)
-          yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
-          return true
-        }
-        const error = result.left
-        if (error.kind === "auth-token-revoked") return false
-        if (error.kind !== "send-failed") {
-          yield* toDlq(e, `${error.kind}: ${error.message}`)
-          return true
-        }
-        // the homeserver went away during the round: not the reply's fault, nothing counts
-        if (!(yield* deps.reachable)) {
-          offline = true
-          return false
-        }
-        e.rounds++
-        if (e.rounds >= options.deadLetterAfterRounds) {
-          yield* toDlq(e, `not sent in ${e.rounds} rounds while the homeserver was reachable: ${error.message}`)
-          return true
-        }
-        e.nextAt = (yield* Clock.currentTimeMillis) + Math.max(roundDelay(e.rounds), error.retryAfterMs ?? 0)
-        return true
-      })
-
     /** One pass over the due replies (and over rows a restart left without their text). */
     const pass = Effect.gen(function*() {
         if (!(yield* deps.reachable)) {
-          offline = true
+          st.offline = true
           return
         }
         const now = yield* Clock.currentTimeMillis
-        if (offline) {
+        if (st.offline) {
           // the homeserver is back: everything held is due now
-          offline = false
+          st.offline = false
           for (const e of held.values()) e.nextAt = now
           for (const o of orphans.values()) o.nextAt = now
         }

@@ -1,18 +1,9 @@
 import { Context, type Effect } from "effect"
 import type { DlqError, DlqRecord } from "../domain/dlq.js"
+import type { RoomFacts } from "../domain/inboundGate.js"
 import type { InboundEvent } from "../domain/matrix.js"
 
-/** What the sync loop knows about the room an event arrived in, at the time it arrived. */
-export interface RoomFacts {
-  /** Joined (and invited) members, the bot included. */
-  readonly memberCount: number
-  /** `m.room.encryption` state is present. */
-  readonly encrypted: boolean
-  /** `origin_server_ts` of the bot's own join; older events are history and never answered. */
-  readonly botJoinedAt: number | undefined
-  /** The bot's display name in the room (a mention by name counts in group rooms). */
-  readonly botDisplayName: string | undefined
-}
+export type { RoomFacts } from "../domain/inboundGate.js"
 
 /**
  * The inbound pipeline: gates (allowlist, msgtype, own messages, edits, size, invisible bodies, history,
@@ -52,3 +43,14 @@ export interface InboundShape {
 }
 
 export class Inbound extends Context.Tag("cara/Inbound")<Inbound, InboundShape>() {}
+
+/**
+ * What the inbound pipeline's pending replies need from the running client: its view of the homeserver
+ * (a recent successful sync), and how to re-fetch and re-offer an event it does not hold.
+ */
+export interface InboundHooksShape {
+  readonly reachable: Effect.Effect<boolean>
+  readonly resume: (eventId: string, roomId: string) => Effect.Effect<void>
+}
+
+export class InboundHooks extends Context.Tag("cara/InboundHooks")<InboundHooks, InboundHooksShape>() {}

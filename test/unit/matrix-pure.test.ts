@@ -5,7 +5,7 @@ import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type { InboundEvent } from "../../src/domain/matrix.js"
-import { allowsUser, normalizeAllowlist, serverNameOf } from "../../src/layers/allowlist.js"
+import { allowsUser, normalizeAllowlist, serverNameOf } from "../../src/domain/allowlist.js"
 import { gateInbound, type GateContext, isInvisibleOnly, MAX_BODY_BYTES, openLedger } from "../../src/layers/InboundLive.js"
 import {
   chunkContents,

@@ -1,0 +1,30 @@
+import * as sdk from "matrix-js-sdk"
+import type { MatrixTransportShape } from "../../services/MatrixTransport.js"
+
+/** The transport Outbound sends through: resends a failed local echo under its own transaction id. */
+export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => ({
+  send: async (roomId, threadId, content, txnId) => {
+    const room = client.getRoom(roomId)
+    const pending = room?.getEventForTxnId(txnId)
+    // matrix-js-sdk refuses a second send with a txnId it still tracks; a failed one is re-sent as is
+    if (room && pending && pending.status === sdk.EventStatus.NOT_SENT) {
+      const r = await client.resendEvent(pending, room)
+      return r.event_id
+    }
+    if (pending && pending.status === null && pending.getId()?.startsWith("$") === true) return pending.getId()!
+    const r = await client.sendEvent(roomId, threadId, sdk.EventType.RoomMessage, content as never, txnId)
+    return r.event_id
+  },
+  typing: async (roomId, on, timeoutMs) => {
+    await client.sendTyping(roomId, on, timeoutMs)
+  },
+  receipt: async (roomId, eventId) => {
+    const ev = client.getRoom(roomId)?.findEventById(eventId)
+    if (ev) await client.sendReadReceipt(ev)
+  },
+  room: (roomId) => {
+    const room = client.getRoom(roomId)
+    if (!room || room.getMyMembership() !== sdk.KnownMembership.Join) return undefined
+    return { encrypted: room.hasEncryptionStateEvent() }
+  }
+})

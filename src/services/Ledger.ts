@@ -1,0 +1,34 @@
+import { Context } from "effect"
+
+export type LedgerState = "claimed" | "committed"
+
+/** An answer whose send failed at least once and that is not sent yet (`outbound_pending`). */
+export interface PendingReplyRow {
+  readonly eventId: string
+  readonly roomId: string
+  readonly firstFailedAt: number
+  readonly attempts: number
+  readonly lastError: string
+}
+
+export interface LedgerShape {
+  readonly state: (eventId: string) => LedgerState | undefined
+  /** Idempotent: a second claim of the same event changes nothing. */
+  readonly claim: (eventId: string, roomId: string, now: number) => void
+  readonly commit: (eventId: string, replyIds: ReadonlyArray<string>, now: number) => void
+  readonly unfinished: () => Array<{ eventId: string; roomId: string }>
+  readonly utdAdd: (eventId: string, roomId: string, now: number) => void
+  readonly utdRemove: (eventId: string) => boolean
+  readonly utdList: () => Array<{ eventId: string; roomId: string }>
+  /** One more failed send attempt of the answer to `eventId` (the row is created by the first). */
+  readonly pendingFailed: (eventId: string, roomId: string, error: string, now: number) => void
+  /** Oldest first. A row goes with the event's commit (sent, or in the DLQ). */
+  readonly pending: () => Array<PendingReplyRow>
+  readonly close: () => void
+}
+
+/**
+ * The inbound ledger (`{state_dir}/matrix/inbound-ledger.sqlite`): claims, commits, held undecryptable
+ * events and pending replies, open for the life of the Matrix runtime (LedgerLive in InboundLive.ts).
+ */
+export class Ledger extends Context.Tag("cara/Ledger")<Ledger, LedgerShape>() {}
