@@ -1,16 +1,16 @@
-import * as dns from "node:dns/promises"
-import * as net from "node:net"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as HttpApiClient from "@effect/platform/HttpApiClient"
-import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpApiError from "@effect/platform/HttpApiError"
+import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { type Cause, Context, Effect, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
+import * as dns from "node:dns/promises"
+import * as net from "node:net"
 import { type ApiError, CaraApi } from "../domain/api.js"
 import type { CaraConfig } from "../domain/config.js"
 import { DEFAULT_GATEWAY_PORT } from "../domain/gateway.js"
-import { REMEDIATION, type RemediationKind, remediationFor } from "../domain/remediation.js"
+import { REMEDIATION, remediationFor, type RemediationKind } from "../domain/remediation.js"
 import type {
   InvalidVerificationUser,
   VerificationFailed,
@@ -85,11 +85,13 @@ export const resolveTarget = (
       ? Option.some(Redacted.make(envToken))
       : Option.orElse(fromConfig("gateway.auth.token"), () => fromConfig("gateway.auth.password"))
     const host = Option.getOrElse(flags.host, () => "127.0.0.1")
-    const port = Option.getOrElse(flags.port, () => Option.match(config, { onNone: () => DEFAULT_GATEWAY_PORT, onSome: (c) => c.gateway.port }))
+    const port = Option.getOrElse(flags.port, () =>
+      Option.match(config, { onNone: () => DEFAULT_GATEWAY_PORT, onSome: (c) => c.gateway.port }))
     return { host, port, token, config } satisfies GatewayTarget
   })
 
-export const baseUrl = (t: GatewayTarget) => `http://${t.host.includes(":") && !t.host.startsWith("[") ? `[${t.host}]` : t.host}:${t.port}`
+export const baseUrl = (t: GatewayTarget) =>
+  `http://${t.host.includes(":") && !t.host.startsWith("[") ? `[${t.host}]` : t.host}:${t.port}`
 
 /**
  * The typed client derived from the one HttpApi definition. The bearer is attached only for loopback
@@ -114,7 +116,8 @@ export const gatewayClient = (t: GatewayTarget) =>
   }).pipe(Effect.provide(FetchHttpClient.layer))
 
 /** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
-export const terminalSafe = (s: string) => s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "")
+export const terminalSafe = (s: string) =>
+  s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "")
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors: every failure of a call, by its decoded class (Effect.catchTags), as one line with its kind and the
@@ -176,7 +179,11 @@ const socketError = (cause: unknown): string => {
   let innermost: string | undefined
   for (let i = 0; i < 5 && c !== undefined && c !== null && code === undefined; i++) {
     const x = c as { code?: unknown; errors?: ReadonlyArray<{ code?: unknown }>; cause?: unknown }
-    code = typeof x.code === "string" ? x.code : typeof x.errors?.[0]?.code === "string" ? String(x.errors[0].code) : undefined
+    code = typeof x.code === "string"
+      ? x.code
+      : typeof x.errors?.[0]?.code === "string"
+      ? String(x.errors[0].code)
+      : undefined
     if (c instanceof Error) innermost = c.message
     c = x.cause
   }
@@ -200,27 +207,42 @@ const CASES = {
   InvalidVerificationUser: answered,
   VerificationFailed: answered,
   VerificationTimeout: answered,
-  RequestError: (e: HttpClientError.RequestError): Described => ({ kind: "gateway-unreachable", message: socketError(e.cause) }),
+  RequestError: (e: HttpClientError.RequestError): Described => ({
+    kind: "gateway-unreachable",
+    message: socketError(e.cause)
+  }),
   ResponseError: (e: HttpClientError.ResponseError): Described => ({
     kind: "gateway-bad-response",
     message: terminalSafe(`unexpected response (${String(e.reason)})`)
   }),
   TimeoutException: (): Described => ({ kind: "gateway-timeout", message: "the gateway did not answer in time" }),
-  ParseError: (): Described => ({ kind: "gateway-bad-response", message: "the gateway's answer does not match this cara version's API" }),
-  HttpApiDecodeError: (): Described => ({ kind: "gateway-bad-response", message: "the gateway's answer does not match this cara version's API" }),
+  ParseError: (): Described => ({
+    kind: "gateway-bad-response",
+    message: "the gateway's answer does not match this cara version's API"
+  }),
+  HttpApiDecodeError: (): Described => ({
+    kind: "gateway-bad-response",
+    message: "the gateway's answer does not match this cara version's API"
+  }),
   GatewayClientError: (e: GatewayClientError): Described => ({ kind: e.kind, message: e.message })
 } satisfies { readonly [K in ClientError["_tag"]]: (e: Extract<ClientError, { _tag: K }>) => Described }
 
 /** A transport or API failure as one line, without the URL (it may carry a path the operator typed). */
 export const describeClientError = (e: unknown): Described => {
   const tag = typeof e === "object" && e !== null ? (e as { _tag?: unknown })._tag : undefined
-  const known = typeof tag === "string" && Object.hasOwn(CASES, tag) ? (CASES as Record<string, (e: unknown) => Described>)[tag] : undefined
+  const known = typeof tag === "string" && Object.hasOwn(CASES, tag)
+    ? (CASES as Record<string, (e: unknown) => Described>)[tag]
+    : undefined
   return known !== undefined ? known(e) : { message: "unexpected failure" }
 }
 
 /** A call of the gateway failed: the kind, the line, and what to do (once). */
 export class GatewayCallError extends Schema.TaggedError<GatewayCallError>()("GatewayCallError", {
-  kind: Schema.Literal(...(Object.keys(REMEDIATION) as [RemediationKind]), "gateway-call-failed", "verification-call-failed"),
+  kind: Schema.Literal(
+    ...(Object.keys(REMEDIATION) as [RemediationKind]),
+    "gateway-call-failed",
+    "verification-call-failed"
+  ),
   message: Schema.String
 }) {}
 
@@ -228,13 +250,18 @@ type FallbackKind = "gateway-call-failed" | "verification-call-failed"
 
 const withAdvice = (d: Described, fallbackKind: FallbackKind): GatewayCallError => {
   const advice = remediationFor(d.kind, d.message)
-  return new GatewayCallError({ kind: d.kind ?? fallbackKind, message: advice === undefined ? d.message : `${d.message}\n  → ${advice}` })
+  return new GatewayCallError({
+    kind: d.kind ?? fallbackKind,
+    message: advice === undefined ? d.message : `${d.message}\n  → ${advice}`
+  })
 }
 
 /** `describeClientError` with the remediation appended: for callers holding an error value. */
-export const callError = (e: unknown, fallbackKind: FallbackKind = "gateway-call-failed"): GatewayCallError => withAdvice(describeClientError(e), fallbackKind)
+export const callError = (e: unknown, fallbackKind: FallbackKind = "gateway-call-failed"): GatewayCallError =>
+  withAdvice(describeClientError(e), fallbackKind)
 
-const fail = <E extends ClientError>(f: (e: E) => Described) => (e: E) => Effect.fail(withAdvice(f(e), "gateway-call-failed"))
+const fail = <E extends ClientError>(f: (e: E) => Described) => (e: E) =>
+  Effect.fail(withAdvice(f(e), "gateway-call-failed"))
 
 /** Renders every failure of a gateway call by its decoded class (one case each) as a `GatewayCallError`. */
 export const gatewayCall = <A, R>(self: Effect.Effect<A, ClientError, R>): Effect.Effect<A, GatewayCallError, R> =>

@@ -56,7 +56,9 @@ export const newPasswordSource = (
     onSome: (name) => {
       const v = env[name] ?? ""
       return v === ""
-        ? Effect.fail(refuse("config-rekey-new-password", `${name} is not set or empty; export the new password in it and retry`))
+        ? Effect.fail(
+          refuse("config-rekey-new-password", `${name} is not set or empty; export the new password in it and retry`)
+        )
         : Effect.succeed(v)
     },
     onNone: () =>
@@ -64,7 +66,9 @@ export const newPasswordSource = (
         ? Effect.gen(function*() {
           const a = yield* promptHidden("New config password: ")
           const b = yield* promptHidden("Repeat the new config password: ")
-          if (a !== b) return yield* refuse("config-rekey-new-password", "the two passwords differ; nothing was changed")
+          if (a !== b) {
+            return yield* refuse("config-rekey-new-password", "the two passwords differ; nothing was changed")
+          }
           return a
         })
         : Effect.fail(
@@ -79,7 +83,10 @@ export const newPasswordSource = (
 export const rekey = ({ newPasswordEnv }: { readonly newPasswordEnv: Option.Option<string> }) =>
   Effect.gen(function*() {
     const env = { ...process.env }
-    const result = yield* rekeyConfig({ env, newPassword: newPasswordSource(env, newPasswordEnv, process.stdin.isTTY === true) })
+    const result = yield* rekeyConfig({
+      env,
+      newPassword: newPasswordSource(env, newPasswordEnv, process.stdin.isTTY === true)
+    })
     if (result.resealed.length === 0) {
       yield* Console.log(`No enc:v2 values in ${result.file}; nothing to re-seal.`)
       return
@@ -98,7 +105,9 @@ export const show = ({ json }: { readonly json: boolean }) =>
     const text = json
       ? JSON.stringify({ path: file, errors: shown.errors, config: shown.config }, null, 2)
       : [
-        file === null ? `// No config file at ${shown.targetPath}; defaults apply (create one with \`cara setup\`).` : `// ${file}`,
+        file === null
+          ? `// No config file at ${shown.targetPath}; defaults apply (create one with \`cara setup\`).`
+          : `// ${file}`,
         ...(shown.errors > 0 ? [`// ${shown.errors} error(s): run \`cara config check\``] : []),
         JSON.stringify(shown.config, null, 2)
       ].join("\n")
@@ -110,7 +119,11 @@ export const show = ({ json }: { readonly json: boolean }) =>
 export const get = ({ json, path }: { readonly json: boolean; readonly path: string }) =>
   Effect.gen(function*() {
     const value = yield* getConfig({ ...process.env }, path)
-    const text = json ? JSON.stringify({ path, value }) : typeof value === "string" ? value : JSON.stringify(value, null, 2)
+    const text = json
+      ? JSON.stringify({ path, value })
+      : typeof value === "string"
+      ? value
+      : JSON.stringify(value, null, 2)
     yield* Console.log(redactSecrets(text))
   }).pipe(Effect.provide(StateDirLive))
 
@@ -119,6 +132,8 @@ export const set = ({ path, value }: { readonly path: string; readonly value: st
   Effect.gen(function*() {
     const r = yield* setConfig({ ...process.env }, path, value)
     yield* Console.log(
-      `Set ${r.path}${r.sealed ? " (sealed with CARAPACE_CONFIG_PASSWORD)" : ""} in ${r.file}. A running daemon reads it at its next start.`
+      `Set ${r.path}${
+        r.sealed ? " (sealed with CARAPACE_CONFIG_PASSWORD)" : ""
+      } in ${r.file}. A running daemon reads it at its next start.`
     )
   }).pipe(Effect.provide(StateDirLive))

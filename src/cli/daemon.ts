@@ -1,7 +1,7 @@
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import JSON5 from "json5"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { resolveStateDirPath } from "../layers/StateDirLive.js"
 
 /** `cara` found no config file to run on; the message says where it looked and how to create one. */
@@ -55,7 +55,8 @@ export const channelEnabled = (file: string): boolean => {
   try {
     if (!fs.statSync(file).isFile()) return true
     const raw = JSON5.parse(fs.readFileSync(file, "utf8")) as { matrix?: { enabled?: unknown } | null }
-    return typeof raw === "object" && raw !== null && typeof raw.matrix === "object" && raw.matrix !== null && raw.matrix.enabled !== false
+    return typeof raw === "object" && raw !== null && typeof raw.matrix === "object" && raw.matrix !== null &&
+      raw.matrix.enabled !== false
   } catch {
     return true
   }

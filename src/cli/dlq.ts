@@ -1,7 +1,7 @@
-import * as readline from "node:readline"
 import { Console, Effect, Option, Schema } from "effect"
+import * as readline from "node:readline"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { GatewayClient, gatewayCall, terminalSafe } from "./client.js"
+import { gatewayCall, GatewayClient, terminalSafe } from "./client.js"
 
 /** A `cara matrix dlq` command refused before its call (a failed call is a GatewayCallError). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -19,29 +19,49 @@ const when = (ms: number) => new Date(ms).toISOString()
 
 export const renderList = (records: ReadonlyArray<DlqSummary>, undecodable: number): string => {
   if (records.length === 0 && undecodable === 0) return "The inbound DLQ is empty."
-  const lines = [`${records.length} record(s) in the inbound DLQ${undecodable > 0 ? `, ${undecodable} undecodable line(s)` : ""}`, ""]
+  const lines = [
+    `${records.length} record(s) in the inbound DLQ${undecodable > 0 ? `, ${undecodable} undecodable line(s)` : ""}`,
+    ""
+  ]
   for (const r of records) {
     lines.push(
-      `${r.id}  ${r.direction === "outbound" ? "reply  " : "message"}  ${when(r.receivedAt)}  ${terminalSafe(r.senderId)} in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
-        (r.attempts > 0 ? `  attempts ${r.attempts}${r.lastError !== undefined ? ` (${terminalSafe(r.lastError)})` : ""}` : "")
+      `${r.id}  ${r.direction === "outbound" ? "reply  " : "message"}  ${when(r.receivedAt)}  ${
+        terminalSafe(r.senderId)
+      } in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
+        (r.attempts > 0
+          ? `  attempts ${r.attempts}${r.lastError !== undefined ? ` (${terminalSafe(r.lastError)})` : ""}`
+          : "")
     )
   }
-  if (undecodable > 0) lines.push("", "Undecodable lines are moved to matrix/inbound_dlq.corrupt.jsonl at the next replay (or kept until the store key is available).")
+  if (undecodable > 0) {
+    lines.push(
+      "",
+      "Undecodable lines are moved to matrix/inbound_dlq.corrupt.jsonl at the next replay (or kept until the store key is available)."
+    )
+  }
   return lines.join("\n")
 }
 
 export const renderDetail = (r: DlqDetail): string =>
   [
     `Id:          ${r.id}`,
-    `Direction:   ${r.direction === "outbound" ? "outbound (an answer that could not be sent; replay sends it as the reply to the event)" : "inbound (a message whose handling failed; replay answers it)"}`,
+    `Direction:   ${
+      r.direction === "outbound"
+        ? "outbound (an answer that could not be sent; replay sends it as the reply to the event)"
+        : "inbound (a message whose handling failed; replay answers it)"
+    }`,
     `Event:       ${terminalSafe(r.eventId)}`,
     `Room:        ${terminalSafe(r.roomId)}`,
     `Sender:      ${terminalSafe(r.senderId)}`,
     `Received:    ${when(r.receivedAt)}`,
     `Encrypted:   ${r.encrypted ? "yes" : "no"}`,
-    `Attempts:    ${r.attempts}${r.nextAttemptAt !== undefined ? ` (next automatic try ${when(r.nextAttemptAt)})` : ""}`,
+    `Attempts:    ${r.attempts}${
+      r.nextAttemptAt !== undefined ? ` (next automatic try ${when(r.nextAttemptAt)})` : ""
+    }`,
     ...(r.lastError !== undefined ? [`Last error:  ${terminalSafe(r.lastError)}`] : []),
-    `Body:        ${r.text !== undefined ? "" : `${r.textBytes} bytes (hidden; add --reveal on a terminal to print it)`}`,
+    `Body:        ${
+      r.text !== undefined ? "" : `${r.textBytes} bytes (hidden; add --reveal on a terminal to print it)`
+    }`,
     ...(r.text !== undefined ? [terminalSafe(r.text)] : [])
   ].join("\n")
 
@@ -51,14 +71,20 @@ const selection = (id: Option.Option<string>, all: boolean) =>
     ? Effect.succeed({ id: id.value } as { id?: string; all?: boolean })
     : Option.isNone(id) && all
     ? Effect.succeed({ all: true } as { id?: string; all?: boolean })
-    : Effect.fail(new DlqCliError({ kind: "invalid-arguments", message: "give either a record id or --all (not both)" }))
+    : Effect.fail(
+      new DlqCliError({ kind: "invalid-arguments", message: "give either a record id or --all (not both)" })
+    )
 
 /** `cara matrix dlq list`. */
 export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.list().pipe(gatewayCall)
-    yield* Console.log(json ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2) : renderList(r.records, r.undecodable))
+    yield* Console.log(
+      json
+        ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2)
+        : renderList(r.records, r.undecodable)
+    )
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq show <id> [--reveal]`. */
@@ -68,7 +94,8 @@ export const show = ({ host, id, json, port, reveal }: Target & { readonly id: s
     if (reveal && process.stdout.isTTY !== true) {
       return yield* new DlqCliError({
         kind: "dlq-reveal-not-terminal",
-        message: "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
+        message:
+          "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
       })
     }
     const { api } = yield* GatewayClient
@@ -77,7 +104,9 @@ export const show = ({ host, id, json, port, reveal }: Target & { readonly id: s
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq replay <id> | --all`. */
-export const replay = ({ all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }) =>
+export const replay = (
+  { all, host, id, json, port }: Target & { readonly id: Option.Option<string>; readonly all: boolean }
+) =>
   Effect.gen(function*() {
     const payload = yield* selection(id, all)
     const { api } = yield* GatewayClient
@@ -110,14 +139,20 @@ const askLine = (prompt: string) =>
 
 /** `cara matrix dlq purge <id> | --all [--yes]`. */
 export const purge = (
-  { all, host, id, json, port, yes }: Target & { readonly id: Option.Option<string>; readonly all: boolean; readonly yes: boolean }
+  { all, host, id, json, port, yes }: Target & {
+    readonly id: Option.Option<string>
+    readonly all: boolean
+    readonly yes: boolean
+  }
 ) =>
   Effect.gen(function*() {
     const payload = yield* selection(id, all)
     if (!yes) {
       const expected = payload.all === true ? "purge all" : `purge ${payload.id}`
       const typed = yield* askLine(
-        `This deletes ${payload.all === true ? "EVERY record" : `record ${payload.id}`} from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
+        `This deletes ${
+          payload.all === true ? "EVERY record" : `record ${payload.id}`
+        } from the inbound DLQ; those messages will never be answered.\nType "${expected}" to confirm: `
       )
       if (typed !== expected) {
         return yield* new DlqCliError({
@@ -128,5 +163,7 @@ export const purge = (
     }
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
-    yield* Console.log(json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`)
+    yield* Console.log(
+      json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`
+    )
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))

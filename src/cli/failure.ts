@@ -19,7 +19,9 @@ interface Finding {
 const findingsOf = (error: object): ReadonlyArray<string> | undefined => {
   const findings = (error as { findings?: unknown }).findings
   if (!Array.isArray(findings)) return undefined
-  return (findings as ReadonlyArray<Finding>).filter((f) => f.severity === "error").map((f) => `  ${f.severity} ${f.path}: ${f.message}`)
+  return (findings as ReadonlyArray<Finding>).filter((f) => f.severity === "error").map((f) =>
+    `  ${f.severity} ${f.path}: ${f.message}`
+  )
 }
 
 // Turns the platform's listen failures into a sentence an operator can act on.
@@ -28,13 +30,15 @@ const describeServe = (error: { readonly cause?: unknown }): Described | undefin
   if (cause?.code === "EADDRINUSE") {
     return {
       kind: "gateway-bind",
-      message: `Port ${cause.port} on ${cause.address} is already in use. Stop the other process (another cara daemon?) or set gateway.port to a free port.`
+      message:
+        `Port ${cause.port} on ${cause.address} is already in use. Stop the other process (another cara daemon?) or set gateway.port to a free port.`
     }
   }
   if (cause?.code === "EACCES" || cause?.code === "EADDRNOTAVAIL") {
     return {
       kind: "gateway-bind",
-      message: `Cannot listen on ${cause.address}:${cause.port} (${cause.code}). Choose another gateway.bind address or gateway.port.`
+      message:
+        `Cannot listen on ${cause.address}:${cause.port} (${cause.code}). Choose another gateway.bind address or gateway.port.`
     }
   }
   return undefined
@@ -48,7 +52,9 @@ const describe = (error: unknown): Described | undefined => {
     // A config error lists its findings one per line rather than in one long sentence.
     const details = findingsOf(error)
     return {
-      message: details !== undefined ? `startup aborted: the configuration has ${details.length} error(s):` : tagged.message,
+      message: details !== undefined
+        ? `startup aborted: the configuration has ${details.length} error(s):`
+        : tagged.message,
       ...(typeof tagged.kind === "string" ? { kind: tagged.kind } : {}),
       ...(details !== undefined ? { details } : {})
     }
@@ -72,7 +78,9 @@ export const reportFailure = (cause: Cause.Cause<unknown>) =>
     if (described !== undefined) {
       const details = described.details?.length ? described.details.join("\n") + "\n" : ""
       process.stderr.write(
-        redactSecrets(`cara: ${described.message}${described.kind !== undefined ? ` [${described.kind}]` : ""}\n${details}`)
+        redactSecrets(
+          `cara: ${described.message}${described.kind !== undefined ? ` [${described.kind}]` : ""}\n${details}`
+        )
       )
     } else {
       process.stderr.write(redactSecrets(`cara: unexpected failure\n${Cause.pretty(cause)}\n`))

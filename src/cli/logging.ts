@@ -10,7 +10,10 @@ import { redactSecrets } from "../domain/redact.js"
  * to remember to: a configured secret or a recovery key never reaches the log, whoever logged it.
  */
 export const formatLogLine = (
-  { annotations, cause, date, logLevel, message }: Pick<Logger.Logger.Options<unknown>, "annotations" | "cause" | "date" | "logLevel" | "message">
+  { annotations, cause, date, logLevel, message }: Pick<
+    Logger.Logger.Options<unknown>,
+    "annotations" | "cause" | "date" | "logLevel" | "message"
+  >
 ): string => {
   const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
   let line = `${date.toISOString()} ${logLevel.label.padEnd(5)} ${text}`

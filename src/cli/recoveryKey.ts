@@ -1,6 +1,6 @@
-import * as fs from "node:fs"
 import * as Prompt from "@effect/cli/Prompt"
 import { Effect, Layer, Option, Redacted } from "effect"
+import * as fs from "node:fs"
 import { MAX_KEY_BYTES, recoveryError } from "../domain/recoveryKey.js"
 import { ChannelStatusLive } from "../layers/ChannelStatusLive.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
@@ -62,7 +62,11 @@ export const restore = ({ keyFile, stdin }: { readonly keyFile: Option.Option<st
             if (close) fs.closeSync(fd)
           }
         },
-        catch: (e) => recoveryError("recovery-key-invalid", `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`)
+        catch: (e) =>
+          recoveryError(
+            "recovery-key-invalid",
+            `reading the recovery key from ${what} failed (${(e as NodeJS.ErrnoException).code ?? String(e)}).`
+          )
       }).pipe(Effect.flatMap(parseKeyInput))
     const readKey = Option.isSome(keyFile)
       ? fromFd(() => fs.openSync(keyFile.value, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK), true, keyFile.value)
@@ -70,7 +74,10 @@ export const restore = ({ keyFile, stdin }: { readonly keyFile: Option.Option<st
       ? fromFd(() => 0, false, "standard input")
       : Prompt.hidden({ message: "Matrix recovery key: " }).pipe(
         Effect.flatMap((r) => parseKeyInput(Redacted.value(r))),
-        Effect.catchTag("QuitException", () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator")))
+        Effect.catchTag(
+          "QuitException",
+          () => Effect.fail(recoveryError("recovery-key-refused", "Matrix recovery-key restore aborted by operator"))
+        )
       )
     const result = yield* restoreKey(readKey)
     yield* Effect.sync(() => process.stdout.write(`${renderRestore(result)}\n`))
@@ -92,7 +99,9 @@ export const rotate = ({ yes }: { readonly yes: boolean }) =>
         )
       )
       const answer = yield* Prompt.text({ message: "Type 'rotate' to confirm: " }).pipe(Effect.orElseSucceed(() => ""))
-      if (answer.trim() !== "rotate") return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
+      if (answer.trim() !== "rotate") {
+        return yield* recoveryError("recovery-key-refused", "matrix recovery-key rotate aborted by operator")
+      }
     }
     const { renderRotate, rotateKey } = yield* load
     const result = yield* rotateKey

@@ -21,8 +21,9 @@ const helpConsole = Effect.map(Console.consoleWith(Effect.succeed), (c): Console
 export const run = (argv: ReadonlyArray<string>) => {
   installStderrRedaction()
   const program = cli(argv).pipe(Effect.tapErrorCause(reportFailure))
-  return (isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program).pipe(
-    Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
-    NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
-  )
+  return (isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program)
+    .pipe(
+      Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
+      NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+    )
 }

@@ -10,7 +10,9 @@ const terminalPrompter = Effect.acquireRelease(
 ).pipe(
   Effect.map((rl): Prompter => ({
     ask: (question, fallback) =>
-      Effect.promise(() => rl.question(`${question}${fallback !== undefined && fallback !== "" ? ` [${fallback}]` : ""}: `)).pipe(
+      Effect.promise(() =>
+        rl.question(`${question}${fallback !== undefined && fallback !== "" ? ` [${fallback}]` : ""}: `)
+      ).pipe(
         Effect.map((a) => a.trim())
       )
   }))

@@ -33,14 +33,16 @@ export interface StatusReport {
 }
 
 export const AUTH_OFF_WARNING =
-  'gateway auth is OFF (gateway.auth.mode "none"): any local process or page that reaches the port can drive cara; ' +
-  'set gateway.auth.mode "token" with token "${CARAPACE_GATEWAY_TOKEN}"'
+  "gateway auth is OFF (gateway.auth.mode \"none\"): any local process or page that reaches the port can drive cara; " +
+  "set gateway.auth.mode \"token\" with token \"${CARAPACE_GATEWAY_TOKEN}\""
 
 const when = (n: number | null | undefined) => (n === null || n === undefined ? "never" : new Date(n).toISOString())
 
 /** `2026-… (42s ago)`: how old a moment is, by this machine's clock (the CLI runs beside the daemon). */
 const whenAgo = (n: number | null | undefined, now: number) =>
-  n === null || n === undefined ? "never" : `${new Date(n).toISOString()} (${formatUptime(Math.max(0, Math.floor((now - n) / 1000)))} ago)`
+  n === null || n === undefined
+    ? "never"
+    : `${new Date(n).toISOString()} (${formatUptime(Math.max(0, Math.floor((now - n) / 1000)))} ago)`
 
 /** The human rendering: the gateway block, then one block per channel with Matrix metadata (§11 names). */
 export const renderStatus = (r: StatusReport, now: number = Date.now()): string => {
@@ -83,9 +85,15 @@ export const renderStatus = (r: StatusReport, now: number = Date.now()): string 
         `  Rooms:      ${x.joinedRoomCount} joined (${x.encryptedRoomCount} encrypted, ${x.unencryptedRoomCount} unencrypted, ${x.unsupportedRoomCount} unsupported)`,
         `  Pending verifications: ${x.pendingVerificationCount}`,
         `  Last successful sync:  ${whenAgo(x.lastSuccessfulSyncAt, now)}`,
-        `  Pending replies:       ${x.outboundPendingCount ?? 0}${x.outboundPendingOldestAt === undefined ? "" : ` (oldest first failed ${whenAgo(x.outboundPendingOldestAt, now)})`}`,
+        `  Pending replies:       ${x.outboundPendingCount ?? 0}${
+          x.outboundPendingOldestAt === undefined
+            ? ""
+            : ` (oldest first failed ${whenAgo(x.outboundPendingOldestAt, now)})`
+        }`,
         `  Undecryptable events:  ${x.undecryptableEventCount}`,
-        `  DLQ:        ${x.inboundDlqRecordCount ?? "?"} records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
+        `  DLQ:        ${
+          x.inboundDlqRecordCount ?? "?"
+        } records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
           `${x.inboundDlqAppendFailureTotal} append failures, ${x.inboundDlqUndecodableLostCount} undecodable lost`
       )
       lines.push(
@@ -93,7 +101,9 @@ export const renderStatus = (r: StatusReport, now: number = Date.now()): string 
           `(${x.inboundBudgetNoticeTotal} notices), ${x.peerDropUnencryptedInEncryptedRoomTotal} unencrypted in an encrypted room, ` +
           `${x.peerDropNotCrossSignedTotal} from devices not cross-signed`
       )
-      if (x.inboundDlqDurabilityError !== undefined) lines.push(`  DLQ error:  ${terminalSafe(x.inboundDlqDurabilityError)}`)
+      if (x.inboundDlqDurabilityError !== undefined) {
+        lines.push(`  DLQ error:  ${terminalSafe(x.inboundDlqDurabilityError)}`)
+      }
     }
   }
   return lines.join("\n")
@@ -105,7 +115,12 @@ export const renderStatusJson = (r: StatusReport): string =>
       health: r.health,
       ...(Option.isSome(r.controlStatus) ? { controlStatus: r.controlStatus.value } : {}),
       ...(Option.isSome(r.channels)
-        ? { channels: { ...r.channels.value, channels: r.channels.value.channels.map((c) => Schema.encodeSync(ChannelInfo)(c)) } }
+        ? {
+          channels: {
+            ...r.channels.value,
+            channels: r.channels.value.channels.map((c) => Schema.encodeSync(ChannelInfo)(c))
+          }
+        }
         : {}),
       ...(Option.isSome(r.controlProblem) ? { controlError: r.controlProblem.value } : {}),
       ...(r.authOff === true ? { warnings: [AUTH_OFF_WARNING] } : {})
@@ -128,34 +143,44 @@ export const fetchStatus = (target: GatewayTarget) =>
     }
     const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
     if (Option.isNone(target.token) && !authOff) {
-      return Either.right({
-        address,
-        health: health.right,
-        controlStatus: Option.none(),
-        channels: Option.none(),
-        controlProblem: Option.some({
-          kind: "gateway-token-missing",
-          message: `no gateway token: ${REMEDIATION["gateway-token-missing"]}`
-        }),
-        authOff
-      } satisfies StatusReport)
+      return Either.right(
+        {
+          address,
+          health: health.right,
+          controlStatus: Option.none(),
+          channels: Option.none(),
+          controlProblem: Option.some({
+            kind: "gateway-token-missing",
+            message: `no gateway token: ${REMEDIATION["gateway-token-missing"]}`
+          }),
+          authOff
+        } satisfies StatusReport
+      )
     }
     const both = yield* Effect.all([client.control.status(), client.control.channels()], { concurrency: 2 }).pipe(
       Effect.timeout("30 seconds"),
       Effect.either
     )
-    return Either.right({
-      address,
-      health: health.right,
-      controlStatus: Either.isRight(both) ? Option.some(both.right[0]) : Option.none(),
-      channels: Either.isRight(both) ? Option.some(both.right[1]) : Option.none(),
-      controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none(),
-      authOff
-    } satisfies StatusReport)
+    return Either.right(
+      {
+        address,
+        health: health.right,
+        controlStatus: Either.isRight(both) ? Option.some(both.right[0]) : Option.none(),
+        channels: Either.isRight(both) ? Option.some(both.right[1]) : Option.none(),
+        controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none(),
+        authOff
+      } satisfies StatusReport
+    )
   })
 
 /** `cara status [--json]`. */
-export const status = ({ host, json, port }: { readonly host: Option.Option<string>; readonly port: Option.Option<number>; readonly json: boolean }) =>
+export const status = (
+  { host, json, port }: {
+    readonly host: Option.Option<string>
+    readonly port: Option.Option<number>
+    readonly json: boolean
+  }
+) =>
   Effect.gen(function*() {
     const target = yield* resolveTarget({ host, port })
     const report = yield* fetchStatus(target)

@@ -14,7 +14,10 @@ const lazy = <M, A, E, R>(load: () => Promise<M>, pick: (m: M) => (a: A) => Effe
 
 const json = Options.boolean("json").pipe(Options.withDescription("print the result as JSON"))
 /** `--host` / `--port` of every command that talks to the daemon (defaults resolved by `resolveTarget`). */
-export const hostOption = Options.text("host").pipe(Options.withDescription("gateway host (default 127.0.0.1)"), Options.optional)
+export const hostOption = Options.text("host").pipe(
+  Options.withDescription("gateway host (default 127.0.0.1)"),
+  Options.optional
+)
 export const portOption = Options.integer("port").pipe(
   Options.withAlias("p"),
   Options.withDescription(`gateway port (default: gateway.port from the config, else ${DEFAULT_GATEWAY_PORT})`),
@@ -25,7 +28,9 @@ const gateway = { host: hostOption, port: portOption, json }
 // ---------------------------------------------------------------------------------------------------------
 // cara config …
 
-const configPath = Args.text({ name: "path" }).pipe(Args.withDescription("a dotted config path, e.g. gateway.port or matrix.userId"))
+const configPath = Args.text({ name: "path" }).pipe(
+  Args.withDescription("a dotted config path, e.g. gateway.port or matrix.userId")
+)
 const loadConfig = () => import("./config.js")
 
 const configCommand = Command.make("config").pipe(
@@ -38,13 +43,17 @@ const configCommand = Command.make("config").pipe(
       Command.withDescription("Print the config as the daemon reads it (defaults filled in); every secret is masked.")
     ),
     Command.make("get", { json, path: configPath }, lazy(loadConfig, (m) => m.get)).pipe(
-      Command.withDescription("Print one value of the config (a secret is masked); exit 1 when the path does not exist.")
+      Command.withDescription(
+        "Print one value of the config (a secret is masked); exit 1 when the path does not exist."
+      )
     ),
     Command.make(
       "set",
       {
         path: configPath,
-        value: Args.text({ name: "value" }).pipe(Args.withDescription("the new value: JSON5 (42, true, [\"a\"]) or plain text"))
+        value: Args.text({ name: "value" }).pipe(
+          Args.withDescription("the new value: JSON5 (42, true, [\"a\"]) or plain text")
+        )
       },
       lazy(loadConfig, (m) => m.set)
     ).pipe(
@@ -84,7 +93,13 @@ const dlqCommand = Command.make("dlq").pipe(
     ),
     Command.make(
       "show",
-      { ...gateway, id: idArg, reveal: Options.boolean("reveal").pipe(Options.withDescription("also print the message body (only to a terminal)")) },
+      {
+        ...gateway,
+        id: idArg,
+        reveal: Options.boolean("reveal").pipe(
+          Options.withDescription("also print the message body (only to a terminal)")
+        )
+      },
       lazy(loadDlq, (m) => m.show)
     ).pipe(Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal.")),
     Command.make("replay", { ...gateway, id: Args.optional(idArg), all }, lazy(loadDlq, (m) => m.replay)).pipe(
@@ -92,7 +107,12 @@ const dlqCommand = Command.make("dlq").pipe(
     ),
     Command.make(
       "purge",
-      { ...gateway, id: Args.optional(idArg), all, yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)")) },
+      {
+        ...gateway,
+        id: Args.optional(idArg),
+        all,
+        yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
+      },
       lazy(loadDlq, (m) => m.purge)
     ).pipe(Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts."))
   ])
@@ -115,7 +135,10 @@ const recoveryKeyCommand = Command.make("recovery-key").pipe(
     Command.make(
       "restore",
       {
-        keyFile: Options.file("key-file").pipe(Options.optional, Options.withDescription("read the key from this file (at most 4096 bytes)")),
+        keyFile: Options.file("key-file").pipe(
+          Options.optional,
+          Options.withDescription("read the key from this file (at most 4096 bytes)")
+        ),
         stdin: Options.boolean("stdin").pipe(Options.withDescription("read the key from standard input"))
       },
       lazy(loadRecovery, (m) => m.restore)
@@ -129,7 +152,9 @@ const recoveryKeyCommand = Command.make("recovery-key").pipe(
       { yes: Options.boolean("yes").pipe(Options.withDescription("confirm without the interactive prompt")) },
       lazy(loadRecovery, (m) => m.rotate)
     ).pipe(
-      Command.withDescription("With the daemon stopped: replace the recovery key (new secret-storage key and backup); the old key is abandoned.")
+      Command.withDescription(
+        "With the daemon stopped: replace the recovery key (new secret-storage key and backup); the old key is abandoned."
+      )
     )
   ])
 )
@@ -149,14 +174,20 @@ const verificationCommands = [
     {
       flowId: flowArg,
       match: Options.boolean("match").pipe(Options.withDescription("the SAS values are the same on both devices")),
-      noMatch: Options.boolean("no-match").pipe(Options.withDescription("the SAS values differ: reject (cancels with m.mismatched_sas)")),
+      noMatch: Options.boolean("no-match").pipe(
+        Options.withDescription("the SAS values differ: reject (cancels with m.mismatched_sas)")
+      ),
       skip: Options.boolean("unsafe-skip-sas-prompt").pipe(
         Options.withDescription("do not show the SAS and ask for `yes` (for automation; written to the audit log)")
       ),
       ...gateway
     },
     lazy(loadVerification, (m) => m.confirm)
-  ).pipe(Command.withDescription("Confirm (--match) or reject (--no-match) the SAS of a flow after comparing it with the other device.")),
+  ).pipe(
+    Command.withDescription(
+      "Confirm (--match) or reject (--no-match) the SAS of a flow after comparing it with the other device."
+    )
+  ),
   Command.make("cancel", { ...gateway, flowId: flowArg }, lazy(loadVerification, (m) => m.cancel)).pipe(
     Command.withDescription("Cancel a verification flow (on the peer too).")
   ),
@@ -164,7 +195,10 @@ const verificationCommands = [
     "verify",
     {
       user: Args.text({ name: "user" }).pipe(Args.withDescription("the Matrix user id, e.g. @alice:example.org")),
-      device: Args.text({ name: "device" }).pipe(Args.withDescription("one of their device ids (omit to verify the user in a DM)"), Args.optional),
+      device: Args.text({ name: "device" }).pipe(
+        Args.withDescription("one of their device ids (omit to verify the user in a DM)"),
+        Args.optional
+      ),
       ...gateway
     },
     lazy(loadVerification, (m) => m.verify)
@@ -181,7 +215,9 @@ const matrixCommand = Command.make("matrix").pipe(
       "rekey-store",
       {
         fresh: Options.boolean("new").pipe(
-          Options.withDescription("rotate the Matrix store key to a fresh random passphrase pinned in matrix/store_passphrase")
+          Options.withDescription(
+            "rotate the Matrix store key to a fresh random passphrase pinned in matrix/store_passphrase"
+          )
         ),
         json
       },
@@ -204,7 +240,9 @@ const doctorCommand = Command.make(
   "doctor",
   {
     json,
-    offline: Options.boolean("offline").pipe(Options.withDescription("skip the homeserver checks (reachability, token, cross-signing, backup)"))
+    offline: Options.boolean("offline").pipe(
+      Options.withDescription("skip the homeserver checks (reachability, token, cross-signing, backup)")
+    )
   },
   lazy(() => import("./doctor.js"), (m) => m.doctor)
 ).pipe(
@@ -213,7 +251,8 @@ const doctorCommand = Command.make(
   )
 )
 
-const list = (name: string, description: string) => Options.text(name).pipe(Options.withDescription(description), Options.repeated)
+const list = (name: string, description: string) =>
+  Options.text(name).pipe(Options.withDescription(description), Options.repeated)
 
 const setupCommand = Command.make(
   "setup",
@@ -222,16 +261,24 @@ const setupCommand = Command.make(
       Options.withDescription("the homeserver URL (default: found from --user through .well-known/matrix/client)"),
       Options.optional
     ),
-    user: Options.text("user").pipe(Options.withDescription("the bot's Matrix user id, e.g. @cara:example.org"), Options.optional),
+    user: Options.text("user").pipe(
+      Options.withDescription("the bot's Matrix user id, e.g. @cara:example.org"),
+      Options.optional
+    ),
     allowUsers: list("allow-user", "a user who may invite cara and get answers (repeatable)"),
     allowServers: list("allow-server", "a homeserver whose users may all invite cara (repeatable)"),
     provider: Options.text("provider").pipe(
       Options.withDescription("anthropic, openai or local (the built-in test model local:echo)"),
       Options.optional
     ),
-    model: Options.text("model").pipe(Options.withDescription("the model name, e.g. claude-sonnet-4-6"), Options.optional),
+    model: Options.text("model").pipe(
+      Options.withDescription("the model name, e.g. claude-sonnet-4-6"),
+      Options.optional
+    ),
     yes: Options.boolean("yes").pipe(Options.withDescription("ask nothing: take the flags and the defaults")),
-    force: Options.boolean("force").pipe(Options.withDescription("replace an existing config (a .bak-<time> copy is kept)"))
+    force: Options.boolean("force").pipe(
+      Options.withDescription("replace an existing config (a .bak-<time> copy is kept)")
+    )
   },
   lazy(() => import("./setup.js"), (m) => m.setupHandler)
 ).pipe(
@@ -251,22 +298,32 @@ const verifyCommand = Command.make(
       Options.withDescription("what to verify (only matrix today)"),
       Options.withDefault("matrix" as const)
     ),
-    matrixTo: Options.text("matrix-to").pipe(Options.withDescription("room id to send a probe message to (end-to-end check)"), Options.optional),
+    matrixTo: Options.text("matrix-to").pipe(
+      Options.withDescription("room id to send a probe message to (end-to-end check)"),
+      Options.optional
+    ),
     port: Options.integer("port").pipe(
       Options.withAlias("p"),
       Options.withDescription(`gateway port (default: gateway.port, else ${DEFAULT_GATEWAY_PORT})`),
       Options.optional
     ),
-    wait: Options.integer("wait").pipe(Options.withDescription("seconds to wait for the matrix channel to connect"), Options.withDefault(30)),
+    wait: Options.integer("wait").pipe(
+      Options.withDescription("seconds to wait for the matrix channel to connect"),
+      Options.withDefault(30)
+    ),
     json: Options.boolean("json").pipe(Options.withDescription("print the checks and the verdict as JSON at the end"))
   },
   lazy(() => import("./verify.js"), (m) => m.verify)
 ).pipe(
-  Command.withDescription("Check the Matrix set-up end to end against the running daemon; PASS/FAIL lines, exit 0 only on pass.")
+  Command.withDescription(
+    "Check the Matrix set-up end to end against the running daemon; PASS/FAIL lines, exit 0 only on pass."
+  )
 )
 
 /** `cara` with no subcommand starts the gateway daemon (after checking that there is a config to run on). */
 export const root = Command.make("cara", {}, lazy(() => import("./daemon.js"), (m) => m.startDaemon)).pipe(
-  Command.withDescription("cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."),
+  Command.withDescription(
+    "cara: an agent gateway for Matrix with end-to-end encryption. With no subcommand, starts the daemon."
+  ),
   Command.withSubcommands([configCommand, doctorCommand, matrixCommand, setupCommand, statusCommand, verifyCommand])
 )

@@ -1,15 +1,22 @@
-import * as readline from "node:readline"
 import { Console, Effect, Option, Schema } from "effect"
+import * as readline from "node:readline"
 import { REMEDIATION } from "../domain/remediation.js"
 import { FlowId, type OwnDevice, type VerificationFlow } from "../domain/verification.js"
 import { makeAudit } from "../layers/AuditLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { callError, GatewayClient, gatewayCall, terminalSafe } from "./client.js"
+import { callError, gatewayCall, GatewayClient, terminalSafe } from "./client.js"
 
 /** A `cara matrix` verification command refused before (or instead of) its call. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
-  kind: Schema.Literal("invalid-arguments", "audit-write-failed", "not-a-terminal", "aborted", "verification-flow-not-found", "verification-flow-not-ready"),
+  kind: Schema.Literal(
+    "invalid-arguments",
+    "audit-write-failed",
+    "not-a-terminal",
+    "aborted",
+    "verification-flow-not-found",
+    "verification-flow-not-ready"
+  ),
   message: Schema.String
 }) {}
 
@@ -25,7 +32,12 @@ export const callFailed = (e: unknown) => callError(e, "verification-call-failed
 const requireFlowId = (flowId: string) => {
   const id = flowId.trim()
   return id === ""
-    ? Effect.fail(new VerificationCliError({ kind: "invalid-arguments", message: "the flow id is empty; copy it from `cara matrix verifications`" }))
+    ? Effect.fail(
+      new VerificationCliError({
+        kind: "invalid-arguments",
+        message: "the flow id is empty; copy it from `cara matrix verifications`"
+      })
+    )
     : Effect.succeed(FlowId.make(id))
 }
 
@@ -42,12 +54,16 @@ const sasLines = (f: VerificationFlow): Array<string> => {
 }
 
 export const renderFlows = (flows: ReadonlyArray<VerificationFlow>): string => {
-  if (flows.length === 0) return "No Matrix verification flows. Start one from another client (verify the bot's device) or with `cara matrix verify <user> [device]`."
+  if (flows.length === 0) {
+    return "No Matrix verification flows. Start one from another client (verify the bot's device) or with `cara matrix verify <user> [device]`."
+  }
   const out: Array<string> = []
   for (const f of flows) {
     out.push(
       `${f.flowId}  ${f.state}`,
-      `  Peer:     ${terminalSafe(f.userId)}${f.deviceId !== undefined ? ` (device ${terminalSafe(f.deviceId)})` : ""}${f.roomId !== undefined ? ` in ${terminalSafe(f.roomId)}` : ""}`,
+      `  Peer:     ${terminalSafe(f.userId)}${f.deviceId !== undefined ? ` (device ${terminalSafe(f.deviceId)})` : ""}${
+        f.roomId !== undefined ? ` in ${terminalSafe(f.roomId)}` : ""
+      }`,
       `  Updated:  ${when(f.updatedAt)}`,
       ...sasLines(f),
       ""
@@ -92,7 +108,8 @@ export const list = ({ host, json, port }: Target) =>
     yield* Console.log(json ? safeJson({ ok: true, verifications: r.verifications }) : renderFlows(r.verifications))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const printFlow = (json: boolean, f: VerificationFlow) => Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
+const printFlow = (json: boolean, f: VerificationFlow) =>
+  Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
 
 /** `cara matrix accept <flow-id>`. */
 export const accept = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
@@ -102,7 +119,9 @@ export const accept = ({ flowId, host, json, port }: Target & { readonly flowId:
     const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
     if (!json && r.verification.sas === undefined) {
-      yield* Console.log("Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device.")
+      yield* Console.log(
+        "Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device."
+      )
     }
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
@@ -126,40 +145,66 @@ export const confirm = (
 ) =>
   Effect.gen(function*() {
     if (match === noMatch) {
-      return yield* new VerificationCliError({ kind: "invalid-arguments", message: "give exactly one of --match or --no-match" })
+      return yield* new VerificationCliError({
+        kind: "invalid-arguments",
+        message: "give exactly one of --match or --no-match"
+      })
     }
     const id = yield* requireFlowId(flowId)
     const { api, target: t } = yield* GatewayClient
     if (skip) {
       const stateDir = yield* StateDir
-      yield* makeAudit(stateDir).append("matrix_sas_unsafe_skip", { flow_id: id, host: t.host, port: t.port, pid: process.pid, matches: match }).pipe(
-        Effect.mapError((e) => new VerificationCliError({ kind: "audit-write-failed", message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}` }))
+      yield* makeAudit(stateDir).append("matrix_sas_unsafe_skip", {
+        flow_id: id,
+        host: t.host,
+        port: t.port,
+        pid: process.pid,
+        matches: match
+      }).pipe(
+        Effect.mapError((e) =>
+          new VerificationCliError({
+            kind: "audit-write-failed",
+            message: `cannot write the audit log, refusing to skip the SAS prompt: ${e.message}`
+          })
+        )
       )
       yield* Effect.sync(() =>
-        process.stderr.write(`WARNING: --unsafe-skip-sas-prompt: ${match ? "confirming" : "rejecting"} flow ${id} without showing the SAS values (audited)\n`)
+        process.stderr.write(
+          `WARNING: --unsafe-skip-sas-prompt: ${
+            match ? "confirming" : "rejecting"
+          } flow ${id} without showing the SAS values (audited)\n`
+        )
       )
     } else {
       if (process.stdin.isTTY !== true) {
         return yield* new VerificationCliError({
           kind: "not-a-terminal",
-          message: "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
+          message:
+            "stdin is not a terminal: the SAS values must be compared and confirmed by a person. Run this in a terminal (or pass --unsafe-skip-sas-prompt, which is audited)."
         })
       }
       if (process.stdout.isTTY !== true) {
         return yield* new VerificationCliError({
           kind: "not-a-terminal",
-          message: "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
+          message:
+            "piped stdout would hide the SAS values before the prompt; refusing to confirm blind. Run this in a terminal."
         })
       }
       const list = yield* api.verification.list().pipe(gatewayCall)
       const flow = list.verifications.find((f) => f.flowId === id)
       if (flow === undefined) {
-        return yield* new VerificationCliError({ kind: "verification-flow-not-found", message: `verification flow "${terminalSafe(id)}" not found\n  → ${REMEDIATION["verification-flow-not-found"]}` })
+        return yield* new VerificationCliError({
+          kind: "verification-flow-not-found",
+          message: `verification flow "${terminalSafe(id)}" not found\n  → ${
+            REMEDIATION["verification-flow-not-found"]
+          }`
+        })
       }
       if (flow.sas === undefined) {
         return yield* new VerificationCliError({
           kind: "verification-flow-not-ready",
-          message: `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
+          message:
+            `verification flow "${id}" has no SAS data yet (state="${flow.state}"); poll \`cara matrix verifications\` until the \`sas\` field appears, then retry`
         })
       }
       const answer = yield* ask(renderConfirmPrompt(flow, match))
@@ -172,15 +217,23 @@ export const confirm = (
   }).pipe(Effect.provide(StateDirLive)).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix verify <user> [device]`. */
-export const verify = ({ device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }) =>
+export const verify = (
+  { device, host, json, port, user }: Target & { readonly user: string; readonly device: Option.Option<string> }
+) =>
   Effect.gen(function*() {
-    if (user.trim() === "") return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
+    if (user.trim() === "") {
+      return yield* new VerificationCliError({ kind: "invalid-arguments", message: "the user id is empty" })
+    }
     const { api } = yield* GatewayClient
     const r = yield* api.verification.verify({
       payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
     }).pipe(gatewayCall)
     yield* printFlow(json, r.verification)
-    if (!json) yield* Console.log("Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`.")
+    if (!json) {
+      yield* Console.log(
+        "Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`."
+      )
+    }
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
@@ -188,7 +241,9 @@ export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
     ? "No devices known for the bot's account."
     : devices
       .map((d) =>
-        `${terminalSafe(d.deviceId)}  ${d.verified ? "verified" : "not verified"}${d.displayName !== undefined ? `  ${terminalSafe(d.displayName)}` : ""}${d.rawDeviceIdHex !== undefined ? `  (raw hex ${d.rawDeviceIdHex})` : ""}`
+        `${terminalSafe(d.deviceId)}  ${d.verified ? "verified" : "not verified"}${
+          d.displayName !== undefined ? `  ${terminalSafe(d.displayName)}` : ""
+        }${d.rawDeviceIdHex !== undefined ? `  (raw hex ${d.rawDeviceIdHex})` : ""}`
       )
       .join("\n")
 

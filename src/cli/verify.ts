@@ -18,6 +18,8 @@ export const verify = (
       emit: (line) => (json ? Effect.void : Console.log(line))
     })
     const summary = summarize(checks)
-    yield* Console.log(json ? JSON.stringify({ ok: summary.ok, checks, summary: summary.text }, null, 2) : `\n${summary.text}`)
+    yield* Console.log(
+      json ? JSON.stringify({ ok: summary.ok, checks, summary: summary.text }, null, 2) : `\n${summary.text}`
+    )
     if (!summary.ok) process.exitCode = 1
   })

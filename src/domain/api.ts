@@ -5,6 +5,7 @@ import * as HttpApiMiddleware from "@effect/platform/HttpApiMiddleware"
 import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import { Schema } from "effect"
 import { ChannelInfo } from "./channel.js"
+import { DlqDetail, DlqReplayReport, DlqSummary } from "./dlq.js"
 import {
   FlowId,
   InvalidVerificationUser,
@@ -17,7 +18,6 @@ import {
   VerificationTargetNotFound,
   VerificationTimeout
 } from "./verification.js"
-import { DlqDetail, DlqReplayReport, DlqSummary } from "./dlq.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors. Every error body has one shape: `{ "ok": false, "error": { "kind", "message", "retryAfterMs"?,
@@ -38,7 +38,12 @@ export const BadRequestKind = Schema.Literal(
   "websocket-upgrade-required"
 )
 export const UnauthorizedKind = Schema.Literal("unauthorized", "token-in-query")
-export const ForbiddenKind = Schema.Literal("non-local-client", "csrf-origin-mismatch", "host-not-allowed", "non-canonical-path")
+export const ForbiddenKind = Schema.Literal(
+  "non-local-client",
+  "csrf-origin-mismatch",
+  "host-not-allowed",
+  "non-canonical-path"
+)
 export const NotFoundKind = Schema.Literal("not-found", "dlq-record-not-found")
 export const UnsupportedMediaTypeKind = Schema.Literal("unsupported-media-type")
 export const TooManyRequestsKind = Schema.Literal("rate-limited")
@@ -89,7 +94,9 @@ const wire = <K extends string, A extends ErrorFields<K>>(
     decode: (w) =>
       new cls({
         ...w.error,
-        kind: (kinds.literals as ReadonlyArray<string>).includes(w.error.kind) ? (w.error.kind as K) : kinds.literals[0]!
+        kind: (kinds.literals as ReadonlyArray<string>).includes(w.error.kind)
+          ? (w.error.kind as K)
+          : kinds.literals[0]!
       }),
     encode: (e) => ({
       ok: false as const,
@@ -111,13 +118,19 @@ export class Forbidden extends Schema.TaggedError<Forbidden>()("Forbidden", deta
 /** 404: the named thing does not exist (`dlq-record-not-found`). */
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", detail(NotFoundKind)) {}
 /** 415: a state-changing request whose body is not `application/json` (`unsupported-media-type`). */
-export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", detail(UnsupportedMediaTypeKind)) {}
+export class UnsupportedMediaType
+  extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", detail(UnsupportedMediaTypeKind))
+{}
 /** 429: per-IP rate limit (`rate-limited`); `retryAfterMs` and `Retry-After` say when to retry. */
-export class TooManyRequests extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", detail(TooManyRequestsKind)) {}
+export class TooManyRequests
+  extends Schema.TaggedError<TooManyRequests>()("TooManyRequests", detail(TooManyRequestsKind))
+{}
 /** 502: the Matrix runtime refused or failed the call (`send-failed`, `room-not-found`, ...). */
 export class BadGateway extends Schema.TaggedError<BadGateway>()("BadGateway", detail(BadGatewayKind)) {}
 /** 503: the Matrix runtime is unavailable (`matrix-runtime-unavailable`, `not-connected`, ...). */
-export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", detail(ServiceUnavailableKind)) {}
+export class ServiceUnavailable
+  extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", detail(ServiceUnavailableKind))
+{}
 
 export const BadRequestWire = wire(BadRequest, BadRequestKind, 400)
 export const UnauthorizedWire = wire(Unauthorized, UnauthorizedKind, 401)
@@ -276,11 +289,18 @@ export class DlqList extends Schema.Class<DlqList>("DlqList")({
 export class DlqShow extends Schema.Class<DlqShow>("DlqShow")({ ok: Schema.Literal(true), record: DlqDetail }) {}
 
 /** `{"id": "..."}` or `{"all": true}`; exactly one. */
-export const DlqSelectRequest = Schema.Struct({ id: Schema.optional(Schema.String), all: Schema.optional(Schema.Boolean) })
+export const DlqSelectRequest = Schema.Struct({
+  id: Schema.optional(Schema.String),
+  all: Schema.optional(Schema.Boolean)
+})
 
-export class DlqReplayResult extends Schema.Class<DlqReplayResult>("DlqReplayResult")({ ok: Schema.Literal(true), report: DlqReplayReport }) {}
+export class DlqReplayResult
+  extends Schema.Class<DlqReplayResult>("DlqReplayResult")({ ok: Schema.Literal(true), report: DlqReplayReport })
+{}
 
-export class DlqPurgeResult extends Schema.Class<DlqPurgeResult>("DlqPurgeResult")({ ok: Schema.Literal(true), purged: Schema.Int }) {}
+export class DlqPurgeResult
+  extends Schema.Class<DlqPurgeResult>("DlqPurgeResult")({ ok: Schema.Literal(true), purged: Schema.Int })
+{}
 
 export class DlqGroup extends HttpApiGroup.make("dlq")
   .add(HttpApiEndpoint.get("list", "/control/matrix/dlq").addSuccess(DlqList).addError(ServiceUnavailableWire))
@@ -323,18 +343,45 @@ const kindWire = (cls: any, kinds: ReadonlyArray<string>, status: number) =>
     Schema.typeSchema(cls),
     {
       strict: false,
-      decode: (w: { error: { kind: string; message: string } }) => new cls({ kind: w.error.kind, message: w.error.message }),
+      decode: (w: { error: { kind: string; message: string } }) =>
+        new cls({ kind: w.error.kind, message: w.error.message }),
       encode: (e: any) => ({ ok: false as const, error: { kind: e.kind as string, message: e.message as string } })
     }
   ).annotations(HttpApiSchema.annotations({ status }))
 
-export const VerificationFlowNotFoundWire = kindWire(VerificationFlowNotFound, ["verification-flow-not-found"], 404) as unknown as Schema.Schema<VerificationFlowNotFound, unknown>
-export const VerificationTargetNotFoundWire = kindWire(VerificationTargetNotFound, ["device-not-found", "user-identity-not-found"], 404) as unknown as Schema.Schema<VerificationTargetNotFound, unknown>
-export const VerificationFlowNotReadyWire = kindWire(VerificationFlowNotReady, ["verification-flow-not-ready"], 409) as unknown as Schema.Schema<VerificationFlowNotReady, unknown>
-export const VerificationFlowTerminalWire = kindWire(VerificationFlowTerminal, ["verification-cancelled"], 410) as unknown as Schema.Schema<VerificationFlowTerminal, unknown>
-export const InvalidVerificationUserWire = kindWire(InvalidVerificationUser, ["invalid-user-id"], 422) as unknown as Schema.Schema<InvalidVerificationUser, unknown>
-export const VerificationFailedWire = kindWire(VerificationFailed, ["verification"], 502) as unknown as Schema.Schema<VerificationFailed, unknown>
-export const VerificationTimeoutWire = kindWire(VerificationTimeout, ["verification-timeout"], 504) as unknown as Schema.Schema<VerificationTimeout, unknown>
+export const VerificationFlowNotFoundWire = kindWire(
+  VerificationFlowNotFound,
+  ["verification-flow-not-found"],
+  404
+) as unknown as Schema.Schema<VerificationFlowNotFound, unknown>
+export const VerificationTargetNotFoundWire = kindWire(VerificationTargetNotFound, [
+  "device-not-found",
+  "user-identity-not-found"
+], 404) as unknown as Schema.Schema<VerificationTargetNotFound, unknown>
+export const VerificationFlowNotReadyWire = kindWire(
+  VerificationFlowNotReady,
+  ["verification-flow-not-ready"],
+  409
+) as unknown as Schema.Schema<VerificationFlowNotReady, unknown>
+export const VerificationFlowTerminalWire = kindWire(
+  VerificationFlowTerminal,
+  ["verification-cancelled"],
+  410
+) as unknown as Schema.Schema<VerificationFlowTerminal, unknown>
+export const InvalidVerificationUserWire = kindWire(
+  InvalidVerificationUser,
+  ["invalid-user-id"],
+  422
+) as unknown as Schema.Schema<InvalidVerificationUser, unknown>
+export const VerificationFailedWire = kindWire(VerificationFailed, ["verification"], 502) as unknown as Schema.Schema<
+  VerificationFailed,
+  unknown
+>
+export const VerificationTimeoutWire = kindWire(
+  VerificationTimeout,
+  ["verification-timeout"],
+  504
+) as unknown as Schema.Schema<VerificationTimeout, unknown>
 
 export class VerificationList extends Schema.Class<VerificationList>("VerificationList")({
   ok: Schema.Literal(true),
@@ -373,7 +420,10 @@ const flowAction = <N extends "accept" | "cancel">(name: N) =>
     .addError(VerificationTimeoutWire)
     .addError(ServiceUnavailableWire)
 
-const startFlow = <N extends "start" | "verify">(name: N, path: "/control/matrix/verifications" | "/control/matrix/verify") =>
+const startFlow = <N extends "start" | "verify">(
+  name: N,
+  path: "/control/matrix/verifications" | "/control/matrix/verify"
+) =>
   HttpApiEndpoint.post(name, path)
     .setPayload(StartVerificationRequest)
     .addSuccess(VerificationResult, { status: 201 })
@@ -384,7 +434,11 @@ const startFlow = <N extends "start" | "verify">(name: N, path: "/control/matrix
     .addError(ServiceUnavailableWire)
 
 export class VerificationGroup extends HttpApiGroup.make("verification")
-  .add(HttpApiEndpoint.get("list", "/control/matrix/verifications").addSuccess(VerificationList).addError(ServiceUnavailableWire))
+  .add(
+    HttpApiEndpoint.get("list", "/control/matrix/verifications").addSuccess(VerificationList).addError(
+      ServiceUnavailableWire
+    )
+  )
   .add(startFlow("start", "/control/matrix/verifications"))
   .add(startFlow("verify", "/control/matrix/verify"))
   .add(flowAction("accept"))

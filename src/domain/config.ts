@@ -144,7 +144,10 @@ const MATRIX_OUTBOUND_DEFAULTS = { sendAttempts: 12, deadLetterAfterRounds: 12 }
 
 export const MatrixOutbound = Schema.Struct({
   /** Attempts per message before a reply is held as pending (1, 2, 4 … 60 s apart: 12 ≈ 6 min). */
-  sendAttempts: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), { nullable: true, default: () => MATRIX_OUTBOUND_DEFAULTS.sendAttempts }),
+  sendAttempts: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), {
+    nullable: true,
+    default: () => MATRIX_OUTBOUND_DEFAULTS.sendAttempts
+  }),
   /** Failed retry rounds of a pending reply, while the homeserver is reachable, before it goes to the DLQ. */
   deadLetterAfterRounds: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1000)), {
     nullable: true,
@@ -171,7 +174,10 @@ export const Matrix = Schema.Struct({
   storePassphrase: Secret,
   encrypted: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
   /** In rooms with more than two members: answer only when mentioned (default) or every message. */
-  groupMessages: Schema.optionalWith(Schema.Literal("mention", "all"), { nullable: true, default: () => "mention" as const }),
+  groupMessages: Schema.optionalWith(Schema.Literal("mention", "all"), {
+    nullable: true,
+    default: () => "mention" as const
+  }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })
@@ -238,7 +244,10 @@ export const Agents = Schema.Record({ key: Schema.String, value: AgentSpec })
 export type Agents = typeof Agents.Type
 
 export const CaraConfig = Schema.Struct({
-  gateway: Schema.optionalWith(Gateway, { nullable: true, default: () => ({ port: 18789, bind: "loopback", allowedHosts: [] }) }),
+  gateway: Schema.optionalWith(Gateway, {
+    nullable: true,
+    default: () => ({ port: 18789, bind: "loopback", allowedHosts: [] })
+  }),
   matrix: nullable(Matrix),
   anthropic: nullable(Provider),
   openai: nullable(Provider),
@@ -319,7 +328,9 @@ export const describeExpected = (ast: AST.AST): string => {
       return "an object"
     case "Union": {
       const parts = [...new Set(ast.types.filter((t) => !isAbsentAst(t)).map(describeExpected))]
-      return parts.length <= 1 ? parts[0] ?? "a value" : `${parts.slice(0, -1).join(", ")} or ${parts[parts.length - 1]}`
+      return parts.length <= 1
+        ? parts[0] ?? "a value"
+        : `${parts.slice(0, -1).join(", ")} or ${parts[parts.length - 1]}`
     }
     default:
       return Option.getOrElse(annotated, () => "a valid value")
@@ -328,7 +339,8 @@ export const describeExpected = (ast: AST.AST): string => {
 
 // `null` / `undefined` members come from `optionalWith({ nullable: true })`: absence is always allowed, so
 // naming it in every message is noise.
-const isAbsentAst = (ast: AST.AST) => ast._tag === "UndefinedKeyword" || (ast._tag === "Literal" && ast.literal === null)
+const isAbsentAst = (ast: AST.AST) =>
+  ast._tag === "UndefinedKeyword" || (ast._tag === "Literal" && ast.literal === null)
 
 /** The kind of a value (`a string`, `an array`), which is safe to print where the value itself is not. */
 export const kindOf = (v: unknown): string =>

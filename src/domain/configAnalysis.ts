@@ -3,7 +3,14 @@
 // (opening a sealed value runs the KDF, hence an Effect; every resolved secret joins the redaction registry).
 import { Effect, Either, Option, Redacted, Schema } from "effect"
 import JSON5 from "json5"
-import { allSecretPaths, CaraConfig, type ConfigFinding, isSecretPath, schemaProblems, SECRET_ENV_NAMES } from "./config.js"
+import {
+  allSecretPaths,
+  CaraConfig,
+  type ConfigFinding,
+  isSecretPath,
+  schemaProblems,
+  SECRET_ENV_NAMES
+} from "./config.js"
 import {
   type ConfigEnv,
   configPassword,
@@ -24,7 +31,7 @@ import {
 } from "./configValidation.js"
 import { duplicateKeys, parseWithPositions } from "./json5edit.js"
 import { registerSecret } from "./redact.js"
-import { type Argon2Params, ARGON2_PARAMS, deriveKey, envelopeVersion, openWithKey, parseEnvelope } from "./secrets.js"
+import { ARGON2_PARAMS, type Argon2Params, deriveKey, envelopeVersion, openWithKey, parseEnvelope } from "./secrets.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The load pipeline: parse → ${VAR} → envelopes → secrets → env fallbacks → schema → validation
@@ -83,7 +90,9 @@ const duplicateKeyFindings = (text: string, file: string): ReadonlyArray<ConfigF
   return duplicateKeys(text, tree.right).map((d) =>
     warn(
       dot(d.path),
-      `duplicate key ${d.path.join(".")} in ${file} (lines ${d.first.line} and ${d.again.line}); only the last one is used and the earlier value is ignored. Remove or merge one of them`
+      `duplicate key ${
+        d.path.join(".")
+      } in ${file} (lines ${d.first.line} and ${d.again.line}); only the last one is used and the earlier value is ignored. Remove or merge one of them`
     )
   )
 }
@@ -132,14 +141,15 @@ const substituteVars = (raw: JsonObject, input: AnalyzeInput, findings: Array<Co
         findings.push(
           err(
             dot(p),
-            `Missing environment variable ${name} (referenced at ${dot(p)} in ${input.file}); export it in the daemon's environment or remove the placeholder`
+            `Missing environment variable ${name} (referenced at ${
+              dot(p)
+            } in ${input.file}); export it in the daemon's environment or remove the placeholder`
           )
         )
         return ""
       }
       return v
-    })
-  ) as JsonObject
+    })) as JsonObject
 
 /** Envelopes: only enc:v2, and only at secret paths. */
 const envelopeFindings = (tree: JsonObject, findings: Array<ConfigFinding>) => {
@@ -151,11 +161,15 @@ const envelopeFindings = (tree: JsonObject, findings: Array<ConfigFinding>) => {
         findings.push(
           err(
             dot(p),
-            `unsupported encrypted config secret envelope enc:v${version.value} at ${dot(p)}; only enc:v2 is supported; re-enter this secret`
+            `unsupported encrypted config secret envelope enc:v${version.value} at ${
+              dot(p)
+            }; only enc:v2 is supported; re-enter this secret`
           )
         )
       } else if (!isSecretPath(at)) {
-        findings.push(err(dot(p), `${dot(p)} is not a secret path and cannot hold an enc:v2 value; replace it with the plain value`))
+        findings.push(
+          err(dot(p), `${dot(p)} is not a secret path and cannot hold an enc:v2 value; replace it with the plain value`)
+        )
       }
     }
     return s
@@ -166,7 +180,13 @@ const envelopeFindings = (tree: JsonObject, findings: Array<ConfigFinding>) => {
  * Every secret path: a plain value, a sealed one (opened when the password allows) or nothing; the value in
  * the tree becomes a SecretRef and its state goes into `secrets`.
  */
-const resolveSecrets = (tree: JsonObject, raw: JsonObject, input: AnalyzeInput, findings: Array<ConfigFinding>, secrets: Map<string, SecretSlot>) =>
+const resolveSecrets = (
+  tree: JsonObject,
+  raw: JsonObject,
+  input: AnalyzeInput,
+  findings: Array<ConfigFinding>,
+  secrets: Map<string, SecretSlot>
+) =>
   Effect.gen(function*() {
     const password = configPassword(input.env)
     const params = input.argon2 ?? ARGON2_PARAMS
@@ -191,7 +211,9 @@ const resolveSecrets = (tree: JsonObject, raw: JsonObject, input: AnalyzeInput, 
         }
         const envelope = parseEnvelope(v)
         if (Either.isLeft(envelope)) {
-          findings.push(err(`.${at}`, `the enc:v2 value at ${at} is malformed (${envelope.left.reason}); re-enter this secret`))
+          findings.push(
+            err(`.${at}`, `the enc:v2 value at ${at} is malformed (${envelope.left.reason}); re-enter this secret`)
+          )
           deleteIn(tree, p)
           continue
         }
@@ -206,7 +228,10 @@ const resolveSecrets = (tree: JsonObject, raw: JsonObject, input: AnalyzeInput, 
           } else {
             secrets.set(at, { state: "wrong-password" })
             findings.push(
-              warn(`.${at}`, `CARAPACE_CONFIG_PASSWORD does not open the sealed value at ${at} (wrong password or corrupted value)`)
+              warn(
+                `.${at}`,
+                `CARAPACE_CONFIG_PASSWORD does not open the sealed value at ${at} (wrong password or corrupted value)`
+              )
             )
           }
         }
@@ -215,7 +240,10 @@ const resolveSecrets = (tree: JsonObject, raw: JsonObject, input: AnalyzeInput, 
         const rawValue = getIn(raw, p)
         if (typeof rawValue === "string" && !rawValue.includes("${")) {
           findings.push(
-            warn(`.${at}`, `${at} holds a plaintext secret; use a \${VAR} placeholder, or let cara seal it (cara config rekey keeps sealed values sealed)`)
+            warn(
+              `.${at}`,
+              `${at} holds a plaintext secret; use a \${VAR} placeholder, or let cara seal it (cara config rekey keeps sealed values sealed)`
+            )
           )
         }
       }
@@ -224,7 +252,13 @@ const resolveSecrets = (tree: JsonObject, raw: JsonObject, input: AnalyzeInput, 
   })
 
 /** Env fallbacks: only for keys absent from the config; the config wins. */
-const applyEnvFallbacks = (tree: JsonObject, raw: JsonObject, env: ConfigEnv, findings: Array<ConfigFinding>, secrets: Map<string, SecretSlot>) => {
+const applyEnvFallbacks = (
+  tree: JsonObject,
+  raw: JsonObject,
+  env: ConfigEnv,
+  findings: Array<ConfigFinding>,
+  secrets: Map<string, SecretSlot>
+) => {
   const matrix = tree["matrix"]
   if (isObject(matrix)) {
     for (const [field, envName, secret] of MATRIX_ENV) {
@@ -253,7 +287,9 @@ const applyEnvFallbacks = (tree: JsonObject, raw: JsonObject, env: ConfigEnv, fi
             ? slot?.state === "open" ? Redacted.value(slot.value).trim() : undefined
             : (matrix[field] as string)
           if (configValue !== undefined && configValue !== envValue) {
-            findings.push(warn(`.${at}`, `${field} is set in config and ${envName} is also set; the config field takes precedence`))
+            findings.push(
+              warn(`.${at}`, `${field} is set in config and ${envName} is also set; the config field takes precedence`)
+            )
           }
         }
       }
@@ -296,6 +332,8 @@ export const analyzeConfig = (input: AnalyzeInput): Effect.Effect<Analysis> =>
       return stop()
     }
     const config = decoded.right
-    findings.push(...validateConfig(config, { raw, env: input.env, secrets, storePassphraseFile: input.storePassphraseFile }))
+    findings.push(
+      ...validateConfig(config, { raw, env: input.env, secrets, storePassphraseFile: input.storePassphraseFile })
+    )
     return { config, findings, secrets }
   })

@@ -1,7 +1,13 @@
 // Semantic validation of a decoded config (reference §1.5): pure functions from the config, the raw file
 // object and the secrets' states to findings. The load pipeline (src/domain/configAnalysis.ts) calls it last.
 import { Option, type Redacted } from "effect"
-import { type CaraConfig, ConfigFinding, KNOWN_TOP_LEVEL_KEYS, type Matrix as MatrixConfig, parseModelRef } from "./config.js"
+import {
+  type CaraConfig,
+  ConfigFinding,
+  KNOWN_TOP_LEVEL_KEYS,
+  type Matrix as MatrixConfig,
+  parseModelRef
+} from "./config.js"
 import { bindToHost } from "./gateway.js"
 
 /** The environment the config is read against; injected so tests never touch `process.env`. */
@@ -13,7 +19,10 @@ export type SecretSlot =
   | { readonly state: "wrong-password" }
 
 /** What `{state_dir}/matrix/store_passphrase` looks like (it counts as a store key source). */
-export type StorePassphraseFile = { readonly state: "absent" | "present" } | { readonly state: "bad"; readonly problem: string }
+export type StorePassphraseFile = { readonly state: "absent" | "present" } | {
+  readonly state: "bad"
+  readonly problem: string
+}
 
 export const dot = (p: ReadonlyArray<PropertyKey>) => (p.length === 0 ? "." : `.${p.map(String).join(".")}`)
 export const err = (path: string, message: string) => new ConfigFinding({ severity: "error", path, message })
@@ -44,7 +53,11 @@ export const deleteIn = (v: Json, p: ReadonlyArray<string>) => {
   if (isObject(parent)) delete parent[p[p.length - 1]!]
 }
 
-export const mapStrings = (v: Json, f: (s: string, p: ReadonlyArray<string>) => string, p: ReadonlyArray<string> = []): Json => {
+export const mapStrings = (
+  v: Json,
+  f: (s: string, p: ReadonlyArray<string>) => string,
+  p: ReadonlyArray<string> = []
+): Json => {
   if (typeof v === "string") return f(v, p)
   if (Array.isArray(v)) return v.map((e, i) => mapStrings(e, f, [...p, String(i)]))
   if (isObject(v)) return Object.fromEntries(Object.entries(v).map(([k, e]) => [k, mapStrings(e, f, [...p, k])]))
@@ -58,8 +71,7 @@ export const utf8Bytes = (s: string) => Buffer.byteLength(s, "utf8")
 // ---------------------------------------------------------------------------------------------------------
 // Semantic validation
 
-const isLoopbackHost = (host: string) =>
-  host === "localhost" || host === "[::1]" || /^127(\.\d{1,3}){3}$/.test(host)
+const isLoopbackHost = (host: string) => host === "localhost" || host === "[::1]" || /^127(\.\d{1,3}){3}$/.test(host)
 
 /** Homeserver URL rules of reference §1.5; `undefined` when valid. */
 export const homeserverUrlProblem = (url: string): string | undefined => {
@@ -74,11 +86,15 @@ export const homeserverUrlProblem = (url: string): string | undefined => {
     return "homeserverUrl is not a valid URL; use the form https://matrix.example.com"
   }
   if (u.protocol !== "https:" && u.protocol !== "http:") return `homeserverUrl must use https (got ${u.protocol})`
-  if (u.username !== "" || u.password !== "") return "homeserverUrl must not contain user:password@; remove the credentials from the URL"
+  if (u.username !== "" || u.password !== "") {
+    return "homeserverUrl must not contain user:password@; remove the credentials from the URL"
+  }
   if (u.hostname === "") return "homeserverUrl has no host"
   if (url.includes("?")) return "homeserverUrl must not have a query string"
   if (url.includes("#")) return "homeserverUrl must not have a fragment"
-  if (u.pathname !== "/" && u.pathname !== "") return "homeserverUrl must not have a path; give only the scheme and host"
+  if (u.pathname !== "/" && u.pathname !== "") {
+    return "homeserverUrl must not have a path; give only the scheme and host"
+  }
   if (u.protocol === "http:" && !isLoopbackHost(u.hostname)) {
     return "homeserverUrl uses plaintext http to a non-loopback host, which would expose passwords, tokens and recovery material; use https"
   }
@@ -116,7 +132,6 @@ export const unusableReason = (secrets: ReadonlyMap<string, SecretSlot>, p: stri
   return undefined
 }
 
-
 const topLevelFindings = (config: CaraConfig, raw: JsonObject): Array<ConfigFinding> => {
   const out: Array<ConfigFinding> = []
   for (const key of Object.keys(raw)) {
@@ -132,7 +147,9 @@ const topLevelFindings = (config: CaraConfig, raw: JsonObject): Array<ConfigFind
 const matrixIdentityFindings = (m: MatrixConfig): Array<ConfigFinding> => {
   const out: Array<ConfigFinding> = []
   if (m.homeserverUrl === undefined) {
-    out.push(err(".matrix.homeserverUrl", "homeserverUrl is required when matrix is enabled (or set MATRIX_HOMESERVER_URL)"))
+    out.push(
+      err(".matrix.homeserverUrl", "homeserverUrl is required when matrix is enabled (or set MATRIX_HOMESERVER_URL)")
+    )
   } else {
     const p = homeserverUrlProblem(m.homeserverUrl)
     if (p !== undefined) out.push(err(".matrix.homeserverUrl", p))
@@ -235,7 +252,12 @@ const autoJoinFindings = (m: MatrixConfig): Array<ConfigFinding> => {
         out.push(warn(at, `allowUsers entry "${t}" is not a Matrix user ID (@local:server) and will never match`))
       }
       if (field === "allowServerNames" && /[\s\p{Cc}/@]/u.test(t)) {
-        out.push(warn(at, `allowServerNames entry "${t}" contains whitespace, a control character, / or @ and will never match`))
+        out.push(
+          warn(
+            at,
+            `allowServerNames entry "${t}" contains whitespace, a control character, / or @ and will never match`
+          )
+        )
       }
     }
   }
@@ -261,12 +283,19 @@ const agentFindings = (config: CaraConfig, ctx: ValidationContext): Array<Config
   const dflt = agents["default"]
   const dflts = agents["defaults"]
   if (dflt !== undefined && dflts !== undefined && JSON.stringify(dflt) !== JSON.stringify(dflts)) {
-    out.push(warn(".agents.default", "agents.default and agents.defaults are both set and differ; agents.defaults is used. Keep one of them"))
+    out.push(
+      warn(
+        ".agents.default",
+        "agents.default and agents.defaults are both set and differ; agents.defaults is used. Keep one of them"
+      )
+    )
   }
   for (const [roomId, room] of Object.entries(m?.rooms ?? {})) {
     const name = room.agent
     if (name !== undefined && name !== "default" && name !== "defaults" && agents[name] === undefined) {
-      out.push(err(`.matrix.rooms.${roomId}.agent`, `room ${roomId} names agent "${name}", which is not defined under agents`))
+      out.push(
+        err(`.matrix.rooms.${roomId}.agent`, `room ${roomId} names agent "${name}", which is not defined under agents`)
+      )
     }
   }
   const defaultModel = (dflts ?? dflt)?.model
@@ -279,14 +308,21 @@ const agentFindings = (config: CaraConfig, ctx: ValidationContext): Array<Config
     )
   }
   const used = new Set(
-    Object.values(agents).flatMap((a) => (a.model === undefined ? [] : Option.toArray(parseModelRef(a.model)).map((r) => r.provider)))
+    Object.values(agents).flatMap((
+      a
+    ) => (a.model === undefined ? [] : Option.toArray(parseModelRef(a.model)).map((r) => r.provider)))
   )
   for (const provider of used) {
     if (provider === "local") continue // built in, needs no key
     const section = config[provider]
     if (section?.apiKey === undefined) {
       const env = provider === "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
-      out.push(warn(`.${provider}.apiKey`, `an agent uses ${provider} but no API key is configured; set ${provider}.apiKey or ${env}`))
+      out.push(
+        warn(
+          `.${provider}.apiKey`,
+          `an agent uses ${provider} but no API key is configured; set ${provider}.apiKey or ${env}`
+        )
+      )
     } else {
       const reason = unusableReason(ctx.secrets, `${provider}.apiKey`)
       if (reason !== undefined) out.push(warn(`.${provider}.apiKey`, reason))
@@ -299,7 +335,12 @@ const agentFindings = (config: CaraConfig, ctx: ValidationContext): Array<Config
 export const validateConfig = (config: CaraConfig, ctx: ValidationContext): ReadonlyArray<ConfigFinding> => {
   const m = config.matrix
   const matrix = m !== undefined && m.enabled
-    ? [...matrixIdentityFindings(m), ...matrixCredentialFindings(m, ctx), ...matrixStoreKeyFindings(m, ctx), ...autoJoinFindings(m)]
+    ? [
+      ...matrixIdentityFindings(m),
+      ...matrixCredentialFindings(m, ctx),
+      ...matrixStoreKeyFindings(m, ctx),
+      ...autoJoinFindings(m)
+    ]
     : []
   return [...topLevelFindings(config, ctx.raw), ...matrix, ...agentFindings(config, ctx)]
 }

@@ -1,7 +1,7 @@
 // The inbound dead-letter queue's on-disk format (reference §7.6.2): one JSON line per record, either a plain
 // record (`matrix.encrypted=false`) or an envelope v2 whose AEAD plaintext is that record. Pure: no file I/O.
-import * as crypto from "node:crypto"
 import { Either, Schema } from "effect"
+import * as crypto from "node:crypto"
 
 export const DLQ_FILE = "matrix/inbound_dlq.jsonl"
 export const DLQ_CORRUPT_FILE = "matrix/inbound_dlq.corrupt.jsonl"
@@ -16,7 +16,14 @@ export const DLQ_LINE_CAP_BYTES = 128 * 1024
 // Errors
 
 /** `matrix-runtime-unavailable`: a replay asked of a daemon whose Matrix runtime is not running (503, like every Matrix action). */
-export const DlqErrorKind = Schema.Literal("dlq-crypto", "dlq-io", "dlq-serialization", "dlq-dispatch-failure", "dlq-cap-saturation", "matrix-runtime-unavailable")
+export const DlqErrorKind = Schema.Literal(
+  "dlq-crypto",
+  "dlq-io",
+  "dlq-serialization",
+  "dlq-dispatch-failure",
+  "dlq-cap-saturation",
+  "matrix-runtime-unavailable"
+)
 export type DlqErrorKind = typeof DlqErrorKind.Type
 
 /** A DLQ operation failed; the message says what to do and never holds a message body or key. */
@@ -64,7 +71,8 @@ export const directionOf = (record: DlqRecord): DlqDirection => record.direction
 const decodeRecordStrict = Schema.decodeUnknownEither(DlqRecord, { onExcessProperty: "error" })
 
 /** The operator-facing id of an inbound record: stable, short, and not the event id itself. */
-export const recordId = (eventId: string): string => crypto.createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 16)
+export const recordId = (eventId: string): string =>
+  crypto.createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 16)
 
 /**
  * The operator-facing id of a record. The question and the answer to one event can both be dead letters (an
@@ -141,7 +149,15 @@ export const deriveDlqKeyAsync = (passphrase: string, installationId: string): P
  */
 export const deriveLegacyDlqKey = (passphrase: string, installationId: string): DlqKey => ({
   _tag: "DlqKey",
-  bytes: Buffer.from(crypto.hkdfSync("sha256", Buffer.from(passphrase, "utf8"), Buffer.from(installationId, "ascii"), Buffer.from("carapace-matrix-inbound-dlq-v1", "utf8"), 32))
+  bytes: Buffer.from(
+    crypto.hkdfSync(
+      "sha256",
+      Buffer.from(passphrase, "utf8"),
+      Buffer.from(installationId, "ascii"),
+      Buffer.from("carapace-matrix-inbound-dlq-v1", "utf8"),
+      32
+    )
+  )
 })
 
 /** `matrix.inboundDlq.legacyEnvelopePolicy` with the v1 key when one can be had. */
@@ -159,10 +175,16 @@ export const dlqKeyFromBytes = (bytes: Uint8Array): DlqKey => ({ _tag: "DlqKey",
 // Lines
 
 const b64u = (b: Uint8Array) => Buffer.from(b).toString("base64url")
-const fromB64u = (s: string): Buffer | undefined => (/^[A-Za-z0-9_-]*$/.test(s) ? Buffer.from(s, "base64url") : undefined)
+const fromB64u = (
+  s: string
+): Buffer | undefined => (/^[A-Za-z0-9_-]*$/.test(s) ? Buffer.from(s, "base64url") : undefined)
 
 /** One line (without the newline) for `record`: an envelope v2 with a key, else the plain record. */
-export const encodeLine = (record: DlqRecord, key: DlqKey | undefined, nonce: Uint8Array = crypto.randomBytes(12)): string => {
+export const encodeLine = (
+  record: DlqRecord,
+  key: DlqKey | undefined,
+  nonce: Uint8Array = crypto.randomBytes(12)
+): string => {
   const plain = JSON.stringify(Schema.encodeSync(DlqRecord)(record))
   if (key === undefined) return plain
   const cipher = crypto.createCipheriv("aes-256-gcm", key.bytes, nonce)
@@ -178,13 +200,18 @@ export type Decoded =
   /** Never decodable (bad JSON, bad ids, unknown version, AEAD failure): quarantined. */
   | { readonly _tag: "Corrupt"; readonly kind: "dlq-crypto" | "dlq-serialization"; readonly reason: string }
 
-const corrupt = (kind: "dlq-crypto" | "dlq-serialization", reason: string): Decoded => ({ _tag: "Corrupt", kind, reason })
+const corrupt = (kind: "dlq-crypto" | "dlq-serialization", reason: string): Decoded => ({
+  _tag: "Corrupt",
+  kind,
+  reason
+})
 
 /** A line is an envelope iff it is a JSON object with `version`, `nonce` and `ciphertext` (config-independent). */
 export const isEnvelopeLine = (line: string): boolean => {
   try {
     const v = JSON.parse(line) as unknown
-    return typeof v === "object" && v !== null && !Array.isArray(v) && "version" in v && "nonce" in v && "ciphertext" in v
+    return typeof v === "object" && v !== null && !Array.isArray(v) && "version" in v && "nonce" in v &&
+      "ciphertext" in v
   } catch {
     return false
   }
@@ -206,14 +233,18 @@ const open = (key: DlqKey, nonce: Buffer, ct: Buffer, aad: Buffer): string | und
  * (without it, or with policy "refuse", a v1 line is undecodable and goes to quarantine).
  */
 export const decodeLine = (line: string, key: DlqKey | undefined, legacy?: LegacyKeys): Decoded => {
-  if (Buffer.byteLength(line, "utf8") > DLQ_LINE_CAP_BYTES) return corrupt("dlq-serialization", "line longer than 128 KiB")
+  if (Buffer.byteLength(line, "utf8") > DLQ_LINE_CAP_BYTES) {
+    return corrupt("dlq-serialization", "line longer than 128 KiB")
+  }
   let parsed: unknown
   try {
     parsed = JSON.parse(line)
   } catch {
     return corrupt("dlq-serialization", "not JSON")
   }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return corrupt("dlq-serialization", "not a JSON object")
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    return corrupt("dlq-serialization", "not a JSON object")
+  }
   const obj = parsed as Record<string, unknown>
   if ("version" in obj && "nonce" in obj && "ciphertext" in obj) {
     const keys = Object.keys(obj)
@@ -222,18 +253,27 @@ export const decodeLine = (line: string, key: DlqKey | undefined, legacy?: Legac
     if (obj["version"] === 1 && legacy?.policy === "refuse") {
       return corrupt("dlq-serialization", "legacy v1 envelope refused by matrix.inboundDlq.legacyEnvelopePolicy")
     }
-    if (obj["version"] !== ENVELOPE_VERSION && !v1) return corrupt("dlq-serialization", `unsupported envelope version ${JSON.stringify(obj["version"])}`)
-    if (typeof obj["nonce"] !== "string" || typeof obj["ciphertext"] !== "string") return corrupt("dlq-serialization", "envelope fields are not strings")
+    if (obj["version"] !== ENVELOPE_VERSION && !v1) {
+      return corrupt("dlq-serialization", `unsupported envelope version ${JSON.stringify(obj["version"])}`)
+    }
+    if (typeof obj["nonce"] !== "string" || typeof obj["ciphertext"] !== "string") {
+      return corrupt("dlq-serialization", "envelope fields are not strings")
+    }
     const nonce = fromB64u(obj["nonce"])
     const ct = fromB64u(obj["ciphertext"])
-    if (nonce === undefined || nonce.length !== 12) return corrupt("dlq-serialization", "envelope nonce is not 12 bytes of base64url")
+    if (nonce === undefined || nonce.length !== 12) {
+      return corrupt("dlq-serialization", "envelope nonce is not 12 bytes of base64url")
+    }
     if (ct === undefined || ct.length < 16) return corrupt("dlq-serialization", "envelope ciphertext is malformed")
     const k = v1 ? legacy?.key : key
     if (k === undefined) return { _tag: "NoKey" }
     // v2 never accepts a legacy AAD; v1 tries its AAD, then the original one
     const plain = v1 ? (open(k, nonce, ct, AAD_V1[0]!) ?? open(k, nonce, ct, AAD_V1[1]!)) : open(k, nonce, ct, AAD_V2)
     if (plain === undefined) {
-      return corrupt("dlq-crypto", "envelope does not authenticate under the current key (tampered, or written under another passphrase)")
+      return corrupt(
+        "dlq-crypto",
+        "envelope does not authenticate under the current key (tampered, or written under another passphrase)"
+      )
     }
     let inner: unknown
     try {

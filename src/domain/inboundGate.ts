@@ -1,5 +1,5 @@
-import type { MatrixChannelExtra } from "./channel.js"
 import { type Allowlist, allowsUser } from "./allowlist.js"
+import type { MatrixChannelExtra } from "./channel.js"
 import type { InboundEvent } from "./matrix.js"
 
 /** What the sync loop knows about the room an event arrived in, at the time it arrived. */
@@ -53,7 +53,10 @@ export type GateVerdict =
    * `m.notice`: by the spec's convention automated output, never answered, which is what keeps two bots
    * that allow each other from answering each other).
    */
-  | { readonly _tag: "Ignore"; readonly reason: "own" | "verification" | "notice" | "edit" | "history" | "not-mentioned" }
+  | {
+    readonly _tag: "Ignore"
+    readonly reason: "own" | "verification" | "notice" | "edit" | "history" | "not-mentioned"
+  }
   /** Refused and counted in the channel status. */
   | {
     readonly _tag: "Drop"
@@ -86,7 +89,11 @@ export const mentionsBot = (ev: InboundEvent, botUserId: string, displayName: st
 
 export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts): GateVerdict => {
   if (!ctx.encryptedMode && (room.encrypted || ev.encrypted)) {
-    return { _tag: "Drop", reason: "encrypted-room", counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"] }
+    return {
+      _tag: "Drop",
+      reason: "encrypted-room",
+      counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"]
+    }
   }
   // the account, not the device: messages from the bot's other sessions are never answered either
   if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }

@@ -108,4 +108,7 @@ export const MATRIX_CHANNEL_ID = "matrix"
 
 /** The error of a token the homeserver rejected for good (`auth-token-revoked`). */
 export const tokenRevoked = (code: string) =>
-  new MatrixError({ kind: "auth-token-revoked", message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})` })
+  new MatrixError({
+    kind: "auth-token-revoked",
+    message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`
+  })

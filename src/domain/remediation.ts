@@ -83,26 +83,33 @@ const RESTART = "then restart the daemon"
 export const REMEDIATION: { readonly [K in RemediationKind]: string } = {
   // the Matrix channel (GET /control/channels lastErrorKind)
   "startup-failed": "inspect the daemon log for the startup error, fix it and restart the daemon",
-  "interrupted-rekey": "stop the daemon, then re-run `cara matrix rekey-store --new` (idempotent); do not delete the marker or pending files",
+  "interrupted-rekey":
+    "stop the daemon, then re-run `cara matrix rekey-store --new` (idempotent); do not delete the marker or pending files",
   "encrypted-store-passphrase-mismatch":
     "set the CARAPACE_CONFIG_PASSWORD (or MATRIX_STORE_PASSPHRASE) the store was created with, or finish an interrupted rekey, then restart",
-  "missing-store-secret": "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in the daemon environment and restart",
-  "store-key-derivation": "check CARAPACE_CONFIG_PASSWORD and the installation_id file in the state directory, then restart",
+  "missing-store-secret":
+    "set CARAPACE_CONFIG_PASSWORD (or matrix.storePassphrase / MATRIX_STORE_PASSPHRASE) in the daemon environment and restart",
+  "store-key-derivation":
+    "check CARAPACE_CONFIG_PASSWORD and the installation_id file in the state directory, then restart",
   "installation-id": "make the state directory writable (or restore installation_id) and restart",
   "client-build": "check ownership and permissions of the Matrix state directory and store, then restart",
   "encrypted-state-io": "check ownership, permissions and free space of the Matrix state directory, then restart",
   "clock": "fix the system clock (enable NTP) and restart",
   "auth": `check matrix.password / matrix.accessToken, ${RESTART}`,
   "auth-probe": "transient homeserver problem: wait a few seconds and rerun",
-  "auth-token-revoked": "mint a new access token (or fix the password), update matrix.accessToken and matrix.deviceId, then restart",
+  "auth-token-revoked":
+    "mint a new access token (or fix the password), update matrix.accessToken and matrix.deviceId, then restart",
   "auth-session-user-mismatch": "the access token belongs to another user: check matrix.userId or rotate the token",
   "auth-session-device-mismatch": "the access token belongs to another device: check matrix.deviceId",
   "auth-session-missing-device-id": "the homeserver did not report a device id: log in with the password again",
-  "token-persistence": "set CARAPACE_CONFIG_PASSWORD in the daemon environment so the access token can be sealed, then restart",
-  "recovery-key-restore-failed": "verify the recovery key in Element, run `cara matrix recovery-key restore`, then restart",
+  "token-persistence":
+    "set CARAPACE_CONFIG_PASSWORD in the daemon environment so the access token can be sealed, then restart",
+  "recovery-key-restore-failed":
+    "verify the recovery key in Element, run `cara matrix recovery-key restore`, then restart",
   "cross-signing-bootstrap-failed": "provide matrix.password once so cross-signing can bootstrap, then restart",
   "sync-failed": "check homeserver reachability (DNS, network, TLS) from this host",
-  "sync-loop-give-up": "investigate homeserver reachability and account state; the daemon keeps retrying and recovers by itself",
+  "sync-loop-give-up":
+    "investigate homeserver reachability and account state; the daemon keeps retrying and recovers by itself",
   "not-connected": "the Matrix runtime is still connecting or stopped: check the daemon log and rerun",
   // 400
   "invalid-request": "the request does not match this daemon's API: use a cara CLI of the daemon's version",
@@ -124,29 +131,37 @@ export const REMEDIATION: { readonly [K in RemediationKind]: string } = {
   "rate-limited": "wait for the time the answer names (Retry-After) and retry",
   // 404
   "not-found": "check the path against docs/cli.md and this daemon's version",
-  "dlq-record-not-found": "the record id may be a typo or already replayed or purged; run `cara matrix dlq list` and copy the id exactly",
+  "dlq-record-not-found":
+    "the record id may be a typo or already replayed or purged; run `cara matrix dlq list` and copy the id exactly",
   // 502
   "send-failed": "transient homeserver problem: wait a few seconds and rerun",
   "send-terminal": "the homeserver refused the message: check the room, the bot's membership and its power level",
   "room-not-found": "invite the bot to the room (or check the room id), then rerun",
   "unsupported-room": "the room's encryption is not supported: use an unencrypted or a Megolm-encrypted room",
   "command-queue-full": "the runtime is busy: wait a few seconds and rerun",
-  "dlq-dispatch-failure": "the agent failed again: read the daemon log for the cause, then `cara matrix dlq replay` again",
+  "dlq-dispatch-failure":
+    "the agent failed again: read the daemon log for the cause, then `cara matrix dlq replay` again",
   // 503
-  "matrix-runtime-unavailable": "start the daemon with matrix.enabled (or wait for it to connect); `cara status` shows the channel",
-  "dlq-crypto": "the DLQ key is not available: set CARAPACE_CONFIG_PASSWORD (or the store passphrase) the daemon runs with, then restart",
+  "matrix-runtime-unavailable":
+    "start the daemon with matrix.enabled (or wait for it to connect); `cara status` shows the channel",
+  "dlq-crypto":
+    "the DLQ key is not available: set CARAPACE_CONFIG_PASSWORD (or the store passphrase) the daemon runs with, then restart",
   "dlq-io": "check ownership, permissions and free space of the state directory, then restart",
   "dlq-serialization": "a DLQ record could not be written: read the daemon log, then rerun",
   "dlq-cap-saturation": "the DLQ is full: replay (`cara matrix dlq replay --all`) or purge records",
   // verification (reference §6.6)
-  "verification-flow-not-found": "the flow id may be a typo or already pruned; run `cara matrix verifications` and copy the flow id exactly.",
+  "verification-flow-not-found":
+    "the flow id may be a typo or already pruned; run `cara matrix verifications` and copy the flow id exactly.",
   "verification-flow-not-ready":
     "the flow hasn't advanced far enough yet: wait for the peer to respond (and for the `sas` field to appear in `cara matrix verifications`), then retry.",
   "verification-cancelled":
     "the flow is in a terminal state (cancelled / done / mismatched); start a new flow with `cara matrix verify <user>` or from the other client.",
-  "verification-timeout": "the SDK request timed out; the action may have landed anyway. Run `cara matrix verifications` to see the current state.",
-  "device-not-found": "list the user's devices in their client (or `cara matrix devices` for the bot's own) and copy the device id",
-  "user-identity-not-found": "the user has no cross-signing identity yet: let them sign in to a client that sets one up, then retry",
+  "verification-timeout":
+    "the SDK request timed out; the action may have landed anyway. Run `cara matrix verifications` to see the current state.",
+  "device-not-found":
+    "list the user's devices in their client (or `cara matrix devices` for the bot's own) and copy the device id",
+  "user-identity-not-found":
+    "the user has no cross-signing identity yet: let them sign in to a client that sets one up, then retry",
   "invalid-user-id": "give a Matrix user id of the form @name:server",
   "verification": "read the daemon log for the SDK's error, then retry or start a new flow",
   // the CLI's own

@@ -18,15 +18,22 @@ const renderInline = (text: string): string => {
   const tokens: Array<string> = []
   const hold = (html: string) => `\u0000${tokens.push(html) - 1}\u0000`
   // 1. code spans keep their content literally (NUL is reserved for the placeholders)
-  let s = text.replace(/\u0000/g, "").replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_m, _ticks: string, code: string) =>
-    hold(`<code>${escapeHtml(code.trim() === "" ? code : code.replace(/^ (.*) $/s, "$1"))}</code>`)
+  let s = text.replace(/\u0000/g, "").replace(
+    /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g,
+    (_m, _ticks: string, code: string) =>
+      hold(`<code>${escapeHtml(code.trim() === "" ? code : code.replace(/^ (.*) $/s, "$1"))}</code>`)
   )
   // 2. links [text](url) before escaping so the URL is seen as written
-  s = s.replace(/\[([^\]\n]+)\]\(([^()\s]+)\)/g, (m, label: string, url: string) =>
-    SAFE_URL.test(url) ? hold(`<a href="${escapeHtml(url)}">${renderEmphasis(escapeHtml(label))}</a>`) : m
+  s = s.replace(
+    /\[([^\]\n]+)\]\(([^()\s]+)\)/g,
+    (m, label: string, url: string) =>
+      SAFE_URL.test(url) ? hold(`<a href="${escapeHtml(url)}">${renderEmphasis(escapeHtml(label))}</a>`) : m
   )
   // 3. bare URLs
-  s = s.replace(/\bhttps?:\/\/[^\s<>"'\u0000]+[^\s<>"'.,;:!?)\]\u0000]/g, (url) => hold(`<a href="${escapeHtml(url)}">${escapeHtml(url)}</a>`))
+  s = s.replace(
+    /\bhttps?:\/\/[^\s<>"'\u0000]+[^\s<>"'.,;:!?)\]\u0000]/g,
+    (url) => hold(`<a href="${escapeHtml(url)}">${escapeHtml(url)}</a>`)
+  )
   // 4. everything else is text
   const parts = s.split(/(\u0000\d+\u0000)/)
   const html = parts.map((p, i) => (i % 2 === 1 ? p : escapeHtml(p))).join("")
@@ -55,7 +62,8 @@ const BULLET = /^( {0,3})([-*+])\s+(.*)$/
 const ORDERED = /^( {0,3})(\d{1,9})[.)]\s+(.*)$/
 
 const startsBlock = (line: string) =>
-  FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || BULLET.test(line) || ORDERED.test(line)
+  FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || BULLET.test(line) ||
+  ORDERED.test(line)
 
 const renderBlocks = (lines: ReadonlyArray<string>): string => {
   const out: Array<string> = []
@@ -72,7 +80,10 @@ const renderBlocks = (lines: ReadonlyArray<string>): string => {
       const lang = fence[2] ?? ""
       const body: Array<string> = []
       i++
-      while (i < lines.length && !new RegExp(`^ {0,3}${marker[0] === "`" ? "`" : "~"}{${marker.length},}\\s*$`).test(lines[i]!)) {
+      while (
+        i < lines.length &&
+        !new RegExp(`^ {0,3}${marker[0] === "`" ? "`" : "~"}{${marker.length},}\\s*$`).test(lines[i]!)
+      ) {
         body.push(lines[i]!)
         i++
       }
@@ -121,7 +132,9 @@ const renderBlocks = (lines: ReadonlyArray<string>): string => {
           i++
           continue
         }
-        if (l.trim() === "" && i + 1 < lines.length && (itemRe.test(lines[i + 1]!) || /^\s{2,}\S/.test(lines[i + 1]!))) {
+        if (
+          l.trim() === "" && i + 1 < lines.length && (itemRe.test(lines[i + 1]!) || /^\s{2,}\S/.test(lines[i + 1]!))
+        ) {
           i++
           continue
         }
@@ -259,4 +272,3 @@ export const chunkContents = (text: string, maxBytes = MAX_CHUNK_BYTES): Array<R
     if (utf8Length(JSON.stringify(content)) <= MAX_CONTENT_BYTES || maxBytes < 256) return [content]
     return chunkContents(chunk, Math.floor(maxBytes / 2))
   })
-

@@ -3,7 +3,12 @@ import { TOKEN_REVOCATION_CODES } from "./matrix.js"
 // Send errors
 
 export type SendFailure =
-  | { readonly _tag: "Transient"; readonly kind: "send-failed"; readonly retryAfterMs: number | undefined; readonly detail: string }
+  | {
+    readonly _tag: "Transient"
+    readonly kind: "send-failed"
+    readonly retryAfterMs: number | undefined
+    readonly detail: string
+  }
   | { readonly _tag: "Terminal"; readonly kind: "send-terminal" | "auth-token-revoked"; readonly detail: string }
 
 const TERMINAL_CODES = new Set([
@@ -30,8 +35,12 @@ export const classifySendError = (e: unknown): SendFailure => {
   }
   const errcode = typeof err.errcode === "string" ? err.errcode : undefined
   const status = typeof err.httpStatus === "number" ? err.httpStatus : undefined
-  const detail = `${errcode ?? (typeof err.name === "string" ? err.name : "error")}${status === undefined ? "" : ` (HTTP ${status})`}`
-  if (errcode !== undefined && TOKEN_REVOCATION_CODES.has(errcode)) return { _tag: "Terminal", kind: "auth-token-revoked", detail }
+  const detail = `${errcode ?? (typeof err.name === "string" ? err.name : "error")}${
+    status === undefined ? "" : ` (HTTP ${status})`
+  }`
+  if (errcode !== undefined && TOKEN_REVOCATION_CODES.has(errcode)) {
+    return { _tag: "Terminal", kind: "auth-token-revoked", detail }
+  }
   if (errcode === "M_LIMIT_EXCEEDED" || status === 429) {
     let hint: number | undefined
     try {
@@ -47,20 +56,25 @@ export const classifySendError = (e: unknown): SendFailure => {
       detail
     }
   }
-  if ((errcode !== undefined && TERMINAL_CODES.has(errcode)) || (status !== undefined && status >= 400 && status < 500)) {
+  if (
+    (errcode !== undefined && TERMINAL_CODES.has(errcode)) || (status !== undefined && status >= 400 && status < 500)
+  ) {
     return { _tag: "Terminal", kind: "send-terminal", detail }
   }
   return { _tag: "Transient", kind: "send-failed", retryAfterMs: undefined, detail }
 }
 
-
 /** An SDK error in a few words: its errcode (and HTTP status), else its class; never a URL. */
 export const describeSdkError = (e: unknown): string => {
   const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
-  if (typeof err?.errcode === "string") return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  if (typeof err?.errcode === "string") {
+    return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  }
   // a transport error's text can hold the request URL: keep only the class of failure
   if (typeof err?.name === "string" && err.name !== "Error") return err.name
-  return typeof err?.message === "string" ? err.message.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200) : String(e).slice(0, 200)
+  return typeof err?.message === "string"
+    ? err.message.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200)
+    : String(e).slice(0, 200)
 }
 
 export const errcodeOf = (e: unknown): string | undefined => {

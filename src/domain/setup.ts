@@ -45,7 +45,11 @@ export const renderSetupConfig = (a: SetupAnswers, writtenAt: string): string =>
   },
   matrix: {
     enabled: true,
-    // ${a.homeserverSource === "discovered" ? `found from ${a.userId} through .well-known/matrix/client` : "as given to cara setup"}
+    // ${
+    a.homeserverSource === "discovered"
+      ? `found from ${a.userId} through .well-known/matrix/client`
+      : "as given to cara setup"
+  }
     homeserverUrl: ${JSON.stringify(a.homeserverUrl)},
     userId: ${JSON.stringify(a.userId)},
     // first login only: the daemon then writes a sealed access token here and removes the password
@@ -68,16 +72,22 @@ ${provider}  agents: {
 export const neededVariables = (a: SetupAnswers): ReadonlyArray<{ readonly name: string; readonly line: string }> => [
   {
     name: "CARAPACE_CONFIG_PASSWORD",
-    line: `export CARAPACE_CONFIG_PASSWORD="$(openssl rand -hex 32)"   # seals secrets cara writes back; keep a copy in your password manager`
+    line:
+      `export CARAPACE_CONFIG_PASSWORD="$(openssl rand -hex 32)"   # seals secrets cara writes back; keep a copy in your password manager`
   },
   { name: "CARAPACE_GATEWAY_TOKEN", line: `export CARAPACE_GATEWAY_TOKEN="$(openssl rand -hex 32)"` },
   { name: "MATRIX_PASSWORD", line: `export MATRIX_PASSWORD='<the password of ${a.userId}>'   # first start only` },
-  ...(a.provider === "local" ? [] : [{ name: KEY_ENV[a.provider], line: `export ${KEY_ENV[a.provider]}='<your ${a.provider} API key>'` }])
+  ...(a.provider === "local"
+    ? []
+    : [{ name: KEY_ENV[a.provider], line: `export ${KEY_ENV[a.provider]}='<your ${a.provider} API key>'` }])
 ]
 
 /** `export` lines for the needed variables that `env` does not have yet. */
-export const exportLines = (a: SetupAnswers, env: Readonly<Record<string, string | undefined>>): ReadonlyArray<string> =>
-  neededVariables(a).filter((v) => (env[v.name] ?? "").trim() === "").map((v) => v.line)
+export const exportLines = (
+  a: SetupAnswers,
+  env: Readonly<Record<string, string | undefined>>
+): ReadonlyArray<string> => neededVariables(a).filter((v) => (env[v.name] ?? "").trim() === "").map((v) => v.line)
 
 /** A comma- or space-separated list from a flag or an answer. */
-export const splitList = (s: string): ReadonlyArray<string> => s.split(/[\s,]+/).map((x) => x.trim()).filter((x) => x !== "")
+export const splitList = (s: string): ReadonlyArray<string> =>
+  s.split(/[\s,]+/).map((x) => x.trim()).filter((x) => x !== "")

@@ -25,14 +25,18 @@ export const syncGiveUpMs = (env: NodeJS.ProcessEnv): number => {
 /** Reference §7.1: no successful sync for more than the threshold, counted from the last success (or start). */
 export const shouldGiveUp = (now: number, baseline: number, giveUpMs: number): boolean => now - baseline > giveUpMs
 
-const describeSpan = (ms: number) => (ms >= 3_600_000 ? `${Math.round(ms / 3_600_000)} h` : `${Math.round(ms / 1000)} s`)
+const describeSpan = (
+  ms: number
+) => (ms >= 3_600_000 ? `${Math.round(ms / 3_600_000)} h` : `${Math.round(ms / 1000)} s`)
 
 /**
  * The reference's text says the daemon slows to one retry per hour and must be restarted; cara does neither
  * (see docs/channels.md, "Sync health"): it keeps its cheap reachability probe and clears the stamp by itself.
  */
 export const giveUpMessage = (giveUpMs: number) =>
-  `Matrix sync has been unable to complete a successful sync for over ${describeSpan(giveUpMs)}; cara keeps retrying and clears this on the next successful sync. Investigate homeserver reachability (DNS, network, account state).`
+  `Matrix sync has been unable to complete a successful sync for over ${
+    describeSpan(giveUpMs)
+  }; cara keeps retrying and clears this on the next successful sync. Investigate homeserver reachability (DNS, network, account state).`
 
 export interface SyncHealth {
   /** When the homeserver last answered a /sync (not the cached one replayed at start). */
@@ -97,7 +101,10 @@ export const syncSucceeded = (h: SyncHealth, now: number, fromServer: boolean, c
  * A failed sync: `error` is the SDK's ERROR state (counted), otherwise RECONNECTING (only unhealthy).
  * `becameSticky`: this failure is the one that puts the channel in `error`.
  */
-export const syncFailed = (h: SyncHealth, error: boolean): { readonly health: SyncHealth; readonly becameSticky: boolean } => {
+export const syncFailed = (
+  h: SyncHealth,
+  error: boolean
+): { readonly health: SyncHealth; readonly becameSticky: boolean } => {
   const errorStreak = error ? h.errorStreak + 1 : h.errorStreak
   return {
     health: { ...h, healthy: false, lastCycleEnd: undefined, errorStreak },
@@ -116,7 +123,10 @@ export interface WatchdogVerdict {
 /** The watchdog's look: a long poll in flight is not a failure, only a failing sync gives up. */
 export const watchdogCheck = (h: SyncHealth, now: number, startedAt: number, giveUpMs: number): WatchdogVerdict => {
   const stalled = now - h.lastProgress > SYNC_WATCHDOG_MS
-  const afterStall: SyncHealth = stalled ? { ...h, errorStreak: Math.max(h.errorStreak, STICKY_FAILURES), healthy: false } : h
-  const giveUp = !afterStall.givenUp && !afterStall.healthy && shouldGiveUp(now, afterStall.lastServerSync ?? startedAt, giveUpMs)
+  const afterStall: SyncHealth = stalled
+    ? { ...h, errorStreak: Math.max(h.errorStreak, STICKY_FAILURES), healthy: false }
+    : h
+  const giveUp = !afterStall.givenUp && !afterStall.healthy &&
+    shouldGiveUp(now, afterStall.lastServerSync ?? startedAt, giveUpMs)
   return { health: giveUp ? { ...afterStall, givenUp: true } : afterStall, stalled, giveUp }
 }

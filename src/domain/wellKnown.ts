@@ -4,12 +4,15 @@
 // only for loopback names (test servers), never for a real host.
 import { Effect, Schema } from "effect"
 
-export class HomeserverDiscoveryError extends Schema.TaggedError<HomeserverDiscoveryError>()("HomeserverDiscoveryError", {
-  kind: Schema.Literal("homeserver-discovery-failed", "matrix-user-id-invalid", "homeserver-no-password-login"),
-  message: Schema.String
-}) {}
+export class HomeserverDiscoveryError
+  extends Schema.TaggedError<HomeserverDiscoveryError>()("HomeserverDiscoveryError", {
+    kind: Schema.Literal("homeserver-discovery-failed", "matrix-user-id-invalid", "homeserver-no-password-login"),
+    message: Schema.String
+  })
+{}
 
-const discoveryError = (kind: HomeserverDiscoveryError["kind"], message: string) => new HomeserverDiscoveryError({ kind, message })
+const discoveryError = (kind: HomeserverDiscoveryError["kind"], message: string) =>
+  new HomeserverDiscoveryError({ kind, message })
 
 /** The server name of `@local:server[:port]`, or undefined when it is not a user id. */
 export const serverNameOf = (userId: string): string | undefined => {
@@ -30,7 +33,10 @@ export const wellKnownUrl = (serverName: string): string =>
   `${isLoopbackName(serverName) ? "http" : "https"}://${serverName}/.well-known/matrix/client`
 
 /** The base URL a `.well-known/matrix/client` document names, without a trailing slash; a reason otherwise. */
-export const parseWellKnown = (body: unknown, serverName: string): { readonly baseUrl: string } | { readonly problem: string } => {
+export const parseWellKnown = (
+  body: unknown,
+  serverName: string
+): { readonly baseUrl: string } | { readonly problem: string } => {
   const hs = (body as { "m.homeserver"?: { base_url?: unknown } } | null)?.["m.homeserver"]
   const raw = hs?.base_url
   if (typeof raw !== "string" || raw.trim() === "") return { problem: "it has no m.homeserver.base_url" }
@@ -51,7 +57,10 @@ const TIMEOUT_MS = 10_000
 const getJson = (url: string) =>
   Effect.tryPromise({
     try: async (signal) => {
-      const res = await fetch(url, { signal: AbortSignal.any([signal, AbortSignal.timeout(TIMEOUT_MS)]), redirect: "follow" })
+      const res = await fetch(url, {
+        signal: AbortSignal.any([signal, AbortSignal.timeout(TIMEOUT_MS)]),
+        redirect: "follow"
+      })
       const text = await res.text()
       let body: unknown = undefined
       try {
@@ -79,7 +88,10 @@ const answersClientApi = (baseUrl: string) =>
 export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(function*(userId: string) {
   const server = serverNameOf(userId)
   if (server === undefined) {
-    return yield* discoveryError("matrix-user-id-invalid", `"${userId}" is not a Matrix user id; write it as @name:example.org`)
+    return yield* discoveryError(
+      "matrix-user-id-invalid",
+      `"${userId}" is not a Matrix user id; write it as @name:example.org`
+    )
   }
   const url = wellKnownUrl(server)
   const fallback = `${isLoopbackName(server) ? "http" : "https"}://${server}`
@@ -89,7 +101,10 @@ export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(fun
   if (found._tag === "Right" && found.right.status === 200) {
     const parsed = parseWellKnown(found.right.body, server)
     if ("problem" in parsed) {
-      return yield* discoveryError("homeserver-discovery-failed", `${url} is not usable: ${parsed.problem}. Fix it, or give the homeserver URL explicitly (--homeserver).`)
+      return yield* discoveryError(
+        "homeserver-discovery-failed",
+        `${url} is not usable: ${parsed.problem}. Fix it, or give the homeserver URL explicitly (--homeserver).`
+      )
     }
     candidate = parsed.baseUrl
     via = `${url} names ${candidate}, but it`
@@ -106,11 +121,19 @@ export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(fun
 /** The login types the homeserver offers (`GET /_matrix/client/v3/login`). */
 export const loginFlows = Effect.fn("Matrix.loginFlows")(function*(baseUrl: string) {
   const r = yield* getJson(`${baseUrl}/_matrix/client/v3/login`).pipe(
-    Effect.mapError((reason) => discoveryError("homeserver-discovery-failed", `${baseUrl} cannot be reached (${reason}); check the URL and your network`))
+    Effect.mapError((reason) =>
+      discoveryError(
+        "homeserver-discovery-failed",
+        `${baseUrl} cannot be reached (${reason}); check the URL and your network`
+      )
+    )
   )
   const flows = (r.body as { flows?: Array<{ type?: unknown }> } | undefined)?.flows
   if (r.status !== 200 || !Array.isArray(flows)) {
-    return yield* discoveryError("homeserver-discovery-failed", `${baseUrl} does not answer /_matrix/client/v3/login like a Matrix homeserver (HTTP ${r.status})`)
+    return yield* discoveryError(
+      "homeserver-discovery-failed",
+      `${baseUrl} does not answer /_matrix/client/v3/login like a Matrix homeserver (HTTP ${r.status})`
+    )
   }
   return flows.flatMap((f) => (typeof f.type === "string" ? [f.type] : []))
 })
@@ -123,6 +146,8 @@ export const requirePasswordLogin = (baseUrl: string) =>
       : Effect.fail(
         discoveryError(
           "homeserver-no-password-login",
-          `${baseUrl} does not offer password login (it offers: ${flows.join(", ") || "nothing"}). cara logs in with the bot account's password the first time; use a homeserver (or an account) that allows it.`
+          `${baseUrl} does not offer password login (it offers: ${
+            flows.join(", ") || "nothing"
+          }). cara logs in with the bot account's password the first time; use a homeserver (or an account) that allows it.`
         )
       ))

@@ -4,6 +4,7 @@ import {
   AgentError,
   type AgentProfile,
   type AgentSettings,
+  BASE_URL_ENV,
   type ChatMessage,
   DEFAULT_HISTORY_BUDGET,
   DEFAULT_MAX_CONCURRENT,
@@ -14,12 +15,11 @@ import {
   messageCost,
   noApiKey,
   noModelConfigured,
-  BASE_URL_ENV,
   parseModel,
-  providerUsable,
-  resolveBaseUrl,
   type ProviderSettings,
+  providerUsable,
   resolveAgent,
+  resolveBaseUrl,
   trimHistory,
   type Usage,
   userReply
@@ -29,13 +29,13 @@ import { redactSecrets, registerSecret } from "../domain/redact.js"
 import {
   Agent,
   type AgentRoute,
-  type AgentShape,
   AgentSettingsTag,
+  type AgentShape,
   type TurnEvent,
   type TurnInput,
   type TurnOutcome
 } from "../services/Agent.js"
-import { ConfigSecrets, type ConfigSecretError } from "../services/ConfigSecrets.js"
+import { type ConfigSecretError, ConfigSecrets } from "../services/ConfigSecrets.js"
 import { LanguageModel, type LanguageModelShape } from "../services/LanguageModel.js"
 import { Sessions, type SessionsShape, type SessionStoreError } from "../services/Sessions.js"
 import type { StateDir } from "../services/StateDir.js"
@@ -56,7 +56,11 @@ const profileFrom = (
   return Either.match(parseModel(spec.model), {
     onLeft: (problem) =>
       Either.left(
-        new AgentConfigError({ kind: "agent-config-invalid", path: `${path}.model`, message: `${path}.model: ${problem}.` })
+        new AgentConfigError({
+          kind: "agent-config-invalid",
+          path: `${path}.model`,
+          message: `${path}.model: ${problem}.`
+        })
       ),
     onRight: (model) =>
       Either.right(Option.some({
@@ -129,7 +133,8 @@ export const agentSettingsFromConfig = <E>(
         return yield* new AgentConfigError({
           kind: "agent-config-invalid",
           path: `matrix.rooms.${roomId}.agent`,
-          message: `matrix.rooms.${roomId}.agent names the agent "${name}", which is not defined: add agents.${name} with a model, or remove the room's agent setting.`
+          message:
+            `matrix.rooms.${roomId}.agent names the agent "${name}", which is not defined: add agents.${name} with a model, or remove the room's agent setting.`
         })
       }
       roomAgents.set(roomId, name)
@@ -165,8 +170,7 @@ export const configurationProblems = (settings: AgentSettings): ReadonlyArray<Ag
 // ---------------------------------------------------------------------------------------------------------
 // The runtime
 
-const GROUP_NOTE =
-  "This is a group chat: each user message starts with the sender's name and Matrix ID, then a colon."
+const GROUP_NOTE = "This is a group chat: each user message starts with the sender's name and Matrix ID, then a colon."
 
 export const NEW_CONVERSATION_REPLY = "🆕 Started a new conversation. Earlier messages in this room are forgotten."
 const EMPTY_ANSWER_REPLY = "(The model returned an empty answer. Try rephrasing, or send /new to start over.)"
@@ -186,7 +190,9 @@ const logFailure = (error: AgentError, input: TurnInput) =>
   )
 
 const toModelMessages = (
-  stored: ReadonlyArray<{ role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }>,
+  stored: ReadonlyArray<
+    { role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }
+  >,
   isGroup: boolean
 ): ReadonlyArray<ChatMessage> =>
   stored.map((m) => ({
@@ -231,7 +237,11 @@ const modelRequest = (deps: TurnDeps, input: TurnInput, profile: AgentProfile) =
     }
   })
 
-const runModel = (deps: TurnDeps, input: TurnInput, profile: AgentProfile): Stream.Stream<TurnEvent, SessionStoreError> =>
+const runModel = (
+  deps: TurnDeps,
+  input: TurnInput,
+  profile: AgentProfile
+): Stream.Stream<TurnEvent, SessionStoreError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
       // The permit is held until the stream ends, including its consumption by the caller.
@@ -327,7 +337,9 @@ const makeTurn = (deps: TurnDeps) => {
         const text = input.text.trim()
         if (isNewCommand(text)) {
           yield* deps.sessions.reset(input.roomId)
-          yield* Effect.logInfo("conversation reset").pipe(Effect.annotateLogs({ service: "Agent", roomId: input.roomId }))
+          yield* Effect.logInfo("conversation reset").pipe(
+            Effect.annotateLogs({ service: "Agent", roomId: input.roomId })
+          )
           const rest = text.slice(4).trim()
           if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
           return yield* startTurn(deps, input, rest)
@@ -357,7 +369,10 @@ export const makeAgent = Effect.gen(function*() {
       Effect.map(Option.getOrElse((): TurnOutcome => ({
         _tag: "Failed",
         text: userReply(new AgentError({ kind: "agent-unavailable", message: "The turn ended without an answer." })),
-        error: new AgentError({ kind: "agent-unavailable", message: "The turn ended without an answer; this is a bug." })
+        error: new AgentError({
+          kind: "agent-unavailable",
+          message: "The turn ended without an answer; this is a bug."
+        })
       })))
     )
 

@@ -1,14 +1,28 @@
+import { Data, Effect, Either, Layer, Option, Redacted, Ref } from "effect"
+import JSON5 from "json5"
 import { constants as fsConstants } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Data, Effect, Either, Layer, Option, Redacted, Ref } from "effect"
-import JSON5 from "json5"
 import { CaraConfig, ConfigFinding, hasErrors, isSecretPath, type SecretRef } from "../domain/config.js"
+import { analyzeConfig, defaultsOnly } from "../domain/configAnalysis.js"
+import {
+  type ConfigEnv,
+  configPassword,
+  err,
+  getIn,
+  isObject,
+  type Json,
+  type JsonObject,
+  type SecretSlot,
+  type StorePassphraseFile,
+  utf8Bytes,
+  warn
+} from "../domain/configValidation.js"
 import { applyEdits, type Edit } from "../domain/json5edit.js"
 import { registerSecret } from "../domain/redact.js"
 import {
-  type Argon2Params,
   ARGON2_PARAMS,
+  type Argon2Params,
   deriveKey,
   downgradeViolations,
   isExactPlaceholder,
@@ -25,21 +39,8 @@ import {
   ConfigWriteError
 } from "../services/ConfigSecrets.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
-import {
-  type ConfigEnv,
-  configPassword,
-  err,
-  getIn,
-  isObject,
-  type Json,
-  type JsonObject,
-  type SecretSlot,
-  type StorePassphraseFile,
-  utf8Bytes,
-  warn
-} from "../domain/configValidation.js"
-import { analyzeConfig, defaultsOnly } from "../domain/configAnalysis.js"
 
+export { type Analysis, analyzeConfig, type AnalyzeInput } from "../domain/configAnalysis.js"
 export {
   type ConfigEnv,
   homeserverUrlProblem,
@@ -49,7 +50,6 @@ export {
   validateConfig,
   type ValidationContext
 } from "../domain/configValidation.js"
-export { type AnalyzeInput, type Analysis, analyzeConfig } from "../domain/configAnalysis.js"
 
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -66,7 +66,6 @@ export interface ConfigSnapshot {
   /** Set when the file itself was refused (world-writable, foreign owner, not a regular file). */
   readonly refused?: "config-file-unsafe"
 }
-
 
 // ---------------------------------------------------------------------------------------------------------
 // File access
@@ -104,7 +103,9 @@ export const configFileProblem = (file: string, st: FileFacts, currentUid: numbe
     return `${file} is ${what}; the config must be a regular file. Point CARAPACE_CONFIG_PATH at the config file itself`
   }
   if ((st.mode & 0o002) !== 0) {
-    return `${file} is world-writable (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}), so any local user could change where cara sends its secrets; run \`chmod 600 ${file}\` and start again`
+    return `${file} is world-writable (mode ${
+      (st.mode & 0o777).toString(8).padStart(4, "0")
+    }), so any local user could change where cara sends its secrets; run \`chmod 600 ${file}\` and start again`
   }
   if (currentUid !== undefined && st.uid !== currentUid && st.uid !== 0) {
     return `${file} is owned by uid ${st.uid}, not by the user cara runs as (uid ${currentUid}); run \`chown ${currentUid} ${file}\` (or start cara as its owner) and start again`
@@ -183,12 +184,17 @@ const probeStorePassphraseFile = (stateRoot: string): Effect.Effect<StorePassphr
       const text = await fs.readFile(file, "utf8")
       return text.trim() === "" ? { state: "bad", problem: `${file} is empty after trimming` } : { state: "present" }
     } catch (e) {
-      return errnoOf(e) === "ENOENT" ? { state: "absent" } : { state: "bad", problem: `${file} could not be read (${errnoOf(e)})` }
+      return errnoOf(e) === "ENOENT"
+        ? { state: "absent" }
+        : { state: "bad", problem: `${file} could not be read (${errnoOf(e)})` }
     }
   })
 
 /** Discovers, reads and analyses the config (never fails: every problem is a finding). */
-export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params): Effect.Effect<ConfigSnapshot, never, StateDir> =>
+export const loadConfigSnapshot = (
+  env: ConfigEnv,
+  argon2?: Argon2Params
+): Effect.Effect<ConfigSnapshot, never, StateDir> =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
     const target = yield* discoverConfigPath(env, stateDir.root)
@@ -213,7 +219,9 @@ export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params): Effec
     })
     const findings = [...analysis.findings]
     if (Option.isNone(read.right) && (env["CARAPACE_CONFIG_PATH"] ?? "").trim() !== "") {
-      findings.unshift(warn(".", `CARAPACE_CONFIG_PATH points to ${target}, which does not exist; using an empty config`))
+      findings.unshift(
+        warn(".", `CARAPACE_CONFIG_PATH points to ${target}, which does not exist; using an empty config`)
+      )
     }
     return {
       path: Option.map(read.right, () => target),
@@ -224,8 +232,7 @@ export const loadConfigSnapshot = (env: ConfigEnv, argon2?: Argon2Params): Effec
     } satisfies ConfigSnapshot
   })
 
-export const formatFinding = (f: ConfigFinding) =>
-  `Config ${f.severity} at ${f.path}: ${f.message}`
+export const formatFinding = (f: ConfigFinding) => `Config ${f.severity} at ${f.path}: ${f.message}`
 
 // ---------------------------------------------------------------------------------------------------------
 // The service
@@ -284,7 +291,11 @@ const secretAccess = (current: Ref.Ref<ConfigSnapshot>) => {
         onNone: () => {
           const at = typeof ref === "string" ? ref : ref.path
           return Effect.fail(
-            new ConfigSecretError({ kind: "config-secret-missing", path: at, message: `no value is configured at ${at}; set it in the config or its env variable` })
+            new ConfigSecretError({
+              kind: "config-secret-missing",
+              path: at,
+              message: `no value is configured at ${at}; set it in the config or its env variable`
+            })
           )
         }
       }))
@@ -305,15 +316,18 @@ interface WriteContext {
  * prove the result, guard against downgrades and new errors, and replace the file atomically only if
  * nobody changed it meanwhile (otherwise start over from the new content).
  */
-const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteContext) => (
+const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteContext) =>
+(
   plan: (raw: JsonObject) => Effect.Effect<ReadonlyArray<Edit>, ConfigWriteError>
 ): Effect.Effect<void, ConfigWriteError> =>
   lock.withPermits(1)(
     Effect.gen(function*() {
       const target = yield* Effect.promise(() => fs.realpath(file).catch(() => file))
       for (let attempt = 0; attempt < 5; attempt++) {
-        const before = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
-        const text = Option.getOrElse(before, () => "{}\n")
+        const before = yield* Effect.mapError(readConfigText(target), (f) =>
+          writeError("config-write-io", target, f.message))
+        const text = Option.getOrElse(before, () =>
+          "{}\n")
         let raw: Json
         try {
           raw = JSON5.parse(text)
@@ -321,11 +335,17 @@ const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteCont
           return yield* writeError(
             "config-write-refused",
             target,
-            `config file at ${target} failed to parse (${(e as Error).message}); refusing to write into an unparseable file. Fix its syntax first`
+            `config file at ${target} failed to parse (${
+              (e as Error).message
+            }); refusing to write into an unparseable file. Fix its syntax first`
           )
         }
         if (!isObject(raw)) {
-          return yield* writeError("config-write-refused", target, `config file at ${target} is not a JSON5 object; fix it first`)
+          return yield* writeError(
+            "config-write-refused",
+            target,
+            `config file at ${target} is not a JSON5 object; fix it first`
+          )
         }
         const edits = yield* plan(raw)
         if (edits.length === 0) return
@@ -338,12 +358,20 @@ const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteCont
           return yield* writeError(
             "config-write-downgrade",
             target,
-            `refusing to replace or change sealed values at ${violations.join(", ")} without sealing them; set CARAPACE_CONFIG_PASSWORD and retry`
+            `refusing to replace or change sealed values at ${
+              violations.join(", ")
+            } without sealing them; set CARAPACE_CONFIG_PASSWORD and retry`
           )
         }
         const spf = yield* probeStorePassphraseFile(stateDir.root)
         const analyse = (t: string) =>
-          analyzeConfig({ text: Option.some(t), file: target, env, storePassphraseFile: spf, ...(argon2 ? { argon2 } : {}) })
+          analyzeConfig({
+            text: Option.some(t),
+            file: target,
+            env,
+            storePassphraseFile: spf,
+            ...(argon2 ? { argon2 } : {})
+          })
         const old = yield* analyse(text)
         const next = yield* analyse(edited.right.text)
         const known = new Set(old.findings.filter((f) => f.severity === "error").map((f) => `${f.path}\0${f.message}`))
@@ -355,8 +383,13 @@ const makeWriteBack = ({ argon2, current, env, file, lock, stateDir }: WriteCont
             `invalid config after the write: ${fresh.map((f) => `${f.path}: ${f.message}`).join("; ")}`
           )
         }
-        const still = yield* Effect.mapError(readConfigText(target), (f) => writeError("config-write-io", target, f.message))
-        if (!Option.getEquivalence((a: string, b: string) => a === b)(still, before)) continue
+        const still = yield* Effect.mapError(readConfigText(target), (f) =>
+          writeError("config-write-io", target, f.message))
+        if (
+          !Option.getEquivalence((a: string, b: string) =>
+            a === b
+          )(still, before)
+        ) continue
         yield* Effect.mapError(stateDir.writeAtomic(target, edited.right.text, { mode: 0o600 }), (e) =>
           writeError("config-write-io", target, e.message))
         yield* Ref.update(current, (s) => ({ ...s, path: Option.some(file), secrets: next.secrets }))
@@ -426,7 +459,11 @@ const writeOps = (ctx: WriteContext, writeBack: WriteBack) => {
       yield* writeBack((raw) =>
         Effect.gen(function*() {
           if (raw["matrix"] !== undefined && !isObject(raw["matrix"])) {
-            return yield* writeError("config-write-refused", file, "matrix in the config is not an object; fix it first")
+            return yield* writeError(
+              "config-write-refused",
+              file,
+              "matrix in the config is not an object; fix it first"
+            )
           }
           const tokenEdits = yield* sealedEdit(raw, "matrix.accessToken", Redacted.value(token), password)
           const deviceEdits: ReadonlyArray<Edit> = getIn(raw, ["matrix", "deviceId"]) === d
@@ -452,11 +489,19 @@ const writeOps = (ctx: WriteContext, writeBack: WriteBack) => {
   const setSealedSecret = (at: string, value: Redacted.Redacted<string>) =>
     Effect.gen(function*() {
       if (!isSecretPath(at)) {
-        return yield* writeError("config-write-refused", file, `${at} is not a secret path; only secret paths are sealed`)
+        return yield* writeError(
+          "config-write-refused",
+          file,
+          `${at} is not a secret path; only secret paths are sealed`
+        )
       }
       const plaintext = Redacted.value(value)
       if (isMalformedPlaceholder(plaintext)) {
-        return yield* writeError("config-write-refused", file, `malformed env placeholder at ${at}: use \${UPPERCASE_NAME}`)
+        return yield* writeError(
+          "config-write-refused",
+          file,
+          `malformed env placeholder at ${at}: use \${UPPERCASE_NAME}`
+        )
       }
       if (isExactPlaceholder(plaintext)) {
         // A placeholder is a reference, not a secret: it is written as is, never sealed.
@@ -497,5 +542,5 @@ export const makeConfigSecrets = (options: ConfigSecretsOptions = {}) =>
 export const ConfigSecretsLive = Layer.effect(ConfigSecrets, makeConfigSecrets())
 
 /** ConfigSecrets with an explicit env and options (tests, tools). */
-export const ConfigSecretsWith = (options: ConfigSecretsOptions) => Layer.effect(ConfigSecrets, makeConfigSecrets(options))
-
+export const ConfigSecretsWith = (options: ConfigSecretsOptions) =>
+  Layer.effect(ConfigSecrets, makeConfigSecrets(options))

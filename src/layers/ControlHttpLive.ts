@@ -1,13 +1,13 @@
-import { createServer } from "node:http"
-import type { Socket } from "node:net"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpApiError from "@effect/platform/HttpApiError"
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
+import { createServer } from "node:http"
+import type { Socket } from "node:net"
 import {
   BadGateway,
   BadGatewayKind,
@@ -15,6 +15,7 @@ import {
   CaraApi,
   Channels,
   ControlStatus,
+  DeviceList,
   DlqList,
   DlqPurgeResult,
   DlqReplayResult,
@@ -27,26 +28,31 @@ import {
   Ready,
   SendTestResult,
   ServiceUnavailable,
-  DeviceList,
   VerificationList,
   VerificationResult
 } from "../domain/api.js"
-import { type VerificationUnavailable, verificationTarget } from "../domain/verification.js"
-import { Verification, type VerificationShape } from "../services/Verification.js"
 import type { ChannelInfo } from "../domain/channel.js"
-import { bindToHost } from "../domain/gateway.js"
-import { ChannelStatus } from "../services/ChannelStatus.js"
-import { Audit } from "../services/Audit.js"
-import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import type { DlqError, DlqRecordNotFound } from "../domain/dlq.js"
+import { bindToHost } from "../domain/gateway.js"
+import { verificationTarget, type VerificationUnavailable } from "../domain/verification.js"
+import { Audit } from "../services/Audit.js"
+import { ChannelStatus } from "../services/ChannelStatus.js"
+import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { Dlq, type DlqSelector, type DlqShape } from "../services/Dlq.js"
 import { EventBus } from "../services/EventBus.js"
 import { MatrixControl, type MatrixControlError } from "../services/MatrixControl.js"
 import { Metrics } from "../services/Metrics.js"
+import { Verification, type VerificationShape } from "../services/Verification.js"
 import { version } from "../version.js"
-import { canonicalPath, errorResponse, GatewayAuthorizationLive, GatewayGuardLive, NON_CANONICAL_MESSAGE } from "./GatewayAuth.js"
-import { MetricsLive } from "./MetricsLive.js"
 import { ChannelStatusLive } from "./ChannelStatusLive.js"
+import {
+  canonicalPath,
+  errorResponse,
+  GatewayAuthorizationLive,
+  GatewayGuardLive,
+  NON_CANONICAL_MESSAGE
+} from "./GatewayAuth.js"
+import { MetricsLive } from "./MetricsLive.js"
 import { WebSocketLive } from "./WebSocketLive.js"
 
 // Uptime is monotonic: a wall-clock step (NTP) must not make it jump or go negative.
@@ -79,7 +85,9 @@ const HealthLive = HttpApiBuilder.group(CaraApi, "health", (handlers) =>
           const failed = all.filter((c) => c.status === "error")
           if (failed.length === 0) {
             return HttpServerResponse.unsafeJson(
-              Schema.encodeSync(Ready)(new Ready({ status: "ready", version, uptimeSeconds: uptimeSeconds(), channels: readyChannels(all) }))
+              Schema.encodeSync(Ready)(
+                new Ready({ status: "ready", version, uptimeSeconds: uptimeSeconds(), channels: readyChannels(all) })
+              )
             )
           }
           const body = new NotReady({
@@ -87,9 +95,14 @@ const HealthLive = HttpApiBuilder.group(CaraApi, "health", (handlers) =>
             version,
             uptimeSeconds: uptimeSeconds(),
             channels: readyChannels(all),
-            reasons: failed.map((c) => `channel ${c.id} is in error${c.extra?.lastErrorKind !== undefined ? ` (${c.extra.lastErrorKind})` : ""}`)
+            reasons: failed.map((c) =>
+              `channel ${c.id} is in error${c.extra?.lastErrorKind !== undefined ? ` (${c.extra.lastErrorKind})` : ""}`
+            )
           })
-          return HttpServerResponse.unsafeJson(Schema.encodeSync(NotReady)(body), { status: 503, headers: { "retry-after": "5" } })
+          return HttpServerResponse.unsafeJson(Schema.encodeSync(NotReady)(body), {
+            status: 503,
+            headers: { "retry-after": "5" }
+          })
         }))
   }))
 
@@ -140,20 +153,36 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
       Effect.gen(function*() {
         const text = payload.text.trim()
         if (!ROOM_ID.test(payload.roomId)) {
-          return yield* new BadRequest({ kind: "invalid-room-id", message: "roomId must be a Matrix room id like !abc:example.com or !abc (room settings → Advanced)" })
+          return yield* new BadRequest({
+            kind: "invalid-room-id",
+            message: "roomId must be a Matrix room id like !abc:example.com or !abc (room settings → Advanced)"
+          })
         }
-        if (text === "") return yield* new BadRequest({ kind: "invalid-string", message: "text is required and must not be blank" })
+        if (text === "") {
+          return yield* new BadRequest({ kind: "invalid-string", message: "text is required and must not be blank" })
+        }
         if (Buffer.byteLength(text, "utf8") > MAX_TEXT_BYTES) {
-          return yield* new BadRequest({ kind: "invalid-length", message: `text must be at most ${MAX_TEXT_BYTES} bytes` })
+          return yield* new BadRequest({
+            kind: "invalid-length",
+            message: `text must be at most ${MAX_TEXT_BYTES} bytes`
+          })
         }
         return yield* matrix.sendTest(payload.roomId, text).pipe(
           Effect.map((eventId) =>
             eventId === ""
               ? new SendTestResult({
                 ok: false,
-                delivery: { outcome: "failed", error: "the homeserver returned no event id", retryability: { kind: "terminal" }, conversationId: payload.roomId }
+                delivery: {
+                  outcome: "failed",
+                  error: "the homeserver returned no event id",
+                  retryability: { kind: "terminal" },
+                  conversationId: payload.roomId
+                }
               })
-              : new SendTestResult({ ok: true, delivery: { outcome: "sent", messageId: eventId, conversationId: payload.roomId } })
+              : new SendTestResult({
+                ok: true,
+                delivery: { outcome: "sent", messageId: eventId, conversationId: payload.roomId }
+              })
           ),
           Effect.catchAll((e: MatrixControlError): Effect.Effect<SendTestResult, ServiceUnavailable | BadGateway> => {
             if (TRANSIENT_SEND_KINDS.has(e.kind)) {
@@ -163,7 +192,10 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
                   delivery: {
                     outcome: "failed",
                     error: e.message,
-                    retryability: { kind: "transient", ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}) },
+                    retryability: {
+                      kind: "transient",
+                      ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {})
+                    },
                     conversationId: payload.roomId,
                     kind: e.kind
                   }
@@ -183,7 +215,9 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
             }
             // Kept as the runtime's own kind (room-not-found, unsupported-room, ...): more useful than a generic one.
             // (a kind the API does not list is a terminal send failure: src/domain/api.ts BadGatewayKind)
-            return Effect.fail(new BadGateway({ kind: Schema.is(BadGatewayKind)(e.kind) ? e.kind : "send-terminal", message: e.message }))
+            return Effect.fail(
+              new BadGateway({ kind: Schema.is(BadGatewayKind)(e.kind) ? e.kind : "send-terminal", message: e.message })
+            )
           })
         )
       }))
@@ -194,7 +228,9 @@ const dlqUnavailable = (e: DlqError) => new ServiceUnavailable({ kind: e.kind, m
 const dlqLookup = (e: DlqError | DlqRecordNotFound): NotFound | ServiceUnavailable =>
   e._tag === "DlqRecordNotFound" ? new NotFound({ kind: e.kind, message: e.message }) : dlqUnavailable(e)
 const dlqReplayFailure = (e: DlqError | DlqRecordNotFound): NotFound | BadGateway | ServiceUnavailable =>
-  e._tag === "DlqError" && e.kind === "dlq-dispatch-failure" ? new BadGateway({ kind: e.kind, message: e.message }) : dlqLookup(e)
+  e._tag === "DlqError" && e.kind === "dlq-dispatch-failure"
+    ? new BadGateway({ kind: e.kind, message: e.message })
+    : dlqLookup(e)
 
 const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
   Effect.gen(function*() {
@@ -202,37 +238,68 @@ const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
     const withDlq = <A, E>(f: (dlq: DlqShape) => Effect.Effect<A, E>) =>
       Option.match(found, {
         onNone: () =>
-          Effect.fail(new ServiceUnavailable({
-            kind: "matrix-runtime-unavailable",
-            message: "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
-            retryAfterMs: 5000
-          })),
+          Effect.fail(
+            new ServiceUnavailable({
+              kind: "matrix-runtime-unavailable",
+              message:
+                "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
+              retryAfterMs: 5000
+            })
+          ),
         onSome: f
       })
-    const selector = (p: { readonly id?: string | undefined; readonly all?: boolean | undefined }): Effect.Effect<DlqSelector, BadRequest> =>
+    const selector = (
+      p: { readonly id?: string | undefined; readonly all?: boolean | undefined }
+    ): Effect.Effect<DlqSelector, BadRequest> =>
       p.all === true && p.id === undefined
         ? Effect.succeed({ _tag: "All" })
         : p.all !== true && p.id !== undefined && /^[0-9a-f]{16}$/.test(p.id)
         ? Effect.succeed({ _tag: "One", id: p.id })
-        : Effect.fail(new BadRequest({ kind: "invalid-request", message: "give either an id (16 hex characters, from `cara matrix dlq list`) or all: true" }))
+        : Effect.fail(
+          new BadRequest({
+            kind: "invalid-request",
+            message: "give either an id (16 hex characters, from `cara matrix dlq list`) or all: true"
+          })
+        )
     return handlers
       .handle("list", () =>
-        withDlq((d) => d.list.pipe(Effect.map((l) => new DlqList({ ok: true, records: l.records, undecodable: l.undecodable })), Effect.mapError(dlqUnavailable))))
+        withDlq((d) =>
+          d.list.pipe(
+            Effect.map((l) => new DlqList({ ok: true, records: l.records, undecodable: l.undecodable })),
+            Effect.mapError(dlqUnavailable)
+          )
+        ))
       .handle("show", ({ path, urlParams }) =>
-        withDlq((d) => d.show(path.id, urlParams.reveal === "true").pipe(Effect.map((record) => new DlqShow({ ok: true, record })), Effect.mapError(dlqLookup))))
+        withDlq((d) =>
+          d.show(path.id, urlParams.reveal === "true").pipe(
+            Effect.map((record) => new DlqShow({ ok: true, record })),
+            Effect.mapError(dlqLookup)
+          )
+        ))
       .handle("replay", ({ payload }) =>
         Effect.flatMap(selector(payload), (sel) =>
-          withDlq((d) => d.replay(sel).pipe(Effect.map((report) => new DlqReplayResult({ ok: true, report })), Effect.mapError(dlqReplayFailure)))))
+          withDlq((d) =>
+            d.replay(sel).pipe(
+              Effect.map((report) => new DlqReplayResult({ ok: true, report })),
+              Effect.mapError(dlqReplayFailure)
+            )
+          )))
       .handle("purge", ({ payload }) =>
         Effect.flatMap(selector(payload), (sel) =>
-          withDlq((d) => d.purge(sel).pipe(Effect.map((purged) => new DlqPurgeResult({ ok: true, purged })), Effect.mapError(dlqLookup)))))
+          withDlq((d) =>
+            d.purge(sel).pipe(
+              Effect.map((purged) => new DlqPurgeResult({ ok: true, purged })),
+              Effect.mapError(dlqLookup)
+            )
+          )))
   }))
 
 // Verification (reference §6): the registry is optional, so a gateway without Matrix answers 503.
 const unavailable = (e?: VerificationUnavailable) =>
   new ServiceUnavailable({
     kind: e?.kind ?? "matrix-runtime-unavailable",
-    message: e?.message ?? "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
+    message: e?.message ??
+      "Matrix runtime unavailable: matrix is not enabled or has not started. Check matrix.enabled and the daemon log, then retry.",
     retryAfterMs: e?.retryAfterMs ?? 5000
   })
 
@@ -247,7 +314,9 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
         onNone: () => Effect.fail(unavailable()),
         onSome: (v) =>
           Effect.mapError(f(v), (e) =>
-            e._tag === "VerificationUnavailable" ? unavailable(e as unknown as VerificationUnavailable) : e as Exclude<E, VerificationUnavailable>)
+            e._tag === "VerificationUnavailable"
+              ? unavailable(e as unknown as VerificationUnavailable)
+              : e as Exclude<E, VerificationUnavailable>)
       })
     const result = (v: VerificationResult["verification"]) => new VerificationResult({ ok: true, verification: v })
     // reference §6.6: every start/accept/confirm/cancel leaves `matrix_verification_action` in audit.jsonl
@@ -267,12 +336,16 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
           action,
           flow_id: Exit.isSuccess(exit) ? exit.value.verification.flowId : (flowId ?? null),
           outcome: Exit.isSuccess(exit) ? "ok" : "err",
-          ...(Option.isSome(failure) ? { error_kind: (failure.value as { kind?: unknown }).kind ?? failure.value._tag } : {}),
+          ...(Option.isSome(failure)
+            ? { error_kind: (failure.value as { kind?: unknown }).kind ?? failure.value._tag }
+            : {}),
           actor,
           remote_ip: actor,
           ...extra
         }
-        yield* Effect.logWarning("matrix_verification_action").pipe(Effect.annotateLogs({ audit_event: "matrix_verification_action", ...data }))
+        yield* Effect.logWarning("matrix_verification_action").pipe(
+          Effect.annotateLogs({ audit_event: "matrix_verification_action", ...data })
+        )
         if (Option.isSome(auditLog)) {
           yield* auditLog.value.append("matrix_verification_action", data).pipe(
             Effect.catchAll((e) => Effect.logError(`writing the verification audit line failed: ${e.message}`))
@@ -280,21 +353,51 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
         }
         return yield* exit
       })
-    const start = ({ payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }) =>
+    const start = (
+      { payload }: { readonly payload: { readonly userId: string; readonly deviceId?: string | undefined } }
+    ) =>
       audited(
         "start",
         undefined,
         {},
-        Effect.map(use((v) => Effect.flatMap(verificationTarget(payload.userId, payload.deviceId), (t) => v.start(t.userId, t.deviceId))), result)
+        Effect.map(
+          use((v) =>
+            Effect.flatMap(verificationTarget(payload.userId, payload.deviceId), (t) => v.start(t.userId, t.deviceId))
+          ),
+          result
+        )
       )
     return handlers
-      .handle("list", () => use((v) => Effect.map(v.list, (flows) => new VerificationList({ ok: true, verifications: flows }))))
+      .handle("list", () =>
+        use((v) => Effect.map(v.list, (flows) => new VerificationList({ ok: true, verifications: flows }))))
       .handle("start", start)
       .handle("verify", start)
-      .handle("accept", ({ path }) => audited("accept", path.flowId, {}, Effect.map(use((v) => v.accept(path.flowId)), result)))
+      .handle("accept", ({ path }) =>
+        audited(
+          "accept",
+          path.flowId,
+          {},
+          Effect.map(
+            use((v) =>
+              v.accept(path.flowId)
+            ),
+            result
+          )
+        ))
       .handle("confirm", ({ path, payload }) =>
-        audited("confirm", path.flowId, { matches: payload.match }, Effect.map(use((v) => v.confirm(path.flowId, payload.match)), result)))
-      .handle("cancel", ({ path }) => audited("cancel", path.flowId, {}, Effect.map(use((v) => v.cancel(path.flowId)), result)))
+        audited(
+          "confirm",
+          path.flowId,
+          { matches: payload.match },
+          Effect.map(use((v) => v.confirm(path.flowId, payload.match)), result)
+        ))
+      .handle("cancel", ({ path }) =>
+        audited(
+          "cancel",
+          path.flowId,
+          {},
+          Effect.map(use((v) => v.cancel(path.flowId)), result)
+        ))
       .handle("devices", () => Effect.map(use((v) => v.devices), (devices) => new DeviceList({ ok: true, devices })))
   }))
 
@@ -302,8 +405,7 @@ const MetricsGroupLive = HttpApiBuilder.group(CaraApi, "metrics", (handlers) =>
   Effect.gen(function*() {
     const metrics = yield* Metrics
     return handlers.handleRaw("metrics", () =>
-      Effect.map(metrics.render, (text) =>
-        HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE })))
+      Effect.map(metrics.render, (text) => HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE })))
   }))
 
 /**
@@ -329,20 +431,26 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
       Effect.catchAll((e) => {
         if (e instanceof HttpApiError.HttpApiDecodeError) {
           const where = [...new Set(e.issues.map((i) => i.path.join(".")).filter((p) => p !== ""))]
-          return Effect.succeed(errorResponse(new BadRequest({
-            kind: "invalid-request",
-            message: `the request does not match the expected shape${where.length > 0 ? ` (check: ${where.join(", ")})` : ""}`
-          })))
+          return Effect.succeed(errorResponse(
+            new BadRequest({
+              kind: "invalid-request",
+              message: `the request does not match the expected shape${
+                where.length > 0 ? ` (check: ${where.join(", ")})` : ""
+              }`
+            })
+          ))
         }
         if (isApiError(e)) return Effect.succeed(errorResponse(e))
         // A body that is not JSON at all fails in the platform's parser (RequestError / ParseError), which
         // would otherwise answer an empty 400: give it the documented envelope like every other refusal.
         const tag = (e as { readonly _tag?: unknown } | null)?._tag
         if (tag === "RequestError" || tag === "ParseError") {
-          return Effect.succeed(errorResponse(new BadRequest({
-            kind: "invalid-json",
-            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
-          })))
+          return Effect.succeed(errorResponse(
+            new BadRequest({
+              kind: "invalid-json",
+              message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+            })
+          ))
         }
         return Effect.fail(e)
       }),
@@ -350,10 +458,12 @@ const ErrorShapingLive = HttpApiBuilder.middleware(CaraApi, (app) =>
       // here as a defect (a RequestError), not as a failure.
       Effect.catchAllDefect((d) =>
         (d as { readonly _tag?: unknown } | null)?._tag === "RequestError"
-          ? Effect.succeed(errorResponse(new BadRequest({
-            kind: "invalid-json",
-            message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
-          })))
+          ? Effect.succeed(errorResponse(
+            new BadRequest({
+              kind: "invalid-json",
+              message: "the request body is not valid JSON: send a JSON object with Content-Type: application/json"
+            })
+          ))
           : Effect.die(d)
       )
     )
@@ -417,8 +527,9 @@ const listenerDroppingConnections = (options: ListenOptions) => {
 
 /** The gateway placed where the config says, with auth from `gateway.auth` (a refused setup fails startup). */
 export const ControlHttpFromConfig = Layer.unwrapEffect(
-  Effect.map(ConfigSecrets, ({ config }) =>
-    ControlHttpLive({ host: bindToHost(config.gateway.bind) ?? "127.0.0.1", port: config.gateway.port })
+  Effect.map(
+    ConfigSecrets,
+    ({ config }) => ControlHttpLive({ host: bindToHost(config.gateway.bind) ?? "127.0.0.1", port: config.gateway.port })
   )
 ).pipe(Layer.provide(GatewayGuardLive))
 
@@ -426,4 +537,7 @@ export const ControlHttpFromConfig = Layer.unwrapEffect(
  * The shared services the gateway reads and the channels write: the status registry, the event bus and
  * the metrics registry. Provide once at the top of the daemon so MatrixSync and the gateway see the same ones.
  */
-export const GatewayServicesLive = EventBus.Live.pipe(Layer.provideMerge(MetricsLive), Layer.provideMerge(ChannelStatusLive))
+export const GatewayServicesLive = EventBus.Live.pipe(
+  Layer.provideMerge(MetricsLive),
+  Layer.provideMerge(ChannelStatusLive)
+)

@@ -1,11 +1,11 @@
-import * as fs from "node:fs"
 import { Effect, Layer, Option, Redacted } from "effect"
+import * as fs from "node:fs"
 import { CryptoStoreError } from "../domain/cryptoStore.js"
+import { CryptoStore, type CryptoStoreOptions, type CryptoStoreShape } from "../services/CryptoStore.js"
+import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { openDurableIdb } from "./durable-idb/durableIdb.js"
 import { installIndexedDbRouter } from "./durable-idb/router.js"
 import { ownerPath, SqliteFile, type StoreSecret } from "./durable-idb/sqliteFile.js"
-import { CryptoStore, type CryptoStoreOptions, type CryptoStoreShape } from "../services/CryptoStore.js"
-import { StateDir, type StateDirShape } from "../services/StateDir.js"
 
 export const MATRIX_DIR = "matrix"
 export const CRYPTO_FILE = `${MATRIX_DIR}/matrix-sdk-crypto.sqlite3`
@@ -23,7 +23,9 @@ const ioFailure = (path: string, what: string) => (cause: unknown) =>
     : new CryptoStoreError({
       kind: "encrypted-state-io",
       path,
-      message: `${what} failed (${cause instanceof Error ? cause.message : String(cause)}). Check the state directory and free disk space, then start again.`
+      message: `${what} failed (${
+        cause instanceof Error ? cause.message : String(cause)
+      }). Check the state directory and free disk space, then start again.`
     })
 
 const toStoreSecret = (options: CryptoStoreOptions, dir: string): Effect.Effect<StoreSecret, CryptoStoreError> => {
@@ -35,7 +37,8 @@ const toStoreSecret = (options: CryptoStoreOptions, dir: string): Effect.Effect<
         new CryptoStoreError({
           kind: "missing-store-secret",
           path: dir,
-          message: "matrix encrypted store requires CARAPACE_CONFIG_PASSWORD or MATRIX_STORE_PASSPHRASE. Set one of them (or matrix.storePassphrase), then start again."
+          message:
+            "matrix encrypted store requires CARAPACE_CONFIG_PASSWORD or MATRIX_STORE_PASSPHRASE. Set one of them (or matrix.storePassphrase), then start again."
         })
       ),
     onSome: (p) => {
@@ -45,7 +48,8 @@ const toStoreSecret = (options: CryptoStoreOptions, dir: string): Effect.Effect<
           new CryptoStoreError({
             kind: "missing-store-secret",
             path: dir,
-            message: "The Matrix store passphrase is empty. Set CARAPACE_CONFIG_PASSWORD or MATRIX_STORE_PASSPHRASE to a non-empty value, then start again."
+            message:
+              "The Matrix store passphrase is empty. Set CARAPACE_CONFIG_PASSWORD or MATRIX_STORE_PASSPHRASE to a non-empty value, then start again."
           })
         )
         : Effect.succeed({ encrypted: true, passphrase })
@@ -62,7 +66,9 @@ const openFile = (file: string, role: string, secret: StoreSecret) =>
 /** The pid file beside a store file, written through StateDir while this process owns the store. */
 const ownerFile = (stateDir: StateDirShape, file: string) =>
   Effect.acquireRelease(
-    stateDir.writeAtomic(ownerPath(file), `${process.pid}\n`).pipe(Effect.mapError(ioFailure(file, "Recording the store owner"))),
+    stateDir.writeAtomic(ownerPath(file), `${process.pid}\n`).pipe(
+      Effect.mapError(ioFailure(file, "Recording the store owner"))
+    ),
     () => stateDir.remove(ownerPath(file)).pipe(Effect.ignore)
   )
 
@@ -92,7 +98,8 @@ export const makeCryptoStore = Effect.fn("CryptoStore.open")(function*(options: 
   const cryptoPrefix = `${prefix}::`
   const durable = yield* Effect.acquireRelease(
     Effect.tryPromise({
-      try: () => openDurableIdb([cryptoFile, stateFile], (name) => (name.startsWith(cryptoPrefix) ? cryptoFile : stateFile)),
+      try: () =>
+        openDurableIdb([cryptoFile, stateFile], (name) => (name.startsWith(cryptoPrefix) ? cryptoFile : stateFile)),
       catch: ioFailure(dir, `Loading the Matrix store in ${dir}`)
     }),
     (d) => Effect.sync(() => d.detach())
@@ -102,7 +109,8 @@ export const makeCryptoStore = Effect.fn("CryptoStore.open")(function*(options: 
     const router = installIndexedDbRouter()
     yield* Effect.acquireRelease(
       Effect.try({
-        try: () => router.claim({ prefixes: [cryptoPrefix], exact: [`matrix-js-sdk:${syncStoreName}`] }, durable.factory),
+        try: () =>
+          router.claim({ prefixes: [cryptoPrefix], exact: [`matrix-js-sdk:${syncStoreName}`] }, durable.factory),
         catch: ioFailure(dir, "Registering the store's IndexedDB names")
       }),
       (release) => Effect.sync(release)
@@ -132,11 +140,18 @@ export const makeCryptoStore = Effect.fn("CryptoStore.open")(function*(options: 
       const next = Redacted.value(newPassphrase)
       if (next.trim() === "") {
         return yield* Effect.fail(
-          new CryptoStoreError({ kind: "missing-store-secret", path: dir, message: "The new store passphrase is empty; give a non-empty passphrase." })
+          new CryptoStoreError({
+            kind: "missing-store-secret",
+            path: dir,
+            message: "The new store passphrase is empty; give a non-empty passphrase."
+          })
         )
       }
       for (const f of files) {
-        yield* Effect.tryPromise({ try: () => f.rewrap(next), catch: ioFailure(f.path, `Re-wrapping the key of ${f.path}`) })
+        yield* Effect.tryPromise({
+          try: () => f.rewrap(next),
+          catch: ioFailure(f.path, `Re-wrapping the key of ${f.path}`)
+        })
       }
     })
 
@@ -176,16 +191,20 @@ export const rewrapCryptoStore = Effect.fn("CryptoStore.rewrap")(function*(
     if (!fs.existsSync(file)) continue
     yield* Effect.scoped(
       Effect.gen(function*() {
-        const already = yield* openFile(file, role, { encrypted: true, passphrase: Redacted.value(newPassphrase) }).pipe(
-          Effect.as(true),
-          Effect.catchIf((e) => e.kind === "encrypted-store-passphrase-mismatch", () => Effect.succeed(false))
-        )
+        const already = yield* openFile(file, role, { encrypted: true, passphrase: Redacted.value(newPassphrase) })
+          .pipe(
+            Effect.as(true),
+            Effect.catchIf((e) => e.kind === "encrypted-store-passphrase-mismatch", () => Effect.succeed(false))
+          )
         if (already) return
         yield* Effect.scoped(
           Effect.gen(function*() {
             const f = yield* openFile(file, role, { encrypted: true, passphrase: Redacted.value(oldPassphrase) })
             yield* ownerFile(stateDir, file)
-            yield* Effect.tryPromise({ try: () => f.rewrap(Redacted.value(newPassphrase)), catch: ioFailure(file, `Re-wrapping the key of ${file}`) })
+            yield* Effect.tryPromise({
+              try: () => f.rewrap(Redacted.value(newPassphrase)),
+              catch: ioFailure(file, `Re-wrapping the key of ${file}`)
+            })
           })
         )
       })

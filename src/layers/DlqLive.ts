@@ -1,10 +1,12 @@
+import { Clock, Effect, Layer, Option, Redacted } from "effect"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Clock, Effect, Layer, Option, Redacted } from "effect"
 import {
-  decodeLine,
   type Decoded,
+  decodeLine,
   deriveDlqKeyAsync,
+  deriveLegacyDlqKey,
+  directionOf,
   DLQ_CORRUPT_CAP_BYTES,
   DLQ_CORRUPT_FILE,
   DLQ_FILE,
@@ -16,11 +18,9 @@ import {
   DlqRecordNotFound,
   type DlqReplayReport,
   type DlqSummary,
-  deriveLegacyDlqKey,
   encodeLine,
   isEnvelopeLine,
   type LegacyKeys,
-  directionOf,
   recordIdOf,
   replayBackoffMs,
   splitLines
@@ -29,7 +29,7 @@ import { EncryptedStateIoError } from "../domain/storePassphrase.js"
 import { Audit } from "../services/Audit.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
-import { type DlqDispatcher, type DlqListing, type DlqSelector, Dlq, type DlqShape } from "../services/Dlq.js"
+import { Dlq, type DlqDispatcher, type DlqListing, type DlqSelector, type DlqShape } from "../services/Dlq.js"
 import { Metrics, type MetricsShape } from "../services/Metrics.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase } from "../services/StorePassphrase.js"
@@ -45,7 +45,9 @@ const isNotFound = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.cod
 const ioError = (what: string, file: string) => (e: unknown) =>
   new DlqError({
     kind: "dlq-io",
-    message: `${what} ${file} failed (${describe(e)}). Check that the state directory is writable by this user and the disk is not full.`
+    message: `${what} ${file} failed (${
+      describe(e)
+    }). Check that the state directory is writable by this user and the disk is not full.`
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -134,7 +136,11 @@ interface DlqCore {
   /** All file I/O of the live DLQ is serialized (append vs. rewrite). */
   readonly io: Effect.Semaphore
   readonly backoff: Map<string, Backoff>
-  readonly state: { capLatchedAt: number | undefined; durabilityError: string | undefined; dispatcher: DlqDispatcher | undefined }
+  readonly state: {
+    capLatchedAt: number | undefined
+    durabilityError: string | undefined
+    dispatcher: DlqDispatcher | undefined
+  }
   readonly key: Effect.Effect<Option.Option<DlqKey>, DlqError>
   readonly legacyKeys: Effect.Effect<LegacyKeys | undefined>
   readonly readLines: Effect.Effect<Array<string>, DlqError>
@@ -153,7 +159,9 @@ const makeCore = (options: DlqOptions) =>
     let cachedKey: Option.Option<DlqKey> | undefined
     let cachedLegacy: LegacyKeys | undefined
     const key = Effect.suspend(() =>
-      cachedKey !== undefined ? Effect.succeed(cachedKey) : Effect.tap(options.key, (k) => Effect.sync(() => void (cachedKey = k)))
+      cachedKey !== undefined
+        ? Effect.succeed(cachedKey)
+        : Effect.tap(options.key, (k) => Effect.sync(() => void (cachedKey = k)))
     )
     const legacyKeys: Effect.Effect<LegacyKeys | undefined> = Effect.suspend(() =>
       cachedLegacy !== undefined || options.legacy === undefined
@@ -178,7 +186,9 @@ const makeCore = (options: DlqOptions) =>
       readLines: Effect.map(readNoFollow(stateDir, DLQ_FILE), splitLines),
       audit: (event, data) => auditLog.append(event, data).pipe(Effect.mapError(dlqIo)),
       setCount: (n) =>
-        status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n)))
+        status.updateMatrix((x) => ({ ...x, inboundDlqRecordCount: n })).pipe(
+          Effect.zipRight(metrics.set("carapace_matrix_dlq_records", n))
+        )
     }
     return core
   })
@@ -251,8 +261,13 @@ const appendUnlocked = (core: DlqCore, record: DlqRecord) =>
     if (existing.some(sameEvent)) return false
     if (existing.length >= DLQ_RECORD_CAP) {
       core.state.capLatchedAt = now
-      yield* core.audit("matrix_inbound_dlq_cap_dropped", { existing_lines: existing.length, cap_records: DLQ_RECORD_CAP }).pipe(Effect.ignore)
-      yield* Effect.logWarning(`Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`)
+      yield* core.audit("matrix_inbound_dlq_cap_dropped", {
+        existing_lines: existing.length,
+        cap_records: DLQ_RECORD_CAP
+      }).pipe(Effect.ignore)
+      yield* Effect.logWarning(
+        `Matrix inbound DLQ reached its ${DLQ_RECORD_CAP}-record cap; dropping new dispatch failures`
+      )
       return yield* capError(core.file, false)
     }
     yield* core.stateDir.append(DLQ_FILE, `${line}\n`).pipe(Effect.mapError(dlqIo))
@@ -264,7 +279,9 @@ const makeAppend = (core: DlqCore, count: Effect.Effect<number, DlqError>) => {
   const append = (record: DlqRecord) =>
     Effect.gen(function*() {
       const outbound = directionOf(record) === "outbound"
-      if (!outbound) yield* core.metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
+      if (!outbound) {
+        yield* core.metrics.increment("carapace_matrix_inbound_dispatch_failures_total", { failure_stage: "dispatch" })
+      }
       const r = yield* Effect.either(core.io.withPermits(1)(appendUnlocked(core, record)))
       if (r._tag === "Left") {
         yield* set(r.left, record)
@@ -295,7 +312,10 @@ const decodeAllOf = (core: DlqCore) =>
   })
 
 const notFound = (id: string) =>
-  new DlqRecordNotFound({ kind: "dlq-record-not-found", message: `no DLQ record with id ${id}; list the current ids with \`cara matrix dlq list\`.` })
+  new DlqRecordNotFound({
+    kind: "dlq-record-not-found",
+    message: `no DLQ record with id ${id}; list the current ids with \`cara matrix dlq list\`.`
+  })
 
 const makeReads = (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>) => {
   const list = Effect.gen(function*() {
@@ -335,8 +355,13 @@ const quarantine = (core: DlqCore, lines: ReadonlyArray<string>) =>
         quarantine_bytes: size,
         cap_bytes: DLQ_CORRUPT_CAP_BYTES
       })
-      yield* Effect.logWarning(`Matrix inbound DLQ quarantine ${core.corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`)
-      yield* core.status.updateMatrix((x) => ({ ...x, inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length }))
+      yield* Effect.logWarning(
+        `Matrix inbound DLQ quarantine ${core.corruptFile} is at its 10 MiB cap; ${lines.length} undecodable line(s) dropped`
+      )
+      yield* core.status.updateMatrix((x) => ({
+        ...x,
+        inboundDlqUndecodableLostCount: x.inboundDlqUndecodableLostCount + lines.length
+      }))
       return
     }
     yield* core.stateDir.append(DLQ_CORRUPT_FILE, batch).pipe(Effect.mapError(dlqIo))
@@ -351,11 +376,25 @@ interface ReplayPass {
   readonly legacyStats: { record_count: number; drained_count: number }
   readonly corrupt: Array<string>
   readonly errors: Array<DlqError>
-  readonly report: { replayed: number; failed: number; dropped: number; quarantined: number; deferred: number; remaining: number }
+  readonly report: {
+    replayed: number
+    failed: number
+    dropped: number
+    quarantined: number
+    deferred: number
+    remaining: number
+  }
 }
 
 /** Replays (or defers, or drops) one decoded record. */
-const replayRecord = (core: DlqCore, pass: ReplayPass, line: string, dec: Extract<Decoded, { _tag: "Record" }>, now: number, automatic: boolean) =>
+const replayRecord = (
+  core: DlqCore,
+  pass: ReplayPass,
+  line: string,
+  dec: Extract<Decoded, { _tag: "Record" }>,
+  now: number,
+  automatic: boolean
+) =>
   Effect.gen(function*() {
     const id = recordIdOf(dec.record)
     const b = core.backoff.get(id)
@@ -372,7 +411,9 @@ const replayRecord = (core: DlqCore, pass: ReplayPass, line: string, dec: Extrac
       return
     }
     // an outbound record is an answer to re-send; an inbound one a message to handle
-    const r = yield* Effect.either(directionOf(dec.record) === "outbound" ? d.resend(dec.record) : d.dispatch(dec.record))
+    const r = yield* Effect.either(
+      directionOf(dec.record) === "outbound" ? d.resend(dec.record) : d.dispatch(dec.record)
+    )
     if (r._tag === "Right") {
       pass.gone.push(line)
       core.backoff.delete(id)
@@ -386,7 +427,14 @@ const replayRecord = (core: DlqCore, pass: ReplayPass, line: string, dec: Extrac
     }
   })
 
-const replayLines = (core: DlqCore, decoded: ReadonlyArray<Decoding>, keyValue: DlqKey | undefined, select: (id: string) => boolean, automatic: boolean, pass: ReplayPass) =>
+const replayLines = (
+  core: DlqCore,
+  decoded: ReadonlyArray<Decoding>,
+  keyValue: DlqKey | undefined,
+  select: (id: string) => boolean,
+  automatic: boolean,
+  pass: ReplayPass
+) =>
   Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
     for (const { line, d: dec } of decoded) {
@@ -437,38 +485,46 @@ const settlePass = (core: DlqCore, pass: ReplayPass) =>
     )
   })
 
-const makeRunReplay = (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>, clearDurabilityError: Effect.Effect<void>) =>
-(select: (id: string) => boolean, automatic: boolean) =>
-  Effect.gen(function*() {
-    const { decoded, keyError, keyValue } = yield* decodeAll
-    const pass: ReplayPass = {
-      gone: [],
-      replacements: new Map(),
-      legacyStats: { record_count: 0, drained_count: 0 },
-      corrupt: [],
-      errors: keyError === undefined ? [] : [keyError],
-      report: { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
-    }
-    yield* replayLines(core, decoded, keyValue, select, automatic, pass)
-    const remaining = yield* settlePass(core, pass)
-    const report = { ...pass.report, remaining }
-    if (report.replayed > 0) yield* core.status.updateMatrix((x) => ({ ...x, inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed }))
-    yield* core.setCount(remaining)
-    // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
-    // cannot be read, decrypted or quarantined is.
-    const fatal = pass.errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")
-    if (fatal.length === 0) {
-      if (report.failed === 0) yield* clearDurabilityError
-      return report satisfies DlqReplayReport
-    }
-    const worst = fatal.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
-    return yield* new DlqError({
-      kind: worst.kind,
-      message: `Matrix inbound DLQ replay still has ${remaining} record(s) it could not process: ${worst.message}`
+const makeRunReplay =
+  (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>, clearDurabilityError: Effect.Effect<void>) =>
+  (select: (id: string) => boolean, automatic: boolean) =>
+    Effect.gen(function*() {
+      const { decoded, keyError, keyValue } = yield* decodeAll
+      const pass: ReplayPass = {
+        gone: [],
+        replacements: new Map(),
+        legacyStats: { record_count: 0, drained_count: 0 },
+        corrupt: [],
+        errors: keyError === undefined ? [] : [keyError],
+        report: { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
+      }
+      yield* replayLines(core, decoded, keyValue, select, automatic, pass)
+      const remaining = yield* settlePass(core, pass)
+      const report = { ...pass.report, remaining }
+      if (report.replayed > 0) {
+        yield* core.status.updateMatrix((x) => ({
+          ...x,
+          inboundDlqReplayedTotal: (x.inboundDlqReplayedTotal ?? 0) + report.replayed
+        }))
+      }
+      yield* core.setCount(remaining)
+      // Dispatch failures stay in the DLQ for the next try (reported, not an error of replay); a DLQ that
+      // cannot be read, decrypted or quarantined is.
+      const fatal = pass.errors.filter((e) => e.kind === "dlq-io" || e.kind === "dlq-crypto")
+      if (fatal.length === 0) {
+        if (report.failed === 0) yield* clearDurabilityError
+        return report satisfies DlqReplayReport
+      }
+      const worst = fatal.reduce((a, b) => (PRIORITY[b.kind] > PRIORITY[a.kind] ? b : a))
+      return yield* new DlqError({
+        kind: worst.kind,
+        message: `Matrix inbound DLQ replay still has ${remaining} record(s) it could not process: ${worst.message}`
+      })
     })
-  })
 
-const selectorFilter = (selector: DlqSelector) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
+const selectorFilter = (
+  selector: DlqSelector
+) => (selector._tag === "All" ? () => true : (id: string) => id === selector.id)
 
 const makeReplay = (
   core: DlqCore,
@@ -484,19 +540,24 @@ const makeReplay = (
           if (core.state.dispatcher === undefined) {
             return yield* new DlqError({
               kind: "matrix-runtime-unavailable",
-              message: "the Matrix runtime is not connected, so DLQ records cannot be replayed now; check `cara status` and retry once it is connected."
+              message:
+                "the Matrix runtime is not connected, so DLQ records cannot be replayed now; check `cara status` and retry once it is connected."
             })
           }
           if (selector._tag === "One") {
             const { decoded } = yield* decodeAll
-            if (!decoded.some(({ d }) => d._tag === "Record" && recordIdOf(d.record) === selector.id)) return yield* notFound(selector.id)
+            if (!decoded.some(({ d }) => d._tag === "Record" && recordIdOf(d.record) === selector.id)) {
+              return yield* notFound(selector.id)
+            }
           }
           const report = yield* runReplay(selectorFilter(selector), false)
           if (selector._tag === "One" && report.failed > 0) {
             const b = core.backoff.get(selector.id)
             return yield* new DlqError({
               kind: "dlq-dispatch-failure",
-              message: `replaying DLQ record ${selector.id} failed (${b?.lastError ?? "dispatch"}); it stays in the DLQ. Check the daemon log for the cause, then retry.`
+              message: `replaying DLQ record ${selector.id} failed (${
+                b?.lastError ?? "dispatch"
+              }); it stays in the DLQ. Check the daemon log for the cause, then retry.`
             })
           }
           return report
@@ -528,7 +589,10 @@ const makePurge = (core: DlqCore) => (selector: DlqSelector) =>
     )
     if (selector._tag === "One") core.backoff.delete(selector.id)
     else core.backoff.clear()
-    yield* core.audit("matrix_inbound_dlq_purged", { count: purged, scope: selector._tag === "All" ? "all" : selector.id }).pipe(Effect.ignore)
+    yield* core.audit("matrix_inbound_dlq_purged", {
+      count: purged,
+      scope: selector._tag === "All" ? "all" : selector.id
+    }).pipe(Effect.ignore)
     core.state.capLatchedAt = undefined
     return purged
   }).pipe(Effect.withSpan("Dlq.purge"))
@@ -539,14 +603,32 @@ export const makeDlq = (options: DlqOptions) =>
     const count = Effect.map(core.readLines, (l) => l.length)
     const decodeAll = decodeAllOf(core)
     const { append, clearDurabilityError } = makeAppend(core, count)
-    const { replay, replayDue } = yield* makeReplay(core, decodeAll, makeRunReplay(core, decodeAll, clearDurabilityError))
+    const { replay, replayDue } = yield* makeReplay(
+      core,
+      decodeAll,
+      makeRunReplay(core, decodeAll, clearDurabilityError)
+    )
     const register = (d: DlqDispatcher) =>
-      Effect.acquireRelease(Effect.sync(() => void (core.state.dispatcher = d)), () => Effect.sync(() => void (core.state.dispatcher = undefined)))
+      Effect.acquireRelease(
+        Effect.sync(() => void (core.state.dispatcher = d)),
+        () => Effect.sync(() => void (core.state.dispatcher = undefined))
+      )
 
     // The gauge starts from what is on disk (a restart with a non-empty DLQ shows it at once).
-    yield* count.pipe(Effect.flatMap(core.setCount), Effect.catchAll(() => core.metrics.set("carapace_matrix_dlq_records", -1)))
+    yield* count.pipe(
+      Effect.flatMap(core.setCount),
+      Effect.catchAll(() => core.metrics.set("carapace_matrix_dlq_records", -1))
+    )
 
-    return { append, ...makeReads(core, decodeAll), replay, replayDue, purge: makePurge(core), count, register } satisfies DlqShape
+    return {
+      append,
+      ...makeReads(core, decodeAll),
+      replay,
+      replayDue,
+      purge: makePurge(core),
+      count,
+      register
+    } satisfies DlqShape
   })
 
 /** The v2 key off the event loop (argon2 on the thread pool), cached per passphrase and installation id. */
@@ -554,31 +636,40 @@ const deriveKey = <E>(passphrase: string, installationId: string, onError: (e: u
   Effect.tryPromise({ try: () => deriveDlqKeyAsync(passphrase, installationId), catch: onError })
 
 /** Key sources from the daemon's store passphrase (reference §7.6.2: the DLQ follows the store key). */
-export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | StorePassphrase> = Effect.gen(function*() {
-  const { config } = yield* ConfigSecrets
-  const sp = yield* StorePassphrase
-  const encrypted = config.matrix?.encrypted !== false
-  const policy = config.matrix?.inboundDlq?.legacyEnvelopePolicy ?? "accept"
-  const cryptoError = (message: string) => new DlqError({ kind: "dlq-crypto", message })
-  // the store passphrase and installation id, or None when records are written plain
-  const material = Effect.gen(function*() {
-    if (!encrypted) return Option.none<readonly [string, string]>()
-    const pass = yield* sp.resolve.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
-    if (Option.isNone(pass)) return Option.none<readonly [string, string]>()
-    const iid = yield* sp.installationId.pipe(Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`)))
-    return Option.some([Redacted.value(pass.value), iid] as const)
-  })
-  return {
-    key: Effect.flatMap(material, (m) =>
-      Option.isNone(m)
-        ? Effect.succeed(Option.none<DlqKey>())
-        : Effect.map(deriveKey(m.value[0], m.value[1], (e) => cryptoError(`the DLQ key cannot be derived: ${describe(e)}`)), Option.some)),
-    legacy: Effect.map(material, (m): LegacyKeys => ({
-      policy,
-      key: Option.getOrUndefined(Option.map(m, ([pass, iid]) => deriveLegacyDlqKey(pass, iid)))
-    }))
-  } satisfies DlqOptions
-})
+export const dlqKeyFromStore: Effect.Effect<DlqOptions, never, ConfigSecrets | StorePassphrase> = Effect.gen(
+  function*() {
+    const { config } = yield* ConfigSecrets
+    const sp = yield* StorePassphrase
+    const encrypted = config.matrix?.encrypted !== false
+    const policy = config.matrix?.inboundDlq?.legacyEnvelopePolicy ?? "accept"
+    const cryptoError = (message: string) => new DlqError({ kind: "dlq-crypto", message })
+    // the store passphrase and installation id, or None when records are written plain
+    const material = Effect.gen(function*() {
+      if (!encrypted) return Option.none<readonly [string, string]>()
+      const pass = yield* sp.resolve.pipe(
+        Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`))
+      )
+      if (Option.isNone(pass)) return Option.none<readonly [string, string]>()
+      const iid = yield* sp.installationId.pipe(
+        Effect.mapError((e) => cryptoError(`the DLQ key cannot be derived: ${e.message}`))
+      )
+      return Option.some([Redacted.value(pass.value), iid] as const)
+    })
+    return {
+      key: Effect.flatMap(material, (m) =>
+        Option.isNone(m)
+          ? Effect.succeed(Option.none<DlqKey>())
+          : Effect.map(
+            deriveKey(m.value[0], m.value[1], (e) => cryptoError(`the DLQ key cannot be derived: ${describe(e)}`)),
+            Option.some
+          )),
+      legacy: Effect.map(material, (m): LegacyKeys => ({
+        policy,
+        key: Option.getOrUndefined(Option.map(m, ([pass, iid]) => deriveLegacyDlqKey(pass, iid)))
+      }))
+    } satisfies DlqOptions
+  }
+)
 
 /** The daemon's DLQ: needs StateDir, ChannelStatus, Metrics, ConfigSecrets and StorePassphrase. */
 export const DlqLive = Layer.effect(Dlq, Effect.flatMap(dlqKeyFromStore, makeDlq))
@@ -593,17 +684,28 @@ export interface DlqKeyedStore {
   readonly path: string
   readonly exists: Effect.Effect<boolean>
   readonly opens: (passphrase: Redacted.Redacted<string>) => Effect.Effect<boolean, EncryptedStateIoError>
-  readonly rewrap: (from: Redacted.Redacted<string>, to: Redacted.Redacted<string>) => Effect.Effect<void, EncryptedStateIoError>
+  readonly rewrap: (
+    from: Redacted.Redacted<string>,
+    to: Redacted.Redacted<string>
+  ) => Effect.Effect<void, EncryptedStateIoError>
 }
 
-export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Effect<string, { readonly message: string }>): DlqKeyedStore => {
+export const dlqKeyedStore = (
+  stateDir: StateDirShape,
+  installationId: Effect.Effect<string, { readonly message: string }>
+): DlqKeyedStore => {
   const file = stateDir.resolve(DLQ_FILE)
   const stateIo = (message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
-  const lines = readNoFollow(stateDir, DLQ_FILE).pipe(Effect.map(splitLines), Effect.mapError((e) => stateIo(e.message)))
+  const lines = readNoFollow(stateDir, DLQ_FILE).pipe(
+    Effect.map(splitLines),
+    Effect.mapError((e) => stateIo(e.message))
+  )
   const keyFor = (p: Redacted.Redacted<string>) =>
     installationId.pipe(
       Effect.mapError((e) => stateIo(`the DLQ key cannot be derived: ${e.message}`)),
-      Effect.flatMap((iid) => deriveKey(Redacted.value(p), iid, (e) => stateIo(`the DLQ key cannot be derived: ${describe(e)}`)))
+      Effect.flatMap((iid) =>
+        deriveKey(Redacted.value(p), iid, (e) => stateIo(`the DLQ key cannot be derived: ${describe(e)}`))
+      )
     )
   // a reference-written v1 line under the same passphrase moves too (re-encoded as v2)
   const legacyFor = (p: Redacted.Redacted<string>) =>
@@ -638,12 +740,16 @@ export const dlqKeyedStore = (stateDir: StateDirShape, installationId: Effect.Ef
           const d = decodeLine(l, kFrom, legacyFrom)
           if (d._tag !== "Record") {
             return yield* stateIo(
-              `a line of ${file} does not decode under the current passphrase; move it to ${stateDir.resolve(DLQ_CORRUPT_FILE)} (or drop it), then rerun \`cara matrix rekey-store --new\`.`
+              `a line of ${file} does not decode under the current passphrase; move it to ${
+                stateDir.resolve(DLQ_CORRUPT_FILE)
+              } (or drop it), then rerun \`cara matrix rekey-store --new\`.`
             )
           }
           next.push(encodeLine(d.record, kTo))
         }
-        yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(Effect.mapError((e) => stateIo(e.message)))
+        yield* stateDir.writeAtomic(DLQ_FILE, next.map((l) => `${l}\n`).join("")).pipe(
+          Effect.mapError((e) => stateIo(e.message))
+        )
       })
   }
 }

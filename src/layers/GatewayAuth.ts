@@ -1,7 +1,7 @@
-import { createHash, timingSafeEqual } from "node:crypto"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Clock, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { createHash, timingSafeEqual } from "node:crypto"
 import {
   type ApiError,
   BadGateway,
@@ -13,13 +13,13 @@ import {
   GatewayAuthorization,
   NotFound,
   NotFoundWire,
-  UnsupportedMediaType,
-  UnsupportedMediaTypeWire,
   ServiceUnavailableWire,
   TooManyRequests,
   TooManyRequestsWire,
   Unauthorized,
-  UnauthorizedWire
+  UnauthorizedWire,
+  UnsupportedMediaType,
+  UnsupportedMediaTypeWire
 } from "../domain/api.js"
 import { bindToHost } from "../domain/gateway.js"
 import { makeKeyedBuckets } from "../domain/rateLimit.js"
@@ -83,7 +83,8 @@ export const resolveGatewayAuth = Effect.gen(function*() {
   if (mode === "none" && !isLoopbackHost(host)) {
     return yield* new GatewayAuthConfigError({
       kind: "gateway-auth-config",
-      message: `refusing to listen on non-loopback gateway.bind "${bind}" without gateway auth. Set gateway.auth.mode ` +
+      message:
+        `refusing to listen on non-loopback gateway.bind "${bind}" without gateway auth. Set gateway.auth.mode ` +
         `to "token" with gateway.auth.token (e.g. "\${CARAPACE_GATEWAY_TOKEN}"), or use gateway.bind "loopback".`
     })
   }
@@ -188,7 +189,17 @@ export const errorResponse = (e: ApiError): HttpServerResponse.HttpServerRespons
 // The guard: shared by the HttpApi middleware and the WebSocket upgrade.
 
 // Query parameter names that look like a credential: a token in a URL lands in proxy and shell logs.
-const CREDENTIAL_PARAMS = new Set(["token", "access_token", "auth", "auth_token", "authorization", "bearer", "password", "key", "api_key"])
+const CREDENTIAL_PARAMS = new Set([
+  "token",
+  "access_token",
+  "auth",
+  "auth_token",
+  "authorization",
+  "bearer",
+  "password",
+  "key",
+  "api_key"
+])
 
 /** Reference §9.3: first matching prefix wins. */
 const RATE_RULES: ReadonlyArray<readonly [prefix: string, perSecond: number, burst: number]> = [
@@ -252,34 +263,49 @@ const browserRefusal = (
 ): readonly [reason: string, Refusal] | undefined => {
   const localPort = (request.source as { socket?: { localPort?: number } } | undefined)?.socket?.localPort
   if (!hostAllowed(request.headers["host"], allowedHosts, localPort)) {
-    return ["host", new Forbidden({
-      kind: "host-not-allowed",
-      message: "the Host header is not a loopback name with the gateway port; add the name to gateway.allowedHosts if it is yours"
-    })]
+    return [
+      "host",
+      new Forbidden({
+        kind: "host-not-allowed",
+        message:
+          "the Host header is not a loopback name with the gateway port; add the name to gateway.allowedHosts if it is yours"
+      })
+    ]
   }
   const origin = request.headers["origin"] ?? request.headers["referer"]
   // A browser sends Origin; the CLI never does. Same-origin means an allowed Host, so a rebound name fails.
   const crossSite = origin !== undefined && (hostOf(origin) !== request.headers["host"]?.toLowerCase())
   if (path === "/ws" && origin !== undefined) {
-    return ["ws-origin", new Forbidden({
-      kind: "csrf-origin-mismatch",
-      message: "WebSocket upgrades from a browser page are refused; connect with a non-browser client and the bearer token"
-    })]
+    return [
+      "ws-origin",
+      new Forbidden({
+        kind: "csrf-origin-mismatch",
+        message:
+          "WebSocket upgrades from a browser page are refused; connect with a non-browser client and the bearer token"
+      })
+    ]
   }
   if (!STATE_CHANGING(request.method)) return undefined
   if (crossSite) {
-    return ["csrf", new Forbidden({
-      kind: "csrf-origin-mismatch",
-      message: "Origin mismatch: state-changing control requests are refused from another origin"
-    })]
+    return [
+      "csrf",
+      new Forbidden({
+        kind: "csrf-origin-mismatch",
+        message: "Origin mismatch: state-changing control requests are refused from another origin"
+      })
+    ]
   }
-  const hasBody = Number(request.headers["content-length"] ?? "0") > 0 || request.headers["transfer-encoding"] !== undefined
+  const hasBody = Number(request.headers["content-length"] ?? "0") > 0 ||
+    request.headers["transfer-encoding"] !== undefined
   const type = request.headers["content-type"]
   if ((hasBody || type !== undefined) && !isJsonContentType(type)) {
-    return ["content-type", new UnsupportedMediaType({
-      kind: "unsupported-media-type",
-      message: "state-changing requests take a JSON body only: send `Content-Type: application/json`"
-    })]
+    return [
+      "content-type",
+      new UnsupportedMediaType({
+        kind: "unsupported-media-type",
+        message: "state-changing requests take a JSON body only: send `Content-Type: application/json`"
+      })
+    ]
   }
   return undefined
 }
@@ -322,15 +348,23 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
         const retryAfterMs = rateLimited(key, path, yield* Clock.currentTimeMillis)
         if (retryAfterMs === 0) return
         yield* metrics.increment("carapace_gateway_rate_limited_total")
-        return yield* new TooManyRequests({ kind: "rate-limited", message: "too many requests from this address; wait and retry", retryAfterMs })
+        return yield* new TooManyRequests({
+          kind: "rate-limited",
+          message: "too many requests from this address; wait and retry",
+          retryAfterMs
+        })
       })
 
     const checkCredential = (request: HttpServerRequest.HttpServerRequest, local: boolean) => {
       if (settings.mode === "none") {
-        return local ? Effect.void : refuse("non-local", new Forbidden({
-          kind: "non-local-client",
-          message: "gateway auth is off, so only local clients are served; set gateway.auth.mode \"token\" for remote control"
-        }))
+        return local ? Effect.void : refuse(
+          "non-local",
+          new Forbidden({
+            kind: "non-local-client",
+            message:
+              "gateway auth is off, so only local clients are served; set gateway.auth.mode \"token\" for remote control"
+          })
+        )
       }
       const match = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(request.headers["authorization"] ?? "")
       return match !== null && secretMatches(match[1]!, Option.getOrThrow(settings.secret))
@@ -343,7 +377,10 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
         const path = canonicalPath(request.url)
         if (path === undefined) {
           // ErrorShapingLive answers these 404 before routing; this is the guard's own line for any other caller.
-          return yield* refuse("non-canonical-path", new Forbidden({ kind: "non-canonical-path", message: NON_CANONICAL_MESSAGE }))
+          return yield* refuse(
+            "non-canonical-path",
+            new Forbidden({ kind: "non-canonical-path", message: NON_CANONICAL_MESSAGE })
+          )
         }
         const browser = browserRefusal(request, path, allowedHosts)
         if (browser !== undefined) return yield* refuse(...browser)
@@ -358,7 +395,8 @@ export const makeGatewayGuard = (settings: GatewayAuthSettings) =>
     return { authorize } satisfies GatewayGuardShape
   })
 
-export const GatewayGuardWith = (settings: GatewayAuthSettings) => Layer.effect(GatewayGuard, makeGatewayGuard(settings))
+export const GatewayGuardWith = (settings: GatewayAuthSettings) =>
+  Layer.effect(GatewayGuard, makeGatewayGuard(settings))
 
 /** The guard from the loaded config (fails startup on a refused auth configuration). */
 export const GatewayGuardLive = Layer.effect(GatewayGuard, Effect.flatMap(resolveGatewayAuth, makeGatewayGuard))

@@ -1,25 +1,36 @@
+import { Cause, Clock, Effect, Layer, Option, type Scope } from "effect"
 import * as fs from "node:fs"
 import { DatabaseSync } from "node:sqlite"
-import { Cause, Clock, Effect, Layer, Option, type Scope } from "effect"
+import { normalizeAllowlist } from "../domain/allowlist.js"
 import type { MatrixChannelExtra } from "../domain/channel.js"
-import { DEFAULT_INBOUND_BUDGET, type InboundBudgetSpec, makeBudget, refusalNoticeText } from "../domain/inboundBudget.js"
+import { DlqError, type DlqRecord } from "../domain/dlq.js"
+import {
+  DEFAULT_INBOUND_BUDGET,
+  type InboundBudgetSpec,
+  makeBudget,
+  refusalNoticeText
+} from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
 import { MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
+import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
-import { type DlqRecord, DlqError } from "../domain/dlq.js"
 import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
-import { SessionStoreError } from "../services/Sessions.js"
-import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../services/MatrixSync.js"
+import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
+import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
-import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
-import { normalizeAllowlist } from "../domain/allowlist.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
-import { DEFAULT_DEAD_LETTER_AFTER_ROUNDS, type HeldReply, makeReplyRetry, type ReplyRetry, type ReplyRetryOptions } from "./OutboundLive.js"
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
+import {
+  DEFAULT_DEAD_LETTER_AFTER_ROUNDS,
+  type HeldReply,
+  makeReplyRetry,
+  type ReplyRetry,
+  type ReplyRetryOptions
+} from "./OutboundLive.js"
 // By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
@@ -66,7 +77,11 @@ export const openLedger = (file: string): Ledger => {
   if (!fs.existsSync(file)) createSqliteAtomically(file, (db) => db.exec(LEDGER_SCHEMA))
   const look = inspectLedgerFile(file)
   if (look.state === "bad") {
-    throw new StateFileError({ kind: "inbound-ledger-corrupt", path: file, message: corruptLedgerMessage(file, look.reason) })
+    throw new StateFileError({
+      kind: "inbound-ledger-corrupt",
+      path: file,
+      message: corruptLedgerMessage(file, look.reason)
+    })
   }
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW)
   fs.fchmodSync(fd, 0o600)
@@ -83,7 +98,9 @@ export const openLedger = (file: string): Ledger => {
     }
   }
   const qState = db.prepare("SELECT state FROM inbound WHERE event_id = ?")
-  const qClaim = db.prepare("INSERT OR IGNORE INTO inbound (event_id, room_id, state, claimed_at) VALUES (?, ?, 'claimed', ?)")
+  const qClaim = db.prepare(
+    "INSERT OR IGNORE INTO inbound (event_id, room_id, state, claimed_at) VALUES (?, ?, 'claimed', ?)"
+  )
   const qCommit = db.prepare(
     "INSERT INTO inbound (event_id, room_id, state, claimed_at, committed_at, reply_ids) VALUES (?, '', 'committed', ?, ?, ?) " +
       "ON CONFLICT(event_id) DO UPDATE SET state = 'committed', committed_at = excluded.committed_at, reply_ids = excluded.reply_ids"
@@ -98,7 +115,9 @@ export const openLedger = (file: string): Ledger => {
       "ON CONFLICT(event_id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error"
   )
   const qPendingClear = db.prepare("DELETE FROM outbound_pending WHERE event_id = ?")
-  const qPending = db.prepare("SELECT event_id, room_id, first_failed_at, attempts, last_error FROM outbound_pending ORDER BY first_failed_at")
+  const qPending = db.prepare(
+    "SELECT event_id, room_id, first_failed_at, attempts, last_error FROM outbound_pending ORDER BY first_failed_at"
+  )
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -128,8 +147,16 @@ export const openLedger = (file: string): Ledger => {
       qPendingFailed.run(eventId, roomId, now, error)
     },
     pending: () =>
-      (qPending.all() as unknown as ReadonlyArray<{ event_id: string; room_id: string; first_failed_at: number; attempts: number; last_error: string }>)
-        .map((r) => ({ eventId: r.event_id, roomId: r.room_id, firstFailedAt: Number(r.first_failed_at), attempts: Number(r.attempts), lastError: r.last_error })),
+      (qPending.all() as unknown as ReadonlyArray<
+        { event_id: string; room_id: string; first_failed_at: number; attempts: number; last_error: string }
+      >)
+        .map((r) => ({
+          eventId: r.event_id,
+          roomId: r.room_id,
+          firstFailedAt: Number(r.first_failed_at),
+          attempts: Number(r.attempts),
+          lastError: r.last_error
+        })),
     close: () => db.close()
   }
 }
@@ -158,7 +185,12 @@ const testFault = (point: "after-reply-before-commit") =>
 
 const testSessionWriteFault = Effect.suspend(() =>
   testFaultActive("session-write")
-    ? Effect.fail(new SessionStoreError({ kind: "agent-history-io", message: "test fault: the session write was refused (CARA_TEST_FAULT)" }))
+    ? Effect.fail(
+      new SessionStoreError({
+        kind: "agent-history-io",
+        message: "test fault: the session write was refused (CARA_TEST_FAULT)"
+      })
+    )
     : Effect.void
 )
 
@@ -221,13 +253,14 @@ const dropLogger = () => {
         )
         : Effect.void
     })
-
 }
 
 /** A failed durable handling: counted and logged; a failed session write also goes to the DLQ. */
 const failures = (status: ChannelStatusShape, dlq: DlqShape | undefined) => {
   const failure = (ev: InboundEvent, what: string, message: string) =>
-    Effect.logError(`Matrix inbound ${what} failed; the event stays claimed and is retried at the next start: ${message}`).pipe(
+    Effect.logError(
+      `Matrix inbound ${what} failed; the event stays claimed and is retried at the next start: ${message}`
+    ).pipe(
       Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }),
       Effect.zipRight(
         status.updateMatrix((x) => ({
@@ -264,14 +297,18 @@ const ledgerOps = (ledger: Ledger, status: ChannelStatusShape, dlq: DlqShape | u
     const rows = ledger.pending()
     return status.updateMatrix((x) => {
       const { outboundPendingCount: _c, outboundPendingOldestAt: _o, ...rest } = x
-      return rows.length === 0 ? rest : { ...rest, outboundPendingCount: rows.length, outboundPendingOldestAt: rows[0]!.firstFailedAt }
+      return rows.length === 0
+        ? rest
+        : { ...rest, outboundPendingCount: rows.length, outboundPendingOldestAt: rows[0]!.firstFailedAt }
     })
   }).pipe(Effect.catchAllCause((c) => Effect.logWarning(`reading the pending replies failed: ${Cause.pretty(c)}`)))
 
   const attemptFailed = (r: OutboundReply, detail: string) =>
     Effect.sync(() => ledger.pendingFailed(r.inReplyTo, r.roomId, detail, Date.now())).pipe(
       Effect.zipRight(refreshPending),
-      Effect.catchAllCause((c) => Effect.logWarning(`recording a failed send in the inbound ledger failed: ${Cause.pretty(c)}`))
+      Effect.catchAllCause((c) =>
+        Effect.logWarning(`recording a failed send in the inbound ledger failed: ${Cause.pretty(c)}`)
+      )
     )
 
   const commit = (eventId: string, ids: ReadonlyArray<string>) =>
@@ -302,7 +339,9 @@ const notices = (outbound: OutboundShape, status: ChannelStatusShape, scope: Sco
       outbound.reply({ roomId: ev.roomId, text, inReplyTo: ev.eventId }).pipe(
         Effect.zipRight(bump(status, counters)),
         Effect.catchAll((e) =>
-          Effect.logWarning(`Matrix refusal notice not sent: ${e.kind}: ${e.message}`).pipe(Effect.annotateLogs({ eventId: ev.eventId }))
+          Effect.logWarning(`Matrix refusal notice not sent: ${e.kind}: ${e.message}`).pipe(
+            Effect.annotateLogs({ eventId: ev.eventId })
+          )
         )
       ),
       scope
@@ -334,10 +373,16 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
   const redeliver = (r: DlqRecord) =>
     Effect.gen(function*() {
       const busy = (why: string) => new DlqError({ kind: "dlq-dispatch-failure", message: why })
-      const state = yield* Effect.try({ try: () => ledger.state(r.eventId), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+      const state = yield* Effect.try({
+        try: () => ledger.state(r.eventId),
+        catch: (e) => busy(`inbound ledger: ${String(e)}`)
+      })
       if (state === "committed") return
       if (inProgress.has(r.eventId)) return yield* busy("the event is being answered right now")
-      yield* Effect.try({ try: () => ledger.claim(r.eventId, r.roomId, Date.now()), catch: (e) => busy(`inbound ledger: ${String(e)}`) })
+      yield* Effect.try({
+        try: () => ledger.claim(r.eventId, r.roomId, Date.now()),
+        catch: (e) => busy(`inbound ledger: ${String(e)}`)
+      })
       inProgress.add(r.eventId)
       const ev: InboundEvent = {
         eventId: r.eventId,
@@ -360,12 +405,26 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
   // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
   const resend = (r: DlqRecord) =>
     outbound.reply(
-      { roomId: r.roomId, text: r.text, inReplyTo: r.eventId, ...(r.threadId === undefined ? {} : { threadId: r.threadId }) },
+      {
+        roomId: r.roomId,
+        text: r.text,
+        inReplyTo: r.eventId,
+        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+      },
       { attempts: 3 }
     ).pipe(
       Effect.flatMap((ids) => commit(r.eventId, ids)),
-      Effect.mapError((e) => new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed (${e.kind}): ${e.message}` })),
-      Effect.catchAllDefect((d) => Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` }))),
+      Effect.mapError((e) =>
+        new DlqError({
+          kind: "dlq-dispatch-failure",
+          message: `re-sending the answer failed (${e.kind}): ${e.message}`
+        })
+      ),
+      Effect.catchAllDefect((d) =>
+        Effect.fail(
+          new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` })
+        )
+      ),
       Effect.withSpan("Inbound.resend")
     )
 
@@ -397,7 +456,9 @@ interface AnswerDeps {
 const answering = ({ agent, attemptFailed, commit, outbound, replies }: AnswerDeps) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
-      yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId }))
+      yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
+        Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId })
+      )
       yield* testSessionWriteFault
       const outcome = yield* outbound.whileTyping(
         ev.roomId,
@@ -413,9 +474,12 @@ const answering = ({ agent, attemptFailed, commit, outbound, replies }: AnswerDe
       const ids = outcome.text.trim() === ""
         ? []
         : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
-          Effect.catchTag("MatrixError", (e) => replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
+          Effect.catchTag("MatrixError", (e) =>
+            replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
         )
-      if (ids === undefined) return
+      if (ids === undefined) {
+        return
+      }
       yield* testFault("after-reply-before-commit")
       yield* commit(ev.eventId, ids)
       yield* outbound.readReceipt(ev.roomId, ev.eventId)
@@ -470,7 +534,9 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       Effect.gen(function*() {
         const verdict = budget.take(ev.roomId, ev.sender, yield* Clock.currentTimeMillis)
         if (verdict._tag === "Admit") return true
-        yield* bump(status, [verdict.scope === "room" ? "inboundBudgetRefusedRoomTotal" : "inboundBudgetRefusedSenderTotal"])
+        yield* bump(status, [
+          verdict.scope === "room" ? "inboundBudgetRefusedRoomTotal" : "inboundBudgetRefusedSenderTotal"
+        ])
         yield* logDrop(`inbound budget of the ${verdict.scope} exhausted`, ev)
         if (verdict.notice) yield* notice(ev, refusalNoticeText(verdict.scope, spec), ["inboundBudgetNoticeTotal"])
         return false
@@ -494,7 +560,9 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         if (inProgress.has(ev.eventId)) return
         const state = yield* Effect.try(() => ledger.state(ev.eventId))
         if (state === "committed") {
-          yield* Effect.logDebug("Matrix inbound event already answered (redelivery)").pipe(Effect.annotateLogs({ eventId: ev.eventId }))
+          yield* Effect.logDebug("Matrix inbound event already answered (redelivery)").pipe(
+            Effect.annotateLogs({ eventId: ev.eventId })
+          )
           return
         }
         // an event claimed before a restart was admitted then: resuming it is not a new model call
@@ -532,7 +600,9 @@ export const LedgerLive = Layer.scoped(
   LedgerTag,
   Effect.gen(function*() {
     const stateDir = yield* StateDir
-    yield* stateDir.ensureDir("matrix").pipe(Effect.mapError((e) => new MatrixError({ kind: "encrypted-state-io", message: e.message })))
+    yield* stateDir.ensureDir("matrix").pipe(
+      Effect.mapError((e) => new MatrixError({ kind: "encrypted-state-io", message: e.message }))
+    )
     return yield* Effect.acquireRelease(
       Effect.try({
         try: () => openLedger(stateDir.resolve(LEDGER_FILE)),
@@ -574,4 +644,3 @@ export const InboundLive = Layer.scoped(
     })
   })
 )
-

@@ -1,6 +1,12 @@
 import Anthropic from "@anthropic-ai/sdk"
 import { Duration, Option, type Stream } from "effect"
-import { type AgentError, type ChatRequest, mergeConsecutive, type ProviderSettings, type StreamPart } from "../domain/agent.js"
+import {
+  type AgentError,
+  type ChatRequest,
+  mergeConsecutive,
+  type ProviderSettings,
+  type StreamPart
+} from "../domain/agent.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
 import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
 
@@ -10,7 +16,12 @@ export interface AnthropicClientOptions {
 }
 
 /** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
-export const anthropicFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError =>
+export const anthropicFailure = (
+  cause: unknown,
+  model: string,
+  secrets: ReadonlyArray<string>,
+  nowMs: number
+): AgentError =>
   sdkFailure(
     "anthropic",
     model,

@@ -12,7 +12,12 @@ import {
 } from "../domain/agent.js"
 import type { ProviderName } from "../domain/config.js"
 import { AgentSettingsTag } from "../services/Agent.js"
-import { type Completion, LanguageModel, type LanguageModelShape, type ProviderClient } from "../services/LanguageModel.js"
+import {
+  type Completion,
+  LanguageModel,
+  type LanguageModelShape,
+  type ProviderClient
+} from "../services/LanguageModel.js"
 
 type MakeClient = (settings: AgentSettings) => ProviderClient
 
@@ -81,7 +86,12 @@ export const retryingStream = (
                   const delay = error.retryAfterMs ?? backoffDelay(retry, n, jitter)
                   if (now - startedAt + delay > budgetMs) return Stream.fail(withAttempts(error, n))
                   yield* Effect.logWarning("model call failed; retrying").pipe(
-                    Effect.annotateLogs({ kind: error.kind, status: error.status ?? "none", attempt: n, delayMs: delay })
+                    Effect.annotateLogs({
+                      kind: error.kind,
+                      status: error.status ?? "none",
+                      attempt: n,
+                      delayMs: delay
+                    })
                   )
                   yield* Effect.sleep(Duration.millis(delay))
                   return loop(n + 1)
@@ -117,7 +127,9 @@ export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClie
     const client = built[request.model.provider]
     if (client === undefined) return Stream.fail(noApiKey(request.model))
     return retryingStream(settings.retry, () => client.stream(request)).pipe(
-      Stream.withSpan("LanguageModel.stream", { attributes: { provider: request.model.provider, model: request.model.model } })
+      Stream.withSpan("LanguageModel.stream", {
+        attributes: { provider: request.model.provider, model: request.model.model }
+      })
     )
   }
 
@@ -138,5 +150,8 @@ export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClie
 /** LanguageModel over the agent settings (providers' keys, base URLs, retry budget); loads only the configured providers. */
 export const LanguageModelLive = Layer.effect(
   LanguageModel,
-  Effect.flatMap(AgentSettingsTag, (settings) => Effect.map(loadProviderClients(settings), (clients) => makeLanguageModel(settings, clients)))
+  Effect.flatMap(
+    AgentSettingsTag,
+    (settings) => Effect.map(loadProviderClients(settings), (clients) => makeLanguageModel(settings, clients))
+  )
 )

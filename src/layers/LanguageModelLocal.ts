@@ -23,7 +23,11 @@ export const echoParts = (request: ChatRequest): ReadonlyArray<StreamPart> => {
   return [
     ...deltas.map((text): StreamPart => ({ _tag: "TextDelta", text })),
     // tokens estimated at ~4 characters each, as a rough stand-in for a tokenizer
-    { _tag: "Finish", reason: "stop", usage: { inputTokens: Math.ceil(inputChars / 4), outputTokens: Math.ceil(answer.length / 4) } }
+    {
+      _tag: "Finish",
+      reason: "stop",
+      usage: { inputTokens: Math.ceil(inputChars / 4), outputTokens: Math.ceil(answer.length / 4) }
+    }
   ]
 }
 

@@ -1,6 +1,12 @@
-import OpenAI from "openai"
 import { Duration, Option, Stream } from "effect"
-import { type AgentError, type ChatRequest, mergeConsecutive, type ProviderSettings, type StreamPart } from "../domain/agent.js"
+import OpenAI from "openai"
+import {
+  type AgentError,
+  type ChatRequest,
+  mergeConsecutive,
+  type ProviderSettings,
+  type StreamPart
+} from "../domain/agent.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
 import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
 
@@ -12,7 +18,12 @@ export interface OpenAIClientOptions {
 const OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 
 /** Turns anything the SDK throws into a classified `AgentError`; key material never survives. */
-export const openaiFailure = (cause: unknown, model: string, secrets: ReadonlyArray<string>, nowMs: number): AgentError => {
+export const openaiFailure = (
+  cause: unknown,
+  model: string,
+  secrets: ReadonlyArray<string>,
+  nowMs: number
+): AgentError => {
   if (!(cause instanceof OpenAI.APIError) || cause instanceof OpenAI.APIConnectionError) {
     return sdkFailure("openai", model, secrets, nowMs, cause, undefined)
   }
@@ -43,7 +54,10 @@ const readChunks = () => {
     const text = choice.delta.content
     return typeof text === "string" && text !== "" ? [{ _tag: "TextDelta", text }] : []
   }
-  return { read, tail: Stream.sync((): StreamPart => ({ _tag: "Finish", reason, usage: { inputTokens, outputTokens } })) }
+  return {
+    read,
+    tail: Stream.sync((): StreamPart => ({ _tag: "Finish", reason, usage: { inputTokens, outputTokens } }))
+  }
 }
 
 /**

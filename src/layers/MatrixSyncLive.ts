@@ -10,12 +10,15 @@ import type { OutboundShape } from "../services/Outbound.js"
 import { runMatrix } from "./matrix/runtime.js"
 
 // The names other modules import from here.
-export { DEVICE_DISPLAY_NAME } from "./matrix/auth.js"
 export { MATRIX_CHANNEL_ID as CHANNEL_ID } from "../domain/matrix.js"
 export { giveUpMessage, shouldGiveUp, SYNC_GIVE_UP_MS } from "../domain/syncHealth.js"
+export { DEVICE_DISPLAY_NAME } from "./matrix/auth.js"
 
 const notConnected = () =>
-  new MatrixError({ kind: "not-connected", message: "The Matrix runtime is not connected yet (or has stopped); check `cara status` and retry." })
+  new MatrixError({
+    kind: "not-connected",
+    message: "The Matrix runtime is not connected yet (or has stopped); check `cara status` and retry."
+  })
 
 /** A runtime that stopped: `disconnected` when interrupted, else `error` with its kind. */
 const reportExit = (exit: Exit.Exit<never, MatrixError>) =>
@@ -26,14 +29,20 @@ const reportExit = (exit: Exit.Exit<never, MatrixError>) =>
     const failure = Cause.failureOption(exit.cause)
     const err = Option.isSome(failure)
       ? failure.value
-      : new MatrixError({ kind: "startup-failed", message: `Matrix runtime startup failed: ${Cause.pretty(exit.cause).split("\n")[0] ?? "defect"}` })
+      : new MatrixError({
+        kind: "startup-failed",
+        message: `Matrix runtime startup failed: ${Cause.pretty(exit.cause).split("\n")[0] ?? "defect"}`
+      })
     yield* Effect.logError(`Matrix runtime stopped: ${err.message}`).pipe(Effect.annotateLogs({ kind: err.kind }))
     yield* status.setState(MATRIX_CHANNEL_ID, "error", { kind: err.kind, message: err.message })
   })
 
 /** The control API's `send-test` (§9.4 kinds): the running runtime's Outbound, `not-connected` before. */
 const sendTestThrough = (outbound: Ref.Ref<Option.Option<OutboundShape>>) => (roomId: string, text: string) =>
-  Effect.flatMap(Ref.get(outbound), Option.match({ onNone: () => Effect.fail(notConnected()), onSome: (o) => o.sendTest(roomId, text) })).pipe(
+  Effect.flatMap(
+    Ref.get(outbound),
+    Option.match({ onNone: () => Effect.fail(notConnected()), onSome: (o) => o.sendTest(roomId, text) })
+  ).pipe(
     Effect.mapError((e) =>
       new MatrixControlError({
         kind: e.kind,
@@ -68,5 +77,6 @@ const makeMatrixSync = (env: NodeJS.ProcessEnv) =>
 /** MatrixSync and MatrixControl, the runtime running for the life of the layer. */
 export const MatrixSyncLive = (env: NodeJS.ProcessEnv = process.env) =>
   Layer.scopedContext(
-    Effect.map(makeMatrixSync(env), ({ control, sync }) => Context.make(MatrixSync, sync).pipe(Context.add(MatrixControl, control)))
+    Effect.map(makeMatrixSync(env), ({ control, sync }) =>
+      Context.make(MatrixSync, sync).pipe(Context.add(MatrixControl, control)))
   )

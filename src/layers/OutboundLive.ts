@@ -1,19 +1,26 @@
 import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { MatrixError } from "../domain/matrix.js"
-import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
-import type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
-import { Metrics, type MetricsShape } from "../services/Metrics.js"
-import { MatrixSettings } from "../services/MatrixSync.js"
-import { Outbound } from "../services/Outbound.js"
-import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
-import { testTxnId, txnIdFor } from "../domain/txnId.js"
 import { chunkContents } from "../domain/render.js"
 import { classifySendError } from "../domain/sendError.js"
+import { testTxnId, txnIdFor } from "../domain/txnId.js"
+import { MatrixSettings } from "../services/MatrixSync.js"
+import type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
+import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
+import { Metrics, type MetricsShape } from "../services/Metrics.js"
+import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
+import { Outbound } from "../services/Outbound.js"
 
 // The pure parts of the send path live in src/domain; re-exported for the existing importers.
-export { testTxnId, txnIdFor } from "../domain/txnId.js"
-export { chunkContents, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, messageContent, renderMarkdown, splitMessage } from "../domain/render.js"
+export {
+  chunkContents,
+  MAX_CHUNK_BYTES,
+  MAX_CONTENT_BYTES,
+  messageContent,
+  renderMarkdown,
+  splitMessage
+} from "../domain/render.js"
 export { classifySendError, type SendFailure } from "../domain/sendError.js"
+export { testTxnId, txnIdFor } from "../domain/txnId.js"
 export type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -44,14 +51,18 @@ const roomChecker = (transport: MatrixTransport, encrypted: boolean) => {
       const room = transport.room(roomId)
       if (room === undefined) {
         return Effect.fail(
-          new MatrixError({ kind: "room-not-found", message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.` })
+          new MatrixError({
+            kind: "room-not-found",
+            message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.`
+          })
         )
       }
       if (room.encrypted && !encrypted) {
         return Effect.fail(
           new MatrixError({
             kind: "unsupported-room",
-            message: `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
+            message:
+              `${roomId} is encrypted but matrix.encrypted=false; set matrix.encrypted to true to serve encrypted rooms.`
           })
         )
       }
@@ -103,14 +114,17 @@ const chunkSender = (transport: MatrixTransport, { baseDelay, maxAttempts, maxDe
           return yield* Effect.fail(
             new MatrixError({
               kind: "send-failed",
-              message: `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
+              message:
+                `Matrix send failed after ${attempt} attempts (${failure.detail}); the answer stays pending and is retried while the homeserver is reachable. Check homeserver reachability.`,
               ...(failure.retryAfterMs === undefined ? {} : { retryAfterMs: failure.retryAfterMs })
             })
           )
         }
         const backoff = Math.min(maxDelay, baseDelay * 2 ** (attempt - 1))
         const delay = failure.retryAfterMs ?? backoff
-        yield* Effect.logWarning(`Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`)
+        yield* Effect.logWarning(
+          `Matrix send to ${roomId} failed (${failure.detail}); retrying in ${delay} ms with the same transaction id`
+        )
         yield* Effect.sleep(Duration.millis(delay))
       }
     })
@@ -145,7 +159,12 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
           Effect.forEach(contents, (content, index) => {
             const relates: Record<string, unknown> = r.threadId === undefined
               ? { "m.in_reply_to": { event_id: r.inReplyTo } }
-              : { rel_type: "m.thread", event_id: r.threadId, is_falling_back: false, "m.in_reply_to": { event_id: r.inReplyTo } }
+              : {
+                rel_type: "m.thread",
+                event_id: r.threadId,
+                is_falling_back: false,
+                "m.in_reply_to": { event_id: r.inReplyTo }
+              }
             return sendOne(
               r.roomId,
               r.threadId ?? null,
@@ -273,22 +292,32 @@ const retryState = () => ({
 const annotate = (r: OutboundReply) => Effect.annotateLogs({ eventId: r.inReplyTo, roomId: r.roomId })
 
 /** Moves a held reply to the DLQ (the ledger commits it there), or keeps it when that is not possible. */
-const dlqMover = (deps: ReplyRetryDeps, held: Map<string, Entry>, max: number, roundDelay: (rounds: number) => number) => {
+const dlqMover = (
+  deps: ReplyRetryDeps,
+  held: Map<string, Entry>,
+  max: number,
+  roundDelay: (rounds: number) => number
+) => {
   return (e: Entry, why: string) =>
     Effect.gen(function*() {
       const id = e.held.reply.inReplyTo
       if (Option.isNone(deps.deadLetter)) {
         e.nextAt = (yield* Clock.currentTimeMillis) + max
-        return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`).pipe(annotate(e.held.reply))
+        return yield* Effect.logError(`Matrix reply cannot be sent (${why}) and there is no DLQ; it stays pending`)
+          .pipe(annotate(e.held.reply))
       }
       const r = yield* Effect.either(deps.deadLetter.value(e.held))
       if (r._tag === "Left") {
         // the DLQ could not take it (its own durability error is set): keep owning the reply
         e.nextAt = (yield* Clock.currentTimeMillis) + roundDelay(e.rounds)
-        return yield* Effect.logError(`Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`).pipe(annotate(e.held.reply))
+        return yield* Effect.logError(
+          `Matrix reply could not be moved to the DLQ (${r.left.message}); it stays pending`
+        ).pipe(annotate(e.held.reply))
       }
       held.delete(id)
-      yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(annotate(e.held.reply))
+      yield* Effect.logWarning(`Matrix reply moved to the DLQ (${why}); \`cara matrix dlq replay\` sends it`).pipe(
+        annotate(e.held.reply)
+      )
     })
 }
 
@@ -305,11 +334,15 @@ const roundRetrier = (
   return (e: Entry) =>
     Effect.gen(function*() {
       const r = e.held.reply
-      const result = yield* Effect.either(deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) }))
+      const result = yield* Effect.either(
+        deps.outbound.reply(r, { attempts: attemptsPerRound, onFailedAttempt: (d) => deps.attemptFailed(r, d) })
+      )
       if (result._tag === "Right") {
         yield* deps.sent(r.inReplyTo, result.right)
         held.delete(r.inReplyTo)
-        yield* Effect.logInfo(`Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`).pipe(annotate(r))
+        yield* Effect.logInfo(
+          `Matrix pending reply sent (${result.right.length} event${result.right.length === 1 ? "" : "s"})`
+        ).pipe(annotate(r))
         return true
       }
       const error = result.left
@@ -353,38 +386,44 @@ export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions)
         if (error.kind === "auth-token-revoked") return
         const now = yield* Clock.currentTimeMillis
         const prev = held.get(id)
-        const e: Entry = { held: h, rounds: prev?.rounds ?? 0, nextAt: now + Math.max(roundDelay(prev?.rounds ?? 0), error.retryAfterMs ?? 0) }
+        const e: Entry = {
+          held: h,
+          rounds: prev?.rounds ?? 0,
+          nextAt: now + Math.max(roundDelay(prev?.rounds ?? 0), error.retryAfterMs ?? 0)
+        }
         held.set(id, e)
         if (error.kind !== "send-failed") return yield* toDlq(e, `${error.kind}: ${error.message}`)
-        yield* Effect.logWarning("Matrix reply not sent yet; it stays pending and is retried while the homeserver is reachable").pipe(
+        yield* Effect.logWarning(
+          "Matrix reply not sent yet; it stays pending and is retried while the homeserver is reachable"
+        ).pipe(
           annotate(h.reply)
         )
       })
 
     /** One pass over the due replies (and over rows a restart left without their text). */
     const pass = Effect.gen(function*() {
-        if (!(yield* deps.reachable)) {
-          st.offline = true
-          return
-        }
-        const now = yield* Clock.currentTimeMillis
-        if (st.offline) {
-          // the homeserver is back: everything held is due now
-          st.offline = false
-          for (const e of held.values()) e.nextAt = now
-          for (const o of orphans.values()) o.nextAt = now
-        }
-        for (const e of [...held.values()]) {
-          if (e.nextAt > now || held.get(e.held.reply.inReplyTo) !== e) continue
-          if (!(yield* retryOne(e))) return
-        }
-        for (const row of yield* deps.pendingRows) {
-          if (held.has(row.eventId)) continue
-          const o = orphans.get(row.eventId) ?? { tries: 0, nextAt: now }
-          if (o.nextAt > now) continue
-          orphans.set(row.eventId, { tries: o.tries + 1, nextAt: now + roundDelay(o.tries) })
-          yield* deps.resume(row.eventId, row.roomId)
-        }
+      if (!(yield* deps.reachable)) {
+        st.offline = true
+        return
+      }
+      const now = yield* Clock.currentTimeMillis
+      if (st.offline) {
+        // the homeserver is back: everything held is due now
+        st.offline = false
+        for (const e of held.values()) e.nextAt = now
+        for (const o of orphans.values()) o.nextAt = now
+      }
+      for (const e of [...held.values()]) {
+        if (e.nextAt > now || held.get(e.held.reply.inReplyTo) !== e) continue
+        if (!(yield* retryOne(e))) return
+      }
+      for (const row of yield* deps.pendingRows) {
+        if (held.has(row.eventId)) continue
+        const o = orphans.get(row.eventId) ?? { tries: 0, nextAt: now }
+        if (o.nextAt > now) continue
+        orphans.set(row.eventId, { tries: o.tries + 1, nextAt: now + roundDelay(o.tries) })
+        yield* deps.resume(row.eventId, row.roomId)
+      }
     }).pipe(Effect.catchAllCause((c) => Effect.logError(`Matrix pending-reply round failed: ${Cause.pretty(c)}`)))
 
     // one round at a time; a round asked for while one runs is skipped (the running one covers it)
@@ -401,7 +440,9 @@ export const makeReplyRetry = (deps: ReplyRetryDeps, options: ReplyRetryOptions)
       start: Effect.suspend(() => {
         if (started) return Effect.void
         started = true
-        return Effect.asVoid(Effect.forkIn(round.pipe(Effect.repeat(Schedule.spaced(Duration.millis(options.tickMs ?? 5_000)))), scope))
+        return Effect.asVoid(
+          Effect.forkIn(round.pipe(Effect.repeat(Schedule.spaced(Duration.millis(options.tickMs ?? 5_000)))), scope)
+        )
       }),
       /** After a successful sync: a round now, in the background (nothing before `start`). */
       kick: Effect.suspend(() => (started ? Effect.asVoid(Effect.forkIn(round, scope)) : Effect.void)),

@@ -3,22 +3,23 @@
 // The executors below run the pure machines of src/domain/recoveryMachine.ts: observe, decide one step,
 // perform it, observe again. Every file mutation goes through `RecoveryFiles`, so tests can stop a run
 // after any durable step and check what a rerun (or the next daemon start) makes of it.
-import * as path from "node:path"
 import { Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
-import { Method, type MatrixClient } from "matrix-js-sdk"
+import { type MatrixClient, Method } from "matrix-js-sdk"
 import type { CryptoCallbacks } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { decodeRecoveryKey, encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck, type SecretStorageKeyDescription } from "matrix-js-sdk/lib/secret-storage.js"
+import * as path from "node:path"
+import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
 import {
   CLEANUP_ARTIFACTS,
   CLEANUP_FILE,
   type CleanupJournal,
+  digestsEqual,
   encodeCleanupJournal,
   encodeRotationMarker,
   freshCleanupJournal,
   KEY_FILE,
   keyDigest,
-  digestsEqual,
   MAX_JOURNAL_BYTES,
   MAX_KEY_BYTES,
   MINTING_CONTENT,
@@ -45,18 +46,16 @@ import {
   type RepairObserved,
   type RepairStep,
   ROTATE_STEPS,
-  type RotateStep,
   rotatePrecondition,
+  type RotateStep,
   type ServerKey,
   type ServerSecretStorage
 } from "../domain/recoveryMachine.js"
-import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
 import { type CappedResult, StateDir, type StateDirShape } from "../services/StateDir.js"
 import { makeAudit } from "./AuditLive.js"
-
 
 // ---------------------------------------------------------------------------------------------------------
 // Files
@@ -82,11 +81,18 @@ export interface RecoveryFiles {
 const label = (rel: string) => path.basename(rel)
 
 const refusalText = (r: CappedResult, cap: number) =>
-  r.state !== "refused" ? "" : r.reason === "too-large" ? `exceeds ${cap} bytes; refuse to read` : r.reason === "symlink" ? "is a symbolic link" : "not a regular file"
+  r.state !== "refused"
+    ? ""
+    : r.reason === "too-large"
+    ? `exceeds ${cap} bytes; refuse to read`
+    : r.reason === "symlink"
+    ? "is a symbolic link"
+    : "not a regular file"
 
 /** The recovery files over StateDir's durable operations (symlinks to regular files are followed on read). */
 export const nodeRecoveryFiles = (stateDir: StateDirShape): RecoveryFiles => {
-  const io = (rel: string, what: string) => (e: { readonly message: string }) => stateIo(`failed to ${what} ${label(rel)}: ${e.message}`)
+  const io = (rel: string, what: string) => (e: { readonly message: string }) =>
+    stateIo(`failed to ${what} ${label(rel)}: ${e.message}`)
   const refused = (rel: string, what: string, detail: string) => stateIo(`failed to ${what} ${label(rel)}: ${detail}`)
   const readCapped = (rel: string, cap: number, what: string, followSymlink: boolean) =>
     stateDir.readCapped(rel, cap, { followSymlink }).pipe(
@@ -115,7 +121,11 @@ export const nodeRecoveryFiles = (stateDir: StateDirShape): RecoveryFiles => {
         const text = yield* readCapped(from, MAX_KEY_BYTES, "reopen", false)
         if (Option.isNone(text)) return yield* refused(from, "reopen", "ENOENT")
         if (!digestsEqual(keyDigest(text.value), expectedDigest)) {
-          return yield* stateIo(`the pending key changed since its digest was recorded; refusing to promote ${label(from)}. Inspect it before retrying.`)
+          return yield* stateIo(
+            `the pending key changed since its digest was recorded; refusing to promote ${
+              label(from)
+            }. Inspect it before retrying.`
+          )
         }
         yield* stateDir.rename(from, to, { mode: 0o600 }).pipe(Effect.mapError(io(to, "replace")))
       }),
@@ -131,7 +141,10 @@ export type Audit = (event: string, data: Record<string, unknown>) => Effect.Eff
 /** The recovery machines' audit: a failed audit write is logged, never fatal to a key step already taken. */
 export const fileAudit = (stateDir: StateDirShape): Audit => {
   const log = makeAudit(stateDir)
-  return (event, data) => log.append(event, data).pipe(Effect.catchAll((e) => Effect.logWarning(`writing the audit log failed: ${e.message}`)))
+  return (event, data) =>
+    log.append(event, data).pipe(
+      Effect.catchAll((e) => Effect.logWarning(`writing the audit log failed: ${e.message}`))
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -149,10 +162,13 @@ const readDigest = (files: RecoveryFiles, rel: string) =>
 
 export const observeRepair = (files: RecoveryFiles, server: ServerKey = "Unknown") =>
   Effect.gen(function*() {
-    const journalText: Option.Option<RepairObserved["journal"]> = yield* files.read(CLEANUP_FILE, MAX_JOURNAL_BYTES).pipe(
-      Effect.map(Option.map((t): RepairObserved["journal"] => parseCleanupJournal(t))),
-      Effect.catchAll((e) => Effect.succeed(Option.some<RepairObserved["journal"]>({ _tag: "Unreadable", detail: e.message })))
-    )
+    const journalText: Option.Option<RepairObserved["journal"]> = yield* files.read(CLEANUP_FILE, MAX_JOURNAL_BYTES)
+      .pipe(
+        Effect.map(Option.map((t): RepairObserved["journal"] => parseCleanupJournal(t))),
+        Effect.catchAll((e) =>
+          Effect.succeed(Option.some<RepairObserved["journal"]>({ _tag: "Unreadable", detail: e.message }))
+        )
+      )
     const markerText = yield* files.read(ROTATING_FILE, MAX_KEY_BYTES)
     const observed: RepairObserved = {
       journal: Option.getOrElse(journalText, () => ({ _tag: "Absent" as const })),
@@ -169,19 +185,39 @@ const repairFailure = (files: RecoveryFiles, step: Extract<RepairStep, { _tag: "
   const R = path.join(files.root, ROTATING_FILE)
   switch (step.why) {
     case "journal_unreadable":
-      return stateIo(`the recovery-key cleanup journal at ${J} cannot be read (${step.detail ?? "unknown"}). Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`)
+      return stateIo(
+        `the recovery-key cleanup journal at ${J} cannot be read (${
+          step.detail ?? "unknown"
+        }). Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`
+      )
     case "journal_corrupt":
-      return stateIo(`recovery-key cleanup journal at ${J} is corrupt: ${step.detail ?? "unparseable"}. Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`)
+      return stateIo(
+        `recovery-key cleanup journal at ${J} is corrupt: ${
+          step.detail ?? "unparseable"
+        }. Refusing startup repair until recovery_key.cleanup and recovery-key artifacts are inspected.`
+      )
     case "journal_unsupported_version":
-      return stateIo(`recovery-key cleanup journal at ${J} has a version this release does not know (written by a newer cara?). Refusing startup repair; finish the restore with the newer release or inspect the journal and artifacts.`)
+      return stateIo(
+        `recovery-key cleanup journal at ${J} has a version this release does not know (written by a newer cara?). Refusing startup repair; finish the restore with the newer release or inspect the journal and artifacts.`
+      )
     case "journal_started":
-      return stateIo(`recovery-key cleanup journal at ${J} is still started. Refusing startup repair so pending recovery key material is not trusted without cleanup provenance. Rerun \`cara matrix recovery-key restore\` with the daemon stopped to finish the cleanup.`)
+      return stateIo(
+        `recovery-key cleanup journal at ${J} is still started. Refusing startup repair so pending recovery key material is not trusted without cleanup provenance. Rerun \`cara matrix recovery-key restore\` with the daemon stopped to finish the cleanup.`
+      )
     case "marker_invalid":
-      return stateIo(`the recovery-key rotation marker at ${R} is unreadable (${step.detail ?? "invalid"}). Refusing startup repair; verify the current key in Element, then remove the marker before retrying rotation.`)
+      return stateIo(
+        `the recovery-key rotation marker at ${R} is unreadable (${
+          step.detail ?? "invalid"
+        }). Refusing startup repair; verify the current key in Element, then remove the marker before retrying rotation.`
+      )
     case "replacement_without_digest":
-      return stateIo(`the rotation marker at ${R} recorded key replacement without a key digest. Verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`)
+      return stateIo(
+        `the rotation marker at ${R} recorded key replacement without a key digest. Verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`
+      )
     case "outcome_unknown":
-      return stateIo(`a rotation marker exists at ${R} but no pending key was preserved. Rotation outcome is unknown; verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`)
+      return stateIo(
+        `a rotation marker exists at ${R} but no pending key was preserved. Rotation outcome is unknown; verify the current key in Element, restore it locally if needed, then remove the marker before retrying rotation.`
+      )
   }
 }
 
@@ -239,11 +275,17 @@ export const runRepair = (files: RecoveryFiles, audit: Audit, server?: RecoveryS
             key: path.join(files.root, KEY_FILE)
           })
         case "StateIo":
-          if (step.why === "marker_invalid") yield* audit("matrix_recovery_key_rotation_marker_invalid", { reason: step.detail })
+          if (step.why === "marker_invalid") {
+            yield* audit("matrix_recovery_key_rotation_marker_invalid", { reason: step.detail })
+          }
           if (step.why === "journal_started" || step.why === "journal_unsupported_version") {
             const j = observed.journal
             yield* audit("matrix_recovery_key_startup_cleanup_refused", {
-              artifact_count: j._tag === "Parsed" ? j.journal.artifacts.length : j._tag === "UnsupportedVersion" ? j.artifactCount : 0
+              artifact_count: j._tag === "Parsed"
+                ? j.journal.artifacts.length
+                : j._tag === "UnsupportedVersion"
+                ? j.artifactCount
+                : 0
             })
           }
           return yield* repairFailure(files, step)
@@ -258,13 +300,18 @@ export const runRepair = (files: RecoveryFiles, audit: Audit, server?: RecoveryS
 /** The homeserver side of a mint or rotation. */
 export interface RecoveryServer {
   /** What secret storage holds, checked against `pendingKey` when given. */
-  readonly probe: (pendingKey: Option.Option<string>) => Effect.Effect<Exclude<ServerSecretStorage, "Unknown">, RecoveryKeyError>
+  readonly probe: (
+    pendingKey: Option.Option<string>
+  ) => Effect.Effect<Exclude<ServerSecretStorage, "Unknown">, RecoveryKeyError>
   /** Installs the key: new default secret-storage key holding the cross-signing secrets, new key backup. */
   readonly install: (key: string) => Effect.Effect<void, RecoveryKeyError>
   /** A fresh recovery key (random 32 bytes, encoded). */
   readonly generate: Effect.Effect<string>
   /** Which of the two keys the default secret-storage key description accepts (MAC check). */
-  readonly which: (current: Option.Option<string>, pending: Option.Option<string>) => Effect.Effect<Exclude<ServerKey, "Unknown">, RecoveryKeyError>
+  readonly which: (
+    current: Option.Option<string>,
+    pending: Option.Option<string>
+  ) => Effect.Effect<Exclude<ServerKey, "Unknown">, RecoveryKeyError>
 }
 
 export interface MintResult {
@@ -276,7 +323,10 @@ export const observeMint = (files: RecoveryFiles, server: ServerSecretStorage) =
   Effect.gen(function*() {
     const key = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
     const observed: MintObserved = {
-      key: Option.match(key, { onNone: () => "Absent" as const, onSome: (t) => (t.trim() === "" ? "Empty" as const : "Present" as const) }),
+      key: Option.match(key, {
+        onNone: () => "Absent" as const,
+        onSome: (t) => (t.trim() === "" ? "Empty" as const : "Present" as const)
+      }),
       pending: yield* files.exists(PENDING_FILE),
       minting: yield* files.exists(MINTING_FILE),
       server
@@ -294,10 +344,14 @@ export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Aud
       const step = nextMintStep(yield* observeMint(files, probed))
       switch (step._tag) {
         case "Done":
-          if (step.warnEmptyKeyWithMarker) warnings.push("recovery_key is empty while recovery_key.minting exists; left both in place")
+          if (step.warnEmptyKeyWithMarker) {
+            warnings.push("recovery_key is empty while recovery_key.minting exists; left both in place")
+          }
           return { minted, warnings } satisfies MintResult
         case "ProbeServer": {
-          const pending = (yield* files.exists(PENDING_FILE)) ? yield* files.read(PENDING_FILE, MAX_KEY_BYTES) : Option.none()
+          const pending = (yield* files.exists(PENDING_FILE))
+            ? yield* files.read(PENDING_FILE, MAX_KEY_BYTES)
+            : Option.none()
           probed = yield* server.probe(Option.map(pending, (t) => t.trim()))
           break
         }
@@ -327,7 +381,9 @@ export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Aud
           break
         case "Refuse":
           if (step.why === "pending_without_marker") {
-            return yield* stateIo(`a pending recovery key exists without a mint or rotation marker and no recovery key at ${K}. Verify which key opens secret storage in Element, then restore it with \`cara matrix recovery-key restore\`.`)
+            return yield* stateIo(
+              `a pending recovery key exists without a mint or rotation marker and no recovery key at ${K}. Verify which key opens secret storage in Element, then restore it with \`cara matrix recovery-key restore\`.`
+            )
           }
           return yield* stateProbe(
             step.why === "server_has_recovery"
@@ -338,7 +394,9 @@ export const runMint = (files: RecoveryFiles, server: RecoveryServer, audit: Aud
     }
     return yield* Effect.die(new Error("recovery-key mint did not settle"))
   }).pipe(
-    Effect.tap((r) => (r.minted ? audit("matrix_recovery_key_first_mint", { outcome: "minted", minted_at: now() }) : Effect.void))
+    Effect.tap((
+      r
+    ) => (r.minted ? audit("matrix_recovery_key_first_mint", { outcome: "minted", minted_at: now() }) : Effect.void))
   )
 
 // ---------------------------------------------------------------------------------------------------------
@@ -362,11 +420,23 @@ export const runRotate = (
 ) =>
   Effect.gen(function*() {
     const current = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
-    if (Option.isNone(current)) return yield* stateIo("no current recovery key; restore the current key first with `cara matrix recovery-key restore`")
+    if (Option.isNone(current)) {
+      return yield* stateIo(
+        "no current recovery key; restore the current key first with `cara matrix recovery-key restore`"
+      )
+    }
     const prev = keyDigest(current.value)
     let next: string | undefined
     const marker = (stage: RotationMarker["stage"]) =>
-      files.write(ROTATING_FILE, encodeRotationMarker({ stage, previousKeySha256: prev, ...(next === undefined ? {} : { keySha256: next }), updatedAtMs: now() }))
+      files.write(
+        ROTATING_FILE,
+        encodeRotationMarker({
+          stage,
+          previousKeySha256: prev,
+          ...(next === undefined ? {} : { keySha256: next }),
+          updatedAtMs: now()
+        })
+      )
     let newKey = ""
     for (const step of ROTATE_STEPS) {
       switch (step) {
@@ -421,10 +491,23 @@ export const runRotateCommand = <E, R>(
       yield* verifyCurrent
       return { resumed: true }
     }
-    const pre = rotatePrecondition({ keyPresent: yield* files.exists(KEY_FILE), pendingPresent: yield* files.exists(PENDING_FILE) })
-    if (pre._tag === "KeyMissing") return yield* stateIo(`no recovery key at ${path.join(files.root, KEY_FILE)}; restore the current key first with \`cara matrix recovery-key restore\`.`)
+    const pre = rotatePrecondition({
+      keyPresent: yield* files.exists(KEY_FILE),
+      pendingPresent: yield* files.exists(PENDING_FILE)
+    })
+    if (pre._tag === "KeyMissing") {
+      return yield* stateIo(
+        `no recovery key at ${
+          path.join(files.root, KEY_FILE)
+        }; restore the current key first with \`cara matrix recovery-key restore\`.`
+      )
+    }
     if (pre._tag === "PendingPresent") {
-      return yield* stateIo(`a pending file already exists at ${path.join(files.root, PENDING_FILE)}; restart the daemon to promote it or move it aside after verifying the key in Element before rotating again.`)
+      return yield* stateIo(
+        `a pending file already exists at ${
+          path.join(files.root, PENDING_FILE)
+        }; restart the daemon to promote it or move it aside after verifying the key in Element before rotating again.`
+      )
     }
     yield* verifyCurrent
     yield* runRotate(files, server, now, afterStep)
@@ -446,7 +529,11 @@ const readJournal = (files: RecoveryFiles) =>
     if (Option.isNone(text)) return undefined
     const parsed = parseCleanupJournal(text.value)
     if (parsed._tag !== "Parsed") {
-      return yield* stateIo(`recovery-key cleanup journal at ${path.join(files.root, CLEANUP_FILE)} is ${parsed._tag === "Corrupt" ? "corrupt" : "of an unknown version"}; inspect it and the recovery-key artifacts before retrying.`)
+      return yield* stateIo(
+        `recovery-key cleanup journal at ${path.join(files.root, CLEANUP_FILE)} is ${
+          parsed._tag === "Corrupt" ? "corrupt" : "of an unknown version"
+        }; inspect it and the recovery-key artifacts before retrying.`
+      )
     }
     return parsed.journal
   })
@@ -486,7 +573,10 @@ export const runRestoreCleanup = (files: RecoveryFiles, key: Option.Option<strin
           )
           yield* files.write(
             CLEANUP_FILE,
-            encodeCleanupJournal({ ...journal, artifacts: journal.artifacts.map((a, j) => (j === step.index ? { ...a, result } : a)) })
+            encodeCleanupJournal({
+              ...journal,
+              artifacts: journal.artifacts.map((a, j) => (j === step.index ? { ...a, result } : a))
+            })
           )
           break
         }
@@ -500,7 +590,10 @@ export const runRestoreCleanup = (files: RecoveryFiles, key: Option.Option<strin
         case "Failed": {
           const j = journal!
           yield* audit("matrix_recovery_key_restore_cleanup_failed", {
-            artifacts: j.artifacts.map((a) => ({ role: a.role, ...(a.result.state === "failed" ? { errorKind: a.result.errorKind } : { state: a.result.state }) }))
+            artifacts: j.artifacts.map((a) => ({
+              role: a.role,
+              ...(a.result.state === "failed" ? { errorKind: a.result.errorKind } : { state: a.result.state })
+            }))
           })
           return { resumed, failedRoles: step.failedRoles } satisfies RestoreOutcome
         }
@@ -542,7 +635,9 @@ export type Keyring = ReturnType<typeof makeKeyring>
 
 const sdkText = (e: unknown) => {
   const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
-  if (typeof err?.errcode === "string") return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  if (typeof err?.errcode === "string") {
+    return `${err.errcode}${typeof err.httpStatus === "number" ? ` (HTTP ${err.httpStatus})` : ""}`
+  }
   const msg = typeof err?.message === "string" ? err.message : String(e)
   return msg.replace(/https?:\/\/\S+/g, "[URL]").slice(0, 200)
 }
@@ -552,10 +647,15 @@ export const restoreReasonOf = (e: unknown): RestoreFailureReason => {
   const err = e as { errcode?: unknown; httpStatus?: unknown; name?: unknown; message?: unknown }
   const msg = String(err?.message ?? e).toLowerCase()
   if (err?.httpStatus === 401) return "auth-state"
-  if (err?.name === "ConnectionError" || err?.name === "TimeoutError" || msg.includes("fetch failed")) return "transport-error"
+  if (err?.name === "ConnectionError" || err?.name === "TimeoutError" || msg.includes("fetch failed")) {
+    return "transport-error"
+  }
   // before the wrong-key test: the store's "failed to be decrypted while unpickling" is not about the recovery key
   if (msg.includes("unpickl")) return "unpickling-failed"
-  if (msg.includes("getsecretstoragekey") || msg.includes("mac") || msg.includes("decrypt") || msg.includes("does not match")) return "wrong-key"
+  if (
+    msg.includes("getsecretstoragekey") || msg.includes("mac") || msg.includes("decrypt") ||
+    msg.includes("does not match")
+  ) return "wrong-key"
   if (msg.includes("json") || msg.includes("serde")) return "account-data-invalid"
   if (msg.includes("store")) return "local-store"
   return "sdk-internal"
@@ -570,9 +670,16 @@ export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServe
         if (id === null) return "None"
         const found = await client.secretStorage.getKey(id)
         if (found === null) return "None"
-        return Option.isSome(pendingKey) && (await keyring.matches(pendingKey.value, found[1])) ? "MatchesPending" : "Other"
+        return Option.isSome(pendingKey) && (await keyring.matches(pendingKey.value, found[1]))
+          ? "MatchesPending"
+          : "Other"
       },
-      catch: (e) => stateProbe(`reading secret storage from the homeserver failed: ${sdkText(e)}. Check that the homeserver is reachable and restart.`)
+      catch: (e) =>
+        stateProbe(
+          `reading secret storage from the homeserver failed: ${
+            sdkText(e)
+          }. Check that the homeserver is reachable and restart.`
+        )
     })
   const install = (key: string) =>
     Effect.tryPromise({
@@ -586,7 +693,10 @@ export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServe
           setupNewKeyBackup: true
         })
       },
-      catch: (e) => stateProbe(`Matrix recovery enable failed: ${sdkText(e)}. The new key is kept in recovery_key.pending; restart to retry.`)
+      catch: (e) =>
+        stateProbe(
+          `Matrix recovery enable failed: ${sdkText(e)}. The new key is kept in recovery_key.pending; restart to retry.`
+        )
     })
   const which = (current: Option.Option<string>, pending: Option.Option<string>) =>
     Effect.tryPromise({
@@ -600,7 +710,12 @@ export const sdkServer = (client: MatrixClient, keyring: Keyring): RecoveryServe
         }
         return "Neither"
       },
-      catch: (e) => stateProbe(`reading secret storage from the homeserver failed: ${sdkText(e)}. Check that the homeserver is reachable, then rerun.`)
+      catch: (e) =>
+        stateProbe(
+          `reading secret storage from the homeserver failed: ${
+            sdkText(e)
+          }. Check that the homeserver is reachable, then rerun.`
+        )
     })
   const generate = Effect.sync(() => {
     const raw = new Uint8Array(32)
@@ -688,18 +803,25 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
     yield* Effect.tryPromise({
       try: async () => {
         const info = await defaultKeyDescription(ctx.client)
-        if (info === null) throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
-        if (!(await ctx.keyring.matches(key, info))) throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+        if (info === null) {
+          throw Object.assign(new Error("no default secret storage key"), { reason: "server-not-configured" })
+        }
+        if (!(await ctx.keyring.matches(key, info))) {
+          throw Object.assign(new Error("key does not open secret storage"), { reason: "wrong-key" })
+        }
       },
       catch: (e) => fail(((e as { reason?: RestoreFailureReason }).reason) ?? restoreReasonOf(e))
     })
     if (options.skipWhenStoreComplete === true) {
       const complete = yield* Effect.promise(async () => {
         const c = (await crypto.getCrossSigningStatus()).privateKeysCachedLocally
-        return c.masterKey && c.selfSigningKey && c.userSigningKey && (await crypto.getSessionBackupPrivateKey()) !== null
+        return c.masterKey && c.selfSigningKey && c.userSigningKey &&
+          (await crypto.getSessionBackupPrivateKey()) !== null
       }).pipe(Effect.orElseSucceed(() => false))
       if (complete) {
-        yield* Effect.logDebug("Matrix recovery-key restore skipped: the key opens secret storage and the crypto store already holds the cross-signing and backup keys")
+        yield* Effect.logDebug(
+          "Matrix recovery-key restore skipped: the key opens secret storage and the crypto store already holds the cross-signing and backup keys"
+        )
         return true
       }
     }
@@ -707,7 +829,9 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
       try: async () => {
         const status = await crypto.getCrossSigningStatus()
         const cached = status.privateKeysCachedLocally
-        if (!(cached.masterKey && cached.selfSigningKey && cached.userSigningKey) && status.privateKeysInSecretStorage) {
+        if (
+          !(cached.masterKey && cached.selfSigningKey && cached.userSigningKey) && status.privateKeysInSecretStorage
+        ) {
           // reads the cross-signing keys out of secret storage (no new identity: they exist there)
           await crypto.bootstrapCrossSigning({})
         }
@@ -732,7 +856,10 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
         Effect.annotateLogs({ backupKeysTotal: restored.total, backupKeysImported: restored.imported })
       )
     }
-    yield* ctx.audit("matrix_recovery_key_restored_at_startup", restored === undefined ? {} : { backup_keys_imported: restored.imported })
+    yield* ctx.audit(
+      "matrix_recovery_key_restored_at_startup",
+      restored === undefined ? {} : { backup_keys_imported: restored.imported }
+    )
     return true
   })
 
@@ -740,8 +867,15 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
 export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, deviceId: string) =>
   Effect.gen(function*() {
     const crypto = ctx.client.getCrypto()
-    if (crypto === undefined) return yield* recoveryError("cross-signing-bootstrap-failed", "Matrix cross-signing bootstrap failed: the Matrix client has no end-to-end encryption.")
-    const password = yield* ctx.secrets.secretOption("matrix.password").pipe(Effect.orElseSucceed(() => Option.none<Redacted.Redacted<string>>()))
+    if (crypto === undefined) {
+      return yield* recoveryError(
+        "cross-signing-bootstrap-failed",
+        "Matrix cross-signing bootstrap failed: the Matrix client has no end-to-end encryption."
+      )
+    }
+    const password = yield* ctx.secrets.secretOption("matrix.password").pipe(
+      Effect.orElseSucceed(() => Option.none<Redacted.Redacted<string>>())
+    )
     let usedPassword = false
     const outcome = yield* Effect.tryPromise({
       try: async () => {
@@ -749,27 +883,30 @@ export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, dev
         const st = await crypto.getCrossSigningStatus()
         const c = st.privateKeysCachedLocally
         const cached = { master: c.masterKey, selfSigning: c.selfSigningKey, userSigning: c.userSigningKey }
-        const ready = onServer && cached.master && cached.selfSigning && cached.userSigning && (await crypto.isCrossSigningReady())
+        const ready = onServer && cached.master && cached.selfSigning && cached.userSigning &&
+          (await crypto.isCrossSigningReady())
         const step = nextCrossSigningStep({ onServer, cached, ready })
         if (step === "IdentityUnavailable") return "identity-unavailable" as const
-        if (step === "Bootstrap") await crypto.bootstrapCrossSigning({
-          authUploadDeviceSigningKeys: async (makeRequest) => {
-            try {
-              await makeRequest(null)
-              return
-            } catch (e) {
-              if (!isUiaChallenge(e)) throw e
-              if (Option.isNone(password)) throw new MissingPassword()
-              usedPassword = true
-              await makeRequest({
-                type: "m.login.password",
-                identifier: { type: "m.id.user", user: userId },
-                password: Redacted.value(password.value),
-                session: (e as { data?: { session?: string } }).data?.session
-              } as never)
+        if (step === "Bootstrap") {
+          await crypto.bootstrapCrossSigning({
+            authUploadDeviceSigningKeys: async (makeRequest) => {
+              try {
+                await makeRequest(null)
+                return
+              } catch (e) {
+                if (!isUiaChallenge(e)) throw e
+                if (Option.isNone(password)) throw new MissingPassword()
+                usedPassword = true
+                await makeRequest({
+                  type: "m.login.password",
+                  identifier: { type: "m.id.user", user: userId },
+                  password: Redacted.value(password.value),
+                  session: (e as { data?: { session?: string } }).data?.session
+                } as never)
+              }
             }
-          }
-        })
+          })
+        }
         const dev = await crypto.getDeviceVerificationStatus(userId, deviceId)
         if (dev !== null && !dev.signedByOwner) await crypto.crossSignDevice(deviceId)
         return "ok" as const
@@ -780,17 +917,27 @@ export const bootstrapCrossSigning = (ctx: BootstrapContext, userId: string, dev
         Effect.gen(function*() {
           if (e instanceof MissingPassword) {
             yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: "failed_missing_password" })
-            return yield* recoveryError("cross-signing-bootstrap-failed", "Matrix cross-signing bootstrap failed: cross-signing bootstrap requires password UIA; provide matrix.password or MATRIX_PASSWORD once and restart.")
+            return yield* recoveryError(
+              "cross-signing-bootstrap-failed",
+              "Matrix cross-signing bootstrap failed: cross-signing bootstrap requires password UIA; provide matrix.password or MATRIX_PASSWORD once and restart."
+            )
           }
           // A token revoked while the start-up sequence runs is a revoked token, not a cross-signing problem.
           const code = (e as { errcode?: unknown }).errcode
           if (typeof code === "string" && TOKEN_REVOCATION_CODES.has(code)) {
-            return yield* recoveryError("auth-token-revoked", `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`)
+            return yield* recoveryError(
+              "auth-token-revoked",
+              `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`
+            )
           }
-          yield* ctx.audit("matrix_cross_signing_bootstrap_failed", { outcome: usedPassword ? "failed_after_uia" : "failed_before_uia" })
+          yield* ctx.audit("matrix_cross_signing_bootstrap_failed", {
+            outcome: usedPassword ? "failed_after_uia" : "failed_before_uia"
+          })
           return yield* recoveryError(
             "cross-signing-bootstrap-failed",
-            `Matrix cross-signing bootstrap failed: cross-signing bootstrap failed ${usedPassword ? "after" : "before"} UIA: ${sdkText(e)}. Check the password (matrix.password or MATRIX_PASSWORD) and restart.`
+            `Matrix cross-signing bootstrap failed: cross-signing bootstrap failed ${
+              usedPassword ? "after" : "before"
+            } UIA: ${sdkText(e)}. Check the password (matrix.password or MATRIX_PASSWORD) and restart.`
           )
         })
       )
@@ -829,10 +976,15 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
         // a homeserver that is down (or restarting) delays the restore; it does not stop the runtime
         yield* restoreAtStartup(ctx, { skipWhenStoreComplete: true }).pipe(
           Effect.tapError((e) =>
-            isTransientRestoreFailure(e) ? Effect.logWarning("Matrix recovery-key restore: homeserver unreachable; retrying") : Effect.void
+            isTransientRestoreFailure(e)
+              ? Effect.logWarning("Matrix recovery-key restore: homeserver unreachable; retrying")
+              : Effect.void
           ),
           Effect.retry({
-            schedule: Schedule.exponential(Duration.seconds(1)).pipe(Schedule.union(Schedule.spaced(Duration.seconds(30))), Schedule.upTo(Duration.minutes(10))),
+            schedule: Schedule.exponential(Duration.seconds(1)).pipe(
+              Schedule.union(Schedule.spaced(Duration.seconds(30))),
+              Schedule.upTo(Duration.minutes(10))
+            ),
             while: isTransientRestoreFailure
           })
         )
@@ -854,7 +1006,9 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
         if (mint.minted) yield* status.updateMatrix((x) => ({ ...x, firstRecoveryKeyMintedAt: mintedAt }))
         if (usedPassword) {
           yield* secrets.removeMatrixPassword().pipe(
-            Effect.catchAll((e) => Effect.logWarning(`removing matrix.password from the config after cross-signing failed: ${e.message}`))
+            Effect.catchAll((e) =>
+              Effect.logWarning(`removing matrix.password from the config after cross-signing failed: ${e.message}`)
+            )
           )
         }
         // published by the runtime at the end of its start-up sequence (`crossSigning: pending` until then)

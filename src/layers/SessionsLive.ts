@@ -1,11 +1,17 @@
-import * as fs from "node:fs/promises"
-import { lstatSync } from "node:fs"
-import { DatabaseSync } from "node:sqlite"
 import { Clock, Effect, Layer, Option } from "effect"
+import { lstatSync } from "node:fs"
+import * as fs from "node:fs/promises"
+import { DatabaseSync } from "node:sqlite"
 import type { ChatRole } from "../domain/agent.js"
-import { StateDir } from "../services/StateDir.js"
 import { corruptHistoryMessage } from "../domain/stateFiles.js"
-import { type NewMessage, Sessions, type SessionsShape, SessionStoreError, type StoredMessage } from "../services/Sessions.js"
+import {
+  type NewMessage,
+  Sessions,
+  type SessionsShape,
+  SessionStoreError,
+  type StoredMessage
+} from "../services/Sessions.js"
+import { StateDir } from "../services/StateDir.js"
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
 /** The project's SQLite database, relative to the state dir. */
@@ -71,7 +77,10 @@ const openHistoryDatabase = Effect.fn("Sessions.open")(function*(file: string) {
     catch: storeError(`Opening ${file}`)
   })
   if (look.state === "bad") {
-    return yield* new SessionStoreError({ kind: "session-history-corrupt", message: corruptHistoryMessage(file, look.reason) })
+    return yield* new SessionStoreError({
+      kind: "session-history-corrupt",
+      message: corruptHistoryMessage(file, look.reason)
+    })
   }
   const db = yield* Effect.acquireRelease(
     Effect.try({
@@ -171,9 +180,11 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
         ) as Row | undefined
         if (inserted !== undefined) return inserted
         // Ignored: the event (or the answer to it) is already stored; hand back that row.
-        return (m.eventId !== undefined ? q.byEvent.get(roomId, m.eventId) : q.byReply.get(roomId, m.replyTo ?? null)) as
-          | Row
-          | undefined
+        return (m.eventId !== undefined
+          ? q.byEvent.get(roomId, m.eventId)
+          : q.byReply.get(roomId, m.replyTo ?? null)) as
+            | Row
+            | undefined
       })).pipe(
         Effect.flatMap((row) =>
           row === undefined
@@ -184,10 +195,16 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
       )
 
   const history = (roomId: string, limit: number) =>
-    run("Reading the agent history", () => (q.history.all(roomId, Math.max(0, Math.floor(limit))) as unknown as Array<Row>).map(toStored))
+    run(
+      "Reading the agent history",
+      () => (q.history.all(roomId, Math.max(0, Math.floor(limit))) as unknown as Array<Row>).map(toStored)
+    )
 
   const replyTo = (roomId: string, eventId: string) =>
-    run("Reading the agent history", () => Option.map(Option.fromNullable(q.byReply.get(roomId, eventId) as Row | undefined), toStored))
+    run(
+      "Reading the agent history",
+      () => Option.map(Option.fromNullable(q.byReply.get(roomId, eventId) as Row | undefined), toStored)
+    )
 
   const reset = (roomId: string) =>
     run("Resetting the agent history", () => {

@@ -1,8 +1,8 @@
-import * as fs from "node:fs/promises"
+import { Effect, Layer, Option } from "effect"
 import { constants as fsConstants } from "node:fs"
+import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Layer, Option } from "effect"
 import { StateDirError } from "../domain/errors.js"
 import { type CappedReadOptions, StateDir, type StateDirShape, type WriteOptions } from "../services/StateDir.js"
 import { appendDurableFile, createExclusiveFile, fsyncDir, readCappedSync, writeAtomicFile } from "./durableFile.js"
@@ -30,7 +30,9 @@ const ioError = (p: string, what: string) => (cause: unknown) =>
   new StateDirError({
     kind: "state-dir-io",
     path: p,
-    message: `${what} ${p} failed (${describe(cause)}). Check that the state directory is writable by this user and the disk is not full.`
+    message: `${what} ${p} failed (${
+      describe(cause)
+    }). Check that the state directory is writable by this user and the disk is not full.`
   })
 
 const isNotFound = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code === "ENOENT"
@@ -80,7 +82,8 @@ const ensureRoot = (absRoot: string) =>
     catch: ioError(absRoot, "Creating the state directory")
   })
 
-const io = <A>(file: string, what: string, f: () => Promise<A>) => Effect.tryPromise({ try: f, catch: ioError(file, what) })
+const io = <A>(file: string, what: string, f: () => Promise<A>) =>
+  Effect.tryPromise({ try: f, catch: ioError(file, what) })
 
 /** The operations that only read or change a file in place (no directory to create first). */
 const fileOps = (resolve: (p: string) => string) => {
@@ -102,7 +105,10 @@ const fileOps = (resolve: (p: string) => string) => {
   const rename = (from: string, to: string, options?: WriteOptions) =>
     io(resolve(to), "Renaming onto", async () => {
       if (options?.mode !== undefined) {
-        const handle = await fs.open(resolve(from), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK)
+        const handle = await fs.open(
+          resolve(from),
+          fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK
+        )
         try {
           await handle.chmod(options.mode)
         } finally {
@@ -115,12 +121,19 @@ const fileOps = (resolve: (p: string) => string) => {
   const remove = (p: string) =>
     io(resolve(p), "Removing", async () => {
       const file = resolve(p)
-      const existed = await fs.unlink(file).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e)))
+      const existed = await fs.unlink(file).then(
+        () => true,
+        (e: unknown) => (isNotFound(e) ? false : Promise.reject(e))
+      )
       if (existed) await fsyncDir(path.dirname(file))
       return existed
     })
   const exists = (p: string) =>
-    io(resolve(p), "Checking", () => fs.lstat(resolve(p)).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e))))
+    io(
+      resolve(p),
+      "Checking",
+      () => fs.lstat(resolve(p)).then(() => true, (e: unknown) => (isNotFound(e) ? false : Promise.reject(e)))
+    )
   const syncDir = (p: string) => io(resolve(p), "Syncing directory", () => fsyncDir(resolve(p)))
   return { read, readText, readCapped, rename, remove, exists, fsyncDir: syncDir }
 }

@@ -10,11 +10,14 @@
 // lock is taken; a refused contender reads it only to name the holder, checking the pid against
 // /proc/<pid>/stat's start time so a dead holder's leftover (or a reused pid) is reported as unknown.
 // A pid file with O_EXCL was rejected: replacing a stale one needs a compare-and-swap that POSIX lacks.
+import { Effect, Layer, Option, Redacted, Schema, type Scope } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { Effect, Layer, Option, Redacted, Schema, type Scope } from "effect"
+import type { Matrix } from "../domain/config.js"
+import { DLQ_FILE } from "../domain/dlq.js"
+import { registerSecret } from "../domain/redact.js"
 import {
   EncryptedStateIoError,
   INSTALLATION_ID_FILE,
@@ -31,9 +34,6 @@ import {
   STORE_KEY_INFO,
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
-import type { Matrix } from "../domain/config.js"
-import { DLQ_FILE } from "../domain/dlq.js"
-import { registerSecret } from "../domain/redact.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import {
@@ -55,7 +55,9 @@ const codeOf = (e: unknown) => (e as NodeJS.ErrnoException | undefined)?.code
 
 /** lowercase_hex(HKDF-SHA256(salt = installation id ASCII, ikm = password, info = "carapace-matrix-store-v1", 32)). */
 export const deriveStorePassphrase = (password: string, installationId: string): string =>
-  Buffer.from(crypto.hkdfSync("sha256", Buffer.from(password, "utf8"), Buffer.from(installationId, "ascii"), STORE_KEY_INFO, 32))
+  Buffer.from(
+    crypto.hkdfSync("sha256", Buffer.from(password, "utf8"), Buffer.from(installationId, "ascii"), STORE_KEY_INFO, 32)
+  )
     .toString("hex")
 
 /** `CARAPACE_CONFIG_PASSWORD` from process env only; empty means unset. */
@@ -70,17 +72,24 @@ export const configPasswordOf = (env: PassphraseEnv): Option.Option<Redacted.Red
 const INSTALLATION_ID_MAX = 4096
 const INSTALLATION_ID_RE = /^[0-9a-f]{64}$/
 
-const iidError = (file: string, message: string) => new InstallationIdError({ kind: "installation-id", path: file, message })
+const iidError = (file: string, message: string) =>
+  new InstallationIdError({ kind: "installation-id", path: file, message })
 
 /** Reads a small regular file without following a final symlink (unless allowed) and without blocking on a FIFO. */
-const readSmallFile = (file: string, max: number, allowSymlink: boolean): { state: "absent" } | { state: "ok"; text: string } | {
+const readSmallFile = (
+  file: string,
+  max: number,
+  allowSymlink: boolean
+): { state: "absent" } | { state: "ok"; text: string } | {
   state: "bad"
   problem: string
 } => {
   try {
     const r = readCappedSync(file, max, { followSymlink: allowSymlink })
     if (r.state !== "refused") return r
-    if (r.reason === "symlink") return { state: "bad", problem: `${file} is a symbolic link; it must be a regular file` }
+    if (r.reason === "symlink") {
+      return { state: "bad", problem: `${file} is a symbolic link; it must be a regular file` }
+    }
     if (r.reason === "not-file") return { state: "bad", problem: `${file} is not a regular file` }
     return r.size !== undefined
       ? { state: "bad", problem: `${file} is ${r.size} bytes; it must be at most ${max} bytes` }
@@ -124,7 +133,9 @@ export const installationIdDependents = (root: string, m: Matrix | null | undefi
   if (m === undefined || m === null || m.enabled === false || m.encrypted === false) return []
   const out: Array<string> = []
   const derived = m.storePassphrase === undefined && sizeOf(path.join(root, PASSPHRASE_FILE)) === undefined
-  if (derived) out.push(...[CRYPTO_FILE, STATE_FILE].map((f) => path.join(root, f)).filter((f) => sizeOf(f) !== undefined))
+  if (derived) {
+    out.push(...[CRYPTO_FILE, STATE_FILE].map((f) => path.join(root, f)).filter((f) => sizeOf(f) !== undefined))
+  }
   const dlq = path.join(root, DLQ_FILE)
   if ((sizeOf(dlq) ?? 0) > 0) out.push(dlq)
   return out
@@ -135,7 +146,11 @@ export const installationIdMissing = (file: string, dependents: ReadonlyArray<st
   new InstallationIdError({
     kind: "installation-id-missing",
     path: file,
-    message: `Matrix installation id ${file} is missing, but ${dependents.join(", ")} ${dependents.length > 1 ? "were" : "was"} keyed from it; a new id would make ${dependents.length > 1 ? "them" : "it"} unreadable, so none is minted. Restore installation_id from a backup (64 lowercase hex characters and a newline; it is not a secret). If it is lost for good, the derived-key state cannot be opened again: move the Matrix stores and the DLQ aside and follow the disaster recovery in docs/channels.md.`
+    message: `Matrix installation id ${file} is missing, but ${dependents.join(", ")} ${
+      dependents.length > 1 ? "were" : "was"
+    } keyed from it; a new id would make ${
+      dependents.length > 1 ? "them" : "it"
+    } unreadable, so none is minted. Restore installation_id from a backup (64 lowercase hex characters and a newline; it is not a secret). If it is lost for good, the derived-key state cannot be opened again: move the Matrix stores and the DLQ aside and follow the disaster recovery in docs/channels.md.`
   })
 
 /**
@@ -152,7 +167,10 @@ export const installationIdProblem = (root: string, m: Matrix | null | undefined
     return keyed.length > 0 ? installationIdMissing(file, keyed) : undefined
   }
   if (read.state === "bad") {
-    return iidError(file, `failed to read Matrix installation id: ${read.problem}. Restore the original file from a backup.`)
+    return iidError(
+      file,
+      `failed to read Matrix installation id: ${read.problem}. Restore the original file from a backup.`
+    )
   }
   const parsed = parseInstallationId(file, read.text)
   return typeof parsed === "string" ? undefined : parsed
@@ -188,10 +206,18 @@ export const readOrCreateInstallationId = (
       yield* Effect.tryPromise({
         try: () => createExclusiveFile(file, `${crypto.randomBytes(32).toString("hex")}\n`, 0o600),
         catch: (e) =>
-          iidError(file, `failed to read or create Matrix installation id at ${file} (${errText(e)}). Check that the state directory is writable by this user.`)
+          iidError(
+            file,
+            `failed to read or create Matrix installation id at ${file} (${
+              errText(e)
+            }). Check that the state directory is writable by this user.`
+          )
       })
     }
-    return yield* iidError(file, `failed to read or create Matrix installation id at ${file}: it kept disappearing while being read. Check what else touches the state directory.`)
+    return yield* iidError(
+      file,
+      `failed to read or create Matrix installation id at ${file}: it kept disappearing while being read. Check what else touches the state directory.`
+    )
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -199,22 +225,36 @@ export const readOrCreateInstallationId = (
 
 export const PASSPHRASE_FILE_MAX = 64 * 1024
 
-const stateIo = (file: string, message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
+const stateIo = (file: string, message: string) =>
+  new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
 
 /**
  * The trimmed content of a passphrase file; `None` when absent. `allowSymlink` for the pinned file only
  * (operators may link it from a secrets mount); the pending file is ours and must be a regular file.
  */
-export const readPassphraseFile = (file: string, allowSymlink: boolean): Effect.Effect<Option.Option<string>, EncryptedStateIoError> =>
+export const readPassphraseFile = (
+  file: string,
+  allowSymlink: boolean
+): Effect.Effect<Option.Option<string>, EncryptedStateIoError> =>
   Effect.suspend(() => {
     const read = readSmallFile(file, PASSPHRASE_FILE_MAX, allowSymlink)
     if (read.state === "absent") return Effect.succeed(Option.none())
     if (read.state === "bad") {
-      return Effect.fail(stateIo(file, `Matrix encrypted-state file operation failed: ${read.problem}. Fix the file's type and permissions, then retry.`))
+      return Effect.fail(
+        stateIo(
+          file,
+          `Matrix encrypted-state file operation failed: ${read.problem}. Fix the file's type and permissions, then retry.`
+        )
+      )
     }
     const value = read.text.trim()
     if (value === "") {
-      return Effect.fail(stateIo(file, `Matrix encrypted-state file operation failed: ${file} is empty. Rerun \`cara matrix rekey-store --new\` if a rekey was in progress, or restore the file from a backup.`))
+      return Effect.fail(
+        stateIo(
+          file,
+          `Matrix encrypted-state file operation failed: ${file} is empty. Rerun \`cara matrix rekey-store --new\` if a rekey was in progress, or restore the file from a backup.`
+        )
+      )
     }
     return Effect.succeed(Option.some(value))
   })
@@ -231,7 +271,13 @@ export const probeExists = (file: string): Effect.Effect<boolean, EncryptedState
         throw e
       }
     },
-    catch: (e) => stateIo(file, `Matrix encrypted-state file operation failed: checking ${file} failed (${errText(e)}). Check the state directory's permissions.`)
+    catch: (e) =>
+      stateIo(
+        file,
+        `Matrix encrypted-state file operation failed: checking ${file} failed (${
+          errText(e)
+        }). Check the state directory's permissions.`
+      )
   })
 
 // ---------------------------------------------------------------------------------------------------------
@@ -328,16 +374,38 @@ export const acquireRekeyLock = (
     try {
       fs.lstatSync(file)
     } catch (e) {
-      if (codeOf(e) !== "ENOENT") return Effect.fail(stateIo(file, `Checking the Matrix rekey lock ${file} failed (${errText(e)}). Check the state directory's permissions.`))
+      if (codeOf(e) !== "ENOENT") {
+        return Effect.fail(
+          stateIo(
+            file,
+            `Checking the Matrix rekey lock ${file} failed (${errText(e)}). Check the state directory's permissions.`
+          )
+        )
+      }
       try {
-        fs.closeSync(fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600))
+        fs.closeSync(
+          fs.openSync(
+            file,
+            fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+            0o600
+          )
+        )
       } catch (e2) {
-        if (codeOf(e2) !== "EEXIST") return Effect.fail(stateIo(file, `Creating the Matrix rekey lock ${file} failed (${errText(e2)}). Check the state directory's permissions.`))
+        if (codeOf(e2) !== "EEXIST") {
+          return Effect.fail(
+            stateIo(
+              file,
+              `Creating the Matrix rekey lock ${file} failed (${errText(e2)}). Check the state directory's permissions.`
+            )
+          )
+        }
       }
     }
     const st = fs.lstatSync(file)
     if (st.isSymbolicLink() || !st.isFile()) {
-      return Effect.fail(stateIo(file, `The Matrix rekey lock ${file} is not a regular file. Move it aside, then retry.`))
+      return Effect.fail(
+        stateIo(file, `The Matrix rekey lock ${file} is not a regular file. Move it aside, then retry.`)
+      )
     }
     let db: DatabaseSync | undefined
     try {
@@ -361,7 +429,12 @@ export const acquireRekeyLock = (
           }))(liveHolder(stateDir.root)))
         )
       }
-      return Effect.fail(stateIo(file, `Taking the Matrix rekey lock ${file} failed (${errText(e)}). Check the file and the state directory.`))
+      return Effect.fail(
+        stateIo(
+          file,
+          `Taking the Matrix rekey lock ${file} failed (${errText(e)}). Check the file and the state directory.`
+        )
+      )
     }
   })
 
@@ -409,11 +482,14 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
     const pending = stateDir.resolve(PENDING_FILE)
     const marker = stateDir.resolve(MARKER_FILE)
 
-    const installationId = readOrCreateInstallationId(stateDir.root, () => installationIdDependents(stateDir.root, configSecrets.config.matrix))
+    const installationId = readOrCreateInstallationId(stateDir.root, () =>
+      installationIdDependents(stateDir.root, configSecrets.config.matrix))
 
     const resolveDetailed = Effect.gen(function*() {
       const m = configSecrets.config.matrix
-      if (m === undefined || m === null || m.enabled === false || m.encrypted === false) return Option.none<ResolvedPassphrase>()
+      if (m === undefined || m === null || m.enabled === false || m.encrypted === false) {
+        return Option.none<ResolvedPassphrase>()
+      }
 
       // Explicit passphrase: used verbatim; the pinned file and rekey files are not ours to judge.
       if (m.storePassphrase !== undefined) {
@@ -425,11 +501,16 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
             })
           )
         )
-        const value = Option.map(explicit, (v) => Redacted.value(v).trim()).pipe(Option.filter((v) => v !== ""))
-        if (Option.isSome(value)) return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(value.value), source: "explicit" })
+        const value = Option.map(explicit, (v) =>
+          Redacted.value(v).trim()).pipe(Option.filter((v) => v !== ""))
+        if (Option.isSome(value)) {
+          return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(value.value), source: "explicit" })
+        }
         return yield* new MissingStoreSecretError({
           kind: "missing-store-secret",
-          message: `${m.storePassphrase.source === "env" ? "MATRIX_STORE_PASSPHRASE" : "matrix.storePassphrase"} is empty; set it to the store passphrase, or remove it to use CARAPACE_CONFIG_PASSWORD.`
+          message: `${
+            m.storePassphrase.source === "env" ? "MATRIX_STORE_PASSPHRASE" : "matrix.storePassphrase"
+          } is empty; set it to the store passphrase, or remove it to use CARAPACE_CONFIG_PASSWORD.`
         })
       }
 
@@ -441,20 +522,29 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
       if (hasPending || hasMarker) return yield* interruptedRekey({ pending, marker, final })
 
       const pinned = yield* readPassphraseFile(final, true)
-      if (Option.isSome(pinned)) return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(pinned.value), source: "pinned-file" })
+      if (Option.isSome(pinned)) {
+        return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(pinned.value), source: "pinned-file" })
+      }
 
       const password = configPasswordOf(env)
       if (Option.isNone(password)) return yield* missingStoreSecret()
       const iid = yield* installationId
       const derived = yield* Effect.try({
         try: () => deriveStorePassphrase(Redacted.value(password.value), iid),
-        catch: () => new StoreKeyDerivationError({ kind: "store-key-derivation", message: "matrix store key derivation failed; check CARAPACE_CONFIG_PASSWORD and the installation_id file." })
+        catch: () =>
+          new StoreKeyDerivationError({
+            kind: "store-key-derivation",
+            message: "matrix store key derivation failed; check CARAPACE_CONFIG_PASSWORD and the installation_id file."
+          })
       })
       return Option.some<ResolvedPassphrase>({ passphrase: Redacted.make(derived), source: "derived" })
     })
 
     // The pinned file and the derived key are secrets no config field holds: known to the redactor from here.
-    const resolvedRegistered = Effect.tap(resolveDetailed, (r) => Effect.sync(() => Option.map(r, (p) => registerSecret(p.passphrase))))
+    const resolvedRegistered = Effect.tap(resolveDetailed, (r) =>
+      Effect.sync(() =>
+        Option.map(r, (p) => registerSecret(p.passphrase))
+      ))
     return {
       resolve: Effect.map(resolvedRegistered, Option.map((r) => r.passphrase)),
       resolveDetailed: resolvedRegistered,
@@ -467,7 +557,8 @@ export const makeStorePassphrase = (options: StorePassphraseOptions = {}) =>
 export const StorePassphraseLive = Layer.effect(StorePassphrase, makeStorePassphrase())
 
 /** The same with an explicit environment (tests, tools). */
-export const StorePassphraseWith = (options: StorePassphraseOptions) => Layer.effect(StorePassphrase, makeStorePassphrase(options))
+export const StorePassphraseWith = (options: StorePassphraseOptions) =>
+  Layer.effect(StorePassphrase, makeStorePassphrase(options))
 
 /** Holds the maintenance lock as `holder` for the life of the layer (the daemon's whole life). */
 export const RekeyLockHeld = (holder: LockHolderKind) =>

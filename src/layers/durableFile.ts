@@ -2,8 +2,8 @@
 // create, durable append and a capped read. `StateDirLive` wraps them as `StateDir` operations; the few
 // synchronous callers (probes that run outside an Effect) use `readCappedSync` directly. Promise-based and
 // free of Effect so the crash tests can drive them step by step.
-import * as fs from "node:fs/promises"
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from "node:fs"
+import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import type { CappedReadOptions, CappedResult } from "../services/StateDir.js"
 
@@ -28,7 +28,11 @@ export const tempPathFor = (file: string, infix = "tmp"): string =>
 /** Writes `data` to a new temp file beside `file` (O_EXCL, `mode`, fsync'd) and returns its path. */
 export const writeTempFile = async (file: string, data: string | Uint8Array, mode: number): Promise<string> => {
   const temp = tempPathFor(file)
-  const handle = await fs.open(temp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, mode)
+  const handle = await fs.open(
+    temp,
+    fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW,
+    mode
+  )
   try {
     await handle.writeFile(data)
     await handle.chmod(mode)
@@ -66,7 +70,11 @@ export const writeAtomicFile = async (
  * Creates `file` only if it does not exist: temp + fsync + hard link (which never replaces) + directory
  * fsync, so racing creators converge on the first one linked. `"exists"` when another file was there.
  */
-export const createExclusiveFile = async (file: string, data: string | Uint8Array, mode: number): Promise<"created" | "exists"> => {
+export const createExclusiveFile = async (
+  file: string,
+  data: string | Uint8Array,
+  mode: number
+): Promise<"created" | "exists"> => {
   const temp = await writeTempFile(file, data, mode)
   try {
     await fs.link(temp, file)
@@ -86,7 +94,11 @@ export const createExclusiveFile = async (file: string, data: string | Uint8Arra
  * its newline is closed first, so the next line is never glued onto it.
  */
 export const appendDurableFile = async (file: string, text: string): Promise<void> => {
-  const handle = await fs.open(file, fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, 0o600)
+  const handle = await fs.open(
+    file,
+    fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW,
+    0o600
+  )
   let created = false
   try {
     const st = await handle.stat()

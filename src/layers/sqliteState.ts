@@ -47,7 +47,9 @@ const removeStaleTemps = (file: string) => {
   for (const name of names) {
     if (!name.startsWith(prefix)) continue
     const pid = Number(name.slice(prefix.length).split(".")[0])
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) fs.rmSync(path.join(dir, name), { force: true })
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
+      fs.rmSync(path.join(dir, name), { force: true })
+    }
   }
 }
 
@@ -63,7 +65,13 @@ export const createSqliteAtomically = (file: string, init: (db: DatabaseSync) =>
     for (const f of [temp, `${temp}-journal`, `${temp}-wal`, `${temp}-shm`]) fs.rmSync(f, { force: true })
   }
   try {
-    fs.closeSync(fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600))
+    fs.closeSync(
+      fs.openSync(
+        temp,
+        fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+        0o600
+      )
+    )
     const db = new DatabaseSync(temp)
     try {
       db.exec("PRAGMA synchronous = FULL")
@@ -106,7 +114,11 @@ const isBusy = (e: unknown) => {
 
 /** The names of the tables in `db`. */
 export const tablesOf = (db: DatabaseSync): ReadonlySet<string> =>
-  new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((r) => r.name))
+  new Set(
+    (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((r) =>
+      r.name
+    )
+  )
 
 /** The reason for a file with none of `required`, or with only some of them. */
 export const missingTables = (db: DatabaseSync, required: ReadonlyArray<string>): string | undefined => {
@@ -141,7 +153,10 @@ export const inspectSqlite = (file: string, validate: (db: DatabaseSync) => stri
   if (st.size === 0 && wal === 0) return { state: "bad", reason: "it is empty (0 bytes)" }
   // the smallest SQLite page is 512 bytes, and a database file is whole pages
   if (st.size > 0 && st.size < 512 && wal === 0) {
-    return { state: "bad", reason: `it is ${st.size} byte${st.size === 1 ? "" : "s"}, too short to be an SQLite database (truncated)` }
+    return {
+      state: "bad",
+      reason: `it is ${st.size} byte${st.size === 1 ? "" : "s"}, too short to be an SQLite database (truncated)`
+    }
   }
   let db: DatabaseSync | undefined
   try {

@@ -12,7 +12,12 @@ import { StateDir } from "../services/StateDir.js"
 
 /** `cara config get|set` refused; the message says why and what to do. */
 export class ConfigEditError extends Schema.TaggedError<ConfigEditError>()("ConfigEditError", {
-  kind: Schema.Literal("config-path-not-found", "config-path-invalid", "config-set-daemon-running", "config-set-invalid-value"),
+  kind: Schema.Literal(
+    "config-path-not-found",
+    "config-path-invalid",
+    "config-set-daemon-running",
+    "config-set-invalid-value"
+  ),
   message: Schema.String
 }) {}
 
@@ -20,7 +25,8 @@ export class ConfigEditError extends Schema.TaggedError<ConfigEditError>()("Conf
 export const DAEMON_OWNED_PATHS: ReadonlyArray<string> = ["matrix.accessToken", "matrix.deviceId", "matrix.password"]
 
 /** How a secret is shown: where it comes from, never what it is. */
-const maskRef = (ref: SecretRef): string => ref.source === "env" ? `<secret from $${ref.env ?? "?"}>` : `<secret at ${ref.path}>`
+const maskRef = (ref: SecretRef): string =>
+  ref.source === "env" ? `<secret from $${ref.env ?? "?"}>` : `<secret at ${ref.path}>`
 
 /** The config as plain data with every secret (and anything redacted) replaced by its mask. */
 export const maskConfig = (value: unknown): unknown => {
@@ -28,7 +34,9 @@ export const maskConfig = (value: unknown): unknown => {
   if (Redacted.isRedacted(value)) return "<redacted>"
   if (Array.isArray(value)) return value.map(maskConfig)
   if (typeof value === "object" && value !== null) {
-    return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) => [k, maskConfig(v)]))
+    return Object.fromEntries(
+      Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) => [k, maskConfig(v)])
+    )
   }
   return value
 }
@@ -37,7 +45,12 @@ export const maskConfig = (value: unknown): unknown => {
 export const parsePath = (dotted: string): Either.Either<ReadonlyArray<string>, ConfigEditError> => {
   const parts = dotted.trim().split(".")
   return parts.some((p) => p === "")
-    ? Either.left(new ConfigEditError({ kind: "config-path-invalid", message: `"${dotted}" is not a config path; write it dotted, e.g. gateway.port` }))
+    ? Either.left(
+      new ConfigEditError({
+        kind: "config-path-invalid",
+        message: `"${dotted}" is not a config path; write it dotted, e.g. gateway.port`
+      })
+    )
     : Either.right(parts)
 }
 
@@ -77,7 +90,8 @@ export const getConfig = (env: ConfigEnv, dotted: string) =>
     if (Option.isNone(value)) {
       return yield* new ConfigEditError({
         kind: "config-path-not-found",
-        message: `${dotted} is not set in ${shown.targetPath} and has no default; \`cara config show\` lists every value`
+        message:
+          `${dotted} is not set in ${shown.targetPath} and has no default; \`cara config show\` lists every value`
       })
     }
     return value.value
@@ -108,7 +122,8 @@ export const setConfig = (env: ConfigEnv, dotted: string, text: string) =>
     if (DAEMON_OWNED_PATHS.includes(path) && (yield* daemonRunning)) {
       return yield* new ConfigEditError({
         kind: "config-set-daemon-running",
-        message: `the running daemon owns ${path} (it writes it at login); stop the daemon, then rerun \`cara config set ${path} …\``
+        message:
+          `the running daemon owns ${path} (it writes it at login); stop the daemon, then rerun \`cara config set ${path} …\``
       })
     }
     const secrets = yield* Effect.provide(ConfigSecrets, ConfigSecretsWith({ env, failOnErrors: false }))

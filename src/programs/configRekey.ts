@@ -1,10 +1,10 @@
 // `cara config rekey`: re-seals every enc:v2 value of the config file from the current password to a new one.
-import * as fs from "node:fs/promises"
-import * as path from "node:path"
 import { Effect, Either, Option, Schema } from "effect"
 import JSON5 from "json5"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
 import { applyEdits, type Edit, parseWithPositions, stringNodes } from "../domain/json5edit.js"
-import { type Argon2Params, ARGON2_PARAMS, envelopeVersion, makeSealer, open } from "../domain/secrets.js"
+import { ARGON2_PARAMS, type Argon2Params, envelopeVersion, makeSealer, open } from "../domain/secrets.js"
 import { type ConfigEnv, discoverConfigPath, readConfigText } from "../layers/ConfigSecretsLive.js"
 import { StateDir } from "../services/StateDir.js"
 
@@ -75,7 +75,9 @@ export const rekeyConfig = (input: RekeyInput) =>
     if (Either.isLeft(tree)) {
       return yield* refuse(
         "config-rekey-write",
-        `${file}:${tree.left.line ?? 0}:${tree.left.column ?? 0}: cannot parse the config (${tree.left.reason}); fix it first`
+        `${file}:${tree.left.line ?? 0}:${
+          tree.left.column ?? 0
+        }: cannot parse the config (${tree.left.reason}); fix it first`
       )
     }
     const sealed = stringNodes(tree.right).filter((n) => Option.isSome(envelopeVersion(n.node.value as string)))
@@ -83,7 +85,9 @@ export const rekeyConfig = (input: RekeyInput) =>
     if (unsupported.length > 0) {
       return yield* refuse(
         "config-rekey-unsupported-envelope",
-        `unsupported envelopes at ${unsupported.map((n) => n.path.join(".")).join(", ")}; only enc:v2 can be re-sealed. Re-enter those secrets first`
+        `unsupported envelopes at ${
+          unsupported.map((n) => n.path.join(".")).join(", ")
+        }; only enc:v2 can be re-sealed. Re-enter those secrets first`
       )
     }
     if (sealed.length === 0) return { file, resealed: [] } satisfies RekeyResult
@@ -105,7 +109,9 @@ export const rekeyConfig = (input: RekeyInput) =>
     if (failed.length > 0) {
       return yield* refuse(
         "config-rekey-wrong-password",
-        `CARAPACE_CONFIG_PASSWORD does not open the sealed values at ${failed.join(", ")}; set the current password and retry. Nothing was changed`
+        `CARAPACE_CONFIG_PASSWORD does not open the sealed values at ${
+          failed.join(", ")
+        }; set the current password and retry. Nothing was changed`
       )
     }
     if (yield* storeKeyDerivedFromPassword(JSON5.parse(text), input.env, stateDir.root)) {
@@ -118,7 +124,10 @@ export const rekeyConfig = (input: RekeyInput) =>
     const newPassword = yield* input.newPassword
     if (newPassword === "") return yield* refuse("config-rekey-new-password", "the new password is empty")
     if (newPassword === oldPassword) {
-      return yield* refuse("config-rekey-new-password", "the new password is the same as CARAPACE_CONFIG_PASSWORD; nothing to do")
+      return yield* refuse(
+        "config-rekey-new-password",
+        "the new password is the same as CARAPACE_CONFIG_PASSWORD; nothing to do"
+      )
     }
 
     // One salt and one key derivation for the whole write, as every sealing write does.
@@ -129,12 +138,24 @@ export const rekeyConfig = (input: RekeyInput) =>
     for (const [i, e] of edits.entries()) {
       const check = yield* Effect.either(open(newPassword, (e as { value: string }).value, params))
       if (Either.isLeft(check) || check.right !== plain[i]) {
-        return yield* refuse("config-rekey-write", "a re-sealed value did not open with the new password; nothing was changed")
+        return yield* refuse(
+          "config-rekey-write",
+          "a re-sealed value did not open with the new password; nothing was changed"
+        )
       }
     }
     if ((yield* read()) !== text) {
-      return yield* refuse("config-rekey-write", `${file} changed while re-sealing; nothing was written. Rerun the command`)
+      return yield* refuse(
+        "config-rekey-write",
+        `${file} changed while re-sealing; nothing was written. Rerun the command`
+      )
     }
-    yield* Effect.mapError(stateDir.writeAtomic(file, edited.right.text, { mode: 0o600 }), (e) => refuse("config-rekey-write", e.message))
-    return { file, resealed: sealed.map((n) => n.path.join(".")) } satisfies RekeyResult
+    yield* Effect.mapError(stateDir.writeAtomic(file, edited.right.text, { mode: 0o600 }), (e) =>
+      refuse("config-rekey-write", e.message))
+    return {
+      file,
+      resealed: sealed.map((n) =>
+        n.path.join(".")
+      )
+    } satisfies RekeyResult
   })

@@ -15,7 +15,9 @@ import { VerificationLive } from "../layers/VerificationLive.js"
 // The daemon's layer graph in named tiers, each provided once (every tier sees the tiers below it).
 
 /** The state directory, the config with its secrets, ChannelStatus / EventBus / Metrics, and the audit log. */
-const Infrastructure = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive, AuditLive).pipe(Layer.provideMerge(StateDirLive))
+const Infrastructure = Layer.mergeAll(ConfigSecretsLive, GatewayServicesLive, AuditLive).pipe(
+  Layer.provideMerge(StateDirLive)
+)
 
 /**
  * Before any store opens: this daemon holds `.matrix-rekey.lock`, then every state file is looked at (a

@@ -2,20 +2,31 @@
 // needs (config, password, state dir and modes, the maintenance lock, rekey and recovery markers, the stores,
 // the homeserver, the token, cross-signing and backup) and reports it with what to do next. The only writes
 // are the lock's own files while the stores are test-opened, and only when no other process holds the lock.
+import { Effect, Either, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Either, Option, Redacted } from "effect"
 import { defaultAgent, hasErrors, parseModelRef } from "../domain/config.js"
-import { CLEANUP_FILE, KEY_FILE, MINTING_FILE, PENDING_FILE as RK_PENDING_FILE, ROTATING_FILE } from "../domain/recoveryKey.js"
+import {
+  CLEANUP_FILE,
+  KEY_FILE,
+  MINTING_FILE,
+  PENDING_FILE as RK_PENDING_FILE,
+  ROTATING_FILE
+} from "../domain/recoveryKey.js"
+import type { StateFileErrorKind } from "../domain/stateFiles.js"
 import { LOCK_FILE, MARKER_FILE, PASSPHRASE_FILE, PENDING_FILE } from "../domain/storePassphrase.js"
 import { type ConfigEnv, type ConfigSnapshot, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { CRYPTO_FILE, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { SqliteFile, type StoreSecret } from "../layers/durable-idb/sqliteFile.js"
 import { makeKeyring } from "../layers/RecoveryKeyLive.js"
 import { makeStateDir, resolveStateDirPath } from "../layers/StateDirLive.js"
-import { acquireRekeyLock, configPasswordOf, deriveStorePassphrase, LOCK_HOLDER_FILE } from "../layers/StorePassphraseLive.js"
-import type { StateFileErrorKind } from "../domain/stateFiles.js"
 import { stateFileProblems } from "../layers/StateFilesCheck.js"
+import {
+  acquireRekeyLock,
+  configPasswordOf,
+  deriveStorePassphrase,
+  LOCK_HOLDER_FILE
+} from "../layers/StorePassphraseLive.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 
 export type Status = "ok" | "skip" | "warn" | "error"
@@ -103,7 +114,13 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
   const warnings = snap.findings.filter((f) => f.severity === "warning")
   const where = Option.getOrElse(snap.path, () => snap.targetPath)
   if (Option.isNone(snap.path)) {
-    out.push(warn("config", `no config file at ${snap.targetPath}; defaults apply and no channel is enabled`, "create the file (see README.md, step 1), then run `cara config check`"))
+    out.push(
+      warn(
+        "config",
+        `no config file at ${snap.targetPath}; defaults apply and no channel is enabled`,
+        "create the file (see README.md, step 1), then run `cara config check`"
+      )
+    )
   } else if (errors.length > 0) {
     out.push(fail(
       "config",
@@ -112,7 +129,15 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
       "config-invalid"
     ))
   } else if (warnings.length > 0) {
-    out.push(warn("config", `${where} is valid with ${warnings.length} warning(s): ${warnings.map((f) => `${f.path}: ${f.message}`).join("; ")}`, "run `cara config check` and resolve the warnings"))
+    out.push(
+      warn(
+        "config",
+        `${where} is valid with ${warnings.length} warning(s): ${
+          warnings.map((f) => `${f.path}: ${f.message}`).join("; ")
+        }`,
+        "run `cara config check` and resolve the warnings"
+      )
+    )
   } else {
     out.push(ok("config", `${where} is valid`))
   }
@@ -121,7 +146,7 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
     out[out.length - 1] = warn(
       "config",
       `${where}: gateway.auth.mode is "none", so any local process or page that reaches the port can drive cara`,
-      'set gateway.auth.mode "token" with token "${CARAPACE_GATEWAY_TOKEN}" and export CARAPACE_GATEWAY_TOKEN (openssl rand -hex 32)',
+      "set gateway.auth.mode \"token\" with token \"${CARAPACE_GATEWAY_TOKEN}\" and export CARAPACE_GATEWAY_TOKEN (openssl rand -hex 32)",
       "gateway-auth-off"
     )
   }
@@ -162,7 +187,13 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
   } else {
     const ref = parseModelRef(model.value)
     if (Option.isNone(ref)) {
-      out.push(fail("agent", `agents.default.model "${model.value}" is not provider:model`, "write it as anthropic:<model> or openai:<model>"))
+      out.push(
+        fail(
+          "agent",
+          `agents.default.model "${model.value}" is not provider:model`,
+          "write it as anthropic:<model> or openai:<model>"
+        )
+      )
     } else {
       const provider = ref.value.provider
       if (provider === "local") {
@@ -173,9 +204,16 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
       const keyEnv = provider === "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
       const hasKey = section?.apiKey !== undefined || (env[keyEnv] ?? "") !== ""
       // a local OpenAI-compatible server needs no key, from the config or OPENAI_BASE_URL
-      const hasBase = (section?.baseUrl !== undefined && section.baseUrl !== "") || (provider === "openai" && (env["OPENAI_BASE_URL"] ?? "").trim() !== "")
+      const hasBase = (section?.baseUrl !== undefined && section.baseUrl !== "") ||
+        (provider === "openai" && (env["OPENAI_BASE_URL"] ?? "").trim() !== "")
       if (!hasKey && !hasBase) {
-        out.push(fail("agent", `the default agent uses ${provider}, but no API key is configured`, `set ${provider}.apiKey (e.g. "\${${keyEnv}}") or export ${keyEnv}`))
+        out.push(
+          fail(
+            "agent",
+            `the default agent uses ${provider}, but no API key is configured`,
+            `set ${provider}.apiKey (e.g. "\${${keyEnv}}") or export ${keyEnv}`
+          )
+        )
       } else {
         out.push(ok("agent", `default agent: ${model.value}`))
       }
@@ -190,17 +228,58 @@ const configChecks = (snap: ConfigSnapshot, env: ConfigEnv): Array<Finding> => {
 const stateDirChecks = (root: string): { findings: Array<Finding>; present: boolean } => {
   const st = lstat(root)
   if (st === undefined) {
-    return { findings: [warn("state-dir", `${root} does not exist yet`, "start the daemon once (it creates the directory with mode 0700), or set CARAPACE_STATE_DIR")], present: false }
+    return {
+      findings: [
+        warn(
+          "state-dir",
+          `${root} does not exist yet`,
+          "start the daemon once (it creates the directory with mode 0700), or set CARAPACE_STATE_DIR"
+        )
+      ],
+      present: false
+    }
   }
-  const real = st.isSymbolicLink() ? (() => { try { return fs.statSync(root) } catch { return undefined } })() : st
+  const real = st.isSymbolicLink()
+    ? (() => {
+      try {
+        return fs.statSync(root)
+      } catch {
+        return undefined
+      }
+    })()
+    : st
   if (real === undefined || !real.isDirectory()) {
-    return { findings: [fail("state-dir", `${root} is not a directory`, "move it aside or point CARAPACE_STATE_DIR at a directory", "state-dir-io")], present: false }
+    return {
+      findings: [
+        fail(
+          "state-dir",
+          `${root} is not a directory`,
+          "move it aside or point CARAPACE_STATE_DIR at a directory",
+          "state-dir-io"
+        )
+      ],
+      present: false
+    }
   }
   const findings: Array<Finding> = []
   if (typeof process.getuid === "function" && real.uid !== process.getuid()) {
-    findings.push(fail("state-dir", `${root} is owned by uid ${real.uid}, not by this user`, `run cara as the owner, or chown -R the directory to the user that runs the daemon`, "state-dir-permissions"))
+    findings.push(
+      fail(
+        "state-dir",
+        `${root} is owned by uid ${real.uid}, not by this user`,
+        `run cara as the owner, or chown -R the directory to the user that runs the daemon`,
+        "state-dir-permissions"
+      )
+    )
   } else if ((real.mode & 0o777) !== 0o700) {
-    findings.push(warn("state-dir", `${root} has mode ${octal(real.mode)}, expected 700`, `chmod 700 ${root} (the daemon also resets it at start)`, "state-dir-permissions"))
+    findings.push(
+      warn(
+        "state-dir",
+        `${root} has mode ${octal(real.mode)}, expected 700`,
+        `chmod 700 ${root} (the daemon also resets it at start)`,
+        "state-dir-permissions"
+      )
+    )
   } else {
     findings.push(ok("state-dir", `${root} exists with mode 700`))
   }
@@ -280,7 +359,14 @@ const recoveryChecks = (stateDir: StateDirShape): Array<Finding> => {
     ))
   }
   if (out.length === 0) {
-    out.push(ok("recovery", exists(stateDir.resolve(KEY_FILE)) ? "recovery key present, no operation in flight" : "no recovery key yet (created at cross-signing bootstrap), no operation in flight"))
+    out.push(
+      ok(
+        "recovery",
+        exists(stateDir.resolve(KEY_FILE))
+          ? "recovery key present, no operation in flight"
+          : "no recovery key yet (created at cross-signing bootstrap), no operation in flight"
+      )
+    )
   }
   return out
 }
@@ -295,16 +381,28 @@ type LockState =
 
 const holderOf = (root: string): string => {
   try {
-    const h = JSON.parse(fs.readFileSync(path.join(root, LOCK_HOLDER_FILE), "utf8")) as { pid?: unknown; holder?: unknown }
+    const h = JSON.parse(fs.readFileSync(path.join(root, LOCK_HOLDER_FILE), "utf8")) as {
+      pid?: unknown
+      holder?: unknown
+    }
     return `${String(h.holder ?? "a cara process")} (pid ${String(h.pid ?? "?")})`
   } catch {
     return "another cara process"
   }
 }
 
-const resolvePassphrase = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: StateDirShape): Either.Either<{ value: string; source: string }, string> => {
+const resolvePassphrase = (
+  snap: ConfigSnapshot,
+  env: ConfigEnv,
+  stateDir: StateDirShape
+): Either.Either<{ value: string; source: string }, string> => {
   const slot = snap.secrets.get("matrix.storePassphrase")
-  if (slot?.state === "open") return Either.right({ value: Redacted.value(slot.value), source: "matrix.storePassphrase / MATRIX_STORE_PASSPHRASE" })
+  if (slot?.state === "open") {
+    return Either.right({
+      value: Redacted.value(slot.value),
+      source: "matrix.storePassphrase / MATRIX_STORE_PASSPHRASE"
+    })
+  }
   try {
     const pinned = fs.readFileSync(stateDir.resolve(PASSPHRASE_FILE), "utf8").trim()
     if (pinned !== "") return Either.right({ value: pinned, source: "the pinned store_passphrase file" })
@@ -312,23 +410,33 @@ const resolvePassphrase = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: State
     // no pinned file: derive
   }
   const password = configPasswordOf(env)
-  if (Option.isNone(password)) return Either.left("no store key source: CARAPACE_CONFIG_PASSWORD, MATRIX_STORE_PASSPHRASE and the pinned file are all absent")
+  if (Option.isNone(password)) {
+    return Either.left(
+      "no store key source: CARAPACE_CONFIG_PASSWORD, MATRIX_STORE_PASSPHRASE and the pinned file are all absent"
+    )
+  }
   let iid: string
   try {
     iid = fs.readFileSync(stateDir.resolve("installation_id"), "utf8").trim()
   } catch {
     return Either.left("the stores exist but installation_id is missing, so the derived key cannot be computed")
   }
-  return Either.right({ value: deriveStorePassphrase(Redacted.value(password.value), iid), source: "derived from CARAPACE_CONFIG_PASSWORD" })
+  return Either.right({
+    value: deriveStorePassphrase(Redacted.value(password.value), iid),
+    source: "derived from CARAPACE_CONFIG_PASSWORD"
+  })
 }
 
 /** The short next step of each state-file refusal (the message holds the detail). */
 const STATE_FILE_REMEDY: Record<StateFileErrorKind, string> = {
-  "crypto-store-corrupt": "restore both Matrix store files from a backup; without one, move them aside and follow Disaster recovery in docs/channels.md (never let the daemon build a new store under the old device id)",
-  "state-store-corrupt": "restore it from the backup the crypto store came from, or move it aside so the next start rebuilds it from the homeserver",
+  "crypto-store-corrupt":
+    "restore both Matrix store files from a backup; without one, move them aside and follow Disaster recovery in docs/channels.md (never let the daemon build a new store under the old device id)",
+  "state-store-corrupt":
+    "restore it from the backup the crypto store came from, or move it aside so the next start rebuilds it from the homeserver",
   "inbound-ledger-corrupt": "restore it from a backup, or move it aside (the next start begins a new ledger)",
   "session-history-corrupt": "restore it from a backup, or move it aside (the next start begins an empty history)",
-  "installation-id-missing": "restore installation_id from a backup; the daemon will not mint a new one while state is keyed from it",
+  "installation-id-missing":
+    "restore installation_id from a backup; the daemon will not mint a new one while state is keyed from it",
   "installation-id": "restore installation_id from a backup (64 lowercase hex characters)",
   "encrypted-state-io": "fix or restore the file named above"
 }
@@ -342,14 +450,25 @@ const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: Stat
       Effect.as<LockState>({ state: "free" }),
       Effect.catchAll((e) =>
         Effect.succeed<LockState>(
-          e._tag === "RekeyLockHeldError" ? { state: "held", by: holderOf(stateDir.root) } : { state: "error", message: e.message }
+          e._tag === "RekeyLockHeldError"
+            ? { state: "held", by: holderOf(stateDir.root) }
+            : { state: "error", message: e.message }
         )
       )
     )
     if (lock.state === "error") {
-      out.push(fail("lock", lock.message, "check the state directory's permissions and free disk space", "encrypted-state-io"))
+      out.push(
+        fail("lock", lock.message, "check the state directory's permissions and free disk space", "encrypted-state-io")
+      )
     } else if (lock.state === "held") {
-      out.push(ok("lock", `${stateDir.resolve(LOCK_FILE)} is held by ${lock.by}; maintenance commands (rekey-store, recovery-key restore|rotate) need it stopped`))
+      out.push(
+        ok(
+          "lock",
+          `${
+            stateDir.resolve(LOCK_FILE)
+          } is held by ${lock.by}; maintenance commands (rekey-store, recovery-key restore|rotate) need it stopped`
+        )
+      )
     } else {
       out.push(ok("lock", "the maintenance lock is free (no daemon or maintenance command running)"))
     }
@@ -369,7 +488,12 @@ const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: Stat
     } else if (!exists(crypto) && !exists(state)) {
       out.push(ok("stores", "no Matrix store yet; the first start creates it"))
     } else if (lock.state !== "free") {
-      out.push(skip("stores", "not opened: another process holds them (a running daemon reports store problems in `cara status`)"))
+      out.push(
+        skip(
+          "stores",
+          "not opened: another process holds them (a running daemon reports store problems in `cara status`)"
+        )
+      )
     } else if (rekeyInFlight) {
       out.push(skip("stores", "not opened while a rekey is in flight (see the rekey finding)"))
     } else {
@@ -378,7 +502,14 @@ const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: Stat
       if (m.encrypted) {
         const p = resolvePassphrase(snap, env, stateDir)
         if (Either.isLeft(p)) {
-          out.push(fail("stores", p.left, "export the CARAPACE_CONFIG_PASSWORD (or MATRIX_STORE_PASSPHRASE) that was in effect when the store was created", "missing-store-secret"))
+          out.push(
+            fail(
+              "stores",
+              p.left,
+              "export the CARAPACE_CONFIG_PASSWORD (or MATRIX_STORE_PASSPHRASE) that was in effect when the store was created",
+              "missing-store-secret"
+            )
+          )
           return out
         }
         secret = { encrypted: true, passphrase: p.right.value }
@@ -396,7 +527,11 @@ const lockAndStoreChecks = (snap: ConfigSnapshot, env: ConfigEnv, stateDir: Stat
           }
         } else {
           const cause = opened.left.error as { kind?: unknown; message?: unknown }
-          problems.push({ file, message: String(cause.message ?? cause), kind: typeof cause.kind === "string" ? cause.kind : undefined })
+          problems.push({
+            file,
+            message: String(cause.message ?? cause),
+            kind: typeof cause.kind === "string" ? cause.kind : undefined
+          })
         }
       }
       if (problems.length === 0) {
@@ -447,7 +582,9 @@ const request = (url: string, timeoutMs: number, init: { token?: string; body?: 
     },
     catch: (e) => {
       const err = e as { name?: string; cause?: { code?: string }; message?: string }
-      return err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms` : (err.cause?.code ?? err.message ?? "connection failed")
+      return err.name === "TimeoutError"
+        ? `no answer within ${timeoutMs} ms`
+        : (err.cause?.code ?? err.message ?? "connection failed")
     }
   })
 
@@ -457,32 +594,60 @@ const request = (url: string, timeoutMs: number, init: { token?: string; body?: 
  */
 const recoveryKeyCheck = (base: string, timeoutMs: number, token: string, userId: string, keyFile: string) =>
   Effect.gen(function*() {
-    const remedy = "stop the daemon, remove matrix/recovery_key after saving it aside, and run `cara matrix recovery-key restore` with the key Element shows for this account; the daemon refuses to start until then"
+    const remedy =
+      "stop the daemon, remove matrix/recovery_key after saving it aside, and run `cara matrix recovery-key restore` with the key Element shows for this account; the daemon refuses to start until then"
     const accountData = (type: string) =>
-      request(`${base}/_matrix/client/v3/user/${encodeURIComponent(userId)}/account_data/${encodeURIComponent(type)}`, timeoutMs, { token })
+      request(
+        `${base}/_matrix/client/v3/user/${encodeURIComponent(userId)}/account_data/${encodeURIComponent(type)}`,
+        timeoutMs,
+        { token }
+      )
     const def = yield* Effect.either(accountData("m.secret_storage.default_key"))
     if (Either.isLeft(def) || (def.right.status !== 200 && def.right.status !== 404)) {
-      return warn("cross-signing", `reading secret storage failed (${Either.isLeft(def) ? def.left : `HTTP ${def.right.status}`})`, "rerun `cara doctor`; if it persists, check the homeserver", "recovery-state-probe-failed")
+      return warn(
+        "cross-signing",
+        `reading secret storage failed (${Either.isLeft(def) ? def.left : `HTTP ${def.right.status}`})`,
+        "rerun `cara doctor`; if it persists, check the homeserver",
+        "recovery-state-probe-failed"
+      )
     }
     const id = field(def.right.json, "key")
     const info = typeof id === "string" ? yield* Effect.either(accountData(`m.secret_storage.key.${id}`)) : undefined
     if (info === undefined || Either.isLeft(info) || info.right.status !== 200) {
-      return fail("cross-signing", `${userId} is cross-signed and matrix/recovery_key exists, but the homeserver has no secret-storage key for it (reason=server-not-configured)`, remedy, "recovery-key-restore-failed")
+      return fail(
+        "cross-signing",
+        `${userId} is cross-signed and matrix/recovery_key exists, but the homeserver has no secret-storage key for it (reason=server-not-configured)`,
+        remedy,
+        "recovery-key-restore-failed"
+      )
     }
     let text = ""
     try {
       text = fs.readFileSync(keyFile, "utf8").slice(0, 4096).trim()
     } catch (e) {
-      return fail("cross-signing", `matrix/recovery_key cannot be read (${(e as NodeJS.ErrnoException).code ?? "error"})`, remedy, "recovery-state-io")
+      return fail(
+        "cross-signing",
+        `matrix/recovery_key cannot be read (${(e as NodeJS.ErrnoException).code ?? "error"})`,
+        remedy,
+        "recovery-state-io"
+      )
     }
     const opens = yield* Effect.promise(() => makeKeyring().matches(text, info.right.json as never))
     return opens
       ? ok("cross-signing", `${userId} is cross-signed and matrix/recovery_key opens the homeserver's secret storage`)
-      : fail("cross-signing", `matrix/recovery_key does not open the homeserver's secret storage (reason=wrong-key)`, remedy, "recovery-key-restore-failed")
+      : fail(
+        "cross-signing",
+        `matrix/recovery_key does not open the homeserver's secret storage (reason=wrong-key)`,
+        remedy,
+        "recovery-key-restore-failed"
+      )
   })
 
 const field = (v: unknown, ...keys: Array<string>): unknown =>
-  keys.reduce<unknown>((acc, k) => (acc !== null && typeof acc === "object" ? (acc as Record<string, unknown>)[k] : undefined), v)
+  keys.reduce<unknown>(
+    (acc, k) => (acc !== null && typeof acc === "object" ? (acc as Record<string, unknown>)[k] : undefined),
+    v
+  )
 
 const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeoutMs: number) =>
   Effect.gen(function*() {
@@ -495,34 +660,63 @@ const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeout
     }
     const base = m.homeserverUrl.replace(/\/+$/, "")
     const versions = yield* Effect.either(request(`${base}/_matrix/client/versions`, timeoutMs))
-    if (Either.isLeft(versions) || versions.right.status !== 200 || !Array.isArray(field(versions.right.json, "versions"))) {
+    if (
+      Either.isLeft(versions) || versions.right.status !== 200 || !Array.isArray(field(versions.right.json, "versions"))
+    ) {
       out.push(fail(
         "homeserver",
-        `${base} is not reachable as a Matrix homeserver (${Either.isLeft(versions) ? versions.left : `HTTP ${versions.right.status}`})`,
+        `${base} is not reachable as a Matrix homeserver (${
+          Either.isLeft(versions) ? versions.left : `HTTP ${versions.right.status}`
+        })`,
         "check matrix.homeserverUrl (scheme and host only), DNS, TLS and the firewall; `curl <url>/_matrix/client/versions` must answer",
         "sync-failed"
       ))
       return [...out, ...ids.slice(1).map((c) => skip(c, "the homeserver is not reachable"))]
     }
-    out.push(ok("homeserver", `${base} answers (${(field(versions.right.json, "versions") as Array<unknown>).length} spec versions)`))
+    out.push(
+      ok(
+        "homeserver",
+        `${base} answers (${(field(versions.right.json, "versions") as Array<unknown>).length} spec versions)`
+      )
+    )
 
     const slot = snap.secrets.get("matrix.accessToken")
     if (slot === undefined || slot.state !== "open") {
       const why = slot === undefined
         ? "no access token yet: the first start logs in with matrix.password and writes the token back"
         : "the access token is sealed and CARAPACE_CONFIG_PASSWORD does not open it"
-      return [...out, (slot === undefined ? skip : (c: string, msg: string) => fail(c, msg, "export CARAPACE_CONFIG_PASSWORD", "config-secret-locked"))("token", why), skip("cross-signing", "needs the access token"), skip("backup", "needs the access token")]
+      return [
+        ...out,
+        (slot === undefined
+          ? skip
+          : (c: string, msg: string) => fail(c, msg, "export CARAPACE_CONFIG_PASSWORD", "config-secret-locked"))(
+            "token",
+            why
+          ),
+        skip("cross-signing", "needs the access token"),
+        skip("backup", "needs the access token")
+      ]
     }
     const token = Redacted.value(slot.value)
     const whoami = yield* Effect.either(request(`${base}/_matrix/client/v3/account/whoami`, timeoutMs, { token }))
     if (Either.isLeft(whoami)) {
-      return [...out, fail("token", `whoami failed: ${whoami.left}`, "check the network, then rerun `cara doctor`", "auth-probe"), skip("cross-signing", "needs a valid token"), skip("backup", "needs a valid token")]
+      return [
+        ...out,
+        fail("token", `whoami failed: ${whoami.left}`, "check the network, then rerun `cara doctor`", "auth-probe"),
+        skip("cross-signing", "needs a valid token"),
+        skip("backup", "needs a valid token")
+      ]
     }
     if (whoami.right.status !== 200) {
       const errcode = String(field(whoami.right.json, "errcode") ?? `HTTP ${whoami.right.status}`)
       return [
         ...out,
-        fail("token", `the homeserver refuses the access token (${errcode})`, "mint a new token: remove matrix.accessToken and matrix.deviceId, set matrix.password for one start, and restart; or put a fresh token and its device id in the config", "auth-token-revoked"),
+        fail(
+          "token",
+          `the homeserver refuses the access token (${errcode})`,
+          "mint a new token: remove matrix.accessToken and matrix.deviceId, set matrix.password for one start, and restart; or put a fresh token and its device id in the config",
+          "auth-token-revoked"
+        ),
         skip("cross-signing", "needs a valid token"),
         skip("backup", "needs a valid token")
       ]
@@ -530,33 +724,93 @@ const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeout
     const userId = String(field(whoami.right.json, "user_id") ?? "")
     const deviceId = field(whoami.right.json, "device_id")
     if (m.userId !== undefined && userId !== m.userId) {
-      out.push(fail("token", `the token belongs to ${userId}, not to matrix.userId ${m.userId}`, "put the token of the configured account in the config, or fix matrix.userId", "auth-session-user-mismatch"))
+      out.push(
+        fail(
+          "token",
+          `the token belongs to ${userId}, not to matrix.userId ${m.userId}`,
+          "put the token of the configured account in the config, or fix matrix.userId",
+          "auth-session-user-mismatch"
+        )
+      )
     } else if (m.deviceId !== undefined && typeof deviceId === "string" && deviceId !== m.deviceId) {
-      out.push(fail("token", `the token is for device ${deviceId}, not matrix.deviceId ${m.deviceId}`, "set matrix.deviceId to the token's device, or mint a token for the configured device", "auth-session-device-mismatch"))
+      out.push(
+        fail(
+          "token",
+          `the token is for device ${deviceId}, not matrix.deviceId ${m.deviceId}`,
+          "set matrix.deviceId to the token's device, or mint a token for the configured device",
+          "auth-session-device-mismatch"
+        )
+      )
     } else {
-      out.push(ok("token", `the access token is valid for ${userId}${typeof deviceId === "string" ? ` (device ${deviceId})` : ""}`))
+      out.push(
+        ok(
+          "token",
+          `the access token is valid for ${userId}${typeof deviceId === "string" ? ` (device ${deviceId})` : ""}`
+        )
+      )
     }
 
-    const keys = yield* Effect.either(request(`${base}/_matrix/client/v3/keys/query`, timeoutMs, { token, body: { device_keys: { [userId]: [] } } }))
+    const keys = yield* Effect.either(
+      request(`${base}/_matrix/client/v3/keys/query`, timeoutMs, { token, body: { device_keys: { [userId]: [] } } })
+    )
     if (Either.isLeft(keys) || keys.right.status !== 200) {
-      out.push(warn("cross-signing", `keys/query failed (${Either.isLeft(keys) ? keys.left : `HTTP ${keys.right.status}`})`, "rerun `cara doctor`; if it persists, check the homeserver", "recovery-state-probe-failed"))
+      out.push(
+        warn(
+          "cross-signing",
+          `keys/query failed (${Either.isLeft(keys) ? keys.left : `HTTP ${keys.right.status}`})`,
+          "rerun `cara doctor`; if it persists, check the homeserver",
+          "recovery-state-probe-failed"
+        )
+      )
     } else if (field(keys.right.json, "master_keys", userId) === undefined) {
-      out.push(warn("cross-signing", `${userId} has no cross-signing identity on the server`, "start the daemon with matrix.password set once: it bootstraps cross-signing and writes matrix/recovery_key"))
+      out.push(
+        warn(
+          "cross-signing",
+          `${userId} has no cross-signing identity on the server`,
+          "start the daemon with matrix.password set once: it bootstraps cross-signing and writes matrix/recovery_key"
+        )
+      )
     } else if (!exists(stateDir.resolve(KEY_FILE))) {
-      out.push(warn("cross-signing", `${userId} is cross-signed, but this installation has no matrix/recovery_key`, "restore the saved key with `cara matrix recovery-key restore --key-file FILE` (daemon stopped)"))
+      out.push(
+        warn(
+          "cross-signing",
+          `${userId} is cross-signed, but this installation has no matrix/recovery_key`,
+          "restore the saved key with `cara matrix recovery-key restore --key-file FILE` (daemon stopped)"
+        )
+      )
     } else {
       out.push(yield* recoveryKeyCheck(base, timeoutMs, token, userId, stateDir.resolve(KEY_FILE)))
     }
 
     const backup = yield* Effect.either(request(`${base}/_matrix/client/v3/room_keys/version`, timeoutMs, { token }))
     if (Either.isLeft(backup)) {
-      out.push(warn("backup", `room_keys/version failed (${backup.left})`, "rerun `cara doctor`; if it persists, check the homeserver"))
+      out.push(
+        warn(
+          "backup",
+          `room_keys/version failed (${backup.left})`,
+          "rerun `cara doctor`; if it persists, check the homeserver"
+        )
+      )
     } else if (backup.right.status === 200) {
-      out.push(ok("backup", `server-side key backup version ${String(field(backup.right.json, "version") ?? "?")} exists`))
+      out.push(
+        ok("backup", `server-side key backup version ${String(field(backup.right.json, "version") ?? "?")} exists`)
+      )
     } else if (backup.right.status === 404) {
-      out.push(warn("backup", "no server-side key backup", "start the daemon with the recovery key in place: it creates the backup; without one, history is lost with the device"))
+      out.push(
+        warn(
+          "backup",
+          "no server-side key backup",
+          "start the daemon with the recovery key in place: it creates the backup; without one, history is lost with the device"
+        )
+      )
     } else {
-      out.push(warn("backup", `room_keys/version answered HTTP ${backup.right.status}`, "rerun `cara doctor`; if it persists, check the homeserver"))
+      out.push(
+        warn(
+          "backup",
+          `room_keys/version answered HTTP ${backup.right.status}`,
+          "rerun `cara doctor`; if it persists, check the homeserver"
+        )
+      )
     }
     return out
   })
@@ -576,7 +830,15 @@ export const runDoctor = (options: DoctorOptions): Effect.Effect<DoctorReport> =
       return {
         stateDir: root,
         configPath: null,
-        findings: [...dir.findings, fail("state-dir", stateDir.left.message, "fix the path named above, then rerun `cara doctor`", stateDir.left.kind)],
+        findings: [
+          ...dir.findings,
+          fail(
+            "state-dir",
+            stateDir.left.message,
+            "fix the path named above, then rerun `cara doctor`",
+            stateDir.left.kind
+          )
+        ],
         exitCode: 2
       }
     }

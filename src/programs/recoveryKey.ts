@@ -1,9 +1,9 @@
 // `cara matrix recovery-key show | restore | rotate` (reference §5.4, §5.5, §5.7). CLI-only by design: these
 // never traverse the control API. restore and rotate hold the maintenance lock (the daemon must be
 // stopped); show only reads the key file.
-import * as path from "node:path"
 import { Effect, Either, Option, Redacted } from "effect"
 import * as sdk from "matrix-js-sdk"
+import * as path from "node:path"
 import {
   CLEANUP_FILE,
   KEY_FILE,
@@ -15,7 +15,7 @@ import {
   type RecoveryKeyError,
   stateIo
 } from "../domain/recoveryKey.js"
-import type { RekeyLockHeldError, EncryptedStateIoError } from "../domain/storePassphrase.js"
+import type { EncryptedStateIoError, RekeyLockHeldError } from "../domain/storePassphrase.js"
 import { makeCryptoStore } from "../layers/CryptoStoreLive.js"
 import {
   fileAudit,
@@ -23,9 +23,9 @@ import {
   nodeRecoveryFiles,
   type RecoveryFiles,
   restoreAtStartup,
+  rotateTestFault,
   runRepair,
   runRestoreCleanup,
-  rotateTestFault,
   runRotateCommand,
   sdkServer
 } from "../layers/RecoveryKeyLive.js"
@@ -42,8 +42,18 @@ const configGate = (op: Op) =>
     const { config } = yield* ConfigSecrets
     const m = config.matrix
     const cmd = `cara matrix recovery-key ${op}`
-    if (m === undefined || m === null) return yield* recoveryError("recovery-config-precondition", `Matrix recovery configuration precondition failed: ${cmd} requires Matrix configuration (a \`matrix\` section in the config).`)
-    if (m.enabled === false) return yield* recoveryError("recovery-config-precondition", `Matrix recovery configuration precondition failed: ${cmd} requires matrix.enabled=true.`)
+    if (m === undefined || m === null) {
+      return yield* recoveryError(
+        "recovery-config-precondition",
+        `Matrix recovery configuration precondition failed: ${cmd} requires Matrix configuration (a \`matrix\` section in the config).`
+      )
+    }
+    if (m.enabled === false) {
+      return yield* recoveryError(
+        "recovery-config-precondition",
+        `Matrix recovery configuration precondition failed: ${cmd} requires matrix.enabled=true.`
+      )
+    }
     if (m.encrypted === false) {
       return yield* recoveryError(
         "recovery-config-precondition",
@@ -73,7 +83,12 @@ export const showKey = (options: { readonly allowNonTerminal: boolean; readonly 
     const text = yield* files.read(KEY_FILE, MAX_KEY_BYTES)
     const key = Option.map(text, (t) => t.trim())
     if (Option.isNone(key) || key.value === "") {
-      return yield* recoveryError("recovery-key-refused", `Matrix recovery key unavailable at ${stateDir.resolve(KEY_FILE)}. Start the daemon once (it mints the key) or restore it with \`cara matrix recovery-key restore\`.`)
+      return yield* recoveryError(
+        "recovery-key-refused",
+        `Matrix recovery key unavailable at ${
+          stateDir.resolve(KEY_FILE)
+        }. Start the daemon once (it mints the key) or restore it with \`cara matrix recovery-key restore\`.`
+      )
     }
     return Redacted.make(key.value)
   })
@@ -86,14 +101,19 @@ export const parseKeyInput = (raw: Uint8Array | string) =>
   Effect.gen(function*() {
     const bytes = typeof raw === "string" ? Buffer.byteLength(raw) : raw.byteLength
     if (bytes > MAX_KEY_BYTES) {
-      return yield* recoveryError("recovery-key-invalid", `Matrix recovery key input exceeds ${MAX_KEY_BYTES} bytes; refuse to read. Pass a file that holds only the key.`)
+      return yield* recoveryError(
+        "recovery-key-invalid",
+        `Matrix recovery key input exceeds ${MAX_KEY_BYTES} bytes; refuse to read. Pass a file that holds only the key.`
+      )
     }
     const text = typeof raw === "string" ? raw : Buffer.from(raw).toString("utf8")
     const parsed = normalizeRecoveryKey(text)
     if (Either.isLeft(parsed)) {
       return yield* recoveryError(
         "recovery-key-invalid",
-        parsed.left === "empty" ? "Matrix recovery key cannot be empty" : `${KEY_FORMAT_MESSAGE}. Check the key you saved from Element or \`cara matrix recovery-key show\`.`
+        parsed.left === "empty"
+          ? "Matrix recovery key cannot be empty"
+          : `${KEY_FORMAT_MESSAGE}. Check the key you saved from Element or \`cara matrix recovery-key show\`.`
       )
     }
     return Redacted.make(parsed.right)
@@ -104,7 +124,8 @@ export interface RestoreResult {
   readonly resumed: boolean
 }
 
-const RESTART_HINT = "Restart any running carapace daemon for the restored key to take effect: the key is used at the next start."
+const RESTART_HINT =
+  "Restart any running carapace daemon for the restored key to take effect: the key is used at the next start."
 
 export const renderRestore = (r: RestoreResult) =>
   r.resumed
@@ -115,7 +136,10 @@ export const renderRestore = (r: RestoreResult) =>
  * Restore: `readKey` is called only when a key is needed (not on the resume path), so a prompt is not shown
  * for a pure cleanup resume.
  */
-export const restoreKey = <E, R>(readKey: Effect.Effect<Redacted.Redacted<string>, E, R>, files?: (root: string) => RecoveryFiles) =>
+export const restoreKey = <E, R>(
+  readKey: Effect.Effect<Redacted.Redacted<string>, E, R>,
+  files?: (root: string) => RecoveryFiles
+) =>
   Effect.scoped(
     Effect.gen(function*() {
       yield* configGate("restore")
@@ -131,14 +155,21 @@ export const restoreKey = <E, R>(readKey: Effect.Effect<Redacted.Redacted<string
       if (!(keyPresent && journalPresent)) {
         const k = yield* readKey
         if (keyPresent) {
-          return yield* recoveryError("recovery-key-refused", `Matrix recovery key already exists at ${keyPath}; refuse to overwrite. To replace it: stop the daemon, remove the file, then re-run.`)
+          return yield* recoveryError(
+            "recovery-key-refused",
+            `Matrix recovery key already exists at ${keyPath}; refuse to overwrite. To replace it: stop the daemon, remove the file, then re-run.`
+          )
         }
         key = Option.some(Redacted.value(k))
       }
       const outcome = yield* runRestoreCleanup(f, key, audit)
       if (outcome.failedRoles.length > 0) {
         return yield* stateIo(
-          `Matrix recovery key was restored, but stale recovery-key cleanup failed: could not remove ${outcome.failedRoles.join(", ")}. Keep the daemon stopped, check the permissions of ${stateDir.resolve("matrix")}, then rerun \`cara matrix recovery-key restore\` to finish the cleanup.`
+          `Matrix recovery key was restored, but stale recovery-key cleanup failed: could not remove ${
+            outcome.failedRoles.join(", ")
+          }. Keep the daemon stopped, check the permissions of ${
+            stateDir.resolve("matrix")
+          }, then rerun \`cara matrix recovery-key restore\` to finish the cleanup.`
         )
       }
       yield* audit("matrix_recovery_key_restore", { pid: process.pid })
@@ -155,23 +186,42 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
     const secrets = yield* ConfigSecrets
     const sp = yield* StorePassphrase
     const m = secrets.config.matrix!
-    const token = yield* secrets.secretOption("matrix.accessToken").pipe(Effect.orElseSucceed(() => Option.none<Redacted.Redacted<string>>()))
+    const token = yield* secrets.secretOption("matrix.accessToken").pipe(
+      Effect.orElseSucceed(() => Option.none<Redacted.Redacted<string>>())
+    )
     const deviceId = m.deviceId
     if (Option.isNone(token) || deviceId === undefined || deviceId === null) {
-      return yield* recoveryError("recovery-config-precondition", "Matrix recovery configuration precondition failed: rotation needs the persisted access token and device id; start the daemon once so it logs in, stop it, then rerun.")
+      return yield* recoveryError(
+        "recovery-config-precondition",
+        "Matrix recovery configuration precondition failed: rotation needs the persisted access token and device id; start the daemon once so it logs in, stop it, then rerun."
+      )
     }
     const passphrase = yield* sp.resolve.pipe(Effect.mapError((e) => stateIo(e.message)))
     const store = yield* makeCryptoStore({
       secret: { encrypted: true, passphrase }
     }).pipe(Effect.mapError((e) => stateIo(e.message)))
     const syncStore = new sdk.IndexedDBStore({ indexedDB: store.indexedDB as never, dbName: store.syncStoreName })
-    yield* Effect.tryPromise({ try: () => syncStore.startup(), catch: (e) => stateIo(`opening the sync store failed: ${String(e)}`) })
-    const quiet = { trace: () => {}, debug: () => {}, info: () => {}, warn: () => {}, error: () => {}, getChild: () => quiet }
+    yield* Effect.tryPromise({
+      try: () => syncStore.startup(),
+      catch: (e) => stateIo(`opening the sync store failed: ${String(e)}`)
+    })
+    const quiet = {
+      trace: () => {},
+      debug: () => {},
+      info: () => {},
+      warn: () => {},
+      error: () => {},
+      getChild: () => quiet
+    }
     // module-level SDK loggers write to the console at call time; keep the command's output to its own lines
     yield* Effect.acquireRelease(
       Effect.sync(() => {
         const saved = { log: console.log, info: console.info, debug: console.debug, warn: console.warn }
-        console.log = console.info = console.debug = console.warn = () => {}
+        console.log =
+          console.info =
+          console.debug =
+          console.warn =
+            () => {}
         return saved
       }),
       (saved) => Effect.sync(() => Object.assign(console, saved))
@@ -189,12 +239,13 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
           logger: quiet as never
         })
       ),
-      (c) => Effect.promise(async () => {
-        c.stopClient()
-        await syncStore.save(true).catch(() => undefined)
-        await syncStore.save(true).catch(() => undefined)
-        c.removeAllListeners()
-      })
+      (c) =>
+        Effect.promise(async () => {
+          c.stopClient()
+          await syncStore.save(true).catch(() => undefined)
+          await syncStore.save(true).catch(() => undefined)
+          c.removeAllListeners()
+        })
     )
     yield* Effect.tryPromise({
       try: () =>
@@ -216,7 +267,13 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
           })
           void client.startClient({ initialSyncLimit: 1 })
         }),
-      catch: (e) => recoveryError("recovery-state-probe-failed", `Matrix recovery state probe failed: ${e instanceof Error ? e.message : String(e)}; check that the homeserver is reachable.`)
+      catch: (e) =>
+        recoveryError(
+          "recovery-state-probe-failed",
+          `Matrix recovery state probe failed: ${
+            e instanceof Error ? e.message : String(e)
+          }; check that the homeserver is reachable.`
+        )
     })
     return client
   })
@@ -236,13 +293,24 @@ export const rotateKey = Effect.scoped(
     const status = yield* ChannelStatus
     const secrets = yield* ConfigSecrets
     // the same restore as a daemon start: the current key must open secret storage before it is replaced
-    const { resumed } = yield* runRotateCommand(files, audit, sdkServer(client, keyring), restoreAtStartup({ client, keyring, secrets, status, audit, files }), Date.now, rotateTestFault)
+    const { resumed } = yield* runRotateCommand(
+      files,
+      audit,
+      sdkServer(client, keyring),
+      restoreAtStartup({ client, keyring, secrets, status, audit, files }),
+      Date.now,
+      rotateTestFault
+    )
     yield* audit("matrix_recovery_key_rotate", { rotated_at: Date.now(), ...(resumed ? { resumed: true } : {}) })
     return { keyPath: stateDir.resolve(KEY_FILE), resumed }
   })
 )
 
 export const renderRotate = (r: { keyPath: string; resumed?: boolean }) =>
-  `${r.resumed === true ? "Matrix recovery key rotation interrupted earlier was completed (the homeserver already held the new key); not rotating again.\n" : ""}Matrix recovery key rotated at ${r.keyPath}\nThe previous Matrix recovery key is abandoned. Capture the new key from the owner-only local file (\`cara matrix recovery-key show\`) before relying on encrypted Matrix backup.`
+  `${
+    r.resumed === true
+      ? "Matrix recovery key rotation interrupted earlier was completed (the homeserver already held the new key); not rotating again.\n"
+      : ""
+  }Matrix recovery key rotated at ${r.keyPath}\nThe previous Matrix recovery key is abandoned. Capture the new key from the owner-only local file (\`cara matrix recovery-key show\`) before relying on encrypted Matrix backup.`
 
 export const keyFileLabel = (p: string) => path.basename(p)

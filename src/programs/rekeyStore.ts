@@ -2,10 +2,10 @@
 // the maintenance lock, observes the files and stores, performs exactly one durable step, and observes
 // again. It never compensates on failure: every state it leaves is one the machine advances from, so an
 // interruption (crash, SIGKILL, full disk) is resolved by running the command again.
+import { Effect, Option, Redacted } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Option, Redacted } from "effect"
 import { CryptoStoreError } from "../domain/cryptoStore.js"
 import { type Candidate, nextStep, type Observed, type RefusalReason, type Step } from "../domain/rekeyMachine.js"
 import {
@@ -20,11 +20,16 @@ import {
   RekeyRefusedError,
   StoreKeyDerivationError
 } from "../domain/storePassphrase.js"
-import { CRYPTO_FILE, MATRIX_DIR, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { makeAudit } from "../layers/AuditLive.js"
+import { CRYPTO_FILE, MATRIX_DIR, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { dlqKeyedStore } from "../layers/DlqLive.js"
 import { SqliteFile } from "../layers/durable-idb/sqliteFile.js"
-import { configPasswordOf, deriveStorePassphrase, type PassphraseEnv, readPassphraseFile } from "../layers/StorePassphraseLive.js"
+import {
+  configPasswordOf,
+  deriveStorePassphrase,
+  type PassphraseEnv,
+  readPassphraseFile
+} from "../layers/StorePassphraseLive.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
 import { StorePassphrase } from "../services/StorePassphrase.js"
@@ -41,7 +46,10 @@ export interface KeyedStore {
   /** Whether `passphrase` opens it; read-only. */
   readonly opens: (passphrase: Redacted.Redacted<string>) => Effect.Effect<boolean, EncryptedStateIoError>
   /** Re-wraps its key from `from` to `to` in one durable write. */
-  readonly rewrap: (from: Redacted.Redacted<string>, to: Redacted.Redacted<string>) => Effect.Effect<void, EncryptedStateIoError>
+  readonly rewrap: (
+    from: Redacted.Redacted<string>,
+    to: Redacted.Redacted<string>
+  ) => Effect.Effect<void, EncryptedStateIoError>
 }
 
 /** The file writes of a rotation (StateDir's atomic write and remove; tests inject crashes here). */
@@ -50,24 +58,36 @@ export interface RekeyFiles {
   readonly remove: (relative: string) => Effect.Effect<void, EncryptedStateIoError>
 }
 
-const stateIo = (file: string, message: string) => new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
+const stateIo = (file: string, message: string) =>
+  new EncryptedStateIoError({ kind: "encrypted-state-io", path: file, message })
 
 export const stateDirFiles = (stateDir: StateDirShape): RekeyFiles => ({
   write: (rel, content) =>
-    stateDir.writeAtomic(rel, content).pipe(Effect.mapError((e) => stateIo(e.path, `Matrix encrypted-state file operation failed: ${e.message}`))),
-  remove: (rel) => stateDir.remove(rel).pipe(Effect.mapError((e) => stateIo(e.path, `Matrix encrypted-state file operation failed: ${e.message}`)))
+    stateDir.writeAtomic(rel, content).pipe(
+      Effect.mapError((e) => stateIo(e.path, `Matrix encrypted-state file operation failed: ${e.message}`))
+    ),
+  remove: (rel) =>
+    stateDir.remove(rel).pipe(
+      Effect.mapError((e) => stateIo(e.path, `Matrix encrypted-state file operation failed: ${e.message}`))
+    )
 })
 
 // The role names are part of each file's on-disk cipher record (its associated data); see CryptoStoreLive.
 const SQLITE_STORES = [[CRYPTO_FILE, "crypto"], [STATE_FILE, "state"]] as const
 
-const describeCause = (e: unknown) => (e instanceof CryptoStoreError ? e.message : e instanceof Error ? e.message : String(e))
+const describeCause = (
+  e: unknown
+) => (e instanceof CryptoStoreError ? e.message : e instanceof Error ? e.message : String(e))
 
 /** The CryptoStore's SQLite files as keyed stores (opened briefly, one at a time, while the lock is held). */
 export const sqliteStores = (stateDir: StateDirShape): ReadonlyArray<KeyedStore> =>
   SQLITE_STORES.map(([rel, role]): KeyedStore => {
     const file = stateDir.resolve(rel)
-    const withOpen = <A>(passphrase: Redacted.Redacted<string>, use: (f: SqliteFile) => Promise<A>, mismatch: () => A) =>
+    const withOpen = <A>(
+      passphrase: Redacted.Redacted<string>,
+      use: (f: SqliteFile) => Promise<A>,
+      mismatch: () => A
+    ) =>
       Effect.tryPromise({
         try: async () => {
           let f: SqliteFile
@@ -92,7 +112,10 @@ export const sqliteStores = (stateDir: StateDirShape): ReadonlyArray<KeyedStore>
       opens: (p) => withOpen(p, async () => true, () => false),
       rewrap: (from, to) =>
         withOpen(from, (f) => f.rewrap(Redacted.value(to)), () => {
-          throw stateIo(file, `Matrix encrypted-state file operation failed: ${file} no longer opens with the passphrase it was probed with; rerun \`cara matrix rekey-store --new\`.`)
+          throw stateIo(
+            file,
+            `Matrix encrypted-state file operation failed: ${file} no longer opens with the passphrase it was probed with; rerun \`cara matrix rekey-store --new\`.`
+          )
         })
     }
   })
@@ -117,7 +140,12 @@ export interface RekeyDeps {
   readonly count?: (label: string, done: number, total: number) => Effect.Effect<void>
 }
 
-export type RekeyError = EncryptedStateIoError | MissingStoreSecretError | RekeyRefusedError | StoreKeyDerivationError | InstallationIdError
+export type RekeyError =
+  | EncryptedStateIoError
+  | MissingStoreSecretError
+  | RekeyRefusedError
+  | StoreKeyDerivationError
+  | InstallationIdError
 
 export interface RekeyResult {
   /** A rotation was in flight when this run started (it was finished first). */
@@ -148,11 +176,12 @@ export const observe = (deps: RekeyDeps, startedThisRun: boolean) =>
     const derived: Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError> = derivedOnce === undefined
       ? Effect.succeed(Option.none())
       : Effect.map(derivedOnce, Option.some)
-    const candidates: Array<readonly [Candidate, Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError>]> = [
-      ["pending", Effect.succeed(Option.map(pending, Redacted.make))],
-      ["final", Effect.succeed(Option.map(final, Redacted.make))],
-      ["derived", derived]
-    ]
+    const candidates: Array<readonly [Candidate, Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError>]> =
+      [
+        ["pending", Effect.succeed(Option.map(pending, Redacted.make))],
+        ["final", Effect.succeed(Option.map(final, Redacted.make))],
+        ["derived", derived]
+      ]
     const stores: Array<{ name: string; opensWith: Candidate | "none" }> = []
     for (const store of deps.stores) {
       if (!(yield* store.exists)) continue
@@ -187,28 +216,38 @@ const refusal = (deps: RekeyDeps, reason: RefusalReason): RekeyError => {
     case "MissingOldSecret":
       return new MissingStoreSecretError({
         kind: "missing-store-secret",
-        message: `matrix rekey-store needs the current store passphrase: no ${sd.resolve(PASSPHRASE_FILE)} is pinned and CARAPACE_CONFIG_PASSWORD is not set. Export the CARAPACE_CONFIG_PASSWORD that was in effect when the Matrix store was created, then rerun \`cara matrix rekey-store --new\`.`
+        message: `matrix rekey-store needs the current store passphrase: no ${
+          sd.resolve(PASSPHRASE_FILE)
+        } is pinned and CARAPACE_CONFIG_PASSWORD is not set. Export the CARAPACE_CONFIG_PASSWORD that was in effect when the Matrix store was created, then rerun \`cara matrix rekey-store --new\`.`
       })
     case "NoStores":
       return new RekeyRefusedError({
         kind: "rekey-refused",
-        message: `no Matrix stores found under ${sd.resolve(MATRIX_DIR)}; there is nothing to rekey. Start the daemon once so it creates them, then rerun.`
+        message: `no Matrix stores found under ${
+          sd.resolve(MATRIX_DIR)
+        }; there is nothing to rekey. Start the daemon once so it creates them, then rerun.`
       })
     case "StoreUnopenable":
       return reason.derivedAvailable
         ? new RekeyRefusedError({
           kind: "rekey-refused",
-          message: `Matrix store(s) ${reason.stores.join(", ")} accept none of the available passphrases (pinned, pending, or derived from CARAPACE_CONFIG_PASSWORD); no store was changed by this run. If you changed CARAPACE_CONFIG_PASSWORD since the store was created or since \`cara matrix rekey-store --new\` was first started, restore the previous value and rerun. Do not remove ${P} or ${M}.`
+          message: `Matrix store(s) ${
+            reason.stores.join(", ")
+          } accept none of the available passphrases (pinned, pending, or derived from CARAPACE_CONFIG_PASSWORD); no store was changed by this run. If you changed CARAPACE_CONFIG_PASSWORD since the store was created or since \`cara matrix rekey-store --new\` was first started, restore the previous value and rerun. Do not remove ${P} or ${M}.`
         })
         : new MissingStoreSecretError({
           kind: "missing-store-secret",
-          message: `Matrix store(s) ${reason.stores.join(", ")} still use the key derived from CARAPACE_CONFIG_PASSWORD, which is not set; no store was changed by this run. Export the CARAPACE_CONFIG_PASSWORD that was in effect when the store was created, then rerun \`cara matrix rekey-store --new\`.`
+          message: `Matrix store(s) ${
+            reason.stores.join(", ")
+          } still use the key derived from CARAPACE_CONFIG_PASSWORD, which is not set; no store was changed by this run. Export the CARAPACE_CONFIG_PASSWORD that was in effect when the store was created, then rerun \`cara matrix rekey-store --new\`.`
         })
     case "StoreNotCurrent":
       return new RekeyRefusedError({
         kind: "rekey-refused",
         message: `Matrix store(s) ${reason.stores.join(", ")} do not open with the ${
-          reason.current === "final" ? `pinned passphrase at ${sd.resolve(PASSPHRASE_FILE)}` : "passphrase derived from CARAPACE_CONFIG_PASSWORD"
+          reason.current === "final"
+            ? `pinned passphrase at ${sd.resolve(PASSPHRASE_FILE)}`
+            : "passphrase derived from CARAPACE_CONFIG_PASSWORD"
         }, which the daemon would use; no store was changed. Restore the file or the password the stores were created with, then rerun.`
       })
   }
@@ -228,7 +267,12 @@ export const runRekey = (deps: RekeyDeps) =>
     let storeCount = 0
     let rewrapped = 0
     for (;;) {
-      const seen: { derived: Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError>; final: Option.Option<string>; observed: Observed; pending: Option.Option<string> } = yield* observe(deps, started)
+      const seen: {
+        derived: Effect.Effect<Option.Option<Redacted.Redacted<string>>, RekeyError>
+        final: Option.Option<string>
+        observed: Observed
+        pending: Option.Option<string>
+      } = yield* observe(deps, started)
       const { derived, final, observed, pending } = seen
       // A run that starts on an interrupted rotation finishes that one and stops (no second rotation).
       if (recovered === undefined) {
@@ -240,7 +284,12 @@ export const runRekey = (deps: RekeyDeps) =>
       steps.push(step._tag)
       switch (step._tag) {
         case "Done":
-          return { recovered: recovered === true, storeCount, passphrasePath: sd.resolve(PASSPHRASE_FILE), steps } satisfies RekeyResult
+          return {
+            recovered: recovered === true,
+            storeCount,
+            passphrasePath: sd.resolve(PASSPHRASE_FILE),
+            steps
+          } satisfies RekeyResult
         case "Refuse":
           return yield* Effect.fail(refusal(deps, step.reason))
         case "WritePending":
@@ -261,11 +310,15 @@ export const runRekey = (deps: RekeyDeps) =>
           yield* say(`re-wrapping the key of ${store.name}`)
           yield* store.rewrap(from.value, Redacted.make(pending.value))
           rewrapped += 1
-          if (deps.count !== undefined) yield* deps.count("stores re-wrapped", rewrapped, Math.max(rewrapped, observed.stores.length))
+          if (deps.count !== undefined) {
+            yield* deps.count("stores re-wrapped", rewrapped, Math.max(rewrapped, observed.stores.length))
+          }
           break
         }
         case "PromotePending":
-          if (Option.isNone(pending)) return yield* Effect.die(new Error("rekey machine asked to promote without a pending passphrase"))
+          if (Option.isNone(pending)) {
+            return yield* Effect.die(new Error("rekey machine asked to promote without a pending passphrase"))
+          }
           yield* say(`pinning the new passphrase at ${sd.resolve(PASSPHRASE_FILE)}`)
           yield* deps.files.write(PASSPHRASE_FILE, `${pending.value}\n`)
           break
@@ -285,7 +338,9 @@ export const runRekey = (deps: RekeyDeps) =>
 /** Appends one `{"ts","event","data"}` line to `{state_dir}/audit.jsonl` (0600) and fsyncs it. */
 export const appendAudit = (stateDir: StateDirShape, event: string, data: Record<string, unknown>) =>
   makeAudit(stateDir).append(event, data).pipe(
-    Effect.mapError((e) => stateIo(stateDir.resolve(AUDIT_FILE), `Writing the audit log failed (${e.message}). Check the state directory.`))
+    Effect.mapError((e) =>
+      stateIo(stateDir.resolve(AUDIT_FILE), `Writing the audit log failed (${e.message}). Check the state directory.`)
+    )
   )
 
 // ---------------------------------------------------------------------------------------------------------
@@ -299,8 +354,11 @@ export interface RekeyStoreOptions {
 
 /** The derived passphrase for the rekey (bypasses the daemon's interrupted-rekey gate on purpose). */
 export const derivedFor = (env: PassphraseEnv, installationId: Effect.Effect<string, RekeyError>) =>
-  Option.map(configPasswordOf(env), (password) =>
-    Effect.map(installationId, (iid) => Redacted.make(deriveStorePassphrase(Redacted.value(password), iid))))
+  Option.map(
+    configPasswordOf(env),
+    (password) =>
+      Effect.map(installationId, (iid) => Redacted.make(deriveStorePassphrase(Redacted.value(password), iid)))
+  )
 
 /** Preconditions (reference §4.1), the lock, the audit events and the rotation. */
 export const rekeyStore = (options: RekeyStoreOptions = {}) =>
@@ -312,9 +370,15 @@ export const rekeyStore = (options: RekeyStoreOptions = {}) =>
       const env = options.env ?? { ...process.env }
       const refused = (message: string) => new RekeyRefusedError({ kind: "rekey-refused", message })
       const m = config.matrix
-      if (m === undefined || m === null) return yield* refused("matrix rekey-store requires Matrix configuration (a `matrix` section in the config).")
+      if (m === undefined || m === null) {
+        return yield* refused("matrix rekey-store requires Matrix configuration (a `matrix` section in the config).")
+      }
       if (m.enabled === false) return yield* refused("matrix rekey-store requires matrix.enabled=true.")
-      if (m.encrypted === false) return yield* refused("matrix rekey-store requires matrix.encrypted=true; an unencrypted store has no key to rotate.")
+      if (m.encrypted === false) {
+        return yield* refused(
+          "matrix rekey-store requires matrix.encrypted=true; an unencrypted store has no key to rotate."
+        )
+      }
       if (m.storePassphrase !== undefined) {
         return yield* refused(
           "matrix rekey-store only rekeys stores whose key cara manages (derived from CARAPACE_CONFIG_PASSWORD or pinned by a previous rekey); the store passphrase is set explicitly (matrix.storePassphrase or MATRIX_STORE_PASSPHRASE), so rotate it outside cara."

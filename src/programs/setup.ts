@@ -1,16 +1,24 @@
 // `cara setup`: from a bot account to a checked carapace.json5. Every answer comes from a flag, else (on a
 // terminal, without --yes) from a question, else from its default; a required answer with no default and
 // no terminal is refused with the flag to pass.
+import { Console, Effect, Either, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Console, Effect, Either, Option, Schema } from "effect"
 import { parseModel } from "../domain/agent.js"
-import { DEFAULT_MODELS, exportLines, neededVariables, renderSetupConfig, type SetupAnswers, type SetupProvider, splitList } from "../domain/setup.js"
-import { requirePasswordLogin, resolveHomeserverUrl, serverNameOf } from "../domain/wellKnown.js"
-import { checkConfig, renderCheck } from "./configCheck.js"
 import { redactSecrets } from "../domain/redact.js"
+import {
+  DEFAULT_MODELS,
+  exportLines,
+  neededVariables,
+  renderSetupConfig,
+  type SetupAnswers,
+  type SetupProvider,
+  splitList
+} from "../domain/setup.js"
+import { requirePasswordLogin, resolveHomeserverUrl, serverNameOf } from "../domain/wellKnown.js"
 import { type ConfigEnv, discoverConfigPath, homeserverUrlProblem } from "../layers/ConfigSecretsLive.js"
 import { StateDir } from "../services/StateDir.js"
+import { checkConfig, renderCheck } from "./configCheck.js"
 
 export class SetupError extends Schema.TaggedError<SetupError>()("SetupError", {
   kind: Schema.Literal("setup-config-exists", "setup-input", "setup-write"),
@@ -58,8 +66,12 @@ const PROVIDERS: ReadonlyArray<SetupProvider> = ["anthropic", "openai", "local"]
 const askUser = (flags: SetupFlags, io: SetupIo) =>
   Effect.gen(function*() {
     const userId = yield* answer(io, flags.user, "The bot's Matrix user id (e.g. @cara:example.org)")
-    if (userId === undefined || userId === "") return yield* inputError("the bot's Matrix user id is required: pass --user @cara:example.org")
-    if (serverNameOf(userId) === undefined) return yield* inputError(`"${userId}" is not a Matrix user id; write it as @name:example.org`)
+    if (userId === undefined || userId === "") {
+      return yield* inputError("the bot's Matrix user id is required: pass --user @cara:example.org")
+    }
+    if (serverNameOf(userId) === undefined) {
+      return yield* inputError(`"${userId}" is not a Matrix user id; write it as @name:example.org`)
+    }
     return userId
   })
 
@@ -76,7 +88,9 @@ const askHomeserver = (flags: SetupFlags, io: SetupIo, userId: string) =>
     const fallback = Either.getOrUndefined(found)
     const url = yield* answer(io, Option.none(), "Homeserver URL", fallback)
     if (url === undefined || url === "") {
-      return yield* (Either.isLeft(found) ? found.left : inputError("the homeserver URL is required: pass --homeserver https://matrix.example.org"))
+      return yield* (Either.isLeft(found)
+        ? found.left
+        : inputError("the homeserver URL is required: pass --homeserver https://matrix.example.org"))
     }
     const problem = homeserverUrlProblem(url)
     if (problem !== undefined) return yield* inputError(problem)
@@ -87,13 +101,25 @@ const askAllowlist = (flags: SetupFlags, io: SetupIo, userId: string) =>
   Effect.gen(function*() {
     const given = flags.allowUsers.length > 0 || flags.allowServers.length > 0
     const users = given ? flags.allowUsers.flatMap(splitList) : splitList(
-      (yield* answer(io, Option.none(), "Matrix users cara may accept invites from and answer (comma-separated, e.g. @you:example.org)", "")) ?? ""
+      (yield* answer(
+        io,
+        Option.none(),
+        "Matrix users cara may accept invites from and answer (comma-separated, e.g. @you:example.org)",
+        ""
+      )) ?? ""
     )
     const servers = given ? flags.allowServers.flatMap(splitList) : splitList(
-      (yield* answer(io, Option.none(), "Homeservers whose users may all invite cara (comma-separated, empty for none)", "")) ?? ""
+      (yield* answer(
+        io,
+        Option.none(),
+        "Homeservers whose users may all invite cara (comma-separated, empty for none)",
+        ""
+      )) ?? ""
     )
     for (const u of users) {
-      if (serverNameOf(u) === undefined) return yield* inputError(`allowed user "${u}" is not a Matrix user id (@name:example.org)`)
+      if (serverNameOf(u) === undefined) {
+        return yield* inputError(`allowed user "${u}" is not a Matrix user id (@name:example.org)`)
+      }
       if (u === userId) return yield* inputError(`the bot itself (${u}) cannot be on its allowlist`)
     }
     return { users, servers }
@@ -106,9 +132,16 @@ const askModel = (flags: SetupFlags, io: SetupIo) =>
       : (io.env["OPENAI_API_KEY"] ?? "") !== ""
       ? "openai"
       : "local"
-    const p = (yield* answer(io, flags.provider, "Model provider: anthropic, openai or local (the built-in test model)", guess)) ?? guess
+    const p = (yield* answer(
+      io,
+      flags.provider,
+      "Model provider: anthropic, openai or local (the built-in test model)",
+      guess
+    )) ?? guess
     const provider = p.toLowerCase() as SetupProvider
-    if (!PROVIDERS.includes(provider)) return yield* inputError(`unknown provider "${p}": use anthropic, openai or local`)
+    if (!PROVIDERS.includes(provider)) {
+      return yield* inputError(`unknown provider "${p}": use anthropic, openai or local`)
+    }
     const model = (yield* answer(io, flags.model, "Model", DEFAULT_MODELS[provider])) ?? DEFAULT_MODELS[provider]
     const parsed = parseModel(`${provider}:${model}`)
     if (Either.isLeft(parsed)) return yield* inputError(parsed.left)
@@ -160,7 +193,11 @@ export const writeConfigFile = (file: string, text: string, backupSuffix: string
       fs.renameSync(temp, file)
       return backup
     },
-    catch: (e) => new SetupError({ kind: "setup-write", message: `cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? String(e)})` })
+    catch: (e) =>
+      new SetupError({
+        kind: "setup-write",
+        message: `cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? String(e)})`
+      })
   })
 
 /** The whole command: answers, the refusal to overwrite, the file, the exports still needed, the check. */
@@ -170,13 +207,20 @@ export const setup = Effect.fn("Setup.run")(function*(flags: SetupFlags, io: Set
   if (fs.existsSync(file) && !flags.force) {
     return yield* new SetupError({
       kind: "setup-config-exists",
-      message: `${file} already exists; cara setup never overwrites it. Pass --force to replace it (the old file is kept as a .bak-<time> copy), or edit it by hand.`
+      message:
+        `${file} already exists; cara setup never overwrites it. Pass --force to replace it (the old file is kept as a .bak-<time> copy), or edit it by hand.`
     })
   }
   const answers = yield* gatherAnswers(flags, io)
   const now = io.now()
-  const backup = yield* writeConfigFile(file, renderSetupConfig(answers, now.toISOString()), now.toISOString().replace(/[:.]/g, "-"))
-  yield* Console.log(`\nWrote ${file} (mode 0600).${backup !== undefined ? ` The previous file is kept as ${backup}.` : ""}`)
+  const backup = yield* writeConfigFile(
+    file,
+    renderSetupConfig(answers, now.toISOString()),
+    now.toISOString().replace(/[:.]/g, "-")
+  )
+  yield* Console.log(
+    `\nWrote ${file} (mode 0600).${backup !== undefined ? ` The previous file is kept as ${backup}.` : ""}`
+  )
   if (answers.allowUsers.length === 0 && answers.allowServers.length === 0) {
     yield* Console.log("Nobody is on the allowlist yet: cara accepts no invites until matrix.autoJoin lists someone.")
   }
@@ -188,7 +232,10 @@ export const setup = Effect.fn("Setup.run")(function*(flags: SetupFlags, io: Set
   // The variables just listed are the operator's next step, not a finding: the check stands in for them
   // (only for the check; nothing is written) and says so.
   const missing = neededVariables(answers).filter((v) => (io.env[v.name] ?? "").trim() === "").map((v) => v.name)
-  const stand: ConfigEnv = { ...io.env, ...Object.fromEntries(missing.map((n) => [n, `setup-placeholder-${"x".repeat(32)}`])) }
+  const stand: ConfigEnv = {
+    ...io.env,
+    ...Object.fromEntries(missing.map((n) => [n, `setup-placeholder-${"x".repeat(32)}`]))
+  }
   yield* Console.log(`\ncara config check${missing.length > 0 ? ` (as if ${missing.join(", ")} were set)` : ""}:`)
   const report = yield* checkConfig(stand)
   yield* Console.log(redactSecrets(renderCheck(report, false)))

@@ -1,14 +1,14 @@
 // `cara verify`: the set-up checked end to end against the running daemon (reference §10.1), one check at a
 // time; the first failure stops the run. The CLI prints the lines (src/cli/verify.ts).
 import { Duration, Effect, Either, Layer, Option } from "effect"
+import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "../cli/client.js"
 import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
 import type { CaraConfig } from "../domain/config.js"
+import { REMEDIATION, remediationFor } from "../domain/remediation.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
 import { StorePassphrase } from "../services/StorePassphrase.js"
-import { describeClientError, gatewayClient, resolveTarget, terminalSafe } from "../cli/client.js"
-import { REMEDIATION, remediationFor } from "../domain/remediation.js"
 
 export type CheckStatus = "PASS" | "FAIL" | "SKIP"
 
@@ -26,7 +26,11 @@ const RERUN = "rerun `cara verify --outcome matrix`"
 /** The table's advice for `kind` (src/domain/remediation.ts), unless `said` carries it already. */
 const nextFor = (kind: string | undefined, said: string, rerun = false): string => {
   const advice = remediationFor(kind, said)
-  if (advice === undefined) return kind !== undefined && Object.hasOwn(REMEDIATION, kind) ? `do what the message says, then ${RERUN}` : DEFAULT_NEXT
+  if (advice === undefined) {
+    return kind !== undefined && Object.hasOwn(REMEDIATION, kind)
+      ? `do what the message says, then ${RERUN}`
+      : DEFAULT_NEXT
+  }
   return rerun ? `${advice}, then ${RERUN}` : advice
 }
 
@@ -57,7 +61,9 @@ export const storeCheck: Effect.Effect<CheckResult> = Effect.flatMap(StorePassph
     onSuccess: (key): CheckResult => ({
       status: "PASS",
       name: "Matrix encrypted store",
-      detail: Option.isSome(key) ? "encrypted Matrix store secret is available" : "matrix.encrypted=false; only unencrypted rooms are supported"
+      detail: Option.isSome(key)
+        ? "encrypted Matrix store secret is available"
+        : "matrix.encrypted=false; only unencrypted rooms are supported"
     })
   })
 )
@@ -76,11 +82,21 @@ export const startUpCheck = (encrypted: boolean, extra: MatrixChannelExtra | und
     case "verified":
       return { status: "PASS", name, detail: `start-up sequence finished; cross-signing ${extra.crossSigning}` }
     case "not-bootstrapped":
-      return { status: "FAIL", name, detail: "cross-signing is not bootstrapped", nextStep: REMEDIATION["cross-signing-bootstrap-failed"] }
+      return {
+        status: "FAIL",
+        name,
+        detail: "cross-signing is not bootstrapped",
+        nextStep: REMEDIATION["cross-signing-bootstrap-failed"]
+      }
     case "unknown":
       return { status: "PASS", name, detail: "start-up sequence finished; cross-signing state unknown" }
     case undefined:
-      return { status: "SKIP", name, detail: "the daemon does not report its start-up state", nextStep: "upgrade the daemon to the version of this CLI" }
+      return {
+        status: "SKIP",
+        name,
+        detail: "the daemon does not report its start-up state",
+        nextStep: "upgrade the daemon to the version of this CLI"
+      }
   }
 }
 
@@ -90,9 +106,17 @@ export const summarize = (checks: ReadonlyArray<CheckResult>): { readonly text: 
   const passed = checks.some((c) => c.status === "PASS")
   const skipped = checks.some((c) => c.status === "SKIP")
   if (failed) {
-    return { ok: false, text: `${HELP_PATH}\n${passed ? "outcome verification failed" : "outcome verification incomplete (no checks passed)"}` }
+    return {
+      ok: false,
+      text: `${HELP_PATH}\n${
+        passed ? "outcome verification failed" : "outcome verification incomplete (no checks passed)"
+      }`
+    }
   }
-  return { ok: true, text: skipped ? "Outcome verification passed with skipped checks." : "Outcome verification passed." }
+  return {
+    ok: true,
+    text: skipped ? "Outcome verification passed with skipped checks." : "Outcome verification passed."
+  }
 }
 
 const sanitizeRoom = (room: string) => terminalSafe(room).slice(0, 120)
@@ -125,23 +149,48 @@ const channelError = (name: string, m: ChannelInfo): CheckResult => {
   return {
     status: "FAIL",
     name,
-    detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`,
+    detail: `matrix channel status \`error\`: ${terminalSafe(m.lastError ?? "unknown error")}${
+      kind !== undefined ? ` [${terminalSafe(kind)}]` : ""
+    }`,
     nextStep: nextFor(kind, m.lastError ?? "")
   }
 }
 
 /** 1. The Matrix configuration, in this process, from the same config file the daemon reads. */
-const configCheck = (config: Option.Option<CaraConfig>): { readonly check: CheckResult; readonly matrix?: MatrixConfig } => {
+const configCheck = (
+  config: Option.Option<CaraConfig>
+): { readonly check: CheckResult; readonly matrix?: MatrixConfig } => {
   const name = "Matrix configuration"
   const matrix = Option.flatMap(config, (c) => Option.fromNullable(c.matrix))
   if (Option.isNone(matrix)) {
-    return { check: { status: "FAIL", name, detail: "matrix config is missing", nextStep: `add a matrix section (see \`cara config check\`) and ${RERUN}` } }
+    return {
+      check: {
+        status: "FAIL",
+        name,
+        detail: "matrix config is missing",
+        nextStep: `add a matrix section (see \`cara config check\`) and ${RERUN}`
+      }
+    }
   }
-  if (!matrix.value.enabled) return { check: { status: "FAIL", name, detail: "matrix.enabled is false", nextStep: `enable matrix.enabled and ${RERUN}` } }
+  if (!matrix.value.enabled) {
+    return {
+      check: { status: "FAIL", name, detail: "matrix.enabled is false", nextStep: `enable matrix.enabled and ${RERUN}` }
+    }
+  }
   if (matrix.value.userId === undefined) {
-    return { check: { status: "FAIL", name, detail: "matrix.userId is not set", nextStep: `fix matrix config (\`cara config check\`) and ${RERUN}` } }
+    return {
+      check: {
+        status: "FAIL",
+        name,
+        detail: "matrix.userId is not set",
+        nextStep: `fix matrix config (\`cara config check\`) and ${RERUN}`
+      }
+    }
   }
-  return { check: { status: "PASS", name, detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` }, matrix: matrix.value }
+  return {
+    check: { status: "PASS", name, detail: `Matrix user ${terminalSafe(matrix.value.userId)} is configured` },
+    matrix: matrix.value
+  }
 }
 
 /** 3. The gateway answers /health. */
@@ -178,8 +227,12 @@ const registration = (client: Api, waitSeconds: number) =>
       const channel = yield* matrixChannel(client)
       if (Either.isLeft(channel)) return refused(name, channel.left)
       const m = channel.right
-      if (m?.status === "connected") return { status: "PASS", name, detail: "matrix channel is connected" } satisfies CheckResult
-      if (m?.status === "error") return channelError(name, m)
+      if (m?.status === "connected") {
+        return { status: "PASS", name, detail: "matrix channel is connected" } satisfies CheckResult
+      }
+      if (m?.status === "error") {
+        return channelError(name, m)
+      }
       if (m !== undefined) last = `matrix channel status \`${m.status}\``
       if (Date.now() >= deadline) {
         return {
@@ -212,8 +265,10 @@ const startUp = (client: Api, encrypted: boolean, options: VerifyOptions) =>
         return {
           status: "FAIL",
           name,
-          detail: `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
-          nextStep: "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
+          detail:
+            `the start-up sequence did not finish within ${options.waitSeconds} seconds (cross-signing still pending)`,
+          nextStep:
+            "check that the homeserver is reachable and read the daemon log; a first start bootstraps cross-signing with matrix.password. Then rerun"
         } satisfies CheckResult
       }
       if (!announced) yield* options.emit("first-start: bootstrapping cross-signing…")
@@ -248,19 +303,34 @@ const sendPath = (client: Api, options: VerifyOptions) =>
     }
     const room = options.matrixTo.value
     yield* options.emit(`Sending verification ping to Matrix room ${sanitizeRoom(room)}...`)
-    const sent = yield* client.matrix.sendTest({ payload: { roomId: room, text: "Carapace Matrix verification ping" } }).pipe(
-      Effect.timeout("60 seconds"),
-      Effect.either
-    )
+    const sent = yield* client.matrix.sendTest({ payload: { roomId: room, text: "Carapace Matrix verification ping" } })
+      .pipe(
+        Effect.timeout("60 seconds"),
+        Effect.either
+      )
     const nextStep = "confirm the room id, bot membership, encryption support, and homeserver connectivity"
     if (Either.isLeft(sent)) {
       const d = describeClientError(sent.left)
-      return { status: "FAIL", name, detail: `${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep } satisfies CheckResult
+      return {
+        status: "FAIL",
+        name,
+        detail: `${d.message}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
+        nextStep
+      } satisfies CheckResult
     }
     const d = sent.right.delivery
     return d.outcome === "sent"
-      ? { status: "PASS", name, detail: `test message delivery succeeded (${terminalSafe(d.messageId)})` } satisfies CheckResult
-      : { status: "FAIL", name, detail: `${terminalSafe(d.error)}${d.kind !== undefined ? ` [${d.kind}]` : ""}`, nextStep } satisfies CheckResult
+      ? {
+        status: "PASS",
+        name,
+        detail: `test message delivery succeeded (${terminalSafe(d.messageId)})`
+      } satisfies CheckResult
+      : {
+        status: "FAIL",
+        name,
+        detail: `${terminalSafe(d.error)}${d.kind !== undefined ? ` [${d.kind}]` : ""}`,
+        nextStep
+      } satisfies CheckResult
   })
 
 /** Runs the checks in order; the first failure stops the run. Returns the results (all emitted already). */
@@ -270,9 +340,19 @@ export const runVerify = (options: VerifyOptions) =>
     const target = yield* resolveTarget({ host: Option.some("127.0.0.1"), port: options.port })
     const checks: Array<CheckResult> = []
     /** Records and prints one result; `true` when the run goes on. */
-    const record = (c: CheckResult) => Effect.as(options.emit(renderCheck(c)), checks.push(c) > 0 && c.status !== "FAIL")
+    const record = (c: CheckResult) =>
+      Effect.as(options.emit(renderCheck(c)), checks.push(c) > 0 && c.status !== "FAIL")
 
-    yield* options.emit(["", "Outcome verification summary", "----------------------------", "Outcome: matrix", `Gateway port: ${target.port}`, ""].join("\n"))
+    yield* options.emit(
+      [
+        "",
+        "Outcome verification summary",
+        "----------------------------",
+        "Outcome: matrix",
+        `Gateway port: ${target.port}`,
+        ""
+      ].join("\n")
+    )
     const config = configCheck(target.config)
     if (!(yield* record(config.check)) || config.matrix === undefined) return checks
     // 2. The encrypted store's key, resolved in this process.

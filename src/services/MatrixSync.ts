@@ -22,7 +22,9 @@ export interface MatrixSyncShape {
 export class MatrixSync extends Context.Tag("cara/MatrixSync")<MatrixSync, MatrixSyncShape>() {}
 
 /** The authenticated session inside the running Matrix runtime (provided once authentication is done). */
-export class CurrentMatrixSession extends Context.Tag("cara/CurrentMatrixSession")<CurrentMatrixSession, MatrixSession>() {}
+export class CurrentMatrixSession
+  extends Context.Tag("cara/CurrentMatrixSession")<CurrentMatrixSession, MatrixSession>()
+{}
 
 /** The `matrix` config section of the running runtime (enabled; provided by MatrixSync to its parts). */
 export class MatrixSettings extends Context.Tag("cara/MatrixSettings")<MatrixSettings, Matrix>() {}

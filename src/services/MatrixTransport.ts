@@ -3,7 +3,12 @@ import { Context } from "effect"
 /** The few client operations Outbound needs (matrix-js-sdk in the daemon, a fake in unit tests). */
 export interface MatrixTransportShape {
   /** Sends (or re-sends, same `txnId`) one `m.room.message`; resolves with the event id. */
-  readonly send: (roomId: string, threadId: string | null, content: Record<string, unknown>, txnId: string) => Promise<string>
+  readonly send: (
+    roomId: string,
+    threadId: string | null,
+    content: Record<string, unknown>,
+    txnId: string
+  ) => Promise<string>
   readonly typing: (roomId: string, on: boolean, timeoutMs: number) => Promise<void>
   readonly receipt: (roomId: string, eventId: string) => Promise<void>
   /** `undefined` when the bot has not joined the room. */

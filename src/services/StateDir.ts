@@ -49,7 +49,11 @@ export interface StateDirShape {
    * A small file read at most `cap` bytes deep: absent, its text, or why it was refused (a symlink unless
    * followed, not a regular file, over the cap). Never blocks on a FIFO.
    */
-  readonly readCapped: (path: string, cap: number, options?: CappedReadOptions) => Effect.Effect<CappedResult, StateDirError>
+  readonly readCapped: (
+    path: string,
+    cap: number,
+    options?: CappedReadOptions
+  ) => Effect.Effect<CappedResult, StateDirError>
   /** Appends whole lines durably (fsync; directory fsync when created), 0600, never through a symlink. */
   readonly append: (path: string, text: string) => Effect.Effect<void, StateDirError>
   /** Creates a file only if absent (temp + fsync + hard link + directory fsync); `"exists"` otherwise. */

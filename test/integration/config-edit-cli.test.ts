@@ -1,9 +1,9 @@
 // `cara config show|get|set`, `cara` without a config, `--completions` and `--version`, through the built CLI.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import JSON5 from "json5"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { acquireRekeyLock } from "../../src/layers/StorePassphraseLive.js"
 import { cleanEnv, runCli, tempStateDir } from "../support/cli.js"
@@ -29,7 +29,7 @@ describe("cara config show / get", () => {
     const r = runCli(["config", "show"], env)
     expect(r.status, r.stderr).toBe(0)
     expect(r.stdout).toContain(path.join(dir, "carapace.json5"))
-    expect(r.stdout).toContain('"port": 18790')
+    expect(r.stdout).toContain("\"port\": 18790")
     expect(r.stdout).toContain("<secret at anthropic.apiKey>")
     const json = runCli(["config", "show", "--json"], env)
     expect(json.status, json.stderr).toBe(0)
@@ -47,7 +47,10 @@ describe("cara config show / get", () => {
     const port = runCli(["config", "get", "gateway.port"], env)
     expect(port.status, port.stderr).toBe(0)
     expect(port.stdout.trim()).toBe("18790")
-    expect(JSON.parse(runCli(["config", "get", "gateway.port", "--json"], env).stdout)).toEqual({ path: "gateway.port", value: 18790 })
+    expect(JSON.parse(runCli(["config", "get", "gateway.port", "--json"], env).stdout)).toEqual({
+      path: "gateway.port",
+      value: 18790
+    })
     const secret = runCli(["config", "get", "anthropic.apiKey"], env)
     expect(secret.stdout.trim()).toBe("<secret at anthropic.apiKey>")
     const missing = runCli(["config", "get", "gateway.nope"], env)
@@ -82,7 +85,10 @@ describe("cara config set", () => {
     const refused = runCli(["config", "set", "openai.apiKey", "sk-openai-new-secret-value"], cleanEnv(dir))
     expect(refused.status).toBe(1)
     expect(refused.stderr).toContain("CARAPACE_CONFIG_PASSWORD")
-    const r = runCli(["config", "set", "openai.apiKey", "sk-openai-new-secret-value"], cleanEnv(dir, { CARAPACE_CONFIG_PASSWORD: "correct horse battery" }))
+    const r = runCli(
+      ["config", "set", "openai.apiKey", "sk-openai-new-secret-value"],
+      cleanEnv(dir, { CARAPACE_CONFIG_PASSWORD: "correct horse battery" })
+    )
     expect(r.status, r.stderr).toBe(0)
     expect(r.stdout).toContain("sealed")
     const text = fs.readFileSync(path.join(dir, "carapace.json5"), "utf8")
@@ -95,7 +101,7 @@ describe("cara config set", () => {
       cleanEnv(dir, { CARAPACE_CONFIG_PASSWORD: "correct horse battery", OPENAI_API_KEY: "sk-from-the-environment" })
     )
     expect(ref.status, ref.stderr).toBe(0)
-    expect(fs.readFileSync(path.join(dir, "carapace.json5"), "utf8")).toContain('"${OPENAI_API_KEY}"')
+    expect(fs.readFileSync(path.join(dir, "carapace.json5"), "utf8")).toContain("\"${OPENAI_API_KEY}\"")
   })
 
   it.scoped("refuses a value the daemon owns while the daemon holds the state dir", () =>

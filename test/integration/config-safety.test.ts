@@ -1,11 +1,11 @@
 // Issue 16 points 7 and 9: config errors never print values; a config file that another user could write,
 // or that is not a regular file, is refused with the reason; a repeated JSON5 key is a warning naming its
 // path. Pure checks first, then the loader, then `cara config check` and the daemon as processes.
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Exit, Schema } from "effect"
 import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, Schema } from "effect"
 import { CaraConfig, schemaProblems } from "../../src/domain/config.js"
 import { duplicateKeys, parseWithPositions } from "../../src/domain/json5edit.js"
 import { configFileProblem, ConfigSecretsWith, loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
@@ -62,7 +62,10 @@ describe("schema errors print the path and the expected kind, never the value", 
     expect(text).not.toContain("hunter2")
 
     const exit = await Effect.runPromiseExit(
-      ConfigSecrets.pipe(Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })), Effect.provide(StateDirAt(dir)))
+      ConfigSecrets.pipe(
+        Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })),
+        Effect.provide(StateDirAt(dir))
+      )
     )
     expect(Exit.isFailure(exit)).toBe(true)
     const shown = JSON.stringify(exit)
@@ -87,9 +90,15 @@ describe("config file safety", () => {
     expect(configFileProblem("/c", regular, 1000)).toBeUndefined()
     expect(configFileProblem("/c", { ...regular, uid: 0 }, 1000)).toBeUndefined()
     expect(configFileProblem("/c", { ...regular, mode: 0o100640 }, 1000)).toBeUndefined()
-    expect(configFileProblem("/c", { ...regular, mode: 0o100666 }, 1000)).toMatch(/world-writable \(mode 0666\).*chmod 600 \/c/)
-    expect(configFileProblem("/c", { ...regular, uid: 1001 }, 1000)).toMatch(/owned by uid 1001, not by the user cara runs as \(uid 1000\).*chown 1000 \/c/)
-    expect(configFileProblem("/c", { ...regular, isFile: false, isFifo: true }, 1000)).toMatch(/is a FIFO; the config must be a regular file/)
+    expect(configFileProblem("/c", { ...regular, mode: 0o100666 }, 1000)).toMatch(
+      /world-writable \(mode 0666\).*chmod 600 \/c/
+    )
+    expect(configFileProblem("/c", { ...regular, uid: 1001 }, 1000)).toMatch(
+      /owned by uid 1001, not by the user cara runs as \(uid 1000\).*chown 1000 \/c/
+    )
+    expect(configFileProblem("/c", { ...regular, isFile: false, isFifo: true }, 1000)).toMatch(
+      /is a FIFO; the config must be a regular file/
+    )
     expect(configFileProblem("/c", { ...regular, isFile: false, isDevice: true }, 1000)).toMatch(/is a device/)
   })
 
@@ -98,9 +107,14 @@ describe("config file safety", () => {
     const file = writeConfig(dir, `{ gateway: { port: 18789 } }`, 0o666)
     const snap = await load(dir)
     expect(snap.refused).toBe("config-file-unsafe")
-    expect(snap.findings).toEqual([expect.objectContaining({ severity: "error", path: ".", message: expect.stringContaining(`chmod 600 ${file}`) })])
+    expect(snap.findings).toEqual([
+      expect.objectContaining({ severity: "error", path: ".", message: expect.stringContaining(`chmod 600 ${file}`) })
+    ])
     const exit = await Effect.runPromiseExit(
-      ConfigSecrets.pipe(Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })), Effect.provide(StateDirAt(dir)))
+      ConfigSecrets.pipe(
+        Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })),
+        Effect.provide(StateDirAt(dir))
+      )
     )
     expect(JSON.stringify(exit)).toContain("config-file-unsafe")
   })
@@ -153,7 +167,10 @@ describe("duplicate JSON5 keys", () => {
     writeConfig(dir, text)
     const snap = await load(dir)
     const dup = snap.findings.filter((f) => f.message.startsWith("duplicate key"))
-    expect(dup.map((f) => [f.severity, f.path])).toEqual([["warning", ".matrix.autoJoin.allowUsers"], ["warning", ".gateway"]])
+    expect(dup.map((f) => [f.severity, f.path])).toEqual([["warning", ".matrix.autoJoin.allowUsers"], [
+      "warning",
+      ".gateway"
+    ]])
     expect(dup[0]!.message).toMatch(/lines 4 and 7\); only the last one is used/)
     expect(snap.config.gateway.port).toBe(2)
   })
@@ -184,7 +201,9 @@ describe("as processes", () => {
     const r = runCli(["config", "check", "--json"], cleanEnv(dir))
     expect(r.status).toBe(1)
     const report = JSON.parse(r.stdout) as { findings: Array<{ path: string; message: string }> }
-    expect(report.findings).toContainEqual(expect.objectContaining({ path: ".gateway.port", message: expect.stringContaining("got a string") }))
+    expect(report.findings).toContainEqual(
+      expect.objectContaining({ path: ".gateway.port", message: expect.stringContaining("got a string") })
+    )
     expect(r.stdout + r.stderr).not.toContain("hunter2")
   })
 

@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { cleanEnv, runCli, startDaemon, tempStateDir, type RunningDaemon } from "../support/cli.js"
+import { cleanEnv, runCli, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
 
 const TOKEN = "cli-gw-token-5e1d9a2c7b3f"
 const pkg = JSON.parse(fs.readFileSync("package.json", "utf8")) as { version: string }
@@ -94,26 +94,40 @@ describe("cara status / cara verify against a running daemon", () => {
   it("verify with matrix configured reaches the gateway, then fails registration when the runtime never connects", () => {
     // A separate config for the CLI only: the daemon above keeps running without Matrix.
     const cliDir = tempStateDir()
-    fs.writeFileSync(path.join(cliDir, "carapace.json5"), `{
+    fs.writeFileSync(
+      path.join(cliDir, "carapace.json5"),
+      `{
       gateway: { port: ${port}, auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } },
       matrix: { enabled: true, homeserverUrl: "http://127.0.0.1:9", userId: "@cara:example.org", accessToken: "syt_x", deviceId: "DEV", encrypted: false },
-    }`)
-    const r = runCli(["verify", "--outcome", "matrix", "--wait", "1"], cleanEnv(cliDir, { CARAPACE_GATEWAY_TOKEN: TOKEN }))
+    }`
+    )
+    const r = runCli(
+      ["verify", "--outcome", "matrix", "--wait", "1"],
+      cleanEnv(cliDir, { CARAPACE_GATEWAY_TOKEN: TOKEN })
+    )
     cliOutput.push(r.stdout, r.stderr)
     expect(r.stdout).toContain("[PASS] Matrix configuration: Matrix user @cara:example.org is configured")
     expect(r.stdout).toContain(`[PASS] Gateway reachability: service is reachable at 127.0.0.1:${port}`)
-    expect(r.stdout).toContain("[FAIL] Matrix runtime registration: matrix channel did not become connected within 1 seconds")
+    expect(r.stdout).toContain(
+      "[FAIL] Matrix runtime registration: matrix channel did not become connected within 1 seconds"
+    )
     expect(r.stdout).toContain("outcome verification failed")
     expect(r.status).toBe(1)
   })
 
   it("verify with a wrong token names the credential problem", () => {
     const cliDir = tempStateDir()
-    fs.writeFileSync(path.join(cliDir, "carapace.json5"), `{
+    fs.writeFileSync(
+      path.join(cliDir, "carapace.json5"),
+      `{
       gateway: { port: ${port} },
       matrix: { enabled: true, homeserverUrl: "http://127.0.0.1:9", userId: "@cara:example.org", accessToken: "syt_x", deviceId: "DEV", encrypted: false },
-    }`)
-    const r = runCli(["verify", "--outcome", "matrix", "--wait", "1"], cleanEnv(cliDir, { CARAPACE_GATEWAY_TOKEN: "wrong" }))
+    }`
+    )
+    const r = runCli(
+      ["verify", "--outcome", "matrix", "--wait", "1"],
+      cleanEnv(cliDir, { CARAPACE_GATEWAY_TOKEN: "wrong" })
+    )
     cliOutput.push(r.stdout, r.stderr)
     expect(r.status).toBe(1)
     expect(r.stdout).toContain("[FAIL] Matrix runtime registration: control API refused the request")

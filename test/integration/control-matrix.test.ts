@@ -1,9 +1,9 @@
 // The control API and CLI surface against a running daemon with a live Matrix channel (issue 8): `cara
 // verify` passes and its probe reaches the human encrypted, `cara status` shows the Matrix metadata,
 // /health/ready follows the channel, and no secret shows up anywhere an operator or a log can see.
+import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect } from "effect"
 import { expect, it } from "vitest"
 import { open } from "../../src/domain/secrets.js"
 import { runCli } from "../support/cli.js"
@@ -45,7 +45,12 @@ describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", 
     expect(parsed.health.status).toBe("ok")
     const matrix = parsed.channels.channels.find((c) => c.id === "matrix")!
     expect(matrix.status).toBe("connected")
-    expect(matrix.extra).toMatchObject({ joinedRoomCount: 1, encryptedRoomCount: 1, unsupportedRoomCount: 0, pendingVerificationCount: 0 })
+    expect(matrix.extra).toMatchObject({
+      joinedRoomCount: 1,
+      encryptedRoomCount: 1,
+      unsupportedRoomCount: 0,
+      pendingVerificationCount: 0
+    })
     expect(matrix.extra["lastSuccessfulSyncAt"]).toEqual(expect.any(Number))
     expect(matrix.extra["deviceId"]).toMatch(/^[A-Z0-9]+$/)
 
@@ -53,9 +58,10 @@ describeSynapse("Control API and CLI with a live Matrix channel (real daemon)", 
     const asked = await alice.sendText(roomId, "count me")
     await world.replyTo(alice, bot, roomId, asked)
     const metricsText = await (await fetch(`${bot.running!.baseUrl}/metrics`)).text()
-    expect(Number(/^carapace_matrix_outbound_send_duration_seconds_count (\d+)$/m.exec(metricsText)?.[1])).toBeGreaterThanOrEqual(1)
-    expect(metricsText).toContain('carapace_matrix_joined_rooms{encryption="encrypted"} 1')
-    expect(metricsText).toContain('carapace_channel_up{channel="matrix"} 1')
+    expect(Number(/^carapace_matrix_outbound_send_duration_seconds_count (\d+)$/m.exec(metricsText)?.[1]))
+      .toBeGreaterThanOrEqual(1)
+    expect(metricsText).toContain("carapace_matrix_joined_rooms{encryption=\"encrypted\"} 1")
+    expect(metricsText).toContain("carapace_channel_up{channel=\"matrix\"} 1")
 
     // every secret of this installation, in plain text
     const sealed = /accessToken:\s*"(enc:v2:[^"]+)"/.exec(bot.config())![1]!

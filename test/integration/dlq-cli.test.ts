@@ -8,7 +8,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { deriveDlqKey, type DlqRecord, encodeLine, recordId } from "../../src/domain/dlq.js"
 import { deriveStorePassphrase } from "../../src/layers/StorePassphraseLive.js"
-import { CLI, cleanEnv, runCli, startDaemon, tempStateDir, type RunningDaemon } from "../support/cli.js"
+import { cleanEnv, CLI, runCli, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
 
 const TOKEN = "dlq-cli-gw-token-8c2e41f0"
 const PASSWORD = "dlq cli test password"
@@ -38,7 +38,8 @@ const rec = (n: number): DlqRecord => ({
 let dir = ""
 let daemon: RunningDaemon | undefined
 let port = 0
-const env = (extra: Record<string, string> = {}) => cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: PASSWORD, ...extra })
+const env = (extra: Record<string, string> = {}) =>
+  cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARAPACE_CONFIG_PASSWORD: PASSWORD, ...extra })
 const cli = (args: ReadonlyArray<string>, input?: string, extra: Record<string, string> = {}) =>
   runCli(["matrix", "dlq", ...args, "--port", String(port)], env(extra), input)
 // A fresh connection per request: a kept-alive socket may be closed by the server between two tests.
@@ -53,7 +54,9 @@ const get = (url: string, headers: Record<string, string> = {}) =>
   })
 const dlqFile = () => path.join(dir, "matrix", "inbound_dlq.jsonl")
 const auditEvents = () =>
-  fs.readFileSync(path.join(dir, "audit.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { event: string; data: Record<string, unknown> })
+  fs.readFileSync(path.join(dir, "audit.jsonl"), "utf8").trim().split("\n").map((l) =>
+    JSON.parse(l) as { event: string; data: Record<string, unknown> }
+  )
 
 beforeAll(async () => {
   dir = tempStateDir()
@@ -61,7 +64,9 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(dir, "installation_id"), `${IID}\n`, { mode: 0o600 })
   fs.mkdirSync(path.join(dir, "matrix"), { mode: 0o700 })
   const key = deriveDlqKey(deriveStorePassphrase(PASSWORD, IID), IID)
-  fs.writeFileSync(dlqFile(), [1, 2, 3].map((n) => encodeLine(rec(n), key)).concat(["{garbage"]).join("\n") + "\n", { mode: 0o600 })
+  fs.writeFileSync(dlqFile(), [1, 2, 3].map((n) => encodeLine(rec(n), key)).concat(["{garbage"]).join("\n") + "\n", {
+    mode: 0o600
+  })
   daemon = await startDaemon(env())
   port = Number(new URL(daemon.baseUrl).port)
 }, 60_000)
@@ -75,7 +80,9 @@ describe("cara matrix dlq against a running daemon", () => {
   it("the gauge and the status counter show the records on disk at start", async () => {
     const metrics = await get(`${daemon!.baseUrl}/metrics`)
     expect(metrics).toContain("carapace_matrix_dlq_records 4")
-    const channels = JSON.parse(await get(`${daemon!.baseUrl}/control/channels`, { authorization: `Bearer ${TOKEN}` })) as {
+    const channels = JSON.parse(
+      await get(`${daemon!.baseUrl}/control/channels`, { authorization: `Bearer ${TOKEN}` })
+    ) as {
       channels: Array<{ id: string; extra?: Record<string, unknown> }>
     }
     expect(channels.channels.find((c) => c.id === "matrix")?.extra?.["inboundDlqRecordCount"]).toBe(4)
@@ -87,7 +94,13 @@ describe("cara matrix dlq against a running daemon", () => {
     const body = JSON.parse(r.stdout) as { records: Array<Record<string, unknown>>; undecodable: number }
     expect(body.undecodable).toBe(1)
     expect(body.records.map((x) => x["id"])).toEqual([1, 2, 3].map((n) => recordId(rec(n).eventId)))
-    expect(body.records[0]).toMatchObject({ eventId: rec(1).eventId, roomId: rec(1).roomId, senderId: rec(1).senderId, encrypted: true, attempts: 0 })
+    expect(body.records[0]).toMatchObject({
+      eventId: rec(1).eventId,
+      roomId: rec(1).roomId,
+      senderId: rec(1).senderId,
+      encrypted: true,
+      attempts: 0
+    })
     expect(r.stdout).not.toContain("secret body")
   })
 
@@ -111,7 +124,9 @@ describe("cara matrix dlq against a running daemon", () => {
     expect(piped.stderr).toContain("[dlq-reveal-not-terminal]")
     expect(piped.stdout).not.toContain("secret body")
     // a pseudo-terminal for stdout (util-linux `script`)
-    const cmd = [process.execPath, CLI, "matrix", "dlq", "show", id, "--reveal", "--port", String(port)].map((a) => `'${a}'`).join(" ")
+    const cmd = [process.execPath, CLI, "matrix", "dlq", "show", id, "--reveal", "--port", String(port)].map((a) =>
+      `'${a}'`
+    ).join(" ")
     const tty = spawnSync("script", ["-qec", cmd, "/dev/null"], { env: env(), encoding: "utf8", timeout: 60_000 })
     expect(tty.status, tty.stdout + tty.stderr).toBe(0)
     expect(tty.stdout).toContain("secret body number 2")
@@ -133,7 +148,10 @@ describe("cara matrix dlq against a running daemon", () => {
   })
 
   it("without the gateway token the call is refused", () => {
-    const r = runCli(["matrix", "dlq", "list", "--port", String(port)], cleanEnv(dir, { CARAPACE_CONFIG_PASSWORD: PASSWORD }))
+    const r = runCli(
+      ["matrix", "dlq", "list", "--port", String(port)],
+      cleanEnv(dir, { CARAPACE_CONFIG_PASSWORD: PASSWORD })
+    )
     expect(r.status).not.toBe(0)
     expect(r.stderr).toMatch(/unauthorized|Unauthorized/)
   })
@@ -150,7 +168,9 @@ describe("cara matrix dlq against a running daemon", () => {
     expect(right.stdout).toContain("Purged 1 record(s)")
     const listed = JSON.parse(cli(["list", "--json"]).stdout) as { records: Array<{ id: string }> }
     expect(listed.records.map((x) => x.id)).toEqual([2, 3].map((n) => recordId(rec(n).eventId)))
-    expect(auditEvents()).toContainEqual(expect.objectContaining({ event: "matrix_inbound_dlq_purged", data: { count: 1, scope: id } }))
+    expect(auditEvents()).toContainEqual(
+      expect.objectContaining({ event: "matrix_inbound_dlq_purged", data: { count: 1, scope: id } })
+    )
   })
 
   it("purge --all --yes empties the DLQ for scripts", async () => {

@@ -1,12 +1,12 @@
+import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as path from "node:path"
-import { afterEach, beforeEach, describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
 import { DOCTOR_CHECKS, type DoctorReport, exitCodeOf, renderDoctor, runDoctor } from "../../src/programs/doctor.js"
-import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
-import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import { cleanEnv, runCli } from "../support/cli.js"
 import { tmpDir } from "../support/tmp.js"
 
@@ -35,12 +35,20 @@ const fakeHomeserver = (): Promise<FakeHomeserver> =>
       const authed = req.headers.authorization === `Bearer ${TOKEN}` && state.tokenValid
       if (req.url === "/_matrix/client/versions") return send(200, { versions: ["v1.11", "v1.12"] })
       if (!authed) return send(401, { errcode: "M_UNKNOWN_TOKEN", error: "Invalid access token" })
-      if (req.url === "/_matrix/client/v3/account/whoami") return send(200, { user_id: "@cara:example.com", device_id: "DEV1" })
-      if (req.url === "/_matrix/client/v3/keys/query") return send(200, { master_keys: { "@cara:example.com": { keys: {} } }, device_keys: {} })
+      if (req.url === "/_matrix/client/v3/account/whoami") {
+        return send(200, { user_id: "@cara:example.com", device_id: "DEV1" })
+      }
+      if (req.url === "/_matrix/client/v3/keys/query") {
+        return send(200, { master_keys: { "@cara:example.com": { keys: {} } }, device_keys: {} })
+      }
       const ad = "/_matrix/client/v3/user/%40cara%3Aexample.com/account_data/"
-      if (req.url === `${ad}m.secret_storage.default_key`) return send(200, { key: "KID" })
+      if (req.url === `${ad}m.secret_storage.default_key`) {
+        return send(200, { key: "KID" })
+      }
       if (req.url === `${ad}m.secret_storage.key.KID`) return send(200, KEY_INFO)
-      if (req.url === "/_matrix/client/v3/room_keys/version") return send(200, { version: "3", algorithm: "m.megolm_backup.v1.curve25519-aes-sha2" })
+      if (req.url === "/_matrix/client/v3/room_keys/version") {
+        return send(200, { version: "3", algorithm: "m.megolm_backup.v1.curve25519-aes-sha2" })
+      }
       send(404, { errcode: "M_UNRECOGNIZED" })
     })
     server.listen(0, "127.0.0.1", () => {
@@ -140,7 +148,9 @@ describe("cara doctor", () => {
     Effect.gen(function*() {
       fs.chmodSync(path.join(dir, "matrix", "recovery_key"), 0o644)
       fs.writeFileSync(path.join(dir, "matrix", "store_passphrase.rekeying"), "rekeying\n", { mode: 0o600 })
-      fs.writeFileSync(path.join(dir, "matrix", "recovery_key.cleanup"), JSON.stringify({ phase: "started" }), { mode: 0o600 })
+      fs.writeFileSync(path.join(dir, "matrix", "recovery_key.cleanup"), JSON.stringify({ phase: "started" }), {
+        mode: 0o600
+      })
       hs.tokenValid = false
       const report = yield* runDoctor({ env })
       expect(report.exitCode).toBe(2)
@@ -185,14 +195,24 @@ describe("cara doctor", () => {
   it("exit code is the worst finding", () => {
     expect(exitCodeOf([{ check: "a", status: "ok", message: "" }, { check: "b", status: "skip", message: "" }])).toBe(0)
     expect(exitCodeOf([{ check: "a", status: "warn", message: "", remediation: "x" }])).toBe(1)
-    expect(exitCodeOf([{ check: "a", status: "warn", message: "", remediation: "x" }, { check: "b", status: "error", message: "", remediation: "y" }])).toBe(2)
+    expect(
+      exitCodeOf([{ check: "a", status: "warn", message: "", remediation: "x" }, {
+        check: "b",
+        status: "error",
+        message: "",
+        remediation: "y"
+      }])
+    ).toBe(2)
   })
 
   it("the built CLI: `cara doctor --json --offline` prints the report and exits with its code", () => {
     const healthy = runCli(["doctor", "--json", "--offline"], cleanEnv(dir, env))
     expect(healthy.stderr).toBe("")
     const report = JSON.parse(healthy.stdout) as DoctorReport
-    expect(report.findings.find((f) => f.check === "homeserver")).toMatchObject({ status: "skip", message: "--offline" })
+    expect(report.findings.find((f) => f.check === "homeserver")).toMatchObject({
+      status: "skip",
+      message: "--offline"
+    })
     expect(healthy.status).toBe(0)
     fs.chmodSync(path.join(dir, "carapace.json5"), 0o644)
     const broken = runCli(["doctor", "--offline"], cleanEnv(dir, env))
@@ -206,8 +226,12 @@ describe("cara doctor: the stores", () => {
   it.effect("opens existing stores with the resolved key; a different key is encrypted-store-passphrase-mismatch", () =>
     Effect.gen(function*() {
       const { SqliteFile } = yield* Effect.promise(() => import("../../src/layers/durable-idb/sqliteFile.js"))
-      for (const [name, role] of [["matrix-sdk-crypto.sqlite3", "crypto"], ["matrix-sdk-state.sqlite3", "state"]] as const) {
-        const f = yield* Effect.promise(() => SqliteFile.open(path.join(dir, "matrix", name), role, { encrypted: true, passphrase: "store-key-one" }))
+      for (
+        const [name, role] of [["matrix-sdk-crypto.sqlite3", "crypto"], ["matrix-sdk-state.sqlite3", "state"]] as const
+      ) {
+        const f = yield* Effect.promise(() =>
+          SqliteFile.open(path.join(dir, "matrix", name), role, { encrypted: true, passphrase: "store-key-one" })
+        )
         f.close()
       }
       const good = yield* runDoctor({ env: { ...env, MATRIX_STORE_PASSPHRASE: "store-key-one" }, offline: true })
@@ -226,7 +250,12 @@ describe("cara doctor: the maintenance lock", () => {
       const { makeStateDir } = yield* Effect.promise(() => import("../../src/layers/StateDirLive.js"))
       const { acquireRekeyLock } = yield* Effect.promise(() => import("../../src/layers/StorePassphraseLive.js"))
       const { SqliteFile } = yield* Effect.promise(() => import("../../src/layers/durable-idb/sqliteFile.js"))
-      const f = yield* Effect.promise(() => SqliteFile.open(path.join(dir, "matrix", "matrix-sdk-crypto.sqlite3"), "crypto", { encrypted: true, passphrase: "k" }))
+      const f = yield* Effect.promise(() =>
+        SqliteFile.open(path.join(dir, "matrix", "matrix-sdk-crypto.sqlite3"), "crypto", {
+          encrypted: true,
+          passphrase: "k"
+        })
+      )
       f.close()
       const sd = yield* makeStateDir(dir)
       yield* acquireRekeyLock(sd, "daemon")

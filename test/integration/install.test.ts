@@ -14,7 +14,9 @@ afterAll(() => fs.promises.rm(work, { recursive: true, force: true }), 300_000)
 
 // The caller's PATH without the project's node_modules/.bin (which holds Node 24 when run by `npm test`):
 // the install must work with the system Node and npm, as a user's machine has them.
-const systemPath = (process.env["PATH"] ?? "").split(path.delimiter).filter((p) => !p.includes("node_modules")).join(path.delimiter)
+const systemPath = (process.env["PATH"] ?? "").split(path.delimiter).filter((p) => !p.includes("node_modules")).join(
+  path.delimiter
+)
 const baseEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
   const env: NodeJS.ProcessEnv = { PATH: systemPath }
   for (const key of ["HOME", "LANG", "TMPDIR"]) if (process.env[key] !== undefined) env[key] = process.env[key]
@@ -24,14 +26,22 @@ const baseEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
 // Asynchronous on purpose: a minute-long spawnSync blocks the vitest worker and its RPC times out.
 const sh = (cmd: string, args: ReadonlyArray<string>, opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) =>
   new Promise<string>((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd ?? root, env: opts.env ?? baseEnv(), stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd ?? root,
+      env: opts.env ?? baseEnv(),
+      stdio: ["ignore", "pipe", "pipe"]
+    })
     let stdout = ""
     let stderr = ""
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()))
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()))
     child.on("error", reject)
-    child.on("close", (code, signal) =>
-      code === 0 ? resolve(stdout) : reject(new Error(`${cmd} ${args.join(" ")} exited ${code ?? signal}:\n${stdout}${stderr}`))
+    child.on(
+      "close",
+      (code, signal) =>
+        code === 0
+          ? resolve(stdout)
+          : reject(new Error(`${cmd} ${args.join(" ")} exited ${code ?? signal}:\n${stdout}${stderr}`))
     )
   })
 
@@ -39,7 +49,9 @@ describe("npm pack + npm install -g", () => {
   it("installs a working cara into a fresh prefix", { timeout: 600_000 }, async () => {
     if (!fs.existsSync(path.join(root, "dist/src/cli/bin.js"))) throw new Error("run `npm run build` first")
     // dist/ is already built (npm test builds first): no need to run `prepare` again
-    const packed = JSON.parse(await sh("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work])) as Array<{
+    const packed = JSON.parse(
+      await sh("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work])
+    ) as Array<{
       filename: string
       size: number
       files: Array<{ path: string }>
@@ -50,19 +62,26 @@ describe("npm pack + npm install -g", () => {
     expect(files).toContain("dist/src/cli/bin.js")
     expect(files).toContain("package.json")
     // only what runs: no tests, no TypeScript sources, no source maps of sources that are not shipped
-    expect(files.filter((f) => f.startsWith("test/") || f.startsWith("src/") || f.endsWith(".ts") || f.endsWith(".map"))).toEqual([])
+    expect(
+      files.filter((f) => f.startsWith("test/") || f.startsWith("src/") || f.endsWith(".ts") || f.endsWith(".map"))
+    ).toEqual([])
 
     const prefix = path.join(work, "prefix")
     const started = Date.now()
     await sh("npm", ["install", "-g", "--prefix", prefix, "--prefer-offline", "--no-audit", "--no-fund", tarball])
     const installMs = Date.now() - started
-    console.log(`cara tarball ${packed[0]!.size} bytes, ${files.length} files; install into a fresh prefix took ${Math.round(installMs / 1000)} s`)
+    console.log(
+      `cara tarball ${packed[0]!.size} bytes, ${files.length} files; install into a fresh prefix took ${
+        Math.round(installMs / 1000)
+      } s`
+    )
 
     const cara = path.join(prefix, "bin", "cara")
     expect(fs.existsSync(cara)).toBe(true)
     const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as { version: string }
     // on PATH, from the prefix, with the system Node as the only `node` there
-    const env = (extra: Record<string, string> = {}) => baseEnv({ ...extra, PATH: `${path.join(prefix, "bin")}${path.delimiter}${systemPath}` })
+    const env = (extra: Record<string, string> = {}) =>
+      baseEnv({ ...extra, PATH: `${path.join(prefix, "bin")}${path.delimiter}${systemPath}` })
     expect((await sh("cara", ["--version"], { cwd: work, env: env() })).trim()).toBe(pkg.version)
 
     // the same file run by the system Node (its JavaScript half): it starts cara's own Node 24 too

@@ -16,10 +16,17 @@ describeSynapse("Matrix: a backlog sent while the bot was down is answered exact
 
   it("60 messages in 2 rooms while the bot is down: each answered once after it starts", async () => {
     const human = await world.human()
-    const bot = await world.bot({ allowUsers: [human.userId], matrixExtra: UNBOUNDED_BUDGET, env: { CARA_LOG_LEVEL: "info" } })
+    const bot = await world.bot({
+      allowUsers: [human.userId],
+      matrixExtra: UNBOUNDED_BUDGET,
+      env: { CARA_LOG_LEVEL: "info" }
+    })
     await bot.start()
     const botUser = bot.user.userId
-    const rooms = [await human.createEncryptedRoom([botUser], "backlog 0"), await human.createEncryptedRoom([botUser], "backlog 1")]
+    const rooms = [
+      await human.createEncryptedRoom([botUser], "backlog 0"),
+      await human.createEncryptedRoom([botUser], "backlog 1")
+    ]
     for (const r of rooms) await human.waitForMembership(r, botUser, "join", 60_000)
 
     // one answered message per room first: the room keys are shared and the bot has synced past the joins
@@ -29,7 +36,10 @@ describeSynapse("Matrix: a backlog sent while the bot was down is answered exact
       sent.add(id)
       await human.waitForMessage(
         r,
-        (m) => m.sender === botUser && (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]?.event_id === id,
+        (m) =>
+          m.sender === botUser &&
+          (m.content["m.relates_to"] as { "m.in_reply_to"?: { event_id?: string } } | undefined)?.["m.in_reply_to"]
+              ?.event_id === id,
         60_000
       )
     }

@@ -1,8 +1,8 @@
 // Who and what the daemon answers, against the real Synapse: group rooms answer mentions only, disallowed
 // inviters and senders get nothing, invisible-only messages are ignored and counted, encrypted=false
 // refuses an encrypted invite.
-import { expect, it } from "vitest"
 import { Preset } from "matrix-js-sdk"
+import { expect, it } from "vitest"
 import type { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
 import { type Bot, count, messagesFrom } from "./matrix-support.js"
@@ -14,7 +14,12 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
 
   const human = world.human
   const replyTo = (h: Human, roomId: string, bot: Bot, eventId: string) =>
-    h.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId, 45_000)
+    h.waitForMessage(
+      roomId,
+      (m) =>
+        m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === eventId,
+      45_000
+    )
 
   it("in a group room answers only when mentioned", async () => {
     const alice = await human()
@@ -91,33 +96,51 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     expect(extra["peerDropEncryptedRoomTotal"]).toBe(1)
   }, 180_000)
 
-  it("with encrypted=false answers in a plain room, and marks the room unsupported once it becomes encrypted", async () => {
-    const alice = await human()
-    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
-    await bot.start()
-    const { room_id: roomId } = await alice.client.createRoom({ is_direct: true, invite: [bot.user.userId], preset: Preset.TrustedPrivateChat })
-    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
-    const plain = await alice.sendText(roomId, "plain question")
-    await alice.waitForMessage(roomId, (m) => m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === plain, 45_000)
+  it(
+    "with encrypted=false answers in a plain room, and marks the room unsupported once it becomes encrypted",
+    async () => {
+      const alice = await human()
+      const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: "encrypted: false," })
+      await bot.start()
+      const { room_id: roomId } = await alice.client.createRoom({
+        is_direct: true,
+        invite: [bot.user.userId],
+        preset: Preset.TrustedPrivateChat
+      })
+      await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+      const plain = await alice.sendText(roomId, "plain question")
+      await alice.waitForMessage(
+        roomId,
+        (m) =>
+          m.sender === bot.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === plain,
+        45_000
+      )
 
-    await alice.client.sendStateEvent(roomId, "m.room.encryption" as never, { algorithm: "m.megolm.v1.aes-sha2" } as never, "")
-    await bot.waitForLog(/Matrix room became encrypted while matrix.encrypted=false/, 30_000)
-    const requestsBefore = llm().requests.length
-    const secret = await alice.sendText(roomId, "this one is encrypted")
-    const deadline = Date.now() + 30_000
-    let extra: Record<string, unknown> = {}
-    while (Date.now() < deadline) {
-      extra = ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
-      if (extra["unsupportedRoomCount"] === 1 && Number(extra["peerDropEncryptedRoomTotal"]) >= 2) break
-      await new Promise((r) => setTimeout(r, 200))
-    }
-    expect(extra["unsupportedRoomCount"]).toBe(1)
-    expect(extra["unsupportedRooms"]).toEqual([roomId])
-    expect(Number(extra["peerDropEncryptedRoomTotal"])).toBeGreaterThanOrEqual(2)
-    expect(llm().requests.length).toBe(requestsBefore)
-    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([plain])
-    expect(secret).toBeDefined()
-  }, 180_000)
+      await alice.client.sendStateEvent(
+        roomId,
+        "m.room.encryption" as never,
+        { algorithm: "m.megolm.v1.aes-sha2" } as never,
+        ""
+      )
+      await bot.waitForLog(/Matrix room became encrypted while matrix.encrypted=false/, 30_000)
+      const requestsBefore = llm().requests.length
+      const secret = await alice.sendText(roomId, "this one is encrypted")
+      const deadline = Date.now() + 30_000
+      let extra: Record<string, unknown> = {}
+      while (Date.now() < deadline) {
+        extra = ((await bot.status())?.["extra"] ?? {}) as Record<string, unknown>
+        if (extra["unsupportedRoomCount"] === 1 && Number(extra["peerDropEncryptedRoomTotal"]) >= 2) break
+        await new Promise((r) => setTimeout(r, 200))
+      }
+      expect(extra["unsupportedRoomCount"]).toBe(1)
+      expect(extra["unsupportedRooms"]).toEqual([roomId])
+      expect(Number(extra["peerDropEncryptedRoomTotal"])).toBeGreaterThanOrEqual(2)
+      expect(llm().requests.length).toBe(requestsBefore)
+      expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([plain])
+      expect(secret).toBeDefined()
+    },
+    180_000
+  )
 
   it("respects a kick (no rejoin) and a ban, and joins again only on a new invite", async () => {
     const alice = await human()
@@ -127,7 +150,9 @@ describeSynapse("Matrix: inbound gates (real daemon)", (hs) => {
     const roomId = await alice.createEncryptedRoom([bot.user.userId], "kick and ban")
     await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
     const joinsOf = () =>
-      bot.output().split("\n").filter((l) => l.includes("--> POST") && l.includes("/join") && l.includes(encodeURIComponent(roomId))).length
+      bot.output().split("\n").filter((l) =>
+        l.includes("--> POST") && l.includes("/join") && l.includes(encodeURIComponent(roomId))
+      ).length
     const joinedOnce = joinsOf()
     await alice.client.kick(roomId, bot.user.userId, "testing")
     await alice.waitForMembership(roomId, bot.user.userId, "leave", 30_000)

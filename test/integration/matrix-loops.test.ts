@@ -33,7 +33,10 @@ describeSynapse("Matrix: loops, floods and untrusted input (real daemons)", (hs)
     const b = await world.bot({ matrixExtra: `groupMessages: "all",` })
     // each bot admits the human and the other bot (the config is written before the first start)
     for (const [bot, other] of [[a, b], [b, a]] as const) {
-      fs.writeFileSync(bot.configPath, bot.config().replace(/allowUsers: \[\]/, `allowUsers: ${JSON.stringify([alice.userId, other.user.userId])}`))
+      fs.writeFileSync(
+        bot.configPath,
+        bot.config().replace(/allowUsers: \[\]/, `allowUsers: ${JSON.stringify([alice.userId, other.user.userId])}`)
+      )
     }
     await Promise.all([a.start(), b.start()])
     const roomId = await alice.createEncryptedRoom([a.user.userId, b.user.userId], "two bots")
@@ -54,39 +57,56 @@ describeSynapse("Matrix: loops, floods and untrusted input (real daemons)", (hs)
     expect(messagesFrom(alice, roomId, b.user.userId).map((m) => m.inReplyTo)).toEqual([asked])
   }, 240_000)
 
-  it("a flooding sender reaches the model `senderBurst` times and gets one notice; counted in status and /metrics", async () => {
-    const alice = await world.human()
-    // a refill of one per minute: nothing refills while the test runs
-    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: `inboundBudget: { senderBurst: 2, senderPerMinute: 1 },` })
-    await bot.start()
-    const roomId = await world.dm(alice, bot)
-    const before = world.llm.requests.length
-    const sent: Array<string> = []
-    for (let i = 0; i < 5; i++) sent.push(await alice.sendText(roomId, `question ${i}`))
+  it(
+    "a flooding sender reaches the model `senderBurst` times and gets one notice; counted in status and /metrics",
+    async () => {
+      const alice = await world.human()
+      // a refill of one per minute: nothing refills while the test runs
+      const bot = await world.bot({
+        allowUsers: [alice.userId],
+        matrixExtra: `inboundBudget: { senderBurst: 2, senderPerMinute: 1 },`
+      })
+      await bot.start()
+      const roomId = await world.dm(alice, bot)
+      const before = world.llm.requests.length
+      const sent: Array<string> = []
+      for (let i = 0; i < 5; i++) sent.push(await alice.sendText(roomId, `question ${i}`))
 
-    const extra = await poll("three budget refusals", 60_000, async () => {
-      const x = await extraOf(bot)
-      return Number(x["inboundBudgetRefusedSenderTotal"]) >= 3 && Number(x["inboundBudgetNoticeTotal"]) >= 1 ? x : undefined
-    })
-    await world.replyTo(alice, bot, roomId, sent[0]!)
-    await world.replyTo(alice, bot, roomId, sent[1]!)
-    const notice = await alice.waitForMessage(roomId, (m: ReceivedMessage) => m.sender === bot.user.userId && inReplyTo(m) === sent[2], 30_000)
-    expect(notice.content["msgtype"]).toBe("m.notice")
-    expect(String(notice.content["body"])).toMatch(/faster than I answer/)
-    expect(extra["inboundBudgetRefusedSenderTotal"]).toBe(3)
-    expect(extra["inboundBudgetNoticeTotal"]).toBe(1)
-    expect(world.llm.requests.length - before).toBe(2)
-    // exactly two answers and one notice: the later refusals of the window are silent
-    // (the notice is sent at once, the answers when the model is done: compare as sets)
-    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo).sort()).toEqual([sent[0], sent[1], sent[2]].sort())
-    const metrics = await metricsOf(bot)
-    expect(metrics).toContain('carapace_matrix_inbound_refused_total{reason="budget_sender"} 3')
-    expect(metrics).toContain("carapace_matrix_inbound_budget_notices_total 1")
-  }, 180_000)
+      const extra = await poll("three budget refusals", 60_000, async () => {
+        const x = await extraOf(bot)
+        return Number(x["inboundBudgetRefusedSenderTotal"]) >= 3 && Number(x["inboundBudgetNoticeTotal"]) >= 1
+          ? x
+          : undefined
+      })
+      await world.replyTo(alice, bot, roomId, sent[0]!)
+      await world.replyTo(alice, bot, roomId, sent[1]!)
+      const notice = await alice.waitForMessage(
+        roomId,
+        (m: ReceivedMessage) => m.sender === bot.user.userId && inReplyTo(m) === sent[2],
+        30_000
+      )
+      expect(notice.content["msgtype"]).toBe("m.notice")
+      expect(String(notice.content["body"])).toMatch(/faster than I answer/)
+      expect(extra["inboundBudgetRefusedSenderTotal"]).toBe(3)
+      expect(extra["inboundBudgetNoticeTotal"]).toBe(1)
+      expect(world.llm.requests.length - before).toBe(2)
+      // exactly two answers and one notice: the later refusals of the window are silent
+      // (the notice is sent at once, the answers when the model is done: compare as sets)
+      expect(
+        messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo).sort()
+      ).toEqual([sent[0], sent[1], sent[2]].sort())
+      const metrics = await metricsOf(bot)
+      expect(metrics).toContain("carapace_matrix_inbound_refused_total{reason=\"budget_sender\"} 3")
+      expect(metrics).toContain("carapace_matrix_inbound_budget_notices_total 1")
+    },
+    180_000
+  )
 
   it("never answers the bot's own account from another device", async () => {
     const { alice, bot, roomId } = await world.botInDm()
-    const self = await Human.login(hs.baseUrl, bot.user.userId, bot.user.password, { deviceName: "the bot's other session" })
+    const self = await Human.login(hs.baseUrl, bot.user.userId, bot.user.password, {
+      deviceName: "the bot's other session"
+    })
     try {
       await self.start()
       await self.joinRoom(roomId).catch(() => undefined)
@@ -106,56 +126,75 @@ describeSynapse("Matrix: loops, floods and untrusted input (real daemons)", (hs)
     const { alice, bot, roomId } = await world.botInDm()
     const before = world.llm.requests.length
     // what a homeserver admin or a spoofing server could inject: the client-server API with a member's token
-    const res = await fetch(`${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/plain-${Date.now()}`, {
-      method: "PUT",
-      headers: { "content-type": "application/json", authorization: `Bearer ${alice.accessToken}` },
-      body: JSON.stringify({ msgtype: "m.text", body: "unencrypted, please answer" })
-    })
+    const res = await fetch(
+      `${hs.baseUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/plain-${Date.now()}`,
+      {
+        method: "PUT",
+        headers: { "content-type": "application/json", authorization: `Bearer ${alice.accessToken}` },
+        body: JSON.stringify({ msgtype: "m.text", body: "unencrypted, please answer" })
+      }
+    )
     expect(res.status).toBe(200)
     const { event_id: plain } = (await res.json()) as { event_id: string }
     expect((await alice.fetchRawEvent(roomId, plain)).type).toBe("m.room.message")
-    await poll("the plaintext refusal counted", 30_000, async () =>
-      (await extraOf(bot))["peerDropUnencryptedInEncryptedRoomTotal"] === 1 ? true : undefined)
+    await poll(
+      "the plaintext refusal counted",
+      30_000,
+      async () => (await extraOf(bot))["peerDropUnencryptedInEncryptedRoomTotal"] === 1 ? true : undefined
+    )
     const asked = await alice.sendText(roomId, "the encrypted one")
     await world.replyTo(alice, bot, roomId, asked)
     expect(world.llm.requests.length - before).toBe(1)
     expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([asked])
     expect(JSON.stringify(world.llm.requests.at(-1)?.body)).not.toContain("unencrypted, please answer")
-    expect(await metricsOf(bot)).toContain('carapace_matrix_inbound_refused_total{reason="unencrypted_in_encrypted_room"} 1')
+    expect(await metricsOf(bot)).toContain(
+      "carapace_matrix_inbound_refused_total{reason=\"unencrypted_in_encrypted_room\"} 1"
+    )
   }, 180_000)
 
-  it("requireCrossSignedSenders: a device not cross-signed gets exactly one notice and no answer; a cross-signed one is answered", async () => {
-    const alice = await world.human()
-    await alice.bootstrapCrossSigning()
-    const bob = await world.human() // never cross-signs: his device is not signed by its owner
-    const bot = await world.bot({
-      allowUsers: [alice.userId, bob.userId],
-      matrixExtra: `groupMessages: "all", requireCrossSignedSenders: true,`
-    })
-    await bot.start()
-    const roomId = await alice.createEncryptedRoom([bot.user.userId, bob.userId], "cross-signing")
-    await bob.joinRoom(roomId)
-    await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
-    await bob.waitForMembership(roomId, bot.user.userId, "join", 30_000)
-    const before = world.llm.requests.length
+  it(
+    "requireCrossSignedSenders: a device not cross-signed gets exactly one notice and no answer; a cross-signed one is answered",
+    async () => {
+      const alice = await world.human()
+      await alice.bootstrapCrossSigning()
+      const bob = await world.human() // never cross-signs: his device is not signed by its owner
+      const bot = await world.bot({
+        allowUsers: [alice.userId, bob.userId],
+        matrixExtra: `groupMessages: "all", requireCrossSignedSenders: true,`
+      })
+      await bot.start()
+      const roomId = await alice.createEncryptedRoom([bot.user.userId, bob.userId], "cross-signing")
+      await bob.joinRoom(roomId)
+      await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+      await bob.waitForMembership(roomId, bot.user.userId, "join", 30_000)
+      const before = world.llm.requests.length
 
-    const first = await bob.sendText(roomId, "from an unverified session")
-    const second = await bob.sendText(roomId, "again from it")
-    const notice = await bob.waitForMessage(roomId, (m) => m.sender === bot.user.userId && inReplyTo(m) === first, 45_000)
-    expect(notice.content["msgtype"]).toBe("m.notice")
-    expect(String(notice.content["body"])).toMatch(/not verified by its owner/)
-    await poll("both refusals counted", 30_000, async () =>
-      (await extraOf(bot))["peerDropNotCrossSignedTotal"] === 2 ? true : undefined)
+      const first = await bob.sendText(roomId, "from an unverified session")
+      const second = await bob.sendText(roomId, "again from it")
+      const notice = await bob.waitForMessage(
+        roomId,
+        (m) => m.sender === bot.user.userId && inReplyTo(m) === first,
+        45_000
+      )
+      expect(notice.content["msgtype"]).toBe("m.notice")
+      expect(String(notice.content["body"])).toMatch(/not verified by its owner/)
+      await poll(
+        "both refusals counted",
+        30_000,
+        async () => (await extraOf(bot))["peerDropNotCrossSignedTotal"] === 2 ? true : undefined
+      )
 
-    const asked = await alice.sendText(roomId, "from a cross-signed session")
-    await world.replyTo(alice, bot, roomId, asked)
-    expect(world.llm.requests.length - before).toBe(1)
-    const fromTheBot = messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)
-    expect(fromTheBot).toEqual([first, asked])
-    expect(fromTheBot).not.toContain(second)
-    expect(fromBot(alice, roomId, bot).every((c) => c.msgtype === "m.notice")).toBe(true)
-    expect(await metricsOf(bot)).toContain('carapace_matrix_inbound_refused_total{reason="not_cross_signed"} 2')
-  }, 240_000)
+      const asked = await alice.sendText(roomId, "from a cross-signed session")
+      await world.replyTo(alice, bot, roomId, asked)
+      expect(world.llm.requests.length - before).toBe(1)
+      const fromTheBot = messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)
+      expect(fromTheBot).toEqual([first, asked])
+      expect(fromTheBot).not.toContain(second)
+      expect(fromBot(alice, roomId, bot).every((c) => c.msgtype === "m.notice")).toBe(true)
+      expect(await metricsOf(bot)).toContain("carapace_matrix_inbound_refused_total{reason=\"not_cross_signed\"} 2")
+    },
+    240_000
+  )
 })
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")

@@ -31,17 +31,29 @@ describeSynapse("Matrix: strict rc_message (real daemon)", () => {
   it("every reply arrives, once, although the homeserver rate-limits the bot", async () => {
     const u = await strict.registerUser()
     // the limiter is there for the bot; the human is exempt, so its own messages are not what it throttles
-    const exempt = await fetch(`${strict.baseUrl}/_synapse/admin/v1/users/${encodeURIComponent(u.userId)}/override_ratelimit`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${strict.adminToken}`, "content-type": "application/json" },
-      body: JSON.stringify({ messages_per_second: 0, burst_count: 0 })
-    })
+    const exempt = await fetch(
+      `${strict.baseUrl}/_synapse/admin/v1/users/${encodeURIComponent(u.userId)}/override_ratelimit`,
+      {
+        method: "POST",
+        headers: { authorization: `Bearer ${strict.adminToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ messages_per_second: 0, burst_count: 0 })
+      }
+    )
     expect(exempt.ok).toBe(true)
     alice = await Human.login(strict.baseUrl, u.userId, u.password)
     await alice.start()
-    bot = await makeBot({ baseUrl: strict.baseUrl, serverName: strict.serverName, synapseVersion: strict.synapseVersion, registerUser: (...a) => strict.registerUser(...a) }, llm, {
-      allowUsers: [alice.userId]
-    })
+    bot = await makeBot(
+      {
+        baseUrl: strict.baseUrl,
+        serverName: strict.serverName,
+        synapseVersion: strict.synapseVersion,
+        registerUser: (...a) => strict.registerUser(...a)
+      },
+      llm,
+      {
+        allowUsers: [alice.userId]
+      }
+    )
     await bot.start()
     const roomId = await alice.createEncryptedDm(bot.user.userId)
     await alice.waitForMembership(roomId, bot.user.userId, "join", 30_000)
@@ -52,7 +64,12 @@ describeSynapse("Matrix: strict rc_message (real daemon)", () => {
     for (let i = 0; i < 5; i++) asked.push(await alice.sendText(roomId, `question ${i}`))
     try {
       for (const id of asked) {
-        await alice.waitForMessage(roomId, (m) => m.sender === bot!.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === id, 90_000)
+        await alice.waitForMessage(
+          roomId,
+          (m) =>
+            m.sender === bot!.user.userId && (m.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id === id,
+          90_000
+        )
       }
     } catch (e) {
       fs.writeFileSync(`${bot.dir}/daemon-output.log`, bot.output())
@@ -65,8 +82,10 @@ describeSynapse("Matrix: strict rc_message (real daemon)", () => {
     // the limiter did bite: Synapse answered at least one of the bot's reply sends with 429
     const accessLog = fs.readFileSync(path.join(strict.dataDir, "synapse.log"), "utf8")
     const limited = accessLog.split("\n").filter((l) =>
-      l.includes(`{${bot!.user.userId}}`) && / 429 "PUT \/_matrix\/client\/v3\/rooms\/[^/]+\/send\/m\.room\.encrypted\/cara-r1-/.test(l)
+      l.includes(`{${bot!.user.userId}}`) &&
+      / 429 "PUT \/_matrix\/client\/v3\/rooms\/[^/]+\/send\/m\.room\.encrypted\/cara-r1-/.test(l)
     )
-    expect(limited.length, accessLog.split("\n").filter((l) => l.includes("/send/")).slice(-20).join("\n")).toBeGreaterThan(0)
+    expect(limited.length, accessLog.split("\n").filter((l) => l.includes("/send/")).slice(-20).join("\n"))
+      .toBeGreaterThan(0)
   }, 300_000)
 })

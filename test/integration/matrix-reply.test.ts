@@ -54,7 +54,12 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
     const { event_id: inThread } = await alice.client.sendEvent(roomId, "m.room.message" as never, {
       msgtype: "m.text",
       body: "follow-up in the thread",
-      "m.relates_to": { rel_type: "m.thread", event_id: root, is_falling_back: true, "m.in_reply_to": { event_id: root } }
+      "m.relates_to": {
+        rel_type: "m.thread",
+        event_id: root,
+        is_falling_back: true,
+        "m.in_reply_to": { event_id: root }
+      }
     } as never)
     const reply = await alice.waitForMessage(
       roomId,

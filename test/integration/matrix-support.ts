@@ -1,11 +1,11 @@
 // Shared by the test/integration/matrix-*.test.ts files: the real daemon process (`node dist/src/cli/bin.js`)
 // with a config file in a temp state dir, Matrix pointed at the test Synapse and the agent at a loopback fake
 // Anthropic server, so a test goes end to end: human client → Synapse → daemon → fake LLM → Synapse → human.
+import { Effect, Exit, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Exit, Scope } from "effect"
+import { cleanEnv, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
 import { fakeAnthropic, type FakeLlmServer } from "../support/fake-llm.js"
-import { cleanEnv, startDaemon, tempStateDir, type RunningDaemon } from "../support/cli.js"
 import type { RegisteredUser, SharedSynapse } from "../support/synapse/index.js"
 
 export const CONFIG_PASSWORD = "integration-config-password-0123456789"
@@ -72,7 +72,9 @@ export class Bot {
       const m = re.exec(running.output().slice(this.offset))
       if (m) return m
       if (exited) throw new Error(`daemon exited while waiting for ${re}:\n${running.output().slice(-6000)}`)
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re} in the daemon output:\n${running.output().slice(-6000)}`)
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${re} in the daemon output:\n${running.output().slice(-6000)}`)
+      }
       await new Promise((r) => setTimeout(r, 50))
     }
   }
@@ -115,7 +117,8 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
  * `matrixExtra` for a bot that must answer a burst from one person (a backlog, a benchmark, chaos): the
  * default inbound budget (#16.6) would rightly refuse most of it.
  */
-export const UNBOUNDED_BUDGET = "inboundBudget: { roomBurst: 100000, roomPerMinute: 100000, senderBurst: 100000, senderPerMinute: 100000 },"
+export const UNBOUNDED_BUDGET =
+  "inboundBudget: { roomBurst: 100000, roomPerMinute: 100000, senderBurst: 100000, senderPerMinute: 100000 },"
 
 /** Registers a bot account, writes its config (password login on first start) and returns the handle. */
 export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: BotOptions = {}): Promise<Bot> => {
@@ -133,7 +136,9 @@ export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: Bo
     userId: ${json(user.userId)},
     // first login only
     password: "\${MATRIX_PASSWORD}",
-    autoJoin: { allowUsers: ${json(options.allowUsers ?? [])}, allowServerNames: ${json(options.allowServerNames ?? [])} },
+    autoJoin: { allowUsers: ${json(options.allowUsers ?? [])}, allowServerNames: ${
+      json(options.allowServerNames ?? [])
+    } },
     ${options.matrixExtra ?? ""}
   },
   anthropic: { apiKey: "test-key", baseUrl: ${json(llm.baseUrl)} },

@@ -42,19 +42,23 @@ describeSynapse("Matrix: undecryptable events wait for their keys (real daemon)"
     expect(messagesFrom(alice, roomId, bot.user.userId).filter((m) => m.inReplyTo === late)).toHaveLength(1)
   }, 240_000)
 
-  it("a held message survives a restart: the key arrives while the daemon is down, the answer comes after it starts", async () => {
-    const { alice, bot, roomId } = await setup()
-    alice.toDevice.holding = true
-    const late = await alice.sendText(roomId, "answer me after your restart")
-    await until("the bot to count the undecryptable event", async () => (await undecryptable(bot)) === 1)
-    expect((await bot.stop("SIGTERM")).code).toBe(0)
+  it(
+    "a held message survives a restart: the key arrives while the daemon is down, the answer comes after it starts",
+    async () => {
+      const { alice, bot, roomId } = await setup()
+      alice.toDevice.holding = true
+      const late = await alice.sendText(roomId, "answer me after your restart")
+      await until("the bot to count the undecryptable event", async () => (await undecryptable(bot)) === 1)
+      expect((await bot.stop("SIGTERM")).code).toBe(0)
 
-    await alice.toDevice.release()
-    await bot.start()
-    await replyTo(alice, bot, roomId, late)
-    await until("the count to drop back to 0", async () => (await undecryptable(bot)) === 0)
-    const next = await alice.sendText(roomId, "and a normal one")
-    await replyTo(alice, bot, roomId, next)
-    expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([late, next])
-  }, 240_000)
+      await alice.toDevice.release()
+      await bot.start()
+      await replyTo(alice, bot, roomId, late)
+      await until("the count to drop back to 0", async () => (await undecryptable(bot)) === 0)
+      const next = await alice.sendText(roomId, "and a normal one")
+      await replyTo(alice, bot, roomId, next)
+      expect(messagesFrom(alice, roomId, bot.user.userId).map((m) => m.inReplyTo)).toEqual([late, next])
+    },
+    240_000
+  )
 })

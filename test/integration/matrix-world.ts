@@ -11,7 +11,9 @@ import { type Bot, type BotOptions, makeBot, startFakeLlm } from "./matrix-suppo
 
 /** The event a bot's reply answers (`m.in_reply_to`), if any. */
 export const inReplyTo = (m: ReceivedMessage): string | undefined =>
-  ((m.content["m.relates_to"] as Record<string, unknown> | undefined)?.["m.in_reply_to"] as { event_id?: string } | undefined)
+  ((m.content["m.relates_to"] as Record<string, unknown> | undefined)?.["m.in_reply_to"] as
+    | { event_id?: string }
+    | undefined)
     ?.event_id
 
 export const useMatrixWorld = (hs: SharedSynapse) => {
@@ -28,7 +30,9 @@ export const useMatrixWorld = (hs: SharedSynapse) => {
       for (const b of bots) {
         const file = path.join(b.dir, "daemon-output.log")
         fs.writeFileSync(file, b.output())
-        process.stderr.write(`--- daemon output (${b.user.userId}) in ${file}; last lines:\n${b.output().slice(-3000)}\n`)
+        process.stderr.write(
+          `--- daemon output (${b.user.userId}) in ${file}; last lines:\n${b.output().slice(-3000)}\n`
+        )
       }
     }
     for (const b of bots.splice(0)) await b.stop("SIGKILL")

@@ -1,8 +1,8 @@
 // `cara matrix recovery-key show|restore` as an operator runs them (the built CLI in a child process).
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
 import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { acquireRekeyLock } from "../../src/layers/StorePassphraseLive.js"
@@ -25,7 +25,8 @@ const root = (config = matrixConfig()) => {
   return r
 }
 const env = (r: string) => cleanEnv(r, { ...BASE_ENV, CARAPACE_CONFIG_PASSWORD: PASSWORD })
-const rk = (r: string, args: ReadonlyArray<string>, input?: string) => runCli(["matrix", "recovery-key", ...args], env(r), input)
+const rk = (r: string, args: ReadonlyArray<string>, input?: string) =>
+  runCli(["matrix", "recovery-key", ...args], env(r), input)
 
 describe("cara matrix recovery-key show", () => {
   it("refuses a non-terminal stdout without the flag, and prints only the key with it", () => {
@@ -89,7 +90,9 @@ describe("cara matrix recovery-key restore", () => {
   it("refuses while the daemon holds the maintenance lock", async () => {
     const r = root()
     const scope = Effect.runSync(Scope.make())
-    await Effect.runPromise(Scope.extend(Effect.flatMap(makeStateDir(r), (sd) => acquireRekeyLock(sd, "daemon")), scope))
+    await Effect.runPromise(
+      Scope.extend(Effect.flatMap(makeStateDir(r), (sd) => acquireRekeyLock(sd, "daemon")), scope)
+    )
     try {
       const res = rk(r, ["restore", "--stdin"], KEY)
       expect(res.status).not.toBe(0)
@@ -102,7 +105,9 @@ describe("cara matrix recovery-key restore", () => {
 
   it("removes stale rotation artifacts through the cleanup journal", () => {
     const r = root()
-    for (const f of ["recovery_key.rotating", "recovery_key.minting", "recovery_key.pending"]) fs.writeFileSync(path.join(r, "matrix", f), "stale\n")
+    for (const f of ["recovery_key.rotating", "recovery_key.minting", "recovery_key.pending"]) {
+      fs.writeFileSync(path.join(r, "matrix", f), "stale\n")
+    }
     const res = rk(r, ["restore", "--stdin"], KEY)
     expect(res.status).toBe(0)
     for (const f of ["recovery_key.rotating", "recovery_key.minting", "recovery_key.pending", "recovery_key.cleanup"]) {

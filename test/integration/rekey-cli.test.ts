@@ -1,8 +1,8 @@
 // `cara matrix rekey-store --new` as an operator runs it (the built CLI in a child process): the result
 // (text and --json), the audit events, and each refusal with its message and kind.
+import { Effect, Exit, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Exit, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { CRYPTO_FILE, STATE_FILE } from "../../src/layers/CryptoStoreLive.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
@@ -24,18 +24,25 @@ const populated = async (config = matrixConfig()) => {
   fs.writeFileSync(path.join(root, "installation_id"), `${IID}\n`, { mode: 0o600 })
   fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
   for (const [rel, role] of [[CRYPTO_FILE, "crypto"], [STATE_FILE, "state"]] as const) {
-    const f = await SqliteFile.open(path.join(root, rel), role, { encrypted: true, passphrase: deriveStorePassphrase(PASSWORD, IID) })
+    const f = await SqliteFile.open(path.join(root, rel), role, {
+      encrypted: true,
+      passphrase: deriveStorePassphrase(PASSWORD, IID)
+    })
     f.close()
   }
   return root
 }
 
-const env = (root: string, extra: Record<string, string> = {}) => cleanEnv(root, { ...BASE_ENV, CARAPACE_CONFIG_PASSWORD: PASSWORD, ...extra })
-const rekey = (root: string, args: ReadonlyArray<string> = ["--new"], e = env(root)) => runCli(["matrix", "rekey-store", ...args], e)
+const env = (root: string, extra: Record<string, string> = {}) =>
+  cleanEnv(root, { ...BASE_ENV, CARAPACE_CONFIG_PASSWORD: PASSWORD, ...extra })
+const rekey = (root: string, args: ReadonlyArray<string> = ["--new"], e = env(root)) =>
+  runCli(["matrix", "rekey-store", ...args], e)
 
 const auditEvents = (root: string) =>
   fs.existsSync(path.join(root, "audit.jsonl"))
-    ? fs.readFileSync(path.join(root, "audit.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { ts: string; event: string; data: Record<string, unknown> })
+    ? fs.readFileSync(path.join(root, "audit.jsonl"), "utf8").trim().split("\n").map((l) =>
+      JSON.parse(l) as { ts: string; event: string; data: Record<string, unknown> }
+    )
     : []
 
 beforeAll(() => {
@@ -54,7 +61,10 @@ describe("cara matrix rekey-store --new", () => {
     expect(pinned).toMatch(/^[0-9a-f]{64}\n$/)
     // the passphrase never reaches the output
     expect(result.stdout + result.stderr).not.toContain(pinned.trim())
-    const f = await SqliteFile.open(path.join(root, CRYPTO_FILE), "crypto", { encrypted: true, passphrase: pinned.trim() })
+    const f = await SqliteFile.open(path.join(root, CRYPTO_FILE), "crypto", {
+      encrypted: true,
+      passphrase: pinned.trim()
+    })
     f.close()
 
     const events = auditEvents(root)
@@ -105,7 +115,9 @@ describe("cara matrix rekey-store --new", () => {
     const root = await populated(matrixConfig(`storePassphrase: "\${MY_STORE_PASS}",`))
     const viaConfig = rekey(root, ["--new"], env(root, { MY_STORE_PASS: "my-store-pass-1" }))
     expect(viaConfig.status).not.toBe(0)
-    expect(viaConfig.stderr).toContain("the store passphrase is set explicitly (matrix.storePassphrase or MATRIX_STORE_PASSPHRASE), so rotate it outside cara")
+    expect(viaConfig.stderr).toContain(
+      "the store passphrase is set explicitly (matrix.storePassphrase or MATRIX_STORE_PASSPHRASE), so rotate it outside cara"
+    )
     expect(viaConfig.stderr).toContain("[rekey-refused]")
 
     const root2 = await populated()
@@ -126,8 +138,13 @@ describe("cara matrix rekey-store --new", () => {
     const result = rekey(root, ["--new"], cleanEnv(root, BASE_ENV))
     expect(result.status).not.toBe(0)
     // The config check already names the missing key source (the machine's own refusal is unit-tested).
-    expect(result.stderr).toContain("matrix.encrypted=true requires matrix.storePassphrase, MATRIX_STORE_PASSPHRASE, CARAPACE_CONFIG_PASSWORD")
-    expect(fs.readdirSync(path.join(root, "matrix")).sort()).toEqual(["matrix-sdk-crypto.sqlite3", "matrix-sdk-state.sqlite3"])
+    expect(result.stderr).toContain(
+      "matrix.encrypted=true requires matrix.storePassphrase, MATRIX_STORE_PASSPHRASE, CARAPACE_CONFIG_PASSWORD"
+    )
+    expect(fs.readdirSync(path.join(root, "matrix")).sort()).toEqual([
+      "matrix-sdk-crypto.sqlite3",
+      "matrix-sdk-state.sqlite3"
+    ])
   })
 
   it("refuses the wrong old password without touching a store", async () => {
@@ -153,7 +170,9 @@ describe("cara matrix rekey-store --new", () => {
   it("refuses while another process holds the maintenance lock, naming it", async () => {
     const root = await populated()
     const scope = await Effect.runPromise(Scope.make())
-    await Effect.runPromise(Effect.flatMap(makeStateDir(root), (sd) => acquireRekeyLock(sd, "recovery-key")).pipe(Scope.extend(scope)))
+    await Effect.runPromise(
+      Effect.flatMap(makeStateDir(root), (sd) => acquireRekeyLock(sd, "recovery-key")).pipe(Scope.extend(scope))
+    )
     try {
       const result = rekey(root)
       expect(result.status).not.toBe(0)

@@ -3,16 +3,16 @@
 // at random moments, many times over; after each kill the daemon's view is checked (refuse or open with the
 // right key); a last run completes; then the bot opens its store with the pinned passphrase, keeps its
 // identity, and still decrypts the message sent before the rekey.
+import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
+import { Either, Option, Redacted } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
-import { Either, Option, Redacted } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
 import { CRYPTO_FILE } from "../../src/layers/CryptoStoreLive.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
 import type { CryptoStoreShape } from "../../src/services/CryptoStore.js"
-import { CLI, cleanEnv, runCli } from "../support/cli.js"
+import { cleanEnv, CLI, runCli } from "../support/cli.js"
 import { withStore } from "../support/cryptostore-child.idb.js"
 import { BASE_ENV, daemonResolve, PASSWORD, tempRoot } from "../support/rekey-fixtures.js"
 
@@ -26,24 +26,37 @@ afterAll(() => {
 })
 
 const machine = async (store: CryptoStoreShape, user: string, device: string) => {
-  const handle = await wasm.StoreHandle.openWithKey(store.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(store.storageKey)))
+  const handle = await wasm.StoreHandle.openWithKey(
+    store.cryptoDatabasePrefix,
+    Redacted.value(Option.getOrThrow(store.storageKey))
+  )
   return wasm.OlmMachine.initFromStore(new wasm.UserId(user), new wasm.DeviceId(device), handle)
 }
 
 /** The pretend homeserver: device keys and one-time keys by user. */
-const server = { deviceKeys: {} as Record<string, { device_id: string }>, otks: {} as Record<string, Record<string, unknown>> }
+const server = {
+  deviceKeys: {} as Record<string, { device_id: string }>,
+  otks: {} as Record<string, Record<string, unknown>>
+}
 
 const serve = async (m: wasm.OlmMachine, user: string) => {
   for (const r of await m.outgoingRequests()) {
     const req = r as { id: string; type: wasm.RequestType; body: string }
     let response = "{}"
     if (req.type === wasm.RequestType.KeysUpload) {
-      const body = JSON.parse(req.body) as { device_keys?: { device_id: string }; one_time_keys?: Record<string, unknown> }
+      const body = JSON.parse(req.body) as {
+        device_keys?: { device_id: string }
+        one_time_keys?: Record<string, unknown>
+      }
       if (body.device_keys !== undefined) server.deviceKeys[user] = body.device_keys
       server.otks[user] = { ...server.otks[user], ...body.one_time_keys }
-      response = JSON.stringify({ one_time_key_counts: { signed_curve25519: Object.keys(server.otks[user] ?? {}).length } })
+      response = JSON.stringify({
+        one_time_key_counts: { signed_curve25519: Object.keys(server.otks[user] ?? {}).length }
+      })
     } else if (req.type === wasm.RequestType.KeysQuery) {
-      const device_keys = Object.fromEntries(Object.entries(server.deviceKeys).map(([u, k]) => [u, { [k.device_id]: k }]))
+      const device_keys = Object.fromEntries(
+        Object.entries(server.deviceKeys).map(([u, k]) => [u, { [k.device_id]: k }])
+      )
       response = JSON.stringify({ device_keys, failures: {} })
     }
     await m.markRequestAsSent(req.id, req.type, response)
@@ -51,16 +64,30 @@ const serve = async (m: wasm.OlmMachine, user: string) => {
 }
 
 const encryptedEvent = (content: string) =>
-  JSON.stringify({ type: "m.room.encrypted", event_id: "$before-rekey", sender: ALICE, origin_server_ts: 1, room_id: ROOM, content: JSON.parse(content) })
+  JSON.stringify({
+    type: "m.room.encrypted",
+    event_id: "$before-rekey",
+    sender: ALICE,
+    origin_server_ts: 1,
+    room_id: ROOM,
+    content: JSON.parse(content)
+  })
 
 const decryptBody = async (bot: wasm.OlmMachine, content: string) => {
-  const out = await bot.decryptRoomEvent(encryptedEvent(content), new wasm.RoomId(ROOM), new wasm.DecryptionSettings(wasm.TrustRequirement.Untrusted))
+  const out = await bot.decryptRoomEvent(
+    encryptedEvent(content),
+    new wasm.RoomId(ROOM),
+    new wasm.DecryptionSettings(wasm.TrustRequirement.Untrusted)
+  )
   return (JSON.parse(out.event) as { content: { body: string } }).content.body
 }
 
 const runUntilKilled = (env: NodeJS.ProcessEnv, root: string, mode: "random" | "after-pending") =>
   new Promise<"killed" | "exited">((resolve) => {
-    const child: ChildProcess = spawn(process.execPath, [CLI, "matrix", "rekey-store", "--new"], { env, stdio: "ignore" })
+    const child: ChildProcess = spawn(process.execPath, [CLI, "matrix", "rekey-store", "--new"], {
+      env,
+      stdio: "ignore"
+    })
     let done = false
     const kill = () => {
       if (!done) child.kill("SIGKILL")
@@ -91,38 +118,68 @@ describe("rekey-store SIGKILLed at random moments on a populated store", () => {
       return Either.map(r, (o) => Redacted.value(Option.getOrThrow(o).passphrase))
     }
     const derived = Either.getOrThrow(await resolveNow())
-    const botOpts = (p: string) => ({ installGlobal: true, secret: { encrypted: true as const, passphrase: Option.some(Redacted.make(p)) } })
+    const botOpts = (p: string) => ({
+      installGlobal: true,
+      secret: { encrypted: true as const, passphrase: Option.some(Redacted.make(p)) }
+    })
     const aliceOpts = { installGlobal: true, cryptoDatabasePrefix: "alice", syncStoreName: "alice-sync" }
 
     // The bot gets an Olm session from Alice and a Megolm key for the room; one message is sent.
-    const before = await withStore(root, botOpts(derived), (botStore) =>
-      withStore(aliceRoot, aliceOpts, async (aliceStore) => {
-        const bot = await machine(botStore, BOT, "BOTDEVICE")
-        const alice = await machine(aliceStore, ALICE, "ALICEDEVICE")
-        await serve(bot, BOT)
-        await serve(alice, ALICE)
-        await alice.updateTrackedUsers([new wasm.UserId(BOT)])
-        await serve(alice, ALICE)
-        const claim = (await alice.getMissingSessions([new wasm.UserId(BOT)])) as { id: string } | undefined
-        const [keyId, key] = Object.entries(server.otks[BOT] ?? {})[0]!
-        await alice.markRequestAsSent(
-          claim!.id,
-          wasm.RequestType.KeysClaim,
-          JSON.stringify({ one_time_keys: { [BOT]: { BOTDEVICE: { [keyId]: key } } }, failures: {} })
-        )
-        const toDevice: Array<unknown> = []
-        for (const req of await alice.shareRoomKey(new wasm.RoomId(ROOM), [new wasm.UserId(BOT)], new wasm.EncryptionSettings())) {
-          const body = JSON.parse(req.body) as { messages: Record<string, Record<string, unknown>> }
-          for (const devices of Object.values(body.messages)) for (const content of Object.values(devices)) toDevice.push({ sender: ALICE, type: req.event_type, content })
-          await alice.markRequestAsSent(req.id, wasm.RequestType.ToDevice, "{}")
-        }
-        await bot.receiveSyncChanges(JSON.stringify(toDevice), new wasm.DeviceLists(), new Map([["signed_curve25519", 49]]), new Set())
-        const content = await alice.encryptRoomEvent(new wasm.RoomId(ROOM), "m.room.message", JSON.stringify({ msgtype: "m.text", body: "sent before the rekey" }))
-        const result = { content, body: await decryptBody(bot, content), ed25519: bot.identityKeys.ed25519.toBase64() }
-        bot.close()
-        alice.close()
-        return result
-      }))
+    const before = await withStore(
+      root,
+      botOpts(derived),
+      (botStore) =>
+        withStore(aliceRoot, aliceOpts, async (aliceStore) => {
+          const bot = await machine(botStore, BOT, "BOTDEVICE")
+          const alice = await machine(aliceStore, ALICE, "ALICEDEVICE")
+          await serve(bot, BOT)
+          await serve(alice, ALICE)
+          await alice.updateTrackedUsers([new wasm.UserId(BOT)])
+          await serve(alice, ALICE)
+          const claim = (await alice.getMissingSessions([new wasm.UserId(BOT)])) as { id: string } | undefined
+          const [keyId, key] = Object.entries(server.otks[BOT] ?? {})[0]!
+          await alice.markRequestAsSent(
+            claim!.id,
+            wasm.RequestType.KeysClaim,
+            JSON.stringify({ one_time_keys: { [BOT]: { BOTDEVICE: { [keyId]: key } } }, failures: {} })
+          )
+          const toDevice: Array<unknown> = []
+          for (
+            const req of await alice.shareRoomKey(
+              new wasm.RoomId(ROOM),
+              [new wasm.UserId(BOT)],
+              new wasm.EncryptionSettings()
+            )
+          ) {
+            const body = JSON.parse(req.body) as { messages: Record<string, Record<string, unknown>> }
+            for (const devices of Object.values(body.messages)) {
+              for (const content of Object.values(devices)) {
+                toDevice.push({ sender: ALICE, type: req.event_type, content })
+              }
+            }
+            await alice.markRequestAsSent(req.id, wasm.RequestType.ToDevice, "{}")
+          }
+          await bot.receiveSyncChanges(
+            JSON.stringify(toDevice),
+            new wasm.DeviceLists(),
+            new Map([["signed_curve25519", 49]]),
+            new Set()
+          )
+          const content = await alice.encryptRoomEvent(
+            new wasm.RoomId(ROOM),
+            "m.room.message",
+            JSON.stringify({ msgtype: "m.text", body: "sent before the rekey" })
+          )
+          const result = {
+            content,
+            body: await decryptBody(bot, content),
+            ed25519: bot.identityKeys.ed25519.toBase64()
+          }
+          bot.close()
+          alice.close()
+          return result
+        })
+    )
     expect(before.body).toBe("sent before the rekey")
 
     const cliEnv = cleanEnv(root, { ...BASE_ENV, ...env })

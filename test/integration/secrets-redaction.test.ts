@@ -2,10 +2,10 @@
 // body that echoes the API key and every other secret the daemon holds (the Matrix access token it got at
 // login, the Matrix password, the gateway token, the config password). None of them may appear in the
 // room's reply, in the daemon's log (at debug level), or in audit.jsonl.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { Effect } from "effect"
 import JSON5 from "json5"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { expect, it } from "vitest"
 import { open } from "../../src/domain/secrets.js"
 import { describeSynapse } from "../support/synapse/index.js"

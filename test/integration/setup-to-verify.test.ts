@@ -35,7 +35,18 @@ describeSynapse("cara setup to a first successful cara verify", (hs) => {
     }
     const env = cleanEnv(dir, secrets)
 
-    const setupArgs = ["setup", "--homeserver", hs.baseUrl, "--user", bot.userId, "--allow-user", you.userId, "--provider", "local", "--yes"]
+    const setupArgs = [
+      "setup",
+      "--homeserver",
+      hs.baseUrl,
+      "--user",
+      bot.userId,
+      "--allow-user",
+      you.userId,
+      "--provider",
+      "local",
+      "--yes"
+    ]
     const setup = runCli(setupArgs, cleanEnv(dir))
     record(`cara ${setupArgs.join(" ")}`, setup.stdout + setup.stderr)
     expect(setup.status, setup.stdout + setup.stderr).toBe(0)
@@ -59,14 +70,20 @@ describeSynapse("cara setup to a first successful cara verify", (hs) => {
         60_000
       )
       expect(answer.body.length).toBeGreaterThan(0)
-      transcript.push(`(Element, encrypted DM) you: hello from setup`, `(Element, encrypted DM) ${bot.userId}: ${answer.body}`, "")
+      transcript.push(
+        `(Element, encrypted DM) you: hello from setup`,
+        `(Element, encrypted DM) ${bot.userId}: ${answer.body}`,
+        ""
+      )
 
       const verify = runCli(["verify", "--outcome", "matrix", "--matrix-to", roomId, "--port", String(port)], env)
       record(`cara verify --outcome matrix --matrix-to ${roomId}`, verify.stdout + verify.stderr)
       expect(verify.status, verify.stdout + verify.stderr).toBe(0)
       expect(verify.stdout).toContain("[PASS] Matrix runtime registration: matrix channel is connected")
       expect(verify.stdout).not.toContain("[SKIP]")
-      expect(verify.stdout).toMatch(/\[PASS\] Matrix start-up: start-up sequence finished; cross-signing (bootstrapped|verified)/)
+      expect(verify.stdout).toMatch(
+        /\[PASS\] Matrix start-up: start-up sequence finished; cross-signing (bootstrapped|verified)/
+      )
       // the first start removed the password from the config once the device was set up
       expect(fs.readFileSync(file, "utf8")).not.toContain("MATRIX_PASSWORD")
     } finally {

@@ -1,16 +1,21 @@
 // `cara setup` against the real Synapse: with flags (given URL and .well-known discovery), the refusal to
 // overwrite and the backup with --force, and the interactive questions on a pseudo-terminal.
+import { Effect } from "effect"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect } from "effect"
 import { expect, it } from "vitest"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { cleanEnv, CLI, tempStateDir } from "../support/cli.js"
 import { describeSynapse } from "../support/synapse/index.js"
 
-const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, cmd = process.execPath, argv0: ReadonlyArray<string> = [CLI]) =>
+const run = (
+  args: ReadonlyArray<string>,
+  env: NodeJS.ProcessEnv,
+  cmd = process.execPath,
+  argv0: ReadonlyArray<string> = [CLI]
+) =>
   new Promise<{ code: number | null; out: string }>((resolve, reject) => {
     const child = spawn(cmd, [...argv0, ...args], { env, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
@@ -20,16 +25,35 @@ const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, cmd = process.
     child.on("close", (code) => resolve({ code, out }))
   })
 
-const SECRET_ENV = { CARAPACE_CONFIG_PASSWORD: "setup-test-pw", CARAPACE_GATEWAY_TOKEN: "t".repeat(64), MATRIX_PASSWORD: "bot-pw" }
+const SECRET_ENV = {
+  CARAPACE_CONFIG_PASSWORD: "setup-test-pw",
+  CARAPACE_GATEWAY_TOKEN: "t".repeat(64),
+  MATRIX_PASSWORD: "bot-pw"
+}
 
 const loads = (dir: string, extra: Record<string, string> = {}) =>
-  Effect.runPromise(loadConfigSnapshot({ CARAPACE_STATE_DIR: dir, ...SECRET_ENV, ...extra }).pipe(Effect.provide(StateDirAt(dir))))
+  Effect.runPromise(
+    loadConfigSnapshot({ CARAPACE_STATE_DIR: dir, ...SECRET_ENV, ...extra }).pipe(Effect.provide(StateDirAt(dir)))
+  )
 
 describeSynapse("cara setup", (hs) => {
   it("flags: writes a commented 0600 config with ${VAR} secrets, prints the exports, and runs config check", async () => {
     const dir = tempStateDir()
     const r = await run(
-      ["setup", "--homeserver", hs.baseUrl, "--user", "@bot:localhost", "--allow-user", "@you:localhost", "--allow-server", "localhost", "--provider", "local", "--yes"],
+      [
+        "setup",
+        "--homeserver",
+        hs.baseUrl,
+        "--user",
+        "@bot:localhost",
+        "--allow-user",
+        "@you:localhost",
+        "--allow-server",
+        "localhost",
+        "--provider",
+        "local",
+        "--yes"
+      ],
       cleanEnv(dir)
     )
     expect(r.code, r.out).toBe(0)
@@ -37,11 +61,15 @@ describeSynapse("cara setup", (hs) => {
     expect(fs.statSync(file).mode & 0o777).toBe(0o600)
     const text = fs.readFileSync(file, "utf8")
     expect(text).toMatch(/^\/\/ carapace\.json5, written by `cara setup`/)
-    expect(text).toContain('password: "${MATRIX_PASSWORD}"')
-    expect(text).toContain('token: "${CARAPACE_GATEWAY_TOKEN}"')
+    expect(text).toContain("password: \"${MATRIX_PASSWORD}\"")
+    expect(text).toContain("token: \"${CARAPACE_GATEWAY_TOKEN}\"")
     expect(r.out).toContain(`Homeserver ${hs.baseUrl} offers password login.`)
-    for (const v of ["CARAPACE_CONFIG_PASSWORD", "CARAPACE_GATEWAY_TOKEN", "MATRIX_PASSWORD"]) expect(r.out).toMatch(new RegExp(`^  export ${v}=`, "m"))
-    expect(r.out).toContain("cara config check (as if CARAPACE_CONFIG_PASSWORD, CARAPACE_GATEWAY_TOKEN, MATRIX_PASSWORD were set):")
+    for (const v of ["CARAPACE_CONFIG_PASSWORD", "CARAPACE_GATEWAY_TOKEN", "MATRIX_PASSWORD"]) {
+      expect(r.out).toMatch(new RegExp(`^  export ${v}=`, "m"))
+    }
+    expect(r.out).toContain(
+      "cara config check (as if CARAPACE_CONFIG_PASSWORD, CARAPACE_GATEWAY_TOKEN, MATRIX_PASSWORD were set):"
+    )
     expect(r.out).toContain(`Config file: ${file}`)
     expect(r.out).toMatch(/OK \(\d+ warning\(s\)\)/)
     const snap = await loads(dir)
@@ -56,15 +84,25 @@ describeSynapse("cara setup", (hs) => {
     expect(again.code).not.toBe(0)
     expect(again.out).toContain("setup-config-exists")
     expect(fs.readFileSync(file, "utf8")).toBe(text)
-    const forced = await run(["setup", "--homeserver", hs.baseUrl, "--user", "@bot2:localhost", "--provider", "anthropic", "--yes", "--force"], cleanEnv(dir, SECRET_ENV))
+    const forced = await run([
+      "setup",
+      "--homeserver",
+      hs.baseUrl,
+      "--user",
+      "@bot2:localhost",
+      "--provider",
+      "anthropic",
+      "--yes",
+      "--force"
+    ], cleanEnv(dir, SECRET_ENV))
     expect(forced.code, forced.out).toBe(0)
     const backups = fs.readdirSync(dir).filter((f) => f.startsWith("carapace.json5.bak-"))
     expect(backups).toHaveLength(1)
     expect(fs.readFileSync(path.join(dir, backups[0]!), "utf8")).toBe(text)
     expect(fs.statSync(path.join(dir, backups[0]!)).mode & 0o777).toBe(0o600)
     const replaced = fs.readFileSync(file, "utf8")
-    expect(replaced).toContain('"@bot2:localhost"')
-    expect(replaced).toContain('apiKey: "${ANTHROPIC_API_KEY}"')
+    expect(replaced).toContain("\"@bot2:localhost\"")
+    expect(replaced).toContain("apiKey: \"${ANTHROPIC_API_KEY}\"")
     // the variables already in the environment are not asked for again; the missing key is
     expect(forced.out).not.toMatch(/export MATRIX_PASSWORD=/)
     expect(forced.out).toMatch(/export ANTHROPIC_API_KEY=/)

@@ -1,11 +1,11 @@
 // StateDir's durable operations (src/layers/durableFile.ts): append, capped read, exclusive create, rename
 // with a mode, remove reporting whether there was a file; and the Audit service over them.
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
 import { parseAuditLog } from "../../src/domain/audit.js"
 import { makeAudit } from "../../src/layers/AuditLive.js"
 import { readCappedSync } from "../../src/layers/durableFile.js"

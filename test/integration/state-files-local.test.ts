@@ -2,13 +2,13 @@
 // truncated, the wrong schema), or that is missing while other state shows it must exist, makes the daemon
 // refuse to start with a kind naming the file, `cara doctor` report the same, and nothing is written. The
 // first start on an empty state dir still works, and a creation interrupted by a crash leaves no half file.
+import { Effect, Either, Layer, Option } from "effect"
 import { spawnSync } from "node:child_process"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { Effect, Either, Layer, Option } from "effect"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import { DLQ_FILE } from "../../src/domain/dlq.js"
 import { StateFileError } from "../../src/domain/stateFiles.js"
@@ -30,7 +30,8 @@ import { tmpDir } from "../support/tmp.js"
 const PASSWORD = "state-files-test-password"
 const IID = `${"3f".repeat(32)}\n`
 
-const config = (extra = "") => `{
+const config = (extra = "") =>
+  `{
   // state-files test
   gateway: { port: 0, bind: "loopback", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } },
   matrix: {
@@ -112,8 +113,14 @@ const storeClass = (name: string, rel: string, role: "crypto" | "state", kind: s
 /** Opens the history as the daemon does; the refusal's kind, or undefined when it opened. */
 const sessionsOpen = (dir: string) =>
   Effect.runPromise(
-    Effect.scoped(Effect.provide(Effect.flatMap(Sessions, (s) => s.history("!a:hs", 1)), SessionsLive.pipe(Layer.provide(StateDirAt(dir))))).pipe(
-      Effect.match({ onFailure: (e) => e.kind as string | undefined, onSuccess: () => undefined })
+    Effect.scoped(Effect.provide(
+      Effect.flatMap(Sessions, (s) => s.history("!a:hs", 1)),
+      SessionsLive.pipe(Layer.provide(StateDirAt(dir)))
+    )).pipe(
+      Effect.match({
+        onFailure: (e) => e.kind as string | undefined,
+        onSuccess: () => undefined
+      })
     )
   )
 
@@ -167,7 +174,9 @@ const DAMAGE: ReadonlyArray<{ readonly name: string; readonly make: (valid: Buff
 
 /** The file and every sibling that shares its name (WAL, journal, temporaries), byte for byte. */
 const snapshot = (file: string) =>
-  fs.readdirSync(path.dirname(file)).filter((n) => n.includes(path.basename(file))).sort().map((n) => [n, fs.readFileSync(path.join(path.dirname(file), n)).toString("base64")])
+  fs.readdirSync(path.dirname(file)).filter((n) => n.includes(path.basename(file))).sort().map((
+    n
+  ) => [n, fs.readFileSync(path.join(path.dirname(file), n)).toString("base64")])
 
 describe("a damaged state file is refused, named and left untouched", () => {
   for (const c of CLASSES) {
@@ -190,23 +199,27 @@ describe("a damaged state file is refused, named and left untouched", () => {
     }
   }
 
-  it("the daemon process exits non-zero with the kind and the file, not an unexpected failure, for each class", async () => {
-    for (const c of CLASSES) {
-      fs.rmSync(path.join(root, "matrix"), { recursive: true, force: true })
-      fs.rmSync(path.join(root, DATABASE_FILE), { force: true })
-      fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
-      const file = path.join(root, c.rel)
-      const garbage = crypto.randomBytes(4096)
-      fs.writeFileSync(file, garbage, { mode: 0o600 })
-      const r = runCli([], env)
-      expect(r.status, r.stderr).toBe(1)
-      expect(r.stderr).toContain(`[${c.kind}]`)
-      expect(r.stderr).toContain(file)
-      expect(r.stderr).not.toContain("unexpected failure")
-      expect(r.stdout + r.stderr).not.toContain("ready: gateway listening")
-      expect(fs.readFileSync(file).equals(garbage)).toBe(true)
-    }
-  }, 120_000)
+  it(
+    "the daemon process exits non-zero with the kind and the file, not an unexpected failure, for each class",
+    async () => {
+      for (const c of CLASSES) {
+        fs.rmSync(path.join(root, "matrix"), { recursive: true, force: true })
+        fs.rmSync(path.join(root, DATABASE_FILE), { force: true })
+        fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
+        const file = path.join(root, c.rel)
+        const garbage = crypto.randomBytes(4096)
+        fs.writeFileSync(file, garbage, { mode: 0o600 })
+        const r = runCli([], env)
+        expect(r.status, r.stderr).toBe(1)
+        expect(r.stderr).toContain(`[${c.kind}]`)
+        expect(r.stderr).toContain(file)
+        expect(r.stderr).not.toContain("unexpected failure")
+        expect(r.stdout + r.stderr).not.toContain("ready: gateway listening")
+        expect(fs.readFileSync(file).equals(garbage)).toBe(true)
+      }
+    },
+    120_000
+  )
 
   it("cara doctor reports each class in its stores check with the kind, exit 2", async () => {
     for (const c of CLASSES) {
@@ -225,7 +238,10 @@ describe("a damaged state file is refused, named and left untouched", () => {
   })
 
   it("a 0-byte carapace.sqlite with Matrix disabled still refuses the daemon (the history is always opened)", () => {
-    fs.writeFileSync(path.join(root, "carapace.json5"), `{ gateway: { port: 0, bind: "loopback", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`)
+    fs.writeFileSync(
+      path.join(root, "carapace.json5"),
+      `{ gateway: { port: 0, bind: "loopback", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`
+    )
     fs.writeFileSync(path.join(root, DATABASE_FILE), "", { mode: 0o600 })
     const r = runCli([], env)
     expect(r.status, r.stderr).toBe(1)
@@ -240,7 +256,11 @@ describe("a store whose rows do not decode", () => {
     const f = await SqliteFile.open(file, "crypto", { encrypted: false })
     f.commit([{
       db: "cara::matrix-sdk-crypto",
-      schema: { name: "cara::matrix-sdk-crypto", version: 1, stores: [{ name: "core", keyPath: null, autoIncrement: false, keyGenerator: null, indexes: [] }] },
+      schema: {
+        name: "cara::matrix-sdk-crypto",
+        version: 1,
+        stores: [{ name: "core", keyPath: null, autoIncrement: false, keyGenerator: null, indexes: [] }]
+      },
       stores: [{ name: "core", cleared: false, puts: [["account", { pickled: "x" }]], deletes: [] }]
     }])
     f.close()
@@ -256,7 +276,8 @@ describe("a store whose rows do not decode", () => {
       reopened.close()
     }
     const check = new DatabaseSync(file)
-    expect(Buffer.from((check.prepare("SELECT data FROM records").get() as { data: Uint8Array }).data).equals(garbage)).toBe(true)
+    expect(Buffer.from((check.prepare("SELECT data FROM records").get() as { data: Uint8Array }).data).equals(garbage))
+      .toBe(true)
     check.close()
   })
 })
@@ -264,29 +285,38 @@ describe("a store whose rows do not decode", () => {
 describe("installation_id", () => {
   const iid = () => path.join(root, "installation_id")
 
-  it("deleted while a derived-key store exists: installation-id-missing everywhere, and no new id is minted", async () => {
-    await SqliteFile.open(path.join(root, CRYPTO_FILE), "crypto", { encrypted: false }).then((f) => f.close())
-    fs.rmSync(iid())
+  it(
+    "deleted while a derived-key store exists: installation-id-missing everywhere, and no new id is minted",
+    async () => {
+      await SqliteFile.open(path.join(root, CRYPTO_FILE), "crypto", { encrypted: false }).then((f) => f.close())
+      fs.rmSync(iid())
 
-    expect((await problems()).map((p) => p.kind)).toEqual(["installation-id-missing"])
-    const resolved = await daemonResolve(root, env)
-    expect(Either.isLeft(resolved) && resolved.left.kind).toBe("installation-id-missing")
-    expect(Either.isLeft(resolved) && resolved.left.message).toContain(path.join(root, CRYPTO_FILE))
-    const r = runCli([], env)
-    expect(r.status, r.stderr).toBe(1)
-    expect(r.stderr).toContain("[installation-id-missing]")
-    expect(r.stderr).toContain("Restore installation_id from a backup")
-    const report = await Effect.runPromise(runDoctor({ env, offline: true }))
-    expect(report.findings).toContainEqual(expect.objectContaining({ check: "stores", status: "error", kind: "installation-id-missing" }))
-    expect(fs.existsSync(iid())).toBe(false)
-  }, 60_000)
+      expect((await problems()).map((p) => p.kind)).toEqual(["installation-id-missing"])
+      const resolved = await daemonResolve(root, env)
+      expect(Either.isLeft(resolved) && resolved.left.kind).toBe("installation-id-missing")
+      expect(Either.isLeft(resolved) && resolved.left.message).toContain(path.join(root, CRYPTO_FILE))
+      const r = runCli([], env)
+      expect(r.status, r.stderr).toBe(1)
+      expect(r.stderr).toContain("[installation-id-missing]")
+      expect(r.stderr).toContain("Restore installation_id from a backup")
+      const report = await Effect.runPromise(runDoctor({ env, offline: true }))
+      expect(report.findings).toContainEqual(
+        expect.objectContaining({ check: "stores", status: "error", kind: "installation-id-missing" })
+      )
+      expect(fs.existsSync(iid())).toBe(false)
+    },
+    60_000
+  )
 
   it("deleted while the DLQ holds records: refused even with a pinned store passphrase", async () => {
     fs.writeFileSync(path.join(root, "matrix", "store_passphrase"), `${"ab".repeat(32)}\n`, { mode: 0o600 })
     fs.writeFileSync(path.join(root, DLQ_FILE), "{\"version\":2}\n", { mode: 0o600 })
     fs.rmSync(iid())
     const found = await problems()
-    expect(found.map((p) => [p.kind, p.message.includes(path.join(root, DLQ_FILE))])).toEqual([["installation-id-missing", true]])
+    expect(found.map((p) => [p.kind, p.message.includes(path.join(root, DLQ_FILE))])).toEqual([[
+      "installation-id-missing",
+      true
+    ]])
     expect(fs.existsSync(iid())).toBe(false)
   })
 
@@ -327,7 +357,9 @@ describe("creation is atomic, so a half-written first start cannot leave a file 
       expect(fs.statSync(file).mode & 0o777).toBe(0o600)
     }
     expect(await problems()).toEqual([])
-    const leftovers = [...fs.readdirSync(root), ...fs.readdirSync(path.join(root, "matrix"))].filter((n) => n.includes(".creating."))
+    const leftovers = [...fs.readdirSync(root), ...fs.readdirSync(path.join(root, "matrix"))].filter((n) =>
+      n.includes(".creating.")
+    )
     expect(leftovers).toEqual([])
   })
 
@@ -336,14 +368,15 @@ describe("creation is atomic, so a half-written first start cannot leave a file 
     const child = spawnSync(process.execPath, [
       "--input-type=module",
       "-e",
-      `const { createSqliteAtomically } = await import(${JSON.stringify(path.resolve("dist/src/layers/sqliteState.js"))})
+      `const { createSqliteAtomically } = await import(${
+        JSON.stringify(path.resolve("dist/src/layers/sqliteState.js"))
+      })
       createSqliteAtomically(process.env.FILE, (db) => { db.exec("CREATE TABLE kv (key TEXT)"); process.kill(process.pid, "SIGKILL") })`
     ], { env: { ...process.env, FILE: file }, encoding: "utf8" })
     expect(child.signal).toBe("SIGKILL")
     expect(fs.existsSync(file)).toBe(false)
     expect(fs.readdirSync(path.join(root, "matrix")).some((n) => n.includes(".creating."))).toBe(true)
     expect(await problems()).toEqual([])
-
     ;(await SqliteFile.open(file, "crypto", { encrypted: false })).close()
     expect(fs.readdirSync(path.join(root, "matrix")).filter((n) => n.includes(".creating."))).toEqual([])
     expect(await problems()).toEqual([])

@@ -1,9 +1,9 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Option } from "effect"
 import { spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Option } from "effect"
 import { makeStateDir, resolveStateDirPath } from "../../src/layers/StateDirLive.js"
 import { tmpDir } from "../support/tmp.js"
 
@@ -15,7 +15,7 @@ describe("StateDir", () => {
     expect(resolveStateDirPath({ CARAPACE_STATE_DIR: "/srv/cara" })).toBe("/srv/cara")
     expect(resolveStateDirPath({ HOME: "/home/x" })).toBe(path.join(os.homedir(), ".config", "carapace"))
     expect(resolveStateDirPath({ XDG_CONFIG_HOME: "/xdg" })).toBe("/xdg/carapace")
-    expect(resolveStateDirPath({ CARAPACE_STATE_DIR: "  " , XDG_CONFIG_HOME: "/xdg" })).toBe("/xdg/carapace")
+    expect(resolveStateDirPath({ CARAPACE_STATE_DIR: "  ", XDG_CONFIG_HOME: "/xdg" })).toBe("/xdg/carapace")
   })
 
   it.effect("creates the state dir with mode 0700 and tightens a loose one", () =>
@@ -84,7 +84,9 @@ describe("StateDir", () => {
   it.effect("a failed rename leaves the old file intact and no temp file behind", () =>
     Effect.gen(function*() {
       const root = tempRoot()
-      const dir = yield* makeStateDir(root, { rename: () => Promise.reject(Object.assign(new Error("EIO"), { code: "EIO" })) })
+      const dir = yield* makeStateDir(root, {
+        rename: () => Promise.reject(Object.assign(new Error("EIO"), { code: "EIO" }))
+      })
       fs.writeFileSync(path.join(root, "config"), "old")
       const error = yield* Effect.flip(dir.writeAtomic("config", "new"))
       expect(error.kind).toBe("state-dir-io")
@@ -97,7 +99,12 @@ describe("StateDir", () => {
     const root = tempRoot()
     fs.chmodSync(root, 0o700)
     fs.writeFileSync(path.join(root, "installation_id"), "old-content\n", { mode: 0o600 })
-    const child = spawnSync(process.execPath, ["test/fixtures/crash-during-write.mjs", root, "installation_id", "new-content\n"], {
+    const child = spawnSync(process.execPath, [
+      "test/fixtures/crash-during-write.mjs",
+      root,
+      "installation_id",
+      "new-content\n"
+    ], {
       encoding: "utf8"
     })
     expect(child.signal).toBe("SIGKILL")

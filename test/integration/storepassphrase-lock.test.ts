@@ -1,10 +1,10 @@
 // The maintenance lock `{state_dir}/.matrix-rekey.lock`: one holder at a time across processes, the
 // refusal names what holds it, and a SIGKILLed holder never blocks the next start. The cross-process tests
 // run real child processes on the built sources (`npm run build` first; `npm test` does it).
+import { Effect, Either, Exit, Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Either, Exit, Scope } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { acquireRekeyLock, LOCK_HOLDER_FILE, processStartTime } from "../../src/layers/StorePassphraseLive.js"
@@ -79,7 +79,12 @@ describe("the maintenance lock", () => {
     const second = await inProcess(root, "rekey-store", scope2)
     expect(Either.isLeft(second)).toBe(true)
     if (Either.isLeft(second)) {
-      expect(second.left).toMatchObject({ _tag: "RekeyLockHeldError", kind: "rekey-lock-held", holder: "daemon", holderPid: process.pid })
+      expect(second.left).toMatchObject({
+        _tag: "RekeyLockHeldError",
+        kind: "rekey-lock-held",
+        holder: "daemon",
+        holderPid: process.pid
+      })
       expect(second.left.message).toContain(`is held by the cara daemon (pid ${process.pid})`)
       expect(second.left.message).toContain("Stop the daemon first")
     }
@@ -123,7 +128,10 @@ describe("the maintenance lock", () => {
     expect(fs.existsSync(path.join(root, LOCK_HOLDER_FILE))).toBe(true)
     const next = startChild(root, "rekey-store")
     expect(await next.firstLine).toMatch(/^acquired /)
-    expect(JSON.parse(fs.readFileSync(path.join(root, LOCK_HOLDER_FILE), "utf8"))).toMatchObject({ pid: next.proc.pid, holder: "rekey-store" })
+    expect(JSON.parse(fs.readFileSync(path.join(root, LOCK_HOLDER_FILE), "utf8"))).toMatchObject({
+      pid: next.proc.pid,
+      holder: "rekey-store"
+    })
   })
 
   it("names the holder only when its pid is alive with the recorded start time (pid reuse is reported as unknown)", async () => {

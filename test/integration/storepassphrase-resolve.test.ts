@@ -1,9 +1,9 @@
 // installation_id (reference §3.1), the derived store key with its pinned vector (§3.2) and the
 // passphrase resolution order with the interrupted-rekey gate (§3.3, §4.4).
+import { Effect, Either, Option, Redacted } from "effect"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Either, Option, Redacted } from "effect"
 import { describe, expect, it } from "vitest"
 import { INTERRUPTED_REKEY_PREFIX } from "../../src/domain/storePassphrase.js"
 import { deriveStorePassphrase, readOrCreateInstallationId } from "../../src/layers/StorePassphraseLive.js"
@@ -13,9 +13,10 @@ const iidPath = (root: string) => path.join(root, "installation_id")
 
 describe("store key derivation", () => {
   it("matches the reference's pinned HKDF vector", () => {
-    expect(deriveStorePassphrase("correct horse battery staple", "installation-00000000-0000-0000-0000-000000000000")).toBe(
-      "c812a97783aa8a0256aa4607a57f3652bf183a9eb7fa422cfaf7c19da935b44b"
-    )
+    expect(deriveStorePassphrase("correct horse battery staple", "installation-00000000-0000-0000-0000-000000000000"))
+      .toBe(
+        "c812a97783aa8a0256aa4607a57f3652bf183a9eb7fa422cfaf7c19da935b44b"
+      )
   })
 
   it("depends on both the password and the installation id", () => {
@@ -42,20 +43,24 @@ describe("installation_id", () => {
     const root = tempRoot(null)
     const script = `
       import * as crypto from "node:crypto"; import * as fs from "node:fs"; import * as path from "node:path"
-      const { readOrCreateInstallationId } = await import(${JSON.stringify(path.resolve("dist/src/layers/StorePassphraseLive.js"))})
+      const { readOrCreateInstallationId } = await import(${
+      JSON.stringify(path.resolve("dist/src/layers/StorePassphraseLive.js"))
+    })
       const { Effect } = await import("effect")
       process.stdout.write(await Effect.runPromise(readOrCreateInstallationId(process.env.IID_ROOT)))
     `
     const runs = Array.from({ length: 6 }, () =>
       new Promise<string>((resolve, reject) => {
-        const child = spawn(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, IID_ROOT: root }, stdio: ["ignore", "pipe", "pipe"] })
+        const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+          env: { ...process.env, IID_ROOT: root },
+          stdio: ["ignore", "pipe", "pipe"]
+        })
         let out = ""
         let err = ""
         child.stdout.on("data", (d: Buffer) => (out += d.toString()))
         child.stderr.on("data", (d: Buffer) => (err += d.toString()))
         child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(err))))
-      })
-    )
+      }))
     const ids = await Promise.all(runs)
     expect(new Set(ids).size).toBe(1)
     expect(ids[0]).toMatch(/^[0-9a-f]{64}$/)
@@ -65,11 +70,13 @@ describe("installation_id", () => {
 
   it("refuses a malformed or empty file with a message that says how to recover, and never rewrites it", async () => {
     const root = tempRoot(null)
-    for (const [content, expected] of [
-      ["NOT-HEX\n", "not the expected format (64 lowercase ASCII-hex chars)"],
-      [`${"A".repeat(64)}\n`, "not the expected format"],
-      ["  \n", "is empty"]
-    ] as const) {
+    for (
+      const [content, expected] of [
+        ["NOT-HEX\n", "not the expected format (64 lowercase ASCII-hex chars)"],
+        [`${"A".repeat(64)}\n`, "not the expected format"],
+        ["  \n", "is empty"]
+      ] as const
+    ) {
       fs.writeFileSync(iidPath(root), content)
       const result = await Effect.runPromise(Effect.either(readOrCreateInstallationId(root)))
       expect(Either.isLeft(result)).toBe(true)
@@ -109,10 +116,14 @@ describe("store passphrase resolution", () => {
     const root = tempRoot(matrixConfig(`storePassphrase: "  from-config  ",`))
     fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })
     fs.writeFileSync(path.join(root, "matrix/store_passphrase.pending"), "x\n")
-    expect(value(await daemonResolve(root, { CARAPACE_CONFIG_PASSWORD: PASSWORD }))).toEqual(Option.some(["explicit", "from-config"]))
+    expect(value(await daemonResolve(root, { CARAPACE_CONFIG_PASSWORD: PASSWORD }))).toEqual(
+      Option.some(["explicit", "from-config"])
+    )
 
     const envRoot = tempRoot()
-    expect(value(await daemonResolve(envRoot, { MATRIX_STORE_PASSPHRASE: "from-env" }))).toEqual(Option.some(["explicit", "from-env"]))
+    expect(value(await daemonResolve(envRoot, { MATRIX_STORE_PASSPHRASE: "from-env" }))).toEqual(
+      Option.some(["explicit", "from-env"])
+    )
   })
 
   it("derives from CARAPACE_CONFIG_PASSWORD and the installation id when nothing is pinned", async () => {
@@ -147,7 +158,9 @@ describe("store passphrase resolution", () => {
     expect(r).toMatchObject({ kind: "installation-id" })
   })
 
-  for (const files of [["pending"], ["rekeying"], ["pending", "rekeying"], ["pending", "final"], ["rekeying", "final"]]) {
+  for (
+    const files of [["pending"], ["rekeying"], ["pending", "rekeying"], ["pending", "final"], ["rekeying", "final"]]
+  ) {
     it(`refuses with interrupted-rekey when ${files.join(" + ")} ${files.length === 1 ? "is" : "are"} present`, async () => {
       const root = tempRoot()
       fs.mkdirSync(path.join(root, "matrix"), { mode: 0o700 })

@@ -37,10 +37,16 @@ describe("cara verify: start-up check", () => {
     const extra = (crossSigning?: "pending" | "unknown" | "not-bootstrapped" | "bootstrapped" | "verified") =>
       crossSigning === undefined ? emptyMatrixExtra : { ...emptyMatrixExtra, crossSigning }
     expect(startUpCheck(true, extra("pending"))).toBeUndefined()
-    expect(startUpCheck(true, extra("bootstrapped"))).toMatchObject({ status: "PASS", detail: "start-up sequence finished; cross-signing bootstrapped" })
+    expect(startUpCheck(true, extra("bootstrapped"))).toMatchObject({
+      status: "PASS",
+      detail: "start-up sequence finished; cross-signing bootstrapped"
+    })
     expect(startUpCheck(true, extra("verified"))?.status).toBe("PASS")
     expect(startUpCheck(true, extra("unknown"))?.status).toBe("PASS")
-    expect(startUpCheck(true, extra("not-bootstrapped"))).toMatchObject({ status: "FAIL", nextStep: expect.stringContaining("matrix.password") })
+    expect(startUpCheck(true, extra("not-bootstrapped"))).toMatchObject({
+      status: "FAIL",
+      nextStep: expect.stringContaining("matrix.password")
+    })
     // an older daemon that does not report it: not a pass
     expect(startUpCheck(true, extra())?.status).toBe("SKIP")
     // without encryption there is nothing to bootstrap, whatever is listed
@@ -48,7 +54,9 @@ describe("cara verify: start-up check", () => {
   })
 
   it("the help path names a section that exists in docs/channels.md", () => {
-    const headings = fs.readFileSync("docs/channels.md", "utf8").split("\n").filter((l) => /^#{1,6} /.test(l)).map((l) => slug(l.replace(/^#+ /, "")))
+    const headings = fs.readFileSync("docs/channels.md", "utf8").split("\n").filter((l) => /^#{1,6} /.test(l)).map((
+      l
+    ) => slug(l.replace(/^#+ /, "")))
     expect(headings).toContain(HELP_ANCHOR)
     expect(HELP_PATH).toBe(`Next help path: docs/channels.md#${HELP_ANCHOR}`)
     const failed = summarize([{ status: "PASS", name: "a", detail: "" }, { status: "FAIL", name: "b", detail: "" }])
@@ -74,7 +82,10 @@ describe("cara verify: encrypted store check (real CLI)", () => {
     const dir = configDir(await closedPort(), "encrypted: true")
     fs.mkdirSync(path.join(dir, "matrix"), { recursive: true, mode: 0o700 })
     fs.writeFileSync(path.join(dir, "matrix", "store_passphrase.pending"), "0".repeat(64) + "\n", { mode: 0o600 })
-    const r = runCli(["verify", "--outcome", "matrix"], cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: "t", CARAPACE_CONFIG_PASSWORD: "pw-0123456789" }))
+    const r = runCli(
+      ["verify", "--outcome", "matrix"],
+      cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: "t", CARAPACE_CONFIG_PASSWORD: "pw-0123456789" })
+    )
     expect(r.status).toBe(1)
     expect(r.stdout).toContain("[interrupted-rekey]")
     expect(r.stdout).toContain("rekey-store --new")
@@ -82,11 +93,22 @@ describe("cara verify: encrypted store check (real CLI)", () => {
 
   it("passes with a key source (or without encryption), then goes on to the gateway", async () => {
     const port = await closedPort()
-    const keyed = runCli(["verify", "--outcome", "matrix"], cleanEnv(configDir(port, "encrypted: true"), { CARAPACE_GATEWAY_TOKEN: "t", CARAPACE_CONFIG_PASSWORD: "pw-0123456789" }))
+    const keyed = runCli(
+      ["verify", "--outcome", "matrix"],
+      cleanEnv(configDir(port, "encrypted: true"), {
+        CARAPACE_GATEWAY_TOKEN: "t",
+        CARAPACE_CONFIG_PASSWORD: "pw-0123456789"
+      })
+    )
     expect(keyed.stdout).toContain("[PASS] Matrix encrypted store: encrypted Matrix store secret is available")
     expect(keyed.stdout).toContain("[FAIL] Gateway reachability")
-    const plain = runCli(["verify", "--outcome", "matrix"], cleanEnv(configDir(port, "encrypted: false"), { CARAPACE_GATEWAY_TOKEN: "t" }))
-    expect(plain.stdout).toContain("[PASS] Matrix encrypted store: matrix.encrypted=false; only unencrypted rooms are supported")
+    const plain = runCli(
+      ["verify", "--outcome", "matrix"],
+      cleanEnv(configDir(port, "encrypted: false"), { CARAPACE_GATEWAY_TOKEN: "t" })
+    )
+    expect(plain.stdout).toContain(
+      "[PASS] Matrix encrypted store: matrix.encrypted=false; only unencrypted rooms are supported"
+    )
     expect(plain.status).toBe(1)
   })
 })

@@ -4,18 +4,18 @@
 // its fake-indexeddb) in one process can never share a database.
 //
 // Promise-based on purpose: it stands in for a person, and tests drive it step by step.
+import { encryptAttachment, type IEncryptedFile } from "matrix-encrypt-attachment"
 import * as sdk from "matrix-js-sdk"
 import {
   CryptoEvent,
-  VerificationPhase,
-  VerificationRequestEvent,
-  VerifierEvent,
   type ShowSasCallbacks,
+  VerificationPhase,
   type VerificationRequest,
-  type Verifier
+  VerificationRequestEvent,
+  type Verifier,
+  VerifierEvent
 } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { Logger } from "matrix-js-sdk/lib/logger.js"
-import { encryptAttachment, type IEncryptedFile } from "matrix-encrypt-attachment"
 import { eventually, type NotYet } from "./eventually.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -370,8 +370,14 @@ const passwordLogin = async (baseUrl: string, userId: string, password: string, 
     })
   })
   const body = (await res.json()) as Record<string, unknown>
-  if (!res.ok) throw new Error(`login of ${userId} failed: ${res.status} ${String(body["errcode"])} ${String(body["error"])}`)
-  return { userId: String(body["user_id"]), deviceId: String(body["device_id"]), accessToken: String(body["access_token"]) }
+  if (!res.ok) {
+    throw new Error(`login of ${userId} failed: ${res.status} ${String(body["errcode"])} ${String(body["error"])}`)
+  }
+  return {
+    userId: String(body["user_id"]),
+    deviceId: String(body["device_id"]),
+    accessToken: String(body["access_token"])
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -381,7 +387,10 @@ const passwordLogin = async (baseUrl: string, userId: string, password: string, 
 
 /** The two client calls an attachment needs (matrix-js-sdk's MatrixClient, or a fake in unit tests). */
 export interface AttachmentSender {
-  readonly uploadContent: (file: Blob, opts: { type: string; includeFilename: boolean }) => Promise<{ content_uri: string }>
+  readonly uploadContent: (
+    file: Blob,
+    opts: { type: string; includeFilename: boolean }
+  ) => Promise<{ content_uri: string }>
   readonly sendEvent: (roomId: string, type: string, content: Record<string, unknown>) => Promise<{ event_id: string }>
 }
 
@@ -411,7 +420,10 @@ export const sendEncryptedAttachment = async (
   options: AttachmentOptions
 ): Promise<{ eventId: string; content: Record<string, unknown>; uploaded: Uint8Array }> => {
   const { data, info } = await encryptForUpload(bytes)
-  const { content_uri } = await client.uploadContent(new Blob([new Uint8Array(data)]), { type: "application/octet-stream", includeFilename: false })
+  const { content_uri } = await client.uploadContent(new Blob([new Uint8Array(data)]), {
+    type: "application/octet-stream",
+    includeFilename: false
+  })
   const content: Record<string, unknown> = {
     msgtype,
     body: options.caption ?? options.name,
@@ -459,7 +471,12 @@ export class Human {
   }
 
   /** Logs in as a new device and initialises Rust crypto (in memory). Call start() to sync. */
-  static async login(baseUrl: string, userId: string, password: string, options: HumanLoginOptions = {}): Promise<Human> {
+  static async login(
+    baseUrl: string,
+    userId: string,
+    password: string,
+    options: HumanLoginOptions = {}
+  ): Promise<Human> {
     installConsoleFilter()
     const session = await passwordLogin(baseUrl, userId, password, options.deviceName ?? "cara test human")
     const ring: Array<string> = []
@@ -531,8 +548,14 @@ export class Human {
       preset: sdk.Preset.TrustedPrivateChat,
       initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }]
     })
-    const direct = (this.client.getAccountData(sdk.EventType.Direct)?.getContent() ?? {}) as Record<string, Array<string>>
-    await this.client.setAccountData(sdk.EventType.Direct, { ...direct, [otherUserId]: [...(direct[otherUserId] ?? []), room_id] })
+    const direct = (this.client.getAccountData(sdk.EventType.Direct)?.getContent() ?? {}) as Record<
+      string,
+      Array<string>
+    >
+    await this.client.setAccountData(sdk.EventType.Direct, {
+      ...direct,
+      [otherUserId]: [...(direct[otherUserId] ?? []), room_id]
+    })
     return room_id
   }
 
@@ -562,9 +585,16 @@ export class Human {
   }
 
   /** Waits until this client's view of the room shows `userId` with that membership. */
-  async waitForMembership(roomId: string, userId: string, membership: "join" | "invite" | "leave" | "ban", timeoutMs = 20_000) {
-    await poll(`${this.userId}: ${userId} membership ${membership} in ${roomId}`, timeoutMs, () =>
-      this.client.getRoom(roomId)?.getMember(userId)?.membership === membership
+  async waitForMembership(
+    roomId: string,
+    userId: string,
+    membership: "join" | "invite" | "leave" | "ban",
+    timeoutMs = 20_000
+  ) {
+    await poll(
+      `${this.userId}: ${userId} membership ${membership} in ${roomId}`,
+      timeoutMs,
+      () => this.client.getRoom(roomId)?.getMember(userId)?.membership === membership
     )
   }
 
@@ -572,12 +602,18 @@ export class Human {
 
   /** Sends an m.text (encrypted when the room is); resolves with the event id once the server accepted it. */
   async sendText(roomId: string, body: string): Promise<string> {
-    const { event_id } = await this.client.sendEvent(roomId, sdk.EventType.RoomMessage, { msgtype: sdk.MsgType.Text, body })
+    const { event_id } = await this.client.sendEvent(roomId, sdk.EventType.RoomMessage, {
+      msgtype: sdk.MsgType.Text,
+      body
+    })
     return event_id
   }
 
   /** The event as the server stores it (wire form, not decrypted), fetched with this client's token. */
-  async fetchRawEvent(roomId: string, eventId: string): Promise<{ type: string; content: Record<string, unknown>; sender: string }> {
+  async fetchRawEvent(
+    roomId: string,
+    eventId: string
+  ): Promise<{ type: string; content: Record<string, unknown>; sender: string }> {
     const ev = await this.client.fetchRoomEvent(roomId, eventId)
     return { type: String(ev.type), content: (ev.content ?? {}) as Record<string, unknown>, sender: String(ev.sender) }
   }
@@ -586,7 +622,11 @@ export class Human {
    * The first m.room.message in the room (already in the timeline or still to come) that decrypted and matches
    * `predicate`. Messages that fail to decrypt are waited on: the SDK retries them when their key arrives.
    */
-  waitForMessage(roomId: string, predicate: (m: ReceivedMessage) => boolean, timeoutMs = 20_000): Promise<ReceivedMessage> {
+  waitForMessage(
+    roomId: string,
+    predicate: (m: ReceivedMessage) => boolean,
+    timeoutMs = 20_000
+  ): Promise<ReceivedMessage> {
     const failures = new Map<string, string>()
     return new Promise<ReceivedMessage>((resolve, reject) => {
       let done = false
@@ -623,7 +663,9 @@ export class Human {
       const onDecrypted = (ev: sdk.MatrixEvent) => consider(ev)
       const timer = setTimeout(() => {
         finish()
-        const utd = failures.size === 0 ? "" : ` (undecryptable so far: ${[...failures].map(([id, r]) => `${id}: ${r}`).join(", ")})`
+        const utd = failures.size === 0
+          ? ""
+          : ` (undecryptable so far: ${[...failures].map(([id, r]) => `${id}: ${r}`).join(", ")})`
         reject(new Error(`${this.userId}: no matching message in ${roomId} within ${timeoutMs} ms${utd}`))
       }, timeoutMs)
       const finish = () => {
@@ -643,7 +685,8 @@ export class Human {
   private attachmentSender(): AttachmentSender {
     return {
       uploadContent: (file, opts) => this.client.uploadContent(file, opts),
-      sendEvent: (roomId, type, content) => this.client.sendEvent(roomId, type as keyof sdk.TimelineEvents, content as never)
+      sendEvent: (roomId, type, content) =>
+        this.client.sendEvent(roomId, type as keyof sdk.TimelineEvents, content as never)
     }
   }
 
@@ -678,7 +721,12 @@ export class Human {
 
   /** Redacts an event (a message, or a reaction to take it back). */
   async redact(roomId: string, eventId: string, reason?: string): Promise<string> {
-    const { event_id } = await this.client.redactEvent(roomId, eventId, undefined, reason === undefined ? undefined : { reason })
+    const { event_id } = await this.client.redactEvent(
+      roomId,
+      eventId,
+      undefined,
+      reason === undefined ? undefined : { reason }
+    )
     return event_id
   }
 
@@ -689,7 +737,9 @@ export class Human {
   waitForRoomEvent(
     roomId: string,
     type: string,
-    predicate: (ev: { eventId: string; sender: string; content: Record<string, unknown>; redacts: string | undefined }) => boolean,
+    predicate: (
+      ev: { eventId: string; sender: string; content: Record<string, unknown>; redacts: string | undefined }
+    ) => boolean,
     timeoutMs = 20_000
   ): Promise<{ eventId: string; sender: string; content: Record<string, unknown>; redacts: string | undefined }> {
     return poll(`${this.userId}: a ${type} event in ${roomId}`, timeoutMs, () => {
@@ -708,11 +758,17 @@ export class Human {
   }
 
   /** The latest edit (`m.replace`) of `eventId` whose new body matches `predicate`; resolves with that body. */
-  async waitForEdit(roomId: string, eventId: string, predicate: (newBody: string) => boolean, timeoutMs = 20_000): Promise<string> {
+  async waitForEdit(
+    roomId: string,
+    eventId: string,
+    predicate: (newBody: string) => boolean,
+    timeoutMs = 20_000
+  ): Promise<string> {
     const ev = await this.waitForRoomEvent(roomId, sdk.EventType.RoomMessage, ({ content }) => {
       const rel = content["m.relates_to"] as { rel_type?: unknown; event_id?: unknown } | undefined
       const next = content["m.new_content"] as { body?: unknown } | undefined
-      return rel?.rel_type === "m.replace" && rel.event_id === eventId && typeof next?.body === "string" && predicate(next.body)
+      return rel?.rel_type === "m.replace" && rel.event_id === eventId && typeof next?.body === "string" &&
+        predicate(next.body)
     }, timeoutMs)
     return String((ev.content["m.new_content"] as { body: string }).body)
   }
@@ -778,8 +834,10 @@ export class Human {
 
   /** Waits until this client can see `userId`'s cross-signing identity (needed before requestVerificationDM). */
   async waitForCrossSigningIdentity(userId: string, timeoutMs = 20_000): Promise<void> {
-    await poll(`${this.userId}: cross-signing identity of ${userId}`, timeoutMs, () =>
-      this.crypto().userHasCrossSigningKeys(userId, true)
+    await poll(
+      `${this.userId}: cross-signing identity of ${userId}`,
+      timeoutMs,
+      () => this.crypto().userHasCrossSigningKeys(userId, true)
     )
   }
 

@@ -12,7 +12,9 @@ const noSecrets = (_: SecretRef) => Effect.succeed(Redacted.make("unused"))
 
 describe("provider base URLs from the environment", () => {
   it("config wins, then the env variable, then the public API; blank counts as unset", () => {
-    expect(resolveBaseUrl("https://config.example/v1", "https://env.example/v1")).toEqual(Option.some("https://config.example/v1"))
+    expect(resolveBaseUrl("https://config.example/v1", "https://env.example/v1")).toEqual(
+      Option.some("https://config.example/v1")
+    )
     expect(resolveBaseUrl(undefined, " https://env.example/v1 ")).toEqual(Option.some("https://env.example/v1"))
     expect(resolveBaseUrl("  ", "https://env.example/v1")).toEqual(Option.some("https://env.example/v1"))
     expect(resolveBaseUrl(undefined, "")).toEqual(Option.none())
@@ -28,7 +30,10 @@ describe("provider base URLs from the environment", () => {
       // a keyless OpenAI-compatible server named by OPENAI_BASE_URL is usable, as with openai.baseUrl
       expect(providerUsable(fromEnv, "openai")).toBe(true)
       const configured = yield* agentSettingsFromConfig(
-        decodeConfig({ anthropic: { baseUrl: "https://a.config.example" }, openai: { baseUrl: "https://o.config.example/v1" } }),
+        decodeConfig({
+          anthropic: { baseUrl: "https://a.config.example" },
+          openai: { baseUrl: "https://o.config.example/v1" }
+        }),
         noSecrets,
         env
       )
@@ -38,10 +43,12 @@ describe("provider base URLs from the environment", () => {
       expect(Option.isNone(none.anthropic.baseUrl) && Option.isNone(none.openai.baseUrl)).toBe(true)
     }))
 
-  for (const [name, start, envName, model] of [
-    ["anthropic", fakeAnthropic, "ANTHROPIC_BASE_URL", "anthropic:claude-test"],
-    ["openai", fakeOpenAI, "OPENAI_BASE_URL", "openai:gpt-test"]
-  ] as const) {
+  for (
+    const [name, start, envName, model] of [
+      ["anthropic", fakeAnthropic, "ANTHROPIC_BASE_URL", "anthropic:claude-test"],
+      ["openai", fakeOpenAI, "OPENAI_BASE_URL", "openai:gpt-test"]
+    ] as const
+  ) {
     it.scopedLive(`${name}: a request goes to ${envName} when the config has no baseUrl`, () =>
       Effect.gen(function*() {
         const fake = yield* start
@@ -53,7 +60,12 @@ describe("provider base URLs from the environment", () => {
         )
         const lm = makeLanguageModel(settings)
         const [provider, m] = model.split(":") as ["anthropic" | "openai", string]
-        const done = yield* lm.complete({ model: { provider, model: m }, system: undefined, messages: [{ role: "user", content: "hi" }], maxTokens: 16 })
+        const done = yield* lm.complete({
+          model: { provider, model: m },
+          system: undefined,
+          messages: [{ role: "user", content: "hi" }],
+          maxTokens: 16
+        })
         expect(done.text.length).toBeGreaterThan(0)
         expect(fake.requests).toHaveLength(1)
       }))

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Exit, Option, Redacted } from "effect"
+import { Schema } from "effect"
 import fc from "fast-check"
 import {
   backoffDelay,
@@ -20,7 +21,6 @@ import {
 } from "../../src/domain/agent.js"
 import { CaraConfig, SecretRef } from "../../src/domain/config.js"
 import { agentSettingsFromConfig, configurationProblems } from "../../src/layers/AgentLive.js"
-import { Schema } from "effect"
 
 describe("parseModel", () => {
   it("splits provider:model at the first colon only", () => {
@@ -216,7 +216,10 @@ describe("agentSettingsFromConfig", () => {
       expect(Exit.isFailure(bad) && JSON.stringify(bad.cause)).toContain("agents.defaults.model")
       const room = yield* Effect.exit(
         agentSettingsFromConfig(
-          decodeConfig({ agents: { defaults: { model: "openai:gpt-4o" } }, matrix: { rooms: { "!r:hs": { agent: "nope" } } } }),
+          decodeConfig({
+            agents: { defaults: { model: "openai:gpt-4o" } },
+            matrix: { rooms: { "!r:hs": { agent: "nope" } } }
+          }),
           secrets({}),
           {}
         )

@@ -6,9 +6,9 @@ import * as path from "node:path"
 import { type ChatRequest, emptyAgentSettings, parseModel, providerUsable } from "../../src/domain/agent.js"
 import { parseModelRef } from "../../src/domain/config.js"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
+import { makeLanguageModel } from "../../src/layers/LanguageModelLive.js"
 import { echoAnswer } from "../../src/layers/LanguageModelLocal.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import { makeLanguageModel } from "../../src/layers/LanguageModelLive.js"
 import { tmpDir } from "../support/tmp.js"
 
 const request = (messages: ChatRequest["messages"]): ChatRequest => ({
@@ -21,7 +21,9 @@ const request = (messages: ChatRequest["messages"]): ChatRequest => ({
 describe("local:echo", () => {
   it("parses as a model and needs no key; other local names are refused", () => {
     expect(parseModel("local:echo")).toEqual(Either.right({ provider: "local", model: "echo" }))
-    expect(Either.getLeft(parseModel("local:gpt"))).toEqual(Option.some(expect.stringContaining("only the test model local:echo")))
+    expect(Either.getLeft(parseModel("local:gpt"))).toEqual(
+      Option.some(expect.stringContaining("only the test model local:echo"))
+    )
     expect(parseModelRef("local:echo")).toEqual(Option.some({ provider: "local", model: "echo" }))
     expect(providerUsable(emptyAgentSettings, "local")).toBe(true)
   })
@@ -54,7 +56,9 @@ describe("local:echo", () => {
   it.effect("a config that selects it loads without findings (no key asked for)", () =>
     Effect.gen(function*() {
       const dir = tmpDir("cara-local-")
-      fs.writeFileSync(path.join(dir, "carapace.json5"), `{ agents: { defaults: { model: "local:echo" } } }`, { mode: 0o600 })
+      fs.writeFileSync(path.join(dir, "carapace.json5"), `{ agents: { defaults: { model: "local:echo" } } }`, {
+        mode: 0o600
+      })
       const snap = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: dir }).pipe(Effect.provide(StateDirAt(dir)))
       expect(snap.findings).toEqual([])
     }))

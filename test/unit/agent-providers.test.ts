@@ -18,7 +18,12 @@ const KEY = "test-key-0123456789"
 const settingsFor = (fake: FakeLlmServer, overrides: Partial<AgentSettings> = {}): AgentSettings => ({
   ...emptyAgentSettings,
   [fake.flavor]: { apiKey: Option.some(Redacted.make(KEY)), baseUrl: Option.some(fake.baseUrl) },
-  retry: { initialDelay: Duration.millis(5), maxDelay: Duration.millis(20), budget: Duration.seconds(30), maxAttempts: 4 },
+  retry: {
+    initialDelay: Duration.millis(5),
+    maxDelay: Duration.millis(20),
+    budget: Duration.seconds(30),
+    maxAttempts: 4
+  },
   requestTimeout: Duration.seconds(20),
   ...overrides
 })
@@ -35,8 +40,7 @@ const request = (provider: ProviderName): ChatRequest => ({
 })
 
 const collect = (s: Stream.Stream<StreamPart, AgentError>) => Stream.runCollect(s).pipe(Effect.map(Chunk.toArray))
-const deltas = (parts: ReadonlyArray<StreamPart>) =>
-  parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : []))
+const deltas = (parts: ReadonlyArray<StreamPart>) => parts.flatMap((p) => (p._tag === "TextDelta" ? [p.text] : []))
 const failureOf = <A>(exit: Exit.Exit<A, AgentError>): AgentError => {
   if (Exit.isSuccess(exit)) throw new Error("expected a failure")
   const e = exit.cause._tag === "Fail" ? exit.cause.error : undefined
@@ -106,7 +110,10 @@ for (const { name, start } of servers) {
         expect(head).toEqual(Option.some({ _tag: "TextDelta", text: "first" }))
         // Resolves only when the server sees the connection closed; a leak would hang here.
         yield* Effect.promise(() => fake.waitForAbort()).pipe(
-          Effect.timeoutFail({ duration: Duration.seconds(20), onTimeout: () => new Error("the request was not aborted") })
+          Effect.timeoutFail({
+            duration: Duration.seconds(20),
+            onTimeout: () => new Error("the request was not aborted")
+          })
         )
       }))
 
@@ -114,7 +121,13 @@ for (const { name, start } of servers) {
       Effect.gen(function*() {
         const fake = yield* start
         fake.enqueue(
-          { type: "error", status: 429, errorType: "rate_limit_error", message: "slow down", headers: { "retry-after": "2" } },
+          {
+            type: "error",
+            status: 429,
+            errorType: "rate_limit_error",
+            message: "slow down",
+            headers: { "retry-after": "2" }
+          },
           { type: "text", chunks: ["after", " waiting"] }
         )
         const lm = makeLanguageModel(settingsFor(fake))
@@ -204,7 +217,12 @@ for (const { name, start } of servers) {
         expect((yield* lm.complete(request(provider))).text).toBe("fine")
         expect(fake.requests).toHaveLength(2)
 
-        fake.enqueue({ type: "stream-error", chunks: ["partial ", "answer"], errorType: "overloaded_error", message: "busy" })
+        fake.enqueue({
+          type: "stream-error",
+          chunks: ["partial ", "answer"],
+          errorType: "overloaded_error",
+          message: "busy"
+        })
         const seen: Array<string> = []
         const exit = yield* Effect.exit(
           Stream.runForEach(lm.stream(request(provider)), (p) =>
@@ -258,7 +276,12 @@ describe("routing", () => {
       const lm = makeLanguageModel({
         ...emptyAgentSettings,
         anthropic: { apiKey: Option.some(Redacted.make(KEY)), baseUrl: Option.some(`http://127.0.0.1:${port}`) },
-        retry: { initialDelay: Duration.millis(1), maxDelay: Duration.millis(2), budget: Duration.seconds(30), maxAttempts: 2 }
+        retry: {
+          initialDelay: Duration.millis(1),
+          maxDelay: Duration.millis(2),
+          budget: Duration.seconds(30),
+          maxAttempts: 2
+        }
       })
       const error = failureOf(yield* Effect.exit(lm.complete(request("anthropic"))))
       expect(error.kind).toBe("agent-unavailable")

@@ -5,11 +5,11 @@ import * as path from "node:path"
 import { type AgentProfile, type AgentSettings, emptyAgentSettings } from "../../src/domain/agent.js"
 import { CaraConfig } from "../../src/domain/config.js"
 import { AgentLive, agentRuntime, NEW_CONVERSATION_REPLY } from "../../src/layers/AgentLive.js"
-import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { LanguageModelLive } from "../../src/layers/LanguageModelLive.js"
 import { SessionsLive } from "../../src/layers/SessionsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Agent, AgentSettingsTag, type TurnInput } from "../../src/services/Agent.js"
+import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { Sessions } from "../../src/services/Sessions.js"
 import { fakeAnthropic, type FakeLlmServer, fakeOpenAI } from "../support/fake-llm.js"
 import { scopedTmpDir } from "../support/tmp.js"
@@ -38,14 +38,21 @@ const settingsWith = (
     ? emptyAgentSettings.openai
     : { apiKey: Option.some(Redacted.make("oai-key-test")), baseUrl: Option.some(openai.baseUrl) },
   defaultAgent: Option.some(profile("default", "anthropic")),
-  retry: { initialDelay: Duration.millis(2), maxDelay: Duration.millis(5), budget: Duration.seconds(30), maxAttempts: 3 },
+  retry: {
+    initialDelay: Duration.millis(2),
+    maxDelay: Duration.millis(5),
+    budget: Duration.seconds(30),
+    maxAttempts: 3
+  },
   ...extra
 })
 
 /** Runs `body` against a fresh Agent (history in `{dir}/carapace.sqlite`). */
 const withAgent = <A, E>(dir: string, settings: AgentSettings, body: Effect.Effect<A, E, Agent | Sessions>) => {
   const sessions = SessionsLive.pipe(Layer.provide(StateDirAt(dir)))
-  const deps = Layer.mergeAll(sessions, LanguageModelLive).pipe(Layer.provideMerge(Layer.succeed(AgentSettingsTag, settings)))
+  const deps = Layer.mergeAll(sessions, LanguageModelLive).pipe(
+    Layer.provideMerge(Layer.succeed(AgentSettingsTag, settings))
+  )
   return Effect.scoped(Effect.provide(body, AgentLive.pipe(Layer.provideMerge(deps))))
 }
 
@@ -78,7 +85,12 @@ describe("Agent", () => {
           expect(first).toEqual([
             { _tag: "Delta", text: "Hi " },
             { _tag: "Delta", text: "Alice" },
-            expect.objectContaining({ _tag: "Completed", text: "Hi Alice", agent: "default", model: "anthropic:claude-test" })
+            expect.objectContaining({
+              _tag: "Completed",
+              text: "Hi Alice",
+              agent: "default",
+              model: "anthropic:claude-test"
+            })
           ])
           const second = yield* reply(dm("capital of France?"))
           expect(second).toMatchObject({ _tag: "Completed", text: "Paris." })

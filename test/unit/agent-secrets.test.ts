@@ -2,10 +2,10 @@
 // secret (the Matrix access token, the gateway token), is redacted before it reaches the log, the error the
 // room's reply is built from, and the reply itself. The config is loaded by the real ConfigSecrets, so the
 // registry is filled the way the daemon fills it.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { stderrLogger } from "../../src/cli/logging.js"
 import { agentRuntime } from "../../src/layers/AgentLive.js"
 import { ConfigSecretsWith } from "../../src/layers/ConfigSecretsLive.js"
@@ -73,7 +73,9 @@ describe("provider errors that echo secrets", () => {
         )
       )
       expect(ant.requests).toHaveLength(3)
-      const failures = outcomes.filter((o): o is Extract<TurnOutcome, { _tag: "Failed" }> => o._tag === "Failed")
+      const failures = outcomes.filter((o): o is Extract<TurnOutcome, { _tag: "Failed" }> =>
+        o._tag === "Failed"
+      )
       expect(failures).toHaveLength(3)
       for (const f of failures) {
         // The provider's text is kept for the operator, with every secret replaced.
@@ -83,7 +85,11 @@ describe("provider errors that echo secrets", () => {
           expect(f.text).not.toContain(s)
         }
       }
-      expect(failures.map((f) => f.error.kind)).toEqual(["agent-auth", "agent-invalid-request", "agent-invalid-request"])
+      expect(failures.map((f) => f.error.kind)).toEqual([
+        "agent-auth",
+        "agent-invalid-request",
+        "agent-invalid-request"
+      ])
       const logged = stderr()
       expect(logged).toContain("invalid x-api-key: key [REDACTED]")
       for (const s of SECRETS) {

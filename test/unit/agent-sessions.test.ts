@@ -3,8 +3,8 @@ import { Effect, Layer, Option } from "effect"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { DATABASE_FILE, SessionsLive } from "../../src/layers/SessionsLive.js"
+import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Sessions } from "../../src/services/Sessions.js"
 import { scopedTmpDir } from "../support/tmp.js"
 
@@ -42,7 +42,10 @@ describe("SessionsLive", () => {
       const dir = yield* tempDir
       const db = path.join(dir, DATABASE_FILE)
       // a real history file (an empty one would be refused as damaged), loosened afterwards
-      yield* withSessions(dir, Effect.flatMap(Sessions, (s) => s.append("!a:hs", { role: "user", content: "x", eventId: "$x" })))
+      yield* withSessions(
+        dir,
+        Effect.flatMap(Sessions, (s) => s.append("!a:hs", { role: "user", content: "x", eventId: "$x" }))
+      )
       yield* Effect.promise(() => fs.chmod(db, 0o644))
       expect((yield* withSessions(dir, Effect.flatMap(Sessions, (s) => s.history("!a:hs", 10)))).length).toBe(1)
       expect(yield* mode(db)).toBe(0o600)
@@ -138,14 +141,16 @@ describe("SessionsLive", () => {
         Effect.gen(function*() {
           const sessions = yield* Sessions
           const before = yield* sessions.history("!a:hs", 10)
-          expect(before.map((m) => [m.id, m.role, m.content, m.senderId, m.eventId, m.replyTo, m.model, m.createdAt])).toEqual([
-            [1, "user", "before", "@u:hs", "$old", undefined, undefined, 1700000000000],
-            [2, "assistant", "answer", undefined, undefined, "$old", "anthropic:m", 1700000000001]
-          ])
+          expect(before.map((m) => [m.id, m.role, m.content, m.senderId, m.eventId, m.replyTo, m.model, m.createdAt]))
+            .toEqual([
+              [1, "user", "before", "@u:hs", "$old", undefined, undefined, 1700000000000],
+              [2, "assistant", "answer", undefined, undefined, "$old", "anthropic:m", 1700000000001]
+            ])
           expect(Option.map(yield* sessions.replyTo("!a:hs", "$old"), (m) => m.content)).toEqual(Option.some("answer"))
           // a redelivered old event is recognised; a new one continues the ids
           expect((yield* sessions.append("!a:hs", { role: "user", content: "dup", eventId: "$old" })).id).toBe(1)
-          expect((yield* sessions.append("!a:hs", { role: "user", content: "new", eventId: "$new" })).id).toBeGreaterThan(2)
+          expect((yield* sessions.append("!a:hs", { role: "user", content: "new", eventId: "$new" })).id)
+            .toBeGreaterThan(2)
         })
       )
     }))

@@ -1,11 +1,11 @@
 // The command tree: help lists each path once, docs/cli.md is what the tree generates, and the small pure
 // pieces behind the CLI (remediation, progress, config masking, the no-config check).
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Option } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Option } from "effect"
-import { configCandidates, channelEnabled } from "../../src/cli/daemon.js"
+import { channelEnabled, configCandidates } from "../../src/cli/daemon.js"
 import { COMMAND_NOTES, commandPaths, helpOf, renderCliDocs, tidyHelp } from "../../src/cli/docs.js"
 import { dedupeHelpPaths } from "../../src/cli/helpText.js"
 import { progressLine, renderCount } from "../../src/cli/progress.js"
@@ -26,14 +26,28 @@ describe("cara --help", () => {
       expect(help).not.toMatch(/matrix matrix/)
       const paths = commandPaths(help)
       expect(new Set(paths).size).toBe(paths.length)
-      for (const p of ["setup", "status", "verify", "config show", "config get", "config set", "matrix dlq list", "matrix recovery-key restore"]) {
+      for (
+        const p of [
+          "setup",
+          "status",
+          "verify",
+          "config show",
+          "config get",
+          "config set",
+          "matrix dlq list",
+          "matrix recovery-key restore"
+        ]
+      ) {
         expect(paths).toContain(p)
       }
     }))
 
   it("a command's help on the page carries its full path and no built-in options", () => {
-    const help = "cara\n\nUSAGE\n\n$ list [--json]   \n\nOPTIONS\n\n--json\n\n  print\n\n--wizard\n\n  Start wizard mode\n"
-    expect(tidyHelp(help, "matrix dlq list")).toBe("USAGE\n\n$ cara matrix dlq list [--json]\n\nOPTIONS\n\n--json\n\n  print")
+    const help =
+      "cara\n\nUSAGE\n\n$ list [--json]   \n\nOPTIONS\n\n--json\n\n  print\n\n--wizard\n\n  Start wizard mode\n"
+    expect(tidyHelp(help, "matrix dlq list")).toBe(
+      "USAGE\n\n$ cara matrix dlq list [--json]\n\nOPTIONS\n\n--json\n\n  print"
+    )
   })
 })
 
@@ -55,7 +69,8 @@ describe("docs/cli.md", () => {
 describe("remediation: one table", () => {
   it("gives the advice for a kind once, and none when the message already says it", () => {
     expect(remediationFor("room-not-found")).toBe(REMEDIATION["room-not-found"])
-    expect(remediationFor("room-not-found", `502 BadGateway: no such room; ${REMEDIATION["room-not-found"]}.`)).toBeUndefined()
+    expect(remediationFor("room-not-found", `502 BadGateway: no such room; ${REMEDIATION["room-not-found"]}.`))
+      .toBeUndefined()
     expect(remediationFor("a-kind-from-a-newer-daemon")).toBeUndefined()
     expect(remediationFor(undefined)).toBeUndefined()
   })

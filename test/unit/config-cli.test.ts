@@ -1,13 +1,13 @@
-import * as fs from "node:fs/promises"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import JSON5 from "json5"
-import { open, seal } from "../../src/domain/secrets.js"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
 import { newPasswordSource } from "../../src/cli/config.js"
+import { open, seal } from "../../src/domain/secrets.js"
+import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { checkConfig, renderCheck } from "../../src/programs/configCheck.js"
 import { rekeyConfig } from "../../src/programs/configRekey.js"
-import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { tmpDir } from "../support/tmp.js"
 
 const tempDir = () => Effect.sync(() => tmpDir("cara-cli-"))
@@ -17,16 +17,25 @@ describe("cara config check", () => {
     Effect.gen(function*() {
       const dir = yield* tempDir()
       yield* Effect.promise(() =>
-        fs.writeFile(path.join(dir, "carapace.json5"), `{ matrix: { userId: "cara", homeserverUrl: "https://m.example.com", password: "p" }, extra: 1 }`)
+        fs.writeFile(
+          path.join(dir, "carapace.json5"),
+          `{ matrix: { userId: "cara", homeserverUrl: "https://m.example.com", password: "p" }, extra: 1 }`
+        )
       )
-      const report = yield* checkConfig({ CARAPACE_STATE_DIR: dir, CARAPACE_CONFIG_PASSWORD: "x" }).pipe(Effect.provide(StateDirAt(dir)))
+      const report = yield* checkConfig({ CARAPACE_STATE_DIR: dir, CARAPACE_CONFIG_PASSWORD: "x" }).pipe(
+        Effect.provide(StateDirAt(dir))
+      )
       expect(report.ok).toBe(false)
       const text = renderCheck(report, false)
       expect(text).toContain(`Config file: ${path.join(dir, "carapace.json5")}`)
       expect(text).toMatch(/^error {3}\.matrix\.userId: userId must be a Matrix user ID/m)
       expect(text).toMatch(/^warning \.extra: Unknown configuration key/m)
       expect(text).toMatch(/1 error\(s\), \d+ warning\(s\): the daemon will not start/)
-      const json = JSON.parse(renderCheck(report, true)) as { ok: boolean; errors: number; findings: Array<{ path: string; severity: string }> }
+      const json = JSON.parse(renderCheck(report, true)) as {
+        ok: boolean
+        errors: number
+        findings: Array<{ path: string; severity: string }>
+      }
       expect(json.ok).toBe(false)
       expect(json.errors).toBe(1)
       expect(json.findings).toContainEqual(expect.objectContaining({ path: ".matrix.userId", severity: "error" }))
@@ -44,7 +53,8 @@ describe("cara config check", () => {
     }))
 })
 
-const sealedConfig = (token: string, key: string) => `// operator's notes stay
+const sealedConfig = (token: string, key: string) =>
+  `// operator's notes stay
 {
   "matrix": {
     "homeserverUrl": "https://matrix.example.com",
@@ -93,8 +103,18 @@ describe("cara config rekey", () => {
     }))
 
   const refusals: ReadonlyArray<{ name: string; env: Record<string, string>; kind: string; message: RegExp }> = [
-    { name: "no current password", env: {}, kind: "config-rekey-password-missing", message: /CARAPACE_CONFIG_PASSWORD must be set/ },
-    { name: "wrong current password", env: { CARAPACE_CONFIG_PASSWORD: "nope" }, kind: "config-rekey-wrong-password", message: /does not open the sealed values at matrix\.accessToken, openai\.apiKey/ }
+    {
+      name: "no current password",
+      env: {},
+      kind: "config-rekey-password-missing",
+      message: /CARAPACE_CONFIG_PASSWORD must be set/
+    },
+    {
+      name: "wrong current password",
+      env: { CARAPACE_CONFIG_PASSWORD: "nope" },
+      kind: "config-rekey-wrong-password",
+      message: /does not open the sealed values at matrix\.accessToken, openai\.apiKey/
+    }
   ]
   for (const r of refusals) {
     it.effect(`refuses with ${r.name}, leaving the file unchanged`, () =>
@@ -140,7 +160,10 @@ describe("cara config rekey", () => {
       const { dir } = yield* setup()
       for (const pw of ["old-pw", ""]) {
         const e = yield* Effect.flip(
-          rekeyConfig({ env: { CARAPACE_STATE_DIR: dir, CARAPACE_CONFIG_PASSWORD: "old-pw" }, newPassword: Effect.succeed(pw) }).pipe(
+          rekeyConfig({
+            env: { CARAPACE_STATE_DIR: dir, CARAPACE_CONFIG_PASSWORD: "old-pw" },
+            newPassword: Effect.succeed(pw)
+          }).pipe(
             Effect.provide(StateDirAt(dir))
           )
         )

@@ -1,8 +1,8 @@
-import * as fs from "node:fs/promises"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Option, Redacted } from "effect"
-import { agentForRoom, defaultAgent, type ConfigFinding } from "../../src/domain/config.js"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { agentForRoom, type ConfigFinding, defaultAgent } from "../../src/domain/config.js"
 import { seal } from "../../src/domain/secrets.js"
 import { type ConfigEnv, ConfigSecretsWith, loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
@@ -16,7 +16,9 @@ const load = (text: string | undefined, env: ConfigEnv = {}, name = "carapace.js
   Effect.gen(function*() {
     const dir = yield* tempDir()
     if (text !== undefined) yield* Effect.promise(() => fs.writeFile(path.join(dir, name), text))
-    const snapshot = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: dir, ...env }).pipe(Effect.provide(StateDirAt(dir)))
+    const snapshot = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: dir, ...env }).pipe(
+      Effect.provide(StateDirAt(dir))
+    )
     return { dir, ...snapshot }
   })
 
@@ -74,15 +76,55 @@ describe("discovery and parsing", () => {
 
 describe("bad inputs, each with its expected error", () => {
   const cases: ReadonlyArray<{ name: string; text: string; env?: ConfigEnv; path: string; message: RegExp }> = [
-    { name: "syntax error", text: `{\n  gateway: {\n    port: 18789\n    bind: "x"\n  }\n}`, path: ".", message: /carapace\.json5:4:5: JSON5 syntax error/ },
+    {
+      name: "syntax error",
+      text: `{\n  gateway: {\n    port: 18789\n    bind: "x"\n  }\n}`,
+      path: ".",
+      message: /carapace\.json5:4:5: JSON5 syntax error/
+    },
     { name: "top level not an object", text: `[1, 2]`, path: ".", message: /JSON5 object at the top level/ },
-    { name: "missing variable", text: `{ anthropic: { apiKey: "\${NOPE_KEY}" } }`, path: ".anthropic.apiKey", message: /Missing environment variable NOPE_KEY.*\.anthropic\.apiKey/ },
-    { name: "unsupported envelope", text: `{ openai: { apiKey: "enc:v1:abc:def" } }`, path: ".openai.apiKey", message: /unsupported encrypted config secret envelope enc:v1 at \.openai\.apiKey/ },
-    { name: "malformed enc:v2", text: `{ openai: { apiKey: "enc:v2:abc" } }`, path: ".openai.apiKey", message: /malformed/ },
-    { name: "enc:v2 at a non-secret path", text: `{ gateway: { bind: "enc:v2:abc" } }`, path: ".gateway.bind", message: /not a secret path/ },
-    { name: "non-string at a secret path", text: `{ matrix: { enabled: false, password: 42 } }`, path: ".matrix.password", message: /must be a string/ },
-    { name: "wrong type", text: `{ matrix: { enabled: "false" } }`, path: ".matrix.enabled", message: /^\.matrix\.enabled: expected true or false, got a string$/ },
-    { name: "port out of range", text: `{ gateway: { port: 70000 } }`, path: ".gateway.port", message: /between 0 and 65535/ },
+    {
+      name: "missing variable",
+      text: `{ anthropic: { apiKey: "\${NOPE_KEY}" } }`,
+      path: ".anthropic.apiKey",
+      message: /Missing environment variable NOPE_KEY.*\.anthropic\.apiKey/
+    },
+    {
+      name: "unsupported envelope",
+      text: `{ openai: { apiKey: "enc:v1:abc:def" } }`,
+      path: ".openai.apiKey",
+      message: /unsupported encrypted config secret envelope enc:v1 at \.openai\.apiKey/
+    },
+    {
+      name: "malformed enc:v2",
+      text: `{ openai: { apiKey: "enc:v2:abc" } }`,
+      path: ".openai.apiKey",
+      message: /malformed/
+    },
+    {
+      name: "enc:v2 at a non-secret path",
+      text: `{ gateway: { bind: "enc:v2:abc" } }`,
+      path: ".gateway.bind",
+      message: /not a secret path/
+    },
+    {
+      name: "non-string at a secret path",
+      text: `{ matrix: { enabled: false, password: 42 } }`,
+      path: ".matrix.password",
+      message: /must be a string/
+    },
+    {
+      name: "wrong type",
+      text: `{ matrix: { enabled: "false" } }`,
+      path: ".matrix.enabled",
+      message: /^\.matrix\.enabled: expected true or false, got a string$/
+    },
+    {
+      name: "port out of range",
+      text: `{ gateway: { port: 70000 } }`,
+      path: ".gateway.port",
+      message: /between 0 and 65535/
+    },
     { name: "bad bind", text: `{ gateway: { bind: "everywhere" } }`, path: ".gateway.bind", message: /loopback/ },
     { name: "$include", text: `{ $include: "other.json5" }`, path: ".$include", message: /not supported/ }
   ]
@@ -106,7 +148,10 @@ describe("bad inputs, each with its expected error", () => {
       const dir = yield* tempDir()
       yield* Effect.promise(() => fs.writeFile(path.join(dir, "carapace.json5"), `{ matrix: { userId: "cara" } }`))
       const exit = yield* Effect.exit(
-        ConfigSecrets.pipe(Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })), Effect.provide(StateDirAt(dir)))
+        ConfigSecrets.pipe(
+          Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })),
+          Effect.provide(StateDirAt(dir))
+        )
       )
       expect(Exit.isFailure(exit)).toBe(true)
       const text = JSON.stringify(exit)
@@ -155,7 +200,9 @@ describe("validation", () => {
       )
       expect(at(errors(s.findings), ".matrix.userId")[0]?.message).toMatch(/canonical form/)
       expect(at(errors(s.findings), ".matrix.homeserverUrl")[0]?.message).toMatch(/use https/)
-      expect(at(errors(s.findings), ".matrix.accessToken")[0]?.message).toMatch(/accessToken or matrix.password is required/)
+      expect(at(errors(s.findings), ".matrix.accessToken")[0]?.message).toMatch(
+        /accessToken or matrix.password is required/
+      )
       const t = yield* load(
         `{ matrix: { homeserverUrl: "http://127.0.0.1:8008", userId: "@cara:localhost:8008", accessToken: "\${T}" } }`,
         { T: "tok", CARAPACE_CONFIG_PASSWORD: "x" }
@@ -175,7 +222,10 @@ describe("validation", () => {
   for (const [url, message] of urls) {
     it.effect(`homeserverUrl ${url}`, () =>
       Effect.gen(function*() {
-        const s = yield* load(`{ matrix: { homeserverUrl: ${JSON.stringify(url)}, userId: "@a:b", password: "\${P}" } }`, { P: "p", CARAPACE_CONFIG_PASSWORD: "x" })
+        const s = yield* load(
+          `{ matrix: { homeserverUrl: ${JSON.stringify(url)}, userId: "@a:b", password: "\${P}" } }`,
+          { P: "p", CARAPACE_CONFIG_PASSWORD: "x" }
+        )
         expect(at(errors(s.findings), ".matrix.homeserverUrl")[0]?.message).toMatch(message)
       }))
   }
@@ -193,13 +243,16 @@ describe("validation", () => {
       expect(at(w, ".matrix.storePassphrase")[0]?.message).toMatch(/encrypted=false/)
       expect(at(w, ".agents.defaults.model")[0]?.message).toMatch(/cannot be answered/)
       expect(at(w, ".surprise")[0]?.message).toMatch(/Unknown configuration key/)
-      expect(at(w, ".matrix.autoJoin.allowUsers").map((f) => f.message).join()).toMatch(/duplicate entry "@x:y".*"nope"/)
+      expect(at(w, ".matrix.autoJoin.allowUsers").map((f) => f.message).join()).toMatch(
+        /duplicate entry "@x:y".*"nope"/
+      )
       expect(at(w, ".matrix.autoJoin.allowServerNames")[0]?.message).toMatch(/never match/)
     }))
 
   it.effect("encrypted without any store key source is an error; a store_passphrase file counts", () =>
     Effect.gen(function*() {
-      const text = `{ matrix: { homeserverUrl: "https://m.example.com", userId: "@a:example.com", password: "\${P}" }, agents: { defaults: { model: "openai:gpt-5" } } }`
+      const text =
+        `{ matrix: { homeserverUrl: "https://m.example.com", userId: "@a:example.com", password: "\${P}" }, agents: { defaults: { model: "openai:gpt-5" } } }`
       const s = yield* load(text, { P: "p" })
       expect(at(errors(s.findings), ".matrix.encrypted")[0]?.message).toMatch(/requires matrix.storePassphrase/)
       yield* Effect.promise(async () => {
@@ -207,7 +260,9 @@ describe("validation", () => {
         await fs.writeFile(path.join(s.dir, "matrix", "store_passphrase"), "abc\n")
         await fs.writeFile(path.join(s.dir, "carapace.json5"), text)
       })
-      const again = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: s.dir, P: "p" }).pipe(Effect.provide(StateDirAt(s.dir)))
+      const again = yield* loadConfigSnapshot({ CARAPACE_STATE_DIR: s.dir, P: "p" }).pipe(
+        Effect.provide(StateDirAt(s.dir))
+      )
       expect(errors(again.findings)).toEqual([])
     }))
 
@@ -239,8 +294,14 @@ describe("env fallbacks and secrets", () => {
       expect(s.config.matrix?.homeserverUrl).toBe("https://env.example.com")
       expect(s.config.matrix?.userId).toBe("@cfg:example.com")
       expect(s.config.matrix?.deviceId).toBe("ENVDEV")
-      expect(s.config.matrix?.accessToken).toMatchObject({ path: "matrix.accessToken", source: "env", env: "MATRIX_ACCESS_TOKEN" })
-      expect(at(warnings(s.findings), ".matrix.userId")[0]?.message).toMatch(/MATRIX_USER_ID is also set; the config field takes precedence/)
+      expect(s.config.matrix?.accessToken).toMatchObject({
+        path: "matrix.accessToken",
+        source: "env",
+        env: "MATRIX_ACCESS_TOKEN"
+      })
+      expect(at(warnings(s.findings), ".matrix.userId")[0]?.message).toMatch(
+        /MATRIX_USER_ID is also set; the config field takes precedence/
+      )
       const slot = s.secrets.get("matrix.accessToken")
       expect(slot?.state === "open" && Redacted.value(slot.value)).toBe("env-token")
     }))
@@ -266,7 +327,12 @@ describe("env fallbacks and secrets", () => {
           const dir = yield* tempDir()
           yield* Effect.promise(() => fs.writeFile(path.join(dir, "carapace.json5"), text))
           return yield* ConfigSecrets.pipe(
-            Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir, OPENAI_API_KEY: "sk-o", ...env }, failOnErrors: false })),
+            Effect.provide(
+              ConfigSecretsWith({
+                env: { CARAPACE_STATE_DIR: dir, OPENAI_API_KEY: "sk-o", ...env },
+                failOnErrors: false
+              })
+            ),
             Effect.provide(StateDirAt(dir))
           )
         })
@@ -283,7 +349,9 @@ describe("env fallbacks and secrets", () => {
       const lockedErr = yield* Effect.flip(locked.secret("matrix.accessToken"))
       expect(lockedErr.kind).toBe("config-secret-locked")
       expect(lockedErr.message).toMatch(/matrix\.accessToken.*CARAPACE_CONFIG_PASSWORD/)
-      expect(at(errors(locked.findings), ".matrix.accessToken")[0]?.message).toMatch(/CARAPACE_CONFIG_PASSWORD is not set/)
+      expect(at(errors(locked.findings), ".matrix.accessToken")[0]?.message).toMatch(
+        /CARAPACE_CONFIG_PASSWORD is not set/
+      )
 
       const wrong = yield* service({ CARAPACE_CONFIG_PASSWORD: "wrong" })
       const wrongErr = yield* Effect.flip(wrong.secret("matrix.accessToken"))

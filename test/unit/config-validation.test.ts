@@ -4,7 +4,12 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { CaraConfig } from "../../src/domain/config.js"
 import { analyzeConfig } from "../../src/domain/configAnalysis.js"
-import { homeserverUrlProblem, type SecretSlot, userIdProblem, validateConfig } from "../../src/domain/configValidation.js"
+import {
+  homeserverUrlProblem,
+  type SecretSlot,
+  userIdProblem,
+  validateConfig
+} from "../../src/domain/configValidation.js"
 
 const decode = Schema.decodeUnknownSync(CaraConfig)
 const open = (v: string): SecretSlot => ({ state: "open", value: Redacted.make(v) })
@@ -14,7 +19,8 @@ const ctx = (raw: Record<string, unknown>, secrets: Record<string, SecretSlot> =
   secrets: new Map(Object.entries(secrets)),
   storePassphraseFile: { state: "absent" } as const
 })
-const paths = (fs: ReadonlyArray<{ readonly path: string; readonly severity: string }>) => fs.map((f) => `${f.severity}:${f.path}`)
+const paths = (fs: ReadonlyArray<{ readonly path: string; readonly severity: string }>) =>
+  fs.map((f) => `${f.severity}:${f.path}`)
 
 describe("homeserverUrlProblem / userIdProblem", () => {
   it("accepts https and loopback http, refuses the rest with a reason", () => {
@@ -36,7 +42,11 @@ describe("validateConfig", () => {
   it("an enabled channel without credentials, store key or model: one finding each, at its path", () => {
     const raw = { matrix: { enabled: true, homeserverUrl: "https://hs.example", userId: "@cara:hs.example" } }
     const findings = validateConfig(decode(raw), ctx(raw))
-    expect(paths(findings)).toEqual(["error:.matrix.accessToken", "error:.matrix.encrypted", "warning:.agents.defaults.model"])
+    expect(paths(findings)).toEqual([
+      "error:.matrix.accessToken",
+      "error:.matrix.encrypted",
+      "warning:.agents.defaults.model"
+    ])
   })
 
   it("a token without a device id, both credentials, unknown keys and bad autoJoin entries", () => {
@@ -52,7 +62,10 @@ describe("validateConfig", () => {
       },
       agents: { defaults: { model: "local:echo" } }
     }
-    const findings = validateConfig(decode(raw), ctx(raw, { "matrix.accessToken": open("t"), "matrix.password": open("p") }))
+    const findings = validateConfig(
+      decode(raw),
+      ctx(raw, { "matrix.accessToken": open("t"), "matrix.password": open("p") })
+    )
     expect(paths(findings)).toEqual([
       "warning:.extra",
       "warning:.matrix.password",
@@ -64,7 +77,9 @@ describe("validateConfig", () => {
   })
 
   it("a sealed credential that cannot be opened says why", () => {
-    const raw = { matrix: { enabled: true, encrypted: false, homeserverUrl: "https://hs.example", userId: "@cara:hs.example" } }
+    const raw = {
+      matrix: { enabled: true, encrypted: false, homeserverUrl: "https://hs.example", userId: "@cara:hs.example" }
+    }
     const findings = validateConfig(decode(raw), ctx(raw, { "matrix.accessToken": { state: "locked" } }))
     expect(findings[0]!.message).toContain("CARAPACE_CONFIG_PASSWORD is not set")
   })
@@ -75,13 +90,22 @@ describe("validateConfig", () => {
       matrix: { enabled: false, rooms: { "!r:hs": { agent: "ghost" } } }
     }
     const findings = validateConfig(decode(raw), ctx(raw))
-    expect(paths(findings)).toEqual(["error:.agents.odd.model", "error:.matrix.rooms.!r:hs.agent", "warning:.anthropic.apiKey"])
+    expect(paths(findings)).toEqual([
+      "error:.agents.odd.model",
+      "error:.matrix.rooms.!r:hs.agent",
+      "warning:.anthropic.apiKey"
+    ])
   })
 })
 
 describe("analyzeConfig", () => {
   const analyze = (text: string | undefined, env: Record<string, string> = {}) =>
-    analyzeConfig({ text: Option.fromNullable(text), file: "cara.json5", env, storePassphraseFile: { state: "absent" } })
+    analyzeConfig({
+      text: Option.fromNullable(text),
+      file: "cara.json5",
+      env,
+      storePassphraseFile: { state: "absent" }
+    })
 
   it.effect("a syntax error stops the load with the defaults and names the position", () =>
     Effect.gen(function*() {

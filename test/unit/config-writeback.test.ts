@@ -1,15 +1,14 @@
-import * as fs from "node:fs/promises"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
 import JSON5 from "json5"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
 import { downgradeViolations, open, seal } from "../../src/domain/secrets.js"
 import { type ConfigEnv, ConfigSecretsWith } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { SEED_CONFIG } from "../support/seed-config.js"
 import { tmpDir } from "../support/tmp.js"
-
 
 const setup = (text: string | undefined, env: ConfigEnv) =>
   Effect.gen(function*() {
@@ -140,9 +139,13 @@ describe("setSealedSecret", () => {
       expect(yield* open("pw", key)).toBe("sk-123")
 
       yield* service.setSealedSecret("anthropic.apiKey", Redacted.make("${ANTHROPIC_API_KEY}"))
-      expect((JSON5.parse(yield* read()) as { anthropic: { apiKey: string } }).anthropic.apiKey).toBe("${ANTHROPIC_API_KEY}")
+      expect((JSON5.parse(yield* read()) as { anthropic: { apiKey: string } }).anthropic.apiKey).toBe(
+        "${ANTHROPIC_API_KEY}"
+      )
 
-      const malformed = yield* Effect.flip(service.setSealedSecret("anthropic.apiKey", Redacted.make("${anthropic_api_key")))
+      const malformed = yield* Effect.flip(
+        service.setSealedSecret("anthropic.apiKey", Redacted.make("${anthropic_api_key"))
+      )
       expect(malformed.message).toMatch(/malformed env placeholder at anthropic.apiKey/)
       // A write that would leave the config with a new error is refused.
       const missingVar = yield* Effect.flip(service.setSealedSecret("openai.apiKey", Redacted.make("${NOT_EXPORTED}")))
@@ -159,13 +162,21 @@ describe("downgrade guard", () => {
       const a = yield* seal("pw", "x", { memory: 64, passes: 1, parallelism: 1 })
       const b = yield* seal("pw", "y", { memory: 64, passes: 1, parallelism: 1 })
       const before = { matrix: { accessToken: a, password: a } }
-      expect(downgradeViolations(before, { matrix: { accessToken: "plain", password: a } }, true)).toEqual(["matrix.accessToken"])
+      expect(downgradeViolations(before, { matrix: { accessToken: "plain", password: a } }, true)).toEqual([
+        "matrix.accessToken"
+      ])
       expect(downgradeViolations(before, { matrix: { accessToken: b, password: a } }, true)).toEqual([])
-      expect(downgradeViolations(before, { matrix: { accessToken: b, password: a } }, false)).toEqual(["matrix.accessToken"])
+      expect(downgradeViolations(before, { matrix: { accessToken: b, password: a } }, false)).toEqual([
+        "matrix.accessToken"
+      ])
       expect(downgradeViolations(before, { matrix: { accessToken: a } }, false)).toEqual([])
-      expect(downgradeViolations(before, { matrix: { accessToken: 5, password: a } }, true)).toEqual(["matrix.accessToken"])
+      expect(downgradeViolations(before, { matrix: { accessToken: 5, password: a } }, true)).toEqual([
+        "matrix.accessToken"
+      ])
       expect(downgradeViolations(before, { matrix: { accessToken: "${T}", password: a } }, true)).toEqual([])
-      expect(downgradeViolations(before, { matrix: { accessToken: "${T}", password: a } }, false)).toEqual(["matrix.accessToken"])
+      expect(downgradeViolations(before, { matrix: { accessToken: "${T}", password: a } }, false)).toEqual([
+        "matrix.accessToken"
+      ])
     }))
 
   it.effect("a sealed-set without the password is refused before anything is written", () =>

@@ -1,11 +1,16 @@
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { HttpServerRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted, TestClock } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
 import { ConfigSecretsWith } from "../../src/layers/ConfigSecretsLive.js"
-import { type GatewayAuthSettings, makeGatewayGuard, resolveGatewayAuth, secretMatches } from "../../src/layers/GatewayAuth.js"
+import {
+  type GatewayAuthSettings,
+  makeGatewayGuard,
+  resolveGatewayAuth,
+  secretMatches
+} from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { Metrics } from "../../src/services/Metrics.js"
@@ -35,7 +40,10 @@ describe("gateway auth configuration (startup)", () => {
 
   it.effect("a non-loopback bind with a token is accepted in token mode", () =>
     Effect.gen(function*() {
-      const settings = yield* withConfig(`{ gateway: { bind: "0.0.0.0", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: TOKEN })
+      const settings = yield* withConfig(
+        `{ gateway: { bind: "0.0.0.0", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`,
+        { CARAPACE_GATEWAY_TOKEN: TOKEN }
+      )
       expect(settings.mode).toBe("token")
       expect(Option.map(settings.secret, Redacted.value)).toEqual(Option.some(TOKEN))
     }))
@@ -58,12 +66,16 @@ describe("gateway auth configuration (startup)", () => {
 
   it.effect("token mode (explicit or implied) with a token that resolves to empty or unset is refused", () =>
     Effect.gen(function*() {
-      for (const [text, env] of [
-        [`{ gateway: { auth: { token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: "" }],
-        [`{ gateway: { auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: "   " }],
-        [`{ gateway: { auth: { mode: "token" } } }`, {}],
-        [`{ gateway: { auth: {} } }`, {}]
-      ] as const) {
+      for (
+        const [text, env] of [
+          [`{ gateway: { auth: { token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, { CARAPACE_GATEWAY_TOKEN: "" }],
+          [`{ gateway: { auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } } }`, {
+            CARAPACE_GATEWAY_TOKEN: "   "
+          }],
+          [`{ gateway: { auth: { mode: "token" } } }`, {}],
+          [`{ gateway: { auth: {} } }`, {}]
+        ] as const
+      ) {
         const result = yield* Effect.either(withConfig(text, env))
         expect(Either.isLeft(result) && result.left.kind).toBe("gateway-auth-config")
         expect(Either.isLeft(result) && result.left.message).toContain("CARAPACE_GATEWAY_TOKEN")
@@ -81,7 +93,9 @@ const guardWith = (settings: GatewayAuthSettings) =>
   makeGatewayGuard(settings).pipe(Effect.provide(MetricsLive.pipe(Layer.provideMerge(ChannelStatusLive))))
 
 const req = (url: string, options: { remote?: string; headers?: Record<string, string>; method?: string } = {}) => {
-  const base = HttpServerRequest.fromWeb(new Request(`http://127.0.0.1:18789${url}`, { method: options.method ?? "GET" }))
+  const base = HttpServerRequest.fromWeb(
+    new Request(`http://127.0.0.1:18789${url}`, { method: options.method ?? "GET" })
+  )
   // fetch's Request hides Host; the guard reads it, so the test sets every header on the server-side view.
   return base.modify({
     remoteAddress: options.remote ?? "127.0.0.1",
@@ -107,7 +121,9 @@ describe("gateway guard", () => {
       expect(none._tag).toBe("Unauthorized")
       yield* guard.authorize(req("/control/channels", { headers: bearer }))
       yield* guard.authorize(req("/control/channels", { headers: { authorization: `bearer ${TOKEN}` } }))
-      const basic = yield* Effect.flip(guard.authorize(req("/control/channels", { headers: { authorization: `Basic ${TOKEN}` } })))
+      const basic = yield* Effect.flip(
+        guard.authorize(req("/control/channels", { headers: { authorization: `Basic ${TOKEN}` } }))
+      )
       expect(basic.kind).toBe("unauthorized")
     }))
 
@@ -135,7 +151,9 @@ describe("gateway guard", () => {
     Effect.gen(function*() {
       const guard = yield* guardWith({ mode: "none", secret: Option.none() })
       yield* guard.authorize(req("/control/channels"))
-      const proxied = yield* Effect.flip(guard.authorize(req("/control/channels", { headers: { "x-forwarded-for": "203.0.113.9" } })))
+      const proxied = yield* Effect.flip(
+        guard.authorize(req("/control/channels", { headers: { "x-forwarded-for": "203.0.113.9" } }))
+      )
       expect(proxied.kind).toBe("non-local-client")
       const remote = yield* Effect.flip(guard.authorize(req("/control/channels", { remote: "198.51.100.2" })))
       expect(remote._tag).toBe("Forbidden")

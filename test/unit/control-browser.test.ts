@@ -4,7 +4,13 @@ import { HttpServerRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
-import { canonicalPath, type GatewayAuthSettings, hostAllowed, isJsonContentType, makeGatewayGuard } from "../../src/layers/GatewayAuth.js"
+import {
+  canonicalPath,
+  type GatewayAuthSettings,
+  hostAllowed,
+  isJsonContentType,
+  makeGatewayGuard
+} from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 
 const TOKEN = "tok-browser-5e1a"
@@ -25,7 +31,9 @@ describe("canonicalPath", () => {
   it("keeps canonical paths and ids", () => {
     expect(canonicalPath("/control/channels")).toBe("/control/channels")
     expect(canonicalPath("/control/channels?verbose=1")).toBe("/control/channels")
-    expect(canonicalPath("/control/matrix/verifications/mvr_AbC123/accept")).toBe("/control/matrix/verifications/mvr_AbC123/accept")
+    expect(canonicalPath("/control/matrix/verifications/mvr_AbC123/accept")).toBe(
+      "/control/matrix/verifications/mvr_AbC123/accept"
+    )
     expect(canonicalPath("/control/matrix/verifications/%24evt%3Aex.org/accept")).toBeDefined()
     expect(canonicalPath("/ws")).toBe("/ws")
   })
@@ -66,7 +74,18 @@ describe("hostAllowed (DNS rebinding)", () => {
   })
 
   it("refuses other names, other ports, look-alikes and a missing Host", () => {
-    for (const h of [undefined, "", "evil.example:18789", "127.attacker.example:18789", "localhost.evil.example:18789", "127.0.0.1:80", "localhost", "127.0.0.1:18789@evil"]) {
+    for (
+      const h of [
+        undefined,
+        "",
+        "evil.example:18789",
+        "127.attacker.example:18789",
+        "localhost.evil.example:18789",
+        "127.0.0.1:80",
+        "localhost",
+        "127.0.0.1:18789@evil"
+      ]
+    ) {
       expect(hostAllowed(h, [], 18789), String(h)).toBe(false)
     }
     expect(hostAllowed("cara.internal:18789", [], 18789)).toBe(false)
@@ -77,7 +96,16 @@ describe("isJsonContentType", () => {
   it("accepts application/json only", () => {
     expect(isJsonContentType("application/json")).toBe(true)
     expect(isJsonContentType("Application/JSON; charset=utf-8")).toBe(true)
-    for (const t of [undefined, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "text/plain; application/json"]) {
+    for (
+      const t of [
+        undefined,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/plain; application/json"
+      ]
+    ) {
       expect(isJsonContentType(t), String(t)).toBe(false)
     }
   })
@@ -90,22 +118,43 @@ describe("the guard refuses browser-borne requests in every auth mode", () => {
       Effect.gen(function*() {
         const guard = yield* guardWith(settings)
         // baseline: the CLI's request passes
-        yield* guard.authorize(req("/control/matrix/send-test", { method: "POST", headers: { ...auth, "content-type": "application/json", "content-length": "2" } }))
+        yield* guard.authorize(
+          req("/control/matrix/send-test", {
+            method: "POST",
+            headers: { ...auth, "content-type": "application/json", "content-length": "2" }
+          })
+        )
         yield* guard.authorize(req("/ws", { headers: auth }))
 
-        const rebound = yield* Effect.flip(guard.authorize(req("/control/channels", { headers: { ...auth, host: "evil.example:18789" } })))
+        const rebound = yield* Effect.flip(
+          guard.authorize(req("/control/channels", { headers: { ...auth, host: "evil.example:18789" } }))
+        )
         expect(rebound.kind).toBe("host-not-allowed")
 
         for (const method of ["POST", "PUT", "PATCH", "DELETE"]) {
           for (const type of ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"]) {
-            const e = yield* Effect.flip(guard.authorize(req("/control/matrix/dlq/purge", { method, headers: { ...auth, "content-type": type, "content-length": "5" } })))
+            const e = yield* Effect.flip(
+              guard.authorize(
+                req("/control/matrix/dlq/purge", {
+                  method,
+                  headers: { ...auth, "content-type": type, "content-length": "5" }
+                })
+              )
+            )
             expect(e.kind, `${method} ${type}`).toBe("unsupported-media-type")
           }
-          const noType = yield* Effect.flip(guard.authorize(req("/control/matrix/dlq/purge", { method, headers: { ...auth, "content-length": "5" } })))
+          const noType = yield* Effect.flip(
+            guard.authorize(req("/control/matrix/dlq/purge", { method, headers: { ...auth, "content-length": "5" } }))
+          )
           expect(noType.kind).toBe("unsupported-media-type")
           const cross = yield* Effect.flip(guard.authorize(req("/control/matrix/dlq/purge", {
             method,
-            headers: { ...auth, "content-type": "application/json", "content-length": "2", origin: "https://evil.example" }
+            headers: {
+              ...auth,
+              "content-type": "application/json",
+              "content-length": "2",
+              origin: "https://evil.example"
+            }
           })))
           expect(cross.kind).toBe("csrf-origin-mismatch")
         }

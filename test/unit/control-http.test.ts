@@ -1,11 +1,11 @@
-import { createServer } from "node:http"
-import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted, Ref, Schema } from "effect"
+import * as fs from "node:fs"
+import { createServer } from "node:http"
+import * as os from "node:os"
+import * as path from "node:path"
 import { CaraApi, Channels, Health, NotReady, Ready, SendTestResult } from "../../src/domain/api.js"
 import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
@@ -25,7 +25,9 @@ interface WsClient {
   terminate(): void
 }
 const wsModule = "ws"
-const WebSocket = ((await import(wsModule)) as { default: new(url: string, options?: { headers?: Record<string, string> }) => WsClient }).default
+const WebSocket = ((await import(wsModule)) as {
+  default: new(url: string, options?: { headers?: Record<string, string> }) => WsClient
+}).default
 
 const TOKEN = "gw-token-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e"
 const ROOM = "!probe:example.org"
@@ -72,9 +74,15 @@ const raw = (path: string, init: RequestInit & { readonly token?: string | null 
     }))
 
 const postJson = (path: string, body: unknown, extra: RequestInit & { readonly token?: string | null } = {}) =>
-  raw(path, { ...extra, method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json", ...(extra.headers as Record<string, string> | undefined) } })
+  raw(path, {
+    ...extra,
+    method: "POST",
+    body: JSON.stringify(body),
+    headers: { "content-type": "application/json", ...(extra.headers as Record<string, string> | undefined) }
+  })
 
-const setSend = (f: (room: string) => Effect.Effect<string, MatrixControlError>) => Effect.flatMap(SendBehaviour, (ref) => Ref.set(ref, f))
+const setSend = (f: (room: string) => Effect.Effect<string, MatrixControlError>) =>
+  Effect.flatMap(SendBehaviour, (ref) => Ref.set(ref, f))
 
 const PROTECTED: ReadonlyArray<readonly [string, string]> = [
   ["GET", "/control/channels"],
@@ -103,7 +111,10 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       Effect.gen(function*() {
         const missing = yield* request(method, path, null)
         expect(missing.status).toBe(401)
-        expect(missing.json()).toEqual({ ok: false, error: { kind: "unauthorized", message: expect.stringContaining("Authorization: Bearer") } })
+        expect(missing.json()).toEqual({
+          ok: false,
+          error: { kind: "unauthorized", message: expect.stringContaining("Authorization: Bearer") }
+        })
 
         const wrong = yield* request(method, path, `${TOKEN}x`)
         expect(wrong.status).toBe(401)
@@ -120,7 +131,15 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
     Effect.gen(function*() {
       const channels = yield* ChannelStatus
       yield* channels.setState("matrix", "connected")
-      yield* channels.updateMatrix((x) => ({ ...x, joinedRoomCount: 3, encryptedRoomCount: 2, unencryptedRoomCount: 1, pendingVerificationCount: 1, lastSuccessfulSyncAt: 1700000000000, deviceId: "DEVICEX" }))
+      yield* channels.updateMatrix((x) => ({
+        ...x,
+        joinedRoomCount: 3,
+        encryptedRoomCount: 2,
+        unencryptedRoomCount: 1,
+        pendingVerificationCount: 1,
+        lastSuccessfulSyncAt: 1700000000000,
+        deviceId: "DEVICEX"
+      }))
       const r = yield* raw("/control/channels")
       expect(r.status).toBe(200)
       const body = Schema.decodeUnknownSync(Channels)(r.json())
@@ -158,7 +177,10 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(ready.channels.find((c) => c.id === "matrix")?.lastSuccessfulSyncAgoSeconds).toBeGreaterThanOrEqual(42)
       expect(ready.channels.find((c) => c.id === "matrix")?.lastSuccessfulSyncAgoSeconds).toBeLessThan(100)
 
-      yield* channels.setState("matrix", "error", { message: "Matrix store rekey interrupted: re-run cara matrix rekey-store --new", kind: "interrupted-rekey" })
+      yield* channels.setState("matrix", "error", {
+        message: "Matrix store rekey interrupted: re-run cara matrix rekey-store --new",
+        kind: "interrupted-rekey"
+      })
       const bad = yield* raw("/health/ready", { token: null })
       expect(bad.status).toBe(503)
       expect(bad.headers.get("retry-after")).toBe("5")
@@ -186,7 +208,12 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       expect(status.runtime.name).toBe("cara")
       yield* setSend(() => Effect.succeed("$sent:example.org"))
       const sent = yield* authed.matrix.sendTest({ payload: { roomId: ROOM, text: "  ping  " } })
-      expect(sent).toEqual(new SendTestResult({ ok: true, delivery: { outcome: "sent", messageId: "$sent:example.org", conversationId: ROOM } }))
+      expect(sent).toEqual(
+        new SendTestResult({
+          ok: true,
+          delivery: { outcome: "sent", messageId: "$sent:example.org", conversationId: ROOM }
+        })
+      )
 
       const anonymous = yield* HttpApiClient.make(CaraApi, { baseUrl: url })
       const refused = yield* Effect.either(anonymous.control.channels())
@@ -198,29 +225,64 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       let seenRoom = ""
       yield* setSend((room) => {
         seenRoom = room
-        return Effect.fail(new MatrixControlError({ kind: "not-connected", message: "Matrix runtime is not connected", retryAfterMs: 5000 }))
+        return Effect.fail(
+          new MatrixControlError({
+            kind: "not-connected",
+            message: "Matrix runtime is not connected",
+            retryAfterMs: 5000
+          })
+        )
       })
       // #17.7: a runtime that is not running is 503 matrix-runtime-unavailable, like every other Matrix endpoint.
-      const notConnected = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping", extra: "tolerated" })
+      const notConnected = yield* postJson("/control/matrix/send-test", {
+        roomId: ROOM,
+        text: "ping",
+        extra: "tolerated"
+      })
       expect(seenRoom).toBe(ROOM)
       expect(notConnected.status).toBe(503)
       expect(notConnected.json().error.kind).toBe("matrix-runtime-unavailable")
 
-      yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "send-failed", message: "the homeserver answered 500", retryAfterMs: 5000 })))
+      yield* setSend(() =>
+        Effect.fail(
+          new MatrixControlError({ kind: "send-failed", message: "the homeserver answered 500", retryAfterMs: 5000 })
+        )
+      )
       const transient = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
       expect(transient.status).toBe(200)
       expect(transient.json()).toEqual({
         ok: false,
-        delivery: { outcome: "failed", error: "the homeserver answered 500", retryability: { kind: "transient", retryAfterMs: 5000 }, conversationId: ROOM, kind: "send-failed" }
+        delivery: {
+          outcome: "failed",
+          error: "the homeserver answered 500",
+          retryability: { kind: "transient", retryAfterMs: 5000 },
+          conversationId: ROOM,
+          kind: "send-failed"
+        }
       })
 
-      yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "matrix-runtime-unavailable", message: "Matrix runtime unavailable", retryAfterMs: 5000 })))
+      yield* setSend(() =>
+        Effect.fail(
+          new MatrixControlError({
+            kind: "matrix-runtime-unavailable",
+            message: "Matrix runtime unavailable",
+            retryAfterMs: 5000
+          })
+        )
+      )
       const unavailable = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
       expect(unavailable.status).toBe(503)
       expect(unavailable.headers.get("retry-after")).toBe("5")
-      expect(unavailable.json()).toEqual({ ok: false, error: { kind: "matrix-runtime-unavailable", message: "Matrix runtime unavailable", retryAfterMs: 5000 } })
+      expect(unavailable.json()).toEqual({
+        ok: false,
+        error: { kind: "matrix-runtime-unavailable", message: "Matrix runtime unavailable", retryAfterMs: 5000 }
+      })
 
-      yield* setSend(() => Effect.fail(new MatrixControlError({ kind: "room-not-found", message: "the bot is not in that room; invite it first" })))
+      yield* setSend(() =>
+        Effect.fail(
+          new MatrixControlError({ kind: "room-not-found", message: "the bot is not in that room; invite it first" })
+        )
+      )
       const notFound = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
       expect(notFound.status).toBe(502)
       expect(notFound.json().error.kind).toBe("room-not-found")
@@ -228,7 +290,10 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
 
       yield* setSend(() => Effect.succeed(""))
       const noId = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" })
-      expect(noId.json()).toMatchObject({ ok: false, delivery: { outcome: "failed", retryability: { kind: "terminal" } } })
+      expect(noId.json()).toMatchObject({
+        ok: false,
+        delivery: { outcome: "failed", retryability: { kind: "terminal" } }
+      })
     }))
 
   it.effect("send-test validates its input before the runtime is consulted", () =>
@@ -254,11 +319,15 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
   it.effect("a state-changing control request from another browser origin is refused (CSRF origin rule)", () =>
     Effect.gen(function*() {
       yield* setSend(() => Effect.succeed("$ok"))
-      const cross = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" }, { headers: { origin: "https://evil.example" } })
+      const cross = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" }, {
+        headers: { origin: "https://evil.example" }
+      })
       expect(cross.status).toBe(403)
       expect(cross.json().error.kind).toBe("csrf-origin-mismatch")
       const url = new URL(yield* baseUrl)
-      const same = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" }, { headers: { origin: `http://${url.host}` } })
+      const same = yield* postJson("/control/matrix/send-test", { roomId: ROOM, text: "ping" }, {
+        headers: { origin: `http://${url.host}` }
+      })
       expect(same.status).toBe(200)
     }))
 
@@ -270,13 +339,25 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
         expect(r.status, p).toBe(404)
         expect(r.json().error.kind, p).toBe("not-found")
       }
-      const form = yield* raw("/control/matrix/send-test", { method: "POST", body: "roomId=x&text=y", headers: { "content-type": "application/x-www-form-urlencoded" } })
+      const form = yield* raw("/control/matrix/send-test", {
+        method: "POST",
+        body: "roomId=x&text=y",
+        headers: { "content-type": "application/x-www-form-urlencoded" }
+      })
       expect(form.status).toBe(415)
       expect(form.json().error.kind).toBe("unsupported-media-type")
-      const plain = yield* raw("/control/matrix/send-test", { method: "POST", body: "{}", headers: { "content-type": "text/plain" } })
+      const plain = yield* raw("/control/matrix/send-test", {
+        method: "POST",
+        body: "{}",
+        headers: { "content-type": "text/plain" }
+      })
       expect(plain.status).toBe(415)
       for (const body of ["{", "not json", "[1,", "\u0000"]) {
-        const bad = yield* raw("/control/matrix/send-test", { method: "POST", body, headers: { "content-type": "application/json" } })
+        const bad = yield* raw("/control/matrix/send-test", {
+          method: "POST",
+          body,
+          headers: { "content-type": "application/json" }
+        })
         expect([bad.status, bad.text], body).toEqual([400, expect.stringContaining("\"ok\":false")])
         expect(bad.json().ok, body).toBe(false)
         expect(typeof bad.json().error.kind, body).toBe("string")
@@ -302,21 +383,24 @@ layer(Server)("control API (in-process, fakes behind the tags)", (it) => {
       const r = yield* raw("/metrics", { token: null })
       expect(r.status).toBe(200)
       expect(r.headers.get("content-type")).toContain("text/plain; version=0.0.4")
-      expect(r.text).toContain("# TYPE carapace_matrix_pending_verifications gauge\ncarapace_matrix_pending_verifications 4\n")
+      expect(r.text).toContain(
+        "# TYPE carapace_matrix_pending_verifications gauge\ncarapace_matrix_pending_verifications 4\n"
+      )
       expect(r.text).toContain("carapace_matrix_dlq_records 2\n")
-      expect(r.text).toContain('carapace_matrix_sync_failures_total{class="transient"} 3\n')
-      expect(r.text).toContain('carapace_matrix_outbound_send_duration_seconds_bucket{le="0.25"} 0\n')
-      expect(r.text).toContain('carapace_matrix_outbound_send_duration_seconds_bucket{le="0.5"} 1\n')
+      expect(r.text).toContain("carapace_matrix_sync_failures_total{class=\"transient\"} 3\n")
+      expect(r.text).toContain("carapace_matrix_outbound_send_duration_seconds_bucket{le=\"0.25\"} 0\n")
+      expect(r.text).toContain("carapace_matrix_outbound_send_duration_seconds_bucket{le=\"0.5\"} 1\n")
       expect(r.text).toContain("carapace_matrix_outbound_send_duration_seconds_count 1\n")
-      expect(r.text).toContain('carapace_channel_up{channel="matrix"} 1\n')
+      expect(r.text).toContain("carapace_channel_up{channel=\"matrix\"} 1\n")
       expect(r.text).toContain("# TYPE carapace_matrix_unsupported_inbound_total counter")
       expect(r.text).toContain("carapace_matrix_outbound_pending_replies 3\n")
       const oldest = Number(/^carapace_matrix_outbound_pending_oldest_age_seconds (\S+)$/m.exec(r.text)?.[1])
       expect(oldest).toBeGreaterThanOrEqual(600)
       expect(oldest).toBeLessThan(700)
-      expect(Number(/^carapace_matrix_last_successful_sync_age_seconds (\S+)$/m.exec(r.text)?.[1])).toBeGreaterThanOrEqual(5)
-      expect(r.text).toContain('carapace_matrix_sync_cycle_seconds_bucket{le="10"} 0\n')
-      expect(r.text).toContain('carapace_matrix_sync_cycle_seconds_bucket{le="30"} 1\n')
+      expect(Number(/^carapace_matrix_last_successful_sync_age_seconds (\S+)$/m.exec(r.text)?.[1]))
+        .toBeGreaterThanOrEqual(5)
+      expect(r.text).toContain("carapace_matrix_sync_cycle_seconds_bucket{le=\"10\"} 0\n")
+      expect(r.text).toContain("carapace_matrix_sync_cycle_seconds_bucket{le=\"30\"} 1\n")
       expect(r.text).toContain("carapace_matrix_verification_rate_limit_drops_total 0\n")
       // Every sample line is `name{labels} value`.
       for (const line of r.text.trim().split("\n").filter((l) => !l.startsWith("#"))) {

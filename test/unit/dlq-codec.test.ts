@@ -1,7 +1,7 @@
 // The DLQ line format (reference §7.6.2): the pinned Argon2id vector, round trips, and refusal of anything
 // tampered, truncated, re-versioned or carrying extra fields.
-import * as crypto from "node:crypto"
 import { describe, expect, it } from "@effect/vitest"
+import * as crypto from "node:crypto"
 import {
   decodeLine,
   deriveDlqKey,
@@ -34,7 +34,11 @@ describe("DLQ key derivation", () => {
     expect(k.bytes.toString("hex")).toBe("92a4336c637a2792d43ce389686fb958777d557c27a79c287bac9d8350b12c78")
     // cached: the same object comes back, no second derivation
     expect(deriveDlqKey("correct horse battery staple", "installation-00000000-0000-0000-0000-000000000000")).toBe(k)
-    expect(deriveDlqKey("correct horse battery stapler", "installation-00000000-0000-0000-0000-000000000000").bytes.equals(k.bytes)).toBe(false)
+    expect(
+      deriveDlqKey("correct horse battery stapler", "installation-00000000-0000-0000-0000-000000000000").bytes.equals(
+        k.bytes
+      )
+    ).toBe(false)
   })
 })
 
@@ -79,7 +83,9 @@ describe("DLQ lines", () => {
     const tampered = JSON.stringify({ ...env, ciphertext: flipChar(env.ciphertext, 5) })
     const tamperedTag = JSON.stringify({ ...env, ciphertext: flipChar(env.ciphertext, env.ciphertext.length - 3) })
     const tamperedNonce = JSON.stringify({ ...env, nonce: flipChar(env.nonce, 2) })
-    for (const l of [tampered, tamperedTag, tamperedNonce]) expect(decodeLine(l, key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
+    for (const l of [tampered, tamperedTag, tamperedNonce]) {
+      expect(decodeLine(l, key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
+    }
     expect(decodeLine(line, other)).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
   })
 
@@ -110,7 +116,11 @@ describe("DLQ lines", () => {
     const c = crypto.createCipheriv("aes-256-gcm", key.bytes, nonce)
     c.setAAD(Buffer.from("matrix-inbound-dlq-envelope-v2"))
     const ct = Buffer.concat([c.update(JSON.stringify({ ...record, extra: 1 })), c.final(), c.getAuthTag()])
-    const line = JSON.stringify({ version: 2, nonce: nonce.toString("base64url"), ciphertext: ct.toString("base64url") })
+    const line = JSON.stringify({
+      version: 2,
+      nonce: nonce.toString("base64url"),
+      ciphertext: ct.toString("base64url")
+    })
     expect(decodeLine(line, key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-serialization" })
   })
 
@@ -119,7 +129,11 @@ describe("DLQ lines", () => {
     const c = crypto.createCipheriv("aes-256-gcm", key.bytes, nonce)
     c.setAAD(Buffer.from("matrix-inbound-dlq-envelope-v1"))
     const ct = Buffer.concat([c.update(JSON.stringify(record)), c.final(), c.getAuthTag()])
-    const line = JSON.stringify({ version: 2, nonce: nonce.toString("base64url"), ciphertext: ct.toString("base64url") })
+    const line = JSON.stringify({
+      version: 2,
+      nonce: nonce.toString("base64url"),
+      ciphertext: ct.toString("base64url")
+    })
     expect(decodeLine(line, key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
   })
 
@@ -151,11 +165,15 @@ describe("legacy v1 envelopes (read only)", () => {
     }
     expect(decodeLine(legacyLine(record, v1), key, { policy: "accept", key: undefined })).toEqual({ _tag: "NoKey" })
     // the v2 AAD is not a v1 AAD
-    expect(decodeLine(legacyLine(record, v1, "matrix-inbound-dlq-envelope-v2"), key, { policy: "accept", key: v1 })).toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
+    expect(decodeLine(legacyLine(record, v1, "matrix-inbound-dlq-envelope-v2"), key, { policy: "accept", key: v1 }))
+      .toMatchObject({ _tag: "Corrupt", kind: "dlq-crypto" })
   })
 
   it("refused by policy, or with no legacy support at all: undecodable (quarantined)", () => {
-    expect(decodeLine(legacyLine(record, v1), key, { policy: "refuse", key: v1 })).toMatchObject({ _tag: "Corrupt", kind: "dlq-serialization" })
+    expect(decodeLine(legacyLine(record, v1), key, { policy: "refuse", key: v1 })).toMatchObject({
+      _tag: "Corrupt",
+      kind: "dlq-serialization"
+    })
     expect(decodeLine(legacyLine(record, v1), key)).toMatchObject({ _tag: "Corrupt", kind: "dlq-serialization" })
   })
 })

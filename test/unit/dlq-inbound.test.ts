@@ -1,14 +1,14 @@
 // The inbound pipeline and the DLQ together (fakes for the agent and the Matrix send path, the real ledger
 // and DLQ on disk): a failed session write goes to the DLQ once; replay answers it in the foreground exactly
 // once; a failing replay keeps the record without appending it again.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { decodeLine, dlqKeyFromBytes, recordId } from "../../src/domain/dlq.js"
 import type { InboundEvent } from "../../src/domain/matrix.js"
-import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { AuditLive } from "../../src/layers/AuditLive.js"
+import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { makeDlq } from "../../src/layers/DlqLive.js"
 import { makeInbound, openLedger } from "../../src/layers/InboundLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
@@ -59,7 +59,12 @@ const setup = (root: string) =>
     yield* Effect.addFinalizer(() => Effect.sync(() => ledger.close()))
     const dlq = yield* Dlq
     const inbound = yield* makeInbound({
-      gate: { botUserId: BOT, allowlist: { allowUsers: [ALICE], allowServerNames: [] }, encryptedMode: true, groupMessages: "mention" },
+      gate: {
+        botUserId: BOT,
+        allowlist: { allowUsers: [ALICE], allowServerNames: [] },
+        encryptedMode: true,
+        groupMessages: "mention"
+      },
       ledger,
       agent,
       outbound,
@@ -70,7 +75,10 @@ const setup = (root: string) =>
   })
 
 const layerAt = (root: string) => {
-  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
+  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(
+    Layer.provideMerge(ChannelStatusWithMatrix),
+    Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root)))
+  )
   return Layer.effect(Dlq, makeDlq({ key: Effect.succeed(Option.some(KEY)) })).pipe(Layer.provideMerge(infra))
 }
 
@@ -106,7 +114,7 @@ describe("Inbound + DLQ", () => {
       // the first answer is still finishing is ignored, so offer until it is taken.)
       yield* waitUntil(inbound.offer(event, room).pipe(Effect.map(() => state.agentCalls >= 2)))
       const dispatchFailures = Effect.flatMap(Metrics, (m) => m.render).pipe(
-        Effect.map((t) => t.includes('carapace_matrix_inbound_dispatch_failures_total{failure_stage="dispatch"} 2'))
+        Effect.map((t) => t.includes("carapace_matrix_inbound_dispatch_failures_total{failure_stage=\"dispatch\"} 2"))
       )
       yield* waitUntil(dispatchFailures)
       expect(state.agentCalls).toBe(2)
@@ -122,7 +130,9 @@ describe("Inbound + DLQ", () => {
       // fault gone: automatic replay answers it once and removes it
       state.failing = false
       const report = yield* Effect.scoped(
-        dlq.register({ allowed: (s) => s === ALICE, dispatch: inbound.redeliver, resend: inbound.resend }).pipe(Effect.zipRight(dlq.replay({ _tag: "One", id: recordId(event.eventId) })))
+        dlq.register({ allowed: (s) => s === ALICE, dispatch: inbound.redeliver, resend: inbound.resend }).pipe(
+          Effect.zipRight(dlq.replay({ _tag: "One", id: recordId(event.eventId) }))
+        )
       )
       expect(report).toMatchObject({ replayed: 1, remaining: 0 })
       expect(state.replies).toEqual([event.eventId])

@@ -1,13 +1,22 @@
 // DlqLive over a real state dir: appends, counters, replay with backoff and the allowlist, quarantine and
 // its cap, the record cap with its audit event, the durability error, show/purge, and the rekey store view.
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Layer, Option, Redacted, Scope, TestClock } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Option, Redacted, Scope, TestClock } from "effect"
-import { decodeLine, deriveDlqKey, dlqKeyFromBytes, type DlqKey, type DlqRecord, DlqError, encodeLine, recordId } from "../../src/domain/dlq.js"
-import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
+import {
+  decodeLine,
+  deriveDlqKey,
+  DlqError,
+  type DlqKey,
+  dlqKeyFromBytes,
+  type DlqRecord,
+  encodeLine,
+  recordId
+} from "../../src/domain/dlq.js"
 import { AuditLive } from "../../src/layers/AuditLive.js"
+import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { dlqKeyedStore, makeDlq } from "../../src/layers/DlqLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
@@ -32,12 +41,21 @@ const rec = (n: number, sender = "@alice:example.org"): DlqRecord => ({
 
 const V1 = dlqKeyFromBytes(crypto.createHash("sha256").update("legacy-key").digest())
 
-const layerAt = (root: string, key: Option.Option<DlqKey> | "fail" = Option.some(KEY), policy: "accept" | "refuse" = "accept") => {
-  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(Layer.provideMerge(ChannelStatusWithMatrix), Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root))))
+const layerAt = (
+  root: string,
+  key: Option.Option<DlqKey> | "fail" = Option.some(KEY),
+  policy: "accept" | "refuse" = "accept"
+) => {
+  const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(
+    Layer.provideMerge(ChannelStatusWithMatrix),
+    Layer.provideMerge(Layer.effect(StateDir, makeStateDir(root)))
+  )
   const keySource = key === "fail"
     ? Effect.fail(new DlqError({ kind: "dlq-crypto", message: "no store secret" }))
     : Effect.succeed(key)
-  return Layer.effect(Dlq, makeDlq({ key: keySource, legacy: Effect.succeed({ policy, key: V1 }) })).pipe(Layer.provideMerge(infra))
+  return Layer.effect(Dlq, makeDlq({ key: keySource, legacy: Effect.succeed({ policy, key: V1 }) })).pipe(
+    Layer.provideMerge(infra)
+  )
 }
 
 const dlqFile = (root: string) => path.join(root, "matrix", "inbound_dlq.jsonl")
@@ -61,12 +79,16 @@ const recorder = (failing: Set<string> = new Set(), allowed: (s: string) => bool
     dispatch: (r) =>
       Effect.suspend(() => {
         got.push(r.eventId)
-        return failing.has(r.eventId) ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "session write failed" })) : Effect.void
+        return failing.has(r.eventId)
+          ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "session write failed" }))
+          : Effect.void
       }),
     resend: (r) =>
       Effect.suspend(() => {
         resent.push(r.eventId)
-        return failing.has(r.eventId) ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "send failed" })) : Effect.void
+        return failing.has(r.eventId)
+          ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "send failed" }))
+          : Effect.void
       })
   }
   return { got, resent, d }
@@ -93,7 +115,7 @@ describe("Dlq append", () => {
       expect((yield* extra).extra?.inboundDlqRecordCount).toBe(2)
       const text = yield* Effect.flatMap(Metrics, (m) => m.render)
       expect(text).toContain("carapace_matrix_dlq_records 2")
-      expect(text).toContain('carapace_matrix_inbound_dispatch_failures_total{failure_stage="dispatch"} 2')
+      expect(text).toContain("carapace_matrix_inbound_dispatch_failures_total{failure_stage=\"dispatch\"} 2")
       expect(yield* dlq.count).toBe(2)
     }).pipe(Effect.provide(layerAt(root)))
   })
@@ -103,7 +125,9 @@ describe("Dlq append", () => {
     return Effect.gen(function*() {
       const dlq = yield* Dlq
       fs.mkdirSync(path.join(root, "matrix"), { recursive: true })
-      fs.writeFileSync(dlqFile(root), encodeLine(rec(1), KEY) + "\n" + '{"version":2,"nonce":"tor', { mode: 0o644 })
+      fs.writeFileSync(dlqFile(root), encodeLine(rec(1), KEY) + "\n" + "{\"version\":2,\"nonce\":\"tor", {
+        mode: 0o644
+      })
       fs.chmodSync(dlqFile(root), 0o644)
       yield* dlq.append(rec(2))
       expect(mode(dlqFile(root))).toBe(0o600)
@@ -151,7 +175,7 @@ describe("Dlq append", () => {
       expect(m.extra?.inboundDlqLostEventIds).toEqual([rec(1).eventId])
       expect(m.lastError).not.toContain("message number")
       const text = yield* Effect.flatMap(Metrics, (x) => x.render)
-      expect(text).toContain('carapace_matrix_inbound_dispatch_failures_total{failure_stage="dlq_append"} 1')
+      expect(text).toContain("carapace_matrix_inbound_dispatch_failures_total{failure_stage=\"dlq_append\"} 1")
       expect(text).toContain("carapace_matrix_inbound_dlq_lost_event_ids_total 1")
       fs.rmdirSync(dlqFile(root))
       yield* dlq.append(rec(2))
@@ -187,7 +211,11 @@ describe("Dlq record cap", () => {
       const e2 = yield* Effect.flip(dlq.append(rec(2)))
       expect(e2.kind).toBe("dlq-cap-saturation")
       const capEvents = audit(root).filter((a) => a.event === "matrix_inbound_dlq_cap_dropped")
-      expect(capEvents).toEqual([{ event: "matrix_inbound_dlq_cap_dropped", data: { existing_lines: 10_000, cap_records: 10_000 } }].map((x) => expect.objectContaining(x)))
+      expect(capEvents).toEqual(
+        [{ event: "matrix_inbound_dlq_cap_dropped", data: { existing_lines: 10_000, cap_records: 10_000 } }].map((x) =>
+          expect.objectContaining(x)
+        )
+      )
       expect(lines(dlqFile(root))).toHaveLength(10_000)
       const m = yield* extra
       expect(m.status).toBe("error")
@@ -216,13 +244,22 @@ describe("Dlq replay", () => {
       const r1 = yield* withRegistered(d, dlq.replayDue)
       expect(r1).toEqual({ replayed: 2, failed: 1, dropped: 0, quarantined: 0, deferred: 0, remaining: 1 })
       expect(got).toEqual([rec(1).eventId, rec(2).eventId, rec(3).eventId])
-      expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{ _tag: "Record", record: rec(2), encrypted: true }])
+      expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{
+        _tag: "Record",
+        record: rec(2),
+        encrypted: true
+      }])
       // not due yet: deferred, not dispatched
       const r2 = yield* withRegistered(d, dlq.replayDue)
       expect(r2.deferred).toBe(1)
       expect(got).toHaveLength(3)
       const listed = (yield* dlq.list).records
-      expect(listed[0]).toMatchObject({ id: recordId(rec(2).eventId), attempts: 1, nextAttemptAt: 5000, lastError: "dlq-dispatch-failure" })
+      expect(listed[0]).toMatchObject({
+        id: recordId(rec(2).eventId),
+        attempts: 1,
+        nextAttemptAt: 5000,
+        lastError: "dlq-dispatch-failure"
+      })
       yield* TestClock.adjust("5 seconds")
       yield* withRegistered(d, dlq.replayDue)
       expect(got).toHaveLength(4)
@@ -261,7 +298,10 @@ describe("Dlq replay", () => {
       yield* dlq.append(rec(1))
       const good = lines(dlqFile(root))[0]!
       const env = JSON.parse(good) as { ciphertext: string }
-      const tampered = JSON.stringify({ ...JSON.parse(good), ciphertext: (env.ciphertext[0] === "A" ? "B" : "A") + env.ciphertext.slice(1) })
+      const tampered = JSON.stringify({
+        ...JSON.parse(good),
+        ciphertext: (env.ciphertext[0] === "A" ? "B" : "A") + env.ciphertext.slice(1)
+      })
       fs.appendFileSync(dlqFile(root), `{not json\n${tampered}\n`)
       yield* dlq.append(rec(2))
       const listing = yield* dlq.list
@@ -336,10 +376,18 @@ describe("Dlq replay", () => {
     return Effect.gen(function*() {
       const dlq = yield* Dlq
       yield* dlq.append(rec(1))
-      const d: DlqDispatcher = { allowed: () => true, dispatch: () => dlq.append(rec(9)).pipe(Effect.orDie), resend: () => Effect.void }
+      const d: DlqDispatcher = {
+        allowed: () => true,
+        dispatch: () => dlq.append(rec(9)).pipe(Effect.orDie),
+        resend: () => Effect.void
+      }
       const r = yield* withRegistered(d, dlq.replayDue)
       expect(r).toMatchObject({ replayed: 1, remaining: 1 })
-      expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{ _tag: "Record", record: rec(9), encrypted: true }])
+      expect(lines(dlqFile(root)).map((l) => decodeLine(l, KEY))).toEqual([{
+        _tag: "Record",
+        record: rec(9),
+        encrypted: true
+      }])
     }).pipe(Effect.provide(layerAt(root)))
   })
 })
@@ -348,7 +396,9 @@ describe("Dlq legacy v1 records", () => {
   it.effect("v1 lines are replayed; a kept one is re-encoded as v2; the processing is audited before the rewrite", () => {
     const root = tempRoot()
     fs.mkdirSync(path.join(root, "matrix"), { recursive: true })
-    fs.writeFileSync(dlqFile(root), `${legacyLine(rec(1), V1)}\n${legacyLine(rec(2), V1, "matrix-inbound-dlq-v1")}\n`, { mode: 0o600 })
+    fs.writeFileSync(dlqFile(root), `${legacyLine(rec(1), V1)}\n${legacyLine(rec(2), V1, "matrix-inbound-dlq-v1")}\n`, {
+      mode: 0o600
+    })
     return Effect.gen(function*() {
       const dlq = yield* Dlq
       const { d, got } = recorder(new Set([rec(2).eventId]))
@@ -394,7 +444,13 @@ describe("Dlq show and purge", () => {
       for (const n of [1, 2, 3]) yield* dlq.append(rec(n))
       const id = recordId(rec(2).eventId)
       const hidden = yield* dlq.show(id, false)
-      expect(hidden).toMatchObject({ id, eventId: rec(2).eventId, senderId: rec(2).senderId, encrypted: true, textBytes: 16 })
+      expect(hidden).toMatchObject({
+        id,
+        eventId: rec(2).eventId,
+        senderId: rec(2).senderId,
+        encrypted: true,
+        textBytes: 16
+      })
       expect("text" in hidden).toBe(false)
       expect((yield* dlq.show(id, true)).text).toBe("message number 2")
       expect(yield* Effect.flip(dlq.show("nope", true))).toMatchObject({ kind: "dlq-record-not-found" })

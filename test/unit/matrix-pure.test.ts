@@ -1,12 +1,18 @@
 // The pure parts of the Matrix runtime: the allowlist, the inbound gates, Markdown → sanitized HTML,
 // splitting, transaction ids, send-error classification, and Outbound's retry over a fake transport.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import type { InboundEvent } from "../../src/domain/matrix.js"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { allowsUser, normalizeAllowlist, serverNameOf } from "../../src/domain/allowlist.js"
-import { gateInbound, type GateContext, isInvisibleOnly, MAX_BODY_BYTES, openLedger } from "../../src/layers/InboundLive.js"
+import type { InboundEvent } from "../../src/domain/matrix.js"
+import {
+  type GateContext,
+  gateInbound,
+  isInvisibleOnly,
+  MAX_BODY_BYTES,
+  openLedger
+} from "../../src/layers/InboundLive.js"
 import {
   chunkContents,
   classifySendError,
@@ -82,7 +88,9 @@ describe("inbound gates", () => {
 
   it("ignores own messages, verification requests, edits and history from before the join", () => {
     expect(gateInbound(ctx, ev({ sender: bot }), dm)).toMatchObject({ _tag: "Ignore", reason: "own" })
-    expect(gateInbound(ctx, ev({ msgtype: "m.key.verification.request" }), dm)).toMatchObject({ reason: "verification" })
+    expect(gateInbound(ctx, ev({ msgtype: "m.key.verification.request" }), dm)).toMatchObject({
+      reason: "verification"
+    })
     expect(gateInbound(ctx, ev({ relType: "m.replace" }), dm)).toMatchObject({ reason: "edit" })
     expect(gateInbound(ctx, ev({ ts: 999 }), dm)).toMatchObject({ reason: "history" })
   })
@@ -104,9 +112,12 @@ describe("inbound gates", () => {
 
   it("never answers an m.notice (other bots' output) or the bot's own account, from any device", () => {
     expect(gateInbound(ctx, ev({ msgtype: "m.notice" }), dm)).toEqual({ _tag: "Ignore", reason: "notice" })
-    expect(gateInbound({ ...ctx, groupMessages: "all" }, ev({ msgtype: "m.notice", body: `${bot} hi` }), group)._tag).toBe("Ignore")
+    expect(gateInbound({ ...ctx, groupMessages: "all" }, ev({ msgtype: "m.notice", body: `${bot} hi` }), group)._tag)
+      .toBe("Ignore")
     // the gate has no device in view at all: the account decides
-    expect(gateInbound(ctx, ev({ sender: bot, encrypted: false }), { ...dm, encrypted: false })).toMatchObject({ reason: "own" })
+    expect(gateInbound(ctx, ev({ sender: bot, encrypted: false }), { ...dm, encrypted: false })).toMatchObject({
+      reason: "own"
+    })
   })
 
   it("drops and counts a plaintext message in an encrypted room; plaintext rooms are unaffected", () => {
@@ -132,7 +143,8 @@ describe("inbound gates", () => {
     })
     expect(gateInbound(strict, ev(), dm)).toMatchObject({ reason: "not-cross-signed" })
     // a stranger is refused by the allowlist (and so is never sent the explanatory notice)
-    expect(gateInbound(strict, ev({ sender: "@mallory:example.com", senderDeviceCrossSigned: false }), dm)).toMatchObject({ reason: "allowlist" })
+    expect(gateInbound(strict, ev({ sender: "@mallory:example.com", senderDeviceCrossSigned: false }), dm))
+      .toMatchObject({ reason: "allowlist" })
     // off (the default): the device's state does not matter
     expect(gateInbound(ctx, ev({ senderDeviceCrossSigned: false }), dm)._tag).toBe("Dispatch")
   })
@@ -142,7 +154,8 @@ describe("inbound gates", () => {
       _tag: "Drop",
       counters: ["peerDropEncryptedRoomTotal", "unsupportedInboundCount"]
     })
-    expect(gateInbound({ ...ctx, encryptedMode: false }, ev({ encrypted: false }), { ...dm, encrypted: false })._tag).toBe("Dispatch")
+    expect(gateInbound({ ...ctx, encryptedMode: false }, ev({ encrypted: false }), { ...dm, encrypted: false })._tag)
+      .toBe("Dispatch")
   })
 
   it("in group rooms answers only mentions (m.mentions, MXID or display name as a word) unless groupMessages=all", () => {
@@ -163,17 +176,21 @@ describe("Markdown to sanitized HTML", () => {
     expect(renderMarkdown("# Title\n\n- a\n- b\n\n1. x\n2. y")).toBe(
       "<h1>Title</h1><ul><li>a</li><li>b</li></ul><ol><li>x</li><li>y</li></ol>"
     )
-    expect(renderMarkdown("```ts\nconst a = 1 < 2\n```")).toBe('<pre><code class="language-ts">const a = 1 &lt; 2\n</code></pre>')
+    expect(renderMarkdown("```ts\nconst a = 1 < 2\n```")).toBe(
+      "<pre><code class=\"language-ts\">const a = 1 &lt; 2\n</code></pre>"
+    )
     expect(renderMarkdown("> quoted\n> more")).toBe("<blockquote><p>quoted<br>more</p></blockquote>")
-    expect(renderMarkdown("[site](https://example.com/a?b=1&c=2)")).toBe('<p><a href="https://example.com/a?b=1&amp;c=2">site</a></p>')
+    expect(renderMarkdown("[site](https://example.com/a?b=1&c=2)")).toBe(
+      "<p><a href=\"https://example.com/a?b=1&amp;c=2\">site</a></p>"
+    )
   })
 
   it("never lets the model's HTML or unsafe links through", () => {
-    const html = renderMarkdown('<img src=x onerror="alert(1)"> <script>x</script> [x](javascript:alert(1)) **<b>**')
+    const html = renderMarkdown("<img src=x onerror=\"alert(1)\"> <script>x</script> [x](javascript:alert(1)) **<b>**")
     expect(html).not.toMatch(/<(img|script|b)[\s>]/)
-    expect(html).not.toContain('href="javascript')
+    expect(html).not.toContain("href=\"javascript")
     expect(html).toContain("&lt;script&gt;")
-    expect(renderMarkdown('[a](https://x.y/"onmouseover=1)')).not.toContain('"onmouseover')
+    expect(renderMarkdown("[a](https://x.y/\"onmouseover=1)")).not.toContain("\"onmouseover")
   })
 
   it("sends formatted_body only when there is markup", () => {
@@ -223,12 +240,19 @@ describe("transaction ids and send errors", () => {
   })
 
   it("classifies errors like reference §8.3", () => {
-    expect(classifySendError({ errcode: "M_LIMIT_EXCEEDED", httpStatus: 429, data: { retry_after_ms: 1234 } })).toMatchObject({
-      _tag: "Transient",
-      retryAfterMs: 1234
+    expect(classifySendError({ errcode: "M_LIMIT_EXCEEDED", httpStatus: 429, data: { retry_after_ms: 1234 } }))
+      .toMatchObject({
+        _tag: "Transient",
+        retryAfterMs: 1234
+      })
+    expect(classifySendError({ errcode: "M_UNKNOWN_TOKEN", httpStatus: 401 })).toMatchObject({
+      _tag: "Terminal",
+      kind: "auth-token-revoked"
     })
-    expect(classifySendError({ errcode: "M_UNKNOWN_TOKEN", httpStatus: 401 })).toMatchObject({ _tag: "Terminal", kind: "auth-token-revoked" })
-    expect(classifySendError({ errcode: "M_FORBIDDEN", httpStatus: 403 })).toMatchObject({ _tag: "Terminal", kind: "send-terminal" })
+    expect(classifySendError({ errcode: "M_FORBIDDEN", httpStatus: 403 })).toMatchObject({
+      _tag: "Terminal",
+      kind: "send-terminal"
+    })
     expect(classifySendError({ errcode: "M_UNKNOWN", httpStatus: 502 })).toMatchObject({ _tag: "Transient" })
     expect(classifySendError(new TypeError("fetch failed"))).toMatchObject({ _tag: "Transient" })
   })
@@ -268,7 +292,9 @@ describe("Outbound over a fake transport", () => {
     Effect.gen(function*() {
       const { sends, transport } = fakeTransport([{ errcode: "M_FORBIDDEN", httpStatus: 403 }])
       const outbound = yield* makeOutbound(transport, { encrypted: true, baseDelayMs: 1 })
-      const err = yield* Effect.flip(outbound.reply({ roomId: "!joined:x", text: "a", inReplyTo: "$in:x", threadId: "$root:x" }))
+      const err = yield* Effect.flip(
+        outbound.reply({ roomId: "!joined:x", text: "a", inReplyTo: "$in:x", threadId: "$root:x" })
+      )
       expect(err.kind).toBe("send-terminal")
       expect(sends).toHaveLength(1)
       expect(sends[0]!.threadId).toBe("$root:x")

@@ -2,13 +2,12 @@
 // stopped after every durable step (every file mutation and every homeserver install), and then rerun the
 // way the product reruns them (the next daemon start: repair + mint; a rerun of `restore`). After every
 // crash the invariants below hold; a fake homeserver stands for secret storage.
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { Effect, Exit, Option } from "effect"
 import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { CLEANUP_FILE, KEY_FILE, MINTING_FILE, PENDING_FILE, ROTATING_FILE } from "../../src/domain/recoveryKey.js"
-import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import {
   type Audit,
   nodeRecoveryFiles,
@@ -19,6 +18,7 @@ import {
   runRestoreCleanup,
   runRotateCommand
 } from "../../src/layers/RecoveryKeyLive.js"
+import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { tmpDir } from "../support/tmp.js"
 
 const newRoot = () => {
@@ -46,7 +46,12 @@ class FakeServer {
   api(tick: () => void): RecoveryServer {
     return {
       probe: (pending) =>
-        Effect.sync(() => (this.key === undefined ? "None" : Option.isSome(pending) && pending.value === this.key ? "MatchesPending" : "Other")),
+        Effect.sync(() => (this.key === undefined
+          ? "None"
+          : Option.isSome(pending) && pending.value === this.key
+          ? "MatchesPending"
+          : "Other")
+        ),
       which: (current, pending) =>
         Effect.sync(() =>
           this.key === undefined
@@ -118,7 +123,9 @@ const daemonStart = async (root: string, server: FakeServer) => {
 /** The restore's MAC check, reduced to what it decides: K (when present) opens the homeserver's secret storage. */
 const verifyCurrent = (root: string, server: FakeServer) =>
   Effect.suspend(() =>
-    read(root, KEY_FILE) === undefined || read(root, KEY_FILE) === server.key ? Effect.void : Effect.fail(new Error("recovery-key-restore-failed: wrong-key"))
+    read(root, KEY_FILE) === undefined || read(root, KEY_FILE) === server.key
+      ? Effect.void
+      : Effect.fail(new Error("recovery-key-restore-failed: wrong-key"))
   )
 
 describe("first mint with crash injection", () => {
@@ -163,7 +170,9 @@ describe("rotate with crash injection", () => {
 
   const rotateCommand = (root: string, server: FakeServer, tick: () => void) =>
     Effect.promise(() => files(root)).pipe(
-      Effect.flatMap((base) => runRotateCommand(crashingFiles(base, tick), noAudit, server.api(tick), verifyCurrent(root, server)))
+      Effect.flatMap((base) =>
+        runRotateCommand(crashingFiles(base, tick), noAudit, server.api(tick), verifyCurrent(root, server))
+      )
     )
 
   /** A fresh installation with K = the server's key, rotated with a crash after durable step `crashAt`. */
@@ -240,7 +249,9 @@ describe("restore cleanup with crash injection", () => {
     let completed = false
     for (let crashAt = 1; !completed && crashAt <= 16; crashAt++) {
       const root = newRoot()
-      for (const rel of [ROTATING_FILE, MINTING_FILE, PENDING_FILE]) fs.writeFileSync(path.join(root, rel), "stale\n", { mode: 0o600 })
+      for (const rel of [ROTATING_FILE, MINTING_FILE, PENDING_FILE]) {
+        fs.writeFileSync(path.join(root, rel), "stale\n", { mode: 0o600 })
+      }
       const key = freshKey()
       const tick = ticker(crashAt)
       const f = crashingFiles(await files(root), tick)
@@ -261,7 +272,9 @@ describe("restore cleanup with crash injection", () => {
       const rerun = await Effect.runPromiseExit(runRestoreCleanup(await files(root), Option.some(key), noAudit))
       expect(Exit.isSuccess(rerun), `crash at ${crashAt}`).toBe(true)
       expect(read(root, KEY_FILE)).toBe(key)
-      for (const rel of [ROTATING_FILE, MINTING_FILE, PENDING_FILE, CLEANUP_FILE]) expect(fs.existsSync(path.join(root, rel))).toBe(false)
+      for (const rel of [ROTATING_FILE, MINTING_FILE, PENDING_FILE, CLEANUP_FILE]) {
+        expect(fs.existsSync(path.join(root, rel))).toBe(false)
+      }
       expect(Exit.isSuccess(await Effect.runPromiseExit(runRepair(await files(root), noAudit)))).toBe(true)
     }
     expect(completed).toBe(true)

@@ -4,9 +4,9 @@ import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
+  encodeCleanupJournal,
   encodeRotationMarker,
   freshCleanupJournal,
-  encodeCleanupJournal,
   keyDigest,
   normalizeRecoveryKey,
   parseCleanupJournal,
@@ -14,8 +14,8 @@ import {
   PromotionRefusalReason,
   promotionRefused,
   redactRecoveryKeys,
-  RotationStage,
-  type RotationMarker
+  type RotationMarker,
+  RotationStage
 } from "../../src/domain/recoveryKey.js"
 import { type FileDigest, nextMintStep, nextRepairStep, type RepairObserved } from "../../src/domain/recoveryMachine.js"
 
@@ -70,7 +70,9 @@ const allRepairStates = (): Array<RepairObserved> => {
 const STATES = allRepairStates()
 const digestOf = (f: FileDigest) => (f._tag === "Present" ? f.digest : undefined)
 const markerDigests = (o: RepairObserved) =>
-  o.marker._tag === "Typed" ? { next: o.marker.marker.keySha256, prev: o.marker.marker.previousKeySha256, stage: o.marker.marker.stage } : undefined
+  o.marker._tag === "Typed"
+    ? { next: o.marker.marker.keySha256, prev: o.marker.marker.previousKeySha256, stage: o.marker.marker.stage }
+    : undefined
 
 describe("startup repair table (§5.6)", () => {
   it("reaches every refusal reason over the whole state space, and refusals carry the wire value", () => {
@@ -116,7 +118,8 @@ describe("startup repair table (§5.6)", () => {
       expect(m).toBeDefined()
       if (m === undefined) continue
       const cur = digestOf(o.current)
-      const ok = (cur !== undefined && cur === m.next) || (o.server === "Current" && cur !== undefined && cur === m.prev)
+      const ok = (cur !== undefined && cur === m.next) ||
+        (o.server === "Current" && cur !== undefined && cur === m.prev)
       expect(ok, JSON.stringify(o)).toBe(true)
     }
   })
@@ -152,55 +155,142 @@ describe("startup repair table (§5.6)", () => {
   })
 
   it("follows the table rows", () => {
-    const typed = (stage: RotationMarker["stage"], keySha256?: string, previousKeySha256?: string): RepairObserved["marker"] => ({
+    const typed = (
+      stage: RotationMarker["stage"],
+      keySha256?: string,
+      previousKeySha256?: string
+    ): RepairObserved["marker"] => ({
       _tag: "Typed",
-      marker: { stage, updatedAtMs: 1, ...(keySha256 ? { keySha256 } : {}), ...(previousKeySha256 ? { previousKeySha256 } : {}) }
+      marker: {
+        stage,
+        updatedAtMs: 1,
+        ...(keySha256 ? { keySha256 } : {}),
+        ...(previousKeySha256 ? { previousKeySha256 } : {})
+      }
     })
     const present = (digest: string): FileDigest => ({ _tag: "Present", digest })
     const absent: FileDigest = { _tag: "Absent" }
     const none = { _tag: "Absent" } as const
     expect(nextRepairStep({ journal: none, marker: none, current: present(A), pending: absent })._tag).toBe("Done")
-    expect(nextRepairStep({ journal: none, marker: typed("pending_key_written", B, A), current: present(A), pending: present(B) }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("pending_key_written", B, A),
+        current: present(A),
+        pending: present(B)
+      })
+    )
       .toEqual({ _tag: "PromotePending", expectedDigest: B })
-    expect(nextRepairStep({ journal: none, marker: typed("pending_key_written", B, A), current: present(B), pending: present(B) }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("pending_key_written", B, A),
+        current: present(B),
+        pending: present(B)
+      })
+    )
       .toEqual({ _tag: "RemovePending", audit: "cleared_stale_pending" })
-    expect(nextRepairStep({ journal: none, marker: typed("final_key_replaced", B, A), current: present(B), pending: absent }))
+    expect(
+      nextRepairStep({ journal: none, marker: typed("final_key_replaced", B, A), current: present(B), pending: absent })
+    )
       .toEqual({ _tag: "RemoveMarker", audit: "cleared_final_marker" })
-    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: absent }))
+    expect(
+      nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: absent })
+    )
       .toEqual({ _tag: "RemoveMarker", audit: "cleared_started_marker" })
-    expect(nextRepairStep({ journal: none, marker: typed("pending_key_written", B, A), current: present(A), pending: absent }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("pending_key_written", B, A),
+        current: present(A),
+        pending: absent
+      })
+    )
       .toMatchObject({ _tag: "StateIo", why: "outcome_unknown" })
-    expect(nextRepairStep({ journal: none, marker: { _tag: "Invalid", reason: "unknown_legacy_marker" }, current: present(A), pending: absent }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: { _tag: "Invalid", reason: "unknown_legacy_marker" },
+        current: present(A),
+        pending: absent
+      })
+    )
       .toMatchObject({ _tag: "StateIo", why: "marker_invalid" })
     // write-ahead rows (not in the reference): the homeserver decides between rolling forward and back
     const installing = typed("installing", B, A)
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B) })).toEqual({ _tag: "AskServer" })
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Pending" }))
+    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B) })).toEqual({
+      _tag: "AskServer"
+    })
+    expect(
+      nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Pending" })
+    )
       .toEqual({ _tag: "PromotePending", expectedDigest: B })
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Current" }))
+    expect(
+      nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Current" })
+    )
       .toEqual({ _tag: "RemovePending", audit: "rolled_back_pending" })
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Neither" }))
+    expect(
+      nextRepairStep({ journal: none, marker: installing, current: present(A), pending: present(B), server: "Neither" })
+    )
       .toMatchObject({ _tag: "Refuse", reason: "server_key_matches_neither" })
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Current" }))
+    expect(
+      nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Current" })
+    )
       .toEqual({ _tag: "RemoveMarker", audit: "rolled_back_pending" })
-    expect(nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Neither" }))
+    expect(
+      nextRepairStep({ journal: none, marker: installing, current: present(A), pending: absent, server: "Neither" })
+    )
       .toMatchObject({ _tag: "StateIo", why: "outcome_unknown" })
-    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: present(B) })).toEqual({ _tag: "AskServer" })
-    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(A), pending: present(B), server: "Pending" }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("started", undefined, A),
+        current: present(A),
+        pending: present(B)
+      })
+    ).toEqual({ _tag: "AskServer" })
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("started", undefined, A),
+        current: present(A),
+        pending: present(B),
+        server: "Pending"
+      })
+    )
       .toEqual({ _tag: "PromotePending", expectedDigest: B })
-    expect(nextRepairStep({ journal: none, marker: typed("started", undefined, A), current: present(C), pending: present(B) }))
+    expect(
+      nextRepairStep({
+        journal: none,
+        marker: typed("started", undefined, A),
+        current: present(C),
+        pending: present(B)
+      })
+    )
       .toMatchObject({ _tag: "Refuse", reason: "unbound_started_pending" })
   })
 
   it("inspects the cleanup journal first: started refuses, completed is removed, corrupt and newer versions refuse", () => {
-    const base = { marker: { _tag: "Absent" } as const, current: { _tag: "Absent" } as const, pending: { _tag: "Absent" } as const }
+    const base = {
+      marker: { _tag: "Absent" } as const,
+      current: { _tag: "Absent" } as const,
+      pending: { _tag: "Absent" } as const
+    }
     const started = parseCleanupJournal(encodeCleanupJournal(freshCleanupJournal()))
     expect(started._tag).toBe("Parsed")
     expect(nextRepairStep({ ...base, journal: started })).toMatchObject({ _tag: "StateIo", why: "journal_started" })
     const completed = parseCleanupJournal(encodeCleanupJournal({ ...freshCleanupJournal(), phase: "completed" }))
     expect(nextRepairStep({ ...base, journal: completed })).toEqual({ _tag: "RemoveCompletedJournal" })
-    expect(nextRepairStep({ ...base, journal: parseCleanupJournal("{nope") })).toMatchObject({ _tag: "StateIo", why: "journal_corrupt" })
-    expect(nextRepairStep({ ...base, journal: parseCleanupJournal(JSON.stringify({ ...freshCleanupJournal(), version: 2 })) }))
+    expect(nextRepairStep({ ...base, journal: parseCleanupJournal("{nope") })).toMatchObject({
+      _tag: "StateIo",
+      why: "journal_corrupt"
+    })
+    expect(
+      nextRepairStep({
+        ...base,
+        journal: parseCleanupJournal(JSON.stringify({ ...freshCleanupJournal(), version: 2 }))
+      })
+    )
       .toMatchObject({ _tag: "StateIo", why: "journal_unsupported_version" })
     // an unknown phase fails to parse (fail closed)
     expect(parseCleanupJournal(JSON.stringify({ ...freshCleanupJournal(), phase: "halfway" }))._tag).toBe("Corrupt")
@@ -213,7 +303,9 @@ describe("first mint (§5.3)", () => {
       key: fc.constantFrom("Absent", "Empty", "Present") as fc.Arbitrary<"Absent" | "Empty" | "Present">,
       pending: fc.boolean(),
       minting: fc.boolean(),
-      server: fc.constantFrom("Unknown", "None", "MatchesPending", "Other") as fc.Arbitrary<"Unknown" | "None" | "MatchesPending" | "Other">
+      server: fc.constantFrom("Unknown", "None", "MatchesPending", "Other") as fc.Arbitrary<
+        "Unknown" | "None" | "MatchesPending" | "Other"
+      >
     })
     fc.assert(
       fc.property(arb, (o) => {
@@ -222,7 +314,9 @@ describe("first mint (§5.3)", () => {
           expect(o.minting && o.pending && o.key === "Absent").toBe(true)
         }
         if (s._tag === "PromotePending") expect(o.server).toBe("MatchesPending")
-        if (s._tag === "InstallPending" || s._tag === "WritePending" || s._tag === "WriteMintingMarker") expect(o.server).toBe("None")
+        if (s._tag === "InstallPending" || s._tag === "WritePending" || s._tag === "WriteMintingMarker") {
+          expect(o.server).toBe("None")
+        }
         if (o.server === "Other" && o.key === "Absent") expect(s._tag).toBe("Refuse")
       })
     )
@@ -252,8 +346,14 @@ describe("formats", () => {
     expect(parseRotationMarker(text)).toEqual({ _tag: "Typed", marker: m })
     expect(parseRotationMarker(`\uFEFF${text}`)).toEqual({ _tag: "Typed", marker: m })
     expect(parseRotationMarker("recovery-rotation-in-progress\n")).toEqual({ _tag: "Legacy" })
-    expect(parseRotationMarker('{"stage":"bogus","updatedAtMs":1}')).toEqual({ _tag: "Invalid", reason: "corrupt_typed_marker" })
+    expect(parseRotationMarker("{\"stage\":\"bogus\",\"updatedAtMs\":1}")).toEqual({
+      _tag: "Invalid",
+      reason: "corrupt_typed_marker"
+    })
     expect(parseRotationMarker("something else")).toEqual({ _tag: "Invalid", reason: "unknown_legacy_marker" })
-    expect(JSON.parse(encodeRotationMarker({ stage: "started", updatedAtMs: 1 }))).toEqual({ stage: "started", updatedAtMs: 1 })
+    expect(JSON.parse(encodeRotationMarker({ stage: "started", updatedAtMs: 1 }))).toEqual({
+      stage: "started",
+      updatedAtMs: 1
+    })
   })
 })

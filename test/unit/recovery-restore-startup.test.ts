@@ -7,9 +7,14 @@ import type { MatrixClient } from "matrix-js-sdk"
 import { encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck } from "matrix-js-sdk/lib/secret-storage.js"
 import type { RecoveryKeyError } from "../../src/domain/recoveryKey.js"
+import {
+  isTransientRestoreFailure,
+  makeKeyring,
+  type RecoveryFiles,
+  restoreAtStartup
+} from "../../src/layers/RecoveryKeyLive.js"
 import type { ChannelStatusShape } from "../../src/services/ChannelStatus.js"
 import type { ConfigSecretsShape } from "../../src/services/ConfigSecrets.js"
-import { isTransientRestoreFailure, makeKeyring, type RecoveryFiles, restoreAtStartup } from "../../src/layers/RecoveryKeyLive.js"
 
 const raw = new Uint8Array(32).fill(7)
 const key = encodeRecoveryKey(raw)!
@@ -20,11 +25,17 @@ interface Fake {
 }
 
 /** A client whose crypto holds (or not) every key and whose homeserver answers `server` per account data type. */
-const fakeClient = (opts: { complete: boolean; server: (type: string) => Promise<unknown>; cachedDefaultKey?: string | null }): Fake => {
+const fakeClient = (
+  opts: { complete: boolean; server: (type: string) => Promise<unknown>; cachedDefaultKey?: string | null }
+): Fake => {
   const requests: Array<string> = []
   const crypto = {
     getCrossSigningStatus: async () => ({
-      privateKeysCachedLocally: { masterKey: opts.complete, selfSigningKey: opts.complete, userSigningKey: opts.complete },
+      privateKeysCachedLocally: {
+        masterKey: opts.complete,
+        selfSigningKey: opts.complete,
+        userSigningKey: opts.complete
+      },
       privateKeysInSecretStorage: true
     }),
     getSessionBackupPrivateKey: async () => (opts.complete ? new Uint8Array(32) : null),
@@ -71,7 +82,8 @@ const ctx = (client: MatrixClient, audited: Array<string>) => ({
   files
 })
 
-const notFound = () => Promise.reject(Object.assign(new Error("not found"), { errcode: "M_NOT_FOUND", httpStatus: 404 }))
+const notFound = () =>
+  Promise.reject(Object.assign(new Error("not found"), { errcode: "M_NOT_FOUND", httpStatus: 404 }))
 
 describe("recovery-key restore at start-up", () => {
   const withInfo = (info: unknown) => async (type: string) => {
@@ -82,7 +94,10 @@ describe("recovery-key restore at start-up", () => {
 
   it.effect("a store that already holds every key is not restored, but the key is still MAC-checked against the homeserver", () =>
     Effect.gen(function*() {
-      const info = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(yield* Effect.promise(() => calculateKeyCheck(raw))) }
+      const info = {
+        algorithm: "m.secret_storage.v1.aes-hmac-sha2",
+        ...(yield* Effect.promise(() => calculateKeyCheck(raw)))
+      }
       const fake = fakeClient({ complete: true, server: withInfo(info) })
       const audited: Array<string> = []
       const r = yield* restoreAtStartup(ctx(fake.client, audited), { skipWhenStoreComplete: true })
@@ -98,7 +113,10 @@ describe("recovery-key restore at start-up", () => {
     Effect.gen(function*() {
       // the homeserver's key description belongs to another key (the SDK's own key check computes it)
       const other = yield* Effect.promise(() => calculateKeyCheck(new Uint8Array(32).fill(9)))
-      const fake = fakeClient({ complete: true, server: withInfo({ algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...other }) })
+      const fake = fakeClient({
+        complete: true,
+        server: withInfo({ algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...other })
+      })
       const e = yield* Effect.flip(restoreAtStartup(ctx(fake.client, []), { skipWhenStoreComplete: true }))
       expect(e.kind).toBe("recovery-key-restore-failed")
       expect(e.reason).toBe("wrong-key")
@@ -108,10 +126,15 @@ describe("recovery-key restore at start-up", () => {
 
   it.effect("garbage in recovery_key (not a recovery key at all) is wrong-key too", () =>
     Effect.gen(function*() {
-      const info = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(yield* Effect.promise(() => calculateKeyCheck(raw))) }
+      const info = {
+        algorithm: "m.secret_storage.v1.aes-hmac-sha2",
+        ...(yield* Effect.promise(() => calculateKeyCheck(raw)))
+      }
       const fake = fakeClient({ complete: true, server: withInfo(info) })
       const garbage: RecoveryFiles = { ...files, read: () => Effect.succeed(Option.some("not a key at all\n")) }
-      const e = yield* Effect.flip(restoreAtStartup({ ...ctx(fake.client, []), files: garbage }, { skipWhenStoreComplete: true }))
+      const e = yield* Effect.flip(
+        restoreAtStartup({ ...ctx(fake.client, []), files: garbage }, { skipWhenStoreComplete: true })
+      )
       expect(e.reason).toBe("wrong-key")
     }))
 
@@ -125,7 +148,10 @@ describe("recovery-key restore at start-up", () => {
 
   it.effect("secret storage is read from the homeserver, not from the cached sync", () =>
     Effect.gen(function*() {
-      const info = { algorithm: "m.secret_storage.v1.aes-hmac-sha2", ...(yield* Effect.promise(() => calculateKeyCheck(raw))) }
+      const info = {
+        algorithm: "m.secret_storage.v1.aes-hmac-sha2",
+        ...(yield* Effect.promise(() => calculateKeyCheck(raw)))
+      }
       const server = async (type: string) => {
         if (type === "m.secret_storage.default_key") return { key: "KEYID" }
         if (type === "m.secret_storage.key.KEYID") return info

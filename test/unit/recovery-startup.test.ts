@@ -23,7 +23,9 @@ describe("cross-signing step at start-up", () => {
   const states = bools.flatMap((onServer) =>
     bools.flatMap((master) =>
       bools.flatMap((selfSigning) =>
-        bools.flatMap((userSigning) => bools.map((ready) => ({ onServer, cached: { master, selfSigning, userSigning }, ready })))
+        bools.flatMap((userSigning) =>
+          bools.map((ready) => ({ onServer, cached: { master, selfSigning, userSigning }, ready }))
+        )
       )
     )
   )
@@ -31,8 +33,9 @@ describe("cross-signing step at start-up", () => {
   it("never bootstraps (a new identity) over an identity on the server whose private keys this device lacks", () => {
     for (const s of states) {
       const step = nextCrossSigningStep(s)
-      if (s.onServer && !(s.cached.master && s.cached.selfSigning)) expect(step, JSON.stringify(s)).toBe("IdentityUnavailable")
-      else expect(step, JSON.stringify(s)).not.toBe("IdentityUnavailable")
+      if (s.onServer && !(s.cached.master && s.cached.selfSigning)) {
+        expect(step, JSON.stringify(s)).toBe("IdentityUnavailable")
+      } else expect(step, JSON.stringify(s)).not.toBe("IdentityUnavailable")
     }
   })
 
@@ -60,23 +63,30 @@ describe("keyring", () => {
     expect(await keyring.matches(mine.encoded, infoOther)).toBe(false)
     expect(await keyring.matches("not a key", infoMine)).toBe(false)
 
-    const answer = await keyring.callbacks.getSecretStorageKey!({ keys: { old: infoOther, current: infoMine } }, "m.cross_signing.master")
+    const answer = await keyring.callbacks.getSecretStorageKey!(
+      { keys: { old: infoOther, current: infoMine } },
+      "m.cross_signing.master"
+    )
     expect(answer?.[0]).toBe("current")
     expect(Buffer.from(answer![1]).equals(Buffer.from(mine.raw))).toBe(true)
-    expect(await keyring.callbacks.getSecretStorageKey!({ keys: { old: infoOther } }, "m.cross_signing.master")).toBeNull()
+    expect(await keyring.callbacks.getSecretStorageKey!({ keys: { old: infoOther } }, "m.cross_signing.master"))
+      .toBeNull()
   })
 
   it("a key description without a MAC is never matched", async () => {
     const mine = freshKey()
     const { iv } = await calculateKeyCheck(mine.raw)
-    expect(await makeKeyring().matches(mine.encoded, { algorithm: "m.secret_storage.v1.aes-hmac-sha2", iv } as never)).toBe(false)
+    expect(await makeKeyring().matches(mine.encoded, { algorithm: "m.secret_storage.v1.aes-hmac-sha2", iv } as never))
+      .toBe(false)
   })
 })
 
 describe("restore failure reasons", () => {
   it("map SDK failures to the wire reasons without passing their text on", () => {
     expect(restoreReasonOf(Object.assign(new Error("x"), { httpStatus: 401 }))).toBe("auth-state")
-    expect(restoreReasonOf(Object.assign(new Error("fetch failed"), { name: "ConnectionError" }))).toBe("transport-error")
+    expect(restoreReasonOf(Object.assign(new Error("fetch failed"), { name: "ConnectionError" }))).toBe(
+      "transport-error"
+    )
     expect(restoreReasonOf(new Error("getSecretStorageKey callback returned falsey"))).toBe("wrong-key")
     expect(restoreReasonOf(new Error("An object failed to be decrypted while unpickling"))).toBe("unpickling-failed")
     expect(restoreReasonOf(new Error("failed to unpickle the account"))).toBe("unpickling-failed")

@@ -6,11 +6,11 @@
 //     store (it never opens with the wrong key),
 //   - the data keys never change (only their wrapping does).
 // And a final rerun always ends with every store on the pinned passphrase and no pending or marker file.
+import { Effect, Either, Exit, Option, Redacted } from "effect"
+import fc from "fast-check"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Either, Exit, Option, Redacted } from "effect"
-import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { CRYPTO_FILE, STATE_FILE } from "../../src/layers/CryptoStoreLive.js"
 import { SqliteFile } from "../../src/layers/durable-idb/sqliteFile.js"
@@ -38,7 +38,10 @@ beforeAll(async () => {
   for (const mode of ["derived", "pinned"] as const) {
     for (const [, role] of STORES) {
       const file = path.join(templates, `${mode}-${role}.sqlite3`)
-      const f = await SqliteFile.open(file, role, { encrypted: true, passphrase: mode === "derived" ? DERIVED : PINNED })
+      const f = await SqliteFile.open(file, role, {
+        encrypted: true,
+        passphrase: mode === "derived" ? DERIVED : PINNED
+      })
       dataKeys.set(`${mode}/${role}`, f.dataKey!.toString("hex"))
       f.close()
     }
@@ -99,7 +102,9 @@ const runOnce = async (root: string, crashAt: number | undefined) => {
       derived: Option.some(Effect.succeed(Redacted.make(DERIVED)))
     })
   })
-  const exit = await Effect.runPromiseExit(program.pipe(Effect.catchAllDefect((d) => (d instanceof SimulatedCrash ? Effect.fail(d) : Effect.die(d)))))
+  const exit = await Effect.runPromiseExit(
+    program.pipe(Effect.catchAllDefect((d) => (d instanceof SimulatedCrash ? Effect.fail(d) : Effect.die(d))))
+  )
   return { exit, crashed, ticks }
 }
 
@@ -138,7 +143,9 @@ const checkInvariants = async (root: string, mode: Mode, context: string) => {
       expect(Either.isRight(resolved), context).toBe(true)
       if (Either.isRight(resolved)) {
         const p = Redacted.value(Option.getOrThrow(resolved.right).passphrase)
-        expect(await opens(file, role, p), `${context}: the daemon's passphrase does not open ${role}`).toBe(dataKeys.get(`${mode}/${role}`))
+        expect(await opens(file, role, p), `${context}: the daemon's passphrase does not open ${role}`).toBe(
+          dataKeys.get(`${mode}/${role}`)
+        )
       }
     }
   }
@@ -161,13 +168,15 @@ const scenario = async (mode: Mode, which: ReadonlyArray<"crypto" | "state">, cr
   const F = readOpt(path.join(root, "matrix/store_passphrase"))!
   expect(F).toMatch(/^[0-9a-f]{64}$/)
   expect(F).not.toBe(mode === "pinned" ? PINNED : DERIVED)
-  expect((fs.statSync(path.join(root, "matrix/store_passphrase")).mode & 0o777)).toBe(0o600)
+  expect(fs.statSync(path.join(root, "matrix/store_passphrase")).mode & 0o777).toBe(0o600)
   for (const [rel, role] of STORES) {
     if (!which.includes(role)) {
       expect(fs.existsSync(path.join(root, rel)), `${label}: a missing store was created`).toBe(false)
       continue
     }
-    expect(await opens(path.join(root, rel), role, F), `${label}: ${role} on the pinned passphrase`).toBe(dataKeys.get(`${mode}/${role}`))
+    expect(await opens(path.join(root, rel), role, F), `${label}: ${role} on the pinned passphrase`).toBe(
+      dataKeys.get(`${mode}/${role}`)
+    )
   }
   await checkInvariants(root, mode, `${label} at the end`)
   return root

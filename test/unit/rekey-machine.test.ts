@@ -29,9 +29,21 @@ describe("nextStep", () => {
 
   it("pending + marker: re-wraps the first store not on the pending passphrase, from what opens it", () => {
     const o = { ...clean, pendingPresent: true, markerPresent: true }
-    expect(nextStep({ ...o, stores: at("derived", "derived") })).toEqual({ _tag: "RewrapStore", store: "crypto", from: "derived" })
-    expect(nextStep({ ...o, stores: at("pending", "derived") })).toEqual({ _tag: "RewrapStore", store: "state", from: "derived" })
-    expect(nextStep({ ...o, finalPresent: true, stores: at("pending", "final") })).toEqual({ _tag: "RewrapStore", store: "state", from: "final" })
+    expect(nextStep({ ...o, stores: at("derived", "derived") })).toEqual({
+      _tag: "RewrapStore",
+      store: "crypto",
+      from: "derived"
+    })
+    expect(nextStep({ ...o, stores: at("pending", "derived") })).toEqual({
+      _tag: "RewrapStore",
+      store: "state",
+      from: "derived"
+    })
+    expect(nextStep({ ...o, finalPresent: true, stores: at("pending", "final") })).toEqual({
+      _tag: "RewrapStore",
+      store: "state",
+      from: "final"
+    })
   })
 
   it("every store on the pending passphrase: promotes it, then removes pending, then the marker", () => {
@@ -39,7 +51,9 @@ describe("nextStep", () => {
     expect(nextStep(o)).toEqual({ _tag: "PromotePending" })
     expect(nextStep({ ...o, finalPresent: true })).toEqual({ _tag: "PromotePending" }) // the old pinned value
     expect(nextStep({ ...o, finalPresent: true, finalEqualsPending: true })).toEqual({ _tag: "RemovePending" })
-    expect(nextStep({ ...o, pendingPresent: false, finalPresent: true, stores: at("final", "final") })).toEqual({ _tag: "RemoveMarker" })
+    expect(nextStep({ ...o, pendingPresent: false, finalPresent: true, stores: at("final", "final") })).toEqual({
+      _tag: "RemoveMarker"
+    })
   })
 
   it("clean after this run's rotation: done; clean at the start of a run: rotates again", () => {
@@ -53,16 +67,32 @@ describe("nextStep", () => {
   })
 
   it("refuses before any write when a store opens with nothing available", () => {
-    expect(nextStep({ ...clean, pendingPresent: true, markerPresent: true, derivedAvailable: false, stores: at("pending", "none") })).toEqual({
+    expect(
+      nextStep({
+        ...clean,
+        pendingPresent: true,
+        markerPresent: true,
+        derivedAvailable: false,
+        stores: at("pending", "none")
+      })
+    ).toEqual({
       _tag: "Refuse",
       reason: { _tag: "StoreUnopenable", stores: ["state"], derivedAvailable: false }
     })
-    expect(nextStep({ ...clean, stores: at("none", "derived") })).toMatchObject({ reason: { _tag: "StoreUnopenable", stores: ["crypto"] } })
+    expect(nextStep({ ...clean, stores: at("none", "derived") })).toMatchObject({
+      reason: { _tag: "StoreUnopenable", stores: ["crypto"] }
+    })
   })
 
   it("refuses without the old secret, and without stores", () => {
-    expect(nextStep({ ...clean, derivedAvailable: false, stores: at("none", "none") })).toEqual({ _tag: "Refuse", reason: { _tag: "MissingOldSecret" } })
-    expect(nextStep({ ...clean, derivedAvailable: false, stores: [] })).toEqual({ _tag: "Refuse", reason: { _tag: "MissingOldSecret" } })
+    expect(nextStep({ ...clean, derivedAvailable: false, stores: at("none", "none") })).toEqual({
+      _tag: "Refuse",
+      reason: { _tag: "MissingOldSecret" }
+    })
+    expect(nextStep({ ...clean, derivedAvailable: false, stores: [] })).toEqual({
+      _tag: "Refuse",
+      reason: { _tag: "MissingOldSecret" }
+    })
     expect(nextStep({ ...clean, stores: [] })).toEqual({ _tag: "Refuse", reason: { _tag: "NoStores" } })
   })
 

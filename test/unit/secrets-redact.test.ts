@@ -1,12 +1,12 @@
 // Issue 16 point 7: one registry of configured secret values that every sink passes its text through —
 // the logger, the three audit writers, the CLI's error renderer — and the config load that fills it.
+import { beforeEach, describe, expect, it } from "@effect/vitest"
+import { Cause, Effect, HashMap, Logger, LogLevel, Option, Redacted } from "effect"
 import { Console } from "node:console"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { beforeEach, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, HashMap, Logger, LogLevel, Option, Redacted } from "effect"
-import { formatLogLine, installStderrRedaction, stderrLogger } from "../../src/cli/logging.js"
 import { reportFailure } from "../../src/cli/failure.js"
+import { formatLogLine, installStderrRedaction, stderrLogger } from "../../src/cli/logging.js"
 import {
   auditLine,
   clearSecretsForTests,
@@ -16,8 +16,8 @@ import {
   registeredSecretCount,
   registerSecret
 } from "../../src/domain/redact.js"
-import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { makeAudit } from "../../src/layers/AuditLive.js"
+import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { fileAudit } from "../../src/layers/RecoveryKeyLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { appendAudit } from "../../src/programs/rekeyStore.js"
@@ -120,7 +120,9 @@ describe("everything else on stderr passes it too", () => {
       installStderrRedaction()
       try {
         // A console of its own: vitest replaces the global one, the daemon's is Node's, bound to stderr like this.
-        new Console({ stdout: process.stderr, stderr: process.stderr }).error("GET https://hs.example/_matrix?access_token=syt_sdk_quoted_token failed")
+        new Console({ stdout: process.stderr, stderr: process.stderr }).error(
+          "GET https://hs.example/_matrix?access_token=syt_sdk_quoted_token failed"
+        )
         process.stderr.write(Buffer.from("raw bytes syt_sdk_quoted_token\n"))
       } finally {
         process.stderr.write = before

@@ -1,12 +1,18 @@
 // The pure parts of `cara setup` and homeserver discovery, and discovery over a local http server that
 // publishes a .well-known document (the real Synapse publishes none; test/integration/setup.test.ts).
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as path from "node:path"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit } from "effect"
 import { exportLines, renderSetupConfig, type SetupAnswers } from "../../src/domain/setup.js"
-import { isLoopbackName, parseWellKnown, resolveHomeserverUrl, serverNameOf, wellKnownUrl } from "../../src/domain/wellKnown.js"
+import {
+  isLoopbackName,
+  parseWellKnown,
+  resolveHomeserverUrl,
+  serverNameOf,
+  wellKnownUrl
+} from "../../src/domain/wellKnown.js"
 import { loadConfigSnapshot } from "../../src/layers/ConfigSecretsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { tmpDir } from "../support/tmp.js"
@@ -24,8 +30,12 @@ describe("homeserver discovery (pure)", () => {
   })
 
   it("reads m.homeserver.base_url, refusing plain http for a real host", () => {
-    expect(parseWellKnown({ "m.homeserver": { base_url: "https://matrix.example.org/" } }, "example.org")).toEqual({ baseUrl: "https://matrix.example.org" })
-    expect(parseWellKnown({ "m.homeserver": { base_url: "http://matrix.example.org" } }, "example.org")).toHaveProperty("problem")
+    expect(parseWellKnown({ "m.homeserver": { base_url: "https://matrix.example.org/" } }, "example.org")).toEqual({
+      baseUrl: "https://matrix.example.org"
+    })
+    expect(parseWellKnown({ "m.homeserver": { base_url: "http://matrix.example.org" } }, "example.org")).toHaveProperty(
+      "problem"
+    )
     expect(parseWellKnown({}, "example.org")).toEqual({ problem: "it has no m.homeserver.base_url" })
     expect(parseWellKnown({ "m.homeserver": { base_url: "not a url" } }, "example.org")).toHaveProperty("problem")
   })
@@ -43,9 +53,15 @@ const server = (wellKnown: (self: string) => unknown) =>
             : req.url === "/_matrix/client/versions"
             ? { versions: ["v1.11"] }
             : undefined
-          res.writeHead(body === undefined ? 404 : 200, { "content-type": "application/json" }).end(JSON.stringify(body ?? {}))
+          res.writeHead(body === undefined ? 404 : 200, { "content-type": "application/json" }).end(
+            JSON.stringify(body ?? {})
+          )
         })
-        srv.listen(0, "127.0.0.1", () => resolve({ srv, base: `http://127.0.0.1:${(srv.address() as { port: number }).port}` }))
+        srv.listen(
+          0,
+          "127.0.0.1",
+          () => resolve({ srv, base: `http://127.0.0.1:${(srv.address() as { port: number }).port}` })
+        )
       })
     ),
     ({ srv }) => Effect.promise(() => new Promise<void>((r) => srv.close(() => r())))
@@ -84,7 +100,7 @@ describe("the config cara setup writes", () => {
     Effect.gen(function*() {
       const text = renderSetupConfig(answers, "2026-01-01T00:00:00.000Z")
       expect(text).toMatch(/^\/\/ /)
-      expect(text).toContain('apiKey: "${OPENAI_API_KEY}"')
+      expect(text).toContain("apiKey: \"${OPENAI_API_KEY}\"")
       const dir = tmpDir("cara-setup-")
       fs.writeFileSync(path.join(dir, "carapace.json5"), text, { mode: 0o600 })
       const snap = yield* loadConfigSnapshot({
@@ -106,7 +122,12 @@ describe("the config cara setup writes", () => {
       "export MATRIX_PASSWORD",
       "export OPENAI_API_KEY"
     ])
-    expect(exportLines({ ...answers, provider: "local", model: "echo" }, { CARAPACE_CONFIG_PASSWORD: "x", MATRIX_PASSWORD: "y" })).toEqual([
+    expect(
+      exportLines({ ...answers, provider: "local", model: "echo" }, {
+        CARAPACE_CONFIG_PASSWORD: "x",
+        MATRIX_PASSWORD: "y"
+      })
+    ).toEqual([
       expect.stringMatching(/^export CARAPACE_GATEWAY_TOKEN=/)
     ])
   })

@@ -7,7 +7,11 @@ import {
   type SyncCryptoChanges
 } from "../../src/domain/syncCryptoGate.js"
 
-const idle: SyncCryptoChanges = { toDeviceEvents: [], oneTimeKeysCounts: { signed_curve25519: 50 }, unusedFallbackKeys: ["signed_curve25519"] }
+const idle: SyncCryptoChanges = {
+  toDeviceEvents: [],
+  oneTimeKeysCounts: { signed_curve25519: 50 },
+  unusedFallbackKeys: ["signed_curve25519"]
+}
 
 describe("sync crypto gate", () => {
   it("the first sync is always processed", () => {
@@ -23,7 +27,9 @@ describe("sync crypto gate", () => {
 
   it("to-device events, device-list changes and changed counts are processed", () => {
     const { state } = decideSyncCrypto(initialSyncCryptoGate, idle, 1_000)
-    expect(decideSyncCrypto(state, { ...idle, toDeviceEvents: [{ type: "m.room.encrypted" }] }, 2_000).process).toBe(true)
+    expect(decideSyncCrypto(state, { ...idle, toDeviceEvents: [{ type: "m.room.encrypted" }] }, 2_000).process).toBe(
+      true
+    )
     expect(decideSyncCrypto(state, { ...idle, deviceLists: { changed: ["@a:x"] } }, 2_000).process).toBe(true)
     expect(decideSyncCrypto(state, { ...idle, deviceLists: { left: ["@a:x"] } }, 2_000).process).toBe(true)
     expect(decideSyncCrypto(state, { ...idle, oneTimeKeysCounts: { signed_curve25519: 49 } }, 2_000).process).toBe(true)

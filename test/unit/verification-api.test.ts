@@ -1,27 +1,27 @@
-import { createServer } from "node:http"
-import * as fs from "node:fs"
-import * as path from "node:path"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Option, Redacted } from "effect"
+import * as fs from "node:fs"
+import { createServer } from "node:http"
+import * as path from "node:path"
+import { callFailed } from "../../src/cli/verification.js"
 import { CaraApi } from "../../src/domain/api.js"
 import { FlowId } from "../../src/domain/verification.js"
-import { callFailed } from "../../src/cli/verification.js"
+import { AuditLive } from "../../src/layers/AuditLive.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
 import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
-import { AuditLive } from "../../src/layers/AuditLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { VerificationLive } from "../../src/layers/VerificationLive.js"
 import type { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { EventBus } from "../../src/services/EventBus.js"
-import type { StateDir } from "../../src/services/StateDir.js"
 import { MatrixControlUnavailable } from "../../src/services/MatrixControl.js"
+import type { StateDir } from "../../src/services/StateDir.js"
 import { Verification } from "../../src/services/Verification.js"
-import { FakeClient, FakeRequest } from "./verification-fakes.js"
 import { tmpDir } from "../support/tmp.js"
+import { FakeClient, FakeRequest } from "./verification-fakes.js"
 
 const TOKEN = "gw-token-verification-0123456789abcdef"
 const BOT = "@bot:example.org"
@@ -29,11 +29,16 @@ const ALICE = "@alice:example.org"
 
 const dir = tmpDir("cara-verif-api-")
 
-const base = Layer.mergeAll(EventBus.Live, MetricsLive, AuditLive.pipe(Layer.provideMerge(StateDirAt(dir)))).pipe(Layer.provideMerge(ChannelStatusWithMatrix))
+const base = Layer.mergeAll(EventBus.Live, MetricsLive, AuditLive.pipe(Layer.provideMerge(StateDirAt(dir)))).pipe(
+  Layer.provideMerge(ChannelStatusWithMatrix)
+)
 // the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix
 const serverWith = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
   ControlHttpApp.pipe(
-    Layer.provide([MatrixControlUnavailable, GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })]),
+    Layer.provide([
+      MatrixControlUnavailable,
+      GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })
+    ]),
     Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
     Layer.provideMerge(registry),
     Layer.provideMerge(base)
@@ -86,7 +91,9 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
       expect(flow).toMatchObject({ userId: ALICE, deviceId: "ALICEDEV", state: "requested" })
 
       // 409, decoded by the derived client as the domain's own class
-      const early = yield* Effect.either(c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: true } }))
+      const early = yield* Effect.either(
+        c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: true } })
+      )
       expect(Either.isLeft(early)).toBe(true)
       if (Either.isLeft(early)) {
         expect(early.left._tag).toBe("VerificationFlowNotReady")
@@ -97,7 +104,10 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
       }
       const raw409 = yield* rawPost(`/control/matrix/verifications/${flow.flowId}/confirm`, { match: true })
       expect(raw409.status).toBe(409)
-      expect(raw409.body).toEqual({ ok: false, error: { kind: "verification-flow-not-ready", message: expect.stringContaining(flow.flowId) } })
+      expect(raw409.body).toEqual({
+        ok: false,
+        error: { kind: "verification-flow-not-ready", message: expect.stringContaining(flow.flowId) }
+      })
 
       const accepted = yield* c.verification.accept({ path: { flowId: flow.flowId } })
       expect(accepted.verification.flowId).toBe(flow.flowId)
@@ -112,7 +122,9 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
       const gone = yield* rawPost(`/control/matrix/verifications/${flow.flowId}/accept`, {})
       expect(gone.status).toBe(410)
       expect(gone.body.error.kind).toBe("verification-cancelled")
-      const goneTyped = yield* Effect.either(c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: false } }))
+      const goneTyped = yield* Effect.either(
+        c.verification.confirm({ path: { flowId: flow.flowId }, payload: { match: false } })
+      )
       expect(Either.isLeft(goneTyped) && goneTyped.left._tag).toBe("VerificationFlowTerminal")
 
       const bad = yield* rawPost("/control/matrix/verify", { userId: "alice" })
@@ -126,12 +138,18 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
       expect(client.requested).toHaveLength(1)
 
       const devices = yield* c.verification.devices()
-      expect(devices.devices).toEqual([{ userId: BOT, deviceId: "BOTDEV", displayName: "Carapace Matrix", verified: true }])
+      expect(devices.devices).toEqual([{
+        userId: BOT,
+        deviceId: "BOTDEV",
+        displayName: "Carapace Matrix",
+        verified: true
+      }])
 
       // every action through the API left a `matrix_verification_action` audit line, failures too
       const audit = fs.readFileSync(path.join(dir, "audit.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l))
       const actions = audit.filter((l) => l.event === "matrix_verification_action").map((l) => l.data)
-      const of = (flowId: string) => actions.filter((d) => d.flow_id === flowId).map((d) => [d.action, d.outcome, d.error_kind, d.matches])
+      const of = (flowId: string) =>
+        actions.filter((d) => d.flow_id === flowId).map((d) => [d.action, d.outcome, d.error_kind, d.matches])
       expect(of(flow.flowId)).toEqual([
         ["confirm", "err", "verification-flow-not-ready", true],
         ["confirm", "err", "verification-flow-not-ready", true],
@@ -140,7 +158,11 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
         ["accept", "err", "verification-cancelled", undefined],
         ["confirm", "err", "verification-cancelled", false]
       ])
-      expect(of("mvr_missing").map((a) => a.slice(0, 3))).toEqual([["accept", "err", "verification-flow-not-found"], ["cancel", "err", "verification-flow-not-found"]])
+      expect(of("mvr_missing").map((a) => a.slice(0, 3))).toEqual([["accept", "err", "verification-flow-not-found"], [
+        "cancel",
+        "err",
+        "verification-flow-not-found"
+      ]])
       const starts = actions.filter((d) => d.action === "start")
       expect(starts.map((d) => d.outcome)).toEqual(["err", "err", "ok"])
       expect(starts[2].flow_id).toBe(started.body.verification.flowId)

@@ -1,8 +1,8 @@
 // The pure verification domain: the SDK view to our state names (src/domain/verificationState.ts), the SAS
 // values, and the branded ids of the service (FlowId, UserId, DeviceId).
-import { describe, expect, it } from "vitest"
 import { Either, Schema } from "effect"
 import { VerificationPhase } from "matrix-js-sdk/lib/crypto-api/index.js"
+import { describe, expect, it } from "vitest"
 import { UserId } from "../../src/domain/matrix.js"
 import { FlowId, flowIdOf, sanitizeUserId, verificationTarget } from "../../src/domain/verification.js"
 import { deriveState, isFinishedPhase, sasValuesOf, type StateInputs } from "../../src/domain/verificationState.js"
@@ -26,7 +26,14 @@ describe("verification state derivation", () => {
   })
 
   it("a local mismatch wins over every phase", () => {
-    for (const phase of [VerificationPhase.Requested, VerificationPhase.Ready, VerificationPhase.Started, VerificationPhase.Done]) {
+    for (
+      const phase of [
+        VerificationPhase.Requested,
+        VerificationPhase.Ready,
+        VerificationPhase.Started,
+        VerificationPhase.Done
+      ]
+    ) {
       expect(deriveState({ ...base, phase, mismatched: true })).toBe("mismatched")
     }
   })
@@ -36,7 +43,11 @@ describe("verification state derivation", () => {
   })
 
   it("finished phases are cancelled and done only", () => {
-    expect([VerificationPhase.Unsent, VerificationPhase.Requested, VerificationPhase.Ready, VerificationPhase.Started].map(isFinishedPhase))
+    expect(
+      [VerificationPhase.Unsent, VerificationPhase.Requested, VerificationPhase.Ready, VerificationPhase.Started].map(
+        isFinishedPhase
+      )
+    )
       .toEqual([false, false, false, false])
     expect(isFinishedPhase(VerificationPhase.Cancelled)).toBe(true)
     expect(isFinishedPhase(VerificationPhase.Done)).toBe(true)
@@ -45,7 +56,10 @@ describe("verification state derivation", () => {
 
 describe("SAS values", () => {
   it("keeps each part the method gives and nothing else", () => {
-    expect(sasValuesOf({ emoji: [["🐶", "Dog"]], decimal: [1, 2, 3] })).toEqual({ emoji: [{ symbol: "🐶", description: "Dog" }], decimals: [1, 2, 3] })
+    expect(sasValuesOf({ emoji: [["🐶", "Dog"]], decimal: [1, 2, 3] })).toEqual({
+      emoji: [{ symbol: "🐶", description: "Dog" }],
+      decimals: [1, 2, 3]
+    })
     expect(sasValuesOf({ decimal: [4, 5, 6] })).toEqual({ decimals: [4, 5, 6] })
     expect(sasValuesOf({ emoji: [["🐱", "Cat"]] })).toEqual({ emoji: [{ symbol: "🐱", description: "Cat" }] })
     expect(sasValuesOf({})).toBeUndefined()
@@ -60,11 +74,15 @@ describe("branded verification ids", () => {
   })
 
   it("sanitised user ids are always valid UserIds", () => {
-    for (const raw of ["@alice:example.org", "\u202e", "@a\u200b:b", "no id at all"]) expect(Schema.is(UserId)(sanitizeUserId(raw))).toBe(true)
+    for (const raw of ["@alice:example.org", "\u202e", "@a\u200b:b", "no id at all"]) {
+      expect(Schema.is(UserId)(sanitizeUserId(raw))).toBe(true)
+    }
   })
 
   it("an operator's target: trimmed, an empty device meaning the user, an invalid user id the 422", () => {
-    expect(verificationTarget(" @alice:example.org ", " PHONE ")).toEqual(Either.right({ userId: "@alice:example.org", deviceId: "PHONE" }))
+    expect(verificationTarget(" @alice:example.org ", " PHONE ")).toEqual(
+      Either.right({ userId: "@alice:example.org", deviceId: "PHONE" })
+    )
     expect(verificationTarget("@alice:example.org", "  ")).toEqual(Either.right({ userId: "@alice:example.org" }))
     expect(verificationTarget("@alice:example.org")).toEqual(Either.right({ userId: "@alice:example.org" }))
     const bad = verificationTarget("alice")

@@ -3,7 +3,14 @@
 import { Context, Duration, Effect, Option, Redacted, Schedule } from "effect"
 import * as sdk from "matrix-js-sdk"
 import type { Matrix } from "../../domain/config.js"
-import { type DeviceId, MatrixError, type MatrixErrorKind, TOKEN_REVOCATION_CODES, tokenRevoked, type UserId } from "../../domain/matrix.js"
+import {
+  type DeviceId,
+  MatrixError,
+  type MatrixErrorKind,
+  TOKEN_REVOCATION_CODES,
+  tokenRevoked,
+  type UserId
+} from "../../domain/matrix.js"
 import { describeSdkError as describe, errcodeOf, isTokenRejection } from "../../domain/sendError.js"
 import type { ConfigSecretsShape } from "../../services/ConfigSecrets.js"
 import { quietLogger } from "./logging.js"
@@ -45,7 +52,9 @@ const whoamiRetry = Schedule.exponential(Duration.seconds(1)).pipe(
   Schedule.intersect(Schedule.recurs(3)),
   Schedule.intersect(Schedule.identity<MatrixError | ProbeTransient>()),
   Schedule.modifyDelay(([, e], d) =>
-    Duration.millis(Math.min(Math.max(Duration.toMillis(d), e instanceof ProbeTransient ? retryAfterOf(e.cause) : 0), 3_600_000))
+    Duration.millis(
+      Math.min(Math.max(Duration.toMillis(d), e instanceof ProbeTransient ? retryAfterOf(e.cause) : 0), 3_600_000)
+    )
   )
 )
 
@@ -56,7 +65,10 @@ const whoamiAttempt = (client: sdk.MatrixClient) =>
       if (isTokenRejection(code)) return tokenRevoked(code!)
       const status = (e as { httpStatus?: number }).httpStatus
       if (code !== undefined && code !== "M_LIMIT_EXCEEDED" && status !== undefined && status < 500) {
-        return new MatrixError({ kind: "auth", message: `failed to authenticate Matrix client: ${describe(e)}. Check matrix.userId and the access token.` })
+        return new MatrixError({
+          kind: "auth",
+          message: `failed to authenticate Matrix client: ${describe(e)}. Check matrix.userId and the access token.`
+        })
       }
       return new ProbeTransient(e)
     })
@@ -72,7 +84,9 @@ const whoami = (baseUrl: string, userId: string, deviceId: string, token: Redact
         (e) =>
           fail(
             "auth-probe",
-            `transient Matrix auth probe failed: restored Matrix token could not be validated after 4 whoami() attempts: ${describe(e.cause)}. Check that the homeserver is reachable; the daemon retries at its next start.`
+            `transient Matrix auth probe failed: restored Matrix token could not be validated after 4 whoami() attempts: ${
+              describe(e.cause)
+            }. Check that the homeserver is reachable; the daemon retries at its next start.`
           )
       )
     )
@@ -100,13 +114,27 @@ const loginFailure = (e: unknown) => {
   const code = errcodeOf(e)
   if (code !== undefined && TOKEN_REVOCATION_CODES.has(code)) return tokenRevoked(code)
   if (code === undefined || code === "M_LIMIT_EXCEEDED") {
-    return new MatrixError({ kind: "auth-probe", message: `transient Matrix auth probe failed: ${describe(e)}. Check that the homeserver is reachable, then restart.` })
+    return new MatrixError({
+      kind: "auth-probe",
+      message: `transient Matrix auth probe failed: ${
+        describe(e)
+      }. Check that the homeserver is reachable, then restart.`
+    })
   }
-  return new MatrixError({ kind: "auth", message: `failed to authenticate Matrix client: ${describe(e)}. Check matrix.userId and matrix.password.` })
+  return new MatrixError({
+    kind: "auth",
+    message: `failed to authenticate Matrix client: ${describe(e)}. Check matrix.userId and matrix.password.`
+  })
 }
 
 /** First start with `matrix.password`: log in as a new device and write the token back (sealed). */
-const passwordLogin = (m: Matrix, baseUrl: string, userId: string, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv) =>
+const passwordLogin = (
+  m: Matrix,
+  baseUrl: string,
+  userId: string,
+  secrets: ConfigSecretsShape,
+  env: NodeJS.ProcessEnv
+) =>
   Effect.gen(function*() {
     // Checked before the homeserver is contacted: a token we cannot seal must never be minted.
     if ((env["CARAPACE_CONFIG_PASSWORD"] ?? "").trim() === "") {
@@ -161,7 +189,9 @@ const deviceHadKeys = (baseUrl: string, userId: string, deviceId: string, token:
     catch: (e) =>
       new MatrixError({
         kind: "auth-probe",
-        message: `checking the configured device's keys on the homeserver failed: ${describe(e)}. Check that the homeserver is reachable, then restart.`
+        message: `checking the configured device's keys on the homeserver failed: ${
+          describe(e)
+        }. Check that the homeserver is reachable, then restart.`
       })
   })
 
@@ -171,7 +201,15 @@ const deviceHadKeys = (baseUrl: string, userId: string, deviceId: string, token:
  * encrypting to the old one), so the daemon logs in as a NEW device with the password and logs the old
  * device out, or refuses when no password is available (reference recipes §5).
  */
-const replaceLostDevice = (m: Matrix, baseUrl: string, userId: string, deviceId: string, token: Redacted.Redacted<string>, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv) =>
+const replaceLostDevice = (
+  m: Matrix,
+  baseUrl: string,
+  userId: string,
+  deviceId: string,
+  token: Redacted.Redacted<string>,
+  secrets: ConfigSecretsShape,
+  env: NodeJS.ProcessEnv
+) =>
   Effect.gen(function*() {
     if (m.password === undefined || m.password === null) {
       return yield* fail(
@@ -186,8 +224,14 @@ const replaceLostDevice = (m: Matrix, baseUrl: string, userId: string, deviceId:
     const s = yield* passwordLogin(fresh, baseUrl, userId, secrets, env)
     // the old device's keys died with its store: remove it so senders stop encrypting to it (best effort)
     yield* Effect.tryPromise(() => probeClient(baseUrl, token).logout(true)).pipe(
-      Effect.tap(() => Effect.logInfo("Matrix: the lost device was logged out").pipe(Effect.annotateLogs({ oldDeviceId: deviceId }))),
-      Effect.catchAll(() => Effect.logWarning("Matrix: logging out the lost device failed; remove it in Element").pipe(Effect.annotateLogs({ oldDeviceId: deviceId })))
+      Effect.tap(() =>
+        Effect.logInfo("Matrix: the lost device was logged out").pipe(Effect.annotateLogs({ oldDeviceId: deviceId }))
+      ),
+      Effect.catchAll(() =>
+        Effect.logWarning("Matrix: logging out the lost device failed; remove it in Element").pipe(
+          Effect.annotateLogs({ oldDeviceId: deviceId })
+        )
+      )
     )
     return { baseUrl, ...s, mode: "password" } satisfies Credentials
   })
@@ -197,12 +241,22 @@ export const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS
   Effect.gen(function*() {
     const baseUrl = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
     const userId = (m.userId ?? "").trim()
-    if (baseUrl === "") return yield* fail("startup-failed", "matrix.homeserverUrl is required; set it (or MATRIX_HOMESERVER_URL) and restart.")
+    if (baseUrl === "") {
+      return yield* fail(
+        "startup-failed",
+        "matrix.homeserverUrl is required; set it (or MATRIX_HOMESERVER_URL) and restart."
+      )
+    }
     if (!/^@[^:]+:.+$/.test(userId)) {
-      return yield* fail("invalid-user-id", `matrix.userId must be a Matrix user id like @bot:example.com; set it and restart.`)
+      return yield* fail(
+        "invalid-user-id",
+        `matrix.userId must be a Matrix user id like @bot:example.com; set it and restart.`
+      )
     }
     const token = yield* secrets.secretOption("matrix.accessToken").pipe(
-      Effect.mapError((e) => new MatrixError({ kind: "auth", message: `matrix.accessToken cannot be read: ${e.message}` }))
+      Effect.mapError((e) =>
+        new MatrixError({ kind: "auth", message: `matrix.accessToken cannot be read: ${e.message}` })
+      )
     )
     if (Option.isSome(token)) {
       const deviceId = (m.deviceId ?? "").trim()
@@ -218,10 +272,19 @@ export const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS
       }
       yield* whoami(baseUrl, userId, deviceId, token.value)
       // both checked above: the user id's shape, and whoami confirmed the pair
-      return { baseUrl, userId: userId as UserId, deviceId: deviceId as DeviceId, accessToken: token.value, mode: "token" } satisfies Credentials
+      return {
+        baseUrl,
+        userId: userId as UserId,
+        deviceId: deviceId as DeviceId,
+        accessToken: token.value,
+        mode: "token"
+      } satisfies Credentials
     }
     if (m.password === undefined || m.password === null) {
-      return yield* fail("missing-credentials", "matrix accessToken or password is required; set matrix.password (first login) and restart.")
+      return yield* fail(
+        "missing-credentials",
+        "matrix accessToken or password is required; set matrix.password (first login) and restart."
+      )
     }
     const s = yield* passwordLogin(m, baseUrl, userId, secrets, env)
     return { baseUrl, ...s, mode: "password" } satisfies Credentials

@@ -62,7 +62,10 @@ const makeBackfill = Effect.gen(function*() {
       )
       const chunk = res.chunk ?? []
       for (const raw of chunk) {
-        if (raw.type === sdk.EventType.RoomMember && raw.state_key === me && (raw.content as { membership?: unknown })?.membership === "join") break pages
+        if (
+          raw.type === sdk.EventType.RoomMember && raw.state_key === me &&
+          (raw.content as { membership?: unknown })?.membership === "join"
+        ) break pages
         if (raw.event_id !== undefined && ledger.state(raw.event_id) !== undefined) break pages
         raws.push(raw)
       }
@@ -92,7 +95,11 @@ const makeBackfill = Effect.gen(function*() {
       yield* attempt.pipe(
         Effect.retry({ schedule: gapRetry(room.roomId), while: () => Effect.map(h.stopping, (s) => !s) }),
         Effect.catchAll((e) =>
-          Effect.logError(`Matrix back-fill of ${room.roomId} failed; events sent while the bot was away may be unanswered: ${describe(e)}`)
+          Effect.logError(
+            `Matrix back-fill of ${room.roomId} failed; events sent while the bot was away may be unanswered: ${
+              describe(e)
+            }`
+          )
         )
       )
     })
@@ -122,4 +129,3 @@ const makeBackfill = Effect.gen(function*() {
 })
 
 export const BackfillLive = Layer.effect(Backfill, makeBackfill)
-

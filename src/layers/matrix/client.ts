@@ -50,7 +50,11 @@ const settleSdkWork = async (client: sdk.MatrixClient): Promise<void> => {
   try {
     // getKeyBackupInfo awaits the first check (whether or not it is still running)
     await Promise.race([crypto.getKeyBackupInfo().catch(() => undefined), timeout])
-    for (let p = internal.backupManager?.keyBackupCheckInProgress; p && Date.now() < deadline; p = internal.backupManager?.keyBackupCheckInProgress) {
+    for (
+      let p = internal.backupManager?.keyBackupCheckInProgress;
+      p && Date.now() < deadline;
+      p = internal.backupManager?.keyBackupCheckInProgress
+    ) {
       await Promise.race([p.catch(() => undefined), timeout])
     }
   } finally {
@@ -78,7 +82,8 @@ const openSyncStore = (indexedDB: unknown, dbName: string, drain: () => Promise<
     const syncStore = new sdk.IndexedDBStore({ indexedDB: indexedDB as never, dbName })
     yield* Effect.tryPromise({
       try: () => syncStore.startup(),
-      catch: (e) => new MatrixError({ kind: "client-build", message: `failed to build Matrix client: sync store: ${describe(e)}` })
+      catch: (e) =>
+        new MatrixError({ kind: "client-build", message: `failed to build Matrix client: sync store: ${describe(e)}` })
     })
     const savedSyncToken = (yield* Effect.promise(() => syncStore.getSavedSyncToken())) ?? null
     const save = syncStore.save.bind(syncStore)
@@ -102,7 +107,9 @@ const initCrypto = (client: sdk.MatrixClient) =>
       catch: (e) =>
         new MatrixError({
           kind: "client-build",
-          message: `failed to build Matrix client: crypto store: ${describe(e)}. The store in ${stateDir.resolve("matrix")} belongs to another user or device, or is damaged; never reuse a device id with a fresh store.`
+          message: `failed to build Matrix client: crypto store: ${describe(e)}. The store in ${
+            stateDir.resolve("matrix")
+          } belongs to another user or device, or is damaged; never reuse a device id with a fresh store.`
         })
     })
   })
@@ -159,5 +166,8 @@ const makeClient = Effect.gen(function*() {
 
 /** The client for the life of the layer; it also provides the transport Outbound sends through. */
 export const MatrixClientLive = Layer.scopedContext(
-  Effect.map(makeClient, (c) => Context.make(MatrixClient, c).pipe(Context.add(MatrixTransport, sdkTransport(c.client))))
+  Effect.map(
+    makeClient,
+    (c) => Context.make(MatrixClient, c).pipe(Context.add(MatrixTransport, sdkTransport(c.client)))
+  )
 )

@@ -17,7 +17,11 @@ export const registerDlq = Effect.gen(function*() {
     if (yield* Ref.getAndSet(replaying, true)) return
     yield* Effect.forkIn(
       dlq.replayDue.pipe(
-        Effect.catchAll((e) => Effect.logWarning(`Matrix inbound DLQ replay failed: ${e.message}`).pipe(Effect.annotateLogs({ kind: e.kind }))),
+        Effect.catchAll((e) =>
+          Effect.logWarning(`Matrix inbound DLQ replay failed: ${e.message}`).pipe(
+            Effect.annotateLogs({ kind: e.kind })
+          )
+        ),
         Effect.ensuring(Ref.set(replaying, false))
       ),
       scope

@@ -29,7 +29,8 @@ export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
   const encryptedUnreadable = ev.getType() === sdk.EventType.RoomMessageEncrypted
   if (ev.getType() !== sdk.EventType.RoomMessage && !encryptedUnreadable) return undefined
   const content = ev.getContent() as Record<string, unknown>
-  const relation = ev.getRelation() ?? (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
+  const relation = ev.getRelation() ??
+    (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
   const mentions = content["m.mentions"] as { user_ids?: unknown } | undefined
   const threadId = relation?.rel_type === "m.thread" ? relation.event_id : undefined
   return {
@@ -41,7 +42,9 @@ export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
     body: typeof content["body"] === "string" ? content["body"] : "",
     ...(relation?.rel_type === undefined ? {} : { relType: relation.rel_type }),
     ...(threadId === undefined ? {} : { threadId }),
-    ...(Array.isArray(mentions?.user_ids) ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") } : {}),
+    ...(Array.isArray(mentions?.user_ids)
+      ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") }
+      : {}),
     encrypted: ev.isEncrypted()
   }
 }
@@ -115,7 +118,10 @@ const makeEvents = Effect.gen(function*() {
         return [true, next]
       }),
     count: Effect.map(Ref.get(held), (s) => s.size),
-    publish: Effect.flatMap(Ref.get(held), (s) => status.updateMatrix((x) => ({ ...x, undecryptableEventCount: s.size })))
+    publish: Effect.flatMap(
+      Ref.get(held),
+      (s) => status.updateMatrix((x) => ({ ...x, undecryptableEventCount: s.size }))
+    )
   }
 
   const offer = (ev: sdk.MatrixEvent, room: sdk.Room) =>

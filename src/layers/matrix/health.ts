@@ -96,7 +96,11 @@ export const watchSync = (afterSync: Effect.Effect<void>) =>
         // one /sync round trip, long-poll included; the first after an error would include the backoff
         if (r.cycleSeconds !== undefined) fork(metrics.observe("carapace_matrix_sync_cycle_seconds", r.cycleSeconds))
         if (r.clearedGiveUp) fork(Effect.logInfo("Matrix sync succeeded again; sync-loop-give-up cleared"))
-        fork(Effect.provide(survey, ctx).pipe(Effect.zipRight(r.recovered ? status.setState(CHANNEL_ID, "connected") : Effect.void)))
+        fork(
+          Effect.provide(survey, ctx).pipe(
+            Effect.zipRight(r.recovered ? status.setState(CHANNEL_ID, "connected") : Effect.void)
+          )
+        )
         if (yield* milestones.prepared) yield* afterSync
         if (fromServer) fork(inbound.replies.kick)
       })
@@ -116,7 +120,14 @@ export const watchSync = (afterSync: Effect.Effect<void>) =>
         })
         if (!isError) return
         fork(metrics.increment("carapace_matrix_sync_failures_total", { class: "transient" }))
-        if (r.becameSticky) fork(status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: `Matrix sync failed: ${describe(err)}` }))
+        if (r.becameSticky) {
+          fork(
+            status.setState(CHANNEL_ID, "error", {
+              kind: "sync-failed",
+              message: `Matrix sync failed: ${describe(err)}`
+            })
+          )
+        }
       })
 
     client.on(sdk.ClientEvent.Sync, (state, prev, data) => {
@@ -155,7 +166,12 @@ export const watchdog = (env: NodeJS.ProcessEnv) =>
       })
       if (v.stalled) {
         yield* Effect.logWarning("Matrix sync made no progress for 120 s; retrying now")
-        if (!wasGivenUp) yield* status.setState(CHANNEL_ID, "error", { kind: "sync-failed", message: "Matrix sync failed: no progress for 120 s" })
+        if (!wasGivenUp) {
+          yield* status.setState(CHANNEL_ID, "error", {
+            kind: "sync-failed",
+            message: "Matrix sync failed: no progress for 120 s"
+          })
+        }
         yield* metrics.observe("carapace_matrix_sync_cycle_seconds", SYNC_WATCHDOG_MS / 1000)
         client.retryImmediately()
       }

@@ -20,7 +20,9 @@ const joinRetry = (roomId: string) =>
   Schedule.identity<SendFailure>().pipe(
     Schedule.intersect(Schedule.recurs(JOIN_ATTEMPTS - 1)),
     Schedule.addDelay(([f, n]) => Duration.millis(joinDelayMs(f, n))),
-    Schedule.tapOutput(([f, n]) => Effect.logInfo(`joining ${roomId} failed (${f.detail}); retrying in ${joinDelayMs(f, n)} ms`))
+    Schedule.tapOutput(([f, n]) =>
+      Effect.logInfo(`joining ${roomId} failed (${f.detail}); retrying in ${joinDelayMs(f, n)} ms`)
+    )
   )
 
 type DropCounter = "peerDropAllowlistRejectionTotal" | "peerDropEncryptedRoomTotal"
@@ -41,10 +43,13 @@ export const watchInvites = Effect.gen(function*() {
     Effect.tryPromise({ try: () => client.joinRoom(room.roomId), catch: classifySendError }).pipe(
       Effect.retry({ schedule: joinRetry(room.roomId), while: (f) => f._tag === "Transient" }),
       Effect.matchEffect({
-        onSuccess: () => Effect.logInfo("auto-joined Matrix room invite").pipe(Effect.annotateLogs({ roomId: room.roomId, inviter })),
+        onSuccess: () =>
+          Effect.logInfo("auto-joined Matrix room invite").pipe(Effect.annotateLogs({ roomId: room.roomId, inviter })),
         onFailure: (f) =>
           Effect.logWarning(
-            `joining ${room.roomId} failed (${f.detail}${f._tag === "Terminal" ? "" : `, after ${JOIN_ATTEMPTS} attempts`}); the invite stays pending and is retried at the next start`
+            `joining ${room.roomId} failed (${f.detail}${
+              f._tag === "Terminal" ? "" : `, after ${JOIN_ATTEMPTS} attempts`
+            }); the invite stays pending and is retried at the next start`
           )
       })
     )
@@ -53,7 +58,9 @@ export const watchInvites = Effect.gen(function*() {
     Effect.gen(function*() {
       yield* Ref.update(declined, (s) => new Set(s).add(room.roomId))
       yield* status.updateMatrix((x) => ({ ...x, [counter]: x[counter] + 1 }))
-      yield* Effect.logInfo(`Matrix invite rejected: ${why}`).pipe(Effect.annotateLogs({ roomId: room.roomId, inviter: inviter ?? "unknown" }))
+      yield* Effect.logInfo(`Matrix invite rejected: ${why}`).pipe(
+        Effect.annotateLogs({ roomId: room.roomId, inviter: inviter ?? "unknown" })
+      )
       yield* Effect.tryPromise(() => client.leave(room.roomId)).pipe(
         Effect.catchAll((e) => Effect.logWarning(`declining the invite failed: ${describe(e)}`))
       )
@@ -63,10 +70,29 @@ export const watchInvites = Effect.gen(function*() {
     Effect.gen(function*() {
       if ((yield* Ref.get(declined)).has(room.roomId)) return
       const inviter = room.currentState.getMember(me)?.events.member?.getSender()
-      if (inviter === undefined) return yield* decline(room, inviter, "homeserver did not provide an inviter identity", "peerDropAllowlistRejectionTotal")
-      if (!allowsUser(allowlist, inviter)) return yield* decline(room, inviter, "inviter not in matrix.autoJoin allowlist", "peerDropAllowlistRejectionTotal")
+      if (inviter === undefined) {
+        return yield* decline(
+          room,
+          inviter,
+          "homeserver did not provide an inviter identity",
+          "peerDropAllowlistRejectionTotal"
+        )
+      }
+      if (!allowsUser(allowlist, inviter)) {
+        return yield* decline(
+          room,
+          inviter,
+          "inviter not in matrix.autoJoin allowlist",
+          "peerDropAllowlistRejectionTotal"
+        )
+      }
       if (!m.encrypted && room.hasEncryptionStateEvent()) {
-        return yield* decline(room, inviter, "room is encrypted and matrix.encrypted=false", "peerDropEncryptedRoomTotal")
+        return yield* decline(
+          room,
+          inviter,
+          "room is encrypted and matrix.encrypted=false",
+          "peerDropEncryptedRoomTotal"
+        )
       }
       yield* join(room, inviter)
     })
@@ -88,7 +114,11 @@ export const watchInvites = Effect.gen(function*() {
         ...x,
         peerDropEncryptedRoomTotal: x.peerDropEncryptedRoomTotal + 1,
         unsupportedInboundCount: x.unsupportedInboundCount + 1
-      })).pipe(Effect.zipRight(Effect.logWarning("Matrix room became encrypted while matrix.encrypted=false; it is unsupported")))
+      })).pipe(
+        Effect.zipRight(
+          Effect.logWarning("Matrix room became encrypted while matrix.encrypted=false; it is unsupported")
+        )
+      )
     )
   })
 

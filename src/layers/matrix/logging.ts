@@ -20,7 +20,8 @@ const fmt = (args: ReadonlyArray<unknown>): string =>
     .slice(0, 2000)
 
 export const makeSdkLogger = (runtime: Runtime.Runtime<never>, prefix = ""): SdkLogger => {
-  const debug = (...args: Array<unknown>) => Runtime.runFork(runtime)(Effect.logDebug(`matrix-sdk ${prefix}${fmt(args)}`))
+  const debug = (...args: Array<unknown>) =>
+    Runtime.runFork(runtime)(Effect.logDebug(`matrix-sdk ${prefix}${fmt(args)}`))
   return {
     trace: debug,
     debug,

@@ -25,7 +25,9 @@ export const makeResume = Effect.gen(function*() {
         const room = client.getRoom(roomId)
         return room === null ? Effect.void : events.offer(ev, room)
       }),
-      Effect.tap(() => Effect.logInfo("resuming an answer interrupted by a stop or crash").pipe(Effect.annotateLogs({ eventId }))),
+      Effect.tap(() =>
+        Effect.logInfo("resuming an answer interrupted by a stop or crash").pipe(Effect.annotateLogs({ eventId }))
+      ),
       Effect.catchAll((e) => Effect.logWarning(`resuming ${eventId} failed: ${describe(e)}`))
     )
 
@@ -36,7 +38,10 @@ export const makeResume = Effect.gen(function*() {
         Effect.flatMap((ev) => {
           const room = client.getRoom(roomId)
           if (ev.isDecryptionFailure() || room === null) return Effect.void
-          return events.utd.release(eventId).pipe(Effect.zipRight(inbound.utd.remove(eventId)), Effect.zipRight(events.offer(ev, room)))
+          return events.utd.release(eventId).pipe(
+            Effect.zipRight(inbound.utd.remove(eventId)),
+            Effect.zipRight(events.offer(ev, room))
+          )
         }),
         Effect.catchAll((e) => Effect.logWarning(`re-fetching held event ${eventId} failed: ${describe(e)}`))
       )
@@ -44,8 +49,10 @@ export const makeResume = Effect.gen(function*() {
     yield* events.utd.publish
   })
 
-  const resumeUnfinished = Effect.flatMap(inbound.unfinished, (rows) =>
-    Effect.forEach(rows, ({ eventId, roomId }) => resumeEvent(eventId, roomId), { discard: true }))
+  const resumeUnfinished = Effect.flatMap(
+    inbound.unfinished,
+    (rows) => Effect.forEach(rows, ({ eventId, roomId }) => resumeEvent(eventId, roomId), { discard: true })
+  )
 
   return { resumeEvent, resumeHeld, resumeUnfinished }
 })

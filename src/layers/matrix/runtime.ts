@@ -1,22 +1,22 @@
 // The Matrix runtime in one scope: the store and authentication, then the layer graph of the running
 // client (ledger, client + transport, outbound, inbound, the event handling), then the features in the
 // order the start-up sequence needs. Fails with a MatrixError (terminal) or runs until interrupted.
-import * as fs from "node:fs"
 import { Context, Deferred, Effect, Layer, Option, Ref } from "effect"
+import * as fs from "node:fs"
 import { allowsUser, normalizeAllowlist } from "../../domain/allowlist.js"
-import type { RecoveryKeyError } from "../../domain/recoveryKey.js"
 import { MATRIX_CHANNEL_ID as CHANNEL_ID, MatrixError, type MatrixErrorKind } from "../../domain/matrix.js"
+import type { RecoveryKeyError } from "../../domain/recoveryKey.js"
 import { describeSdkError as describe } from "../../domain/sendError.js"
+import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { ConfigSecrets } from "../../services/ConfigSecrets.js"
 import { Inbound, InboundHooks } from "../../services/Inbound.js"
 import { CurrentMatrixSession, type MatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
+import type { OutboundShape } from "../../services/Outbound.js"
+import { Outbound } from "../../services/Outbound.js"
 import { RecoveryKey } from "../../services/RecoveryKey.js"
-import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { StateDir } from "../../services/StateDir.js"
 import { StorePassphrase } from "../../services/StorePassphrase.js"
 import { Verification } from "../../services/Verification.js"
-import type { OutboundShape } from "../../services/Outbound.js"
-import { Outbound } from "../../services/Outbound.js"
 // By design the runtime is built on these layers: it composes them into the graph of its running client.
 import { CRYPTO_FILE, CryptoStoreLive } from "../CryptoStoreLive.js"
 import { InboundLive, LedgerLive } from "../InboundLive.js"
@@ -52,7 +52,10 @@ const STORE_OPEN_KINDS: ReadonlySet<string> = new Set([
 ])
 
 const storeOpenFailure = (e: { kind: string; message: string }) =>
-  new MatrixError({ kind: STORE_OPEN_KINDS.has(e.kind) ? e.kind as MatrixErrorKind : "client-build", message: e.message })
+  new MatrixError({
+    kind: STORE_OPEN_KINDS.has(e.kind) ? e.kind as MatrixErrorKind : "client-build",
+    message: e.message
+  })
 
 const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
   new MatrixError({
@@ -76,14 +79,19 @@ const openStoreAndAuthenticate = (env: NodeJS.ProcessEnv) =>
       ? { encrypted: true as const, passphrase: yield* passphrase.resolve.pipe(Effect.mapError(storeOpenFailure)) }
       : { encrypted: false as const }
     const tokenConfigured = m.accessToken !== undefined && m.accessToken !== null
-    const early = storeLost && tokenConfigured ? Option.some(yield* authenticate(m, secrets, env, true)) : Option.none<Credentials>()
+    const early = storeLost && tokenConfigured
+      ? Option.some(yield* authenticate(m, secrets, env, true))
+      : Option.none<Credentials>()
     const store = yield* Layer.build(CryptoStoreLive({ secret })).pipe(Effect.mapError(storeOpenFailure))
     const creds = Option.isSome(early) ? early.value : yield* authenticate(m, secrets, env)
     return { store, creds }
   })
 
 /** The running client's services, built in this order: ledger, client (+ transport), outbound, inbound, events. */
-const clientGraph = (creds: Credentials, resume: Deferred.Deferred<(eventId: string, roomId: string) => Effect.Effect<void>>) => {
+const clientGraph = (
+  creds: Credentials,
+  resume: Deferred.Deferred<(eventId: string, roomId: string) => Effect.Effect<void>>
+) => {
   const hooks = Layer.effect(
     InboundHooks,
     Effect.map(SyncHealthState, (h) => ({
@@ -92,7 +100,9 @@ const clientGraph = (creds: Credentials, resume: Deferred.Deferred<(eventId: str
     }))
   )
   const session = Layer.succeedContext(
-    Context.make(CurrentMatrixSession, { userId: creds.userId, deviceId: creds.deviceId }).pipe(Context.add(MatrixCredentials, creds))
+    Context.make(CurrentMatrixSession, { userId: creds.userId, deviceId: creds.deviceId }).pipe(
+      Context.add(MatrixCredentials, creds)
+    )
   )
   return BackfillLive.pipe(
     Layer.provideMerge(MatrixEventsLive),
@@ -129,7 +139,12 @@ const afterFirstSync = (creds: Credentials, joinPending: Effect.Effect<void>) =>
     }
     if (creds.mode === "password") {
       yield* secrets.removeMatrixPassword().pipe(
-        Effect.mapError((e) => new MatrixError({ kind: "token-persistence", message: `failed to remove matrix.password after login: ${e.message}` }))
+        Effect.mapError((e) =>
+          new MatrixError({
+            kind: "token-persistence",
+            message: `failed to remove matrix.password after login: ${e.message}`
+          })
+        )
       )
     }
     // the start-up sequence is over (`cara verify` waits for this, issue 17.6)
@@ -142,7 +157,12 @@ const afterFirstSync = (creds: Credentials, joinPending: Effect.Effect<void>) =>
   })
 
 /** The features on the running client, in the order of the start-up sequence; runs until the terminal error. */
-const runFeatures = (env: NodeJS.ProcessEnv, creds: Credentials, refs: RuntimeRefs, resumeHook: Deferred.Deferred<(eventId: string, roomId: string) => Effect.Effect<void>>) =>
+const runFeatures = (
+  env: NodeJS.ProcessEnv,
+  creds: Credentials,
+  refs: RuntimeRefs,
+  resumeHook: Deferred.Deferred<(eventId: string, roomId: string) => Effect.Effect<void>>
+) =>
   Effect.gen(function*() {
     const m = yield* MatrixSettings
     const { client, freshStore } = yield* MatrixClient
@@ -160,15 +180,23 @@ const runFeatures = (env: NodeJS.ProcessEnv, creds: Credentials, refs: RuntimeRe
     // SAS verification flows (issue 10): the registry listens to this client for the life of the runtime
     if (m.encrypted) {
       const allowlist = normalizeAllowlist(m.autoJoin)
-      yield* verification.attach({ client, botUserId: creds.userId, isAllowed: (u) => allowsUser(allowlist, u), trackUsers: allowlist.allowUsers })
+      yield* verification.attach({
+        client,
+        botUserId: creds.userId,
+        isAllowed: (u) => allowsUser(allowlist, u),
+        trackUsers: allowlist.allowUsers
+      })
     }
     yield* status.setState(CHANNEL_ID, "connected")
     yield* Effect.tryPromise({
       try: () => client.startClient({ initialSyncLimit: 20 }),
-      catch: (e) => new MatrixError({ kind: "startup-failed", message: `Matrix runtime startup failed: ${describe(e)}` })
+      catch: (e) =>
+        new MatrixError({ kind: "startup-failed", message: `Matrix runtime startup failed: ${describe(e)}` })
     })
     yield* milestones.firstSync
-    yield* Effect.logInfo("Matrix client synced").pipe(Effect.annotateLogs({ userId: creds.userId, deviceId: creds.deviceId, freshStore }))
+    yield* Effect.logInfo("Matrix client synced").pipe(
+      Effect.annotateLogs({ userId: creds.userId, deviceId: creds.deviceId, freshStore })
+    )
     yield* watchdog(env)
     yield* afterFirstSync(creds, joinPending)
     yield* survey

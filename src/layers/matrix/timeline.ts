@@ -46,7 +46,9 @@ export const watchTimeline = Effect.gen(function*() {
       h.track(run(
         inbound.utd.remove(id).pipe(
           Effect.zipRight(events.utd.publish),
-          Effect.zipRight(Effect.logInfo("Matrix event decrypted after its key arrived").pipe(Effect.annotateLogs({ eventId: id }))),
+          Effect.zipRight(
+            Effect.logInfo("Matrix event decrypted after its key arrived").pipe(Effect.annotateLogs({ eventId: id }))
+          ),
           Effect.zipRight(room ? events.offer(ev, room) : Effect.void)
         )
       ))
