@@ -146,11 +146,8 @@ const topLevelFindings = (config: CaraConfig, raw: JsonObject): Array<ConfigFind
 /** homeserverUrl, userId, deviceId of an enabled channel. */
 const matrixIdentityFindings = (m: MatrixConfig): Array<ConfigFinding> => {
   const out: Array<ConfigFinding> = []
-  if (m.homeserverUrl === undefined) {
-    out.push(
-      err(".matrix.homeserverUrl", "homeserverUrl is required when matrix is enabled (or set MATRIX_HOMESERVER_URL)")
-    )
-  } else {
+  // homeserverUrl may be omitted: the daemon then discovers it from the user id (.well-known/matrix/client)
+  if (m.homeserverUrl !== undefined) {
     const p = homeserverUrlProblem(m.homeserverUrl)
     if (p !== undefined) out.push(err(".matrix.homeserverUrl", p))
   }

@@ -85,7 +85,11 @@ const answersClientApi = (baseUrl: string) =>
  * publishes none, the server name itself) and confirmed by `/_matrix/client/versions`. For `cara setup`,
  * and for the daemon when `matrix.homeserverUrl` is omitted.
  */
-export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(function*(userId: string) {
+export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(function*(
+  userId: string,
+  /** how the operator gives the URL instead: a flag for `cara setup`, a config key for the daemon */
+  explicitly = "--homeserver https://matrix.example.org"
+) {
   const server = serverNameOf(userId)
   if (server === undefined) {
     return yield* discoveryError(
@@ -103,7 +107,7 @@ export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(fun
     if ("problem" in parsed) {
       return yield* discoveryError(
         "homeserver-discovery-failed",
-        `${url} is not usable: ${parsed.problem}. Fix it, or give the homeserver URL explicitly (--homeserver).`
+        `${url} is not usable: ${parsed.problem}. Fix it, or give the homeserver URL explicitly (${explicitly}).`
       )
     }
     candidate = parsed.baseUrl
@@ -112,7 +116,7 @@ export const resolveHomeserverUrl = Effect.fn("Matrix.resolveHomeserverUrl")(fun
   if (!(yield* answersClientApi(candidate))) {
     return yield* discoveryError(
       "homeserver-discovery-failed",
-      `could not find the homeserver of ${userId}: ${via} does not answer the Matrix client API. Give the homeserver URL explicitly (--homeserver https://matrix.example.org).`
+      `could not find the homeserver of ${userId}: ${via} does not answer the Matrix client API. Give the homeserver URL explicitly (${explicitly}).`
     )
   }
   return candidate

@@ -15,6 +15,7 @@ import {
 } from "../domain/recoveryKey.js"
 import type { StateFileErrorKind } from "../domain/stateFiles.js"
 import { LOCK_FILE, MARKER_FILE, PASSPHRASE_FILE, PENDING_FILE } from "../domain/storePassphrase.js"
+import { resolveHomeserverUrl } from "../domain/wellKnown.js"
 import { type ConfigEnv, type ConfigSnapshot, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { CRYPTO_FILE, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { SqliteFile, type StoreSecret } from "../layers/durable-idb/sqliteFile.js"
@@ -649,170 +650,178 @@ const field = (v: unknown, ...keys: Array<string>): unknown =>
     v
   )
 
-const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeoutMs: number) =>
+/** The base URL doctor probes: matrix.homeserverUrl, or the one discovery finds (as the daemon does). */
+const homeserverBase = (m: NonNullable<ConfigSnapshot["config"]["matrix"]>) => {
+  const configured = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
+  if (configured !== "") return Effect.succeed(Either.right({ base: configured, via: "" }))
+  return resolveHomeserverUrl(m.userId ?? "", "set matrix.homeserverUrl").pipe(
+    Effect.map((base) => ({ base, via: " (discovered through .well-known: matrix.homeserverUrl is not set)" })),
+    Effect.mapError((e) => e.message),
+    Effect.either
+  )
+}
+
+/** `/_matrix/client/versions` answers. */
+const reachabilityCheck = (base: string, via: string, timeoutMs: number) =>
   Effect.gen(function*() {
-    const out: Array<Finding> = []
-    const m = snap.config.matrix
-    const ids = ["homeserver", "token", "cross-signing", "backup"]
-    if (m === undefined || m === null || !m.enabled) return ids.map((c) => skip(c, "matrix is not enabled"))
-    if (m.homeserverUrl === undefined || m.homeserverUrl === "" || hasErrors(snap.findings)) {
-      return ids.map((c) => skip(c, "the config has errors; fix them first"))
-    }
-    const base = m.homeserverUrl.replace(/\/+$/, "")
     const versions = yield* Effect.either(request(`${base}/_matrix/client/versions`, timeoutMs))
     if (
       Either.isLeft(versions) || versions.right.status !== 200 || !Array.isArray(field(versions.right.json, "versions"))
     ) {
-      out.push(fail(
+      return fail(
         "homeserver",
         `${base} is not reachable as a Matrix homeserver (${
           Either.isLeft(versions) ? versions.left : `HTTP ${versions.right.status}`
         })`,
         "check matrix.homeserverUrl (scheme and host only), DNS, TLS and the firewall; `curl <url>/_matrix/client/versions` must answer",
         "sync-failed"
-      ))
-      return [...out, ...ids.slice(1).map((c) => skip(c, "the homeserver is not reachable"))]
-    }
-    out.push(
-      ok(
-        "homeserver",
-        `${base} answers (${(field(versions.right.json, "versions") as Array<unknown>).length} spec versions)`
       )
-    )
+    }
+    const count = (field(versions.right.json, "versions") as Array<unknown>).length
+    return ok("homeserver", `${base} answers (${count} spec versions)${via}`)
+  })
 
+type Matrix = NonNullable<ConfigSnapshot["config"]["matrix"]>
+
+/** The token check; `auth` is set when the token is valid enough to probe further. */
+const tokenCheck = (snap: ConfigSnapshot, m: Matrix, base: string, timeoutMs: number) =>
+  Effect.gen(function*() {
     const slot = snap.secrets.get("matrix.accessToken")
     if (slot === undefined || slot.state !== "open") {
-      const why = slot === undefined
-        ? "no access token yet: the first start logs in with matrix.password and writes the token back"
-        : "the access token is sealed and CARAPACE_CONFIG_PASSWORD does not open it"
-      return [
-        ...out,
-        (slot === undefined
-          ? skip
-          : (c: string, msg: string) => fail(c, msg, "export CARAPACE_CONFIG_PASSWORD", "config-secret-locked"))(
-            "token",
-            why
-          ),
-        skip("cross-signing", "needs the access token"),
-        skip("backup", "needs the access token")
-      ]
+      const finding = slot === undefined
+        ? skip("token", "no access token yet: the first start logs in with matrix.password and writes the token back")
+        : fail(
+          "token",
+          "the access token is sealed and CARAPACE_CONFIG_PASSWORD does not open it",
+          "export CARAPACE_CONFIG_PASSWORD",
+          "config-secret-locked"
+        )
+      return { findings: [finding, ...needs("the access token")], auth: undefined }
     }
     const token = Redacted.value(slot.value)
     const whoami = yield* Effect.either(request(`${base}/_matrix/client/v3/account/whoami`, timeoutMs, { token }))
     if (Either.isLeft(whoami)) {
-      return [
-        ...out,
-        fail("token", `whoami failed: ${whoami.left}`, "check the network, then rerun `cara doctor`", "auth-probe"),
-        skip("cross-signing", "needs a valid token"),
-        skip("backup", "needs a valid token")
-      ]
+      const finding = fail(
+        "token",
+        `whoami failed: ${whoami.left}`,
+        "check the network, then rerun `cara doctor`",
+        "auth-probe"
+      )
+      return { findings: [finding, ...needs("a valid token")], auth: undefined }
     }
     if (whoami.right.status !== 200) {
       const errcode = String(field(whoami.right.json, "errcode") ?? `HTTP ${whoami.right.status}`)
-      return [
-        ...out,
-        fail(
-          "token",
-          `the homeserver refuses the access token (${errcode})`,
-          "mint a new token: remove matrix.accessToken and matrix.deviceId, set matrix.password for one start, and restart; or put a fresh token and its device id in the config",
-          "auth-token-revoked"
-        ),
-        skip("cross-signing", "needs a valid token"),
-        skip("backup", "needs a valid token")
-      ]
+      const finding = fail(
+        "token",
+        `the homeserver refuses the access token (${errcode})`,
+        "mint a new token: remove matrix.accessToken and matrix.deviceId, set matrix.password for one start, and restart; or put a fresh token and its device id in the config",
+        "auth-token-revoked"
+      )
+      return { findings: [finding, ...needs("a valid token")], auth: undefined }
     }
     const userId = String(field(whoami.right.json, "user_id") ?? "")
-    const deviceId = field(whoami.right.json, "device_id")
-    if (m.userId !== undefined && userId !== m.userId) {
-      out.push(
-        fail(
-          "token",
-          `the token belongs to ${userId}, not to matrix.userId ${m.userId}`,
-          "put the token of the configured account in the config, or fix matrix.userId",
-          "auth-session-user-mismatch"
-        )
-      )
-    } else if (m.deviceId !== undefined && typeof deviceId === "string" && deviceId !== m.deviceId) {
-      out.push(
-        fail(
-          "token",
-          `the token is for device ${deviceId}, not matrix.deviceId ${m.deviceId}`,
-          "set matrix.deviceId to the token's device, or mint a token for the configured device",
-          "auth-session-device-mismatch"
-        )
-      )
-    } else {
-      out.push(
-        ok(
-          "token",
-          `the access token is valid for ${userId}${typeof deviceId === "string" ? ` (device ${deviceId})` : ""}`
-        )
-      )
-    }
+    return { findings: [tokenOwner(m, userId, field(whoami.right.json, "device_id"))], auth: { token, userId } }
+  })
 
+const needs = (what: string) => [skip("cross-signing", `needs ${what}`), skip("backup", `needs ${what}`)]
+
+/** Whether the token belongs to the configured account and device. */
+const tokenOwner = (m: Matrix, userId: string, deviceId: unknown): Finding => {
+  if (m.userId !== undefined && userId !== m.userId) {
+    return fail(
+      "token",
+      `the token belongs to ${userId}, not to matrix.userId ${m.userId}`,
+      "put the token of the configured account in the config, or fix matrix.userId",
+      "auth-session-user-mismatch"
+    )
+  }
+  if (m.deviceId !== undefined && typeof deviceId === "string" && deviceId !== m.deviceId) {
+    return fail(
+      "token",
+      `the token is for device ${deviceId}, not matrix.deviceId ${m.deviceId}`,
+      "set matrix.deviceId to the token's device, or mint a token for the configured device",
+      "auth-session-device-mismatch"
+    )
+  }
+  return ok(
+    "token",
+    `the access token is valid for ${userId}${typeof deviceId === "string" ? ` (device ${deviceId})` : ""}`
+  )
+}
+
+/** The account's cross-signing identity on the server, and the installation's recovery key. */
+const crossSigningCheck = (base: string, timeoutMs: number, token: string, userId: string, stateDir: StateDirShape) =>
+  Effect.gen(function*() {
     const keys = yield* Effect.either(
       request(`${base}/_matrix/client/v3/keys/query`, timeoutMs, { token, body: { device_keys: { [userId]: [] } } })
     )
     if (Either.isLeft(keys) || keys.right.status !== 200) {
-      out.push(
-        warn(
-          "cross-signing",
-          `keys/query failed (${Either.isLeft(keys) ? keys.left : `HTTP ${keys.right.status}`})`,
-          "rerun `cara doctor`; if it persists, check the homeserver",
-          "recovery-state-probe-failed"
-        )
+      return warn(
+        "cross-signing",
+        `keys/query failed (${Either.isLeft(keys) ? keys.left : `HTTP ${keys.right.status}`})`,
+        "rerun `cara doctor`; if it persists, check the homeserver",
+        "recovery-state-probe-failed"
       )
-    } else if (field(keys.right.json, "master_keys", userId) === undefined) {
-      out.push(
-        warn(
-          "cross-signing",
-          `${userId} has no cross-signing identity on the server`,
-          "start the daemon with matrix.password set once: it bootstraps cross-signing and writes matrix/recovery_key"
-        )
-      )
-    } else if (!exists(stateDir.resolve(KEY_FILE))) {
-      out.push(
-        warn(
-          "cross-signing",
-          `${userId} is cross-signed, but this installation has no matrix/recovery_key`,
-          "restore the saved key with `cara matrix recovery-key restore --key-file FILE` (daemon stopped)"
-        )
-      )
-    } else {
-      out.push(yield* recoveryKeyCheck(base, timeoutMs, token, userId, stateDir.resolve(KEY_FILE)))
     }
+    if (field(keys.right.json, "master_keys", userId) === undefined) {
+      return warn(
+        "cross-signing",
+        `${userId} has no cross-signing identity on the server`,
+        "start the daemon with matrix.password set once: it bootstraps cross-signing and writes matrix/recovery_key"
+      )
+    }
+    if (!exists(stateDir.resolve(KEY_FILE))) {
+      return warn(
+        "cross-signing",
+        `${userId} is cross-signed, but this installation has no matrix/recovery_key`,
+        "restore the saved key with `cara matrix recovery-key restore --key-file FILE` (daemon stopped)"
+      )
+    }
+    return yield* recoveryKeyCheck(base, timeoutMs, token, userId, stateDir.resolve(KEY_FILE))
+  })
 
+/** The server-side key backup. */
+const backupCheck = (base: string, timeoutMs: number, token: string) =>
+  Effect.gen(function*() {
     const backup = yield* Effect.either(request(`${base}/_matrix/client/v3/room_keys/version`, timeoutMs, { token }))
-    if (Either.isLeft(backup)) {
-      out.push(
-        warn(
-          "backup",
-          `room_keys/version failed (${backup.left})`,
-          "rerun `cara doctor`; if it persists, check the homeserver"
-        )
-      )
-    } else if (backup.right.status === 200) {
-      out.push(
-        ok("backup", `server-side key backup version ${String(field(backup.right.json, "version") ?? "?")} exists`)
-      )
-    } else if (backup.right.status === 404) {
-      out.push(
-        warn(
-          "backup",
-          "no server-side key backup",
-          "start the daemon with the recovery key in place: it creates the backup; without one, history is lost with the device"
-        )
-      )
-    } else {
-      out.push(
-        warn(
-          "backup",
-          `room_keys/version answered HTTP ${backup.right.status}`,
-          "rerun `cara doctor`; if it persists, check the homeserver"
-        )
+    const again = "rerun `cara doctor`; if it persists, check the homeserver"
+    if (Either.isLeft(backup)) return warn("backup", `room_keys/version failed (${backup.left})`, again)
+    if (backup.right.status === 200) {
+      return ok("backup", `server-side key backup version ${String(field(backup.right.json, "version") ?? "?")} exists`)
+    }
+    if (backup.right.status === 404) {
+      return warn(
+        "backup",
+        "no server-side key backup",
+        "start the daemon with the recovery key in place: it creates the backup; without one, history is lost with the device"
       )
     }
-    return out
+    return warn("backup", `room_keys/version answered HTTP ${backup.right.status}`, again)
+  })
+
+const homeserverChecks = (snap: ConfigSnapshot, stateDir: StateDirShape, timeoutMs: number) =>
+  Effect.gen(function*() {
+    const m = snap.config.matrix
+    const ids = ["homeserver", "token", "cross-signing", "backup"]
+    if (m === undefined || m === null || !m.enabled) return ids.map((c) => skip(c, "matrix is not enabled"))
+    if (hasErrors(snap.findings)) return ids.map((c) => skip(c, "the config has errors; fix them first"))
+    const found = yield* homeserverBase(m)
+    if (Either.isLeft(found)) {
+      const finding = fail("homeserver", found.left, "set matrix.homeserverUrl (scheme and host only)", "sync-failed")
+      return [finding, ...ids.slice(1).map((c) => skip(c, "the homeserver is not known"))]
+    }
+    const { base, via } = found.right
+    const reach = yield* reachabilityCheck(base, via, timeoutMs)
+    if (reach.status === "error") return [reach, ...ids.slice(1).map((c) => skip(c, "the homeserver is not reachable"))]
+    const token = yield* tokenCheck(snap, m, base, timeoutMs)
+    if (token.auth === undefined) return [reach, ...token.findings]
+    const { token: t, userId } = token.auth
+    return [
+      reach,
+      ...token.findings,
+      yield* crossSigningCheck(base, timeoutMs, t, userId, stateDir),
+      yield* backupCheck(base, timeoutMs, t)
+    ]
   })
 
 // ---------------------------------------------------------------------------------------------------------

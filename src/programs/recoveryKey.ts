@@ -16,6 +16,7 @@ import {
   stateIo
 } from "../domain/recoveryKey.js"
 import type { EncryptedStateIoError, RekeyLockHeldError } from "../domain/storePassphrase.js"
+import { resolveHomeserverUrl } from "../domain/wellKnown.js"
 import { makeCryptoStore } from "../layers/CryptoStoreLive.js"
 import {
   fileAudit,
@@ -196,6 +197,11 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
         "Matrix recovery configuration precondition failed: rotation needs the persisted access token and device id; start the daemon once so it logs in, stop it, then rerun."
       )
     }
+    const baseUrl = (m.homeserverUrl ?? "").trim() !== ""
+      ? m.homeserverUrl!
+      : yield* resolveHomeserverUrl(m.userId ?? "", "set matrix.homeserverUrl").pipe(
+        Effect.mapError((e) => recoveryError("recovery-config-precondition", e.message))
+      )
     const passphrase = yield* sp.resolve.pipe(Effect.mapError((e) => stateIo(e.message)))
     const store = yield* makeCryptoStore({
       secret: { encrypted: true, passphrase }
@@ -229,7 +235,7 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
     const client = yield* Effect.acquireRelease(
       Effect.sync(() =>
         sdk.createClient({
-          baseUrl: m.homeserverUrl!,
+          baseUrl,
           userId: m.userId!,
           deviceId,
           accessToken: Redacted.value(token.value),

@@ -23,6 +23,8 @@ export interface BotOptions {
   /** extra `matrix.*` members, as JSON5 text (e.g. `encrypted: false,`) */
   readonly matrixExtra?: string
   readonly env?: Record<string, string>
+  /** leave matrix.homeserverUrl out: the daemon discovers it from the user id */
+  readonly omitHomeserverUrl?: boolean
 }
 
 export class Bot {
@@ -132,7 +134,7 @@ export const makeBot = async (hs: SharedSynapse, llm: FakeLlmServer, options: Bo
   gateway: { port: 0, bind: "loopback", auth: { mode: "token", token: "\${CARAPACE_GATEWAY_TOKEN}" } },
   matrix: {
     enabled: true,
-    homeserverUrl: ${json(hs.baseUrl)},
+    ${options.omitHomeserverUrl === true ? "" : `homeserverUrl: ${json(hs.baseUrl)},`}
     userId: ${json(user.userId)},
     // first login only
     password: "\${MATRIX_PASSWORD}",

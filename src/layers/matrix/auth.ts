@@ -12,6 +12,7 @@ import {
   type UserId
 } from "../../domain/matrix.js"
 import { describeSdkError as describe, errcodeOf, isTokenRejection } from "../../domain/sendError.js"
+import { resolveHomeserverUrl } from "../../domain/wellKnown.js"
 import type { ConfigSecretsShape } from "../../services/ConfigSecrets.js"
 import { quietLogger } from "./logging.js"
 
@@ -236,23 +237,39 @@ const replaceLostDevice = (
     return { baseUrl, ...s, mode: "password" } satisfies Credentials
   })
 
+/** Retries of the `.well-known` discovery at start (a homeserver that is restarting answers again soon). */
+const DISCOVERY_RETRY = Schedule.exponential(Duration.seconds(2)).pipe(Schedule.intersect(Schedule.recurs(5)))
+
+/**
+ * The homeserver's base URL: `matrix.homeserverUrl` when set, otherwise discovered from the user id through
+ * `.well-known/matrix/client` (the server name itself when none is published), as `cara setup` does.
+ */
+const homeserverOf = (m: Matrix, userId: string) => {
+  const configured = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
+  if (configured !== "") return Effect.succeed(configured)
+  return resolveHomeserverUrl(userId, "set matrix.homeserverUrl or MATRIX_HOMESERVER_URL and restart").pipe(
+    Effect.retry({ schedule: DISCOVERY_RETRY, while: (e) => e.kind === "homeserver-discovery-failed" }),
+    Effect.tap((url) => Effect.logInfo(`matrix.homeserverUrl is not set; discovered ${url} for ${userId}`)),
+    Effect.mapError((e) =>
+      new MatrixError({
+        kind: "startup-failed",
+        message: `matrix.homeserverUrl is not set and discovery failed: ${e.message}`
+      })
+    )
+  )
+}
+
 /** `storeLost`: the crypto store of the configured device is gone (see replaceLostDevice). */
 export const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv, storeLost = false) =>
   Effect.gen(function*() {
-    const baseUrl = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
     const userId = (m.userId ?? "").trim()
-    if (baseUrl === "") {
-      return yield* fail(
-        "startup-failed",
-        "matrix.homeserverUrl is required; set it (or MATRIX_HOMESERVER_URL) and restart."
-      )
-    }
     if (!/^@[^:]+:.+$/.test(userId)) {
       return yield* fail(
         "invalid-user-id",
         `matrix.userId must be a Matrix user id like @bot:example.com; set it and restart.`
       )
     }
+    const baseUrl = yield* homeserverOf(m, userId)
     const token = yield* secrets.secretOption("matrix.accessToken").pipe(
       Effect.mapError((e) =>
         new MatrixError({ kind: "auth", message: `matrix.accessToken cannot be read: ${e.message}` })

@@ -32,7 +32,15 @@ export interface StartSynapseOptions {
   readonly strictMessageRateLimit?: { readonly perSecond: number; readonly burst: number }
   /** forwarded to provisionSynapse */
   readonly provision?: ProvisionOptions
+  /**
+   * name the server by its own address (`127.0.0.1:<port>`) instead of `localhost`, so that a user id's server
+   * name leads to this homeserver (server discovery, `.well-known` tests)
+   */
+  readonly serverNameIsAddress?: boolean
 }
+
+const serverNameFor = (port: number, options: StartSynapseOptions) =>
+  options.serverNameIsAddress === true ? `127.0.0.1:${port}` : SERVER_NAME
 
 export interface SynapseServer {
   readonly baseUrl: string
@@ -76,7 +84,7 @@ const renderConfig = (
 ): string => {
   const strict = options.strictMessageRateLimit
   const config = {
-    server_name: SERVER_NAME,
+    server_name: serverNameFor(port, options),
     public_baseurl: `http://127.0.0.1:${port}/`,
     report_stats: false,
     listeners: [{
@@ -89,7 +97,7 @@ const renderConfig = (
     }],
     database: { name: "sqlite3", args: { database: path.join(dataDir, "homeserver.db") } },
     media_store_path: path.join(dataDir, "media"),
-    signing_key_path: path.join(dataDir, `${SERVER_NAME}.signing.key`),
+    signing_key_path: path.join(dataDir, "server.signing.key"),
     registration_shared_secret: secrets.registration,
     enable_registration: false,
     macaroon_secret_key: secrets.macaroon,
@@ -263,7 +271,7 @@ const startOnce = async (python: string, version: string, options: StartSynapseO
 
   return {
     baseUrl,
-    serverName: SERVER_NAME,
+    serverName: serverNameFor(port, options),
     registrationSecret: secrets.registration,
     synapseVersion: version,
     adminToken: admin.accessToken,
