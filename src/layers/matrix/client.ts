@@ -11,6 +11,7 @@ import { RecoveryKey } from "../../services/RecoveryKey.js"
 import { StateDir } from "../../services/StateDir.js"
 import { HTTP_TIMEOUT_MS, MatrixCredentials } from "./auth.js"
 import { makeSdkLogger } from "./logging.js"
+import { gateSyncCrypto } from "./syncCrypto.js"
 import { sdkTransport } from "./transport.js"
 
 export interface MatrixClientShape {
@@ -112,6 +113,9 @@ const initCrypto = (client: sdk.MatrixClient) =>
           } belongs to another user or device, or is damaged; never reuse a device id with a fresh store.`
         })
     })
+    if (gateSyncCrypto(client) === undefined) {
+      yield* Effect.logDebug("the SDK's processSyncChanges is not where expected: every sync goes to the crypto")
+    }
   })
 
 const makeClient = Effect.gen(function*() {
