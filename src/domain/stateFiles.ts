@@ -6,7 +6,7 @@ import { Schema } from "effect"
  * refuses to start with it, `cara doctor` reports it, and nothing is overwritten: each message names the
  * file and the remedy (restore from a backup, or the documented way to start over).
  */
-export const StateFileErrorKind = Schema.Literal(
+export const STATE_FILE_ERROR_KINDS = [
   "crypto-store-corrupt",
   "state-store-corrupt",
   "inbound-ledger-corrupt",
@@ -14,7 +14,8 @@ export const StateFileErrorKind = Schema.Literal(
   "installation-id-missing",
   "installation-id",
   "encrypted-state-io"
-)
+] as const
+export const StateFileErrorKind = Schema.Literal(...STATE_FILE_ERROR_KINDS)
 export type StateFileErrorKind = typeof StateFileErrorKind.Type
 
 export class StateFileError extends Schema.TaggedError<StateFileError>()("StateFileError", {
