@@ -73,4 +73,15 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
     })
     expect(JSON.stringify(llm().requests.at(-1)?.body)).toContain("follow-up in the thread")
   }, 180_000)
+
+  it("answers /help in the encrypted DM with the command list, without calling the model", async () => {
+    const { alice, bot, roomId } = await setup()
+    const before = llm().requests.length
+    const sent = await alice.sendText(roomId, "/help")
+    const reply = await replyTo(alice, bot, roomId, sent)
+    expect(reply.encrypted).toBe(true)
+    for (const name of ["/help", "/model", "/new"]) expect(reply.body).toContain(name)
+    expect(reply.content["formatted_body"]).toContain("<li><code>/model</code>")
+    expect(llm().requests.length).toBe(before)
+  }, 180_000)
 })
