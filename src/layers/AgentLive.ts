@@ -24,7 +24,7 @@ import {
   type Usage,
   userReply
 } from "../domain/agent.js"
-import { helpReply, modelReply, parseCommand } from "../domain/commands.js"
+import { helpReply, modelReply, parseCommand, withoutMention } from "../domain/commands.js"
 import type { AgentSpec, CaraConfig, SecretRef } from "../domain/config.js"
 import { redactSecrets, registerSecret } from "../domain/redact.js"
 import {
@@ -343,7 +343,7 @@ const makeTurn = (deps: TurnDeps) => {
         }
 
         const text = input.text.trim()
-        const command = parseCommand(text)
+        const command = parseCommand(text, { userId: input.botUserId })
         if (command !== undefined && command._tag !== "New") {
           const reply = commandReply(deps.settings, input.roomId, command._tag === "Help")
           return Stream.make<Array<TurnEvent>>({ _tag: "Command", text: reply })
@@ -353,7 +353,7 @@ const makeTurn = (deps: TurnDeps) => {
           yield* Effect.logInfo("conversation reset").pipe(
             Effect.annotateLogs({ service: "Agent", roomId: input.roomId })
           )
-          const rest = text.slice(4).trim()
+          const rest = withoutMention(text, { userId: input.botUserId }).slice(4).trim()
           if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
           return yield* startTurn(deps, input, rest)
         }

@@ -455,10 +455,11 @@ interface AnswerDeps {
   readonly attemptFailed: (r: OutboundReply, detail: string) => Effect.Effect<void>
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly reactions: LifecycleReactions | undefined
+  readonly botUserId: string
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
-const answering = ({ agent, attemptFailed, commit, outbound, reactions, replies }: AnswerDeps) => {
+const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
@@ -468,7 +469,14 @@ const answering = ({ agent, attemptFailed, commit, outbound, reactions, replies 
       const working = reactions === undefined ? Option.none() : yield* reactions.working(ev.roomId, ev.eventId)
       const outcome = yield* outbound.whileTyping(
         ev.roomId,
-        agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
+        agent.reply({
+          roomId: ev.roomId,
+          eventId: ev.eventId,
+          senderId: ev.sender,
+          text: ev.body,
+          isGroup,
+          botUserId
+        })
       )
       const reply: OutboundReply = {
         roomId: ev.roomId,
@@ -526,7 +534,15 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
     yield* refreshPending
 
-    const answerCore = answering({ agent, attemptFailed, commit, outbound, reactions: deps.reactions, replies })
+    const answerCore = answering({
+      agent,
+      attemptFailed,
+      botUserId: deps.gate.botUserId,
+      commit,
+      outbound,
+      reactions: deps.reactions,
+      replies
+    })
 
     const answer = (ev: InboundEvent, isGroup: boolean) =>
       answerCore(ev, isGroup).pipe(

@@ -15,6 +15,8 @@ export interface TurnInput {
   readonly text: string
   /** More than one human in the room: the model is told who says what. */
   readonly isGroup: boolean
+  /** The bot's MXID: a command after a mention of the bot (`cara: /help`) is still a command. */
+  readonly botUserId?: string | undefined
 }
 
 /**

@@ -137,4 +137,28 @@ describe("Agent chat commands", () => {
         })
       )
     }))
+
+  it.scopedLive("in a group, a command after a mention of the bot is still a command", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const ant = yield* fakeAnthropic
+      const group = (text: string): TurnInput => ({ ...msg(text, "!grp:hs"), isGroup: true, botUserId: "@cara:hs" })
+      yield* withAgent(
+        dir,
+        settingsWith(ant),
+        Effect.gen(function*() {
+          expect(yield* reply(group("cara: /help"))).toEqual({ _tag: "Command", text: helpReply() })
+          expect((yield* reply(group("@cara:hs /model")))._tag).toBe("Command")
+          expect(ant.requests).toHaveLength(0)
+          yield* reply(group("cara: remember 7"))
+          yield* reply(group("@cara:hs /new what now?"))
+          const sent = ant.requests.at(-1)!.body.messages
+          expect(sent).toHaveLength(1)
+          expect(JSON.stringify(sent[0])).toContain("what now?")
+          expect(JSON.stringify(sent)).not.toContain("remember 7")
+          // someone else's name is not the bot's: an ordinary message
+          expect((yield* reply(group("bob: /help")))._tag).toBe("Completed")
+        })
+      )
+    }))
 })
