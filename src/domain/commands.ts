@@ -43,12 +43,18 @@ const stripMention = (text: string, botUserId: string | undefined, botNames: Rea
   return text
 }
 
+/** `text` without a leading mention of the bot (what a command is parsed from). */
+export const withoutMention = (
+  text: string,
+  bot: { readonly userId?: string | undefined; readonly names?: ReadonlyArray<string> } = {}
+): string => stripMention(text.trim(), bot.userId, bot.names ?? []).trim()
+
 /** The command in `text`, or undefined when it is an ordinary message. */
 export const parseCommand = (
   text: string,
-  bot: { readonly userId?: string; readonly names?: ReadonlyArray<string> } = {}
+  bot: { readonly userId?: string | undefined; readonly names?: ReadonlyArray<string> } = {}
 ): Command | undefined => {
-  const body = stripMention(text.trim(), bot.userId, bot.names ?? []).trim()
+  const body = withoutMention(text, bot)
   const m = /^\/(help|model|new)(?:\s|$)/i.exec(body)
   if (m === null) return undefined
   switch (m[1]!.toLowerCase()) {

@@ -178,6 +178,8 @@ export const Matrix = Schema.Struct({
     nullable: true,
     default: () => "mention" as const
   }),
+  /** Lifecycle reactions on the question (👀 while working, ❌ on failure); off by default. */
+  reactions: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => false }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })

@@ -24,6 +24,7 @@ import {
   type Usage,
   userReply
 } from "../domain/agent.js"
+import { helpReply, modelReply, parseCommand, withoutMention } from "../domain/commands.js"
 import type { AgentSpec, CaraConfig, SecretRef } from "../domain/config.js"
 import { redactSecrets, registerSecret } from "../domain/redact.js"
 import {
@@ -175,7 +176,14 @@ const GROUP_NOTE = "This is a group chat: each user message starts with the send
 export const NEW_CONVERSATION_REPLY = "🆕 Started a new conversation. Earlier messages in this room are forgotten."
 const EMPTY_ANSWER_REPLY = "(The model returned an empty answer. Try rephrasing, or send /new to start over.)"
 
-const isNewCommand = (text: string) => /^\/new(\s|$)/i.test(text)
+/** The answer to `/help` or `/model`, which never reach the model or the room's history. */
+const commandReply = (settings: AgentSettings, roomId: string, help: boolean): string => {
+  if (help) return helpReply()
+  const profile = resolveAgent(settings, roomId)
+  return Option.isSome(profile)
+    ? modelReply(formatModel(profile.value.model), profile.value.name)
+    : modelReply(undefined, undefined)
+}
 
 // The last stop before the room, the DLQ and the status API: whatever a provider or library put into
 // the error, no configured secret leaves in it.
@@ -335,12 +343,17 @@ const makeTurn = (deps: TurnDeps) => {
         }
 
         const text = input.text.trim()
-        if (isNewCommand(text)) {
+        const command = parseCommand(text, { userId: input.botUserId })
+        if (command !== undefined && command._tag !== "New") {
+          const reply = commandReply(deps.settings, input.roomId, command._tag === "Help")
+          return Stream.make<Array<TurnEvent>>({ _tag: "Command", text: reply })
+        }
+        if (command?._tag === "New") {
           yield* deps.sessions.reset(input.roomId)
           yield* Effect.logInfo("conversation reset").pipe(
             Effect.annotateLogs({ service: "Agent", roomId: input.roomId })
           )
-          const rest = text.slice(4).trim()
+          const rest = withoutMention(text, { userId: input.botUserId }).slice(4).trim()
           if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
           return yield* startTurn(deps, input, rest)
         }

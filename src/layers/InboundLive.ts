@@ -19,9 +19,11 @@ import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatu
 import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../services/MatrixSync.js"
+import { MatrixTransport } from "../services/MatrixTransport.js"
 import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
+import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -213,6 +215,8 @@ export interface InboundDeps {
   }
   /** `matrix.inboundBudget`; the defaults of domain/inboundBudget.ts when absent. */
   readonly budget?: InboundBudgetSpec
+  /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
+  readonly reactions?: LifecycleReactions | undefined
 }
 
 /** Rooms × senders told at most once per run why a device is not answered (bounded like the buckets). */
@@ -450,19 +454,29 @@ interface AnswerDeps {
   readonly replies: ReplyRetry
   readonly attemptFailed: (r: OutboundReply, detail: string) => Effect.Effect<void>
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
+  readonly reactions: LifecycleReactions | undefined
+  readonly botUserId: string
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
-const answering = ({ agent, attemptFailed, commit, outbound, replies }: AnswerDeps) => {
+const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId })
       )
       yield* testSessionWriteFault
+      const working = reactions === undefined ? Option.none() : yield* reactions.working(ev.roomId, ev.eventId)
       const outcome = yield* outbound.whileTyping(
         ev.roomId,
-        agent.reply({ roomId: ev.roomId, eventId: ev.eventId, senderId: ev.sender, text: ev.body, isGroup })
+        agent.reply({
+          roomId: ev.roomId,
+          eventId: ev.eventId,
+          senderId: ev.sender,
+          text: ev.body,
+          isGroup,
+          botUserId
+        })
       )
       const reply: OutboundReply = {
         roomId: ev.roomId,
@@ -483,6 +497,9 @@ const answering = ({ agent, attemptFailed, commit, outbound, replies }: AnswerDe
       yield* testFault("after-reply-before-commit")
       yield* commit(ev.eventId, ids)
       yield* outbound.readReceipt(ev.roomId, ev.eventId)
+      if (reactions !== undefined) {
+        yield* reactions.answered(ev.roomId, ev.eventId, working, outcome._tag === "Failed")
+      }
       yield* Effect.logInfo(`Matrix message answered (${ids.length} event${ids.length === 1 ? "" : "s"})`).pipe(
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
       )
@@ -517,7 +534,15 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
     yield* refreshPending
 
-    const answerCore = answering({ agent, attemptFailed, commit, outbound, replies })
+    const answerCore = answering({
+      agent,
+      attemptFailed,
+      botUserId: deps.gate.botUserId,
+      commit,
+      outbound,
+      reactions: deps.reactions,
+      replies
+    })
 
     const answer = (ev: InboundEvent, isGroup: boolean) =>
       answerCore(ev, isGroup).pipe(
@@ -635,6 +660,7 @@ export const InboundLive = Layer.scoped(
         requireCrossSignedSenders: m.requireCrossSignedSenders
       },
       budget: budgetSpec(m.inboundBudget),
+      ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
       ledger: yield* LedgerTag,
       agent: yield* Agent,
       outbound: yield* Outbound,

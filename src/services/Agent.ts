@@ -15,11 +15,13 @@ export interface TurnInput {
   readonly text: string
   /** More than one human in the room: the model is told who says what. */
   readonly isGroup: boolean
+  /** The bot's MXID: a command after a mention of the bot (`cara: /help`) is still a command. */
+  readonly botUserId?: string | undefined
 }
 
 /**
  * What a turn produces, in order: zero or more `Delta`s (the answer as it streams), then exactly one
- * final event. `Completed.text` / `Failed.text` / `Reset.text` is the whole reply to post; after a
+ * final event. `Completed.text` / `Failed.text` / `Reset.text` / `Command.text` is the whole reply to post; after a
  * `Failed`, deltas already shown should be replaced by it.
  */
 export type TurnEvent =
@@ -35,6 +37,8 @@ export type TurnEvent =
   }
   | { readonly _tag: "Failed"; readonly text: string; readonly error: AgentError }
   | { readonly _tag: "Reset"; readonly text: string }
+  /** The answer to a chat command (`/help`, `/model`): no model call, nothing stored in the history. */
+  | { readonly _tag: "Command"; readonly text: string }
 
 export type TurnOutcome = Exclude<TurnEvent, { readonly _tag: "Delta" }>
 

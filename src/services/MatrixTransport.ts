@@ -11,6 +11,10 @@ export interface MatrixTransportShape {
   ) => Promise<string>
   readonly typing: (roomId: string, on: boolean, timeoutMs: number) => Promise<void>
   readonly receipt: (roomId: string, eventId: string) => Promise<void>
+  /** Sends (or re-sends, same `txnId`) one `m.reaction`; resolves with its event id. */
+  readonly react?: (roomId: string, content: Record<string, unknown>, txnId: string) => Promise<string>
+  /** Redacts one of the bot's own events (a reaction). */
+  readonly redact?: (roomId: string, eventId: string, txnId: string) => Promise<void>
   /** `undefined` when the bot has not joined the room. */
   readonly room: (roomId: string) => { readonly encrypted: boolean } | undefined
 }

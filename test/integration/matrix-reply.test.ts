@@ -73,4 +73,42 @@ describeSynapse("Matrix: typing, read receipts and threads (real daemon)", (hs) 
     })
     expect(JSON.stringify(llm().requests.at(-1)?.body)).toContain("follow-up in the thread")
   }, 180_000)
+
+  it("answers /help in the encrypted DM with the command list, without calling the model", async () => {
+    const { alice, bot, roomId } = await setup()
+    const before = llm().requests.length
+    const sent = await alice.sendText(roomId, "/help")
+    const reply = await replyTo(alice, bot, roomId, sent)
+    expect(reply.encrypted).toBe(true)
+    for (const name of ["/help", "/model", "/new"]) expect(reply.body).toContain(name)
+    expect(reply.content["formatted_body"]).toContain("<li><code>/model</code>")
+    expect(llm().requests.length).toBe(before)
+  }, 180_000)
+
+  it("with matrix.reactions: 👀 on the question while working, removed when answered; ❌ on failure", async () => {
+    const alice = await world.human()
+    const bot = await world.bot({ allowUsers: [alice.userId], matrixExtra: "reactions: true," })
+    await bot.start()
+    const roomId = await world.dm(alice, bot)
+    const fromBot = (key: string, on: string) => (ev: { sender: string; content: Record<string, unknown> }) => {
+      const rel = ev.content["m.relates_to"] as { rel_type?: string; event_id?: string; key?: string } | undefined
+      return ev.sender === bot.user.userId && rel?.rel_type === "m.annotation" && rel.event_id === on &&
+        rel.key === key
+    }
+    let release = () => {}
+    const held = new Promise<void>((r) => (release = r))
+    llm().enqueue({ type: "text", chunks: ["fine"], until: held })
+    const sent = await alice.sendText(roomId, "are you there?")
+    const eyes = await alice.waitForRoomEvent(roomId, "m.reaction", fromBot("👀", sent), 30_000)
+    release()
+    const reply = await replyTo(alice, bot, roomId, sent)
+    expect(reply.body).toBe("fine")
+    await alice.waitForRoomEvent(roomId, "m.room.redaction", (ev) => ev.redacts === eyes.eventId, 30_000)
+
+    llm().enqueue({ type: "error", status: 400, errorType: "invalid_request_error", message: "bad request" })
+    const failing = await alice.sendText(roomId, "this one fails")
+    await replyTo(alice, bot, roomId, failing)
+    const cross = await alice.waitForRoomEvent(roomId, "m.reaction", fromBot("❌", failing), 30_000)
+    expect(cross.sender).toBe(bot.user.userId)
+  }, 180_000)
 })

@@ -5,6 +5,7 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { allowsUser, normalizeAllowlist, serverNameOf } from "../../src/domain/allowlist.js"
+import { chunkContents, messageContent, renderMarkdown, splitMessage } from "../../src/domain/markdown.js"
 import type { InboundEvent } from "../../src/domain/matrix.js"
 import {
   type GateContext,
@@ -13,16 +14,7 @@ import {
   MAX_BODY_BYTES,
   openLedger
 } from "../../src/layers/InboundLive.js"
-import {
-  chunkContents,
-  classifySendError,
-  makeOutbound,
-  type MatrixTransport,
-  messageContent,
-  renderMarkdown,
-  splitMessage,
-  txnIdFor
-} from "../../src/layers/OutboundLive.js"
+import { classifySendError, makeOutbound, type MatrixTransport, txnIdFor } from "../../src/layers/OutboundLive.js"
 import type { RoomFacts } from "../../src/services/Inbound.js"
 import { tmpDir } from "../support/tmp.js"
 

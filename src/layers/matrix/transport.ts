@@ -15,6 +15,13 @@ export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => 
     const r = await client.sendEvent(roomId, threadId, sdk.EventType.RoomMessage, content as never, txnId)
     return r.event_id
   },
+  react: async (roomId, content, txnId) => {
+    const r = await client.sendEvent(roomId, null, sdk.EventType.Reaction, content as never, txnId)
+    return r.event_id
+  },
+  redact: async (roomId, eventId, txnId) => {
+    await client.redactEvent(roomId, null, eventId, txnId)
+  },
   typing: async (roomId, on, timeoutMs) => {
     await client.sendTyping(roomId, on, timeoutMs)
   },
