@@ -15,11 +15,19 @@ export type EventId = typeof EventId.Type
 export const DeviceId = Schema.NonEmptyString.pipe(Schema.brand("DeviceId"))
 export type DeviceId = typeof DeviceId.Type
 
+/**
+ * The ids of an event from the SDK or a stored record, branded once where they enter (a checked decode:
+ * `None` when one of them is not a Matrix id).
+ */
+export const decodeEventIds = Schema.decodeUnknownOption(
+  Schema.Struct({ eventId: EventId, roomId: RoomId, sender: UserId, threadId: Schema.optional(EventId) })
+)
+
 /** A decrypted (or plain) `m.room.message` as the inbound pipeline sees it. */
 export const InboundEvent = Schema.Struct({
-  eventId: Schema.String,
-  roomId: Schema.String,
-  sender: Schema.String,
+  eventId: EventId,
+  roomId: RoomId,
+  sender: UserId,
   /** `origin_server_ts` (server clock, used for the history cut-offs). */
   ts: Schema.Number,
   msgtype: Schema.optional(Schema.String),
@@ -27,8 +35,8 @@ export const InboundEvent = Schema.Struct({
   /** `m.relates_to.rel_type` (`m.replace`, `m.thread`, ...). */
   relType: Schema.optional(Schema.String),
   /** The thread root when the message is in a thread. */
-  threadId: Schema.optional(Schema.String),
-  /** `m.mentions.user_ids`, when the sender's client set it. */
+  threadId: Schema.optional(EventId),
+  /** `m.mentions.user_ids`, when the sender's client set it (as sent: not checked to be user ids). */
   mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
   encrypted: Schema.Boolean,
   /**
@@ -105,6 +113,13 @@ export const TOKEN_REVOCATION_CODES: ReadonlySet<string> = new Set([
 
 /** The channel id of the Matrix runtime in the channel status. */
 export const MATRIX_CHANNEL_ID = "matrix"
+
+/** The bot is not in the room (also: the room id is not one). */
+export const roomNotFound = (roomId: string) =>
+  new MatrixError({
+    kind: "room-not-found",
+    message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.`
+  })
 
 /** The error of a token the homeserver rejected for good (`auth-token-revoked`). */
 export const tokenRevoked = (code: string) =>

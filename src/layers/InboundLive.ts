@@ -11,7 +11,7 @@ import {
   refusalNoticeText
 } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
-import { MatrixError } from "../domain/matrix.js"
+import { decodeEventIds, MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
@@ -367,6 +367,21 @@ interface DlqHandlerDeps {
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
 }
 
+type ReplayIds = Pick<InboundEvent, "eventId" | "roomId" | "sender" | "threadId">
+
+/** A DLQ record's ids, branded (a checked decode: a record whose ids are not Matrix ids is not replayed). */
+const recordIds = (r: DlqRecord): Effect.Effect<ReplayIds, DlqError> =>
+  decodeEventIds({
+    eventId: r.eventId,
+    roomId: r.roomId,
+    sender: r.senderId,
+    ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+  }).pipe(
+    Effect.mapError(() =>
+      new DlqError({ kind: "dlq-dispatch-failure", message: "the record's Matrix ids are malformed" })
+    )
+  )
+
 /** What DLQ replay hands back: an inbound record answered in the foreground, an outbound one re-sent. */
 const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLock }: DlqHandlerDeps) => {
   // DLQ replay: the same handling in the foreground, so the record is removed only once it is durable.
@@ -383,16 +398,14 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
         try: () => ledger.claim(r.eventId, r.roomId, Date.now()),
         catch: (e) => busy(`inbound ledger: ${String(e)}`)
       })
+      const ids = yield* recordIds(r)
       inProgress.add(r.eventId)
       const ev: InboundEvent = {
-        eventId: r.eventId,
-        roomId: r.roomId,
-        sender: r.senderId,
+        ...ids,
         ts: r.receivedAt,
         msgtype: "m.text",
         body: r.text,
-        encrypted: true,
-        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+        encrypted: true
       }
       yield* answerCore(ev, r.isGroup ?? false).pipe(
         Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
@@ -404,29 +417,26 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
 
   // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
   const resend = (r: DlqRecord) =>
-    outbound.reply(
-      {
-        roomId: r.roomId,
-        text: r.text,
-        inReplyTo: r.eventId,
-        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
-      },
-      { attempts: 3 }
-    ).pipe(
-      Effect.flatMap((ids) => commit(r.eventId, ids)),
-      Effect.mapError((e) =>
-        new DlqError({
-          kind: "dlq-dispatch-failure",
-          message: `re-sending the answer failed (${e.kind}): ${e.message}`
-        })
-      ),
-      Effect.catchAllDefect((d) =>
-        Effect.fail(
-          new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` })
+    Effect.flatMap(recordIds(r), ({ eventId, roomId, threadId }) =>
+      outbound.reply(
+        { roomId, text: r.text, inReplyTo: eventId, ...(threadId === undefined ? {} : { threadId }) },
+        { attempts: 3 }
+      ).pipe(
+        Effect.flatMap((ids) => commit(r.eventId, ids)),
+        Effect.mapError((e) =>
+          new DlqError({
+            kind: "dlq-dispatch-failure",
+            message: `re-sending the answer failed (${e.kind}): ${e.message}`
+          })
+        ),
+        Effect.catchAllDefect((d) =>
+          Effect.fail(
+            new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` })
+          )
         )
-      ),
-      Effect.withSpan("Inbound.resend")
-    )
+      )).pipe(
+        Effect.withSpan("Inbound.resend")
+      )
 
   return { redeliver, resend }
 }
