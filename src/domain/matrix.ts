@@ -1,5 +1,5 @@
 import { Schema } from "effect"
-import { RECOVERY_RUNTIME_KINDS } from "./recoveryKey.js"
+import { RECOVERY_RUNTIME_KINDS, type RecoveryKeyError } from "./recoveryKey.js"
 
 /**
  * Matrix domain: branded ids, the inbound event record handed from the sync loop to the inbound
@@ -126,4 +126,11 @@ export const tokenRevoked = (code: string) =>
   new MatrixError({
     kind: "auth-token-revoked",
     message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`
+  })
+
+/** A recovery-key failure as the Matrix runtime reports it (channel `error`, `lastErrorKind`). */
+export const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
+  new MatrixError({
+    kind: e.kind === "recovery-key-invalid" || e.kind === "recovery-key-refused" ? "recovery-state-io" : e.kind,
+    message: e.message
   })
