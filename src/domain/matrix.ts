@@ -23,6 +23,9 @@ export const decodeEventIds = Schema.decodeUnknownOption(
   Schema.Struct({ eventId: EventId, roomId: RoomId, sender: UserId, threadId: Schema.optional(EventId) })
 )
 
+/** An event's id and room, branded (a ledger row, an undecryptable SDK event): `None` when one does not decode. */
+export const decodeRoomEvent = Schema.decodeUnknownOption(Schema.Struct({ eventId: EventId, roomId: RoomId }))
+
 /** A decrypted (or plain) `m.room.message` as the inbound pipeline sees it. */
 export const InboundEvent = Schema.Struct({
   eventId: EventId,

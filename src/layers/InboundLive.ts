@@ -11,7 +11,7 @@ import {
   refusalNoticeText
 } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
-import { decodeEventIds, MatrixError } from "../domain/matrix.js"
+import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
@@ -441,6 +441,17 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
   return { redeliver, resend }
 }
 
+/** Ledger rows with their ids branded; a row whose ids are not Matrix ids is left out (and logged). */
+const brandedRows = (read: () => ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>) =>
+  Effect.gen(function*() {
+    const rows = read()
+    const branded = rows.flatMap((row) => Option.toArray(decodeRoomEvent(row)))
+    if (branded.length < rows.length) {
+      yield* Effect.logWarning(`inbound ledger: ${rows.length - branded.length} row(s) with malformed ids skipped`)
+    }
+    return branded
+  })
+
 /** One semaphore per room: answers in a room run one at a time, rooms do not wait for each other. */
 const roomLocks = () => {
   const rooms = new Map<string, Effect.Semaphore>()
@@ -587,7 +598,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
 
     const { redeliver, resend } = dlqHandlers({ answerCore, commit, inProgress, ledger, outbound, roomLock })
 
-    const isCommitted = (eventId: string) =>
+    const isCommitted = (eventId: EventId) =>
       Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
 
     return {
@@ -596,11 +607,11 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       resend,
       replies: { start: replies.start, kick: replies.kick },
       isCommitted,
-      unfinished: Effect.sync(() => ledger.unfinished()),
+      unfinished: brandedRows(() => ledger.unfinished()),
       utd: {
         add: (eventId, roomId) => Effect.sync(() => ledger.utdAdd(eventId, roomId, Date.now())),
         remove: (eventId) => Effect.sync(() => ledger.utdRemove(eventId)),
-        list: Effect.sync(() => ledger.utdList())
+        list: brandedRows(() => ledger.utdList())
       }
     } satisfies InboundShape
   })

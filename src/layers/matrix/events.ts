@@ -4,7 +4,7 @@ import { Context, Effect, Layer, Option, Ref } from "effect"
 import * as sdk from "matrix-js-sdk"
 import { EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { RoomFacts } from "../../domain/inboundGate.js"
-import { decodeEventIds, type InboundEvent } from "../../domain/matrix.js"
+import { decodeEventIds, decodeRoomEvent, type InboundEvent } from "../../domain/matrix.js"
 import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
@@ -147,11 +147,13 @@ const makeEvents = Effect.gen(function*() {
       if (m.encrypted && (ev.isBeingDecrypted() || ev.shouldAttemptDecryption())) {
         yield* Effect.tryPromise({ try: () => client.decryptEventIfNeeded(ev), catch: (e) => e })
       }
-      const id = ev.getId()
-      if (m.encrypted && ev.isDecryptionFailure() && id !== undefined) {
+      // an event whose ids do not decode is not held: offer drops and counts it
+      const ids = decodeRoomEvent({ eventId: ev.getId(), roomId: room.roomId })
+      if (m.encrypted && ev.isDecryptionFailure() && Option.isSome(ids)) {
+        const id = ids.value.eventId
         // held until its key arrives (MatrixEventEvent.Decrypted, timeline.ts), also across restarts
         yield* utd.hold(id)
-        yield* inbound.utd.add(id, room.roomId).pipe(Effect.zipRight(utd.publish))
+        yield* inbound.utd.add(id, ids.value.roomId).pipe(Effect.zipRight(utd.publish))
         yield* Effect.logInfo("Matrix event not decryptable yet; held until its key arrives").pipe(
           Effect.annotateLogs({ eventId: id, roomId: room.roomId, reason: String(ev.decryptionFailureReason) })
         )
