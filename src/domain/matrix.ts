@@ -1,5 +1,5 @@
 import { Schema } from "effect"
-import { RECOVERY_RUNTIME_KINDS } from "./recoveryKey.js"
+import { RECOVERY_RUNTIME_KINDS, type RecoveryKeyError } from "./recoveryKey.js"
 
 /**
  * Matrix domain: branded ids, the inbound event record handed from the sync loop to the inbound
@@ -15,11 +15,22 @@ export type EventId = typeof EventId.Type
 export const DeviceId = Schema.NonEmptyString.pipe(Schema.brand("DeviceId"))
 export type DeviceId = typeof DeviceId.Type
 
+/**
+ * The ids of an event from the SDK or a stored record, branded once where they enter (a checked decode:
+ * `None` when one of them is not a Matrix id).
+ */
+export const decodeEventIds = Schema.decodeUnknownOption(
+  Schema.Struct({ eventId: EventId, roomId: RoomId, sender: UserId, threadId: Schema.optional(EventId) })
+)
+
+/** An event's id and room, branded (a ledger row, an undecryptable SDK event): `None` when one does not decode. */
+export const decodeRoomEvent = Schema.decodeUnknownOption(Schema.Struct({ eventId: EventId, roomId: RoomId }))
+
 /** A decrypted (or plain) `m.room.message` as the inbound pipeline sees it. */
 export const InboundEvent = Schema.Struct({
-  eventId: Schema.String,
-  roomId: Schema.String,
-  sender: Schema.String,
+  eventId: EventId,
+  roomId: RoomId,
+  sender: UserId,
   /** `origin_server_ts` (server clock, used for the history cut-offs). */
   ts: Schema.Number,
   msgtype: Schema.optional(Schema.String),
@@ -27,8 +38,8 @@ export const InboundEvent = Schema.Struct({
   /** `m.relates_to.rel_type` (`m.replace`, `m.thread`, ...). */
   relType: Schema.optional(Schema.String),
   /** The thread root when the message is in a thread. */
-  threadId: Schema.optional(Schema.String),
-  /** `m.mentions.user_ids`, when the sender's client set it. */
+  threadId: Schema.optional(EventId),
+  /** `m.mentions.user_ids`, when the sender's client set it (as sent: not checked to be user ids). */
   mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
   encrypted: Schema.Boolean,
   /**
@@ -106,9 +117,23 @@ export const TOKEN_REVOCATION_CODES: ReadonlySet<string> = new Set([
 /** The channel id of the Matrix runtime in the channel status. */
 export const MATRIX_CHANNEL_ID = "matrix"
 
+/** The bot is not in the room (also: the room id is not one). */
+export const roomNotFound = (roomId: string) =>
+  new MatrixError({
+    kind: "room-not-found",
+    message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.`
+  })
+
 /** The error of a token the homeserver rejected for good (`auth-token-revoked`). */
 export const tokenRevoked = (code: string) =>
   new MatrixError({
     kind: "auth-token-revoked",
     message: `Matrix access token rejected by homeserver: ${code} (${TOKEN_REVOKED_HINT})`
+  })
+
+/** A recovery-key failure as the Matrix runtime reports it (channel `error`, `lastErrorKind`). */
+export const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
+  new MatrixError({
+    kind: e.kind === "recovery-key-invalid" || e.kind === "recovery-key-refused" ? "recovery-state-io" : e.kind,
+    message: e.message
   })

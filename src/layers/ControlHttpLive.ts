@@ -5,7 +5,7 @@ import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Exit, Layer, Option, Schema } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option, Schema } from "effect"
 import { createServer } from "node:http"
 import type { Socket } from "node:net"
 import {
@@ -35,7 +35,7 @@ import type { ChannelInfo } from "../domain/channel.js"
 import type { DlqError, DlqRecordNotFound } from "../domain/dlq.js"
 import { bindToHost } from "../domain/gateway.js"
 import { verificationTarget, type VerificationUnavailable } from "../domain/verification.js"
-import { Audit } from "../services/Audit.js"
+import { Audit, type AuditShape } from "../services/Audit.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { Dlq, type DlqSelector, type DlqShape } from "../services/Dlq.js"
@@ -223,7 +223,33 @@ const MatrixLive = HttpApiBuilder.group(CaraApi, "matrix", (handlers) =>
       }))
   }))
 
-// The DLQ endpoints answer `matrix-runtime-unavailable` when no Dlq is provided (gateway-only tests).
+/**
+ * What the gateway answers from besides its own services: the DLQ, the verification registry and the audit
+ * log. Each is an explicit requirement; the daemon provides all three (GatewayBackendsLive, from Dlq,
+ * Verification and Audit), and a gateway without them (the gateway-only tests) says so with the
+ * `…Unavailable` layers: its DLQ and verification endpoints then answer 503 and no audit line is written.
+ */
+export class GatewayDlq extends Context.Tag("cara/gateway/Dlq")<GatewayDlq, Option.Option<DlqShape>>() {}
+export class GatewayVerification
+  extends Context.Tag("cara/gateway/Verification")<GatewayVerification, Option.Option<VerificationShape>>()
+{}
+export class GatewayAudit extends Context.Tag("cara/gateway/Audit")<GatewayAudit, Option.Option<AuditShape>>() {}
+
+export const GatewayDlqLive = Layer.effect(GatewayDlq, Effect.map(Dlq, Option.some))
+export const GatewayVerificationLive = Layer.effect(GatewayVerification, Effect.map(Verification, Option.some))
+export const GatewayAuditLive = Layer.effect(GatewayAudit, Effect.map(Audit, Option.some))
+export const GatewayBackendsLive = Layer.mergeAll(GatewayDlqLive, GatewayVerificationLive, GatewayAuditLive)
+
+export const GatewayDlqUnavailable = Layer.succeed(GatewayDlq, Option.none())
+export const GatewayVerificationUnavailable = Layer.succeed(GatewayVerification, Option.none())
+export const GatewayAuditUnavailable = Layer.succeed(GatewayAudit, Option.none())
+export const GatewayBackendsUnavailable = Layer.mergeAll(
+  GatewayDlqUnavailable,
+  GatewayVerificationUnavailable,
+  GatewayAuditUnavailable
+)
+
+// The DLQ endpoints answer `matrix-runtime-unavailable` when the gateway has no DLQ (GatewayDlqUnavailable).
 const dlqUnavailable = (e: DlqError) => new ServiceUnavailable({ kind: e.kind, message: e.message })
 const dlqLookup = (e: DlqError | DlqRecordNotFound): NotFound | ServiceUnavailable =>
   e._tag === "DlqRecordNotFound" ? new NotFound({ kind: e.kind, message: e.message }) : dlqUnavailable(e)
@@ -234,7 +260,7 @@ const dlqReplayFailure = (e: DlqError | DlqRecordNotFound): NotFound | BadGatewa
 
 const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
   Effect.gen(function*() {
-    const found = yield* Effect.serviceOption(Dlq)
+    const found = yield* GatewayDlq
     const withDlq = <A, E>(f: (dlq: DlqShape) => Effect.Effect<A, E>) =>
       Option.match(found, {
         onNone: () =>
@@ -294,7 +320,7 @@ const DlqGroupLive = HttpApiBuilder.group(CaraApi, "dlq", (handlers) =>
           )))
   }))
 
-// Verification (reference §6): the registry is optional, so a gateway without Matrix answers 503.
+// Verification (reference §6): a gateway without the registry (GatewayVerificationUnavailable) answers 503.
 const unavailable = (e?: VerificationUnavailable) =>
   new ServiceUnavailable({
     kind: e?.kind ?? "matrix-runtime-unavailable",
@@ -305,7 +331,7 @@ const unavailable = (e?: VerificationUnavailable) =>
 
 const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (handlers) =>
   Effect.gen(function*() {
-    const registry = yield* Effect.serviceOption(Verification)
+    const registry = yield* GatewayVerification
     // runs an action on the registry; the registry's own 503 joins the gateway's ServiceUnavailable
     const use = <A, E extends { readonly _tag: string }>(
       f: (v: VerificationShape) => Effect.Effect<A, E>
@@ -320,7 +346,7 @@ const VerificationGroupLive = HttpApiBuilder.group(CaraApi, "verification", (han
       })
     const result = (v: VerificationResult["verification"]) => new VerificationResult({ ok: true, verification: v })
     // reference §6.6: every start/accept/confirm/cancel leaves `matrix_verification_action` in audit.jsonl
-    const auditLog = yield* Effect.serviceOption(Audit)
+    const auditLog = yield* GatewayAudit
     const audited = <E extends { readonly _tag: string }>(
       action: "start" | "accept" | "confirm" | "cancel",
       flowId: string | undefined,
@@ -494,7 +520,8 @@ export const ControlHttpApp = Layer.mergeAll(
 
 /**
  * Serves the control API and `/ws` on `host:port`; the socket is released when the layer's scope closes.
- * Needs ChannelStatus, EventBus, Metrics, MatrixControl and GatewayGuard.
+ * Needs ChannelStatus, EventBus, Metrics, MatrixControl, GatewayGuard and the gateway backends (GatewayDlq,
+ * GatewayVerification, GatewayAudit).
  */
 export const ControlHttpLive = (options: ListenOptions) =>
   ControlHttpApp.pipe(
@@ -531,7 +558,7 @@ export const ControlHttpFromConfig = Layer.unwrapEffect(
     ConfigSecrets,
     ({ config }) => ControlHttpLive({ host: bindToHost(config.gateway.bind) ?? "127.0.0.1", port: config.gateway.port })
   )
-).pipe(Layer.provide(GatewayGuardLive))
+).pipe(Layer.provide(GatewayGuardLive), Layer.provide(GatewayBackendsLive))
 
 /**
  * The shared services the gateway reads and the channels write: the status registry, the event bus and

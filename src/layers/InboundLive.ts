@@ -11,7 +11,7 @@ import {
   refusalNoticeText
 } from "../domain/inboundBudget.js"
 import type { InboundEvent } from "../domain/matrix.js"
-import { MatrixError } from "../domain/matrix.js"
+import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
@@ -371,6 +371,21 @@ interface DlqHandlerDeps {
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
 }
 
+type ReplayIds = Pick<InboundEvent, "eventId" | "roomId" | "sender" | "threadId">
+
+/** A DLQ record's ids, branded (a checked decode: a record whose ids are not Matrix ids is not replayed). */
+const recordIds = (r: DlqRecord): Effect.Effect<ReplayIds, DlqError> =>
+  decodeEventIds({
+    eventId: r.eventId,
+    roomId: r.roomId,
+    sender: r.senderId,
+    ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+  }).pipe(
+    Effect.mapError(() =>
+      new DlqError({ kind: "dlq-dispatch-failure", message: "the record's Matrix ids are malformed" })
+    )
+  )
+
 /** What DLQ replay hands back: an inbound record answered in the foreground, an outbound one re-sent. */
 const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLock }: DlqHandlerDeps) => {
   // DLQ replay: the same handling in the foreground, so the record is removed only once it is durable.
@@ -387,16 +402,14 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
         try: () => ledger.claim(r.eventId, r.roomId, Date.now()),
         catch: (e) => busy(`inbound ledger: ${String(e)}`)
       })
+      const ids = yield* recordIds(r)
       inProgress.add(r.eventId)
       const ev: InboundEvent = {
-        eventId: r.eventId,
-        roomId: r.roomId,
-        sender: r.senderId,
+        ...ids,
         ts: r.receivedAt,
         msgtype: "m.text",
         body: r.text,
-        encrypted: true,
-        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
+        encrypted: true
       }
       yield* answerCore(ev, r.isGroup ?? false).pipe(
         Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
@@ -408,32 +421,40 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
 
   // DLQ replay of an outbound record: the stored answer, under its original transaction ids.
   const resend = (r: DlqRecord) =>
-    outbound.reply(
-      {
-        roomId: r.roomId,
-        text: r.text,
-        inReplyTo: r.eventId,
-        ...(r.threadId === undefined ? {} : { threadId: r.threadId })
-      },
-      { attempts: 3 }
-    ).pipe(
-      Effect.flatMap((ids) => commit(r.eventId, ids)),
-      Effect.mapError((e) =>
-        new DlqError({
-          kind: "dlq-dispatch-failure",
-          message: `re-sending the answer failed (${e.kind}): ${e.message}`
-        })
-      ),
-      Effect.catchAllDefect((d) =>
-        Effect.fail(
-          new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` })
+    Effect.flatMap(recordIds(r), ({ eventId, roomId, threadId }) =>
+      outbound.reply(
+        { roomId, text: r.text, inReplyTo: eventId, ...(threadId === undefined ? {} : { threadId }) },
+        { attempts: 3 }
+      ).pipe(
+        Effect.flatMap((ids) => commit(r.eventId, ids)),
+        Effect.mapError((e) =>
+          new DlqError({
+            kind: "dlq-dispatch-failure",
+            message: `re-sending the answer failed (${e.kind}): ${e.message}`
+          })
+        ),
+        Effect.catchAllDefect((d) =>
+          Effect.fail(
+            new DlqError({ kind: "dlq-dispatch-failure", message: `re-sending the answer failed: ${String(d)}` })
+          )
         )
-      ),
-      Effect.withSpan("Inbound.resend")
-    )
+      )).pipe(
+        Effect.withSpan("Inbound.resend")
+      )
 
   return { redeliver, resend }
 }
+
+/** Ledger rows with their ids branded; a row whose ids are not Matrix ids is left out (and logged). */
+const brandedRows = (read: () => ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>) =>
+  Effect.gen(function*() {
+    const rows = read()
+    const branded = rows.flatMap((row) => Option.toArray(decodeRoomEvent(row)))
+    if (branded.length < rows.length) {
+      yield* Effect.logWarning(`inbound ledger: ${rows.length - branded.length} row(s) with malformed ids skipped`)
+    }
+    return branded
+  })
 
 /** One semaphore per room: answers in a room run one at a time, rooms do not wait for each other. */
 const roomLocks = () => {
@@ -602,7 +623,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
 
     const { redeliver, resend } = dlqHandlers({ answerCore, commit, inProgress, ledger, outbound, roomLock })
 
-    const isCommitted = (eventId: string) =>
+    const isCommitted = (eventId: EventId) =>
       Effect.sync(() => ledger.state(eventId) === "committed").pipe(Effect.orElseSucceed(() => false))
 
     return {
@@ -611,11 +632,11 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       resend,
       replies: { start: replies.start, kick: replies.kick },
       isCommitted,
-      unfinished: Effect.sync(() => ledger.unfinished()),
+      unfinished: brandedRows(() => ledger.unfinished()),
       utd: {
         add: (eventId, roomId) => Effect.sync(() => ledger.utdAdd(eventId, roomId, Date.now())),
         remove: (eventId) => Effect.sync(() => ledger.utdRemove(eventId)),
-        list: Effect.sync(() => ledger.utdList())
+        list: brandedRows(() => ledger.utdList())
       }
     } satisfies InboundShape
   })

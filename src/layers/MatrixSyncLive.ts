@@ -1,7 +1,7 @@
 // The Matrix runtime as a composition: the features live in ./matrix/ (runtime.ts puts them together);
 // this layer runs the runtime for the life of its scope and serves MatrixSync and MatrixControl from it.
-import { Cause, Context, Effect, Exit, Layer, Option, Ref } from "effect"
-import { MATRIX_CHANNEL_ID, MatrixError } from "../domain/matrix.js"
+import { Cause, Context, Effect, Exit, Layer, Option, Ref, Schema } from "effect"
+import { MATRIX_CHANNEL_ID, MatrixError, RoomId, roomNotFound } from "../domain/matrix.js"
 import { ChannelStatus } from "../services/ChannelStatus.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { MatrixControl, MatrixControlError } from "../services/MatrixControl.js"
@@ -41,7 +41,14 @@ const reportExit = (exit: Exit.Exit<never, MatrixError>) =>
 const sendTestThrough = (outbound: Ref.Ref<Option.Option<OutboundShape>>) => (roomId: string, text: string) =>
   Effect.flatMap(
     Ref.get(outbound),
-    Option.match({ onNone: () => Effect.fail(notConnected()), onSome: (o) => o.sendTest(roomId, text) })
+    Option.match({
+      onNone: () => Effect.fail(notConnected()),
+      onSome: (o) =>
+        Option.match(Schema.decodeUnknownOption(RoomId)(roomId), {
+          onNone: () => Effect.fail(roomNotFound(roomId)),
+          onSome: (id) => o.sendTest(id, text)
+        })
+    })
   ).pipe(
     Effect.mapError((e) =>
       new MatrixControlError({

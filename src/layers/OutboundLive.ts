@@ -1,5 +1,5 @@
 import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
-import { MatrixError } from "../domain/matrix.js"
+import { type EventId, MatrixError, type RoomId, roomNotFound } from "../domain/matrix.js"
 import { chunkContents } from "../domain/render.js"
 import { classifySendError } from "../domain/sendError.js"
 import { testTxnId, txnIdFor } from "../domain/txnId.js"
@@ -46,17 +46,10 @@ const TYPING_REFRESH = Duration.seconds(20)
 
 /** The room must be joined, and not encrypted unless `matrix.encrypted`. */
 const roomChecker = (transport: MatrixTransport, encrypted: boolean) => {
-  return (roomId: string) =>
+  return (roomId: RoomId) =>
     Effect.suspend(() => {
       const room = transport.room(roomId)
-      if (room === undefined) {
-        return Effect.fail(
-          new MatrixError({
-            kind: "room-not-found",
-            message: `The bot has not joined ${roomId}. Invite it (from an allowed user) and retry.`
-          })
-        )
-      }
+      if (room === undefined) return Effect.fail(roomNotFound(roomId))
       if (room.encrypted && !encrypted) {
         return Effect.fail(
           new MatrixError({
@@ -80,8 +73,8 @@ interface SendSettings {
 const chunkSender = (transport: MatrixTransport, { baseDelay, maxAttempts, maxDelay, metrics }: SendSettings) => {
   /** One chunk, retried with the same transaction id until it is accepted or fails terminally. */
   return (
-    roomId: string,
-    threadId: string | null,
+    roomId: RoomId,
+    threadId: EventId | null,
     content: Record<string, unknown>,
     txnId: string,
     attempts: number = maxAttempts,
@@ -177,20 +170,20 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         )
       }).pipe(Effect.withSpan("Outbound.reply"))
 
-    const sendTest = (roomId: string, text: string) =>
+    const sendTest = (roomId: RoomId, text: string) =>
       Effect.gen(function*() {
         yield* checkRoom(roomId)
         const q = yield* queueOf(roomId)
         return yield* q.withPermits(1)(sendOne(roomId, null, { msgtype: "m.notice", body: text }, testTxnId()))
       }).pipe(Effect.withSpan("Outbound.sendTest"))
 
-    const setTyping = (roomId: string, on: boolean) =>
+    const setTyping = (roomId: RoomId, on: boolean) =>
       Effect.tryPromise(() => transport.typing(roomId, on, TYPING_TIMEOUT_MS)).pipe(
         Effect.catchAll((e) => Effect.logDebug(`typing notification failed: ${String(e)}`))
       )
 
     // The refresher is stopped by a signal, not by interruption: it must never hold up the answer.
-    const whileTyping = <A, E, R>(roomId: string, effect: Effect.Effect<A, E, R>) =>
+    const whileTyping = <A, E, R>(roomId: RoomId, effect: Effect.Effect<A, E, R>) =>
       Effect.gen(function*() {
         const done = yield* Deferred.make<void>()
         yield* Effect.forkDaemon(
@@ -205,7 +198,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         return yield* effect.pipe(Effect.ensuring(Deferred.succeed(done, undefined)))
       })
 
-    const readReceipt = (roomId: string, eventId: string) =>
+    const readReceipt = (roomId: RoomId, eventId: EventId) =>
       Effect.tryPromise(() => transport.receipt(roomId, eventId)).pipe(
         Effect.catchAll((e) => Effect.logDebug(`read receipt failed: ${String(e)}`))
       )

@@ -1023,10 +1023,3 @@ export const makeRecoveryKey = (options: RecoveryKeyOptions = {}) =>
   })
 
 export const RecoveryKeyLive = Layer.effect(RecoveryKey, makeRecoveryKey())
-
-/** A recovery-key failure as the Matrix runtime reports it (channel `error`, `lastErrorKind`). */
-export const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
-  new MatrixError({
-    kind: e.kind === "recovery-key-invalid" || e.kind === "recovery-key-refused" ? "recovery-state-io" : e.kind,
-    message: e.message
-  })

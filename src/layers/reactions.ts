@@ -1,5 +1,6 @@
 import { Effect, Option } from "effect"
 import { FAILED_REACTION, reactionContent, reactionTxnId, unreactTxnId, WORKING_REACTION } from "../domain/reactions.js"
+import type { RoomId } from "../domain/matrix.js"
 import type { MatrixTransportShape } from "../services/MatrixTransport.js"
 
 /**
@@ -8,10 +9,10 @@ import type { MatrixTransportShape } from "../services/MatrixTransport.js"
  */
 export interface LifecycleReactions {
   /** Puts 👀 on the question; the reaction's event id when it was sent. */
-  readonly working: (roomId: string, eventId: string) => Effect.Effect<Option.Option<string>>
+  readonly working: (roomId: RoomId, eventId: string) => Effect.Effect<Option.Option<string>>
   /** The answer is in the room: removes 👀, and adds ❌ when the answer is a failure. */
   readonly answered: (
-    roomId: string,
+    roomId: RoomId,
     eventId: string,
     working: Option.Option<string>,
     failed: boolean
@@ -33,7 +34,7 @@ const bestEffort = <A>(what: string, roomId: string, p: () => Promise<A>): Effec
 export const lifecycleReactions = (transport: MatrixTransportShape): LifecycleReactions | undefined => {
   const { react, redact } = transport
   if (react === undefined || redact === undefined) return undefined
-  const add = (roomId: string, eventId: string, key: string) =>
+  const add = (roomId: RoomId, eventId: string, key: string) =>
     bestEffort(
       `Reacting ${key} to the question`,
       roomId,

@@ -1,4 +1,4 @@
-import { Clock, Context, Effect, Layer, Option, PubSub, type Queue, type Scope } from "effect"
+import { Clock, Context, Effect, Layer, PubSub, type Queue, type Scope } from "effect"
 import { makeKeyedBuckets, VERIFICATION_BROADCAST_LIMIT } from "../domain/rateLimit.js"
 import { Metrics } from "./Metrics.js"
 
@@ -37,20 +37,21 @@ const verificationKey = (event: GatewayEvent): { peer: string; key: string } | u
 }
 
 export class EventBus extends Context.Tag("cara/EventBus")<EventBus, EventBusShape>() {
-  /** Verification events are rate-limited per peer device (a peer flooding requests cannot flood `/ws`). */
+  /**
+   * Verification events are rate-limited per peer device (a peer flooding requests cannot flood `/ws`); the
+   * drops are counted in Metrics.
+   */
   static readonly Live = Layer.effect(
     EventBus,
     Effect.gen(function*() {
       const hub = yield* PubSub.sliding<GatewayEvent>(BACKLOG)
-      const metrics = yield* Effect.serviceOption(Metrics)
+      const metrics = yield* Metrics
       const buckets = makeKeyedBuckets(VERIFICATION_BROADCAST_LIMIT)
       const publish = (event: GatewayEvent) =>
         Effect.gen(function*() {
           const k = verificationKey(event)
           if (k !== undefined && !buckets.take(k.peer, k.key, yield* Clock.currentTimeMillis)) {
-            if (Option.isSome(metrics)) {
-              yield* metrics.value.increment("carapace_matrix_verification_rate_limit_drops_total")
-            }
+            yield* metrics.increment("carapace_matrix_verification_rate_limit_drops_total")
             return yield* Effect.logDebug(`verification event not broadcast (rate limit): ${event.event}`)
           }
           yield* PubSub.publish(hub, event)

@@ -1,9 +1,15 @@
 import { Context, type Effect } from "effect"
 import type { DlqError, DlqRecord } from "../domain/dlq.js"
 import type { RoomFacts } from "../domain/inboundGate.js"
-import type { InboundEvent } from "../domain/matrix.js"
+import type { EventId, InboundEvent, RoomId } from "../domain/matrix.js"
 
 export type { RoomFacts } from "../domain/inboundGate.js"
+
+/** An event by its id and room (ledger rows). */
+export interface RoomEvent {
+  readonly eventId: EventId
+  readonly roomId: RoomId
+}
 
 /**
  * The inbound pipeline: gates (allowlist, msgtype, own messages, edits, size, invisible bodies, history,
@@ -31,14 +37,17 @@ export interface InboundShape {
     readonly kick: Effect.Effect<void>
   }
   /** True when the event was already answered (committed in the ledger). */
-  readonly isCommitted: (eventId: string) => Effect.Effect<boolean>
-  /** Events claimed but not committed (a crash interrupted them): the runtime re-fetches and re-offers them. */
-  readonly unfinished: Effect.Effect<ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>>
+  readonly isCommitted: (eventId: EventId) => Effect.Effect<boolean>
+  /**
+   * Events claimed but not committed (a crash interrupted them): the runtime re-fetches and re-offers them.
+   * Ledger rows whose ids do not decode are left out (logged).
+   */
+  readonly unfinished: Effect.Effect<ReadonlyArray<RoomEvent>>
   /** Undecryptable events: remember one, forget one (decrypted or given up), list them (restart). */
   readonly utd: {
-    readonly add: (eventId: string, roomId: string) => Effect.Effect<void>
-    readonly remove: (eventId: string) => Effect.Effect<boolean>
-    readonly list: Effect.Effect<ReadonlyArray<{ readonly eventId: string; readonly roomId: string }>>
+    readonly add: (eventId: EventId, roomId: RoomId) => Effect.Effect<void>
+    readonly remove: (eventId: EventId) => Effect.Effect<boolean>
+    readonly list: Effect.Effect<ReadonlyArray<RoomEvent>>
   }
 }
 

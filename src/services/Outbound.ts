@@ -1,14 +1,14 @@
 import { Context, type Effect } from "effect"
-import type { MatrixError } from "../domain/matrix.js"
+import type { EventId, MatrixError, RoomId } from "../domain/matrix.js"
 
 /** One agent answer to post into a room. */
 export interface OutboundReply {
-  readonly roomId: string
+  readonly roomId: RoomId
   readonly text: string
   /** The inbound event this answers: the reply relation and the base of every chunk's transaction id. */
-  readonly inReplyTo: string
+  readonly inReplyTo: EventId
   /** The thread root, when the inbound message was in a thread (the answer stays in it). */
-  readonly threadId?: string
+  readonly threadId?: EventId
 }
 
 export interface ReplyOptions {
@@ -26,13 +26,13 @@ export interface ReplyOptions {
  */
 export interface OutboundShape {
   /** Posts an answer; resolves with the event ids of its chunks, in order. */
-  readonly reply: (reply: OutboundReply, options?: ReplyOptions) => Effect.Effect<ReadonlyArray<string>, MatrixError>
+  readonly reply: (reply: OutboundReply, options?: ReplyOptions) => Effect.Effect<ReadonlyArray<EventId>, MatrixError>
   /** The control API's probe message (`cara verify --matrix-to`): one plain message, its event id. */
-  readonly sendTest: (roomId: string, text: string) => Effect.Effect<string, MatrixError>
+  readonly sendTest: (roomId: RoomId, text: string) => Effect.Effect<EventId, MatrixError>
   /** Shows "typing…" while `effect` runs (refreshed), then clears it; typing failures never fail `effect`. */
-  readonly whileTyping: <A, E, R>(roomId: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  readonly whileTyping: <A, E, R>(roomId: RoomId, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Marks an event read (best effort). */
-  readonly readReceipt: (roomId: string, eventId: string) => Effect.Effect<void>
+  readonly readReceipt: (roomId: RoomId, eventId: EventId) => Effect.Effect<void>
 }
 
 export class Outbound extends Context.Tag("cara/Outbound")<Outbound, OutboundShape>() {}

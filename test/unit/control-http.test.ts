@@ -8,7 +8,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { CaraApi, Channels, Health, NotReady, Ready, SendTestResult } from "../../src/domain/api.js"
 import { ChannelStatusLive } from "../../src/layers/ChannelStatusLive.js"
-import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
+import { ControlHttpApp, GatewayBackendsUnavailable } from "../../src/layers/ControlHttpLive.js"
 import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
@@ -46,9 +46,13 @@ const FakeMatrix = Layer.effect(
 const seen: Array<string> = []
 
 const Server = ControlHttpApp.pipe(
-  Layer.provide([FakeMatrix, GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })]),
+  Layer.provide([
+    FakeMatrix,
+    GatewayBackendsUnavailable,
+    GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })
+  ]),
   Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
-  Layer.provideMerge(Layer.mergeAll(EventBus.Live, MetricsLive, SendBehaviour.Default)),
+  Layer.provideMerge(Layer.mergeAll(EventBus.Live.pipe(Layer.provideMerge(MetricsLive)), SendBehaviour.Default)),
   Layer.provideMerge(ChannelStatusLive)
 )
 

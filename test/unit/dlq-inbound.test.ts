@@ -6,7 +6,7 @@ import { Effect, Layer, Option } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { decodeLine, dlqKeyFromBytes, recordId } from "../../src/domain/dlq.js"
-import type { InboundEvent } from "../../src/domain/matrix.js"
+import { EventId, type InboundEvent, RoomId, UserId } from "../../src/domain/matrix.js"
 import { AuditLive } from "../../src/layers/AuditLive.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { makeDlq } from "../../src/layers/DlqLive.js"
@@ -22,13 +22,18 @@ import { SessionStoreError } from "../../src/services/Sessions.js"
 import { StateDir } from "../../src/services/StateDir.js"
 import { tmpDir } from "../support/tmp.js"
 
+// the services take branded ids: the fixtures' strings, checked once
+const eid = EventId.make
+const rid = RoomId.make
+const uid = UserId.make
+
 const KEY = dlqKeyFromBytes(Buffer.alloc(32, 3))
 const BOT = "@bot:example.org"
-const ALICE = "@alice:example.org"
+const ALICE = uid("@alice:example.org")
 
 const event: InboundEvent = {
-  eventId: "$one:example.org",
-  roomId: "!dm:example.org",
+  eventId: eid("$one:example.org"),
+  roomId: rid("!dm:example.org"),
   sender: ALICE,
   ts: 5,
   msgtype: "m.text",
@@ -50,8 +55,8 @@ const setup = (root: string) =>
         })
     } as unknown as AgentShape
     const outbound: OutboundShape = {
-      reply: (r) => Effect.sync(() => (state.replies.push(r.inReplyTo), [`$reply-${state.replies.length}`])),
-      sendTest: () => Effect.succeed("$x"),
+      reply: (r) => Effect.sync(() => (state.replies.push(r.inReplyTo), [eid(`$reply-${state.replies.length}`)])),
+      sendTest: () => Effect.succeed(eid("$x")),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void
     }

@@ -10,7 +10,7 @@ import { Channels, Health } from "../../src/domain/api.js"
 import { emptyMatrixExtra } from "../../src/domain/channel.js"
 import { Matrix } from "../../src/domain/config.js"
 import { type Bucket, fullBucket, judge, makeBudget, MAX_BUCKETS, refill } from "../../src/domain/inboundBudget.js"
-import type { InboundEvent } from "../../src/domain/matrix.js"
+import { EventId, type InboundEvent, RoomId, UserId } from "../../src/domain/matrix.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { budgetSpec, makeInbound, NOT_CROSS_SIGNED_NOTICE, openLedger } from "../../src/layers/InboundLive.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
@@ -19,6 +19,11 @@ import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import type { OutboundShape } from "../../src/services/Outbound.js"
 import { tmpDir } from "../support/tmp.js"
+
+// the services take branded ids: the fixtures' strings, checked once
+const eid = EventId.make
+const rid = RoomId.make
+const uid = UserId.make
 
 const spec = { room: { burst: 4, perMinute: 2 }, sender: { burst: 2, perMinute: 1 } }
 
@@ -92,13 +97,13 @@ describe("config: matrix.inboundBudget and matrix.requireCrossSignedSenders", ()
 // The pipeline
 
 const BOT = "@bot:example.org"
-const ALICE = "@alice:example.org"
-const BOB = "@bob:example.org"
+const ALICE = uid("@alice:example.org")
+const BOB = uid("@bob:example.org")
 const room = { memberCount: 3, encrypted: true, botJoinedAt: 1, botDisplayName: "bot" }
 let n = 0
 const event = (over: Partial<InboundEvent> = {}): InboundEvent => ({
-  eventId: `$e${++n}:example.org`,
-  roomId: "!group:example.org",
+  eventId: eid(`$e${++n}:example.org`),
+  roomId: rid("!group:example.org"),
   sender: ALICE,
   ts: 5,
   msgtype: "m.text",
@@ -117,8 +122,10 @@ const setup = (requireCrossSignedSenders = false) =>
     } as unknown as AgentShape
     const outbound: OutboundShape = {
       reply: (r) =>
-        Effect.sync(() => (state.sent.push({ inReplyTo: r.inReplyTo, text: r.text }), [`$reply-${state.sent.length}`])),
-      sendTest: () => Effect.succeed("$x"),
+        Effect.sync(
+          () => (state.sent.push({ inReplyTo: r.inReplyTo, text: r.text }), [eid(`$reply-${state.sent.length}`)])
+        ),
+      sendTest: () => Effect.succeed(eid("$x")),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void
     }
@@ -214,7 +221,7 @@ describe("inbound pipeline with the budget (TestClock)", () => {
       expect(state.agentCalls).toBe(0)
       expect(state.sent).toEqual([{ inReplyTo: expect.any(String), text: NOT_CROSS_SIGNED_NOTICE }])
       expect((yield* extra).peerDropNotCrossSignedTotal).toBe(3)
-      yield* inbound.offer(event({ senderDeviceCrossSigned: false, roomId: "!other:example.org" }), room)
+      yield* inbound.offer(event({ senderDeviceCrossSigned: false, roomId: rid("!other:example.org") }), room)
       yield* inbound.offer(event(), room)
       yield* settle
       expect(state.sent.filter((s) => s.text === NOT_CROSS_SIGNED_NOTICE)).toHaveLength(2)

@@ -2,7 +2,7 @@
 // mention detection.
 import { describe, expect, it } from "@effect/vitest"
 import { mentionsBot } from "../../src/domain/inboundGate.js"
-import type { InboundEvent } from "../../src/domain/matrix.js"
+import { EventId, type InboundEvent, RoomId, UserId } from "../../src/domain/matrix.js"
 import { describeSdkError, errcodeOf, isTokenRejection } from "../../src/domain/sendError.js"
 import {
   initialSyncHealth,
@@ -17,6 +17,11 @@ import {
   watchdogCheck
 } from "../../src/domain/syncHealth.js"
 import { testTxnId, txnIdFor } from "../../src/domain/txnId.js"
+
+// the services take branded ids: the fixtures' strings, checked once
+const eid = EventId.make
+const rid = RoomId.make
+const uid = UserId.make
 
 describe("sync health", () => {
   it("a sync from the server makes the homeserver reachable; a cached one does not", () => {
@@ -114,9 +119,9 @@ describe("transaction ids", () => {
 
 describe("mention detection", () => {
   const ev = (body: string, mentioned?: Array<string>): InboundEvent => ({
-    eventId: "$e",
-    roomId: "!r:x",
-    sender: "@alice:x",
+    eventId: eid("$e"),
+    roomId: rid("!r:x"),
+    sender: uid("@alice:x"),
     ts: 0,
     msgtype: "m.text",
     body,

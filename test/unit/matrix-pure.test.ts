@@ -6,7 +6,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { allowsUser, normalizeAllowlist, serverNameOf } from "../../src/domain/allowlist.js"
 import { chunkContents, messageContent, renderMarkdown, splitMessage } from "../../src/domain/markdown.js"
-import type { InboundEvent } from "../../src/domain/matrix.js"
+import { EventId, type InboundEvent, RoomId, UserId } from "../../src/domain/matrix.js"
 import {
   type GateContext,
   gateInbound,
@@ -17,6 +17,11 @@ import {
 import { classifySendError, makeOutbound, type MatrixTransport, txnIdFor } from "../../src/layers/OutboundLive.js"
 import type { RoomFacts } from "../../src/services/Inbound.js"
 import { tmpDir } from "../support/tmp.js"
+
+// the services take branded ids: the fixtures' strings, checked once
+const eid = EventId.make
+const rid = RoomId.make
+const uid = UserId.make
 
 describe("allowlist", () => {
   const list = { allowUsers: ["@alice:example.org"], allowServerNames: ["example.com"] }
@@ -54,7 +59,7 @@ describe("allowlist", () => {
 })
 
 describe("inbound gates", () => {
-  const bot = "@cara:example.com"
+  const bot = uid("@cara:example.com")
   const ctx: GateContext = {
     botUserId: bot,
     allowlist: { allowUsers: ["@alice:example.com"], allowServerNames: [] },
@@ -64,9 +69,9 @@ describe("inbound gates", () => {
   const dm: RoomFacts = { memberCount: 2, encrypted: true, botJoinedAt: 1000, botDisplayName: "Cara" }
   const group: RoomFacts = { ...dm, memberCount: 3 }
   const ev = (over: Partial<InboundEvent> = {}): InboundEvent => ({
-    eventId: "$e1",
-    roomId: "!r:example.com",
-    sender: "@alice:example.com",
+    eventId: eid("$e1"),
+    roomId: rid("!r:example.com"),
+    sender: uid("@alice:example.com"),
     ts: 2000,
     msgtype: "m.text",
     body: "hello",
@@ -92,7 +97,7 @@ describe("inbound gates", () => {
       _tag: "Drop",
       counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"]
     })
-    expect(gateInbound(ctx, ev({ sender: "@mallory:example.com" }), dm)).toMatchObject({
+    expect(gateInbound(ctx, ev({ sender: uid("@mallory:example.com") }), dm)).toMatchObject({
       _tag: "Drop",
       counters: ["peerDropAllowlistRejectionTotal"]
     })
@@ -135,7 +140,7 @@ describe("inbound gates", () => {
     })
     expect(gateInbound(strict, ev(), dm)).toMatchObject({ reason: "not-cross-signed" })
     // a stranger is refused by the allowlist (and so is never sent the explanatory notice)
-    expect(gateInbound(strict, ev({ sender: "@mallory:example.com", senderDeviceCrossSigned: false }), dm))
+    expect(gateInbound(strict, ev({ sender: uid("@mallory:example.com"), senderDeviceCrossSigned: false }), dm))
       .toMatchObject({ reason: "allowlist" })
     // off (the default): the device's state does not matter
     expect(gateInbound(ctx, ev({ senderDeviceCrossSigned: false }), dm)._tag).toBe("Dispatch")
@@ -258,7 +263,7 @@ describe("Outbound over a fake transport", () => {
         sends.push({ txnId, content, threadId })
         const f = failures.shift()
         if (f !== undefined) throw f
-        return `$sent-${txnId}`
+        return eid(`$sent-${txnId}`)
       },
       typing: async () => {},
       receipt: async () => {},
@@ -274,7 +279,7 @@ describe("Outbound over a fake transport", () => {
         { errcode: "M_UNKNOWN", httpStatus: 500 }
       ])
       const outbound = yield* makeOutbound(transport, { encrypted: true, baseDelayMs: 1 })
-      const ids = yield* outbound.reply({ roomId: "!joined:x", text: "answer", inReplyTo: "$in:x" })
+      const ids = yield* outbound.reply({ roomId: rid("!joined:x"), text: "answer", inReplyTo: eid("$in:x") })
       expect(ids).toEqual([`$sent-${txnIdFor("$in:x", 0)}`])
       expect(sends.map((s) => s.txnId)).toEqual([txnIdFor("$in:x", 0), txnIdFor("$in:x", 0), txnIdFor("$in:x", 0)])
       expect(sends[0]!.content["m.relates_to"]).toEqual({ "m.in_reply_to": { event_id: "$in:x" } })
@@ -285,23 +290,23 @@ describe("Outbound over a fake transport", () => {
       const { sends, transport } = fakeTransport([{ errcode: "M_FORBIDDEN", httpStatus: 403 }])
       const outbound = yield* makeOutbound(transport, { encrypted: true, baseDelayMs: 1 })
       const err = yield* Effect.flip(
-        outbound.reply({ roomId: "!joined:x", text: "a", inReplyTo: "$in:x", threadId: "$root:x" })
+        outbound.reply({ roomId: rid("!joined:x"), text: "a", inReplyTo: eid("$in:x"), threadId: eid("$root:x") })
       )
       expect(err.kind).toBe("send-terminal")
       expect(sends).toHaveLength(1)
       expect(sends[0]!.threadId).toBe("$root:x")
       expect(sends[0]!.content["m.relates_to"]).toMatchObject({ rel_type: "m.thread", event_id: "$root:x" })
-      const missing = yield* Effect.flip(outbound.sendTest("!other:x", "probe"))
+      const missing = yield* Effect.flip(outbound.sendTest(rid("!other:x"), "probe"))
       expect(missing.kind).toBe("room-not-found")
       const plain = yield* makeOutbound(transport, { encrypted: false })
-      expect((yield* Effect.flip(plain.sendTest("!joined:x", "probe"))).kind).toBe("unsupported-room")
+      expect((yield* Effect.flip(plain.sendTest(rid("!joined:x"), "probe"))).kind).toBe("unsupported-room")
     }))
 
   it.live("gives up after maxAttempts with send-failed (the caller then holds it as a pending reply)", () =>
     Effect.gen(function*() {
       const { sends, transport } = fakeTransport([new TypeError("fetch failed"), new TypeError("fetch failed")])
       const outbound = yield* makeOutbound(transport, { encrypted: true, baseDelayMs: 1, maxAttempts: 2 })
-      const err = yield* Effect.flip(outbound.reply({ roomId: "!joined:x", text: "a", inReplyTo: "$in:x" }))
+      const err = yield* Effect.flip(outbound.reply({ roomId: rid("!joined:x"), text: "a", inReplyTo: eid("$in:x") }))
       expect(err.kind).toBe("send-failed")
       expect(sends).toHaveLength(2)
     }))

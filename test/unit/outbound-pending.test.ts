@@ -7,7 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { type Duration, Effect, Option, TestClock } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { MatrixError } from "../../src/domain/matrix.js"
+import { EventId, MatrixError, RoomId } from "../../src/domain/matrix.js"
 import { makeKeyedBuckets, VERIFICATION_BROADCAST_LIMIT } from "../../src/domain/rateLimit.js"
 import { openLedger } from "../../src/layers/InboundLive.js"
 import { giveUpMessage, shouldGiveUp, SYNC_GIVE_UP_MS } from "../../src/layers/MatrixSyncLive.js"
@@ -22,8 +22,12 @@ import {
 import type { OutboundReply } from "../../src/services/Outbound.js"
 import { tmpDir } from "../support/tmp.js"
 
-const ROOM = "!joined:x"
-const reply: OutboundReply = { roomId: ROOM, text: "the answer", inReplyTo: "$question:x" }
+// the services take branded ids: the fixtures' strings, checked once
+const eid = EventId.make
+const rid = RoomId.make
+
+const ROOM = rid("!joined:x")
+const reply: OutboundReply = { roomId: ROOM, text: "the answer", inReplyTo: eid("$question:x") }
 const held: HeldReply = { reply, senderId: "@alice:x", isGroup: false }
 
 /** Lets fibers blocked on the fake transport's promises run (no time passes on the test clock). */
@@ -52,7 +56,7 @@ const world = (options: Partial<ReplyRetryOptions> = {}) =>
         if (f !== undefined) throw f
         if (state.alwaysFail !== undefined) throw state.alwaysFail
         if (!state.up) throw new TypeError("fetch failed")
-        return `$sent-${txnId}`
+        return eid(`$sent-${txnId}`)
       },
       typing: async () => {},
       receipt: async () => {},
@@ -131,7 +135,7 @@ describe("pending replies", () => {
       expect(state.sent.map((s) => s.eventId)).toEqual([reply.inReplyTo])
       // a second reply: the homeserver goes away during its round; that round does not count, and the
       // first kick once it is back sends the reply at once (no backoff was earned)
-      const second: OutboundReply = { ...reply, inReplyTo: "$second:x" }
+      const second: OutboundReply = { ...reply, inReplyTo: eid("$second:x") }
       state.up = false
       yield* firstTry(second)
       yield* advance("1 hour")
@@ -181,12 +185,12 @@ describe("pending replies", () => {
       expect(yield* retry.held).toBe(0)
       state.deadFails = false
       state.failures.push({ errcode: "M_FORBIDDEN", httpStatus: 403 })
-      const other: OutboundReply = { ...reply, inReplyTo: "$other:x" }
+      const other: OutboundReply = { ...reply, inReplyTo: eid("$other:x") }
       yield* firstTry(other)
       expect(state.dead.map((h) => h.reply.inReplyTo)).toEqual([other.inReplyTo])
       // a revoked token is not a dead letter: the row stays for the next start
       state.failures.push({ errcode: "M_UNKNOWN_TOKEN", httpStatus: 401 })
-      expect((yield* firstTry({ ...reply, inReplyTo: "$revoked:x" })).kind).toBe("auth-token-revoked")
+      expect((yield* firstTry({ ...reply, inReplyTo: eid("$revoked:x") })).kind).toBe("auth-token-revoked")
       expect(state.dead).toHaveLength(1)
       expect(yield* retry.held).toBe(0)
     }))
@@ -206,7 +210,7 @@ describe("pending replies", () => {
       expect(state.resumed).toHaveLength(2)
       // once the resumed answer fails again it is held here, and no longer resumed
       yield* retry.hold(
-        { ...held, reply: { ...reply, inReplyTo: "$orphan:x" } },
+        { ...held, reply: { ...reply, inReplyTo: eid("$orphan:x") } },
         new MatrixError({ kind: "send-failed", message: "x" })
       )
       yield* advance("1 minute", 3)

@@ -11,12 +11,16 @@ import {
   WORKING_REACTION
 } from "../../src/domain/reactions.js"
 import { lifecycleReactions } from "../../src/layers/reactions.js"
+import { EventId, type RoomId } from "../../src/domain/matrix.js"
 import type { MatrixTransportShape } from "../../src/services/MatrixTransport.js"
+
+/** A test room id (the brand is what the runtime gives after its checked decode). */
+const ROOM = "!r" as RoomId
 
 const fakeTransport = (fail: { react?: boolean; redact?: boolean } = {}) => {
   const calls: Array<{ op: string; roomId: string; arg: unknown; txnId: string }> = []
   const transport: MatrixTransportShape = {
-    send: async () => "$m",
+    send: async () => EventId.make("$m"),
     typing: async () => {},
     receipt: async () => {},
     room: () => ({ encrypted: true }),
@@ -56,15 +60,15 @@ describe("lifecycle reactions", () => {
     Effect.gen(function*() {
       const { calls, transport } = fakeTransport()
       const r = lifecycleReactions(transport)!
-      const working = yield* r.working("!r", "$q")
+      const working = yield* r.working(ROOM, "$q")
       expect(working).toEqual(Option.some("$r1"))
-      yield* r.answered("!r", "$q", working, false)
+      yield* r.answered(ROOM, "$q", working, false)
       expect(calls).toEqual([
         { op: "react", roomId: "!r", arg: reactionContent("$q", WORKING_REACTION), txnId: reactionTxnId("$q", "👀") },
         { op: "redact", roomId: "!r", arg: "$r1", txnId: unreactTxnId("$q", "👀") }
       ])
-      const w2 = yield* r.working("!r", "$q2")
-      yield* r.answered("!r", "$q2", w2, true)
+      const w2 = yield* r.working(ROOM, "$q2")
+      yield* r.answered(ROOM, "$q2", w2, true)
       expect(calls.slice(2).map((c) => c.op)).toEqual(["react", "redact", "react"])
       expect(calls.at(-1)!.arg).toEqual(reactionContent("$q2", FAILED_REACTION))
     }))
@@ -73,14 +77,14 @@ describe("lifecycle reactions", () => {
     Effect.gen(function*() {
       const { calls, transport } = fakeTransport({ react: true, redact: true })
       const r = lifecycleReactions(transport)!
-      const working = yield* r.working("!r", "$q")
+      const working = yield* r.working(ROOM, "$q")
       expect(working).toEqual(Option.none())
-      yield* r.answered("!r", "$q", working, true)
+      yield* r.answered(ROOM, "$q", working, true)
       // no redaction of a reaction that never was; ❌ was tried
       expect(calls.map((c) => c.op)).toEqual(["react", "react"])
       const redactFails = fakeTransport({ redact: true })
       const r2 = lifecycleReactions(redactFails.transport)!
-      yield* r2.answered("!r", "$q", Option.some("$x"), false)
+      yield* r2.answered(ROOM, "$q", Option.some("$x"), false)
       expect(redactFails.calls.map((c) => c.op)).toEqual(["redact"])
     }))
 

@@ -10,7 +10,14 @@ import { CaraApi } from "../../src/domain/api.js"
 import { FlowId } from "../../src/domain/verification.js"
 import { AuditLive } from "../../src/layers/AuditLive.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
-import { ControlHttpApp } from "../../src/layers/ControlHttpLive.js"
+import {
+  ControlHttpApp,
+  GatewayAuditLive,
+  GatewayDlqUnavailable,
+  GatewayVerification,
+  GatewayVerificationLive,
+  GatewayVerificationUnavailable
+} from "../../src/layers/ControlHttpLive.js"
 import { GatewayGuardWith } from "../../src/layers/GatewayAuth.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
@@ -29,14 +36,23 @@ const ALICE = "@alice:example.org"
 
 const dir = tmpDir("cara-verif-api-")
 
-const base = Layer.mergeAll(EventBus.Live, MetricsLive, AuditLive.pipe(Layer.provideMerge(StateDirAt(dir)))).pipe(
+const base = Layer.mergeAll(
+  EventBus.Live.pipe(Layer.provideMerge(MetricsLive)),
+  AuditLive.pipe(Layer.provideMerge(StateDirAt(dir)))
+).pipe(
   Layer.provideMerge(ChannelStatusWithMatrix)
 )
-// the registry is optional for the gateway: `Layer.empty` stands for a daemon without Matrix
-const serverWith = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
+// the gateway's registry: the real one (withRegistry), or GatewayVerificationUnavailable for a daemon without Matrix
+const withRegistry = <ROut>(registry: Layer.Layer<ROut, never, EventBus | ChannelStatus | StateDir>) =>
+  GatewayVerificationLive.pipe(Layer.provideMerge(registry))
+const serverWith = <ROut>(
+  registry: Layer.Layer<ROut | GatewayVerification, never, EventBus | ChannelStatus | StateDir>
+) =>
   ControlHttpApp.pipe(
     Layer.provide([
       MatrixControlUnavailable,
+      GatewayDlqUnavailable,
+      GatewayAuditLive,
       GatewayGuardWith({ mode: "token", secret: Option.some(Redacted.make(TOKEN)) })
     ]),
     Layer.provideMerge(NodeHttpServer.layer(createServer, { host: "127.0.0.1", port: 0 })),
@@ -72,7 +88,7 @@ const waitListed = (n: number) =>
     }
   })
 
-layer(serverWith(VerificationLive))("verification API over HTTP (real registry, SDK fakes)", (it) => {
+layer(serverWith(withRegistry(VerificationLive)))("verification API over HTTP (real registry, SDK fakes)", (it) => {
   it.scoped("list, accept, confirm-before-SAS 409 typed end to end, unknown 404, terminal 410, start 201 and 422", () =>
     Effect.gen(function*() {
       const v = yield* Verification
@@ -171,7 +187,7 @@ layer(serverWith(VerificationLive))("verification API over HTTP (real registry, 
 })
 
 describe("verification API without a Matrix runtime", () => {
-  layer(serverWith(Layer.empty))("no registry", (it) => {
+  layer(serverWith(GatewayVerificationUnavailable))("no registry", (it) => {
     it.effect("every verification endpoint answers 503 matrix-runtime-unavailable", () =>
       Effect.gen(function*() {
         const c = yield* api
@@ -184,7 +200,7 @@ describe("verification API without a Matrix runtime", () => {
       }))
   })
 
-  layer(serverWith(VerificationLive))("registry without a client", (it) => {
+  layer(serverWith(withRegistry(VerificationLive)))("registry without a client", (it) => {
     it.effect("actions answer 503 not-connected until the runtime attaches its client", () =>
       Effect.gen(function*() {
         const d = yield* rawPost("/control/matrix/verify", { userId: ALICE, deviceId: "X" })

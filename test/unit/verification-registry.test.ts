@@ -14,6 +14,7 @@ import {
 } from "../../src/domain/verification.js"
 import { deriveState } from "../../src/domain/verificationState.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
+import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
 import { HANDLED_FILE } from "../../src/layers/verification/handled.js"
 import { VerificationLive } from "../../src/layers/VerificationLive.js"
@@ -35,7 +36,10 @@ const tmp = () => tmpDir("cara-verif-")
 
 // The registry over one EventBus, ChannelStatus and state dir, all visible to the test.
 const world = (dir: string) =>
-  VerificationLive.pipe(Layer.provideMerge(Layer.mergeAll(EventBus.Live, ChannelStatusWithMatrix, StateDirAt(dir))))
+  VerificationLive.pipe(
+    Layer.provideMerge(Layer.mergeAll(EventBus.Live.pipe(Layer.provide(MetricsLive)), StateDirAt(dir))),
+    Layer.provideMerge(ChannelStatusWithMatrix)
+  )
 
 /**
  * Lets the registry's work queue (which may write the handled-ids file) and the fakes' promise callbacks run:

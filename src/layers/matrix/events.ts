@@ -1,10 +1,10 @@
 // From SDK events to the inbound pipeline: the event record, the room facts, the sender-device check, and
 // the one place an event is decrypted, held (undecryptable) or offered.
-import { Context, Effect, Layer, Ref } from "effect"
+import { Context, Effect, Layer, Option, Ref } from "effect"
 import * as sdk from "matrix-js-sdk"
 import { EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js"
 import type { RoomFacts } from "../../domain/inboundGate.js"
-import type { InboundEvent } from "../../domain/matrix.js"
+import { decodeEventIds, decodeRoomEvent, type InboundEvent } from "../../domain/matrix.js"
 import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
@@ -21,11 +21,11 @@ export const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
   }
 }
 
-export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
-  const eventId = ev.getId()
-  const roomId = ev.getRoomId()
-  const sender = ev.getSender()
-  if (eventId === undefined || roomId === undefined || sender === undefined) return undefined
+/**
+ * The inbound record of an SDK event: `undefined` for anything but a room message (or an undecryptable one),
+ * `"malformed"` when its event, room, sender or thread id is not a Matrix id (dropped and counted).
+ */
+export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | "malformed" | undefined => {
   const encryptedUnreadable = ev.getType() === sdk.EventType.RoomMessageEncrypted
   if (ev.getType() !== sdk.EventType.RoomMessage && !encryptedUnreadable) return undefined
   const content = ev.getContent() as Record<string, unknown>
@@ -33,15 +33,19 @@ export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | undefined => {
     (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
   const mentions = content["m.mentions"] as { user_ids?: unknown } | undefined
   const threadId = relation?.rel_type === "m.thread" ? relation.event_id : undefined
+  const ids = decodeEventIds({
+    eventId: ev.getId(),
+    roomId: ev.getRoomId(),
+    sender: ev.getSender(),
+    ...(threadId === undefined ? {} : { threadId })
+  })
+  if (Option.isNone(ids)) return "malformed"
   return {
-    eventId,
-    roomId,
-    sender,
+    ...ids.value,
     ts: ev.getTs(),
     ...(typeof content["msgtype"] === "string" ? { msgtype: content["msgtype"] } : {}),
     body: typeof content["body"] === "string" ? content["body"] : "",
     ...(relation?.rel_type === undefined ? {} : { relType: relation.rel_type }),
-    ...(threadId === undefined ? {} : { threadId }),
     ...(Array.isArray(mentions?.user_ids)
       ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") }
       : {}),
@@ -128,6 +132,10 @@ const makeEvents = Effect.gen(function*() {
     Effect.gen(function*() {
       const inboundEvent = toInbound(ev)
       if (inboundEvent === undefined) return
+      if (inboundEvent === "malformed") {
+        yield* status.updateMatrix((x) => ({ ...x, unsupportedInboundCount: x.unsupportedInboundCount + 1 }))
+        return yield* Effect.logWarning("Matrix event dropped: its event, room, sender or thread id is malformed")
+      }
       const checked = m.requireCrossSignedSenders && inboundEvent.encrypted && inboundEvent.sender !== me
         ? { ...inboundEvent, senderDeviceCrossSigned: yield* senderCrossSigned(client, ev) }
         : inboundEvent
@@ -139,11 +147,13 @@ const makeEvents = Effect.gen(function*() {
       if (m.encrypted && (ev.isBeingDecrypted() || ev.shouldAttemptDecryption())) {
         yield* Effect.tryPromise({ try: () => client.decryptEventIfNeeded(ev), catch: (e) => e })
       }
-      const id = ev.getId()
-      if (m.encrypted && ev.isDecryptionFailure() && id !== undefined) {
+      // an event whose ids do not decode is not held: offer drops and counts it
+      const ids = decodeRoomEvent({ eventId: ev.getId(), roomId: room.roomId })
+      if (m.encrypted && ev.isDecryptionFailure() && Option.isSome(ids)) {
+        const id = ids.value.eventId
         // held until its key arrives (MatrixEventEvent.Decrypted, timeline.ts), also across restarts
         yield* utd.hold(id)
-        yield* inbound.utd.add(id, room.roomId).pipe(Effect.zipRight(utd.publish))
+        yield* inbound.utd.add(id, ids.value.roomId).pipe(Effect.zipRight(utd.publish))
         yield* Effect.logInfo("Matrix event not decryptable yet; held until its key arrives").pipe(
           Effect.annotateLogs({ eventId: id, roomId: room.roomId, reason: String(ev.decryptionFailureReason) })
         )

@@ -4,8 +4,12 @@
 import { Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import * as fs from "node:fs"
 import { allowsUser, normalizeAllowlist } from "../../domain/allowlist.js"
-import { MATRIX_CHANNEL_ID as CHANNEL_ID, MatrixError, type MatrixErrorKind } from "../../domain/matrix.js"
-import type { RecoveryKeyError } from "../../domain/recoveryKey.js"
+import {
+  MATRIX_CHANNEL_ID as CHANNEL_ID,
+  MatrixError,
+  type MatrixErrorKind,
+  recoveryFailure
+} from "../../domain/matrix.js"
 import { describeSdkError as describe } from "../../domain/sendError.js"
 import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { ConfigSecrets } from "../../services/ConfigSecrets.js"
@@ -54,12 +58,6 @@ const STORE_OPEN_KINDS: ReadonlySet<string> = new Set([
 const storeOpenFailure = (e: { kind: string; message: string }) =>
   new MatrixError({
     kind: STORE_OPEN_KINDS.has(e.kind) ? e.kind as MatrixErrorKind : "client-build",
-    message: e.message
-  })
-
-const recoveryFailure = (e: RecoveryKeyError): MatrixError =>
-  new MatrixError({
-    kind: e.kind === "recovery-key-invalid" || e.kind === "recovery-key-refused" ? "recovery-state-io" : e.kind,
     message: e.message
   })
 

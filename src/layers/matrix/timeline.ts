@@ -1,7 +1,8 @@
 // The timeline and decryption handlers: live events to the inbound pipeline (after a back-fill of their
 // room), and held undecryptable events once their key arrives.
-import { Effect, Runtime } from "effect"
+import { Effect, Option, Runtime, Schema } from "effect"
 import * as sdk from "matrix-js-sdk"
+import { EventId } from "../../domain/matrix.js"
 import { describeSdkError as describe } from "../../domain/sendError.js"
 import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession } from "../../services/MatrixSync.js"
@@ -40,8 +41,10 @@ export const watchTimeline = Effect.gen(function*() {
 
   client.on(sdk.MatrixEventEvent.Decrypted, (ev) => {
     try {
-      const id = ev.getId()
-      if (id === undefined || ev.isDecryptionFailure() || !Effect.runSync(events.utd.release(id))) return
+      const decoded = Schema.decodeUnknownOption(EventId)(ev.getId())
+      if (Option.isNone(decoded) || ev.isDecryptionFailure()) return
+      const id = decoded.value
+      if (!Effect.runSync(events.utd.release(id))) return
       const room = client.getRoom(ev.getRoomId())
       h.track(run(
         inbound.utd.remove(id).pipe(

@@ -1,7 +1,11 @@
 import * as sdk from "matrix-js-sdk"
+import { EventId } from "../../domain/matrix.js"
 import type { MatrixTransportShape } from "../../services/MatrixTransport.js"
 
-/** The transport Outbound sends through: resends a failed local echo under its own transaction id. */
+/**
+ * The transport Outbound sends through: resends a failed local echo under its own transaction id. The
+ * homeserver's event ids are branded here (`make` checks them: a malformed one fails the send).
+ */
 export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => ({
   send: async (roomId, threadId, content, txnId) => {
     const room = client.getRoom(roomId)
@@ -9,11 +13,13 @@ export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => 
     // matrix-js-sdk refuses a second send with a txnId it still tracks; a failed one is re-sent as is
     if (room && pending && pending.status === sdk.EventStatus.NOT_SENT) {
       const r = await client.resendEvent(pending, room)
-      return r.event_id
+      return EventId.make(r.event_id)
     }
-    if (pending && pending.status === null && pending.getId()?.startsWith("$") === true) return pending.getId()!
+    if (pending && pending.status === null && pending.getId()?.startsWith("$") === true) {
+      return EventId.make(pending.getId()!)
+    }
     const r = await client.sendEvent(roomId, threadId, sdk.EventType.RoomMessage, content as never, txnId)
-    return r.event_id
+    return EventId.make(r.event_id)
   },
   react: async (roomId, content, txnId) => {
     const r = await client.sendEvent(roomId, null, sdk.EventType.Reaction, content as never, txnId)
