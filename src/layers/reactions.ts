@@ -1,6 +1,6 @@
 import { Effect, Option } from "effect"
-import { FAILED_REACTION, reactionContent, reactionTxnId, unreactTxnId, WORKING_REACTION } from "../domain/reactions.js"
 import type { RoomId } from "../domain/matrix.js"
+import { FAILED_REACTION, reactionContent, reactionTxnId, unreactTxnId, WORKING_REACTION } from "../domain/reactions.js"
 import type { MatrixTransportShape } from "../services/MatrixTransport.js"
 
 /**

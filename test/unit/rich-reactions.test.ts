@@ -3,6 +3,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Schema } from "effect"
 import { Matrix } from "../../src/domain/config.js"
+import { EventId, type RoomId } from "../../src/domain/matrix.js"
 import {
   FAILED_REACTION,
   reactionContent,
@@ -11,7 +12,6 @@ import {
   WORKING_REACTION
 } from "../../src/domain/reactions.js"
 import { lifecycleReactions } from "../../src/layers/reactions.js"
-import { EventId, type RoomId } from "../../src/domain/matrix.js"
 import type { MatrixTransportShape } from "../../src/services/MatrixTransport.js"
 
 /** A test room id (the brand is what the runtime gives after its checked decode). */
