@@ -40,6 +40,7 @@ import { type ConfigSecretError, ConfigSecrets } from "../services/ConfigSecrets
 import { LanguageModel, type LanguageModelShape } from "../services/LanguageModel.js"
 import { Sessions, type SessionsShape, type SessionStoreError } from "../services/Sessions.js"
 import type { StateDir } from "../services/StateDir.js"
+// Layer imports by design: the agent runtime is built on the sessions store and the language models.
 import { LanguageModelLive } from "./LanguageModelLive.js"
 import { SessionsLive } from "./SessionsLive.js"
 

@@ -44,6 +44,7 @@ import { MatrixControl, type MatrixControlError } from "../services/MatrixContro
 import { Metrics } from "../services/Metrics.js"
 import { Verification, type VerificationShape } from "../services/Verification.js"
 import { version } from "../version.js"
+// Layer imports by design: the gateway is built from its parts: auth guard, /ws, channel status and metrics.
 import { ChannelStatusLive } from "./ChannelStatusLive.js"
 import {
   canonicalPath,

@@ -3,6 +3,7 @@ import * as fs from "node:fs"
 import { CryptoStoreError } from "../domain/cryptoStore.js"
 import { CryptoStore, type CryptoStoreOptions, type CryptoStoreShape } from "../services/CryptoStore.js"
 import { StateDir, type StateDirShape } from "../services/StateDir.js"
+// Layer imports by design: the crypto store is built on the durable IndexedDB.
 import { openDurableIdb } from "./durable-idb/durableIdb.js"
 import { installIndexedDbRouter } from "./durable-idb/router.js"
 import { ownerPath, SqliteFile, type StoreSecret } from "./durable-idb/sqliteFile.js"

@@ -8,6 +8,7 @@ import {
   type StreamPart
 } from "../domain/agent.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
+// Layer imports by design: both provider clients are built on the shared SDK helpers.
 import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
 
 export interface AnthropicClientOptions {

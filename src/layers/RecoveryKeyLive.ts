@@ -55,6 +55,7 @@ import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatu
 import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecrets.js"
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
 import { type CappedResult, StateDir, type StateDirShape } from "../services/StateDir.js"
+// Layer imports by design: its file audit goes through the Audit layer's helper.
 import { makeAudit } from "./AuditLive.js"
 
 // ---------------------------------------------------------------------------------------------------------

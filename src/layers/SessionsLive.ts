@@ -12,6 +12,7 @@ import {
   type StoredMessage
 } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
+// Layer imports by design: the SQLite helpers shared by the stores.
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
 /** The project's SQLite database, relative to the state dir. */

@@ -5,6 +5,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { StateDirError } from "../domain/errors.js"
 import { type CappedReadOptions, StateDir, type StateDirShape, type WriteOptions } from "../services/StateDir.js"
+// Layer imports by design: StateDir is built on the durable-file operations.
 import { appendDurableFile, createExclusiveFile, fsyncDir, readCappedSync, writeAtomicFile } from "./durableFile.js"
 
 /** The file-system steps an atomic write is made of; tests swap one out to crash at that point. */

@@ -21,6 +21,7 @@ import { corruptHistoryMessage, corruptLedgerMessage, StateFileError } from "../
 import { PASSPHRASE_FILE } from "../domain/storePassphrase.js"
 import { ConfigSecrets } from "../services/ConfigSecrets.js"
 import { StateDir } from "../services/StateDir.js"
+// Layer imports by design: it checks each store's files with that store's own readers.
 import { CRYPTO_FILE, STATE_FILE } from "./CryptoStoreLive.js"
 import { corruptStoreMessage, storeStructureProblem } from "./durable-idb/sqliteFile.js"
 import { inspectLedgerFile, LEDGER_FILE } from "./InboundLive.js"

@@ -42,6 +42,7 @@ import {
   StorePassphrase,
   type StorePassphraseShape
 } from "../services/StorePassphrase.js"
+// Layer imports by design: the store passphrase re-keys the crypto store it protects.
 import { CRYPTO_FILE, STATE_FILE } from "./CryptoStoreLive.js"
 import { createExclusiveFile, readCappedSync } from "./durableFile.js"
 

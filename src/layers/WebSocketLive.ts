@@ -8,6 +8,7 @@ import { ChannelStatus } from "../services/ChannelStatus.js"
 import { EventBus, type GatewayEvent } from "../services/EventBus.js"
 import { Metrics } from "../services/Metrics.js"
 import { version } from "../version.js"
+// Layer imports by design: /ws is part of the gateway and shares its auth guard.
 import { errorResponse, GatewayGuard } from "./GatewayAuth.js"
 
 /** Events a client can receive; `channel.status` carries the same shape as `GET /control/channels` plus `ts`. */
