@@ -1,9 +1,9 @@
 import { Console, Effect, Layer } from "effect"
+import { progressLine } from "../domain/progress.js"
 import { RekeyRefusedError } from "../domain/storePassphrase.js"
 import { ConfigSecretsLive } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StorePassphraseLive } from "../layers/StorePassphraseLive.js"
-import { progressLine } from "./progress.js"
 
 // Offline maintenance runs on the config and the state dir only; never through the control API.
 const MaintenanceLive = StorePassphraseLive.pipe(

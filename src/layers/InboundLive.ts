@@ -36,7 +36,9 @@ import {
 // By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
 
+import { type BacklogCount, makeBacklogCounter } from "../domain/backlogProgress.js"
 import { type GateContext, gateInbound, type InboundCounter as Counter } from "../domain/inboundGate.js"
+import { type ProgressHooks, progressLine } from "../domain/progress.js"
 export type { LedgerShape as Ledger, LedgerState, PendingReplyRow } from "../services/Ledger.js"
 
 // The gates are pure (src/domain/inboundGate.ts); re-exported for the existing importers.
@@ -217,7 +219,18 @@ export interface InboundDeps {
   readonly budget?: InboundBudgetSpec
   /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
   readonly reactions?: LifecycleReactions | undefined
+  /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
+  readonly progress?: { readonly hooks: ProgressHooks; readonly done: Effect.Effect<void> } | undefined
 }
+
+/** Shows a backlog count on the progress line, and closes the line after the run's last answer. */
+const showBacklog = (progress: InboundDeps["progress"], c: BacklogCount | undefined): Effect.Effect<void> =>
+  progress?.hooks.count === undefined || c === undefined
+    ? Effect.void
+    : Effect.zipRight(
+      progress.hooks.count("catching up: answered", c.done, c.total),
+      c.end ? progress.done : Effect.void
+    )
 
 /** Rooms × senders told at most once per run why a device is not answered (bounded like the buckets). */
 const MAX_UNSIGNED_NOTICES = 10_000
@@ -536,6 +549,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     const { agent, gate, ledger, outbound, status } = deps
     const scope = yield* Effect.scope
     const inProgress = new Set<string>()
+    const backlog = makeBacklogCounter()
     const spec = deps.budget ?? DEFAULT_INBOUND_BUDGET
     const budget = makeBudget(spec)
 
@@ -570,7 +584,12 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         Effect.catchTag("SessionStoreError", (e) => deadLetter(ev, isGroup, e)),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
         roomLock(ev.roomId).withPermits(1),
-        Effect.ensuring(Effect.sync(() => inProgress.delete(ev.eventId))),
+        Effect.ensuring(
+          Effect.suspend(() => {
+            inProgress.delete(ev.eventId)
+            return showBacklog(deps.progress, backlog.finished())
+          })
+        ),
         Effect.withSpan("Inbound.answer")
       )
 
@@ -615,6 +634,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
         inProgress.add(ev.eventId)
+        yield* showBacklog(deps.progress, backlog.started())
         yield* Effect.forkIn(answer(ev, verdict.isGroup), scope)
       }).pipe(
         Effect.catchAll((e) => failure(ev, "ledger", String(e))),
@@ -687,7 +707,9 @@ export const InboundLive = Layer.scoped(
       outbound: yield* Outbound,
       status: yield* ChannelStatus,
       dlq: yield* Dlq,
-      replies: { ...hooks, options: { deadLetterAfterRounds: m.outbound.deadLetterAfterRounds } }
+      replies: { ...hooks, options: { deadLetterAfterRounds: m.outbound.deadLetterAfterRounds } },
+      // on a terminal only (a pipe or a log file gets nothing extra)
+      progress: progressLine("cara")
     })
   })
 )

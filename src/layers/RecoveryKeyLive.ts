@@ -56,6 +56,7 @@ import { ConfigSecrets, type ConfigSecretsShape } from "../services/ConfigSecret
 import { RecoveryKey, type RecoveryKeyShape } from "../services/RecoveryKey.js"
 import { type CappedResult, StateDir, type StateDirShape } from "../services/StateDir.js"
 // Layer imports by design: its file audit goes through the Audit layer's helper.
+import { progressLine } from "../domain/progress.js"
 import { makeAudit } from "./AuditLive.js"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -845,7 +846,17 @@ export const restoreAtStartup = (ctx: BootstrapContext, options: RestoreOptions 
         }
         await crypto.checkKeyBackupAndEnable()
         if (newDevice && (await crypto.getSessionBackupPrivateKey()) !== null) {
-          const r = await crypto.restoreKeyBackup()
+          // a large backup takes a while: the operator's terminal shows the count (nothing off a terminal)
+          const progress = progressLine("cara")
+          const r = await crypto.restoreKeyBackup({
+            progressCallback: (p) => {
+              if (p.stage === "load_keys" && progress.hooks.count !== undefined) {
+                Effect.runSync(
+                  progress.hooks.count("room keys restored from the backup", p.successes + p.failures, p.total)
+                )
+              }
+            }
+          }).finally(() => Effect.runSync(progress.done))
           return { total: r.total, imported: r.imported }
         }
         return undefined

@@ -79,6 +79,8 @@ const checkCommand = async (key: string, flags: ReadonlySet<string>): Promise<Ar
   }
   return [...flags]
     .filter((f) => f !== "--help" && f !== "--version")
+    // @effect/cli's built-in options are listed in the help text, not in the usage line
+    .filter((f) => !(f === "--completions" && key === "" && /--completions sh \| bash \| fish \| zsh/.test(out)))
     .filter((f) => !new RegExp(`(^|[\\s(\\[])${f}([\\s)\\]]|$)`).test(usage[2]!))
     .map((f) => `\`cara ${key}\`: no option ${f} (usage: ${usage[0]})`)
 }

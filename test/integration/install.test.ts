@@ -20,6 +20,17 @@ const systemPath = (process.env["PATH"] ?? "").split(path.delimiter).filter((p) 
 const baseEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
   const env: NodeJS.ProcessEnv = { PATH: systemPath }
   for (const key of ["HOME", "LANG", "TMPDIR"]) if (process.env[key] !== undefined) env[key] = process.env[key]
+  // how this machine reaches the registry (a TLS-inspecting proxy's CA, proxies, npm's own settings): a user's
+  // shell has them too, and without them the install cannot fetch a thing
+  for (const [key, value] of Object.entries(process.env)) {
+    if (
+      value !== undefined &&
+      /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|(https?|no)_proxy|npm_config_(registry|cafile|ca|proxy|https_proxy|strict_ssl))$/i
+        .test(key)
+    ) {
+      env[key] = value
+    }
+  }
   return { ...env, ...extra }
 }
 

@@ -1,6 +1,7 @@
 // A backlog larger than the sync filter's timeline limit (20): messages sent while the bot was down reach it
 // in a `limited` /sync that holds only the newest ones. The bot back-fills the gap from /messages, and the
-// human, paging the whole room history from the server, counts exactly one reply per message.
+// human, paging the whole room history from the server, counts exactly one reply per message. The restart is
+// on a pseudo-terminal, where the catch-up shows its progress.
 import { expect, it } from "vitest"
 import { tally } from "../../scripts/chaos.js"
 import { Human } from "../support/human.js"
@@ -52,7 +53,8 @@ describeSynapse("Matrix: a backlog sent while the bot was down is answered exact
     }
     expect(sent.size).toBe(62)
 
-    await bot.start({}, /Matrix client synced/)
+    // this start runs on a pseudo-terminal: the catch-up shows its progress there (issue 21.5)
+    await bot.start({}, /Matrix client synced/, { terminal: true })
     const deadline = Date.now() + 120_000
     let t = await tally(human, rooms, botUser, sent)
     const unanswered = () => [...t.replies.values()].filter((s) => s.size === 0).length
@@ -70,5 +72,8 @@ describeSynapse("Matrix: a backlog sent while the bot was down is answered exact
     expect(sizes.filter((n) => n === 1).length).toBe(62)
     // the gap was real: older messages came from the back-fill, not from the limited sync itself
     expect(count(bot.output(), /Matrix back-fill: offering events missed by a limited sync/)).toBeGreaterThanOrEqual(2)
+    // the terminal showed the catch-up's count, up to the end of a run
+    expect(bot.output()).toMatch(/cara: catching up: answered \d+\/\d+ \(\d+%\)/)
+    expect(bot.output()).toMatch(/cara: catching up: answered (\d+)\/\1 \(100%\)/)
   }, 240_000)
 })

@@ -4,7 +4,7 @@
 import { Effect, Exit, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { cleanEnv, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
+import { cleanEnv, type RunningDaemon, startDaemon, type StartDaemonOptions, tempStateDir } from "../support/cli.js"
 import { fakeAnthropic, type FakeLlmServer } from "../support/fake-llm.js"
 import type { RegisteredUser, SharedSynapse } from "../support/synapse/index.js"
 
@@ -51,8 +51,12 @@ export class Bot {
   }
 
   /** Starts the daemon and waits until its Matrix client has synced (or the channel failed). */
-  async start(extraEnv: Record<string, string> = {}, waitFor: RegExp = /Matrix client synced/): Promise<void> {
-    this.running = await startDaemon({ ...this.env, ...extraEnv }, 60_000)
+  async start(
+    extraEnv: Record<string, string> = {},
+    waitFor: RegExp = /Matrix client synced/,
+    options: StartDaemonOptions = {}
+  ): Promise<void> {
+    this.running = await startDaemon({ ...this.env, ...extraEnv }, 60_000, options)
     this.offset = 0
     await this.waitForLog(waitFor, 60_000)
   }

@@ -187,8 +187,9 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
       expect(fs.existsSync(path.join(bot.dir, "matrix", "matrix-sdk-crypto.sqlite3"))).toBe(false)
       expect((await bot.stop("SIGTERM")).code).toBe(0)
 
-      // with MATRIX_PASSWORD in the daemon's environment the lost device is replaced by a new one
-      await bot.start()
+      // with MATRIX_PASSWORD in the daemon's environment the lost device is replaced by a new one (on a
+      // pseudo-terminal, where the import of the backup's keys shows its count)
+      await bot.start({}, /Matrix client synced/, { terminal: true })
       const newDevice = deviceOf(bot)!
       expect(newDevice).not.toBe(oldDevice)
       expect(bot.output()).toContain("logging in as a new device")
@@ -199,6 +200,7 @@ describeSynapse("Matrix recovery key (real daemon, real Synapse)", (hs) => {
       )
       expect(Number(m[1])).toBeGreaterThanOrEqual(1)
       expect(Number(m[2])).toBe(Number(m[1]))
+      expect(bot.output()).toMatch(/cara: room keys restored from the backup (\d+)\/\1 \(100%\)/)
       await crossSigned(bot)
 
       const after = await botSession(hs, bot)

@@ -25,10 +25,45 @@ export interface RunningDaemon {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
+/**
+ * Runs argv[1:] on a pseudo-terminal (python3's pty) and copies what it writes to stdout; SIGTERM and SIGINT are
+ * passed on, and the exit code is the child's. For what cara does only on a terminal (progress lines).
+ */
+const PTY_WRAPPER = `
+import os, pty, signal, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, lambda sig, _: os.kill(pid, sig))
+while True:
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    os.write(1, data)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+`
+
+export interface StartDaemonOptions {
+  /** stdout and stderr on a pseudo-terminal instead of pipes */
+  readonly terminal?: boolean
+}
+
 /** Starts `cara` and waits for its ready line; fails with the daemon's output if it exits first. */
-export const startDaemon = (env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<RunningDaemon> =>
+export const startDaemon = (
+  env: NodeJS.ProcessEnv,
+  timeoutMs = 30_000,
+  options: StartDaemonOptions = {}
+): Promise<RunningDaemon> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI], { env, stdio: ["ignore", "pipe", "pipe"] })
+    const [cmd, args] = options.terminal === true
+      ? ["python3", ["-c", PTY_WRAPPER, process.execPath, CLI]] as const
+      : [process.execPath, [CLI]] as const
+    const child = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
       child.once("exit", (code, signal) => res({ code, signal }))

@@ -146,7 +146,9 @@ describe("bad inputs, each with its expected error", () => {
   it.effect("the daemon layer refuses to start on errors, naming them", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir()
-      yield* Effect.promise(() => fs.writeFile(path.join(dir, "carapace.json5"), `{ matrix: { userId: "cara" } }`))
+      yield* Effect.promise(() =>
+        fs.writeFile(path.join(dir, "carapace.json5"), `{ matrix: { userId: "cara", homeserverUrl: "ftp://x" } }`)
+      )
       const exit = yield* Effect.exit(
         ConfigSecrets.pipe(
           Effect.provide(ConfigSecretsWith({ env: { CARAPACE_STATE_DIR: dir } })),
