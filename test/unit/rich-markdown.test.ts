@@ -1,6 +1,6 @@
-// The Markdown renderer and splitter of src/domain/markdown.ts (markdown-it + sanitize-html). The first three
-// describe blocks are the cases of the old hand-written renderer's tests (test/unit/matrix-pure.test.ts),
-// pointed at the new module unchanged; the rest are GFM and splitting cases the old renderer did not handle.
+// The Markdown renderer and splitter of src/domain/markdown.ts (markdown-it + sanitize-html): GFM and splitting
+// cases the old hand-written renderer did not handle. The old renderer's cases run against this module in
+// test/unit/matrix-pure.test.ts.
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
 import {
@@ -12,68 +12,7 @@ import {
   splitMessage
 } from "../../src/domain/markdown.js"
 
-describe("Markdown to sanitized HTML (the old renderer's cases)", () => {
-  it("renders the common constructs", () => {
-    expect(renderMarkdown("Hello **bold** and *it* and `c<d>`")).toBe(
-      "<p>Hello <strong>bold</strong> and <em>it</em> and <code>c&lt;d&gt;</code></p>"
-    )
-    expect(renderMarkdown("# Title\n\n- a\n- b\n\n1. x\n2. y")).toBe(
-      "<h1>Title</h1><ul><li>a</li><li>b</li></ul><ol><li>x</li><li>y</li></ol>"
-    )
-    expect(renderMarkdown("```ts\nconst a = 1 < 2\n```")).toBe(
-      "<pre><code class=\"language-ts\">const a = 1 &lt; 2\n</code></pre>"
-    )
-    expect(renderMarkdown("> quoted\n> more")).toBe("<blockquote><p>quoted<br>more</p></blockquote>")
-    expect(renderMarkdown("[site](https://example.com/a?b=1&c=2)")).toBe(
-      "<p><a href=\"https://example.com/a?b=1&amp;c=2\">site</a></p>"
-    )
-  })
-
-  it("never lets the model's HTML or unsafe links through", () => {
-    const html = renderMarkdown("<img src=x onerror=\"alert(1)\"> <script>x</script> [x](javascript:alert(1)) **<b>**")
-    expect(html).not.toMatch(/<(img|script|b)[\s>]/)
-    expect(html).not.toContain("href=\"javascript")
-    expect(html).toContain("&lt;script&gt;")
-    expect(renderMarkdown("[a](https://x.y/\"onmouseover=1)")).not.toContain("\"onmouseover")
-  })
-
-  it("sends formatted_body only when there is markup", () => {
-    expect(messageContent("just text\n\nsecond")).toEqual({ msgtype: "m.notice", body: "just text\n\nsecond" })
-    expect(messageContent("a **b**")).toEqual({
-      msgtype: "m.notice",
-      body: "a **b**",
-      format: "org.matrix.custom.html",
-      formatted_body: "<p>a <strong>b</strong></p>"
-    })
-  })
-})
-
-describe("splitting (the old splitter's cases)", () => {
-  it("keeps short answers whole and splits long ones at paragraph boundaries", () => {
-    expect(splitMessage("short")).toEqual(["short"])
-    expect(splitMessage("  \n ")).toEqual([])
-    const paras = Array.from({ length: 10 }, (_, i) => `paragraph ${i} ${"x".repeat(40)}`)
-    const chunks = splitMessage(paras.join("\n\n"), 120)
-    expect(chunks.length).toBeGreaterThan(1)
-    for (const c of chunks) expect(Buffer.byteLength(c)).toBeLessThanOrEqual(120)
-    expect(chunks.join("\n\n")).toBe(paras.join("\n\n"))
-    // no paragraph is cut
-    for (const c of chunks) for (const p of c.split("\n\n")) expect(paras).toContain(p)
-  })
-
-  it("falls back to lines, then code points, never splitting a multi-byte character", () => {
-    const long = "é".repeat(100)
-    const chunks = splitMessage(long, 31)
-    for (const c of chunks) expect(Buffer.byteLength(c)).toBeLessThanOrEqual(31)
-    expect(chunks.join("")).toBe(long)
-  })
-
-  it("re-splits a chunk whose HTML escaping makes the event too big", () => {
-    const contents = chunkContents(`**a** ${"<".repeat(11_900)}`)
-    expect(contents.length).toBeGreaterThan(1)
-    for (const c of contents) expect(Buffer.byteLength(JSON.stringify(c))).toBeLessThanOrEqual(30_000)
-  })
-
+describe("limits", () => {
   it("keeps the limits of the old module", () => {
     expect(MAX_CHUNK_BYTES).toBe(12_000)
     expect(MAX_CONTENT_BYTES).toBe(30_000)

@@ -1,31 +1,10 @@
 // The sync gate (src/layers/matrix/syncCrypto.ts) on a real matrix-js-sdk 43 client with the Rust crypto: the
 // method it wraps must exist where the sync loop calls it, and idle syncs with unchanged key counts must stop
 // at the gate while changed ones reach the OlmMachine.
-import { createClient, type MatrixClient } from "matrix-js-sdk"
+import type { MatrixClient } from "matrix-js-sdk"
 import { describe, expect, it } from "vitest"
 import { gateSyncCrypto } from "../../src/layers/matrix/syncCrypto.js"
-
-const silent = {
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-  getChild: () => silent
-}
-
-const rustClient = async (): Promise<MatrixClient> => {
-  const client = createClient({
-    baseUrl: "http://127.0.0.1:9",
-    userId: "@bot:example.org",
-    deviceId: "BOTDEV",
-    accessToken: "not-a-token",
-    logger: silent,
-    fetchFn: () => Promise.reject(new Error("offline"))
-  })
-  await client.initRustCrypto({ useIndexedDB: false })
-  return client
-}
+import { rustClient } from "../support/rustClient.js"
 
 describe("sync crypto gate on the installed SDK", () => {
   it("wraps processSyncChanges; idle syncs stop at the gate, changed ones reach the machine", async () => {

@@ -2,7 +2,7 @@
 // of the Rust backend it reaches for must exist on a real client's crypto, and the public objects the
 // verification layer drives must keep their shape. If this file fails after an SDK upgrade, the port needs
 // a look before anything else: at runtime it would degrade quietly (see the port's comments).
-import { createClient, type MatrixClient } from "matrix-js-sdk"
+import type { MatrixClient } from "matrix-js-sdk"
 import { VerificationPhase, type VerificationRequest } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { RustSASVerifier, RustVerificationRequest } from "matrix-js-sdk/lib/rust-crypto/verification.js"
 import { describe, expect, it } from "vitest"
@@ -17,29 +17,7 @@ import {
   trackUsers,
   verifierOf
 } from "../../src/layers/verification/sdkPort.js"
-
-const silent = {
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-  getChild: () => silent
-}
-
-/** A real client on the Rust backend, in memory; its HTTP calls fail at once (no homeserver is needed). */
-const rustClient = async (): Promise<MatrixClient> => {
-  const client = createClient({
-    baseUrl: "http://127.0.0.1:9",
-    userId: "@bot:example.org",
-    deviceId: "BOTDEV",
-    accessToken: "not-a-token",
-    logger: silent,
-    fetchFn: () => Promise.reject(new Error("offline"))
-  })
-  await client.initRustCrypto({ useIndexedDB: false })
-  return client
-}
+import { rustClient } from "../support/rustClient.js"
 
 const asClient = (crypto: object | undefined) => ({ getCrypto: () => crypto }) as unknown as MatrixClient
 
