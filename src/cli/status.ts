@@ -36,8 +36,6 @@ export const AUTH_OFF_WARNING =
   "gateway auth is OFF (gateway.auth.mode \"none\"): any local process or page that reaches the port can drive cara; " +
   "set gateway.auth.mode \"token\" with token \"${CARAPACE_GATEWAY_TOKEN}\""
 
-const when = (n: number | null | undefined) => (n === null || n === undefined ? "never" : new Date(n).toISOString())
-
 /** `2026-… (42s ago)`: how old a moment is, by this machine's clock (the CLI runs beside the daemon). */
 const whenAgo = (n: number | null | undefined, now: number) =>
   n === null || n === undefined

@@ -155,3 +155,16 @@ export const requirePasswordLogin = (baseUrl: string) =>
           }). cara logs in with the bot account's password the first time; use a homeserver (or an account) that allows it.`
         )
       ))
+
+/**
+ * The homeserver of a Matrix config: `homeserverUrl` when set (without trailing slashes), otherwise discovered
+ * from `userId` (resolveHomeserverUrl). The daemon, `cara doctor` and `recovery-key rotate` all go through this.
+ */
+export const homeserverUrlOf = (
+  m: { readonly homeserverUrl?: string | null | undefined; readonly userId?: string | null | undefined },
+  explicitly: string
+): Effect.Effect<{ readonly url: string; readonly discovered: boolean }, HomeserverDiscoveryError> => {
+  const configured = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
+  if (configured !== "") return Effect.succeed({ url: configured, discovered: false })
+  return Effect.map(resolveHomeserverUrl((m.userId ?? "").trim(), explicitly), (url) => ({ url, discovered: true }))
+}

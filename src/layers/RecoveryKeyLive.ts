@@ -9,7 +9,7 @@ import type { CryptoCallbacks } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { decodeRecoveryKey, encodeRecoveryKey } from "matrix-js-sdk/lib/crypto-api/recovery-key.js"
 import { calculateKeyCheck, type SecretStorageKeyDescription } from "matrix-js-sdk/lib/secret-storage.js"
 import * as path from "node:path"
-import { MatrixError, TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
+import { TOKEN_REVOCATION_CODES, TOKEN_REVOKED_HINT } from "../domain/matrix.js"
 import {
   CLEANUP_ARTIFACTS,
   CLEANUP_FILE,

@@ -15,7 +15,7 @@ import {
 } from "../domain/recoveryKey.js"
 import type { StateFileErrorKind } from "../domain/stateFiles.js"
 import { LOCK_FILE, MARKER_FILE, PASSPHRASE_FILE, PENDING_FILE } from "../domain/storePassphrase.js"
-import { resolveHomeserverUrl } from "../domain/wellKnown.js"
+import { homeserverUrlOf } from "../domain/wellKnown.js"
 import { type ConfigEnv, type ConfigSnapshot, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { CRYPTO_FILE, STATE_FILE } from "../layers/CryptoStoreLive.js"
 import { SqliteFile, type StoreSecret } from "../layers/durable-idb/sqliteFile.js"
@@ -651,15 +651,15 @@ const field = (v: unknown, ...keys: Array<string>): unknown =>
   )
 
 /** The base URL doctor probes: matrix.homeserverUrl, or the one discovery finds (as the daemon does). */
-const homeserverBase = (m: NonNullable<ConfigSnapshot["config"]["matrix"]>) => {
-  const configured = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
-  if (configured !== "") return Effect.succeed(Either.right({ base: configured, via: "" }))
-  return resolveHomeserverUrl(m.userId ?? "", "set matrix.homeserverUrl").pipe(
-    Effect.map((base) => ({ base, via: " (discovered through .well-known: matrix.homeserverUrl is not set)" })),
+const homeserverBase = (m: NonNullable<ConfigSnapshot["config"]["matrix"]>) =>
+  homeserverUrlOf(m, "set matrix.homeserverUrl").pipe(
+    Effect.map(({ discovered, url }) => ({
+      base: url,
+      via: discovered ? " (discovered through .well-known: matrix.homeserverUrl is not set)" : ""
+    })),
     Effect.mapError((e) => e.message),
     Effect.either
   )
-}
 
 /** `/_matrix/client/versions` answers. */
 const reachabilityCheck = (base: string, via: string, timeoutMs: number) =>

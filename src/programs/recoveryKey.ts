@@ -10,13 +10,11 @@ import {
   KEY_FORMAT_MESSAGE,
   MAX_KEY_BYTES,
   normalizeRecoveryKey,
-  PENDING_FILE,
   recoveryError,
-  type RecoveryKeyError,
   stateIo
 } from "../domain/recoveryKey.js"
 import type { EncryptedStateIoError, RekeyLockHeldError } from "../domain/storePassphrase.js"
-import { resolveHomeserverUrl } from "../domain/wellKnown.js"
+import { homeserverUrlOf } from "../domain/wellKnown.js"
 import { makeCryptoStore } from "../layers/CryptoStoreLive.js"
 import {
   fileAudit,
@@ -197,11 +195,9 @@ const offlineClient = (keyring: ReturnType<typeof makeKeyring>) =>
         "Matrix recovery configuration precondition failed: rotation needs the persisted access token and device id; start the daemon once so it logs in, stop it, then rerun."
       )
     }
-    const baseUrl = (m.homeserverUrl ?? "").trim() !== ""
-      ? m.homeserverUrl!
-      : yield* resolveHomeserverUrl(m.userId ?? "", "set matrix.homeserverUrl").pipe(
-        Effect.mapError((e) => recoveryError("recovery-config-precondition", e.message))
-      )
+    const { url: baseUrl } = yield* homeserverUrlOf(m, "set matrix.homeserverUrl").pipe(
+      Effect.mapError((e) => recoveryError("recovery-config-precondition", e.message))
+    )
     const passphrase = yield* sp.resolve.pipe(Effect.mapError((e) => stateIo(e.message)))
     const store = yield* makeCryptoStore({
       secret: { encrypted: true, passphrase }

@@ -1,14 +1,11 @@
 // `/help` and `/model` are answered by the Agent itself: no model call, nothing in the room's history.
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Layer, Option, Redacted, Stream } from "effect"
+import { Duration, Effect, Option, Redacted } from "effect"
 import { type AgentProfile, type AgentSettings, emptyAgentSettings } from "../../src/domain/agent.js"
 import { COMMANDS, helpReply, modelReply } from "../../src/domain/commands.js"
-import { AgentLive } from "../../src/layers/AgentLive.js"
-import { LanguageModelLive } from "../../src/layers/LanguageModelLive.js"
-import { SessionsLive } from "../../src/layers/SessionsLive.js"
-import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import { Agent, AgentSettingsTag, type TurnInput } from "../../src/services/Agent.js"
+import type { TurnInput } from "../../src/services/Agent.js"
 import { Sessions } from "../../src/services/Sessions.js"
+import { events, reply, withAgent } from "../support/agent.js"
 import { fakeAnthropic, type FakeLlmServer } from "../support/fake-llm.js"
 import { scopedTmpDir } from "../support/tmp.js"
 
@@ -35,14 +32,6 @@ const settingsWith = (ant: FakeLlmServer, extra: Partial<AgentSettings> = {}): A
   ...extra
 })
 
-const withAgent = <A, E>(dir: string, settings: AgentSettings, body: Effect.Effect<A, E, Agent | Sessions>) => {
-  const sessions = SessionsLive.pipe(Layer.provide(StateDirAt(dir)))
-  const deps = Layer.mergeAll(sessions, LanguageModelLive).pipe(
-    Layer.provideMerge(Layer.succeed(AgentSettingsTag, settings))
-  )
-  return Effect.scoped(Effect.provide(body, AgentLive.pipe(Layer.provideMerge(deps))))
-}
-
 let counter = 0
 const msg = (text: string, roomId = "!dm:hs"): TurnInput => ({
   roomId,
@@ -52,10 +41,6 @@ const msg = (text: string, roomId = "!dm:hs"): TurnInput => ({
   text,
   isGroup: false
 })
-
-const events = (input: TurnInput) =>
-  Effect.flatMap(Agent, (agent) => Stream.runCollect(agent.turn(input)).pipe(Effect.map(Chunk.toArray)))
-const reply = (input: TurnInput) => Effect.flatMap(Agent, (agent) => agent.reply(input))
 
 describe("Agent chat commands", () => {
   it.scopedLive("/help lists every command without calling the model or touching the history", () =>

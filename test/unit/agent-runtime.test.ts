@@ -1,16 +1,13 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schema, Stream } from "effect"
-import * as fs from "node:fs/promises"
-import * as path from "node:path"
+import { Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schema } from "effect"
 import { type AgentProfile, type AgentSettings, emptyAgentSettings } from "../../src/domain/agent.js"
 import { CaraConfig } from "../../src/domain/config.js"
-import { AgentLive, agentRuntime, NEW_CONVERSATION_REPLY } from "../../src/layers/AgentLive.js"
-import { LanguageModelLive } from "../../src/layers/LanguageModelLive.js"
-import { SessionsLive } from "../../src/layers/SessionsLive.js"
+import { agentRuntime, NEW_CONVERSATION_REPLY } from "../../src/layers/AgentLive.js"
 import { StateDirAt } from "../../src/layers/StateDirLive.js"
-import { Agent, AgentSettingsTag, type TurnInput } from "../../src/services/Agent.js"
+import { Agent, type TurnInput } from "../../src/services/Agent.js"
 import { ConfigSecrets } from "../../src/services/ConfigSecrets.js"
 import { Sessions } from "../../src/services/Sessions.js"
+import { events, reply, withAgent } from "../support/agent.js"
 import { fakeAnthropic, type FakeLlmServer, fakeOpenAI } from "../support/fake-llm.js"
 import { scopedTmpDir } from "../support/tmp.js"
 
@@ -47,15 +44,6 @@ const settingsWith = (
   ...extra
 })
 
-/** Runs `body` against a fresh Agent (history in `{dir}/carapace.sqlite`). */
-const withAgent = <A, E>(dir: string, settings: AgentSettings, body: Effect.Effect<A, E, Agent | Sessions>) => {
-  const sessions = SessionsLive.pipe(Layer.provide(StateDirAt(dir)))
-  const deps = Layer.mergeAll(sessions, LanguageModelLive).pipe(
-    Layer.provideMerge(Layer.succeed(AgentSettingsTag, settings))
-  )
-  return Effect.scoped(Effect.provide(body, AgentLive.pipe(Layer.provideMerge(deps))))
-}
-
 let counter = 0
 const dm = (text: string, extra: Partial<TurnInput> = {}): TurnInput => ({
   roomId: "!dm:hs",
@@ -66,10 +54,6 @@ const dm = (text: string, extra: Partial<TurnInput> = {}): TurnInput => ({
   isGroup: false,
   ...extra
 })
-
-const events = (input: TurnInput) =>
-  Effect.flatMap(Agent, (agent) => Stream.runCollect(agent.turn(input)).pipe(Effect.map(Chunk.toArray)))
-const reply = (input: TurnInput) => Effect.flatMap(Agent, (agent) => agent.reply(input))
 
 describe("Agent", () => {
   it.scopedLive("streams the answer, persists the turn, and sends the history in order next time", () =>

@@ -12,7 +12,7 @@ import {
   type UserId
 } from "../../domain/matrix.js"
 import { describeSdkError as describe, errcodeOf, isTokenRejection } from "../../domain/sendError.js"
-import { resolveHomeserverUrl } from "../../domain/wellKnown.js"
+import { homeserverUrlOf } from "../../domain/wellKnown.js"
 import type { ConfigSecretsShape } from "../../services/ConfigSecrets.js"
 import { quietLogger } from "./logging.js"
 
@@ -244,12 +244,13 @@ const DISCOVERY_RETRY = Schedule.exponential(Duration.seconds(2)).pipe(Schedule.
  * The homeserver's base URL: `matrix.homeserverUrl` when set, otherwise discovered from the user id through
  * `.well-known/matrix/client` (the server name itself when none is published), as `cara setup` does.
  */
-const homeserverOf = (m: Matrix, userId: string) => {
-  const configured = (m.homeserverUrl ?? "").trim().replace(/\/+$/, "")
-  if (configured !== "") return Effect.succeed(configured)
-  return resolveHomeserverUrl(userId, "set matrix.homeserverUrl or MATRIX_HOMESERVER_URL and restart").pipe(
+const homeserverOf = (m: Matrix, userId: string) =>
+  homeserverUrlOf(m, "set matrix.homeserverUrl or MATRIX_HOMESERVER_URL and restart").pipe(
     Effect.retry({ schedule: DISCOVERY_RETRY, while: (e) => e.kind === "homeserver-discovery-failed" }),
-    Effect.tap((url) => Effect.logInfo(`matrix.homeserverUrl is not set; discovered ${url} for ${userId}`)),
+    Effect.tap(({ discovered, url }) =>
+      discovered ? Effect.logInfo(`matrix.homeserverUrl is not set; discovered ${url} for ${userId}`) : Effect.void
+    ),
+    Effect.map(({ url }) => url),
     Effect.mapError((e) =>
       new MatrixError({
         kind: "startup-failed",
@@ -257,7 +258,6 @@ const homeserverOf = (m: Matrix, userId: string) => {
       })
     )
   )
-}
 
 /** `storeLost`: the crypto store of the configured device is gone (see replaceLostDevice). */
 export const authenticate = (m: Matrix, secrets: ConfigSecretsShape, env: NodeJS.ProcessEnv, storeLost = false) =>
