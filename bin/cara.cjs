@@ -1,7 +1,7 @@
 #!/bin/sh
 ":" // ; self=$0; while [ -h "$self" ]; do l=$(readlink "$self"); case $l in /*) self=$l ;; *) self=$(dirname "$self")/$l ;; esac; done
 ":" // ; dir=$(cd "$(dirname "$self")/.." && pwd -P)
-":" // ; for n in "$dir/node_modules/node/bin/node" "$dir/../node/bin/node"; do [ -x "$n" ] && exec "$n" "$dir/dist/src/cli/bin.js" "$@"; done
+":" // ; for n in "$dir/node_modules/node/bin/node" "$dir/../node/bin/node"; do [ -x "$n" ] && exec "$n" "$dir/dist/cli/bin.js" "$@"; done
 ":" // ; exec node "$self" "$@"
 // The `cara` on PATH. Whatever Node the caller has (a system Node 20 is common), cara runs on the Node 24
 // that the package depends on (the `node` package), found from this package's own directory, never from
@@ -20,7 +20,7 @@ const path = require("node:path")
 const { pathToFileURL } = require("node:url")
 
 const pkgDir = path.resolve(__dirname, "..")
-const entry = path.join(pkgDir, "dist", "src", "cli", "bin.js")
+const entry = path.join(pkgDir, "dist", "cli", "bin.js")
 
 const findNode = () => {
   try {

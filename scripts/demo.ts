@@ -183,7 +183,7 @@ const main = async (): Promise<number> => {
 
     step(`model: ${provider.describe}`)
     if (provider.provider === "local") log(REAL_MODEL_HINT.replace(/^/gm, "      "))
-    const bin = path.join(root, "dist/src/cli/bin.js")
+    const bin = path.join(root, "dist/cli/bin.js")
     if (!fs.existsSync(bin)) {
       log("      building cara (dist/ is missing) …")
       const built = spawnSync(process.execPath, [

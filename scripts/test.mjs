@@ -16,6 +16,8 @@ const results = new URL("../.test-results.json", import.meta.url).pathname
 
 let typeErrors = 0
 if (npx(["tsc", "-p", "tsconfig.build.json"]) !== 0) typeErrors++
+// the bundled CLI in dist/cli (what `cara` runs and the integration tests start), from the build above
+else if (run(process.execPath, [new URL("./bundle.mjs", import.meta.url).pathname]) !== 0) typeErrors++
 if (npx(["tsc", "-p", "tsconfig.json", "--noEmit"]) !== 0) typeErrors++
 
 const lintStartedAt = Date.now()

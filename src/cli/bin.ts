@@ -18,6 +18,9 @@ if (reexec !== undefined && typeof process.execve === "function") {
     // not possible here (platform, permissions): run with Node's defaults
   }
 }
+// Compiled code cached between runs (src/cli/compileCache.ts): most of a command's start is compiling modules.
+const { enableCompileCache } = await import("./compileCache.js")
+enableCompileCache()
 // `cara --version` needs nothing but the package version: answered before the CLI framework loads.
 if (process.argv.length === 3 && process.argv[2] === "--version") {
   const { version } = await import("../version.js")

@@ -1,5 +1,5 @@
 // Every `cara …` command in the operator docs must exist in the built CLI with every flag it uses: each
-// subcommand path is run with `--help` through `node dist/src/cli/bin.js` (npm test builds dist/ first).
+// subcommand path is run with `--help` through `node dist/cli/bin.js` (npm test builds dist/ first).
 import { describe, expect, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"

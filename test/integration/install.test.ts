@@ -58,7 +58,7 @@ const sh = (cmd: string, args: ReadonlyArray<string>, opts: { cwd?: string; env?
 
 describe("npm pack + npm install -g", () => {
   it("installs a working cara into a fresh prefix", { timeout: 600_000 }, async () => {
-    if (!fs.existsSync(path.join(root, "dist/src/cli/bin.js"))) throw new Error("run `npm run build` first")
+    if (!fs.existsSync(path.join(root, "dist/cli/bin.js"))) throw new Error("run `npm run build` first")
     // dist/ is already built (npm test builds first): no need to run `prepare` again
     const packed = JSON.parse(
       await sh("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", work])
@@ -70,7 +70,9 @@ describe("npm pack + npm install -g", () => {
     const tarball = path.join(work, packed[0]!.filename)
     const files = packed[0]!.files.map((f) => f.path)
     expect(files).toContain("bin/cara.cjs")
-    expect(files).toContain("dist/src/cli/bin.js")
+    expect(files).toContain("dist/cli/bin.js")
+    // the bundle replaces the compiled modules: none of dist/src is shipped
+    expect(files.filter((f) => f.startsWith("dist/src/"))).toEqual([])
     expect(files).toContain("package.json")
     // only what runs: no tests, no TypeScript sources, no source maps of sources that are not shipped
     expect(

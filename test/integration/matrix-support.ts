@@ -1,4 +1,4 @@
-// Shared by the test/integration/matrix-*.test.ts files: the real daemon process (`node dist/src/cli/bin.js`)
+// Shared by the test/integration/matrix-*.test.ts files: the real daemon process (`node dist/cli/bin.js`)
 // with a config file in a temp state dir, Matrix pointed at the test Synapse and the agent at a loopback fake
 // Anthropic server, so a test goes end to end: human client → Synapse → daemon → fake LLM → Synapse → human.
 import { Effect, Exit, Scope } from "effect"

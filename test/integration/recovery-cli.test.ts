@@ -14,7 +14,7 @@ afterAll(() => {
   for (const r of roots) fs.rmSync(r, { recursive: true, force: true })
 })
 beforeAll(() => {
-  if (!fs.existsSync("dist/src/cli/bin.js")) throw new Error("run `npm run build` first")
+  if (!fs.existsSync("dist/cli/bin.js")) throw new Error("run `npm run build` first")
 })
 
 const KEY = encodeRecoveryKey(new Uint8Array(32).fill(7))!

@@ -46,7 +46,7 @@ const auditEvents = (root: string) =>
     : []
 
 beforeAll(() => {
-  if (!fs.existsSync("dist/src/cli/bin.js")) throw new Error("run `npm run build` first")
+  if (!fs.existsSync("dist/cli/bin.js")) throw new Error("run `npm run build` first")
 })
 
 describe("cara matrix rekey-store --new", () => {

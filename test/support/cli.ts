@@ -4,7 +4,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 
 /** The built CLI (`npm test` builds dist/ before vitest runs). */
-export const CLI = path.resolve("dist/src/cli/bin.js")
+export const CLI = path.resolve("dist/cli/bin.js")
 
 export const tempStateDir = (): string => fs.mkdtempSync(path.join(os.tmpdir(), "cara-state-"))
 
