@@ -68,22 +68,30 @@ export const isLoopbackTarget = (
  * Where the daemon is and how to authenticate: flags, then the config (`gateway.port`), then defaults.
  * The config is read with the caller's environment, so sealed values open when CARAPACE_CONFIG_PASSWORD is set.
  */
+/** The config paths the CLI may authenticate to the daemon with, in order of preference. */
+const GATEWAY_CREDENTIALS: ReadonlyArray<string> = ["gateway.auth.token", "gateway.auth.password"]
+
 export const resolveTarget = (
   flags: { readonly host: Option.Option<string>; readonly port: Option.Option<number> },
   env: ConfigEnv = process.env
 ) =>
   Effect.gen(function*() {
-    const snapshot = yield* loadConfigSnapshot(env).pipe(Effect.provide(StateDirLive), Effect.option)
+    const envToken = (env["CARAPACE_GATEWAY_TOKEN"] ?? "").trim()
+    // only the gateway credential is opened (one Argon2id derivation each), and none when the env gives it
+    const snapshot = yield* loadConfigSnapshot(
+      env,
+      undefined,
+      (path) => envToken === "" && GATEWAY_CREDENTIALS.includes(path)
+    ).pipe(Effect.provide(StateDirLive), Effect.option)
     const config = Option.map(snapshot, (s) => s.config)
     const fromConfig = (path: string) =>
       Option.flatMap(snapshot, (s) => {
         const slot = s.secrets.get(path)
         return slot?.state === "open" ? Option.some(slot.value) : Option.none()
       })
-    const envToken = (env["CARAPACE_GATEWAY_TOKEN"] ?? "").trim()
     const token = envToken !== ""
       ? Option.some(Redacted.make(envToken))
-      : Option.orElse(fromConfig("gateway.auth.token"), () => fromConfig("gateway.auth.password"))
+      : Option.orElse(fromConfig(GATEWAY_CREDENTIALS[0]!), () => fromConfig(GATEWAY_CREDENTIALS[1]!))
     const host = Option.getOrElse(flags.host, () => "127.0.0.1")
     const port = Option.getOrElse(flags.port, () =>
       Option.match(config, { onNone: () => DEFAULT_GATEWAY_PORT, onSome: (c) => c.gateway.port }))

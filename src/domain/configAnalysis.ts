@@ -58,6 +58,12 @@ export interface AnalyzeInput {
   readonly env: ConfigEnv
   readonly storePassphraseFile: StorePassphraseFile
   readonly argon2?: Argon2Params
+  /**
+   * Which sealed values to open (each costs one Argon2id derivation); the others stay `locked` (the
+   * validation then reads them as unavailable; such a caller ignores the findings). All of them when absent: the daemon and `cara config check` need every one, a command that talks
+   * to the daemon only the gateway credential (or none, when CARAPACE_GATEWAY_TOKEN is set).
+   */
+  readonly unseal?: (path: string) => boolean
 }
 
 export interface Analysis {
@@ -217,7 +223,9 @@ const resolveSecrets = (
           deleteIn(tree, p)
           continue
         }
-        if (Option.isNone(password)) {
+        if (input.unseal !== undefined && !input.unseal(at)) {
+          secrets.set(at, { state: "locked" })
+        } else if (Option.isNone(password)) {
           secrets.set(at, { state: "locked" })
           findings.push(warn(`.${at}`, `CARAPACE_CONFIG_PASSWORD is not set; the sealed value at ${at} stays locked`))
         } else {

@@ -193,7 +193,8 @@ const probeStorePassphraseFile = (stateRoot: string): Effect.Effect<StorePassphr
 /** Discovers, reads and analyses the config (never fails: every problem is a finding). */
 export const loadConfigSnapshot = (
   env: ConfigEnv,
-  argon2?: Argon2Params
+  argon2?: Argon2Params,
+  unseal?: (path: string) => boolean
 ): Effect.Effect<ConfigSnapshot, never, StateDir> =>
   Effect.gen(function*() {
     const stateDir = yield* StateDir
@@ -215,7 +216,8 @@ export const loadConfigSnapshot = (
       file: target,
       env,
       storePassphraseFile,
-      ...(argon2 !== undefined ? { argon2 } : {})
+      ...(argon2 !== undefined ? { argon2 } : {}),
+      ...(unseal !== undefined ? { unseal } : {})
     })
     const findings = [...analysis.findings]
     if (Option.isNone(read.right) && (env["CARAPACE_CONFIG_PATH"] ?? "").trim() !== "") {
