@@ -59,9 +59,10 @@ export interface AnalyzeInput {
   readonly storePassphraseFile: StorePassphraseFile
   readonly argon2?: Argon2Params
   /**
-   * Which sealed values to open (each costs one Argon2id derivation); the others stay `locked` (the
-   * validation then reads them as unavailable; such a caller ignores the findings). All of them when absent: the daemon and `cara config check` need every one, a command that talks
-   * to the daemon only the gateway credential (or none, when CARAPACE_GATEWAY_TOKEN is set).
+   * Which sealed values to open (each costs one Argon2id derivation); the others stay `locked`, and the
+   * validation reads them as unavailable (such a caller ignores the findings). All of them when absent: the
+   * daemon and `cara config check` need every one, a command that talks to the daemon only the gateway
+   * credential (or none, when CARAPACE_GATEWAY_TOKEN is set).
    */
   readonly unseal?: (path: string) => boolean
 }
