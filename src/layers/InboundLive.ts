@@ -507,6 +507,7 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
           roomId: ev.roomId,
           eventId: ev.eventId,
           senderId: ev.sender,
+          ...(ev.senderLabel === undefined ? {} : { senderLabel: ev.senderLabel }),
           text: ev.body,
           isGroup,
           botUserId
