@@ -1,5 +1,6 @@
 import { Option, ParseResult, Schema, SchemaAST as AST } from "effect"
 import { DEFAULT_INBOUND_BUDGET } from "./inboundBudget.js"
+import { DEFAULT_THREAD_REPLIES } from "./threads.js"
 
 /**
  * The decoded, validated configuration (`carapace.json5`).
@@ -180,6 +181,14 @@ export const Matrix = Schema.Struct({
   }),
   /** Lifecycle reactions on the question (👀 while working, ❌ on failure); off by default. */
   reactions: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => false }),
+  /**
+   * Issue 20.5: answer in the question's thread (`"inbound"`, default), start a thread on every main-timeline
+   * question (`"always"`) or never thread (`"off"`: one conversation per room). See src/domain/threads.ts.
+   */
+  threadReplies: Schema.optionalWith(Schema.Literal("inbound", "always", "off"), {
+    nullable: true,
+    default: () => DEFAULT_THREAD_REPLIES
+  }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })

@@ -31,6 +31,8 @@ export const InboundEvent = Schema.Struct({
   eventId: EventId,
   roomId: RoomId,
   sender: UserId,
+  /** How a group prompt names the sender (display name, MXID where needed: src/layers/matrix/members.ts). */
+  senderLabel: Schema.optional(Schema.String),
   /** `origin_server_ts` (server clock, used for the history cut-offs). */
   ts: Schema.Number,
   msgtype: Schema.optional(Schema.String),

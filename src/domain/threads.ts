@@ -12,11 +12,11 @@ export const DEFAULT_THREAD_REPLIES: ThreadReplies = "inbound"
  * - `always`: as `inbound`, and a main-timeline question starts a thread rooted at itself.
  * - `off`: never in a thread, even for a question asked in one (the reply still quotes it).
  */
-export const answerThread = (
+export const answerThread = <Id extends string>(
   mode: ThreadReplies,
-  eventId: string,
-  threadId: string | undefined
-): string | undefined => {
+  eventId: Id,
+  threadId: Id | undefined
+): Id | undefined => {
   switch (mode) {
     case "inbound":
       return threadId

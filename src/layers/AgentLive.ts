@@ -11,7 +11,6 @@ import {
   DEFAULT_MAX_TOKENS,
   defaultRetrySettings,
   formatModel,
-  labelSender,
   messageCost,
   noApiKey,
   noModelConfigured,
@@ -24,9 +23,10 @@ import {
   type Usage,
   userReply
 } from "../domain/agent.js"
-import { helpReply, modelReply, parseCommand, withoutMention } from "../domain/commands.js"
+import { helpReply, modelReply, newReply, parseCommand, withoutMention } from "../domain/commands.js"
 import type { AgentSpec, CaraConfig, SecretRef } from "../domain/config.js"
 import { redactSecrets, registerSecret } from "../domain/redact.js"
+import { fallbackLabel, GROUP_PROMPT_NOTE, speakerLine } from "../domain/speakers.js"
 import {
   Agent,
   type AgentRoute,
@@ -38,7 +38,7 @@ import {
 } from "../services/Agent.js"
 import { type ConfigSecretError, ConfigSecrets } from "../services/ConfigSecrets.js"
 import { LanguageModel, type LanguageModelShape } from "../services/LanguageModel.js"
-import { Sessions, type SessionsShape, type SessionStoreError } from "../services/Sessions.js"
+import { Sessions, type SessionsShape, type SessionStoreError, type StoredMessage } from "../services/Sessions.js"
 import type { StateDir } from "../services/StateDir.js"
 // Layer imports by design: the agent runtime is built on the sessions store and the language models.
 import { LanguageModelLive } from "./LanguageModelLive.js"
@@ -172,9 +172,7 @@ export const configurationProblems = (settings: AgentSettings): ReadonlyArray<Ag
 // ---------------------------------------------------------------------------------------------------------
 // The runtime
 
-const GROUP_NOTE = "This is a group chat: each user message starts with the sender's name and Matrix ID, then a colon."
-
-export const NEW_CONVERSATION_REPLY = "🆕 Started a new conversation. Earlier messages in this room are forgotten."
+export const NEW_CONVERSATION_REPLY = newReply(false)
 const EMPTY_ANSWER_REPLY = "(The model returned an empty answer. Try rephrasing, or send /new to start over.)"
 
 /** The answer to `/help` or `/model`, which never reach the model or the room's history. */
@@ -198,16 +196,15 @@ const logFailure = (error: AgentError, input: TurnInput) =>
     Effect.annotateLogs({ service: "Agent", kind: error.kind, roomId: input.roomId, eventId: input.eventId })
   )
 
+/** In a group, each user message is a speaker line with the label stored with it (older rows: name and MXID). */
 const toModelMessages = (
-  stored: ReadonlyArray<
-    { role: "user" | "assistant"; content: string; senderId: string | undefined; senderName: string | undefined }
-  >,
+  stored: ReadonlyArray<Pick<StoredMessage, "role" | "content" | "senderId" | "senderName" | "senderLabel">>,
   isGroup: boolean
 ): ReadonlyArray<ChatMessage> =>
   stored.map((m) => ({
     role: m.role,
     content: isGroup && m.role === "user" && m.senderId !== undefined
-      ? labelSender(m.senderName, m.senderId, m.content)
+      ? speakerLine(m.senderLabel ?? fallbackLabel(m.senderId, m.senderName), m.content)
       : m.content
   }))
 
@@ -233,9 +230,9 @@ const modelRequest = (deps: TurnDeps, input: TurnInput, profile: AgentProfile) =
   Effect.gen(function*() {
     // Every message costs at least messageCost("") characters, so this many rows always cover the budget.
     const rowLimit = Math.min(5000, Math.ceil(profile.historyBudget / messageCost({ role: "user", content: "" })) + 2)
-    const stored = yield* deps.sessions.history(input.roomId, rowLimit)
+    const stored = yield* deps.sessions.history(input.roomId, rowLimit, input.threadId)
     const messages = trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget)
-    const system = [profile.systemPrompt, input.isGroup ? GROUP_NOTE : undefined]
+    const system = [profile.systemPrompt, input.isGroup ? GROUP_PROMPT_NOTE : undefined]
       .filter((s): s is string => s !== undefined && s !== "")
       .join("\n\n")
     return {
@@ -276,6 +273,7 @@ const runModel = (
             role: "assistant",
             content: answer,
             replyTo: input.eventId,
+            ...(input.threadId === undefined ? {} : { threadId: input.threadId }),
             agent: profile.name,
             model: formatModel(profile.model)
           }).pipe(Effect.as(completed(profile, answer, usage)))
@@ -298,7 +296,9 @@ const startTurn = (deps: TurnDeps, input: TurnInput, text: string) =>
       content: text,
       eventId: input.eventId,
       senderId: input.senderId,
-      ...(input.senderName === undefined ? {} : { senderName: input.senderName })
+      ...(input.senderName === undefined ? {} : { senderName: input.senderName }),
+      ...(input.senderLabel === undefined ? {} : { senderLabel: input.senderLabel }),
+      ...(input.threadId === undefined ? {} : { threadId: input.threadId })
     })
     const profile = resolveAgent(deps.settings, input.roomId)
     if (Option.isNone(profile)) return Stream.make(failed(noModelConfigured()))
@@ -350,12 +350,18 @@ const makeTurn = (deps: TurnDeps) => {
           return Stream.make<Array<TurnEvent>>({ _tag: "Command", text: reply })
         }
         if (command?._tag === "New") {
-          yield* deps.sessions.reset(input.roomId)
+          // where it is sent: the room's main timeline, or only the thread
+          yield* deps.sessions.reset(input.roomId, input.threadId)
           yield* Effect.logInfo("conversation reset").pipe(
-            Effect.annotateLogs({ service: "Agent", roomId: input.roomId })
+            Effect.annotateLogs({
+              service: "Agent",
+              roomId: input.roomId,
+              ...(input.threadId === undefined ? {} : { threadId: input.threadId })
+            })
           )
           const rest = withoutMention(text, { userId: input.botUserId }).slice(4).trim()
-          if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: NEW_CONVERSATION_REPLY })
+          const reset = newReply(input.threadId !== undefined)
+          if (rest === "") return Stream.make<Array<TurnEvent>>({ _tag: "Reset", text: reset })
           return yield* startTurn(deps, input, rest)
         }
         return yield* startTurn(deps, input, text)

@@ -14,6 +14,7 @@ import type { InboundEvent } from "../domain/matrix.js"
 import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
+import { answerThread, DEFAULT_THREAD_REPLIES, type ThreadReplies } from "../domain/threads.js"
 import { Agent, type AgentShape } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { Dlq, type DlqShape } from "../services/Dlq.js"
@@ -219,6 +220,8 @@ export interface InboundDeps {
   readonly budget?: InboundBudgetSpec
   /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
   readonly reactions?: LifecycleReactions | undefined
+  /** `matrix.threadReplies`: where answers go and which conversation a message joins ("inbound" when absent). */
+  readonly threadReplies?: ThreadReplies | undefined
   /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
   readonly progress?: { readonly hooks: ProgressHooks; readonly done: Effect.Effect<void> } | undefined
 }
@@ -490,10 +493,13 @@ interface AnswerDeps {
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly reactions: LifecycleReactions | undefined
   readonly botUserId: string
+  readonly threadReplies: ThreadReplies
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
-const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
+const answering = (
+  { agent, attemptFailed, botUserId, commit, outbound, reactions, replies, threadReplies }: AnswerDeps
+) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
@@ -501,12 +507,16 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
       )
       yield* testSessionWriteFault
       const working = reactions === undefined ? Option.none() : yield* reactions.working(ev.roomId, ev.eventId)
+      // the thread the answer goes in is also the conversation the question joins (src/domain/threads.ts)
+      const threadId = answerThread(threadReplies, ev.eventId, ev.threadId)
       const outcome = yield* outbound.whileTyping(
         ev.roomId,
         agent.reply({
           roomId: ev.roomId,
           eventId: ev.eventId,
           senderId: ev.sender,
+          ...(ev.senderLabel === undefined ? {} : { senderLabel: ev.senderLabel }),
+          ...(threadId === undefined ? {} : { threadId }),
           text: ev.body,
           isGroup,
           botUserId
@@ -516,7 +526,7 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
         roomId: ev.roomId,
         text: outcome.text,
         inReplyTo: ev.eventId,
-        ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+        ...(threadId === undefined ? {} : { threadId })
       }
       // a send that keeps failing is handed over to the pending replies, which own it from here
       const ids = outcome.text.trim() === ""
@@ -576,7 +586,8 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       commit,
       outbound,
       reactions: deps.reactions,
-      replies
+      replies,
+      threadReplies: deps.threadReplies ?? DEFAULT_THREAD_REPLIES
     })
 
     const answer = (ev: InboundEvent, isGroup: boolean) =>
@@ -701,6 +712,7 @@ export const InboundLive = Layer.scoped(
         requireCrossSignedSenders: m.requireCrossSignedSenders
       },
       budget: budgetSpec(m.inboundBudget),
+      threadReplies: m.threadReplies,
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
       ledger: yield* LedgerTag,
       agent: yield* Agent,

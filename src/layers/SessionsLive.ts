@@ -46,8 +46,25 @@ const AGENT_MESSAGES_TABLE = `CREATE TABLE IF NOT EXISTS agent_messages (
     reply_to TEXT,
     agent TEXT,
     model TEXT,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    sender_label TEXT,
+    thread_id TEXT
   )`
+
+/**
+ * Columns added after the table's first version, with their type: a database from before gains them (NULL
+ * in the existing rows: no label, the room's main timeline, which is what those rows are).
+ */
+const ADDED_COLUMNS: ReadonlyArray<readonly [string, string]> = [["sender_label", "TEXT"], ["thread_id", "TEXT"]]
+
+const addMissingColumns = (db: DatabaseSync) => {
+  const have = new Set(
+    (db.prepare("PRAGMA table_info(agent_messages)").all() as Array<{ name: string }>).map((c) => c.name)
+  )
+  for (const [name, type] of ADDED_COLUMNS) {
+    if (!have.has(name)) db.exec(`ALTER TABLE agent_messages ADD COLUMN ${name} ${type}`)
+  }
+}
 
 /** Why an existing `carapace.sqlite` is not the history database, or undefined (read-only look). */
 export const inspectHistoryFile = (file: string) => inspectSqlite(file, (db) => missingTables(db, ["agent_messages"]))
@@ -110,6 +127,8 @@ interface Row {
   readonly content: string
   readonly sender_id: string | null
   readonly sender_name: string | null
+  readonly sender_label: string | null
+  readonly thread_id: string | null
   readonly event_id: string | null
   readonly reply_to: string | null
   readonly agent: string | null
@@ -124,6 +143,8 @@ const toStored = (r: Row): StoredMessage => ({
   content: r.content,
   senderId: r.sender_id ?? undefined,
   senderName: r.sender_name ?? undefined,
+  senderLabel: r.sender_label ?? undefined,
+  threadId: r.thread_id ?? undefined,
   eventId: r.event_id ?? undefined,
   replyTo: r.reply_to ?? undefined,
   agent: r.agent ?? undefined,
@@ -133,6 +154,7 @@ const toStored = (r: Row): StoredMessage => ({
 
 const HISTORY_INDEXES = `
   CREATE INDEX IF NOT EXISTS agent_messages_room ON agent_messages (room_id, id);
+  CREATE INDEX IF NOT EXISTS agent_messages_conversation ON agent_messages (room_id, thread_id, id);
   CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_event ON agent_messages (room_id, event_id)
     WHERE event_id IS NOT NULL;
   CREATE UNIQUE INDEX IF NOT EXISTS agent_messages_reply ON agent_messages (room_id, reply_to)
@@ -140,15 +162,16 @@ const HISTORY_INDEXES = `
 
 const prepareStatements = (db: DatabaseSync) => ({
   insert: db.prepare(`INSERT OR IGNORE INTO agent_messages
-    (room_id, role, content, sender_id, sender_name, event_id, reply_to, agent, model, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *`),
+    (room_id, role, content, sender_id, sender_name, event_id, reply_to, agent, model, created_at, sender_label,
+     thread_id)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *`),
   byEvent: db.prepare("SELECT * FROM agent_messages WHERE room_id = ? AND event_id = ?"),
   byReply: db.prepare("SELECT * FROM agent_messages WHERE room_id = ? AND reply_to = ?"),
   history: db.prepare(`SELECT * FROM (
-      SELECT * FROM agent_messages WHERE room_id = ? ORDER BY id DESC LIMIT ?
+      SELECT * FROM agent_messages WHERE room_id = ? AND thread_id IS ? ORDER BY id DESC LIMIT ?
     ) ORDER BY id ASC`),
-  count: db.prepare("SELECT COUNT(*) AS n FROM agent_messages WHERE room_id = ?"),
-  remove: db.prepare("DELETE FROM agent_messages WHERE room_id = ?")
+  count: db.prepare("SELECT COUNT(*) AS n FROM agent_messages WHERE room_id = ? AND thread_id IS ?"),
+  remove: db.prepare("DELETE FROM agent_messages WHERE room_id = ? AND thread_id IS ?")
 })
 
 /** Sessions over an open history database (the caller owns its lifetime). */
@@ -156,7 +179,9 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
   // IF NOT EXISTS: a database from before an index gains it here
   const q = yield* Effect.try({
     try: () => {
-      db.exec(`${AGENT_MESSAGES_TABLE};${HISTORY_INDEXES}`)
+      db.exec(AGENT_MESSAGES_TABLE)
+      addMissingColumns(db)
+      db.exec(HISTORY_INDEXES)
       return prepareStatements(db)
     },
     catch: storeError("Creating the agent history table")
@@ -177,7 +202,9 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
           m.replyTo ?? null,
           m.agent ?? null,
           m.model ?? null,
-          now
+          now,
+          m.senderLabel ?? null,
+          m.threadId ?? null
         ) as Row | undefined
         if (inserted !== undefined) return inserted
         // Ignored: the event (or the answer to it) is already stored; hand back that row.
@@ -195,10 +222,13 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
         Effect.withSpan("Sessions.append")
       )
 
-  const history = (roomId: string, limit: number) =>
+  const history = (roomId: string, limit: number, threadId?: string) =>
     run(
       "Reading the agent history",
-      () => (q.history.all(roomId, Math.max(0, Math.floor(limit))) as unknown as Array<Row>).map(toStored)
+      () =>
+        (q.history.all(roomId, threadId ?? null, Math.max(0, Math.floor(limit))) as unknown as Array<Row>).map(
+          toStored
+        )
     )
 
   const replyTo = (roomId: string, eventId: string) =>
@@ -207,12 +237,12 @@ export const makeSessions = Effect.fn("Sessions.make")(function*(db: DatabaseSyn
       () => Option.map(Option.fromNullable(q.byReply.get(roomId, eventId) as Row | undefined), toStored)
     )
 
-  const reset = (roomId: string) =>
+  const reset = (roomId: string, threadId?: string) =>
     run("Resetting the agent history", () => {
       db.exec("BEGIN IMMEDIATE")
       try {
-        const n = (q.count.get(roomId) as { n: number } | undefined)?.n ?? 0
-        q.remove.run(roomId)
+        const n = (q.count.get(roomId, threadId ?? null) as { n: number } | undefined)?.n ?? 0
+        q.remove.run(roomId, threadId ?? null)
         db.exec("COMMIT")
         return n
       } catch (e) {

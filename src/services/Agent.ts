@@ -12,6 +12,13 @@ export interface TurnInput {
   readonly eventId: string
   readonly senderId: string
   readonly senderName?: string
+  /**
+   * How a group prompt names the sender (Matrix: the display name as of the message, with the MXID where it
+   * could mislead; src/domain/speakers.ts). Absent: `senderName (senderId)`.
+   */
+  readonly senderLabel?: string | undefined
+  /** The thread whose conversation the message is in (absent: the room's main timeline). */
+  readonly threadId?: string | undefined
   readonly text: string
   /** More than one human in the room: the model is told who says what. */
   readonly isGroup: boolean

@@ -1,8 +1,10 @@
 // Group context: speaker labels (src/domain/speakers.ts), untrusted text (src/domain/untrusted.ts) and the
 // chat commands (src/domain/commands.ts).
 import { describe, expect, it } from "@effect/vitest"
+import { Schema } from "effect"
 import fc from "fast-check"
 import { COMMANDS, helpReply, modelReply, newReply, parseCommand } from "../../src/domain/commands.js"
+import { Matrix } from "../../src/domain/config.js"
 import {
   fallbackLabel,
   GROUP_PROMPT_NOTE,
@@ -178,5 +180,17 @@ describe("threads", () => {
     expect(conversationKey("!r:x", "$root")).not.toBe(conversationKey("!r:x", "$other"))
     expect(roomOfConversation(conversationKey("!r:x", "$root"))).toBe("!r:x")
     expect(roomOfConversation("!r:x")).toBe("!r:x")
+  })
+})
+
+describe("matrix.threadReplies", () => {
+  it("defaults to \"inbound\" and accepts the three modes only", () => {
+    const decode = Schema.decodeUnknownSync(Matrix)
+    expect(decode({}).threadReplies).toBe("inbound")
+    expect(decode({ threadReplies: null }).threadReplies).toBe("inbound")
+    for (const mode of ["inbound", "always", "off"] as const) {
+      expect(decode({ threadReplies: mode }).threadReplies).toBe(mode)
+    }
+    expect(() => decode({ threadReplies: "sometimes" })).toThrow()
   })
 })

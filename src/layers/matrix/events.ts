@@ -9,6 +9,7 @@ import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
 import { MatrixClient } from "./client.js"
+import { speakerLabelOf } from "./members.js"
 
 export const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
   const member = room.currentState.getMember(me)
@@ -136,9 +137,10 @@ const makeEvents = Effect.gen(function*() {
         yield* status.updateMatrix((x) => ({ ...x, unsupportedInboundCount: x.unsupportedInboundCount + 1 }))
         return yield* Effect.logWarning("Matrix event dropped: its event, room, sender or thread id is malformed")
       }
+      const labelled = { ...inboundEvent, senderLabel: speakerLabelOf(room, ev, inboundEvent.sender) }
       const checked = m.requireCrossSignedSenders && inboundEvent.encrypted && inboundEvent.sender !== me
-        ? { ...inboundEvent, senderDeviceCrossSigned: yield* senderCrossSigned(client, ev) }
-        : inboundEvent
+        ? { ...labelled, senderDeviceCrossSigned: yield* senderCrossSigned(client, ev) }
+        : labelled
       yield* inbound.offer(checked, roomFacts(room, me))
     })
 
