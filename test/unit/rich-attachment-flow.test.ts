@@ -3,10 +3,15 @@
 // thumbnail), text files (framed), unsupported files, audio with and without transcription, failed
 // downloads; and what the history keeps (a reference line, never the content).
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Effect, Option, Schema } from "effect"
+import * as sdk from "matrix-js-sdk"
 import { AgentError } from "../../src/domain/agent.js"
 import { audioNotConfiguredReply, IMAGE_MAX_BYTES } from "../../src/domain/attachment.js"
+import { DlqRecord } from "../../src/domain/dlq.js"
+import { type GateContext, gateInbound, type RoomFacts } from "../../src/domain/inboundGate.js"
+import { EventId, type InboundEvent, RoomId, UserId } from "../../src/domain/matrix.js"
 import { attachmentInput, type AttachmentIo, attachmentIoFor, prepareAttachment } from "../../src/layers/attachments.js"
+import { toInbound } from "../../src/layers/matrix/events.js"
 import { MediaError } from "../../src/layers/matrix/media.js"
 import { type AttachmentSender, encryptForUpload, sendEncryptedAttachment } from "../support/human.js"
 
@@ -232,5 +237,64 @@ describe("prepareAttachment", () => {
     expect(attachmentIoFor("auto", undefined, agent("openai:llama3"))("!r").acceptsImages).toBe(false)
     expect(attachmentIoFor("on", undefined, agent("openai:llama3"))("!r").acceptsImages).toBe(true)
     expect(attachmentIoFor("off", undefined, agent("anthropic:claude-sonnet-4-6"))("!r").acceptsImages).toBe(false)
+  })
+})
+
+describe("attachment events on their way in", () => {
+  const gate: GateContext = {
+    botUserId: UserId.make("@cara:example.com"),
+    allowlist: { allowUsers: ["@alice:example.com"], allowServerNames: [] },
+    encryptedMode: true,
+    groupMessages: "mention"
+  }
+  const dm: RoomFacts = { memberCount: 2, encrypted: true, botJoinedAt: 1000, botDisplayName: "Cara" }
+  const ev = (msgtype: string): InboundEvent => ({
+    eventId: EventId.make("$e1"),
+    roomId: RoomId.make("!r:example.com"),
+    sender: UserId.make("@alice:example.com"),
+    ts: 2000,
+    msgtype,
+    body: "dot.png",
+    encrypted: true
+  })
+
+  it("the gate dispatches m.image, m.file and m.audio; m.video is still dropped and counted", () => {
+    for (const t of ["m.image", "m.file", "m.audio"]) {
+      expect(gateInbound(gate, ev(t), dm)).toEqual({ _tag: "Dispatch", isGroup: false })
+    }
+    expect(gateInbound(gate, ev("m.video"), dm)).toMatchObject({ _tag: "Drop", reason: "msgtype" })
+  })
+
+  it("toInbound carries an attachment's content, and a text message has none", () => {
+    const content = { msgtype: "m.image", body: "dot.png", url: "mxc://example.org/x" }
+    const event = (c: Record<string, unknown>) =>
+      new sdk.MatrixEvent({
+        type: "m.room.message",
+        event_id: "$a1",
+        room_id: "!r:example.com",
+        sender: "@alice:example.com",
+        origin_server_ts: 5,
+        content: c
+      })
+    const image = toInbound(event(content))
+    expect(image !== "malformed" && image?.attachment).toEqual(content)
+    const text = toInbound(event({ msgtype: "m.text", body: "hi" }))
+    expect(text !== "malformed" && text !== undefined && "attachment" in text).toBe(false)
+  })
+
+  it("a DLQ record keeps the attachment's content (for a replay) and still refuses unknown fields", () => {
+    const record = {
+      eventId: "$a1",
+      roomId: "!r:example.com",
+      senderId: "@alice:example.com",
+      text: "dot.png",
+      receivedAt: 1,
+      attachment: { msgtype: "m.image", body: "dot.png", url: "mxc://example.org/x" }
+    }
+    expect(Schema.decodeUnknownSync(DlqRecord, { onExcessProperty: "error" })(record).attachment).toEqual(
+      record.attachment
+    )
+    expect(() => Schema.decodeUnknownSync(DlqRecord, { onExcessProperty: "error" })({ ...record, bytes: "x" }))
+      .toThrow()
   })
 })
