@@ -81,8 +81,8 @@ const turn = (a: Attachment, c: Extract<Classified, { _tag: "Image" | "Text" }>,
 })
 
 /**
- * An image: the original when it fits the caps, else the sender's own thumbnail when that fits (no
- * downscaling here: see docs/channels.md), else one short answer.
+ * An image: the original when it fits the caps (and is PNG, JPEG, GIF or WebP), else the sender's own
+ * thumbnail when that does (no downscaling here: see docs/channels.md), else one short answer.
  */
 const image = (io: AttachmentIo, a: Attachment) =>
   Effect.gen(function*() {
@@ -104,7 +104,10 @@ const image = (io: AttachmentIo, a: Attachment) =>
         if (c._tag === "Image" || c._tag === "Text") {
           return turn(a, c, bytes.right.length)
         }
-        if (c._tag !== "Refused" || c.reason !== "image-too-large") return refused(a, c as Refused)
+        // too large, or a format the models do not take (HEIC, BMP, TIFF): the thumbnail may still do
+        if (c._tag !== "Refused" || (c.reason !== "image-too-large" && c.reason !== "unsupported")) {
+          return refused(a, c as Refused)
+        }
         refusal = c
       }
     }

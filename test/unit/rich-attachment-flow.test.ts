@@ -127,7 +127,27 @@ describe("prepareAttachment", () => {
       expect(refused.text).toContain("9000×100")
     }))
 
-  it.effect("a declared size over the cap is not downloaded (the thumbnail is)", () =>
+  it.effect("an image in a format the models do not take (BMP) uses the thumbnail, else is refused", () =>
+    Effect.gen(function*() {
+      const w = world()
+      const bmp = Buffer.concat([Buffer.from("BM"), Buffer.alloc(60, 7)])
+      const thumb = yield* Effect.promise(() => encryptForUpload(PNG_1x1))
+      const { content_uri } = yield* Effect.promise(() =>
+        w.sender.uploadContent(new Blob([thumb.data]), { type: "x", includeFilename: false })
+      )
+      const withThumb = yield* Effect.promise(() =>
+        w.send("m.image", bmp, {
+          name: "old.bmp",
+          mimetype: "image/bmp",
+          info: { thumbnail_file: { ...thumb.info, url: content_uri } }
+        })
+      )
+      expect((yield* prepareAttachment(w.io(), withThumb))._tag).toBe("Turn")
+      const bare = yield* Effect.promise(() => w.send("m.image", bmp, { name: "old.bmp", mimetype: "image/bmp" }))
+      expect(yield* prepareAttachment(w.io(), bare)).toMatchObject({ _tag: "Answer", reason: "unsupported" })
+    }))
+
+  it.effect("a declared size over the cap is not downloaded at all", () =>
     Effect.gen(function*() {
       const w = world()
       const content = yield* Effect.promise(() =>
