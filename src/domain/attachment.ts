@@ -14,18 +14,20 @@ import { cleanBody, frameBlock, oneLine, quoteLabel } from "./untrusted.js"
 // memory: nothing of an attachment is ever written to disk.
 //
 // Caps (documented in docs/channels.md once wired):
-// - images: PNG, JPEG, GIF, WebP; at most IMAGE_MAX_BYTES (5 MiB, Anthropic's per-image limit and so the
-//   lower of the two providers') and IMAGE_MAX_SIDE px on either side. There is no downscaling on our side
+// - images: PNG, JPEG, GIF, WebP; at most IMAGE_MAX_BYTES (3.75 MiB: Anthropic's per-image limit, the lower
+//   of the two providers', is 5 MiB of base64, which is 3.75 MiB of bytes) and IMAGE_MAX_SIDE px on either
+//   side. There is no downscaling on our side
 //   (no image library without native code fits the project): both providers scale images down themselves
 //   (Anthropic to about 1568 px on the long edge), and an image over the caps gets a short answer asking
 //   for a smaller one.
 // - text files: at most TEXT_MAX_BYTES (256 KiB), valid UTF-8 without NUL bytes.
 // - the download itself is refused above DOWNLOAD_MAX_BYTES, before and while reading.
 
-export const IMAGE_MAX_BYTES = 5 * 1024 * 1024
+export const IMAGE_MAX_BYTES = (5 * 1024 * 1024 * 3) / 4
 export const IMAGE_MAX_SIDE = 8000
 export const TEXT_MAX_BYTES = 256 * 1024
-export const DOWNLOAD_MAX_BYTES = IMAGE_MAX_BYTES
+/** Files other than images and audio: above this they are refused without (or while) downloading. */
+export const DOWNLOAD_MAX_BYTES = 5 * 1024 * 1024
 /** Voice messages and audio files (under the 25 MB of OpenAI's transcription endpoint). */
 export const AUDIO_MAX_BYTES = 20 * 1024 * 1024
 
@@ -322,7 +324,8 @@ export type Classified =
   | { readonly _tag: "Audio" }
   | { readonly _tag: "Refused"; readonly reason: RefusalReason; readonly detail: string }
 
-const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`
+/** `3.75 MiB`, `5 MiB`, `12.3 MiB` (no rounding up past a limit). */
+export const mib = (n: number) => `${Math.floor((n / 1024 / 1024) * 100) / 100} MiB`
 const kib = (n: number) => `${Math.ceil(n / 1024)} KiB`
 
 /** What an attachment's clear bytes are to the model (content first, then MIME type and name). */

@@ -21,6 +21,7 @@ import {
   emptyTranscriptReply,
   IMAGE_MAX_BYTES,
   imageDeclaredTooLarge,
+  mib,
   modelAcceptsImages,
   refusalReply,
   refuseBeforeDownload,
@@ -66,7 +67,7 @@ const fetchClear = (io: AttachmentIo, source: AttachmentSource, maxBytes: number
 const tooLarge = (limit: number): Refused => ({
   _tag: "Refused",
   reason: "image-too-large",
-  detail: `it is larger than ${(limit / 1024 / 1024).toFixed(1)} MiB`
+  detail: `it is larger than ${mib(limit)}`
 })
 
 const turn = (a: Attachment, c: Extract<Classified, { _tag: "Image" | "Text" }>, size: number): Prepared => ({

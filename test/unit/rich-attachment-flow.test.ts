@@ -155,7 +155,10 @@ describe("prepareAttachment", () => {
       )
       const p = yield* prepareAttachment(w.io(), content)
       expect(p).toMatchObject({ _tag: "Answer", reason: "image-too-large" })
+      expect(p.text).toContain("3.75 MiB")
       expect(w.downloads).toEqual([])
+      // the cap is Anthropic's 5 MiB per image once base64-encoded
+      expect(Math.ceil(IMAGE_MAX_BYTES / 3) * 4).toBeLessThanOrEqual(5 * 1024 * 1024)
     }))
 
   it.effect("a text file: framed as data with its name; the history keeps only the reference line", () =>
