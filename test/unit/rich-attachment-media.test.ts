@@ -20,6 +20,11 @@ beforeAll(async () => {
   server = http.createServer((req, res) => {
     seen.push({ url: req.url ?? "", auth: req.headers.authorization })
     const id = (req.url ?? "").split("/").pop() ?? ""
+    if (id.startsWith("legacy") && req.url?.startsWith("/_matrix/client/v1/") === true) {
+      res.writeHead(404, { "content-type": "application/json" })
+      res.end(JSON.stringify({ errcode: "M_UNRECOGNIZED", error: "Unrecognized request" }))
+      return
+    }
     const b = bodies[id]
     if (b === undefined) {
       res.writeHead(404, { "content-type": "application/json" })
@@ -81,6 +86,16 @@ describe("downloadMedia", () => {
     }
     const fits = await downloadMedia({ baseUrl, accessToken: TOKEN, mxc: "mxc://example.org/fits", maxBytes: 4096 })
     expect(fits.length).toBe(4096)
+  })
+
+  it("asks a homeserver without authenticated media at the legacy path", async () => {
+    bodies = { legacy1: { bytes: new Uint8Array([9, 8]), declare: true } }
+    const got = await downloadMedia({ baseUrl, accessToken: TOKEN, mxc: "mxc://example.org/legacy1", maxBytes: 10 })
+    expect([...got]).toEqual([9, 8])
+    expect(seen.slice(-2).map((s) => s.url)).toEqual([
+      "/_matrix/client/v1/media/download/example.org/legacy1",
+      "/_matrix/media/v3/download/example.org/legacy1"
+    ])
   })
 
   it("maps HTTP errors and malformed mxc URIs to typed errors without the token", async () => {

@@ -56,17 +56,25 @@ const readBounded = async (res: Response, maxBytes: number, abort: () => void): 
   return out
 }
 
+/** A homeserver from before authenticated media (Matrix v1.11) answers the v1 path with M_UNRECOGNIZED. */
+const unrecognized = async (res: Response): Promise<boolean> => {
+  if (res.status !== 404 && res.status !== 400 && res.status !== 405) return false
+  const body = await res.json().catch(() => undefined) as { errcode?: unknown } | undefined
+  return body?.errcode === "M_UNRECOGNIZED"
+}
+
 /**
  * The bytes behind an `mxc://` URI (still encrypted for an encrypted attachment). A declared
- * `content-length` over the bound is refused before reading; a body that grows past it is aborted.
+ * `content-length` over the bound is refused before reading; a body that grows past it is aborted. A
+ * homeserver without the authenticated endpoint is asked at the legacy `/_matrix/media/v3/download` path.
  */
 export const downloadMedia = async (o: DownloadOptions): Promise<Uint8Array> => {
   const path = mediaDownloadPath(o.mxc)
   if (path === undefined) throw new MediaError({ kind: "media-invalid-uri", message: "not an mxc:// URI" })
   const controller = new AbortController()
   const timer = setTimeout(() => controller.abort(), o.timeoutMs ?? DEFAULT_TIMEOUT_MS)
-  try {
-    const res = await (o.fetchFn ?? fetch)(`${o.baseUrl.replace(/\/+$/, "")}${path}`, {
+  const get = (p: string) =>
+    (o.fetchFn ?? fetch)(`${o.baseUrl.replace(/\/+$/, "")}${p}`, {
       headers: o.accessToken === null ? {} : { authorization: `Bearer ${o.accessToken}` },
       redirect: "follow",
       signal: controller.signal
@@ -76,6 +84,9 @@ export const downloadMedia = async (o: DownloadOptions): Promise<Uint8Array> => 
         message: `the media download failed: ${e instanceof Error ? e.name : "network error"}`
       })
     })
+  try {
+    let res = await get(path)
+    if (await unrecognized(res)) res = await get(path.replace("/_matrix/client/v1/media/", "/_matrix/media/v3/"))
     if (!res.ok) {
       await res.body?.cancel().catch(() => undefined)
       throw new MediaError({ kind: "media-http", message: `the media download was refused (HTTP ${res.status})` })
