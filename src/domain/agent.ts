@@ -1,4 +1,5 @@
 import { Duration, Either, Option, Redacted, Schema } from "effect"
+import type { ContentPart } from "./attachment.js"
 import type { ModelRef, ProviderName } from "./config.js"
 import { redactSecrets } from "./redact.js"
 
@@ -12,7 +13,30 @@ export type ChatRole = "user" | "assistant"
 /** One message as the model sees it (history and the new message alike). */
 export interface ChatMessage {
   readonly role: ChatRole
+  /** The text (for an attachment: its reference line, which is what the history keeps and trimming counts). */
   readonly content: string
+  /**
+   * What the provider gets instead of `content` (an image, a framed text file), for the new user message
+   * only: never stored, so the next turn sees the reference line.
+   */
+  readonly parts?: ReadonlyArray<ContentPart>
+}
+
+/** The message's content as parts (its text as one part when it has none). */
+export const partsOf = (m: ChatMessage): ReadonlyArray<ContentPart> => m.parts ?? [{ _tag: "Text", text: m.content }]
+
+/** Audio for the transcription endpoint (issue 20.2): the clear bytes, in memory only. */
+export interface TranscriptionRequest {
+  readonly audio: Uint8Array
+  readonly name: string
+  readonly mimeType: string | undefined
+}
+
+/** `matrix.transcription`: an OpenAI-compatible `/audio/transcriptions` endpoint, keyed like `openai`. */
+export interface TranscriptionSettings {
+  readonly model: string
+  /** The endpoint's base URL; none = the `openai` provider's (configured or official). */
+  readonly baseUrl: Option.Option<string>
 }
 
 /** What a provider is asked for: one completion over the system prompt and the (trimmed) history. */
@@ -213,6 +237,8 @@ export interface AgentSettings {
   readonly requestTimeout: Duration.Duration
   /** Model calls running at once across all rooms; further turns wait their turn (none are dropped). */
   readonly maxConcurrent: number
+  /** Voice messages are transcribed only when set (`matrix.transcription`). */
+  readonly transcription?: TranscriptionSettings | undefined
 }
 
 export const DEFAULT_HISTORY_BUDGET = 24_000
@@ -321,7 +347,10 @@ export const mergeConsecutive = (messages: ReadonlyArray<ChatMessage>): Readonly
   for (const m of messages) {
     const prev = out[out.length - 1]
     if (prev !== undefined && prev.role === m.role) {
-      out[out.length - 1] = { role: m.role, content: `${prev.content}\n\n${m.content}` }
+      const content = `${prev.content}\n\n${m.content}`
+      out[out.length - 1] = prev.parts === undefined && m.parts === undefined
+        ? { role: m.role, content }
+        : { role: m.role, content, parts: [...partsOf(prev), ...partsOf(m)] }
     } else {
       out.push(m)
     }

@@ -14,18 +14,22 @@ import { cleanBody, frameBlock, oneLine, quoteLabel } from "./untrusted.js"
 // memory: nothing of an attachment is ever written to disk.
 //
 // Caps (documented in docs/channels.md once wired):
-// - images: PNG, JPEG, GIF, WebP; at most IMAGE_MAX_BYTES (5 MiB, Anthropic's per-image limit and so the
-//   lower of the two providers') and IMAGE_MAX_SIDE px on either side. There is no downscaling on our side
+// - images: PNG, JPEG, GIF, WebP; at most IMAGE_MAX_BYTES (3.75 MiB: Anthropic's per-image limit, the lower
+//   of the two providers', is 5 MiB of base64, which is 3.75 MiB of bytes) and IMAGE_MAX_SIDE px on either
+//   side. There is no downscaling on our side
 //   (no image library without native code fits the project): both providers scale images down themselves
 //   (Anthropic to about 1568 px on the long edge), and an image over the caps gets a short answer asking
 //   for a smaller one.
 // - text files: at most TEXT_MAX_BYTES (256 KiB), valid UTF-8 without NUL bytes.
 // - the download itself is refused above DOWNLOAD_MAX_BYTES, before and while reading.
 
-export const IMAGE_MAX_BYTES = 5 * 1024 * 1024
+export const IMAGE_MAX_BYTES = (5 * 1024 * 1024 * 3) / 4
 export const IMAGE_MAX_SIDE = 8000
 export const TEXT_MAX_BYTES = 256 * 1024
-export const DOWNLOAD_MAX_BYTES = IMAGE_MAX_BYTES
+/** Files other than images and audio: above this they are refused without (or while) downloading. */
+export const DOWNLOAD_MAX_BYTES = 5 * 1024 * 1024
+/** Voice messages and audio files (under the 25 MB of OpenAI's transcription endpoint). */
+export const AUDIO_MAX_BYTES = 20 * 1024 * 1024
 
 export type AttachmentErrorKind = "attachment-invalid" | "attachment-hash-mismatch" | "attachment-decrypt-failed"
 
@@ -59,7 +63,18 @@ const AttachmentContent = Schema.Struct({
   body: Schema.String,
   filename: Schema.optional(Schema.String),
   info: Schema.optional(
-    Schema.Struct({ mimetype: Schema.optional(Schema.String), size: Schema.optional(Schema.Number) })
+    Schema.Struct({
+      mimetype: Schema.optional(Schema.String),
+      size: Schema.optional(Schema.Number),
+      w: Schema.optional(Schema.Number),
+      h: Schema.optional(Schema.Number),
+      // the sending client's own thumbnail (Element makes one for every image): used when the image is too big
+      thumbnail_file: Schema.optional(Schema.Unknown),
+      thumbnail_url: Schema.optional(Schema.Unknown),
+      thumbnail_info: Schema.optional(
+        Schema.Struct({ mimetype: Schema.optional(Schema.String), size: Schema.optional(Schema.Number) })
+      )
+    })
   ),
   file: Schema.optional(EncryptedFile),
   url: Schema.optional(Schema.String)
@@ -73,10 +88,17 @@ export interface Attachment {
   readonly caption: string | undefined
   readonly declaredMime: string | undefined
   readonly declaredSize: number | undefined
-  readonly source: { readonly _tag: "Encrypted"; readonly file: EncryptedFile } | {
-    readonly _tag: "Plain"
-    readonly url: string
-  }
+  readonly source: AttachmentSource
+  /** `info.w` / `info.h`, as declared by the sender (checked again on the bytes). */
+  readonly declaredWidth?: number | undefined
+  readonly declaredHeight?: number | undefined
+  /** The sender's thumbnail of an image (`info.thumbnail_file` / `thumbnail_url`), if any. */
+  readonly thumbnail?: { readonly source: AttachmentSource; readonly declaredSize: number | undefined } | undefined
+}
+
+export type AttachmentSource = { readonly _tag: "Encrypted"; readonly file: EncryptedFile } | {
+  readonly _tag: "Plain"
+  readonly url: string
 }
 
 /** The attachment in an `m.room.message` content, or why it is none (not an attachment, or malformed). */
@@ -95,19 +117,39 @@ export const attachmentOf = (content: unknown): Either.Either<Attachment, string
       }
       const name = c.filename ?? c.body
       const caption = c.filename !== undefined && c.body.trim() !== "" && c.body !== c.filename ? c.body : undefined
+      const info = c.info
+      // a malformed thumbnail is no thumbnail (the attachment itself is still fine)
+      const thumbFile = Either.getOrUndefined(Schema.decodeUnknownEither(EncryptedFile)(info?.thumbnail_file))
+      const thumbSource = thumbFile !== undefined
+        ? ({ _tag: "Encrypted", file: thumbFile } as const)
+        : typeof info?.thumbnail_url === "string"
+        ? ({ _tag: "Plain", url: info.thumbnail_url } as const)
+        : undefined
       return Either.right({
         msgtype: c.msgtype,
         name,
         caption,
-        declaredMime: c.info?.mimetype,
-        declaredSize: c.info?.size,
-        source
+        declaredMime: info?.mimetype,
+        declaredSize: info?.size,
+        source,
+        declaredWidth: info?.w,
+        declaredHeight: info?.h,
+        thumbnail: thumbSource === undefined
+          ? undefined
+          : { source: thumbSource, declaredSize: info?.thumbnail_info?.size }
       })
     }
   )
 
 /** The URL of an attachment's bytes (encrypted or not). */
-export const mxcOf = (a: Attachment): string => (a.source._tag === "Encrypted" ? a.source.file.url : a.source.url)
+export const mxcOf = (a: Attachment): string => sourceUrl(a.source)
+
+export const sourceUrl = (s: AttachmentSource): string => (s._tag === "Encrypted" ? s.file.url : s.url)
+
+/** The declared size or sides are over the image caps: the image itself is not downloaded. */
+export const imageDeclaredTooLarge = (a: Attachment): boolean =>
+  (a.declaredSize ?? 0) > IMAGE_MAX_BYTES ||
+  Math.max(a.declaredWidth ?? 0, a.declaredHeight ?? 0) > IMAGE_MAX_SIDE
 
 /**
  * The authenticated media download path (`/_matrix/client/v1/media/download/{server}/{mediaId}`) of an
@@ -282,7 +324,8 @@ export type Classified =
   | { readonly _tag: "Audio" }
   | { readonly _tag: "Refused"; readonly reason: RefusalReason; readonly detail: string }
 
-const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`
+/** `3.75 MiB`, `5 MiB`, `12.3 MiB` (no rounding up past a limit). */
+export const mib = (n: number) => `${Math.floor((n / 1024 / 1024) * 100) / 100} MiB`
 const kib = (n: number) => `${Math.ceil(n / 1024)} KiB`
 
 /** What an attachment's clear bytes are to the model (content first, then MIME type and name). */
@@ -442,3 +485,42 @@ export const modelAcceptsImages = (model: ModelRef): boolean => {
       return false
   }
 }
+
+const sizeLabel = (n: number) => (n < 1024 ? `${n} B` : n < 1024 * 1024 ? kib(n) : mib(n))
+
+/**
+ * What the session history keeps of an attachment: a reference line (kind, quoted name, type, size) and the
+ * caption, never the bytes, the file's text or a transcript (the history is a plain file on disk).
+ */
+export const attachmentReference = (
+  a: Attachment,
+  kind: "image" | "text file" | "audio",
+  size: number,
+  mediaType?: string
+): string => {
+  const type = mediaType ?? a.declaredMime
+  const line = `[${kind} ${quoteLabel(a.name, 80)}${type === undefined ? "" : `, ${oneLine(type, 60)}`}, ${
+    sizeLabel(size)
+  }; the content is not kept in the history]`
+  const caption = a.caption === undefined ? "" : cleanBody(a.caption).trim()
+  return caption === "" ? line : `${line}\n${caption}`
+}
+
+/** The user message for a transcribed voice message: the transcript is the question. */
+export const transcriptParts = (a: Attachment, transcript: string): ReadonlyArray<ContentPart> => {
+  const caption = a.caption === undefined ? "" : cleanBody(a.caption).trim()
+  const text = `(The user sent a voice message; this is its transcript.)\n${cleanBody(transcript)}` +
+    (caption === "" ? "" : `\n\n(Their caption with it:)\n${caption}`)
+  return [{ _tag: "Text", text }]
+}
+
+/** A download, decryption or transcription that failed: one short answer, nothing retried. */
+export const attachmentFailedReply = (a: Attachment, what: "download" | "transcribe"): string =>
+  what === "download"
+    ? `I couldn't download or decrypt ${quoteLabel(a.name, 80)}. Please send it again.`
+    : `I couldn't transcribe ${quoteLabel(a.name, 80)}: the transcription service failed. ` +
+      "Please try again, or type your question."
+
+/** A voice message in which the transcription heard nothing. */
+export const emptyTranscriptReply = (): string =>
+  "I couldn't make out any speech in that voice message. Please try again, or type your question."

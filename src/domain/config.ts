@@ -224,6 +224,29 @@ export const Matrix = Schema.Struct({
     }),
     { nullable: true, default: () => ({ legacyEnvelopePolicy: "accept" as const }) }
   ),
+  /**
+   * Issue 20.2, images and files in: `images: "auto"` sends images to models whose name says they take
+   * them (domain/attachment.ts `modelAcceptsImages`); `"on"` / `"off"` override the guess.
+   */
+  attachments: Schema.optionalWith(
+    Schema.Struct({
+      images: Schema.optionalWith(Schema.Literal("auto", "on", "off"), {
+        nullable: true,
+        default: () => "auto" as const
+      })
+    }),
+    { nullable: true, default: () => ({ images: "auto" as const }) }
+  ),
+  /**
+   * Issue 20.2, voice messages: an OpenAI-compatible `/audio/transcriptions` endpoint, keyed with
+   * `openai.apiKey` (or OPENAI_API_KEY); `baseUrl` defaults to `openai.baseUrl`. Absent: audio is answered
+   * with what to configure.
+   */
+  transcription: nullable(Schema.Struct({
+    provider: Schema.optionalWith(Schema.Literal("openai"), { nullable: true, default: () => "openai" as const }),
+    model: Schema.optionalWith(Schema.NonEmptyTrimmedString, { nullable: true, default: () => "whisper-1" }),
+    baseUrl: nullable(Schema.String)
+  })),
   /** Replies whose send fails: see docs/channels.md, "Replies that cannot be sent". */
   outbound: Schema.optionalWith(MatrixOutbound, { nullable: true, default: () => MATRIX_OUTBOUND_DEFAULTS })
 })

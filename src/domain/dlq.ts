@@ -61,7 +61,12 @@ export const DlqRecord = Schema.Struct({
    * Our addition: `"outbound"` marks an answer that could not be sent (then `text` is the answer, not the
    * question, and replay re-sends it under its original transaction ids). Absent: an inbound record.
    */
-  direction: Schema.optional(Schema.Literal("inbound", "outbound"))
+  direction: Schema.optional(Schema.Literal("inbound", "outbound")),
+  /**
+   * Our addition (issue 20.2): an inbound attachment's event content (with its `file`: the key), so a replay
+   * downloads and decrypts it again; `text` is then the file name or caption. Never shown by `dlq show`.
+   */
+  attachment: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
 })
 export type DlqRecord = typeof DlqRecord.Type
 

@@ -16,6 +16,9 @@ export interface RoomFacts {
 
 // Gates (reference §7.3, plus the group-mention rule), pure
 
+/** Attachments answered besides `m.text` (issue 20.2: src/layers/attachments.ts); `m.video` is still dropped. */
+export const ATTACHMENT_MSGTYPES: ReadonlySet<unknown> = new Set(["m.image", "m.file", "m.audio"])
+
 /** Bodies above this many UTF-8 bytes are not answered. */
 export const MAX_BODY_BYTES = 64 * 1024
 
@@ -108,7 +111,7 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   }
   if (ev.msgtype?.startsWith("m.key.verification.") === true) return { _tag: "Ignore", reason: "verification" }
   if (ev.msgtype === "m.notice") return { _tag: "Ignore", reason: "notice" }
-  if (ev.msgtype !== "m.text") {
+  if (ev.msgtype !== "m.text" && !ATTACHMENT_MSGTYPES.has(ev.msgtype)) {
     return { _tag: "Drop", reason: "msgtype", counters: ["peerDropUnsupportedMsgtypeTotal", "unsupportedInboundCount"] }
   }
   if (!allowsUser(ctx.allowlist, ev.sender)) {

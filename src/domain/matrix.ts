@@ -48,7 +48,12 @@ export const InboundEvent = Schema.Struct({
    * Whether the sending device is cross-signed by its owner; set only where `matrix.requireCrossSignedSenders`
    * asks for it (absent = not checked, and then fails closed when the check is required).
    */
-  senderDeviceCrossSigned: Schema.optional(Schema.Boolean)
+  senderDeviceCrossSigned: Schema.optional(Schema.Boolean),
+  /**
+   * The content of an `m.image` / `m.file` / `m.audio` message (with its `file`: the attachment's key), read
+   * by src/layers/attachments.ts. In memory and in the encrypted DLQ only.
+   */
+  attachment: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.Unknown }))
 })
 export type InboundEvent = typeof InboundEvent.Type
 

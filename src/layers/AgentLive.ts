@@ -143,7 +143,14 @@ export const agentSettingsFromConfig = <E>(
     }
 
     const maxConcurrent = defaultSpec.maxConcurrent ?? DEFAULT_MAX_CONCURRENT
+    const transcription = config.matrix?.transcription
     return {
+      ...(transcription === undefined ? {} : {
+        transcription: {
+          model: transcription.model,
+          baseUrl: resolveBaseUrl(transcription.baseUrl, undefined)
+        }
+      }),
       anthropic,
       openai,
       defaultAgent,
@@ -208,6 +215,31 @@ const toModelMessages = (
       : m.content
   }))
 
+/**
+ * The new message's parts (an attachment's image or framed file) in place of its stored reference line; in
+ * a group its first text part is labelled with the sender like any other message.
+ */
+const withTurnParts = (
+  messages: ReadonlyArray<ChatMessage>,
+  stored: ReadonlyArray<{ readonly eventId: string | undefined }>,
+  input: TurnInput
+): ReadonlyArray<ChatMessage> => {
+  const parts = input.parts
+  if (parts === undefined) return messages
+  // trimHistory keeps a suffix, so the stored row's offset from the end is the message's
+  const fromEnd = stored.length - stored.findLastIndex((m) => m.eventId === input.eventId)
+  const at = messages.length - fromEnd
+  const target = messages[at]
+  if (fromEnd > stored.length || target === undefined || target.role !== "user") return messages
+  let labelled = !input.isGroup
+  const withLabel = parts.map((p) => {
+    if (labelled || p._tag !== "Text") return p
+    labelled = true
+    return { ...p, text: speakerLine(input.senderLabel ?? fallbackLabel(input.senderId, input.senderName), p.text) }
+  })
+  return messages.map((m, i) => (i === at ? { ...m, parts: withLabel } : m))
+}
+
 const completed = (profile: AgentProfile, text: string, usage: Usage): TurnEvent => ({
   _tag: "Completed",
   text,
@@ -231,7 +263,11 @@ const modelRequest = (deps: TurnDeps, input: TurnInput, profile: AgentProfile) =
     // Every message costs at least messageCost("") characters, so this many rows always cover the budget.
     const rowLimit = Math.min(5000, Math.ceil(profile.historyBudget / messageCost({ role: "user", content: "" })) + 2)
     const stored = yield* deps.sessions.history(input.roomId, rowLimit, input.threadId)
-    const messages = trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget)
+    const messages = withTurnParts(
+      trimHistory(toModelMessages(stored, input.isGroup), profile.historyBudget),
+      stored,
+      input
+    )
     const system = [profile.systemPrompt, input.isGroup ? GROUP_PROMPT_NOTE : undefined]
       .filter((s): s is string => s !== undefined && s !== "")
       .join("\n\n")
@@ -399,7 +435,13 @@ export const makeAgent = Effect.gen(function*() {
   const route = (roomId: string): Option.Option<AgentRoute> =>
     Option.map(resolveAgent(settings, roomId), (p) => ({ agent: p.name, model: formatModel(p.model) }))
 
-  return { turn, reply, route, problems } satisfies AgentShape
+  return {
+    turn,
+    reply,
+    route,
+    problems,
+    ...(model.transcribe === undefined ? {} : { transcribe: model.transcribe })
+  } satisfies AgentShape
 })
 
 /** The Agent over its settings, the history store and the language model. */

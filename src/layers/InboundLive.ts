@@ -15,7 +15,7 @@ import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../d
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { answerThread, DEFAULT_THREAD_REPLIES, type ThreadReplies } from "../domain/threads.js"
-import { Agent, type AgentShape } from "../services/Agent.js"
+import { Agent, type AgentShape, type TurnOutcome } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
@@ -25,6 +25,8 @@ import { Outbound, type OutboundReply, type OutboundShape } from "../services/Ou
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
+// By design: attachments (download, decrypt, classify) become the agent's input before the turn.
+import { attachmentInput, type AttachmentIo, attachmentIoFor } from "./attachments.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -222,6 +224,8 @@ export interface InboundDeps {
   readonly reactions?: LifecycleReactions | undefined
   /** `matrix.threadReplies`: where answers go and which conversation a message joins ("inbound" when absent). */
   readonly threadReplies?: ThreadReplies | undefined
+  /** Images, files and voice messages in (issue 20.2); without it an attachment gets a short answer. */
+  readonly attachments?: ((roomId: string) => AttachmentIo) | undefined
   /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
   readonly progress?: { readonly hooks: ProgressHooks; readonly done: Effect.Effect<void> } | undefined
 }
@@ -302,7 +306,8 @@ const failures = (status: ChannelStatusShape, dlq: DlqShape | undefined) => {
           text: ev.body,
           receivedAt: Date.now(),
           isGroup,
-          ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+          ...(ev.threadId === undefined ? {} : { threadId: ev.threadId }),
+          ...(ev.attachment === undefined ? {} : { attachment: ev.attachment })
         }).pipe(Effect.ignore)
       )
     )
@@ -423,9 +428,10 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
       const ev: InboundEvent = {
         ...ids,
         ts: r.receivedAt,
-        msgtype: "m.text",
+        msgtype: typeof r.attachment?.["msgtype"] === "string" ? r.attachment["msgtype"] : "m.text",
         body: r.text,
-        encrypted: true
+        encrypted: true,
+        ...(r.attachment === undefined ? {} : { attachment: r.attachment })
       }
       yield* answerCore(ev, r.isGroup ?? false).pipe(
         Effect.catchAllDefect((d) => Effect.fail(busy(String(d)))),
@@ -494,11 +500,12 @@ interface AnswerDeps {
   readonly reactions: LifecycleReactions | undefined
   readonly botUserId: string
   readonly threadReplies: ThreadReplies
+  readonly attachments: ((roomId: string) => AttachmentIo) | undefined
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
 const answering = (
-  { agent, attemptFailed, botUserId, commit, outbound, reactions, replies, threadReplies }: AnswerDeps
+  { agent, attachments, attemptFailed, botUserId, commit, outbound, reactions, replies, threadReplies }: AnswerDeps
 ) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
@@ -511,7 +518,7 @@ const answering = (
       const threadId = answerThread(threadReplies, ev.eventId, ev.threadId)
       const outcome = yield* outbound.whileTyping(
         ev.roomId,
-        agent.reply({
+        attachmentInput(attachments?.(ev.roomId), ev.attachment, {
           roomId: ev.roomId,
           eventId: ev.eventId,
           senderId: ev.sender,
@@ -520,7 +527,12 @@ const answering = (
           text: ev.body,
           isGroup,
           botUserId
-        })
+        }).pipe(
+          // an attachment that is refused (or cannot be used) is answered without a model call
+          Effect.flatMap((p) =>
+            p._tag === "Answer" ? Effect.succeed<TurnOutcome>({ _tag: "Command", text: p.text }) : agent.reply(p.input)
+          )
+        )
       )
       const reply: OutboundReply = {
         roomId: ev.roomId,
@@ -581,6 +593,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
 
     const answerCore = answering({
       agent,
+      attachments: deps.attachments,
       attemptFailed,
       botUserId: deps.gate.botUserId,
       commit,
@@ -714,6 +727,7 @@ export const InboundLive = Layer.scoped(
       budget: budgetSpec(m.inboundBudget),
       threadReplies: m.threadReplies,
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
+      attachments: attachmentIoFor(m.attachments.images, (yield* MatrixTransport).download, yield* Agent),
       ledger: yield* LedgerTag,
       agent: yield* Agent,
       outbound: yield* Outbound,

@@ -2,11 +2,13 @@ import Anthropic from "@anthropic-ai/sdk"
 import { Duration, Option, type Stream } from "effect"
 import {
   type AgentError,
+  type ChatMessage,
   type ChatRequest,
   mergeConsecutive,
   type ProviderSettings,
   type StreamPart
 } from "../domain/agent.js"
+import { anthropicContent } from "../domain/attachment.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
 // Layer imports by design: both provider clients are built on the shared SDK helpers.
 import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
@@ -39,6 +41,12 @@ export const anthropicFailure = (
       }
       : undefined
   )
+
+/** A message as the Messages API takes it: text, or content blocks (`image` as base64) when it has parts. */
+export const anthropicMessage = (m: ChatMessage): Anthropic.MessageParam => ({
+  role: m.role,
+  content: m.parts === undefined ? m.content : anthropicContent(m.parts)
+})
 
 /** Message events to stream parts; the usage arrives at the start and grows with the deltas. */
 const readEvents = () => {
@@ -92,7 +100,7 @@ export const makeAnthropicClient = (options: AnthropicClientOptions): ProviderCl
             model: request.model.model,
             max_tokens: request.maxTokens,
             ...(request.system === undefined || request.system === "" ? {} : { system: request.system }),
-            messages: mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content })),
+            messages: mergeConsecutive(request.messages).map(anthropicMessage),
             stream: true
           },
           { signal }

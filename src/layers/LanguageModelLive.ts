@@ -8,7 +8,8 @@ import {
   noApiKey,
   providerUsable,
   type RetrySettings,
-  type StreamPart
+  type StreamPart,
+  type TranscriptionRequest
 } from "../domain/agent.js"
 import type { ProviderName } from "../domain/config.js"
 import { AgentSettingsTag } from "../services/Agent.js"
@@ -144,7 +145,14 @@ export const makeLanguageModel = (settings: AgentSettings, clients: ProviderClie
       )
     )
 
-  return { stream, complete }
+  const t = settings.transcription
+  if (t === undefined) return { stream, complete }
+  // imported (with the OpenAI SDK) at the first voice message
+  let transcriber: Promise<(r: TranscriptionRequest) => Effect.Effect<string, AgentError>> | undefined
+  const load =
+    () => (transcriber ??= import("./LanguageModelTranscription.js").then((m) => m.makeTranscriber(settings, t)))
+  const transcribe = (request: TranscriptionRequest) => Effect.flatMap(Effect.promise(load), (run) => run(request))
+  return { stream, complete, transcribe }
 }
 
 /** LanguageModel over the agent settings (providers' keys, base URLs, retry budget); loads only the configured providers. */

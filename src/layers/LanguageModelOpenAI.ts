@@ -2,11 +2,13 @@ import { Duration, Option, Stream } from "effect"
 import OpenAI from "openai"
 import {
   type AgentError,
+  type ChatMessage,
   type ChatRequest,
   mergeConsecutive,
   type ProviderSettings,
   type StreamPart
 } from "../domain/agent.js"
+import { openAiContent } from "../domain/attachment.js"
 import type { ProviderClient } from "../services/LanguageModel.js"
 // Layer imports by design: both provider clients are built on the shared SDK helpers.
 import { sdkFailure, sdkKey, sdkStreamParts } from "./LanguageModelSdk.js"
@@ -38,6 +40,15 @@ export const openaiFailure = (
     headers: cause.headers
   })
 }
+
+/**
+ * A message as Chat Completions takes it: a user message with parts becomes content parts (images as
+ * `image_url` data URLs); an assistant message is always text.
+ */
+export const openaiMessage = (m: ChatMessage): OpenAI.Chat.ChatCompletionMessageParam =>
+  m.role === "assistant"
+    ? { role: "assistant", content: m.content }
+    : { role: "user", content: m.parts === undefined ? m.content : openAiContent(m.parts) }
 
 /** Completion chunks to stream parts; the finish (with the usage, official API only) comes after the last. */
 const readChunks = () => {
@@ -84,7 +95,7 @@ export const makeOpenAIClient = (options: OpenAIClientOptions): ProviderClient =
       ...(request.system === undefined || request.system === ""
         ? []
         : [{ role: "system" as const, content: request.system }]),
-      ...mergeConsecutive(request.messages).map((m) => ({ role: m.role, content: m.content }))
+      ...mergeConsecutive(request.messages).map(openaiMessage)
     ]
     return sdkStreamParts(
       (signal) =>

@@ -1,5 +1,6 @@
 import { Context, type Effect, type Option, type Stream } from "effect"
-import type { AgentError, AgentSettings, Usage } from "../domain/agent.js"
+import type { AgentError, AgentSettings, TranscriptionRequest, Usage } from "../domain/agent.js"
+import type { ContentPart } from "../domain/attachment.js"
 import type { SessionStoreError } from "./Sessions.js"
 
 /** The agent settings the runtime is built on (derived from the config by `agentSettingsFromConfig`). */
@@ -20,6 +21,11 @@ export interface TurnInput {
   /** The thread whose conversation the message is in (absent: the room's main timeline). */
   readonly threadId?: string | undefined
   readonly text: string
+  /**
+   * An attachment's model input (image, framed text file), given to the model for this turn only; `text` is
+   * its reference line, which is all the history keeps (src/layers/attachments.ts).
+   */
+  readonly parts?: ReadonlyArray<ContentPart> | undefined
   /** More than one human in the room: the model is told who says what. */
   readonly isGroup: boolean
   /** The bot's MXID: a command after a mention of the bot (`cara: /help`) is still a command. */
@@ -66,6 +72,8 @@ export interface AgentShape {
   readonly reply: (input: TurnInput) => Effect.Effect<TurnOutcome, SessionStoreError>
   /** Which agent and model a room would use; `None` when no model is configured. */
   readonly route: (roomId: string) => Option.Option<AgentRoute>
+  /** Audio to text (`matrix.transcription`); absent when no transcription endpoint is configured. */
+  readonly transcribe?: (request: TranscriptionRequest) => Effect.Effect<string, AgentError>
   /** Configuration problems found at start (no model, missing keys), for status and the startup warning. */
   readonly problems: ReadonlyArray<AgentError>
 }

@@ -1,5 +1,5 @@
 import { Context, type Effect, type Stream } from "effect"
-import type { AgentError, ChatRequest, ProviderName, StreamPart, Usage } from "../domain/agent.js"
+import type { AgentError, ChatRequest, ProviderName, StreamPart, TranscriptionRequest, Usage } from "../domain/agent.js"
 
 export interface Completion {
   readonly text: string
@@ -25,6 +25,8 @@ export interface LanguageModelShape {
   readonly stream: (request: ChatRequest) => Stream.Stream<StreamPart, AgentError>
   /** The whole answer at once (collects `stream`). */
   readonly complete: (request: ChatRequest) => Effect.Effect<Completion, AgentError>
+  /** Audio to text through `matrix.transcription`; absent when no transcription endpoint is configured. */
+  readonly transcribe?: (request: TranscriptionRequest) => Effect.Effect<string, AgentError>
 }
 
 export class LanguageModel extends Context.Tag("cara/LanguageModel")<LanguageModel, LanguageModelShape>() {}

@@ -16,6 +16,11 @@ export interface MatrixTransportShape {
   readonly react?: (roomId: RoomId, content: Record<string, unknown>, txnId: string) => Promise<string>
   /** Redacts one of the bot's own events (a reaction). */
   readonly redact?: (roomId: RoomId, eventId: string, txnId: string) => Promise<void>
+  /**
+   * The bytes behind an `mxc://` URI through the authenticated media API, at most `maxBytes` (rejects with
+   * a MediaError beyond, src/layers/matrix/media.ts).
+   */
+  readonly download?: (mxc: string, maxBytes: number) => Promise<Uint8Array>
   /** `undefined` when the bot has not joined the room. */
   readonly room: (roomId: RoomId) => { readonly encrypted: boolean } | undefined
 }

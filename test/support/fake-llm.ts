@@ -41,6 +41,8 @@ export interface RecordedRequest {
   readonly path: string
   readonly headers: Readonly<Record<string, string>>
   readonly body: any
+  /** The raw body bytes (a transcription's multipart upload carries the audio). */
+  readonly raw?: Buffer
 }
 
 export interface FakeLlmServer {
@@ -54,7 +56,14 @@ export interface FakeLlmServer {
   readonly waitForRequests: (n: number) => Promise<void>
   /** Resolves once the client closed a stalled response (it aborted the request). */
   readonly waitForAbort: () => Promise<void>
+  /**
+   * Queues transcripts for the OpenAI-compatible `POST …/audio/transcriptions` (served by both flavours at
+   * `/v1/audio/transcriptions`); an empty queue answers `DEFAULT_TRANSCRIPT`.
+   */
+  readonly enqueueTranscript: (...texts: ReadonlyArray<string>) => void
 }
+
+export const DEFAULT_TRANSCRIPT = "This is the fake transcript."
 
 export const DEFAULT_TEXT = "Hello from the fake model."
 
@@ -185,6 +194,7 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
     Effect.promise(async () => {
       const requests: Array<RecordedRequest> = []
       const queue: Array<FakeReply> = []
+      const transcripts: Array<string> = []
       const waiters: Array<{ n: number; resolve: () => void }> = []
       let aborts = 0
       const abortWaiters: Array<() => void> = []
@@ -204,11 +214,16 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
           const headers: Record<string, string> = {}
           for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string") headers[k] = v
           const path = (req.url ?? "").split("?")[0] ?? ""
-          const recorded: RecordedRequest = { method: req.method ?? "", path, headers, body }
+          const recorded: RecordedRequest = { method: req.method ?? "", path, headers, body, raw: Buffer.concat(parts) }
           requests.push(recorded)
           for (const w of waiters.splice(0)) {
             if (requests.length >= w.n) w.resolve()
             else waiters.push(w)
+          }
+          if (req.method === "POST" && path === "/v1/audio/transcriptions") {
+            res.writeHead(200, { "content-type": "application/json" })
+            res.end(JSON.stringify({ text: transcripts.shift() ?? DEFAULT_TRANSCRIPT }))
+            return
           }
           if (req.method !== "POST" || path !== expectedPath) {
             res.writeHead(404, { "content-type": "application/json" })
@@ -247,6 +262,7 @@ const start = (flavor: "anthropic" | "openai"): Effect.Effect<FakeLlmServer, nev
         baseUrl: flavor === "anthropic" ? `http://127.0.0.1:${port}` : `http://127.0.0.1:${port}/v1`,
         requests,
         enqueue: (...replies) => void queue.push(...replies),
+        enqueueTranscript: (...texts) => void transcripts.push(...texts),
         waitForRequests: (n) =>
           requests.length >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve })),
         waitForAbort: () => (aborts > 0 ? Promise.resolve() : new Promise<void>((resolve) =>

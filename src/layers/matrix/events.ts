@@ -3,7 +3,7 @@
 import { Context, Effect, Layer, Option, Ref } from "effect"
 import * as sdk from "matrix-js-sdk"
 import { EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js"
-import type { RoomFacts } from "../../domain/inboundGate.js"
+import { ATTACHMENT_MSGTYPES, type RoomFacts } from "../../domain/inboundGate.js"
 import { decodeEventIds, decodeRoomEvent, type InboundEvent } from "../../domain/matrix.js"
 import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { Inbound } from "../../services/Inbound.js"
@@ -50,7 +50,8 @@ export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | "malformed" | und
     ...(Array.isArray(mentions?.user_ids)
       ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") }
       : {}),
-    encrypted: ev.isEncrypted()
+    encrypted: ev.isEncrypted(),
+    ...(ATTACHMENT_MSGTYPES.has(content["msgtype"]) ? { attachment: content } : {})
   }
 }
 

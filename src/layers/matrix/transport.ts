@@ -1,6 +1,7 @@
 import * as sdk from "matrix-js-sdk"
 import { EventId } from "../../domain/matrix.js"
 import type { MatrixTransportShape } from "../../services/MatrixTransport.js"
+import { downloadMedia } from "./media.js"
 
 /**
  * The transport Outbound sends through: resends a failed local echo under its own transaction id. The
@@ -28,6 +29,8 @@ export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => 
   redact: async (roomId, eventId, txnId) => {
     await client.redactEvent(roomId, null, eventId, txnId)
   },
+  download: (mxc, maxBytes) =>
+    downloadMedia({ baseUrl: client.getHomeserverUrl(), accessToken: client.getAccessToken(), mxc, maxBytes }),
   typing: async (roomId, on, timeoutMs) => {
     await client.sendTyping(roomId, on, timeoutMs)
   },
