@@ -358,18 +358,6 @@ export const mergeConsecutive = (messages: ReadonlyArray<ChatMessage>): Readonly
   return out
 }
 
-/** A display name made safe to put in front of a message: one line, bounded, no bracket games. */
-export const sanitizeDisplayName = (name: string): string => {
-  const clean = name.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, " ").replace(/\s+/g, " ").trim()
-  return clean.length > 64 ? `${clean.slice(0, 63)}…` : clean
-}
-
-/** How a group-room message is shown to the model: who said it, then what. */
-export const labelSender = (displayName: string | undefined, userId: string, content: string): string => {
-  const name = displayName === undefined ? "" : sanitizeDisplayName(displayName)
-  return name === "" || name === userId ? `${userId}: ${content}` : `${name} (${userId}): ${content}`
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Retry timing (pure)
 
