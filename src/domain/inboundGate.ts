@@ -44,6 +44,7 @@ export type InboundCounter = keyof Pick<
   | "inboundBudgetRefusedRoomTotal"
   | "inboundBudgetRefusedSenderTotal"
   | "inboundBudgetNoticeTotal"
+  | "inboundRedactedTotal"
 >
 
 export type GateVerdict =
@@ -68,6 +69,7 @@ export type GateVerdict =
       | "not-cross-signed"
       | "invisible"
       | "too-large"
+      | "redacted"
     readonly counters: ReadonlyArray<InboundCounter>
   }
 
@@ -97,6 +99,8 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   }
   // the account, not the device: messages from the bot's other sessions are never answered either
   if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }
+  // its content is gone (redacted before cara saw it): never answered; offer commits it (never resumed)
+  if (ev.redacted === true) return { _tag: "Drop", reason: "redacted", counters: ["inboundRedactedTotal"] }
   // A room with m.room.encryption only ever carries encrypted messages from real clients: a plaintext one
   // was injected (a homeserver admin, a spoofing server) and its sender is not authenticated by any key.
   if (ctx.encryptedMode && room.encrypted && !ev.encrypted) {

@@ -155,6 +155,24 @@ export const redactedEventId = (
   return typeof event.redacts === "string" ? event.redacts : undefined
 }
 
+/** The `redact` power level of a room whose power levels do not set one (the spec's default). */
+export const DEFAULT_REDACT_LEVEL = 50
+
+export type RedactionAuthority = "sender" | "moderator"
+
+/**
+ * Whether a redaction takes an event back for cara: one by the event's own sender, or by a room moderator
+ * (a power level at or above the room's \`redact\` level). Any other redaction is ignored: the homeserver
+ * may accept the redaction event itself without applying it (a same-server user redacting someone else).
+ */
+export const redactionAuthority = (f: {
+  readonly redacter: string
+  readonly eventSender: string
+  readonly redacterPowerLevel: number
+  readonly redactLevel: number
+}): RedactionAuthority | undefined =>
+  f.redacter === f.eventSender ? "sender" : f.redacterPowerLevel >= f.redactLevel ? "moderator" : undefined
+
 /** The transaction id of the redaction of an answer whose question was redacted (`matrix.redactAnswers`). */
 export const redactAnswerTxnId = (answerEventId: string): string =>
   `cara-x1-${createHash("sha256").update(answerEventId, "utf8").digest("hex").slice(0, 40)}`

@@ -24,6 +24,9 @@ import { Outbound, type OutboundReply, type OutboundShape } from "../services/Ou
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
+// By design: redacted questions and held answers' reactions are kept apart from the pipeline (issue 20 §3).
+import { type InboundRelations, inboundRelations } from "./inboundRelations.js"
+import { makeRedactions, type Redactions } from "./redactions.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -35,6 +38,8 @@ import {
 } from "./OutboundLive.js"
 // By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
+// The redaction and feedback tables live in the same ledger database (one transaction with the commit).
+import { openRelationsLedger } from "./relationsLedger.js"
 
 import { type BacklogCount, makeBacklogCounter } from "../domain/backlogProgress.js"
 import { type GateContext, gateInbound, type InboundCounter as Counter } from "../domain/inboundGate.js"
@@ -94,6 +99,7 @@ export const openLedger = (file: string): Ledger => {
   db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
   // IF NOT EXISTS: a ledger from before the utd or outbound_pending table gains it here
   db.exec(LEDGER_SCHEMA)
+  const { mapReplies, ...relations } = openRelationsLedger(db)
   for (const f of [`${file}-wal`, `${file}-shm`]) {
     try {
       fs.chmodSync(f, 0o600)
@@ -134,6 +140,7 @@ export const openLedger = (file: string): Ledger => {
       db.exec("BEGIN IMMEDIATE")
       try {
         qCommit.run(eventId, now, now, JSON.stringify(replyIds))
+        mapReplies(eventId, replyIds)
         qPendingClear.run(eventId)
         db.exec("COMMIT")
       } catch (e) {
@@ -161,6 +168,7 @@ export const openLedger = (file: string): Ledger => {
           attempts: Number(r.attempts),
           lastError: r.last_error
         })),
+    ...relations,
     close: () => db.close()
   }
 }
@@ -219,6 +227,8 @@ export interface InboundDeps {
   readonly budget?: InboundBudgetSpec
   /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
   readonly reactions?: LifecycleReactions | undefined
+  /** Redacted questions are not answered, answered ones have their answer redacted (none when absent). */
+  readonly redactions?: Redactions | undefined
   /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
   readonly progress?: { readonly hooks: ProgressHooks; readonly done: Effect.Effect<void> } | undefined
 }
@@ -490,10 +500,13 @@ interface AnswerDeps {
   readonly commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>
   readonly reactions: LifecycleReactions | undefined
   readonly botUserId: string
+  readonly relations: InboundRelations
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
-const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
+const answering = (
+  { agent, attemptFailed, botUserId, commit, outbound, reactions, relations, replies }: AnswerDeps
+) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
@@ -518,18 +531,27 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
         inReplyTo: ev.eventId,
         ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
       }
+      // redacted while it was answered: not sent (issue 20 §3)
+      if (yield* relations.redacted(ev)) {
+        if (reactions !== undefined) yield* reactions.answered(ev.roomId, ev.eventId, working, false)
+        return
+      }
       // a send that keeps failing is handed over to the pending replies, which own it from here
       const ids = outcome.text.trim() === ""
         ? []
         : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
           Effect.catchTag("MatrixError", (e) =>
-            replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
+            relations.held(ev, working, outcome._tag === "Failed").pipe(
+              Effect.zipRight(replies.hold({ reply, senderId: ev.sender, isGroup }, e)),
+              Effect.as(undefined)
+            ))
         )
       if (ids === undefined) {
         return
       }
       yield* testFault("after-reply-before-commit")
       yield* commit(ev.eventId, ids)
+      yield* relations.committed(ev.eventId)
       yield* outbound.readReceipt(ev.roomId, ev.eventId)
       if (reactions !== undefined) {
         yield* reactions.answered(ev.roomId, ev.eventId, working, outcome._tag === "Failed")
@@ -538,6 +560,24 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
       )
     })
+}
+
+/** The pending replies over the ledger; a held answer finishes its reactions (and a redaction) once out. */
+const pendingReplies = (deps: InboundDeps, ops: ReturnType<typeof ledgerOps>, relations: InboundRelations) => {
+  const { attemptFailed, commit, deadLetterReply } = ops
+  return makeReplyRetry({
+    outbound: relations.guard(deps.outbound),
+    reachable: deps.replies?.reachable ?? Effect.succeed(true),
+    attemptFailed,
+    sent: (eventId, ids) => commit(eventId, ids).pipe(Effect.zipRight(relations.heldDone(eventId, false))),
+    deadLetter: deps.dlq === undefined
+      ? Option.none()
+      : Option.some((h: HeldReply) =>
+        deadLetterReply(h).pipe(Effect.zipRight(relations.heldDone(h.reply.inReplyTo, true)))
+      ),
+    pendingRows: Effect.sync(() => deps.ledger.pending()).pipe(Effect.orElseSucceed(() => [])),
+    resume: deps.replies?.resume ?? (() => Effect.void)
+  }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
 }
 
 /**
@@ -556,17 +596,17 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     const roomLock = roomLocks()
     const logDrop = dropLogger()
     const { deadLetter, failure } = failures(status, deps.dlq)
-    const { attemptFailed, commit, deadLetterReply, refreshPending } = ledgerOps(ledger, status, deps.dlq)
+    const ops = ledgerOps(ledger, status, deps.dlq)
+    const { attemptFailed, commit, refreshPending } = ops
     const { notice, noticeUnsigned } = notices(outbound, status, scope)
-    const replies = yield* makeReplyRetry({
-      outbound,
-      reachable: deps.replies?.reachable ?? Effect.succeed(true),
-      attemptFailed,
-      sent: (eventId, ids) => commit(eventId, ids),
-      deadLetter: deps.dlq === undefined ? Option.none() : Option.some(deadLetterReply),
-      pendingRows: Effect.sync(() => ledger.pending()).pipe(Effect.orElseSucceed(() => [])),
-      resume: deps.replies?.resume ?? (() => Effect.void)
-    }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
+    const relations = inboundRelations({
+      state: (eventId) => ledger.state(eventId),
+      commit,
+      count: bump(status, ["inboundRedactedTotal"]),
+      redactions: deps.redactions,
+      reactions: deps.reactions
+    })
+    const replies = yield* pendingReplies(deps, ops, relations)
     yield* refreshPending
 
     const answerCore = answering({
@@ -576,6 +616,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       commit,
       outbound,
       reactions: deps.reactions,
+      relations,
       replies
     })
 
@@ -614,6 +655,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           yield* bump(status, verdict.counters)
           yield* logDrop(verdict.reason, ev)
           if (verdict.reason === "not-cross-signed") yield* noticeUnsigned(ev)
+          if (verdict.reason === "redacted") yield* relations.arrivedRedacted(ev)
           return
         }
         if (verdict._tag === "Ignore") {
@@ -630,6 +672,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           )
           return
         }
+        if (yield* relations.redacted(ev)) return
         // an event claimed before a restart was admitted then: resuming it is not a new model call
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
@@ -650,7 +693,14 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       offer,
       redeliver,
       resend,
-      replies: { start: replies.start, kick: replies.kick },
+      replies: {
+        // redactions a stop interrupted are finished along with the pending replies
+        start: Effect.zipRight(
+          replies.start,
+          deps.redactions === undefined ? Effect.void : Effect.asVoid(Effect.forkIn(deps.redactions.sweep, scope))
+        ),
+        kick: replies.kick
+      },
       isCommitted,
       unfinished: brandedRows(() => ledger.unfinished()),
       utd: {
@@ -702,6 +752,11 @@ export const InboundLive = Layer.scoped(
       },
       budget: budgetSpec(m.inboundBudget),
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
+      redactions: makeRedactions({
+        ledger: yield* LedgerTag,
+        transport: yield* MatrixTransport,
+        redactAnswers: m.redactAnswers
+      }),
       ledger: yield* LedgerTag,
       agent: yield* Agent,
       outbound: yield* Outbound,
