@@ -75,10 +75,8 @@ const makeRelations = Effect.gen(function*() {
       const sender = ev.getSender()
       const id = ev.getId()
       if (sender === undefined || id === undefined || sender === me || !allowsUser(allowlist, sender)) return
-      // Element encrypts reactions; a plaintext one in an encrypted room was injected (as for messages)
-      if (m.encrypted && room.hasEncryptionStateEvent() && !ev.isEncrypted()) {
-        return yield* log("plaintext reaction ignored", ev)
-      }
+      // matrix-js-sdk clients (Element Web) send reactions in the clear even in encrypted rooms, Element X
+      // encrypts them: both count (a reaction carries no content, and its sender is the homeserver's word)
       const r = reactionOf(ev.getContent())
       const value = r === undefined ? undefined : feedbackOf(r.key)
       if (r === undefined || value === undefined) {
