@@ -27,10 +27,13 @@ export const inboundRelations = ({ commit, count, reactions, redactions, state }
   // the 👀 of answers the pending replies hold (this run only: after a restart the resumed answer sets its own)
   const held = new Map<string, HeldReactions>()
 
-  /** Not answered: committed with no reply (never resumed), counted, and its redaction row settled. */
-  const notAnswered = (ev: InboundEvent, commitIt: boolean, counted: boolean) =>
+  /**
+   * Not answered: committed (never resumed) with what was already sent of the answer (`sentIds`, e.g. a
+   * streamed first chunk: the settle below redacts it), counted, and its redaction row settled.
+   */
+  const notAnswered = (ev: InboundEvent, commitIt: boolean, counted: boolean, sentIds: ReadonlyArray<string> = []) =>
     Effect.gen(function*() {
-      if (commitIt && state(ev.eventId) !== "committed") yield* commit(ev.eventId, [])
+      if (commitIt && state(ev.eventId) !== "committed") yield* commit(ev.eventId, sentIds)
       if (!counted) yield* count
       if (redactions !== undefined) yield* redactions.settle(ev.eventId)
       yield* Effect.logInfo("Matrix question not answered: it was redacted").pipe(
@@ -44,11 +47,14 @@ export const inboundRelations = ({ commit, count, reactions, redactions, state }
      * when it was claimed, so it is never resumed again.
      */
     arrivedRedacted: (ev: InboundEvent) => Effect.suspend(() => notAnswered(ev, state(ev.eventId) === "claimed", true)),
-    /** True (and handled) when a redaction of the question was recorded: it is not answered. */
-    redacted: (ev: InboundEvent) =>
+    /**
+     * True (and handled) when a redaction of the question was recorded: the rest of the answer is not sent.
+     * `sentIds`: the events of the answer already in the room (a streamed first chunk), redacted now.
+     */
+    redacted: (ev: InboundEvent, sentIds: ReadonlyArray<string> = []) =>
       redactions === undefined ? Effect.succeed(false) : Effect.flatMap(
         redactions.isRedacted(ev.eventId),
-        (r) => (r ? Effect.as(notAnswered(ev, true, false), true) : Effect.succeed(false))
+        (r) => (r ? Effect.as(notAnswered(ev, true, false, sentIds), true) : Effect.succeed(false))
       ),
     /** After the commit of an answer: a redaction that came while it was sent takes it back now. */
     committed: (eventId: string) => (redactions === undefined ? Effect.void : redactions.settle(eventId)),

@@ -11,6 +11,7 @@ import { reactionContent, reactionTxnId, unreactTxnId } from "../../src/domain/r
 import { DEFAULT_REDACT_LEVEL, redactAnswerTxnId, redactionAuthority } from "../../src/domain/relations.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { makeInbound, openLedger } from "../../src/layers/InboundLive.js"
+import { inboundRelations } from "../../src/layers/inboundRelations.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { lifecycleReactions } from "../../src/layers/reactions.js"
 import { makeRedactions } from "../../src/layers/redactions.js"
@@ -181,6 +182,34 @@ describe("answer redaction", () => {
       yield* makeRedactions({ ledger, transport, redactAnswers: false }).record("$q:x", ROOM, "$red:x")
       expect(calls).toEqual([])
       expect(ledger.redacted("$q:x")?.done).toBe(true)
+      ledger.close()
+    }))
+})
+
+describe("a question redacted after part of its answer went out (a streamed first chunk)", () => {
+  it.live("commits the sent events with the question and redacts them", () =>
+    Effect.gen(function*() {
+      const ledger = ledgerIn("cara-rel-stream-")
+      const { calls, transport } = fakeRedactTransport()
+      const redactions = makeRedactions({ ledger, transport, redactAnswers: true })
+      let counted = 0
+      const relations = inboundRelations({
+        state: (id) => ledger.state(id),
+        commit: (id, ids) => Effect.sync(() => ledger.commit(id, ids, 2)),
+        count: Effect.sync(() => void counted++),
+        redactions,
+        reactions: undefined
+      })
+      const q = event()
+      ledger.claim(q.eventId, q.roomId, 1)
+      expect(yield* relations.redacted(q, ["$chunk:x"])).toBe(false)
+      yield* redactions.record(q.eventId, q.roomId, "$red:x")
+      expect(calls).toEqual([])
+      expect(yield* relations.redacted(q, ["$chunk:x"])).toBe(true)
+      expect(ledger.replyIds(q.eventId)).toEqual(["$chunk:x"])
+      expect(calls.map((c) => c.eventId)).toEqual(["$chunk:x"])
+      expect(counted).toBe(1)
+      expect(ledger.redacted(q.eventId)?.done).toBe(true)
       ledger.close()
     }))
 })

@@ -114,6 +114,8 @@ const makeRelations = Effect.gen(function*() {
       }
       const facts = yield* targetFacts(room, target)
       if (facts?.sender === undefined || !MESSAGE_TYPES.has(facts.type) || facts.sender === me) return
+      // a message from someone cara does not talk to was never answered: nothing to keep
+      if (!allowsUser(allowlist, facts.sender)) return
       if (!counts(facts.sender)) return yield* log("redaction by neither the sender nor a moderator ignored", ev)
       yield* redactions.record(target, room.roomId, id)
     })
