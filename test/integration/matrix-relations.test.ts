@@ -1,6 +1,7 @@
 // Redactions and feedback (issue 20 §3, §4) against the real Synapse, one daemon in an encrypted DM: a
 // question redacted after its answer has the answer redacted (the human sees the redaction); a question
-// redacted while the (held) model works gets no answer; 👍/👎 on an answer become `feedback` records in the
+// redacted while the (held) model works gets no answer, nor one asked and redacted while the bot was
+// stopped; 👍/👎 on an answer become `feedback` records in the
 // bot's audit.jsonl with ids only, while a 👍 on the question and one from a user not on the allowlist are
 // ignored.
 import * as fs from "node:fs"
@@ -69,7 +70,22 @@ describeSynapse("Matrix: redactions and feedback (real daemon, encrypted DM)", (
       expect(fromBot.filter((m) => m.inReplyTo === q2)).toEqual([])
       expect(fromBot.map((m) => m.body)).not.toContain("an answer nobody should see")
 
-      // 4. feedback: 👍 on the answer is recorded (ids only), 👍 on the question is not
+      // 4. asked and redacted while the bot was stopped: the backlog brings it redacted, it is not answered
+      await bot.stop()
+      const q4 = await alice.sendText(roomId, "asked while the bot was away")
+      await alice.redact(roomId, q4)
+      await bot.start()
+      llm.enqueue({ type: "text", chunks: ["the fifth answer"] })
+      const q5 = await alice.sendText(roomId, "fifth question")
+      await world.replyTo(alice, bot, roomId, q5)
+      await eventually(
+        "the backlog's redacted question counted",
+        async () => Number((await extraOf(bot))["inboundRedactedTotal"] ?? 0) >= 1
+      )
+      expect(messagesFrom(alice, roomId, bot.user.userId).filter((m) => m.inReplyTo === q4)).toEqual([])
+      expect(JSON.stringify(llm.requests.map((r) => r.body))).not.toContain("asked while the bot was away")
+
+      // 5. feedback: 👍 on the answer is recorded (ids only), 👍 on the question is not
       await alice.react(roomId, q3, "👍")
       const up = await alice.react(roomId, a3.eventId, "👍🏽")
       await eventually("the feedback record", () => feedbackOf(bot).records.length >= 1 ? true : undefined)
@@ -86,7 +102,7 @@ describeSynapse("Matrix: redactions and feedback (real daemon, encrypted DM)", (
         }
       })
 
-      // 5. a user not on the allowlist reacts on the answer: ignored; alice's 👎 after it is recorded
+      // 6. a user not on the allowlist reacts on the answer: ignored; alice's 👎 after it is recorded
       const bob = await world.human()
       await alice.invite(roomId, bob.userId)
       await bob.joinRoom(roomId)
@@ -100,7 +116,7 @@ describeSynapse("Matrix: redactions and feedback (real daemon, encrypted DM)", (
       )
       const down = await alice.react(roomId, a3.eventId, "👎")
       await eventually("the second feedback record", () => feedbackOf(bot).records.length >= 2 ? true : undefined)
-      // 6. alice takes her 👍 back
+      // 7. alice takes her 👍 back
       await alice.redact(roomId, up)
       await eventually("the removal record", () => feedbackOf(bot).records.length >= 3 ? true : undefined)
       const { records, text } = feedbackOf(bot)
