@@ -5,6 +5,7 @@
 import { Effect, Option } from "effect"
 import type { InboundEvent, RoomId } from "../domain/matrix.js"
 import type { OutboundShape } from "../services/Outbound.js"
+// By design: the lifecycle reactions and the answer redaction it finishes are the neighbouring layer files.
 import type { LifecycleReactions } from "./reactions.js"
 import type { Redactions } from "./redactions.js"
 
