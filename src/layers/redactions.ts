@@ -10,7 +10,9 @@ import type { MatrixTransportShape } from "../services/MatrixTransport.js"
 export interface Redactions {
   /** The question was redacted (by a redaction that counts): it is not answered. */
   readonly isRedacted: (eventId: string) => Effect.Effect<boolean>
-  /** Records a redaction that counts (once), then takes back what cara already sent for the question. */
+  /** Records a redaction that counts, durably (once); true when it is new. */
+  readonly mark: (eventId: string, roomId: string, redactionId: string) => Effect.Effect<boolean>
+  /** `mark`, then takes back what cara already sent for the question (`settle`). */
   readonly record: (eventId: string, roomId: string, redactionId: string) => Effect.Effect<void>
   /**
    * Finishes a redacted question once it is committed: its answer's events are redacted (when configured)
@@ -83,13 +85,15 @@ export const makeRedactions = (deps: RedactionDeps): Redactions => {
       yield* ledgerCall("redacted done", () => ledger.redactedDone(eventId), undefined)
     })
 
+  const mark = (eventId: string, roomId: string, redactionId: string) =>
+    ledgerCall("redacted add", () => ledger.redactedAdd(eventId, roomId, redactionId, Date.now()), false).pipe(
+      Effect.tap((added) => (added ? log("Matrix question redacted; it is not answered", eventId) : Effect.void))
+    )
+
   return {
     isRedacted: (eventId) => ledgerCall("redacted", () => ledger.redacted(eventId) !== undefined, false),
-    record: (eventId, roomId, redactionId) =>
-      ledgerCall("redacted add", () => ledger.redactedAdd(eventId, roomId, redactionId, Date.now()), false).pipe(
-        Effect.tap((added) => (added ? log("Matrix question redacted; it is not answered", eventId) : Effect.void)),
-        Effect.zipRight(settle(eventId))
-      ),
+    mark,
+    record: (eventId, roomId, redactionId) => Effect.zipRight(mark(eventId, roomId, redactionId), settle(eventId)),
     settle,
     sweep: Effect.flatMap(
       ledgerCall("redacted open", () => ledger.redactedOpen(), []),

@@ -1,7 +1,7 @@
 // The timeline side of reactions and redactions (src/layers/matrix/relations.ts) over SDK events and a small
 // fake room: which reactions become feedback records (once), which redactions count, and the removal record.
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Schema } from "effect"
+import { Context, Effect, Layer, Schema } from "effect"
 import * as sdk from "matrix-js-sdk"
 import * as path from "node:path"
 import { Matrix } from "../../src/domain/config.js"
@@ -60,7 +60,8 @@ const setup = Effect.gen(function*() {
       } as unknown as typeof MatrixTransport.Service
     ))
   )
-  const relations = yield* Effect.provide(MatrixRelations, layer)
+  // built in the test's scope: the layer forks the answers' redactions into it
+  const relations = Context.get(yield* Layer.build(layer), MatrixRelations)
   return { ledger, audit, redacted, relations }
 })
 
@@ -127,6 +128,8 @@ describe("redactions from the timeline", () => {
       expect(ledger.redacted("$q1:x")).toBeUndefined()
       yield* relations.handle(redaction("$x2:x", ALICE, "$q1:x"), room)
       yield* relations.handle(redaction("$x3:x", MOD, "$q2:x"), room)
+      // the answers are redacted in the background
+      yield* Effect.promise(() => new Promise((r) => setImmediate(r))).pipe(Effect.repeatN(20))
       expect(redacted).toEqual(["$a1:x", "$a2:x"])
       // an event the layer cannot find out about (not in the timeline, not fetchable) is ignored
       yield* relations.handle(redaction("$x4:x", ALICE, "$gone:x"), room)

@@ -57,6 +57,7 @@ const makeRelations = Effect.gen(function*() {
   const audit = yield* Audit
   const redactions = makeRedactions({ ledger, transport: yield* MatrixTransport, redactAnswers: m.redactAnswers })
   const allowlist = normalizeAllowlist(m.autoJoin)
+  const scope = yield* Effect.scope
 
   /** The sender and type of the event a redaction names: from the timeline, else from the homeserver. */
   const targetFacts = (room: sdk.Room, eventId: string) => {
@@ -117,7 +118,10 @@ const makeRelations = Effect.gen(function*() {
       // a message from someone cara does not talk to was never answered: nothing to keep
       if (!allowsUser(allowlist, facts.sender)) return
       if (!counts(facts.sender)) return yield* log("redaction by neither the sender nor a moderator ignored", ev)
-      yield* redactions.record(target, room.roomId, id)
+      // durable before the handler returns (the sync token is saved after it); the answer's redaction, with
+      // its retries, runs in the background (a stop leaves it to the next start's sweep)
+      yield* redactions.mark(target, room.roomId, id)
+      yield* Effect.forkIn(redactions.settle(target), scope)
     })
 
   return {
@@ -134,4 +138,4 @@ const makeRelations = Effect.gen(function*() {
   } satisfies MatrixRelationsShape
 })
 
-export const MatrixRelationsLive = Layer.effect(MatrixRelations, makeRelations)
+export const MatrixRelationsLive = Layer.scoped(MatrixRelations, makeRelations)
