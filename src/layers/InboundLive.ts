@@ -562,6 +562,20 @@ const answering = (
     })
 }
 
+/** Redacted questions and held answers' reactions around the answer (issue 20 §3). */
+const relationsOf = (deps: InboundDeps, commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>) =>
+  inboundRelations({
+    state: (eventId) => deps.ledger.state(eventId),
+    commit,
+    count: bump(deps.status, ["inboundRedactedTotal"]),
+    redactions: deps.redactions,
+    reactions: deps.reactions
+  })
+
+/** The pending replies' start, and (in the background) the redactions of answers a stop interrupted. */
+const withSweep = (start: Effect.Effect<void>, redactions: Redactions | undefined, scope: Scope.Scope) =>
+  redactions === undefined ? start : Effect.zipRight(start, Effect.asVoid(Effect.forkIn(redactions.sweep, scope)))
+
 /** The pending replies over the ledger; a held answer finishes its reactions (and a redaction) once out. */
 const pendingReplies = (deps: InboundDeps, ops: ReturnType<typeof ledgerOps>, relations: InboundRelations) => {
   const { attemptFailed, commit, deadLetterReply } = ops
@@ -599,13 +613,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     const ops = ledgerOps(ledger, status, deps.dlq)
     const { attemptFailed, commit, refreshPending } = ops
     const { notice, noticeUnsigned } = notices(outbound, status, scope)
-    const relations = inboundRelations({
-      state: (eventId) => ledger.state(eventId),
-      commit,
-      count: bump(status, ["inboundRedactedTotal"]),
-      redactions: deps.redactions,
-      reactions: deps.reactions
-    })
+    const relations = relationsOf(deps, commit)
     const replies = yield* pendingReplies(deps, ops, relations)
     yield* refreshPending
 
@@ -693,14 +701,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       offer,
       redeliver,
       resend,
-      replies: {
-        // redactions a stop interrupted are finished along with the pending replies
-        start: Effect.zipRight(
-          replies.start,
-          deps.redactions === undefined ? Effect.void : Effect.asVoid(Effect.forkIn(deps.redactions.sweep, scope))
-        ),
-        kick: replies.kick
-      },
+      replies: { start: withSweep(replies.start, deps.redactions, scope), kick: replies.kick },
       isCommitted,
       unfinished: brandedRows(() => ledger.unfinished()),
       utd: {
