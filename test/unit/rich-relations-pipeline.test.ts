@@ -353,6 +353,9 @@ describe("redacted questions in the pipeline", () => {
       expect(ledger.state(resumed.eventId)).toBe("committed")
       expect(ledger.unfinished()).toEqual([])
       expect((yield* extra).inboundRedactedTotal).toBe(2)
+      // a stranger's redacted message is a stranger's message
+      yield* inbound.offer(event({ redacted: true, body: "", sender: UserId.make("@eve:example.org") }), room)
+      expect(yield* extra).toMatchObject({ inboundRedactedTotal: 2, peerDropAllowlistRejectionTotal: 1 })
     }).pipe(Effect.provide(infra)))
 
   it.scoped("redacted after the answer went out: cara's answer is redacted", () =>
