@@ -5,6 +5,13 @@ import { auditLine } from "./redact.js"
 
 export const AUDIT_FILE = "audit.jsonl"
 
+/**
+ * Issue 20 §4: a 👍/👎 reaction of an allowed user on one of cara's answers, and its removal (the reaction
+ * redacted). The data is event ids, the room, the sender and the polarity: never any message content.
+ */
+export const AUDIT_FEEDBACK = "feedback"
+export const AUDIT_FEEDBACK_REMOVED = "feedback-removed"
+
 /** One line of audit.jsonl: an ISO timestamp, the event name and its data (never key material). */
 export const AuditRecord = Schema.Struct({
   ts: Schema.String,

@@ -46,6 +46,8 @@ export const MatrixChannelExtra = Schema.Struct({
   /** Issue 16 §10: plaintext m.room.message in an encrypted room; messages from devices not cross-signed. */
   peerDropUnencryptedInEncryptedRoomTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   peerDropNotCrossSignedTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  /** Issue 20 §3: questions not answered because they were redacted (before or while being answered). */
+  inboundRedactedTotal: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   deviceId: Schema.optional(Schema.String),
   userId: Schema.optional(Schema.String),
   /** `pending` from the start of the runtime until its start-up sequence (cross-signing, password removal) ends. */
@@ -89,5 +91,6 @@ export const emptyMatrixExtra: MatrixChannelExtra = {
   inboundBudgetRefusedSenderTotal: 0,
   inboundBudgetNoticeTotal: 0,
   peerDropUnencryptedInEncryptedRoomTotal: 0,
-  peerDropNotCrossSignedTotal: 0
+  peerDropNotCrossSignedTotal: 0,
+  inboundRedactedTotal: 0
 }

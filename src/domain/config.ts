@@ -189,6 +189,11 @@ export const Matrix = Schema.Struct({
     nullable: true,
     default: () => DEFAULT_THREAD_REPLIES
   }),
+  /**
+   * When a question cara answered is redacted (by its sender or a room moderator), redact cara's answer too;
+   * on by default (docs/channels.md, "Redactions and feedback").
+   */
+  redactAnswers: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })

@@ -47,6 +47,7 @@ export type InboundCounter = keyof Pick<
   | "inboundBudgetRefusedRoomTotal"
   | "inboundBudgetRefusedSenderTotal"
   | "inboundBudgetNoticeTotal"
+  | "inboundRedactedTotal"
 >
 
 export type GateVerdict =
@@ -71,6 +72,7 @@ export type GateVerdict =
       | "not-cross-signed"
       | "invisible"
       | "too-large"
+      | "redacted"
     readonly counters: ReadonlyArray<InboundCounter>
   }
 
@@ -100,6 +102,13 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   }
   // the account, not the device: messages from the bot's other sessions are never answered either
   if (ev.sender === ctx.botUserId) return { _tag: "Ignore", reason: "own" }
+  // its content is gone (redacted before cara saw it): never answered; offer commits it (never resumed).
+  // Before the msgtype check (a redacted event has none); a stranger's counts as any stranger's message.
+  if (ev.redacted === true) {
+    return allowsUser(ctx.allowlist, ev.sender)
+      ? { _tag: "Drop", reason: "redacted", counters: ["inboundRedactedTotal"] }
+      : { _tag: "Drop", reason: "allowlist", counters: ["peerDropAllowlistRejectionTotal"] }
+  }
   // A room with m.room.encryption only ever carries encrypted messages from real clients: a plaintext one
   // was injected (a homeserver admin, a spoofing server) and its sender is not authenticated by any key.
   if (ctx.encryptedMode && room.encrypted && !ev.encrypted) {

@@ -44,6 +44,8 @@ export const InboundEvent = Schema.Struct({
   /** `m.mentions.user_ids`, when the sender's client set it (as sent: not checked to be user ids). */
   mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
   encrypted: Schema.Boolean,
+  /** The event arrived redacted (`unsigned.redacted_because`): its content is gone. */
+  redacted: Schema.optional(Schema.Boolean),
   /**
    * Whether the sending device is cross-signed by its owner; set only where `matrix.requireCrossSignedSenders`
    * asks for it (absent = not checked, and then fails closed when the check is required).

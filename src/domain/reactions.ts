@@ -9,6 +9,8 @@ import { createHash } from "node:crypto"
 
 export const WORKING_REACTION = "👀"
 export const FAILED_REACTION = "❌"
+/** The lifecycle reactions by name. */
+export const REACTION = { working: WORKING_REACTION, failed: FAILED_REACTION } as const
 
 /** The `m.reaction` content: an `m.annotation` of `eventId` with `key`. */
 export const reactionContent = (eventId: string, key: string): Record<string, unknown> => ({

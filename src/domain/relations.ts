@@ -71,27 +71,7 @@ export const editContent = (eventId: string, newContent: Content): Record<string
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Reactions
-
-/** The lifecycle reactions cara puts on a question (`matrix.reactions`). */
-export const REACTION = { working: "👀", failed: "❌" } as const
-export type LifecycleReaction = keyof typeof REACTION
-
-/** An `m.reaction` content annotating `eventId` with `key`. */
-export const reactionContent = (eventId: string, key: string): Record<string, unknown> => ({
-  "m.relates_to": { rel_type: "m.annotation", event_id: eventId, key }
-})
-
-/**
- * The transaction id of a lifecycle reaction on a question: derived like the reply's, so a retry or a
- * restart never puts a second 👀 on the same question.
- */
-export const reactionTxnId = (eventId: string, which: LifecycleReaction): string =>
-  `cara-a1-${createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)}-${which}`
-
-/** The transaction id of the redaction that removes a lifecycle reaction once the question is answered. */
-export const unreactTxnId = (eventId: string, which: LifecycleReaction): string =>
-  `cara-u1-${createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)}-${which}`
+// Reactions (cara's own lifecycle reactions, their content and transaction ids: src/domain/reactions.ts)
 
 export interface Reaction {
   readonly targetEventId: string
@@ -155,6 +135,28 @@ export const redactedEventId = (
   return typeof event.redacts === "string" ? event.redacts : undefined
 }
 
-/** The transaction id of the redaction of an answer whose question was redacted (`matrix.redactAnswers`). */
+/** The `redact` power level of a room whose power levels do not set one (the spec's default). */
+export const DEFAULT_REDACT_LEVEL = 50
+
+export type RedactionAuthority = "sender" | "moderator"
+
+/**
+ * Whether a redaction takes an event back for cara: one by the event's own sender, or by a room moderator
+ * (a power level at or above the room's \`redact\` level). Any other redaction is ignored: the homeserver
+ * may accept the redaction event itself without applying it (a same-server user redacting someone else).
+ */
+export const redactionAuthority = (f: {
+  readonly redacter: string
+  readonly eventSender: string
+  readonly redacterPowerLevel: number
+  readonly redactLevel: number
+}): RedactionAuthority | undefined =>
+  f.redacter === f.eventSender ? "sender" : f.redacterPowerLevel >= f.redactLevel ? "moderator" : undefined
+
+/**
+ * The transaction id of the redaction of an answer whose question was redacted (`matrix.redactAnswers`).
+ * It shares the `cara-x1-` prefix with the lifecycle reactions' ids (domain/reactions.ts) but hashes another
+ * input (the answer's event id alone) and goes to the redact endpoint, so the two never meet.
+ */
 export const redactAnswerTxnId = (answerEventId: string): string =>
   `cara-x1-${createHash("sha256").update(answerEventId, "utf8").digest("hex").slice(0, 40)}`

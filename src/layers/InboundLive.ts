@@ -27,6 +27,9 @@ import { StateDir } from "../services/StateDir.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
 // By design: attachments (download, decrypt, classify) become the agent's input before the turn.
 import { attachmentInput, type AttachmentIo, attachmentIoFor } from "./attachments.js"
+// By design: redacted questions and held answers' reactions are kept apart from the pipeline (issue 20 §3).
+import { type InboundRelations, inboundRelations } from "./inboundRelations.js"
+import { makeRedactions, type Redactions } from "./redactions.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -38,6 +41,8 @@ import {
 } from "./OutboundLive.js"
 // By design built on the shared SQLite state-file helpers (atomic creation, read-only inspection).
 import { createSqliteAtomically, inspectSqlite, missingTables } from "./sqliteState.js"
+// The redaction and feedback tables live in the same ledger database (one transaction with the commit).
+import { openRelationsLedger } from "./relationsLedger.js"
 
 import { type BacklogCount, makeBacklogCounter } from "../domain/backlogProgress.js"
 import { type GateContext, gateInbound, type InboundCounter as Counter } from "../domain/inboundGate.js"
@@ -97,6 +102,7 @@ export const openLedger = (file: string): Ledger => {
   db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
   // IF NOT EXISTS: a ledger from before the utd or outbound_pending table gains it here
   db.exec(LEDGER_SCHEMA)
+  const { mapReplies, ...relations } = openRelationsLedger(db)
   for (const f of [`${file}-wal`, `${file}-shm`]) {
     try {
       fs.chmodSync(f, 0o600)
@@ -137,6 +143,7 @@ export const openLedger = (file: string): Ledger => {
       db.exec("BEGIN IMMEDIATE")
       try {
         qCommit.run(eventId, now, now, JSON.stringify(replyIds))
+        mapReplies(eventId, replyIds)
         qPendingClear.run(eventId)
         db.exec("COMMIT")
       } catch (e) {
@@ -164,6 +171,7 @@ export const openLedger = (file: string): Ledger => {
           attempts: Number(r.attempts),
           lastError: r.last_error
         })),
+    ...relations,
     close: () => db.close()
   }
 }
@@ -226,6 +234,8 @@ export interface InboundDeps {
   readonly threadReplies?: ThreadReplies | undefined
   /** Images, files and voice messages in (issue 20.2); without it an attachment gets a short answer. */
   readonly attachments?: ((roomId: string) => AttachmentIo) | undefined
+  /** Redacted questions are not answered, answered ones have their answer redacted (none when absent). */
+  readonly redactions?: Redactions | undefined
   /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
   readonly progress?: { readonly hooks: ProgressHooks; readonly done: Effect.Effect<void> } | undefined
 }
@@ -501,11 +511,13 @@ interface AnswerDeps {
   readonly botUserId: string
   readonly threadReplies: ThreadReplies
   readonly attachments: ((roomId: string) => AttachmentIo) | undefined
+  readonly relations: InboundRelations
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
 const answering = (
-  { agent, attachments, attemptFailed, botUserId, commit, outbound, reactions, replies, threadReplies }: AnswerDeps
+  { agent, attachments, attemptFailed, botUserId, commit, outbound, reactions, relations, replies, threadReplies }:
+    AnswerDeps
 ) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
@@ -540,18 +552,27 @@ const answering = (
         inReplyTo: ev.eventId,
         ...(threadId === undefined ? {} : { threadId })
       }
+      // redacted while it was answered: not sent (issue 20 §3)
+      if (yield* relations.redacted(ev)) {
+        if (reactions !== undefined) yield* reactions.answered(ev.roomId, ev.eventId, working, false)
+        return
+      }
       // a send that keeps failing is handed over to the pending replies, which own it from here
       const ids = outcome.text.trim() === ""
         ? []
         : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
           Effect.catchTag("MatrixError", (e) =>
-            replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
+            relations.held(ev, working, outcome._tag === "Failed").pipe(
+              Effect.zipRight(replies.hold({ reply, senderId: ev.sender, isGroup }, e)),
+              Effect.as(undefined)
+            ))
         )
       if (ids === undefined) {
         return
       }
       yield* testFault("after-reply-before-commit")
       yield* commit(ev.eventId, ids)
+      yield* relations.committed(ev.eventId)
       yield* outbound.readReceipt(ev.roomId, ev.eventId)
       if (reactions !== undefined) {
         yield* reactions.answered(ev.roomId, ev.eventId, working, outcome._tag === "Failed")
@@ -560,6 +581,38 @@ const answering = (
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId, outcome: outcome._tag })
       )
     })
+}
+
+/** Redacted questions and held answers' reactions around the answer (issue 20 §3). */
+const relationsOf = (deps: InboundDeps, commit: (eventId: string, ids: ReadonlyArray<string>) => Effect.Effect<void>) =>
+  inboundRelations({
+    state: (eventId) => deps.ledger.state(eventId),
+    commit,
+    count: bump(deps.status, ["inboundRedactedTotal"]),
+    redactions: deps.redactions,
+    reactions: deps.reactions
+  })
+
+/** The pending replies' start, and (in the background) the redactions of answers a stop interrupted. */
+const withSweep = (start: Effect.Effect<void>, redactions: Redactions | undefined, scope: Scope.Scope) =>
+  redactions === undefined ? start : Effect.zipRight(start, Effect.asVoid(Effect.forkIn(redactions.sweep, scope)))
+
+/** The pending replies over the ledger; a held answer finishes its reactions (and a redaction) once out. */
+const pendingReplies = (deps: InboundDeps, ops: ReturnType<typeof ledgerOps>, relations: InboundRelations) => {
+  const { attemptFailed, commit, deadLetterReply } = ops
+  return makeReplyRetry({
+    outbound: relations.guard(deps.outbound),
+    reachable: deps.replies?.reachable ?? Effect.succeed(true),
+    attemptFailed,
+    sent: (eventId, ids) => commit(eventId, ids).pipe(Effect.zipRight(relations.heldDone(eventId, false))),
+    deadLetter: deps.dlq === undefined
+      ? Option.none()
+      : Option.some((h: HeldReply) =>
+        deadLetterReply(h).pipe(Effect.zipRight(relations.heldDone(h.reply.inReplyTo, true)))
+      ),
+    pendingRows: Effect.sync(() => deps.ledger.pending()).pipe(Effect.orElseSucceed(() => [])),
+    resume: deps.replies?.resume ?? (() => Effect.void)
+  }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
 }
 
 /**
@@ -578,17 +631,11 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     const roomLock = roomLocks()
     const logDrop = dropLogger()
     const { deadLetter, failure } = failures(status, deps.dlq)
-    const { attemptFailed, commit, deadLetterReply, refreshPending } = ledgerOps(ledger, status, deps.dlq)
+    const ops = ledgerOps(ledger, status, deps.dlq)
+    const { attemptFailed, commit, refreshPending } = ops
     const { notice, noticeUnsigned } = notices(outbound, status, scope)
-    const replies = yield* makeReplyRetry({
-      outbound,
-      reachable: deps.replies?.reachable ?? Effect.succeed(true),
-      attemptFailed,
-      sent: (eventId, ids) => commit(eventId, ids),
-      deadLetter: deps.dlq === undefined ? Option.none() : Option.some(deadLetterReply),
-      pendingRows: Effect.sync(() => ledger.pending()).pipe(Effect.orElseSucceed(() => [])),
-      resume: deps.replies?.resume ?? (() => Effect.void)
-    }, deps.replies?.options ?? { deadLetterAfterRounds: DEFAULT_DEAD_LETTER_AFTER_ROUNDS })
+    const relations = relationsOf(deps, commit)
+    const replies = yield* pendingReplies(deps, ops, relations)
     yield* refreshPending
 
     const answerCore = answering({
@@ -599,6 +646,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       commit,
       outbound,
       reactions: deps.reactions,
+      relations,
       replies,
       threadReplies: deps.threadReplies ?? DEFAULT_THREAD_REPLIES
     })
@@ -638,6 +686,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           yield* bump(status, verdict.counters)
           yield* logDrop(verdict.reason, ev)
           if (verdict.reason === "not-cross-signed") yield* noticeUnsigned(ev)
+          if (verdict.reason === "redacted") yield* relations.arrivedRedacted(ev)
           return
         }
         if (verdict._tag === "Ignore") {
@@ -654,6 +703,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           )
           return
         }
+        if (yield* relations.redacted(ev)) return
         // an event claimed before a restart was admitted then: resuming it is not a new model call
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
@@ -674,7 +724,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       offer,
       redeliver,
       resend,
-      replies: { start: replies.start, kick: replies.kick },
+      replies: { start: withSweep(replies.start, deps.redactions, scope), kick: replies.kick },
       isCommitted,
       unfinished: brandedRows(() => ledger.unfinished()),
       utd: {
@@ -728,6 +778,11 @@ export const InboundLive = Layer.scoped(
       threadReplies: m.threadReplies,
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
       attachments: attachmentIoFor(m.attachments.images, (yield* MatrixTransport).download, yield* Agent),
+      redactions: makeRedactions({
+        ledger: yield* LedgerTag,
+        transport: yield* MatrixTransport,
+        redactAnswers: m.redactAnswers
+      }),
       ledger: yield* LedgerTag,
       agent: yield* Agent,
       outbound: yield* Outbound,

@@ -89,6 +89,7 @@ export const MetricsLive = Layer.effect(
             reason: "unencrypted_in_encrypted_room"
           })
           put("carapace_matrix_inbound_refused_total", x.peerDropNotCrossSignedTotal, { reason: "not_cross_signed" })
+          put("carapace_matrix_inbound_refused_total", x.inboundRedactedTotal, { reason: "redacted" })
           put("carapace_matrix_inbound_budget_notices_total", x.inboundBudgetNoticeTotal)
           if (x.inboundDlqRecordCount !== undefined) put("carapace_matrix_dlq_records", x.inboundDlqRecordCount)
           const now = Date.now()

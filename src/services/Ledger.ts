@@ -11,7 +11,37 @@ export interface PendingReplyRow {
   readonly lastError: string
 }
 
-export interface LedgerShape {
+/** A feedback reaction as the ledger keeps it (ids and polarity only, like its audit record). */
+export interface FeedbackRow {
+  readonly reactionEventId: string
+  readonly answerEventId: string
+  readonly roomId: string
+  readonly userId: string
+  readonly value: "positive" | "negative"
+  readonly removed: boolean
+}
+
+/** Redactions and feedback (src/layers/relationsLedger.ts): tables of the same ledger. */
+export interface RelationsLedgerShape {
+  /** The question (and its room) one of cara's reply events answers (any committed answer's ids). */
+  readonly questionOf: (replyId: string) => { readonly eventId: string; readonly roomId: string } | undefined
+  /** The reply ids of a committed question; undefined when it is not committed. */
+  readonly replyIds: (eventId: string) => ReadonlyArray<string> | undefined
+  /** Records that `eventId` was redacted (by a redaction that counts); false when it already was. */
+  readonly redactedAdd: (eventId: string, roomId: string, redactionId: string, now: number) => boolean
+  /** `done`: the question's answer, if any, is redacted too (or there was none to redact). */
+  readonly redacted: (eventId: string) => { readonly roomId: string; readonly done: boolean } | undefined
+  readonly redactedDone: (eventId: string) => void
+  /** Redacted questions that were answered and whose answer is not redacted yet (a restart finishes them). */
+  readonly redactedOpen: () => Array<{ eventId: string; roomId: string }>
+  /** Records a feedback reaction; false when this reaction event was recorded before. */
+  readonly feedbackAdd: (f: Omit<FeedbackRow, "removed">, now: number) => boolean
+  readonly feedback: (reactionId: string) => FeedbackRow | undefined
+  /** The feedback reaction was redacted; false when it was already removed (or never recorded). */
+  readonly feedbackRemoved: (reactionId: string, now: number) => boolean
+}
+
+export interface LedgerShape extends RelationsLedgerShape {
   readonly state: (eventId: string) => LedgerState | undefined
   /** Idempotent: a second claim of the same event changes nothing. */
   readonly claim: (eventId: string, roomId: string, now: number) => void

@@ -7,14 +7,12 @@ import {
   type EventFacts,
   feedbackOf,
   feedbackRecord,
-  REACTION,
-  reactionContent,
   reactionOf,
-  reactionTxnId,
   redactAnswerTxnId,
-  redactedEventId,
-  unreactTxnId
+  redactedEventId
 } from "../../src/domain/relations.js"
+// cara's own reactions: one definition (src/domain/reactions.ts), named by key
+import { REACTION, reactionContent, reactionTxnId, unreactTxnId } from "../../src/domain/reactions.js"
 
 describe("edits in", () => {
   it("extracts the new content of an m.replace, never the * fallback", () => {
@@ -87,12 +85,12 @@ describe("reactions", () => {
     expect(reactionContent("$q", REACTION.working)).toEqual({
       "m.relates_to": { rel_type: "m.annotation", event_id: "$q", key: "👀" }
     })
-    expect(reactionTxnId("$q", "working")).toBe(reactionTxnId("$q", "working"))
+    expect(reactionTxnId("$q", REACTION.working)).toBe(reactionTxnId("$q", REACTION.working))
     const ids = new Set([
-      reactionTxnId("$q", "working"),
-      reactionTxnId("$q", "failed"),
-      unreactTxnId("$q", "working"),
-      reactionTxnId("$p", "working")
+      reactionTxnId("$q", REACTION.working),
+      reactionTxnId("$q", REACTION.failed),
+      unreactTxnId("$q", REACTION.working),
+      reactionTxnId("$p", REACTION.working)
     ])
     expect(ids.size).toBe(4)
     for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9-]+$/)

@@ -10,6 +10,7 @@ import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
 import { MatrixClient } from "./client.js"
 import { speakerLabelOf } from "./members.js"
+import { MatrixRelations, MatrixRelationsLive } from "./relations.js"
 
 export const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
   const member = room.currentState.getMember(me)
@@ -51,7 +52,8 @@ export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | "malformed" | und
       ? { mentionedUserIds: mentions.user_ids.filter((u): u is string => typeof u === "string") }
       : {}),
     encrypted: ev.isEncrypted(),
-    ...(ATTACHMENT_MSGTYPES.has(content["msgtype"]) ? { attachment: content } : {})
+    ...(ATTACHMENT_MSGTYPES.has(content["msgtype"]) ? { attachment: content } : {}),
+    ...(ev.isRedacted() ? { redacted: true } : {})
   }
 }
 
@@ -112,6 +114,7 @@ const makeEvents = Effect.gen(function*() {
   const me = (yield* CurrentMatrixSession).userId
   const inbound = yield* Inbound
   const status = yield* ChannelStatus
+  const relations = yield* MatrixRelations
   const held = yield* Ref.make<ReadonlySet<string>>(new Set())
   const utd: MatrixEventsShape["utd"] = {
     has: (id) => Effect.map(Ref.get(held), (s) => s.has(id)),
@@ -132,6 +135,8 @@ const makeEvents = Effect.gen(function*() {
 
   const offer = (ev: sdk.MatrixEvent, room: sdk.Room) =>
     Effect.gen(function*() {
+      // reactions (feedback) and redactions, decrypted like messages (issue 20 §3, §4)
+      if (relations.accepts(ev)) return yield* relations.handle(ev, room)
       const inboundEvent = toInbound(ev)
       if (inboundEvent === undefined) return
       if (inboundEvent === "malformed") {
@@ -168,4 +173,4 @@ const makeEvents = Effect.gen(function*() {
   return { offer, handle, utd } satisfies MatrixEventsShape
 })
 
-export const MatrixEventsLive = Layer.effect(MatrixEvents, makeEvents)
+export const MatrixEventsLive = Layer.effect(MatrixEvents, makeEvents).pipe(Layer.provide(MatrixRelationsLive))

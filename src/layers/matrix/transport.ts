@@ -27,6 +27,14 @@ export const sdkTransport = (client: sdk.MatrixClient): MatrixTransportShape => 
     return r.event_id
   },
   redact: async (roomId, eventId, txnId) => {
+    // like send: a failed local echo is re-sent as is (the SDK refuses a second one with its txnId)
+    const room = client.getRoom(roomId)
+    const pending = room?.getEventForTxnId(txnId)
+    if (room && pending && pending.status === sdk.EventStatus.NOT_SENT) {
+      await client.resendEvent(pending, room)
+      return
+    }
+    if (pending && pending.status === null) return
     await client.redactEvent(roomId, null, eventId, txnId)
   },
   download: (mxc, maxBytes) =>
