@@ -139,7 +139,8 @@ describe("the agent with an attachment turn", () => {
         })
       )
       const content = fake.requests[0]!.body.messages.at(-1).content
-      expect(content[1]).toEqual({ type: "text", text: "Bob (@bob:hs): What colour is this?" })
+      // the speaker line of every group message (src/domain/speakers.ts)
+      expect(content[1]).toEqual({ type: "text", text: "[Bob (@bob:hs)] What colour is this?" })
     }))
 })
 
