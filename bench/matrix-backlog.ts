@@ -74,11 +74,12 @@ const main = async () => {
       }
       await sleep(20)
     }
-    const stalled = answered() < MESSAGES
+    const done = answered()
+    const stalled = done < MESSAGES
     const allMs = (stalled ? lastAt : performance.now()) - t0
     const s = sample(pidOf(bot))
     const traced = TRACE
-      ? { idbWritesPerEvent: storeWrites(bot.output(), fromWall, Date.now(), MESSAGES, "event") }
+      ? { idbWritesPerEvent: storeWrites(bot.output(), fromWall, Date.now(), Math.max(1, done), "event") }
       : {}
     let profile: Record<string, string | number> = {}
     if (PROFILE) {
@@ -117,14 +118,15 @@ const main = async () => {
       startToAllAnsweredMs: Math.round(allMs),
       eventsPerSecond: round(MESSAGES / (allMs / 1000), 1),
       eventsPerSecondAfterSync: round(MESSAGES / ((allMs - syncedMs) / 1000), 1),
-      answeredByTheDaemon: answered(),
+      answeredByTheDaemon: done,
       answeredOnce: counts.filter((c) => c === 1).length,
       unanswered: counts.filter((c) => c === 0).length,
       doubled: counts.filter((c) => c > 1).length,
       cpuSecondsTotal: round(s.cpuSeconds, 2),
       cpuMsPerEvent: round((1000 * s.cpuSeconds) / MESSAGES, 1),
-      cpuMsPerEventAfterSync: round((1000 * (s.cpuSeconds - atSync.cpuSeconds)) / MESSAGES, 1),
-      bytesWrittenPerEvent: Math.round((s.writeBytes - atSync.writeBytes) / MESSAGES),
+      // per answered event (a stalled run answered fewer than it was sent)
+      cpuMsPerEventAfterSync: round((1000 * (s.cpuSeconds - atSync.cpuSeconds)) / Math.max(1, done), 1),
+      bytesWrittenPerEvent: Math.round((s.writeBytes - atSync.writeBytes) / Math.max(1, done)),
       rssMBAfter: s.rssMB,
       ...traced,
       profile
