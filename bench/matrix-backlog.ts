@@ -76,6 +76,8 @@ const main = async () => {
     }
     const done = answered()
     const stalled = done < MESSAGES
+    // BENCH_KEEP: the daemon's output is kept beside its state (what a stalled catch-up did)
+    if (process.env["BENCH_KEEP"] !== undefined) fs.writeFileSync(path.join(bot.dir, "daemon.log"), bot.output())
     const allMs = (stalled ? lastAt : performance.now()) - t0
     const s = sample(pidOf(bot))
     const traced = TRACE
