@@ -9,6 +9,7 @@
 //                               copy of the same file: the reference
 //     unchanged9k               the same value put again (skipped: SQLite already holds it)
 //     insert2k                  a new 2.1 KB record
+// Also the process CPU (user / system µs) per put of each series: on a loaded machine only roughly comparable.
 // Run: `node_modules/.bin/vite-node bench/idb-wal.ts`.
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
@@ -50,17 +51,32 @@ const main = async () => {
     await done(fill)
     await put("core", account(), "account")
 
-    const series = async (body: (i: number) => Promise<void>) => {
+    // CPU µs per put of the whole process (user: JS, SQLite, crypto; system: mostly the fsync and the
+    // writes), next to the WAL bytes; the values are made before the timed series.
+    const cpu: Record<string, { user: number; system: number }> = {}
+    const series = async (
+      name: string,
+      values: ReadonlyArray<unknown>,
+      body: (v: unknown, i: number) => Promise<void>
+    ) => {
       f.checkpoint()
       const from = walSize(file)
-      for (let i = 0; i < PUTS; i++) await body(i)
+      const c0 = process.cpuUsage()
+      for (let i = 0; i < PUTS; i++) await body(values[i], i)
+      const c = process.cpuUsage(c0)
+      cpu[name] = { user: Math.round(c.user / PUTS), system: Math.round(c.system / PUTS) }
       return Math.round((walSize(file) - from) / PUTS)
     }
-    const upsert = await series(() => put("core", account(), "account"))
+    const each = (make: () => unknown) => Array.from({ length: PUTS }, make)
+    const upsert = await series("update9k", each(account), (v) => put("core", v, "account"))
     const same = account()
     await put("core", same, "account")
-    const unchanged = await series(() => put("core", same, "account"))
-    const insert = await series((i) => put("inbound_group_sessions3", { pickled: crypto.randomBytes(2000) }, `new${i}`))
+    const unchanged = await series("unchanged9k", each(() => same), (v) => put("core", v, "account"))
+    const insert = await series(
+      "insert2k",
+      each(() => ({ pickled: crypto.randomBytes(2000) })),
+      (v, i) => put("inbound_group_sessions3", v, `new${i}`)
+    )
     const stats = { ...f.stats }
     db.close()
     idb.detach()
@@ -92,6 +108,7 @@ const main = async () => {
         rows: ROWS,
         puts: PUTS,
         walBytesPerPut: { update9k: { upsert, insertOrReplace }, unchanged9k: unchanged, insert2k: insert },
+        cpuMicrosPerPut: cpu,
         store: {
           sqliteCommits: stats.commits,
           rowsWritten: stats.rowsWritten,

@@ -431,6 +431,56 @@ describe("durable IndexedDB writes only what changed", () => {
     }
   })
 
+  it.each([["encrypted", SECRET], ["unencrypted", { encrypted: false } as const]] as const)(
+    "writes a changed value of the same or of another length, skips an equal one (%s store)",
+    async (_, secret) => {
+      const file = path.join(root, `lengths-${secret.encrypted ? "sealed" : "plain"}.sqlite3`)
+      const open = async () => {
+        const f = await SqliteFile.open(file, "crypto", secret)
+        const idb = await openDurableIdb([f], () => f, { cacheEntries: 0 })
+        const db = await openDb(idb.factory, DB, 1, KV)
+        const put = async (s: string) => {
+          const tx = db.transaction("kv", "readwrite")
+          tx.objectStore("kv").put({ s }, 1)
+          await done(tx)
+        }
+        const get = () => request<{ s: string }>(db.transaction("kv").objectStore("kv").get(1))
+        const close = () => {
+          db.close()
+          idb.detach()
+          f.close()
+        }
+        return { f, put, get, close }
+      }
+      const s = await open()
+      try {
+        const schemaCommits = s.f.stats.commits // the versionchange that created the stores
+        await s.put("aaaa")
+        await s.put("bbbb") // same serialized length, other bytes
+        await s.put("bbbbbbbb") // another length
+        await s.put("bbbbbbbb") // equal
+        expect(s.f.stats).toMatchObject({ commits: schemaCommits + 3, rowsWritten: 3, unchangedPuts: 1 })
+        expect((await s.get()).s).toBe("bbbbbbbb")
+      } finally {
+        s.close()
+      }
+      const again = await open()
+      try {
+        expect((await again.get()).s).toBe("bbbbbbbb")
+        await again.put("bbbb")
+        expect(again.f.stats).toMatchObject({ rowsWritten: 1, unchangedPuts: 0 })
+      } finally {
+        again.close()
+      }
+      const third = await open()
+      try {
+        expect((await third.get()).s).toBe("bbbb")
+      } finally {
+        third.close()
+      }
+    }
+  )
+
   it("writes an equal value again after a delete or a clear (the row is gone, so it is not unchanged)", async () => {
     const file = path.join(root, "crypto.sqlite3")
     const s = await openFile(file)

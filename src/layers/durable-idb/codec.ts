@@ -107,6 +107,10 @@ export const sealBlob = (key: Buffer | undefined, aad: Buffer, plain: Buffer): B
   return Buffer.concat([iv, c.getAuthTag(), body])
 }
 
+/** The length of `sealBlob`'s output for a plaintext of `plainLength` bytes. */
+export const sealedLength = (key: Buffer | undefined, plainLength: number): number =>
+  key === undefined ? plainLength : IV_BYTES + TAG_BYTES + plainLength
+
 /** Throws on a wrong key or a tampered row. */
 export const openBlob = (key: Buffer | undefined, aad: Buffer, sealed: Uint8Array): Buffer => {
   const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength)
