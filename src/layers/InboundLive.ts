@@ -14,7 +14,7 @@ import type { InboundEvent } from "../domain/matrix.js"
 import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../domain/matrix.js"
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
-import { Agent, type AgentShape } from "../services/Agent.js"
+import { Agent, type AgentShape, type TurnInput } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
@@ -24,6 +24,14 @@ import { Outbound, type OutboundReply, type OutboundShape } from "../services/Ou
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
+import {
+  type AnswerArgs,
+  type Answered,
+  answerTurn,
+  type Streamed,
+  type StreamingMode,
+  streamMarks
+} from "./streamReply.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -67,6 +75,7 @@ const LEDGER_SCHEMA = `
     event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_failed_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL
   );
+  CREATE TABLE IF NOT EXISTS streamed (event_id TEXT PRIMARY KEY, started_at INTEGER NOT NULL);
 `
 
 /**
@@ -122,6 +131,8 @@ export const openLedger = (file: string): Ledger => {
   const qPending = db.prepare(
     "SELECT event_id, room_id, first_failed_at, attempts, last_error FROM outbound_pending ORDER BY first_failed_at"
   )
+  const qStreamedAdd = db.prepare("INSERT OR IGNORE INTO streamed (event_id, started_at) VALUES (?, ?)")
+  const qStreamed = db.prepare("SELECT 1 AS x FROM streamed WHERE event_id = ?")
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -161,6 +172,10 @@ export const openLedger = (file: string): Ledger => {
           attempts: Number(r.attempts),
           lastError: r.last_error
         })),
+    streamedAdd: (eventId, now) => {
+      qStreamedAdd.run(eventId, now)
+    },
+    streamed: (eventId) => qStreamed.get(eventId) !== undefined,
     close: () => db.close()
   }
 }
@@ -217,6 +232,8 @@ export interface InboundDeps {
   }
   /** `matrix.inboundBudget`; the defaults of domain/inboundBudget.ts when absent. */
   readonly budget?: InboundBudgetSpec
+  /** `matrix.streaming`: answers streamed into the room with edits (off when absent). */
+  readonly streaming?: StreamingMode | undefined
   /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
   readonly reactions?: LifecycleReactions | undefined
   /** A catch-up counter on the operator's terminal (domain/backlogProgress.ts); nothing when absent. */
@@ -436,7 +453,14 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
   const resend = (r: DlqRecord) =>
     Effect.flatMap(recordIds(r), ({ eventId, roomId, threadId }) =>
       outbound.reply(
-        { roomId, text: r.text, inReplyTo: eventId, ...(threadId === undefined ? {} : { threadId }) },
+        {
+          roomId,
+          text: r.text,
+          inReplyTo: eventId,
+          ...(threadId === undefined ? {} : { threadId }),
+          // a streamed answer is finished with its final edit, never sent a second time
+          ...(ledger.streamed(r.eventId) ? { mayHaveStreamed: true } : {})
+        },
         { attempts: 3 }
       ).pipe(
         Effect.flatMap((ids) => commit(r.eventId, ids)),
@@ -483,7 +507,7 @@ const roomLocks = () => {
 }
 
 interface AnswerDeps {
-  readonly agent: AgentShape
+  readonly answer: (args: AnswerArgs) => Effect.Effect<Answered, SessionStoreError>
   readonly outbound: OutboundShape
   readonly replies: ReplyRetry
   readonly attemptFailed: (r: OutboundReply, detail: string) => Effect.Effect<void>
@@ -493,7 +517,7 @@ interface AnswerDeps {
 }
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
-const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
+const answering = ({ answer, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
   return (ev: InboundEvent, isGroup: boolean) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
@@ -501,30 +525,33 @@ const answering = ({ agent, attemptFailed, botUserId, commit, outbound, reaction
       )
       yield* testSessionWriteFault
       const working = reactions === undefined ? Option.none() : yield* reactions.working(ev.roomId, ev.eventId)
-      const outcome = yield* outbound.whileTyping(
-        ev.roomId,
-        agent.reply({
-          roomId: ev.roomId,
-          eventId: ev.eventId,
-          senderId: ev.sender,
-          text: ev.body,
-          isGroup,
-          botUserId
-        })
-      )
-      const reply: OutboundReply = {
+      const input: TurnInput = {
         roomId: ev.roomId,
-        text: outcome.text,
-        inReplyTo: ev.eventId,
-        ...(ev.threadId === undefined ? {} : { threadId: ev.threadId })
+        eventId: ev.eventId,
+        senderId: ev.sender,
+        text: ev.body,
+        isGroup,
+        botUserId
       }
+      const toReply = (text: string, streamed: Streamed): OutboundReply => ({
+        roomId: ev.roomId,
+        text,
+        inReplyTo: ev.eventId,
+        ...(ev.threadId === undefined ? {} : { threadId: ev.threadId }),
+        ...streamed
+      })
       // a send that keeps failing is handed over to the pending replies, which own it from here
-      const ids = outcome.text.trim() === ""
-        ? []
-        : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
-          Effect.catchTag("MatrixError", (e) =>
-            replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined)))
-        )
+      const send = (reply: OutboundReply) =>
+        reply.text.trim() === ""
+          ? Effect.succeed([])
+          : outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
+            Effect.catchTag(
+              "MatrixError",
+              (e) => replies.hold({ reply, senderId: ev.sender, isGroup }, e).pipe(Effect.as(undefined))
+            )
+          )
+      // the turn, streamed into the room per `matrix.streaming` (streamReply.ts), then the send
+      const { ids, outcome } = yield* answer({ input, toReply, send })
       if (ids === undefined) {
         return
       }
@@ -570,7 +597,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     yield* refreshPending
 
     const answerCore = answering({
-      agent,
+      answer: answerTurn({ agent, outbound, mode: deps.streaming ?? "off", ...streamMarks(ledger) }),
       attemptFailed,
       botUserId: deps.gate.botUserId,
       commit,
@@ -701,6 +728,7 @@ export const InboundLive = Layer.scoped(
         requireCrossSignedSenders: m.requireCrossSignedSenders
       },
       budget: budgetSpec(m.inboundBudget),
+      streaming: m.streaming,
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
       ledger: yield* LedgerTag,
       agent: yield* Agent,
