@@ -23,6 +23,7 @@ import { MatrixTransport } from "../services/MatrixTransport.js"
 import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
+import { makeEdits } from "./editInbound.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
 import {
   type AnswerArgs,
@@ -133,6 +134,7 @@ export const openLedger = (file: string): Ledger => {
   )
   const qStreamedAdd = db.prepare("INSERT OR IGNORE INTO streamed (event_id, started_at) VALUES (?, ?)")
   const qStreamed = db.prepare("SELECT 1 AS x FROM streamed WHERE event_id = ?")
+  const qReplyIds = db.prepare("SELECT reply_ids FROM inbound WHERE event_id = ? AND state = 'committed'")
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -176,6 +178,12 @@ export const openLedger = (file: string): Ledger => {
       qStreamedAdd.run(eventId, now)
     },
     streamed: (eventId) => qStreamed.get(eventId) !== undefined,
+    replyIds: (eventId) => {
+      const raw = (qReplyIds.get(eventId) as { reply_ids: string | null } | undefined)?.reply_ids
+      if (typeof raw !== "string") return undefined
+      const ids: unknown = JSON.parse(raw)
+      return Array.isArray(ids) ? ids.filter((x): x is string => typeof x === "string") : undefined
+    },
     close: () => db.close()
   }
 }
@@ -518,7 +526,7 @@ interface AnswerDeps {
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
 const answering = ({ answer, attemptFailed, botUserId, commit, outbound, reactions, replies }: AnswerDeps) => {
-  return (ev: InboundEvent, isGroup: boolean) =>
+  return (ev: InboundEvent, isGroup: boolean, editing?: EventId) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId })
@@ -551,7 +559,7 @@ const answering = ({ answer, attemptFailed, botUserId, commit, outbound, reactio
             )
           )
       // the turn, streamed into the room per `matrix.streaming` (streamReply.ts), then the send
-      const { ids, outcome } = yield* answer({ input, toReply, send })
+      const { ids, outcome } = yield* answer({ input, toReply, send, ...(editing === undefined ? {} : { editing }) })
       if (ids === undefined) {
         return
       }
@@ -606,13 +614,22 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       replies
     })
 
+    // an edit's answer edits the reply of the question it replaces (editInbound.ts)
+    const edits = makeEdits(ledger, inProgress)
     const answer = (ev: InboundEvent, isGroup: boolean) =>
-      answerCore(ev, isGroup).pipe(
+      Effect.flatMap(
+        edits.begin(ev),
+        ({ current, editIds }) =>
+          Effect.flatMap(edits.replyOf(current), (editing) => answerCore(current, isGroup, editing)).pipe(
+            Effect.ensuring(edits.end(ev.eventId, editIds))
+          )
+      ).pipe(
         Effect.catchTag("SessionStoreError", (e) => deadLetter(ev, isGroup, e)),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
         roomLock(ev.roomId).withPermits(1),
         Effect.ensuring(
           Effect.suspend(() => {
+            edits.forget(ev.eventId)
             inProgress.delete(ev.eventId)
             return showBacklog(deps.progress, backlog.finished())
           })
@@ -657,9 +674,17 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           )
           return
         }
+        if (!(yield* edits.known(ev))) {
+          yield* Effect.logDebug("Matrix edit of a message cara never answered: ignored").pipe(
+            Effect.annotateLogs({ eventId: ev.eventId })
+          )
+          return
+        }
         // an event claimed before a restart was admitted then: resuming it is not a new model call
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
+        // an edit of a question still waiting for its turn: that answer uses the new text
+        if (yield* edits.fold(ev)) return
         inProgress.add(ev.eventId)
         yield* showBacklog(deps.progress, backlog.started())
         yield* Effect.forkIn(answer(ev, verdict.isGroup), scope)

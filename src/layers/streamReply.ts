@@ -56,6 +56,11 @@ export interface AnswerArgs {
   readonly input: TurnInput
   /** The answer's reply (relation, thread) for `text`; also the shape of the first streamed chunk. */
   readonly toReply: (text: string, streamed: Streamed) => OutboundReply
+  /**
+   * The answer to an edit of an answered question: this reply of cara's is edited with the new answer (the
+   * turn is not streamed; the final edit's transaction id derives from the edit's event id).
+   */
+  readonly editing?: EventId
   /** The final send; `undefined` when it was handed over to the pending replies. */
   readonly send: (reply: OutboundReply) => Effect.Effect<ReadonlyArray<EventId> | undefined>
 }
@@ -224,9 +229,14 @@ export const answerTurn = (deps: StreamDeps) => (args: AnswerArgs): Effect.Effec
   Effect.gen(function*() {
     const roomId = args.toReply("", {}).roomId
     const before = yield* deps.streamedBefore(args.input.eventId)
-    if (deps.mode === "off") {
+    if (deps.mode === "off" || args.editing !== undefined) {
       const outcome = yield* deps.outbound.whileTyping(roomId, deps.agent.reply(args.input))
-      const ids = yield* args.send(args.toReply(outcome.text, before ? { mayHaveStreamed: true } : {}))
+      const streamed: Streamed = args.editing !== undefined
+        ? { streamedReply: args.editing }
+        : before
+        ? { mayHaveStreamed: true }
+        : {}
+      const ids = yield* args.send(args.toReply(outcome.text, streamed))
       return { outcome, ids }
     }
     return yield* deps.outbound.whileTyping(
