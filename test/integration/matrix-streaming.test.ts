@@ -1,7 +1,8 @@
 // Streamed answers (issue 20 point 1) against the real Synapse, in an encrypted DM with the real daemon: a
 // slow model's answer shows up as the first chunk, then `m.replace` edits, finally the full text, with the
 // bot typing until the final edit; and a SIGKILL in the middle of a streamed answer leaves, after the
-// restart, exactly one reply to the question whose latest edit is the complete answer.
+// restart, exactly one reply to the question whose latest edit is the complete answer. Edits in (point 3):
+// an edit of an answered question edits cara's reply, and is handled once.
 import { RoomMemberEvent } from "matrix-js-sdk"
 import { expect, it } from "vitest"
 import { eventually } from "../support/eventually.js"
@@ -25,7 +26,7 @@ const botEvents = (human: Human, roomId: string, bot: string, question: string, 
   return { replies, edits }
 }
 
-describeSynapse("Matrix: streamed answers (real daemon)", (hs) => {
+describeSynapse("Matrix: streamed answers and edits in (real daemon)", (hs) => {
   const world = useMatrixWorld(hs)
 
   it(
@@ -93,5 +94,38 @@ describeSynapse("Matrix: streamed answers (real daemon)", (hs) => {
       expect(botEvents(alice, roomId, botId, q1).replies).toHaveLength(1)
     },
     240_000
+  )
+
+  it(
+    "an edit of an answered question edits cara's reply (no second reply); the edit is handled once, also across a restart",
+    async () => {
+      const { alice, bot, roomId } = await world.botInDm()
+      const botId = bot.user.userId
+      world.llm.enqueue({ type: "text", chunks: ["Four."] })
+      const q = await alice.sendText(roomId, "what is 2+2")
+      const reply = await world.replyTo(alice, bot, roomId, q)
+      expect(reply.body).toBe("Four.")
+      const requests = world.llm.requests.length
+
+      world.llm.enqueue({ type: "text", chunks: ["Six."] })
+      await alice.editText(roomId, q, "what is 3+3")
+      expect(await alice.waitForEdit(roomId, reply.eventId, (b) => b === "Six.", 45_000)).toBe("Six.")
+      // the model saw the new text, as a new turn
+      expect(world.llm.requests.length).toBe(requests + 1)
+      expect(JSON.stringify(world.llm.requests.at(-1)?.body)).toContain("what is 3+3")
+      await bot.waitForLog(/Matrix message answered/, 30_000)
+
+      // a restart after a kill (the edit may come again with the sync): nothing new for it
+      expect((await bot.stop("SIGKILL")).signal).toBe("SIGKILL")
+      await bot.start()
+      world.llm.enqueue({ type: "text", chunks: ["Still here."] })
+      const next = await alice.sendText(roomId, "are you there")
+      expect((await world.replyTo(alice, bot, roomId, next)).body).toBe("Still here.")
+      expect(world.llm.requests.length).toBe(requests + 2)
+      const after = botEvents(alice, roomId, botId, q, reply.eventId)
+      expect(after.replies.map((r) => r.eventId)).toEqual([reply.eventId])
+      expect(after.edits).toEqual(["Six."])
+    },
+    180_000
   )
 })
