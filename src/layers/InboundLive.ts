@@ -23,7 +23,7 @@ import { MatrixTransport } from "../services/MatrixTransport.js"
 import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
-import { makeEdits } from "./editInbound.js"
+import { makeEdits, withEdits } from "./editInbound.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
 import {
   type AnswerArgs,
@@ -617,13 +617,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     // an edit's answer edits the reply of the question it replaces (editInbound.ts)
     const edits = makeEdits(ledger, inProgress)
     const answer = (ev: InboundEvent, isGroup: boolean) =>
-      Effect.flatMap(
-        edits.begin(ev),
-        ({ current, editIds }) =>
-          Effect.flatMap(edits.replyOf(current), (editing) => answerCore(current, isGroup, editing)).pipe(
-            Effect.ensuring(edits.end(ev.eventId, editIds))
-          )
-      ).pipe(
+      withEdits(edits, answerCore)(ev, isGroup).pipe(
         Effect.catchTag("SessionStoreError", (e) => deadLetter(ev, isGroup, e)),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
         roomLock(ev.roomId).withPermits(1),
@@ -674,12 +668,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           )
           return
         }
-        if (!(yield* edits.known(ev))) {
-          yield* Effect.logDebug("Matrix edit of a message cara never answered: ignored").pipe(
-            Effect.annotateLogs({ eventId: ev.eventId })
-          )
-          return
-        }
+        if (!(yield* edits.known(ev))) return
         // an event claimed before a restart was admitted then: resuming it is not a new model call
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))

@@ -26,8 +26,15 @@ export const makeEdits = (ledger: EditLedger, inProgress: Set<string>) => {
   return {
     /** The question of an edit is one cara knows (answered, or being answered); other edits are ignored. */
     known: (ev: InboundEvent) =>
-      Effect.sync(() =>
+      Effect.suspend(() =>
         ev.replaces === undefined || inProgress.has(ev.replaces) || ledger.state(ev.replaces) !== undefined
+          ? Effect.succeed(true)
+          : Effect.as(
+            Effect.logDebug("Matrix edit of a message cara never answered: ignored").pipe(
+              Effect.annotateLogs({ eventId: ev.eventId })
+            ),
+            false
+          )
       ),
     /** An edit of a question still waiting for its turn: folded into it (true), or to be answered (false). */
     fold: (ev: InboundEvent) =>
@@ -70,3 +77,20 @@ export const makeEdits = (ledger: EditLedger, inProgress: Set<string>) => {
 }
 
 export type Edits = ReturnType<typeof makeEdits>
+
+/**
+ * One answer with the edits taken into account (call it with the room lock held): the question with its
+ * newest text, and for an edit of an answered question the reply to edit.
+ */
+export const withEdits = <E>(
+  edits: Edits,
+  answer: (ev: InboundEvent, isGroup: boolean, editing?: EventId) => Effect.Effect<void, E>
+) =>
+(ev: InboundEvent, isGroup: boolean): Effect.Effect<void, E> =>
+  Effect.flatMap(
+    edits.begin(ev),
+    ({ current, editIds }) =>
+      Effect.flatMap(edits.replyOf(current), (editing) => answer(current, isGroup, editing)).pipe(
+        Effect.ensuring(edits.end(ev.eventId, editIds))
+      )
+  )
