@@ -1,7 +1,7 @@
 import { Chunk, Clock, Duration, Effect, Exit, Option, Queue, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AgentError, userReply } from "../domain/agent.js"
-import type { EventId, MatrixError } from "../domain/matrix.js"
+import { type EventId, MatrixError } from "../domain/matrix.js"
 import {
   decide,
   DEFAULT_STREAM_SETTINGS,
@@ -127,7 +127,10 @@ const previewSender = <E>(deps: StreamDeps, st: Drive<E>, eventId: string, args:
         return
       }
       st.attempted = true
-      sent = Effect.map(deps.outbound.reply(base, { attempts: 1 }), (ids) => ids[0]!)
+      sent = Effect.flatMap(deps.outbound.reply(base, { attempts: 1 }), (ids) =>
+        ids[0] === undefined
+          ? Effect.fail(new MatrixError({ kind: "send-terminal", message: "the first chunk was empty" }))
+          : Effect.succeed(ids[0]))
     } else {
       sent = deps.outbound.edit({
         roomId: base.roomId,
