@@ -10,6 +10,7 @@ import { makeOutbound, type MatrixTransport } from "../../src/layers/OutboundLiv
 import { answerTurn, type StreamingMode } from "../../src/layers/streamReply.js"
 import type { AgentShape, TurnEvent, TurnOutcome } from "../../src/services/Agent.js"
 import type { OutboundReply } from "../../src/services/Outbound.js"
+import { SessionStoreError } from "../../src/services/Sessions.js"
 
 const eid = EventId.make
 const ROOM = RoomId.make("!room:x")
@@ -238,6 +239,66 @@ describe("the streaming driver", () => {
       yield* Fiber.join(fiber)
       expect(st.sent.map((s) => s.txnId)).toEqual([replyTxnId(Q, 0), finalEditTxnId(Q)])
       expect(newBody(st.sent[1]!)).toBe("The stored answer.")
+    }))
+
+  it.effect("a first chunk the homeserver refuses stops the preview; the end re-sends it under its id, then edits", () =>
+    Effect.gen(function*() {
+      const refused = Object.assign(new Error("Forbidden"), {
+        httpStatus: 403,
+        errcode: "M_FORBIDDEN",
+        data: { errcode: "M_FORBIDDEN" }
+      })
+      let refusedOnce = false
+      const fail = (txnId: string) => {
+        if (refusedOnce || txnId !== replyTxnId(Q, 0)) return undefined
+        refusedOnce = true
+        return refused
+      }
+      const { pass, say, st, start } = yield* world({ fail })
+      const fiber = yield* start
+      yield* say({ _tag: "Delta", text: "Hello. " })
+      yield* pass(250)
+      expect(refusedOnce).toBe(true)
+      yield* say({ _tag: "Delta", text: "x".repeat(200) })
+      yield* pass(5_000)
+      expect(st.sent).toHaveLength(0)
+      yield* say(completed("Hello. " + "x".repeat(200)))
+      yield* pass(10)
+      yield* Fiber.join(fiber)
+      expect(st.sent.map((s) => s.txnId)).toEqual([replyTxnId(Q, 0), finalEditTxnId(Q)])
+    }))
+
+  it.effect("a history store failure after deltas fails the answer (it goes to the DLQ, not answered twice)", () =>
+    Effect.gen(function*() {
+      const { st } = yield* world()
+      const outbound = yield* makeOutbound({
+        send: async (_r, _t, content, txnId) => (st.sent.push({ at: 0, txnId, content }), eid(`$ev-${txnId}`)),
+        typing: async () => {},
+        receipt: async () => {},
+        room: () => ({ encrypted: true })
+      }, { encrypted: true })
+      const agent = {
+        turn: () =>
+          Stream.concat(
+            Stream.make({ _tag: "Delta" as const, text: "Shown. " }),
+            Stream.fail(new SessionStoreError({ kind: "agent-history-io", message: "disk full" }))
+          )
+      } as unknown as AgentShape
+      const answer = answerTurn({
+        agent,
+        outbound,
+        mode: "edits",
+        run: RUN,
+        settleMs: 0,
+        markStreamed: () => Effect.succeed(true),
+        streamedBefore: () => Effect.succeed(false)
+      })
+      const error = yield* Effect.flip(answer({
+        input: { roomId: ROOM, eventId: Q, senderId: "@a:x", text: "q", isGroup: false },
+        toReply: (text, streamed) => ({ roomId: ROOM, text, inReplyTo: Q, ...streamed }),
+        send: () => Effect.die("no final send after a store failure")
+      }))
+      expect(error._tag).toBe("SessionStoreError")
     }))
 
   it.effect("matrix.streaming off: the drained reply, one event, the turn's stream is not used", () =>
