@@ -54,6 +54,25 @@ describe("the gate and edits", () => {
   })
 })
 
+describe("the ledger's streaming and reply records", () => {
+  it("keeps the streamed mark and a committed event's reply ids across a reopen", () => {
+    const file = path.join(tmpDir("cara-ledger-"), "ledger.sqlite")
+    const a = openLedger(file)
+    a.claim("$q:x", "!r:x", 1)
+    expect(a.streamed("$q:x")).toBe(false)
+    a.streamedAdd("$q:x", 2)
+    a.streamedAdd("$q:x", 3)
+    expect(a.replyIds("$q:x")).toBeUndefined()
+    a.commit("$q:x", ["$a:x", "$b:x"], 4)
+    a.close()
+    const b = openLedger(file)
+    expect(b.streamed("$q:x")).toBe(true)
+    expect(b.streamed("$other:x")).toBe(false)
+    expect(b.replyIds("$q:x")).toEqual(["$a:x", "$b:x"])
+    b.close()
+  })
+})
+
 const setup = Effect.gen(function*() {
   const root = tmpDir("cara-edits-")
   const st = {
