@@ -113,6 +113,8 @@ describeSynapse("Matrix: streamed answers and edits in (real daemon)", (hs) => {
       // the model saw the new text, as a new turn
       expect(world.llm.requests.length).toBe(requests + 1)
       expect(JSON.stringify(world.llm.requests.at(-1)?.body)).toContain("what is 3+3")
+      // the new text itself, not the "* " fallback body of the edit event
+      expect(JSON.stringify(world.llm.requests.at(-1)?.body)).not.toContain("* what is 3+3")
       await bot.waitForLog(/Matrix message answered/, 30_000)
 
       // a restart after a kill (the edit may come again with the sync): nothing new for it

@@ -30,10 +30,12 @@ export const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
 export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | "malformed" | undefined => {
   const encryptedUnreadable = ev.getType() === sdk.EventType.RoomMessageEncrypted
   if (ev.getType() !== sdk.EventType.RoomMessage && !encryptedUnreadable) return undefined
-  // an edit's text and mentions are its `m.new_content` (the outer body is the "* " fallback)
-  const content = (editOf(ev.getContent())?.newContent ?? ev.getContent()) as Record<string, unknown>
   const relation = ev.getRelation() ??
     (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
+  // an edit's text and mentions are its `m.new_content` (the outer body is the "* " fallback); in an
+  // encrypted event the relation is in the clear part only
+  const raw = ev.getContent() as Record<string, unknown>
+  const content = (editOf({ ...raw, "m.relates_to": relation })?.newContent ?? raw) as Record<string, unknown>
   const mentions = content["m.mentions"] as { user_ids?: unknown } | undefined
   const threadId = relation?.rel_type === "m.thread" ? relation.event_id : undefined
   const ids = decodeEventIds({
