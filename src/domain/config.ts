@@ -194,6 +194,14 @@ export const Matrix = Schema.Struct({
    * on by default (docs/channels.md, "Redactions and feedback").
    */
   redactAnswers: Schema.optionalWith(Schema.Boolean, { nullable: true, default: () => true }),
+  /**
+   * Streamed answers: "edits" (default) sends the first chunk as the reply once there is a sentence (or
+   * after ~1 s) and then updates it with throttled `m.replace` edits (src/domain/streaming.ts); "off" sends
+   * the whole answer once it is complete. On by default: a long answer otherwise shows only "typing…" for
+   * as long as the model writes, and an answer that is complete before the first chunk is due (most short
+   * ones) is still one event.
+   */
+  streaming: Schema.optionalWith(Schema.Literal("edits", "off"), { nullable: true, default: () => "edits" as const }),
   autoJoin: Schema.optionalWith(AutoJoin, {
     nullable: true,
     default: () => ({ allowUsers: [], allowServerNames: [] })

@@ -126,7 +126,8 @@ export const gateInbound = (ctx: GateContext, ev: InboundEvent, room: RoomFacts)
   if (!allowsUser(ctx.allowlist, ev.sender)) {
     return { _tag: "Drop", reason: "allowlist", counters: ["peerDropAllowlistRejectionTotal"] }
   }
-  if (ev.relType === "m.replace") return { _tag: "Ignore", reason: "edit" }
+  // an edit is answered only when it was checked against its original (events.ts sets `replaces`)
+  if (ev.relType === "m.replace" && ev.replaces === undefined) return { _tag: "Ignore", reason: "edit" }
   if (room.botJoinedAt !== undefined && ev.ts < room.botJoinedAt) return { _tag: "Ignore", reason: "history" }
   // after the allowlist: only an allowed sender is told (once) why it is not answered
   if (ctx.requireCrossSignedSenders === true && ev.senderDeviceCrossSigned !== true) {

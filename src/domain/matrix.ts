@@ -41,6 +41,8 @@ export const InboundEvent = Schema.Struct({
   relType: Schema.optional(Schema.String),
   /** The thread root when the message is in a thread. */
   threadId: Schema.optional(EventId),
+  /** A valid edit (`m.replace`, checked against its original): the question it replaces; body/msgtype are the new ones. */
+  replaces: Schema.optional(EventId),
   /** `m.mentions.user_ids`, when the sender's client set it (as sent: not checked to be user ids). */
   mentionedUserIds: Schema.optional(Schema.Array(Schema.String)),
   encrypted: Schema.Boolean,

@@ -15,7 +15,7 @@ import { decodeEventIds, decodeRoomEvent, type EventId, MatrixError } from "../d
 import { describeSdkError } from "../domain/sendError.js"
 import { corruptLedgerMessage, StateFileError } from "../domain/stateFiles.js"
 import { answerThread, DEFAULT_THREAD_REPLIES, type ThreadReplies } from "../domain/threads.js"
-import { Agent, type AgentShape, type TurnOutcome } from "../services/Agent.js"
+import { Agent, type AgentShape, type TurnInput, type TurnOutcome } from "../services/Agent.js"
 import { ChannelStatus, type ChannelStatusShape } from "../services/ChannelStatus.js"
 import { Dlq, type DlqShape } from "../services/Dlq.js"
 import { Inbound, InboundHooks, type InboundShape, type RoomFacts } from "../services/Inbound.js"
@@ -24,12 +24,23 @@ import { MatrixTransport } from "../services/MatrixTransport.js"
 import { Outbound, type OutboundReply, type OutboundShape } from "../services/Outbound.js"
 import { SessionStoreError } from "../services/Sessions.js"
 import { StateDir } from "../services/StateDir.js"
+import { makeEdits, withEdits } from "./editInbound.js"
 import { type LifecycleReactions, lifecycleReactions } from "./reactions.js"
 // By design: attachments (download, decrypt, classify) become the agent's input before the turn.
 import { attachmentInput, type AttachmentIo, attachmentIoFor } from "./attachments.js"
 // By design: redacted questions and held answers' reactions are kept apart from the pipeline (issue 20 §3).
 import { type InboundRelations, inboundRelations } from "./inboundRelations.js"
 import { makeRedactions, type Redactions } from "./redactions.js"
+// By design: the answer's streaming into the room is its own module.
+import {
+  type AnswerArgs,
+  type Answered,
+  answerTurn,
+  answerWithoutModel,
+  type Streamed,
+  type StreamingMode,
+  streamMarks
+} from "./streamReply.js"
 // By design built on the send path: the pending-reply retrier lives with the Outbound it retries through.
 import { Ledger as LedgerTag, type LedgerShape as Ledger, type LedgerState } from "../services/Ledger.js"
 import {
@@ -75,6 +86,7 @@ const LEDGER_SCHEMA = `
     event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, first_failed_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL
   );
+  CREATE TABLE IF NOT EXISTS streamed (event_id TEXT PRIMARY KEY, started_at INTEGER NOT NULL);
 `
 
 /**
@@ -131,6 +143,9 @@ export const openLedger = (file: string): Ledger => {
   const qPending = db.prepare(
     "SELECT event_id, room_id, first_failed_at, attempts, last_error FROM outbound_pending ORDER BY first_failed_at"
   )
+  const qStreamedAdd = db.prepare("INSERT OR IGNORE INTO streamed (event_id, started_at) VALUES (?, ?)")
+  const qStreamed = db.prepare("SELECT 1 AS x FROM streamed WHERE event_id = ?")
+  const qReplyIds = db.prepare("SELECT reply_ids FROM inbound WHERE event_id = ? AND state = 'committed'")
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -172,6 +187,16 @@ export const openLedger = (file: string): Ledger => {
           lastError: r.last_error
         })),
     ...relations,
+    streamedAdd: (eventId, now) => {
+      qStreamedAdd.run(eventId, now)
+    },
+    streamed: (eventId) => qStreamed.get(eventId) !== undefined,
+    replyIds: (eventId) => {
+      const raw = (qReplyIds.get(eventId) as { reply_ids: string | null } | undefined)?.reply_ids
+      if (typeof raw !== "string") return undefined
+      const ids: unknown = JSON.parse(raw)
+      return Array.isArray(ids) ? ids.filter((x): x is string => typeof x === "string") : undefined
+    },
     close: () => db.close()
   }
 }
@@ -228,6 +253,8 @@ export interface InboundDeps {
   }
   /** `matrix.inboundBudget`; the defaults of domain/inboundBudget.ts when absent. */
   readonly budget?: InboundBudgetSpec
+  /** `matrix.streaming`: answers streamed into the room with edits (off when absent). */
+  readonly streaming?: StreamingMode | undefined
   /** `matrix.reactions`: lifecycle reactions on the question (off when absent). */
   readonly reactions?: LifecycleReactions | undefined
   /** `matrix.threadReplies`: where answers go and which conversation a message joins ("inbound" when absent). */
@@ -455,7 +482,14 @@ const dlqHandlers = ({ answerCore, commit, inProgress, ledger, outbound, roomLoc
   const resend = (r: DlqRecord) =>
     Effect.flatMap(recordIds(r), ({ eventId, roomId, threadId }) =>
       outbound.reply(
-        { roomId, text: r.text, inReplyTo: eventId, ...(threadId === undefined ? {} : { threadId }) },
+        {
+          roomId,
+          text: r.text,
+          inReplyTo: eventId,
+          ...(threadId === undefined ? {} : { threadId }),
+          // a streamed answer is finished with its final edit, never sent a second time
+          ...(ledger.streamed(r.eventId) ? { mayHaveStreamed: true } : {})
+        },
         { attempts: 3 }
       ).pipe(
         Effect.flatMap((ids) => commit(r.eventId, ids)),
@@ -502,7 +536,7 @@ const roomLocks = () => {
 }
 
 interface AnswerDeps {
-  readonly agent: AgentShape
+  readonly answer: (args: AnswerArgs) => Effect.Effect<Answered, SessionStoreError>
   readonly outbound: OutboundShape
   readonly replies: ReplyRetry
   readonly attemptFailed: (r: OutboundReply, detail: string) => Effect.Effect<void>
@@ -516,10 +550,10 @@ interface AnswerDeps {
 
 /** The answer to one claimed event: agent (typing meanwhile), reply, commit, read receipt. */
 const answering = (
-  { agent, attachments, attemptFailed, botUserId, commit, outbound, reactions, relations, replies, threadReplies }:
+  { answer, attachments, attemptFailed, botUserId, commit, outbound, reactions, relations, replies, threadReplies }:
     AnswerDeps
 ) => {
-  return (ev: InboundEvent, isGroup: boolean) =>
+  return (ev: InboundEvent, isGroup: boolean, editing?: EventId) =>
     Effect.gen(function*() {
       yield* Effect.logDebug("Matrix message dispatched to the agent").pipe(
         Effect.annotateLogs({ eventId: ev.eventId, roomId: ev.roomId })
@@ -528,45 +562,54 @@ const answering = (
       const working = reactions === undefined ? Option.none() : yield* reactions.working(ev.roomId, ev.eventId)
       // the thread the answer goes in is also the conversation the question joins (src/domain/threads.ts)
       const threadId = answerThread(threadReplies, ev.eventId, ev.threadId)
-      const outcome = yield* outbound.whileTyping(
-        ev.roomId,
-        attachmentInput(attachments?.(ev.roomId), ev.attachment, {
-          roomId: ev.roomId,
-          eventId: ev.eventId,
-          senderId: ev.sender,
-          ...(ev.senderLabel === undefined ? {} : { senderLabel: ev.senderLabel }),
-          ...(threadId === undefined ? {} : { threadId }),
-          text: ev.body,
-          isGroup,
-          botUserId
-        }).pipe(
-          // an attachment that is refused (or cannot be used) is answered without a model call
-          Effect.flatMap((p) =>
-            p._tag === "Answer" ? Effect.succeed<TurnOutcome>({ _tag: "Command", text: p.text }) : agent.reply(p.input)
-          )
-        )
-      )
-      const reply: OutboundReply = {
+      const base: TurnInput = {
         roomId: ev.roomId,
-        text: outcome.text,
+        eventId: ev.eventId,
+        senderId: ev.sender,
+        ...(ev.senderLabel === undefined ? {} : { senderLabel: ev.senderLabel }),
+        ...(threadId === undefined ? {} : { threadId }),
+        text: ev.body,
+        isGroup,
+        botUserId
+      }
+      const toReply = (text: string, streamed: Streamed): OutboundReply => ({
+        roomId: ev.roomId,
+        text,
         inReplyTo: ev.eventId,
-        ...(threadId === undefined ? {} : { threadId })
-      }
-      // redacted while it was answered: not sent (issue 20 §3)
-      if (yield* relations.redacted(ev)) {
-        if (reactions !== undefined) yield* reactions.answered(ev.roomId, ev.eventId, working, false)
-        return
-      }
+        ...(threadId === undefined ? {} : { threadId }),
+        ...streamed
+      })
       // a send that keeps failing is handed over to the pending replies, which own it from here
-      const ids = outcome.text.trim() === ""
-        ? []
-        : yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
-          Effect.catchTag("MatrixError", (e) =>
-            relations.held(ev, working, outcome._tag === "Failed").pipe(
-              Effect.zipRight(replies.hold({ reply, senderId: ev.sender, isGroup }, e)),
-              Effect.as(undefined)
-            ))
-        )
+      const send = (reply: OutboundReply, outcome: TurnOutcome) =>
+        Effect.gen(function*() {
+          // redacted while it was answered: not sent, and a streamed first chunk is taken back (issue 20 §3)
+          if (yield* relations.redacted(ev, reply.streamedReply === undefined ? [] : [reply.streamedReply])) {
+            if (reactions !== undefined) yield* reactions.answered(ev.roomId, ev.eventId, working, false)
+            return undefined
+          }
+          if (reply.text.trim() === "") return []
+          return yield* outbound.reply(reply, { onFailedAttempt: (d) => attemptFailed(reply, d) }).pipe(
+            Effect.catchTag("MatrixError", (e) =>
+              relations.held(ev, working, outcome._tag === "Failed").pipe(
+                Effect.zipRight(replies.hold({ reply, senderId: ev.sender, isGroup }, e)),
+                Effect.as(undefined)
+              ))
+          )
+        })
+      // attachments are downloaded and checked first; a refused one is answered without a model call
+      const prepared = yield* outbound.whileTyping(
+        ev.roomId,
+        attachmentInput(attachments?.(ev.roomId), ev.attachment, base)
+      )
+      // the turn, streamed into the room per `matrix.streaming` (streamReply.ts), then the send
+      const { ids, outcome } = prepared._tag === "Answer"
+        ? yield* answerWithoutModel(prepared.text, (o) => send(toReply(o.text, {}), o))
+        : yield* answer({
+          input: prepared.input,
+          toReply,
+          send,
+          ...(editing === undefined ? {} : { editing })
+        })
       if (ids === undefined) {
         return
       }
@@ -639,7 +682,7 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
     yield* refreshPending
 
     const answerCore = answering({
-      agent,
+      answer: answerTurn({ agent, outbound, mode: deps.streaming ?? "off", ...streamMarks(ledger) }),
       attachments: deps.attachments,
       attemptFailed,
       botUserId: deps.gate.botUserId,
@@ -651,13 +694,16 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       threadReplies: deps.threadReplies ?? DEFAULT_THREAD_REPLIES
     })
 
+    // an edit's answer edits the reply of the question it replaces (editInbound.ts)
+    const edits = makeEdits(ledger, inProgress)
     const answer = (ev: InboundEvent, isGroup: boolean) =>
-      answerCore(ev, isGroup).pipe(
+      withEdits(edits, answerCore)(ev, isGroup).pipe(
         Effect.catchTag("SessionStoreError", (e) => deadLetter(ev, isGroup, e)),
         Effect.catchAllDefect((d) => failure(ev, "dispatch", String(d))),
         roomLock(ev.roomId).withPermits(1),
         Effect.ensuring(
           Effect.suspend(() => {
+            edits.forget(ev.eventId)
             inProgress.delete(ev.eventId)
             return showBacklog(deps.progress, backlog.finished())
           })
@@ -704,9 +750,12 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
           return
         }
         if (yield* relations.redacted(ev)) return
+        if (!(yield* edits.known(ev))) return
         // an event claimed before a restart was admitted then: resuming it is not a new model call
         if (state === undefined && !(yield* admit(ev))) return
         yield* Effect.try(() => ledger.claim(ev.eventId, ev.roomId, Date.now()))
+        // an edit of a question still waiting for its turn: that answer uses the new text
+        if (yield* edits.fold(ev)) return
         inProgress.add(ev.eventId)
         yield* showBacklog(deps.progress, backlog.started())
         yield* Effect.forkIn(answer(ev, verdict.isGroup), scope)
@@ -776,6 +825,7 @@ export const InboundLive = Layer.scoped(
       },
       budget: budgetSpec(m.inboundBudget),
       threadReplies: m.threadReplies,
+      streaming: m.streaming,
       ...(m.reactions ? { reactions: lifecycleReactions(yield* MatrixTransport) } : {}),
       attachments: attachmentIoFor(m.attachments.images, (yield* MatrixTransport).download, yield* Agent),
       redactions: makeRedactions({

@@ -1,13 +1,15 @@
 import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { type EventId, MatrixError, type RoomId, roomNotFound } from "../domain/matrix.js"
+import { editContent } from "../domain/relations.js"
 import { chunkContents } from "../domain/render.js"
 import { classifySendError } from "../domain/sendError.js"
+import { finalEditTxnId, streamEditContent } from "../domain/streaming.js"
 import { testTxnId, txnIdFor } from "../domain/txnId.js"
 import { MatrixSettings } from "../services/MatrixSync.js"
 import type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
 import { MatrixTransport as MatrixTransportTag } from "../services/MatrixTransport.js"
 import { Metrics, type MetricsShape } from "../services/Metrics.js"
-import type { OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
+import type { OutboundEdit, OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
 import { Outbound } from "../services/Outbound.js"
 
 // The pure parts of the send path live in src/domain; re-exported for the existing importers.
@@ -143,32 +145,76 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         })
       })
 
+    const relationOf = (r: OutboundReply): Record<string, unknown> =>
+      r.threadId === undefined
+        ? { "m.in_reply_to": { event_id: r.inReplyTo } }
+        : {
+          rel_type: "m.thread",
+          event_id: r.threadId,
+          is_falling_back: false,
+          "m.in_reply_to": { event_id: r.inReplyTo }
+        }
+
+    /** Chunk `index` of the answer `r` as a reply event, under its derived transaction id. */
+    const sendChunk = (r: OutboundReply, o: ReplyOptions, content: Record<string, unknown>, index: number) =>
+      sendOne(
+        r.roomId,
+        r.threadId ?? null,
+        { ...content, "m.relates_to": relationOf(r) },
+        txnIdFor(r.inReplyTo, index),
+        o.attempts ?? maxAttempts,
+        o.onFailedAttempt
+      )
+
+    /** The final edit of a (maybe) streamed reply `target` with chunk 0, then chunks 1.. (streaming.ts's finishPlan). */
+    const finishStreamed = (
+      r: OutboundReply,
+      o: ReplyOptions,
+      contents: ReadonlyArray<Record<string, unknown>>,
+      shown: EventId | undefined
+    ) =>
+      Effect.gen(function*() {
+        const first = shown ?? (yield* sendChunk(r, o, contents[0]!, 0))
+        yield* sendOne(
+          r.roomId,
+          r.threadId ?? null,
+          editContent(first, contents[0]!),
+          finalEditTxnId(r.inReplyTo),
+          o.attempts ?? maxAttempts,
+          o.onFailedAttempt
+        )
+        const rest = yield* Effect.forEach(contents.slice(1), (content, i) => sendChunk(r, o, content, i + 1))
+        return [first, ...rest]
+      })
+
     const reply = (r: OutboundReply, o: ReplyOptions = {}) =>
       Effect.gen(function*() {
         yield* checkRoom(r.roomId)
         const contents = chunkContents(r.text)
         const q = yield* queueOf(r.roomId)
+        const streamed = r.streamedReply !== undefined || r.mayHaveStreamed === true
         return yield* q.withPermits(1)(
-          Effect.forEach(contents, (content, index) => {
-            const relates: Record<string, unknown> = r.threadId === undefined
-              ? { "m.in_reply_to": { event_id: r.inReplyTo } }
-              : {
-                rel_type: "m.thread",
-                event_id: r.threadId,
-                is_falling_back: false,
-                "m.in_reply_to": { event_id: r.inReplyTo }
-              }
-            return sendOne(
-              r.roomId,
-              r.threadId ?? null,
-              { ...content, "m.relates_to": relates },
-              txnIdFor(r.inReplyTo, index),
-              o.attempts ?? maxAttempts,
-              o.onFailedAttempt
-            )
-          })
+          streamed && contents.length > 0
+            ? finishStreamed(r, o, contents, r.streamedReply)
+            : Effect.forEach(contents, (content, index) => sendChunk(r, o, content, index))
         )
       }).pipe(Effect.withSpan("Outbound.reply"))
+
+    const edit = (e: OutboundEdit, o: ReplyOptions = {}) =>
+      Effect.gen(function*() {
+        yield* checkRoom(e.roomId)
+        const q = yield* queueOf(e.roomId)
+        return yield* q.withPermits(1)(
+          sendOne(
+            e.roomId,
+            e.threadId ?? null,
+            streamEditContent(e.eventId, e.text),
+            e.txnId,
+            o.attempts ?? maxAttempts,
+            o.onFailedAttempt
+          )
+        )
+      }).pipe(Effect.withSpan("Outbound.edit"))
 
     const sendTest = (roomId: RoomId, text: string) =>
       Effect.gen(function*() {
@@ -203,7 +249,7 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         Effect.catchAll((e) => Effect.logDebug(`read receipt failed: ${String(e)}`))
       )
 
-    return { reply, sendTest, whileTyping, readReceipt } satisfies OutboundShape
+    return { reply, edit, sendTest, whileTyping, readReceipt } satisfies OutboundShape
   })
 
 /** Outbound over the client's transport, with the `matrix.encrypted` and `matrix.outbound` settings. */

@@ -9,6 +9,30 @@ export interface OutboundReply {
   readonly inReplyTo: EventId
   /** The thread root, when the inbound message was in a thread (the answer stays in it). */
   readonly threadId?: EventId
+  /**
+   * The answer was streamed (src/layers/streamReply.ts) and this reply event of chunk 0 is in the room: the
+   * send is the final `m.replace` edit of it with chunk 0 of `text`, then chunks 1.. as further replies.
+   */
+  readonly streamedReply?: EventId
+  /**
+   * A previous run may have streamed this answer without recording it (a resumed event, a re-send): chunk 0
+   * is sent under its derived transaction id (the homeserver returns the earlier event if there was one),
+   * then always the final edit of it, then the rest. The room ends with one complete answer either way.
+   */
+  readonly mayHaveStreamed?: boolean
+}
+
+/** A replacement of the content of one of the bot's own events (`m.replace`). */
+export interface OutboundEdit {
+  readonly roomId: RoomId
+  /** The bot's event whose content is replaced. */
+  readonly eventId: EventId
+  /** The new text (Markdown, rendered like an answer; one event's worth). */
+  readonly text: string
+  /** Stable, caller-given: a retry (also after a restart) is deduplicated by the homeserver. */
+  readonly txnId: string
+  /** The thread the edited event is in (the local echo stays in it). */
+  readonly threadId?: EventId
 }
 
 export interface ReplyOptions {
@@ -27,6 +51,11 @@ export interface ReplyOptions {
 export interface OutboundShape {
   /** Posts an answer; resolves with the event ids of its chunks, in order. */
   readonly reply: (reply: OutboundReply, options?: ReplyOptions) => Effect.Effect<ReadonlyArray<EventId>, MatrixError>
+  /**
+   * Replaces the content of one of the bot's events with rendered `text` (through the room's queue, retried
+   * like a chunk under `edit.txnId`); resolves with the edit's event id.
+   */
+  readonly edit: (edit: OutboundEdit, options?: ReplyOptions) => Effect.Effect<EventId, MatrixError>
   /** The control API's probe message (`cara verify --matrix-to`): one plain message, its event id. */
   readonly sendTest: (roomId: RoomId, text: string) => Effect.Effect<EventId, MatrixError>
   /** Shows "typing…" while `effect` runs (refreshed), then clears it; typing failures never fail `effect`. */

@@ -14,6 +14,8 @@ export type FakeReply =
     readonly type: "text"
     readonly chunks: ReadonlyArray<string>
     readonly delayMs?: number
+    /** A slow model (Anthropic flavour, streamed): this long between the deltas. */
+    readonly chunkDelayMs?: number
     /** The answer starts only once this settles: a test holds the model at a point of its choosing. */
     readonly until?: PromiseLike<unknown>
   }
@@ -117,6 +119,25 @@ const handleAnthropic = (req: RecordedRequest, reply: FakeReply, res: http.Serve
   }
   if (req.body?.stream === true) {
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+    if (reply.type === "text" && reply.chunkDelayMs !== undefined) {
+      const send = anthropicSse(res, model, [])
+      const paced = (i: number): void => {
+        if (res.destroyed) return // the client went away (a killed daemon)
+        if (i === reply.chunks.length) {
+          finishAnthropic(send, reply.chunks.length)
+          res.end()
+          return
+        }
+        send("content_block_delta", {
+          type: "content_block_delta",
+          index: 0,
+          delta: { type: "text_delta", text: reply.chunks[i] }
+        })
+        setTimeout(() => paced(i + 1), reply.chunkDelayMs)
+      }
+      paced(0)
+      return
+    }
     const send = anthropicSse(res, model, reply.chunks)
     if (reply.type === "stall") return
     if (reply.type === "stream-error") {

@@ -56,6 +56,7 @@ const setup = (root: string) =>
     } as unknown as AgentShape
     const outbound: OutboundShape = {
       reply: (r) => Effect.sync(() => (state.replies.push(r.inReplyTo), [eid(`$reply-${state.replies.length}`)])),
+      edit: () => Effect.die("no edits here"),
       sendTest: () => Effect.succeed(eid("$x")),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void

@@ -125,6 +125,7 @@ const setup = (requireCrossSignedSenders = false) =>
         Effect.sync(
           () => (state.sent.push({ inReplyTo: r.inReplyTo, text: r.text }), [eid(`$reply-${state.sent.length}`)])
         ),
+      edit: () => Effect.die("no edits here"),
       sendTest: () => Effect.succeed(eid("$x")),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void

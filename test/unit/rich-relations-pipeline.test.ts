@@ -251,6 +251,7 @@ const pipeline = (o: PipelineOptions = {}) =>
           state.sent.push(r.inReplyTo)
           return Effect.succeed([eid(`$answer-${state.sent.length}:x`)])
         }),
+      edit: () => Effect.die("no edits here"),
       sendTest: () => Effect.succeed(eid("$x")),
       whileTyping: (_roomId, effect) => effect,
       readReceipt: () => Effect.void

@@ -5,10 +5,12 @@ import * as sdk from "matrix-js-sdk"
 import { EventShieldReason } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { ATTACHMENT_MSGTYPES, type RoomFacts } from "../../domain/inboundGate.js"
 import { decodeEventIds, decodeRoomEvent, type InboundEvent } from "../../domain/matrix.js"
+import { editOf } from "../../domain/relations.js"
 import { ChannelStatus } from "../../services/ChannelStatus.js"
 import { Inbound } from "../../services/Inbound.js"
 import { CurrentMatrixSession, MatrixSettings } from "../../services/MatrixSync.js"
 import { MatrixClient } from "./client.js"
+import { checkEdit } from "./edits.js"
 import { speakerLabelOf } from "./members.js"
 import { MatrixRelations, MatrixRelationsLive } from "./relations.js"
 
@@ -30,9 +32,12 @@ export const roomFacts = (room: sdk.Room, me: string): RoomFacts => {
 export const toInbound = (ev: sdk.MatrixEvent): InboundEvent | "malformed" | undefined => {
   const encryptedUnreadable = ev.getType() === sdk.EventType.RoomMessageEncrypted
   if (ev.getType() !== sdk.EventType.RoomMessage && !encryptedUnreadable) return undefined
-  const content = ev.getContent() as Record<string, unknown>
   const relation = ev.getRelation() ??
     (ev.getWireContent()["m.relates_to"] as { rel_type?: string; event_id?: string } | undefined)
+  // an edit's text and mentions are its `m.new_content` (the outer body is the "* " fallback); in an
+  // encrypted event the relation is in the clear part only
+  const raw = ev.getContent() as Record<string, unknown>
+  const content = (editOf({ ...raw, "m.relates_to": relation })?.newContent ?? raw) as Record<string, unknown>
   const mentions = content["m.mentions"] as { user_ids?: unknown } | undefined
   const threadId = relation?.rel_type === "m.thread" ? relation.event_id : undefined
   const ids = decodeEventIds({
@@ -147,7 +152,7 @@ const makeEvents = Effect.gen(function*() {
       const checked = m.requireCrossSignedSenders && inboundEvent.encrypted && inboundEvent.sender !== me
         ? { ...labelled, senderDeviceCrossSigned: yield* senderCrossSigned(client, ev) }
         : labelled
-      yield* inbound.offer(checked, roomFacts(room, me))
+      yield* inbound.offer(yield* checkEdit(client, room, ev, checked), roomFacts(room, me))
     })
 
   const handle = (ev: sdk.MatrixEvent, room: sdk.Room) =>
