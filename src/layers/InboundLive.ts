@@ -145,7 +145,6 @@ export const openLedger = (file: string): Ledger => {
   )
   const qStreamedAdd = db.prepare("INSERT OR IGNORE INTO streamed (event_id, started_at) VALUES (?, ?)")
   const qStreamed = db.prepare("SELECT 1 AS x FROM streamed WHERE event_id = ?")
-  const qReplyIds = db.prepare("SELECT reply_ids FROM inbound WHERE event_id = ? AND state = 'committed'")
   const rows = (r: ReadonlyArray<unknown>) =>
     (r as ReadonlyArray<{ event_id: string; room_id: string }>).map((x) => ({ eventId: x.event_id, roomId: x.room_id }))
   return {
@@ -191,12 +190,6 @@ export const openLedger = (file: string): Ledger => {
       qStreamedAdd.run(eventId, now)
     },
     streamed: (eventId) => qStreamed.get(eventId) !== undefined,
-    replyIds: (eventId) => {
-      const raw = (qReplyIds.get(eventId) as { reply_ids: string | null } | undefined)?.reply_ids
-      if (typeof raw !== "string") return undefined
-      const ids: unknown = JSON.parse(raw)
-      return Array.isArray(ids) ? ids.filter((x): x is string => typeof x === "string") : undefined
-    },
     close: () => db.close()
   }
 }

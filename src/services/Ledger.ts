@@ -54,8 +54,6 @@ export interface LedgerShape extends RelationsLedgerShape {
   readonly pendingFailed: (eventId: string, roomId: string, error: string, now: number) => void
   /** Oldest first. A row goes with the event's commit (sent, or in the DLQ). */
   readonly pending: () => Array<PendingReplyRow>
-  /** The reply event ids a committed event was answered with (undefined: not committed, or none recorded). */
-  readonly replyIds: (eventId: string) => ReadonlyArray<string> | undefined
   /** Records that the answer to `eventId` started streaming into the room (before its first chunk is sent). */
   readonly streamedAdd: (eventId: string, now: number) => void
   /** Whether the answer to `eventId` may have been streamed (a resumed or re-sent answer finishes it with an edit). */

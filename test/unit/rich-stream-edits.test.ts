@@ -50,7 +50,8 @@ describe("the gate and edits", () => {
       _tag: "Drop",
       reason: "allowlist"
     })
-    expect(gateInbound(gate, { ...editOf(q, "x"), msgtype: "m.image" }, room)).toMatchObject({ reason: "msgtype" })
+    // (m.image is answered since issue 20.2; m.video is still not)
+    expect(gateInbound(gate, { ...editOf(q, "x"), msgtype: "m.video" }, room)).toMatchObject({ reason: "msgtype" })
   })
 })
 

@@ -19,6 +19,12 @@ const BACKFILL_MAX_PAGES = 50
 export interface BackfillShape {
   /** The back-fill in progress for a room: its live events wait for it. */
   readonly gapOf: (roomId: string) => Promise<void> | undefined
+  /**
+   * A live event of `room`: when the room is new to the client in a sync resumed from a saved token (the bot
+   * joined it after the sync state was last saved), its missed events are a gap too. matrix-js-sdk resets no
+   * timeline for a brand-new room (it only sets the back-pagination token), so no `TimelineReset` says so.
+   */
+  readonly noteRoom: (room: sdk.Room) => void
 }
 
 export class Backfill extends Context.Tag("cara/matrix/Backfill")<Backfill, BackfillShape>() {}
@@ -104,28 +110,47 @@ const makeBackfill = Effect.gen(function*() {
       )
     })
 
+  /** Starts (after any earlier one of the room) the back-fill of the gap before the live timeline. */
+  const startGap = (room: sdk.Room) => {
+    if (room.getMyMembership() !== sdk.KnownMembership.Join) return
+    const from = room.getLiveTimeline().getPaginationToken(sdk.Direction.Backward)
+    if (from === null) return
+    const before = gaps.get(room.roomId) ?? Promise.resolve()
+    const p: Promise<void> = before.then(() => run(fillGap(room, from))).finally(() => {
+      if (gaps.get(room.roomId) === p) gaps.delete(room.roomId)
+    })
+    gaps.set(room.roomId, p)
+    h.track(p)
+  }
+
   client.on(sdk.RoomEvent.TimelineReset, (room, timelineSet) => {
     try {
       if (room === undefined || timelineSet !== room.getUnfilteredTimelineSet()) return
       if (h.freshStore && !Effect.runSync(milestones.prepared)) return
-      if (room.getMyMembership() !== sdk.KnownMembership.Join) return
-      const from = room.getLiveTimeline().getPaginationToken(sdk.Direction.Backward)
-      if (from === null) return
-      const before = gaps.get(room.roomId) ?? Promise.resolve()
-      const p: Promise<void> = before.then(() => run(fillGap(room, from))).finally(() => {
-        if (gaps.get(room.roomId) === p) gaps.delete(room.roomId)
-      })
-      gaps.set(room.roomId, p)
-      h.track(p)
+      startGap(room)
     } catch (e) {
       Runtime.runFork(runtime)(Effect.logError(`Matrix timeline-reset handler failed: ${describe(e)}`))
     }
   })
+
+  // A brand-new room's live events arrive before the SDK stores the room (client.getRoom is still null then);
+  // the first of them starts the gap, and every live event of the room waits for it like after a reset.
+  const newRooms = new Set<string>()
+  const noteRoom = (room: sdk.Room) => {
+    if (h.freshStore || newRooms.has(room.roomId) || client.getRoom(room.roomId) !== null) return
+    newRooms.add(room.roomId)
+    Runtime.runFork(runtime)(
+      Effect.logInfo("Matrix back-fill: a room joined since the last saved sync state").pipe(
+        Effect.annotateLogs({ roomId: room.roomId })
+      )
+    )
+    startGap(room)
+  }
   client.on(sdk.ClientEvent.Sync, (_state, _prev, data) => {
     if (data?.nextSyncToken !== undefined) Effect.runSync(Ref.set(since, data.nextSyncToken))
   })
 
-  return { gapOf: (roomId) => gaps.get(roomId) } satisfies BackfillShape
+  return { gapOf: (roomId) => gaps.get(roomId), noteRoom } satisfies BackfillShape
 })
 
 export const BackfillLive = Layer.effect(Backfill, makeBackfill)

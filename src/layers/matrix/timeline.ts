@@ -31,6 +31,7 @@ export const watchTimeline = Effect.gen(function*() {
       if (data?.liveEvent !== true) return
       // the first sync of a fresh store delivers history only
       if (h.freshStore && !Effect.runSync(milestones.prepared)) return
+      backfill.noteRoom(room)
       if (ev.getSender() === me) return
       const gap = backfill.gapOf(room.roomId)
       h.track(gap === undefined ? run(events.handle(ev, room)) : gap.then(() => run(events.handle(ev, room))))
