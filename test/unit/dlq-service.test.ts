@@ -234,6 +234,45 @@ describe("Dlq record cap", () => {
 })
 
 describe("Dlq replay", () => {
+  it.effect("the automatic replay after a sync does not open a queue that has no file; it reads again after an append", () => {
+    const root = tempRoot()
+    let reads = 0
+    const counting = Layer.effect(
+      StateDir,
+      Effect.map(makeStateDir(root), (s) => ({
+        ...s,
+        readText: (file: string) => {
+          if (file.endsWith("inbound_dlq.jsonl")) reads++
+          return s.readText(file)
+        }
+      }))
+    )
+    const infra = Layer.mergeAll(MetricsLive, AuditLive).pipe(
+      Layer.provideMerge(ChannelStatusWithMatrix),
+      Layer.provideMerge(counting)
+    )
+    const layer = Layer.effect(
+      Dlq,
+      makeDlq({ key: Effect.succeed(Option.some(KEY)), legacy: Effect.succeed({ policy: "accept", key: V1 }) })
+    ).pipe(Layer.provideMerge(infra))
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      const { d, got } = recorder(new Set())
+      const atStart = reads
+      const empty = yield* withRegistered(d, dlq.replayDue)
+      expect(empty).toEqual({ replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 })
+      expect(reads).toBe(atStart)
+      yield* dlq.append(rec(1))
+      const r = yield* withRegistered(d, dlq.replayDue)
+      expect(r.replayed).toBe(1)
+      expect(got).toEqual([rec(1).eventId])
+      // replayed to empty: the next rounds read nothing again
+      const before = reads
+      yield* withRegistered(d, dlq.replayDue)
+      expect(reads).toBe(before)
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("automatic replay dispatches each record once, keeps failures with a growing backoff, removes successes", () => {
     const root = tempRoot()
     return Effect.gen(function*() {
