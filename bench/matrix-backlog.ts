@@ -9,6 +9,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { count } from "../test/integration/matrix-support.js"
+import { tally } from "../test/support/tally.js"
 import {
   emit,
   envNumber,
@@ -23,7 +24,6 @@ import {
   summariseProfile,
   world
 } from "./_matrix-lib.js"
-import { repliesPerMessage } from "./_tally.js"
 
 const MESSAGES = envNumber("BENCH_BACKLOG_MESSAGES", 1000)
 const ROOMS = envNumber("BENCH_BACKLOG_ROOMS", 10)
@@ -107,10 +107,12 @@ const main = async () => {
     }
 
     // the human's count, from the server history
-    let counts = await repliesPerMessage(alice, rooms, bot.user.userId, sent)
+    const repliesPerMessage = async () =>
+      [...(await tally(alice, rooms, bot.user.userId, sent)).replies.values()].map((s) => s.size)
+    let counts = await repliesPerMessage()
     for (let i = 0; i < 30 && counts.some((c) => c === 0); i++) {
       await sleep(2_000)
-      counts = await repliesPerMessage(alice, rooms, bot.user.userId, sent)
+      counts = await repliesPerMessage()
     }
     emit({
       bench: "matrix-backlog",

@@ -3,9 +3,9 @@
 // human, paging the whole room history from the server, counts exactly one reply per message. The restart is
 // on a pseudo-terminal, where the catch-up shows its progress.
 import { expect, it } from "vitest"
-import { tally } from "../../scripts/chaos.js"
 import { Human } from "../support/human.js"
 import { describeSynapse } from "../support/synapse/index.js"
+import { tally } from "../support/tally.js"
 import { type Bot, count, UNBOUNDED_BUDGET } from "./matrix-support.js"
 import { useMatrixWorld } from "./matrix-world.js"
 
