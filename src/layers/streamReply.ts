@@ -194,9 +194,12 @@ const streamTurn = (deps: StreamDeps, args: AnswerArgs, mayHaveStreamed: boolean
       }
       let d = decide(st.s, yield* Clock.currentTimeMillis, settings)
       if (d.action?._tag === "SendFirst" && settleMs > 0) {
-        // the answer may be complete by now: then it is one reply, as without streaming
-        yield* Effect.sleep(Duration.millis(settleMs))
-        absorb(st, Chunk.toReadonlyArray(yield* Queue.takeAll(queue)), yield* Clock.currentTimeMillis)
+        // the answer may be complete within the settle window: then it is one reply, as without streaming, sent
+        // the moment the turn ends (not after the whole window: a fast answer must not wait for nothing)
+        const until = (yield* Clock.currentTimeMillis) + settleMs
+        while (!st.s.ended && (yield* Clock.currentTimeMillis) < until) {
+          yield* drain(until)
+        }
         if (st.s.ended) {
           break
         }

@@ -117,6 +117,8 @@ describe("the streaming driver", () => {
       expect(outcome._tag).toBe("Completed")
       expect(st.sent.map((s) => s.txnId)).toEqual([replyTxnId(Q, 0)])
       expect(st.sent[0]!.content["body"]).toBe("Hello there. All done.")
+      // sent when the turn ended (t = 10 ms), not after the whole 250 ms settle window
+      expect(st.sent[0]!.at).toBe(10)
       expect(ids).toEqual([`$ev-${replyTxnId(Q, 0)}`])
       expect(st.marked).toEqual([])
     }))
