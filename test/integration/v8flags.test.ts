@@ -29,19 +29,15 @@ describe("daemon node flags (pure)", () => {
   it("keeps the operator's flags: NODE_OPTIONS and the command line win, execArgv is carried over", () => {
     const fromOptions = daemonReexec(daemon({ NODE_OPTIONS: "--inspect --max_semi_space_size=16" }))!
     expect(fromOptions.args.filter((a) => a.startsWith("--max"))).toEqual([])
-    // the operator's semi-space size wins; the daemon's other defaults are still added
-    expect(fromOptions.added).toEqual(["--optimize-for-size", "MALLOC_ARENA_MAX=2"])
+    expect(fromOptions.added).toEqual(["MALLOC_ARENA_MAX=2"])
     const fromArgv = daemonReexec(daemon({}, ["--max-semi-space-size=8", "--cpu-prof"]))!
     expect(fromArgv.args).toEqual([
       "/usr/bin/node",
       "--max-semi-space-size=8",
       "--cpu-prof",
-      "--optimize-for-size",
       "/app/dist/src/cli/bin.js"
     ])
-    // everything the defaults would set is set already: no re-exec
-    expect(daemonReexec(daemon({ MALLOC_ARENA_MAX: "4" }, ["--max-semi-space-size=8", "--optimize-for-size"])))
-      .toBeUndefined()
+    expect(daemonReexec(daemon({ MALLOC_ARENA_MAX: "4" }, ["--max-semi-space-size=8"]))).toBeUndefined()
   })
 
   it("CARA_NODE_FLAGS replaces the list; empty or none turns the re-exec off", () => {

@@ -88,6 +88,7 @@ const makeBackfill = Effect.gen(function*() {
       const attempt = Effect.gen(function*() {
         if (yield* h.stopping) return
         const missed = yield* Effect.tryPromise({ try: () => collectGap(room, from, to), catch: (e) => e })
+        if (room.getMyMembership() !== sdk.KnownMembership.Join) return
         if (missed.length > 0) {
           yield* Effect.logInfo("Matrix back-fill: offering events missed by a limited sync").pipe(
             Effect.annotateLogs({ roomId: room.roomId, events: missed.length })
@@ -112,7 +113,10 @@ const makeBackfill = Effect.gen(function*() {
 
   /** Starts (after any earlier one of the room) the back-fill of the gap before the live timeline. */
   const startGap = (room: sdk.Room) => {
-    if (room.getMyMembership() !== sdk.KnownMembership.Join) return
+    // a room the bot auto-joined after a restart is reset by the sync that carries the join before the SDK
+    // has applied it: the membership still reads "invite" here (checked again before anything is offered)
+    const membership = room.getMyMembership()
+    if (membership !== sdk.KnownMembership.Join && membership !== sdk.KnownMembership.Invite) return
     const from = room.getLiveTimeline().getPaginationToken(sdk.Direction.Backward)
     if (from === null) return
     const before = gaps.get(room.roomId) ?? Promise.resolve()
