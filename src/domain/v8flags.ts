@@ -8,14 +8,14 @@
 // docs/benchmarks.md, "Profiles"):
 //   --max-semi-space-size=2  the young generation holds at most 2 × 2 MB instead of growing to 2 × 16 MB;
 //                            scavenges get more frequent but each is short (the daemon's allocation rate is low)
-// Not a default: --optimize-for-size (V8 favours a small heap over speed) took idle RSS with 20 rooms from ~186
-// to ~168 MB, but on an idle machine the backlog cost 113–133 ms CPU per event with it against 77–89 ms without
-// (docs/benchmarks.md, Profiles); an operator short of memory can add it with CARA_NODE_FLAGS.
 //   MALLOC_ARENA_MAX=2       glibc keeps two malloc arenas instead of 8 per core for Node's and V8's threads,
 //                            whose half-empty arenas are RSS that never shrinks
 // Overrides: CARA_NODE_FLAGS replaces the flag list ("" or "none" turns the re-exec off); a flag already set in
 // NODE_OPTIONS or on the command line wins over ours (the operator's choice), as does MALLOC_ARENA_MAX from the
 // environment.
+// Not a default: --optimize-for-size (V8 favours a small heap over speed) took idle RSS with 20 rooms from ~186
+// to ~168 MB, but on an idle machine the backlog cost 113–133 ms CPU per event with it against 77–89 ms without
+// (docs/benchmarks.md, Profiles); an operator short of memory can add it with CARA_NODE_FLAGS.
 
 export const DEFAULT_DAEMON_FLAGS: ReadonlyArray<string> = ["--max-semi-space-size=2"]
 export const DEFAULT_DAEMON_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: "2" }
