@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto"
 import { MAX_CHUNK_BYTES, messageContent, splitMessage } from "./markdown.js"
 import { editContent } from "./relations.js"
+import { txnIdFor } from "./txnId.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Streaming an answer into Matrix by editing one message (pure: the driver feeds deltas and the clock)
@@ -47,8 +48,8 @@ export const DEFAULT_STREAM_SETTINGS: StreamSettings = {
 
 const eventKey = (eventId: string) => createHash("sha256").update(eventId, "utf8").digest("hex").slice(0, 40)
 
-/** Chunk `index` of the answer to `eventId`; the same id as a non-streamed answer's chunk. */
-export const replyTxnId = (eventId: string, index: number): string => `cara-r1-${eventKey(eventId)}-${index}`
+/** Chunk `index` of the answer to `eventId`: the very id of a non-streamed answer's chunk (txnId.ts). */
+export const replyTxnId: (eventId: string, index: number) => string = txnIdFor
 
 /** Intermediate edit `seq` (1, 2, ...) of this run's stream (`run`: a nonce per process start). */
 export const editTxnId = (eventId: string, run: string, seq: number): string =>

@@ -1,7 +1,7 @@
 import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Schedule } from "effect"
+import { chunkContents } from "../domain/markdown.js"
 import { type EventId, MatrixError, type RoomId, roomNotFound } from "../domain/matrix.js"
 import { editContent } from "../domain/relations.js"
-import { chunkContents } from "../domain/render.js"
 import { classifySendError } from "../domain/sendError.js"
 import { finalEditTxnId, streamEditContent } from "../domain/streaming.js"
 import { testTxnId, txnIdFor } from "../domain/txnId.js"
@@ -12,15 +12,8 @@ import { Metrics, type MetricsShape } from "../services/Metrics.js"
 import type { OutboundEdit, OutboundReply, OutboundShape, ReplyOptions } from "../services/Outbound.js"
 import { Outbound } from "../services/Outbound.js"
 
-// The pure parts of the send path live in src/domain; re-exported for the existing importers.
-export {
-  chunkContents,
-  MAX_CHUNK_BYTES,
-  MAX_CONTENT_BYTES,
-  messageContent,
-  renderMarkdown,
-  splitMessage
-} from "../domain/render.js"
+// The pure parts of the send path live in src/domain (markdown.ts renders and splits); re-exported for the
+// existing importers.
 export { classifySendError, type SendFailure } from "../domain/sendError.js"
 export { testTxnId, txnIdFor } from "../domain/txnId.js"
 export type { MatrixTransportShape as MatrixTransport } from "../services/MatrixTransport.js"
