@@ -768,7 +768,9 @@ export const makeInbound = (deps: InboundDeps): Effect.Effect<InboundShape, neve
       resend,
       replies: { start: withSweep(replies.start, deps.redactions, scope), kick: replies.kick },
       isCommitted,
-      unfinished: brandedRows(() => ledger.unfinished()),
+      // claimed and not committed, except those this process is answering or has queued: after a catch-up's
+      // first sync most of the backlog is claimed and waiting for its room, and re-fetching each would only cost
+      unfinished: brandedRows(() => ledger.unfinished().filter((row) => !inProgress.has(row.eventId))),
       utd: {
         add: (eventId, roomId) => Effect.sync(() => ledger.utdAdd(eventId, roomId, Date.now())),
         remove: (eventId) => Effect.sync(() => ledger.utdRemove(eventId)),

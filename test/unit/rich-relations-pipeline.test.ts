@@ -304,6 +304,28 @@ const pipeline = (o: PipelineOptions = {}) =>
 
 const infra = MetricsLive.pipe(Layer.provideMerge(ChannelStatusWithMatrix))
 
+describe("the start-up resume's unfinished events", () => {
+  it.scoped("leaves out events this process is answering or has queued; a crash's leftovers stay in", () =>
+    Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const { inbound, ledger, settle, state } = yield* pipeline({ gate })
+      const leftover = event()
+      ledger.claim(leftover.eventId, leftover.roomId, 1)
+      const answering = event()
+      const queued = event()
+      yield* inbound.offer(answering, room)
+      yield* inbound.offer(queued, room)
+      yield* settle
+      // both are claimed in the ledger; only the one no fiber of this process owns is offered again
+      expect(ledger.unfinished().map((r) => r.eventId)).toEqual([leftover.eventId, answering.eventId, queued.eventId])
+      expect((yield* inbound.unfinished).map((r) => r.eventId)).toEqual([leftover.eventId])
+      yield* Deferred.succeed(gate, undefined)
+      yield* settle
+      expect(state.sent).toEqual([answering.eventId, queued.eventId])
+      expect((yield* inbound.unfinished).map((r) => r.eventId)).toEqual([leftover.eventId])
+    }).pipe(Effect.provide(infra)))
+})
+
 describe("redacted questions in the pipeline", () => {
   it.scoped("redacted while the model works: no answer is sent, the question is committed and counted", () =>
     Effect.gen(function*() {
