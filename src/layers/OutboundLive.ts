@@ -38,6 +38,12 @@ export interface OutboundOptions {
 
 const TYPING_TIMEOUT_MS = 30_000
 const TYPING_REFRESH = Duration.seconds(20)
+/**
+ * Typing starts only once the answer has taken this long: a quick answer (a command, a replayed answer, a
+ * fast model) arrives without a typing flash before it and without the two requests that cost the
+ * homeserver and the daemon per reply; a model that thinks longer shows typing as before.
+ */
+export const TYPING_DELAY = Duration.millis(300)
 
 /** The room must be joined, and not encrypted unless `matrix.encrypted`. */
 const roomChecker = (transport: MatrixTransport, encrypted: boolean) => {
@@ -227,6 +233,8 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         const done = yield* Deferred.make<void>()
         yield* Effect.forkDaemon(
           Effect.gen(function*() {
+            const early = yield* Deferred.await(done).pipe(Effect.timeout(TYPING_DELAY), Effect.option)
+            if (Option.isSome(early)) return
             while (!(yield* Deferred.isDone(done))) {
               yield* setTyping(roomId, true)
               yield* Deferred.await(done).pipe(Effect.timeout(TYPING_REFRESH), Effect.ignore)

@@ -1,0 +1,60 @@
+// Outbound.whileTyping: typing shows only for an answer that takes longer than TYPING_DELAY, is refreshed
+// while it lasts, and is switched off once the answer is out; a quick answer sends no typing at all.
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, TestClock } from "effect"
+import { EventId, RoomId } from "../../src/domain/matrix.js"
+import { makeOutbound, type MatrixTransport, TYPING_DELAY } from "../../src/layers/OutboundLive.js"
+
+const ROOM = RoomId.make("!room:x")
+
+const fake = () => {
+  const typing: Array<{ on: boolean; at: number }> = []
+  let now = 0
+  const transport: MatrixTransport = {
+    send: async (_roomId, _threadId, _content, txnId) => EventId.make(`$ev-${txnId}`),
+    typing: async (_roomId, on) => void typing.push({ on, at: now }),
+    receipt: async () => {},
+    room: () => ({ encrypted: true })
+  }
+  return { typing, transport, setNow: (ms: number) => (now = ms) }
+}
+
+/** Lets the forked typing fiber run after each clock step. */
+const step = (ms: number) => Effect.zipRight(TestClock.adjust(Duration.millis(ms)), Effect.yieldNow())
+
+describe("Outbound.whileTyping", () => {
+  it.effect("a quick answer sends no typing notification at all", () =>
+    Effect.gen(function*() {
+      const { transport, typing } = fake()
+      const outbound = yield* makeOutbound(transport, { encrypted: true })
+      const value = yield* outbound.whileTyping(ROOM, Effect.as(Effect.sleep(Duration.millis(50)), 42)).pipe(
+        Effect.fork,
+        Effect.tap(() => step(50)),
+        Effect.flatMap(Fiber.join)
+      )
+      expect(value).toBe(42)
+      for (let i = 0; i < 10; i++) yield* step(1_000)
+      expect(typing).toEqual([])
+    }))
+
+  it.effect("a slow answer: typing from TYPING_DELAY on, refreshed, and off once the answer is out", () =>
+    Effect.gen(function*() {
+      const { setNow, transport, typing } = fake()
+      const outbound = yield* makeOutbound(transport, { encrypted: true })
+      const fiber = yield* Effect.fork(outbound.whileTyping(ROOM, Effect.sleep(Duration.seconds(45))))
+      const delay = Duration.toMillis(TYPING_DELAY)
+      let t = 0
+      const advance = (ms: number) => Effect.zipRight(Effect.sync(() => setNow(t += ms)), step(ms))
+      yield* advance(delay - 1)
+      expect(typing).toEqual([])
+      yield* advance(1)
+      expect(typing).toEqual([{ on: true, at: delay }])
+      // refreshed every 20 s while the answer takes
+      while (t < 45_000) yield* advance(1_000)
+      yield* Fiber.join(fiber)
+      yield* step(0)
+      expect(typing.filter((x) => x.on).length).toBeGreaterThanOrEqual(2)
+      expect(typing.at(-1)?.on).toBe(false)
+      expect(typing.filter((x) => !x.on)).toHaveLength(1)
+    }))
+})
