@@ -245,13 +245,38 @@ export const makeOutbound = (transport: MatrixTransport, options: OutboundOption
         return yield* effect.pipe(Effect.ensuring(Deferred.succeed(done, undefined)))
       })
 
-    const readReceipt = (roomId: RoomId, eventId: EventId) =>
-      Effect.tryPromise(() => transport.receipt(roomId, eventId)).pipe(
-        Effect.catchAll((e) => Effect.logDebug(`read receipt failed: ${String(e)}`))
-      )
-
-    return { reply, edit, sendTest, whileTyping, readReceipt } satisfies OutboundShape
+    return { reply, edit, sendTest, whileTyping, readReceipt: receiptSender(transport) } satisfies OutboundShape
   })
+
+/**
+ * Read receipts, sent in the background one at a time per room: the answer (and the room's next question)
+ * does not wait for the round trip, and when several answers of a room finish while one receipt is on its
+ * way (a catch-up) only the newest is sent next, as a receipt marks everything before it read too.
+ */
+const receiptSender = (transport: MatrixTransport) => {
+  const next = new Map<RoomId, EventId>()
+  const sending = new Set<RoomId>()
+  const drain = (roomId: RoomId): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const eventId = next.get(roomId)
+      if (eventId === undefined) {
+        sending.delete(roomId)
+        return Effect.void
+      }
+      next.delete(roomId)
+      return Effect.tryPromise(() => transport.receipt(roomId, eventId)).pipe(
+        Effect.catchAll((e) => Effect.logDebug(`read receipt failed: ${String(e)}`)),
+        Effect.zipRight(drain(roomId))
+      )
+    })
+  return (roomId: RoomId, eventId: EventId): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      next.set(roomId, eventId)
+      if (sending.has(roomId)) return Effect.void
+      sending.add(roomId)
+      return Effect.asVoid(Effect.forkDaemon(drain(roomId)))
+    })
+}
 
 /** Outbound over the client's transport, with the `matrix.encrypted` and `matrix.outbound` settings. */
 export const OutboundLive = Layer.effect(

@@ -60,7 +60,7 @@ export interface OutboundShape {
   readonly sendTest: (roomId: RoomId, text: string) => Effect.Effect<EventId, MatrixError>
   /** Shows "typing…" while `effect` runs (refreshed), then clears it; typing failures never fail `effect`. */
   readonly whileTyping: <A, E, R>(roomId: RoomId, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  /** Marks an event read (best effort). */
+  /** Marks an event read (best effort, in the background; a newer event of the room supersedes a queued one). */
   readonly readReceipt: (roomId: RoomId, eventId: EventId) => Effect.Effect<void>
 }
 

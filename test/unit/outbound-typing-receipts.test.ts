@@ -1,5 +1,6 @@
-// Outbound.whileTyping: typing shows only for an answer that takes longer than TYPING_DELAY, is refreshed
-// while it lasts, and is switched off once the answer is out; a quick answer sends no typing at all.
+// Outbound.whileTyping and readReceipt: typing shows only for an answer that takes longer than TYPING_DELAY,
+// is refreshed while it lasts, and is switched off once the answer is out; a quick answer sends no typing at
+// all. Read receipts go out in the background, one at a time per room, the newest queued one next.
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, TestClock } from "effect"
 import { EventId, RoomId } from "../../src/domain/matrix.js"
@@ -56,5 +57,45 @@ describe("Outbound.whileTyping", () => {
       expect(typing.filter((x) => x.on).length).toBeGreaterThanOrEqual(2)
       expect(typing.at(-1)?.on).toBe(false)
       expect(typing.filter((x) => !x.on)).toHaveLength(1)
+    }))
+})
+
+describe("Outbound.readReceipt", () => {
+  it.effect("returns before the receipt is out; one at a time per room, the newest queued one next", () =>
+    Effect.gen(function*() {
+      const sent: Array<string> = []
+      const release: Array<() => void> = []
+      const transport: MatrixTransport = {
+        send: async (_roomId, _threadId, _content, txnId) => EventId.make(`$ev-${txnId}`),
+        typing: async () => {},
+        receipt: (roomId, eventId) =>
+          new Promise<void>((resolve) => {
+            sent.push(`${roomId} ${eventId}`)
+            release.push(resolve)
+          }),
+        room: () => ({ encrypted: true })
+      }
+      const outbound = yield* makeOutbound(transport, { encrypted: true })
+      const other = RoomId.make("!other:x")
+      const settle = Effect.promise(() => new Promise<void>((r) => setImmediate(r))).pipe(Effect.repeatN(5))
+      yield* outbound.readReceipt(ROOM, EventId.make("$1"))
+      yield* settle
+      // the first is on its way (its promise is still open) and did not hold up the caller
+      expect(sent).toEqual(["!room:x $1"])
+      yield* outbound.readReceipt(ROOM, EventId.make("$2"))
+      yield* outbound.readReceipt(ROOM, EventId.make("$3"))
+      yield* outbound.readReceipt(other, EventId.make("$a"))
+      yield* settle
+      // another room does not wait; this room's next receipt waits for the first
+      expect(sent).toEqual(["!room:x $1", "!other:x $a"])
+      release.shift()!()
+      yield* settle
+      // $2 is superseded by $3
+      expect(sent).toEqual(["!room:x $1", "!other:x $a", "!room:x $3"])
+      for (const r of release.splice(0)) r()
+      yield* settle
+      yield* outbound.readReceipt(ROOM, EventId.make("$4"))
+      yield* settle
+      expect(sent.at(-1)).toBe("!room:x $4")
     }))
 })
