@@ -27,7 +27,7 @@ const settledTally = async (
   sent: ReadonlySet<string>,
   answered: ReadonlySet<string>
 ) => {
-  const deadline = Date.now() + 90_000
+  const deadline = Date.now() + 60_000
   let t = await tally(human, [roomId], botUser, sent)
   const missing = () => [...answered].filter((id) => (t.replies.get(id)?.size ?? 0) === 0).length
   while (missing() > 0 && Date.now() < deadline) {
@@ -71,7 +71,7 @@ describeSynapse("Matrix: a room the bot was invited to while it was down", (hs) 
     expect(sizes(beforeJoin).filter((n) => n > 0).length, "history answered").toBe(0)
     expect(t.strays, "bot messages that answer nothing sent").toEqual([])
     expect(count(bot.output(), /Matrix back-fill of \S+ failed/)).toBe(0)
-  }, 120_000)
+  }, 150_000)
 
   it("joined after a start, killed, then a backlog: each message after the join answered once", async () => {
     const human = await world.human()
@@ -111,5 +111,5 @@ describeSynapse("Matrix: a room the bot was invited to while it was down", (hs) 
     expect(lines.filter((l) => /a limited sync that carries the bot's join/.test(l)).length, "join sync").toBe(1)
     expect(lines.filter((l) => /offering events missed by a limited sync/.test(l)).length, "back-fill").toBe(1)
     expect(count(bot.output(), /Matrix back-fill of \S+ failed/)).toBe(0)
-  }, 120_000)
+  }, 150_000)
 })
