@@ -119,6 +119,13 @@ const makeBackfill = Effect.gen(function*() {
     if (membership !== sdk.KnownMembership.Join && membership !== sdk.KnownMembership.Invite) return
     const from = room.getLiveTimeline().getPaginationToken(sdk.Direction.Backward)
     if (from === null) return
+    if (membership === sdk.KnownMembership.Invite) {
+      Runtime.runFork(runtime)(
+        Effect.logInfo("Matrix back-fill: a limited sync that carries the bot's join").pipe(
+          Effect.annotateLogs({ roomId: room.roomId })
+        )
+      )
+    }
     const before = gaps.get(room.roomId) ?? Promise.resolve()
     const p: Promise<void> = before.then(() => run(fillGap(room, from))).finally(() => {
       if (gaps.get(room.roomId) === p) gaps.delete(room.roomId)
