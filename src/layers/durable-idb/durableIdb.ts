@@ -3,6 +3,7 @@
 // reaches the caller, and which is rebuilt from SQLite when opened. Only keys and index entries are
 // held in memory; values are read from SQLite on demand (lazyRecords.ts).
 import { IDBFactory } from "fake-indexeddb"
+import { indexSignature } from "./codec.js"
 import {
   databasesOf,
   type IdbFactory,
@@ -17,7 +18,7 @@ import {
   type TouchedStore
 } from "./internals.js"
 import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
-import type { DatabaseChange, DatabaseSchema, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
+import type { DatabaseChange, DatabaseSchema, IndexKeys, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
 
 export interface DurableIdbStats {
   /** IndexedDB transactions written to SQLite. */
@@ -54,15 +55,25 @@ const schemaOf = (raw: RawDatabase): DatabaseSchema => ({
   }))
 })
 
+/** The signature of a store's index list as it is now (stored with each row's index keys). */
+const signatureOf = (store: RawObjectStore): string => indexSignature(Array.from(store.rawIndexes.values()))
+
+/** A value's index keys in the order of the store's index list (what fake-indexeddb's indexes hold for it). */
+const indexKeysOf = (store: RawObjectStore, signature: string, value: unknown): IndexKeys => ({
+  signature,
+  keys: Array.from(store.rawIndexes.values(), (i) => i.getIndexKey(value))
+})
+
 /** One store's part of an ordinary commit: the keys it touched, with the values the transaction left. */
 const touchedChange = (store: RawObjectStore, t: TouchedStore): StoreChange => {
-  const puts: Array<readonly [unknown, unknown]> = []
+  const signature = signatureOf(store)
+  const puts: Array<readonly [unknown, unknown, IndexKeys]> = []
   const deletes: Array<unknown> = []
   // The value at commit time is the one the transaction left; intermediate writes collapse into it.
   for (const key of t.keys.values()) {
     const record = store.records.get(key)
     if (record === undefined) deletes.push(key)
-    else puts.push([record.key, record.value])
+    else puts.push([record.key, record.value, indexKeysOf(store, signature, record.value)])
   }
   return { name: store.name, cleared: t.cleared, puts, deletes }
 }
@@ -86,12 +97,14 @@ type Layout = Map<string, ReadonlyMap<string, RawObjectStore>>
  * A versionchange commit. A store that is still the same object under the same name only writes the
  * keys it touched; one that is new, recreated or renamed is rewritten whole under its name, and a name
  * that no longer holds its old store loses its rows. (The on-demand records of an unchanged store are
- * not read back and rewritten, so a Rust-store migration costs what it changes.)
+ * not read back and rewritten, so a Rust-store migration costs what it changes.) A kept store whose
+ * index list changed (createIndex / deleteIndex) gets new index keys for every row it still has.
  */
 const versionChangeOf = (
   raw: RawDatabase,
   touched: Touched | undefined,
-  filed: ReadonlyMap<string, RawObjectStore>
+  filed: ReadonlyMap<string, RawObjectStore>,
+  filedSignature: (store: RawObjectStore) => string | undefined
 ) => {
   const stores: Array<StoreChange> = []
   const rewritten: Array<RawObjectStore> = []
@@ -99,15 +112,29 @@ const versionChangeOf = (
     if (raw.rawObjectStores.get(name) !== old) stores.push({ name, cleared: true, puts: [], deletes: [] })
   }
   for (const store of raw.rawObjectStores.values()) {
+    const signature = signatureOf(store)
     if (filed.get(store.name) === store) {
       const t = touched?.get(store.name)
-      if (t !== undefined) stores.push(touchedChange(store, t))
+      const change = t !== undefined
+        ? touchedChange(store, t)
+        : { name: store.name, cleared: false, puts: [], deletes: [] }
+      if (filedSignature(store) !== signature) {
+        // The values are read (from SQLite where on demand) as createIndex itself just did.
+        const reindex = Array.from(
+          store.records.values(),
+          (r) => [r.key, indexKeysOf(store, signature, r.value)] as const
+        )
+        stores.push({ ...change, reindex })
+      } else if (t !== undefined) stores.push(change)
     } else {
       rewritten.push(store)
       stores.push({
         name: store.name,
         cleared: true,
-        puts: Array.from(store.records.values(), (r) => [r.key, r.value] as const),
+        puts: Array.from(
+          store.records.values(),
+          (r) => [r.key, r.value, indexKeysOf(store, signature, r.value)] as const
+        ),
         deletes: []
       })
     }
@@ -215,8 +242,8 @@ const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, wha
   tree._numTombstones = 0
 }
 
-/** Fills one store from its rows: keys and index entries in memory, values left in SQLite. */
-const fillStore = (store: RawObjectStore, rows: StoreRows) => {
+/** Fills one store from its rows: keys and index entries in memory (from the rows' index keys), values left in SQLite. */
+const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) => {
   const indexes = Array.from(store.rawIndexes.values())
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
@@ -224,10 +251,17 @@ const fillStore = (store: RawObjectStore, rows: StoreRows) => {
   const records: Array<RawRecord> = []
   const entries = indexes.map((): Array<RawRecord> => [])
   const intern = interner()
-  rows.file.scanStore(rows.db, store.name, (key, value) => {
+  const scan = {
+    db: rows.db,
+    store: store.name,
+    signature,
+    indexCount: indexes.length,
+    indexKeysOf: (value: unknown) => indexes.map((index) => index.getIndexKey(value))
+  }
+  rows.file.scanKeys(scan, (key, indexKeys) => {
     records.push(new LazyRecord(key, rows))
     indexes.forEach((index, i) => {
-      const indexKey = index.getIndexKey(value)
+      const indexKey = indexKeys[i]
       if (indexKey === undefined) return
       const list = entries[i]!
       if (index.multiEntry && Array.isArray(indexKey)) {
@@ -262,6 +296,8 @@ export const openDurableIdb = async (
   const stats: DurableIdbStats = { commits: 0, failedCommits: 0, lastError: undefined }
   const cache = new ValueCache(options.cacheBytes ?? 8 * 1024 * 1024, options.cacheEntries ?? 4096)
   const rowsOf = new WeakMap<RawObjectStore, StoreRows>()
+  /** The index list each store's rows were last filed with (their `ix` signature). */
+  const signatures = new WeakMap<RawObjectStore, string>()
   const layout: Layout = new Map()
   let detached = false
 
@@ -281,6 +317,7 @@ export const openDurableIdb = async (
       if (rewritten !== undefined) {
         for (const store of raw.rawObjectStores.values()) rowsFor(raw.name, store).store = store.name
         layout.set(raw.name, new Map(raw.rawObjectStores))
+        for (const store of raw.rawObjectStores.values()) signatures.set(store, signatureOf(store))
         for (const store of rewritten) settle(store.records, rowsFor(raw.name, store), undefined)
       }
       for (const [name, t] of touched ?? []) {
@@ -299,7 +336,7 @@ export const openDurableIdb = async (
       if (detached) throw new Error("durable-idb: store closed")
       if (!versionchange && (touched === undefined || touched.size === 0)) return
       const planned = versionchange
-        ? versionChangeOf(raw, touched, layout.get(raw.name) ?? new Map())
+        ? versionChangeOf(raw, touched, layout.get(raw.name) ?? new Map(), (store) => signatures.get(store))
         : { change: changeOf(raw, touched!), rewritten: undefined }
       try {
         route(raw.name).commit([planned.change])
@@ -330,7 +367,11 @@ export const openDurableIdb = async (
   for (const file of files) {
     for (const schema of file.loadSchemas()) {
       const raw = await createSchema(factory, schema)
-      for (const store of raw.rawObjectStores.values()) fillStore(store, rowsFor(raw.name, store))
+      for (const store of raw.rawObjectStores.values()) {
+        const signature = signatureOf(store)
+        fillStore(store, rowsFor(raw.name, store), signature)
+        signatures.set(store, signature)
+      }
       layout.set(raw.name, new Map(raw.rawObjectStores))
     }
   }

@@ -7,7 +7,16 @@
 // Layout (all blobs sealed with the store's row key when the store is encrypted):
 //   kv(key, value)            'format' (plain JSON: format version, encrypted or not), 'cipher' (wrapped data key)
 //   dbs(id, meta)             one row per IndexedDB database: name, version, object stores, indexes, key generators
-//   records(id, db, store, data)   one row per IndexedDB record, updated in place
+//   records(id, db, store, ix, data)   one row per IndexedDB record, updated in place; `ix` (codec.ts,
+//                             sealIndexBlob) holds the record's key and index keys, written with `data`
+//
+// Index keys beside the value (issue 19): an open reads `id, ix` only and never a value. A row whose `ix`
+// is missing (written before the column existed, or by an older cara after a downgrade), damaged, or
+// computed for another index list is read as before (unseal, decode the value, compute its index keys),
+// and its `ix` is written back in one SQLite transaction per object store at the end of that store's scan.
+// An older cara opens a store with the column (it names its columns and ignores `ix`); the trigger
+// `records_ix_stale`, kept in the file, clears `ix` whenever such a writer changes `data` without it,
+// so a store that went down and up again never serves stale index keys.
 //
 // Writes: a record is updated with an upsert (`INSERT … ON CONFLICT (id) DO UPDATE SET data`), which keeps
 // the row's rowid and so leaves the three indexes alone (`INSERT OR REPLACE` deletes and re-inserts the
@@ -37,10 +46,12 @@ import {
   deriveRowKeys,
   deserialize,
   openBlob,
+  openIndexBlob,
   recordId,
   type RowKeys,
   sealBlob,
   sealedLength,
+  sealIndexBlob,
   serialize,
   storeId
 } from "./codec.js"
@@ -73,12 +84,21 @@ export interface LoadedDatabase {
   readonly records: ReadonlyMap<string, ReadonlyArray<readonly [unknown, unknown]>>
 }
 
+/** A record's index keys, in the order of the store's index list named by `signature` (codec.ts). */
+export interface IndexKeys {
+  readonly signature: string
+  readonly keys: ReadonlyArray<unknown>
+}
+
 export interface StoreChange {
   readonly name: string
   /** The whole store was cleared before the puts (IDBObjectStore.clear). */
   readonly cleared: boolean
-  readonly puts: ReadonlyArray<readonly [unknown, unknown]>
+  /** key, value, and the value's index keys (without them the row's `ix` is left empty: read as an old row). */
+  readonly puts: ReadonlyArray<readonly [unknown, unknown, IndexKeys?]>
   readonly deletes: ReadonlyArray<unknown>
+  /** New index keys of rows whose value is unchanged (a versionchange created or deleted an index). */
+  readonly reindex?: ReadonlyArray<readonly [unknown, IndexKeys]>
 }
 
 /** Everything one IndexedDB transaction changed in one database. */
@@ -99,6 +119,19 @@ export interface SqliteFileStats {
   rowsWritten: number
   /** Record puts not written: SQLite already held the same key with the same value. */
   unchangedPuts: number
+  /** Rows an open had to read the value of (no usable `ix`), and wrote `ix` back for. */
+  indexKeysRebuilt: number
+}
+
+/** One object store's keys as an open reads them. */
+export interface KeyScan {
+  readonly db: string
+  readonly store: string
+  /** The store's current index list (codec.ts indexSignature) and its length. */
+  readonly signature: string
+  readonly indexCount: number
+  /** The index keys of a value, for rows read the old way. */
+  readonly indexKeysOf: (value: unknown) => ReadonlyArray<unknown>
 }
 
 export type StoreSecret =
@@ -195,6 +228,31 @@ export const storeStructureProblem = (db: DatabaseSync): string | undefined => {
   return undefined
 }
 
+/**
+ * Clears `ix` when `data` changes and `ix` does not (a writer that does not know the column): every
+ * write of this code sets both, and a fresh salt makes the new `ix` always differ from the old.
+ */
+const STALE_IX_TRIGGER =
+  "CREATE TRIGGER IF NOT EXISTS records_ix_stale AFTER UPDATE OF data ON records WHEN new.ix IS old.ix BEGIN UPDATE records SET ix = NULL WHERE rid = new.rid; END"
+
+/** A store written before the `ix` column: the column and its trigger, added in one transaction. */
+const addIndexColumn = (db: DatabaseSync) => {
+  const columns = db.prepare("PRAGMA table_info(records)").all() as Array<{ name: string }>
+  const hasColumn = columns.some((c) => c.name === "ix")
+  const hasTrigger = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'records_ix_stale'")
+    .get() !== undefined
+  if (hasColumn && hasTrigger) return
+  db.exec("BEGIN IMMEDIATE")
+  try {
+    if (!hasColumn) db.exec("ALTER TABLE records ADD COLUMN ix BLOB")
+    db.exec(STALE_IX_TRIGGER)
+    db.exec("COMMIT")
+  } catch (e) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw e
+  }
+}
+
 /** The schema and first rows of a new store, inside createSqliteAtomically's transaction. */
 const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord | undefined) => {
   db.exec("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
@@ -202,10 +260,11 @@ const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord
   // A rowid table on purpose: rows are ~2 KB sealed blobs, which a WITHOUT ROWID b-tree would push
   // into overflow pages (measured: 2.6x the file size).
   db.exec(
-    "CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)"
+    "CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, ix BLOB, data BLOB NOT NULL)"
   )
   db.exec("CREATE INDEX records_store ON records (store)")
   db.exec("CREATE INDEX records_db ON records (db)")
+  db.exec(STALE_IX_TRIGGER)
   const format: FormatRecord = { format: FORMAT_VERSION, encrypted }
   db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
   if (cipher !== undefined) {
@@ -219,12 +278,13 @@ export class SqliteFile {
   private readonly role: string
   private keys: RowKeys
   private readonly put: StatementSync
+  private readonly putIx: StatementSync
   private readonly del: StatementSync
   private readonly delStore: StatementSync
   private readonly delDb: StatementSync
   private readonly putDb: StatementSync
   private readonly delDbRow: StatementSync
-  private byStore: StatementSync | undefined
+  private byStoreIx: StatementSync | undefined
   private byId: StatementSync | undefined
   private readonly begin: StatementSync
   private readonly end: StatementSync
@@ -232,7 +292,7 @@ export class SqliteFile {
   private readonly storeIds = new Map<string, { readonly db: Buffer; readonly store: Buffer }>()
   /** The data key (also the Rust store's storageKey for the crypto file); undefined when unencrypted. */
   readonly dataKey: Buffer | undefined
-  readonly stats: SqliteFileStats = { commits: 0, rowsWritten: 0, unchangedPuts: 0 }
+  readonly stats: SqliteFileStats = { commits: 0, rowsWritten: 0, unchangedPuts: 0, indexKeysRebuilt: 0 }
   private closed = false
 
   private constructor(db: DatabaseSync, file: string, role: string, dataKey: Buffer | undefined) {
@@ -243,8 +303,9 @@ export class SqliteFile {
     this.keys = deriveRowKeys(dataKey)
     // An id names one (db, store, key), so only `data` can differ on a conflict.
     this.put = db.prepare(
-      "INSERT INTO records (id, db, store, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+      "INSERT INTO records (id, db, store, ix, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, ix = excluded.ix"
     )
+    this.putIx = db.prepare("UPDATE records SET ix = ? WHERE id = ?")
     this.del = db.prepare("DELETE FROM records WHERE id = ?")
     this.delStore = db.prepare("DELETE FROM records WHERE store = ?")
     this.delDb = db.prepare("DELETE FROM records WHERE db = ?")
@@ -335,6 +396,15 @@ export class SqliteFile {
       }
 
       const dataKey = created !== undefined ? created.dataKey : await SqliteFile.unlock(db, file, role, secret)
+      try {
+        addIndexColumn(db)
+      } catch (e) {
+        throw fail(
+          "encrypted-state-io",
+          file,
+          `Upgrading the Matrix store ${file} failed (${errText(e)}). Check free disk space, then start again.`
+        )
+      }
       return new SqliteFile(db, file, role, dataKey)
     } catch (e) {
       if (db !== undefined && db.isOpen) {
@@ -420,17 +490,66 @@ export class SqliteFile {
     })
   }
 
-  /** Every record of one store, decrypted one at a time: `visit` keeps what it needs, the rest is garbage. */
-  scanStore(db: string, store: string, visit: (key: unknown, value: unknown) => void): void {
+  /**
+   * Every key of one store with its index keys, from `ix` alone where it is usable; other rows are read
+   * the old way (unseal, decode the value, `indexKeysOf`) and get their `ix` written back, all in one
+   * SQLite transaction after the scan. A row whose value does not open either is a damaged store.
+   */
+  scanKeys(scan: KeyScan, visit: (key: unknown, indexKeys: ReadonlyArray<unknown>) => void): void {
+    const missing: Array<Buffer> = []
     this.readingRows(() => {
-      this.byStore ??= this.db.prepare("SELECT id, data FROM records WHERE store = ?")
-      for (
-        const r of this.byStore.iterate(storeId(this.keys, db, store)) as Iterable<{ id: Uint8Array; data: Uint8Array }>
-      ) {
-        const [key, value] = deserialize(openBlob(this.keys.seal, Buffer.from(r.id), r.data)) as [unknown, unknown]
-        visit(key, value)
+      this.byStoreIx ??= this.db.prepare("SELECT id, ix FROM records WHERE store = ?")
+      const rows = this.byStoreIx.iterate(storeId(this.keys, scan.db, scan.store)) as Iterable<
+        { id: Uint8Array; ix: Uint8Array | null }
+      >
+      for (const r of rows) {
+        const id = Buffer.from(r.id)
+        const entry = r.ix === null ? undefined : this.indexEntry(id, r.ix, scan)
+        if (entry === undefined) missing.push(id)
+        else visit(entry[0], entry[1])
       }
     })
+    if (missing.length === 0) return
+    const rebuilt: Array<readonly [Buffer, Buffer]> = []
+    this.readingRows(() => {
+      this.byId ??= this.db.prepare("SELECT data FROM records WHERE id = ?")
+      for (const id of missing) {
+        const row = this.byId.get(id) as { data: Uint8Array }
+        const [key, value] = deserialize(openBlob(this.keys.seal, id, row.data)) as [unknown, unknown]
+        const indexKeys = scan.indexKeysOf(value)
+        visit(key, indexKeys)
+        rebuilt.push([id, this.indexBlob(id, key, { signature: scan.signature, keys: indexKeys })])
+      }
+    })
+    this.inTransaction(() => {
+      for (const [id, ix] of rebuilt) this.putIx.run(ix, id)
+      return true
+    })
+    this.stats.indexKeysRebuilt += rebuilt.length
+  }
+
+  /** A row's [key, index keys] from its `ix`, or undefined when that is damaged or for another index list. */
+  private indexEntry(
+    id: Buffer,
+    ix: Uint8Array,
+    scan: KeyScan
+  ): readonly [unknown, ReadonlyArray<unknown>] | undefined {
+    const plain = openIndexBlob(this.keys.seal, id, ix)
+    if (plain === undefined) return undefined
+    let parsed: unknown
+    try {
+      parsed = deserialize(plain)
+    } catch {
+      return undefined
+    }
+    if (!Array.isArray(parsed) || parsed.length !== 3 || parsed[0] !== scan.signature) return undefined
+    const keys: unknown = parsed[2]
+    if (!Array.isArray(keys) || keys.length !== scan.indexCount) return undefined
+    return [parsed[1], keys]
+  }
+
+  private indexBlob(id: Buffer, key: unknown, indexKeys: IndexKeys): Buffer {
+    return sealIndexBlob(this.keys.seal, id, serialize([indexKeys.signature, key, indexKeys.keys]))
   }
 
   /** One committed record's value (and its sealed size, for the caller's cache), or undefined without a row. */
@@ -514,7 +633,7 @@ export class SqliteFile {
   }
 
   /** Writes one record unless SQLite already holds this key with this value; true when a row was written. */
-  private writeRecord(db: string, store: string, key: unknown, value: unknown): boolean {
+  private writeRecord(db: string, store: string, key: unknown, value: unknown, indexKeys?: IndexKeys): boolean {
     const id = recordId(this.keys, db, store, key)
     const plain = serialize([key, value])
     if (this.holds(id, plain)) {
@@ -522,7 +641,8 @@ export class SqliteFile {
       return false
     }
     const ids = this.idsOf(db, store)
-    this.put.run(id, ids.db, ids.store, sealBlob(this.keys.seal, id, plain))
+    const ix = indexKeys === undefined ? null : this.indexBlob(id, key, indexKeys)
+    this.put.run(id, ids.db, ids.store, ix, sealBlob(this.keys.seal, id, plain))
     this.stats.rowsWritten++
     return true
   }
@@ -548,7 +668,11 @@ export class SqliteFile {
           for (const k of s.deletes) {
             changed = this.del.run(recordId(this.keys, change.db, s.name, k)).changes > 0 || changed
           }
-          for (const [k, v] of s.puts) changed = this.writeRecord(change.db, s.name, k, v) || changed
+          for (const [k, v, ix] of s.puts) changed = this.writeRecord(change.db, s.name, k, v, ix) || changed
+          for (const [k, ix] of s.reindex ?? []) {
+            const id = recordId(this.keys, change.db, s.name, k)
+            changed = this.putIx.run(this.indexBlob(id, k, ix), id).changes > 0 || changed
+          }
         }
       }
       return changed
