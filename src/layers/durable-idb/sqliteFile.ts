@@ -7,16 +7,20 @@
 // Layout (all blobs sealed with the store's row key when the store is encrypted):
 //   kv(key, value)            'format' (plain JSON: format version, encrypted or not), 'cipher' (wrapped data key)
 //   dbs(id, meta)             one row per IndexedDB database: name, version, object stores, indexes, key generators
-//   records(id, db, store, ix, data)   one row per IndexedDB record, updated in place; `ix` (codec.ts,
-//                             sealIndexBlob) holds the record's key and index keys, written with `data`
+//   records(id, db, store, data)   one row per IndexedDB record, updated in place
+//   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
+//                             written in the same SQLite transaction as the record
 //
-// Index keys beside the value (issue 19): an open reads `id, ix` only and never a value. A row whose `ix`
-// is missing (written before the column existed, or by an older cara after a downgrade), damaged, or
-// computed for another index list is read as before (unseal, decode the value, compute its index keys),
-// and its `ix` is written back in one SQLite transaction per object store at the end of that store's scan.
-// An older cara opens a store with the column (it names its columns and ignores `ix`); the trigger
-// `records_ix_stale`, kept in the file, clears `ix` whenever such a writer changes `data` without it,
-// so a store that went down and up again never serves stale index keys.
+// Index keys beside the value (issue 19): an open reads `ixs` only (a few hundred bytes per record, in
+// store order) and never a value. A record without a usable `ixs` row (written before the table existed,
+// or by an older cara after a downgrade; damaged; or computed for another index list) is read as before
+// (unseal, decode the value, compute its index keys), and its `ixs` row is written back in one SQLite
+// transaction per object store at the end of that store's scan. A separate table rather than a column:
+// a column would grow the typical ~1.8 KB Megolm row past half a page (measured: the file doubled).
+// An older cara opens a store with the table (it never names it); the triggers `records_ixs_*`, kept in
+// the file, delete a record's `ixs` row whenever any writer inserts, updates or deletes the record, and
+// this code writes the new one after, so an `ixs` row always describes the record's current value, also
+// after a downgrade and upgrade.
 //
 // Writes: a record is updated with an upsert (`INSERT … ON CONFLICT (id) DO UPDATE SET data`), which keeps
 // the row's rowid and so leaves the three indexes alone (`INSERT OR REPLACE` deletes and re-inserts the
@@ -94,7 +98,7 @@ export interface StoreChange {
   readonly name: string
   /** The whole store was cleared before the puts (IDBObjectStore.clear). */
   readonly cleared: boolean
-  /** key, value, and the value's index keys (without them the row's `ix` is left empty: read as an old row). */
+  /** key, value, and the value's index keys (without them the record has no `ixs` row: read as an old row). */
   readonly puts: ReadonlyArray<readonly [unknown, unknown, IndexKeys?]>
   readonly deletes: ReadonlyArray<unknown>
   /** New index keys of rows whose value is unchanged (a versionchange created or deleted an index). */
@@ -119,7 +123,7 @@ export interface SqliteFileStats {
   rowsWritten: number
   /** Record puts not written: SQLite already held the same key with the same value. */
   unchangedPuts: number
-  /** Rows an open had to read the value of (no usable `ix`), and wrote `ix` back for. */
+  /** Records an open had to read the value of (no usable `ixs` row), and wrote one back for. */
   indexKeysRebuilt: number
 }
 
@@ -228,24 +232,38 @@ export const storeStructureProblem = (db: DatabaseSync): string | undefined => {
   return undefined
 }
 
-/**
- * Clears `ix` when `data` changes and `ix` does not (a writer that does not know the column): every
- * write of this code sets both, and a fresh salt makes the new `ix` always differ from the old.
- */
-const STALE_IX_TRIGGER =
-  "CREATE TRIGGER IF NOT EXISTS records_ix_stale AFTER UPDATE OF data ON records WHEN new.ix IS old.ix BEGIN UPDATE records SET ix = NULL WHERE rid = new.rid; END"
+// Each trigger drops the `ixs` row of the record it fires for; this code writes the new one afterwards.
+const IXS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
+  [
+    "ixs",
+    "CREATE TABLE IF NOT EXISTS ixs (store BLOB NOT NULL, id BLOB NOT NULL, ix BLOB NOT NULL, PRIMARY KEY (store, id)) WITHOUT ROWID"
+  ],
+  [
+    "records_ixs_insert",
+    "CREATE TRIGGER IF NOT EXISTS records_ixs_insert AFTER INSERT ON records BEGIN DELETE FROM ixs WHERE store = new.store AND id = new.id; END"
+  ],
+  [
+    "records_ixs_update",
+    "CREATE TRIGGER IF NOT EXISTS records_ixs_update AFTER UPDATE ON records BEGIN DELETE FROM ixs WHERE store = old.store AND id = old.id; END"
+  ],
+  [
+    "records_ixs_delete",
+    "CREATE TRIGGER IF NOT EXISTS records_ixs_delete AFTER DELETE ON records BEGIN DELETE FROM ixs WHERE store = old.store AND id = old.id; END"
+  ]
+]
 
-/** A store written before the `ix` column: the column and its trigger, added in one transaction. */
-const addIndexColumn = (db: DatabaseSync) => {
-  const columns = db.prepare("PRAGMA table_info(records)").all() as Array<{ name: string }>
-  const hasColumn = columns.some((c) => c.name === "ix")
-  const hasTrigger = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'records_ix_stale'")
-    .get() !== undefined
-  if (hasColumn && hasTrigger) return
+/** A store written before the `ixs` table: the table and its triggers, added in one transaction. */
+const addIndexTable = (db: DatabaseSync) => {
+  const names = new Set(
+    (db.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')").all() as Array<{ name: string }>)
+      .map((r) => r.name)
+  )
+  if (IXS_SCHEMA.every(([name]) => names.has(name))) return
   db.exec("BEGIN IMMEDIATE")
   try {
-    if (!hasColumn) db.exec("ALTER TABLE records ADD COLUMN ix BLOB")
-    db.exec(STALE_IX_TRIGGER)
+    // Rows kept while a trigger was missing may be stale: start the table over (an open rebuilds it).
+    if (names.has("ixs")) db.exec("DELETE FROM ixs")
+    for (const [, sql] of IXS_SCHEMA) db.exec(sql)
     db.exec("COMMIT")
   } catch (e) {
     if (db.isTransaction) db.exec("ROLLBACK")
@@ -260,11 +278,11 @@ const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord
   // A rowid table on purpose: rows are ~2 KB sealed blobs, which a WITHOUT ROWID b-tree would push
   // into overflow pages (measured: 2.6x the file size).
   db.exec(
-    "CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, ix BLOB, data BLOB NOT NULL)"
+    "CREATE TABLE records (rid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, db BLOB NOT NULL, store BLOB NOT NULL, data BLOB NOT NULL)"
   )
   db.exec("CREATE INDEX records_store ON records (store)")
   db.exec("CREATE INDEX records_db ON records (db)")
-  db.exec(STALE_IX_TRIGGER)
+  for (const [, sql] of IXS_SCHEMA) db.exec(sql)
   const format: FormatRecord = { format: FORMAT_VERSION, encrypted }
   db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
   if (cipher !== undefined) {
@@ -303,9 +321,10 @@ export class SqliteFile {
     this.keys = deriveRowKeys(dataKey)
     // An id names one (db, store, key), so only `data` can differ on a conflict.
     this.put = db.prepare(
-      "INSERT INTO records (id, db, store, ix, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data, ix = excluded.ix"
+      "INSERT INTO records (id, db, store, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data"
     )
-    this.putIx = db.prepare("UPDATE records SET ix = ? WHERE id = ?")
+    // Only for a record SQLite holds (so `ixs` never names a missing record), after the record's own write.
+    this.putIx = db.prepare("INSERT OR REPLACE INTO ixs (store, id, ix) SELECT store, id, ? FROM records WHERE id = ?")
     this.del = db.prepare("DELETE FROM records WHERE id = ?")
     this.delStore = db.prepare("DELETE FROM records WHERE store = ?")
     this.delDb = db.prepare("DELETE FROM records WHERE db = ?")
@@ -397,7 +416,7 @@ export class SqliteFile {
 
       const dataKey = created !== undefined ? created.dataKey : await SqliteFile.unlock(db, file, role, secret)
       try {
-        addIndexColumn(db)
+        addIndexTable(db)
       } catch (e) {
         throw fail(
           "encrypted-state-io",
@@ -491,23 +510,30 @@ export class SqliteFile {
   }
 
   /**
-   * Every key of one store with its index keys, from `ix` alone where it is usable; other rows are read
-   * the old way (unseal, decode the value, `indexKeysOf`) and get their `ix` written back, all in one
-   * SQLite transaction after the scan. A row whose value does not open either is a damaged store.
+   * Every key of one store with its index keys, from `ixs` alone where it is usable; other records are
+   * read the old way (unseal, decode the value, `indexKeysOf`) and get their `ixs` row written back, all
+   * in one SQLite transaction after the scan. A value that does not open either is a damaged store.
    */
   scanKeys(scan: KeyScan, visit: (key: unknown, indexKeys: ReadonlyArray<unknown>) => void): void {
+    const store = storeId(this.keys, scan.db, scan.store)
     const missing: Array<Buffer> = []
     this.readingRows(() => {
-      this.byStoreIx ??= this.db.prepare("SELECT id, ix FROM records WHERE store = ?")
-      const rows = this.byStoreIx.iterate(storeId(this.keys, scan.db, scan.store)) as Iterable<
-        { id: Uint8Array; ix: Uint8Array | null }
-      >
-      for (const r of rows) {
+      this.byStoreIx ??= this.db.prepare("SELECT id, ix FROM ixs WHERE store = ?")
+      let rows = 0
+      for (const r of this.byStoreIx.iterate(store) as Iterable<{ id: Uint8Array; ix: Uint8Array }>) {
+        rows++
         const id = Buffer.from(r.id)
-        const entry = r.ix === null ? undefined : this.indexEntry(id, r.ix, scan)
+        const entry = this.indexEntry(id, r.ix, scan)
         if (entry === undefined) missing.push(id)
         else visit(entry[0], entry[1])
       }
+      // Every `ixs` row names a record (putIx, triggers): equal counts mean no record lacks one.
+      const count = this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(store) as { n: number }
+      if (count.n === rows) return
+      const without = this.db.prepare(
+        "SELECT id FROM records r WHERE store = ? AND NOT EXISTS (SELECT 1 FROM ixs x WHERE x.store = r.store AND x.id = r.id)"
+      )
+      for (const r of without.iterate(store) as Iterable<{ id: Uint8Array }>) missing.push(Buffer.from(r.id))
     })
     if (missing.length === 0) return
     const rebuilt: Array<readonly [Buffer, Buffer]> = []
@@ -528,7 +554,7 @@ export class SqliteFile {
     this.stats.indexKeysRebuilt += rebuilt.length
   }
 
-  /** A row's [key, index keys] from its `ix`, or undefined when that is damaged or for another index list. */
+  /** A record's [key, index keys] from its `ixs` row, or undefined when that is damaged or for another index list. */
   private indexEntry(
     id: Buffer,
     ix: Uint8Array,
@@ -641,8 +667,8 @@ export class SqliteFile {
       return false
     }
     const ids = this.idsOf(db, store)
-    const ix = indexKeys === undefined ? null : this.indexBlob(id, key, indexKeys)
-    this.put.run(id, ids.db, ids.store, ix, sealBlob(this.keys.seal, id, plain))
+    this.put.run(id, ids.db, ids.store, sealBlob(this.keys.seal, id, plain))
+    if (indexKeys !== undefined) this.putIx.run(this.indexBlob(id, key, indexKeys), id)
     this.stats.rowsWritten++
     return true
   }
