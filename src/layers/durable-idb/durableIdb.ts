@@ -222,7 +222,9 @@ export const compareKeys = (a: unknown, b: unknown): number => {
 
 /**
  * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
- * one red-black insertion per record (most of the time of opening a large store).
+ * one red-black insertion per record (most of the time of opening a large store). Sorted by key only:
+ * the sort is stable, and the entries of an index come in primary-key order, which is the tree's order
+ * among equal index keys; the check after the sort verifies the tree's full order.
  */
 const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
   if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) {
@@ -232,10 +234,10 @@ const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, wha
   const order = unique
     ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
     : (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key) || compareKeys(a.value, b.value)
-  records.sort(order)
+  records.sort((a, b) => compareKeys(a.key, b.key))
   for (let i = 1; i < records.length; i++) {
     // The rows were written by committed transactions that IndexedDB's constraints held for.
-    if (order(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
+    if (order(records[i - 1]!, records[i]!) >= 0) throw new Error(`durable-idb: duplicate key in ${what}`)
   }
   tree._root = tree._rebuild(records, undefined, false)
   tree._numNodes = records.length
@@ -248,9 +250,8 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
-  const records: Array<RawRecord> = []
-  const entries = indexes.map((): Array<RawRecord> => [])
-  const intern = interner()
+  const records: Array<LazyRecord> = []
+  const indexKeysOf = new Map<LazyRecord, ReadonlyArray<unknown>>()
   const scan = {
     db: rows.db,
     store: store.name,
@@ -259,20 +260,24 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
     indexKeysOf: (value: unknown) => indexes.map((index) => index.getIndexKey(value))
   }
   rows.file.scanKeys(scan, (key, indexKeys) => {
-    records.push(new LazyRecord(key, rows))
-    indexes.forEach((index, i) => {
-      const indexKey = indexKeys[i]
-      if (indexKey === undefined) return
-      const list = entries[i]!
-      if (index.multiEntry && Array.isArray(indexKey)) {
-        for (const k of indexKey) list.push({ key: intern(k), value: key })
-      } else list.push({ key: intern(indexKey), value: key })
-    })
+    const record = new LazyRecord(key, rows)
+    records.push(record)
+    if (indexes.length > 0) indexKeysOf.set(record, indexKeys)
   })
   bulkLoad(store.records.records, records, true, store.name)
-  indexes.forEach((index, i) =>
-    bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`)
-  )
+  const intern = interner()
+  indexes.forEach((index, i) => {
+    // In primary-key order (records is sorted now), which bulkLoad's stable sort keeps among equal keys.
+    const entries: Array<RawRecord> = []
+    for (const record of records) {
+      const indexKey = indexKeysOf.get(record)![i]
+      if (indexKey === undefined) continue
+      if (index.multiEntry && Array.isArray(indexKey)) {
+        for (const k of indexKey) entries.push({ key: intern(k), value: record.key })
+      } else entries.push({ key: intern(indexKey), value: record.key })
+    }
+    bulkLoad(index.records.records, entries, index.unique, `${store.name}.${index.name}`)
+  })
 }
 
 export interface DurableIdbOptions {
