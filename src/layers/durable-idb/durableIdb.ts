@@ -250,8 +250,8 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
+  // Each record with its index keys; sorted by key (bulkLoad), the index keys move along.
   const records: Array<LazyRecord> = []
-  const indexKeysOf = new Map<LazyRecord, ReadonlyArray<unknown>>()
   const scan = {
     db: rows.db,
     store: store.name,
@@ -261,8 +261,8 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
   }
   rows.file.scanKeys(scan, (key, indexKeys) => {
     const record = new LazyRecord(key, rows)
+    if (indexes.length > 0) record.indexKeys = indexKeys
     records.push(record)
-    if (indexes.length > 0) indexKeysOf.set(record, indexKeys)
   })
   bulkLoad(store.records.records, records, true, store.name)
   const intern = interner()
@@ -270,7 +270,7 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
     // In primary-key order (records is sorted now), which bulkLoad's stable sort keeps among equal keys.
     const entries: Array<RawRecord> = []
     for (const record of records) {
-      const indexKey = indexKeysOf.get(record)![i]
+      const indexKey = record.indexKeys![i]
       if (indexKey === undefined) continue
       if (index.multiEntry && Array.isArray(indexKey)) {
         for (const k of indexKey) entries.push({ key: intern(k), value: record.key })
@@ -278,6 +278,7 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
     }
     bulkLoad(index.records.records, entries, index.unique, `${store.name}.${index.name}`)
   })
+  for (const record of records) record.indexKeys = undefined
 }
 
 export interface DurableIdbOptions {
