@@ -244,8 +244,12 @@ const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, wha
   tree._numTombstones = 0
 }
 
-/** Fills one store from its rows: keys and index entries in memory (from the rows' index keys), values left in SQLite. */
-const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) => {
+/**
+ * Fills one store from its rows: keys and index entries in memory (from the rows' index keys), values
+ * left in SQLite. Returns the signature of the index list the rows are now filed with.
+ */
+const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
+  const signature = signatureOf(store)
   const indexes = Array.from(store.rawIndexes.values())
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
@@ -279,6 +283,15 @@ const fillStore = (store: RawObjectStore, rows: StoreRows, signature: string) =>
     bulkLoad(index.records.records, entries, index.unique, `${store.name}.${index.name}`)
   })
   for (const record of records) record.indexKeys = undefined
+  return signature
+}
+
+/** Closes every open connection of the factory's databases. */
+const closeConnections = (factory: IdbFactory) => {
+  for (const raw of databasesOf(factory).values()) {
+    const connections = (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> }).connections
+    for (const connection of connections) if (!connection._closed) connection.close()
+  }
 }
 
 export interface DurableIdbOptions {
@@ -374,9 +387,7 @@ export const openDurableIdb = async (
     for (const schema of file.loadSchemas()) {
       const raw = await createSchema(factory, schema)
       for (const store of raw.rawObjectStores.values()) {
-        const signature = signatureOf(store)
-        fillStore(store, rowsFor(raw.name, store), signature)
-        signatures.set(store, signature)
+        signatures.set(store, fillStore(store, rowsFor(raw.name, store)))
       }
       layout.set(raw.name, new Map(raw.rawObjectStores))
     }
@@ -389,14 +400,7 @@ export const openDurableIdb = async (
     cacheStats: () => cache.stats(),
     detach: () => {
       detached = true
-      for (const raw of databasesOf(factory).values()) {
-        for (
-          const connection of (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> })
-            .connections
-        ) {
-          if (!connection._closed) connection.close()
-        }
-      }
+      closeConnections(factory)
     }
   }
 }
