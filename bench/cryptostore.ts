@@ -8,6 +8,13 @@
 //   on-disk size of the store files
 // Run: `node_modules/.bin/vite-node bench/cryptostore.ts` (or any TS runner). The fresh-process part
 // bundles this file with esbuild and runs the bundle on the same Node.
+// Knobs: BENCH_SESSIONS, BENCH_COMMITS, BENCH_EXPORT=0 (count sessions from the keys instead of exporting),
+//   BENCH_KEEP=1 (keep the work directory; its `sessions` directory is a reusable store),
+//   BENCH_REOPEN=<dir> (only the reopen step, on a fresh copy of a kept `sessions` directory: the 50,000-session
+//   store takes minutes to build), BENCH_REOPEN_RUNS (reopen runs, each on its own copy; default 1),
+//   BENCH_REOPEN_SAME=1 (all runs on one copy: an older store's first open upgrades it, later runs read the result),
+//   BENCH_CHILD_FLAGS (Node flags of the reopen child, e.g. "--max-semi-space-size=2" as the daemon sets it,
+//   or "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
 import { Effect, Option, Redacted } from "effect"
 import { IDBFactory } from "fake-indexeddb"
@@ -144,6 +151,54 @@ const reopen = async (root: string) => {
   })
 }
 
+/** Bundles this file (once per work directory) and runs its reopen step on `storeRoot` in a fresh process. */
+const reopenInChild = async (work: string, storeRoot: string): Promise<Record<string, number>> => {
+  const bundle = path.join(work, "bench.mjs")
+  if (!fs.existsSync(bundle)) {
+    const { build } = await import("esbuild")
+    await build({
+      entryPoints: [fileURLToPath(import.meta.url)],
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node24",
+      packages: "external",
+      outfile: bundle,
+      logLevel: "silent"
+    })
+    fs.symlinkSync(
+      path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules"),
+      path.join(work, "node_modules")
+    )
+  }
+  const flags = (process.env["BENCH_CHILD_FLAGS"] ?? "").split(/\s+/).filter((f) => f !== "")
+  const child = spawnSync(process.execPath, [...flags, "--expose-gc", bundle, "reopen", storeRoot], {
+    encoding: "utf8"
+  })
+  if (child.status !== 0) throw new Error(`reopen child failed: ${child.stderr}`)
+  return JSON.parse(child.stdout) as Record<string, number>
+}
+
+/** BENCH_REOPEN: the reopen step only, on fresh copies of a kept store (the original is never opened). */
+const reopenOnly = async (source: string) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-bench-cs-"))
+  try {
+    const runs: Array<Record<string, number>> = []
+    // BENCH_REOPEN_SAME=1: every run on one copy (an older store's first open upgrades it; later runs see the result)
+    const same = process.env["BENCH_REOPEN_SAME"] === "1"
+    for (let i = 0; i < Number(process.env["BENCH_REOPEN_RUNS"] ?? 1); i++) {
+      const storeRoot = path.join(work, same ? "sessions" : `sessions-${i}`)
+      if (!same || i === 0) fs.cpSync(source, storeRoot, { recursive: true })
+      runs.push(await reopenInChild(work, storeRoot))
+      if (!same) fs.rmSync(storeRoot, { recursive: true, force: true })
+    }
+    const flags = process.env["BENCH_CHILD_FLAGS"] ?? ""
+    process.stdout.write(`${JSON.stringify({ bench: "cryptostore-reopen", node: process.version, flags, runs })}\n`)
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true })
+  }
+}
+
 const main = async () => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "cara-bench-cs-"))
   try {
@@ -184,26 +239,7 @@ const main = async () => {
     })
 
     // 3. reopen in a fresh process
-    const bundle = path.join(work, "bench.mjs")
-    const { build } = await import("esbuild")
-    await build({
-      entryPoints: [fileURLToPath(import.meta.url)],
-      bundle: true,
-      platform: "node",
-      format: "esm",
-      target: "node24",
-      packages: "external",
-      outfile: bundle,
-      logLevel: "silent"
-    })
-    fs.symlinkSync(
-      path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "node_modules"),
-      path.join(work, "node_modules")
-    )
-    const child = spawnSync(process.execPath, ["--expose-gc", bundle, "reopen", storeRoot], { encoding: "utf8" })
-    if (child.status !== 0) throw new Error(`reopen child failed: ${child.stderr}`)
-    const reopened = JSON.parse(child.stdout) as Record<string, number>
-
+    const reopened = await reopenInChild(work, storeRoot)
     const disk = dirBytes(path.join(storeRoot, "matrix"))
     const total = Object.values(disk).reduce((a, b) => a + b, 0)
     process.stdout.write(
@@ -227,4 +263,5 @@ const main = async () => {
 }
 
 if (process.argv[2] === "reopen" && process.argv[3] !== undefined) await reopen(process.argv[3])
+else if (process.env["BENCH_REOPEN"] !== undefined) await reopenOnly(process.env["BENCH_REOPEN"])
 else await main()

@@ -127,3 +127,46 @@ export const openBlob = (key: Buffer | undefined, aad: Buffer, sealed: Uint8Arra
 
 export const serialize = (value: unknown): Buffer => v8.serialize(value)
 export const deserialize = (buf: Buffer): unknown => v8.deserialize(buf)
+
+// Index-key blobs (the `ixs` table, sqliteFile.ts): a record's primary key and the index keys of its value,
+// stored beside the value so an open rebuilds keys and index entries without unsealing or decoding a value.
+//   [1 byte version][body]
+//   body, with a data key: sealBlob(plain), associated data = row id + "ix" (a value blob cannot stand in)
+//   body, without one: plain + the first 8 bytes of SHA-256(row id, "ix", plain) (catches damage)
+//   plain: serialize([signature of the store's index list, primary key, index keys in that list's order])
+const IX_VERSION = 1
+const IX_SUM = 8
+
+const ixAad = (id: Buffer) => Buffer.concat([id, Buffer.from("ix")])
+
+const ixSum = (id: Buffer, plain: Buffer) =>
+  crypto.createHash("sha256").update(ixAad(id)).update(plain).digest().subarray(0, IX_SUM)
+
+export const sealIndexBlob = (key: Buffer | undefined, id: Buffer, plain: Buffer): Buffer => {
+  const body = key === undefined ? Buffer.concat([plain, ixSum(id, plain)]) : sealBlob(key, ixAad(id), plain)
+  return Buffer.concat([Buffer.of(IX_VERSION), body])
+}
+
+/** The plaintext of an index-key blob, or undefined when it is of another version, truncated or damaged. */
+export const openIndexBlob = (key: Buffer | undefined, id: Buffer, blob: Uint8Array): Buffer | undefined => {
+  const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength)
+  if (buf.length < 1 || buf[0] !== IX_VERSION) return undefined
+  const body = buf.subarray(1)
+  if (key !== undefined) {
+    try {
+      return openBlob(key, ixAad(id), body)
+    } catch {
+      return undefined
+    }
+  }
+  if (body.length < IX_SUM) return undefined
+  const plain = body.subarray(0, body.length - IX_SUM)
+  return ixSum(id, plain).equals(body.subarray(body.length - IX_SUM)) ? plain : undefined
+}
+
+/** A short name of a store's index list (names, key paths, multiEntry): index keys stored under another are stale. */
+export const indexSignature = (
+  indexes: ReadonlyArray<{ readonly name: string; readonly keyPath: unknown; readonly multiEntry: boolean }>
+): string =>
+  crypto.createHash("sha256").update(JSON.stringify(indexes.map((i) => [i.name, i.keyPath, i.multiEntry])))
+    .digest("base64").slice(0, 12)

@@ -3,6 +3,7 @@
 // reaches the caller, and which is rebuilt from SQLite when opened. Only keys and index entries are
 // held in memory; values are read from SQLite on demand (lazyRecords.ts).
 import { IDBFactory } from "fake-indexeddb"
+import { indexSignature } from "./codec.js"
 import {
   databasesOf,
   type IdbFactory,
@@ -17,7 +18,7 @@ import {
   type TouchedStore
 } from "./internals.js"
 import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
-import type { DatabaseChange, DatabaseSchema, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
+import type { DatabaseChange, DatabaseSchema, IndexKeys, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
 
 export interface DurableIdbStats {
   /** IndexedDB transactions written to SQLite. */
@@ -54,15 +55,25 @@ const schemaOf = (raw: RawDatabase): DatabaseSchema => ({
   }))
 })
 
+/** The signature of a store's index list as it is now (stored with each row's index keys). */
+const signatureOf = (store: RawObjectStore): string => indexSignature(Array.from(store.rawIndexes.values()))
+
+/** A value's index keys in the order of the store's index list (what fake-indexeddb's indexes hold for it). */
+const indexKeysOf = (store: RawObjectStore, signature: string, value: unknown): IndexKeys => ({
+  signature,
+  keys: Array.from(store.rawIndexes.values(), (i) => i.getIndexKey(value))
+})
+
 /** One store's part of an ordinary commit: the keys it touched, with the values the transaction left. */
 const touchedChange = (store: RawObjectStore, t: TouchedStore): StoreChange => {
-  const puts: Array<readonly [unknown, unknown]> = []
+  const signature = signatureOf(store)
+  const puts: Array<readonly [unknown, unknown, IndexKeys]> = []
   const deletes: Array<unknown> = []
   // The value at commit time is the one the transaction left; intermediate writes collapse into it.
   for (const key of t.keys.values()) {
     const record = store.records.get(key)
     if (record === undefined) deletes.push(key)
-    else puts.push([record.key, record.value])
+    else puts.push([record.key, record.value, indexKeysOf(store, signature, record.value)])
   }
   return { name: store.name, cleared: t.cleared, puts, deletes }
 }
@@ -86,12 +97,14 @@ type Layout = Map<string, ReadonlyMap<string, RawObjectStore>>
  * A versionchange commit. A store that is still the same object under the same name only writes the
  * keys it touched; one that is new, recreated or renamed is rewritten whole under its name, and a name
  * that no longer holds its old store loses its rows. (The on-demand records of an unchanged store are
- * not read back and rewritten, so a Rust-store migration costs what it changes.)
+ * not read back and rewritten, so a Rust-store migration costs what it changes.) A kept store whose
+ * index list changed (createIndex / deleteIndex) gets new index keys for every row it still has.
  */
 const versionChangeOf = (
   raw: RawDatabase,
   touched: Touched | undefined,
-  filed: ReadonlyMap<string, RawObjectStore>
+  filed: ReadonlyMap<string, RawObjectStore>,
+  filedSignature: (store: RawObjectStore) => string | undefined
 ) => {
   const stores: Array<StoreChange> = []
   const rewritten: Array<RawObjectStore> = []
@@ -99,15 +112,29 @@ const versionChangeOf = (
     if (raw.rawObjectStores.get(name) !== old) stores.push({ name, cleared: true, puts: [], deletes: [] })
   }
   for (const store of raw.rawObjectStores.values()) {
+    const signature = signatureOf(store)
     if (filed.get(store.name) === store) {
       const t = touched?.get(store.name)
-      if (t !== undefined) stores.push(touchedChange(store, t))
+      const change = t !== undefined
+        ? touchedChange(store, t)
+        : { name: store.name, cleared: false, puts: [], deletes: [] }
+      if (filedSignature(store) !== signature) {
+        // The values are read (from SQLite where on demand) as createIndex itself just did.
+        const reindex = Array.from(
+          store.records.values(),
+          (r) => [r.key, indexKeysOf(store, signature, r.value)] as const
+        )
+        stores.push({ ...change, reindex })
+      } else if (t !== undefined) stores.push(change)
     } else {
       rewritten.push(store)
       stores.push({
         name: store.name,
         cleared: true,
-        puts: Array.from(store.records.values(), (r) => [r.key, r.value] as const),
+        puts: Array.from(
+          store.records.values(),
+          (r) => [r.key, r.value, indexKeysOf(store, signature, r.value)] as const
+        ),
         deletes: []
       })
     }
@@ -195,7 +222,9 @@ export const compareKeys = (a: unknown, b: unknown): number => {
 
 /**
  * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
- * one red-black insertion per record (most of the time of opening a large store).
+ * one red-black insertion per record (most of the time of opening a large store). Sorted by key only:
+ * the sort is stable, and the entries of an index come in primary-key order, which is the tree's order
+ * among equal index keys; the check after the sort verifies the tree's full order.
  */
 const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
   if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) {
@@ -205,40 +234,64 @@ const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, wha
   const order = unique
     ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
     : (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key) || compareKeys(a.value, b.value)
-  records.sort(order)
+  records.sort((a, b) => compareKeys(a.key, b.key))
   for (let i = 1; i < records.length; i++) {
     // The rows were written by committed transactions that IndexedDB's constraints held for.
-    if (order(records[i - 1]!, records[i]!) === 0) throw new Error(`durable-idb: duplicate key in ${what}`)
+    if (order(records[i - 1]!, records[i]!) >= 0) throw new Error(`durable-idb: duplicate key in ${what}`)
   }
   tree._root = tree._rebuild(records, undefined, false)
   tree._numNodes = records.length
   tree._numTombstones = 0
 }
 
-/** Fills one store from its rows: keys and index entries in memory, values left in SQLite. */
-const fillStore = (store: RawObjectStore, rows: StoreRows) => {
+/**
+ * Fills one store from its rows: keys and index entries in memory (from the rows' index keys), values
+ * left in SQLite. Returns the signature of the index list the rows are now filed with.
+ */
+const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
+  const signature = signatureOf(store)
   const indexes = Array.from(store.rawIndexes.values())
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
-  const records: Array<RawRecord> = []
-  const entries = indexes.map((): Array<RawRecord> => [])
-  const intern = interner()
-  rows.file.scanStore(rows.db, store.name, (key, value) => {
-    records.push(new LazyRecord(key, rows))
-    indexes.forEach((index, i) => {
-      const indexKey = index.getIndexKey(value)
-      if (indexKey === undefined) return
-      const list = entries[i]!
-      if (index.multiEntry && Array.isArray(indexKey)) {
-        for (const k of indexKey) list.push({ key: intern(k), value: key })
-      } else list.push({ key: intern(indexKey), value: key })
-    })
+  // Each record with its index keys; sorted by key (bulkLoad), the index keys move along.
+  const records: Array<LazyRecord> = []
+  const scan = {
+    db: rows.db,
+    store: store.name,
+    signature,
+    indexCount: indexes.length,
+    indexKeysOf: (value: unknown) => indexes.map((index) => index.getIndexKey(value))
+  }
+  rows.file.scanKeys(scan, (key, indexKeys) => {
+    const record = new LazyRecord(key, rows)
+    if (indexes.length > 0) record.indexKeys = indexKeys
+    records.push(record)
   })
   bulkLoad(store.records.records, records, true, store.name)
-  indexes.forEach((index, i) =>
-    bulkLoad(index.records.records, entries[i]!, index.unique, `${store.name}.${index.name}`)
-  )
+  const intern = interner()
+  indexes.forEach((index, i) => {
+    // In primary-key order (records is sorted now), which bulkLoad's stable sort keeps among equal keys.
+    const entries: Array<RawRecord> = []
+    for (const record of records) {
+      const indexKey = record.indexKeys![i]
+      if (indexKey === undefined) continue
+      if (index.multiEntry && Array.isArray(indexKey)) {
+        for (const k of indexKey) entries.push({ key: intern(k), value: record.key })
+      } else entries.push({ key: intern(indexKey), value: record.key })
+    }
+    bulkLoad(index.records.records, entries, index.unique, `${store.name}.${index.name}`)
+  })
+  for (const record of records) record.indexKeys = undefined
+  return signature
+}
+
+/** Closes every open connection of the factory's databases. */
+const closeConnections = (factory: IdbFactory) => {
+  for (const raw of databasesOf(factory).values()) {
+    const connections = (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> }).connections
+    for (const connection of connections) if (!connection._closed) connection.close()
+  }
 }
 
 export interface DurableIdbOptions {
@@ -262,6 +315,8 @@ export const openDurableIdb = async (
   const stats: DurableIdbStats = { commits: 0, failedCommits: 0, lastError: undefined }
   const cache = new ValueCache(options.cacheBytes ?? 8 * 1024 * 1024, options.cacheEntries ?? 4096)
   const rowsOf = new WeakMap<RawObjectStore, StoreRows>()
+  /** The index list each store's rows were last filed with (their `ix` signature). */
+  const signatures = new WeakMap<RawObjectStore, string>()
   const layout: Layout = new Map()
   let detached = false
 
@@ -281,6 +336,7 @@ export const openDurableIdb = async (
       if (rewritten !== undefined) {
         for (const store of raw.rawObjectStores.values()) rowsFor(raw.name, store).store = store.name
         layout.set(raw.name, new Map(raw.rawObjectStores))
+        for (const store of raw.rawObjectStores.values()) signatures.set(store, signatureOf(store))
         for (const store of rewritten) settle(store.records, rowsFor(raw.name, store), undefined)
       }
       for (const [name, t] of touched ?? []) {
@@ -299,7 +355,7 @@ export const openDurableIdb = async (
       if (detached) throw new Error("durable-idb: store closed")
       if (!versionchange && (touched === undefined || touched.size === 0)) return
       const planned = versionchange
-        ? versionChangeOf(raw, touched, layout.get(raw.name) ?? new Map())
+        ? versionChangeOf(raw, touched, layout.get(raw.name) ?? new Map(), (store) => signatures.get(store))
         : { change: changeOf(raw, touched!), rewritten: undefined }
       try {
         route(raw.name).commit([planned.change])
@@ -330,7 +386,9 @@ export const openDurableIdb = async (
   for (const file of files) {
     for (const schema of file.loadSchemas()) {
       const raw = await createSchema(factory, schema)
-      for (const store of raw.rawObjectStores.values()) fillStore(store, rowsFor(raw.name, store))
+      for (const store of raw.rawObjectStores.values()) {
+        signatures.set(store, fillStore(store, rowsFor(raw.name, store)))
+      }
       layout.set(raw.name, new Map(raw.rawObjectStores))
     }
   }
@@ -342,14 +400,7 @@ export const openDurableIdb = async (
     cacheStats: () => cache.stats(),
     detach: () => {
       detached = true
-      for (const raw of databasesOf(factory).values()) {
-        for (
-          const connection of (raw as unknown as { connections: Array<{ close(): void; _closed: boolean }> })
-            .connections
-        ) {
-          if (!connection._closed) connection.close()
-        }
-      }
+      closeConnections(factory)
     }
   }
 }

@@ -22,6 +22,8 @@ const NOT_CACHED: unique symbol = Symbol("durable-idb.not-cached")
 export class LazyRecord {
   /** Set only by ValueCache (which evicts it). */
   cached: unknown = NOT_CACHED
+  /** Only while an open builds the index trees (durableIdb.ts fillStore): the record's index keys. */
+  indexKeys: ReadonlyArray<unknown> | undefined = undefined
 
   constructor(readonly key: unknown, readonly rows: StoreRows) {}
 
