@@ -29,6 +29,26 @@ if (!fs.existsSync(entry)) {
   process.stderr.write("bundle: dist/src/cli/bin.js is missing; run `tsc -p tsconfig.build.json` first\n")
   process.exit(1)
 }
+// `import * as http from "node:http"` makes Node build the module's ES namespace, which reads every export,
+// `WebSocket` and friends included: that getter loads Node's bundled undici (~1 MB of JavaScript), ~60 ms of
+// every command that talks to the daemon. Taken through `require` instead, the getters stay unread.
+const builtinsByRequire = {
+  name: "builtins-by-require",
+  setup(build) {
+    build.onResolve(
+      { filter: /^(node:)?https?$/ },
+      (args) =>
+        args.namespace === "builtin-cjs"
+          ? undefined
+          : { path: args.path.replace(/^node:/, ""), namespace: "builtin-cjs" }
+    )
+    build.onLoad({ filter: /.*/, namespace: "builtin-cjs" }, (args) => ({
+      contents: `module.exports = require("node:${args.path}")`,
+      loader: "js"
+    }))
+  }
+}
+
 // built beside the old bundle and swapped in, so a failed build leaves the previous one whole
 const tmp = `${out}.tmp-${process.pid}`
 fs.rmSync(tmp, { recursive: true, force: true })
@@ -51,6 +71,7 @@ const result = await esbuild.build({
     js:
       "import { createRequire as __caraCreateRequire } from \"node:module\"; const require = __caraCreateRequire(import.meta.url);"
   },
+  plugins: [builtinsByRequire],
   logLevel: "warning"
 })
 if (result.errors.length > 0) process.exit(1)

@@ -28,8 +28,11 @@ if (args.length === 1 && args[0] === "--version") {
   const { version } = await import("../version.js")
   process.stdout.write(`${version}\n`)
 } else if (!(await printStoredHelp(args))) {
-  const { run } = await import("./run.js")
-  run(process.argv)
+  // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts)
+  const { directArgs, runDirect } = await import("./direct.js")
+  const direct = directArgs(args)
+  if (direct !== undefined) runDirect(direct.command, direct.flags)
+  else (await import("./run.js")).run(process.argv)
 }
 
 async function printStoredHelp(argv: ReadonlyArray<string>): Promise<boolean> {

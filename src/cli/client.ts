@@ -1,4 +1,4 @@
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as HttpApiClient from "@effect/platform/HttpApiClient"
 import type * as HttpApiError from "@effect/platform/HttpApiError"
 import * as HttpClient from "@effect/platform/HttpClient"
@@ -121,7 +121,7 @@ export const gatewayClient = (t: GatewayTarget) =>
         onSome: (token) => HttpClient.mapRequest(HttpClientRequest.bearerToken(Redacted.value(token)))
       })
     })
-  }).pipe(Effect.provide(FetchHttpClient.layer))
+  }).pipe(Effect.provide(NodeHttpClient.layer))
 
 /** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
 export const terminalSafe = (s: string) =>
