@@ -1,3 +1,4 @@
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import { dedupeHelpPaths } from "./helpText.js"
@@ -16,6 +17,7 @@ const helpConsole = Effect.map(Console.consoleWith(Effect.succeed), (c): Console
 export const run = (argv: ReadonlyArray<string>) => {
   const program = cli(argv)
   return runCommand(
-    isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program
+    (isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program)
+      .pipe(Effect.provide(NodeContext.layer))
   )
 }

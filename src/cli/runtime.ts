@@ -1,4 +1,3 @@
-import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -10,11 +9,11 @@ import { installStderrRedaction, LoggingLive, logLevelFromEnv } from "./logging.
  * Runs one command's program as the process: stderr logging with secrets redacted, operator-facing failure
  * reports, exit codes. Shared by the full command line (run.ts) and the commands started without it (direct.ts).
  */
-export const runCommand = <E>(program: Effect.Effect<void, E, NodeContext.NodeContext>) => {
+export const runCommand = <E>(program: Effect.Effect<void, E>) => {
   installStderrRedaction()
   return program.pipe(
     Effect.tapErrorCause(reportFailure),
-    Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
+    Effect.provide(Layer.merge(LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
     NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
   )
 }
