@@ -1,7 +1,9 @@
 // Wall time of the `cara` command line, next to `node -e 0` measured in the same run (the floor: Node's own
 // start on this machine). BENCH_CLI_RUNS (15) runs of each, interleaved so load changes hit all alike, after
-// two warm-ups (page cache). `cara status` talks to a running daemon (one bot on a fresh Synapse), as an
-// operator's would. Target (issue 19 §5): ≤ 250 ms and ≤ 5 × `node -e 0`.
+// two warm-ups (page cache). `cara status`, `cara matrix dlq list`, `cara matrix verifications` and `cara matrix
+// devices` talk to a running daemon (one bot on a fresh Synapse), as an operator's would; `statusTree` is
+// `cara status` parsed by the full @effect/cli tree (CARA_DIRECT=off skips src/cli/direct.ts). Target (issue 19 §5):
+// ≤ 250 ms and ≤ 5 × `node -e 0`.
 // Run: `npm run bench -- cli-wall` or `node_modules/.bin/vite-node bench/cli-wall.ts`.
 import { spawnSync } from "node:child_process"
 import { CLI } from "../test/support/cli.js"
@@ -34,13 +36,20 @@ const main = async () => {
       nodeE0: ["-e", "0"],
       version: [CLI, "--version"],
       help: [CLI, "--help"],
-      status: [CLI, "status", "--port", port]
+      statusHelp: [CLI, "status", "--help"],
+      status: [CLI, "status", "--port", port],
+      statusJson: [CLI, "status", "--json", "--port", port],
+      dlqList: [CLI, "matrix", "dlq", "list", "--port", port],
+      verifications: [CLI, "matrix", "verifications", "--port", port],
+      devices: [CLI, "matrix", "devices", "--port", port],
+      // the same command through the full @effect/cli tree (CARA_DIRECT=off)
+      statusTree: [CLI, "status", "--port", port]
     }
     const times: Record<string, Array<number>> = Object.fromEntries(Object.keys(commands).map((k) => [k, []]))
     log(`${RUNS} runs of ${Object.keys(commands).join(", ")}`)
     for (let i = -2; i < RUNS; i++) {
       for (const [name, args] of Object.entries(commands)) {
-        const ms = wallMs(args, env)
+        const ms = wallMs(args, name === "statusTree" ? { ...env, CARA_DIRECT: "off" } : env)
         if (i >= 0) times[name]!.push(ms)
       }
     }

@@ -21,11 +21,26 @@ if (reexec !== undefined && typeof process.execve === "function") {
 // Compiled code cached between runs (src/cli/compileCache.ts): most of a command's start is compiling modules.
 const { enableCompileCache } = await import("./compileCache.js")
 enableCompileCache()
-// `cara --version` needs nothing but the package version: answered before the CLI framework loads.
-if (process.argv.length === 3 && process.argv[2] === "--version") {
+// `cara --version` needs nothing but the package version, and `cara [command…] --help` only the text stored
+// at build time (src/cli/helpTable.ts): both are answered before the CLI framework loads.
+const args = process.argv.slice(2)
+if (args.length === 1 && args[0] === "--version") {
   const { version } = await import("../version.js")
   process.stdout.write(`${version}\n`)
-} else {
-  const { run } = await import("./run.js")
-  run(process.argv)
+} else if (!(await printStoredHelp(args))) {
+  // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts)
+  const { directArgs, runDirect } = await import("./direct.js")
+  const direct = directArgs(args)
+  if (direct !== undefined) runDirect(direct.command, direct.flags)
+  else (await import("./run.js")).run(process.argv)
+}
+
+async function printStoredHelp(argv: ReadonlyArray<string>): Promise<boolean> {
+  const { helpKey, storedHelp } = await import("./helpTable.js")
+  if (helpKey(argv) === undefined) return false
+  const { version } = await import("../version.js")
+  const text = storedHelp(argv, import.meta.dirname, version)
+  if (text === undefined) return false
+  process.stdout.write(text)
+  return true
 }

@@ -1,4 +1,4 @@
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as HttpApiClient from "@effect/platform/HttpApiClient"
 import type * as HttpApiError from "@effect/platform/HttpApiError"
 import * as HttpClient from "@effect/platform/HttpClient"
@@ -6,6 +6,8 @@ import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { type Cause, Context, Effect, Layer, Option, type ParseResult, Redacted, Schema } from "effect"
 import * as dns from "node:dns/promises"
+import * as http from "node:http"
+import * as https from "node:https"
 import * as net from "node:net"
 import { type ApiError, CaraApi } from "../domain/api.js"
 import type { CaraConfig } from "../domain/config.js"
@@ -102,6 +104,18 @@ export const baseUrl = (t: GatewayTarget) =>
   `http://${t.host.includes(":") && !t.host.startsWith("[") ? `[${t.host}]` : t.host}:${t.port}`
 
 /**
+ * node:http under the client (fetch would load Node's bundled undici, ~1 MB of JavaScript, for each command).
+ * Agents without keep-alive, alive as long as the client that holds them: no socket outlives its request.
+ */
+const NodeHttpLive = NodeHttpClient.layerWithoutAgent.pipe(
+  Layer.provide(Layer.sync(NodeHttpClient.HttpAgent, (): NodeHttpClient.HttpAgent => ({
+    [NodeHttpClient.HttpAgentTypeId]: NodeHttpClient.HttpAgentTypeId,
+    http: new http.Agent(),
+    https: new https.Agent()
+  })))
+)
+
+/**
  * The typed client derived from the one HttpApi definition. The bearer is attached only for loopback
  * hosts: over plain HTTP to another host it would travel in clear text.
  */
@@ -121,7 +135,7 @@ export const gatewayClient = (t: GatewayTarget) =>
         onSome: (token) => HttpClient.mapRequest(HttpClientRequest.bearerToken(Redacted.value(token)))
       })
     })
-  }).pipe(Effect.provide(FetchHttpClient.layer))
+  }).pipe(Effect.provide(NodeHttpLive))
 
 /** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
 export const terminalSafe = (s: string) =>

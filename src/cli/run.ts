@@ -1,13 +1,9 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
-import { reportFailure } from "./failure.js"
 import { dedupeHelpPaths } from "./helpText.js"
-import { installStderrRedaction, LoggingLive, logLevelFromEnv } from "./logging.js"
 import { cli } from "./main.js"
+import { runCommand } from "./runtime.js"
 
 const isHelpRequest = (args: ReadonlyArray<string>) => args.includes("--help") || args.includes("-h")
 
@@ -19,11 +15,9 @@ const helpConsole = Effect.map(Console.consoleWith(Effect.succeed), (c): Console
 
 /** Runs the command line: one runtime, stderr logging, operator-facing failure reports, exit codes. */
 export const run = (argv: ReadonlyArray<string>) => {
-  installStderrRedaction()
-  const program = cli(argv).pipe(Effect.tapErrorCause(reportFailure))
-  return (isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program)
-    .pipe(
-      Effect.provide(Layer.mergeAll(NodeContext.layer, LoggingLive, Logger.minimumLogLevel(logLevelFromEnv()))),
-      NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
-    )
+  const program = cli(argv)
+  return runCommand(
+    (isHelpRequest(argv.slice(2)) ? Effect.flatMap(helpConsole, (c) => Console.withConsole(program, c)) : program)
+      .pipe(Effect.provide(NodeContext.layer))
+  )
 }

@@ -1,4 +1,4 @@
-import { Console, Effect, Either, Option, Schema } from "effect"
+import { Console, Effect, Either, Fiber, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"
 import { REMEDIATION } from "../domain/remediation.js"
@@ -127,20 +127,36 @@ export const renderStatusJson = (r: StatusReport): string =>
     2
   )
 
-/** Fetches the report; `Left` carries the stderr text when the gateway is not reachable. */
+/**
+ * Fetches the report; `Left` carries the stderr text when the gateway is not reachable. With a credential (or
+ * auth off) the control calls go out together with the health check: one round trip instead of two; their
+ * answers are used only when the health check succeeded, as before.
+ */
 export const fetchStatus = (target: GatewayTarget) =>
   Effect.gen(function*() {
     const address = `${target.host}:${target.port}`
     const client = yield* gatewayClient(target)
+    const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
+    const askControl = Option.isSome(target.token) || authOff
+    const control = yield* Effect.forkScoped(
+      askControl
+        ? Effect.all([client.control.status(), client.control.channels()], { concurrency: 2 }).pipe(
+          Effect.timeout("30 seconds"),
+          Effect.either,
+          Effect.map(Option.some)
+        )
+        : Effect.succeed(Option.none())
+    )
     const health = yield* client.health.health().pipe(Effect.timeout("5 seconds"), Effect.either)
     if (Either.isLeft(health)) {
+      // the control calls are interrupted with the scope: an unreachable gateway is reported at once
       const d = describeClientError(health.left)
       return Either.left(
         `Could not connect to cara at ${address}\n  Error: ${d.message}\n\n${REMEDIATION["gateway-unreachable"]}\n`
       )
     }
-    const authOff = Option.exists(target.config, (c) => c.gateway.auth?.mode === "none")
-    if (Option.isNone(target.token) && !authOff) {
+    const both = yield* Fiber.join(control)
+    if (Option.isNone(both)) {
       return Either.right(
         {
           address,
@@ -155,21 +171,18 @@ export const fetchStatus = (target: GatewayTarget) =>
         } satisfies StatusReport
       )
     }
-    const both = yield* Effect.all([client.control.status(), client.control.channels()], { concurrency: 2 }).pipe(
-      Effect.timeout("30 seconds"),
-      Effect.either
-    )
+    const answers = both.value
     return Either.right(
       {
         address,
         health: health.right,
-        controlStatus: Either.isRight(both) ? Option.some(both.right[0]) : Option.none(),
-        channels: Either.isRight(both) ? Option.some(both.right[1]) : Option.none(),
-        controlProblem: Either.isLeft(both) ? Option.some(describeClientError(both.left)) : Option.none(),
+        controlStatus: Either.isRight(answers) ? Option.some(answers.right[0]) : Option.none(),
+        channels: Either.isRight(answers) ? Option.some(answers.right[1]) : Option.none(),
+        controlProblem: Either.isLeft(answers) ? Option.some(describeClientError(answers.left)) : Option.none(),
         authOff
       } satisfies StatusReport
     )
-  })
+  }).pipe(Effect.scoped)
 
 /** `cara status [--json]`. */
 export const status = (

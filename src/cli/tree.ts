@@ -23,7 +23,9 @@ export const portOption = Options.integer("port").pipe(
   Options.withDescription(`gateway port (default: gateway.port from the config, else ${DEFAULT_GATEWAY_PORT})`),
   Options.optional
 )
-const gateway = { host: hostOption, port: portOption, json }
+/** The flags of the commands that only ask the daemon (src/cli/direct.ts reads the same ones without @effect/cli). */
+export const gatewayOptions = { host: hostOption, port: portOption, json }
+const gateway = gatewayOptions
 
 // ---------------------------------------------------------------------------------------------------------
 // cara config …
