@@ -14,7 +14,7 @@ import { deserialize, serialize } from "./codec.js"
 import type { RawObjectStore, RawRecord } from "./internals.js"
 import { LazyRecord, type StoreRows } from "./lazyRecords.js"
 import type { StoreSnapshot } from "./sqliteFile.js"
-import { checkEmptyTree, compareKeys, inTreeOrder, interner, setTree } from "./trees.js"
+import { checkEmptyTree, compareKeys, interner, inTreeOrder, setTree } from "./trees.js"
 
 const FORMAT = 1
 

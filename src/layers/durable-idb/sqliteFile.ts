@@ -296,9 +296,11 @@ const addIndexTable = (db: DatabaseSync) => {
   if (STORE_SCHEMA.every(([name]) => names.has(name))) return
   db.exec("BEGIN IMMEDIATE")
   try {
-    // Rows kept while a trigger was missing may be stale: start the tables over (an open rebuilds `ixs`).
-    if (names.has("ixs")) db.exec("DELETE FROM ixs")
-    if (names.has("snaps")) db.exec("DELETE FROM snaps")
+    // Rows kept while one of their table's triggers was missing may be stale: start that table over (an
+    // open rebuilds `ixs`; a clean close writes `snaps`).
+    const complete = (schema: ReadonlyArray<readonly [string, string]>) => schema.every(([name]) => names.has(name))
+    if (names.has("ixs") && !complete(IXS_SCHEMA)) db.exec("DELETE FROM ixs")
+    if (names.has("snaps") && !complete(SNAPS_SCHEMA)) db.exec("DELETE FROM snaps")
     for (const [, sql] of STORE_SCHEMA) db.exec(sql)
     db.exec("COMMIT")
   } catch (e) {
