@@ -224,8 +224,9 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
 }
 
 /**
- * At a clean close: per file, a snapshot of every store of the databases no transaction is running on
- * (a running one may have changed the trees without a commit). Nothing after a failed commit. A failure
+ * At a clean close: per file, a snapshot of every store of the databases no readwrite or versionchange
+ * transaction is running on (one may have changed the trees without a commit; a readonly one cannot).
+ * Nothing after a failed commit. A failure
  * here only means the next open reads `ixs`.
  */
 const writeSnapshots = (
@@ -235,7 +236,7 @@ const writeSnapshots = (
 ) => {
   const byFile = new Map(files.map((f) => [f, [] as Array<{ db: string; store: string; plain: Buffer }>]))
   for (const raw of databasesOf(factory).values()) {
-    if (raw.transactions.some((t) => t._state !== "finished")) continue
+    if (raw.transactions.some((t) => t._state !== "finished" && t.mode !== "readonly")) continue
     const list = byFile.get(route(raw.name))
     if (list === undefined) continue
     for (const store of raw.rawObjectStores.values()) {
