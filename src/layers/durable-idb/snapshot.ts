@@ -14,7 +14,7 @@ import { deserialize, serialize } from "./codec.js"
 import type { RawObjectStore, RawRecord } from "./internals.js"
 import { LazyRecord, type StoreRows } from "./lazyRecords.js"
 import type { StoreSnapshot } from "./sqliteFile.js"
-import { checkEmptyTree, compareKeys, interner, inTreeOrder, setTree } from "./trees.js"
+import { checkEmptyTree, compareKeys, interner, inTreeOrder, setTree, treeRecords } from "./trees.js"
 
 const FORMAT = 1
 
@@ -49,7 +49,7 @@ export const snapshotOf = (store: RawObjectStore): Buffer | undefined => {
   const keys: Array<unknown> = []
   // Strings (and the very key objects the index entries share) are found at once; other keys by search.
   const known = new Map<unknown, number>()
-  for (const record of store.records.values()) {
+  for (const record of treeRecords(store.records.records) ?? store.records.values()) {
     if (!(record instanceof LazyRecord)) return undefined
     known.set(record.key, keys.length)
     keys.push(record.key)
@@ -58,7 +58,7 @@ export const snapshotOf = (store: RawObjectStore): Buffer | undefined => {
   for (const index of store.rawIndexes.values()) {
     const indexKeys: Array<unknown> = []
     const refs: Array<number> = []
-    for (const entry of index.records.values()) {
+    for (const entry of treeRecords(index.records.records) ?? index.records.values()) {
       const at = known.get(entry.value) ?? positionOf(keys, entry.value)
       if (at < 0) return undefined
       indexKeys.push(entry.key)

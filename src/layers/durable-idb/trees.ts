@@ -91,3 +91,31 @@ export const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boole
   if (!inTreeOrder(records, unique)) throw new Error(`durable-idb: duplicate key in ${what}`)
   setTree(tree, records)
 }
+
+interface TreeNode {
+  readonly record: RawRecord
+  readonly left: TreeNode | undefined
+  readonly right: TreeNode | undefined
+  readonly deleted: boolean
+}
+
+/**
+ * A tree's live records in order, by walking its nodes (fake-indexeddb's own iteration nests a generator
+ * per level: measured ~10x slower over 50,000 records). Undefined when the node layout is not the known one.
+ */
+export const treeRecords = (tree: RawTree): Array<RawRecord> | undefined => {
+  const out: Array<RawRecord> = []
+  const stack: Array<TreeNode> = []
+  let node = (tree._root ?? undefined) as TreeNode | undefined
+  while (node !== undefined || stack.length > 0) {
+    while (node !== undefined && node !== null) {
+      if (typeof node !== "object" || !("record" in node) || typeof node.deleted !== "boolean") return undefined
+      stack.push(node)
+      node = node.left
+    }
+    const top = stack.pop()!
+    if (!top.deleted) out.push(top.record)
+    node = top.right
+  }
+  return out
+}
