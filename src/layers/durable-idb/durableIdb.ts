@@ -224,10 +224,22 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
 }
 
 /**
- * At a clean close: per file, a snapshot of every store of the databases no readwrite or versionchange
- * transaction is running on (one may have changed the trees without a commit; a readonly one cannot).
- * Nothing after a failed commit. A failure
- * here only means the next open reads `ixs`.
+ * The stores of a database that a running transaction may have changed in memory without a commit (the
+ * scope of each readwrite one; every store while a versionchange runs), or "all". Readonly ones cannot.
+ */
+const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
+  const busy = new Set<string>()
+  for (const t of raw.transactions) {
+    if (t._state === "finished" || t.mode === "readonly") continue
+    if (t.mode !== "readwrite" || !(t._scope instanceof Set)) return "all"
+    for (const name of t._scope) busy.add(name)
+  }
+  return busy
+}
+
+/**
+ * At a clean close: per file, a snapshot of every store no running transaction may have changed
+ * (busyStores). Nothing after a failed commit. A failure here only means the next open reads `ixs`.
  */
 const writeSnapshots = (
   factory: IdbFactory,
@@ -236,11 +248,11 @@ const writeSnapshots = (
 ) => {
   const byFile = new Map(files.map((f) => [f, [] as Array<{ db: string; store: string; plain: Buffer }>]))
   for (const raw of databasesOf(factory).values()) {
-    if (raw.transactions.some((t) => t._state !== "finished" && t.mode !== "readonly")) continue
+    const busy = busyStores(raw)
     const list = byFile.get(route(raw.name))
-    if (list === undefined) continue
+    if (busy === "all" || list === undefined) continue
     for (const store of raw.rawObjectStores.values()) {
-      const plain = snapshotOf(store)
+      const plain = busy.has(store.name) ? undefined : snapshotOf(store)
       if (plain !== undefined) list.push({ db: raw.name, store: store.name, plain })
     }
   }

@@ -65,7 +65,9 @@ export interface RawDatabase {
   readonly version: number
   readonly rawObjectStores: Map<string, RawObjectStore>
   /** The transactions not finished yet (fake-indexeddb removes a transaction when it finishes). */
-  readonly transactions: ReadonlyArray<{ readonly _state: string; readonly mode: string }>
+  readonly transactions: ReadonlyArray<
+    { readonly _state: string; readonly mode: string; readonly _scope: ReadonlySet<string> }
+  >
 }
 
 interface RawTransaction {
