@@ -10,6 +10,7 @@ import { beforeEach, describe, expect, it } from "vitest"
 import { type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import type { IdbFactory } from "../../src/layers/durable-idb/internals.js"
 import { SqliteFile, type StoreSecret } from "../../src/layers/durable-idb/sqliteFile.js"
+import { treeRecords } from "../../src/layers/durable-idb/trees.js"
 import { type Db, done, openDb, request } from "../support/cryptostore-child.idb.js"
 import { tmpDir } from "../support/tmp.js"
 
@@ -183,6 +184,22 @@ const reopen = (version = 1, secret: StoreSecret = ENCRYPTED) =>
   )
 
 describe("object-store snapshots", () => {
+  it("walks a tree's live records in order, as fake-indexeddb iterates them (tombstones left out)", async () => {
+    const memory = new IDBFactory()
+    const db = await openDb(memory, "walk", 1, (d) => d.createObjectStore("s").createIndex("by_v", "v"))
+    const tx = db.transaction("s", "readwrite")
+    const os = tx.objectStore("s")
+    for (let i = 0; i < 300; i++) os.put({ v: i % 17 }, (i * 7919) % 1009)
+    for (let i = 0; i < 300; i += 4) os.delete((i * 7919) % 1009)
+    await done(tx)
+    const raw = db.transaction("s").objectStore("s")._rawObjectStore
+    for (const records of [raw.records, raw.rawIndexes.get("by_v").records]) {
+      expect(records.records._numTombstones).toBeGreaterThan(0)
+      expect(treeRecords(records.records)).toEqual(Array.from(records.values()))
+    }
+    db.close()
+  })
+
   it("a clean close writes one per store, and the next open uses them alone, encrypted or not", async () => {
     for (const secret of [ENCRYPTED, PLAIN]) {
       file = path.join(tmpDir("cara-didb-snap-"), "crypto.sqlite3")
