@@ -12,7 +12,8 @@
 //   BENCH_KEEP=1 (keep the work directory; its `sessions` directory is a reusable store),
 //   BENCH_REOPEN=<dir> (only the reopen step, on a fresh copy of a kept `sessions` directory: the 50,000-session
 //   store takes minutes to build), BENCH_REOPEN_RUNS (reopen runs, each on its own copy; default 1),
-//   BENCH_REOPEN_SAME=1 (all runs on one copy: an older store's first open upgrades it, later runs read the result),
+//   BENCH_REOPEN_SAME=1 (all runs on one copy: an older store's first open upgrades it, later runs read the result,
+//   including the store snapshots the run before wrote at its clean close; closeMs is that close),
 //   BENCH_CHILD_FLAGS (Node flags of the reopen child, e.g. "--max-semi-space-size=2" as the daemon sets it,
 //   or "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
@@ -105,7 +106,8 @@ const memoryFigures = () => {
 const reopen = async (root: string) => {
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
-  await withStore(root, async (s) => {
+  let released = 0
+  const figures = await withStore(root, async (s) => {
     const opened = performance.now()
     const handle = await wasm.StoreHandle.openWithKey(
       s.cryptoDatabasePrefix,
@@ -133,22 +135,23 @@ const reopen = async (root: string) => {
       ? await inboundSessionCount(s.indexedDB, s.cryptoDatabasePrefix)
       : (JSON.parse(await m.exportRoomKeys(() => true)) as Array<unknown>).length
     m.close()
-    process.stdout.write(
-      JSON.stringify({
-        storeOpenMs: Math.round(opened - t0),
-        olmMachineInitMs: Math.round(ready - opened),
-        totalMs: Math.round(ready - t0),
-        // CPU time of the same span: the wall figures suffer on a loaded machine, this much less
-        totalCpuMs: Math.round((cpu.user + cpu.system) / 1000),
-        // ready: the store open and the OlmMachine initialised on it, after a full GC
-        rssReadyMB: atReady.rssMB,
-        heapUsedReadyMB: atReady.heapUsedMB,
-        // after exporting every session (which reads them all once): the historical figure
-        rssMB: Math.round(process.memoryUsage().rss / 1048576),
-        sessionsFound: count
-      })
-    )
+    released = performance.now()
+    return {
+      storeOpenMs: Math.round(opened - t0),
+      olmMachineInitMs: Math.round(ready - opened),
+      totalMs: Math.round(ready - t0),
+      // CPU time of the same span: the wall figures suffer on a loaded machine, this much less
+      totalCpuMs: Math.round((cpu.user + cpu.system) / 1000),
+      // ready: the store open and the OlmMachine initialised on it, after a full GC
+      rssReadyMB: atReady.rssMB,
+      heapUsedReadyMB: atReady.heapUsedMB,
+      // after exporting every session (which reads them all once): the historical figure
+      rssMB: Math.round(process.memoryUsage().rss / 1048576),
+      sessionsFound: count
+    }
   })
+  // The store's close (the scope's release): detach with its snapshots, checkpoint, close the files.
+  process.stdout.write(JSON.stringify({ ...figures, closeMs: Math.round(performance.now() - released) }))
 }
 
 /** Bundles this file (once per work directory) and runs its reopen step on `storeRoot` in a fresh process. */

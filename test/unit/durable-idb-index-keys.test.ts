@@ -30,7 +30,8 @@ interface Opened {
 
 const openDurable = async (secret: StoreSecret = ENCRYPTED): Promise<Opened> => {
   const f = await SqliteFile.open(file, "crypto", secret)
-  const idb = await openDurableIdb([f], () => f, { cacheEntries: 2 })
+  // No snapshots at close: these tests are about the `ixs` path (durable-idb-snapshot.test.ts covers those).
+  const idb = await openDurableIdb([f], () => f, { cacheEntries: 2, snapshotAtClose: false })
   return {
     idb,
     file: f,

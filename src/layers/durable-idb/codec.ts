@@ -170,3 +170,37 @@ export const indexSignature = (
 ): string =>
   crypto.createHash("sha256").update(JSON.stringify(indexes.map((i) => [i.name, i.keyPath, i.multiEntry])))
     .digest("base64").slice(0, 12)
+
+// Snapshot blobs (the `snaps` table, sqliteFile.ts): one object store's sorted keys and index entries.
+//   [1 byte version][body]
+//   body, with a data key: sealBlob(plain), associated data = store id + "snap"
+//   body, without one: plain + SHA-256(store id, "snap", plain) (catches damage and truncation)
+const SNAP_VERSION = 1
+const SNAP_SUM = 32
+
+const snapAad = (store: Buffer) => Buffer.concat([store, Buffer.from("snap")])
+
+const snapSum = (store: Buffer, plain: Buffer) =>
+  crypto.createHash("sha256").update(snapAad(store)).update(plain).digest()
+
+export const sealSnapshotBlob = (key: Buffer | undefined, store: Buffer, plain: Buffer): Buffer => {
+  const body = key === undefined ? Buffer.concat([plain, snapSum(store, plain)]) : sealBlob(key, snapAad(store), plain)
+  return Buffer.concat([Buffer.of(SNAP_VERSION), body])
+}
+
+/** The plaintext of a snapshot blob, or undefined when it is of another version, truncated or damaged. */
+export const openSnapshotBlob = (key: Buffer | undefined, store: Buffer, blob: Uint8Array): Buffer | undefined => {
+  const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength)
+  if (buf.length < 1 || buf[0] !== SNAP_VERSION) return undefined
+  const body = buf.subarray(1)
+  if (key !== undefined) {
+    try {
+      return openBlob(key, snapAad(store), body)
+    } catch {
+      return undefined
+    }
+  }
+  if (body.length < SNAP_SUM) return undefined
+  const plain = body.subarray(0, body.length - SNAP_SUM)
+  return snapSum(store, plain).equals(body.subarray(body.length - SNAP_SUM)) ? plain : undefined
+}

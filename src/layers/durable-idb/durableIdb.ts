@@ -2,7 +2,6 @@
 // SQLite (one SQLite transaction per IndexedDB transaction) before the transaction's `complete` event
 // reaches the caller, and which is rebuilt from SQLite when opened. Only keys and index entries are
 // held in memory; values are read from SQLite on demand (lazyRecords.ts).
-import { IDBFactory } from "fake-indexeddb"
 import { indexSignature } from "./codec.js"
 import {
   databasesOf,
@@ -13,12 +12,15 @@ import {
   type RawDatabase,
   type RawObjectStore,
   type RawRecord,
-  type RawTree,
   type Touched,
   type TouchedStore
 } from "./internals.js"
 import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
+import { loadSnapshot, snapshotOf } from "./snapshot.js"
 import type { DatabaseChange, DatabaseSchema, IndexKeys, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
+import { bulkLoad, interner } from "./trees.js"
+
+export { compareKeys } from "./trees.js"
 
 export interface DurableIdbStats {
   /** IndexedDB transactions written to SQLite. */
@@ -34,7 +36,7 @@ export interface DurableIdb {
   readonly stats: DurableIdbStats
   /** The value cache of the on-demand records (for benches and tests). */
   readonly cacheStats: () => ValueCacheStats
-  /** Stops writing (later transactions abort) and closes every open connection of the factory. */
+  /** Writes each store's snapshot (see snapshot.ts), stops writing (later transactions abort) and closes every open connection. */
   readonly detach: () => void
 }
 
@@ -173,77 +175,6 @@ const createSchema = (factory: IdbFactory, schema: DatabaseSchema): Promise<RawD
     req.onblocked = () => reject(new Error(`durable-idb: rebuilding ${schema.name} was blocked`))
   })
 
-/** Strings shared by many index keys (a sender key, a room id) kept once; a fill's table is dropped after it. */
-const interner = () => {
-  const seen = new Map<string, string>()
-  const one = (s: string) => {
-    const known = seen.get(s)
-    if (known !== undefined) return known
-    seen.set(s, s)
-    return s
-  }
-  return (key: unknown): unknown => {
-    if (typeof key === "string") return one(key)
-    if (Array.isArray(key)) {
-      for (let i = 0; i < key.length; i++) if (typeof key[i] === "string") key[i] = one(key[i] as string)
-    }
-    return key
-  }
-}
-
-const fallbackCmp = new IDBFactory()
-
-/**
- * IndexedDB key order with fast paths for the keys stores are full of (strings, numbers, arrays of
- * them); anything else (dates, binary, mixed types) goes to fake-indexeddb's own comparison.
- */
-export const compareKeys = (a: unknown, b: unknown): number => {
-  const ta = typeof a
-  if (ta === typeof b) {
-    // JS string comparison is by UTF-16 code unit, as IndexedDB's; -0 and 0 compare equal in both.
-    if (ta === "string" || ta === "number") {
-      return (a as string) < (b as string)
-        ? -1
-        : (a as string) > (b as string)
-        ? 1
-        : 0
-    }
-    if (Array.isArray(a) && Array.isArray(b)) {
-      const n = Math.min(a.length, b.length)
-      for (let i = 0; i < n; i++) {
-        const c = compareKeys(a[i], b[i])
-        if (c !== 0) return c
-      }
-      return a.length < b.length ? -1 : a.length > b.length ? 1 : 0
-    }
-  }
-  return fallbackCmp.cmp(a, b)
-}
-
-/**
- * Builds a whole (empty) tree from its records at once: sorted, then balanced in one pass, instead of
- * one red-black insertion per record (most of the time of opening a large store). Sorted by key only:
- * the sort is stable, and the entries of an index come in primary-key order, which is the tree's order
- * among equal index keys; the check after the sort verifies the tree's full order.
- */
-const bulkLoad = (tree: RawTree, records: Array<RawRecord>, unique: boolean, what: string) => {
-  if (typeof tree._rebuild !== "function" || tree._numNodes !== 0) {
-    throw new Error("durable-idb: fake-indexeddb tree internals changed")
-  }
-  // The tree's own order: by key, then (an index that allows duplicates) by primary key.
-  const order = unique
-    ? (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key)
-    : (a: RawRecord, b: RawRecord) => compareKeys(a.key, b.key) || compareKeys(a.value, b.value)
-  records.sort((a, b) => compareKeys(a.key, b.key))
-  for (let i = 1; i < records.length; i++) {
-    // The rows were written by committed transactions that IndexedDB's constraints held for.
-    if (order(records[i - 1]!, records[i]!) >= 0) throw new Error(`durable-idb: duplicate key in ${what}`)
-  }
-  tree._root = tree._rebuild(records, undefined, false)
-  tree._numNodes = records.length
-  tree._numTombstones = 0
-}
-
 /**
  * Fills one store from its rows: keys and index entries in memory (from the rows' index keys), values
  * left in SQLite. Returns the signature of the index list the rows are now filed with.
@@ -253,6 +184,12 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
   const indexes = Array.from(store.rawIndexes.values())
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
+  }
+  // A clean close left a snapshot of the store: keys and index entries without reading a row.
+  const snapshot = rows.file.readSnapshot(rows.db, store.name)
+  if (snapshot !== undefined && loadSnapshot(store, rows, snapshot)) {
+    rows.file.snapshotUsed()
+    return signature
   }
   // Each record with its index keys; sorted by key (bulkLoad), the index keys move along.
   const records: Array<LazyRecord> = []
@@ -286,6 +223,48 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
   return signature
 }
 
+/**
+ * The stores of a database that a running transaction may have changed in memory without a commit (the
+ * scope of each readwrite one; every store while a versionchange runs), or "all". Readonly ones cannot.
+ */
+const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
+  const busy = new Set<string>()
+  for (const t of raw.transactions) {
+    if (t._state === "finished" || t.mode === "readonly") continue
+    if (t.mode !== "readwrite" || !(t._scope instanceof Set)) return "all"
+    for (const name of t._scope) busy.add(name)
+  }
+  return busy
+}
+
+/**
+ * At a clean close: per file, a snapshot of every store no running transaction may have changed
+ * (busyStores). Nothing after a failed commit. A failure here only means the next open reads `ixs`.
+ */
+const writeSnapshots = (
+  factory: IdbFactory,
+  files: ReadonlyArray<SqliteFile>,
+  route: (dbName: string) => SqliteFile
+) => {
+  const byFile = new Map(files.map((f) => [f, [] as Array<{ db: string; store: string; plain: Buffer }>]))
+  for (const raw of databasesOf(factory).values()) {
+    const busy = busyStores(raw)
+    const list = byFile.get(route(raw.name))
+    if (busy === "all" || list === undefined) continue
+    for (const store of raw.rawObjectStores.values()) {
+      const plain = busy.has(store.name) ? undefined : snapshotOf(store)
+      if (plain !== undefined) list.push({ db: raw.name, store: store.name, plain })
+    }
+  }
+  for (const [file, list] of byFile) {
+    try {
+      file.writeSnapshots(list)
+    } catch {
+      // the triggers keep the file consistent; the next open simply reads `ixs`
+    }
+  }
+}
+
 /** Closes every open connection of the factory's databases. */
 const closeConnections = (factory: IdbFactory) => {
   for (const raw of databasesOf(factory).values()) {
@@ -299,6 +278,8 @@ export interface DurableIdbOptions {
   readonly cacheBytes?: number
   /** Decoded values kept in memory (LRU). Default 4,096. */
   readonly cacheEntries?: number
+  /** Write each store's snapshot at detach (the next open reads it instead of `ixs`). Default true. */
+  readonly snapshotAtClose?: boolean
 }
 
 /**
@@ -399,6 +380,8 @@ export const openDurableIdb = async (
     stats,
     cacheStats: () => cache.stats(),
     detach: () => {
+      if (detached) return
+      if (stats.failedCommits === 0 && (options.snapshotAtClose ?? true)) writeSnapshots(factory, files, route)
       detached = true
       closeConnections(factory)
     }

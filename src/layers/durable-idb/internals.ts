@@ -36,7 +36,7 @@ export interface RawIndex {
   storeRecord(record: RawRecord): void
   /** The index key of a value (multiEntry: the array of keys), undefined when it is not indexed. */
   getIndexKey(value: unknown): unknown
-  readonly records: { readonly records: RawTree }
+  readonly records: { readonly records: RawTree; values(): Iterable<RawRecord> }
 }
 
 export interface RawRecord {
@@ -64,6 +64,10 @@ export interface RawDatabase {
   readonly name: string
   readonly version: number
   readonly rawObjectStores: Map<string, RawObjectStore>
+  /** The transactions not finished yet (fake-indexeddb removes a transaction when it finishes). */
+  readonly transactions: ReadonlyArray<
+    { readonly _state: string; readonly mode: string; readonly _scope: ReadonlySet<string> }
+  >
 }
 
 interface RawTransaction {

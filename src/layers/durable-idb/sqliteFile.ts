@@ -10,6 +10,13 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
+//   snaps(store, snap)        per object store, written at a clean close (durableIdb.ts detach): its keys
+//                             and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob)
+//
+// Snapshots: an open reads a store's snapshot instead of its `ixs` rows when there is one that opens and
+// matches. The triggers `records_snaps_*` and `ixs_snaps_*` delete it in the transaction of any write to
+// the store's records or index keys, by any cara that opens the file, so a snapshot that exists is never
+// stale: after a crash (no close since the last write) or a damaged blob, the open reads `ixs` as before.
 //
 // Index keys beside the value (issue 19): an open reads `ixs` only (a few hundred bytes per record, in
 // store order) and never a value. A record without a usable `ixs` row (written before the table existed,
@@ -51,11 +58,13 @@ import {
   deserialize,
   openBlob,
   openIndexBlob,
+  openSnapshotBlob,
   recordId,
   type RowKeys,
   sealBlob,
   sealedLength,
   sealIndexBlob,
+  sealSnapshotBlob,
   serialize,
   storeId
 } from "./codec.js"
@@ -125,6 +134,16 @@ export interface SqliteFileStats {
   unchangedPuts: number
   /** Records an open had to read the value of (no usable `ixs` row), and wrote one back for. */
   indexKeysRebuilt: number
+  /** Object stores an open filled from their snapshot (without reading `ixs`). */
+  snapshotsRead: number
+  /** Snapshots written (at clean closes). */
+  snapshotsWritten: number
+}
+
+/** One object store's snapshot as the open reads it: the plaintext, and the store's record count in SQLite. */
+export interface StoreSnapshot {
+  readonly plain: Buffer
+  readonly count: number
 }
 
 /** One object store's keys as an open reads them. */
@@ -252,18 +271,37 @@ const IXS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
   ]
 ]
 
-/** A store written before the `ixs` table: the table and its triggers, added in one transaction. */
+// A snapshot is dropped in the same SQLite transaction as any write to its store's records or index keys,
+// by whichever cara writes (the triggers live in the file), so one that exists describes the store as it is.
+const snapTrigger = (table: string, event: string, row: string) =>
+  `CREATE TRIGGER IF NOT EXISTS ${table}_snaps_${event.toLowerCase()} AFTER ${event} ON ${table} BEGIN DELETE FROM snaps WHERE store = ${row}.store; END`
+
+const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
+  ["snaps", "CREATE TABLE IF NOT EXISTS snaps (store BLOB PRIMARY KEY, snap BLOB NOT NULL) WITHOUT ROWID"],
+  ...(["records", "ixs"] as const).flatMap((table) =>
+    [["INSERT", "new"], ["UPDATE", "old"], ["DELETE", "old"]].map(([event, row]) =>
+      [`${table}_snaps_${event!.toLowerCase()}`, snapTrigger(table, event!, row!)] as const
+    )
+  )
+]
+
+const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA]
+
+/** A store written before the `ixs` or `snaps` table: the tables and their triggers, added in one transaction. */
 const addIndexTable = (db: DatabaseSync) => {
   const names = new Set(
     (db.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')").all() as Array<{ name: string }>)
       .map((r) => r.name)
   )
-  if (IXS_SCHEMA.every(([name]) => names.has(name))) return
+  if (STORE_SCHEMA.every(([name]) => names.has(name))) return
   db.exec("BEGIN IMMEDIATE")
   try {
-    // Rows kept while a trigger was missing may be stale: start the table over (an open rebuilds it).
-    if (names.has("ixs")) db.exec("DELETE FROM ixs")
-    for (const [, sql] of IXS_SCHEMA) db.exec(sql)
+    // Rows kept while one of their table's triggers was missing may be stale: start that table over (an
+    // open rebuilds `ixs`; a clean close writes `snaps`).
+    const complete = (schema: ReadonlyArray<readonly [string, string]>) => schema.every(([name]) => names.has(name))
+    if (names.has("ixs") && !complete(IXS_SCHEMA)) db.exec("DELETE FROM ixs")
+    if (names.has("snaps") && !complete(SNAPS_SCHEMA)) db.exec("DELETE FROM snaps")
+    for (const [, sql] of STORE_SCHEMA) db.exec(sql)
     db.exec("COMMIT")
   } catch (e) {
     if (db.isTransaction) db.exec("ROLLBACK")
@@ -282,7 +320,7 @@ const createSchema = (db: DatabaseSync, encrypted: boolean, cipher: CipherRecord
   )
   db.exec("CREATE INDEX records_store ON records (store)")
   db.exec("CREATE INDEX records_db ON records (db)")
-  for (const [, sql] of IXS_SCHEMA) db.exec(sql)
+  for (const [, sql] of STORE_SCHEMA) db.exec(sql)
   const format: FormatRecord = { format: FORMAT_VERSION, encrypted }
   db.prepare("INSERT INTO kv (key, value) VALUES ('format', ?)").run(Buffer.from(JSON.stringify(format)))
   if (cipher !== undefined) {
@@ -310,7 +348,14 @@ export class SqliteFile {
   private readonly storeIds = new Map<string, { readonly db: Buffer; readonly store: Buffer }>()
   /** The data key (also the Rust store's storageKey for the crypto file); undefined when unencrypted. */
   readonly dataKey: Buffer | undefined
-  readonly stats: SqliteFileStats = { commits: 0, rowsWritten: 0, unchangedPuts: 0, indexKeysRebuilt: 0 }
+  readonly stats: SqliteFileStats = {
+    commits: 0,
+    rowsWritten: 0,
+    unchangedPuts: 0,
+    indexKeysRebuilt: 0,
+    snapshotsRead: 0,
+    snapshotsWritten: 0
+  }
   private closed = false
 
   private constructor(db: DatabaseSync, file: string, role: string, dataKey: Buffer | undefined) {
@@ -555,6 +600,55 @@ export class SqliteFile {
       return true
     })
     this.stats.indexKeysRebuilt += rebuilt.length
+  }
+
+  /**
+   * One store's snapshot, authenticated (or checksummed), with the store's record count; undefined when
+   * there is none, or it does not open (the caller then scans `ixs`). Never throws for a bad snapshot.
+   */
+  readSnapshot(db: string, store: string): StoreSnapshot | undefined {
+    if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
+    const id = storeId(this.keys, db, store)
+    let row: { snap: Uint8Array } | undefined
+    try {
+      row = this.db.prepare("SELECT snap FROM snaps WHERE store = ?").get(id) as { snap: Uint8Array } | undefined
+    } catch {
+      return undefined
+    }
+    if (row === undefined) return undefined
+    const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
+    if (plain === undefined) return undefined
+    const count = this.readingRows(() =>
+      this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }
+    )
+    return { plain, count: count.n }
+  }
+
+  /** Counts a snapshot the open used (stats). */
+  snapshotUsed(): void {
+    this.stats.snapshotsRead++
+  }
+
+  /**
+   * Replaces every snapshot of this file by the given ones (plaintexts by database and store), in one
+   * SQLite transaction; a store not given has none afterwards. Not counted in `commits`.
+   */
+  writeSnapshots(snapshots: ReadonlyArray<{ readonly db: string; readonly store: string; readonly plain: Buffer }>) {
+    if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
+    const insert = this.db.prepare("INSERT OR REPLACE INTO snaps (store, snap) VALUES (?, ?)")
+    this.begin.run()
+    try {
+      this.db.exec("DELETE FROM snaps")
+      for (const s of snapshots) {
+        const id = storeId(this.keys, s.db, s.store)
+        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain))
+      }
+      this.end.run()
+      this.stats.snapshotsWritten += snapshots.length
+    } catch (e) {
+      if (this.db.isTransaction) this.db.exec("ROLLBACK")
+      throw e
+    }
   }
 
   /** A record's [key, index keys] from its `ixs` row, or undefined when that is damaged or for another index list. */
