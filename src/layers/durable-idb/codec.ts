@@ -128,41 +128,53 @@ export const openBlob = (key: Buffer | undefined, aad: Buffer, sealed: Uint8Arra
 export const serialize = (value: unknown): Buffer => v8.serialize(value)
 export const deserialize = (buf: Buffer): unknown => v8.deserialize(buf)
 
+/**
+ * A versioned blob bound to a row or store id and a purpose `tag`:
+ *   [1 byte version][body]
+ *   body, with a data key: sealBlob(plain), associated data = id + tag (a blob of another row or purpose
+ *   cannot stand in)
+ *   body, without one: plain + the first `sumBytes` of SHA-256(id, tag, plain) (catches damage and truncation)
+ * `open` gives undefined for another version, a truncated or a damaged blob.
+ */
+const boundBlob = (tag: string, version: number, sumBytes: number) => {
+  const aad = (id: Buffer) => Buffer.concat([id, Buffer.from(tag)])
+  const sum = (id: Buffer, plain: Buffer) =>
+    crypto.createHash("sha256").update(aad(id)).update(plain).digest().subarray(0, sumBytes)
+  const seal = (key: Buffer | undefined, id: Buffer, plain: Buffer): Buffer => {
+    const body = key === undefined ? Buffer.concat([plain, sum(id, plain)]) : sealBlob(key, aad(id), plain)
+    return Buffer.concat([Buffer.of(version), body])
+  }
+  const open = (key: Buffer | undefined, id: Buffer, blob: Uint8Array): Buffer | undefined => {
+    const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength)
+    if (buf.length < 1 || buf[0] !== version) return undefined
+    const body = buf.subarray(1)
+    if (key !== undefined) {
+      try {
+        return openBlob(key, aad(id), body)
+      } catch {
+        return undefined
+      }
+    }
+    if (body.length < sumBytes) return undefined
+    const plain = body.subarray(0, body.length - sumBytes)
+    return sum(id, plain).equals(body.subarray(body.length - sumBytes)) ? plain : undefined
+  }
+  return { seal, open }
+}
+
 // Index-key blobs (the `ixs` table, sqliteFile.ts): a record's primary key and the index keys of its value,
 // stored beside the value so an open rebuilds keys and index entries without unsealing or decoding a value.
-//   [1 byte version][body]
-//   body, with a data key: sealBlob(plain), associated data = row id + "ix" (a value blob cannot stand in)
-//   body, without one: plain + the first 8 bytes of SHA-256(row id, "ix", plain) (catches damage)
-//   plain: serialize([signature of the store's index list, primary key, index keys in that list's order])
-const IX_VERSION = 1
-const IX_SUM = 8
+// Bound to the record's row id, tag "ix", version 1, an 8-byte sum without a data key;
+// plain: serialize([signature of the store's index list, primary key, index keys in that list's order]).
+const indexBlob = boundBlob("ix", 1, 8)
+export const sealIndexBlob = indexBlob.seal
+export const openIndexBlob = indexBlob.open
 
-const ixAad = (id: Buffer) => Buffer.concat([id, Buffer.from("ix")])
-
-const ixSum = (id: Buffer, plain: Buffer) =>
-  crypto.createHash("sha256").update(ixAad(id)).update(plain).digest().subarray(0, IX_SUM)
-
-export const sealIndexBlob = (key: Buffer | undefined, id: Buffer, plain: Buffer): Buffer => {
-  const body = key === undefined ? Buffer.concat([plain, ixSum(id, plain)]) : sealBlob(key, ixAad(id), plain)
-  return Buffer.concat([Buffer.of(IX_VERSION), body])
-}
-
-/** The plaintext of an index-key blob, or undefined when it is of another version, truncated or damaged. */
-export const openIndexBlob = (key: Buffer | undefined, id: Buffer, blob: Uint8Array): Buffer | undefined => {
-  const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength)
-  if (buf.length < 1 || buf[0] !== IX_VERSION) return undefined
-  const body = buf.subarray(1)
-  if (key !== undefined) {
-    try {
-      return openBlob(key, ixAad(id), body)
-    } catch {
-      return undefined
-    }
-  }
-  if (body.length < IX_SUM) return undefined
-  const plain = body.subarray(0, body.length - IX_SUM)
-  return ixSum(id, plain).equals(body.subarray(body.length - IX_SUM)) ? plain : undefined
-}
+// Snapshot blobs (the `snaps` table, sqliteFile.ts): one object store's sorted keys and index entries.
+// Bound to the store's id, tag "snap", version 1, the whole 32-byte sum without a data key.
+const snapshotBlob = boundBlob("snap", 1, 32)
+export const sealSnapshotBlob = snapshotBlob.seal
+export const openSnapshotBlob = snapshotBlob.open
 
 /** A short name of a store's index list (names, key paths, multiEntry): index keys stored under another are stale. */
 export const indexSignature = (
@@ -170,37 +182,3 @@ export const indexSignature = (
 ): string =>
   crypto.createHash("sha256").update(JSON.stringify(indexes.map((i) => [i.name, i.keyPath, i.multiEntry])))
     .digest("base64").slice(0, 12)
-
-// Snapshot blobs (the `snaps` table, sqliteFile.ts): one object store's sorted keys and index entries.
-//   [1 byte version][body]
-//   body, with a data key: sealBlob(plain), associated data = store id + "snap"
-//   body, without one: plain + SHA-256(store id, "snap", plain) (catches damage and truncation)
-const SNAP_VERSION = 1
-const SNAP_SUM = 32
-
-const snapAad = (store: Buffer) => Buffer.concat([store, Buffer.from("snap")])
-
-const snapSum = (store: Buffer, plain: Buffer) =>
-  crypto.createHash("sha256").update(snapAad(store)).update(plain).digest()
-
-export const sealSnapshotBlob = (key: Buffer | undefined, store: Buffer, plain: Buffer): Buffer => {
-  const body = key === undefined ? Buffer.concat([plain, snapSum(store, plain)]) : sealBlob(key, snapAad(store), plain)
-  return Buffer.concat([Buffer.of(SNAP_VERSION), body])
-}
-
-/** The plaintext of a snapshot blob, or undefined when it is of another version, truncated or damaged. */
-export const openSnapshotBlob = (key: Buffer | undefined, store: Buffer, blob: Uint8Array): Buffer | undefined => {
-  const buf = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength)
-  if (buf.length < 1 || buf[0] !== SNAP_VERSION) return undefined
-  const body = buf.subarray(1)
-  if (key !== undefined) {
-    try {
-      return openBlob(key, snapAad(store), body)
-    } catch {
-      return undefined
-    }
-  }
-  if (body.length < SNAP_SUM) return undefined
-  const plain = body.subarray(0, body.length - SNAP_SUM)
-  return snapSum(store, plain).equals(body.subarray(body.length - SNAP_SUM)) ? plain : undefined
-}
