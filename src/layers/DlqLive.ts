@@ -127,6 +127,9 @@ const PRIORITY: Record<DlqErrorKind, number> = {
   "matrix-runtime-unavailable": 0
 }
 
+/** A record's first retry after it is appended (the next ones follow `replayBackoffMs`). */
+const APPEND_RETRY_MS = 5_000
+
 const EMPTY_REPORT: DlqReplayReport = { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
 
 /** What every part of the live DLQ shares: its files, its locks, its keys and its in-memory state. */
@@ -143,6 +146,8 @@ interface DlqCore {
     capLatchedAt: number | undefined
     durabilityError: string | undefined
     dispatcher: DlqDispatcher | undefined
+    /** When records appended since the last automatic round are first retried (epoch ms). */
+    appendRetryAt: number | undefined
   }
   readonly key: Effect.Effect<Option.Option<DlqKey>, DlqError>
   readonly legacyKeys: Effect.Effect<LegacyKeys | undefined>
@@ -183,7 +188,7 @@ const makeCore = (options: DlqOptions) =>
       corruptFile: stateDir.resolve(DLQ_CORRUPT_FILE),
       io: yield* Effect.makeSemaphore(1),
       backoff: new Map<string, Backoff>(),
-      state: { capLatchedAt: undefined, durabilityError: undefined, dispatcher: undefined },
+      state: { capLatchedAt: undefined, durabilityError: undefined, dispatcher: undefined, appendRetryAt: undefined },
       key,
       legacyKeys,
       readLines: Effect.map(readNoFollow(stateDir, DLQ_FILE), splitLines),
@@ -294,10 +299,16 @@ const makeAppend = (core: DlqCore, count: Effect.Effect<number, DlqError>) => {
       const what = outbound ? "Matrix reply that could not be sent" : "Matrix inbound event"
       yield* Effect.logWarning(
         r.right
-          ? `${what} moved to the DLQ; it is replayed after the next successful sync`
+          ? `${what} moved to the DLQ; it is retried in ${APPEND_RETRY_MS / 1000} s and after every successful sync`
           : `${what} failed again; it is already in the DLQ`
       ).pipe(Effect.annotateLogs({ dlqId: recordIdOf(record) }))
       yield* count.pipe(Effect.flatMap(core.setCount), Effect.ignore)
+      // a first retry soon, not only at the next sync (in a quiet room the long poll returns every 30 s)
+      const retryAt = (yield* Clock.currentTimeMillis) + APPEND_RETRY_MS
+      const pending = core.state.appendRetryAt
+      core.state.appendRetryAt = pending === undefined ? retryAt : Math.min(pending, retryAt)
+      const wake = core.state.dispatcher?.wake
+      if (wake !== undefined) yield* wake
     }).pipe(Effect.withSpan("Dlq.append"))
   return { append, clearDurabilityError: clear }
 }
@@ -492,6 +503,8 @@ const makeRunReplay =
   (core: DlqCore, decodeAll: ReturnType<typeof decodeAllOf>, clearDurabilityError: Effect.Effect<void>) =>
   (select: (id: string) => boolean, automatic: boolean) =>
     Effect.gen(function*() {
+      // this round reads every record appended so far: their first retry is this one
+      if (automatic) core.state.appendRetryAt = undefined
       const { decoded, keyError, keyValue } = yield* decodeAll
       const pass: ReplayPass = {
         gone: [],
@@ -502,6 +515,9 @@ const makeRunReplay =
         report: { replayed: 0, failed: 0, dropped: 0, quarantined: 0, deferred: 0, remaining: 0 }
       }
       yield* replayLines(core, decoded, keyValue, select, automatic, pass)
+      // a record gone from the file (purged, replayed by the operator) keeps no backoff: no wake-up for it
+      const present = new Set(decoded.flatMap(({ d }) => (d._tag === "Record" ? [recordIdOf(d.record)] : [])))
+      for (const id of core.backoff.keys()) if (!present.has(id)) core.backoff.delete(id)
       const remaining = yield* settlePass(core, pass)
       const report = { ...pass.report, remaining }
       if (report.replayed > 0) {
@@ -570,7 +586,11 @@ const makeReplay = (
     // stack trace, was ~5 % of a backlog's CPU in the profile; docs/benchmarks.md)
     const replayDue = Effect.suspend(() =>
       !existsSync(core.file)
-        ? Effect.succeed(EMPTY_REPORT)
+        ? Effect.sync(() => {
+          core.backoff.clear()
+          core.state.appendRetryAt = undefined
+          return EMPTY_REPORT
+        })
         : replaying.withPermits(1)(runReplay(() => true, true))
     ).pipe(Effect.withSpan("Dlq.replayDue"))
     return { replay, replayDue }
@@ -634,6 +654,11 @@ export const makeDlq = (options: DlqOptions) =>
       ...makeReads(core, decodeAll),
       replay,
       replayDue,
+      nextRetryAt: Effect.sync(() => {
+        let next = core.state.appendRetryAt
+        for (const b of core.backoff.values()) if (next === undefined || b.nextAt < next) next = b.nextAt
+        return Option.fromNullable(next)
+      }),
       purge: makePurge(core),
       count,
       register

@@ -1,4 +1,4 @@
-import { Context, type Effect, type Scope } from "effect"
+import { Context, type Effect, type Option, type Scope } from "effect"
 import type { DlqDetail, DlqError, DlqRecord, DlqRecordNotFound, DlqReplayReport, DlqSummary } from "../domain/dlq.js"
 
 /**
@@ -16,6 +16,8 @@ export interface DlqDispatcher {
    * homeserver is not posted twice; returns once it is sent.
    */
   readonly resend: (record: DlqRecord) => Effect.Effect<void, DlqError>
+  /** Called after a record is appended: the runtime schedules a round at `nextRetryAt`. */
+  readonly wake?: Effect.Effect<void>
 }
 
 export interface DlqListing {
@@ -43,6 +45,11 @@ export interface DlqShape {
   readonly replay: (selector: DlqSelector) => Effect.Effect<DlqReplayReport, DlqError | DlqRecordNotFound>
   /** Automatic replay after a successful sync: only records whose backoff has expired. */
   readonly replayDue: Effect.Effect<DlqReplayReport, DlqError>
+  /**
+   * When the earliest record held back by its backoff is due again (epoch ms), if any: the runtime replays
+   * then too, so a retry does not wait for the next sync (up to the long poll's 30 s in a quiet room).
+   */
+  readonly nextRetryAt: Effect.Effect<Option.Option<number>>
   readonly purge: (selector: DlqSelector) => Effect.Effect<number, DlqError | DlqRecordNotFound>
   /** Exact number of non-empty lines in the live file. */
   readonly count: Effect.Effect<number, DlqError>

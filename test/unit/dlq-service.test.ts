@@ -18,10 +18,13 @@ import {
 import { AuditLive } from "../../src/layers/AuditLive.js"
 import { ChannelStatusWithMatrix } from "../../src/layers/ChannelStatusLive.js"
 import { dlqKeyedStore, makeDlq } from "../../src/layers/DlqLive.js"
+import { registerDlq } from "../../src/layers/matrix/dlq.js"
 import { MetricsLive } from "../../src/layers/MetricsLive.js"
 import { makeStateDir } from "../../src/layers/StateDirLive.js"
 import { ChannelStatus } from "../../src/services/ChannelStatus.js"
 import { Dlq, type DlqDispatcher } from "../../src/services/Dlq.js"
+import { Inbound, type InboundShape } from "../../src/services/Inbound.js"
+import { MatrixSettings } from "../../src/services/MatrixSync.js"
 import { Metrics } from "../../src/services/Metrics.js"
 import { StateDir } from "../../src/services/StateDir.js"
 import { legacyLine } from "../support/dlq-fixtures.js"
@@ -555,4 +558,91 @@ describe("Dlq purge with no Matrix state (#16.9)", () => {
       }).pipe(Effect.provide(layerAt(root, key)))
     })
   }
+})
+
+describe("Dlq retry at the end of a record's backoff (the runtime's wake-up, src/layers/matrix/dlq.ts)", () => {
+  // the runtime's replay trigger over the live DLQ, with an Inbound whose redeliver fails while `failing` holds
+  const runtimeLayer = (root: string, failing: Set<string>, got: Array<string>) => {
+    const inbound = Layer.succeed(Inbound, {
+      redeliver: (r: DlqRecord) =>
+        Effect.suspend(() => {
+          got.push(r.eventId)
+          return failing.has(r.eventId)
+            ? Effect.fail(new DlqError({ kind: "dlq-dispatch-failure", message: "session write failed" }))
+            : Effect.void
+        }),
+      resend: () => Effect.void
+    } as unknown as InboundShape)
+    const settings = Layer.succeed(
+      MatrixSettings,
+      { autoJoin: { allowUsers: ["@alice:example.org"], allowServerNames: [] } } as never
+    )
+    return Layer.mergeAll(layerAt(root), inbound, settings)
+  }
+  /** Lets the forked replay rounds (real file I/O) run after a clock step: 200 ms of real time. */
+  const settle = Effect.promise(() => new Promise<void>((r) => setTimeout(r, 200)))
+
+  it.scoped("a failed record is retried when its backoff ends, with no sync in between; nothing is left to wake for", () => {
+    const root = tempRoot()
+    const failing = new Set([rec(1).eventId])
+    const got: Array<string> = []
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      yield* dlq.append(rec(1))
+      const replay = yield* registerDlq
+      yield* replay // the sync-triggered round: the dispatch fails, backoff 5 s
+      yield* settle
+      expect(got).toEqual([rec(1).eventId])
+      expect(yield* dlq.nextRetryAt).toEqual(Option.some(5_000))
+      yield* TestClock.adjust("4 seconds")
+      yield* settle
+      expect(got).toHaveLength(1)
+      failing.clear()
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      // the wake-up's round replayed it: no sync was needed
+      expect(got).toEqual([rec(1).eventId, rec(1).eventId])
+      expect(lines(dlqFile(root))).toEqual([])
+      expect(yield* dlq.nextRetryAt).toEqual(Option.none())
+    }).pipe(Effect.provide(runtimeLayer(root, failing, got)))
+  })
+
+  it.scoped("a record appended while the runtime runs is first retried 5 s later, not at the next sync", () => {
+    const root = tempRoot()
+    const got: Array<string> = []
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      yield* registerDlq
+      yield* dlq.append(rec(1))
+      expect(yield* dlq.nextRetryAt).toEqual(Option.some(5_000))
+      yield* TestClock.adjust("4 seconds")
+      yield* settle
+      expect(got).toEqual([])
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      expect(got).toEqual([rec(1).eventId])
+      expect(lines(dlqFile(root))).toEqual([])
+      expect(yield* dlq.nextRetryAt).toEqual(Option.none())
+    }).pipe(Effect.provide(runtimeLayer(root, new Set(), got)))
+  })
+
+  it.scoped("a record purged while it waits leaves no backoff behind (no wake-up loop)", () => {
+    const root = tempRoot()
+    const got: Array<string> = []
+    return Effect.gen(function*() {
+      const dlq = yield* Dlq
+      yield* dlq.append(rec(1))
+      yield* dlq.append(rec(2))
+      const replay = yield* registerDlq
+      yield* replay
+      yield* settle
+      expect(Option.isSome(yield* dlq.nextRetryAt)).toBe(true)
+      // the operator removes the file by hand: the next round forgets both backoffs
+      fs.rmSync(dlqFile(root))
+      yield* TestClock.adjust("5 seconds")
+      yield* settle
+      expect(yield* dlq.nextRetryAt).toEqual(Option.none())
+      expect(got).toHaveLength(2)
+    }).pipe(Effect.provide(runtimeLayer(root, new Set([rec(1).eventId, rec(2).eventId]), got)))
+  })
 })
