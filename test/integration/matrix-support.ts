@@ -5,6 +5,7 @@ import { Effect, Exit, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { cleanEnv, type RunningDaemon, startDaemon, type StartDaemonOptions, tempStateDir } from "../support/cli.js"
+import { traceWait } from "../support/eventually.js"
 import { fakeAnthropic, type FakeLlmServer } from "../support/fake-llm.js"
 import type { RegisteredUser, SharedSynapse } from "../support/synapse/index.js"
 
@@ -56,9 +57,11 @@ export class Bot {
     waitFor: RegExp = /Matrix client synced/,
     options: StartDaemonOptions = {}
   ): Promise<void> {
+    const startedAt = Date.now()
     this.running = await startDaemon({ ...this.env, ...extraEnv }, 60_000, options)
     this.offset = 0
     await this.waitForLog(waitFor, 60_000)
+    traceWait(`bot start until ${waitFor}`, startedAt)
   }
 
   output(): string {
@@ -69,14 +72,18 @@ export class Bot {
   async waitForLog(re: RegExp, timeoutMs = 30_000): Promise<RegExpExecArray> {
     const running = this.running
     if (running === undefined) throw new Error("the bot is not running")
-    const deadline = Date.now() + timeoutMs
+    const startedAt = Date.now()
+    const deadline = startedAt + timeoutMs
     let exited = false
     void running.exited.then(() => {
       exited = true
     })
     for (;;) {
       const m = re.exec(running.output().slice(this.offset))
-      if (m) return m
+      if (m) {
+        traceWait(`log ${re}`, startedAt)
+        return m
+      }
       if (exited) throw new Error(`daemon exited while waiting for ${re}:\n${running.output().slice(-6000)}`)
       if (Date.now() > deadline) {
         throw new Error(`timed out waiting for ${re} in the daemon output:\n${running.output().slice(-6000)}`)
@@ -89,8 +96,11 @@ export class Bot {
     const running = this.running
     if (running === undefined) return { code: 0, signal: null }
     this.running = undefined
+    const startedAt = Date.now()
     running.child.kill(signal)
-    return running.exited
+    const exit = await running.exited
+    traceWait(`bot stop (${signal})`, startedAt)
+    return exit
   }
 
   async status(): Promise<Record<string, unknown> | undefined> {

@@ -4,6 +4,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, afterEach, beforeAll } from "vitest"
+import { traceWait } from "../support/eventually.js"
 import type { FakeLlmServer } from "../support/fake-llm.js"
 import { Human, type ReceivedMessage } from "../support/human.js"
 import type { SharedSynapse } from "../support/synapse/index.js"
@@ -49,10 +50,12 @@ export const useMatrixWorld = (hs: SharedSynapse) => {
     },
     /** A fresh account with an Element-like client, synced. */
     human: async (): Promise<Human> => {
+      const startedAt = Date.now()
       const u = await hs.registerUser()
       const h = await Human.login(hs.baseUrl, u.userId, u.password)
       humans.push(h)
       await h.start()
+      traceWait("a human registered, logged in and synced", startedAt)
       return h
     },
     /** A fresh bot account and config; not started. */

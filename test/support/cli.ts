@@ -2,6 +2,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { traceWait } from "./eventually.js"
 
 /** The built CLI (`npm test` builds dist/ before vitest runs). */
 export const CLI = path.resolve("dist/cli/bin.js")
@@ -15,8 +16,12 @@ export const cleanEnv = (stateDir: string, extra: Record<string, string> = {}): 
   return { ...env, CARAPACE_STATE_DIR: stateDir, ...extra }
 }
 
-export const runCli = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, input?: string) =>
-  spawnSync(process.execPath, [CLI, ...args], { env, encoding: "utf8", input: input ?? "", timeout: 60_000 })
+export const runCli = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, input?: string) => {
+  const startedAt = Date.now()
+  const r = spawnSync(process.execPath, [CLI, ...args], { env, encoding: "utf8", input: input ?? "", timeout: 60_000 })
+  traceWait(`cara ${args.join(" ")}`, startedAt)
+  return r
+}
 
 export interface RunningDaemon {
   readonly child: ChildProcess

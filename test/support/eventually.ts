@@ -23,14 +23,27 @@ export const eventually = async <A>(
   options: EventuallyOptions = {}
 ): Promise<A> => {
   const timeoutMs = options.timeoutMs ?? 30_000
-  const deadline = Date.now() + timeoutMs
+  const startedAt = Date.now()
+  const deadline = startedAt + timeoutMs
   for (;;) {
     const answer = await probe()
-    if (answer !== undefined && answer !== null && answer !== false) return answer as A
+    if (answer !== undefined && answer !== null && answer !== false) {
+      traceWait(what, startedAt)
+      return answer as A
+    }
     if (Date.now() > deadline) {
       const context = options.context?.()
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${context ? `:\n${context}` : ""}`)
     }
     await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 200))
   }
+}
+
+/**
+ * `CARA_TEST_TRACE=1`: every wait of a test prints how long it took (on stderr), to find where a slow test
+ * spends its time.
+ */
+export const traceWait = (what: string, startedAt: number): void => {
+  if (process.env["CARA_TEST_TRACE"] !== "1") return
+  process.stderr.write(`[wait] ${Date.now() - startedAt} ms: ${what}\n`)
 }
