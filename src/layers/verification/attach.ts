@@ -1,5 +1,5 @@
 import { Duration, Effect, Option, Ref, Schedule, type Scope } from "effect"
-import { ClientEvent, type MatrixEvent, SyncState } from "matrix-js-sdk"
+import { ClientEvent, KnownMembership, type MatrixClient, type MatrixEvent, SyncState } from "matrix-js-sdk"
 import { CryptoEvent, type VerificationRequest } from "matrix-js-sdk/lib/crypto-api/index.js"
 import { isTerminal, sanitizeDisplay, sanitizeUserId } from "../../domain/verification.js"
 import { isFinishedPhase } from "../../domain/verificationState.js"
@@ -75,9 +75,27 @@ const knownDevices = (a: VerificationAttachment, users: ReadonlyArray<string>) =
       Effect.orElseSucceed(() => new Set<string>())
     )
 
-/** The periodic refresh; a device it finds is logged (the person can verify it from now on). */
-const refreshAllowed = (a: VerificationAttachment, users: ReadonlyArray<string>) =>
+/**
+ * The users whose new devices no sync would announce: those joined to no room the bot is joined to (Synapse
+ * sends `device_lists.changed` only about users who share a room). A member the client has not loaded counts
+ * as not sharing one, so that user is refreshed.
+ */
+export const unannouncedUsers = (
+  client: Pick<MatrixClient, "getRooms">,
+  users: ReadonlyArray<string>
+): ReadonlyArray<string> => {
+  const joined = client.getRooms().filter((r) => r.getMyMembership() === KnownMembership.Join)
+  return users.filter((u) => !joined.some((r) => r.getMember(u)?.membership === KnownMembership.Join))
+}
+
+/**
+ * The periodic refresh, for the users a sync would not tell about (an idle bot whose people all share a room
+ * with it sends nothing); a device it finds is logged (the person can verify it from now on).
+ */
+const refreshAllowed = (a: VerificationAttachment, allowed: ReadonlyArray<string>) =>
   Effect.gen(function*() {
+    const users = unannouncedUsers(a.client, allowed)
+    if (users.length === 0) return
     const before = yield* knownDevices(a, users)
     yield* Effect.tryPromise(() => refreshUsers(a.client, users)).pipe(Effect.timeout(SDK_TIMEOUT))
     if (before.size === 0) return
