@@ -133,6 +133,18 @@ export const mayRedact = (text: string, candidates: ReadonlyArray<string>): bool
   return false
 }
 
+/** Prints a command's text; a rendering that throws (a timestamp out of range) is the full path's to report. */
+const printText = (render: () => string): boolean => {
+  let text: string
+  try {
+    text = render()
+  } catch {
+    return false
+  }
+  process.stdout.write(text + "\n")
+  return true
+}
+
 /** Writes a failure's stderr text (exit code 1) unless the redactor could change it. */
 const printFailure = (target: LiteTarget, text: string): boolean => {
   if (mayRedact(text, target.secretCandidates)) return false
@@ -150,10 +162,7 @@ const single = async <A>(
 ): Promise<boolean> => {
   const o = outcome<A>(await get(target, path, 10_000), shape, [401, 503])
   if (o === undefined) return false
-  if ("ok" in o) {
-    process.stdout.write(print(o.ok) + "\n")
-    return true
-  }
+  if ("ok" in o) return printText(() => print(o.ok))
   const { kind, message } = withRemediation(o.failed, "gateway-call-failed")
   return printFailure(target, failureText(message, kind))
 }
@@ -187,8 +196,7 @@ const status = async (target: LiteTarget, json: boolean): Promise<boolean> => {
   const part = await controlPart(control)
   if (part === undefined) return false
   const view: StatusView = { address, health: health.ok, ...part, authOff: false }
-  process.stdout.write((json ? renderStatusViewJson(view) : renderStatusView(view)) + "\n")
-  return true
+  return printText(() => json ? renderStatusViewJson(view) : renderStatusView(view))
 }
 
 /**
