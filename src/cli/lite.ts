@@ -209,6 +209,11 @@ export const runLite = async (
   env: NodeJS.ProcessEnv = process.env
 ): Promise<boolean> => {
   if (env["CARA_LITE"] === "off") return false
+  // everything prints last, once sure: an unforeseen error before that is the full path's to report
+  return answer(command, flags, env).catch(() => false)
+}
+
+const answer = async (command: DirectCommand, flags: PlainFlags, env: NodeJS.ProcessEnv): Promise<boolean> => {
   const target = await liteTarget(flags, env, command === "status")
   if (target === undefined) return false
   switch (command) {
