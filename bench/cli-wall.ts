@@ -1,11 +1,16 @@
 // Wall time of the `cara` command line, next to `node -e 0` measured in the same run (the floor: Node's own
 // start on this machine). BENCH_CLI_RUNS (15) runs of each, interleaved so load changes hit all alike, after
 // two warm-ups (page cache). `cara status`, `cara matrix dlq list`, `cara matrix verifications` and `cara matrix
-// devices` talk to a running daemon (one bot on a fresh Synapse), as an operator's would; `statusTree` is
-// `cara status` parsed by the full @effect/cli tree (CARA_DIRECT=off skips src/cli/direct.ts). Target (issue 19 §5):
+// devices` talk to a running daemon (one bot on a fresh Synapse), as an operator's would, and take the start
+// without Effect (src/cli/lite.ts); `statusDirect` / `verificationsDirect` are the same commands on the Effect
+// start of src/cli/direct.ts (CARA_LITE=off: the path they took before lite.ts), `statusTree` `cara status` parsed
+// by the full @effect/cli tree (CARA_DIRECT=off). Target (issue 19 §5):
 // ≤ 250 ms and ≤ 5 × `node -e 0`.
 // Run: `npm run bench -- cli-wall` or `node_modules/.bin/vite-node bench/cli-wall.ts`.
 import { spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { CLI } from "../test/support/cli.js"
 import { emit, envNumber, log, percentile, round, world } from "./_matrix-lib.js"
 
@@ -42,17 +47,43 @@ const main = async () => {
       dlqList: [CLI, "matrix", "dlq", "list", "--port", port],
       verifications: [CLI, "matrix", "verifications", "--port", port],
       devices: [CLI, "matrix", "devices", "--port", port],
-      // the same command through the full @effect/cli tree (CARA_DIRECT=off)
+      // the same commands on the Effect start (CARA_LITE=off), and through the full @effect/cli tree (CARA_DIRECT=off)
+      statusDirect: [CLI, "status", "--port", port],
+      verificationsDirect: [CLI, "matrix", "verifications", "--port", port],
       statusTree: [CLI, "status", "--port", port]
     }
+    const envOf = (name: string): NodeJS.ProcessEnv =>
+      name === "statusTree"
+        ? { ...env, CARA_DIRECT: "off" }
+        : name.endsWith("Direct")
+        ? { ...env, CARA_LITE: "off" }
+        : env
     const times: Record<string, Array<number>> = Object.fromEntries(Object.keys(commands).map((k) => [k, []]))
     log(`${RUNS} runs of ${Object.keys(commands).join(", ")}`)
     for (let i = -2; i < RUNS; i++) {
       for (const [name, args] of Object.entries(commands)) {
-        const ms = wallMs(args, name === "statusTree" ? { ...env, CARA_DIRECT: "off" } : env)
+        const ms = wallMs(args, envOf(name))
         if (i >= 0) times[name]!.push(ms)
       }
     }
+    // which start answered each command (bench/_module-trace.mjs): lite.ts, or the Effect start of direct.ts
+    const traceFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "cli-wall-")), "trace.json")
+    const startOf = (name: string) => {
+      wallMs(commands[name]!, {
+        ...envOf(name),
+        NODE_OPTIONS: `--import=${path.resolve("bench/_module-trace.mjs")}`,
+        CARA_BENCH_MODULE_TRACE: traceFile
+      })
+      const urls = (JSON.parse(fs.readFileSync(traceFile, "utf8")) as Array<[string, unknown]>).map(([u]) => u)
+      return urls.some((u) => /\/direct-[A-Z0-9]+\.js$/.test(u))
+        ? "direct"
+        : urls.some((u) => /\/lite-[A-Z0-9]+\.js$/.test(u))
+        ? "lite"
+        : "other"
+    }
+    const starts = Object.fromEntries(
+      ["status", "statusJson", "dlqList", "verifications", "devices", "statusDirect"].map((n) => [n, startOf(n)])
+    )
     const p50 = (name: string) => round(percentile(times[name]!, 50))
     const floor = p50("nodeE0")
     const figures = Object.fromEntries(
@@ -64,6 +95,7 @@ const main = async () => {
       bench: "cli-wall",
       runs: RUNS,
       ...figures,
+      starts,
       note: "wall ms per command incl. Node start; overNode = p50 / p50 of `node -e 0`"
     })
   } finally {

@@ -72,9 +72,24 @@ const result = await esbuild.build({
       "import { createRequire as __caraCreateRequire } from \"node:module\"; const require = __caraCreateRequire(import.meta.url);"
   },
   plugins: [builtinsByRequire],
+  metafile: true,
   logLevel: "warning"
 })
 if (result.errors.length > 0) process.exit(1)
+
+// Which sources went into each output file and what it imports, for test/unit/cli-lite.test.ts: the start
+// without Effect (src/cli/lite.ts) must stay in chunks that never import Effect's.
+const graph = Object.fromEntries(
+  Object.entries(result.metafile.outputs).map(([file, o]) => [
+    path.basename(file),
+    {
+      ...(o.entryPoint !== undefined ? { entryPoint: path.relative(root, path.resolve(root, o.entryPoint)) } : {}),
+      inputs: Object.keys(o.inputs).map((i) => path.relative(root, path.resolve(root, i))),
+      imports: o.imports.map((i) => ({ path: i.external ? i.path : path.basename(i.path), kind: i.kind }))
+    }
+  ])
+)
+fs.writeFileSync(path.join(tmp, "bundle-graph.json"), JSON.stringify(graph))
 
 // The help of every command path, as the new bundle prints it, stored for bin.ts to print without the CLI
 // framework (src/cli/helpTable.ts). Run from the temporary directory, so the table always matches its bundle.

@@ -28,11 +28,15 @@ if (args.length === 1 && args[0] === "--version") {
   const { version } = await import("../version.js")
   process.stdout.write(`${version}\n`)
 } else if (!(await printStoredHelp(args))) {
-  // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts)
-  const { directArgs, runDirect } = await import("./direct.js")
-  const direct = directArgs(args)
-  if (direct !== undefined) runDirect(direct.command, direct.flags)
-  else (await import("./run.js")).run(process.argv)
+  // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts), and
+  // Effect too when lite.ts can be sure to print what they would
+  const { readDirectArgs } = await import("./directArgs.js")
+  const direct = readDirectArgs(args)
+  if (direct === undefined) (await import("./run.js")).run(process.argv)
+  else if (!(await (await import("./lite.js")).runLite(direct.command, direct.flags))) {
+    const { gatewayArgs, runDirect } = await import("./direct.js")
+    runDirect(direct.command, gatewayArgs(direct.flags))
+  }
 }
 
 async function printStoredHelp(argv: ReadonlyArray<string>): Promise<boolean> {

@@ -8,11 +8,10 @@ import { type Cause, Context, Effect, Layer, Option, type ParseResult, Redacted,
 import * as dns from "node:dns/promises"
 import * as http from "node:http"
 import * as https from "node:https"
-import * as net from "node:net"
 import { type ApiError, CaraApi } from "../domain/api.js"
 import type { CaraConfig } from "../domain/config.js"
 import { DEFAULT_GATEWAY_PORT } from "../domain/gateway.js"
-import { REMEDIATION, remediationFor, type RemediationKind } from "../domain/remediation.js"
+import { REMEDIATION, type RemediationKind } from "../domain/remediation.js"
 import type {
   InvalidVerificationUser,
   VerificationFailed,
@@ -24,6 +23,8 @@ import type {
 } from "../domain/verification.js"
 import { type ConfigEnv, loadConfigSnapshot } from "../layers/ConfigSecretsLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
+import { isLoopbackLiteral } from "./loopback.js"
+import { answeredLine, type Described, terminalSafe, withRemediation } from "./render.js"
 
 /** The CLI cannot talk to the gateway as asked; the message says what to change. */
 export class GatewayClientError extends Schema.TaggedError<GatewayClientError>()("GatewayClientError", {
@@ -40,12 +41,7 @@ export interface GatewayTarget {
   readonly config: Option.Option<CaraConfig>
 }
 
-/** A literal loopback address: 127.0.0.0/8 or ::1 (bracketed or not). Names other than `localhost` never are. */
-export const isLoopbackLiteral = (host: string): boolean => {
-  const bare = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
-  if (net.isIPv4(bare)) return bare.split(".")[0] === "127"
-  return net.isIPv6(bare) && (bare === "::1" || /^(0{1,4}:){7}0{0,3}1$/.test(bare) || bare === "0:0:0:0:0:0:0:1")
-}
+export { isLoopbackLiteral } from "./loopback.js"
 
 /**
  * Whether the bearer may go to `host`: a literal loopback address, or exactly `localhost` when every address
@@ -137,9 +133,7 @@ export const gatewayClient = (t: GatewayTarget) =>
     })
   }).pipe(Effect.provide(NodeHttpLive))
 
-/** Removes characters a terminal would interpret (escape sequences, bidi overrides) from daemon-supplied text. */
-export const terminalSafe = (s: string) =>
-  s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "")
+export { terminalSafe } from "./render.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors: every failure of a call, by its decoded class (Effect.catchTags), as one line with its kind and the
@@ -183,15 +177,10 @@ const API_ERROR_STATUS: { readonly [K in (ApiError | VerificationError)["_tag"]]
   VerificationTimeout: 504
 }
 
-interface Described {
-  readonly kind?: RemediationKind
-  readonly message: string
-}
-
 // An answer of the daemon's API reads as the seed writes it: `409 VerificationFlowNotReady: …`.
 const answered = (e: ApiError | VerificationError): Described => ({
   kind: e.kind,
-  message: `${API_ERROR_STATUS[e._tag]} ${e._tag}: ${terminalSafe(e.message)}`
+  message: answeredLine(API_ERROR_STATUS[e._tag], e._tag, e.message)
 })
 
 // fetch wraps the socket error (ECONNREFUSED, ...) a level or two down the cause chain.
@@ -270,13 +259,8 @@ export class GatewayCallError extends Schema.TaggedError<GatewayCallError>()("Ga
 
 type FallbackKind = "gateway-call-failed" | "verification-call-failed"
 
-const withAdvice = (d: Described, fallbackKind: FallbackKind): GatewayCallError => {
-  const advice = remediationFor(d.kind, d.message)
-  return new GatewayCallError({
-    kind: d.kind ?? fallbackKind,
-    message: advice === undefined ? d.message : `${d.message}\n  → ${advice}`
-  })
-}
+const withAdvice = (d: Described, fallbackKind: FallbackKind): GatewayCallError =>
+  new GatewayCallError(withRemediation(d, fallbackKind) as { kind: GatewayCallError["kind"]; message: string })
 
 /** `describeClientError` with the remediation appended: for callers holding an error value. */
 export const callError = (e: unknown, fallbackKind: FallbackKind = "gateway-call-failed"): GatewayCallError =>

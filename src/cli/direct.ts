@@ -4,9 +4,11 @@
 // this strict reading fully understands take this way: the exact command path, then `--json`, `--host H`
 // (`--host=H`), `--port N` (`--port=N`, `-p N`), each at most once. Anything else (another flag, a value
 // that looks like a flag, a repeated option, `--help`; or CARA_DIRECT=off) goes to @effect/cli, which parses and
-// reports as before. test/unit/cli-direct.test.ts checks that the two readings agree wherever this one answers.
+// reports as before. test/unit/cli-direct.test.ts checks that the two readings agree wherever this one answers. The
+// reading itself is directArgs.ts (no Effect); lite.ts answers these commands without Effect when it can.
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import { type DirectCommand, type PlainFlags, readDirectArgs, readGatewayFlags } from "./directArgs.js"
 import { runCommand } from "./runtime.js"
 
 /** The flags every command here takes, as @effect/cli hands them to the handler. */
@@ -16,40 +18,19 @@ export interface GatewayArgs {
   readonly json: boolean
 }
 
-/** The commands started directly, by their path as typed. */
-export const DIRECT_COMMANDS = ["status", "matrix dlq list", "matrix verifications", "matrix devices"] as const
-export type DirectCommand = typeof DIRECT_COMMANDS[number]
+export { DIRECT_COMMANDS, type DirectCommand } from "./directArgs.js"
 
-const PORT = /^(0|[1-9][0-9]{0,8})$/
+/** The plain reading as @effect/cli hands it to a handler. */
+export const gatewayArgs = (f: PlainFlags): GatewayArgs => ({
+  host: Option.fromNullable(f.host),
+  port: Option.fromNullable(f.port),
+  json: f.json
+})
 
 /** Reads `[host, port, json]` flags; `undefined` for anything this reading does not fully understand. */
 export const parseGatewayFlags = (words: ReadonlyArray<string>): GatewayArgs | undefined => {
-  let host: string | undefined
-  let port: number | undefined
-  let json = false
-  for (let i = 0; i < words.length; i++) {
-    const w = words[i]!
-    const eq = w.indexOf("=")
-    const [name, inline] = w.startsWith("--") && eq > 0 ? [w.slice(0, eq), w.slice(eq + 1)] : [w, undefined]
-    if (name === "--json" && inline === undefined && !json) {
-      json = true
-      continue
-    }
-    if ((name === "--host" || name === "--port" || (name === "-p" && inline === undefined))) {
-      const value = inline ?? words[++i]
-      if (value === undefined || value === "" || value.startsWith("-")) return undefined
-      if (name === "--host" && host === undefined) {
-        host = value
-        continue
-      }
-      if (name !== "--host" && port === undefined && PORT.test(value)) {
-        port = Number(value)
-        continue
-      }
-    }
-    return undefined
-  }
-  return { host: Option.fromNullable(host), port: Option.fromNullable(port), json }
+  const flags = readGatewayFlags(words)
+  return flags === undefined ? undefined : gatewayArgs(flags)
 }
 
 /** The command and its flags when `args` (argv without node and the script) can be run directly. */
@@ -57,14 +38,8 @@ export const directArgs = (
   args: ReadonlyArray<string>,
   env: NodeJS.ProcessEnv = process.env
 ): { readonly command: DirectCommand; readonly flags: GatewayArgs } | undefined => {
-  if (env["CARA_DIRECT"] === "off") return undefined
-  for (const command of DIRECT_COMMANDS) {
-    const path = command.split(" ")
-    if (args.length < path.length || path.some((w, i) => args[i] !== w)) continue
-    const flags = parseGatewayFlags(args.slice(path.length))
-    return flags === undefined ? undefined : { command, flags }
-  }
-  return undefined
+  const direct = readDirectArgs(args, env)
+  return direct === undefined ? undefined : { command: direct.command, flags: gatewayArgs(direct.flags) }
 }
 
 type Handler = (flags: GatewayArgs) => Effect.Effect<void, unknown, never>

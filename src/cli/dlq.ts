@@ -1,7 +1,8 @@
 import { Console, Effect, Option, Schema } from "effect"
 import * as readline from "node:readline"
 import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
-import { gatewayCall, GatewayClient, terminalSafe } from "./client.js"
+import { gatewayCall, GatewayClient } from "./client.js"
+import { dlqListText, terminalSafe } from "./render.js"
 
 /** A `cara matrix dlq` command refused before its call (a failed call is a GatewayCallError). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -17,30 +18,7 @@ interface Target {
 
 const when = (ms: number) => new Date(ms).toISOString()
 
-export const renderList = (records: ReadonlyArray<DlqSummary>, undecodable: number): string => {
-  if (records.length === 0 && undecodable === 0) return "The inbound DLQ is empty."
-  const lines = [
-    `${records.length} record(s) in the inbound DLQ${undecodable > 0 ? `, ${undecodable} undecodable line(s)` : ""}`,
-    ""
-  ]
-  for (const r of records) {
-    lines.push(
-      `${r.id}  ${r.direction === "outbound" ? "reply  " : "message"}  ${when(r.receivedAt)}  ${
-        terminalSafe(r.senderId)
-      } in ${terminalSafe(r.roomId)}  ${r.textBytes} bytes` +
-        (r.attempts > 0
-          ? `  attempts ${r.attempts}${r.lastError !== undefined ? ` (${terminalSafe(r.lastError)})` : ""}`
-          : "")
-    )
-  }
-  if (undecodable > 0) {
-    lines.push(
-      "",
-      "Undecodable lines are moved to matrix/inbound_dlq.corrupt.jsonl at the next replay (or kept until the store key is available)."
-    )
-  }
-  return lines.join("\n")
-}
+export { renderList } from "./render.js"
 
 export const renderDetail = (r: DlqDetail): string =>
   [
@@ -80,11 +58,7 @@ export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.list().pipe(gatewayCall)
-    yield* Console.log(
-      json
-        ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2)
-        : renderList(r.records, r.undecodable)
-    )
+    yield* Console.log(dlqListText(r, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq show <id> [--reveal]`. */

@@ -3,6 +3,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { redactSecrets } from "../domain/redact.js"
+import { failureText } from "./render.js"
 
 interface Described {
   readonly message: string
@@ -76,12 +77,7 @@ export const reportFailure = (cause: Cause.Cause<unknown>) =>
     if (Option.isSome(failure) && ValidationError.isValidationError(failure.value)) return
     const described = Option.isSome(failure) ? describe(failure.value) : undefined
     if (described !== undefined) {
-      const details = described.details?.length ? described.details.join("\n") + "\n" : ""
-      process.stderr.write(
-        redactSecrets(
-          `cara: ${described.message}${described.kind !== undefined ? ` [${described.kind}]` : ""}\n${details}`
-        )
-      )
+      process.stderr.write(redactSecrets(failureText(described.message, described.kind, described.details)))
     } else {
       process.stderr.write(redactSecrets(`cara: unexpected failure\n${Cause.pretty(cause)}\n`))
     }

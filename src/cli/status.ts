@@ -1,25 +1,16 @@
 import { Console, Effect, Either, Fiber, Option, Schema } from "effect"
 import { type Channels, type ControlStatus, type Health } from "../domain/api.js"
 import { ChannelInfo } from "../domain/channel.js"
-import { REMEDIATION } from "../domain/remediation.js"
-import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget, terminalSafe } from "./client.js"
+import { describeClientError, gatewayClient, type GatewayTarget, resolveTarget } from "./client.js"
+import {
+  renderStatusView,
+  renderStatusViewJson,
+  type StatusView,
+  TOKEN_MISSING_PROBLEM,
+  unreachableText
+} from "./render.js"
 
-export const formatUptime = (seconds: number): string => {
-  const d = Math.floor(seconds / 86400)
-  const h = Math.floor((seconds % 86400) / 3600)
-  const m = Math.floor((seconds % 3600) / 60)
-  const s = seconds % 60
-  return [d > 0 ? `${d}d` : "", h > 0 ? `${h}h` : "", m > 0 ? `${m}m` : "", `${s}s`].filter((x) => x !== "").join(" ")
-}
-
-const sanitizeDeep = (v: unknown): unknown =>
-  typeof v === "string"
-    ? terminalSafe(v)
-    : Array.isArray(v)
-    ? v.map(sanitizeDeep)
-    : typeof v === "object" && v !== null
-    ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, sanitizeDeep(x)]))
-    : v
+export { AUTH_OFF_WARNING, formatUptime } from "./render.js"
 
 export interface StatusReport {
   readonly address: string
@@ -32,100 +23,34 @@ export interface StatusReport {
   readonly authOff?: boolean
 }
 
-export const AUTH_OFF_WARNING =
-  "gateway auth is OFF (gateway.auth.mode \"none\"): any local process or page that reaches the port can drive cara; " +
-  "set gateway.auth.mode \"token\" with token \"${CARAPACE_GATEWAY_TOKEN}\""
-
-/** `2026-… (42s ago)`: how old a moment is, by this machine's clock (the CLI runs beside the daemon). */
-const whenAgo = (n: number | null | undefined, now: number) =>
-  n === null || n === undefined
-    ? "never"
-    : `${new Date(n).toISOString()} (${formatUptime(Math.max(0, Math.floor((now - n) / 1000)))} ago)`
+/** The report as the shared renderers (render.ts) take it. */
+const view = (r: StatusReport): StatusView => ({
+  address: r.address,
+  health: r.health,
+  ...(Option.isSome(r.controlStatus) ? { controlStatus: r.controlStatus.value } : {}),
+  ...(Option.isSome(r.channels) ? { channels: r.channels.value } : {}),
+  ...(Option.isSome(r.controlProblem) ? { controlProblem: r.controlProblem.value } : {}),
+  ...(r.authOff !== undefined ? { authOff: r.authOff } : {})
+})
 
 /** The human rendering: the gateway block, then one block per channel with Matrix metadata (§11 names). */
-export const renderStatus = (r: StatusReport, now: number = Date.now()): string => {
-  const lines = [
-    "cara gateway status",
-    "===================",
-    `  Version:  ${terminalSafe(r.health.version)}`,
-    `  Uptime:   ${formatUptime(r.health.uptimeSeconds)}`,
-    `  Address:  ${r.address}`,
-    `  Status:   ${r.health.status}`
-  ]
-  if (r.authOff === true) lines.push(`  WARNING:  ${AUTH_OFF_WARNING}`)
-  if (Option.isSome(r.controlStatus)) {
-    const c = r.controlStatus.value
-    lines.push(
-      `  Channels: ${c.connectedChannels}/${c.totalChannels} connected`,
-      `  Platform: ${terminalSafe(c.runtime.platform)} (${terminalSafe(c.runtime.arch)})`
-    )
-  }
-  if (Option.isSome(r.controlProblem)) {
-    const p = r.controlProblem.value
-    lines.push(`  Control:  ${p.message}${p.kind !== undefined ? ` [${p.kind}]` : ""}`)
-  }
-  if (Option.isSome(r.channels)) {
-    if (r.channels.value.channels.length === 0) lines.push("", "No channels registered (is matrix.enabled set?)")
-    for (const c of r.channels.value.channels) {
-      lines.push("", `${terminalSafe(c.name)} (${terminalSafe(c.id)})`, `  Status:     ${c.status}`)
-      if (c.lastError !== null) {
-        const kind = c.extra?.lastErrorKind
-        lines.push(`  Last error: ${terminalSafe(c.lastError)}${kind !== undefined ? ` [${terminalSafe(kind)}]` : ""}`)
-      }
-      if (c.lastConnectedAt !== null) lines.push(`  Connected:  ${c.lastConnectedAt}`)
-      const x = c.extra
-      if (x === undefined) continue
-      if (x.userId !== undefined || x.deviceId !== undefined) {
-        lines.push(`  Account:    ${terminalSafe(x.userId ?? "?")} device ${terminalSafe(x.deviceId ?? "?")}`)
-      }
-      if (x.crossSigning !== undefined) lines.push(`  Cross-signing: ${x.crossSigning}`)
-      lines.push(
-        `  Rooms:      ${x.joinedRoomCount} joined (${x.encryptedRoomCount} encrypted, ${x.unencryptedRoomCount} unencrypted, ${x.unsupportedRoomCount} unsupported)`,
-        `  Pending verifications: ${x.pendingVerificationCount}`,
-        `  Last successful sync:  ${whenAgo(x.lastSuccessfulSyncAt, now)}`,
-        `  Pending replies:       ${x.outboundPendingCount ?? 0}${
-          x.outboundPendingOldestAt === undefined
-            ? ""
-            : ` (oldest first failed ${whenAgo(x.outboundPendingOldestAt, now)})`
-        }`,
-        `  Undecryptable events:  ${x.undecryptableEventCount}`,
-        `  DLQ:        ${
-          x.inboundDlqRecordCount ?? "?"
-        } records, ${x.inboundDispatchFailureTotal} dispatch failures, ` +
-          `${x.inboundDlqAppendFailureTotal} append failures, ${x.inboundDlqUndecodableLostCount} undecodable lost`
-      )
-      lines.push(
-        `  Inbound refused: ${x.inboundBudgetRefusedRoomTotal} over the room budget, ${x.inboundBudgetRefusedSenderTotal} over the sender budget ` +
-          `(${x.inboundBudgetNoticeTotal} notices), ${x.peerDropUnencryptedInEncryptedRoomTotal} unencrypted in an encrypted room, ` +
-          `${x.peerDropNotCrossSignedTotal} from devices not cross-signed`
-      )
-      if (x.inboundDlqDurabilityError !== undefined) {
-        lines.push(`  DLQ error:  ${terminalSafe(x.inboundDlqDurabilityError)}`)
-      }
-    }
-  }
-  return lines.join("\n")
-}
+export const renderStatus = (r: StatusReport, now: number = Date.now()): string => renderStatusView(view(r), now)
 
-export const renderStatusJson = (r: StatusReport): string =>
-  JSON.stringify(
-    sanitizeDeep({
-      health: r.health,
-      ...(Option.isSome(r.controlStatus) ? { controlStatus: r.controlStatus.value } : {}),
-      ...(Option.isSome(r.channels)
-        ? {
-          channels: {
-            ...r.channels.value,
-            channels: r.channels.value.channels.map((c) => Schema.encodeSync(ChannelInfo)(c))
-          }
-        }
-        : {}),
-      ...(Option.isSome(r.controlProblem) ? { controlError: r.controlProblem.value } : {}),
-      ...(r.authOff === true ? { warnings: [AUTH_OFF_WARNING] } : {})
-    }),
-    null,
-    2
+/** The JSON rendering, with the channels in their wire form (as the daemon sent them). */
+export const renderStatusJson = (r: StatusReport): string => {
+  const v = view(r)
+  return renderStatusViewJson(
+    v.channels === undefined
+      ? v
+      : {
+        ...v,
+        channels: {
+          ...v.channels,
+          channels: v.channels.channels.map((c) => Schema.encodeSync(ChannelInfo)(c))
+        } as StatusView["channels"] & object
+      }
   )
+}
 
 /**
  * Fetches the report; `Left` carries the stderr text when the gateway is not reachable. With a credential (or
@@ -150,10 +75,7 @@ export const fetchStatus = (target: GatewayTarget) =>
     const health = yield* client.health.health().pipe(Effect.timeout("5 seconds"), Effect.either)
     if (Either.isLeft(health)) {
       // the control calls are interrupted with the scope: an unreachable gateway is reported at once
-      const d = describeClientError(health.left)
-      return Either.left(
-        `Could not connect to cara at ${address}\n  Error: ${d.message}\n\n${REMEDIATION["gateway-unreachable"]}\n`
-      )
+      return Either.left(unreachableText(address, describeClientError(health.left).message))
     }
     const both = yield* Fiber.join(control)
     if (Option.isNone(both)) {
@@ -163,10 +85,7 @@ export const fetchStatus = (target: GatewayTarget) =>
           health: health.right,
           controlStatus: Option.none(),
           channels: Option.none(),
-          controlProblem: Option.some({
-            kind: "gateway-token-missing",
-            message: `no gateway token: ${REMEDIATION["gateway-token-missing"]}`
-          }),
+          controlProblem: Option.some(TOKEN_MISSING_PROBLEM),
           authOff
         } satisfies StatusReport
       )

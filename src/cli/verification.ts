@@ -5,7 +5,8 @@ import { FlowId, type OwnDevice, type VerificationFlow } from "../domain/verific
 import { makeAudit } from "../layers/AuditLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
-import { callError, gatewayCall, GatewayClient, terminalSafe } from "./client.js"
+import { callError, gatewayCall, GatewayClient } from "./client.js"
+import { devicesText, flowsText, renderFlows, safeJson, sasLines, terminalSafe } from "./render.js"
 
 /** A `cara matrix` verification command refused before (or instead of) its call. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
@@ -41,39 +42,7 @@ const requireFlowId = (flowId: string) => {
     : Effect.succeed(FlowId.make(id))
 }
 
-const when = (ms: number) => new Date(ms).toISOString()
-
-const sasLines = (f: VerificationFlow): Array<string> => {
-  const lines: Array<string> = []
-  if (f.sas?.emoji !== undefined) {
-    lines.push("  Emoji:")
-    for (const e of f.sas.emoji) lines.push(`    ${terminalSafe(e.symbol)}  ${terminalSafe(e.description)}`)
-  }
-  if (f.sas?.decimals !== undefined) lines.push(`  Decimals: ${f.sas.decimals.join(" ")}`)
-  return lines
-}
-
-export const renderFlows = (flows: ReadonlyArray<VerificationFlow>): string => {
-  if (flows.length === 0) {
-    return "No Matrix verification flows. Start one from another client (verify the bot's device) or with `cara matrix verify <user> [device]`."
-  }
-  const out: Array<string> = []
-  for (const f of flows) {
-    out.push(
-      `${f.flowId}  ${f.state}`,
-      `  Peer:     ${terminalSafe(f.userId)}${f.deviceId !== undefined ? ` (device ${terminalSafe(f.deviceId)})` : ""}${
-        f.roomId !== undefined ? ` in ${terminalSafe(f.roomId)}` : ""
-      }`,
-      `  Updated:  ${when(f.updatedAt)}`,
-      ...sasLines(f),
-      ""
-    )
-  }
-  return out.join("\n").trimEnd()
-}
-
-/** Pretty JSON with every string made terminal-safe. */
-const safeJson = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "string" ? terminalSafe(x) : x), 2)
+export { renderFlows } from "./render.js"
 
 export const renderConfirmPrompt = (f: VerificationFlow, match: boolean): string =>
   [
@@ -105,7 +74,7 @@ export const list = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const { api } = yield* GatewayClient
     const r = yield* api.verification.list().pipe(gatewayCall)
-    yield* Console.log(json ? safeJson({ ok: true, verifications: r.verifications }) : renderFlows(r.verifications))
+    yield* Console.log(flowsText(r.verifications, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 const printFlow = (json: boolean, f: VerificationFlow) =>
@@ -236,21 +205,12 @@ export const verify = (
     }
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
-  devices.length === 0
-    ? "No devices known for the bot's account."
-    : devices
-      .map((d) =>
-        `${terminalSafe(d.deviceId)}  ${d.verified ? "verified" : "not verified"}${
-          d.displayName !== undefined ? `  ${terminalSafe(d.displayName)}` : ""
-        }${d.rawDeviceIdHex !== undefined ? `  (raw hex ${d.rawDeviceIdHex})` : ""}`
-      )
-      .join("\n")
+export { renderDevices } from "./render.js"
 
 /** `cara matrix devices`. */
 export const devices = ({ host, json, port }: Target) =>
   Effect.gen(function*() {
     const { api } = yield* GatewayClient
     const r = yield* api.verification.devices().pipe(gatewayCall)
-    yield* Console.log(json ? safeJson({ ok: true, devices: r.devices }) : renderDevices(r.devices))
+    yield* Console.log(devicesText(r.devices, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
