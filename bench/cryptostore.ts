@@ -297,6 +297,5 @@ const main = async () => {
 if (process.argv[2] === "reopen" && process.argv[3] !== undefined) await reopen(process.argv[3])
 else if (process.argv[2] === "crash" && process.argv[3] !== undefined) {
   await writeThenCrash(process.argv[3], Number(process.argv[4]), process.argv[5] ?? "0")
-}
-else if (process.env["BENCH_REOPEN"] !== undefined) await reopenOnly(process.env["BENCH_REOPEN"])
+} else if (process.env["BENCH_REOPEN"] !== undefined) await reopenOnly(process.env["BENCH_REOPEN"])
 else await main()

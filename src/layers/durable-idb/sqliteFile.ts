@@ -10,13 +10,19 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
-//   snaps(store, snap)        per object store, written at a clean close (durableIdb.ts detach): its keys
+//   snapshots(store, snap)    per object store, written at a clean close (durableIdb.ts detach): its keys
 //                             and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob)
+//   snapd(store, id, ix)      the records written since their store's snapshot, each with its `ixs` row
+//                             as it was at the snapshot (NULL: none), noted by triggers
+//   snaps(store, snap)        version-1 snapshots of an older cara, dropped by triggers on any write to
+//                             their store; read by that cara only, emptied by this one's clean close
 //
-// Snapshots: an open reads a store's snapshot instead of its `ixs` rows when there is one that opens and
-// matches. The triggers `records_snaps_*` and `ixs_snaps_*` delete it in the transaction of any write to
-// the store's records or index keys, by any cara that opens the file, so a snapshot that exists is never
-// stale: after a crash (no close since the last write) or a damaged blob, the open reads `ixs` as before.
+// Snapshots: an open reads a store's snapshot and its delta instead of its `ixs` rows when the snapshot
+// opens and matches, and the delta is short (deltaLimit) and every row of it opens: the snapshot minus the
+// delta's records as they were, plus their `ixs` rows now (snapshot.ts). The triggers `*_snapd_*` note a
+// record in the transaction of any write to it, by any cara that opens the file (an older one too), so
+// snapshot plus delta describe the rows SQLite holds, also after a crash; anything that does not check
+// out (a damaged blob or delta row, a record without a usable `ixs` row) and the open reads `ixs`.
 //
 // Index keys beside the value (issue 19): an open reads `ixs` only (a few hundred bytes per record, in
 // store order) and never a value. A record without a usable `ixs` row (written before the table existed,
@@ -136,15 +142,29 @@ export interface SqliteFileStats {
   indexKeysRebuilt: number
   /** Object stores an open filled from their snapshot (without reading `ixs`). */
   snapshotsRead: number
+  /** Records written since their store's snapshot that an open applied to it (`snapd` rows). */
+  snapshotDeltaRows: number
   /** Snapshots written (at clean closes). */
   snapshotsWritten: number
 }
 
-/** One object store's snapshot as the open reads it: the plaintext, and the store's record count in SQLite. */
+/** One record written since its store's snapshot: its key then (if the snapshot can have it) and now, with its index keys. */
+export interface DeltaEntry {
+  /** The primary key of the record's `ixs` row at the snapshot (undefined: it had none). */
+  readonly was: unknown
+  /** The record's key and index keys now (undefined: deleted since). */
+  readonly now: readonly [unknown, ReadonlyArray<unknown>] | undefined
+}
+
+/** One object store's snapshot as the open reads it: the plaintext, the store's record count in SQLite, and the delta. */
 export interface StoreSnapshot {
   readonly plain: Buffer
   readonly count: number
+  readonly delta: ReadonlyArray<DeltaEntry>
 }
+
+/** A delta longer than this is not applied (the open reads `ixs` instead). */
+export const deltaLimit = (count: number) => 16 + count / 4
 
 /** One object store's keys as an open reads them. */
 export interface KeyScan {
@@ -285,7 +305,34 @@ const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
   )
 ]
 
-const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA]
+// Snapshots with a delta (`snapshots`, `snapd`): a snapshot stays valid across writes. In the transaction
+// of any write to a store that has one, by any cara (the triggers live in the file), the written record's
+// id is noted in `snapd` with its `ixs` row as it was before that first write (only the first one since
+// the snapshot, that is the snapshot's own state; NULL for a record the snapshot cannot have). NOT EXISTS
+// rather than INSERT OR IGNORE: a statement's conflict clause (the upsert's, INSERT OR REPLACE's)
+// overrides the one of a trigger it fires. BEFORE triggers, so the old `ixs` row is read before `records_ixs_*` delete it; on both tables,
+// so a REPLACE into `ixs` (which fires no DELETE trigger) is seen too. A clean close writes new snapshots
+// and empties `snapd` in one transaction.
+const deltaTrigger = (table: string, event: string, row: string, ix: string) =>
+  `CREATE TRIGGER IF NOT EXISTS ${table}_snapd_${event.toLowerCase()} BEFORE ${event} ON ${table} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
+
+const ixOf = (row: string) => `(SELECT x.ix FROM ixs x WHERE x.store = ${row}.store AND x.id = ${row}.id)`
+
+const SNAPD_SCHEMA: ReadonlyArray<readonly [string, string]> = [
+  ["snapshots", "CREATE TABLE IF NOT EXISTS snapshots (store BLOB PRIMARY KEY, snap BLOB NOT NULL) WITHOUT ROWID"],
+  [
+    "snapd",
+    "CREATE TABLE IF NOT EXISTS snapd (store BLOB NOT NULL, id BLOB NOT NULL, ix BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID"
+  ],
+  ...[["INSERT", "new"], ["UPDATE", "old"], ["DELETE", "old"]].map(([event, row]) =>
+    [`records_snapd_${event!.toLowerCase()}`, deltaTrigger("records", event!, row!, ixOf(row!))] as const
+  ),
+  ...[["INSERT", "new", ixOf("new")], ["UPDATE", "old", "old.ix"], ["DELETE", "old", "old.ix"]].map((
+    [event, row, ix]
+  ) => [`ixs_snapd_${event!.toLowerCase()}`, deltaTrigger("ixs", event!, row!, ix!)] as const)
+]
+
+const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA, ...SNAPD_SCHEMA]
 
 /** A store written before the `ixs` or `snaps` table: the tables and their triggers, added in one transaction. */
 const addIndexTable = (db: DatabaseSync) => {
@@ -301,6 +348,10 @@ const addIndexTable = (db: DatabaseSync) => {
     const complete = (schema: ReadonlyArray<readonly [string, string]>) => schema.every(([name]) => names.has(name))
     if (names.has("ixs") && !complete(IXS_SCHEMA)) db.exec("DELETE FROM ixs")
     if (names.has("snaps") && !complete(SNAPS_SCHEMA)) db.exec("DELETE FROM snaps")
+    if (!complete(SNAPD_SCHEMA)) {
+      if (names.has("snapshots")) db.exec("DELETE FROM snapshots")
+      if (names.has("snapd")) db.exec("DELETE FROM snapd")
+    }
     for (const [, sql] of STORE_SCHEMA) db.exec(sql)
     db.exec("COMMIT")
   } catch (e) {
@@ -354,6 +405,7 @@ export class SqliteFile {
     unchangedPuts: 0,
     indexKeysRebuilt: 0,
     snapshotsRead: 0,
+    snapshotDeltaRows: 0,
     snapshotsWritten: 0
   }
   private closed = false
@@ -603,30 +655,60 @@ export class SqliteFile {
   }
 
   /**
-   * One store's snapshot, authenticated (or checksummed), with the store's record count; undefined when
-   * there is none, or it does not open (the caller then scans `ixs`). Never throws for a bad snapshot.
+   * One store's snapshot, authenticated (or checksummed), with the store's record count and the records
+   * written since (`snapd`, each with its `ixs` row now); undefined when there is none, it does not open,
+   * the delta is over `deltaLimit` or one of its rows does not open or check out (the caller then scans
+   * `ixs`). Never throws for a bad snapshot or delta.
    */
-  readSnapshot(db: string, store: string): StoreSnapshot | undefined {
+  readSnapshot(scan: Omit<KeyScan, "indexKeysOf">): StoreSnapshot | undefined {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
-    const id = storeId(this.keys, db, store)
-    let row: { snap: Uint8Array } | undefined
+    const id = storeId(this.keys, scan.db, scan.store)
     try {
-      row = this.db.prepare("SELECT snap FROM snaps WHERE store = ?").get(id) as { snap: Uint8Array } | undefined
+      const row = this.db.prepare("SELECT snap FROM snapshots WHERE store = ?").get(id) as
+        | { snap: Uint8Array }
+        | undefined
+      if (row === undefined) return undefined
+      const count = (this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }).n
+      const changed = (this.db.prepare("SELECT count(*) AS n FROM snapd WHERE store = ?").get(id) as { n: number }).n
+      if (changed > deltaLimit(count)) return undefined
+      const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
+      if (plain === undefined) return undefined
+      const delta = this.readDelta(id, scan)
+      return delta === undefined ? undefined : { plain, count, delta }
     } catch {
       return undefined
     }
-    if (row === undefined) return undefined
-    const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
-    if (plain === undefined) return undefined
-    const count = this.readingRows(() =>
-      this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }
-    )
-    return { plain, count: count.n }
   }
 
-  /** Counts a snapshot the open used (stats). */
-  snapshotUsed(): void {
+  /** A store's `snapd` rows, opened; undefined when one does not open or a record now has no usable `ixs` row. */
+  private readDelta(store: Buffer, scan: Omit<KeyScan, "indexKeysOf">): Array<DeltaEntry> | undefined {
+    const rows = this.db.prepare(
+      "SELECT d.id AS id, d.ix AS was, x.ix AS now, EXISTS (SELECT 1 FROM records r WHERE r.id = d.id) AS present FROM snapd d LEFT JOIN ixs x ON x.store = d.store AND x.id = d.id WHERE d.store = ?"
+    ).all(store) as Array<{ id: Uint8Array; was: Uint8Array | null; now: Uint8Array | null; present: number }>
+    const delta: Array<DeltaEntry> = []
+    for (const row of rows) {
+      const id = Buffer.from(row.id)
+      let was: unknown = undefined
+      if (row.was !== null) {
+        const plain = openIndexBlob(this.keys.seal, id, row.was)
+        const parsed = plain === undefined ? undefined : deserialize(plain)
+        if (!Array.isArray(parsed) || parsed.length !== 3) return undefined
+        was = parsed[1]
+      }
+      let now: readonly [unknown, ReadonlyArray<unknown>] | undefined = undefined
+      if (row.present !== 0) {
+        now = row.now === null ? undefined : this.indexEntry(id, row.now, scan)
+        if (now === undefined) return undefined
+      } else if (row.now !== null) return undefined
+      delta.push({ was, now })
+    }
+    return delta
+  }
+
+  /** Counts a snapshot the open used, and the delta rows it applied (stats). */
+  snapshotUsed(deltaRows: number): void {
     this.stats.snapshotsRead++
+    this.stats.snapshotDeltaRows += deltaRows
   }
 
   /**
@@ -635,10 +717,13 @@ export class SqliteFile {
    */
   writeSnapshots(snapshots: ReadonlyArray<{ readonly db: string; readonly store: string; readonly plain: Buffer }>) {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
-    const insert = this.db.prepare("INSERT OR REPLACE INTO snaps (store, snap) VALUES (?, ?)")
+    const insert = this.db.prepare("INSERT OR REPLACE INTO snapshots (store, snap) VALUES (?, ?)")
     this.begin.run()
     try {
+      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too.
       this.db.exec("DELETE FROM snaps")
+      this.db.exec("DELETE FROM snapshots")
+      this.db.exec("DELETE FROM snapd")
       for (const s of snapshots) {
         const id = storeId(this.keys, s.db, s.store)
         insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain))
@@ -655,7 +740,7 @@ export class SqliteFile {
   private indexEntry(
     id: Buffer,
     ix: Uint8Array,
-    scan: KeyScan
+    scan: Omit<KeyScan, "indexKeysOf">
   ): readonly [unknown, ReadonlyArray<unknown>] | undefined {
     const plain = openIndexBlob(this.keys.seal, id, ix)
     if (plain === undefined) return undefined
