@@ -10,16 +10,18 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
-//   snapshots(store, snap)    per object store, written at a clean close (durableIdb.ts detach): its keys
-//                             and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob)
-//   snapd(store, id, ix)      the records written since their store's snapshot, each with its `ixs` row
-//                             as it was at the snapshot (NULL: none), noted by triggers
+//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach): its
+//                             keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
+//                             and the highest record rowid then
+//   snapd(store, id, ix)      the records of rowid <= maxrid written since their store's snapshot, each with
+//                             its `ixs` row as it was at the snapshot (NULL: none), noted by triggers
 //   snaps(store, snap)        version-1 snapshots of an older cara, dropped by triggers on any write to
 //                             their store; read by that cara only, emptied by this one's clean close
 //
 // Snapshots: an open reads a store's snapshot and its delta instead of its `ixs` rows when the snapshot
 // opens and matches, and the delta is short (deltaLimit) and every row of it opens: the snapshot minus the
-// delta's records as they were, plus their `ixs` rows now (snapshot.ts). The triggers `*_snapd_*` note a
+// delta's records as they were, plus their `ixs` rows now and those of the records inserted since (rowid
+// above maxrid) (snapshot.ts). The triggers `*_snapd_*` note a
 // record in the transaction of any write to it, by any cara that opens the file (an older one too), so
 // snapshot plus delta describe the rows SQLite holds, also after a crash; anything that does not check
 // out (a damaged blob or delta row, a record without a usable `ixs` row) and the open reads `ixs`.
@@ -142,7 +144,7 @@ export interface SqliteFileStats {
   indexKeysRebuilt: number
   /** Object stores an open filled from their snapshot (without reading `ixs`). */
   snapshotsRead: number
-  /** Records written since their store's snapshot that an open applied to it (`snapd` rows). */
+  /** Records written since their store's snapshot that an open applied to it (`snapd` rows, new records). */
   snapshotDeltaRows: number
   /** Snapshots written (at clean closes). */
   snapshotsWritten: number
@@ -305,31 +307,42 @@ const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
   )
 ]
 
-// Snapshots with a delta (`snapshots`, `snapd`): a snapshot stays valid across writes. In the transaction
-// of any write to a store that has one, by any cara (the triggers live in the file), the written record's
-// id is noted in `snapd` with its `ixs` row as it was before that first write (only the first one since
-// the snapshot, that is the snapshot's own state; NULL for a record the snapshot cannot have). NOT EXISTS
-// rather than INSERT OR IGNORE: a statement's conflict clause (the upsert's, INSERT OR REPLACE's)
-// overrides the one of a trigger it fires. BEFORE triggers, so the old `ixs` row is read before `records_ixs_*` delete it; on both tables,
-// so a REPLACE into `ixs` (which fires no DELETE trigger) is seen too. A clean close writes new snapshots
-// and empties `snapd` in one transaction.
-const deltaTrigger = (table: string, event: string, row: string, ix: string) =>
-  `CREATE TRIGGER IF NOT EXISTS ${table}_snapd_${event.toLowerCase()} BEFORE ${event} ON ${table} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
+// Snapshots with a delta (`snapshots`, `snapd`): a snapshot stays valid across writes. A snapshot keeps
+// the highest record rowid at its writing (`maxrid`): a record inserted since has a higher one and is
+// found by a rowid range at the open, without a note. In the transaction of any other write to a record
+// of a store that has a snapshot, by any cara (the triggers live in the file), the record's id is noted
+// in `snapd` with its `ixs` row as it was before that first write (only the first one since the snapshot,
+// that is the snapshot's own state; NULL: it had none). BEFORE triggers, so the old `ixs` row is read
+// before `records_ixs_*` delete it; on both tables, so a REPLACE into `ixs` or `records` (which fires no
+// DELETE trigger) is seen too; one AFTER INSERT for a new record that got a rowid the snapshot may have
+// seen (SQLite reuses the highest one after its row is deleted). NOT EXISTS rather than INSERT OR IGNORE:
+// a statement's conflict clause (the upsert's, INSERT OR REPLACE's) overrides the one of a trigger it
+// fires. A clean close writes new snapshots and empties `snapd` in one transaction.
+const deltaTrigger = (name: string, when: string, row: string, rid: string, ix: string) =>
+  `CREATE TRIGGER IF NOT EXISTS ${name} ${when} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND ${rid} <= s.maxrid AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
 
 const ixOf = (row: string) => `(SELECT x.ix FROM ixs x WHERE x.store = ${row}.store AND x.id = ${row}.id)`
+/** The rowid of the record SQLite holds under `row`'s id now (NULL: none). */
+const ridOf = (row: string) => `(SELECT r.rid FROM records r WHERE r.id = ${row}.id)`
 
 const SNAPD_SCHEMA: ReadonlyArray<readonly [string, string]> = [
-  ["snapshots", "CREATE TABLE IF NOT EXISTS snapshots (store BLOB PRIMARY KEY, snap BLOB NOT NULL) WITHOUT ROWID"],
+  [
+    "snapshots",
+    "CREATE TABLE IF NOT EXISTS snapshots (store BLOB PRIMARY KEY, snap BLOB NOT NULL, maxrid INTEGER NOT NULL) WITHOUT ROWID"
+  ],
   [
     "snapd",
     "CREATE TABLE IF NOT EXISTS snapd (store BLOB NOT NULL, id BLOB NOT NULL, ix BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID"
   ],
-  ...[["INSERT", "new"], ["UPDATE", "old"], ["DELETE", "old"]].map(([event, row]) =>
-    [`records_snapd_${event!.toLowerCase()}`, deltaTrigger("records", event!, row!, ixOf(row!))] as const
-  ),
-  ...[["INSERT", "new", ixOf("new")], ["UPDATE", "old", "old.ix"], ["DELETE", "old", "old.ix"]].map((
-    [event, row, ix]
-  ) => [`ixs_snapd_${event!.toLowerCase()}`, deltaTrigger("ixs", event!, row!, ix!)] as const)
+  ...([
+    ["records_snapd_insert", "BEFORE INSERT ON records", "new", ridOf("new"), ixOf("new")],
+    ["records_snapd_reuse", "AFTER INSERT ON records", "new", "new.rid", "NULL"],
+    ["records_snapd_update", "BEFORE UPDATE ON records", "old", "old.rid", ixOf("old")],
+    ["records_snapd_delete", "BEFORE DELETE ON records", "old", "old.rid", ixOf("old")],
+    ["ixs_snapd_insert", "BEFORE INSERT ON ixs", "new", ridOf("new"), ixOf("new")],
+    ["ixs_snapd_update", "BEFORE UPDATE ON ixs", "old", ridOf("old"), "old.ix"],
+    ["ixs_snapd_delete", "BEFORE DELETE ON ixs", "old", ridOf("old"), "old.ix"]
+  ] as const).map(([name, when, row, rid, ix]) => [name, deltaTrigger(name, when, row, rid, ix)] as const)
 ]
 
 const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA, ...SNAPD_SCHEMA]
@@ -669,7 +682,9 @@ export class SqliteFile {
         | undefined
       if (row === undefined) return undefined
       const count = (this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }).n
-      const changed = (this.db.prepare("SELECT count(*) AS n FROM snapd WHERE store = ?").get(id) as { n: number }).n
+      const changed = (this.db.prepare(
+        "SELECT (SELECT count(*) FROM snapd WHERE store = ?1) + (SELECT count(*) FROM records r, snapshots s WHERE s.store = ?1 AND r.rid > s.maxrid AND r.store = ?1) AS n"
+      ).get(id) as { n: number }).n
       if (changed > deltaLimit(count)) return undefined
       const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
       if (plain === undefined) return undefined
@@ -680,10 +695,18 @@ export class SqliteFile {
     }
   }
 
-  /** A store's `snapd` rows, opened; undefined when one does not open or a record now has no usable `ixs` row. */
+  /**
+   * A store's `snapd` rows and the records inserted since its snapshot (rowid above `maxrid`, not noted),
+   * opened; undefined when one does not open or a record now has no usable `ixs` row.
+   */
   private readDelta(store: Buffer, scan: Omit<KeyScan, "indexKeysOf">): Array<DeltaEntry> | undefined {
     const rows = this.db.prepare(
-      "SELECT d.id AS id, d.ix AS was, x.ix AS now, EXISTS (SELECT 1 FROM records r WHERE r.id = d.id) AS present FROM snapd d LEFT JOIN ixs x ON x.store = d.store AND x.id = d.id WHERE d.store = ?"
+      `SELECT d.id AS id, d.ix AS was, x.ix AS now, EXISTS (SELECT 1 FROM records r WHERE r.id = d.id) AS present
+         FROM snapd d LEFT JOIN ixs x ON x.store = d.store AND x.id = d.id WHERE d.store = ?1
+       UNION ALL
+       SELECT r.id, NULL, x.ix, 1 FROM snapshots s JOIN records r ON r.rid > s.maxrid AND r.store = s.store
+         LEFT JOIN ixs x ON x.store = r.store AND x.id = r.id
+         WHERE s.store = ?1 AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = r.store AND d.id = r.id)`
     ).all(store) as Array<{ id: Uint8Array; was: Uint8Array | null; now: Uint8Array | null; present: number }>
     const delta: Array<DeltaEntry> = []
     for (const row of rows) {
@@ -717,16 +740,17 @@ export class SqliteFile {
    */
   writeSnapshots(snapshots: ReadonlyArray<{ readonly db: string; readonly store: string; readonly plain: Buffer }>) {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
-    const insert = this.db.prepare("INSERT OR REPLACE INTO snapshots (store, snap) VALUES (?, ?)")
+    const insert = this.db.prepare("INSERT OR REPLACE INTO snapshots (store, snap, maxrid) VALUES (?, ?, ?)")
     this.begin.run()
     try {
+      const maxrid = (this.db.prepare("SELECT coalesce(max(rid), 0) AS n FROM records").get() as { n: number }).n
       // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too.
       this.db.exec("DELETE FROM snaps")
       this.db.exec("DELETE FROM snapshots")
       this.db.exec("DELETE FROM snapd")
       for (const s of snapshots) {
         const id = storeId(this.keys, s.db, s.store)
-        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain))
+        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain), maxrid)
       }
       this.end.run()
       this.stats.snapshotsWritten += snapshots.length
