@@ -103,7 +103,12 @@ const inboundSessionCount = async (factory: IdbFactory, prefix: string): Promise
 const memoryFigures = () => {
   ;(globalThis as { gc?: () => void }).gc?.()
   const m = process.memoryUsage()
-  return { rssMB: Math.round(m.rss / 1048576), heapUsedMB: Math.round(m.heapUsed / 1048576) }
+  return {
+    rssMB: Math.round(m.rss / 1048576),
+    heapUsedMB: Math.round(m.heapUsed / 1048576),
+    heapTotalMB: Math.round(m.heapTotal / 1048576),
+    externalMB: Math.round(m.external / 1048576)
+  }
 }
 
 const reopen = async (root: string) => {
@@ -148,6 +153,8 @@ const reopen = async (root: string) => {
       // ready: the store open and the OlmMachine initialised on it, after a full GC
       rssReadyMB: atReady.rssMB,
       heapUsedReadyMB: atReady.heapUsedMB,
+      heapTotalReadyMB: atReady.heapTotalMB,
+      externalReadyMB: atReady.externalMB,
       // after exporting every session (which reads them all once): the historical figure
       rssMB: Math.round(process.memoryUsage().rss / 1048576),
       sessionsFound: count

@@ -677,18 +677,19 @@ export class SqliteFile {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
     const id = storeId(this.keys, scan.db, scan.store)
     try {
-      const row = this.db.prepare("SELECT snap FROM snapshots WHERE store = ?").get(id) as
-        | { snap: Uint8Array }
+      const row = this.db.prepare("SELECT snap, maxrid FROM snapshots WHERE store = ?").get(id) as
+        | { snap: Uint8Array; maxrid: number }
         | undefined
       if (row === undefined) return undefined
       const count = (this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }).n
+      // The new records: a range of the store's index (store, rowid), with maxrid as a bound parameter.
       const changed = (this.db.prepare(
-        "SELECT (SELECT count(*) FROM snapd WHERE store = ?1) + (SELECT count(*) FROM records r, snapshots s WHERE s.store = ?1 AND r.rid > s.maxrid AND r.store = ?1) AS n"
-      ).get(id) as { n: number }).n
+        "SELECT (SELECT count(*) FROM snapd WHERE store = ?1) + (SELECT count(*) FROM records r WHERE r.rid > ?2 AND r.store = ?1) AS n"
+      ).get(id, row.maxrid) as { n: number }).n
       if (changed > deltaLimit(count)) return undefined
       const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
       if (plain === undefined) return undefined
-      const delta = this.readDelta(id, scan)
+      const delta = this.readDelta(id, row.maxrid, scan)
       return delta === undefined ? undefined : { plain, count, delta }
     } catch {
       return undefined
@@ -699,15 +700,14 @@ export class SqliteFile {
    * A store's `snapd` rows and the records inserted since its snapshot (rowid above `maxrid`, not noted),
    * opened; undefined when one does not open or a record now has no usable `ixs` row.
    */
-  private readDelta(store: Buffer, scan: Omit<KeyScan, "indexKeysOf">): Array<DeltaEntry> | undefined {
+  private readDelta(store: Buffer, maxrid: number, scan: Omit<KeyScan, "indexKeysOf">): Array<DeltaEntry> | undefined {
     const rows = this.db.prepare(
       `SELECT d.id AS id, d.ix AS was, x.ix AS now, EXISTS (SELECT 1 FROM records r WHERE r.id = d.id) AS present
          FROM snapd d LEFT JOIN ixs x ON x.store = d.store AND x.id = d.id WHERE d.store = ?1
        UNION ALL
-       SELECT r.id, NULL, x.ix, 1 FROM snapshots s JOIN records r ON r.rid > s.maxrid AND r.store = s.store
-         LEFT JOIN ixs x ON x.store = r.store AND x.id = r.id
-         WHERE s.store = ?1 AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = r.store AND d.id = r.id)`
-    ).all(store) as Array<{ id: Uint8Array; was: Uint8Array | null; now: Uint8Array | null; present: number }>
+       SELECT r.id, NULL, x.ix, 1 FROM records r LEFT JOIN ixs x ON x.store = r.store AND x.id = r.id
+         WHERE r.rid > ?2 AND r.store = ?1 AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = r.store AND d.id = r.id)`
+    ).all(store, maxrid) as Array<{ id: Uint8Array; was: Uint8Array | null; now: Uint8Array | null; present: number }>
     const delta: Array<DeltaEntry> = []
     for (const row of rows) {
       const id = Buffer.from(row.id)
