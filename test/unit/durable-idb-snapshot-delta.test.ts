@@ -354,6 +354,38 @@ describe("snapshot + delta", () => {
     expect(countOf("snaps")).toBe(0)
   })
 
+  it("the first start after an upgrade reads the older cara's version-1 snapshots, until a write drops them", async () => {
+    for (const secret of [ENCRYPTED, PLAIN]) {
+      file = path.join(tmpDir("cara-didb-delta-"), "crypto.sqlite3")
+      await session([fill], "close", secret)
+      // What the older cara's clean close writes: the same plaintext and binding, version byte 1, in `snaps`.
+      onFile((db) => {
+        const rows = db.prepare("SELECT store, snap FROM snapshots").all() as Array<
+          { store: Uint8Array; snap: Uint8Array }
+        >
+        for (const { store, snap } of rows) {
+          db.prepare("INSERT INTO snaps (store, snap) VALUES (?, ?)").run(
+            store,
+            Buffer.concat([Buffer.of(1), snap.subarray(1)])
+          )
+        }
+        db.exec("DELETE FROM snapshots")
+      })
+      const got = await reopen(1, secret)
+      expect(got.stats.snapshotsRead).toBe(STORES)
+      expect(got.stats.indexKeysRebuilt).toBe(0)
+      expect(got.readsAtOpen).toBe(0)
+      expect(got.answers).toEqual(await expected([fill]))
+      // A write drops its store's version-1 snapshot (the older cara's trigger); after a crash that store
+      // is read from `ixs`, the others from their version-1 snapshots still.
+      await session([edit], "crash", secret)
+      expect(countOf("snaps")).toBe(STORES - 2)
+      const after = await reopen(1, secret)
+      expect(after.stats.snapshotsRead).toBe(STORES - 2)
+      expect(after.answers).toEqual(await expected([fill, edit]))
+    }
+  })
+
   it("a file whose delta triggers went missing has its snapshots dropped at the open", async () => {
     await session([fill], "close")
     onFile((db) => {

@@ -177,6 +177,8 @@ export const openIndexBlob = indexBlob.open
 const snapshotBlob = boundBlob("snap", 2, 32)
 export const sealSnapshotBlob = snapshotBlob.seal
 export const openSnapshotBlob = snapshotBlob.open
+/** An older cara's version-1 snapshot blob (the `snaps` table; the same plaintext). */
+export const openOlderSnapshotBlob = boundBlob("snap", 1, 32).open
 
 /** A short name of a store's index list (names, key paths, multiEntry): index keys stored under another are stale. */
 export const indexSignature = (

@@ -16,7 +16,8 @@
 //   snapd(store, id, ix)      the records of rowid <= maxrid written since their store's snapshot, each with
 //                             its `ixs` row as it was at the snapshot (NULL: none), noted by triggers
 //   snaps(store, snap)        version-1 snapshots of an older cara, dropped by triggers on any write to
-//                             their store; read by that cara only, emptied by this one's clean close
+//                             their store; read for a store without a version-2 one (the first start after
+//                             an upgrade), emptied by this cara's clean close
 //
 // Snapshots: an open reads a store's snapshot and its delta instead of its `ixs` rows when the snapshot
 // opens and matches, and the delta is short (deltaLimit) and every row of it opens: the snapshot minus the
@@ -66,6 +67,7 @@ import {
   deserialize,
   openBlob,
   openIndexBlob,
+  openOlderSnapshotBlob,
   openSnapshotBlob,
   recordId,
   type RowKeys,
@@ -680,8 +682,8 @@ export class SqliteFile {
       const row = this.db.prepare("SELECT snap, maxrid FROM snapshots WHERE store = ?").get(id) as
         | { snap: Uint8Array; maxrid: number }
         | undefined
-      if (row === undefined) return undefined
       const count = (this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }).n
+      if (row === undefined) return this.readOlderSnapshot(id, count)
       // The new records: a range of the store's index (store, rowid), with maxrid as a bound parameter.
       const changed = (this.db.prepare(
         "SELECT (SELECT count(*) FROM snapd WHERE store = ?1) + (SELECT count(*) FROM records r WHERE r.rid > ?2 AND r.store = ?1) AS n"
@@ -694,6 +696,16 @@ export class SqliteFile {
     } catch {
       return undefined
     }
+  }
+
+  /**
+   * An older cara's snapshot (`snaps`, version 1: the first start after an upgrade from it): valid as it
+   * stands, since its triggers, kept in the file, drop it in the transaction of any write to its store.
+   */
+  private readOlderSnapshot(id: Buffer, count: number): StoreSnapshot | undefined {
+    const row = this.db.prepare("SELECT snap FROM snaps WHERE store = ?").get(id) as { snap: Uint8Array } | undefined
+    const plain = row === undefined ? undefined : openOlderSnapshotBlob(this.keys.seal, id, row.snap)
+    return plain === undefined ? undefined : { plain, count, delta: [] }
   }
 
   /**
