@@ -185,7 +185,6 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
-  // A clean close left a snapshot of the store: keys and index entries without reading a row.
   const scan = {
     db: rows.db,
     store: store.name,
@@ -193,7 +192,8 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
     indexCount: indexes.length,
     indexKeysOf: (value: unknown) => indexes.map((index) => index.getIndexKey(value))
   }
-  // A snapshot (a clean close's) and the records written since: keys and index entries from few rows.
+  // A clean close's snapshot and the records written since (a crash after it): keys and index entries
+  // without reading more than those records' rows.
   const snapshot = rows.file.readSnapshot(scan)
   if (snapshot !== undefined && loadSnapshot(store, rows, snapshot)) {
     rows.file.snapshotUsed(snapshot.delta.length)
@@ -234,7 +234,7 @@ const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
 
 /**
  * At a clean close: per file, a snapshot of every store no running transaction may have changed
- * (busyStores). Nothing after a failed commit. A failure here only means the next open reads `ixs`.
+ * (busyStores). Nothing after a failed commit. A failure here only means the next open uses the snapshots and deltas as they were (or reads `ixs`).
  */
 const writeSnapshots = (
   factory: IdbFactory,
@@ -255,7 +255,7 @@ const writeSnapshots = (
     try {
       file.writeSnapshots(list)
     } catch {
-      // the triggers keep the file consistent; the next open simply reads `ixs`
+      // rolled back whole: the previous snapshots and their deltas stay consistent (the triggers)
     }
   }
 }

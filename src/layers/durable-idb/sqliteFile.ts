@@ -349,7 +349,7 @@ const SNAPD_SCHEMA: ReadonlyArray<readonly [string, string]> = [
 
 const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA, ...SNAPD_SCHEMA]
 
-/** A store written before the `ixs` or `snaps` table: the tables and their triggers, added in one transaction. */
+/** A store written before the `ixs`, `snaps` or `snapshots` tables: the tables and their triggers, added in one transaction. */
 const addIndexTable = (db: DatabaseSync) => {
   const names = new Set(
     (db.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')").all() as Array<{ name: string }>)
@@ -359,7 +359,7 @@ const addIndexTable = (db: DatabaseSync) => {
   db.exec("BEGIN IMMEDIATE")
   try {
     // Rows kept while one of their table's triggers was missing may be stale: start that table over (an
-    // open rebuilds `ixs`; a clean close writes `snaps`).
+    // open rebuilds `ixs`; a clean close writes `snapshots`).
     const complete = (schema: ReadonlyArray<readonly [string, string]>) => schema.every(([name]) => names.has(name))
     if (names.has("ixs") && !complete(IXS_SCHEMA)) db.exec("DELETE FROM ixs")
     if (names.has("snaps") && !complete(SNAPS_SCHEMA)) db.exec("DELETE FROM snaps")
