@@ -234,7 +234,8 @@ const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
 
 /**
  * At a clean close: per file, a snapshot of every store no running transaction may have changed
- * (busyStores). Nothing after a failed commit. A failure here only means the next open uses the snapshots and deltas as they were (or reads `ixs`).
+ * (busyStores). Nothing after a failed commit. A failure here only means the next open uses the
+ * snapshots and deltas as they were (or reads `ixs`).
  */
 const writeSnapshots = (
   factory: IdbFactory,
