@@ -15,7 +15,10 @@
 //   BENCH_REOPEN_SAME=1 (all runs on one copy: an older store's first open upgrades it, later runs read the result,
 //   including the store snapshots the run before wrote at its clean close; closeMs is that close),
 //   BENCH_CHILD_FLAGS (Node flags of the reopen child, e.g. "--max-semi-space-size=2" as the daemon sets it,
-//   or "--cpu-prof --cpu-prof-dir=/tmp/prof").
+//   or "--cpu-prof --cpu-prof-dir=/tmp/prof"),
+//   BENCH_REOPEN_CRASH=<n> (before each reopen run, a child opens the store as the daemon does, writes n new
+//   Megolm sessions (shareRoomKey in n new rooms: outbound and inbound sessions) and SIGKILLs itself, so the
+//   reopen is the start after a crash; with BENCH_REOPEN_SAME=1 each run's clean close comes before the next crash).
 import * as wasm from "@matrix-org/matrix-sdk-crypto-wasm"
 import { Effect, Option, Redacted } from "effect"
 import { IDBFactory } from "fake-indexeddb"
@@ -100,7 +103,12 @@ const inboundSessionCount = async (factory: IdbFactory, prefix: string): Promise
 const memoryFigures = () => {
   ;(globalThis as { gc?: () => void }).gc?.()
   const m = process.memoryUsage()
-  return { rssMB: Math.round(m.rss / 1048576), heapUsedMB: Math.round(m.heapUsed / 1048576) }
+  return {
+    rssMB: Math.round(m.rss / 1048576),
+    heapUsedMB: Math.round(m.heapUsed / 1048576),
+    heapTotalMB: Math.round(m.heapTotal / 1048576),
+    externalMB: Math.round(m.external / 1048576)
+  }
 }
 
 const reopen = async (root: string) => {
@@ -145,6 +153,8 @@ const reopen = async (root: string) => {
       // ready: the store open and the OlmMachine initialised on it, after a full GC
       rssReadyMB: atReady.rssMB,
       heapUsedReadyMB: atReady.heapUsedMB,
+      heapTotalReadyMB: atReady.heapTotalMB,
+      externalReadyMB: atReady.externalMB,
       // after exporting every session (which reads them all once): the historical figure
       rssMB: Math.round(process.memoryUsage().rss / 1048576),
       sessionsFound: count
@@ -154,8 +164,28 @@ const reopen = async (root: string) => {
   process.stdout.write(JSON.stringify({ ...figures, closeMs: Math.round(performance.now() - released) }))
 }
 
+/** BENCH_REOPEN_CRASH: a daemon-like run that writes `n` new sessions, then dies by SIGKILL (no clean stop). */
+const writeThenCrash = async (root: string, n: number, tag: string) => {
+  await withStore(root, async (s) => {
+    const handle = await wasm.StoreHandle.openWithKey(
+      s.cryptoDatabasePrefix,
+      Redacted.value(Option.getOrThrow(s.storageKey))
+    )
+    const m = await wasm.OlmMachine.initFromStore(
+      new wasm.UserId("@bench:example.org"),
+      new wasm.DeviceId("BENCH"),
+      handle
+    )
+    for (let i = 0; i < n; i++) {
+      await m.shareRoomKey(new wasm.RoomId(`!crash-${tag}-${i}:example.org`), [], new wasm.EncryptionSettings())
+    }
+    process.stderr.write(`wrote ${n} sessions\n`)
+    process.kill(process.pid, "SIGKILL")
+  })
+}
+
 /** Bundles this file (once per work directory) and runs its reopen step on `storeRoot` in a fresh process. */
-const reopenInChild = async (work: string, storeRoot: string): Promise<Record<string, number>> => {
+const reopenInChild = async (work: string, storeRoot: string, crash = 0): Promise<Record<string, number>> => {
   const bundle = path.join(work, "bench.mjs")
   if (!fs.existsSync(bundle)) {
     const { build } = await import("esbuild")
@@ -175,6 +205,12 @@ const reopenInChild = async (work: string, storeRoot: string): Promise<Record<st
     )
   }
   const flags = (process.env["BENCH_CHILD_FLAGS"] ?? "").split(/\s+/).filter((f) => f !== "")
+  if (crash > 0) {
+    const writer = spawnSync(process.execPath, [bundle, "crash", storeRoot, String(crash), String(Date.now())], {
+      encoding: "utf8"
+    })
+    if (writer.signal !== "SIGKILL") throw new Error(`crash writer did not die by SIGKILL: ${writer.stderr}`)
+  }
   const child = spawnSync(process.execPath, [...flags, "--expose-gc", bundle, "reopen", storeRoot], {
     encoding: "utf8"
   })
@@ -192,7 +228,7 @@ const reopenOnly = async (source: string) => {
     for (let i = 0; i < Number(process.env["BENCH_REOPEN_RUNS"] ?? 1); i++) {
       const storeRoot = path.join(work, same ? "sessions" : `sessions-${i}`)
       if (!same || i === 0) fs.cpSync(source, storeRoot, { recursive: true })
-      runs.push(await reopenInChild(work, storeRoot))
+      runs.push(await reopenInChild(work, storeRoot, Number(process.env["BENCH_REOPEN_CRASH"] ?? 0)))
       if (!same) fs.rmSync(storeRoot, { recursive: true, force: true })
     }
     const flags = process.env["BENCH_CHILD_FLAGS"] ?? ""
@@ -266,5 +302,7 @@ const main = async () => {
 }
 
 if (process.argv[2] === "reopen" && process.argv[3] !== undefined) await reopen(process.argv[3])
-else if (process.env["BENCH_REOPEN"] !== undefined) await reopenOnly(process.env["BENCH_REOPEN"])
+else if (process.argv[2] === "crash" && process.argv[3] !== undefined) {
+  await writeThenCrash(process.argv[3], Number(process.argv[4]), process.argv[5] ?? "0")
+} else if (process.env["BENCH_REOPEN"] !== undefined) await reopenOnly(process.env["BENCH_REOPEN"])
 else await main()

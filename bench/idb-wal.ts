@@ -9,6 +9,9 @@
 //                               copy of the same file: the reference
 //     unchanged9k               the same value put again (skipped: SQLite already holds it)
 //     insert2k                  a new 2.1 KB record
+//   Then the store is closed cleanly (writing its snapshots) and reopened, and two series run again with the
+//   snapshots in place (what a daemon's run after a clean start writes): withSnapshot.update9k (the same
+//   record every time) and withSnapshot.insert2k (a new record every time).
 // Also the process CPU (user / system µs) per put of each series: on a loaded machine only roughly comparable.
 // Run: `node_modules/.bin/vite-node bench/idb-wal.ts`.
 import * as crypto from "node:crypto"
@@ -29,6 +32,51 @@ const walSize = (file: string) => (fs.existsSync(`${file}-wal`) ? fs.statSync(`$
 // Random bytes: the Rust store's values are ciphertext, so nothing here may compress or repeat.
 const account = () => ({ ciphertext: crypto.randomBytes(9000), nonce: crypto.randomBytes(24), version: 1 })
 
+/** Puts into `store` of the bench database, one IndexedDB transaction each. */
+const putter = (db: any) => async (store: string, value: unknown, key: string) => {
+  const tx = db.transaction(store, "readwrite")
+  tx.objectStore(store).put(value, key)
+  await done(tx)
+}
+
+/** WAL bytes per put of `values`, the WAL checkpointed first; the CPU per put goes into `cpu[name]`. */
+const series = async (
+  f: SqliteFile,
+  cpu: Record<string, { user: number; system: number }>,
+  name: string,
+  values: ReadonlyArray<unknown>,
+  body: (v: unknown, i: number) => Promise<void>
+) => {
+  f.checkpoint()
+  const from = walSize(f.path)
+  const c0 = process.cpuUsage()
+  for (let i = 0; i < PUTS; i++) await body(values[i], i)
+  const c = process.cpuUsage(c0)
+  cpu[name] = { user: Math.round(c.user / PUTS), system: Math.round(c.system / PUTS) }
+  return Math.round((walSize(f.path) - from) / PUTS)
+}
+
+/** The store reopened after a clean close (its snapshots in place): an account update and new sessions. */
+const afterCleanStop = async (file: string, cpu: Record<string, { user: number; system: number }>) => {
+  const f = await SqliteFile.open(file, "crypto", SECRET)
+  const idb = await openDurableIdb([f], () => f)
+  const db = await openDb(idb.factory, DB, 1)
+  const put = putter(db)
+  const each = (make: () => unknown) => Array.from({ length: PUTS }, make)
+  const update9k = await series(f, cpu, "withSnapshot.update9k", each(account), (v) => put("core", v, "account"))
+  const insert2k = await series(
+    f,
+    cpu,
+    "withSnapshot.insert2k",
+    each(() => ({ pickled: crypto.randomBytes(2000) })),
+    (v, i) => put("inbound_group_sessions3", v, `after${i}`)
+  )
+  db.close()
+  idb.detach()
+  f.close()
+  return { update9k, insert2k, snapshotsRead: f.stats.snapshotsRead }
+}
+
 const main = async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "cara-bench-wal-"))
   try {
@@ -39,11 +87,7 @@ const main = async () => {
       d.createObjectStore("core")
       d.createObjectStore("inbound_group_sessions3")
     })
-    const put = async (store: string, value: unknown, key: string) => {
-      const tx = db.transaction(store, "readwrite")
-      tx.objectStore(store).put(value, key)
-      await done(tx)
-    }
+    const put = putter(db)
     const fill = db.transaction("inbound_group_sessions3", "readwrite")
     for (let i = 0; i < ROWS; i++) {
       fill.objectStore("inbound_group_sessions3").put({ pickled: crypto.randomBytes(2000) }, `s${i}`)
@@ -54,25 +98,14 @@ const main = async () => {
     // CPU µs per put of the whole process (user: JS, SQLite, crypto; system: mostly the fsync and the
     // writes), next to the WAL bytes; the values are made before the timed series.
     const cpu: Record<string, { user: number; system: number }> = {}
-    const series = async (
-      name: string,
-      values: ReadonlyArray<unknown>,
-      body: (v: unknown, i: number) => Promise<void>
-    ) => {
-      f.checkpoint()
-      const from = walSize(file)
-      const c0 = process.cpuUsage()
-      for (let i = 0; i < PUTS; i++) await body(values[i], i)
-      const c = process.cpuUsage(c0)
-      cpu[name] = { user: Math.round(c.user / PUTS), system: Math.round(c.system / PUTS) }
-      return Math.round((walSize(file) - from) / PUTS)
-    }
     const each = (make: () => unknown) => Array.from({ length: PUTS }, make)
-    const upsert = await series("update9k", each(account), (v) => put("core", v, "account"))
+    const upsert = await series(f, cpu, "update9k", each(account), (v) => put("core", v, "account"))
     const same = account()
     await put("core", same, "account")
-    const unchanged = await series("unchanged9k", each(() => same), (v) => put("core", v, "account"))
+    const unchanged = await series(f, cpu, "unchanged9k", each(() => same), (v) => put("core", v, "account"))
     const insert = await series(
+      f,
+      cpu,
       "insert2k",
       each(() => ({ pickled: crypto.randomBytes(2000) })),
       (v, i) => put("inbound_group_sessions3", v, `new${i}`)
@@ -81,6 +114,7 @@ const main = async () => {
     db.close()
     idb.detach()
     f.close()
+    const withSnapshot = await afterCleanStop(file, cpu)
 
     // The reference: the statement before this change, on the same file (same rows, same page layout).
     const raw = new DatabaseSync(file)
@@ -107,7 +141,12 @@ const main = async () => {
         bench: "idb-wal",
         rows: ROWS,
         puts: PUTS,
-        walBytesPerPut: { update9k: { upsert, insertOrReplace }, unchanged9k: unchanged, insert2k: insert },
+        walBytesPerPut: {
+          update9k: { upsert, insertOrReplace },
+          unchanged9k: unchanged,
+          insert2k: insert,
+          withSnapshot
+        },
         cpuMicrosPerPut: cpu,
         store: {
           sqliteCommits: stats.commits,

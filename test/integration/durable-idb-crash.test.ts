@@ -1,7 +1,8 @@
 // A child rewriting every on-demand record per transaction is SIGKILLed at random moments (mostly
 // mid-commit: the commit's fsync is most of its time). After each kill the store opens and holds one
 // generation whole: every record, the index over them and the meta row agree, and it is the last
-// acknowledged generation or the one after it (committed, not yet acknowledged) — never a mix.
+// acknowledged generation or the one after it (committed, not yet acknowledged) — never a mix. Each
+// inspection closes cleanly, so the next run starts from snapshots and its kill leaves a delta beside them.
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -60,10 +61,15 @@ const runAndKill = (file: string, acks: number, delayMs: number) =>
   })
 
 /** The generation the store holds, checking that everything in it agrees. */
-const inspect = async (file: string) => {
+const inspect = async (file: string, round: number) => {
   const f = await SqliteFile.open(file, "crypto", CRASH_SECRET)
   try {
     const idb = await openDurableIdb([f], () => f)
+    // After the first round, each open follows a clean close (the previous inspect's) and a run killed
+    // after at least one commit: `meta` (one record written) opens from its snapshot plus that delta,
+    // `recs` (every record written: over the delta's limit) from `ixs`.
+    expect(f.stats.snapshotsRead).toBe(round === 0 ? 0 : 1)
+    expect(f.stats.snapshotDeltaRows).toBe(round === 0 ? 0 : 1)
     const db = await openDb(idb.factory, CRASH_DB, 1, crashSchema)
     const tx = db.transaction(["recs", "meta"])
     const gen = (await request(tx.objectStore("meta").get("gen"))) as number
@@ -92,7 +98,7 @@ describe("durable IndexedDB crash safety with values on demand", () => {
     let held = -1
     for (let round = 0; round < 12; round++) {
       const acked = await runAndKill(file, 1 + (round % 4), Math.floor(Math.random() * 60))
-      const gen = await inspect(file)
+      const gen = await inspect(file, round)
       expect(gen).toBeGreaterThanOrEqual(acked)
       expect(gen).toBeLessThanOrEqual(acked + 1)
       expect(gen).toBeGreaterThan(held)

@@ -1,8 +1,9 @@
-// Object-store snapshots (the `snaps` table, snapshot.ts): a clean close writes one per store and the
+// Object-store snapshots (the `snapshots` table, snapshot.ts): a clean close writes one per store and the
 // next open fills the store from it without reading `ixs`; a write (by this code or, through the
-// triggers, by any other writer) drops it in the write's own transaction, so after a crash the open reads
-// `ixs`; a damaged blob, another index list or an old store without the table all fall back. Every case
-// gives exactly the answers of in-memory fake-indexeddb.
+// triggers, by any other writer) notes the record in `snapd` in the write's own transaction, so after a
+// crash the open applies that delta to the snapshot; a damaged blob, another index list or an old store
+// without the tables all fall back to `ixs`. Every case gives exactly the answers of in-memory
+// fake-indexeddb. (durable-idb-snapshot-delta.test.ts: the delta in detail.)
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
@@ -59,7 +60,8 @@ const onFile = <A>(body: (db: DatabaseSync) => A): A => {
   }
 }
 
-const snapCount = () => onFile((db) => (db.prepare("SELECT count(*) AS n FROM snaps").get() as { n: number }).n)
+const snapCount = () => onFile((db) => (db.prepare("SELECT count(*) AS n FROM snapshots").get() as { n: number }).n)
+const deltaCount = () => onFile((db) => (db.prepare("SELECT count(*) AS n FROM snapd").get() as { n: number }).n)
 
 const rec = (i: number, gen = 0) => ({
   room: `!r${i % 3}`,
@@ -213,17 +215,19 @@ describe("object-store snapshots", () => {
       )
       expect(written.file.stats.snapshotsWritten).toBe(STORES)
       expect(snapCount()).toBe(STORES)
-      // The `ixs` rows go (the snapshots stay: their trigger is set aside for the deletion): the open
-      // must not need them.
+      // The `ixs` rows go (the snapshots stay and no delta is noted: their triggers are set aside for the
+      // deletion): the open must not need them.
       onFile((db) => {
-        const sql = (db.prepare("SELECT sql FROM sqlite_master WHERE name = 'ixs_snaps_delete'").get() as {
-          sql: string
-        }).sql
-        db.exec("DROP TRIGGER ixs_snaps_delete")
+        const triggers = ["ixs_snaps_delete", "ixs_snapd_delete"]
+        const sql = triggers.map((name) =>
+          (db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").get(name) as { sql: string }).sql
+        )
+        for (const name of triggers) db.exec(`DROP TRIGGER ${name}`)
         db.exec("DELETE FROM ixs")
-        db.exec(sql)
+        for (const text of sql) db.exec(text)
       })
       expect(snapCount()).toBe(STORES)
+      expect(deltaCount()).toBe(0)
       const got = await reopen(1, secret)
       expect(got.stats.snapshotsRead).toBe(STORES)
       expect(got.stats.indexKeysRebuilt).toBe(0)
@@ -236,18 +240,24 @@ describe("object-store snapshots", () => {
     }
   })
 
-  it("a write drops its store's snapshot in the same transaction: after a crash the open reads ixs", async () => {
+  it("a write notes its records beside the snapshot in the same transaction: after a crash the open applies them", async () => {
     await session((o) => fill(o.idb.factory))
     expect(snapCount()).toBe(STORES)
     await session(async (o) => {
       expect(o.file.stats.snapshotsRead).toBe(STORES)
       await edit(o.idb.factory)
     }, "crash")
-    // Only the edited store lost its snapshot.
-    expect(snapCount()).toBe(STORES - 1)
+    // The snapshots stay; the edited store's written records are noted (14 puts, 7 deletes); the new one
+    // is found by its rowid (above the snapshot's highest).
+    expect(snapCount()).toBe(STORES)
+    expect(deltaCount()).toBe(21)
     const got = await reopen()
-    expect(got.stats.snapshotsRead).toBe(STORES - 1)
+    expect(got.stats.snapshotsRead).toBe(STORES)
+    expect(got.stats.snapshotDeltaRows).toBe(22)
+    expect(got.stats.indexKeysRebuilt).toBe(0)
     expect(got.answers).toEqual(await expected(edit))
+    // The clean close wrote new snapshots and emptied the delta.
+    expect(deltaCount()).toBe(0)
     // That clean close wrote them all again, and they answer the same.
     expect(snapCount()).toBe(STORES)
     const again = await reopen()
@@ -255,7 +265,7 @@ describe("object-store snapshots", () => {
     expect(again.answers).toEqual(got.answers)
   })
 
-  it("a writer that does not know the table (an older cara) drops the snapshots of what it writes", async () => {
+  it("a writer that does not know the tables (an older cara without ixs) has its writes noted; the open reads ixs for them", async () => {
     await session((o) => fill(o.idb.factory))
     // The first `ob` record moves to the place of the second (the row, verbatim), the third is deleted:
     // an older cara's upsert, its INSERT OR REPLACE, its delete.
@@ -270,8 +280,12 @@ describe("object-store snapshots", () => {
         .run(rows[1]!.data, rows[1]!.id)
       db.prepare("DELETE FROM records WHERE id = ?").run(rows[2]!.id)
     })
-    expect(snapCount()).toBe(STORES - 1)
+    // Noted with the `ixs` rows they had; two records now have none (the writer did not know the table),
+    // so the store is read from `ixs` (and the two rebuilt).
+    expect(snapCount()).toBe(STORES)
+    expect(deltaCount()).toBe(3)
     const got = await reopen()
+    expect(got.stats.indexKeysRebuilt).toBe(2)
     expect(got.stats.snapshotsRead).toBe(STORES - 1)
     const memory = await expected()
     // One `ob` record fewer than in memory, everything else the same.
@@ -284,10 +298,10 @@ describe("object-store snapshots", () => {
         file = path.join(tmpDir("cara-didb-snap-"), "crypto.sqlite3")
         await session((o) => fill(o.idb.factory), "close", secret)
         onFile((db) => {
-          const rows = db.prepare("SELECT store, snap FROM snaps ORDER BY length(snap) DESC").all() as Array<
+          const rows = db.prepare("SELECT store, snap FROM snapshots ORDER BY length(snap) DESC").all() as Array<
             { store: Uint8Array; snap: Uint8Array }
           >
-          const update = db.prepare("UPDATE snaps SET snap = ? WHERE store = ?")
+          const update = db.prepare("UPDATE snapshots SET snap = ? WHERE store = ?")
           const blob = Buffer.from(rows[0]!.snap)
           if (damage === "flip") blob[Math.floor(blob.length / 2)]! ^= 0x10
           if (damage === "version") blob[0] = 9
@@ -302,17 +316,17 @@ describe("object-store snapshots", () => {
     }
   })
 
-  it("createIndex and deleteIndex drop the snapshot, also of an empty store", async () => {
+  it("after createIndex and deleteIndex the snapshot is not used, also of an empty store", async () => {
     await session((o) => fill(o.idb.factory))
     await session(async (o) => {
       await toV2(o.idb.factory)
       const db = await openDb(o.idb.factory, DB, 3, (_db, tx) => tx.objectStore("empty").createIndex("by_y", "y"))
       db.close()
     }, "crash")
-    // `ob` lost its snapshot with the re-index; `empty` has no row to trigger on and keeps a stale one.
-    expect(snapCount()).toBe(STORES - 1)
+    // `ob`'s re-index noted every record (over the delta's limit); `empty` has no row to trigger on.
+    expect(snapCount()).toBe(STORES)
     const got = await reopen(3)
-    // That one no longer matches the index list and is not used.
+    // Both no longer match the index list and are not used.
     expect(got.stats.snapshotsRead).toBe(STORES - 2)
     const memory = new IDBFactory()
     await fill(memory)
@@ -322,13 +336,18 @@ describe("object-store snapshots", () => {
     expect(got.answers).toEqual(await answers(memory, 3))
   })
 
-  it("opens a store written before the snaps table, and writes it at the next clean close", async () => {
+  it("opens a store written before the snapshot tables, and writes them at the next clean close", async () => {
     await session((o) => fill(o.idb.factory))
     onFile((db) => {
       for (const table of ["records", "ixs"]) {
-        for (const event of ["insert", "update", "delete"]) db.exec(`DROP TRIGGER ${table}_snaps_${event}`)
+        for (const event of ["insert", "update", "delete"]) {
+          db.exec(`DROP TRIGGER ${table}_snaps_${event}`)
+          db.exec(`DROP TRIGGER ${table}_snapd_${event}`)
+        }
       }
       db.exec("DROP TABLE snaps")
+      db.exec("DROP TABLE snapshots")
+      db.exec("DROP TABLE snapd")
     })
     const first = await reopen()
     expect(first.stats.snapshotsRead).toBe(0)

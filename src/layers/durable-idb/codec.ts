@@ -170,11 +170,15 @@ const indexBlob = boundBlob("ix", 1, 8)
 export const sealIndexBlob = indexBlob.seal
 export const openIndexBlob = indexBlob.open
 
-// Snapshot blobs (the `snaps` table, sqliteFile.ts): one object store's sorted keys and index entries.
-// Bound to the store's id, tag "snap", version 1, the whole 32-byte sum without a data key.
-const snapshotBlob = boundBlob("snap", 1, 32)
+// Snapshot blobs (the `snapshots` table, sqliteFile.ts): one object store's sorted keys and index entries.
+// Bound to the store's id, tag "snap", the whole 32-byte sum without a data key. Version 2: version 1 was
+// the `snaps` table's (dropped on any write); a version-2 blob is kept across writes beside its delta, and
+// must never be taken for a version-1 one.
+const snapshotBlob = boundBlob("snap", 2, 32)
 export const sealSnapshotBlob = snapshotBlob.seal
 export const openSnapshotBlob = snapshotBlob.open
+/** An older cara's version-1 snapshot blob (the `snaps` table; the same plaintext). */
+export const openOlderSnapshotBlob = boundBlob("snap", 1, 32).open
 
 /** A short name of a store's index list (names, key paths, multiEntry): index keys stored under another are stale. */
 export const indexSignature = (

@@ -18,7 +18,7 @@ import {
 import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
 import { loadSnapshot, snapshotOf } from "./snapshot.js"
 import type { DatabaseChange, DatabaseSchema, IndexKeys, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
-import { bulkLoad, interner } from "./trees.js"
+import { bulkLoad, interner, pushEntries } from "./trees.js"
 
 export { compareKeys } from "./trees.js"
 
@@ -185,14 +185,6 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
   for (const index of indexes) {
     if (!index.initialized) throw new Error(`durable-idb: index ${index.name} of ${store.name} not initialized`)
   }
-  // A clean close left a snapshot of the store: keys and index entries without reading a row.
-  const snapshot = rows.file.readSnapshot(rows.db, store.name)
-  if (snapshot !== undefined && loadSnapshot(store, rows, snapshot)) {
-    rows.file.snapshotUsed()
-    return signature
-  }
-  // Each record with its index keys; sorted by key (bulkLoad), the index keys move along.
-  const records: Array<LazyRecord> = []
   const scan = {
     db: rows.db,
     store: store.name,
@@ -200,6 +192,15 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
     indexCount: indexes.length,
     indexKeysOf: (value: unknown) => indexes.map((index) => index.getIndexKey(value))
   }
+  // A clean close's snapshot and the records written since (a crash after it): keys and index entries
+  // without reading more than those records' rows.
+  const snapshot = rows.file.readSnapshot(scan)
+  if (snapshot !== undefined && loadSnapshot(store, rows, snapshot)) {
+    rows.file.snapshotUsed(snapshot.delta.length)
+    return signature
+  }
+  // Each record with its index keys; sorted by key (bulkLoad), the index keys move along.
+  const records: Array<LazyRecord> = []
   rows.file.scanKeys(scan, (key, indexKeys) => {
     const record = new LazyRecord(key, rows)
     if (indexes.length > 0) record.indexKeys = indexKeys
@@ -210,13 +211,7 @@ const fillStore = (store: RawObjectStore, rows: StoreRows): string => {
   indexes.forEach((index, i) => {
     // In primary-key order (records is sorted now), which bulkLoad's stable sort keeps among equal keys.
     const entries: Array<RawRecord> = []
-    for (const record of records) {
-      const indexKey = record.indexKeys![i]
-      if (indexKey === undefined) continue
-      if (index.multiEntry && Array.isArray(indexKey)) {
-        for (const k of indexKey) entries.push({ key: intern(k), value: record.key })
-      } else entries.push({ key: intern(indexKey), value: record.key })
-    }
+    for (const record of records) pushEntries(entries, record.indexKeys![i], index.multiEntry, record.key, intern)
     bulkLoad(index.records.records, entries, index.unique, `${store.name}.${index.name}`)
   })
   for (const record of records) record.indexKeys = undefined
@@ -239,7 +234,8 @@ const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
 
 /**
  * At a clean close: per file, a snapshot of every store no running transaction may have changed
- * (busyStores). Nothing after a failed commit. A failure here only means the next open reads `ixs`.
+ * (busyStores). Nothing after a failed commit. A failure here only means the next open uses the
+ * snapshots and deltas as they were (or reads `ixs`).
  */
 const writeSnapshots = (
   factory: IdbFactory,
@@ -260,7 +256,7 @@ const writeSnapshots = (
     try {
       file.writeSnapshots(list)
     } catch {
-      // the triggers keep the file consistent; the next open simply reads `ixs`
+      // rolled back whole: the previous snapshots and their deltas stay consistent (the triggers)
     }
   }
 }

@@ -10,13 +10,22 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
-//   snaps(store, snap)        per object store, written at a clean close (durableIdb.ts detach): its keys
-//                             and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob)
+//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach): its
+//                             keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
+//                             and the highest record rowid then
+//   snapd(store, id, ix)      the records of rowid <= maxrid written since their store's snapshot, each with
+//                             its `ixs` row as it was at the snapshot (NULL: none), noted by triggers
+//   snaps(store, snap)        version-1 snapshots of an older cara, dropped by triggers on any write to
+//                             their store; read for a store without a version-2 one (the first start after
+//                             an upgrade), emptied by this cara's clean close
 //
-// Snapshots: an open reads a store's snapshot instead of its `ixs` rows when there is one that opens and
-// matches. The triggers `records_snaps_*` and `ixs_snaps_*` delete it in the transaction of any write to
-// the store's records or index keys, by any cara that opens the file, so a snapshot that exists is never
-// stale: after a crash (no close since the last write) or a damaged blob, the open reads `ixs` as before.
+// Snapshots: an open reads a store's snapshot and its delta instead of its `ixs` rows when the snapshot
+// opens and matches, and the delta is short (deltaLimit) and every row of it opens: the snapshot minus the
+// delta's records as they were, plus their `ixs` rows now and those of the records inserted since (rowid
+// above maxrid) (snapshot.ts). The triggers `*_snapd_*` note a
+// record in the transaction of any write to it, by any cara that opens the file (an older one too), so
+// snapshot plus delta describe the rows SQLite holds, also after a crash; anything that does not check
+// out (a damaged blob or delta row, a record without a usable `ixs` row) and the open reads `ixs`.
 //
 // Index keys beside the value (issue 19): an open reads `ixs` only (a few hundred bytes per record, in
 // store order) and never a value. A record without a usable `ixs` row (written before the table existed,
@@ -58,6 +67,7 @@ import {
   deserialize,
   openBlob,
   openIndexBlob,
+  openOlderSnapshotBlob,
   openSnapshotBlob,
   recordId,
   type RowKeys,
@@ -136,15 +146,29 @@ export interface SqliteFileStats {
   indexKeysRebuilt: number
   /** Object stores an open filled from their snapshot (without reading `ixs`). */
   snapshotsRead: number
+  /** Records written since their store's snapshot that an open applied to it (`snapd` rows, new records). */
+  snapshotDeltaRows: number
   /** Snapshots written (at clean closes). */
   snapshotsWritten: number
 }
 
-/** One object store's snapshot as the open reads it: the plaintext, and the store's record count in SQLite. */
+/** One record written since its store's snapshot: its key then (if the snapshot can have it) and now, with its index keys. */
+export interface DeltaEntry {
+  /** The primary key of the record's `ixs` row at the snapshot (undefined: it had none). */
+  readonly was: unknown
+  /** The record's key and index keys now (undefined: deleted since). */
+  readonly now: readonly [unknown, ReadonlyArray<unknown>] | undefined
+}
+
+/** One object store's snapshot as the open reads it: the plaintext, the store's record count in SQLite, and the delta. */
 export interface StoreSnapshot {
   readonly plain: Buffer
   readonly count: number
+  readonly delta: ReadonlyArray<DeltaEntry>
 }
+
+/** A delta longer than this is not applied (the open reads `ixs` instead). */
+export const deltaLimit = (count: number) => 16 + count / 4
 
 /** One object store's keys as an open reads them. */
 export interface KeyScan {
@@ -285,9 +309,47 @@ const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
   )
 ]
 
-const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA]
+// Snapshots with a delta (`snapshots`, `snapd`): a snapshot stays valid across writes. A snapshot keeps
+// the highest record rowid at its writing (`maxrid`): a record inserted since has a higher one and is
+// found by a rowid range at the open, without a note. In the transaction of any other write to a record
+// of a store that has a snapshot, by any cara (the triggers live in the file), the record's id is noted
+// in `snapd` with its `ixs` row as it was before that first write (only the first one since the snapshot,
+// that is the snapshot's own state; NULL: it had none). BEFORE triggers, so the old `ixs` row is read
+// before `records_ixs_*` delete it; on both tables, so a REPLACE into `ixs` or `records` (which fires no
+// DELETE trigger) is seen too; one AFTER INSERT for a new record that got a rowid the snapshot may have
+// seen (SQLite reuses the highest one after its row is deleted). NOT EXISTS rather than INSERT OR IGNORE:
+// a statement's conflict clause (the upsert's, INSERT OR REPLACE's) overrides the one of a trigger it
+// fires. A clean close writes new snapshots and empties `snapd` in one transaction.
+const deltaTrigger = (name: string, when: string, row: string, rid: string, ix: string) =>
+  `CREATE TRIGGER IF NOT EXISTS ${name} ${when} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND ${rid} <= s.maxrid AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
 
-/** A store written before the `ixs` or `snaps` table: the tables and their triggers, added in one transaction. */
+const ixOf = (row: string) => `(SELECT x.ix FROM ixs x WHERE x.store = ${row}.store AND x.id = ${row}.id)`
+/** The rowid of the record SQLite holds under `row`'s id now (NULL: none). */
+const ridOf = (row: string) => `(SELECT r.rid FROM records r WHERE r.id = ${row}.id)`
+
+const SNAPD_SCHEMA: ReadonlyArray<readonly [string, string]> = [
+  [
+    "snapshots",
+    "CREATE TABLE IF NOT EXISTS snapshots (store BLOB PRIMARY KEY, snap BLOB NOT NULL, maxrid INTEGER NOT NULL) WITHOUT ROWID"
+  ],
+  [
+    "snapd",
+    "CREATE TABLE IF NOT EXISTS snapd (store BLOB NOT NULL, id BLOB NOT NULL, ix BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID"
+  ],
+  ...([
+    ["records_snapd_insert", "BEFORE INSERT ON records", "new", ridOf("new"), ixOf("new")],
+    ["records_snapd_reuse", "AFTER INSERT ON records", "new", "new.rid", "NULL"],
+    ["records_snapd_update", "BEFORE UPDATE ON records", "old", "old.rid", ixOf("old")],
+    ["records_snapd_delete", "BEFORE DELETE ON records", "old", "old.rid", ixOf("old")],
+    ["ixs_snapd_insert", "BEFORE INSERT ON ixs", "new", ridOf("new"), ixOf("new")],
+    ["ixs_snapd_update", "BEFORE UPDATE ON ixs", "old", ridOf("old"), "old.ix"],
+    ["ixs_snapd_delete", "BEFORE DELETE ON ixs", "old", ridOf("old"), "old.ix"]
+  ] as const).map(([name, when, row, rid, ix]) => [name, deltaTrigger(name, when, row, rid, ix)] as const)
+]
+
+const STORE_SCHEMA = [...IXS_SCHEMA, ...SNAPS_SCHEMA, ...SNAPD_SCHEMA]
+
+/** A store written before the `ixs`, `snaps` or `snapshots` tables: the tables and their triggers, added in one transaction. */
 const addIndexTable = (db: DatabaseSync) => {
   const names = new Set(
     (db.prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')").all() as Array<{ name: string }>)
@@ -297,10 +359,14 @@ const addIndexTable = (db: DatabaseSync) => {
   db.exec("BEGIN IMMEDIATE")
   try {
     // Rows kept while one of their table's triggers was missing may be stale: start that table over (an
-    // open rebuilds `ixs`; a clean close writes `snaps`).
+    // open rebuilds `ixs`; a clean close writes `snapshots`).
     const complete = (schema: ReadonlyArray<readonly [string, string]>) => schema.every(([name]) => names.has(name))
     if (names.has("ixs") && !complete(IXS_SCHEMA)) db.exec("DELETE FROM ixs")
     if (names.has("snaps") && !complete(SNAPS_SCHEMA)) db.exec("DELETE FROM snaps")
+    if (!complete(SNAPD_SCHEMA)) {
+      if (names.has("snapshots")) db.exec("DELETE FROM snapshots")
+      if (names.has("snapd")) db.exec("DELETE FROM snapd")
+    }
     for (const [, sql] of STORE_SCHEMA) db.exec(sql)
     db.exec("COMMIT")
   } catch (e) {
@@ -354,6 +420,7 @@ export class SqliteFile {
     unchangedPuts: 0,
     indexKeysRebuilt: 0,
     snapshotsRead: 0,
+    snapshotDeltaRows: 0,
     snapshotsWritten: 0
   }
   private closed = false
@@ -603,30 +670,80 @@ export class SqliteFile {
   }
 
   /**
-   * One store's snapshot, authenticated (or checksummed), with the store's record count; undefined when
-   * there is none, or it does not open (the caller then scans `ixs`). Never throws for a bad snapshot.
+   * One store's snapshot, authenticated (or checksummed), with the store's record count and the records
+   * written since (`snapd`, each with its `ixs` row now); undefined when there is none, it does not open,
+   * the delta is over `deltaLimit` or one of its rows does not open or check out (the caller then scans
+   * `ixs`). Never throws for a bad snapshot or delta.
    */
-  readSnapshot(db: string, store: string): StoreSnapshot | undefined {
+  readSnapshot(scan: Omit<KeyScan, "indexKeysOf">): StoreSnapshot | undefined {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
-    const id = storeId(this.keys, db, store)
-    let row: { snap: Uint8Array } | undefined
+    const id = storeId(this.keys, scan.db, scan.store)
     try {
-      row = this.db.prepare("SELECT snap FROM snaps WHERE store = ?").get(id) as { snap: Uint8Array } | undefined
+      const row = this.db.prepare("SELECT snap, maxrid FROM snapshots WHERE store = ?").get(id) as
+        | { snap: Uint8Array; maxrid: number }
+        | undefined
+      const count = (this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }).n
+      if (row === undefined) return this.readOlderSnapshot(id, count)
+      // The new records: a range of the store's index (store, rowid), with maxrid as a bound parameter.
+      const changed = (this.db.prepare(
+        "SELECT (SELECT count(*) FROM snapd WHERE store = ?1) + (SELECT count(*) FROM records r WHERE r.rid > ?2 AND r.store = ?1) AS n"
+      ).get(id, row.maxrid) as { n: number }).n
+      if (changed > deltaLimit(count)) return undefined
+      const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
+      if (plain === undefined) return undefined
+      const delta = this.readDelta(id, row.maxrid, scan)
+      return delta === undefined ? undefined : { plain, count, delta }
     } catch {
       return undefined
     }
-    if (row === undefined) return undefined
-    const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
-    if (plain === undefined) return undefined
-    const count = this.readingRows(() =>
-      this.db.prepare("SELECT count(*) AS n FROM records WHERE store = ?").get(id) as { n: number }
-    )
-    return { plain, count: count.n }
   }
 
-  /** Counts a snapshot the open used (stats). */
-  snapshotUsed(): void {
+  /**
+   * An older cara's snapshot (`snaps`, version 1: the first start after an upgrade from it): valid as it
+   * stands, since its triggers, kept in the file, drop it in the transaction of any write to its store.
+   */
+  private readOlderSnapshot(id: Buffer, count: number): StoreSnapshot | undefined {
+    const row = this.db.prepare("SELECT snap FROM snaps WHERE store = ?").get(id) as { snap: Uint8Array } | undefined
+    const plain = row === undefined ? undefined : openOlderSnapshotBlob(this.keys.seal, id, row.snap)
+    return plain === undefined ? undefined : { plain, count, delta: [] }
+  }
+
+  /**
+   * A store's `snapd` rows and the records inserted since its snapshot (rowid above `maxrid`, not noted),
+   * opened; undefined when one does not open or a record now has no usable `ixs` row.
+   */
+  private readDelta(store: Buffer, maxrid: number, scan: Omit<KeyScan, "indexKeysOf">): Array<DeltaEntry> | undefined {
+    const rows = this.db.prepare(
+      `SELECT d.id AS id, d.ix AS was, x.ix AS now, EXISTS (SELECT 1 FROM records r WHERE r.id = d.id) AS present
+         FROM snapd d LEFT JOIN ixs x ON x.store = d.store AND x.id = d.id WHERE d.store = ?1
+       UNION ALL
+       SELECT r.id, NULL, x.ix, 1 FROM records r LEFT JOIN ixs x ON x.store = r.store AND x.id = r.id
+         WHERE r.rid > ?2 AND r.store = ?1 AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = r.store AND d.id = r.id)`
+    ).all(store, maxrid) as Array<{ id: Uint8Array; was: Uint8Array | null; now: Uint8Array | null; present: number }>
+    const delta: Array<DeltaEntry> = []
+    for (const row of rows) {
+      const id = Buffer.from(row.id)
+      let was: unknown = undefined
+      if (row.was !== null) {
+        const plain = openIndexBlob(this.keys.seal, id, row.was)
+        const parsed = plain === undefined ? undefined : deserialize(plain)
+        if (!Array.isArray(parsed) || parsed.length !== 3) return undefined
+        was = parsed[1]
+      }
+      let now: readonly [unknown, ReadonlyArray<unknown>] | undefined = undefined
+      if (row.present !== 0) {
+        now = row.now === null ? undefined : this.indexEntry(id, row.now, scan)
+        if (now === undefined) return undefined
+      } else if (row.now !== null) return undefined
+      delta.push({ was, now })
+    }
+    return delta
+  }
+
+  /** Counts a snapshot the open used, and the delta rows it applied (stats). */
+  snapshotUsed(deltaRows: number): void {
     this.stats.snapshotsRead++
+    this.stats.snapshotDeltaRows += deltaRows
   }
 
   /**
@@ -635,13 +752,17 @@ export class SqliteFile {
    */
   writeSnapshots(snapshots: ReadonlyArray<{ readonly db: string; readonly store: string; readonly plain: Buffer }>) {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
-    const insert = this.db.prepare("INSERT OR REPLACE INTO snaps (store, snap) VALUES (?, ?)")
+    const insert = this.db.prepare("INSERT OR REPLACE INTO snapshots (store, snap, maxrid) VALUES (?, ?, ?)")
     this.begin.run()
     try {
+      const maxrid = (this.db.prepare("SELECT coalesce(max(rid), 0) AS n FROM records").get() as { n: number }).n
+      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too.
       this.db.exec("DELETE FROM snaps")
+      this.db.exec("DELETE FROM snapshots")
+      this.db.exec("DELETE FROM snapd")
       for (const s of snapshots) {
         const id = storeId(this.keys, s.db, s.store)
-        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain))
+        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain), maxrid)
       }
       this.end.run()
       this.stats.snapshotsWritten += snapshots.length
@@ -655,7 +776,7 @@ export class SqliteFile {
   private indexEntry(
     id: Buffer,
     ix: Uint8Array,
-    scan: KeyScan
+    scan: Omit<KeyScan, "indexKeysOf">
   ): readonly [unknown, ReadonlyArray<unknown>] | undefined {
     const plain = openIndexBlob(this.keys.seal, id, ix)
     if (plain === undefined) return undefined

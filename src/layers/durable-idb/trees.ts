@@ -21,6 +21,20 @@ export const interner = () => {
   }
 }
 
+/** Appends a record's entries for one index: none without an index key, one per key of a multiEntry array. */
+export const pushEntries = (
+  out: Array<RawRecord>,
+  indexKey: unknown,
+  multiEntry: boolean,
+  primaryKey: unknown,
+  intern: (key: unknown) => unknown
+) => {
+  if (indexKey === undefined) return
+  if (multiEntry && Array.isArray(indexKey)) {
+    for (const k of indexKey) out.push({ key: intern(k), value: primaryKey })
+  } else out.push({ key: intern(indexKey), value: primaryKey })
+}
+
 const fallbackCmp = new IDBFactory()
 
 /**
