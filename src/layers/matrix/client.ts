@@ -12,6 +12,7 @@ import { StateDir } from "../../services/StateDir.js"
 import { HTTP_TIMEOUT_MS, MatrixCredentials } from "./auth.js"
 import { makeSdkLogger } from "./logging.js"
 import { gateSyncCrypto } from "./syncCrypto.js"
+import { gateSyncSaves } from "./syncSaves.js"
 import { sdkTransport } from "./transport.js"
 
 export interface MatrixClientShape {
@@ -77,7 +78,10 @@ const makeInflight = () => {
   }
 }
 
-/** The sync store, started; its saves wait for the handlers. Returns the unpatched save for the release. */
+/**
+ * The sync store, started; its saves wait for the handlers, and the periodic one for news (syncSaves.ts).
+ * Returns the unpatched save for the release.
+ */
 const openSyncStore = (indexedDB: unknown, dbName: string, drain: () => Promise<void>) =>
   Effect.gen(function*() {
     const syncStore = new sdk.IndexedDBStore({ indexedDB: indexedDB as never, dbName })
@@ -87,11 +91,7 @@ const openSyncStore = (indexedDB: unknown, dbName: string, drain: () => Promise<
         new MatrixError({ kind: "client-build", message: `failed to build Matrix client: sync store: ${describe(e)}` })
     })
     const savedSyncToken = (yield* Effect.promise(() => syncStore.getSavedSyncToken())) ?? null
-    const save = syncStore.save.bind(syncStore)
-    syncStore.save = async (force?: boolean) => {
-      await drain()
-      return save(force)
-    }
+    const save = gateSyncSaves(syncStore, drain)
     return { syncStore, savedSyncToken, save }
   })
 
