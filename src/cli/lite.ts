@@ -72,8 +72,11 @@ export const request = (
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8")
     const headers: Record<string, string> = {
       ...(target.token !== undefined ? { authorization: `Bearer ${target.token}` } : {}),
+      // a POST without a body says so (chunked encoding would read as a body without a JSON type: 415)
       ...(payload !== undefined
         ? { "content-type": "application/json", "content-length": String(payload.length) }
+        : method === "POST"
+        ? { "content-length": "0" }
         : {})
     }
     const req = http.request(
