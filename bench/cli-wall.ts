@@ -5,7 +5,7 @@
 // without Effect (src/cli/lite.ts); so do `dlq show|replay|purge`, `accept`, `cancel` and `verify`
 // (src/cli/liteActions.ts), each on a record / flow / device that does not exist (the daemon's not-found answer); `statusDirect` / `verificationsDirect` are the same commands on the Effect
 // start of src/cli/direct.ts (CARA_LITE=off: the path they took before lite.ts), `statusTree` `cara status` parsed
-// by the full @effect/cli tree (CARA_DIRECT=off). Target (issue 19 §5):
+// by the full @effect/cli tree (CARA_DIRECT=off), `acceptDirect` `cara matrix accept` on the tree (CARA_LITE=off). Target (issue 19 §5):
 // ≤ 250 ms and ≤ 5 × `node -e 0`.
 // Run: `npm run bench -- cli-wall` or `node_modules/.bin/vite-node bench/cli-wall.ts`.
 import { spawnSync } from "node:child_process"
@@ -59,6 +59,7 @@ const main = async () => {
       // the same commands on the Effect start (CARA_LITE=off), and through the full @effect/cli tree (CARA_DIRECT=off)
       statusDirect: [CLI, "status", "--port", port],
       verificationsDirect: [CLI, "matrix", "verifications", "--port", port],
+      acceptDirect: [CLI, "matrix", "accept", "mvr_missing", "--port", port],
       statusTree: [CLI, "status", "--port", port]
     }
     const envOf = (name: string): NodeJS.ProcessEnv =>
@@ -67,7 +68,7 @@ const main = async () => {
         : name.endsWith("Direct")
         ? { ...env, CARA_LITE: "off" }
         : env
-    const EXIT_1 = new Set(["dlqShow", "dlqReplay", "dlqPurge", "accept", "cancel", "verify"])
+    const EXIT_1 = new Set(["dlqShow", "dlqReplay", "dlqPurge", "accept", "cancel", "verify", "acceptDirect"])
     const exitOf = (name: string) => (EXIT_1.has(name) ? 1 : 0)
     const times: Record<string, Array<number>> = Object.fromEntries(Object.keys(commands).map((k) => [k, []]))
     log(`${RUNS} runs of ${Object.keys(commands).join(", ")}`)
