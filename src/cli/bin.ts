@@ -29,7 +29,8 @@ if (args.length === 1 && args[0] === "--version") {
   process.stdout.write(`${version}\n`)
 } else if (!(await printStoredHelp(args))) {
   // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts), and
-  // Effect too when lite.ts can be sure to print what they would
+  // Effect too when lite.ts can be sure to print what they would; the acting ones (liteActions.ts) skip both or,
+  // having sent nothing, go to the tree
   const { readActionArgs, readDirectArgs } = await import("./directArgs.js")
   const direct = readDirectArgs(args)
   const action = direct === undefined ? readActionArgs(args) : undefined

@@ -1,5 +1,6 @@
-// The strict reading of the read-only gateway commands' arguments (see direct.ts), without Effect: bin.ts reads
-// them before deciding which start to take (lite.ts, direct.ts or the @effect/cli tree).
+// The strict reading of the read-only gateway commands' arguments (see direct.ts) and of the acting commands'
+// (liteActions.ts), without Effect: bin.ts reads them before deciding which start to take (lite.ts, direct.ts,
+// liteActions.ts or the @effect/cli tree).
 
 /** The commands started without the command tree, by their path as typed. */
 export const DIRECT_COMMANDS = ["status", "matrix dlq list", "matrix verifications", "matrix devices"] as const
