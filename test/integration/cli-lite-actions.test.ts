@@ -77,7 +77,15 @@ const RECORD = {
   textBytes: 12
 }
 
-type Mode = "data" | "errors" | "unauthorized" | "unavailable" | "extra-field" | "server-error" | "strict-kind"
+type Mode =
+  | "data"
+  | "errors"
+  | "unauthorized"
+  | "unavailable"
+  | "extra-field"
+  | "server-error"
+  | "strict-kind"
+  | "leak"
 let mode: Mode = "data"
 
 interface Seen {
@@ -145,6 +153,9 @@ const answer = (method: string, url: string): [number, unknown] => {
       return [route.data[0], { ...(route.data[1] as object), addedLater: 1 }]
     case "server-error":
       return err(500, "internal", "boom")
+    case "leak":
+      // an error that quotes the credential: the full path's redactor would change it
+      return [route.error[0], { ok: false, error: { kind: "not-found", message: `bad ${TOKEN}` } }]
     case "strict-kind":
       // a verification endpoint's 404 with a kind its class does not have, a DLQ answer without its fields: the
       // typed client cannot decode either
@@ -253,6 +264,25 @@ describe("the acting commands without Effect, against a stand-in daemon", () => 
     }
   })
 
+  it("an error the redactor would change: a GET goes to the tree, a POST says so without the message", async () => {
+    mode = "leak"
+    for (const command of [["matrix", "dlq", "show", "dlq_1"], ["matrix", "dlq", "purge", "dlq_1", "--yes"]]) {
+      const { fast, fastSeen, taken, tree } = await compare([...command, "--port", String(standInPort)], env())
+      const name = command.join(" ")
+      expect(fast.stderr, name).not.toContain(TOKEN)
+      expect(tree.stderr, name).not.toContain(TOKEN)
+      expect(fast.status, name).toBe(1)
+      if (command[2] === "show") {
+        expect(taken, name).toBe("tree")
+        expect(fast.stderr, name).toBe(tree.stderr)
+      } else {
+        expect(taken, name).toBe("lite")
+        expect(fastSeen.length, name).toBe(1)
+        expect(fast.stderr, name).toContain("the request was not sent again")
+      }
+    }
+  })
+
   it("leaves prompts, argument errors, confirm and CARA_LITE=off to the tree, having sent nothing itself", async () => {
     mode = "data"
     const cases: ReadonlyArray<[ReadonlyArray<string>, NodeJS.ProcessEnv, number]> = [
@@ -262,6 +292,7 @@ describe("the acting commands without Effect, against a stand-in daemon", () => 
       [["matrix", "dlq", "replay"], env(), 0],
       [["matrix", "confirm", "mvr_abc", "--match"], env(), 0],
       [["matrix", "dlq", "show", "dlq 1"], env(), 1],
+      [["matrix", "accept", "mvr:x"], env(), 1],
       [["matrix", "accept", "mvr_abc"], { ...env(), CARA_LITE: "off" }, 1]
     ]
     for (const [command, e, requests] of cases) {
