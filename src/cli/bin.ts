@@ -29,10 +29,14 @@ if (args.length === 1 && args[0] === "--version") {
   process.stdout.write(`${version}\n`)
 } else if (!(await printStoredHelp(args))) {
   // the commands that only ask the daemon skip the command tree when their arguments are plain (direct.ts), and
-  // Effect too when lite.ts can be sure to print what they would
-  const { readDirectArgs } = await import("./directArgs.js")
+  // Effect too when lite.ts can be sure to print what they would; the acting ones (liteActions.ts) skip both or,
+  // having sent nothing, go to the tree
+  const { readActionArgs, readDirectArgs } = await import("./directArgs.js")
   const direct = readDirectArgs(args)
-  if (direct === undefined) (await import("./run.js")).run(process.argv)
+  const action = direct === undefined ? readActionArgs(args) : undefined
+  if (action !== undefined) {
+    if (!(await (await import("./liteActions.js")).runLiteAction(action))) (await import("./run.js")).run(process.argv)
+  } else if (direct === undefined) (await import("./run.js")).run(process.argv)
   else if (!(await (await import("./lite.js")).runLite(direct.command, direct.flags))) {
     const { gatewayArgs, runDirect } = await import("./direct.js")
     runDirect(direct.command, gatewayArgs(direct.flags))

@@ -1,5 +1,6 @@
-// The strict reading of the read-only gateway commands' arguments (see direct.ts), without Effect: bin.ts reads
-// them before deciding which start to take (lite.ts, direct.ts or the @effect/cli tree).
+// The strict reading of the read-only gateway commands' arguments (see direct.ts) and of the acting commands'
+// (liteActions.ts), without Effect: bin.ts reads them before deciding which start to take (lite.ts, direct.ts,
+// liteActions.ts or the @effect/cli tree).
 
 /** The commands started without the command tree, by their path as typed. */
 export const DIRECT_COMMANDS = ["status", "matrix dlq list", "matrix verifications", "matrix devices"] as const
@@ -55,6 +56,78 @@ export const readDirectArgs = (
     if (args.length < path.length || path.some((w, i) => args[i] !== w)) continue
     const flags = readGatewayFlags(args.slice(path.length))
     return flags === undefined ? undefined : { command, flags }
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The commands that act (or need an argument) lite.ts also answers: their path, positional arguments and
+// switches, the same as src/cli/tree.ts declares them (test/unit/cli-direct.test.ts holds the two readings equal).
+
+interface ActionSpec {
+  /** The positional arguments' names; the ones after `required` are optional. */
+  readonly args: ReadonlyArray<string>
+  readonly required: number
+  /** Boolean flags besides `--json`. */
+  readonly switches: ReadonlyArray<string>
+}
+
+export const ACTION_COMMANDS = {
+  "matrix dlq show": { args: ["id"], required: 1, switches: ["reveal"] },
+  "matrix dlq replay": { args: ["id"], required: 0, switches: ["all"] },
+  "matrix dlq purge": { args: ["id"], required: 0, switches: ["all", "yes"] },
+  "matrix accept": { args: ["flowId"], required: 1, switches: [] },
+  "matrix cancel": { args: ["flowId"], required: 1, switches: [] },
+  "matrix verify": { args: ["user", "device"], required: 1, switches: [] }
+} as const satisfies Record<string, ActionSpec>
+export type ActionCommand = keyof typeof ACTION_COMMANDS
+
+/** An action command as typed: its gateway flags, its positional arguments by name, the switches given. */
+export interface ActionArgs {
+  readonly command: ActionCommand
+  readonly flags: PlainFlags
+  readonly args: Readonly<Record<string, string>>
+  readonly switches: ReadonlySet<string>
+}
+
+/** A positional value this reading is sure @effect/cli reads as the same text (never a flag, nor a boolean's value). */
+const PLAIN_ARG = /^[^\s-](?:.*\S)?$/s
+const BOOLEAN_WORD = /^(true|false|yes|no|y|n|on|off|1|0)$/i
+
+/** The words after the command path, read strictly: `undefined` for anything not fully understood. */
+export const readActionWords = (spec: ActionSpec, words: ReadonlyArray<string>) => {
+  const positionals: Array<string> = []
+  const switches = new Set<string>()
+  const gateway: Array<string> = []
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i]!
+    if (w.startsWith("--") && (spec.switches as ReadonlyArray<string>).includes(w.slice(2))) {
+      if (switches.has(w.slice(2))) return undefined
+      switches.add(w.slice(2))
+    } else if (w === "--json") gateway.push(w)
+    else if (w === "--host" || w === "--port" || w === "-p") gateway.push(w, words[++i] ?? "")
+    else if (w.startsWith("--host=") || w.startsWith("--port=")) gateway.push(w)
+    else if (PLAIN_ARG.test(w) && !BOOLEAN_WORD.test(w) && !/[\u0000-\u001f\u007f]/.test(w)) positionals.push(w)
+    else return undefined
+  }
+  if (positionals.length < spec.required || positionals.length > spec.args.length) return undefined
+  const flags = readGatewayFlags(gateway)
+  if (flags === undefined) return undefined
+  const args = Object.fromEntries(positionals.map((v, i) => [spec.args[i]!, v]))
+  return { flags, args, switches }
+}
+
+/** The action command and its arguments when `args` (argv without node and the script) can be read strictly. */
+export const readActionArgs = (
+  args: ReadonlyArray<string>,
+  env: NodeJS.ProcessEnv = process.env
+): ActionArgs | undefined => {
+  if (env["CARA_DIRECT"] === "off") return undefined
+  for (const [command, spec] of Object.entries(ACTION_COMMANDS) as Array<[ActionCommand, ActionSpec]>) {
+    const path = command.split(" ")
+    if (args.length < path.length || path.some((w, i) => args[i] !== w)) continue
+    const read = readActionWords(spec, args.slice(path.length))
+    return read === undefined ? undefined : { command, ...read }
   }
   return undefined
 }

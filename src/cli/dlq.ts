@@ -1,8 +1,7 @@
 import { Console, Effect, Option, Schema } from "effect"
 import * as readline from "node:readline"
-import type { DlqDetail, DlqSummary } from "../domain/dlq.js"
 import { gatewayCall, GatewayClient } from "./client.js"
-import { dlqListText, terminalSafe } from "./render.js"
+import { dlqListText, dlqPurgeText, dlqReplayText, dlqShowText, REVEAL_NOT_TERMINAL } from "./render.js"
 
 /** A `cara matrix dlq` command refused before its call (a failed call is a GatewayCallError). */
 export class DlqCliError extends Schema.TaggedError<DlqCliError>()("DlqCliError", {
@@ -16,32 +15,7 @@ interface Target {
   readonly json: boolean
 }
 
-const when = (ms: number) => new Date(ms).toISOString()
-
-export { renderList } from "./render.js"
-
-export const renderDetail = (r: DlqDetail): string =>
-  [
-    `Id:          ${r.id}`,
-    `Direction:   ${
-      r.direction === "outbound"
-        ? "outbound (an answer that could not be sent; replay sends it as the reply to the event)"
-        : "inbound (a message whose handling failed; replay answers it)"
-    }`,
-    `Event:       ${terminalSafe(r.eventId)}`,
-    `Room:        ${terminalSafe(r.roomId)}`,
-    `Sender:      ${terminalSafe(r.senderId)}`,
-    `Received:    ${when(r.receivedAt)}`,
-    `Encrypted:   ${r.encrypted ? "yes" : "no"}`,
-    `Attempts:    ${r.attempts}${
-      r.nextAttemptAt !== undefined ? ` (next automatic try ${when(r.nextAttemptAt)})` : ""
-    }`,
-    ...(r.lastError !== undefined ? [`Last error:  ${terminalSafe(r.lastError)}`] : []),
-    `Body:        ${
-      r.text !== undefined ? "" : `${r.textBytes} bytes (hidden; add --reveal on a terminal to print it)`
-    }`,
-    ...(r.text !== undefined ? [terminalSafe(r.text)] : [])
-  ].join("\n")
+export { renderDetail, renderList } from "./render.js"
 
 /** `<id>` xor `--all`, the same rule the API applies. */
 const selection = (id: Option.Option<string>, all: boolean) =>
@@ -66,15 +40,11 @@ export const show = ({ host, id, json, port, reveal }: Target & { readonly id: s
   Effect.gen(function*() {
     // A message body is user content: it goes to a person at a terminal, never into a pipe or a log file.
     if (reveal && process.stdout.isTTY !== true) {
-      return yield* new DlqCliError({
-        kind: "dlq-reveal-not-terminal",
-        message:
-          "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
-      })
+      return yield* new DlqCliError(REVEAL_NOT_TERMINAL)
     }
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.show({ path: { id }, urlParams: { reveal: reveal ? "true" : "false" } }).pipe(gatewayCall)
-    yield* Console.log(json ? JSON.stringify(r.record, null, 2) : renderDetail(r.record))
+    yield* Console.log(dlqShowText(r.record, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix dlq replay <id> | --all`. */
@@ -85,13 +55,8 @@ export const replay = (
     const payload = yield* selection(id, all)
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.replay({ payload }).pipe(gatewayCall)
-    const p = r.report
-    yield* Console.log(
-      json
-        ? JSON.stringify(p)
-        : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
-    )
-    if (p.failed > 0) process.exitCode = 1
+    yield* Console.log(dlqReplayText(r.report, json))
+    if (r.report.failed > 0) process.exitCode = 1
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** Reads one line from stdin after printing `prompt` on stderr. */
@@ -137,7 +102,5 @@ export const purge = (
     }
     const { api } = yield* GatewayClient
     const r = yield* api.dlq.purge({ payload }).pipe(gatewayCall)
-    yield* Console.log(
-      json ? JSON.stringify({ purged: r.purged }) : `Purged ${r.purged} record(s) from the inbound DLQ.`
-    )
+    yield* Console.log(dlqPurgeText(r.purged, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))

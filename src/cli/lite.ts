@@ -37,16 +37,29 @@ import {
   withRemediation
 } from "./render.js"
 
-type Answer =
+export type Answer =
   | { readonly t: "json"; readonly status: number; readonly body: unknown }
   | { readonly t: "refused" }
-  | { readonly t: "doubt" }
+  | { readonly t: "doubt"; readonly code?: string }
 
 const DOUBT: Answer = { t: "doubt" }
 const MAX_BODY = 16 * 1024 * 1024
 
 /** One GET with the bearer; `refused` only for ECONNREFUSED, `doubt` for anything else that is not a JSON answer. */
 const get = (target: LiteTarget, path: string, timeoutMs: number): Promise<Answer> =>
+  request(target, "GET", path, undefined, timeoutMs)
+
+/**
+ * One request with the bearer (and a JSON body); `refused` only for ECONNREFUSED (nothing reached the daemon),
+ * `doubt` for anything else that is not a JSON answer (with the socket's error code when there is one).
+ */
+export const request = (
+  target: LiteTarget,
+  method: "GET" | "POST",
+  path: string,
+  body: unknown,
+  timeoutMs: number | undefined
+): Promise<Answer> =>
   new Promise((resolve) => {
     let done = false
     const finish = (a: Answer) => {
@@ -56,11 +69,18 @@ const get = (target: LiteTarget, path: string, timeoutMs: number): Promise<Answe
       req.destroy()
       resolve(a)
     }
-    const headers: Record<string, string> = target.token !== undefined
-      ? { authorization: `Bearer ${target.token}` }
-      : {}
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8")
+    const headers: Record<string, string> = {
+      ...(target.token !== undefined ? { authorization: `Bearer ${target.token}` } : {}),
+      // a POST without a body says so (chunked encoding would read as a body without a JSON type: 415)
+      ...(payload !== undefined
+        ? { "content-type": "application/json", "content-length": String(payload.length) }
+        : method === "POST"
+        ? { "content-length": "0" }
+        : {})
+    }
     const req = http.request(
-      { host: target.address, port: target.port, path, method: "GET", agent: false, headers },
+      { host: target.address, port: target.port, path, method, agent: false, headers },
       (res) => {
         const chunks: Array<Buffer> = []
         let size = 0
@@ -80,9 +100,12 @@ const get = (target: LiteTarget, path: string, timeoutMs: number): Promise<Answe
         })
       }
     )
-    req.on("error", (e: NodeJS.ErrnoException) => finish(e.code === "ECONNREFUSED" ? { t: "refused" } : DOUBT))
-    const timer = setTimeout(() => finish(DOUBT), timeoutMs)
-    req.end()
+    req.on("error", (e: NodeJS.ErrnoException) =>
+      finish(
+        e.code === "ECONNREFUSED" ? { t: "refused" } : typeof e.code === "string" ? { t: "doubt", code: e.code } : DOUBT
+      ))
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => finish(DOUBT), timeoutMs)
+    req.end(payload)
   })
 
 /** The API's error classes lite.ts renders, by status: their tag and kinds (src/domain/api.ts, held equal by a test). */
@@ -134,7 +157,7 @@ export const mayRedact = (text: string, candidates: ReadonlyArray<string>): bool
 }
 
 /** Prints a command's text; a rendering that throws (a timestamp out of range) is the full path's to report. */
-const printText = (render: () => string): boolean => {
+export const printText = (render: () => string): boolean => {
   let text: string
   try {
     text = render()
@@ -146,7 +169,7 @@ const printText = (render: () => string): boolean => {
 }
 
 /** Writes a failure's stderr text (exit code 1) unless the redactor could change it. */
-const printFailure = (target: LiteTarget, text: string): boolean => {
+export const printFailure = (target: LiteTarget, text: string): boolean => {
   if (mayRedact(text, target.secretCandidates)) return false
   process.stderr.write(text)
   process.exitCode = 1

@@ -138,7 +138,7 @@ const ChannelInfoShape = struct({
 
 export const ChannelsShape = struct({ total: I, connected: I, channels: array(ChannelInfoShape) })
 
-const DlqSummaryShape = struct({
+const DlqSummaryFields = {
   id: S,
   direction: lit("inbound", "outbound"),
   eventId: S,
@@ -150,9 +150,19 @@ const DlqSummaryShape = struct({
   nextAttemptAt: opt(N),
   lastError: opt(S),
   textBytes: I
-})
+}
+const DlqSummaryShape = struct(DlqSummaryFields)
 
 export const DlqListShape = struct({ ok: lit(true), records: array(DlqSummaryShape), undecodable: I })
+
+export const DlqShowShape = struct({ ok: lit(true), record: struct({ ...DlqSummaryFields, text: opt(S) }) })
+
+export const DlqReplayShape = struct({
+  ok: lit(true),
+  report: struct({ replayed: I, failed: I, dropped: I, quarantined: I, deferred: I, remaining: I })
+})
+
+export const DlqPurgeShape = struct({ ok: lit(true), purged: I })
 
 const VerificationFlowShape = struct({
   flowId: S,
@@ -182,6 +192,8 @@ const VerificationFlowShape = struct({
 })
 
 export const VerificationListShape = struct({ ok: lit(true), verifications: array(VerificationFlowShape) })
+
+export const VerificationResultShape = struct({ ok: lit(true), verification: VerificationFlowShape })
 
 const OwnDeviceShape = struct({
   userId: S,

@@ -4,7 +4,7 @@
 // (lite.ts) both print through these functions, so the two cannot drift apart. Only type imports here: the
 // test in test/unit/cli-lite.test.ts fails when this module's chunk of the bundle reaches Effect.
 import type { ChannelInfo, MatrixChannelExtra } from "../domain/channel.js"
-import type { DlqSummary } from "../domain/dlq.js"
+import type { DlqDetail, DlqReplayReport, DlqSummary } from "../domain/dlq.js"
 import { REMEDIATION, remediationFor, type RemediationKind } from "../domain/remediation.js"
 import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 
@@ -220,8 +220,53 @@ export const dlqListText = (
     ? JSON.stringify({ records: r.records, undecodable: r.undecodable }, null, 2)
     : renderList(r.records, r.undecodable)
 
+// cara matrix dlq show, replay, purge
+
+export const renderDetail = (r: DlqDetail): string =>
+  [
+    `Id:          ${r.id}`,
+    `Direction:   ${
+      r.direction === "outbound"
+        ? "outbound (an answer that could not be sent; replay sends it as the reply to the event)"
+        : "inbound (a message whose handling failed; replay answers it)"
+    }`,
+    `Event:       ${terminalSafe(r.eventId)}`,
+    `Room:        ${terminalSafe(r.roomId)}`,
+    `Sender:      ${terminalSafe(r.senderId)}`,
+    `Received:    ${when(r.receivedAt)}`,
+    `Encrypted:   ${r.encrypted ? "yes" : "no"}`,
+    `Attempts:    ${r.attempts}${
+      r.nextAttemptAt !== undefined ? ` (next automatic try ${when(r.nextAttemptAt)})` : ""
+    }`,
+    ...(r.lastError !== undefined ? [`Last error:  ${terminalSafe(r.lastError)}`] : []),
+    `Body:        ${
+      r.text !== undefined ? "" : `${r.textBytes} bytes (hidden; add --reveal on a terminal to print it)`
+    }`,
+    ...(r.text !== undefined ? [terminalSafe(r.text)] : [])
+  ].join("\n")
+
+/** What `cara matrix dlq show <id> [--json]` prints for the daemon's record. */
+export const dlqShowText = (r: DlqDetail, json: boolean): string => json ? JSON.stringify(r, null, 2) : renderDetail(r)
+
+/** What `cara matrix dlq replay` prints for the daemon's report (the exit code is 1 when `failed > 0`). */
+export const dlqReplayText = (p: DlqReplayReport, json: boolean): string =>
+  json
+    ? JSON.stringify(p)
+    : `Replayed ${p.replayed}, failed ${p.failed}, dropped ${p.dropped} (sender no longer allowed), quarantined ${p.quarantined}; ${p.remaining} record(s) remain.`
+
+/** What `cara matrix dlq purge` prints for the daemon's count. */
+export const dlqPurgeText = (purged: number, json: boolean): string =>
+  json ? JSON.stringify({ purged }) : `Purged ${purged} record(s) from the inbound DLQ.`
+
+/** The refusal of `cara matrix dlq show --reveal` when stdout is not a terminal (before any call). */
+export const REVEAL_NOT_TERMINAL = {
+  kind: "dlq-reveal-not-terminal",
+  message:
+    "refusing to print a message body when stdout is not a terminal; run `cara matrix dlq show <id> --reveal` in a terminal"
+} as const
+
 // ---------------------------------------------------------------------------------------------------------
-// cara matrix verifications, cara matrix devices
+// cara matrix verifications, cara matrix devices, accept, cancel, verify
 
 export const sasLines = (f: VerificationFlow): Array<string> => {
   const lines: Array<string> = []
@@ -270,3 +315,19 @@ export const renderDevices = (devices: ReadonlyArray<OwnDevice>): string =>
 /** What `cara matrix devices [--json]` prints for the daemon's answer. */
 export const devicesText = (devices: ReadonlyArray<OwnDevice>, json: boolean): string =>
   json ? safeJson({ ok: true, devices }) : renderDevices(devices)
+
+/** One flow as `cara matrix accept|cancel|confirm|verify` print it. */
+export const flowText = (f: VerificationFlow, json: boolean): string =>
+  json ? safeJson({ ok: true, verification: f }) : renderFlows([f])
+
+/** What `cara matrix accept|cancel|verify` print for the daemon's flow: the flow, then what to do next. */
+export const flowActionText = (action: "accept" | "cancel" | "verify", f: VerificationFlow, json: boolean): string => {
+  const next = json
+    ? undefined
+    : action === "accept" && f.sas === undefined
+    ? "Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device."
+    : action === "verify"
+    ? "Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`."
+    : undefined
+  return next === undefined ? flowText(f, json) : `${flowText(f, json)}\n${next}`
+}

@@ -87,36 +87,49 @@ const idArg = Args.text({ name: "id" }).pipe(Args.withDescription("a record id f
 const all = Options.boolean("all").pipe(Options.withDescription("every record in the DLQ"))
 const loadDlq = () => import("./dlq.js")
 
+const flowArg = Args.text({ name: "flow-id" }).pipe(Args.withDescription("a flow id from `cara matrix verifications`"))
+
+/** The options and arguments of the commands lite.ts also reads (test/unit/cli-direct.test.ts compares the readings). */
+export const actionConfigs = {
+  "matrix dlq show": {
+    ...gateway,
+    id: idArg,
+    reveal: Options.boolean("reveal").pipe(Options.withDescription("also print the message body (only to a terminal)"))
+  },
+  "matrix dlq replay": { ...gateway, id: Args.optional(idArg), all },
+  "matrix dlq purge": {
+    ...gateway,
+    id: Args.optional(idArg),
+    all,
+    yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
+  },
+  "matrix accept": { ...gateway, flowId: flowArg },
+  "matrix cancel": { ...gateway, flowId: flowArg },
+  "matrix verify": {
+    user: Args.text({ name: "user" }).pipe(Args.withDescription("the Matrix user id, e.g. @alice:example.org")),
+    device: Args.text({ name: "device" }).pipe(
+      Args.withDescription("one of their device ids (omit to verify the user in a DM)"),
+      Args.optional
+    ),
+    ...gateway
+  }
+}
+
 const dlqCommand = Command.make("dlq").pipe(
   Command.withDescription("Inspect, replay and purge the Matrix inbound dead-letter queue of the running daemon."),
   Command.withSubcommands([
     Command.make("list", gateway, lazy(loadDlq, (m) => m.list)).pipe(
       Command.withDescription("List the records in the inbound DLQ (metadata only, never message bodies).")
     ),
-    Command.make(
-      "show",
-      {
-        ...gateway,
-        id: idArg,
-        reveal: Options.boolean("reveal").pipe(
-          Options.withDescription("also print the message body (only to a terminal)")
-        )
-      },
-      lazy(loadDlq, (m) => m.show)
-    ).pipe(Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal.")),
-    Command.make("replay", { ...gateway, id: Args.optional(idArg), all }, lazy(loadDlq, (m) => m.replay)).pipe(
+    Command.make("show", actionConfigs["matrix dlq show"], lazy(loadDlq, (m) => m.show)).pipe(
+      Command.withDescription("Show one DLQ record; --reveal prints the message body on a terminal.")
+    ),
+    Command.make("replay", actionConfigs["matrix dlq replay"], lazy(loadDlq, (m) => m.replay)).pipe(
       Command.withDescription("Replay one DLQ record now (or --all), answering each event at most once.")
     ),
-    Command.make(
-      "purge",
-      {
-        ...gateway,
-        id: Args.optional(idArg),
-        all,
-        yes: Options.boolean("yes").pipe(Options.withDescription("skip the typed confirmation (for scripts)"))
-      },
-      lazy(loadDlq, (m) => m.purge)
-    ).pipe(Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts."))
+    Command.make("purge", actionConfigs["matrix dlq purge"], lazy(loadDlq, (m) => m.purge)).pipe(
+      Command.withDescription("Delete one DLQ record (or --all) after a typed confirmation; --yes for scripts.")
+    )
   ])
 )
 
@@ -161,14 +174,13 @@ const recoveryKeyCommand = Command.make("recovery-key").pipe(
   ])
 )
 
-const flowArg = Args.text({ name: "flow-id" }).pipe(Args.withDescription("a flow id from `cara matrix verifications`"))
 const loadVerification = () => import("./verification.js")
 
 const verificationCommands = [
   Command.make("verifications", gateway, lazy(loadVerification, (m) => m.list)).pipe(
     Command.withDescription("List Matrix SAS verification flows (with the emoji and decimals once captured).")
   ),
-  Command.make("accept", { ...gateway, flowId: flowArg }, lazy(loadVerification, (m) => m.accept)).pipe(
+  Command.make("accept", actionConfigs["matrix accept"], lazy(loadVerification, (m) => m.accept)).pipe(
     Command.withDescription("Accept a verification request; the bot starts SAS once the peer is ready.")
   ),
   Command.make(
@@ -190,21 +202,12 @@ const verificationCommands = [
       "Confirm (--match) or reject (--no-match) the SAS of a flow after comparing it with the other device."
     )
   ),
-  Command.make("cancel", { ...gateway, flowId: flowArg }, lazy(loadVerification, (m) => m.cancel)).pipe(
+  Command.make("cancel", actionConfigs["matrix cancel"], lazy(loadVerification, (m) => m.cancel)).pipe(
     Command.withDescription("Cancel a verification flow (on the peer too).")
   ),
-  Command.make(
-    "verify",
-    {
-      user: Args.text({ name: "user" }).pipe(Args.withDescription("the Matrix user id, e.g. @alice:example.org")),
-      device: Args.text({ name: "device" }).pipe(
-        Args.withDescription("one of their device ids (omit to verify the user in a DM)"),
-        Args.optional
-      ),
-      ...gateway
-    },
-    lazy(loadVerification, (m) => m.verify)
-  ).pipe(Command.withDescription("Start a verification from the bot's side (a device, or the user in a DM room).")),
+  Command.make("verify", actionConfigs["matrix verify"], lazy(loadVerification, (m) => m.verify)).pipe(
+    Command.withDescription("Start a verification from the bot's side (a device, or the user in a DM room).")
+  ),
   Command.make("devices", gateway, lazy(loadVerification, (m) => m.devices)).pipe(
     Command.withDescription("List the bot account's own devices and whether each is verified.")
   )

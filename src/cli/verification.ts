@@ -6,7 +6,7 @@ import { makeAudit } from "../layers/AuditLive.js"
 import { StateDirLive } from "../layers/StateDirLive.js"
 import { StateDir } from "../services/StateDir.js"
 import { callError, gatewayCall, GatewayClient } from "./client.js"
-import { devicesText, flowsText, renderFlows, safeJson, sasLines, terminalSafe } from "./render.js"
+import { devicesText, flowActionText, flowsText, flowText, sasLines, terminalSafe } from "./render.js"
 
 /** A `cara matrix` verification command refused before (or instead of) its call. */
 export class VerificationCliError extends Schema.TaggedError<VerificationCliError>()("VerificationCliError", {
@@ -77,8 +77,7 @@ export const list = ({ host, json, port }: Target) =>
     yield* Console.log(flowsText(r.verifications, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
-const printFlow = (json: boolean, f: VerificationFlow) =>
-  Console.log(json ? safeJson({ ok: true, verification: f }) : renderFlows([f]))
+const printFlow = (json: boolean, f: VerificationFlow) => Console.log(flowText(f, json))
 
 /** `cara matrix accept <flow-id>`. */
 export const accept = ({ flowId, host, json, port }: Target & { readonly flowId: string }) =>
@@ -86,12 +85,7 @@ export const accept = ({ flowId, host, json, port }: Target & { readonly flowId:
     const id = yield* requireFlowId(flowId)
     const { api } = yield* GatewayClient
     const r = yield* api.verification.accept({ path: { flowId: id } }).pipe(gatewayCall)
-    yield* printFlow(json, r.verification)
-    if (!json && r.verification.sas === undefined) {
-      yield* Console.log(
-        "Accepted. Run `cara matrix verifications` until the `sas` values appear, then compare them with the other device."
-      )
-    }
+    yield* Console.log(flowActionText("accept", r.verification, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix cancel <flow-id>`. */
@@ -100,7 +94,7 @@ export const cancel = ({ flowId, host, json, port }: Target & { readonly flowId:
     const id = yield* requireFlowId(flowId)
     const { api } = yield* GatewayClient
     const r = yield* api.verification.cancel({ path: { flowId: id } }).pipe(gatewayCall)
-    yield* printFlow(json, r.verification)
+    yield* Console.log(flowActionText("cancel", r.verification, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 /** `cara matrix confirm <flow-id> --match | --no-match`. */
@@ -197,12 +191,7 @@ export const verify = (
     const r = yield* api.verification.verify({
       payload: { userId: user.trim(), ...(Option.isSome(device) ? { deviceId: device.value.trim() } : {}) }
     }).pipe(gatewayCall)
-    yield* printFlow(json, r.verification)
-    if (!json) {
-      yield* Console.log(
-        "Requested. Accept it on the other device; the bot starts SAS once it is ready. Then compare and `cara matrix confirm`."
-      )
-    }
+    yield* Console.log(flowActionText("verify", r.verification, json))
   }).pipe(Effect.provide(GatewayClient.at({ host, port })))
 
 export { renderDevices } from "./render.js"
