@@ -771,8 +771,9 @@ export class SqliteFile {
     this.begin.run()
     try {
       const maxrid = (this.db.prepare("SELECT coalesce(max(rid), 0) AS n FROM records").get() as { n: number }).n
-      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too.
-      this.db.exec("DELETE FROM snaps")
+      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too. (Each
+      // DELETE only when there are rows: one without WHERE clears the table and writes its root page.)
+      this.clearTable("snaps")
       const kept = new Set<string>()
       const fresh: Array<readonly [Buffer, Buffer]> = []
       for (const s of stores) {
@@ -786,7 +787,7 @@ export class SqliteFile {
       const old = this.db.prepare("SELECT store FROM snapshots").all() as Array<{ store: Uint8Array }>
       for (const { store } of old) if (!kept.has(Buffer.from(store).toString("hex"))) drop.run(store)
       // A kept snapshot has no `snapd` row: every row left is of a store rewritten or dropped here.
-      this.db.exec("DELETE FROM snapd")
+      this.clearTable("snapd")
       for (const [id, plain] of fresh) insert.run(id, sealSnapshotBlob(this.keys.seal, id, plain), maxrid)
       this.end.run()
       this.stats.snapshotsWritten += fresh.length
@@ -804,6 +805,14 @@ export class SqliteFile {
    * none was added (no rowid above its maxrid).
    */
   private snapshotExact(id: Buffer, shapePrefix: Buffer): boolean {
+    try {
+      return this.snapshotUnchanged(id, shapePrefix)
+    } catch {
+      return false // damaged (say, not a blob): rewritten
+    }
+  }
+
+  private snapshotUnchanged(id: Buffer, shapePrefix: Buffer): boolean {
     const row = this.db.prepare("SELECT snap, maxrid FROM snapshots WHERE store = ?").get(id) as
       | { snap: Uint8Array; maxrid: number }
       | undefined
@@ -815,6 +824,12 @@ export class SqliteFile {
     const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
     return plain !== undefined && plain.length >= shapePrefix.length &&
       plain.subarray(0, shapePrefix.length).equals(shapePrefix)
+  }
+
+  /** Deletes every row of a table, writing nothing when it has none. */
+  private clearTable(table: "snaps" | "snapd"): void {
+    const any = this.db.prepare(`SELECT EXISTS (SELECT 1 FROM ${table}) AS e`).get() as { e: number }
+    if (any.e !== 0) this.db.exec(`DELETE FROM ${table}`)
   }
 
   /** A record's [key, index keys] from its `ixs` row, or undefined when that is damaged or for another index list. */
