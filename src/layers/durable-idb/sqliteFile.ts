@@ -10,8 +10,8 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
-//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach): its
-//                             keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
+//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach; kept when
+//                             still exact): its keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
 //                             and the highest record rowid then
 //   snapd(store, id, ix)      the records of rowid <= maxrid written since their store's snapshot, each with
 //                             its `ixs` row as it was at the snapshot (NULL: none), noted by triggers
@@ -158,7 +158,7 @@ export interface SqliteFileStats {
 export interface SnapshotRequest {
   readonly db: string
   readonly store: string
-  /** The start of a snapshot plaintext of the store's shape (snapshot.ts shapePrefixOf); undefined: never keep the old one. */
+  /** The start of a snapshot plaintext of the store's shape (snapshot.ts shapePrefixOf); undefined: the old one is never kept. */
   readonly shapePrefix: Buffer | undefined
   /** The store's snapshot plaintext now, when its old one is not kept; undefined: none. */
   readonly plain: () => Buffer | undefined
@@ -331,7 +331,8 @@ const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
 // DELETE trigger) is seen too; one AFTER INSERT for a new record that got a rowid the snapshot may have
 // seen (SQLite reuses the highest one after its row is deleted). NOT EXISTS rather than INSERT OR IGNORE:
 // a statement's conflict clause (the upsert's, INSERT OR REPLACE's) overrides the one of a trigger it
-// fires. A clean close writes new snapshots and empties `snapd` in one transaction.
+// fires. A clean close, in one transaction, writes a new snapshot of each store that changed (keeping, unwritten,
+// each one still exact: writeSnapshots) and empties `snapd`.
 const deltaTrigger = (name: string, when: string, row: string, rid: string, ix: string) =>
   `CREATE TRIGGER IF NOT EXISTS ${name} ${when} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND ${rid} <= s.maxrid AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
 
