@@ -99,6 +99,16 @@ const inboundSessionCount = async (factory: IdbFactory, prefix: string): Promise
   return n
 }
 
+/** Bytes this process has handed to write() so far (Linux /proc/self/io `wchar`; -1 elsewhere). */
+const writtenChars = (): number => {
+  try {
+    const m = /^wchar: (\d+)$/m.exec(fs.readFileSync("/proc/self/io", "utf8"))
+    return m === null ? -1 : Number(m[1])
+  } catch {
+    return -1
+  }
+}
+
 /** RSS and live heap after a full GC (the child runs with --expose-gc). */
 const memoryFigures = () => {
   ;(globalThis as { gc?: () => void }).gc?.()
@@ -115,6 +125,7 @@ const reopen = async (root: string) => {
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   let released = 0
+  let releasedIo = { wchar: 0, cpu: process.cpuUsage() }
   const figures = await withStore(root, async (s) => {
     const opened = performance.now()
     const handle = await wasm.StoreHandle.openWithKey(
@@ -144,6 +155,7 @@ const reopen = async (root: string) => {
       : (JSON.parse(await m.exportRoomKeys(() => true)) as Array<unknown>).length
     m.close()
     released = performance.now()
+    releasedIo = { wchar: writtenChars(), cpu: process.cpuUsage() }
     return {
       storeOpenMs: Math.round(opened - t0),
       olmMachineInitMs: Math.round(ready - opened),
@@ -161,7 +173,13 @@ const reopen = async (root: string) => {
     }
   })
   // The store's close (the scope's release): detach with its snapshots, checkpoint, close the files.
-  process.stdout.write(JSON.stringify({ ...figures, closeMs: Math.round(performance.now() - released) }))
+  // closeWrittenKB: bytes the process handed to write() during the close (/proc/self/io wchar; the WAL's
+  // frames and the checkpoint's pages), closeCpuMs its CPU time.
+  const closeMs = Math.round(performance.now() - released)
+  const closeCpu = process.cpuUsage(releasedIo.cpu)
+  const closeWrittenKB = Math.round((writtenChars() - releasedIo.wchar) / 1024)
+  const closeCpuMs = Math.round((closeCpu.user + closeCpu.system) / 1000)
+  process.stdout.write(JSON.stringify({ ...figures, closeMs, closeCpuMs, closeWrittenKB }))
 }
 
 /** BENCH_REOPEN_CRASH: a daemon-like run that writes `n` new sessions, then dies by SIGKILL (no clean stop). */

@@ -2,7 +2,8 @@
 // mid-commit: the commit's fsync is most of its time). After each kill the store opens and holds one
 // generation whole: every record, the index over them and the meta row agree, and it is the last
 // acknowledged generation or the one after it (committed, not yet acknowledged) — never a mix. Each
-// inspection closes cleanly, so the next run starts from snapshots and its kill leaves a delta beside them.
+// inspection closes cleanly, so the next run starts from snapshots and its kill leaves a delta beside them:
+// `meta` and `many` (a subset of it rewritten or deleted per generation) open from snapshot plus delta.
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -17,7 +18,9 @@ import {
   CRASH_SECRET,
   crashConstant,
   crashRecord,
-  crashSchema
+  crashSchema,
+  MANY_RECORDS,
+  manyHeld
 } from "../support/durable-idb-crash-child.js"
 
 let work: string
@@ -66,17 +69,22 @@ const inspect = async (file: string, round: number) => {
   try {
     const idb = await openDurableIdb([f], () => f)
     // After the first round, each open follows a clean close (the previous inspect's) and a run killed
-    // after at least one commit: `meta` (one record written) opens from its snapshot plus that delta,
-    // `recs` (every record written: over the delta's limit) from `ixs`.
-    expect(f.stats.snapshotsRead).toBe(round === 0 ? 0 : 1)
-    expect(f.stats.snapshotDeltaRows).toBe(round === 0 ? 0 : 1)
+    // after at least one commit: `meta` (one record written) and `many` (a few records per generation)
+    // open from their snapshots plus the delta, `recs` (every record written: over the delta's limit) from `ixs`.
+    expect(f.stats.snapshotsRead).toBe(round === 0 ? 0 : 2)
+    if (round === 0) expect(f.stats.snapshotDeltaRows).toBe(0)
+    else expect(f.stats.snapshotDeltaRows).toBeGreaterThan(1)
     const db = await openDb(idb.factory, CRASH_DB, 1, crashSchema)
-    const tx = db.transaction(["recs", "meta"])
+    const tx = db.transaction(["recs", "meta", "many"])
     const gen = (await request(tx.objectStore("meta").get("gen"))) as number
     const constant = await request(tx.objectStore("meta").get("constant"))
     const all = await request<Array<{ id: number; gen: number; payload: Uint8Array }>>(tx.objectStore("recs").getAll())
     const byGen = await request<number>(tx.objectStore("recs").index("by_gen").count(gen))
     const indexed = await request<number>(tx.objectStore("recs").index("by_gen").count())
+    const many = tx.objectStore("many")
+    const manyAll = await request<Array<unknown>>(many.getAll())
+    const manyByGen = await request<Array<number>>(many.index("by_gen").getAllKeys())
+    const manyAtGen = await request<number>(many.index("by_gen").count(gen))
     await done(tx)
     db.close()
     idb.detach()
@@ -86,6 +94,14 @@ const inspect = async (file: string, round: number) => {
     expect(constant).toEqual(crashConstant())
     expect(byGen).toBe(expected.length)
     expect(indexed).toBe(expected.length)
+    // `many` as generation `gen` left it: records and the index over them.
+    const manyExpected = Array.from({ length: MANY_RECORDS }, (_, id) => manyHeld(id, gen)).filter((r) =>
+      r !== undefined
+    )
+    expect(manyAll).toEqual(manyExpected)
+    const byGenOrder = [...manyExpected].sort((a, b) => a.gen - b.gen || a.id - b.id)
+    expect(manyByGen).toEqual(byGenOrder.map((r) => r.id))
+    expect(manyAtGen).toBe(manyExpected.filter((r) => r.gen === gen).length)
     return gen
   } finally {
     f.close()

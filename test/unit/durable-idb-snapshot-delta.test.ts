@@ -5,6 +5,7 @@
 // lookups, cursors. A delta over its limit, a delta row that does not open or a record without a usable
 // `ixs` row make the open read `ixs` instead; so does a file whose delta triggers went missing.
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import { beforeEach, describe, expect, it } from "vitest"
@@ -506,5 +507,119 @@ describe("snapshot + delta, random runs", () => {
     // The runs did open from snapshots (with deltas after the crashes), not only from `ixs`.
     expect(read).toBeGreaterThan(4)
     expect(deltaRows).toBeGreaterThan(0)
+  })
+})
+
+describe("a clean close keeps the snapshots that are still exact", () => {
+  /** Each store's sealed snapshot bytes (a rewrite seals with a new random IV, so any rewrite shows). */
+  const blobs = () =>
+    onFile((
+      db
+    ) => (db.prepare("SELECT hex(store) AS store, hex(snap) AS snap, maxrid FROM snapshots ORDER BY store")
+      .all() as Array<
+        { store: string; snap: string; maxrid: number }
+      >)
+    )
+  /** Opens, runs the steps, closes cleanly; the file's stats after the close, and the WAL bytes the close wrote. */
+  const closed = async (steps: ReadonlyArray<Step>, secret: StoreSecret = ENCRYPTED) => {
+    const f = await SqliteFile.open(file, "crypto", secret)
+    const idb = await openDurableIdb([f], () => f, { cacheEntries: 2 })
+    try {
+      for (const step of steps) await step(idb.factory)
+      const wal = walBytes()
+      idb.detach()
+      return { stats: { ...f.stats }, walWritten: walBytes() - wal }
+    } finally {
+      f.close()
+    }
+  }
+  const walBytes = () => {
+    try {
+      return fs.statSync(`${file}-wal`).size
+    } catch {
+      return 0
+    }
+  }
+  const kvPut = write(["kv"], (tx) => tx.objectStore("kv").put({ late: true }, "k9"))
+
+  it("a close with no writes writes no snapshot bytes, and the next open still uses them, encrypted or not", async () => {
+    for (const secret of [ENCRYPTED, PLAIN]) {
+      file = path.join(tmpDir("cara-didb-keep-"), "crypto.sqlite3")
+      expect((await closed([fill], secret)).stats.snapshotsWritten).toBe(STORES)
+      const before = blobs()
+      expect(before).toHaveLength(STORES)
+      // Reads only (answers aborts its one write), then a clean close.
+      const again = await closed([(f) => answers(f, 1).then(() => undefined)], secret)
+      expect(again.stats.snapshotsRead).toBe(STORES)
+      expect(again.stats.snapshotsWritten).toBe(0)
+      expect(again.stats.snapshotsKept).toBe(STORES)
+      expect(again.walWritten).toBe(0)
+      expect(blobs()).toEqual(before)
+      const got = await reopen(1, secret)
+      expect(got.stats.snapshotsRead).toBe(STORES)
+      expect(got.stats.snapshotDeltaRows).toBe(0)
+      expect(got.stats.indexKeysRebuilt).toBe(0)
+      expect(got.answers).toEqual(await expected([fill]))
+    }
+  })
+
+  it("a write to one store rewrites only that store's snapshot; later crashes still apply deltas right", async () => {
+    await closed([fill])
+    const before = blobs()
+    const after = await closed([kvPut])
+    expect(after.stats.snapshotsWritten).toBe(1)
+    expect(after.stats.snapshotsKept).toBe(STORES - 1)
+    const now = blobs()
+    const changed = now.filter((row, i) => row.snap !== before[i]!.snap)
+    expect(changed).toHaveLength(1)
+    expect(now.filter((row, i) => row.maxrid !== before[i]!.maxrid)).toEqual(changed)
+    // The kept snapshots keep their own maxrid: records added to them later are found above it.
+    await session([edit], "crash")
+    const got = await reopen(1)
+    expect(got.stats.snapshotsRead).toBe(STORES)
+    expect(got.stats.snapshotDeltaRows).toBeGreaterThan(0)
+    expect(got.answers).toEqual(await expected([fill, kvPut, edit]))
+    // A clean close now rewrites the stores edit wrote (ob, log) and keeps kv's.
+    const third = await closed([])
+    expect(third.stats.snapshotsWritten).toBe(2)
+    expect(third.stats.snapshotsKept).toBe(1)
+    expect((await reopen(1)).answers).toEqual(await expected([fill, kvPut, edit]))
+  })
+
+  it("a store whose index list changed (no record written) gets a new snapshot", async () => {
+    const emptyKv = write(["kv"], (tx) => tx.objectStore("kv").clear())
+    await closed([fill, emptyKv])
+    const kvIndex: Step = async (f) => {
+      const db = await openDb(f, DB, 2, (_db, tx) => {
+        tx.objectStore("kv").createIndex("by_x", "x")
+      })
+      db.close()
+    }
+    const after = await closed([kvIndex])
+    expect(after.stats.snapshotsWritten).toBe(1)
+    expect(after.stats.snapshotsKept).toBe(STORES - 1)
+    const got = await reopen(2)
+    expect(got.stats.snapshotsRead).toBe(STORES)
+    const memory = new IDBFactory()
+    for (const step of [fill, emptyKv, kvIndex]) await step(memory)
+    expect(got.answers).toEqual(await answers(memory, 2))
+  })
+
+  it("a snapshot that does not open, or a store deleted, is not kept", async () => {
+    await closed([fill])
+    onFile((db) =>
+      db.exec(
+        "UPDATE snapshots SET snap = substr(snap, 1, length(snap) - 1) || x'00' WHERE store = (SELECT store FROM snapshots LIMIT 1)"
+      )
+    )
+    const after = await closed([])
+    expect(after.stats.snapshotsWritten).toBe(1)
+    expect(after.stats.snapshotsKept).toBe(STORES - 1)
+    const dropLog: Step = async (f) => {
+      const db = await openDb(f, DB, 2, (d) => d.deleteObjectStore("log"))
+      db.close()
+    }
+    await closed([dropLog])
+    expect(blobs()).toHaveLength(STORES - 1)
   })
 })

@@ -10,6 +10,7 @@ import { DatabaseSync } from "node:sqlite"
 import { beforeEach, describe, expect, it } from "vitest"
 import { type DurableIdb, openDurableIdb } from "../../src/layers/durable-idb/durableIdb.js"
 import type { IdbFactory } from "../../src/layers/durable-idb/internals.js"
+import { shapePrefixOf, snapshotOf } from "../../src/layers/durable-idb/snapshot.js"
 import { SqliteFile, type StoreSecret } from "../../src/layers/durable-idb/sqliteFile.js"
 import { treeRecords } from "../../src/layers/durable-idb/trees.js"
 import { type Db, done, openDb, request } from "../support/cryptostore-child.idb.js"
@@ -200,6 +201,33 @@ describe("object-store snapshots", () => {
       expect(treeRecords(records.records)).toEqual(Array.from(records.values()))
     }
     db.close()
+  })
+
+  it("shapePrefixOf starts every snapshot of a store of that shape, and no snapshot of another shape", async () => {
+    const opened = await openDurable()
+    const db = await openDb(opened.idb.factory, "shape", 1, (d) => {
+      d.createObjectStore("a", { keyPath: "k" }).createIndex("by_v", "v")
+      d.createObjectStore("b", { keyPath: "k" }).createIndex("by_v", "v", { unique: true })
+      d.createObjectStore("é", { keyPath: "k" }).createIndex("by_ü", "ü")
+    })
+    const tx = db.transaction(["a", "b", "é"], "readwrite")
+    for (const name of ["a", "b", "é"]) {
+      for (let i = 0; i < 5; i++) tx.objectStore(name).put({ k: `k${i}`, v: i, ü: "x" })
+    }
+    await done(tx)
+    const raw = (name: string) => db.transaction(name).objectStore(name)._rawObjectStore
+    for (const name of ["a", "b", "é"]) {
+      const prefix = shapePrefixOf(raw(name))!
+      const snap = snapshotOf(raw(name))!
+      expect(prefix.length).toBeGreaterThan(10)
+      expect(snap.subarray(0, prefix.length).equals(prefix)).toBe(true)
+    }
+    // a and b differ in one index's unique flag only
+    const b = snapshotOf(raw("b"))!
+    const prefixA = shapePrefixOf(raw("a"))!
+    expect(b.subarray(0, prefixA.length).equals(prefixA)).toBe(false)
+    db.close()
+    opened.crash()
   })
 
   it("a clean close writes one per store, and the next open uses them alone, encrypted or not", async () => {

@@ -16,8 +16,16 @@ import {
   type TouchedStore
 } from "./internals.js"
 import { LazyRecord, settle, type StoreRows, ValueCache, type ValueCacheStats } from "./lazyRecords.js"
-import { loadSnapshot, snapshotOf } from "./snapshot.js"
-import type { DatabaseChange, DatabaseSchema, IndexKeys, SqliteFile, StoreChange, StoreSchema } from "./sqliteFile.js"
+import { loadSnapshot, shapePrefixOf, snapshotOf } from "./snapshot.js"
+import type {
+  DatabaseChange,
+  DatabaseSchema,
+  IndexKeys,
+  SnapshotRequest,
+  SqliteFile,
+  StoreChange,
+  StoreSchema
+} from "./sqliteFile.js"
 import { bulkLoad, interner, pushEntries } from "./trees.js"
 
 export { compareKeys } from "./trees.js"
@@ -233,23 +241,24 @@ const busyStores = (raw: RawDatabase): ReadonlySet<string> | "all" => {
 }
 
 /**
- * At a clean close: per file, a snapshot of every store no running transaction may have changed
- * (busyStores). Nothing after a failed commit. A failure here only means the next open uses the
- * snapshots and deltas as they were (or reads `ixs`).
+ * At a clean close: per file, the snapshots brought up to date. A store whose snapshot is still exact
+ * (SqliteFile.writeSnapshots proves it from SQLite) keeps it unwritten; any other gets a new one, unless a
+ * running transaction may have changed it (busyStores). Nothing after a failed commit. A failure here only
+ * means the next open uses the snapshots and deltas as they were (or reads `ixs`).
  */
 const writeSnapshots = (
   factory: IdbFactory,
   files: ReadonlyArray<SqliteFile>,
   route: (dbName: string) => SqliteFile
 ) => {
-  const byFile = new Map(files.map((f) => [f, [] as Array<{ db: string; store: string; plain: Buffer }>]))
+  const byFile = new Map(files.map((f) => [f, [] as Array<SnapshotRequest>]))
   for (const raw of databasesOf(factory).values()) {
     const busy = busyStores(raw)
     const list = byFile.get(route(raw.name))
     if (busy === "all" || list === undefined) continue
     for (const store of raw.rawObjectStores.values()) {
-      const plain = busy.has(store.name) ? undefined : snapshotOf(store)
-      if (plain !== undefined) list.push({ db: raw.name, store: store.name, plain })
+      const plain = busy.has(store.name) ? () => undefined : () => snapshotOf(store)
+      list.push({ db: raw.name, store: store.name, shapePrefix: shapePrefixOf(store), plain })
     }
   }
   for (const [file, list] of byFile) {

@@ -36,6 +36,21 @@ export const shapeOf = (store: RawObjectStore): string =>
     Array.from(store.rawIndexes.values(), (i) => [i.name, i.keyPath, i.unique, i.multiEntry])
   ])
 
+// The bytes serialize() ends [FORMAT, shape, 0, 0] with: two small integers, then the end of a dense
+// array of 4 (its tag, no properties, the length).
+const TAIL = Buffer.from([0x49, 0x00, 0x49, 0x00, 0x24, 0x00, 0x04])
+
+/**
+ * The bytes every snapshot plaintext of a store of this shape starts with (format and shape, up to the
+ * keys), or undefined when the serializer does not lay out [FORMAT, shape, 0, 0] as expected (then no
+ * old snapshot is ever taken for exact).
+ */
+export const shapePrefixOf = (store: RawObjectStore): Buffer | undefined => {
+  const probe = serialize([FORMAT, shapeOf(store), 0, 0])
+  if (probe.length <= TAIL.length || !probe.subarray(probe.length - TAIL.length).equals(TAIL)) return undefined
+  return probe.subarray(0, probe.length - TAIL.length)
+}
+
 /** The position of `key` in the sorted `keys`, or -1. */
 const positionOf = (keys: ReadonlyArray<unknown>, key: unknown): number => {
   let lo = 0

@@ -10,8 +10,8 @@
 //   records(id, db, store, data)   one row per IndexedDB record, updated in place
 //   ixs(store, id, ix)        per record: its key and the index keys of its value (codec.ts sealIndexBlob),
 //                             written in the same SQLite transaction as the record
-//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach): its
-//                             keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
+//   snapshots(store, snap, maxrid)  per object store, written at a clean close (durableIdb.ts detach; kept when
+//                             still exact): its keys and index entries, already sorted (snapshot.ts, codec.ts sealSnapshotBlob),
 //                             and the highest record rowid then
 //   snapd(store, id, ix)      the records of rowid <= maxrid written since their store's snapshot, each with
 //                             its `ixs` row as it was at the snapshot (NULL: none), noted by triggers
@@ -150,6 +150,18 @@ export interface SqliteFileStats {
   snapshotDeltaRows: number
   /** Snapshots written (at clean closes). */
   snapshotsWritten: number
+  /** Snapshots a clean close left as they were (still exact: nothing of their store written since). */
+  snapshotsKept: number
+}
+
+/** One store's part in a clean close's snapshots (SqliteFile.writeSnapshots). */
+export interface SnapshotRequest {
+  readonly db: string
+  readonly store: string
+  /** The start of a snapshot plaintext of the store's shape (snapshot.ts shapePrefixOf); undefined: the old one is never kept. */
+  readonly shapePrefix: Buffer | undefined
+  /** The store's snapshot plaintext now, when its old one is not kept; undefined: none. */
+  readonly plain: () => Buffer | undefined
 }
 
 /** One record written since its store's snapshot: its key then (if the snapshot can have it) and now, with its index keys. */
@@ -319,7 +331,8 @@ const SNAPS_SCHEMA: ReadonlyArray<readonly [string, string]> = [
 // DELETE trigger) is seen too; one AFTER INSERT for a new record that got a rowid the snapshot may have
 // seen (SQLite reuses the highest one after its row is deleted). NOT EXISTS rather than INSERT OR IGNORE:
 // a statement's conflict clause (the upsert's, INSERT OR REPLACE's) overrides the one of a trigger it
-// fires. A clean close writes new snapshots and empties `snapd` in one transaction.
+// fires. A clean close, in one transaction, writes a new snapshot of each store that changed (keeping, unwritten,
+// each one still exact: writeSnapshots) and empties `snapd`.
 const deltaTrigger = (name: string, when: string, row: string, rid: string, ix: string) =>
   `CREATE TRIGGER IF NOT EXISTS ${name} ${when} BEGIN INSERT INTO snapd (store, id, ix) SELECT s.store, ${row}.id, ${ix} FROM snapshots s WHERE s.store = ${row}.store AND ${rid} <= s.maxrid AND NOT EXISTS (SELECT 1 FROM snapd d WHERE d.store = ${row}.store AND d.id = ${row}.id); END`
 
@@ -421,7 +434,8 @@ export class SqliteFile {
     indexKeysRebuilt: 0,
     snapshotsRead: 0,
     snapshotDeltaRows: 0,
-    snapshotsWritten: 0
+    snapshotsWritten: 0,
+    snapshotsKept: 0
   }
   private closed = false
 
@@ -747,29 +761,76 @@ export class SqliteFile {
   }
 
   /**
-   * Replaces every snapshot of this file by the given ones (plaintexts by database and store), in one
-   * SQLite transaction; a store not given has none afterwards. Not counted in `commits`.
+   * Brings this file's snapshots up to date at a clean close, in one SQLite transaction: a store whose
+   * snapshot is still exact (snapshotExact) keeps it, unwritten; any other store listed gets the plaintext
+   * `plain()` gives (undefined: none); a store not listed has none afterwards. Not counted in `commits`.
    */
-  writeSnapshots(snapshots: ReadonlyArray<{ readonly db: string; readonly store: string; readonly plain: Buffer }>) {
+  writeSnapshots(stores: ReadonlyArray<SnapshotRequest>) {
     if (this.closed) throw new Error(`durable-idb: ${this.file} is closed`)
     const insert = this.db.prepare("INSERT OR REPLACE INTO snapshots (store, snap, maxrid) VALUES (?, ?, ?)")
+    const drop = this.db.prepare("DELETE FROM snapshots WHERE store = ?")
     this.begin.run()
     try {
       const maxrid = (this.db.prepare("SELECT coalesce(max(rid), 0) AS n FROM records").get() as { n: number }).n
-      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too.
-      this.db.exec("DELETE FROM snaps")
-      this.db.exec("DELETE FROM snapshots")
-      this.db.exec("DELETE FROM snapd")
-      for (const s of snapshots) {
+      // `snaps` (version 1, an older cara's) would be valid until a write; it is replaced here too. (Each
+      // DELETE only when there are rows: one without WHERE clears the table and writes its root page.)
+      this.clearTable("snaps")
+      const kept = new Set<string>()
+      const fresh: Array<readonly [Buffer, Buffer]> = []
+      for (const s of stores) {
         const id = storeId(this.keys, s.db, s.store)
-        insert.run(id, sealSnapshotBlob(this.keys.seal, id, s.plain), maxrid)
+        if (s.shapePrefix !== undefined && this.snapshotExact(id, s.shapePrefix)) kept.add(id.toString("hex"))
+        else {
+          const plain = s.plain()
+          if (plain !== undefined) fresh.push([id, plain])
+        }
       }
+      const old = this.db.prepare("SELECT store FROM snapshots").all() as Array<{ store: Uint8Array }>
+      for (const { store } of old) if (!kept.has(Buffer.from(store).toString("hex"))) drop.run(store)
+      // A kept snapshot has no `snapd` row: every row left is of a store rewritten or dropped here.
+      this.clearTable("snapd")
+      for (const [id, plain] of fresh) insert.run(id, sealSnapshotBlob(this.keys.seal, id, plain), maxrid)
       this.end.run()
-      this.stats.snapshotsWritten += snapshots.length
+      this.stats.snapshotsWritten += fresh.length
+      this.stats.snapshotsKept += kept.size
     } catch (e) {
       if (this.db.isTransaction) this.db.exec("ROLLBACK")
       throw e
     }
+  }
+
+  /**
+   * Whether a store's snapshot still describes its rows exactly, from what SQLite holds alone: it opens
+   * and was taken of a store of this shape (its plaintext starts with `shapePrefix`), no record of the
+   * store was written since (no `snapd` row: the triggers note each one in its write's transaction) and
+   * none was added (no rowid above its maxrid).
+   */
+  private snapshotExact(id: Buffer, shapePrefix: Buffer): boolean {
+    try {
+      return this.snapshotUnchanged(id, shapePrefix)
+    } catch {
+      return false // damaged (say, not a blob): rewritten
+    }
+  }
+
+  private snapshotUnchanged(id: Buffer, shapePrefix: Buffer): boolean {
+    const row = this.db.prepare("SELECT snap, maxrid FROM snapshots WHERE store = ?").get(id) as
+      | { snap: Uint8Array; maxrid: number }
+      | undefined
+    if (row === undefined) return false
+    const changed = this.db.prepare(
+      "SELECT EXISTS (SELECT 1 FROM snapd WHERE store = ?1) OR EXISTS (SELECT 1 FROM records r WHERE r.rid > ?2 AND r.store = ?1) AS c"
+    ).get(id, row.maxrid) as { c: number }
+    if (changed.c !== 0) return false
+    const plain = openSnapshotBlob(this.keys.seal, id, row.snap)
+    return plain !== undefined && plain.length >= shapePrefix.length &&
+      plain.subarray(0, shapePrefix.length).equals(shapePrefix)
+  }
+
+  /** Deletes every row of a table, writing nothing when it has none. */
+  private clearTable(table: "snaps" | "snapd"): void {
+    const any = this.db.prepare(`SELECT EXISTS (SELECT 1 FROM ${table}) AS e`).get() as { e: number }
+    if (any.e !== 0) this.db.exec(`DELETE FROM ${table}`)
   }
 
   /** A record's [key, index keys] from its `ixs` row, or undefined when that is damaged or for another index list. */
