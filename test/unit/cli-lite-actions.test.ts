@@ -5,7 +5,6 @@
 import * as HttpApi from "@effect/platform/HttpApi"
 import { Arbitrary, Either, FastCheck, Schema } from "effect"
 import * as fs from "node:fs"
-import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { LITE_API_ERRORS, LITE_ENDPOINT_ERRORS, readAnswer } from "../../src/cli/liteActions.js"
 import {
@@ -18,31 +17,13 @@ import {
 import { dlqPurgeText, dlqReplayText, dlqShowText, flowActionText } from "../../src/cli/render.js"
 import * as Api from "../../src/domain/api.js"
 import * as V from "../../src/domain/verification.js"
-
-const GRAPH = path.resolve("dist/cli/bundle-graph.json")
-interface Output {
-  readonly entryPoint?: string
-  readonly inputs: ReadonlyArray<string>
-  readonly imports: ReadonlyArray<{ readonly path: string; readonly kind: string }>
-}
+import { BUNDLE_GRAPH, EFFECT_INPUT, readBundleGraph, staticClosure } from "../support/bundleGraph.js"
 
 describe("the bundle", () => {
-  it.skipIf(!fs.existsSync(GRAPH))("keeps liteActions.ts in small chunks that never import Effect", () => {
-    const graph = JSON.parse(fs.readFileSync(GRAPH, "utf8")) as Record<string, Output>
-    const entry = Object.entries(graph).find(([, o]) => o.entryPoint === "dist/src/cli/liteActions.js")
-    expect(entry).toBeDefined()
-    const seen = new Set<string>()
-    const queue = [entry![0]]
-    while (queue.length > 0) {
-      const file = queue.pop()!
-      if (seen.has(file)) continue
-      seen.add(file)
-      for (const i of graph[file]!.imports) if (i.kind !== "dynamic-import" && graph[i.path]) queue.push(i.path)
-    }
-    const inputs = [...seen].flatMap((f) => graph[f]!.inputs)
-    expect(inputs.filter((i) => /node_modules\/(effect|@effect)\//.test(i))).toEqual([])
+  it.skipIf(!fs.existsSync(BUNDLE_GRAPH))("keeps liteActions.ts in small chunks that never import Effect", () => {
+    const { bytes, inputs } = staticClosure(readBundleGraph(), "dist/src/cli/liteActions.js")
+    expect(inputs.filter((i) => EFFECT_INPUT.test(i))).toEqual([])
     expect(inputs).toContain("dist/src/cli/render.js")
-    const bytes = [...seen].reduce((n, f) => n + fs.statSync(path.resolve("dist/cli", f)).size, 0)
     expect(bytes).toBeLessThan(80 * 1024)
   })
 })

@@ -42,40 +42,23 @@ import {
 } from "../../src/domain/api.js"
 import { VAR } from "../../src/domain/configValidation.js"
 import { resolveStateDirPath } from "../../src/layers/StateDirLive.js"
+import { BUNDLE_GRAPH, EFFECT_INPUT, readBundleGraph, staticClosure } from "../support/bundleGraph.js"
 
 // ---------------------------------------------------------------------------------------------------------
 // The bundle
 
-const GRAPH = path.resolve("dist/cli/bundle-graph.json")
-interface Output {
-  readonly entryPoint?: string
-  readonly inputs: ReadonlyArray<string>
-  readonly imports: ReadonlyArray<{ readonly path: string; readonly kind: string }>
-}
-
 describe("the bundle", () => {
-  it.skipIf(!fs.existsSync(GRAPH))("keeps the lite start in small chunks that never import Effect", () => {
-    const graph = JSON.parse(fs.readFileSync(GRAPH, "utf8")) as Record<string, Output>
-    const entry = Object.entries(graph).find(([, o]) => o.entryPoint === "dist/src/cli/lite.js")
-    expect(entry).toBeDefined()
-    const seen = new Set<string>()
-    const queue = [entry![0]]
-    while (queue.length > 0) {
-      const file = queue.pop()!
-      if (seen.has(file)) continue
-      seen.add(file)
-      // what lite.ts loads before it answers: static imports (json5, an external package, is loaded on demand)
-      for (const i of graph[file]!.imports) if (i.kind !== "dynamic-import" && graph[i.path]) queue.push(i.path)
-    }
-    const inputs = [...seen].flatMap((f) => graph[f]!.inputs)
-    expect(inputs.filter((i) => /node_modules\/(effect|@effect)\//.test(i))).toEqual([])
+  it.skipIf(!fs.existsSync(BUNDLE_GRAPH))("keeps the lite start in small chunks that never import Effect", () => {
+    const graph = readBundleGraph()
+    // what lite.ts loads before it answers: static imports (json5, an external package, is loaded on demand)
+    const { bytes, inputs } = staticClosure(graph, "dist/src/cli/lite.js")
+    expect(inputs.filter((i) => EFFECT_INPUT.test(i))).toEqual([])
     expect(inputs).toContain("dist/src/cli/render.js")
-    const bytes = [...seen].reduce((n, f) => n + fs.statSync(path.resolve("dist/cli", f)).size, 0)
     expect(bytes).toBeLessThan(64 * 1024)
     // and bin.js reaches it without Effect too: its static imports and the argument reading
     const bin = graph["bin.js"]!
     for (const i of bin.imports.filter((i) => i.kind !== "dynamic-import" && graph[i.path])) {
-      expect(graph[i.path]!.inputs.filter((x) => /node_modules\/(effect|@effect)\//.test(x))).toEqual([])
+      expect(graph[i.path]!.inputs.filter((x) => EFFECT_INPUT.test(x))).toEqual([])
     }
   })
 })
