@@ -48,6 +48,14 @@ const withStore = <A>(root: string, body: (s: CryptoStoreShape) => Promise<A>) =
     ).pipe(Effect.provide(StateDirAt(root)))
   )
 
+/** The bench account's OlmMachine over the store (the Rust store opened with the store's key). */
+const benchMachine = async (s: CryptoStoreShape) =>
+  wasm.OlmMachine.initFromStore(
+    new wasm.UserId("@bench:example.org"),
+    new wasm.DeviceId("BENCH"),
+    await wasm.StoreHandle.openWithKey(s.cryptoDatabasePrefix, Redacted.value(Option.getOrThrow(s.storageKey)))
+  )
+
 const median = (xs: Array<number>) => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.floor(s.length / 2)] ?? 0
@@ -128,15 +136,7 @@ const reopen = async (root: string) => {
   let releasedIo = { wchar: 0, cpu: process.cpuUsage() }
   const figures = await withStore(root, async (s) => {
     const opened = performance.now()
-    const handle = await wasm.StoreHandle.openWithKey(
-      s.cryptoDatabasePrefix,
-      Redacted.value(Option.getOrThrow(s.storageKey))
-    )
-    const m = await wasm.OlmMachine.initFromStore(
-      new wasm.UserId("@bench:example.org"),
-      new wasm.DeviceId("BENCH"),
-      handle
-    )
+    const m = await benchMachine(s)
     const ready = performance.now()
     const cpu = process.cpuUsage(cpu0)
     const atReady = memoryFigures()
@@ -185,15 +185,7 @@ const reopen = async (root: string) => {
 /** BENCH_REOPEN_CRASH: a daemon-like run that writes `n` new sessions, then dies by SIGKILL (no clean stop). */
 const writeThenCrash = async (root: string, n: number, tag: string) => {
   await withStore(root, async (s) => {
-    const handle = await wasm.StoreHandle.openWithKey(
-      s.cryptoDatabasePrefix,
-      Redacted.value(Option.getOrThrow(s.storageKey))
-    )
-    const m = await wasm.OlmMachine.initFromStore(
-      new wasm.UserId("@bench:example.org"),
-      new wasm.DeviceId("BENCH"),
-      handle
-    )
+    const m = await benchMachine(s)
     for (let i = 0; i < n; i++) {
       await m.shareRoomKey(new wasm.RoomId(`!crash-${tag}-${i}:example.org`), [], new wasm.EncryptionSettings())
     }
@@ -279,15 +271,7 @@ const main = async () => {
     gen.close()
     const storeRoot = path.join(work, "sessions")
     const importMs = await withStore(storeRoot, async (s) => {
-      const handle = await wasm.StoreHandle.openWithKey(
-        s.cryptoDatabasePrefix,
-        Redacted.value(Option.getOrThrow(s.storageKey))
-      )
-      const m = await wasm.OlmMachine.initFromStore(
-        new wasm.UserId("@bench:example.org"),
-        new wasm.DeviceId("BENCH"),
-        handle
-      )
+      const m = await benchMachine(s)
       const t0 = performance.now()
       await m.importExportedRoomKeys(exported, () => {})
       const ms = performance.now() - t0

@@ -12,6 +12,7 @@ import type { OwnDevice, VerificationFlow } from "../domain/verification.js"
 import type { DirectCommand, PlainFlags } from "./directArgs.js"
 import {
   ChannelsShape,
+  conforms,
   ControlStatusShape,
   DeviceListShape,
   DlqListShape,
@@ -20,7 +21,6 @@ import {
   type Shape,
   VerificationListShape
 } from "./liteShapes.js"
-import { conforms } from "./liteShapes.js"
 import { type LiteTarget, liteTarget } from "./liteTarget.js"
 import {
   answeredLine,

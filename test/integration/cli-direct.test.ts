@@ -3,13 +3,20 @@
 // is the tree), and the read-only gateway commands without the tree (src/cli/direct.ts; CARA_DIRECT=off) and,
 // where it can be sure, without Effect (src/cli/lite.ts; CARA_LITE=off): against a daemon, against a stand-in
 // that answers with data (and with answers the lite start must leave to the typed client), and a closed port.
-import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as net from "node:net"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { cleanEnv, CLI, runCli, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
+import {
+  cleanEnv,
+  moduleTrace,
+  runCli,
+  runCliAsync,
+  type RunningDaemon,
+  startDaemon,
+  tempStateDir
+} from "../support/cli.js"
 
 const TOKEN = "cli-direct-token-8c2f61e0a9d4"
 const CONFIG = `{
@@ -48,37 +55,23 @@ const both = (args: ReadonlyArray<string>, extra: Record<string, string>, off: R
 
 // Which start answered: bench/_module-trace.mjs lists every module the process loaded; the Effect start of these
 // commands is dist/cli/direct-*.js, the one without Effect dist/cli/lite-*.js.
-const TRACER = path.resolve("bench/_module-trace.mjs")
-let traces = 0
-const traceEnv = (env: NodeJS.ProcessEnv) => {
-  const file = path.join(dir, `trace-${traces++}.json`)
-  return { env: { ...env, NODE_OPTIONS: `--import=${TRACER}`, CARA_BENCH_MODULE_TRACE: file }, file }
-}
-const startTaken = (file: string): "lite" | "direct" | "neither" => {
-  const urls = (JSON.parse(fs.readFileSync(file, "utf8")) as Array<[string, unknown]>).map(([u]) => u)
+const traceEnv = (env: NodeJS.ProcessEnv) => moduleTrace(dir, env)
+const startTaken = (trace: ReturnType<typeof traceEnv>): "lite" | "direct" | "neither" => {
+  const urls = trace.loaded()
   const direct = urls.some((u) => /\/dist\/cli\/direct-[A-Z0-9]+\.js$/.test(u))
   const lite = urls.some((u) => /\/dist\/cli\/lite-[A-Z0-9]+\.js$/.test(u))
   return direct ? "direct" : lite ? "lite" : "neither"
 }
 
 /** The CLI without blocking this process (the stand-in daemon below answers from it). */
-const runAsync = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d))
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d))
-    child.on("error", reject)
-    child.on("close", (status) => resolve({ status, stdout, stderr }))
-  })
+const runAsync = runCliAsync
 
 /** Runs `args` by the lite start (traced) and by the full tree; both outputs, and the start taken. */
 const compare = async (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) => {
   const traced = traceEnv(env)
   const fast = await runAsync(args, traced.env)
   const tree = await runAsync(args, { ...env, CARA_DIRECT: "off" })
-  return { fast, tree, taken: startTaken(traced.file) }
+  return { fast, tree, taken: startTaken(traced) }
 }
 
 describe("the fast starts print what the command tree prints", () => {
@@ -116,7 +109,7 @@ describe("the fast starts print what the command tree prints", () => {
       const traced = traceEnv(cleanEnv(dir, extra))
       const lite = runCli(args, traced.env)
       const direct = runCli(args, cleanEnv(dir, { ...extra, CARA_LITE: "off" }))
-      expect(startTaken(traced.file), name).toBe("lite")
+      expect(startTaken(traced), name).toBe("lite")
       expect(lite.status, name).toBe(direct.status)
       expect(steady(lite.stdout), name).toBe(steady(direct.stdout))
       expect(lite.stderr, name).toBe(direct.stderr)
@@ -133,7 +126,7 @@ describe("the start without Effect leaves what it is not sure of to the typed cl
     const traced = traceEnv(cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: TOKEN }))
     const fast = runCli(["status"], traced.env)
     const tree = runCli(["status"], cleanEnv(dir, { CARAPACE_GATEWAY_TOKEN: TOKEN, CARA_DIRECT: "off" }))
-    expect(startTaken(traced.file)).toBe("direct")
+    expect(startTaken(traced)).toBe("direct")
     expect(fast.status).toBe(tree.status)
     expect(steady(fast.stdout)).toBe(steady(tree.stdout))
     expect(fast.stderr).toBe(tree.stderr)

@@ -3,13 +3,12 @@
 // same request: against a stand-in daemon that records every request (answers with data, the endpoints' errors,
 // and answers the lite start does not know), and against a real daemon. A POST reaches the daemon exactly once:
 // on an answer it does not know, the lite start says so instead of handing the command to the full tree.
-import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as net from "node:net"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { cleanEnv, CLI, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
+import { cleanEnv, moduleTrace, runCliAsync, type RunningDaemon, startDaemon, tempStateDir } from "../support/cli.js"
 
 const TOKEN = "cli-lite-actions-token-5b7e19c3"
 const CONFIG = `{
@@ -18,31 +17,20 @@ const CONFIG = `{
 
 let dir = ""
 
-const TRACER = path.resolve("bench/_module-trace.mjs")
-let traces = 0
 /** Which start answered: the lite one loads dist/cli/liteActions-*.js and never the tree (dist/cli/run-*.js). */
 const traced = (env: NodeJS.ProcessEnv) => {
-  const file = path.join(dir, `trace-${traces++}.json`)
+  const t = moduleTrace(dir, env)
   return {
-    env: { ...env, NODE_OPTIONS: `--import=${TRACER}`, CARA_BENCH_MODULE_TRACE: file },
+    env: t.env,
     taken: (): "lite" | "tree" | "neither" => {
-      const urls = (JSON.parse(fs.readFileSync(file, "utf8")) as Array<[string, unknown]>).map(([u]) => u)
+      const urls = t.loaded()
       if (urls.some((u) => /\/dist\/cli\/run-[A-Z0-9]+\.js$/.test(u))) return "tree"
       return urls.some((u) => /\/dist\/cli\/liteActions-[A-Z0-9]+\.js$/.test(u)) ? "lite" : "neither"
     }
   }
 }
 
-const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
-  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d))
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d))
-    child.on("error", reject)
-    child.on("close", (status) => resolve({ status, stdout, stderr }))
-  })
+const run = runCliAsync
 
 beforeAll(() => {
   dir = tempStateDir()

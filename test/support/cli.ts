@@ -23,6 +23,34 @@ export const runCli = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv, inpu
   return r
 }
 
+/** `runCli` without blocking this process (for a stand-in daemon in the same process to answer it). */
+export const runCliAsync = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv) =>
+  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d))
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d))
+    child.on("error", reject)
+    child.on("close", (status) => resolve({ status, stdout, stderr }))
+  })
+
+const MODULE_TRACER = path.resolve("bench/_module-trace.mjs")
+let moduleTraces = 0
+
+/**
+ * `env` with bench/_module-trace.mjs preloaded, writing into `dir`; `loaded()` then lists the module URLs the
+ * run loaded (which start of the CLI answered).
+ */
+export const moduleTrace = (dir: string, env: NodeJS.ProcessEnv) => {
+  const file = path.join(dir, `module-trace-${process.pid}-${moduleTraces++}.json`)
+  return {
+    env: { ...env, NODE_OPTIONS: `--import=${MODULE_TRACER}`, CARA_BENCH_MODULE_TRACE: file },
+    loaded: (): ReadonlyArray<string> =>
+      (JSON.parse(fs.readFileSync(file, "utf8")) as Array<[string, unknown]>).map(([u]) => u)
+  }
+}
+
 export interface RunningDaemon {
   readonly child: ChildProcess
   readonly baseUrl: string
